@@ -1,0 +1,665 @@
+"""The session cache core: exact LRU, sliding TTL, active expiry, removal causes.
+
+Pure Python with no I/O and no asyncio; time comes from an injected clock so the
+library can be driven deterministically (``SessionCache(clock=fake_clock)``).
+
+Design:
+
+* Entries live in one ``OrderedDict`` in LRU order (least recently used first):
+  get/set/move/evict are O(1) and done in C.
+* Expiry deadlines sit in a binary heap of ``[deadline, seq, key]`` records. A
+  sliding renewal only moves an entry's deadline *later*, so it does not touch the
+  heap: when the old record surfaces in :meth:`SessionCache.sweep`, the entry is
+  re-filed under its current deadline. A record is pushed only when an entry gets a
+  deadline *earlier* than the one it is filed under. Stale records (of removed or
+  re-filed entries) are dropped when they surface, and the heap is rebuilt once it
+  holds more than ``2 * len(cache) + 64`` records, so the index stays proportional
+  to the cache (the seed's TTL index grew without bound).
+* Every removal goes through one place that counts it, tells the persistence hook
+  and calls the removal listener with the entry and its :class:`Cause`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Generic, Protocol, TypeVar
+
+__all__ = [
+    "DEFAULT",
+    "CacheStats",
+    "Cause",
+    "Entry",
+    "EvictionReason",
+    "NoPersistence",
+    "PersistenceHook",
+    "SessionCache",
+]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
+
+
+class Cause(StrEnum):
+    """Why an entry left memory."""
+
+    EXPIRED = "expired"
+    EVICTED = "evicted"
+    DELETED = "deleted"
+    REPLACED = "replaced"
+
+
+class EvictionReason(StrEnum):
+    """Which bound made the cache evict."""
+
+    MAX_SESSIONS = "max_sessions"
+    MAX_MEMORY = "max_memory"
+    INVALIDATED = "invalidated"
+
+
+class _Default:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+"""Sentinel for "use the cache's default TTL"."""
+
+
+class Entry(Generic[V]):
+    """One session: its value plus the metadata the seed's ``SessionData`` had.
+
+    ``ttl`` is the relative lifetime that slides (``None`` when the entry has an
+    absolute deadline or none at all); ``deadline`` is the absolute expiry time
+    (``None`` = never expires).
+    """
+
+    __slots__ = (
+        "accessed_at",
+        "context_id",
+        "created_at",
+        "deadline",
+        "record",
+        "size",
+        "ttl",
+        "updated_at",
+        "value",
+    )
+
+    def __init__(
+        self,
+        value: V,
+        *,
+        context_id: str | None = None,
+        created_at: float,
+        updated_at: float | None = None,
+        accessed_at: float | None = None,
+        ttl: float | None = None,
+        deadline: float | None = None,
+        size: int = 0,
+    ) -> None:
+        self.value = value
+        self.context_id = context_id
+        self.created_at = created_at
+        self.updated_at = created_at if updated_at is None else updated_at
+        self.accessed_at = self.updated_at if accessed_at is None else accessed_at
+        self.ttl = ttl
+        self.deadline = deadline
+        self.size = size
+        self.record: list[object] | None = None
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left before expiry, ``None`` if it never expires."""
+        return None if self.deadline is None else self.deadline - now
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(value={self.value!r}, context_id={self.context_id!r}, "
+            f"ttl={self.ttl!r}, deadline={self.deadline!r})"
+        )
+
+
+class PersistenceHook(Protocol[K_contra, V]):
+    """What the cache asks of a persistence backend (SPEC §6).
+
+    ``save`` after every write, ``delete`` when an entry is deleted or expires,
+    ``on_evict`` when an entry leaves memory but must survive (evicted or
+    invalidated, so the store can make sure it holds the latest value), ``load``
+    on a miss (read-through).
+    """
+
+    def load(self, key: K_contra) -> Entry[V] | None: ...
+
+    def save(self, key: K_contra, entry: Entry[V]) -> None: ...
+
+    def delete(self, key: K_contra) -> None: ...
+
+    def on_evict(self, key: K_contra, entry: Entry[V], cause: Cause) -> None: ...
+
+
+class NoPersistence(Generic[K, V]):
+    """The default hook: memory only."""
+
+    def load(self, key: K) -> Entry[V] | None:
+        return None
+
+    def save(self, key: K, entry: Entry[V]) -> None:
+        return None
+
+    def delete(self, key: K) -> None:
+        return None
+
+    def on_evict(self, key: K, entry: Entry[V], cause: Cause) -> None:
+        return None
+
+
+RemovalListener = Callable[[K, Entry[V], Cause, EvictionReason | None], None]
+Sizer = Callable[[K, V], int]
+
+
+def _len_sizer(key: object, value: object) -> int:
+    """Bytes of key and value for str/bytes; other types count as zero."""
+    size = 0
+    if isinstance(key, (bytes, bytearray, str)):
+        size += len(key)
+    if isinstance(value, (bytes, bytearray, str)):
+        size += len(value)
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    sessions: int
+    memory_bytes: int
+    max_sessions: int
+    max_memory: int
+    hits: int
+    misses: int
+    evictions_max_sessions: int
+    evictions_max_memory: int
+    expirations: int
+    loads_found: int
+    loads_absent: int
+    loads_error: int
+
+    @property
+    def evictions(self) -> int:
+        return self.evictions_max_sessions + self.evictions_max_memory
+
+
+class SessionCache(Generic[K, V]):
+    """Exact-LRU session cache with sliding TTL and a pluggable persistence hook.
+
+    ``max_sessions`` bounds the number of entries, ``max_memory`` (0 = none) the
+    bytes of keys and values as measured by ``sizer``. ``default_ttl`` applies to
+    writes that give no TTL (``None`` or 0 = never expire). With ``sliding`` every
+    read or write renews an entry's relative TTL; absolute deadlines never slide.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int = 10_000,
+        *,
+        max_memory: int = 0,
+        default_ttl: float | None = 3600.0,
+        sliding: bool = True,
+        clock: Callable[[], float] = time.time,
+        persistence: PersistenceHook[K, V] | None = None,
+        listener: RemovalListener[K, V] | None = None,
+        sizer: Sizer[K, V] = _len_sizer,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be a positive integer, got {max_sessions}")
+        if max_memory < 0:
+            raise ValueError(f"max_memory must be >= 0, got {max_memory}")
+        self._data: OrderedDict[K, Entry[V]] = OrderedDict()
+        self._heap: list[list[object]] = []
+        self._seq = itertools.count()
+        self.max_sessions = max_sessions
+        self.max_memory = max_memory
+        self.default_ttl = default_ttl or None
+        self.sliding = sliding
+        self.clock = clock
+        self.persistence: PersistenceHook[K, V] = persistence or NoPersistence()
+        self.listener = listener
+        self.sizer = sizer
+        self.memory = 0
+        # Plain integer counters: metrics read them at scrape time.
+        self.hits = 0
+        self.misses = 0
+        self.evictions_max_sessions = 0
+        self.evictions_max_memory = 0
+        self.expirations = 0
+        self.loads_found = 0
+        self.loads_absent = 0
+        self.loads_error = 0
+
+    # ------------------------------------------------------------------ reads
+
+    def get_entry(self, key: K) -> Entry[V] | None:
+        """Look up ``key`` as an access: counts a hit or miss, renews LRU and TTL."""
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        now = self.clock()
+        deadline = entry.deadline
+        if deadline is not None and deadline <= now:
+            self._remove(key, entry, Cause.EXPIRED, None)
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._data.move_to_end(key)
+        entry.accessed_at = now
+        if self.sliding and entry.ttl is not None:
+            entry.deadline = now + entry.ttl
+        return entry
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        """The value of ``key`` (touching it), or ``default``."""
+        entry = self.get_entry(key)
+        return default if entry is None else entry.value
+
+    def get_or_load(self, key: K) -> V | None:
+        """Like :meth:`get`, but on a miss read through the persistence hook."""
+        entry = self.get_entry(key)
+        if entry is not None:
+            return entry.value
+        try:
+            loaded = self.persistence.load(key)
+        except Exception:
+            self.loads_error += 1
+            raise
+        if loaded is None:
+            self.loads_absent += 1
+            return None
+        self.loads_found += 1
+        admitted = self.admit(key, loaded)
+        return None if admitted is None else admitted.value
+
+    def peek(self, key: K) -> Entry[V] | None:
+        """The live entry for ``key`` without touching LRU order, TTL or counters."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry.deadline is not None and entry.deadline <= self.clock():
+            return None
+        return entry
+
+    def contains(self, key: K) -> bool:
+        return self.peek(key) is not None
+
+    __contains__ = contains
+
+    def ttl(self, key: K) -> float | None:
+        """Remaining seconds of ``key`` (``None`` if it never expires).
+
+        Raises ``KeyError`` if the key is not in memory.
+        """
+        entry = self.peek(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry.remaining(self.clock())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def keys(self) -> Iterator[K]:
+        """Keys in LRU order, least recently used first (expired ones included
+        until swept; use :meth:`items` for live entries only)."""
+        return iter(self._data)
+
+    def items(self) -> Iterator[tuple[K, Entry[V]]]:
+        """Live ``(key, entry)`` pairs, least recently used first, no side effects."""
+        now = self.clock()
+        for key, entry in list(self._data.items()):
+            if entry.deadline is None or entry.deadline > now:
+                yield key, entry
+
+    def list(self, context_id: str | None = None, count: int | None = None) -> list[K]:
+        """Live keys, most recently used first, optionally of one context."""
+        now = self.clock()
+        out: list[K] = []
+        for key in reversed(self._data):
+            entry = self._data[key]
+            if entry.deadline is not None and entry.deadline <= now:
+                continue
+            if context_id is not None and entry.context_id != context_id:
+                continue
+            out.append(key)
+            if count is not None and len(out) >= count:
+                break
+        return out
+
+    # ----------------------------------------------------------------- writes
+
+    def insert(
+        self,
+        key: K,
+        value: V,
+        ttl: float | _Default | None = DEFAULT,
+        *,
+        deadline: float | None = None,
+        context_id: str | None = None,
+        keep_ttl: bool = False,
+    ) -> Entry[V]:
+        """Write ``key``; returns its new entry.
+
+        ``ttl`` seconds (relative, slides when sliding is on), ``DEFAULT`` for the
+        cache's default, ``None``/0 for no expiry; ``deadline`` an absolute expiry
+        time that never slides (takes precedence over ``ttl``); ``keep_ttl`` keeps
+        the TTL of the entry being replaced (Redis ``KEEPTTL``).
+        """
+        now = self.clock()
+        old = self._data.get(key)
+        if old is not None and old.deadline is not None and old.deadline <= now:
+            self._remove(key, old, Cause.EXPIRED, None)
+            old = None
+        if keep_ttl and old is not None:
+            rel, abs_deadline = old.ttl, (None if old.ttl is not None else old.deadline)
+        elif deadline is not None:
+            rel, abs_deadline = None, deadline
+        elif isinstance(ttl, _Default):
+            rel, abs_deadline = self.default_ttl, None
+        else:
+            rel, abs_deadline = (ttl or None), None
+        entry: Entry[V] = Entry(
+            value,
+            context_id=context_id if old is None or context_id is not None else old.context_id,
+            created_at=now if old is None else old.created_at,
+            updated_at=now,
+            accessed_at=now,
+            ttl=rel,
+            deadline=abs_deadline if rel is None else now + rel,
+            size=self.sizer(key, value),
+        )
+        if old is not None:
+            self._data.move_to_end(key)
+            self.memory -= old.size
+            old.record = None
+            self._notify(key, old, Cause.REPLACED, None)
+        self._data[key] = entry
+        self.memory += entry.size
+        if entry.deadline is not None:
+            self._file(key, entry)
+        self.persistence.save(key, entry)
+        self._enforce_bounds()
+        return entry
+
+    def admit(self, key: K, entry: Entry[V]) -> Entry[V] | None:
+        """Put an entry that came from the store back in memory (read-through,
+        warm start) as most recently used, without saving it again. Returns the
+        entry, or ``None`` if it had already expired."""
+        now = self.clock()
+        if entry.deadline is not None and entry.deadline <= now:
+            return None
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.memory -= old.size
+            old.record = None
+        entry.record = None
+        entry.size = self.sizer(key, entry.value)
+        entry.accessed_at = now
+        if self.sliding and entry.ttl is not None:
+            entry.deadline = now + entry.ttl
+        self._data[key] = entry
+        self.memory += entry.size
+        if entry.deadline is not None:
+            self._file(key, entry)
+        self._enforce_bounds()
+        return entry if self._data.get(key) is entry else None
+
+    def update(self, key: K, fn: Callable[[V], V]) -> Entry[V] | None:
+        """Replace the value of a live ``key`` with ``fn(value)``, keeping its TTL
+        settings and metadata (the seed's mutate-in-place). ``None`` if absent."""
+        entry = self.get_entry(key)
+        if entry is None:
+            return None
+        new_value = fn(entry.value)
+        new_size = self.sizer(key, new_value)
+        self.memory += new_size - entry.size
+        entry.value = new_value
+        entry.size = new_size
+        entry.updated_at = entry.accessed_at
+        self.persistence.save(key, entry)
+        self._enforce_bounds()
+        return entry
+
+    def touch(self, key: K) -> bool:
+        """Renew ``key`` as an access; ``False`` if it is not live in memory."""
+        return self.get_entry(key) is not None
+
+    def set_ttl(self, key: K, ttl: float | None) -> bool:
+        """Give a live ``key`` a relative TTL (``None``: persist). Saves it."""
+        entry = self.peek(key)
+        if entry is None:
+            return False
+        entry.ttl = ttl or None
+        self._set_deadline(key, entry, None if entry.ttl is None else self.clock() + entry.ttl)
+        return True
+
+    def set_deadline(self, key: K, deadline: float | None) -> bool:
+        """Give a live ``key`` an absolute deadline that never slides. Saves it."""
+        entry = self.peek(key)
+        if entry is None:
+            return False
+        entry.ttl = None
+        self._set_deadline(key, entry, deadline)
+        return True
+
+    def persist(self, key: K) -> bool:
+        """Remove the expiry of ``key``; ``False`` if absent or it had none."""
+        entry = self.peek(key)
+        if entry is None or entry.deadline is None:
+            return False
+        entry.ttl = None
+        self._set_deadline(key, entry, None)
+        return True
+
+    def _set_deadline(self, key: K, entry: Entry[V], deadline: float | None) -> None:
+        entry.deadline = deadline
+        if deadline is not None and deadline <= self.clock():
+            self._remove(key, entry, Cause.EXPIRED, None)
+            return
+        if deadline is None:
+            entry.record = None
+        else:
+            self._file(key, entry)
+        self.persistence.save(key, entry)
+
+    def remove(self, key: K) -> V | None:
+        """Delete ``key`` everywhere (memory and store); its value, if it was live."""
+        entry = self._data.get(key)
+        self.persistence.delete(key)
+        if entry is None:
+            return None
+        live = entry.deadline is None or entry.deadline > self.clock()
+        self._remove(key, entry, Cause.DELETED if live else Cause.EXPIRED, None, store=False)
+        return entry.value if live else None
+
+    def invalidate(self, key: K) -> bool:
+        """Drop ``key`` from memory only; the store keeps it."""
+        entry = self._data.get(key)
+        if entry is None:
+            return False
+        self._remove(key, entry, Cause.EVICTED, EvictionReason.INVALIDATED)
+        return True
+
+    def clear(self) -> int:
+        """Delete every entry (memory and store); returns how many were live."""
+        now = self.clock()
+        count = 0
+        for key, entry in list(self._data.items()):
+            live = entry.deadline is None or entry.deadline > now
+            count += live
+            self._remove(key, entry, Cause.DELETED if live else Cause.EXPIRED, None)
+        self._heap.clear()
+        return count
+
+    def resize(self, max_sessions: int | None = None, max_memory: int | None = None) -> int:
+        """Change the bounds; shrinking evicts at once. Returns how many were evicted."""
+        if max_sessions is not None:
+            if max_sessions < 1:
+                raise ValueError(f"max_sessions must be a positive integer, got {max_sessions}")
+            self.max_sessions = max_sessions
+        if max_memory is not None:
+            if max_memory < 0:
+                raise ValueError(f"max_memory must be >= 0, got {max_memory}")
+            self.max_memory = max_memory
+        before = self.evictions_max_sessions + self.evictions_max_memory
+        self._enforce_bounds()
+        return self.evictions_max_sessions + self.evictions_max_memory - before
+
+    # ----------------------------------------------------------------- expiry
+
+    def sweep(self, limit: int = 1000, now: float | None = None) -> int:
+        """Remove entries past their deadline, looking at no more than ``limit``
+        heap records. Returns how many expired; call again while it returns
+        ``limit`` or :meth:`next_deadline` is in the past."""
+        if now is None:
+            now = self.clock()
+        data = self._data
+        expired = 0
+        work = 0
+        # self._heap is re-read every round: filing or removing may rebuild it.
+        while self._heap and work < limit:
+            heap = self._heap
+            record = heap[0]
+            deadline: float = record[0]  # type: ignore[assignment]
+            if deadline > now:
+                break
+            work += 1
+            heapq.heappop(heap)
+            key: K = record[2]  # type: ignore[assignment]
+            entry = data.get(key)
+            if entry is None or entry.record is not record:
+                continue
+            entry.record = None
+            if entry.deadline is None:
+                continue
+            if entry.deadline > now:
+                self._file(key, entry)
+                continue
+            self._remove(key, entry, Cause.EXPIRED, None)
+            expired += 1
+        return expired
+
+    def cleanup_expired(self) -> int:
+        """Remove every expired entry now; returns how many."""
+        now = self.clock()
+        total = 0
+        while True:
+            removed = self.sweep(limit=10_000, now=now)
+            total += removed
+            if not self._heap or self._heap[0][0] > now:  # type: ignore[operator]
+                return total
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a sweep may have work (``None`` if nothing expires)."""
+        return self._heap[0][0] if self._heap else None  # type: ignore[return-value]
+
+    @property
+    def expiry_index_size(self) -> int:
+        """Records in the expiry index (bounded by ``2 * len(self) + 64``)."""
+        return len(self._heap)
+
+    def _file(self, key: K, entry: Entry[V]) -> None:
+        record = entry.record
+        deadline = entry.deadline
+        assert deadline is not None
+        if record is not None and record[0] <= deadline:  # type: ignore[operator]
+            return  # surfaces early and is re-filed by sweep
+        record = [deadline, next(self._seq), key]
+        entry.record = record
+        heapq.heappush(self._heap, record)
+        if len(self._heap) > 2 * len(self._data) + 64:
+            self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        heap: list[list[object]] = []
+        for key, entry in self._data.items():
+            if entry.deadline is None:
+                entry.record = None
+                continue
+            record: list[object] = [entry.deadline, next(self._seq), key]
+            entry.record = record
+            heap.append(record)
+        heapq.heapify(heap)
+        self._heap = heap
+
+    # ---------------------------------------------------------------- removal
+
+    def _enforce_bounds(self) -> None:
+        data = self._data
+        while len(data) > self.max_sessions:
+            key, entry = data.popitem(last=False)
+            self.evictions_max_sessions += 1
+            self._removed(key, entry, Cause.EVICTED, EvictionReason.MAX_SESSIONS, True)
+        if self.max_memory:
+            while self.memory > self.max_memory and data:
+                key, entry = data.popitem(last=False)
+                self.evictions_max_memory += 1
+                self._removed(key, entry, Cause.EVICTED, EvictionReason.MAX_MEMORY, True)
+
+    def _remove(
+        self,
+        key: K,
+        entry: Entry[V],
+        cause: Cause,
+        reason: EvictionReason | None,
+        *,
+        store: bool = True,
+    ) -> None:
+        del self._data[key]
+        if cause is Cause.EXPIRED:
+            self.expirations += 1
+        self._removed(key, entry, cause, reason, store)
+
+    def _removed(
+        self,
+        key: K,
+        entry: Entry[V],
+        cause: Cause,
+        reason: EvictionReason | None,
+        store: bool,
+    ) -> None:
+        self.memory -= entry.size
+        entry.record = None
+        if store:
+            if cause is Cause.EVICTED:
+                self.persistence.on_evict(key, entry, cause)
+            elif cause is not Cause.REPLACED:
+                self.persistence.delete(key)
+        self._notify(key, entry, cause, reason)
+        if len(self._heap) > 2 * len(self._data) + 64:
+            self._rebuild_heap()
+
+    def _notify(self, key: K, entry: Entry[V], cause: Cause, reason: EvictionReason | None) -> None:
+        if self.listener is not None:
+            self.listener(key, entry, cause, reason)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            sessions=len(self._data),
+            memory_bytes=self.memory,
+            max_sessions=self.max_sessions,
+            max_memory=self.max_memory,
+            hits=self.hits,
+            misses=self.misses,
+            evictions_max_sessions=self.evictions_max_sessions,
+            evictions_max_memory=self.evictions_max_memory,
+            expirations=self.expirations,
+            loads_found=self.loads_found,
+            loads_absent=self.loads_absent,
+            loads_error=self.loads_error,
+        )
