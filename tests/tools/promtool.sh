@@ -49,14 +49,21 @@ fi
 dl="$(mktemp -d "$cache/download.XXXXXX")"
 trap 'rm -rf "$dl"' EXIT
 
+apt_opts=(-q)
+if [[ "$(id -u)" == 0 ]]; then
+  # As root, apt drops to the _apt user to download, which can't write into our cache dir
+  # (it only warns, but say so up front).
+  apt_opts+=(-o APT::Sandbox::User=root)
+fi
+
 download() {
-  # apt-get download writes into the current directory; -q keeps it quiet on stdout.
-  (cd "$dl" && apt-get download -q prometheus >&2)
+  # apt-get download writes into the current directory; stdout is reserved for the path.
+  (cd "$dl" && apt-get download "${apt_opts[@]}" prometheus >&2)
 }
 
 if ! download; then
   echo "promtool.sh: apt-get download failed; running apt-get update and retrying" >&2
-  if ! apt-get update -q >&2 || ! download; then
+  if ! apt-get update "${apt_opts[@]}" >&2 || ! download; then
     echo "promtool.sh: could not download Debian's prometheus package" >&2
     exit 2
   fi
