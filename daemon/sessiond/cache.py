@@ -328,6 +328,8 @@ class SessionCache(Generic[K, V]):
         """Live keys, most recently used first, optionally of one context."""
         now = self.clock()
         out: list[K] = []
+        if count is not None and count <= 0:
+            return out
         for key in reversed(self._data):
             entry = self._data[key]
             if entry.deadline is not None and entry.deadline <= now:
@@ -356,21 +358,27 @@ class SessionCache(Generic[K, V]):
         ``ttl`` seconds (relative, slides when sliding is on), ``DEFAULT`` for the
         cache's default, ``None``/0 for no expiry; ``deadline`` an absolute expiry
         time that never slides (takes precedence over ``ttl``); ``keep_ttl`` keeps
-        the TTL of the entry being replaced (Redis ``KEEPTTL``).
+        the TTL of the entry being replaced (Redis ``KEEPTTL``). A write whose
+        deadline is already past replaces the old value and expires at once: it
+        takes no slot and is not saved.
         """
         now = self.clock()
         old = self._data.get(key)
         if old is not None and old.deadline is not None and old.deadline <= now:
             self._remove(key, old, Cause.EXPIRED, None)
             old = None
+        rel: float | None
+        new_deadline: float | None
         if keep_ttl and old is not None:
-            rel, abs_deadline = old.ttl, (None if old.ttl is not None else old.deadline)
+            # Redis KEEPTTL: the relative TTL is kept (and, being a write, renews
+            # when sliding); otherwise the deadline itself is kept.
+            rel = old.ttl
+            new_deadline = now + rel if rel is not None and self.sliding else old.deadline
         elif deadline is not None:
-            rel, abs_deadline = None, deadline
-        elif isinstance(ttl, _Default):
-            rel, abs_deadline = self.default_ttl, None
+            rel, new_deadline = None, deadline
         else:
-            rel, abs_deadline = (ttl or None), None
+            rel = (self.default_ttl if isinstance(ttl, _Default) else ttl) or None
+            new_deadline = None if rel is None else now + rel
         entry: Entry[V] = Entry(
             value,
             context_id=context_id if old is None or context_id is not None else old.context_id,
@@ -378,9 +386,19 @@ class SessionCache(Generic[K, V]):
             updated_at=now,
             accessed_at=now,
             ttl=rel,
-            deadline=abs_deadline if rel is None else now + rel,
+            deadline=new_deadline,
             size=self.sizer(key, value),
         )
+        if new_deadline is not None and new_deadline <= now:
+            # Written already expired (a past EXAT/PXAT, a negative TTL): the old
+            # value is gone, but the new one must not take a slot (evicting an
+            # innocent entry) nor reach the store.
+            if old is not None:
+                self._remove(key, old, Cause.REPLACED, None, store=False)
+            self.expirations += 1
+            self.persistence.delete(key)
+            self._notify(key, entry, Cause.EXPIRED, None)
+            return entry
         if old is not None:
             self._data.move_to_end(key)
             self.memory -= old.size
@@ -489,6 +507,10 @@ class SessionCache(Generic[K, V]):
         """Drop ``key`` from memory only; the store keeps it."""
         entry = self._data.get(key)
         if entry is None:
+            return False
+        if entry.deadline is not None and entry.deadline <= self.clock():
+            # Past its deadline: it expires (and leaves the store) instead.
+            self._remove(key, entry, Cause.EXPIRED, None)
             return False
         self._remove(key, entry, Cause.EVICTED, EvictionReason.INVALIDATED)
         return True
@@ -599,15 +621,29 @@ class SessionCache(Generic[K, V]):
 
     def _enforce_bounds(self) -> None:
         data = self._data
+        max_memory = self.max_memory
+        if len(data) <= self.max_sessions and (not max_memory or self.memory <= max_memory):
+            return
+        now = self.clock()
         while len(data) > self.max_sessions:
-            key, entry = data.popitem(last=False)
+            self._evict_lru(now, EvictionReason.MAX_SESSIONS)
+        if max_memory:
+            while self.memory > max_memory and data:
+                self._evict_lru(now, EvictionReason.MAX_MEMORY)
+
+    def _evict_lru(self, now: float, reason: EvictionReason) -> None:
+        key, entry = self._data.popitem(last=False)
+        if entry.deadline is not None and entry.deadline <= now:
+            # Already past its deadline: it expires (and leaves the store) rather
+            # than being evicted (which would keep it in the store for good).
+            self.expirations += 1
+            self._removed(key, entry, Cause.EXPIRED, None, True)
+        elif reason is EvictionReason.MAX_SESSIONS:
             self.evictions_max_sessions += 1
-            self._removed(key, entry, Cause.EVICTED, EvictionReason.MAX_SESSIONS, True)
-        if self.max_memory:
-            while self.memory > self.max_memory and data:
-                key, entry = data.popitem(last=False)
-                self.evictions_max_memory += 1
-                self._removed(key, entry, Cause.EVICTED, EvictionReason.MAX_MEMORY, True)
+            self._removed(key, entry, Cause.EVICTED, reason, True)
+        else:
+            self.evictions_max_memory += 1
+            self._removed(key, entry, Cause.EVICTED, reason, True)
 
     def _remove(
         self,
@@ -639,8 +675,6 @@ class SessionCache(Generic[K, V]):
             elif cause is not Cause.REPLACED:
                 self.persistence.delete(key)
         self._notify(key, entry, cause, reason)
-        if len(self._heap) > 2 * len(self._data) + 64:
-            self._rebuild_heap()
 
     def _notify(self, key: K, entry: Entry[V], cause: Cause, reason: EvictionReason | None) -> None:
         if self.listener is not None:

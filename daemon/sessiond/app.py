@@ -1,0 +1,276 @@
+"""Wires config, cache, store, server, metrics, logging, reload and systemd together.
+
+This is the only module that knows about all of them (hypercorn's ``run`` and
+uvicorn's ``Server`` are the model): it builds the pieces from a :class:`Config`,
+runs the background jobs (active expiry, idle timeout, watchdog, config watch),
+and shuts down in order on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__, logs
+from .cache import SessionCache
+from .commands import Runtime
+from .config import RESTART_REQUIRED, Config, ConfigError, flatten, load_config
+from .metrics import MetricsServer, ReloadStats, SessiondCollector, StoreStats
+from .notify import notify, watchdog_interval
+from .server import Server, StartupError
+
+log = structlog.get_logger("sessiond")
+
+SHUTDOWN_GRACE = 10.0  # seconds to let in-flight commands finish
+SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
+RELOAD_DEBOUNCE_MS = 200
+
+
+def build_cache(config: Config) -> SessionCache[bytes, bytes]:
+    c = config.cache
+    return SessionCache(
+        c.max_sessions,
+        max_memory=c.max_memory,
+        default_ttl=c.default_ttl or None,
+        sliding=c.sliding,
+    )
+
+
+class App:
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.cache = build_cache(config)
+        self.store_stats = StoreStats()
+        self.store: Any = None
+        self.rt = Runtime(config, self.cache, None)
+        self.server = Server(self.rt)
+        self.reloads = ReloadStats(last_success_timestamp=time.time())
+        self.metrics: MetricsServer | None = None
+        self.shutdown_event = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # --------------------------------------------------------------- run
+
+    async def run(self, started: Callable[[], Awaitable[None]] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        try:
+            await self.server.start()
+        except StartupError as exc:
+            log.error("startup_failed", error=str(exc))
+            return 1
+        if config.metrics.enabled:
+            self.metrics = MetricsServer(
+                SessiondCollector(self.rt, self.server, self.reloads, self.store_stats)
+            )
+            try:
+                self.metrics.start(config.metrics.host, config.metrics.port)
+            except OSError as exc:
+                log.error(
+                    "startup_failed",
+                    error=f"metrics.listen: cannot listen on {config.metrics.listen}: "
+                    f"{exc.strerror}",
+                )
+                self.metrics = None
+                self.server.stop_accepting()
+                self.server.remove_socket()
+                return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_shutdown, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self._spawn(self._sweep_forever())
+        self._spawn(self._idle_forever())
+        interval = watchdog_interval()
+        if interval is not None:
+            self._spawn(self._watchdog_forever(interval))
+        if self.config_path is not None:
+            self._spawn(self._watch_config(self.config_path))
+        log.info(
+            "started",
+            version=__version__,
+            config=config.source,
+            socket=str(config.socket.path),
+            metrics=config.metrics.listen if config.metrics.enabled else "disabled",
+            store="none",
+            warmed_sessions=0,
+        )
+        notify("READY=1\nSTATUS=serving")
+        if started is not None:
+            await started()
+        await self.shutdown_event.wait()
+        return await self._shutdown()
+
+    def _request_shutdown(self, signame: str) -> None:
+        if not self.shutdown_event.is_set():
+            log.info("shutdown_requested", signal=signame)
+            self.shutdown_event.set()
+
+    async def _shutdown(self) -> int:
+        notify("STOPPING=1")
+        started = time.monotonic()
+        await self.server.shutdown(SHUTDOWN_GRACE)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.metrics is not None:
+            self.metrics.stop()
+        log.info("stopped", seconds=round(time.monotonic() - started, 3))
+        return 0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", error=repr(task.exception()))
+
+    # ------------------------------------------------------ background jobs
+
+    async def _sweep_forever(self) -> None:
+        cache = self.cache
+        while True:
+            await asyncio.sleep(self.config.cache.sweep_interval)
+            while True:
+                cache.sweep(SWEEP_CHUNK)
+                next_deadline = cache.next_deadline()
+                if next_deadline is None or next_deadline > time.time():
+                    break
+                await asyncio.sleep(0)
+
+    async def _idle_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            timeout = self.config.limits.client_idle_timeout
+            if timeout > 0:
+                closed = self.server.close_idle(timeout)
+                if closed:
+                    log.info("idle_clients_closed", count=closed, timeout=timeout)
+
+    async def _watchdog_forever(self, interval: float) -> None:
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _watch_config(self, path: Path) -> None:
+        """Watch the config file's directory (editors and config managers
+        replace files atomically) and reload once per burst of changes."""
+        from watchfiles import awatch
+
+        target = path.resolve()
+        directory = target.parent
+
+        def relevant(_change: object, changed: str) -> bool:
+            return Path(changed).name == target.name
+
+        last = self._fingerprint(target)
+        async for _changes in awatch(
+            directory,
+            watch_filter=relevant,
+            debounce=RELOAD_DEBOUNCE_MS,
+            step=50,
+            recursive=False,
+        ):
+            current = self._fingerprint(target)
+            if current == last or current is None:
+                continue
+            last = current
+            self.reload("file_changed")
+
+    @staticmethod
+    def _fingerprint(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    # --------------------------------------------------------------- reload
+
+    def _on_sighup(self) -> None:
+        self.reload("SIGHUP")
+
+    def reload(self, trigger: str) -> bool:
+        """Load, validate and apply the config file; on any problem keep the old one."""
+        if self.config_path is None:
+            log.info("config_reload_skipped", trigger=trigger, reason="running on defaults")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.reloads.failure += 1
+            self.reloads.last_successful = False
+            log.error("config_reload_failed", trigger=trigger, problems=exc.problems)
+            return False
+        old = self.config
+        before, after = flatten(old), flatten(new)
+        changed = {k: (before[k], after[k]) for k in after if before[k] != after[k]}
+        pending = sorted(k for k in changed if k in RESTART_REQUIRED)
+        effective = dataclasses.replace(
+            new,
+            socket=old.socket,
+            metrics=old.metrics,
+            persistence=dataclasses.replace(
+                new.persistence, backend=old.persistence.backend, path=old.persistence.path
+            ),
+        )
+        self.apply(effective)
+        self.reloads.success += 1
+        self.reloads.last_successful = True
+        self.reloads.last_success_timestamp = time.time()
+        applied = {
+            k: {"old": v[0], "new": v[1]} for k, v in changed.items() if k not in RESTART_REQUIRED
+        }
+        log.info("config_reloaded", trigger=trigger, changed=applied)
+        if pending:
+            log.warning(
+                "config_change_requires_restart",
+                keys=pending,
+                changed={k: {"old": changed[k][0], "new": changed[k][1]} for k in pending},
+            )
+        return True
+
+    def apply(self, config: Config) -> None:
+        """Apply a validated config between commands (we are on the event loop)."""
+        self.config = config
+        c = config.cache
+        self.cache.default_ttl = c.default_ttl or None
+        self.cache.sliding = c.sliding
+        evicted = self.cache.resize(c.max_sessions, c.max_memory)
+        if evicted:
+            log.info("evicted_to_new_bound", evicted=evicted, max_sessions=c.max_sessions)
+        self.rt.apply_config(config)
+        self.server.max_output_buffer = config.limits.max_output_buffer
+        logs.configure(config.logging.level, config.logging.format)
+
+
+def run(config_path: Path | None) -> int:
+    """Run the daemon in the foreground; the process exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        logs.configure()
+        log.error("bad_config", source=exc.source or str(config_path), problems=exc.problems)
+        return 1
+    logs.configure(config.logging.level, config.logging.format)
+    chosen = config_path
+    if chosen is None and config.source != "built-in defaults":
+        chosen = Path(config.source)
+
+    async def main() -> int:
+        return await App(config, chosen).run()
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())

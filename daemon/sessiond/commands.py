@@ -1,0 +1,1324 @@
+"""The command table: Redis command names -> handlers over the cache and store.
+
+Every handler is a plain function ``handler(rt, client, args) -> reply`` (the
+reply is a value :mod:`sessiond.protocol` encodes), so each can be tested with a
+:class:`Runtime` and a :class:`Client` and no socket. A handler signals an error
+reply by raising :class:`~sessiond.protocol.Error`.
+
+Keys and values are ``bytes``. Sessions that are in the store but not in memory
+are made visible to handlers before they run: the server awaits
+:meth:`Runtime.prefetch` for the keys a command names (``CommandSpec.load``), so
+handlers themselves never wait.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import math
+import os
+import re
+import secrets
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import REDIS_COMPAT_VERSION, __version__
+from .cache import DEFAULT, Entry, SessionCache
+from .config import Config, flatten
+from .protocol import OK, PONG, Error, Status, Verbatim
+from .store import Store
+
+Args = list[bytes]
+Handler = Callable[["Runtime", "Client", Args], Any]
+
+ERR_SYNTAX = "ERR syntax error"
+ERR_NOT_INT = "ERR value is not an integer or out of range"
+ERR_NOAUTH = "NOAUTH Authentication required."
+ERR_WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
+MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
+
+
+# ------------------------------------------------------------------- state
+
+
+class Client:
+    """Per-connection state that commands read and change."""
+
+    __slots__ = (
+        "authenticated",
+        "close_after_reply",
+        "created_at",
+        "fd",
+        "id",
+        "last_active",
+        "last_command",
+        "lib_name",
+        "lib_ver",
+        "multi",
+        "multi_error",
+        "name",
+        "peer",
+        "resp3",
+    )
+
+    _ids = itertools.count(1)
+
+    def __init__(self, *, authenticated: bool, peer: str = "", fd: int = -1) -> None:
+        self.id = next(Client._ids)
+        self.authenticated = authenticated
+        self.resp3 = False
+        self.name: str | None = None
+        self.lib_name = ""
+        self.lib_ver = ""
+        self.multi: list[tuple[CommandSpec, Args]] | None = None
+        self.multi_error = False
+        self.close_after_reply = False
+        self.created_at = time.monotonic()
+        self.last_active = self.created_at
+        self.last_command = "NULL"
+        self.peer = peer
+        self.fd = fd
+
+    def info_line(self) -> str:
+        now = time.monotonic()
+        flags = "x" if self.multi is not None else "N"
+        return (
+            f"id={self.id} addr={self.peer}:0 laddr=unix:0 fd={self.fd} name={self.name or ''} "
+            f"age={int(now - self.created_at)} idle={int(now - self.last_active)} flags={flags} "
+            f"db=0 sub=0 psub=0 ssub=0 multi={-1 if self.multi is None else len(self.multi)} "
+            f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
+            f"tot-mem=0 events=r cmd={self.last_command.lower()} user=default redir=-1 "
+            f"resp={3 if self.resp3 else 2} lib-name={self.lib_name} lib-ver={self.lib_ver}"
+        )
+
+
+@dataclass(slots=True)
+class CommandSpec:
+    """One command: handler, Redis arity, flags for COMMAND, and plain-integer
+    call/error counters that metrics read at scrape time."""
+
+    name: str
+    handler: Handler
+    arity: int
+    flags: tuple[str, ...] = ()
+    first_key: int = 0
+    last_key: int = 0
+    step: int = 0
+    group: str = "generic"
+    summary: str = ""
+    load: Callable[[Args], list[bytes]] | None = None
+    admit: bool = True
+    write: bool = False
+    calls: int = 0
+    errors: int = 0
+
+    def keys(self, args: Args) -> list[bytes]:
+        if self.first_key == 0:
+            return []
+        last = self.last_key if self.last_key > 0 else len(args) + self.last_key
+        return args[self.first_key : last + 1 : self.step]
+
+
+@dataclass
+class ServerStats:
+    """Connection-level plain counters; the server bumps them, metrics read them."""
+
+    connections_total: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    commands_processed: int = 0
+    unknown_commands: int = 0
+    unknown_command_errors: int = 0
+
+
+class Runtime:
+    """What handlers run against: the cache, the store, the effective config and
+    the server's view of its clients."""
+
+    def __init__(
+        self, config: Config, cache: SessionCache[bytes, bytes], store: Store | None = None
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.store = store
+        self.clients: dict[int, Client] = {}
+        self.stats = ServerStats()
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        # Store entries fetched for inspection commands; cleared after each command.
+        self.peeked: dict[bytes, Entry[bytes] | None] = {}
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        self.config = config
+        self.max_value_size = config.limits.max_value_size
+        self.password = config.security.password
+
+    # ------------------------------------------------------------ lookups
+
+    def lookup(self, key: bytes) -> Entry[bytes] | None:
+        """An access: live entry or None; renews LRU and sliding TTL."""
+        return self.cache.get_entry(key)
+
+    def peek(self, key: bytes) -> Entry[bytes] | None:
+        """An inspection: live entry in memory or, failing that, the store's copy
+        fetched for this command; touches nothing."""
+        entry = self.cache.peek(key)
+        if entry is None and self.peeked:
+            entry = self.peeked.get(key)
+            if entry is not None and entry.deadline is not None and entry.deadline <= time.time():
+                return None
+        return entry
+
+    def check_size(self, data: bytes) -> None:
+        if len(data) > self.max_value_size:
+            raise Error(
+                f"ERR value of {len(data)} bytes exceeds limits.max_value_size "
+                f"({self.max_value_size} bytes)"
+            )
+
+    def dbsize(self) -> int:
+        if self.store is not None:
+            return self.store.count()
+        return len(self.cache)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _int(arg: bytes, message: str = ERR_NOT_INT) -> int:
+    try:
+        value = int(arg)
+    except ValueError:
+        raise Error(message) from None
+    if not MIN_INT64 <= value <= MAX_INT64 or not arg.strip(b"+-0123456789") == b"":
+        raise Error(message)
+    return value
+
+
+def _upper(arg: bytes) -> bytes:
+    return arg.upper()
+
+
+def _text(arg: bytes) -> str:
+    return arg.decode("utf-8", "replace")
+
+
+def _syntax() -> Error:
+    return Error(ERR_SYNTAX)
+
+
+def _expire_error(cmd: str) -> Error:
+    return Error(f"ERR invalid expire time in '{cmd}' command")
+
+
+def _deadline_from(
+    unit: bytes, amount: int, now: float, cmd: str
+) -> tuple[float | None, float | None]:
+    """(relative ttl, absolute deadline) for EX/PX/EXAT/PXAT with Redis' checks."""
+    if amount <= 0 and unit in (b"EX", b"PX"):
+        raise _expire_error(cmd)
+    if amount <= 0:
+        raise _expire_error(cmd)
+    if unit == b"EX":
+        if amount > MAX_INT64 // 1000:
+            raise _expire_error(cmd)
+        return float(amount), None
+    if unit == b"PX":
+        return amount / 1000.0, None
+    if unit == b"EXAT":
+        if amount > MAX_INT64 // 1000:
+            raise _expire_error(cmd)
+        return None, float(amount)
+    return None, amount / 1000.0
+
+
+def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
+    """Redis glob (``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]``, ``\\x``) as a regex."""
+    out = bytearray()
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i : i + 1]
+        if c == b"*":
+            out += b".*"
+        elif c == b"?":
+            out += b"."
+        elif c == b"\\" and i + 1 < n:
+            i += 1
+            out += re.escape(pattern[i : i + 1])
+        elif c == b"[":
+            j = pattern.find(b"]", i + 1)
+            if j == -1:
+                out += b"\\["
+            else:
+                body = pattern[i + 1 : j]
+                negate = body.startswith(b"^")
+                if negate:
+                    body = body[1:]
+                escaped = bytearray()
+                k = 0
+                while k < len(body):
+                    ch = body[k : k + 1]
+                    if ch == b"\\" and k + 1 < len(body):
+                        k += 1
+                        escaped += re.escape(body[k : k + 1])
+                    elif ch == b"-" and escaped and k + 1 < len(body):
+                        escaped += b"-"
+                    else:
+                        escaped += re.escape(ch)
+                    k += 1
+                out += b"[" + (b"^" if negate else b"") + bytes(escaped) + b"]"
+                i = j
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(bytes(out) + b"\\Z", re.DOTALL)
+
+
+def scan_hash(key: bytes) -> int:
+    """Stable position of a key in SCAN order (also stored by the SQLite store)."""
+    return zlib.crc32(key)
+
+
+# ------------------------------------------------------------- connection
+
+
+def cmd_ping(rt: Runtime, client: Client, args: Args) -> Any:
+    if len(args) > 2:
+        raise Error("ERR wrong number of arguments for 'ping' command")
+    return PONG if len(args) == 1 else args[1]
+
+
+def cmd_echo(rt: Runtime, client: Client, args: Args) -> Any:
+    return args[1]
+
+
+def cmd_quit(rt: Runtime, client: Client, args: Args) -> Any:
+    client.close_after_reply = True
+    return OK
+
+
+def _check_password(rt: Runtime, user: bytes, password: bytes) -> None:
+    """Only the ``default`` user exists; with no password set it accepts any
+    password, as Redis' ``nopass`` default user does."""
+    if user != b"default":
+        raise Error(ERR_WRONGPASS)
+    if rt.password is not None and not hmac.compare_digest(password, rt.password.encode()):
+        raise Error(ERR_WRONGPASS)
+
+
+def cmd_auth(rt: Runtime, client: Client, args: Args) -> Any:
+    if len(args) == 2:
+        if rt.password is None:
+            raise Error(
+                "ERR AUTH <password> called without any password configured for the default "
+                "user. Are you sure your configuration is correct?"
+            )
+        user, password = b"default", args[1]
+    elif len(args) == 3:
+        user, password = args[1], args[2]
+    else:
+        raise _syntax()
+    _check_password(rt, user, password)
+    client.authenticated = True
+    return OK
+
+
+def cmd_hello(rt: Runtime, client: Client, args: Args) -> Any:
+    resp3 = client.resp3
+    i = 1
+    if len(args) > 1:
+        try:
+            version = int(args[1])
+        except ValueError:
+            raise Error("ERR Protocol version is not an integer or out of range") from None
+        if version not in (2, 3):
+            raise Error("NOPROTO unsupported protocol version")
+        resp3 = version == 3
+        i = 2
+    name: str | None = None
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"AUTH" and i + 2 < len(args):
+            _check_password(rt, args[i + 1], args[i + 2])
+            client.authenticated = True
+            i += 3
+        elif opt == b"SETNAME" and i + 1 < len(args):
+            name = _client_name(args[i + 1])
+            i += 2
+        else:
+            raise Error(f"ERR Syntax error in HELLO option '{_text(args[i])}'")
+    if not client.authenticated:
+        raise Error("NOAUTH HELLO must be called with the client already authenticated, "
+                    "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                    "authenticate the client and select the RESP protocol version at the same "
+                    "time")  # fmt: skip
+    if name is not None:
+        client.name = name or None
+    client.resp3 = resp3
+    return {
+        "server": "redis",
+        "version": REDIS_COMPAT_VERSION,
+        "sessiond_version": __version__,
+        "proto": 3 if resp3 else 2,
+        "id": client.id,
+        "mode": "standalone",
+        "role": "master",
+        "modules": [],
+    }
+
+
+def cmd_reset(rt: Runtime, client: Client, args: Args) -> Any:
+    client.multi = None
+    client.multi_error = False
+    client.resp3 = False
+    client.name = None
+    client.authenticated = rt.password is None
+    return Status("RESET")
+
+
+def cmd_select(rt: Runtime, client: Client, args: Args) -> Any:
+    index = _int(args[1])
+    if index != 0:
+        raise Error("ERR DB index is out of range")
+    return OK
+
+
+def _client_name(arg: bytes) -> str:
+    if any(c <= 32 or c > 126 for c in arg):
+        raise Error("ERR Client names cannot contain spaces, newlines or special characters.")
+    return _text(arg)
+
+
+def cmd_client(rt: Runtime, client: Client, args: Args) -> Any:
+    sub = args[1].upper()
+    if sub == b"SETNAME" and len(args) == 3:
+        client.name = _client_name(args[2]) or None
+        return OK
+    if sub == b"GETNAME" and len(args) == 2:
+        return None if client.name is None else client.name.encode()
+    if sub == b"ID" and len(args) == 2:
+        return client.id
+    if sub == b"SETINFO" and len(args) == 4:
+        attr = args[2].upper()
+        value = _client_name(args[3]) if args[3] else ""
+        if attr == b"LIB-NAME":
+            client.lib_name = value
+        elif attr == b"LIB-VER":
+            client.lib_ver = value
+        else:
+            raise Error(f"ERR Unrecognized option '{_text(args[2])}'")
+        return OK
+    if sub == b"INFO" and len(args) == 2:
+        return Verbatim(client.info_line() + "\n")
+    if sub == b"LIST":
+        ids: set[int] | None = None
+        if len(args) >= 4 and args[2].upper() == b"ID":
+            ids = {_int(a) for a in args[3:]}
+        elif len(args) == 4 and args[2].upper() == b"TYPE":
+            if args[3].lower() not in (b"normal",):
+                return Verbatim("")
+        elif len(args) != 2:
+            raise _syntax()
+        lines = [c.info_line() + "\n" for c in rt.clients.values() if ids is None or c.id in ids]
+        return Verbatim("".join(lines))
+    if sub == b"NO-EVICT" or sub == b"NO-TOUCH":
+        return OK
+    raise Error(
+        f"ERR unknown subcommand or wrong number of arguments for '{_text(args[1])}'. "
+        "Try CLIENT HELP."
+    )
+
+
+def cmd_time(rt: Runtime, client: Client, args: Args) -> Any:
+    now = time.time()
+    seconds = int(now)
+    return [str(seconds).encode(), str(int((now - seconds) * 1_000_000)).encode()]
+
+
+def cmd_dbsize(rt: Runtime, client: Client, args: Args) -> Any:
+    return rt.dbsize()
+
+
+def cmd_flushdb(rt: Runtime, client: Client, args: Args) -> Any:
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise _syntax()
+    rt.cache.clear()
+    if rt.store is not None:
+        rt.store.clear()
+    return OK
+
+
+def cmd_config(rt: Runtime, client: Client, args: Args) -> Any:
+    sub = args[1].upper()
+    if sub == b"GET" and len(args) >= 3:
+        flat = flatten(rt.config)
+        out: dict[str, Any] = {}
+        for pattern in args[2:]:
+            rx = glob_to_regex(pattern.lower())
+            for key, value in flat.items():
+                if rx.match(key.encode()):
+                    out[key] = _config_value(value)
+        return out
+    if sub == b"SET":
+        raise Error("ERR CONFIG SET is not supported: edit the config file, sessiond reloads it")
+    if sub == b"RESETSTAT" and len(args) == 2:
+        return OK
+    raise Error(
+        f"ERR unknown subcommand or wrong number of arguments for '{_text(args[1])}'. "
+        "Try CONFIG HELP."
+    )
+
+
+def _config_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+# ---------------------------------------------------------------- strings
+
+
+def cmd_get(rt: Runtime, client: Client, args: Args) -> Any:
+    entry = rt.cache.get_entry(args[1])
+    return None if entry is None else entry.value
+
+
+def cmd_set(rt: Runtime, client: Client, args: Args) -> Any:
+    key, value = args[1], args[2]
+    rt.check_size(key)
+    rt.check_size(value)
+    if len(args) == 3:
+        rt.cache.insert(key, value)
+        return OK
+    nx = xx = get = keep = False
+    ttl: float | None = None
+    deadline: float | None = None
+    expiry: bytes | None = None
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"NX" and not xx:
+            nx = True
+        elif opt == b"XX" and not nx:
+            xx = True
+        elif opt == b"GET":
+            get = True
+        elif opt == b"KEEPTTL" and expiry is None:
+            keep = True
+            expiry = opt
+        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and expiry is None and i + 1 < len(args):
+            expiry = opt
+            i += 1
+            ttl, deadline = _deadline_from(opt, _int(args[i]), time.time(), "set")
+        else:
+            raise _syntax()
+        i += 1
+    old = rt.lookup(key) if (nx or xx or get) else None
+    if get and old is not None and not isinstance(old.value, bytes):
+        raise Error("WRONGTYPE Operation against a key holding the wrong kind of value")
+    old_value = None if old is None else old.value
+    if (nx and old is not None) or (xx and old is None):
+        return old_value if get else None
+    if expiry is None or keep:
+        rt.cache.insert(key, value, keep_ttl=keep)
+    elif deadline is not None:
+        rt.cache.insert(key, value, deadline=deadline)
+    else:
+        rt.cache.insert(key, value, ttl)
+    return old_value if get else OK
+
+
+def cmd_setex(rt: Runtime, client: Client, args: Args) -> Any:
+    unit = b"EX" if args[0].upper() == b"SETEX" else b"PX"
+    rt.check_size(args[1])
+    rt.check_size(args[3])
+    ttl, _ = _deadline_from(unit, _int(args[2]), time.time(), _text(args[0]).lower())
+    rt.cache.insert(args[1], args[3], ttl)
+    return OK
+
+
+def cmd_setnx(rt: Runtime, client: Client, args: Args) -> Any:
+    rt.check_size(args[1])
+    rt.check_size(args[2])
+    if rt.lookup(args[1]) is not None:
+        return 0
+    rt.cache.insert(args[1], args[2])
+    return 1
+
+
+def cmd_getdel(rt: Runtime, client: Client, args: Args) -> Any:
+    return rt.cache.remove(args[1])
+
+
+def cmd_getex(rt: Runtime, client: Client, args: Args) -> Any:
+    key = args[1]
+    entry = rt.lookup(key)
+    if len(args) == 2:
+        return None if entry is None else entry.value
+    opt = args[2].upper()
+    if opt == b"PERSIST" and len(args) == 3:
+        if entry is not None:
+            rt.cache.persist(key)
+    elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and len(args) == 4:
+        ttl, deadline = _deadline_from(opt, _int(args[3]), time.time(), "getex")
+        if entry is not None:
+            if deadline is not None:
+                rt.cache.set_deadline(key, deadline)
+            else:
+                rt.cache.set_ttl(key, ttl)
+    else:
+        raise _syntax()
+    return None if entry is None else entry.value
+
+
+def cmd_mget(rt: Runtime, client: Client, args: Args) -> Any:
+    get = rt.cache.get_entry
+    out: list[bytes | None] = []
+    for key in args[1:]:
+        entry = get(key)
+        out.append(None if entry is None else entry.value)
+    return out
+
+
+def cmd_mset(rt: Runtime, client: Client, args: Args) -> Any:
+    if len(args) % 2 == 0:
+        raise Error("ERR wrong number of arguments for 'mset' command")
+    for i in range(1, len(args), 2):
+        rt.check_size(args[i])
+        rt.check_size(args[i + 1])
+    for i in range(1, len(args), 2):
+        rt.cache.insert(args[i], args[i + 1])
+    return OK
+
+
+def cmd_del(rt: Runtime, client: Client, args: Args) -> Any:
+    removed = 0
+    for key in args[1:]:
+        existed = rt.peek(key) is not None
+        rt.cache.remove(key)
+        removed += existed
+    return removed
+
+
+def cmd_exists(rt: Runtime, client: Client, args: Args) -> Any:
+    return sum(1 for key in args[1:] if rt.peek(key) is not None)
+
+
+def cmd_touch(rt: Runtime, client: Client, args: Args) -> Any:
+    return sum(1 for key in args[1:] if rt.lookup(key) is not None)
+
+
+def cmd_type(rt: Runtime, client: Client, args: Args) -> Any:
+    return Status("none" if rt.peek(args[1]) is None else "string")
+
+
+def cmd_strlen(rt: Runtime, client: Client, args: Args) -> Any:
+    entry = rt.peek(args[1])
+    return 0 if entry is None else len(entry.value)
+
+
+def _incr_by(rt: Runtime, key: bytes, delta: int) -> int:
+    entry = rt.lookup(key)
+    current = 0
+    if entry is not None:
+        value = entry.value
+        try:
+            if len(value) > 20 or value != value.strip() or not value:
+                raise ValueError
+            current = int(value)
+        except ValueError:
+            raise Error(ERR_NOT_INT) from None
+    result = current + delta
+    if not MIN_INT64 <= result <= MAX_INT64:
+        raise Error("ERR increment or decrement would overflow")
+    encoded = str(result).encode()
+    if entry is None:
+        rt.cache.insert(key, encoded)
+    else:
+        rt.cache.update(key, lambda _old: encoded)
+    return result
+
+
+def cmd_incr(rt: Runtime, client: Client, args: Args) -> Any:
+    return _incr_by(rt, args[1], 1)
+
+
+def cmd_decr(rt: Runtime, client: Client, args: Args) -> Any:
+    return _incr_by(rt, args[1], -1)
+
+
+def cmd_incrby(rt: Runtime, client: Client, args: Args) -> Any:
+    return _incr_by(rt, args[1], _int(args[2]))
+
+
+def cmd_decrby(rt: Runtime, client: Client, args: Args) -> Any:
+    delta = _int(args[2])
+    if delta == MIN_INT64:
+        raise Error("ERR decrement would overflow")
+    return _incr_by(rt, args[1], -delta)
+
+
+# ----------------------------------------------------------------- expiry
+
+
+def _expire_common(rt: Runtime, args: Args, *, ms: bool, absolute: bool) -> int:
+    key = args[1]
+    amount = _int(args[2])
+    flags = {a.upper() for a in args[3:]}
+    if not flags <= {b"NX", b"XX", b"GT", b"LT"} or len(flags) != len(args) - 3:
+        raise Error(f"ERR Unsupported option {_text(args[3])}" if len(args) > 3 else ERR_SYNTAX)
+    if b"NX" in flags and len(flags) > 1:
+        raise Error("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if b"GT" in flags and b"LT" in flags:
+        raise Error("ERR GT and LT options at the same time are not compatible")
+    now = time.time()
+    seconds = amount / 1000.0 if ms else float(amount)
+    if abs(amount) > (MAX_INT64 if ms else MAX_INT64 // 1000):
+        raise _expire_error(_text(args[0]).lower())
+    new_deadline = seconds if absolute else now + seconds
+    entry = rt.lookup(key)
+    if entry is None:
+        return 0
+    current = entry.deadline
+    if b"NX" in flags and current is not None:
+        return 0
+    if b"XX" in flags and current is None:
+        return 0
+    if b"GT" in flags and (current is None or new_deadline <= current):
+        return 0
+    if b"LT" in flags and current is not None and new_deadline >= current:
+        return 0
+    if new_deadline <= now:
+        rt.cache.remove(key)
+        return 1
+    if absolute:
+        rt.cache.set_deadline(key, new_deadline)
+    else:
+        rt.cache.set_ttl(key, seconds)
+    return 1
+
+
+def cmd_expire(rt: Runtime, client: Client, args: Args) -> Any:
+    return _expire_common(rt, args, ms=False, absolute=False)
+
+
+def cmd_pexpire(rt: Runtime, client: Client, args: Args) -> Any:
+    return _expire_common(rt, args, ms=True, absolute=False)
+
+
+def cmd_expireat(rt: Runtime, client: Client, args: Args) -> Any:
+    return _expire_common(rt, args, ms=False, absolute=True)
+
+
+def cmd_pexpireat(rt: Runtime, client: Client, args: Args) -> Any:
+    return _expire_common(rt, args, ms=True, absolute=True)
+
+
+def _remaining_ms(rt: Runtime, key: bytes) -> int:
+    entry = rt.peek(key)
+    if entry is None:
+        return -2
+    if entry.deadline is None:
+        return -1
+    return max(0, round((entry.deadline - time.time()) * 1000))
+
+
+def cmd_ttl(rt: Runtime, client: Client, args: Args) -> Any:
+    ms = _remaining_ms(rt, args[1])
+    return ms if ms < 0 else (ms + 500) // 1000
+
+
+def cmd_pttl(rt: Runtime, client: Client, args: Args) -> Any:
+    return _remaining_ms(rt, args[1])
+
+
+def _expiretime(rt: Runtime, key: bytes) -> float | int:
+    entry = rt.peek(key)
+    if entry is None:
+        return -2
+    if entry.deadline is None:
+        return -1
+    return entry.deadline
+
+
+def cmd_expiretime(rt: Runtime, client: Client, args: Args) -> Any:
+    value = _expiretime(rt, args[1])
+    return value if isinstance(value, int) else int(value)
+
+
+def cmd_pexpiretime(rt: Runtime, client: Client, args: Args) -> Any:
+    value = _expiretime(rt, args[1])
+    return value if isinstance(value, int) else int(value * 1000)
+
+
+def cmd_persist(rt: Runtime, client: Client, args: Args) -> Any:
+    return int(rt.lookup(args[1]) is not None and rt.cache.persist(args[1]))
+
+
+# --------------------------------------------------------------- keyspace
+
+
+def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:
+    count = 10
+    pattern: re.Pattern[bytes] | None = None
+    type_name: bytes | None = None
+    i = start
+    while i < len(args):
+        opt = args[i].upper()
+        if i + 1 >= len(args):
+            raise _syntax()
+        if opt == b"COUNT":
+            count = _int(args[i + 1])
+            if count < 1:
+                raise _syntax()
+        elif opt == b"MATCH":
+            pattern = None if args[i + 1] == b"*" else glob_to_regex(args[i + 1])
+        elif opt == b"TYPE":
+            type_name = args[i + 1].lower()
+        else:
+            raise _syntax()
+        i += 2
+    return count, pattern, type_name
+
+
+def cmd_scan(rt: Runtime, client: Client, args: Args) -> Any:
+    try:
+        cursor = int(args[1])
+    except ValueError:
+        raise Error("ERR invalid cursor") from None
+    if cursor < 0:
+        raise Error("ERR invalid cursor")
+    count, pattern, type_name = _scan_options(args, 2)
+    if type_name is not None and type_name != b"string":
+        return [b"0", []]
+    if rt.store is not None:
+        keys, next_cursor = rt.store.scan(cursor, count, memory=rt.cache)
+    else:
+        keys, next_cursor = scan_memory(rt.cache, cursor, count)
+    if pattern is not None:
+        keys = [k for k in keys if pattern.match(k)]
+    return [str(next_cursor).encode(), keys]
+
+
+def scan_memory(
+    cache: SessionCache[bytes, bytes], cursor: int, count: int
+) -> tuple[list[bytes], int]:
+    """One SCAN step over memory in stable hash order: every key present for the
+    whole iteration is returned exactly once, however LRU order changes."""
+    now = time.time()
+    candidates = sorted(
+        (h, key)
+        for key, entry in cache._data.items()
+        if (h := scan_hash(key)) >= cursor and (entry.deadline is None or entry.deadline > now)
+    )
+    return take_hash_groups(candidates, count)
+
+
+def take_hash_groups(candidates: list[tuple[int, bytes]], count: int) -> tuple[list[bytes], int]:
+    """At least ``count`` keys from sorted ``(hash, key)`` pairs, never splitting
+    a group of equal hashes; the next cursor (0 when done)."""
+    if len(candidates) <= count:
+        return [k for _, k in candidates], 0
+    end = count
+    last_hash = candidates[end - 1][0]
+    while end < len(candidates) and candidates[end][0] == last_hash:
+        end += 1
+    if end == len(candidates):
+        return [k for _, k in candidates], 0
+    return [k for _, k in candidates[:end]], last_hash + 1
+
+
+def cmd_keys(rt: Runtime, client: Client, args: Args) -> Any:
+    pattern = None if args[1] == b"*" else glob_to_regex(args[1])
+    if rt.store is not None:
+        keys = rt.store.all_keys(memory=rt.cache)
+    else:
+        keys = [key for key, _ in rt.cache.items()]
+    return keys if pattern is None else [k for k in keys if pattern.match(k)]
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def cmd_session_create(rt: Runtime, client: Client, args: Args) -> Any:
+    context: str | None = None
+    ttl: float | object | None = DEFAULT
+    state = b""
+    i = 1
+    while i < len(args):
+        opt = args[i].upper()
+        if i + 1 >= len(args):
+            raise _syntax()
+        if opt == b"CONTEXT":
+            context = _text(args[i + 1])
+        elif opt == b"TTL":
+            seconds = _int(args[i + 1])
+            if seconds < 0:
+                raise _expire_error("session.create")
+            ttl = float(seconds) or None
+        elif opt == b"STATE":
+            state = args[i + 1]
+            rt.check_size(state)
+        else:
+            raise _syntax()
+        i += 2
+    session_id = secrets.token_urlsafe(24).encode()
+    if ttl is DEFAULT:
+        rt.cache.insert(session_id, state, context_id=context)
+    else:
+        rt.cache.insert(session_id, state, ttl, context_id=context)  # type: ignore[arg-type]
+    return session_id
+
+
+def cmd_session_info(rt: Runtime, client: Client, args: Args) -> Any:
+    key = args[1]
+    entry = rt.cache.peek(key)
+    where = "memory"
+    if entry is None:
+        entry = rt.peek(key)
+        where = "store"
+    if entry is None:
+        return None
+    now = time.time()
+    remaining = entry.remaining(now)
+    return {
+        "context": entry.context_id or "",
+        "created_at": entry.created_at,
+        "updated_at": entry.updated_at,
+        "ttl": -1 if remaining is None else math.ceil(remaining),
+        "idle": max(0.0, now - entry.accessed_at),
+        "size": len(entry.value),
+        "where": where,
+    }
+
+
+def cmd_session_invalidate(rt: Runtime, client: Client, args: Args) -> Any:
+    return int(rt.cache.invalidate(args[1]))
+
+
+def cmd_session_list(rt: Runtime, client: Client, args: Args) -> Any:
+    context: str | None = None
+    count: int | None = None
+    i = 1
+    while i < len(args):
+        opt = args[i].upper()
+        if i + 1 >= len(args):
+            raise _syntax()
+        if opt == b"CONTEXT":
+            context = _text(args[i + 1])
+        elif opt == b"COUNT":
+            count = _int(args[i + 1])
+            if count < 0:
+                raise _syntax()
+        else:
+            raise _syntax()
+        i += 2
+    return rt.cache.list(context_id=context, count=count)
+
+
+# ------------------------------------------------------------------- INFO
+
+
+def info_text(rt: Runtime, section: bytes | None) -> str:
+    cache = rt.cache
+    stats = rt.stats
+    now = time.time()
+    uptime = int(time.monotonic() - rt.started_monotonic)
+    expires = sum(1 for _, e in cache.items() if e.deadline is not None)
+    sections: dict[str, list[tuple[str, Any]]] = {
+        "server": [
+            ("redis_version", REDIS_COMPAT_VERSION),
+            ("sessiond_version", __version__),
+            ("redis_mode", "standalone"),
+            ("os", f"{os.uname().sysname} {os.uname().release} {os.uname().machine}"),
+            ("arch_bits", 64 if sys.maxsize > 2**32 else 32),
+            ("python_version", sys.version.split()[0]),
+            ("process_id", os.getpid()),
+            ("uptime_in_seconds", uptime),
+            ("uptime_in_days", uptime // 86400),
+            ("unix_socket", str(rt.config.socket.path)),
+            ("config_file", rt.config.source),
+        ],
+        "clients": [
+            ("connected_clients", len(rt.clients)),
+            ("maxclients", rt.config.limits.max_clients),
+            ("blocked_clients", 0),
+        ],
+        "memory": [
+            ("used_memory", cache.memory),
+            ("maxmemory", cache.max_memory),
+            ("maxmemory_policy", "allkeys-lru"),
+            ("max_sessions", cache.max_sessions),
+        ],
+        "persistence": [
+            ("loading", 0),
+            ("backend", rt.config.persistence.backend if rt.store is not None else "none"),
+            ("durability", rt.config.persistence.durability),
+            ("warm_start_sessions", rt.store.warmed if rt.store is not None else 0),
+        ],
+        "stats": [
+            ("total_connections_received", stats.connections_total),
+            ("total_commands_processed", stats.commands_processed),
+            ("rejected_connections", sum(stats.rejected.values())),
+            ("expired_keys", cache.expirations),
+            ("evicted_keys", cache.evictions_max_sessions + cache.evictions_max_memory),
+            ("keyspace_hits", cache.hits),
+            ("keyspace_misses", cache.misses),
+            ("store_loads_found", cache.loads_found),
+            ("store_loads_absent", cache.loads_absent),
+        ],
+        "replication": [("role", "master"), ("connected_slaves", 0)],
+        "cpu": [
+            ("used_cpu_sys", round(os.times().system, 6)),
+            ("used_cpu_user", round(os.times().user, 6)),
+        ],
+        "keyspace": [],
+    }
+    keys = rt.dbsize()
+    if keys:
+        sections["keyspace"].append(("db0", f"keys={keys},expires={expires},avg_ttl=0"))
+    del now
+    wanted: Iterable[str]
+    name = None if section is None else section.decode("utf-8", "replace").lower()
+    if name in (None, "default", "all", "everything"):
+        wanted = sections
+    else:
+        wanted = [name] if name in sections else []
+    parts = []
+    for title in wanted:
+        lines = [f"# {title.capitalize()}"] + [f"{k}:{v}" for k, v in sections[title]]
+        parts.append("\r\n".join(lines) + "\r\n")
+    return "\r\n".join(parts)
+
+
+def cmd_info(rt: Runtime, client: Client, args: Args) -> Any:
+    if len(args) > 2:
+        return Verbatim("\r\n".join(info_text(rt, a) for a in args[1:] if info_text(rt, a)))
+    return Verbatim(info_text(rt, args[1] if len(args) == 2 else None))
+
+
+# ---------------------------------------------------------------- COMMAND
+
+
+def _command_info(spec: CommandSpec) -> list[Any]:
+    return [
+        spec.name.lower(),
+        spec.arity,
+        {Status(f) for f in spec.flags},
+        spec.first_key,
+        spec.last_key,
+        spec.step,
+        {Status(f"@{spec.group}")},
+        [],
+        [],
+        [],
+    ]
+
+
+def cmd_command(rt: Runtime, client: Client, args: Args) -> Any:
+    if len(args) == 1:
+        return [_command_info(s) for s in COMMANDS.values()]
+    sub = args[1].upper()
+    if sub == b"COUNT":
+        return len(COMMANDS)
+    if sub == b"INFO":
+        names = args[2:] or [s.name.encode() for s in COMMANDS.values()]
+        return [
+            _command_info(COMMANDS[n.upper()]) if n.upper() in COMMANDS else None for n in names
+        ]
+    if sub == b"DOCS":
+        names = [n.upper() for n in args[2:]] or list(COMMANDS)
+        return {
+            COMMANDS[n].name.lower(): {
+                "summary": COMMANDS[n].summary,
+                "since": "1.0.0",
+                "group": COMMANDS[n].group,
+                "complexity": "O(1)",
+                "arguments": [],
+            }
+            for n in names
+            if n in COMMANDS
+        }
+    if sub == b"LIST":
+        return [s.name.lower() for s in COMMANDS.values()]
+    if sub == b"GETKEYS" and len(args) > 2:
+        spec = COMMANDS.get(args[2].upper())
+        if spec is None:
+            raise Error("ERR Invalid command specified")
+        return spec.keys(args[2:])
+    raise Error(
+        f"ERR unknown subcommand or wrong number of arguments for '{_text(args[1])}'. "
+        "Try COMMAND HELP."
+    )
+
+
+# Transactions are run by the server (they span several commands); these
+# entries exist so COMMAND, arity checks and metrics know them.
+def _server_handled(rt: Runtime, client: Client, args: Args) -> Any:
+    raise Error(f"ERR {_text(args[0]).upper()} is handled by the connection")
+
+
+# ------------------------------------------------------------------ table
+
+
+def _keys_at(first: int, last: int, step: int) -> Callable[[Args], list[bytes]]:
+    def load(args: Args) -> list[bytes]:
+        end = last if last > 0 else len(args) + last
+        return args[first : end + 1 : step]
+
+    return load
+
+
+def _set_load(args: Args) -> list[bytes]:
+    # A plain SET replaces the value whatever the store holds; options read it.
+    return args[1:2] if len(args) > 3 else []
+
+
+def _spec(
+    name: str,
+    handler: Handler,
+    arity: int,
+    flags: str = "",
+    keys: tuple[int, int, int] = (0, 0, 0),
+    *,
+    group: str = "generic",
+    summary: str = "",
+    admit: bool = True,
+    load: Callable[[Args], list[bytes]] | bool | None = True,
+) -> CommandSpec:
+    flag_tuple = tuple(flags.split())
+    loader: Callable[[Args], list[bytes]] | None
+    if load is True:
+        loader = _keys_at(*keys) if keys[0] else None
+    elif load is False:
+        loader = None
+    else:
+        loader = load
+    return CommandSpec(
+        name=name,
+        handler=handler,
+        arity=arity,
+        flags=flag_tuple,
+        first_key=keys[0],
+        last_key=keys[1],
+        step=keys[2],
+        group=group,
+        summary=summary,
+        load=loader,
+        admit=admit,
+        write="write" in flag_tuple,
+    )
+
+
+_CONN = "connection"
+_STR = "string"
+_KEYS = "keyspace"
+_SERVER = "server"
+_SESSION = "session"
+
+_SPECS = [
+    _spec("PING", cmd_ping, -1, "fast", group=_CONN, summary="Ping the server"),
+    _spec("ECHO", cmd_echo, 2, "fast", group=_CONN, summary="Echo the given string"),
+    _spec("QUIT", cmd_quit, -1, "fast", group=_CONN, summary="Close the connection"),
+    _spec("AUTH", cmd_auth, -2, "noauth fast", group=_CONN, summary="Authenticate"),
+    _spec("HELLO", cmd_hello, -1, "noauth fast", group=_CONN, summary="Handshake"),
+    _spec("RESET", cmd_reset, 1, "noauth fast", group=_CONN, summary="Reset the connection"),
+    _spec("SELECT", cmd_select, 2, "fast", group=_CONN, summary="Select database 0"),
+    _spec("CLIENT", cmd_client, -2, "", group=_CONN, summary="Client connection commands"),
+    _spec("COMMAND", cmd_command, -1, "", group=_SERVER, summary="Command introspection"),
+    _spec("INFO", cmd_info, -1, "", group=_SERVER, summary="Server information"),
+    _spec("CONFIG", cmd_config, -2, "", group=_SERVER, summary="Read the effective config"),
+    _spec("DBSIZE", cmd_dbsize, 1, "readonly fast", group=_SERVER, summary="Number of keys"),
+    _spec("FLUSHDB", cmd_flushdb, -1, "write", group=_SERVER, summary="Delete all keys"),
+    _spec("FLUSHALL", cmd_flushdb, -1, "write", group=_SERVER, summary="Delete all keys"),
+    _spec("TIME", cmd_time, 1, "fast", group=_SERVER, summary="Server time"),
+    _spec("MULTI", _server_handled, 1, "fast", group="transactions", summary="Start a transaction"),
+    _spec("EXEC", _server_handled, 1, "", group="transactions", summary="Run a transaction"),
+    _spec(
+        "DISCARD", _server_handled, 1, "fast", group="transactions", summary="Drop a transaction"
+    ),
+    _spec("GET", cmd_get, 2, "readonly fast", (1, 1, 1), group=_STR, summary="Get a value"),
+    _spec(
+        "SET", cmd_set, -3, "write", (1, 1, 1), group=_STR, summary="Set a value", load=_set_load
+    ),
+    _spec(
+        "SETEX", cmd_setex, 4, "write", (1, 1, 1), group=_STR, summary="Set with TTL", load=False
+    ),
+    _spec(
+        "PSETEX",
+        cmd_setex,
+        4,
+        "write",
+        (1, 1, 1),
+        group=_STR,
+        summary="Set with ms TTL",
+        load=False,
+    ),
+    _spec("SETNX", cmd_setnx, 3, "write fast", (1, 1, 1), group=_STR, summary="Set if absent"),
+    _spec("GETDEL", cmd_getdel, 2, "write fast", (1, 1, 1), group=_STR, summary="Get and delete"),
+    _spec("GETEX", cmd_getex, -2, "write fast", (1, 1, 1), group=_STR, summary="Get, set expiry"),
+    _spec("MGET", cmd_mget, -2, "readonly fast", (1, -1, 1), group=_STR, summary="Get values"),
+    _spec("MSET", cmd_mset, -3, "write", (1, -1, 2), group=_STR, summary="Set values", load=False),
+    _spec("DEL", cmd_del, -2, "write", (1, -1, 1), group=_KEYS, summary="Delete keys", admit=False),
+    _spec(
+        "UNLINK",
+        cmd_del,
+        -2,
+        "write fast",
+        (1, -1, 1),
+        group=_KEYS,
+        summary="Delete keys",
+        admit=False,
+    ),
+    _spec(
+        "EXISTS",
+        cmd_exists,
+        -2,
+        "readonly fast",
+        (1, -1, 1),
+        group=_KEYS,
+        summary="Count existing keys",
+        admit=False,
+    ),
+    _spec("TOUCH", cmd_touch, -2, "readonly fast", (1, -1, 1), group=_KEYS, summary="Touch keys"),
+    _spec(
+        "TYPE",
+        cmd_type,
+        2,
+        "readonly fast",
+        (1, 1, 1),
+        group=_KEYS,
+        summary="Type of a key",
+        admit=False,
+    ),
+    _spec(
+        "STRLEN",
+        cmd_strlen,
+        2,
+        "readonly fast",
+        (1, 1, 1),
+        group=_STR,
+        summary="Length of a value",
+        admit=False,
+    ),
+    _spec("INCR", cmd_incr, 2, "write fast", (1, 1, 1), group=_STR, summary="Increment"),
+    _spec("INCRBY", cmd_incrby, 3, "write fast", (1, 1, 1), group=_STR, summary="Increment by"),
+    _spec("DECR", cmd_decr, 2, "write fast", (1, 1, 1), group=_STR, summary="Decrement"),
+    _spec("DECRBY", cmd_decrby, 3, "write fast", (1, 1, 1), group=_STR, summary="Decrement by"),
+    _spec("EXPIRE", cmd_expire, -3, "write fast", (1, 1, 1), group=_KEYS, summary="Set TTL"),
+    _spec("PEXPIRE", cmd_pexpire, -3, "write fast", (1, 1, 1), group=_KEYS, summary="Set ms TTL"),
+    _spec(
+        "EXPIREAT", cmd_expireat, -3, "write fast", (1, 1, 1), group=_KEYS, summary="Set deadline"
+    ),
+    _spec(
+        "PEXPIREAT",
+        cmd_pexpireat,
+        -3,
+        "write fast",
+        (1, 1, 1),
+        group=_KEYS,
+        summary="Set ms deadline",
+    ),
+    _spec(
+        "TTL",
+        cmd_ttl,
+        2,
+        "readonly fast",
+        (1, 1, 1),
+        group=_KEYS,
+        summary="Remaining TTL",
+        admit=False,
+    ),
+    _spec(
+        "PTTL",
+        cmd_pttl,
+        2,
+        "readonly fast",
+        (1, 1, 1),
+        group=_KEYS,
+        summary="Remaining ms TTL",
+        admit=False,
+    ),
+    _spec(
+        "EXPIRETIME",
+        cmd_expiretime,
+        2,
+        "readonly fast",
+        (1, 1, 1),
+        group=_KEYS,
+        summary="Deadline",
+        admit=False,
+    ),
+    _spec(
+        "PEXPIRETIME",
+        cmd_pexpiretime,
+        2,
+        "readonly fast",
+        (1, 1, 1),
+        group=_KEYS,
+        summary="Deadline in ms",
+        admit=False,
+    ),
+    _spec("PERSIST", cmd_persist, 2, "write fast", (1, 1, 1), group=_KEYS, summary="Remove TTL"),
+    _spec("SCAN", cmd_scan, -2, "readonly", group=_KEYS, summary="Iterate keys"),
+    _spec("KEYS", cmd_keys, 2, "readonly", group=_KEYS, summary="Keys matching a pattern"),
+    _spec(
+        "SESSION.CREATE",
+        cmd_session_create,
+        -1,
+        "write",
+        group=_SESSION,
+        summary="Create a session with a random id",
+    ),
+    _spec(
+        "SESSION.INFO",
+        cmd_session_info,
+        2,
+        "readonly",
+        (1, 1, 1),
+        group=_SESSION,
+        summary="Session metadata",
+        admit=False,
+    ),
+    _spec(
+        "SESSION.INVALIDATE",
+        cmd_session_invalidate,
+        2,
+        "write",
+        (1, 1, 1),
+        group=_SESSION,
+        summary="Drop a session from memory, keep it in the store",
+        load=False,
+    ),
+    _spec(
+        "SESSION.LIST",
+        cmd_session_list,
+        -1,
+        "readonly",
+        group=_SESSION,
+        summary="Session ids in memory, most recently used first",
+    ),
+]
+
+COMMANDS: dict[bytes, CommandSpec] = {spec.name.encode(): spec for spec in _SPECS}
+# Lookups try the bytes as sent first; most clients send upper or lower case.
+LOOKUP: dict[bytes, CommandSpec] = {**COMMANDS, **{k.lower(): v for k, v in COMMANDS.items()}}
+
+__all__ = [
+    "COMMANDS",
+    "LOOKUP",
+    "Client",
+    "CommandSpec",
+    "Runtime",
+    "glob_to_regex",
+    "scan_memory",
+]
