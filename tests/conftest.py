@@ -1,0 +1,206 @@
+"""Shared fixtures: the real daemon as a subprocess on a real Unix socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+STARTUP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Daemon:
+    """One sessiond process with its own directory, config, socket and store."""
+
+    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.metrics_port = free_port()
+        self.config: dict[str, Any] = deep_merge(
+            {
+                "socket": {"path": "sessiond.sock", "mode": "0600"},
+                "persistence": {"backend": "none", "path": "sessions.db"},
+                "metrics": {"enabled": False, "listen": f"127.0.0.1:{self.metrics_port}"},
+                "logging": {"level": "debug", "format": "json"},
+                "cache": {"sweep_interval": "100ms"},
+            },
+            overrides or {},
+        )
+        self.config_path = workdir / "sessiond.yaml"
+        self.log_path = workdir / "sessiond.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / str(self.config["socket"]["path"])
+
+    def write_config(self, config: dict[str, Any] | None = None) -> None:
+        if config is not None:
+            self.config = config
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.config))
+        tmp.replace(self.config_path)
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sessiond", "run", "--config", str(self.config_path)],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sessiond exited {self.proc.returncode}:\n{self.log_text()}")
+            if self.socket_path.exists():
+                try:
+                    with self.client() as r:
+                        r.ping()
+                    return
+                except (redis.ConnectionError, OSError):
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"sessiond did not start:\n{self.log_text()}")
+
+    def client(self, protocol: int = 2, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            protocol=protocol,
+            socket_timeout=10,
+            **kwargs,
+        )
+
+    def raw(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(self.socket_path))
+        return sock
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float = 10.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if e.get("event") == name]
+            if len(found) >= count:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"no {count}x {name!r} in log:\n{self.log_text()}")
+
+    def scrape(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Value of one sample in a live scrape (0.0 if absent)."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.scrape().splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            if sample == name or (want and sample == f"{name}{{{want}}}"):
+                return float(value)
+            if want and sample.startswith(name + "{"):
+                got = sample[len(name) + 1 : -1].split(",")
+                if sorted(got) == sorted(want.split(",")):
+                    return float(value)
+        return 0.0
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    made: list[Daemon] = []
+    counter = iter(range(1000))
+
+    def make(overrides: dict[str, Any] | None = None, start: bool = True) -> Daemon:
+        d = Daemon(tmp_path / f"d{next(counter)}", overrides)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    return daemon_factory()
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def r(request: pytest.FixtureRequest, daemon: Daemon) -> Iterator[redis.Redis]:
+    client = daemon.client(protocol=request.param)
+    yield client
+    client.close()
