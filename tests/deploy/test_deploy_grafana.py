@@ -1,0 +1,299 @@
+"""grafana/: the dashboard is importable (datasource and instance variables, every panel
+queries ${datasource} filtered by $instance), uses only metrics the daemon exports, parses in
+a real Prometheus, and together with the alert rules shows every SPEC §7 metric."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO_ROOT / "grafana" / "sessiond.json"
+PROVISIONING = REPO_ROOT / "grafana" / "provisioning"
+ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+# SPEC §7: the metric names are part of the contract.
+SPEC_METRICS: dict[str, str] = {
+    "sessiond_cache_hits_total": "counter",
+    "sessiond_cache_misses_total": "counter",
+    "sessiond_cache_evictions_total": "counter",
+    "sessiond_cache_expirations_total": "counter",
+    "sessiond_cache_sessions": "gauge",
+    "sessiond_cache_max_sessions": "gauge",
+    "sessiond_cache_memory_bytes": "gauge",
+    "sessiond_store_loads_total": "counter",
+    "sessiond_store_writes_total": "counter",
+    "sessiond_store_errors_total": "counter",
+    "sessiond_store_commit_duration_seconds": "histogram",
+    "sessiond_commands_total": "counter",
+    "sessiond_command_errors_total": "counter",
+    "sessiond_command_duration_seconds": "histogram",
+    "sessiond_connected_clients": "gauge",
+    "sessiond_connections_total": "counter",
+    "sessiond_rejected_connections_total": "counter",
+    "sessiond_config_reloads_total": "counter",
+    "sessiond_config_last_reload_successful": "gauge",
+    "sessiond_config_last_reload_success_timestamp_seconds": "gauge",
+    "sessiond_build_info": "gauge",
+}
+# Exported by the daemon beyond SPEC §7 (to be added to the SPEC): the dashboard and the
+# alert rules may use these, but nothing may depend on them alone.
+EXTENSION_METRICS: dict[str, str] = {
+    "sessiond_max_clients": "gauge",  # limits.max_clients, for SessiondClientsNearLimit
+}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+DS_REF = {"type": "prometheus", "uid": "${datasource}"}
+INSTANCE_QUERY = "label_values(sessiond_build_info, instance)"
+
+# How Grafana expands the variables, for sending the expressions to Prometheus: a multi-value
+# $instance becomes a regex alternation of escaped values.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "6h",
+    "$instance": r"(127\\.0\\.0\\.1:9477|127\\.0\\.0\\.2:9477)",
+}
+
+PROMQL_KEYWORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "bool", "offset", "inf", "nan",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, aggregations,
+    keywords, label names (in {…}, by (…), on (…), …) or inside strings and ranges."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    s = re.sub(r"\{[^}]*\}", " ", s)
+    s = re.sub(r"\[[^\]]*\]", " ", s)
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    names = set()
+    for match in re.finditer(r"(?<![\w.:$])([A-Za-z_:][\w:]*)(\s*\()?", s):
+        name, call = match.groups()
+        if call or name.lower() in PROMQL_KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def spec_metric(name: str) -> str | None:
+    """The SPEC §7 metric a series name belongs to (histogram series map to the histogram)."""
+    if name in SPEC_METRICS:
+        return name
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = name.removesuffix(suffix)
+        if base != name and SPEC_METRICS.get(base) == "histogram":
+            return base
+    return None
+
+
+def allowed(name: str) -> bool:
+    return (
+        spec_metric(name) is not None
+        or name in EXTENSION_METRICS
+        or name == "up"
+        or name.startswith(("process_", "python_"))
+    )
+
+
+def test_metric_names_extractor() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (instance, le) (rate(sessiond_command_duration_seconds"
+        '_bucket{instance=~"$instance", le!="x"}[$__rate_interval]))) > 1e3 and on (instance) '
+        'up{job="sessiond"} == bool 1 or sum(x_total) without (le) / ignoring(a) group_left(b) '
+        "y offset 5m"
+    )
+    assert metric_names(expr) == {"sessiond_command_duration_seconds_bucket", "up", "x_total", "y"}
+    assert spec_metric("sessiond_store_commit_duration_seconds_count") == (
+        "sessiond_store_commit_duration_seconds"
+    )
+    assert spec_metric("sessiond_commands_total_bucket") is None
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # panels inside collapsed rows
+
+
+def query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in all_panels(dashboard) if p["type"] != "row"]
+
+
+def exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in query_panels(dashboard) for t in p["targets"]]
+
+
+def alert_exprs() -> list[str]:
+    """`expr:` values of alerts.yml, inline or block scalars (stdlib only, no YAML parser)."""
+    found: list[str] = []
+    lines = ALERTS.read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)expr:\s*(.*)$", line)
+        if not match:
+            continue
+        indent, value = len(match.group(1)), match.group(2).strip()
+        if value not in ("|", ">", "|-", ">-"):
+            found.append(value)
+            continue
+        body = []
+        for follow in lines[i + 1 :]:
+            if follow.strip() and len(follow) - len(follow.lstrip()) <= indent:
+                break
+            body.append(follow.strip())
+        found.append("\n".join(body))
+    return found
+
+
+def test_dashboard_is_current_format(dashboard: dict[str, Any]) -> None:
+    assert dashboard["schemaVersion"] >= 36
+    assert dashboard["uid"] == "sessiond"
+    assert dashboard["title"]
+    assert dashboard["id"] is None, "an importable dashboard has no database id"
+    assert "__inputs" not in dashboard, "data source comes from the variable, not an import input"
+
+
+def test_variables(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus"
+    inst = variables["instance"]
+    assert inst["type"] == "query"
+    assert inst["datasource"] == DS_REF
+    assert inst["definition"] == INSTANCE_QUERY
+    query = inst["query"]
+    assert (query["query"] if isinstance(query, dict) else query) == INSTANCE_QUERY
+    assert inst["multi"] and inst["includeAll"]
+
+
+def test_every_panel_queries_datasource_variable_and_instance(dashboard: dict[str, Any]) -> None:
+    panels = query_panels(dashboard)
+    assert len(panels) >= 20
+    for panel in panels:
+        title = panel["title"]
+        assert panel["type"] in {"timeseries", "stat", "gauge", "bargauge", "table"}, title
+        assert panel["datasource"] == DS_REF, title
+        assert panel["targets"], f"{title}: no targets"
+        for target in panel["targets"]:
+            assert target["datasource"] == DS_REF, title
+            assert target["refId"], title
+            expr = target["expr"]
+            selectors = re.findall(r"\{([^}]*)\}", expr)
+            assert selectors, f"{title}: {expr}"
+            for selector in selectors:
+                assert 'instance=~"$instance"' in selector, f"{title}: {expr}"
+
+
+def test_panel_ids_unique_and_layout_does_not_overlap(dashboard: dict[str, Any]) -> None:
+    panels = list(all_panels(dashboard))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_dashboard_uses_only_exported_metrics(dashboard: dict[str, Any]) -> None:
+    for expr in exprs(dashboard):
+        names = metric_names(expr)
+        assert names, expr
+        unknown = {n for n in names if not allowed(n)}
+        assert not unknown, f"not exported by the daemon (SPEC §7): {unknown} in {expr}"
+
+
+def test_alert_rules_use_only_exported_metrics() -> None:
+    found = alert_exprs()
+    assert len(found) >= 6
+    for expr in found:
+        unknown = {n for n in metric_names(expr) if not allowed(n)}
+        assert not unknown, f"not exported by the daemon (SPEC §7): {unknown} in {expr}"
+
+
+def test_every_spec_metric_is_on_dashboard_or_in_an_alert(dashboard: dict[str, Any]) -> None:
+    used = {spec_metric(n) for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
+    missing = set(SPEC_METRICS) - used
+    assert not missing, f"SPEC §7 metrics shown nowhere: {sorted(missing)}"
+
+
+def test_dashboard_covers_the_required_panels(dashboard: dict[str, Any]) -> None:
+    text = "\n".join(exprs(dashboard))
+    for needle in (
+        "sessiond_commands_total",
+        "sessiond_cache_hits_total",
+        "sessiond_store_loads_total",
+        "sessiond_cache_evictions_total",
+        "sessiond_cache_expirations_total",
+        "sessiond_cache_max_sessions",
+        "sessiond_cache_memory_bytes",
+        "histogram_quantile(0.5, sum by (instance, le) (rate(sessiond_command_duration",
+        "histogram_quantile(0.99, sum by (instance, le) (rate(sessiond_command_duration",
+        "sessiond_rejected_connections_total",
+        "histogram_quantile(0.99, sum by (instance, le) (rate(sessiond_store_commit_duration",
+        "sessiond_store_errors_total",
+        "sessiond_config_last_reload_successful",
+        "sessiond_config_last_reload_success_timestamp_seconds",
+        "rate(process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "sessiond_store_writes_total",
+        "sessiond_command_errors_total",
+        "sessiond_connections_total",
+    ):
+        assert needle in text, needle
+
+
+def expand(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace("${" + variable[1:] + "}", value).replace(variable, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr}"
+    return expr
+
+
+def test_dashboard_queries_parse_in_prometheus(
+    dashboard: dict[str, Any], prometheus_api: Callable[..., dict[str, Any]]
+) -> None:
+    failures = []
+    for panel in query_panels(dashboard):
+        for target in panel["targets"]:
+            query = expand(target["expr"])
+            body = prometheus_api("/api/v1/query", query=query)
+            if body.get("status") != "success":
+                failures.append(f"{panel['title']}: {body.get('error')}\n  {query}")
+    assert not failures, "\n".join(failures)
+    # The instance variable's label_values(metric, label) is Grafana's; its selector must parse.
+    body = prometheus_api("/api/v1/label/instance/values", **{"match[]": "sessiond_build_info"})
+    assert body["status"] == "success", body
+
+
+def test_prometheus_rejects_a_broken_query(prometheus_api: Callable[..., dict[str, Any]]) -> None:
+    """The parse check is not vacuous."""
+    body = prometheus_api("/api/v1/query", query="sum by (le (rate(x[1m]))")
+    assert body["status"] == "error"
+
+
+def test_provisioning_files() -> None:
+    datasource = (PROVISIONING / "datasources" / "sessiond.yml").read_text()
+    assert "apiVersion: 1" in datasource
+    assert re.search(r"^\s+type: prometheus$", datasource, re.M)
+    assert re.search(r"^\s+url: http://127\.0\.0\.1:9090$", datasource, re.M)
+    dashboards = (PROVISIONING / "dashboards" / "sessiond.yml").read_text()
+    assert "apiVersion: 1" in dashboards
+    assert re.search(r"^\s+type: file$", dashboards, re.M)
+    path = re.search(r"^\s+path: (\S+)$", dashboards, re.M)
+    assert path, "file provider needs options.path"
+    assert f"{path.group(1)}/sessiond.json" in dashboards, "say where to copy sessiond.json"
