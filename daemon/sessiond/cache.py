@@ -412,10 +412,11 @@ class SessionCache(Generic[K, V]):
         self._enforce_bounds()
         return entry
 
-    def admit(self, key: K, entry: Entry[V]) -> Entry[V] | None:
+    def admit(self, key: K, entry: Entry[V], *, touch: bool = True) -> Entry[V] | None:
         """Put an entry that came from the store back in memory (read-through,
         warm start) as most recently used, without saving it again. Returns the
-        entry, or ``None`` if it had already expired."""
+        entry, or ``None`` if it had already expired. ``touch=False`` (warm
+        start) keeps its last access time and deadline: a restart is not an access."""
         now = self.clock()
         if entry.deadline is not None and entry.deadline <= now:
             return None
@@ -425,9 +426,10 @@ class SessionCache(Generic[K, V]):
             old.record = None
         entry.record = None
         entry.size = self.sizer(key, entry.value)
-        entry.accessed_at = now
-        if self.sliding and entry.ttl is not None:
-            entry.deadline = now + entry.ttl
+        if touch:
+            entry.accessed_at = now
+            if self.sliding and entry.ttl is not None:
+                entry.deadline = now + entry.ttl
         self._data[key] = entry
         self.memory += entry.size
         if entry.deadline is not None:
@@ -675,6 +677,8 @@ class SessionCache(Generic[K, V]):
             elif cause is not Cause.REPLACED:
                 self.persistence.delete(key)
         self._notify(key, entry, cause, reason)
+        if len(self._heap) > 2 * len(self._data) + 64:
+            self._rebuild_heap()
 
     def _notify(self, key: K, entry: Entry[V], cause: Cause, reason: EvictionReason | None) -> None:
         if self.listener is not None:
