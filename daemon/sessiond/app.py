@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -25,6 +26,7 @@ from .config import RESTART_REQUIRED, Config, ConfigError, flatten, load_config
 from .metrics import MetricsServer, ReloadStats, SessiondCollector, StoreStats
 from .notify import notify, watchdog_interval
 from .server import Server, StartupError
+from .store import SQLiteStore, StoreError
 
 log = structlog.get_logger("sessiond")
 
@@ -49,7 +51,7 @@ class App:
         self.config_path = config_path
         self.cache = build_cache(config)
         self.store_stats = StoreStats()
-        self.store: Any = None
+        self.store: SQLiteStore | None = None
         self.rt = Runtime(config, self.cache, None)
         self.server = Server(self.rt)
         self.reloads = ReloadStats(last_success_timestamp=time.time())
@@ -62,6 +64,13 @@ class App:
     async def run(self, started: Callable[[], Awaitable[None]] | None = None) -> int:
         loop = asyncio.get_running_loop()
         config = self.config
+        warmed = 0
+        if config.persistence.backend == "sqlite":
+            try:
+                warmed = self._open_store(loop)
+            except StoreError as exc:
+                log.error("startup_failed", error=str(exc))
+                return 1
         try:
             await self.server.start()
         except StartupError as exc:
@@ -82,6 +91,8 @@ class App:
                 self.metrics = None
                 self.server.stop_accepting()
                 self.server.remove_socket()
+                if self.store is not None:
+                    self.store.close(self.cache)
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
@@ -99,14 +110,57 @@ class App:
             config=config.source,
             socket=str(config.socket.path),
             metrics=config.metrics.listen if config.metrics.enabled else "disabled",
-            store="none",
-            warmed_sessions=0,
+            store=str(config.persistence.path) if self.store is not None else "none",
+            durability=config.persistence.durability if self.store is not None else None,
+            warmed_sessions=warmed,
         )
         notify("READY=1\nSTATUS=serving")
         if started is not None:
             await started()
         await self.shutdown_event.wait()
         return await self._shutdown()
+
+    def _open_store(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Open the SQLite store, plug it into the cache and server, warm start."""
+        p = self.config.persistence
+        store = SQLiteStore(
+            p.path, durability=p.durability, flush_interval=p.flush_interval, stats=self.store_stats
+        )
+        self.store = store
+        self.cache.persistence = store
+        self.rt.store = store
+        self.server.store_attached(store, durable_replies=p.durability == "always")
+        self.server.prefetch = self._prefetch
+        store.start(loop)
+        if not p.warm_start:
+            return 0
+        started = time.monotonic()
+        warmed = store.warm(self.cache, self.cache.max_sessions)
+        log.info(
+            "warm_start",
+            sessions=warmed,
+            seconds=round(time.monotonic() - started, 3),
+            store=str(p.path),
+        )
+        return warmed
+
+    async def _prefetch(self, keys: list[bytes], peeked: dict[bytes, Any]) -> None:
+        """Read-through: fetch sessions that are not in memory for one command."""
+        assert self.store is not None
+        cache = self.cache
+        try:
+            loaded = await self.store.load_many(keys)
+        except StoreError:
+            cache.loads_error += len(keys)
+            raise
+        for key in keys:
+            entry = loaded.get(key)
+            if entry is None:
+                cache.loads_absent += 1
+            else:
+                cache.loads_found += 1
+            if key not in cache._data:  # a write while we read wins
+                peeked[key] = entry
 
     def _request_shutdown(self, signame: str) -> None:
         if not self.shutdown_event.is_set():
@@ -120,6 +174,8 @@ class App:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.store is not None:
+            self.store.close(self.cache)
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
@@ -147,6 +203,12 @@ class App:
                 if next_deadline is None or next_deadline > time.time():
                     break
                 await asyncio.sleep(0)
+            if self.store is not None:
+                try:
+                    cache.expirations += self.store.expire(cache, SWEEP_CHUNK)
+                except sqlite3.Error as exc:
+                    self.store_stats.errors["expire"] = self.store_stats.errors.get("expire", 0) + 1
+                    log.error("store_error", operation="expire", error=str(exc))
 
     async def _idle_forever(self) -> None:
         while True:

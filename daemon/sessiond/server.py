@@ -28,6 +28,7 @@ import structlog
 from .cache import Entry
 from .commands import LOOKUP, Client, CommandSpec, Runtime
 from .protocol import OK, QUEUED, Error, ProtocolError, RequestParser, encode
+from .store import Store, StoreError
 
 log = structlog.get_logger("sessiond.server")
 
@@ -38,6 +39,9 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 _PENDING_PAUSE = 1024  # queued requests before a parked connection stops reading
 _TX_IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "QUIT", "RESET", "WATCH"})
+
+
+Prefetch = Callable[[list[bytes], dict[bytes, Entry[bytes] | None]], Awaitable[None]]
 
 
 class DurationHistogram:
@@ -81,6 +85,7 @@ class Connection(asyncio.Protocol):
         "store",
         "task",
         "transport",
+        "write_slots",
     )
 
     def __init__(self, server: Server) -> None:
@@ -96,6 +101,7 @@ class Connection(asyncio.Protocol):
         self.parser = RequestParser(self.rt.config.limits.max_request_size)
         self.client = Client(authenticated=self.rt.password is None)
         self.peeked: dict[bytes, Entry[bytes] | None] = {}
+        self.write_slots: list[int] = []
 
     # -------------------------------------------------------------- events
 
@@ -175,7 +181,6 @@ class Connection(asyncio.Protocol):
         out = self.out
         rt = self.rt
         store = self.store
-        wrote = False
         while pending:
             args = pending[0]
             name = args[0]
@@ -185,34 +190,49 @@ class Connection(asyncio.Protocol):
             if store is not None and spec is not None and self.client.authenticated:
                 keys = self.server.keys_to_load(spec, args, self.client, self.peeked)
                 if keys:
-                    self.park(self.server.prefetch(keys, spec.admit, self.peeked))
+                    self.task = asyncio.ensure_future(self._after_prefetch(keys))
                     return
                 rt.peeked = self.peeked
             pending.popleft()
             out.append(self.execute(spec, args))
-            if spec is not None and spec.write:
-                wrote = True
             if store is not None:
                 self.peeked.clear()
+                if self.durable and spec is not None and spec.write:
+                    self.write_slots.append(len(out) - 1)
             if self.client.close_after_reply:
                 pending.clear()
                 break
-        if wrote and self.durable:
-            assert store is not None
-            self.park(self.server.wait_durable())
+        if self.write_slots:
+            self.task = asyncio.ensure_future(self._after_durable())
             return
         self.flush()
 
-    def park(self, awaitable: Awaitable[None]) -> None:
-        self.task = asyncio.ensure_future(self._resume_after(awaitable))
-
-    async def _resume_after(self, awaitable: Awaitable[None]) -> None:
+    async def _after_prefetch(self, keys: list[bytes]) -> None:
+        """Load ``keys`` from the store, then go on with the queue."""
         try:
-            await awaitable
-        except Exception as exc:
-            log.error("store_wait_failed", error=str(exc), client_id=self.client.id)
+            await self.server.prefetch(keys, self.peeked)
+        except StoreError as exc:
+            # The request that needed the load is answered with the error.
+            self.pending.popleft()
+            self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
         finally:
             self.task = None
+        self._go_on()
+
+    async def _after_durable(self) -> None:
+        """Hold the replies until the writes they acknowledge are on disk."""
+        try:
+            await self.server.wait_durable()
+        except StoreError as exc:
+            error = encode(Error(f"ERR {exc}"), self.client.resp3)
+            for slot in self.write_slots:
+                self.out[slot] = error
+        finally:
+            self.write_slots.clear()
+            self.task = None
+        self._go_on()
+
+    def _go_on(self) -> None:
         if self.transport is None:
             return
         if self.paused and len(self.pending) <= _PENDING_PAUSE:
@@ -327,9 +347,9 @@ class Server:
     """Owns the listening socket and the connections; knows nothing of config
     files, metrics or signals (the app wires those in)."""
 
-    def __init__(self, rt: Runtime, *, durable_replies: bool = False) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.durable_replies = durable_replies
+        self.durable_replies = False
         self.connections: set[Connection] = set()
         self.histogram = DurationHistogram()
         self._server: asyncio.AbstractServer | None = None
@@ -340,9 +360,15 @@ class Server:
         # store, admitting found sessions to memory or recording them in the
         # connection's ``peeked`` map for inspection commands.
         self.prefetch: Callable[
-            [list[bytes], bool, dict[bytes, Entry[bytes] | None]], Awaitable[None]
+            [list[bytes], dict[bytes, Entry[bytes] | None]], Awaitable[None]
         ] = _no_prefetch
         self.wait_durable: Callable[[], Awaitable[None]] = _nothing
+
+    def store_attached(self, store: Store, *, durable_replies: bool) -> None:
+        """Use ``store``: read-through before commands, and with
+        ``durable_replies`` hold write replies until their commit is on disk."""
+        self.durable_replies = durable_replies
+        self.wait_durable = store.wait_durable
 
     # ------------------------------------------------------------ lifecycle
 
@@ -486,9 +512,7 @@ class Server:
         return closed
 
 
-async def _no_prefetch(
-    keys: list[bytes], admit: bool, peeked: dict[bytes, Entry[bytes] | None]
-) -> None:
+async def _no_prefetch(keys: list[bytes], peeked: dict[bytes, Entry[bytes] | None]) -> None:
     return None
 
 

@@ -1,19 +1,82 @@
-"""Persistence: the store interface the daemon needs beyond the cache's hook."""
+"""Persistence (SPEC §6): the store interface and its SQLite implementation.
+
+The event loop never waits on disk for a write. The cache's hook calls
+(:meth:`SQLiteStore.save`, ``delete``, ``on_evict``) only record the operation
+in an in-memory *pending* map; a writer thread takes the whole map at once and
+commits it in one transaction (group commit). Under ``durability: always`` the
+server holds a write's reply until :meth:`SQLiteStore.wait_durable` says the
+commit that contains it is on disk; under ``batch`` the writer commits every
+``flush_interval``.
+
+Reads never see stale data: :meth:`SQLiteStore.load_many` answers from the
+pending map and the batch being committed before it asks the database, so a
+session evicted right after an acknowledged write is read back as written.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
 
-from .cache import Entry, PersistenceHook, SessionCache
+import structlog
+
+from .cache import Cause, Entry, PersistenceHook, SessionCache
+
+log = structlog.get_logger("sessiond.store")
+
+APPLICATION_ID = 0x53455353  # "SESS"
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    key BLOB PRIMARY KEY,
+    value BLOB NOT NULL,
+    context TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    accessed_at REAL NOT NULL,
+    ttl REAL,
+    deadline REAL,
+    scan_hash INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_deadline ON sessions(deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_accessed ON sessions(accessed_at);
+CREATE INDEX IF NOT EXISTS sessions_scan ON sessions(scan_hash);
+"""
+_COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline"
+_UPSERT = (
+    "INSERT OR REPLACE INTO sessions "
+    "(key, value, context, created_at, updated_at, accessed_at, ttl, deadline, scan_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_HASH_SPACE = 2**32
+_RETRY_AFTER_FAILURE = 1.0
+
+
+def scan_hash(key: bytes) -> int:
+    """Stable position of a key in SCAN order, shared by memory and store."""
+    return zlib.crc32(key)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what and where."""
 
 
 class Store(PersistenceHook[bytes, bytes], Protocol):
     """A session store: the cache's write-through hook plus what whole-keyspace
-    commands (DBSIZE, SCAN, KEYS, FLUSHDB) and warm start need."""
+    commands (DBSIZE, SCAN, KEYS, FLUSHDB), read-through and warm start need."""
 
     warmed: int
 
-    def count(self) -> int: ...
+    def count(self, memory: SessionCache[bytes, bytes]) -> int: ...
 
     def clear(self) -> None: ...
 
@@ -23,4 +86,471 @@ class Store(PersistenceHook[bytes, bytes], Protocol):
 
     def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]: ...
 
-    def lookup_pending(self, key: bytes) -> Entry[bytes] | bool | None: ...
+    async def load_many(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]: ...
+
+    async def wait_durable(self) -> None: ...
+
+
+def _row_entry(row: tuple[Any, ...]) -> tuple[bytes, Entry[bytes]]:
+    key, value, context, created, updated, accessed, ttl, deadline = row
+    return bytes(key), Entry(
+        bytes(value),
+        context_id=context,
+        created_at=created,
+        updated_at=updated,
+        accessed_at=accessed,
+        ttl=ttl,
+        deadline=deadline,
+    )
+
+
+def _live(entry: Entry[bytes] | None, now: float) -> bool:
+    return entry is not None and (entry.deadline is None or entry.deadline > now)
+
+
+class SQLiteStore:
+    """SQLite (WAL) store with a writer thread and group commit."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "always",
+        flush_interval: float = 0.1,
+        stats: Any = None,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.flush_interval = flush_interval
+        self.stats = stats
+        self.warmed = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: dict[bytes, Entry[bytes] | None] = {}
+        self._clear_pending = False
+        self._inflight: dict[bytes, Entry[bytes] | None] = {}
+        self._inflight_cleared = False
+        self._op_seq = 0
+        self._committed_seq = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sessiond-read")
+        self._check_and_init()
+        self._db = self._connect()  # the event loop's own read connection
+
+    # ------------------------------------------------------------- opening
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        max_pages = os.environ.get("SESSIOND_STORE_MAX_PAGES")
+        if max_pages:
+            # Test hook: simulate a full disk (the store errors once it has this many pages).
+            db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        return db
+
+    def _check_and_init(self) -> None:
+        """Refuse a file that is not a sessiond store or is damaged; never modify it."""
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"persistence.path: cannot create {path.parent}: {exc.strerror}"
+            ) from None
+        exists = path.exists() and path.stat().st_size > 0
+        # Root passes os.access() whatever the mode, so honour the mode bits too:
+        # an operator who made the file read-only meant it.
+        if exists and (not os.access(path, os.R_OK | os.W_OK) or not path.stat().st_mode & 0o222):
+            raise StoreError(f"persistence.path: {path} is read-only; sessiond must write it")
+        try:
+            if exists:
+                probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                try:
+                    app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+                    version = probe.execute("PRAGMA user_version").fetchone()[0]
+                    tables = probe.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE type='table'"
+                    ).fetchone()[0]
+                    if app_id != APPLICATION_ID and (tables or app_id or version):
+                        raise StoreError(
+                            f"persistence.path: {path} is not a sessiond store "
+                            f"(application_id {app_id:#x}); refusing to touch it"
+                        )
+                    if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
+                        raise StoreError(
+                            f"persistence.path: {path} has schema version {version}, newer "
+                            f"than this sessiond ({SCHEMA_VERSION})"
+                        )
+                    result = probe.execute("PRAGMA quick_check").fetchone()[0]
+                    if result != "ok":
+                        raise StoreError(f"persistence.path: {path} is corrupt: {result}")
+                finally:
+                    probe.close()
+            db = self._connect()
+            try:
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"persistence.path: {path} cannot be used as a store: {exc}") from None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._writer, name="sessiond-store", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------- the cache hook
+
+    def save(self, key: bytes, entry: Entry[bytes]) -> None:
+        with self._lock:
+            self._pending[key] = entry
+            self._op_seq += 1
+
+    def delete(self, key: bytes) -> None:
+        with self._lock:
+            self._pending[key] = None
+            self._op_seq += 1
+
+    def on_evict(self, key: bytes, entry: Entry[bytes], cause: Cause) -> None:
+        # The value is already stored (write-through); this records TTL renewals
+        # that reads made since, so the evicted session keeps its full life.
+        self.save(key, entry)
+
+    def load(self, key: bytes) -> Entry[bytes] | None:
+        """Blocking read-through for library use; the daemon uses :meth:`load_many`."""
+        found, rest = self._overlay([key])
+        if rest:
+            found.update(self._read_keys(rest))
+        return found.get(key)
+
+    # ----------------------------------------------------------- reads
+
+    def _overlay(
+        self, keys: Iterable[bytes]
+    ) -> tuple[dict[bytes, Entry[bytes] | None], list[bytes]]:
+        """Answers for ``keys`` from writes not yet committed; the rest to read."""
+        found: dict[bytes, Entry[bytes] | None] = {}
+        rest: list[bytes] = []
+        with self._lock:
+            pending, inflight = self._pending, self._inflight
+            for key in keys:
+                if key in pending:
+                    found[key] = pending[key]
+                elif self._clear_pending:
+                    found[key] = None
+                elif key in inflight:
+                    found[key] = inflight[key]
+                elif self._inflight_cleared:
+                    found[key] = None
+                else:
+                    rest.append(key)
+        return found, rest
+
+    def _reader_db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            self._local.db = db
+        return db
+
+    def _read_keys(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]:
+        db = (
+            self._reader_db()
+            if threading.current_thread() is not threading.main_thread()
+            else self._db
+        )
+        marks = ",".join("?" * len(keys))
+        rows = db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE key IN ({marks})", keys)
+        found: dict[bytes, Entry[bytes] | None] = dict.fromkeys(keys)
+        for row in rows:
+            key, entry = _row_entry(row)
+            found[key] = entry
+        return found
+
+    async def load_many(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]:
+        found, rest = self._overlay(keys)
+        if rest:
+            loop = asyncio.get_running_loop()
+            try:
+                read = await loop.run_in_executor(self._readers, self._read_keys, rest)
+            except sqlite3.Error as exc:
+                self._count_error("load")
+                log.error("store_error", operation="load", error=str(exc))
+                raise StoreError(f"store read failed: {exc}") from None
+            # A write or delete may have happened while the read ran: it wins.
+            newer, _ = self._overlay(rest)
+            for key in rest:
+                found[key] = newer[key] if key in newer else read.get(key)
+        return found
+
+    def count(self, memory: SessionCache[bytes, bytes]) -> int:
+        return len(self.all_keys(memory))
+
+    def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]:
+        keys, _ = self._scan_range(0, None, memory)
+        return keys
+
+    def scan(
+        self, cursor: int, count: int, memory: SessionCache[bytes, bytes]
+    ) -> tuple[list[bytes], int]:
+        return self._scan_range(cursor, count, memory)
+
+    def _scan_range(
+        self, cursor: int, count: int | None, memory: SessionCache[bytes, bytes]
+    ) -> tuple[list[bytes], int]:
+        """Live keys with ``scan_hash >= cursor`` (about ``count`` of them, whole
+        hash groups) merged from the store, uncommitted writes and memory; and
+        the next cursor (0 when done)."""
+        now = time.time()
+        sql = (
+            "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash >= ? ORDER BY scan_hash"
+        )
+        rows = self._db.execute(sql + ("" if count is None else f" LIMIT {count + 1}"), (cursor,))
+        rows_list = rows.fetchall()
+        upper = _HASH_SPACE
+        if count is not None and len(rows_list) > count:
+            upper = rows_list[-1][0]
+            if upper == cursor:
+                upper = cursor + 1
+                rows_list = self._db.execute(
+                    "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
+                ).fetchall()
+        with self._lock:
+            if self._clear_pending:
+                overlay = dict(self._pending)
+                rows_valid = False
+            else:
+                overlay = {**self._inflight, **self._pending}
+                rows_valid = not self._inflight_cleared
+        data = memory._data
+        keys: dict[bytes, int] = {}
+        for h, raw_key, deadline in rows_list if rows_valid else ():
+            if h >= upper:
+                continue
+            key = bytes(raw_key)
+            in_memory = data.get(key)
+            if in_memory is not None:
+                if _live(in_memory, now):
+                    keys[key] = h
+            elif deadline is None or deadline > now:
+                keys[key] = h
+        for key, entry in overlay.items():
+            h = scan_hash(key)
+            if not cursor <= h < upper:
+                continue
+            in_memory = data.get(key)
+            if _live(in_memory if in_memory is not None else entry, now):
+                keys[key] = h
+            else:
+                keys.pop(key, None)
+        ordered = sorted(keys, key=keys.__getitem__)
+        next_cursor = 0 if upper >= _HASH_SPACE else upper
+        return ordered, next_cursor
+
+    # ----------------------------------------------------------- writes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending = {}
+            self._clear_pending = True
+            self._op_seq += 1
+
+    def expire(self, memory: SessionCache[bytes, bytes], limit: int = 1000) -> int:
+        """Delete stored sessions whose deadline has passed, except those that
+        memory or an uncommitted write has renewed (those are re-saved with
+        their current deadline: the lazy write of read renewals). Returns how
+        many were deleted."""
+        now = time.time()
+        rows = self._db.execute(
+            "SELECT key FROM sessions WHERE deadline <= ? LIMIT ?", (now, limit)
+        ).fetchall()
+        deleted = 0
+        data = memory._data
+        with self._lock:
+            for (raw_key,) in rows:
+                key = bytes(raw_key)
+                if key in self._pending or key in self._inflight:
+                    continue
+                entry = data.get(key)
+                if entry is not None and _live(entry, now):
+                    self._pending[key] = entry
+                elif entry is None:
+                    self._pending[key] = None
+                    deleted += 1
+                else:
+                    continue  # expired in memory too: the cache's sweep deletes it
+                self._op_seq += 1
+        return deleted
+
+    async def wait_durable(self) -> None:
+        """Return once every operation recorded so far is committed to disk."""
+        seq = self._op_seq
+        if self._committed_seq >= seq:
+            return
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((seq, future))
+        self._wake.set()
+        await future
+
+    def _writer(self) -> None:
+        db = self._connect()
+        try:
+            while True:
+                # Under "always" a reply waiting in wait_durable() wakes us at
+                # once; operations that arrive meanwhile share the next commit.
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                with self._lock:
+                    batch, self._pending = self._pending, {}
+                    cleared, self._clear_pending = self._clear_pending, False
+                    seq = self._op_seq
+                    self._inflight = batch
+                    self._inflight_cleared = cleared
+                if batch or cleared:
+                    if not self._commit(db, batch, cleared, seq):
+                        if self._stopping:
+                            return
+                        time.sleep(_RETRY_AFTER_FAILURE)
+                        continue
+                else:
+                    self._committed(seq, None)
+                if self._stopping and not self._pending and not self._clear_pending:
+                    return
+        finally:
+            db.close()
+
+    def _commit(
+        self,
+        db: sqlite3.Connection,
+        batch: dict[bytes, Entry[bytes] | None],
+        cleared: bool,
+        seq: int,
+    ) -> bool:
+        started = time.perf_counter()
+        rows = []
+        deletes = []
+        for key, entry in batch.items():
+            if entry is None:
+                deletes.append((key,))
+            else:
+                rows.append(
+                    (
+                        key,
+                        entry.value,
+                        entry.context_id,
+                        entry.created_at,
+                        entry.updated_at,
+                        entry.accessed_at,
+                        entry.ttl,
+                        entry.deadline,
+                        scan_hash(key),
+                    )
+                )
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if cleared:
+                db.execute("DELETE FROM sessions")
+            if deletes:
+                db.executemany("DELETE FROM sessions WHERE key = ?", deletes)
+            if rows:
+                db.executemany(_UPSERT, rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            with self._lock:
+                # Keep the failed operations for the next attempt unless newer
+                # ones replaced them; the waiting replies get an error.
+                for key, entry in batch.items():
+                    self._pending.setdefault(key, entry)
+                self._clear_pending = self._clear_pending or cleared
+                self._inflight = {}
+                self._inflight_cleared = False
+            self._count_error("commit")
+            log.error("store_error", operation="commit", error=str(exc), sessions=len(batch))
+            self._committed(seq, StoreError(f"store write failed: {exc}"))
+            return False
+        with self._lock:
+            self._inflight = {}
+            self._inflight_cleared = False
+        if self.stats is not None:
+            self.stats.writes += len(rows)
+            self.stats.commit_duration.observe(time.perf_counter() - started)
+        self._committed(seq, None)
+        return True
+
+    def _committed(self, seq: int, error: Exception | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._resolve, seq, error)
+
+    def _resolve(self, seq: int, error: Exception | None) -> None:
+        if error is None:
+            self._committed_seq = max(self._committed_seq, seq)
+        keep = []
+        for wanted, future in self._waiters:
+            if future.done():
+                continue
+            if wanted <= seq:
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+            else:
+                keep.append((wanted, future))
+        self._waiters = keep
+
+    def _count_error(self, operation: str) -> None:
+        if self.stats is not None:
+            self.stats.errors[operation] = self.stats.errors.get(operation, 0) + 1
+
+    # ----------------------------------------------------- start and stop
+
+    def warm(self, cache: SessionCache[bytes, bytes], limit: int) -> int:
+        """Load the ``limit`` most recently used live sessions into ``cache``."""
+        now = time.time()
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM sessions WHERE deadline IS NULL OR deadline > ? "
+            "ORDER BY accessed_at DESC LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        for row in reversed(rows):
+            key, entry = _row_entry(row)
+            cache.admit(key, entry, touch=False)
+        self.warmed = len(rows)
+        return self.warmed
+
+    def close(self, memory: SessionCache[bytes, bytes] | None = None) -> None:
+        """Write back what memory knows (TTL renewals, access times), commit
+        everything pending and stop the threads."""
+        if memory is not None:
+            with self._lock:
+                for key, entry in memory._data.items():
+                    self._pending.setdefault(key, entry)
+                    self._op_seq += 1
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        else:
+            db = self._connect()
+            try:
+                with self._lock:
+                    batch, self._pending = self._pending, {}
+                    cleared, self._clear_pending = self._clear_pending, False
+                if batch or cleared:
+                    self._commit(db, batch, cleared, self._op_seq)
+            finally:
+                db.close()
+        self._readers.shutdown(wait=True)
+        self._db.close()
