@@ -21,7 +21,6 @@ import re
 import secrets
 import sys
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ from . import REDIS_COMPAT_VERSION, __version__
 from .cache import DEFAULT, Entry, SessionCache
 from .config import Config, flatten
 from .protocol import OK, PONG, Error, Status, Verbatim
-from .store import Store
+from .store import Store, scan_hash
 
 Args = list[bytes]
 Handler = Callable[["Runtime", "Client", Args], Any]
@@ -112,7 +111,6 @@ class CommandSpec:
     group: str = "generic"
     summary: str = ""
     load: Callable[[Args], list[bytes]] | None = None
-    admit: bool = True
     write: bool = False
     calls: int = 0
     errors: int = 0
@@ -161,12 +159,19 @@ class Runtime:
     # ------------------------------------------------------------ lookups
 
     def lookup(self, key: bytes) -> Entry[bytes] | None:
-        """An access: live entry or None; renews LRU and sliding TTL."""
-        return self.cache.get_entry(key)
+        """An access: the live entry or ``None``; renews LRU and sliding TTL. A
+        session the server fetched from the store for this command is admitted
+        to memory here (read-through)."""
+        entry = self.cache.get_entry(key)
+        if entry is None and self.peeked:
+            stored = self.peeked.pop(key, None)
+            if stored is not None:
+                entry = self.cache.admit(key, stored)
+        return entry
 
     def peek(self, key: bytes) -> Entry[bytes] | None:
-        """An inspection: live entry in memory or, failing that, the store's copy
-        fetched for this command; touches nothing."""
+        """An inspection: the live entry in memory or, failing that, the store's
+        copy fetched for this command; touches nothing."""
         entry = self.cache.peek(key)
         if entry is None and self.peeked:
             entry = self.peeked.get(key)
@@ -183,7 +188,7 @@ class Runtime:
 
     def dbsize(self) -> int:
         if self.store is not None:
-            return self.store.count()
+            return self.store.count(self.cache)
         return len(self.cache)
 
 
@@ -277,11 +282,6 @@ def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
             out += re.escape(c)
         i += 1
     return re.compile(bytes(out) + b"\\Z", re.DOTALL)
-
-
-def scan_hash(key: bytes) -> int:
-    """Stable position of a key in SCAN order (also stored by the SQLite store)."""
-    return zlib.crc32(key)
 
 
 # ------------------------------------------------------------- connection
@@ -488,7 +488,7 @@ def _config_value(value: Any) -> str:
 
 
 def cmd_get(rt: Runtime, client: Client, args: Args) -> Any:
-    entry = rt.cache.get_entry(args[1])
+    entry = rt.lookup(args[1])
     return None if entry is None else entry.value
 
 
@@ -556,7 +556,9 @@ def cmd_setnx(rt: Runtime, client: Client, args: Args) -> Any:
 
 
 def cmd_getdel(rt: Runtime, client: Client, args: Args) -> Any:
-    return rt.cache.remove(args[1])
+    entry = rt.lookup(args[1])
+    rt.cache.remove(args[1])
+    return None if entry is None else entry.value
 
 
 def cmd_getex(rt: Runtime, client: Client, args: Args) -> Any:
@@ -581,7 +583,7 @@ def cmd_getex(rt: Runtime, client: Client, args: Args) -> Any:
 
 
 def cmd_mget(rt: Runtime, client: Client, args: Args) -> Any:
-    get = rt.cache.get_entry
+    get = rt.lookup
     out: list[bytes | None] = []
     for key in args[1:]:
         entry = get(key)
@@ -1092,7 +1094,6 @@ def _spec(
     *,
     group: str = "generic",
     summary: str = "",
-    admit: bool = True,
     load: Callable[[Args], list[bytes]] | bool | None = True,
 ) -> CommandSpec:
     flag_tuple = tuple(flags.split())
@@ -1114,7 +1115,6 @@ def _spec(
         group=group,
         summary=summary,
         load=loader,
-        admit=admit,
         write="write" in flag_tuple,
     )
 
@@ -1177,7 +1177,6 @@ _SPECS = [
         (1, -1, 1),
         group=_KEYS,
         summary="Delete keys",
-        admit=False,
     ),
     _spec(
         "EXISTS",
@@ -1187,7 +1186,6 @@ _SPECS = [
         (1, -1, 1),
         group=_KEYS,
         summary="Count existing keys",
-        admit=False,
     ),
     _spec("TOUCH", cmd_touch, -2, "readonly fast", (1, -1, 1), group=_KEYS, summary="Touch keys"),
     _spec(
@@ -1198,7 +1196,6 @@ _SPECS = [
         (1, 1, 1),
         group=_KEYS,
         summary="Type of a key",
-        admit=False,
     ),
     _spec(
         "STRLEN",
@@ -1208,7 +1205,6 @@ _SPECS = [
         (1, 1, 1),
         group=_STR,
         summary="Length of a value",
-        admit=False,
     ),
     _spec("INCR", cmd_incr, 2, "write fast", (1, 1, 1), group=_STR, summary="Increment"),
     _spec("INCRBY", cmd_incrby, 3, "write fast", (1, 1, 1), group=_STR, summary="Increment by"),
@@ -1236,7 +1232,6 @@ _SPECS = [
         (1, 1, 1),
         group=_KEYS,
         summary="Remaining TTL",
-        admit=False,
     ),
     _spec(
         "PTTL",
@@ -1246,7 +1241,6 @@ _SPECS = [
         (1, 1, 1),
         group=_KEYS,
         summary="Remaining ms TTL",
-        admit=False,
     ),
     _spec(
         "EXPIRETIME",
@@ -1256,7 +1250,6 @@ _SPECS = [
         (1, 1, 1),
         group=_KEYS,
         summary="Deadline",
-        admit=False,
     ),
     _spec(
         "PEXPIRETIME",
@@ -1266,7 +1259,6 @@ _SPECS = [
         (1, 1, 1),
         group=_KEYS,
         summary="Deadline in ms",
-        admit=False,
     ),
     _spec("PERSIST", cmd_persist, 2, "write fast", (1, 1, 1), group=_KEYS, summary="Remove TTL"),
     _spec("SCAN", cmd_scan, -2, "readonly", group=_KEYS, summary="Iterate keys"),
@@ -1287,7 +1279,6 @@ _SPECS = [
         (1, 1, 1),
         group=_SESSION,
         summary="Session metadata",
-        admit=False,
     ),
     _spec(
         "SESSION.INVALIDATE",
