@@ -1168,7 +1168,7 @@ _SPECS = [
     _spec("GETEX", cmd_getex, -2, "write fast", (1, 1, 1), group=_STR, summary="Get, set expiry"),
     _spec("MGET", cmd_mget, -2, "readonly fast", (1, -1, 1), group=_STR, summary="Get values"),
     _spec("MSET", cmd_mset, -3, "write", (1, -1, 2), group=_STR, summary="Set values", load=False),
-    _spec("DEL", cmd_del, -2, "write", (1, -1, 1), group=_KEYS, summary="Delete keys", admit=False),
+    _spec("DEL", cmd_del, -2, "write", (1, -1, 1), group=_KEYS, summary="Delete keys"),
     _spec(
         "UNLINK",
         cmd_del,
