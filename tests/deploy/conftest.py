@@ -14,12 +14,14 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,149 @@ def prometheus_api(prometheus_bin: Path) -> Iterator[PrometheusApi]:
     alerts = json.dumps(str(DEPLOY / "prometheus" / "alerts.yml"))
     with run_prometheus(prometheus_bin, f"rule_files:\n  - {alerts}\nscrape_configs: []\n") as api:
         yield api
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+@dataclass
+class LiveDaemon:
+    """A real sessiond started from daemon/ with a temp config, socket, store and metrics port."""
+
+    workdir: Path
+    config: Path
+    socket_path: Path
+    metrics_url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def traffic(self) -> bytes:
+        """Hits, misses, writes, deletes and an error, so every panel has something to show."""
+        commands = [
+            ("PING",),
+            ("SET", "session:1", "alice"),
+            ("GET", "session:1"),
+            ("GET", "session:missing"),
+            ("SET", "session:2", "bob", "EX", "60"),
+            ("DEL", "session:2"),
+            ("INCR", "session:1"),  # an error: the value is not an integer
+        ]
+        replies = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(self.socket_path))
+            conn.sendall(b"".join(_resp(*c) for c in commands) + _resp("QUIT"))
+            while chunk := conn.recv(65536):
+                replies += chunk
+        return replies
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:
+            text: str = resp.read().decode()
+            return text
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+DaemonLauncher = Callable[..., contextlib.AbstractContextManager[LiveDaemon]]
+
+
+@pytest.fixture(scope="session")
+def daemon_launcher() -> DaemonLauncher:
+    """launch(wrapper=[], env={}) -> context manager running the real daemon, optionally
+    under a wrapper command (e.g. a sandbox). Skips if the daemon is not importable yet."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "daemon"), *sys.path])}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sessiond.cli"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"the daemon is not importable yet: {probe.stderr.strip()[-300:]}")
+
+    @contextlib.contextmanager
+    def launch(
+        wrapper: list[str] | None = None, extra_env: dict[str, str] | None = None
+    ) -> Iterator[LiveDaemon]:
+        with tempfile.TemporaryDirectory(prefix="sessiond-live-") as tmp:
+            workdir = Path(tmp)
+            port = free_port()
+            config = workdir / "sessiond.yaml"
+            config.write_text(
+                "socket:\n  path: sessiond.sock\n"
+                "persistence:\n  backend: sqlite\n  path: sessions.db\n"
+                f"metrics:\n  enabled: true\n  listen: 127.0.0.1:{port}\n"
+                "logging:\n  format: json\n"
+            )
+            log_path = workdir / "sessiond.log"
+            command = [sys.executable, "-m", "sessiond", "run", "--config", str(config)]
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    [*(wrapper or []), *command],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=workdir,
+                    env={**env, **(extra_env or {})},
+                )
+            daemon = LiveDaemon(
+                workdir,
+                config,
+                workdir / "sessiond.sock",
+                f"http://127.0.0.1:{port}/metrics",
+                proc,
+                log_path,
+            )
+            try:
+                if not wait_http(daemon.metrics_url, proc, timeout=30):
+                    pytest.fail(f"sessiond did not serve {daemon.metrics_url}:\n{daemon.log()}")
+                yield daemon
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+
+    return launch
+
+
+@dataclass
+class LiveStack:
+    """The real daemon, scraped every second by a real Prometheus that loads alerts.yml."""
+
+    daemon: LiveDaemon
+    api: PrometheusApi
+
+
+@pytest.fixture(scope="session")
+def live_stack(prometheus_bin: Path, daemon_launcher: DaemonLauncher) -> Iterator[LiveStack]:
+    with daemon_launcher() as daemon:
+        daemon.traffic()
+        alerts = json.dumps(str(DEPLOY / "prometheus" / "alerts.yml"))
+        target = daemon.metrics_url.split("/")[2]
+        prom_config = (
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {alerts}\n"
+            "scrape_configs:\n  - job_name: sessiond\n    static_configs:\n"
+            f'      - targets: ["{target}"]\n'
+        )
+        with run_prometheus(prometheus_bin, prom_config) as api:
+            deadline = time.monotonic() + 30
+            query = 'count_over_time(up{job="sessiond"}[1m]) >= 3 and up{job="sessiond"} == 1'
+            while not api("/api/v1/query", query=query)["data"]["result"]:
+                if time.monotonic() > deadline:
+                    pytest.fail("Prometheus did not scrape sessiond 3 times in 30 s")
+                time.sleep(0.25)
+            yield LiveStack(daemon, api)

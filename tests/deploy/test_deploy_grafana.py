@@ -1,11 +1,13 @@
 """grafana/: the dashboard is importable (datasource and instance variables, every panel
 queries ${datasource} filtered by $instance), uses only metrics the daemon exports, parses in
-a real Prometheus, and together with the alert rules shows every SPEC §7 metric."""
+a real Prometheus, and together with the alert rules shows every SPEC §7 metric. The live tests
+run the real daemon, scraped by a real Prometheus, and check that every panel shows data."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -297,3 +299,75 @@ def test_provisioning_files() -> None:
     path = re.search(r"^\s+path: (\S+)$", dashboards, re.M)
     assert path, "file provider needs options.path"
     assert f"{path.group(1)}/sessiond.json" in dashboards, "say where to copy sessiond.json"
+
+
+# --- live: the real daemon scraped by a real Prometheus (tests/deploy/conftest.py) ---------
+
+
+def exported(metrics_text: str) -> tuple[set[str], dict[str, str]]:
+    """Sample names and family types (# TYPE) of a Prometheus text exposition."""
+    samples: set[str] = set()
+    types: dict[str, str] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split()
+            types[family] = kind
+        elif line and not line.startswith("#"):
+            samples.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return samples, types
+
+
+def test_live_daemon_exports_spec_metrics_with_their_types(live_stack: Any) -> None:
+    samples, types = exported(live_stack.daemon.scrape())
+    for name, kind in SPEC_METRICS.items():
+        # prometheus-client names a counter's family with or without _total, by version
+        declared = types.get(name) or types.get(name.removesuffix("_total"))
+        assert declared == kind, f"{name}: # TYPE says {declared}"
+        wanted = {name} if kind != "histogram" else {name + s for s in HISTOGRAM_SUFFIXES}
+        assert wanted <= samples, f"{name}: no samples"
+
+
+def test_live_daemon_exports_every_metric_the_dashboard_and_alerts_use(
+    dashboard: dict[str, Any], live_stack: Any
+) -> None:
+    samples, _types = exported(live_stack.daemon.scrape())
+    used = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)} - {"up"}
+    assert not used - samples, f"used but not exported: {sorted(used - samples)}"
+
+
+def test_live_every_panel_shows_data(dashboard: dict[str, Any], live_stack: Any) -> None:
+    variables = {**GRAFANA_VARIABLES, "$instance": ".+"}
+    empty = []
+    for panel in query_panels(dashboard):
+        series = 0
+        for target in panel["targets"]:
+            query = target["expr"]
+            for variable, value in variables.items():
+                query = query.replace(variable, value)
+            body = live_stack.api("/api/v1/query", query=query)
+            assert body["status"] == "success", (panel["title"], body)
+            series += len(body["data"]["result"])
+        if not series:
+            empty.append(panel["title"])
+    assert not empty, f"panels without data from a live daemon: {empty}"
+
+
+def test_live_instance_variable_lists_the_daemon(live_stack: Any) -> None:
+    body = live_stack.api("/api/v1/label/instance/values", **{"match[]": "sessiond_build_info"})
+    assert body["status"] == "success"
+    assert body["data"] == [live_stack.daemon.metrics_url.split("/")[2]]
+
+
+def test_live_rules_evaluate_and_none_fires_for_a_healthy_daemon(live_stack: Any) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        body = live_stack.api("/api/v1/rules", type="alert")
+        rules = [r for g in body["data"]["groups"] for r in g["rules"]]
+        if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert [
+        (r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"
+    ] == []
+    firing = [r["name"] for r in rules if r["state"] != "inactive"]
+    assert firing == [], f"alerts pending or firing for a healthy daemon: {firing}"

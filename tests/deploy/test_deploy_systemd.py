@@ -9,9 +9,13 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -270,39 +274,39 @@ def test_example_config_passes_check_config() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# A seccomp filter with the rules of systemd's MemoryDenyWriteExecute=yes (x86_64): mmap with
-# PROT_WRITE|PROT_EXEC, mprotect/pkey_mprotect adding PROT_EXEC and shmat with SHM_EXEC fail
-# with EPERM. Installed with no_new_privs, then the probe is exec'd under it, so the
-# interpreter's own start-up and every extension module load run filtered.
-MDWE_EXEC = r"""
-import ctypes, os, struct, sys
+# A seccomp filter that emulates the unit's MemoryDenyWriteExecute=yes and, if the env var
+# SECCOMP_ALLOW holds a JSON list of syscall numbers, its SystemCallFilter= allow list, with
+# SystemCallArchitectures=native and SystemCallErrorNumber=EPERM (x86_64 only). MDWE: mmap with
+# PROT_WRITE|PROT_EXEC, mprotect adding PROT_EXEC, shmat with SHM_EXEC fail with EPERM (and
+# pkey_mprotect entirely). Installed with no_new_privs, then the command is exec'd under it, so
+# the interpreter's start-up and every extension module load run filtered, as under systemd.
+SANDBOX_EXEC = r"""
+import ctypes, json, os, struct, sys
 LD, JEQ, AND, RET = 0x20, 0x15, 0x54, 0x06
 ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
 ARG2 = 16 + 2 * 8  # low 32 bits of seccomp_data.args[2]
-code, labels = [], {}
-def op(o, k=0, jt=None, jf=None):
-    code.append((o, k, jt, jf))
-def label(name):
-    labels[name] = len(code)
-op(LD, 4); op(JEQ, 0xC000003E, None, "allow")  # AUDIT_ARCH_X86_64
+allow = os.environ.get("SECCOMP_ALLOW")
+prog = []
+def op(code, k=0, jt=0, jf=0):
+    prog.append(struct.pack("HBBI", code, jt, jf, k))
+op(LD, 4); op(JEQ, 0xC000003E, 1, 0); op(RET, EPERM)  # AUDIT_ARCH_X86_64 only
 op(LD, 0)
-op(JEQ, 9, "mmap"); op(JEQ, 10, "mprotect"); op(JEQ, 329, "mprotect"); op(JEQ, 30, "shmat")
-op(RET, ALLOW)
-label("mmap"); op(LD, ARG2); op(AND, 6); op(JEQ, 6, "deny", "allow")
-label("mprotect"); op(LD, ARG2); op(AND, 4); op(JEQ, 4, "deny", "allow")
-label("shmat"); op(LD, ARG2); op(AND, 0o100000); op(JEQ, 0o100000, "deny", "allow")
-label("deny"); op(RET, EPERM)
-label("allow"); op(RET, ALLOW)
-raw = b"".join(
-    struct.pack("HBBI", o, labels[t] - i - 1 if t else 0, labels[f] - i - 1 if f else 0, k)
-    for i, (o, k, t, f) in enumerate(code)
-)
+op(JEQ, 329, 0, 1); op(RET, EPERM)  # pkey_mprotect
+for nr, mask in ((9, 6), (10, 4), (30, 0o100000)):  # mmap W|X, mprotect X, shmat SHM_EXEC
+    op(JEQ, nr, 0, 5); op(LD, ARG2); op(AND, mask); op(JEQ, mask, 0, 1); op(RET, EPERM)
+    op(RET, ALLOW)
+if allow is None:
+    op(RET, ALLOW)
+else:
+    for nr in json.loads(allow):
+        op(JEQ, nr, 0, 1); op(RET, ALLOW)
+    op(RET, EPERM)
 class Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 libc = ctypes.CDLL(None, use_errno=True)
-buf = ctypes.create_string_buffer(raw)
-prog = Fprog(len(code), ctypes.cast(buf, ctypes.c_char_p))
-if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(prog), 0, 0):
+buf = ctypes.create_string_buffer(b"".join(prog))
+fprog = Fprog(len(prog), ctypes.cast(buf, ctypes.c_char_p))
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):
     print("cannot install seccomp filter:", os.strerror(ctypes.get_errno()), file=sys.stderr)
     sys.exit(3)
 os.execv(sys.argv[1], sys.argv[1:])
@@ -381,7 +385,7 @@ def test_native_deps_work_under_memory_deny_write_execute() -> None:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         pytest.skip("the seccomp emulation uses x86_64 syscall numbers")
     proc = subprocess.run(
-        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", MDWE_PROBE],
+        [sys.executable, "-c", SANDBOX_EXEC, sys.executable, "-c", MDWE_PROBE],
         capture_output=True,
         text=True,
         timeout=60,
@@ -392,3 +396,113 @@ def test_native_deps_work_under_memory_deny_write_execute() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "uvloop" in result["tested"] or "hiredis" in result["tested"], result
+
+
+def syscall_groups(analyze: str) -> dict[str, set[str]]:
+    """systemd's syscall groups (@system-service, …) as `systemd-analyze syscall-filter`
+    prints them: group -> members (syscall names and nested @groups)."""
+    out = subprocess.run(
+        [analyze, "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    groups: dict[str, set[str]] = {}
+    members: set[str] | None = None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            members = groups.setdefault(line.strip(), set())
+        elif line.startswith("    ") and not line.strip().startswith("#") and members is not None:
+            members.add(line.strip())
+    return groups
+
+
+def unit_syscall_allowlist(analyze: str) -> set[str]:
+    """The syscalls the unit's SystemCallFilter= lines allow (allow list, then ~ removals)."""
+    groups = syscall_groups(analyze)
+
+    def expand(name: str) -> set[str]:
+        if not name.startswith("@"):
+            return {name}
+        return set().union(*(expand(member) for member in groups[name]))
+
+    allowed: set[str] | None = None
+    for value in service()["SystemCallFilter"]:
+        deny = value.startswith("~")
+        names = set().union(*(expand(token) for token in value.lstrip("~").split()))
+        if deny:
+            assert allowed is not None, "emulation supports an allow list first, then ~removals"
+            allowed -= names
+        else:
+            allowed = names if allowed is None else allowed | names
+    assert allowed
+    return allowed
+
+
+def syscall_numbers() -> dict[str, int]:
+    for header in (
+        Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+        Path("/usr/include/asm/unistd_64.h"),
+    ):
+        if header.is_file():
+            return {
+                name: int(nr)
+                for name, nr in re.findall(r"#define __NR_(\w+) (\d+)", header.read_text())
+            }
+    pytest.skip("no x86_64 syscall table (linux-libc-dev's asm/unistd_64.h)")
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_daemon_runs_under_the_units_syscall_filter_and_mdwe(daemon_launcher: Any) -> None:
+    """The real daemon under an emulation of the unit's seccomp settings (SystemCallFilter=,
+    SystemCallArchitectures=, MemoryDenyWriteExecute=): it starts, serves, writes its store,
+    reloads on a file change and on SIGHUP, exports metrics and exits 0 on SIGTERM."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        pytest.skip("the seccomp emulation uses x86_64 syscall numbers")
+    analyze = require("systemd-analyze")
+    assert one("MemoryDenyWriteExecute") == "yes" and one("SystemCallArchitectures") == "native"
+    assert one("SystemCallErrorNumber") == "EPERM"
+    numbers = syscall_numbers()
+    allowed = sorted(numbers[name] for name in unit_syscall_allowlist(analyze) if name in numbers)
+    assert numbers["setuid"] not in allowed and numbers["read"] in allowed
+
+    with daemon_launcher(
+        wrapper=[sys.executable, "-c", SANDBOX_EXEC],
+        extra_env={"SECCOMP_ALLOW": json.dumps(allowed)},
+    ) as daemon:
+        replies = daemon.traffic()
+        assert replies.startswith(b"+PONG\r\n+OK\r\n$5\r\nalice\r\n$-1\r\n"), replies
+        metrics = daemon.scrape()
+        assert "process_resident_memory_bytes" in metrics, "process collector disabled"
+        assert re.search(r"^sessiond_store_writes_total [1-9]", metrics, re.M), "no store write"
+
+        with daemon.config.open("a") as config:
+            config.write("cache:\n  max_sessions: 500\n")
+        wait_for(
+            lambda: "sessiond_cache_max_sessions 500.0" in daemon.scrape(), "reload on file change"
+        )
+
+        def reloads() -> float:
+            match = re.search(
+                r'^sessiond_config_reloads_total\{result="success"\} (\S+)', daemon.scrape(), re.M
+            )
+            return float(match.group(1)) if match else 0.0
+
+        before = reloads()
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: reloads() > before, "reload on SIGHUP")
+
+        daemon.proc.terminate()
+        assert daemon.proc.wait(timeout=20) == 0, daemon.log()
+        assert not daemon.socket_path.exists(), "socket file left behind"
+        log = daemon.log()
+        assert "Operation not permitted" not in log, log
+        problems = [line for line in log.splitlines() if '"level": "error"' in line]
+        assert problems == [], log
