@@ -402,7 +402,9 @@ class SessionCache(Generic[K, V]):
         if old is not None:
             self._data.move_to_end(key)
             self.memory -= old.size
-            old.record = None
+            # Inherit the old heap record: a later deadline is re-filed lazily
+            # by sweep, so overwriting a key pushes nothing onto the heap.
+            entry.record, old.record = old.record, None
             self._notify(key, old, Cause.REPLACED, None)
         self._data[key] = entry
         self.memory += entry.size
