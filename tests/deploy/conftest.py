@@ -44,9 +44,10 @@ def _fetch(what: str) -> Path:
         check=False,
     )
     if proc.returncode == 2:
-        last = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith(("E:", "Err:"))]
         pytest.skip(
-            f"could not download Debian's prometheus package with apt-get (no network?): {last[0]}"
+            "could not download Debian's prometheus package with apt-get (no network?): "
+            + ("; ".join(errors[-2:]) or proc.stderr.strip()[-300:] or "no output")
         )
     if proc.returncode != 0:
         pytest.fail(f"{PROMTOOL_SH} {what} failed ({proc.returncode}):\n{proc.stderr}")
