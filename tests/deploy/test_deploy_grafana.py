@@ -369,5 +369,16 @@ def test_live_rules_evaluate_and_none_fires_for_a_healthy_daemon(live_stack: Any
     assert [
         (r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"
     ] == []
-    firing = [r["name"] for r in rules if r["state"] != "inactive"]
-    assert firing == [], f"alerts pending or firing for a healthy daemon: {firing}"
+    states = {r["name"]: r["state"] for r in rules}
+    firing = [name for name, state in states.items() if state == "firing"]
+    assert firing == [], f"alerts firing for a healthy daemon: {firing}"
+    # These have no business even pending. (A slow first fsync on a busy CI disk may leave
+    # SessiondLatencyHigh pending for a moment: its for: 10m is what keeps it quiet.)
+    for name in (
+        "SessiondDown",
+        "SessiondConfigReloadFailed",
+        "SessiondStoreErrors",
+        "SessiondClientsNearLimit",
+        "SessiondClientsRejected",
+    ):
+        assert states[name] == "inactive", (name, states[name])
