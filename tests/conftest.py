@@ -91,13 +91,12 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sessiond exited {self.proc.returncode}:\n{self.log_text()}")
-            if self.socket_path.exists():
-                try:
-                    with self.client() as r:
-                        r.ping()
-                    return
-                except (redis.ConnectionError, OSError):
-                    pass
+            # The "started" event is logged once the socket listens (a ping
+            # alone would not do: peer-credential tests reject the test's uid).
+            if self.socket_path.exists() and any(
+                e.get("event") == "started" for e in self.events()
+            ):
+                return
             time.sleep(0.02)
         raise RuntimeError(f"sessiond did not start:\n{self.log_text()}")
 
