@@ -128,7 +128,6 @@ class ServerStats:
 
     connections_total: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    commands_processed: int = 0
     unknown_commands: int = 0
     unknown_command_errors: int = 0
 
@@ -930,6 +929,11 @@ def cmd_session_list(rt: Runtime, client: Client, args: Args) -> Any:
 # ------------------------------------------------------------------- INFO
 
 
+def total_commands(rt: Runtime) -> int:
+    """Commands run so far, summed at read time (nothing extra per command)."""
+    return sum(spec.calls for spec in COMMANDS.values()) + rt.stats.unknown_commands
+
+
 def info_text(rt: Runtime, section: bytes | None) -> str:
     cache = rt.cache
     stats = rt.stats
@@ -969,7 +973,7 @@ def info_text(rt: Runtime, section: bytes | None) -> str:
         ],
         "stats": [
             ("total_connections_received", stats.connections_total),
-            ("total_commands_processed", stats.commands_processed),
+            ("total_commands_processed", total_commands(rt)),
             ("rejected_connections", sum(stats.rejected.values())),
             ("expired_keys", cache.expirations),
             ("evicted_keys", cache.evictions_max_sessions + cache.evictions_max_memory),

@@ -164,8 +164,18 @@ class RequestParser:
 _CRLF: Final = b"\r\n"
 
 
+_OK_LINE: Final = b"+OK\r\n"
+
+
 def encode(value: Any, resp3: bool) -> bytes:
     """Encode one reply value (see the module table)."""
+    # The replies of GET and SET are answered here without building a list.
+    if value is OK:
+        return _OK_LINE
+    if type(value) is bytes:
+        return b"$%d\r\n%b\r\n" % (len(value), value)
+    if value is None:
+        return b"_\r\n" if resp3 else b"$-1\r\n"
     out: list[bytes] = []
     _encode_into(value, resp3, out)
     return b"".join(out)

@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from time import perf_counter
 from typing import Any, cast
 
 import structlog
@@ -39,6 +40,8 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 _PENDING_PAUSE = 1024  # queued requests before a parked connection stops reading
 _TX_IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "QUIT", "RESET", "WATCH"})
+# Commands that change how the connection's next requests must be handled.
+_STATEFUL = _TX_IMMEDIATE | {"AUTH", "HELLO"}
 
 
 Prefetch = Callable[[list[bytes], dict[bytes, Entry[bytes] | None]], Awaitable[None]]
@@ -177,17 +180,38 @@ class Connection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Execute queued requests until done or one must wait."""
+        if self.store is None:
+            self._drain_memory()
+        else:
+            self._drain_store()
+
+    def _drain_memory(self) -> None:
+        """Memory only: no request ever waits, so run them all and reply once."""
+        pending = self.pending
+        out = self.out
+        client = self.client
+        while pending:
+            args = pending.popleft()
+            spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
+            if spec is None or spec.name in _STATEFUL or client.multi is not None:
+                out.append(self.execute(spec, args))
+                if client.close_after_reply:
+                    pending.clear()
+                    break
+            elif client.authenticated:
+                out.append(encode(self.call(spec, args), client.resp3))
+            else:
+                out.append(self.execute(spec, args))
+        self.flush()
+
+    def _drain_store(self) -> None:
         pending = self.pending
         out = self.out
         rt = self.rt
-        store = self.store
         while pending:
             args = pending[0]
-            name = args[0]
-            spec = LOOKUP.get(name) if type(name) is bytes else None
-            if spec is None and type(name) is bytes:
-                spec = LOOKUP.get(name.upper())
-            if store is not None and spec is not None and self.client.authenticated:
+            spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
+            if spec is not None and self.client.authenticated:
                 keys = self.server.keys_to_load(spec, args, self.client, self.peeked)
                 if keys:
                     self.task = asyncio.ensure_future(self._after_prefetch(keys))
@@ -195,10 +219,9 @@ class Connection(asyncio.Protocol):
                 rt.peeked = self.peeked
             pending.popleft()
             out.append(self.execute(spec, args))
-            if store is not None:
-                self.peeked.clear()
-                if self.durable and spec is not None and spec.write:
-                    self.write_slots.append(len(out) - 1)
+            self.peeked.clear()
+            if self.durable and spec is not None and spec.write:
+                self.write_slots.append(len(out) - 1)
             if self.client.close_after_reply:
                 pending.clear()
                 break
@@ -261,9 +284,11 @@ class Connection(asyncio.Protocol):
             transport.abort()
 
     def execute(self, spec: CommandSpec | None, args: list[bytes]) -> bytes:
+        """Run one request with every check: auth, transactions, unknown names."""
         client = self.client
         rt = self.rt
-        rt.stats.commands_processed += 1
+        if spec is None and type(args[0]) is bytes:
+            spec = LOOKUP.get(args[0].upper())
         if spec is None:
             rt.stats.unknown_commands += 1
             rt.stats.unknown_command_errors += 1
@@ -287,7 +312,7 @@ class Connection(asyncio.Protocol):
             spec.errors += 1
             return Error(f"ERR wrong number of arguments for '{spec.name.lower()}' command")
         self.client.last_command = spec.name
-        start = time.perf_counter()
+        start = perf_counter()
         try:
             reply = spec.handler(self.rt, self.client, args)
         except Error as exc:
@@ -297,7 +322,10 @@ class Connection(asyncio.Protocol):
             log.exception("command_failed", command=spec.name, client_id=self.client.id)
             reply = Error(f"ERR internal error while running '{spec.name.lower()}'")
             spec.errors += 1
-        self.server.histogram.observe(time.perf_counter() - start)
+        elapsed = perf_counter() - start
+        hist = self.server.histogram
+        hist.counts[bisect_left(hist.bounds, elapsed)] += 1
+        hist.sum += elapsed
         return reply
 
     def transaction(self, spec: CommandSpec, args: list[bytes]) -> Any:
