@@ -455,7 +455,7 @@ def cmd_flushdb(rt: Runtime, client: Client, args: Args) -> Any:
 def cmd_config(rt: Runtime, client: Client, args: Args) -> Any:
     sub = args[1].upper()
     if sub == b"GET" and len(args) >= 3:
-        flat = flatten(rt.config)
+        flat = {**flatten(rt.config), **_redis_config(rt)}
         out: dict[str, Any] = {}
         for pattern in args[2:]:
             rx = glob_to_regex(pattern.lower())
@@ -471,6 +471,22 @@ def cmd_config(rt: Runtime, client: Client, args: Args) -> Any:
         f"ERR unknown subcommand or wrong number of arguments for '{_text(args[1])}'. "
         "Try CONFIG HELP."
     )
+
+
+def _redis_config(rt: Runtime) -> dict[str, Any]:
+    """Redis' own names for the settings tools such as redis-benchmark ask for."""
+    config = rt.config
+    return {
+        "save": "",
+        "appendonly": "no",
+        "databases": 1,
+        "maxclients": config.limits.max_clients,
+        "maxmemory": config.cache.max_memory,
+        "maxmemory-policy": "allkeys-lru",
+        "timeout": int(config.limits.client_idle_timeout),
+        "proto-max-bulk-len": config.limits.max_value_size,
+        "client-query-buffer-limit": config.limits.max_request_size,
+    }
 
 
 def _config_value(value: Any) -> str:
