@@ -1,0 +1,71 @@
+"""sd_notify (SPEC §9): READY=1 once serving and warm, WATCHDOG=1 pings, STOPPING=1."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(10)
+    yield sock, path
+    sock.close()
+
+
+def _messages(sock: socket.socket, until: str, timeout: float = 10.0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.extend(sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            break
+        if until in got:
+            return got
+    raise AssertionError(f"never got {until!r}; got {got}")
+
+
+def test_ready_watchdog_stopping(
+    daemon_factory: Callable[..., Daemon], notify_socket: tuple[socket.socket, Path]
+) -> None:
+    sock, path = notify_socket
+    d = daemon_factory({"persistence": {"backend": "sqlite", "path": "sessions.db"}}, start=False)
+    # A first run leaves a session in the store, so READY must follow a warm start.
+    d.start()
+    with d.client() as r:
+        r.set("warm", "yes")
+    assert d.stop() == 0
+    d.start(wait=False, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+    messages = _messages(sock, "READY=1")
+    # At READY the socket already answers and the warm start is done.
+    with d.client() as r:
+        assert r.info("persistence")["warm_start_sessions"] == 1
+        assert r.get("warm") == b"yes"
+    assert "WATCHDOG=1" in messages + _messages(sock, "WATCHDOG=1")
+    d.signal(15)
+    assert "STOPPING=1" in _messages(sock, "STOPPING=1")
+    assert d.proc is not None
+    assert d.proc.wait(20) == 0
+
+
+def test_abstract_notify_socket(daemon_factory: Callable[..., Daemon]) -> None:
+    name = f"sessiond-test-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    try:
+        d = daemon_factory(start=False)
+        d.start(wait=False, env={"NOTIFY_SOCKET": "@" + name})
+        assert "READY=1" in _messages(sock, "READY=1")
+        assert d.stop() == 0
+    finally:
+        sock.close()
