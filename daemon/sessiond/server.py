@@ -68,14 +68,18 @@ class StartupError(Exception):
 
 def _unknown_command(args: list[Any]) -> Error:
     name = args[0].decode("utf-8", "replace") if isinstance(args[0], bytes) else str(args[0])
-    rest = " ".join(
-        f"'{a.decode('utf-8', 'replace') if isinstance(a, bytes) else a}'" for a in args[1:4]
-    )
-    return Error(f"ERR unknown command '{name}', with args beginning with: {rest}")
+    rest = ""  # Redis' wording: each argument quoted and followed by a space, ~128 chars
+    for a in args[1:]:
+        if len(rest) >= 128:
+            break
+        text = a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
+        rest += f"'{text[: 128 - len(rest)]}' "
+    return Error(f"ERR unknown command '{name[:128]}', with args beginning with: {rest}")
 
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "busy",
         "client",
         "durable",
         "out",
@@ -98,6 +102,7 @@ class Connection(asyncio.Protocol):
         self.pending: deque[list[bytes]] = deque()
         self.out: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
+        self.busy = False  # a request waits for the store; later ones queue
         self.paused = False
         self.store = self.rt.store
         self.durable = self.store is not None and server.durable_replies
@@ -160,7 +165,7 @@ class Connection(asyncio.Protocol):
         if not requests:
             return
         self.pending.extend(requests)
-        if self.task is None:
+        if not self.busy:
             self.drain()
         elif len(self.pending) > _PENDING_PAUSE and not self.paused and self.transport:
             self.paused = True
@@ -214,6 +219,7 @@ class Connection(asyncio.Protocol):
             if spec is not None and self.client.authenticated:
                 keys = self.server.keys_to_load(spec, args, self.client, self.peeked)
                 if keys:
+                    self.busy = True
                     self.task = asyncio.ensure_future(self._after_prefetch(keys))
                     return
                 rt.peeked = self.peeked
@@ -226,7 +232,8 @@ class Connection(asyncio.Protocol):
                 pending.clear()
                 break
         if self.write_slots:
-            self.task = asyncio.ensure_future(self._after_durable())
+            self.busy = True
+            self.server.after_commit(self._durable)
             return
         self.flush()
 
@@ -240,19 +247,17 @@ class Connection(asyncio.Protocol):
             self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
         finally:
             self.task = None
+            self.busy = False
         self._go_on()
 
-    async def _after_durable(self) -> None:
-        """Hold the replies until the writes they acknowledge are on disk."""
-        try:
-            await self.server.wait_durable()
-        except StoreError as exc:
-            error = encode(Error(f"ERR {exc}"), self.client.resp3)
+    def _durable(self, error: StoreError | None) -> None:
+        """The writes whose replies we hold are on disk (or failed): reply."""
+        if error is not None:
+            reply = encode(Error(f"ERR {error}"), self.client.resp3)
             for slot in self.write_slots:
-                self.out[slot] = error
-        finally:
-            self.write_slots.clear()
-            self.task = None
+                self.out[slot] = reply
+        self.write_slots.clear()
+        self.busy = False
         self._go_on()
 
     def _go_on(self) -> None:
@@ -390,13 +395,13 @@ class Server:
         self.prefetch: Callable[
             [list[bytes], dict[bytes, Entry[bytes] | None]], Awaitable[None]
         ] = _no_prefetch
-        self.wait_durable: Callable[[], Awaitable[None]] = _nothing
+        self.after_commit: Callable[[Callable[[StoreError | None], None]], None] = _at_once
 
     def store_attached(self, store: Store, *, durable_replies: bool) -> None:
         """Use ``store``: read-through before commands, and with
         ``durable_replies`` hold write replies until their commit is on disk."""
         self.durable_replies = durable_replies
-        self.wait_durable = store.wait_durable
+        self.after_commit = store.after_commit
 
     # ------------------------------------------------------------ lifecycle
 
@@ -456,7 +461,7 @@ class Server:
         connection and remove the socket file."""
         self.stop_accepting()
         deadline = time.monotonic() + grace
-        while any(c.task is not None for c in self.connections) and time.monotonic() < deadline:
+        while any(c.busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.flush()
@@ -534,7 +539,7 @@ class Server:
         cutoff = time.monotonic() - timeout
         closed = 0
         for conn in list(self.connections):
-            if conn.client.last_active < cutoff and conn.task is None and conn.transport:
+            if conn.client.last_active < cutoff and not conn.busy and conn.transport:
                 conn.transport.close()
                 closed += 1
         return closed
@@ -544,5 +549,5 @@ async def _no_prefetch(keys: list[bytes], peeked: dict[bytes, Entry[bytes] | Non
     return None
 
 
-async def _nothing() -> None:
-    return None
+def _at_once(callback: Callable[[StoreError | None], None]) -> None:
+    callback(None)
