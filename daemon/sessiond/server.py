@@ -213,6 +213,8 @@ class Connection(asyncio.Protocol):
         pending = self.pending
         out = self.out
         rt = self.rt
+        store = self.store
+        assert store is not None
         while pending:
             args = pending[0]
             spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
@@ -224,7 +226,9 @@ class Connection(asyncio.Protocol):
                     return
                 rt.peeked = self.peeked
             pending.popleft()
+            store.view = self.peeked  # what the command changes, it reads back
             out.append(self.execute(spec, args))
+            store.view = None
             self.peeked.clear()
             if self.durable and spec is not None and spec.write:
                 self.write_slots.append(len(out) - 1)
@@ -243,6 +247,7 @@ class Connection(asyncio.Protocol):
             await self.server.prefetch(keys, self.peeked)
         except StoreError as exc:
             # The request that needed the load is answered with the error.
+            self.peeked.clear()
             self.pending.popleft()
             self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
         finally:
@@ -532,7 +537,13 @@ class Server:
         else:
             candidates = spec.load(args)
         data = self.rt.cache._data
-        return [k for k in candidates if k not in data and k not in peeked]
+        missing = [k for k in candidates if k not in data and k not in peeked]
+        if missing and peeked:
+            # Another round: what earlier rounds fetched may change while this
+            # one waits, so fetch it again with the rest.
+            peeked.clear()
+            missing = [k for k in candidates if k not in data]
+        return missing
 
     def close_idle(self, timeout: float) -> int:
         """Close connections idle for longer than ``timeout`` seconds."""

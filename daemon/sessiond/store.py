@@ -80,6 +80,9 @@ class Store(PersistenceHook[bytes, bytes], Protocol):
     commands (DBSIZE, SCAN, KEYS, FLUSHDB), read-through and warm start need."""
 
     warmed: int
+    # The running command's copy of the stored sessions it names (set by the
+    # server around each command); the hook keeps it current.
+    view: dict[bytes, Entry[bytes] | None] | None
 
     def count(self, memory: SessionCache[bytes, bytes]) -> int: ...
 
@@ -129,6 +132,12 @@ class SQLiteStore:
         self.flush_interval = flush_interval
         self.stats = stats
         self.warmed = 0
+        # While a command runs, the server points this at the sessions it
+        # fetched from the store for it (Runtime.peeked). Every change the
+        # command makes goes through the hook below and is recorded here too:
+        # a command that deletes, rewrites or (by admitting others) evicts one
+        # of its sessions reads that change back, never the copy fetched before.
+        self.view: dict[bytes, Entry[bytes] | None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pending: dict[bytes, Entry[bytes] | None] = {}
@@ -167,10 +176,11 @@ class SQLiteStore:
             raise StoreError(
                 f"persistence.path: cannot create {path.parent}: {exc.strerror}"
             ) from None
-        exists = path.exists() and path.stat().st_size > 0
+        present = path.exists()
+        exists = present and path.stat().st_size > 0
         # Root passes os.access() whatever the mode, so honour the mode bits too:
-        # an operator who made the file read-only meant it.
-        if exists and (not os.access(path, os.R_OK | os.W_OK) or not path.stat().st_mode & 0o222):
+        # an operator who made the file read-only meant it (even an empty one).
+        if present and (not os.access(path, os.R_OK | os.W_OK) or not path.stat().st_mode & 0o222):
             raise StoreError(f"persistence.path: {path} is read-only; sessiond must write it")
         try:
             if exists:
@@ -214,11 +224,15 @@ class SQLiteStore:
     # ------------------------------------------------------- the cache hook
 
     def save(self, key: bytes, entry: Entry[bytes]) -> None:
+        if self.view is not None:
+            self.view[key] = entry
         with self._lock:
             self._pending[key] = entry
             self._op_seq += 1
 
     def delete(self, key: bytes) -> None:
+        if self.view is not None:
+            self.view[key] = None
         with self._lock:
             self._pending[key] = None
             self._op_seq += 1
@@ -362,6 +376,8 @@ class SQLiteStore:
     # ----------------------------------------------------------- writes
 
     def clear(self) -> None:
+        if self.view is not None:
+            self.view.clear()  # not in memory nor in the view: absent
         with self._lock:
             self._pending = {}
             self._clear_pending = True

@@ -1,0 +1,559 @@
+"""Persistence (SPEC §1, §5, §6) against the real daemon with the SQLite store.
+
+Every test runs ``sessiond run`` as a subprocess (tests/conftest.py) with
+``persistence.backend: sqlite`` and talks to it with redis-py over the socket;
+crash tests use SIGKILL, restarts use SIGTERM, and the store file is checked
+with ``sqlite3`` directly once the daemon is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+Factory = Callable[..., "Daemon"]
+
+
+def sqlite_config(**extra: dict[str, Any]) -> dict[str, Any]:
+    """Overrides for the daemon fixture: the SQLite store plus ``extra`` sections."""
+    persistence = {"backend": "sqlite", "path": "sessions.db", **extra.pop("persistence", {})}
+    return {"persistence": persistence, **extra}
+
+
+def no_retry_client(d: Daemon) -> redis.Redis:
+    """A client that reports a dead daemon at once instead of retrying."""
+    return d.client(retry=Retry(NoBackoff(), 0))
+
+
+def store_rows(d: Daemon, path: str = "sessions.db") -> dict[bytes, tuple[bytes, float | None]]:
+    """key -> (value, deadline) straight from the SQLite file."""
+    db = sqlite3.connect(f"file:{d.workdir / path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT key, value, deadline FROM sessions").fetchall()
+    finally:
+        db.close()
+    return {bytes(k): (bytes(v), dl) for k, v, dl in rows}
+
+
+def session_info(r: redis.Redis, key: str) -> dict[str, Any] | None:
+    reply = r.execute_command("SESSION.INFO", key)
+    if reply is None:
+        return None
+    if isinstance(reply, list):  # RESP2 flattens the map
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in reply.items()}
+
+
+def where(r: redis.Redis, key: str) -> str | None:
+    info = session_info(r, key)
+    if info is None:
+        return None
+    w = info["where"]
+    return w.decode() if isinstance(w, bytes) else str(w)
+
+
+def poll(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
+
+
+def restart(d: Daemon, env: dict[str, str] | None = None) -> None:
+    """Start ``d`` again and wait for *this* run's ``started`` event (the log
+    accumulates across runs, and a SIGKILLed daemon leaves its socket behind)."""
+    runs = sum(1 for e in d.events() if e.get("event") == "started")
+    d.start(wait=False, env=env)
+    d.wait_for_event("started", count=runs + 1, timeout=20)
+
+
+def last_event(d: Daemon, name: str) -> dict[str, Any]:
+    found = [e for e in d.events() if e.get("event") == name]
+    assert found, f"no {name!r} in log:\n{d.log_text()}"
+    return found[-1]
+
+
+# ------------------------------------------------------------------ crashes
+
+
+def _hammer(
+    d: Daemon, writers: int, run_for: float
+) -> tuple[list[dict[str, tuple[str, float]]], list[int], float]:
+    """``writers`` threads, each with its own client, SET distinct keys (and
+    overwrite one ``last:<t>`` counter) until the daemon is SIGKILLed after
+    ``run_for`` seconds. Returns per thread {key: (value, ack time)}, the last
+    acknowledged counter per thread, and the time of the kill."""
+    acked: list[dict[str, tuple[str, float]]] = [{} for _ in range(writers)]
+    last: list[int] = [-1] * writers
+    started = threading.Barrier(writers + 1)
+    errors: list[BaseException] = []
+
+    def write(t: int) -> None:
+        r = no_retry_client(d)
+        started.wait()
+        i = 0
+        try:
+            while True:
+                key = f"w{t}:{i}"
+                value = f"v{t}:{i}:" + "x" * (i % 64)
+                if r.set(key, value) is not True:
+                    raise AssertionError(f"SET {key} not acknowledged")
+                acked[t][key] = (value, time.monotonic())
+                if r.set(f"last:{t}", i) is not True:
+                    raise AssertionError("SET last not acknowledged")
+                last[t] = i
+                i += 1
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return  # the daemon was killed mid-write: that write was not acknowledged
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            r.close()
+
+    threads = [threading.Thread(target=write, args=(t,), daemon=True) for t in range(writers)]
+    for th in threads:
+        th.start()
+    started.wait()
+    time.sleep(run_for)  # the writers run while we wait; this is not a flush wait
+    killed_at = time.monotonic()
+    d.kill()
+    for th in threads:
+        th.join(10)
+        assert not th.is_alive()
+    assert not errors, errors
+    return acked, last, killed_at
+
+
+def _check_present(r: redis.Redis, expected: dict[str, str]) -> list[str]:
+    """Keys of ``expected`` missing or with another value."""
+    keys = list(expected)
+    wrong = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for key, got in zip(chunk, r.mget(chunk), strict=True):
+            if got != expected[key].encode():
+                wrong.append(key)
+    return wrong
+
+
+def test_kill9_durability_always_keeps_every_acknowledged_write(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(persistence={"durability": "always"}))
+    acked, last, _ = _hammer(d, writers=8, run_for=1.5)
+    total = sum(len(a) for a in acked)
+    assert total > 100, "the writers barely ran"
+    restart(d)
+    with d.client() as r:
+        expected = {k: v for per in acked for k, (v, _) in per.items()}
+        wrong = _check_present(r, expected)
+        assert not wrong, f"{len(wrong)}/{total} acknowledged writes lost, e.g. {wrong[:5]}"
+        for t, i in enumerate(last):
+            got = r.get(f"last:{t}")
+            # The write in flight at the kill may or may not have committed.
+            assert got is not None and int(got) >= i, (t, got, i)
+    assert d.stop() == 0
+
+
+def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: Factory) -> None:
+    flush = 0.2
+    margin = 1.0
+    d = daemon_factory(
+        sqlite_config(persistence={"durability": "batch", "flush_interval": "200ms"})
+    )
+    acked, _, killed_at = _hammer(d, writers=8, run_for=2.0)
+    cutoff = killed_at - flush - margin
+    old = {k: v for per in acked for k, (v, at) in per.items() if at < cutoff}
+    assert len(old) > 100, "too few writes before the loss window to test anything"
+    restart(d)
+    with d.client() as r:
+        wrong = _check_present(r, old)
+        assert not wrong, (
+            f"{len(wrong)} writes acknowledged more than {flush + margin}s before the kill "
+            f"were lost, e.g. {wrong[:5]}"
+        )
+    assert d.stop() == 0
+
+
+# ------------------------------------------------------- eviction + store
+
+
+def test_read_through_and_deletes_reach_the_store(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 100}))
+    with d.client() as r:
+        for i in range(300):
+            assert r.set(f"s{i}", f"value-{i}")
+        assert r.info("memory")["max_sessions"] == 100
+        assert len(r.execute_command("SESSION.LIST")) == 100
+        assert r.dbsize() == 300
+        for i in range(300):
+            assert r.get(f"s{i}") == f"value-{i}".encode(), i
+        # s0 was evicted (again) by the reads of s100..s299; s299 is in memory.
+        assert where(r, "s0") == "store"
+        assert where(r, "s299") == "memory"
+        assert r.delete("s0") == 1
+        assert r.delete("s299") == 1
+        assert r.getdel("s1") == b"value-1"
+        assert where(r, "s2") == "store"
+        assert r.getdel("s2") == b"value-2"
+        assert r.get("s0") is None and r.get("s299") is None
+    assert d.stop() == 0
+    rows = store_rows(d)
+    assert len(rows) == 296
+    assert not {b"s0", b"s1", b"s2", b"s299"} & rows.keys()
+
+    restart(d)
+    with d.client() as r:
+        for key in ("s0", "s1", "s2", "s299"):
+            assert r.get(key) is None, key
+            assert r.exists(key) == 0, key
+        assert r.get("s3") == b"value-3"
+        assert r.dbsize() == 296
+        assert r.flushdb()
+        assert r.dbsize() == 0
+    assert d.stop() == 0
+    assert store_rows(d) == {}
+
+    restart(d)
+    with d.client() as r:
+        assert r.dbsize() == 0
+        assert r.get("s3") is None
+        assert r.keys("*") == []
+    assert d.stop() == 0
+
+
+def test_inspection_sees_the_store_without_loading(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 2}))
+    with d.client() as r:
+        for name in "abcde":
+            assert r.set(name, f"val-{name}", ex=500)
+        assert r.execute_command("SESSION.LIST") == [b"e", b"d"]
+        assert where(r, "a") == "store"
+
+        assert r.exists("a") == 1
+        assert r.exists("a", "b", "c", "nope") == 3
+        assert where(r, "a") == "store"
+        assert 495 <= r.ttl("a") <= 500
+        assert where(r, "a") == "store"
+        assert r.type("a") == b"string"
+        assert where(r, "a") == "store"
+        assert r.strlen("a") == len("val-a")
+        assert where(r, "a") == "store"
+        assert r.dbsize() == 5
+        assert sorted(r.keys("*")) == [b"a", b"b", b"c", b"d", b"e"]
+        assert sorted(r.scan_iter(count=2)) == [b"a", b"b", b"c", b"d", b"e"]
+        assert sorted(r.scan_iter(match="[ab]")) == [b"a", b"b"]
+        assert r.execute_command("SESSION.LIST") == [b"e", b"d"]  # LRU order untouched
+        assert where(r, "a") == "store"
+
+        assert r.get("a") == b"val-a"  # an access: read-through admits it
+        assert where(r, "a") == "memory"
+        assert r.execute_command("SESSION.LIST") == [b"a", b"e"]
+        assert where(r, "d") == "store"
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("durability", ["always", "batch"])
+def test_read_after_eviction_is_never_stale(daemon_factory: Factory, durability: str) -> None:
+    d = daemon_factory(
+        sqlite_config(
+            cache={"max_sessions": 2},
+            persistence={"durability": durability, "flush_interval": "200ms"},
+        )
+    )
+    with d.client() as w, d.client() as other:
+        for i in range(150):
+            key = f"k{i % 4}"
+            value = f"gen-{i}"
+            assert w.set(key, value)
+            assert w.set("filler1", i) and w.set("filler2", i)  # evicts key
+            assert where(w, key) == "store"
+            reader = w if i % 2 else other
+            assert reader.get(key) == value.encode(), (i, key)
+            if i % 10 == 0:
+                assert w.delete(key) == 1
+                assert w.set("filler1", i) and w.set("filler2", i)
+                assert other.get(key) is None, (i, key)
+                assert w.set(key, value)
+    assert d.stop() == 0
+
+
+def test_multi_key_reads_when_loading_evicts_the_others(daemon_factory: Factory) -> None:
+    """Admitting the stored keys of one command evicts its in-memory keys: they
+    are still answered (from the store), not reported missing."""
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 2}))
+    with d.client() as r:
+        assert r.mset({"a": "1", "b": "2", "c": "3", "d": "4"})
+        assert r.execute_command("SESSION.LIST") == [b"d", b"c"]
+        assert r.mget("a", "b", "c", "d") == [b"1", b"2", b"3", b"4"]
+        assert r.mget("c", "d", "a", "b", "nope") == [b"3", b"4", b"1", b"2", None]
+        assert r.touch("a", "b", "c", "d") == 4
+        pipe = r.pipeline(transaction=True)
+        pipe.get("a").get("b").get("c").get("d").exists("a", "b", "c", "d")
+        assert pipe.execute() == [b"1", b"2", b"3", b"4", 4]
+    assert d.stop() == 0
+
+
+def test_transaction_reads_its_own_changes_to_stored_sessions(daemon_factory: Factory) -> None:
+    """MULTI/EXEC fetches the stored sessions it names before it runs; a change
+    made by an earlier command of the same transaction must win over that copy."""
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 2}))
+    with d.client() as r:
+        assert r.mset({"a": "old-a", "b": "old-b", "x": "x", "y": "y"})
+        assert where(r, "a") == "store" and where(r, "b") == "store"
+
+        pipe = r.pipeline(transaction=True)
+        pipe.delete("a").get("a").exists("a").ttl("a")
+        assert pipe.execute() == [1, None, 0, -2]
+        assert r.get("a") is None
+
+        pipe = r.pipeline(transaction=True)
+        pipe.set("b", "new-b").set("f1", "1").set("f2", "2").get("b")  # b evicted, then read
+        assert pipe.execute() == [True, True, True, b"new-b"]
+        assert r.get("b") == b"new-b"
+
+        pipe = r.pipeline(transaction=True)
+        pipe.get("x").flushdb().get("x").exists("x")
+        assert pipe.execute() == [b"x", True, None, 0]
+        assert r.dbsize() == 0
+    assert d.stop() == 0
+    assert store_rows(d) == {}
+
+
+# ------------------------------------------------------------ warm restart
+
+
+def test_warm_restart_restores_recent_sessions_with_their_ttls(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 10}))
+    with d.client() as r:
+        wrote_at: dict[str, tuple[float, float]] = {}
+        for i in range(30):
+            before = time.time()
+            assert r.set(f"s{i}", f"v{i}", ex=100 + i)
+            wrote_at[f"s{i}"] = (before, time.time())
+        deadline = int(time.time()) + 300
+        assert r.set("abs", "fixed", exat=deadline)  # s20 leaves memory
+        for i in range(5):  # read-through: s0..s4 become the most recently used
+            assert r.get(f"s{i}") == f"v{i}".encode()
+        mru = r.execute_command("SESSION.LIST")
+        assert len(mru) == 10
+        assert mru[:5] == [b"s4", b"s3", b"s2", b"s1", b"s0"]
+    assert d.stop() == 0
+
+    restart(d)
+    with d.client() as r:
+        assert r.info("persistence")["warm_start_sessions"] == 10
+        assert last_event(d, "warm_start")["sessions"] == 10
+        assert last_event(d, "started")["warmed_sessions"] == 10
+        # The same sessions, in the same most-recently-used order, are in memory.
+        assert r.execute_command("SESSION.LIST") == mru
+        for key in mru:
+            assert where(r, key.decode()) == "memory"
+        assert where(r, "s10") == "store"
+        # TTLs kept their remaining time: s10..s29 were not read, so their
+        # deadlines are still write time + TTL; a restart is not an access.
+        for key in ("s10", "s25", "s29"):
+            i = int(key[1:])
+            sent = time.time()
+            pttl = r.pttl(key)
+            got = time.time()
+            lo = (wrote_at[key][0] + 100 + i - got) * 1000
+            hi = (wrote_at[key][1] + 100 + i - sent) * 1000
+            assert lo - 5 <= pttl <= hi + 5, (key, lo, pttl, hi)
+        assert r.expiretime("abs") == deadline
+        assert r.get("s29") == b"v29"
+        assert r.get("s15") == b"v15"  # not warmed: read back on demand
+    assert d.stop() == 0
+
+
+# ------------------------------------------------------------------ expiry
+
+
+def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> None:
+    d = daemon_factory(
+        sqlite_config(cache={"sweep_interval": "100ms", "max_sessions": 3, "default_ttl": 0})
+    )
+    with d.client() as r:
+        assert r.set("keep", "k")
+        for i in range(4):
+            assert r.set(f"short{i}", "x", px=300)
+        assert r.set("evicted", "e", px=400)
+        for i in range(3):  # push 'evicted' and a few short ones out of memory
+            assert r.set(f"pad{i}", "p")
+        assert where(r, "evicted") == "store"
+        assert r.dbsize() == 9
+        written = time.time()
+
+        assert poll(lambda: r.dbsize() == 4, timeout=3.0), r.keys("*")
+        for key in ("short0", "short3", "evicted"):
+            assert r.exists(key) == 0
+        # The evicted one is deleted from the store file itself (not just hidden).
+        assert poll(lambda: b"evicted" not in store_rows(d), timeout=3.0)
+        gone_after = time.time() - written
+        # within sweep_interval (+ a commit and generous slack) of its deadline
+        assert gone_after < 0.4 + 1.5, gone_after
+        assert poll(lambda: len(store_rows(d)) == 4, timeout=3.0), store_rows(d).keys()
+    assert d.stop() == 0
+    assert sorted(store_rows(d)) == [b"keep", b"pad0", b"pad1", b"pad2"]
+
+    restart(d)
+    with d.client() as r:
+        assert r.dbsize() == 4
+        for key in ("short0", "short1", "short2", "short3", "evicted"):
+            assert r.get(key) is None
+        assert r.get("keep") == b"k"
+    assert d.stop() == 0
+
+
+# ------------------------------------------------------------ start-up errors
+
+
+def _fails_to_start(d: Daemon, env: dict[str, str] | None = None) -> dict[str, Any]:
+    d.start(wait=False, env=env)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 1, d.log_text()
+    assert "Traceback" not in d.log_text()
+    return last_event(d, "startup_failed")
+
+
+def test_corrupt_store_is_refused_untouched(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(), start=False)
+    path = d.workdir / "sessions.db"
+    blob = os.urandom(64 * 1024)
+    path.write_bytes(blob)
+    event = _fails_to_start(d)
+    assert str(path) in event["error"]
+    assert path.read_bytes() == blob
+
+
+def test_damaged_sessiond_store_is_refused_untouched(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config())
+    with d.client() as r:
+        for i in range(200):
+            assert r.set(f"s{i}", "x" * 500)
+    assert d.stop() == 0
+    path = d.workdir / "sessions.db"
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[4096 * 3 : 4096 * 6] = os.urandom(3 * 4096)  # trash a few b-tree pages
+    path.write_bytes(bytes(data))
+    event = _fails_to_start(d)
+    assert str(path) in event["error"]
+    assert path.read_bytes() == bytes(data)
+
+
+def test_foreign_sqlite_file_is_refused_untouched(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(), start=False)
+    path = d.workdir / "sessions.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    event = _fails_to_start(d)
+    assert str(path) in event["error"]
+    assert "not a sessiond store" in event["error"]
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["store", "empty"])
+def test_read_only_store_is_refused_untouched(daemon_factory: Factory, empty: bool) -> None:
+    # Tests run as root, which may write a 0444 file: the daemon must honour the mode.
+    d = daemon_factory(sqlite_config(), start=not empty)
+    path = d.workdir / "sessions.db"
+    if empty:
+        path.write_bytes(b"")
+    else:
+        with d.client() as r:
+            assert r.set("a", "1")
+        assert d.stop() == 0
+    path.chmod(0o444)
+    before = path.read_bytes()
+    event = _fails_to_start(d)
+    assert str(path) in event["error"]
+    assert "read-only" in event["error"]
+    assert path.read_bytes() == before
+    assert path.stat().st_mode & 0o777 == 0o444
+
+
+def test_store_directory_that_cannot_be_created(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(persistence={"path": "blocker/sub/sessions.db"}), start=False)
+    blocker = d.workdir / "blocker"
+    blocker.write_bytes(b"i am a file, not a directory\n")
+    event = _fails_to_start(d)
+    assert str(blocker / "sub") in event["error"]
+    assert "persistence.path" in event["error"]
+    assert blocker.read_bytes() == b"i am a file, not a directory\n"
+
+
+# ------------------------------------------------------- runtime failures
+
+
+def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory) -> None:
+    d = daemon_factory(
+        sqlite_config(metrics={"enabled": True}, persistence={"durability": "always"}),
+        start=False,
+    )
+    d.start(env={"SESSIOND_STORE_MAX_PAGES": "16"})
+    with d.client() as r:
+        stored: list[str] = []
+        failure: redis.ResponseError | None = None
+        for i in range(500):
+            try:
+                r.set(f"s{i}", f"{i}:" + "x" * 1000)
+            except redis.ResponseError as exc:
+                failure = exc
+                break
+            stored.append(f"s{i}")
+        assert failure is not None, "the store never filled up"
+        assert stored, "not a single write fit"
+        assert str(failure).startswith("store write failed"), str(failure)
+        assert "full" in str(failure)
+        event = d.wait_for_event("store_error")[0]
+        assert event["operation"] == "commit"
+        assert event["level"] == "error"
+        # Still serving: reads and inspection of what was written.
+        assert r.ping()
+        for key in stored:
+            assert r.get(key) is not None, key
+        assert r.exists(stored[0]) == 1
+        assert d.metric("sessiond_store_errors_total", operation="commit") > 0
+    assert d.proc is not None and d.proc.poll() is None
+
+
+def test_store_metrics_move(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(metrics={"enabled": True}, cache={"max_sessions": 2}))
+
+    def loads(result: str) -> float:
+        return d.metric("sessiond_store_loads_total", result=result)
+
+    with d.client() as r:
+        writes0 = d.metric("sessiond_store_writes_total")
+        for i in range(5):
+            assert r.set(f"m{i}", i)
+        # durability always: the reply came after the commit that counted them
+        assert d.metric("sessiond_store_writes_total") >= writes0 + 5
+        found0, absent0 = loads("found"), loads("absent")
+        assert r.get("m0") == b"0"  # evicted: read through
+        assert loads("found") == found0 + 1
+        assert loads("absent") == absent0
+        assert r.get("never-written") is None
+        assert loads("absent") == absent0 + 1
+        assert loads("found") == found0 + 1
+        assert r.get("m0") == b"0"  # now in memory: no load
+        assert loads("found") == found0 + 1
+        assert d.metric("sessiond_store_commit_duration_seconds_count") > 0
+    assert d.stop() == 0
