@@ -25,6 +25,10 @@ from . import __version__
 from .commands import COMMANDS, Runtime
 from .server import DurationHistogram, Server
 
+# Every store operation that counts failures, exported at 0 from the start so
+# that the first error is an increase Prometheus can see.
+STORE_OPERATIONS = ("commit", "expire", "load")
+
 
 @dataclass
 class ReloadStats:
@@ -110,11 +114,11 @@ class SessiondCollector(Collector):
         errors = CounterMetricFamily(
             "sessiond_store_errors", "Store failures by operation.", labels=["operation"]
         )
-        for operation in ("load", "save", "delete", "commit"):
-            errors.add_metric([operation], store.errors.get(operation, 0))
-        for operation, count in dict(store.errors).items():
-            if operation not in ("load", "save", "delete", "commit"):
-                errors.add_metric([operation], count)
+        counts = dict(store.errors)
+        for operation in STORE_OPERATIONS:
+            counts.setdefault(operation, 0)
+        for operation, count in sorted(counts.items()):
+            errors.add_metric([operation], count)
         yield errors
         yield _histogram(
             "sessiond_store_commit_duration_seconds",
