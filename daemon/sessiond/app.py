@@ -55,6 +55,9 @@ class App:
         self.rt = Runtime(config, self.cache, None)
         self.server = Server(self.rt)
         self.reloads = ReloadStats(last_success_timestamp=time.time())
+        # The file's bytes as last read for a (re)load: the watcher reloads only
+        # when they change, so a SIGHUP after an edit does not reload twice.
+        self._config_bytes = None if config_path is None else self._fingerprint(config_path)
         self.metrics: MetricsServer | None = None
         self.shutdown_event = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -104,6 +107,8 @@ class App:
             self._spawn(self._watchdog_forever(interval))
         if self.config_path is not None:
             self._spawn(self._watch_config(self.config_path))
+            await asyncio.sleep(0)  # the task's first step sets up the inotify watch
+            self._reload_if_changed()  # an edit made before the watch was live
         log.info(
             "started",
             version=__version__,
@@ -229,13 +234,17 @@ class App:
         replace files atomically) and reload once per burst of changes."""
         from watchfiles import awatch
 
-        target = path.resolve()
+        target = path.absolute()  # not resolve(): watch the directory the link is in
         directory = target.parent
+        names = {target.name}
+        if target.is_symlink():
+            # kubelet's ConfigMap volume: sessiond.yaml -> ..data/sessiond.yaml, and an
+            # update renames a new ..data link into place; the link changes, not the file.
+            names.add(target.readlink().parts[0])
 
         def relevant(_change: object, changed: str) -> bool:
-            return Path(changed).name == target.name
+            return Path(changed).name in names
 
-        last = self._fingerprint(target)
         async for _changes in awatch(
             directory,
             watch_filter=relevant,
@@ -243,10 +252,13 @@ class App:
             step=50,
             recursive=False,
         ):
-            current = self._fingerprint(target)
-            if current == last or current is None:
-                continue
-            last = current
+            self._reload_if_changed()
+
+    def _reload_if_changed(self) -> None:
+        assert self.config_path is not None
+        current = self._fingerprint(self.config_path)
+        # Empty: an in-place rewrite caught between truncate and write.
+        if current and current != self._config_bytes:
             self.reload("file_changed")
 
     @staticmethod
@@ -266,6 +278,7 @@ class App:
         if self.config_path is None:
             log.info("config_reload_skipped", trigger=trigger, reason="running on defaults")
             return False
+        self._config_bytes = self._fingerprint(self.config_path)
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
@@ -275,15 +288,15 @@ class App:
             return False
         old = self.config
         before, after = flatten(old), flatten(new)
-        changed = {k: (before[k], after[k]) for k in after if before[k] != after[k]}
+        # Compare unredacted (a new password is a change), report redacted.
+        raw_before, raw_after = flatten(old, redact=False), flatten(new, redact=False)
+        changed = {k: (before[k], after[k]) for k in after if raw_before[k] != raw_after[k]}
         pending = sorted(k for k in changed if k in RESTART_REQUIRED)
         effective = dataclasses.replace(
             new,
             socket=old.socket,
             metrics=old.metrics,
-            persistence=dataclasses.replace(
-                new.persistence, backend=old.persistence.backend, path=old.persistence.path
-            ),
+            persistence=old.persistence,  # the store is opened once, at start-up
         )
         self.apply(effective)
         self.reloads.success += 1

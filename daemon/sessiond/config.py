@@ -107,6 +107,9 @@ RESTART_REQUIRED = frozenset(
         "socket.mode",
         "persistence.backend",
         "persistence.path",
+        "persistence.durability",
+        "persistence.flush_interval",
+        "persistence.warm_start",
         "metrics.listen",
         "metrics.enabled",
     }
@@ -349,7 +352,7 @@ def load_config(path: Path | None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}: invalid YAML{where}: {problem}"], source) from None
-    return parse_config(data, path.resolve().parent, source)
+    return parse_config(data, path.absolute().parent, source)  # the link's directory
 
 
 def flatten(config: Config, *, redact: bool = True) -> dict[str, Any]:
