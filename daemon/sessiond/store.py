@@ -144,6 +144,12 @@ class SQLiteStore:
         self._clear_pending = False
         self._inflight: dict[bytes, Entry[bytes] | None] = {}
         self._inflight_cleared = False
+        # Commits that ended while a read-through read ran: such a read may
+        # have missed them, and the overlay no longer has them.
+        self._commits = 0
+        self._reads = 0
+        self._recent: dict[bytes, tuple[int, Entry[bytes] | None]] = {}
+        self._recent_clear = 0
         self._op_seq = 0
         self._committed_seq = 0
         self._waiters: list[tuple[int, Callable[[StoreError | None], None]]] = []
@@ -255,21 +261,26 @@ class SQLiteStore:
         self, keys: Iterable[bytes]
     ) -> tuple[dict[bytes, Entry[bytes] | None], list[bytes]]:
         """Answers for ``keys`` from writes not yet committed; the rest to read."""
+        with self._lock:
+            return self._overlay_locked(keys)
+
+    def _overlay_locked(
+        self, keys: Iterable[bytes]
+    ) -> tuple[dict[bytes, Entry[bytes] | None], list[bytes]]:
         found: dict[bytes, Entry[bytes] | None] = {}
         rest: list[bytes] = []
-        with self._lock:
-            pending, inflight = self._pending, self._inflight
-            for key in keys:
-                if key in pending:
-                    found[key] = pending[key]
-                elif self._clear_pending:
-                    found[key] = None
-                elif key in inflight:
-                    found[key] = inflight[key]
-                elif self._inflight_cleared:
-                    found[key] = None
-                else:
-                    rest.append(key)
+        pending, inflight = self._pending, self._inflight
+        for key in keys:
+            if key in pending:
+                found[key] = pending[key]
+            elif self._clear_pending:
+                found[key] = None
+            elif key in inflight:
+                found[key] = inflight[key]
+            elif self._inflight_cleared:
+                found[key] = None
+            else:
+                rest.append(key)
         return found, rest
 
     def _reader_db(self) -> sqlite3.Connection:
@@ -297,16 +308,35 @@ class SQLiteStore:
         found, rest = self._overlay(keys)
         if rest:
             loop = asyncio.get_running_loop()
+            with self._lock:
+                self._reads += 1
+                since = self._commits
             try:
                 read = await loop.run_in_executor(self._readers, self._read_keys, rest)
             except sqlite3.Error as exc:
                 self._count_error("load")
                 log.error("store_error", operation="load", error=str(exc))
                 raise StoreError(f"store read failed: {exc}") from None
-            # A write or delete may have happened while the read ran: it wins.
-            newer, _ = self._overlay(rest)
+            finally:
+                with self._lock:
+                    # A write or delete may have happened while the read ran,
+                    # still uncommitted or committed after the read began: it wins.
+                    newer, _ = self._overlay_locked(rest)
+                    recent = {k: self._recent[k] for k in rest if k in self._recent}
+                    cleared_at = self._recent_clear
+                    self._reads -= 1
+                    if not self._reads:
+                        self._recent = {}
             for key in rest:
-                found[key] = newer[key] if key in newer else read.get(key)
+                at, entry = recent.get(key, (0, None))
+                if key in newer:
+                    found[key] = newer[key]
+                elif at > since and at >= cleared_at:
+                    found[key] = entry
+                elif cleared_at > since:
+                    found[key] = None
+                else:
+                    found[key] = read.get(key)
         return found
 
     def count(self, memory: SessionCache[bytes, bytes]) -> int:
@@ -425,12 +455,17 @@ class SQLiteStore:
     def _writer(self) -> None:
         db = self._connect()
         last_batch = 0
+        last_start = time.monotonic()
         try:
             while True:
                 # Under "always" a reply waiting in after_commit() wakes us at
                 # once; operations that arrive meanwhile share the next commit.
-                self._wake.wait(self.flush_interval)
+                # Under "batch" a commit starts every flush_interval (counted
+                # from the last start, not the last end): a crash loses at most
+                # flush_interval plus one commit.
+                self._wake.wait(max(0.0, last_start + self.flush_interval - time.monotonic()))
                 self._wake.clear()
+                last_start = time.monotonic()
                 if last_batch > 1 and not self._stopping:
                     self._linger()
                 with self._lock:
@@ -510,8 +545,9 @@ class SQLiteStore:
             with self._lock:
                 # Keep the failed operations for the next attempt unless newer
                 # ones replaced them; the waiting replies get an error.
-                for key, entry in batch.items():
-                    self._pending.setdefault(key, entry)
+                if not self._clear_pending:  # a FLUSHDB since supersedes them
+                    for key, entry in batch.items():
+                        self._pending.setdefault(key, entry)
                 self._clear_pending = self._clear_pending or cleared
                 self._inflight = {}
                 self._inflight_cleared = False
@@ -522,6 +558,12 @@ class SQLiteStore:
         with self._lock:
             self._inflight = {}
             self._inflight_cleared = False
+            self._commits += 1
+            if self._reads:
+                if cleared:
+                    self._recent_clear = self._commits
+                for key, entry in batch.items():
+                    self._recent[key] = (self._commits, entry)
         if self.stats is not None:
             self.stats.writes += len(rows)
             self.stats.commit_duration.observe(time.perf_counter() - started)
