@@ -298,13 +298,10 @@ class App:
             metrics=old.metrics,
             persistence=old.persistence,  # the store is opened once, at start-up
         )
-        self.apply(effective)
-        self.reloads.success += 1
-        self.reloads.last_successful = True
-        self.reloads.last_success_timestamp = time.time()
         applied = {
             k: {"old": v[0], "new": v[1]} for k, v in changed.items() if k not in RESTART_REQUIRED
         }
+        # Logged before applying, so a reload that raises the log level is itself logged.
         log.info("config_reloaded", trigger=trigger, changed=applied)
         if pending:
             log.warning(
@@ -312,6 +309,10 @@ class App:
                 keys=pending,
                 changed={k: {"old": changed[k][0], "new": changed[k][1]} for k in pending},
             )
+        self.apply(effective)
+        self.reloads.success += 1
+        self.reloads.last_successful = True
+        self.reloads.last_success_timestamp = time.time()
         return True
 
     def apply(self, config: Config) -> None:
