@@ -337,6 +337,44 @@ def test_transaction_reads_its_own_changes_to_stored_sessions(daemon_factory: Fa
     assert store_rows(d) == {}
 
 
+def test_writes_to_stored_sessions_see_the_stored_state(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 1}))
+    with d.client() as r:
+
+        def evict() -> None:
+            assert r.set("zz", "z")
+
+        assert r.set("n", "5") and r.set("p", "v", ex=500) and r.set("e", "old")
+        evict()
+        assert r.incr("n") == 6
+        evict()
+        assert r.persist("p") is True
+        evict()
+        assert r.ttl("p") == -1
+        assert r.set("e", "new", nx=True) is None
+        assert r.setnx("e", "new") is False
+        evict()
+        assert r.set("e", "new", xx=True, get=True) == b"old"
+        evict()
+        assert r.get("n") == b"6" and r.get("e") == b"new"
+    assert d.stop() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="commands.py cmd_set: KEEPTTL alone does not look the stored session up, "
+    "so an evicted session's TTL is replaced by default_ttl",
+)
+def test_keepttl_on_a_stored_session_keeps_its_ttl(daemon_factory: Factory) -> None:
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 1}))
+    with d.client() as r:
+        assert r.set("a", "v", ex=500) and r.set("zz", "z")
+        assert where(r, "a") == "store"
+        assert r.set("a", "v2", keepttl=True)
+        assert 495 <= r.ttl("a") <= 500
+    assert d.stop() == 0
+
+
 # ------------------------------------------------------------ warm restart
 
 
@@ -388,37 +426,39 @@ def test_warm_restart_restores_recent_sessions_with_their_ttls(daemon_factory: F
 
 def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> None:
     d = daemon_factory(
-        sqlite_config(cache={"sweep_interval": "100ms", "max_sessions": 3, "default_ttl": 0})
+        sqlite_config(cache={"sweep_interval": "100ms", "max_sessions": 6, "default_ttl": 0})
     )
     with d.client() as r:
-        assert r.set("keep", "k")
-        for i in range(4):
-            assert r.set(f"short{i}", "x", px=300)
-        assert r.set("evicted", "e", px=400)
-        for i in range(3):  # push 'evicted' and a few short ones out of memory
-            assert r.set(f"pad{i}", "p")
-        assert where(r, "evicted") == "store"
-        assert r.dbsize() == 9
+        assert r.set("evicted", "e", px=800)
+        for key in ("keep", "pad0", "pad1", "pad2"):
+            assert r.set(key, "p")
+        assert r.set("short0", "x", px=500) and r.set("short1", "x", px=500)
         written = time.time()
+        assert where(r, "evicted") == "store"  # pushed out by short1
+        assert where(r, "short0") == "memory" and where(r, "short1") == "memory"
+        assert r.dbsize() == 7
 
-        assert poll(lambda: r.dbsize() == 4, timeout=3.0), r.keys("*")
-        for key in ("short0", "short3", "evicted"):
+        # Memory's sweep and the store's expiry both remove them, and count them.
+        assert poll(lambda: r.info("stats")["expired_keys"] == 3, timeout=3.0), r.info("stats")
+        assert sorted(r.execute_command("SESSION.LIST")) == [b"keep", b"pad0", b"pad1", b"pad2"]
+        assert r.dbsize() == 4
+        for key in ("short0", "short1", "evicted"):
             assert r.exists(key) == 0
-        # The evicted one is deleted from the store file itself (not just hidden).
-        assert poll(lambda: b"evicted" not in store_rows(d), timeout=3.0)
-        gone_after = time.time() - written
-        # within sweep_interval (+ a commit and generous slack) of its deadline
-        assert gone_after < 0.4 + 1.5, gone_after
+        # ... from the store file itself, not just hidden: the evicted one, which
+        # only the store held, too.
         assert poll(lambda: len(store_rows(d)) == 4, timeout=3.0), store_rows(d).keys()
+        gone_after = time.time() - written
+        # within sweep_interval (+ a commit and generous slack) of the deadline
+        assert gone_after < 0.8 + 1.5, gone_after
     assert d.stop() == 0
     assert sorted(store_rows(d)) == [b"keep", b"pad0", b"pad1", b"pad2"]
 
     restart(d)
     with d.client() as r:
         assert r.dbsize() == 4
-        for key in ("short0", "short1", "short2", "short3", "evicted"):
+        for key in ("short0", "short1", "evicted"):
             assert r.get(key) is None
-        assert r.get("keep") == b"k"
+        assert r.get("keep") == b"p"
     assert d.stop() == 0
 
 
