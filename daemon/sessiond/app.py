@@ -301,7 +301,11 @@ class App:
         applied = {
             k: {"old": v[0], "new": v[1]} for k, v in changed.items() if k not in RESTART_REQUIRED
         }
-        # Logged before applying, so a reload that raises the log level is itself logged.
+        # Log under the more verbose of the two levels, so that a reload which
+        # changes the level is itself seen whichever way it goes.
+        quieter = logs.LEVELS[effective.logging.level] > logs.LEVELS[old.logging.level]
+        if not quieter:
+            self.apply(effective)
         log.info("config_reloaded", trigger=trigger, changed=applied)
         if pending:
             log.warning(
@@ -309,7 +313,8 @@ class App:
                 keys=pending,
                 changed={k: {"old": changed[k][0], "new": changed[k][1]} for k in pending},
             )
-        self.apply(effective)
+        if quieter:
+            self.apply(effective)
         self.reloads.success += 1
         self.reloads.last_successful = True
         self.reloads.last_success_timestamp = time.time()
