@@ -58,6 +58,7 @@ class Daemon:
         self.config_path = workdir / "sessiond.yaml"
         self.log_path = workdir / "sessiond.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._starts_seen = 0
         self.write_config()
 
     @property
@@ -72,6 +73,8 @@ class Daemon:
         tmp.replace(self.config_path)
 
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        # The log accumulates across restarts: wait for one more "started".
+        self._starts_seen = self._count_started()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sessiond", "run", "--config", str(self.config_path)],
@@ -93,12 +96,13 @@ class Daemon:
                 raise RuntimeError(f"sessiond exited {self.proc.returncode}:\n{self.log_text()}")
             # The "started" event is logged once the socket listens (a ping
             # alone would not do: peer-credential tests reject the test's uid).
-            if self.socket_path.exists() and any(
-                e.get("event") == "started" for e in self.events()
-            ):
+            if self.socket_path.exists() and self._count_started() > self._starts_seen:
                 return
             time.sleep(0.02)
         raise RuntimeError(f"sessiond did not start:\n{self.log_text()}")
+
+    def _count_started(self) -> int:
+        return sum(1 for e in self.events() if e.get("event") == "started")
 
     def client(self, protocol: int = 2, **kwargs: Any) -> redis.Redis:
         return redis.Redis(

@@ -360,11 +360,6 @@ def test_writes_to_stored_sessions_see_the_stored_state(daemon_factory: Factory)
     assert d.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands.py cmd_set: KEEPTTL alone does not look the stored session up, "
-    "so an evicted session's TTL is replaced by default_ttl",
-)
 def test_keepttl_on_a_stored_session_keeps_its_ttl(daemon_factory: Factory) -> None:
     d = daemon_factory(sqlite_config(cache={"max_sessions": 1}))
     with d.client() as r:
