@@ -7,7 +7,7 @@ Design:
 
 * Entries live in one ``OrderedDict`` in LRU order (least recently used first):
   get/set/move/evict are O(1) and done in C.
-* Expiry deadlines sit in a binary heap of ``[deadline, seq, key]`` records. A
+* Expiry deadlines sit in a binary heap of ``(deadline, seq, key)`` records. A
   sliding renewal only moves an entry's deadline *later*, so it does not touch the
   heap: when the old record surfaces in :meth:`SessionCache.sweep`, the entry is
   re-filed under its current deadline. A record is pushed only when an entry gets a
@@ -74,6 +74,11 @@ DEFAULT: Final = _Default()
 """Sentinel for "use the cache's default TTL"."""
 
 
+_Record = tuple[float, int, object]
+"""An expiry-heap record ``(deadline, seq, key)``: immutable, compared by identity
+with ``Entry.record`` to tell the current one from stale ones."""
+
+
 class Entry(Generic[V]):
     """One session: its value plus the metadata the seed's ``SessionData`` had.
 
@@ -114,7 +119,7 @@ class Entry(Generic[V]):
         self.ttl = ttl
         self.deadline = deadline
         self.size = size
-        self.record: list[object] | None = None
+        self.record: _Record | None = None
 
     def remaining(self, now: float) -> float | None:
         """Seconds left before expiry, ``None`` if it never expires."""
@@ -125,6 +130,9 @@ class Entry(Generic[V]):
             f"Entry(value={self.value!r}, context_id={self.context_id!r}, "
             f"ttl={self.ttl!r}, deadline={self.deadline!r})"
         )
+
+
+_new_entry = object.__new__
 
 
 class PersistenceHook(Protocol[K_contra, V]):
@@ -165,14 +173,14 @@ RemovalListener = Callable[[K, Entry[V], Cause, EvictionReason | None], None]
 Sizer = Callable[[K, V], int]
 
 
+_SIZED = (bytes, str, bytearray)
+
+
 def _len_sizer(key: object, value: object) -> int:
     """Bytes of key and value for str/bytes; other types count as zero."""
-    size = 0
-    if isinstance(key, (bytes, bytearray, str)):
-        size += len(key)
-    if isinstance(value, (bytes, bytearray, str)):
-        size += len(value)
-    return size
+    return (len(key) if isinstance(key, _SIZED) else 0) + (
+        len(value) if isinstance(value, _SIZED) else 0
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +229,7 @@ class SessionCache(Generic[K, V]):
         if max_memory < 0:
             raise ValueError(f"max_memory must be >= 0, got {max_memory}")
         self._data: OrderedDict[K, Entry[V]] = OrderedDict()
-        self._heap: list[list[object]] = []
+        self._heap: list[_Record] = []
         self._seq = itertools.count()
         self.max_sessions = max_sessions
         self.max_memory = max_memory
@@ -265,8 +273,23 @@ class SessionCache(Generic[K, V]):
 
     def get(self, key: K, default: V | None = None) -> V | None:
         """The value of ``key`` (touching it), or ``default``."""
-        entry = self.get_entry(key)
-        return default if entry is None else entry.value
+        # get_entry inlined: this is the hottest path.
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return default
+        now = self.clock()
+        deadline = entry.deadline
+        if deadline is not None and deadline <= now:
+            self._remove(key, entry, Cause.EXPIRED, None)
+            self.misses += 1
+            return default
+        self.hits += 1
+        self._data.move_to_end(key)
+        entry.accessed_at = now
+        if self.sliding and entry.ttl is not None:
+            entry.deadline = now + entry.ttl
+        return entry.value
 
     def get_or_load(self, key: K) -> V | None:
         """Like :meth:`get`, but on a miss read through the persistence hook."""
@@ -363,7 +386,8 @@ class SessionCache(Generic[K, V]):
         takes no slot and is not saved.
         """
         now = self.clock()
-        old = self._data.get(key)
+        data = self._data
+        old = data.get(key)
         if old is not None and old.deadline is not None and old.deadline <= now:
             self._remove(key, old, Cause.EXPIRED, None)
             old = None
@@ -377,18 +401,29 @@ class SessionCache(Generic[K, V]):
         elif deadline is not None:
             rel, new_deadline = None, deadline
         else:
-            rel = (self.default_ttl if isinstance(ttl, _Default) else ttl) or None
+            rel = (self.default_ttl if ttl is DEFAULT else ttl) or None  # type: ignore[assignment]
             new_deadline = None if rel is None else now + rel
-        entry: Entry[V] = Entry(
-            value,
-            context_id=context_id if old is None or context_id is not None else old.context_id,
-            created_at=now if old is None else old.created_at,
-            updated_at=now,
-            accessed_at=now,
-            ttl=rel,
-            deadline=new_deadline,
-            size=self.sizer(key, value),
-        )
+        # Built field by field rather than through Entry(...) keywords: hot path.
+        entry: Entry[V] = _new_entry(Entry)
+        entry.value = value
+        entry.created_at = now
+        entry.updated_at = entry.accessed_at = now
+        entry.ttl = rel
+        entry.deadline = new_deadline
+        sizer = self.sizer
+        if sizer is _len_sizer:  # inlined: saves a call per write
+            size = (len(key) if isinstance(key, _SIZED) else 0) + (
+                len(value) if isinstance(value, _SIZED) else 0
+            )
+        else:
+            size = sizer(key, value)
+        entry.size = size
+        entry.record = None
+        if old is None:
+            entry.context_id = context_id
+        else:
+            entry.context_id = old.context_id if context_id is None else context_id
+            entry.created_at = old.created_at
         if new_deadline is not None and new_deadline <= now:
             # Written already expired (a past EXAT/PXAT, a negative TTL): the old
             # value is gone, but the new one must not take a slot (evicting an
@@ -399,19 +434,26 @@ class SessionCache(Generic[K, V]):
             self.persistence.delete(key)
             self._notify(key, entry, Cause.EXPIRED, None)
             return entry
-        if old is not None:
-            self._data.move_to_end(key)
-            self.memory -= old.size
+        if old is None:
+            data[key] = entry
+            self.memory += size
+            if new_deadline is not None:
+                self._file(key, entry)
+        else:
+            data.move_to_end(key)
             # Inherit the old heap record: a later deadline is re-filed lazily
             # by sweep, so overwriting a key pushes nothing onto the heap.
-            entry.record, old.record = old.record, None
-            self._notify(key, old, Cause.REPLACED, None)
-        self._data[key] = entry
-        self.memory += entry.size
-        if entry.deadline is not None:
-            self._file(key, entry)
+            record, old.record = old.record, None
+            entry.record = record
+            if self.listener is not None:
+                self.listener(key, old, Cause.REPLACED, None)
+            data[key] = entry
+            self.memory += size - old.size
+            if new_deadline is not None and (record is None or record[0] > new_deadline):
+                self._file(key, entry)
         self.persistence.save(key, entry)
-        self._enforce_bounds()
+        if len(data) > self.max_sessions or (self.max_memory and self.memory > self.max_memory):
+            self._enforce_bounds()
         return entry
 
     def admit(self, key: K, entry: Entry[V], *, touch: bool = True) -> Entry[V] | None:
@@ -559,7 +601,7 @@ class SessionCache(Generic[K, V]):
         while self._heap and work < limit:
             heap = self._heap
             record = heap[0]
-            deadline: float = record[0]  # type: ignore[assignment]
+            deadline = record[0]
             if deadline > now:
                 break
             work += 1
@@ -585,12 +627,12 @@ class SessionCache(Generic[K, V]):
         while True:
             removed = self.sweep(limit=10_000, now=now)
             total += removed
-            if not self._heap or self._heap[0][0] > now:  # type: ignore[operator]
+            if not self._heap or self._heap[0][0] > now:
                 return total
 
     def next_deadline(self) -> float | None:
         """The earliest time a sweep may have work (``None`` if nothing expires)."""
-        return self._heap[0][0] if self._heap else None  # type: ignore[return-value]
+        return self._heap[0][0] if self._heap else None
 
     @property
     def expiry_index_size(self) -> int:
@@ -601,23 +643,28 @@ class SessionCache(Generic[K, V]):
         record = entry.record
         deadline = entry.deadline
         assert deadline is not None
-        if record is not None and record[0] <= deadline:  # type: ignore[operator]
+        if record is not None and record[0] <= deadline:
             return  # surfaces early and is re-filed by sweep
-        record = [deadline, next(self._seq), key]
+        record = (deadline, next(self._seq), key)
         entry.record = record
         heapq.heappush(self._heap, record)
         if len(self._heap) > 2 * len(self._data) + 64:
             self._rebuild_heap()
 
     def _rebuild_heap(self) -> None:
-        heap: list[list[object]] = []
+        heap: list[_Record] = []
+        append = heap.append
         for key, entry in self._data.items():
+            record = entry.record
             if entry.deadline is None:
                 entry.record = None
-                continue
-            record: list[object] = [entry.deadline, next(self._seq), key]
-            entry.record = record
-            heap.append(record)
+            elif record is not None:
+                # Filed at or before its deadline (sweep re-files it): keep it.
+                append(record)
+            else:
+                record = (entry.deadline, next(self._seq), key)
+                entry.record = record
+                append(record)
         heapq.heapify(heap)
         self._heap = heap
 
@@ -629,25 +676,38 @@ class SessionCache(Generic[K, V]):
         if len(data) <= self.max_sessions and (not max_memory or self.memory <= max_memory):
             return
         now = self.clock()
-        while len(data) > self.max_sessions:
-            self._evict_lru(now, EvictionReason.MAX_SESSIONS)
-        if max_memory:
-            while self.memory > max_memory and data:
-                self._evict_lru(now, EvictionReason.MAX_MEMORY)
-
-    def _evict_lru(self, now: float, reason: EvictionReason) -> None:
-        key, entry = self._data.popitem(last=False)
-        if entry.deadline is not None and entry.deadline <= now:
-            # Already past its deadline: it expires (and leaves the store) rather
-            # than being evicted (which would keep it in the store for good).
-            self.expirations += 1
-            self._removed(key, entry, Cause.EXPIRED, None, True)
-        elif reason is EvictionReason.MAX_SESSIONS:
-            self.evictions_max_sessions += 1
-            self._removed(key, entry, Cause.EVICTED, reason, True)
-        else:
-            self.evictions_max_memory += 1
-            self._removed(key, entry, Cause.EVICTED, reason, True)
+        persistence = self.persistence
+        # Evict LRU first, inlined (every insert of a new key into a full cache
+        # lands here); the expiry index is checked against its bound once, after.
+        reason = EvictionReason.MAX_SESSIONS
+        while data:
+            if len(data) > self.max_sessions:
+                reason = EvictionReason.MAX_SESSIONS
+            elif max_memory and self.memory > max_memory:
+                reason = EvictionReason.MAX_MEMORY
+            else:
+                break
+            key, entry = data.popitem(last=False)
+            self.memory -= entry.size
+            entry.record = None
+            deadline = entry.deadline
+            if deadline is not None and deadline <= now:
+                # Already past its deadline: it expires (and leaves the store) rather
+                # than being evicted (which would keep it in the store for good).
+                self.expirations += 1
+                persistence.delete(key)
+                cause, why = Cause.EXPIRED, None
+            else:
+                if reason is EvictionReason.MAX_SESSIONS:
+                    self.evictions_max_sessions += 1
+                else:
+                    self.evictions_max_memory += 1
+                persistence.on_evict(key, entry, Cause.EVICTED)
+                cause, why = Cause.EVICTED, reason
+            if self.listener is not None:
+                self.listener(key, entry, cause, why)
+        if len(self._heap) > 2 * len(data) + 64:
+            self._rebuild_heap()
 
     def _remove(
         self,
@@ -678,7 +738,8 @@ class SessionCache(Generic[K, V]):
                 self.persistence.on_evict(key, entry, cause)
             elif cause is not Cause.REPLACED:
                 self.persistence.delete(key)
-        self._notify(key, entry, cause, reason)
+        if self.listener is not None:
+            self.listener(key, entry, cause, reason)
         if len(self._heap) > 2 * len(self._data) + 64:
             self._rebuild_heap()
 
