@@ -595,29 +595,44 @@ class SessionCache(Generic[K, V]):
         if now is None:
             now = self.clock()
         data = self._data
+        heappop, heappush = heapq.heappop, heapq.heappush
         expired = 0
         work = 0
-        # self._heap is re-read every round: filing or removing may rebuild it.
-        while self._heap and work < limit:
+        # self._heap is re-read every round: a listener or hook may cause a rebuild.
+        while work < limit:
             heap = self._heap
+            if not heap:
+                break
             record = heap[0]
-            deadline = record[0]
-            if deadline > now:
+            if record[0] > now:
                 break
             work += 1
-            heapq.heappop(heap)
+            heappop(heap)
             key: K = record[2]  # type: ignore[assignment]
             entry = data.get(key)
             if entry is None or entry.record is not record:
-                continue
+                continue  # stale: its entry is gone or filed anew
             entry.record = None
-            if entry.deadline is None:
+            deadline = entry.deadline
+            if deadline is None:
                 continue
-            if entry.deadline > now:
-                self._file(key, entry)
+            if deadline > now:
+                # Slid since it was filed: re-file under the current deadline
+                # (one record out, one in: the index does not grow).
+                record = (deadline, next(self._seq), key)
+                entry.record = record
+                heappush(heap, record)
                 continue
-            self._remove(key, entry, Cause.EXPIRED, None)
+            # Expired: _remove inlined (this loop is the active-expiry hot path).
+            del data[key]
+            self.memory -= entry.size
+            self.expirations += 1
             expired += 1
+            self.persistence.delete(key)
+            if self.listener is not None:
+                self.listener(key, entry, Cause.EXPIRED, None)
+        if len(self._heap) > 2 * len(data) + 64:
+            self._rebuild_heap()
         return expired
 
     def cleanup_expired(self) -> int:
