@@ -83,16 +83,23 @@ class Client:
         self.peer = peer
         self.fd = fd
 
-    def info_line(self) -> str:
+    def info_line(self, socket_path: str = "") -> str:
+        """One CLIENT LIST line in Redis' format (a Unix-socket client's ``addr``
+        is the socket path and port 0); the peer's credentials follow as
+        ``peer-pid`` / ``peer-uid`` fields. No value may hold a space or ``=``:
+        clients split the line on both."""
         now = time.monotonic()
         flags = "x" if self.multi is not None else "N"
+        peer = "".join(f" peer-{field}" for field in self.peer.split(",") if "=" in field)
         return (
-            f"id={self.id} addr={self.peer}:0 laddr=unix:0 fd={self.fd} name={self.name or ''} "
+            f"id={self.id} addr={socket_path}:0 laddr={socket_path}:0 fd={self.fd} "
+            f"name={self.name or ''} "
             f"age={int(now - self.created_at)} idle={int(now - self.last_active)} flags={flags} "
             f"db=0 sub=0 psub=0 ssub=0 multi={-1 if self.multi is None else len(self.multi)} "
             f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
             f"tot-mem=0 events=r cmd={self.last_command.lower()} user=default redir=-1 "
             f"resp={3 if self.resp3 else 2} lib-name={self.lib_name} lib-ver={self.lib_ver}"
+            f"{peer}"
         )
 
 
@@ -194,12 +201,21 @@ class Runtime:
 # ---------------------------------------------------------------- helpers
 
 
+_INT64 = re.compile(rb"(?:0|-?[1-9][0-9]{0,18})\Z")
+
+
+def parse_int64(data: bytes) -> int | None:
+    """``data`` as Redis' ``string2ll`` reads a 64-bit integer: optional ``-``,
+    no ``+``, spaces, underscores or leading zeros; ``None`` if it is not one."""
+    if _INT64.match(data) is None:
+        return None
+    value = int(data)
+    return value if MIN_INT64 <= value <= MAX_INT64 else None
+
+
 def _int(arg: bytes, message: str = ERR_NOT_INT) -> int:
-    try:
-        value = int(arg)
-    except ValueError:
-        raise Error(message) from None
-    if not MIN_INT64 <= value <= MAX_INT64 or not arg.strip(b"+-0123456789") == b"":
+    value = parse_int64(arg)
+    if value is None:
         raise Error(message)
     return value
 
@@ -223,16 +239,17 @@ def _expire_error(cmd: str) -> Error:
 def _deadline_from(
     unit: bytes, amount: int, now: float, cmd: str
 ) -> tuple[float | None, float | None]:
-    """(relative ttl, absolute deadline) for EX/PX/EXAT/PXAT with Redis' checks."""
-    if amount <= 0 and unit in (b"EX", b"PX"):
-        raise _expire_error(cmd)
+    """(relative ttl, absolute deadline) for EX/PX/EXAT/PXAT with Redis' checks:
+    positive, and in milliseconds (plus now, if relative) within 64 bits."""
     if amount <= 0:
         raise _expire_error(cmd)
     if unit == b"EX":
-        if amount > MAX_INT64 // 1000:
+        if amount > (MAX_INT64 - int(now * 1000)) // 1000:
             raise _expire_error(cmd)
         return float(amount), None
     if unit == b"PX":
+        if amount > MAX_INT64 - int(now * 1000):
+            raise _expire_error(cmd)
         return amount / 1000.0, None
     if unit == b"EXAT":
         if amount > MAX_INT64 // 1000:
@@ -241,46 +258,74 @@ def _deadline_from(
     return None, amount / 1000.0
 
 
-def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
-    """Redis glob (``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]``, ``\\x``) as a regex."""
-    out = bytearray()
+def _glob_atoms(pattern: bytes) -> list[bytes | None]:
+    """Redis' ``stringmatchlen`` pattern as a list of one-byte regex atoms, with
+    ``None`` for a ``*``. Read exactly as Redis reads it: ``\\x`` is a literal,
+    a class may be negated with ``^``, hold ranges (``z-a`` is ``a-z``) and
+    escapes, and an unterminated ``[`` runs to the end of the pattern."""
+    atoms: list[bytes | None] = []
     i, n = 0, len(pattern)
     while i < n:
-        c = pattern[i : i + 1]
-        if c == b"*":
-            out += b".*"
-        elif c == b"?":
-            out += b"."
-        elif c == b"\\" and i + 1 < n:
+        c = pattern[i]
+        if c == 0x2A:  # '*'
+            if not atoms or atoms[-1] is not None:
+                atoms.append(None)
+        elif c == 0x3F:  # '?'
+            atoms.append(b".")
+        elif c == 0x5B:  # '['
             i += 1
-            out += re.escape(pattern[i : i + 1])
-        elif c == b"[":
-            j = pattern.find(b"]", i + 1)
-            if j == -1:
-                out += b"\\["
+            negate = i < n and pattern[i] == 0x5E  # '^'
+            if negate:
+                i += 1
+            ranges: list[tuple[int, int]] = []
+            while True:
+                left = n - i
+                if left == 0:
+                    i -= 1  # unterminated: the class ends with the pattern
+                    break
+                if left >= 2 and pattern[i] == 0x5C:  # '\'
+                    i += 1
+                    ranges.append((pattern[i], pattern[i]))
+                elif pattern[i] == 0x5D:  # ']'
+                    break
+                elif left >= 3 and pattern[i + 1] == 0x2D:  # 'x-y'
+                    lo, hi = sorted((pattern[i], pattern[i + 2]))
+                    ranges.append((lo, hi))
+                    i += 2
+                else:
+                    ranges.append((pattern[i], pattern[i]))
+                i += 1
+            body = b"".join(b"\\x%02x-\\x%02x" % r for r in ranges)
+            if body:
+                atoms.append(b"[" + (b"^" if negate else b"") + body + b"]")
             else:
-                body = pattern[i + 1 : j]
-                negate = body.startswith(b"^")
-                if negate:
-                    body = body[1:]
-                escaped = bytearray()
-                k = 0
-                while k < len(body):
-                    ch = body[k : k + 1]
-                    if ch == b"\\" and k + 1 < len(body):
-                        k += 1
-                        escaped += re.escape(body[k : k + 1])
-                    elif ch == b"-" and escaped and k + 1 < len(body):
-                        escaped += b"-"
-                    else:
-                        escaped += re.escape(ch)
-                    k += 1
-                out += b"[" + (b"^" if negate else b"") + bytes(escaped) + b"]"
-                i = j
+                atoms.append(b"." if negate else b"(?!)")
         else:
-            out += re.escape(c)
+            if c == 0x5C and i + 1 < n:  # '\x'
+                i += 1
+            atoms.append(b"\\x%02x" % pattern[i])
         i += 1
-    return re.compile(bytes(out) + b"\\Z", re.DOTALL)
+    return atoms
+
+
+def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
+    """A Redis glob (``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]``, ``\\x``) as a
+    regex that matches the whole key. Between two stars every part has a fixed
+    length, so the first place it fits is the best one: each is matched in an
+    atomic group, and matching takes linear time however many stars there are
+    (a plain translation backtracks exponentially: ``*a*a*a*a*a*a*a*b``)."""
+    segments: list[list[bytes]] = [[]]
+    for atom in _glob_atoms(pattern):
+        if atom is None:
+            segments.append([])
+        else:
+            segments[-1].append(atom)
+    texts = [b"".join(segment) for segment in segments]
+    regex = texts[0]
+    if len(texts) > 1:
+        regex += b"".join(b"(?>.*?" + text + b")" for text in texts[1:-1])
+        regex += b".*" + texts[-1]
+    return re.compile(regex + b"\\Z", re.DOTALL)
 
 
 # ------------------------------------------------------------- connection
@@ -404,16 +449,19 @@ def cmd_client(rt: Runtime, client: Client, args: Args) -> Any:
         return client.id
     if sub == b"SETINFO" and len(args) == 4:
         attr = args[2].upper()
-        value = _client_name(args[3]) if args[3] else ""
-        if attr == b"LIB-NAME":
-            client.lib_name = value
-        elif attr == b"LIB-VER":
-            client.lib_ver = value
-        else:
+        if attr not in (b"LIB-NAME", b"LIB-VER"):
             raise Error(f"ERR Unrecognized option '{_text(args[2])}'")
+        if any(c <= 32 or c > 126 for c in args[3]):
+            raise Error(
+                f"ERR {_text(args[2])} cannot contain spaces, newlines or special characters."
+            )
+        if attr == b"LIB-NAME":
+            client.lib_name = _text(args[3])
+        else:
+            client.lib_ver = _text(args[3])
         return OK
     if sub == b"INFO" and len(args) == 2:
-        return Verbatim(client.info_line() + "\n")
+        return Verbatim(client.info_line(str(rt.config.socket.path)) + "\n")
     if sub == b"LIST":
         ids: set[int] | None = None
         if len(args) >= 4 and args[2].upper() == b"ID":
@@ -423,7 +471,10 @@ def cmd_client(rt: Runtime, client: Client, args: Args) -> Any:
                 return Verbatim("")
         elif len(args) != 2:
             raise _syntax()
-        lines = [c.info_line() + "\n" for c in rt.clients.values() if ids is None or c.id in ids]
+        path = str(rt.config.socket.path)
+        lines = [
+            c.info_line(path) + "\n" for c in rt.clients.values() if ids is None or c.id in ids
+        ]
         return Verbatim("".join(lines))
     if sub == b"NO-EVICT" or sub == b"NO-TOUCH":
         return OK
@@ -578,23 +629,24 @@ def cmd_getdel(rt: Runtime, client: Client, args: Args) -> Any:
 
 def cmd_getex(rt: Runtime, client: Client, args: Args) -> Any:
     key = args[1]
-    entry = rt.lookup(key)
-    if len(args) == 2:
-        return None if entry is None else entry.value
-    opt = args[2].upper()
-    if opt == b"PERSIST" and len(args) == 3:
-        if entry is not None:
-            rt.cache.persist(key)
-    elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and len(args) == 4:
+    opt = args[2].upper() if len(args) > 2 else b""
+    ttl = deadline = None
+    # Options are checked before the key is touched, as Redis does.
+    if opt in (b"EX", b"PX", b"EXAT", b"PXAT") and len(args) == 4:
         ttl, deadline = _deadline_from(opt, _int(args[3]), time.time(), "getex")
-        if entry is not None:
-            if deadline is not None:
-                rt.cache.set_deadline(key, deadline)
-            else:
-                rt.cache.set_ttl(key, ttl)
-    else:
+    elif len(args) > 2 and not (opt == b"PERSIST" and len(args) == 3):
         raise _syntax()
-    return None if entry is None else entry.value
+    entry = rt.lookup(key)
+    if entry is None:
+        return None
+    value = entry.value
+    if opt == b"PERSIST":
+        rt.cache.persist(key)
+    elif deadline is not None:
+        rt.cache.set_deadline(key, deadline)
+    elif ttl is not None:
+        rt.cache.set_ttl(key, ttl)
+    return value
 
 
 def cmd_mget(rt: Runtime, client: Client, args: Args) -> Any:
@@ -647,13 +699,10 @@ def _incr_by(rt: Runtime, key: bytes, delta: int) -> int:
     entry = rt.lookup(key)
     current = 0
     if entry is not None:
-        value = entry.value
-        try:
-            if len(value) > 20 or value != value.strip() or not value:
-                raise ValueError
-            current = int(value)
-        except ValueError:
-            raise Error(ERR_NOT_INT) from None
+        parsed = parse_int64(entry.value)
+        if parsed is None:
+            raise Error(ERR_NOT_INT)
+        current = parsed
     result = current + delta
     if not MIN_INT64 <= result <= MAX_INT64:
         raise Error("ERR increment or decrement would overflow")
@@ -689,23 +738,32 @@ def cmd_decrby(rt: Runtime, client: Client, args: Args) -> Any:
 
 def _expire_common(rt: Runtime, args: Args, *, ms: bool, absolute: bool) -> int:
     key = args[1]
-    amount = _int(args[2])
-    flags = {a.upper() for a in args[3:]}
-    if not flags <= {b"NX", b"XX", b"GT", b"LT"} or len(flags) != len(args) - 3:
-        raise Error(f"ERR Unsupported option {_text(args[3])}" if len(args) > 3 else ERR_SYNTAX)
+    flags: set[bytes] = set()
+    for arg in args[3:]:
+        opt = arg.upper()
+        if opt not in (b"NX", b"XX", b"GT", b"LT"):
+            raise Error(f"ERR Unsupported option {_text(arg)}")
+        flags.add(opt)
     if b"NX" in flags and len(flags) > 1:
         raise Error("ERR NX and XX, GT or LT options at the same time are not compatible")
     if b"GT" in flags and b"LT" in flags:
         raise Error("ERR GT and LT options at the same time are not compatible")
+    amount = _int(args[2])
     now = time.time()
-    seconds = amount / 1000.0 if ms else float(amount)
-    if abs(amount) > (MAX_INT64 if ms else MAX_INT64 // 1000):
+    # Redis' overflow checks: seconds * 1000, plus now if relative, in 64 bits.
+    if not ms and abs(amount) > MAX_INT64 // 1000:
         raise _expire_error(_text(args[0]).lower())
+    if not absolute and (amount if ms else amount * 1000) > MAX_INT64 - int(now * 1000):
+        raise _expire_error(_text(args[0]).lower())
+    seconds = amount / 1000.0 if ms else float(amount)
     new_deadline = seconds if absolute else now + seconds
+    # NX/XX/GT/LT compare with the deadline as it was, not as this access
+    # (which slides it) would leave it.
+    before = rt.peek(key)
+    current = None if before is None else before.deadline
     entry = rt.lookup(key)
     if entry is None:
         return 0
-    current = entry.deadline
     if b"NX" in flags and current is not None:
         return 0
     if b"XX" in flags and current is None:

@@ -1,0 +1,1213 @@
+"""Every command of SPEC §5 against the real daemon, through redis-py (RESP2 and
+RESP3) and, where the exact bytes matter, a raw RESP client: Redis' reply
+values and error wording, then sessiond's own semantics (default TTL, sliding
+renewal, inspection that touches nothing, LRU eviction at max_sessions).
+
+Most tests share one daemon per module (``cache.default_ttl: 0``, so a write
+without a TTL never expires, as in Redis) and start from an empty keyspace;
+tests that need another config start their own daemon.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import Daemon
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sessiond import REDIS_COMPAT_VERSION, __version__
+from sessiond.commands import glob_to_regex
+from test_protocol import RawClient, RawError
+
+Factory = Callable[..., Daemon]
+
+
+@pytest.fixture(scope="module")
+def cmd_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("commands"), {"cache": {"default_ttl": 0}}).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def r(request: pytest.FixtureRequest, cmd_daemon: Daemon) -> Iterator[redis.Redis]:
+    client = cmd_daemon.client(protocol=request.param)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def raw(cmd_daemon: Daemon) -> Iterator[RawClient]:
+    with RawClient(cmd_daemon) as c:
+        c("FLUSHALL")
+        yield c
+
+
+def as_dict(reply: Any) -> dict[str, Any]:
+    """A map reply (RESP3) or its flat RESP2 form, with str keys."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=True))
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in reply.items()}
+
+
+def run(client: redis.Redis, *args: Any) -> Any:
+    """``execute_command``, typed."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def error_of(r: redis.Redis, *args: Any) -> str:
+    with pytest.raises(redis.ResponseError) as exc:
+        run(r, *args)
+    return str(exc.value)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+# ------------------------------------------------------------------- SET
+
+
+def test_set_get_basic(r: redis.Redis) -> None:
+    assert r.get("k") is None
+    assert r.set("k", "v") is True
+    assert r.get("k") == b"v"
+    assert r.set("k", b"\x00\xff\r\n binary") is True
+    assert r.get("k") == b"\x00\xff\r\n binary"
+    assert r.set("empty", "") is True
+    assert r.get("empty") == b""
+    assert r.ttl("k") == -1
+
+
+def test_set_nx_xx(r: redis.Redis) -> None:
+    assert r.set("k", "1", xx=True) is None
+    assert r.get("k") is None
+    assert r.set("k", "1", nx=True) is True
+    assert r.set("k", "2", nx=True) is None
+    assert r.get("k") == b"1"
+    assert r.set("k", "3", xx=True) is True
+    assert r.get("k") == b"3"
+
+
+def test_set_get_option(r: redis.Redis) -> None:
+    assert r.set("k", "1", get=True) is None
+    assert r.set("k", "2", get=True) == b"1"
+    assert r.get("k") == b"2"
+    # NX GET (Redis 7): returns the old value and does not set.
+    assert r.set("k", "3", nx=True, get=True) == b"2"
+    assert r.get("k") == b"2"
+    assert r.set("new", "x", nx=True, get=True) is None
+    assert r.get("new") == b"x"
+    assert r.set("absent", "x", xx=True, get=True) is None
+    assert r.get("absent") is None
+
+
+def test_set_expiry_options(r: redis.Redis) -> None:
+    r.set("ex", "v", ex=100)
+    assert 99 <= r.ttl("ex") <= 100
+    r.set("px", "v", px=100_000)
+    assert 99_000 <= r.pttl("px") <= 100_000
+    at = int(time.time()) + 100
+    r.set("exat", "v", exat=at)
+    assert r.expiretime("exat") == at
+    r.set("pxat", "v", pxat=at * 1000 + 500)
+    assert r.pexpiretime("pxat") == at * 1000 + 500
+    # A plain SET clears the TTL; KEEPTTL keeps it.
+    r.set("ex", "w", keepttl=True)
+    assert 99 <= r.ttl("ex") <= 100
+    r.set("ex", "w")
+    assert r.ttl("ex") == -1
+    r.set("nottl", "v", keepttl=True)
+    assert r.ttl("nottl") == -1
+
+
+def test_set_deadline_in_the_past_deletes(r: redis.Redis) -> None:
+    r.set("k", "old")
+    assert r.set("k", "new", pxat=1000) is True
+    assert r.get("k") is None
+    assert r.exists("k") == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("NX", "XX"),
+        ("XX", "NX"),
+        ("EX", "10", "PX", "100"),
+        ("EX", "10", "KEEPTTL"),
+        ("KEEPTTL", "PX", "10"),
+        ("EXAT", "10", "PXAT", "10"),
+        ("EX",),
+        ("BOGUS",),
+        ("GET", "GET", "NX", "XX"),
+    ],
+)
+def test_set_invalid_option_combinations(r: redis.Redis, args: tuple[str, ...]) -> None:
+    assert error_of(r, "SET", "k", "v", *args) == "syntax error"
+    assert r.exists("k") == 0
+
+
+@pytest.mark.parametrize("unit", ["EX", "PX", "EXAT", "PXAT"])
+@pytest.mark.parametrize("amount", ["0", "-1"])
+def test_set_invalid_expire_time(r: redis.Redis, unit: str, amount: str) -> None:
+    assert error_of(r, "SET", "k", "v", unit, amount) == "invalid expire time in 'set' command"
+
+
+@pytest.mark.parametrize(
+    "unit,amount",
+    [
+        ("EX", str(2**63 - 1)),
+        ("EX", str((2**63 - 1) // 1000)),  # overflows once now is added
+        ("PX", str(2**63 - 1)),
+        ("EXAT", str((2**63 - 1) // 1000 + 1)),
+    ],
+)
+def test_set_expire_overflow(r: redis.Redis, unit: str, amount: str) -> None:
+    assert error_of(r, "SET", "k", "v", unit, amount) == "invalid expire time in 'set' command"
+
+
+@pytest.mark.parametrize("amount", ["abc", "1.5", "+5", " 5", "5 ", "1_0", "05", ""])
+def test_set_expire_not_an_integer(r: redis.Redis, amount: str) -> None:
+    assert error_of(r, "SET", "k", "v", "EX", amount) == "value is not an integer or out of range"
+
+
+def test_setex_psetex_setnx(r: redis.Redis) -> None:
+    assert run(r, "SETEX", "a", 100, "v") in (True, b"OK")
+    assert 99 <= r.ttl("a") <= 100
+    assert run(r, "PSETEX", "b", 100_000, "v") in (True, b"OK")
+    assert 99_000 <= r.pttl("b") <= 100_000
+    assert error_of(r, "SETEX", "a", "0", "v") == "invalid expire time in 'setex' command"
+    assert error_of(r, "PSETEX", "a", "-5", "v") == "invalid expire time in 'psetex' command"
+    assert error_of(r, "SETEX", "a", "x", "v") == "value is not an integer or out of range"
+    assert r.setnx("c", "1") is True
+    assert r.setnx("c", "2") is False
+    assert r.get("c") == b"1"
+
+
+# ---------------------------------------------------------- GETEX / GETDEL
+
+
+def test_getex(r: redis.Redis) -> None:
+    assert r.getex("missing") is None
+    assert r.getex("missing", ex=10) is None
+    assert r.exists("missing") == 0
+    r.set("k", "v")
+    assert r.getex("k") == b"v"
+    assert r.ttl("k") == -1
+    assert r.getex("k", ex=100) == b"v"
+    assert 99 <= r.ttl("k") <= 100
+    assert r.getex("k", px=200_000) == b"v"
+    assert 199_000 <= r.pttl("k") <= 200_000
+    at = int(time.time()) + 300
+    assert r.getex("k", exat=at) == b"v"
+    assert r.expiretime("k") == at
+    assert r.getex("k", pxat=at * 1000 + 1) == b"v"
+    assert r.pexpiretime("k") == at * 1000 + 1
+    assert r.getex("k", persist=True) == b"v"
+    assert r.ttl("k") == -1
+    # A deadline in the past: the value is returned and the key is gone.
+    assert r.getex("k", pxat=1000) == b"v"
+    assert r.exists("k") == 0
+
+
+def test_getex_errors(r: redis.Redis) -> None:
+    r.set("k", "v", ex=100)
+    assert error_of(r, "GETEX", "k", "EX", "0") == "invalid expire time in 'getex' command"
+    assert error_of(r, "GETEX", "k", "PX", "-1") == "invalid expire time in 'getex' command"
+    assert error_of(r, "GETEX", "k", "EX") == "syntax error"
+    assert error_of(r, "GETEX", "k", "PERSIST", "EX", "10") == "syntax error"
+    assert error_of(r, "GETEX", "k", "EX", "10", "PX", "10") == "syntax error"
+    assert error_of(r, "GETEX", "k", "KEEPTTL") == "syntax error"
+    assert error_of(r, "GETEX", "k", "EX", "ten") == "value is not an integer or out of range"
+    assert 99 <= r.ttl("k") <= 100  # untouched by the failed calls
+
+
+def test_getdel(r: redis.Redis) -> None:
+    assert r.getdel("k") is None
+    r.set("k", "v")
+    assert r.getdel("k") == b"v"
+    assert r.get("k") is None
+    assert r.getdel("k") is None
+
+
+# ------------------------------------------------------------ MGET / MSET
+
+
+def test_mget_mset(r: redis.Redis) -> None:
+    assert r.mset({"a": "1", "b": "2", "c": "3"}) is True
+    assert r.mget("a", "nope", "c", "a") == [b"1", None, b"3", b"1"]
+    assert r.mset({"a": "9"}) is True
+    assert r.get("a") == b"9"
+    assert error_of(r, "MSET", "a", "1", "b") == "wrong number of arguments for 'mset' command"
+    assert error_of(r, "MSET", "a") == "wrong number of arguments for 'mset' command"
+    assert error_of(r, "MGET") == "wrong number of arguments for 'mget' command"
+    assert r.get("b") == b"2"
+
+
+# ------------------------------------------------------ keys: DEL and co.
+
+
+def test_del_unlink_exists_touch(r: redis.Redis) -> None:
+    r.mset({"a": "1", "b": "2", "c": "3"})
+    assert r.exists("a", "a", "b", "nope") == 3  # duplicates count
+    assert r.touch("a", "a", "nope") == 2
+    assert r.delete("a", "a", "nope") == 1  # a key is deleted once
+    assert r.unlink("b", "c", "nope") == 2
+    assert r.exists("a", "b", "c") == 0
+    assert r.delete("a") == 0
+
+
+def test_type_and_strlen(r: redis.Redis) -> None:
+    r.set("k", "hello")
+    assert r.type("k") == b"string"
+    assert r.type("nope") == b"none"
+    assert r.strlen("k") == 5
+    assert r.strlen("nope") == 0
+    r.set("u", "é".encode())
+    assert r.strlen("u") == 2
+
+
+def test_type_is_a_status_reply(raw: RawClient) -> None:
+    raw("SET", "k", "v")
+    raw.sock.sendall(b"*2\r\n$4\r\nTYPE\r\n$1\r\nk\r\n*2\r\n$4\r\nTYPE\r\n$1\r\nx\r\n")
+    assert raw.sock.recv(100) == b"+string\r\n+none\r\n"
+
+
+# ---------------------------------------------------------------- counters
+
+
+def test_incr_decr(r: redis.Redis) -> None:
+    assert r.incr("n") == 1
+    assert r.incrby("n", 10) == 11
+    assert r.decr("n") == 10
+    assert r.decrby("n", 15) == -5
+    assert r.incrby("n", -5) == -10
+    assert r.get("n") == b"-10"
+    assert r.incr("n", 0) == -10
+    r.set("big", str(2**63 - 2))
+    assert r.incr("big") == 2**63 - 1
+
+
+def test_incr_keeps_the_ttl(r: redis.Redis) -> None:
+    r.set("n", "1", ex=100)
+    r.incr("n")
+    assert 99 <= r.ttl("n") <= 100
+
+
+@pytest.mark.parametrize(
+    "value", ["abc", "1.5", " 1", "1 ", "+1", "1_0", "01", "-0", "", "99999999999999999999"]
+)
+def test_incr_on_a_non_integer(r: redis.Redis, value: str) -> None:
+    r.set("n", value)
+    for cmd in (("INCR", "n"), ("DECR", "n"), ("INCRBY", "n", "1"), ("DECRBY", "n", "1")):
+        assert error_of(r, *cmd) == "value is not an integer or out of range"
+    assert r.get("n") == value.encode()
+
+
+def test_incr_overflow(r: redis.Redis) -> None:
+    r.set("max", str(2**63 - 1))
+    r.set("min", str(-(2**63)))
+    assert error_of(r, "INCR", "max") == "increment or decrement would overflow"
+    assert error_of(r, "INCRBY", "max", "1") == "increment or decrement would overflow"
+    assert error_of(r, "DECR", "min") == "increment or decrement would overflow"
+    assert error_of(r, "DECRBY", "min", "1") == "increment or decrement would overflow"
+    assert error_of(r, "DECRBY", "x", str(-(2**63))) == "decrement would overflow"
+    assert r.get("max") == str(2**63 - 1).encode()
+
+
+@pytest.mark.parametrize("delta", ["abc", "1.0", "+1", str(2**63), "", " 1"])
+def test_incrby_bad_increment(r: redis.Redis, delta: str) -> None:
+    assert error_of(r, "INCRBY", "n", delta) == "value is not an integer or out of range"
+    assert error_of(r, "DECRBY", "n", delta) == "value is not an integer or out of range"
+    assert r.exists("n") == 0
+
+
+# ------------------------------------------------------------------ expiry
+
+
+def test_ttl_pttl_of_missing_and_persistent(r: redis.Redis) -> None:
+    assert r.ttl("nope") == -2
+    assert r.pttl("nope") == -2
+    assert r.expiretime("nope") == -2
+    assert r.pexpiretime("nope") == -2
+    r.set("k", "v")
+    assert r.ttl("k") == -1
+    assert r.pttl("k") == -1
+    assert r.expiretime("k") == -1
+    assert r.pexpiretime("k") == -1
+
+
+def test_expire_family(r: redis.Redis) -> None:
+    r.set("k", "v")
+    assert r.expire("k", 100) == 1
+    assert 99 <= r.ttl("k") <= 100
+    assert r.pexpire("k", 50_000) == 1
+    assert 49_000 <= r.pttl("k") <= 50_000
+    at = int(time.time()) + 200
+    assert r.expireat("k", at) == 1
+    assert r.expiretime("k") == at
+    assert r.pexpiretime("k") == at * 1000
+    assert r.pexpireat("k", at * 1000 + 7) == 1
+    assert r.pexpiretime("k") == at * 1000 + 7
+    assert r.expiretime("k") == at
+    assert r.expire("nope", 100) == 0
+    assert r.pexpireat("nope", at * 1000) == 0
+
+
+@pytest.mark.parametrize(
+    "cmd,amount",
+    [("EXPIRE", "0"), ("EXPIRE", "-10"), ("PEXPIRE", "-1"), ("EXPIREAT", "1"), ("PEXPIREAT", "1")],
+)
+def test_expire_in_the_past_deletes(r: redis.Redis, cmd: str, amount: str) -> None:
+    r.set("k", "v")
+    assert run(r, cmd, "k", amount) == 1
+    assert r.exists("k") == 0
+
+
+def test_expire_nx_xx_gt_lt(r: redis.Redis) -> None:
+    r.set("k", "v")
+    assert r.expire("k", 100, xx=True) == 0  # no TTL yet
+    assert r.ttl("k") == -1
+    assert r.expire("k", 100, gt=True) == 0  # no TTL counts as infinite
+    assert r.expire("k", 100, lt=True) == 1  # ... and anything is less
+    assert r.expire("k", 200, nx=True) == 0
+    assert r.expire("k", 200, xx=True) == 1
+    assert 199 <= r.ttl("k") <= 200
+    assert r.expire("k", 100, gt=True) == 0
+    assert r.expire("k", 300, gt=True) == 1
+    assert r.expire("k", 400, lt=True) == 0
+    assert r.expire("k", 50, lt=True) == 1
+    assert 49 <= r.ttl("k") <= 50
+    assert run(r, "EXPIRE", "k", "60", "XX", "GT") == 1
+    assert run(r, "EXPIRE", "k", "30", "gt", "gt") == 0  # repeats are fine
+    r.persist("k")
+    assert r.expire("k", 100, nx=True) == 1
+
+
+@pytest.mark.parametrize("cmd", ["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"])
+def test_expire_option_errors(r: redis.Redis, cmd: str) -> None:
+    r.set("k", "v")
+    nx_msg = "NX and XX, GT or LT options at the same time are not compatible"
+    assert error_of(r, cmd, "k", "100", "NX", "XX") == nx_msg
+    assert error_of(r, cmd, "k", "100", "NX", "GT") == nx_msg
+    assert error_of(r, cmd, "k", "100", "LT", "NX") == nx_msg
+    gtlt = "GT and LT options at the same time are not compatible"
+    assert error_of(r, cmd, "k", "100", "GT", "LT") == gtlt
+    assert error_of(r, cmd, "k", "100", "NX", "FOO") == "Unsupported option FOO"
+    assert error_of(r, cmd, "k", "ten", "FOO") == "Unsupported option FOO"  # options first
+    assert error_of(r, cmd, "k", "ten") == "value is not an integer or out of range"
+    assert error_of(r, cmd, "k", "+5") == "value is not an integer or out of range"
+    assert r.ttl("k") == -1
+
+
+@pytest.mark.parametrize(
+    "cmd,amount",
+    [
+        ("EXPIRE", str(2**63 // 1000 + 1)),
+        ("EXPIRE", str(2**63 // 1000)),  # in range, but not once now is added
+        ("EXPIRE", str(-(2**63 // 1000) - 1)),
+        ("PEXPIRE", str(2**63 - 1)),
+        ("EXPIREAT", str(2**63 // 1000 + 1)),
+    ],
+)
+def test_expire_overflow(r: redis.Redis, cmd: str, amount: str) -> None:
+    r.set("k", "v")
+    assert error_of(r, cmd, "k", amount) == f"invalid expire time in '{cmd.lower()}' command"
+    assert r.ttl("k") == -1
+
+
+def test_persist(r: redis.Redis) -> None:
+    assert r.persist("nope") == 0
+    r.set("k", "v")
+    assert r.persist("k") == 0
+    r.expire("k", 100)
+    assert r.persist("k") == 1
+    assert r.ttl("k") == -1
+
+
+def test_short_ttl_expires(r: redis.Redis) -> None:
+    r.set("k", "v", px=150)
+    r.set("k2", "v", px=150)
+    assert r.exists("k", "k2") == 2
+    wait_until(lambda: r.exists("k2") == 0)
+    assert r.get("k") is None
+    assert r.ttl("k") == -2
+
+
+# --------------------------------------------------------------- SCAN/KEYS
+
+
+def test_keys_glob_patterns(r: redis.Redis) -> None:
+    names = ["hello", "hallo", "hxllo", "hllo", "heeeello", "h*llo", "a[b", "ab", "x\ny"]
+    r.mset({n: "1" for n in names})
+
+    def keys(pattern: str) -> set[str]:
+        return {k.decode() if isinstance(k, bytes) else k for k in r.keys(pattern)}
+
+    assert keys("*") == set(names)
+    assert keys("h?llo") == {"hello", "hallo", "hxllo", "h*llo"}
+    assert keys("h*llo") == {"hello", "hallo", "hxllo", "hllo", "heeeello", "h*llo"}
+    assert keys("h[ae]llo") == {"hello", "hallo"}
+    assert keys("h[^e]llo") == {"hallo", "hxllo", "h*llo"}
+    assert keys("h[a-b]llo") == {"hallo"}
+    assert keys("h[b-a]llo") == {"hallo"}  # Redis swaps a reversed range
+    assert keys("h\\*llo") == {"h*llo"}
+    assert keys("a\\[b") == {"a[b"}
+    assert keys("a[b") == {"ab"}  # an unterminated class runs to the end
+    assert keys("x?y") == {"x\ny"}
+    assert keys("[]") == set()
+    assert keys("nothing*") == set()
+
+
+def test_keys_pathological_pattern_is_fast(r: redis.Redis) -> None:
+    r.set("a" * 60, "1")
+    start = time.monotonic()
+    assert r.keys("*a*a*a*a*a*a*a*a*a*a*a*b") == []
+    assert r.scan(0, match="*a*a*a*a*a*a*a*a*a*a*a*b", count=1000) == (0, [])
+    assert time.monotonic() - start < 2.0
+
+
+def _stringmatch(pattern: bytes, string: bytes) -> bool:
+    """Redis' stringmatchlen (util.c), ported literally: the reference."""
+    p, s = 0, 0
+    plen, slen = len(pattern), len(string)
+    while plen - p and slen - s:
+        c = pattern[p]
+        if c == 0x2A:  # '*'
+            while p + 1 < plen and pattern[p + 1] == 0x2A:
+                p += 1
+            if p + 1 == plen:
+                return True
+            while s < slen:
+                if _stringmatch(pattern[p + 1 :], string[s:]):
+                    return True
+                s += 1
+            return False
+        if c == 0x3F:  # '?'
+            s += 1
+        elif c == 0x5B:  # '['
+            p += 1
+            negate = p < plen and pattern[p] == 0x5E
+            if negate:
+                p += 1
+            match = False
+            while True:
+                left = plen - p
+                if left >= 2 and pattern[p] == 0x5C:
+                    p += 1
+                    match = match or pattern[p] == string[s]
+                elif left >= 1 and pattern[p] == 0x5D:
+                    break
+                elif left == 0:
+                    p -= 1
+                    break
+                elif left >= 3 and pattern[p + 1] == 0x2D:
+                    lo, hi = sorted((pattern[p], pattern[p + 2]))
+                    p += 2
+                    match = match or lo <= string[s] <= hi
+                else:
+                    match = match or pattern[p] == string[s]
+                p += 1
+            if negate:
+                match = not match
+            if not match:
+                return False
+            s += 1
+        else:
+            if c == 0x5C and plen - p >= 2:
+                p += 1
+            if pattern[p] != string[s]:
+                return False
+            s += 1
+        p += 1
+        if s == slen:
+            while p < plen and pattern[p] == 0x2A:
+                p += 1
+            break
+    return p == plen and s == slen
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from(list(b"ab*?[]^-\\")), max_size=10).map(bytes),
+    st.lists(st.sampled_from(list(b"ab*?[]^-\\\n")), min_size=1, max_size=8).map(bytes),
+)
+def test_glob_matches_like_redis(pattern: bytes, key: bytes) -> None:
+    """(Redis matches no pattern but "*" itself against an empty key; KEYS and
+    SCAN special-case "*" as sessiond does. Empty keys are left out here.)"""
+    assert (glob_to_regex(pattern).match(key) is not None) == _stringmatch(pattern, key)
+
+
+def test_scan_returns_every_key_once(r: redis.Redis) -> None:
+    names = {f"key:{i}" for i in range(500)}
+    r.mset({n: "1" for n in names})
+    seen: list[Any] = []
+    cursor = 0
+    steps = 0
+    while True:
+        cursor, keys = r.scan(cursor, count=37)
+        seen += keys
+        steps += 1
+        if cursor == 0:
+            break
+    assert steps > 5
+    assert sorted(k.decode() for k in seen) == sorted(names)
+
+
+def test_scan_match_count_type(r: redis.Redis) -> None:
+    r.mset({f"user:{i}": "1" for i in range(50)} | {f"cart:{i}": "1" for i in range(50)})
+    users = {k.decode() for k in r.scan_iter(match="user:*", count=7)}
+    assert users == {f"user:{i}" for i in range(50)}
+    assert {k.decode() for k in r.scan_iter(_type="string")} == users | {
+        f"cart:{i}" for i in range(50)
+    }
+    assert list(r.scan_iter(_type="hash")) == []
+    assert r.scan(0, _type="list") == (0, [])
+
+
+def test_scan_errors(r: redis.Redis) -> None:
+    assert error_of(r, "SCAN", "abc") == "invalid cursor"
+    assert error_of(r, "SCAN", "-1") == "invalid cursor"
+    assert error_of(r, "SCAN", "0", "COUNT", "0") == "syntax error"
+    assert error_of(r, "SCAN", "0", "COUNT", "x") == "value is not an integer or out of range"
+    assert error_of(r, "SCAN", "0", "MATCH") == "syntax error"
+    assert error_of(r, "SCAN", "0", "FOO", "bar") == "syntax error"
+
+
+def test_scan_complete_while_keys_are_added(cmd_daemon: Daemon, r: redis.Redis) -> None:
+    """Every key present for the whole iteration is returned, although another
+    client adds keys between every step."""
+    present = {f"old:{i}" for i in range(300)}
+    r.mset({k: "1" for k in present})
+    seen: set[str] = set()
+    with cmd_daemon.client() as writer:
+        added = 0
+        for key in r.scan_iter(count=10):
+            seen.add(key.decode())
+            writer.set(f"new:{added}", "1")  # as fast as the scan goes
+            added += 1
+    assert added >= 300
+    assert present <= seen
+    assert all(k.startswith(("old:", "new:")) for k in seen)
+
+
+def test_scan_complete_while_keys_are_deleted_and_touched(
+    cmd_daemon: Daemon, r: redis.Redis
+) -> None:
+    stay = {f"stay:{i}" for i in range(200)}
+    go = {f"go:{i}" for i in range(200)}
+    r.mset(dict.fromkeys(stay | go, "1"))
+    seen: set[str] = set()
+    doomed = sorted(go)
+    with cmd_daemon.client() as writer:
+        for key in r.scan_iter(count=10):
+            seen.add(key.decode())
+            if doomed:
+                writer.delete(doomed.pop())
+            writer.get(f"stay:{len(seen) % 200}")  # reorder LRU under the scan
+    assert stay <= seen
+
+
+# -------------------------------------------------------------- connection
+
+
+def test_ping_echo(r: redis.Redis) -> None:
+    assert r.ping() is True
+    assert r.echo("hi") == b"hi"
+    assert error_of(r, "PING", "a", "b") == "wrong number of arguments for 'ping' command"
+    assert error_of(r, "ECHO") == "wrong number of arguments for 'echo' command"
+
+
+def test_ping_status_reply(raw: RawClient) -> None:
+    raw.sock.sendall(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n")
+    assert raw.sock.recv(100) == b"+PONG\r\n$2\r\nhi\r\n"
+
+
+def test_select(r: redis.Redis) -> None:
+    assert run(r, "SELECT", "0") in (True, b"OK")
+    assert error_of(r, "SELECT", "1") == "DB index is out of range"
+    assert error_of(r, "SELECT", "x") == "value is not an integer or out of range"
+
+
+def test_unknown_command_and_arity_wording(raw: RawClient) -> None:
+    assert raw("NOSUCH") == RawError("ERR unknown command 'NOSUCH', with args beginning with: ")
+    assert raw("nosuch", "a", "b c") == RawError(
+        "ERR unknown command 'nosuch', with args beginning with: 'a' 'b c' "
+    )
+    assert raw("GET") == RawError("ERR wrong number of arguments for 'get' command")
+    assert raw("get", "a", "b") == RawError("ERR wrong number of arguments for 'get' command")
+    assert raw("SET", "a") == RawError("ERR wrong number of arguments for 'set' command")
+    assert raw("TTL") == RawError("ERR wrong number of arguments for 'ttl' command")
+    assert raw("gEt", "a") is None  # names are case-insensitive
+
+
+def test_hello(raw: RawClient) -> None:
+    hello = as_dict(raw("HELLO"))
+    assert hello["proto"] == 2
+    assert hello["server"] == b"redis"
+    assert hello["version"] == REDIS_COMPAT_VERSION.encode()
+    assert hello["sessiond_version"] == __version__.encode()
+    assert hello["mode"] == b"standalone"
+    assert hello["role"] == b"master"
+    assert hello["modules"] == []
+    assert isinstance(hello["id"], int)
+    assert as_dict(raw("HELLO", "3"))["proto"] == 3
+    assert raw("GET", "nope") is None
+    assert as_dict(raw("HELLO", "2"))["proto"] == 2
+
+
+@pytest.mark.parametrize("version", ["1", "4", "0", "-1", "99"])
+def test_hello_unsupported_version(raw: RawClient, version: str) -> None:
+    assert raw("HELLO", version) == RawError("NOPROTO unsupported protocol version")
+    assert raw("PING") == b"PONG"  # the connection stays, on RESP2
+
+
+def test_hello_errors(raw: RawClient) -> None:
+    assert raw("HELLO", "three") == RawError(
+        "ERR Protocol version is not an integer or out of range"
+    )
+    assert raw("HELLO", "3", "AUTH", "default") == RawError(
+        "ERR Syntax error in HELLO option 'AUTH'"
+    )
+    assert raw("HELLO", "3", "BOGUS") == RawError("ERR Syntax error in HELLO option 'BOGUS'")
+    assert as_dict(raw("HELLO"))["proto"] == 2  # nothing changed
+
+
+def test_hello_auth_and_setname(raw: RawClient) -> None:
+    # No password configured: the default user takes any password (nopass).
+    reply = raw("HELLO", "3", "AUTH", "default", "whatever", "SETNAME", "svc-1")
+    assert as_dict(reply)["proto"] == 3
+    assert raw("CLIENT", "GETNAME") == b"svc-1"
+    assert raw("HELLO", "3", "AUTH", "alice", "pw") == RawError(
+        "WRONGPASS invalid username-password pair or user is disabled."
+    )
+    assert raw("HELLO", "2", "SETNAME", "bad name") == RawError(
+        "ERR Client names cannot contain spaces, newlines or special characters."
+    )
+
+
+def test_auth_without_password_configured(raw: RawClient) -> None:
+    assert raw("AUTH", "pw") == RawError(
+        "ERR AUTH <password> called without any password configured for the default user. "
+        "Are you sure your configuration is correct?"
+    )
+    assert raw("AUTH", "default", "anything") == b"OK"
+    assert raw("AUTH", "bob", "pw") == RawError(
+        "WRONGPASS invalid username-password pair or user is disabled."
+    )
+    assert raw("AUTH", "a", "b", "c") == RawError("ERR syntax error")
+
+
+def test_reset(raw: RawClient) -> None:
+    raw("HELLO", "3", "SETNAME", "x")
+    raw("MULTI")
+    assert raw("RESET") == b"RESET"
+    assert raw("CLIENT", "GETNAME") is None
+    assert as_dict(raw("HELLO"))["proto"] == 2
+    assert raw("EXEC") == RawError("ERR EXEC without MULTI")
+
+
+def test_client_subcommands(cmd_daemon: Daemon, r: redis.Redis) -> None:
+    assert r.client_getname() is None
+    assert r.client_setname("worker-1") is True
+    assert r.client_getname() in (b"worker-1", "worker-1")
+    client_id = r.client_id()
+    assert isinstance(client_id, int)
+    info = r.client_info()
+    assert int(info["id"]) == client_id
+    assert info["name"] == "worker-1"
+    assert info["addr"] == f"{cmd_daemon.socket_path}:0"
+    assert info["lib-name"] == "redis-py"  # redis-py sends CLIENT SETINFO on connect
+    assert int(info["resp"]) == r.get_connection_kwargs().get("protocol", 2)
+    listed = {int(c["id"]): c for c in r.client_list()}
+    assert client_id in listed
+    assert listed[client_id]["name"] == "worker-1"
+    assert [int(c["id"]) for c in r.client_list(client_id=[client_id])] == [client_id]
+    assert r.client_setname("") is True
+    assert r.client_getname() is None
+    assert error_of(r, "CLIENT", "SETNAME", "a b") == (
+        "Client names cannot contain spaces, newlines or special characters."
+    )
+    assert error_of(r, "CLIENT", "NOSUCH") == (
+        "unknown subcommand or wrong number of arguments for 'NOSUCH'. Try CLIENT HELP."
+    )
+
+
+def test_client_setinfo(raw: RawClient) -> None:
+    assert raw("CLIENT", "SETINFO", "lib-name", "mylib") == b"OK"
+    assert raw("CLIENT", "SETINFO", "LIB-VER", "1.2.3") == b"OK"
+    line = raw("CLIENT", "INFO").decode()
+    assert "lib-name=mylib" in line
+    assert "lib-ver=1.2.3" in line
+    assert line.endswith("\n")
+    assert raw("CLIENT", "SETINFO", "lib-name", "my lib") == RawError(
+        "ERR lib-name cannot contain spaces, newlines or special characters."
+    )
+    assert raw("CLIENT", "SETINFO", "color", "red") == RawError("ERR Unrecognized option 'color'")
+
+
+def test_client_list_parses_as_key_value_pairs(raw: RawClient) -> None:
+    for line in raw("CLIENT", "LIST").decode().splitlines():
+        fields = dict(field.split("=", 1) for field in line.split(" "))
+        assert all("=" not in value for value in fields.values()), line
+        assert {"id", "addr", "fd", "name", "age", "idle", "flags", "db", "cmd"} <= set(fields)
+
+
+# ---------------------------------------------------------------- COMMAND
+
+
+def test_command_count_info_docs(r: redis.Redis, raw: RawClient) -> None:
+    count = r.command_count()
+    table = r.command()
+    assert count == len(table) >= 50
+    for name in ("get", "set", "scan", "hello", "session.create", "multi", "exec"):
+        assert name in table
+    assert table["get"]["arity"] == 2
+    assert table["set"]["arity"] == -3
+    info = raw("COMMAND", "INFO", "get", "nosuch", "MGET")
+    assert info[0][:2] == [b"get", 2]
+    assert sorted(info[0][2]) == [b"fast", b"readonly"]
+    assert info[0][3:6] == [1, 1, 1]
+    assert info[1] is None
+    assert info[2][:2] == [b"mget", -2]
+    assert info[2][3:6] == [1, -1, 1]
+    docs = as_dict(raw("COMMAND", "DOCS", "get", "nosuch"))
+    assert list(docs) == ["get"]
+    assert as_dict(docs["get"])["summary"]
+    assert len(as_dict(raw("COMMAND", "DOCS"))) == count
+
+
+def test_command_arity_matches_behaviour(r: redis.Redis) -> None:
+    """The arity COMMAND reports is the one enforced."""
+    for name, spec in r.command().items():
+        if name.startswith("session") or name in ("quit", "reset", "multi", "exec", "discard"):
+            continue
+        arity = spec["arity"]
+        too_few = [name] + ["0"] * (abs(arity) - 2)
+        if abs(arity) > 1:
+            with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+                run(r, *too_few)
+
+
+# ---------------------------------------------------------- server: INFO
+
+
+def test_info_sections_and_fields(cmd_daemon: Daemon, r: redis.Redis) -> None:
+    info = r.info()
+    assert info["redis_version"] == REDIS_COMPAT_VERSION
+    assert str(info["sessiond_version"]) == __version__
+    for field in (
+        "connected_clients",
+        "used_memory",
+        "keyspace_hits",
+        "keyspace_misses",
+        "evicted_keys",
+        "expired_keys",
+        "uptime_in_seconds",
+        "total_commands_processed",
+        "total_connections_received",
+    ):
+        assert field in info, field
+    assert info["connected_clients"] >= 1
+    server = r.info("server")
+    assert server["redis_version"] == REDIS_COMPAT_VERSION
+    assert "connected_clients" not in server
+    assert "keyspace_hits" in r.info("stats")
+    assert "used_memory" in r.info("memory")
+    assert "connected_clients" in r.info("clients")
+    assert r.info("nosuchsection") == {}
+    everything = r.info("everything")
+    assert "redis_version" in everything and "keyspace_hits" in everything
+
+
+def test_info_keyspace(r: redis.Redis) -> None:
+    assert r.info("keyspace") == {}
+    r.set("a", "1")
+    r.set("b", "2", ex=100)
+    r.set("c", "3", px=100_000)
+    assert r.info("keyspace")["db0"]["keys"] == 3
+    assert r.info("keyspace")["db0"]["expires"] == 2
+
+
+def test_info_is_verbatim_text(raw: RawClient) -> None:
+    text = raw("INFO", "server").decode()
+    assert text.startswith("# Server\r\n")
+    assert f"redis_version:{REDIS_COMPAT_VERSION}\r\n" in text
+    assert f"sessiond_version:{__version__}\r\n" in text
+    both = raw("INFO", "server", "clients").decode()
+    assert "# Server" in both and "# Clients" in both and "# Stats" not in both
+
+
+def test_info_counters_move(cmd_daemon: Daemon, r: redis.Redis) -> None:
+    before = r.info("stats")
+    r.set("k", "v")
+    r.get("k")
+    r.get("k")
+    r.get("missing")
+    r.mget("k", "missing2")
+    after = r.info("stats")
+    assert after["keyspace_hits"] - before["keyspace_hits"] == 3
+    assert after["keyspace_misses"] - before["keyspace_misses"] == 2
+    r.set("short", "v", px=100)
+    wait_until(lambda: r.info("stats")["expired_keys"] > after["expired_keys"])
+    assert r.info("memory")["used_memory"] >= len("k") + len("v")
+
+
+def test_info_connected_clients_counts(cmd_daemon: Daemon, r: redis.Redis) -> None:
+    base = r.info("clients")["connected_clients"]
+    extra = [cmd_daemon.client() for _ in range(3)]
+    for c in extra:
+        c.ping()
+    assert r.info("clients")["connected_clients"] == base + 3
+    for c in extra:
+        c.close()
+    wait_until(lambda: r.info("clients")["connected_clients"] == base)
+
+
+# ------------------------------------------------------------ CONFIG, misc
+
+
+def test_config_get(r: redis.Redis) -> None:
+    assert r.config_get("cache.default_ttl") == {"cache.default_ttl": "0.0"}
+    cache = r.config_get("cache.*")
+    assert set(cache) == {
+        "cache.max_sessions",
+        "cache.max_memory",
+        "cache.default_ttl",
+        "cache.sliding",
+        "cache.sweep_interval",
+    }
+    assert cache["cache.sliding"] == "yes"
+    assert cache["cache.max_sessions"] == "10000"
+    both = r.config_get("limits.max_clients", "security.*")
+    assert both["limits.max_clients"] == "1024"
+    assert both["security.password"] == ""
+    assert r.config_get("nothing-matches") == {}
+    every = r.config_get("*")
+    assert "socket.path" in every and "logging.level" in every
+    assert r.config_get("CACHE.MAX_SESSIONS") == {"cache.max_sessions": "10000"}
+    assert r.config_get("maxmemory")["maxmemory"] == "0"  # Redis' own names, for tools
+
+
+def test_config_get_hides_the_password(daemon_factory: Factory) -> None:
+    d = daemon_factory({"security": {"password": "s3cret"}})
+    with d.client(password="s3cret") as c:
+        assert c.config_get("security.password") == {"security.password": "(set)"}
+        assert "s3cret" not in str(c.config_get("*"))
+
+
+def test_config_set_and_errors(r: redis.Redis) -> None:
+    assert "not supported" in error_of(r, "CONFIG", "SET", "cache.max_sessions", "5")
+    assert r.config_get("cache.max_sessions") == {"cache.max_sessions": "10000"}
+    assert error_of(r, "CONFIG", "FOO").startswith("unknown subcommand")
+    assert error_of(r, "CONFIG", "GET").startswith("unknown subcommand")
+
+
+def test_dbsize_flushdb_flushall(r: redis.Redis) -> None:
+    assert r.dbsize() == 0
+    r.mset({"a": "1", "b": "2"})
+    r.set("c", "3", ex=100)
+    assert r.dbsize() == 3
+    assert r.flushdb() is True
+    assert r.dbsize() == 0
+    r.set("a", "1")
+    assert r.flushall() is True
+    assert r.dbsize() == 0
+    r.set("a", "1")
+    assert r.flushdb(asynchronous=True) is True
+    assert r.get("a") is None
+    assert run(r, "FLUSHALL", "SYNC") in (True, b"OK")
+    assert error_of(r, "FLUSHDB", "NOW") == "syntax error"
+
+
+def test_time(r: redis.Redis) -> None:
+    seconds, micros = r.time()
+    assert abs(seconds - time.time()) < 5
+    assert 0 <= micros < 1_000_000
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def test_session_create_info_invalidate_list(r: redis.Redis) -> None:
+    sid = run(r, "SESSION.CREATE", "CONTEXT", "web", "TTL", "100", "STATE", "abc")
+    assert isinstance(sid, bytes) and len(sid) >= 20
+    assert r.get(sid) == b"abc"
+    assert 99 <= r.ttl(sid) <= 100
+    other = run(r, "SESSION.CREATE")
+    assert other != sid
+    assert r.get(other) == b""
+    info = as_dict(run(r, "SESSION.INFO", sid))
+    assert info["context"] in (b"web", "web")
+    assert info["where"] in (b"memory", "memory")
+    assert int(info["size"]) == 3
+    assert 99 <= int(info["ttl"]) <= 100
+    assert float(info["created_at"]) <= float(info["updated_at"]) <= time.time() + 1
+    assert float(info["idle"]) >= 0
+    assert run(r, "SESSION.INFO", "no-such-session") is None
+    r.set("plain", "x")
+    assert run(r, "SESSION.LIST") == [b"plain", other, sid]
+    assert run(r, "SESSION.LIST", "CONTEXT", "web") == [sid]
+    assert run(r, "SESSION.LIST", "COUNT", "2") == [b"plain", other]
+    assert run(r, "SESSION.LIST", "COUNT", "0") == []
+    assert run(r, "SESSION.INVALIDATE", sid) == 1
+    assert run(r, "SESSION.INVALIDATE", sid) == 0
+    # Without persistence, a session dropped from memory is gone.
+    assert r.get(sid) is None
+    assert run(r, "SESSION.LIST", "CONTEXT", "web") == []
+
+
+def test_session_create_without_ttl_never_expires_here(r: redis.Redis) -> None:
+    sid = run(r, "SESSION.CREATE", "TTL", "0")
+    assert r.ttl(sid) == -1
+
+
+def test_session_errors(r: redis.Redis) -> None:
+    err = "invalid expire time in 'session.create' command"
+    assert error_of(r, "SESSION.CREATE", "TTL", "-1") == err
+    assert error_of(r, "SESSION.CREATE", "TTL", "x") == "value is not an integer or out of range"
+    assert error_of(r, "SESSION.CREATE", "CONTEXT") == "syntax error"
+    assert error_of(r, "SESSION.CREATE", "FOO", "bar") == "syntax error"
+    assert error_of(r, "SESSION.LIST", "COUNT", "-1") == "syntax error"
+    assert error_of(r, "SESSION.LIST", "FOO", "1") == "syntax error"
+    assert error_of(r, "SESSION.INFO") == "wrong number of arguments for 'session.info' command"
+
+
+# ------------------------------------------------- sessiond-specific semantics
+
+
+@pytest.fixture(scope="module")
+def sliding_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """Sessions as SPEC §5 has them: a default TTL that slides on access."""
+    d = Daemon(
+        tmp_path_factory.mktemp("sliding"),
+        {"cache": {"default_ttl": "100s", "sliding": True, "max_sessions": 5}},
+    ).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def s(request: pytest.FixtureRequest, sliding_daemon: Daemon) -> Iterator[redis.Redis]:
+    client = sliding_daemon.client(protocol=request.param)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def test_default_ttl_applies_to_writes_without_one(s: redis.Redis) -> None:
+    s.set("a", "1")
+    s.mset({"b": "2"})
+    s.setnx("c", "3")
+    s.incr("d")
+    sid = run(s, "SESSION.CREATE")
+    for key in ("a", "b", "c", "d", sid):
+        assert 99_000 <= s.pttl(key) <= 100_000, key
+    s.set("e", "1", ex=7)
+    assert 6 <= s.ttl("e") <= 7  # an explicit TTL wins
+    s.set("e", "2")
+    assert 99 <= s.ttl("e") <= 100  # a new write without one gets the default
+    s.persist("e")
+    assert s.ttl("e") == -1
+
+
+def _aged(s: redis.Redis, key: str, ms: int = 10_000) -> int:
+    """Give ``key`` a relative TTL of ``ms`` and let ~0.3 s of it pass; its PTTL."""
+    s.pexpire(key, ms)
+    time.sleep(0.3)
+    pttl = s.pttl(key)
+    assert pttl <= ms - 250
+    return int(pttl)
+
+
+@pytest.mark.parametrize(
+    "access",
+    [
+        ("GET", "k"),
+        ("MGET", "k", "other"),
+        ("GETEX", "k"),
+        ("TOUCH", "k"),
+        ("SET", "k", "v2", "KEEPTTL"),
+        ("INCR", "n"),
+        ("SETNX", "k", "v3"),
+        ("EXISTS", "k"),
+        ("TTL", "k"),
+        ("PTTL", "k"),
+        ("TYPE", "k"),
+        ("STRLEN", "k"),
+        ("EXPIRETIME", "k"),
+        ("SCAN", "0"),
+        ("KEYS", "*"),
+        ("SESSION.INFO", "k"),
+        ("DBSIZE",),
+    ],
+    ids=lambda a: a[0] if isinstance(a, tuple) else str(a),
+)
+def test_sliding_renewal_and_inspection(s: redis.Redis, access: tuple[str, ...]) -> None:
+    """Reads and writes renew a relative TTL to its full length; inspection
+    never does."""
+    key = access[1] if len(access) > 1 and access[0] != "SCAN" and access[1] != "*" else "k"
+    s.set("k", "v")
+    s.set("n", "1")
+    before = _aged(s, key)
+    run(s, *access)
+    after = s.pttl(key)
+    inspection = access[0] in {
+        "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "EXPIRETIME", "SCAN", "KEYS",
+        "SESSION.INFO", "DBSIZE",
+    }  # fmt: skip
+    if inspection:
+        assert after <= before
+    else:
+        assert after > before + 200
+        assert after > 9_000
+
+
+def test_absolute_deadlines_do_not_slide(s: redis.Redis) -> None:
+    at_ms = int(time.time() * 1000) + 50_000
+    s.set("a", "v", pxat=at_ms)
+    s.set("b", "v")
+    s.pexpireat("b", at_ms)
+    s.set("c", "v")
+    s.getex("c", pxat=at_ms)
+    for key in ("a", "b", "c"):
+        s.get(key)
+        s.touch(key)
+        s.getex(key)
+        assert s.pexpiretime(key) == at_ms, key
+    s.set("a", "v2", keepttl=True)
+    assert s.pexpiretime("a") == at_ms
+
+
+def test_expire_gt_compares_with_the_remaining_ttl(s: redis.Redis) -> None:
+    """The access of EXPIRE itself must not first slide the deadline it compares with."""
+    s.set("k", "v")
+    _aged(s, "k", 10_000)  # ~9.7 s left
+    assert s.pexpire("k", 9_900, gt=True) == 1
+    assert s.pttl("k") > 9_700
+
+
+def test_sliding_off(daemon_factory: Factory) -> None:
+    d = daemon_factory({"cache": {"default_ttl": "100s", "sliding": False}})
+    with d.client() as c:
+        c.set("k", "v")
+        before = _aged(c, "k")
+        c.get("k")
+        c.touch("k")
+        assert c.pttl("k") <= before
+
+
+def test_default_ttl_zero_means_no_expiry(r: redis.Redis) -> None:
+    r.set("k", "v")
+    r.get("k")
+    assert r.ttl("k") == -1
+    assert run(r, "SESSION.INFO", "k") is not None
+
+
+def _lru(s: redis.Redis) -> list[str]:
+    return [k.decode() for k in run(s, "SESSION.LIST")]
+
+
+def test_lru_order_follows_access_not_inspection(s: redis.Redis) -> None:
+    for key in ("a", "b", "c", "d"):
+        s.set(key, "1")
+    assert _lru(s) == ["d", "c", "b", "a"]
+    s.get("a")
+    assert _lru(s) == ["a", "d", "c", "b"]
+    s.touch("c")
+    s.mget("b")
+    assert _lru(s) == ["b", "c", "a", "d"]
+    for args in (
+        ("EXISTS", "d"),
+        ("TTL", "d"),
+        ("PTTL", "d"),
+        ("TYPE", "d"),
+        ("STRLEN", "d"),
+        ("SESSION.INFO", "d"),
+        ("EXPIRETIME", "d"),
+        ("SCAN", "0"),
+        ("KEYS", "*"),
+        ("DBSIZE",),
+        ("SESSION.LIST",),
+    ):
+        run(s, *args)
+    assert _lru(s) == ["b", "c", "a", "d"]
+    s.set("d", "2")
+    assert _lru(s)[0] == "d"
+
+
+def test_eviction_at_max_sessions_takes_the_lru(s: redis.Redis) -> None:
+    for key in ("a", "b", "c", "d", "e"):  # max_sessions is 5
+        s.set(key, "1")
+    evicted_before = s.info("stats")["evicted_keys"]
+    s.get("a")  # a is now the most recent; b is the LRU ...
+    s.exists("b")  # ... and inspection does not save it
+    s.ttl("b")
+    run(s, "SESSION.INFO", "b")
+    s.set("f", "1")
+    assert s.exists("b") == 0
+    assert s.exists("a", "c", "d", "e", "f") == 5
+    assert s.dbsize() == 5
+    assert s.info("stats")["evicted_keys"] == evicted_before + 1
+    run(s, "SESSION.CREATE")
+    assert s.exists("c") == 0  # then c
+    assert s.dbsize() == 5
+
+
+def test_concurrent_clients_see_each_others_writes(cmd_daemon: Daemon, r: redis.Redis) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with cmd_daemon.client() as c:
+                for i in range(200):
+                    c.incr("shared")
+                    c.set(f"w{n}:{i}", i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert r.get("shared") == b"800"
+    assert r.dbsize() == 801
+
+
+def test_no_internal_errors_logged(cmd_daemon: Daemon) -> None:
+    """Everything above was answered without a handler crashing."""
+    text = cmd_daemon.log_text()
+    assert "command_failed" not in text
+    assert "Traceback" not in text
+
+
+def test_large_values(r: redis.Redis) -> None:
+    value = b"x" * 500_000
+    r.set("big", value)
+    assert r.get("big") == value
+    assert r.strlen("big") == len(value)
+    assert math.isclose(len(r.mget("big", "big")[1] or b""), len(value))
+
+
+def test_keys_are_binary_safe(r: redis.Redis, tmp_path: Path) -> None:
+    key = b"\x00\xff key with spaces \r\n"
+    r.set(key, b"v")
+    assert r.get(key) == b"v"
+    assert key in r.keys("*")
+    assert r.exists(key) == 1
+    assert r.delete(key) == 1
