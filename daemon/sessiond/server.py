@@ -195,6 +195,7 @@ class Connection(asyncio.Protocol):
         pending = self.pending
         out = self.out
         client = self.client
+        room = self.output_room()
         while pending:
             args = pending.popleft()
             spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
@@ -207,6 +208,10 @@ class Connection(asyncio.Protocol):
                 out.append(encode(self.call(spec, args), client.resp3))
             else:
                 out.append(self.execute(spec, args))
+            room -= len(out[-1])
+            if room < 0:
+                self.output_exceeded()
+                return
         self.flush()
 
     def _drain_store(self) -> None:
@@ -215,6 +220,7 @@ class Connection(asyncio.Protocol):
         rt = self.rt
         store = self.store
         assert store is not None
+        room = self.output_room() - sum(map(len, out))
         while pending:
             args = pending[0]
             spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
@@ -230,8 +236,12 @@ class Connection(asyncio.Protocol):
             out.append(self.execute(spec, args))
             store.view = None
             self.peeked.clear()
-            if self.durable and spec is not None and spec.write:
+            if self.durable and spec is not None and (spec.write or spec.name == "EXEC"):
                 self.write_slots.append(len(out) - 1)
+            room -= len(out[-1])
+            if room < 0:
+                self.output_exceeded()
+                return
             if self.client.close_after_reply:
                 pending.clear()
                 break
@@ -275,6 +285,27 @@ class Connection(asyncio.Protocol):
             self.drain()
         else:
             self.flush()
+
+    def output_room(self) -> int:
+        """Bytes of replies this client may still have queued: the replies a
+        batch builds count before they reach the transport, so a few bytes of
+        pipelined GETs of a large value cannot build gigabytes first."""
+        transport = self.transport
+        used = 0 if transport is None else transport.get_write_buffer_size()
+        return self.server.max_output_buffer - used
+
+    def output_exceeded(self) -> None:
+        """Drop a client whose queued replies passed limits.max_output_buffer."""
+        log.warning(
+            "client_output_buffer_exceeded",
+            client_id=self.client.id,
+            limit=self.server.max_output_buffer,
+        )
+        self.pending.clear()
+        self.out.clear()
+        self.write_slots.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     def flush(self) -> None:
         out = self.out

@@ -1,0 +1,460 @@
+"""The server around the commands (SPEC §3, §5, §8, §9), against the real
+daemon: connection limits, passwords, peer credentials, signals, the socket
+file's life cycle, idle and slow clients, and the log they leave.
+
+No expected failure may leave a Python traceback in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from test_protocol import RawClient, RawError, read_to_eof, rss_kib
+
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+Factory = Callable[..., "Daemon"]
+
+
+def once(d: Daemon, **kwargs: Any) -> redis.Redis:
+    """A client that does not retry a refused connection (each try counts)."""
+    return d.client(retry=Retry(NoBackoff(), 0), **kwargs)
+
+
+def no_traceback(d: Daemon) -> None:
+    text = d.log_text()
+    assert "Traceback" not in text, text
+    assert "command_failed" not in text, text
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def info(d: Daemon, section: str) -> dict[str, Any]:
+    with d.client() as c:
+        return dict(c.info(section))
+
+
+# ------------------------------------------------------------ max_clients
+
+
+def test_max_clients(daemon_factory: Factory) -> None:
+    d = daemon_factory({"limits": {"max_clients": 2}, "metrics": {"enabled": True}})
+    first, second = RawClient(d), RawClient(d)
+    try:
+        assert first("PING") == b"PONG"
+        assert second("PING") == b"PONG"
+        with d.raw() as third:
+            data, closed = read_to_eof(third)
+        assert data == b"-ERR max number of clients reached\r\n"
+        assert closed
+        with pytest.raises(redis.ConnectionError, match="max number of clients reached"):
+            once(d).ping()
+        assert first("PING") == b"PONG"
+        assert d.metric("sessiond_rejected_connections_total", reason="max_clients") == 2
+        stats = as_info(first("INFO", "stats"))
+        assert stats["rejected_connections"] == "2"
+    finally:
+        first.sock.close()
+        second.sock.close()
+    # A slot freed is a slot taken.
+    wait_until(lambda: _pings(d))
+    events = [e for e in d.events() if e.get("event") == "connection_rejected"]
+    assert len(events) == 2
+    assert {e["reason"] for e in events} == {"max_clients"}
+    no_traceback(d)
+
+
+def _pings(d: Daemon) -> bool:
+    try:
+        with d.client() as c:
+            return bool(c.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def as_info(text: bytes) -> dict[str, str]:
+    out = {}
+    for line in text.decode().splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- password
+
+
+@pytest.fixture
+def locked(daemon_factory: Factory) -> Daemon:
+    return daemon_factory({"security": {"password": "s3cret"}})
+
+
+def test_noauth_before_auth(locked: Daemon) -> None:
+    with RawClient(locked) as c:
+        for args in (("GET", "k"), ("PING",), ("SET", "k", "v"), ("INFO",), ("NOSUCH",)):
+            reply = c(*args)
+            assert isinstance(reply, RawError)
+        assert c("GET", "k") == RawError("NOAUTH Authentication required.")
+        assert c("HELLO", "3") == RawError(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+            "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client "
+            "and select the RESP protocol version at the same time"
+        )
+        assert c("AUTH", "wrong") == RawError(
+            "WRONGPASS invalid username-password pair or user is disabled."
+        )
+        assert c("AUTH", "other", "s3cret") == RawError(
+            "WRONGPASS invalid username-password pair or user is disabled."
+        )
+        assert c("GET", "k") == RawError("NOAUTH Authentication required.")
+        assert c("AUTH", "s3cret") == b"OK"
+        assert c("SET", "k", "v") == b"OK"
+        assert c("AUTH", "default", "s3cret") == b"OK"
+        assert c("GET", "k") == b"v"
+        # RESET deauthenticates.
+        assert c("RESET") == b"RESET"
+        assert c("GET", "k") == RawError("NOAUTH Authentication required.")
+
+
+def test_hello_auth(locked: Daemon) -> None:
+    with RawClient(locked) as c:
+        assert c("HELLO", "3", "AUTH", "default", "nope") == RawError(
+            "WRONGPASS invalid username-password pair or user is disabled."
+        )
+        assert c("GET", "k") == RawError("NOAUTH Authentication required.")
+        hello = c("HELLO", "3", "AUTH", "default", "s3cret", "SETNAME", "app")
+        assert hello[b"proto"] == 3
+        assert c("CLIENT", "GETNAME") == b"app"
+        assert c("GET", "k") is None
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_with_password(locked: Daemon, protocol: int) -> None:
+    with locked.client(protocol=protocol, password="s3cret") as c:
+        assert c.set("k", "v")
+        assert c.get("k") == b"v"
+    with locked.client(protocol=protocol, username="default", password="s3cret") as c:
+        assert c.get("k") == b"v"
+    with pytest.raises(redis.AuthenticationError):
+        once(locked, protocol=protocol, password="wrong").ping()
+    with pytest.raises(redis.AuthenticationError):
+        once(locked, protocol=protocol).get("k")
+    no_traceback(locked)
+
+
+# ------------------------------------------------------- peer credentials
+
+
+def test_peer_credentials_reject_unlisted_uid(daemon_factory: Factory) -> None:
+    d = daemon_factory({"security": {"allowed_uids": [12345]}, "metrics": {"enabled": True}})
+    for _ in range(2):
+        with d.raw() as s:
+            s.sendall(b"PING\r\n")
+            data, closed = read_to_eof(s)
+        assert data == b""
+        assert closed
+    with pytest.raises(redis.ConnectionError):
+        once(d).ping()
+    events = [e for e in d.events() if e.get("event") == "connection_rejected"]
+    assert len(events) == 3
+    assert {e["reason"] for e in events} == {"peer_credentials"}
+    assert f"uid={os.getuid()}" in events[0]["peer"]
+    assert d.metric("sessiond_rejected_connections_total", reason="peer_credentials") == 3
+    assert d.socket_path.exists()
+    no_traceback(d)
+
+
+@pytest.mark.parametrize(
+    "security",
+    [
+        {"allowed_uids": [os.getuid()]},
+        {"allowed_uids": [12345, os.getuid()]},
+        {"allowed_uids": [12345], "allowed_gids": [os.getgid()]},
+        {"allowed_gids": [os.getgid()]},
+    ],
+    ids=["uid", "uid-among-others", "gid-instead", "gid-only"],
+)
+def test_peer_credentials_admit_listed(daemon_factory: Factory, security: dict[str, Any]) -> None:
+    d = daemon_factory({"security": security})
+    with d.client() as c:
+        assert c.ping()
+        assert c.set("k", "v")
+    assert not [e for e in d.events() if e.get("event") == "connection_rejected"]
+
+
+def test_peer_credentials_reject_unlisted_gid(daemon_factory: Factory) -> None:
+    d = daemon_factory({"security": {"allowed_gids": [54321]}})
+    with d.raw() as s:
+        data, closed = read_to_eof(s)
+    assert (data, closed) == (b"", True)
+
+
+# ------------------------------------------------------------ signals
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_shuts_down_cleanly(daemon_factory: Factory, sig: signal.Signals) -> None:
+    d = daemon_factory()
+    c = d.client()
+    c.set("k", "v")
+    d.signal(sig)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 0
+    assert not d.socket_path.exists()
+    events = [e.get("event") for e in d.events()]
+    assert "shutdown_requested" in events
+    assert "stopped" in events
+    requested = next(e for e in d.events() if e.get("event") == "shutdown_requested")
+    assert requested["signal"] == sig.name
+    c.close()
+    no_traceback(d)
+
+
+def test_shutdown_with_clients_connected_and_mid_request(daemon_factory: Factory) -> None:
+    d = daemon_factory()
+    idle = d.raw()
+    partial = d.raw()
+    partial.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nabc")  # never finished
+    with d.client() as c:
+        assert c.ping()
+    assert d.stop() == 0
+    assert not d.socket_path.exists()
+    assert read_to_eof(idle)[1]
+    idle.close()
+    partial.close()
+    no_traceback(d)
+
+
+# ------------------------------------------------- the socket file's life
+
+
+def _stale_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens: what a crash leaves
+
+
+def test_stale_socket_file_is_replaced(daemon_factory: Factory) -> None:
+    d = daemon_factory(start=False)
+    _stale_socket(d.socket_path)
+    assert d.socket_path.exists()
+    d.start()
+    with d.client() as c:
+        assert c.ping()
+    assert [e for e in d.events() if e.get("event") == "stale_socket_replaced"]
+    assert d.stop() == 0
+    no_traceback(d)
+
+
+def test_socket_mode_is_applied(daemon_factory: Factory) -> None:
+    d = daemon_factory({"socket": {"mode": "0660"}})
+    assert d.socket_path.stat().st_mode & 0o777 == 0o660
+
+
+def test_second_daemon_on_the_same_socket_is_refused(daemon_factory: Factory) -> None:
+    first = daemon_factory()
+    with first.client() as c:
+        c.set("k", "first")
+    second = daemon_factory({"socket": {"path": str(first.socket_path)}}, start=False)
+    second.start(wait=False)
+    assert second.proc is not None
+    assert second.proc.wait(20) == 1
+    failed = [e for e in second.events() if e.get("event") == "startup_failed"]
+    assert len(failed) == 1
+    message = failed[0]["error"]
+    assert "socket.path" in message
+    assert str(first.socket_path) in message
+    assert "another daemon is already serving" in message
+    no_traceback(second)
+    # The first keeps its socket and serves on.
+    assert first.socket_path.exists()
+    with first.client() as c:
+        assert c.get("k") == b"first"
+    assert first.stop() == 0
+
+
+def test_a_file_in_the_way_is_not_replaced(daemon_factory: Factory) -> None:
+    d = daemon_factory(start=False)
+    d.socket_path.write_text("precious")
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 1
+    assert d.socket_path.read_text() == "precious"
+    message = next(e for e in d.events() if e.get("event") == "startup_failed")["error"]
+    assert "is not a socket" in message
+    no_traceback(d)
+
+
+def test_socket_directory_that_cannot_be_created(daemon_factory: Factory) -> None:
+    d = daemon_factory(start=False)
+    (d.workdir / "plainfile").write_text("x")
+    d.config["socket"]["path"] = "plainfile/sessiond.sock"
+    d.write_config()
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 1
+    message = next(e for e in d.events() if e.get("event") == "startup_failed")["error"]
+    assert message.startswith("socket.path: ")
+    no_traceback(d)
+
+
+# --------------------------------------------------- idle and slow clients
+
+
+def test_idle_clients_are_closed(daemon_factory: Factory) -> None:
+    d = daemon_factory({"limits": {"client_idle_timeout": "500ms"}})
+    idle = d.raw()
+    idle.sendall(b"PING\r\n")
+    assert idle.recv(100) == b"+PONG\r\n"
+    busy = d.client(single_connection_client=True)
+    deadline = time.monotonic() + 8
+    closed = False
+    idle.settimeout(0.1)
+    while time.monotonic() < deadline and not closed:
+        busy.ping()  # the active client is never idle
+        with contextlib.suppress(TimeoutError):
+            closed = idle.recv(100) == b""
+    assert closed
+    assert busy.ping()
+    assert [e for e in d.events() if e.get("event") == "idle_clients_closed"]
+    busy.close()
+    idle.close()
+    no_traceback(d)
+
+
+def test_idle_timeout_zero_never_closes(daemon_factory: Factory) -> None:
+    d = daemon_factory({"limits": {"client_idle_timeout": 0}})
+    with RawClient(d) as c:
+        time.sleep(1.2)  # longer than the idle check period
+        assert c("PING") == b"PONG"
+
+
+def test_client_that_never_reads_is_disconnected(daemon_factory: Factory) -> None:
+    d = daemon_factory({"limits": {"max_output_buffer": "1MiB"}})
+    with d.client() as c:
+        c.set("big", b"x" * 500_000)
+        before = rss_kib(d)
+    hog = d.raw()
+    # 2000 GETs of 500 kB in 18 kB of requests: 1 GB of replies if built.
+    hog.sendall(b"GET big\r\n" * 2000)
+    hog.settimeout(10)
+    wait_until(lambda: bool(d.events() and _exceeded(d)))
+    received = 0
+    try:
+        while chunk := hog.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    assert received <= 2 * 1024 * 1024
+    hog.close()
+    with d.client() as c:
+        assert c.strlen("big") == 500_000
+        assert c.ping()
+    assert rss_kib(d) < before + 100 * 1024
+    event = _exceeded(d)[0]
+    assert event["limit"] == 1024 * 1024
+    no_traceback(d)
+
+
+def _exceeded(d: Daemon) -> list[dict[str, Any]]:
+    return [e for e in d.events() if e.get("event") == "client_output_buffer_exceeded"]
+
+
+def test_slow_reader_within_the_limit_gets_everything(daemon_factory: Factory) -> None:
+    d = daemon_factory({"limits": {"max_output_buffer": "4MiB"}})
+    with d.client() as c:
+        c.set("v", b"y" * 10_000)
+    with d.raw() as s:
+        s.sendall(b"GET v\r\n" * 100)  # 1 MB of replies, under the limit
+        time.sleep(0.3)
+        expected = (b"$10000\r\n" + b"y" * 10_000 + b"\r\n") * 100
+        got = b""
+        s.settimeout(10)
+        while len(got) < len(expected):
+            chunk = s.recv(1 << 20)
+            assert chunk
+            got += chunk
+    assert got == expected
+    assert not _exceeded(d)
+
+
+# --------------------------------------------------------------------- logs
+
+
+def test_log_lines_are_json_with_timestamp_level_event(daemon_factory: Factory) -> None:
+    d = daemon_factory({"logging": {"level": "info"}})
+    with d.raw() as s:
+        s.sendall(b"*1\r\n:1\r\n")  # a protocol error is logged
+        read_to_eof(s)
+    d.stop()
+    lines = d.log_text().splitlines()
+    assert lines
+    for line in lines:
+        event = json.loads(line)
+        assert {"timestamp", "level", "event"} <= set(event), line
+        assert event["level"] in ("debug", "info", "warning", "error")
+        assert event["timestamp"].endswith("Z") or event["timestamp"].endswith("+00:00")
+        time.strptime(event["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")
+    started = next(json.loads(x) for x in lines if '"started"' in x)
+    assert started["socket"] == str(d.socket_path)
+    assert started["config"] == str(d.config_path)
+    assert "metrics" in started and "store" in started and "warmed_sessions" in started
+    events = [json.loads(x)["event"] for x in lines]
+    assert "protocol_error" in events
+    assert "stopped" in events
+
+
+def test_session_contents_are_never_logged(daemon_factory: Factory) -> None:
+    d = daemon_factory({"logging": {"level": "debug"}})
+    secret = "credit-card-4111111111111111"
+    with d.client() as c:
+        c.set("session:1", secret)
+        c.get("session:1")
+        c.execute_command("SESSION.CREATE", "STATE", secret)
+    with d.raw() as s:
+        s.sendall(b"SET x " + secret.encode() + b' "unbalanced\r\n')
+        read_to_eof(s)
+    d.stop()
+    assert secret not in d.log_text()
+
+
+# ------------------------------------------------------------- run / CLI
+
+
+def test_run_with_a_bad_config_exits_1_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("cache:\n  max_sessions: -5\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sessiond", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert "cache.max_sessions: must be a positive integer, got -5" in output
