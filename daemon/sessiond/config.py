@@ -8,6 +8,7 @@ integer, got -5``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -130,11 +131,16 @@ _SIZE_UNITS = {
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
+_DURATION_HINT = "must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d)"
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string with a unit (``500ms``, ``15m``, ``7d``)."""
     if isinstance(value, bool):
-        raise _Invalid(f"must be a duration (seconds or e.g. 30s, 15m, 1h), got {value!r}")
+        raise _Invalid(f"{_DURATION_HINT}, got {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise _Invalid(f"{_DURATION_HINT}, got {value!r}")
         if value < 0:
             raise _Invalid(f"must be a non-negative duration, got {value!r}")
         return float(value)
@@ -143,7 +149,7 @@ def parse_duration(value: Any) -> float:
         if m and m.group(2).lower() in _DURATION_UNITS | {"": 1.0}:
             unit = m.group(2).lower()
             return float(m.group(1)) * (_DURATION_UNITS.get(unit, 1.0))
-    raise _Invalid(f"must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), got {value!r}")
+    raise _Invalid(f"{_DURATION_HINT}, got {value!r}")
 
 
 def parse_size(value: Any) -> int:
@@ -196,11 +202,32 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+class _LeadingZeroInt(int):
+    """An integer YAML read from a scalar with a leading zero (``0660``), which
+    PyYAML (YAML 1.1) reads as octal."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that remembers which integers were written ``0660``."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value: int = loader.construct_yaml_int(node)
+    if re.fullmatch(r"[-+]?0[0-7_]+", str(node.value)):
+        return _LeadingZeroInt(value)
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def _mode(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML reads an unquoted 0660 as octal-looking decimal 660 in YAML 1.2
-        # parsers but as 432 in PyYAML; accept only what reads unambiguously.
-        text = oct(value)[2:] if value <= 0o777 else str(value)
+    # An unquoted 0660 is octal to PyYAML (432) and 660 is decimal; both mean
+    # rw-rw----. Which one was written is known, so neither is ambiguous.
+    if isinstance(value, _LeadingZeroInt):
+        text = oct(value)[2:]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
     elif isinstance(value, str):
         text = value
     else:
@@ -216,6 +243,12 @@ def _listen(value: Any) -> str:
         if sep and host and port.isdigit() and 0 < int(port) < 65536:
             return value
     raise _Invalid(f"must be host:port such as 127.0.0.1:9477, got {value!r}")
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"must be a non-empty path, got {value!r}")
+    return value
 
 
 def _optional_password(value: Any) -> str | None:
@@ -238,7 +271,7 @@ def _id_list(value: Any) -> tuple[int, ...]:
 
 _Parser = Callable[[Any], Any]
 _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
-    "socket": (SocketConfig, {"path": str, "mode": _mode}),
+    "socket": (SocketConfig, {"path": _path, "mode": _mode}),
     "cache": (
         CacheConfig,
         {
@@ -253,7 +286,7 @@ _SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
         PersistenceConfig,
         {
             "backend": _choice("sqlite", "none"),
-            "path": str,
+            "path": _path,
             "durability": _choice("always", "batch"),
             "flush_interval": _positive_duration,
             "warm_start": _bool,
@@ -345,8 +378,12 @@ def load_config(path: Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{path}: cannot read config: not UTF-8 (byte {exc.start})"], source
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

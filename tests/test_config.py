@@ -1,0 +1,441 @@
+"""The config file and the command line (SPEC §3, §4): ``sessiond check-config``,
+``sessiond run`` with a bad config and ``sessiond --version`` as subprocesses,
+plus unit tests of the value parsers.
+
+A bad file exits 1 with one line per problem, each naming the dotted key, all
+problems at once, and never a traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from sessiond import REDIS_COMPAT_VERSION, __version__
+from sessiond.config import ConfigError, load_config, parse_duration, parse_size
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sessiond(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sessiond", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def check(tmp_path: Path, text: str | bytes) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "sessiond.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return sessiond("check-config", "--config", str(path), cwd=tmp_path)
+
+
+def problems(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    return proc.stderr.splitlines()
+
+
+# ------------------------------------------------------------ check-config
+
+
+def test_valid_file_prints_the_effective_config(tmp_path: Path) -> None:
+    proc = check(
+        tmp_path,
+        """
+socket:
+  path: run/s.sock
+  mode: "0660"
+cache:
+  max_sessions: 500
+  default_ttl: 15m
+  sweep_interval: 500ms
+persistence:
+  backend: sqlite
+  path: ../data/sessions.db
+  durability: batch
+limits:
+  max_value_size: 64KiB
+  max_request_size: 1MiB
+  client_idle_timeout: 1h
+security:
+  password: hunter2
+  allowed_uids: [0, 1000]
+""",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    header, _, body = proc.stdout.partition("\n")
+    assert header == f"# effective config from {tmp_path / 'sessiond.yaml'}"
+    effective = yaml.safe_load(body)
+    assert effective["socket"]["path"] == str(tmp_path / "run" / "s.sock")
+    assert effective["socket"]["mode"] == "0660"
+    assert effective["cache"]["max_sessions"] == 500
+    assert effective["cache"]["default_ttl"] == 900
+    assert effective["cache"]["sweep_interval"] == 0.5
+    assert effective["cache"]["sliding"] is True  # a default, shown too
+    assert effective["persistence"]["path"] == str(tmp_path.parent / "data" / "sessions.db")
+    assert effective["persistence"]["durability"] == "batch"
+    assert effective["limits"]["max_value_size"] == 65536
+    assert effective["limits"]["max_request_size"] == 1048576
+    assert effective["limits"]["client_idle_timeout"] == 3600
+    assert effective["security"]["allowed_uids"] == [0, 1000]
+    assert effective["security"]["password"] == "(set)"
+    assert "hunter2" not in proc.stdout
+    assert set(effective) == {
+        "socket", "cache", "persistence", "metrics", "logging", "limits", "security",
+    }  # fmt: skip
+
+
+def test_effective_config_reads_back_the_same(tmp_path: Path) -> None:
+    first = check(tmp_path, "cache:\n  default_ttl: 2h\nlimits:\n  max_clients: 7\n")
+    assert first.returncode == 0
+    again = tmp_path / "again"
+    again.mkdir()
+    body = first.stdout.partition("\n")[2]
+    second = check(again, body)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.partition("\n")[2] == body
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "cache:\n"])
+def test_empty_file_means_defaults(tmp_path: Path, text: str) -> None:
+    proc = check(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+    effective = yaml.safe_load(proc.stdout)
+    assert effective["cache"]["max_sessions"] == 10000
+    assert effective["cache"]["default_ttl"] == 3600
+    assert effective["limits"]["max_value_size"] == 1024 * 1024
+
+
+def test_example_config_in_the_repo_is_valid() -> None:
+    proc = sessiond("check-config", "--config", str(REPO / "config" / "sessiond.yaml"))
+    assert proc.returncode == 0, proc.stderr
+
+
+BAD: dict[str, tuple[str, str]] = {
+    "negative-max-sessions": (
+        "cache:\n  max_sessions: -5\n",
+        "cache.max_sessions: must be a positive integer, got -5",
+    ),
+    "zero-max-sessions": (
+        "cache:\n  max_sessions: 0\n",
+        "cache.max_sessions: must be a positive integer, got 0",
+    ),
+    "string-max-sessions": (
+        "cache:\n  max_sessions: lots\n",
+        "cache.max_sessions: must be a positive integer, got 'lots'",
+    ),
+    "bool-max-clients": (
+        "limits:\n  max_clients: true\n",
+        "limits.max_clients: must be a positive integer, got True",
+    ),
+    "unknown-key": ("cache:\n  max_session: 5\n", "cache.max_session: unknown key"),
+    "unknown-section": ("caches:\n  max_sessions: 5\n", "caches: unknown section"),
+    "section-not-a-mapping": ("cache: 5\n", "cache: must be a mapping, got 5"),
+    "top-not-a-mapping": ("- a\n- b\n", "must be a mapping of sections, got list"),
+    "bad-duration": (
+        "cache:\n  default_ttl: 1 fortnight\n",
+        "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
+        "got '1 fortnight'",
+    ),
+    "negative-duration": (
+        "limits:\n  client_idle_timeout: -1\n",
+        "limits.client_idle_timeout: must be a non-negative duration, got -1",
+    ),
+    "infinite-duration": ("cache:\n  default_ttl: .inf\n", "cache.default_ttl: must be a duration"),
+    "nan-duration": ("cache:\n  default_ttl: .nan\n", "cache.default_ttl: must be a duration"),
+    "zero-sweep-interval": (
+        "cache:\n  sweep_interval: 0\n",
+        "cache.sweep_interval: must be a positive duration, got 0",
+    ),
+    "bad-size": (
+        "limits:\n  max_value_size: 1 megabyte\n",
+        "limits.max_value_size: must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got '1 megabyte'",
+    ),
+    "negative-size": ("cache:\n  max_memory: -1\n", "cache.max_memory: must be a non-negative"),
+    "zero-positive-size": (
+        "limits:\n  max_request_size: 0\n",
+        "limits.max_request_size: must be a positive size, got 0",
+    ),
+    "bad-choice": (
+        "persistence:\n  backend: redis\n",
+        "persistence.backend: must be one of sqlite, none, got 'redis'",
+    ),
+    "bad-bool": ("cache:\n  sliding: maybe\n", "cache.sliding: must be true or false, got 'maybe'"),
+    "bad-mode": ("socket:\n  mode: rw-rw----\n", "socket.mode: must be an octal permission"),
+    "bad-listen": ("metrics:\n  listen: 9477\n", "metrics.listen: must be host:port"),
+    "bad-port": ("metrics:\n  listen: 127.0.0.1:99999\n", "metrics.listen: must be host:port"),
+    "empty-password": ("security:\n  password: ''\n", "security.password: must be a non-empty"),
+    "bad-uids": ("security:\n  allowed_uids: [root]\n", "security.allowed_uids: must be a list"),
+    "null-path": ("socket:\n  path:\n", "socket.path: must be a non-empty path, got None"),
+    "value-over-request": (
+        "limits:\n  max_value_size: 2MiB\n  max_request_size: 1MiB\n",
+        "limits.max_value_size: must not exceed limits.max_request_size",
+    ),
+}
+
+
+@pytest.mark.parametrize("text,message", BAD.values(), ids=BAD.keys())
+def test_bad_value_is_reported_with_its_key(tmp_path: Path, text: str, message: str) -> None:
+    lines = problems(check(tmp_path, text))
+    assert len(lines) == 1, lines
+    assert message in lines[0], lines
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    lines = problems(
+        check(
+            tmp_path,
+            """
+cache:
+  max_sessions: -5
+  default_ttl: soon
+  colour: blue
+limits:
+  max_clients: 0
+  max_value_size: huge
+bogus:
+  x: 1
+logging:
+  level: loud
+""",
+        )
+    )
+    assert lines == [
+        "bogus: unknown section (known: socket, cache, persistence, metrics, logging, limits, "
+        "security)",
+        "cache.max_sessions: must be a positive integer, got -5",
+        "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
+        "got 'soon'",
+        "cache.colour: unknown key (known: max_sessions, max_memory, default_ttl, sliding, "
+        "sweep_interval)",
+        "logging.level: must be one of debug, info, warning, error, got 'loud'",
+        "limits.max_clients: must be a positive integer, got 0",
+        "limits.max_value_size: must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got 'huge'",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("cache:\n  max_sessions: 5\n   bad indent: x\n", "line 3"),
+        ("cache: [unclosed\n", "line 2"),
+        ("a: b\n\tc: d\n", "line 2"),
+        ("cache:\n  max_sessions: 5\n  max_sessions: *missing\n", "line 3"),
+    ],
+)
+def test_invalid_yaml_names_the_line(tmp_path: Path, text: str, where: str) -> None:
+    lines = problems(check(tmp_path, text))
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{tmp_path / 'sessiond.yaml'}: invalid YAML at {where}, column ")
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    lines = problems(check(tmp_path, "cache: !!python/object/apply:os.system ['true']\n"))
+    assert "invalid YAML" in lines[0]
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    missing = sessiond("check-config", "--config", str(tmp_path / "nope.yaml"))
+    assert problems(missing) == [
+        f"{tmp_path / 'nope.yaml'}: cannot read config: No such file or directory"
+    ]
+    directory = sessiond("check-config", "--config", str(tmp_path))
+    assert "cannot read config" in problems(directory)[0]
+    lines = problems(check(tmp_path, b"cache:\n  max_sessions: 5 # caf\xe9\n"))
+    assert lines == [f"{tmp_path / 'sessiond.yaml'}: cannot read config: not UTF-8 (byte 30)"]
+
+
+@pytest.mark.parametrize(
+    "written,mode",
+    [
+        ('"0660"', "0660"),
+        ("0660", "0660"),  # PyYAML reads this as octal 432
+        ("660", "0660"),  # ... and this as decimal 660
+        ("0600", "0600"),
+        ("600", "0600"),
+        ("400", "0400"),
+        ("0400", "0400"),
+        ('"640"', "0640"),
+    ],
+)
+def test_socket_mode_written_any_usual_way(tmp_path: Path, written: str, mode: str) -> None:
+    proc = check(tmp_path, f"socket:\n  mode: {written}\n")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["socket"]["mode"] == mode
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "s.yaml").write_text("socket:\n  path: ../run/x.sock\npersistence:\n  path: db\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    proc = sessiond("check-config", "--config", str(conf / "s.yaml"), cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    effective = yaml.safe_load(proc.stdout)
+    assert effective["socket"]["path"] == str(tmp_path / "run" / "x.sock")
+    assert effective["persistence"]["path"] == str(conf / "db")
+
+
+def test_default_config_location(tmp_path: Path) -> None:
+    proc = sessiond("check-config", cwd=tmp_path)
+    assert proc.returncode == 0
+    if not Path("/etc/sessiond/sessiond.yaml").exists():
+        assert proc.stdout.startswith("# effective config from built-in defaults")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "sessiond.yaml").write_text("cache:\n  max_sessions: 42\n")
+    proc = sessiond("check-config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"# effective config from {tmp_path / 'config'}")
+    assert yaml.safe_load(proc.stdout)["cache"]["max_sessions"] == 42
+
+
+# --------------------------------------------------------- run / --version
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cache:\n  max_sessions: -5\n", "cache.max_sessions: must be a positive integer, got -5"),
+        ("cache: [unclosed\n", "invalid YAML at line 2"),
+        ("nonsense: 1\n", "nonsense: unknown section"),
+    ],
+)
+def test_run_with_a_bad_config_exits_1(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    proc = sessiond("run", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert expected in output
+    assert not list(tmp_path.glob("*.sock"))
+
+
+def test_run_with_a_missing_config_exits_1(tmp_path: Path) -> None:
+    proc = sessiond("run", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "cannot read config" in proc.stdout + proc.stderr
+
+
+def test_version() -> None:
+    proc = sessiond("--version")
+    assert proc.returncode == 0
+    assert (
+        proc.stdout.strip() == f"sessiond {__version__} (redis {REDIS_COMPAT_VERSION} compatible)"
+    )
+
+
+def test_no_command_prints_help_and_fails() -> None:
+    proc = sessiond()
+    assert proc.returncode == 2
+    assert "check-config" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_command_or_option() -> None:
+    for args in (("frobnicate",), ("run", "--bogus")):
+        proc = sessiond(*args)
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------ value parsers
+
+
+@pytest.mark.parametrize(
+    "value,seconds",
+    [
+        (0, 0.0),
+        (30, 30.0),
+        (1.5, 1.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("7d", 604800.0),
+        ("1.5h", 5400.0),
+        ("10", 10.0),
+        (" 2 s ", 2.0),
+        ("100MS", 0.1),
+    ],
+)
+def test_parse_duration(value: Any, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [-1, -0.5, "-1s", "1w", "1 fortnight", "", "s", "1h30m", True, None, [1], float("inf"),
+     float("nan"), "inf", ".5s"],
+)  # fmt: skip
+def test_parse_duration_rejects(value: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    "value,size",
+    [
+        (0, 0),
+        (1024, 1024),
+        ("1024", 1024),
+        ("64KiB", 65536),
+        ("64k", 65536),
+        ("1MiB", 1048576),
+        ("2GiB", 2 * 1024**3),
+        ("1kb", 1000),
+        ("1MB", 1000**2),
+        ("1.5KiB", 1536),
+        ("10 b", 10),
+    ],
+)
+def test_parse_size(value: Any, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize("value", [-1, "-1KiB", "1TiB", "lots", "", True, None, 1.5, "1 KiB extra"])
+def test_parse_size_rejects(value: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_size(value)
+
+
+@given(st.integers(0, 10**7), st.sampled_from(["ms", "s", "m", "h", "d", ""]))
+def test_parse_duration_units(n: int, unit: str) -> None:
+    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}[unit]
+    assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["", "b", "k", "KiB", "m", "MiB", "kb", "MB"]))
+def test_parse_size_units(n: int, unit: str) -> None:
+    factor = {"": 1, "b": 1, "k": 1024, "KiB": 1024, "m": 1024**2, "MiB": 1024**2,
+              "kb": 1000, "MB": 1000**2}[unit]  # fmt: skip
+    assert parse_size(f"{n}{unit}") == n * factor
+
+
+def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("cache:\n  max_sessions: 0\n  sliding: 1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert exc.value.problems == [
+        "cache.max_sessions: must be a positive integer, got 0",
+        "cache.sliding: must be true or false, got 1",
+    ]
+    assert exc.value.source == str(path)
