@@ -589,11 +589,28 @@ def test_earlier_deadline_is_swept_on_time() -> None:
     cache.insert("t", "w", 100)
     assert cache.set_ttl("s", 5)
     assert cache.set_deadline("t", clock.now + 7)
+    cache.insert("u", "x", 100)
+    cache.insert("u", "y", 6)  # an overwrite with a shorter TTL
     clock.advance(5)
     assert cache.sweep() == 1
-    clock.advance(2)
+    clock.advance(1)
     assert cache.sweep() == 1
-    assert [k for k, _, _, _ in listener.events] == ["s", "t"]
+    clock.advance(1)
+    assert cache.sweep() == 1
+    assert [k for k, _, c, _ in listener.events if c is Cause.EXPIRED] == ["s", "u", "t"]
+
+
+def test_every_entry_is_still_swept_after_the_index_is_rebuilt() -> None:
+    cache, clock, _, _ = make()
+    for i in range(20):
+        cache.insert(f"s{i}", i, 10 + i)
+    cache.insert("hot", 0, 600)
+    for i in range(200):  # ever earlier deadlines: each pushes a record, forcing rebuilds
+        assert cache.set_deadline("hot", clock.now + 500 - i)
+    assert cache.expiry_index_size <= 2 * len(cache) + 64
+    clock.advance(30)
+    assert cache.sweep(limit=10_000) == 20
+    assert list(cache.keys()) == ["hot"]
 
 
 def test_sweep_removes_every_expired_entry_within_its_limit() -> None:
