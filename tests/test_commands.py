@@ -540,7 +540,7 @@ def _stringmatch(pattern: bytes, string: bytes) -> bool:
     return p == plen and s == slen
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(
     st.lists(st.sampled_from(list(b"ab*?[]^-\\")), max_size=10).map(bytes),
     st.lists(st.sampled_from(list(b"ab*?[]^-\\\n")), min_size=1, max_size=8).map(bytes),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -24,6 +24,25 @@ if TYPE_CHECKING:
     from conftest import Daemon
 
 Factory = Callable[..., "Daemon"]
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the tests that need no config of their own."""
+    from conftest import Daemon
+
+    d = Daemon(tmp_path_factory.mktemp("protocol")).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The shared daemon, emptied (also what conftest's ``r`` connects to)."""
+    with shared_daemon.client() as c:
+        c.flushall()
+    return shared_daemon
+
 
 # --------------------------------------------------------------- helpers
 
@@ -492,7 +511,7 @@ tokens = st.sampled_from(
 streams = st.lists(tokens, max_size=30).map(b"".join) | st.binary(max_size=200)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
 @given(requests_st, cuts_st)
 def test_parser_valid_stream_split_anywhere(reqs: list[list[bytes]], cuts: list[int]) -> None:
     data = b"".join(encode_request(*args) for args in reqs)
@@ -501,7 +520,7 @@ def test_parser_valid_stream_split_anywhere(reqs: list[list[bytes]], cuts: list[
         assert feed_all(cls(LIMIT), [data[i : i + 1] for i in range(len(data))]) == reqs
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=700, deadline=None, suppress_health_check=list(HealthCheck))
 @given(streams, cuts_st, cuts_st)
 def test_parser_arbitrary_bytes(data: bytes, cuts: list[int], cuts2: list[int]) -> None:
     """Any bytes: requests or ProtocolError, never another exception; the fast

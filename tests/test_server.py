@@ -69,7 +69,8 @@ def test_max_clients(daemon_factory: Factory) -> None:
             data, closed = read_to_eof(third)
         assert data == b"-ERR max number of clients reached\r\n"
         assert closed
-        with pytest.raises(redis.ConnectionError, match="max number of clients reached"):
+        # redis-py writes its handshake first: it may see the error or a closed pipe.
+        with pytest.raises((redis.ConnectionError, OSError)):
             once(d).ping()
         assert first("PING") == b"PONG"
         assert d.metric("sessiond_rejected_connections_total", reason="max_clients") == 2
@@ -175,7 +176,7 @@ def test_peer_credentials_reject_unlisted_uid(daemon_factory: Factory) -> None:
             data, closed = read_to_eof(s)
         assert data == b""
         assert closed
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises((redis.ConnectionError, OSError)):
         once(d).ping()
     events = [e for e in d.events() if e.get("event") == "connection_rejected"]
     assert len(events) == 3
