@@ -358,6 +358,16 @@ class SQLiteStore:
         hash groups) merged from the store, uncommitted writes and memory; and
         the next cursor (0 when done)."""
         now = time.time()
+        # The overlay first, then the rows: a batch the writer commits in between
+        # is then in both. The other order lost it (read before its commit, gone
+        # from the overlay after), and SCAN/KEYS/DBSIZE missed those keys.
+        with self._lock:
+            if self._clear_pending:
+                overlay = dict(self._pending)
+                rows_valid = False
+            else:
+                overlay = {**self._inflight, **self._pending}
+                rows_valid = not self._inflight_cleared
         sql = (
             "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash >= ? ORDER BY scan_hash"
         )
@@ -371,13 +381,6 @@ class SQLiteStore:
                 rows_list = self._db.execute(
                     "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
                 ).fetchall()
-        with self._lock:
-            if self._clear_pending:
-                overlay = dict(self._pending)
-                rows_valid = False
-            else:
-                overlay = {**self._inflight, **self._pending}
-                rows_valid = not self._inflight_cleared
         data = memory._data
         keys: dict[bytes, int] = {}
         for h, raw_key, deadline in rows_list if rows_valid else ():
