@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import pytest
+import redis
 from conftest import Daemon
 
 Factory = Callable[..., Daemon]
@@ -61,3 +63,57 @@ def test_scan_and_dbsize_see_writes_committed_during_the_call(daemon_factory: Fa
         stop.set()
         thread.join()
     r.close()
+
+
+# Found by connect-redis with a 200 KB session and ``cache.max_memory: 64KiB``:
+# SET answered OK and EXISTS/STRLEN saw the session, but GET answered nil (and
+# GETDEL deleted it unseen). Admitting a store-only session larger than the whole
+# memory bound evicted it again at once, and the read treated that as "absent".
+
+
+def test_value_larger_than_max_memory_is_refused(daemon_factory: Factory) -> None:
+    d = daemon_factory({"persistence": {"backend": "sqlite"}, "cache": {"max_memory": 1000}})
+    r = d.client()
+    with pytest.raises(redis.ResponseError, match=r"exceeds cache\.max_memory \(1000 bytes\)"):
+        r.set("big", b"x" * 1001)
+    with pytest.raises(redis.ResponseError, match=r"exceeds cache\.max_memory"):
+        r.mset({"a": "1", "big": b"x" * 1001})
+    with pytest.raises(redis.ResponseError, match=r"exceeds cache\.max_memory"):
+        r.execute_command("SESSION.CREATE", "STATE", b"x" * 1001)
+    assert r.exists("big", "a") == 0
+    assert r.set("fits", b"x" * 900) is True
+    assert r.get("fits") == b"x" * 900
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_session_larger_than_max_memory_is_read_from_the_store(
+    daemon_factory: Factory, protocol: int
+) -> None:
+    """Key + value over the bound (the value alone is accepted), or a bound lowered by
+    a reload below a stored session's size: every read still returns the session."""
+    d = daemon_factory({"persistence": {"backend": "sqlite"}, "cache": {"max_memory": 1000}})
+    r = d.client(protocol=protocol)
+    key = "k" * 200
+    value = b"v" * 900
+    assert r.set(key, value, ex=600) is True
+    info = r.execute_command("SESSION.INFO", key)
+    if isinstance(info, list):
+        info = dict(zip(info[::2], info[1::2], strict=True))
+    assert info[b"where"] == b"store"  # written, then evicted at once: too big for memory
+    assert r.get(key) == value
+    assert r.get(key) == value
+    assert r.mget([key, "missing"]) == [value, None]
+    assert r.getex(key) == value
+    assert r.strlen(key) == 900
+    assert 590 <= r.ttl(key) <= 600
+    assert r.getdel(key) == value
+    assert r.exists(key) == 0
+
+    # the bound lowered under a session that fitted when it was written
+    assert r.set("s", b"y" * 800) is True
+    config = d.config
+    config["cache"]["max_memory"] = 100
+    d.write_config(config)
+    d.wait_for_event("config_reloaded")
+    assert r.get("s") == b"y" * 800
+    assert r.mget(["s"]) == [b"y" * 800]

@@ -173,6 +173,10 @@ class Runtime:
             stored = self.peeked.pop(key, None)
             if stored is not None:
                 entry = self.cache.admit(key, stored)
+                if entry is None and (stored.deadline is None or stored.deadline > time.time()):
+                    # Live, but larger than cache.max_memory: admitting it evicted
+                    # it again (back to the store). Serve this read from that copy.
+                    entry = stored
         return entry
 
     def peek(self, key: bytes) -> Entry[bytes] | None:
@@ -190,6 +194,13 @@ class Runtime:
             raise Error(
                 f"ERR value of {len(data)} bytes exceeds limits.max_value_size "
                 f"({self.max_value_size} bytes)"
+            )
+        # A session larger than the whole memory bound would be evicted as soon as
+        # it is written: refuse it rather than acknowledge a write no GET can see.
+        if self.cache.max_memory and len(data) > self.cache.max_memory:
+            raise Error(
+                f"ERR value of {len(data)} bytes exceeds cache.max_memory "
+                f"({self.cache.max_memory} bytes)"
             )
 
     def dbsize(self) -> int:
