@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
+import hiredis
 import pytest
 import redis
 from conftest import Daemon
@@ -117,3 +119,66 @@ def test_session_larger_than_max_memory_is_read_from_the_store(
     d.wait_for_event("config_reloaded")
     assert r.get("s") == b"y" * 800
     assert r.mget(["s"]) == [b"y" * 800]
+
+
+def _raw_reply(d: Daemon, *args: str) -> bytes:
+    """The exact bytes of one reply (hiredis only tells where it ends)."""
+    request = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args
+    )
+    with d.raw() as sock:
+        sock.sendall(request)
+        reader = hiredis.Reader()
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            data += chunk
+            reader.feed(chunk)
+            if reader.gets() is not False:
+                return data
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_command_docs_describe_arguments(daemon: Daemon, protocol: int) -> None:
+    """Found with redis-cli: ``help SET`` and the interactive hints showed no syntax,
+    because COMMAND DOCS answered ``arguments`` as an empty list for every command.
+    redis-cli asserts argument flags are simple strings (``+optional``)."""
+    r = daemon.client(protocol=protocol, decode_responses=True)
+    docs = r.execute_command("COMMAND DOCS", "set", "scan", "client")
+    if isinstance(docs, list):
+        docs = dict(zip(docs[::2], docs[1::2], strict=True))
+
+    def fields(reply: Any) -> dict[str, Any]:
+        if isinstance(reply, list):
+            return dict(zip(reply[::2], reply[1::2], strict=True))
+        return dict(reply)
+
+    args = [fields(a) for a in fields(docs["set"])["arguments"]]
+    assert [a["name"] for a in args[:2]] == ["key", "value"]
+    assert args[0]["type"] == "key"
+    assert args[2]["type"] == "oneof"
+    assert [fields(a)["token"] for a in args[2]["arguments"]] == ["NX", "XX"]
+    assert list(args[2]["flags"]) == ["optional"]
+    expiry = [fields(a) for a in args[4]["arguments"]]
+    assert [(a["token"], a["type"]) for a in expiry] == [
+        ("EX", "integer"),
+        ("PX", "integer"),
+        ("EXAT", "unix-time"),
+        ("PXAT", "unix-time"),
+        ("KEEPTTL", "pure-token"),
+    ]
+    scan = [fields(a) for a in fields(docs["scan"])["arguments"]]
+    assert [(a["name"], a.get("token")) for a in scan] == [
+        ("cursor", None),
+        ("pattern", "MATCH"),
+        ("count", "COUNT"),
+        ("type", "TYPE"),
+    ]
+    subcommands = fields(fields(docs["client"])["subcommands"])
+    assert "client|setname" in subcommands
+
+    raw = _raw_reply(daemon, "COMMAND", "DOCS", "SET")
+    assert b"$5\r\nflags\r\n*1\r\n+optional\r\n" in raw
+    for name in ("GET", "MSET", "HELLO", "EXPIRE", "SESSION.CREATE", "COMMAND", "CONFIG"):
+        assert b"arguments" in _raw_reply(daemon, "COMMAND", "DOCS", name)

@@ -28,6 +28,7 @@ from typing import Any
 from . import REDIS_COMPAT_VERSION, __version__
 from .cache import DEFAULT, Entry, SessionCache
 from .config import Config, flatten
+from .docs import doc_fields
 from .protocol import OK, PONG, Error, Status, Verbatim
 from .store import Store, scan_hash
 
@@ -1134,7 +1135,7 @@ def cmd_command(rt: Runtime, client: Client, args: Args) -> Any:
                 "since": "1.0.0",
                 "group": COMMANDS[n].group,
                 "complexity": "O(1)",
-                "arguments": [],
+                **doc_fields(COMMANDS[n].name, COMMANDS[n].group),
             }
             for n in names
             if n in COMMANDS
