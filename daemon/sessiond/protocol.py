@@ -152,10 +152,13 @@ def split_inline(line: bytes) -> list[bytes]:
 
 
 def _length(header: bytes, signed: bool) -> int | None:
-    """A RESP length as Redis' ``string2ll`` reads it (no ``+``, spaces or
-    leading zeros); ``None`` if it is not one."""
-    digits = header[1:] if signed and header[:1] == b"-" else header
-    if not digits.isdigit() or (digits[0] == 0x30 and len(digits) > 1) or len(digits) > 19:
+    """A RESP length as Redis' ``string2ll`` reads it (no ``+``, spaces,
+    leading zeros or ``-0``); ``None`` if it is not one."""
+    negative = signed and header[:1] == b"-"
+    digits = header[1:] if negative else header
+    if not digits.isdigit() or len(digits) > 19:
+        return None
+    if digits[0] == 0x30 and (len(digits) > 1 or negative):
         return None
     return int(header)
 
@@ -279,6 +282,10 @@ class ExactParser:
                             raise ProtocolError("too big inline request")
                         self._need = n - pos + 1
                         break
+                    if end + 1 - pos > _INLINE_MAX:
+                        raise ProtocolError("too big inline request")
+                    if end + 1 - pos > limit:
+                        raise self._too_big()
                     line = split_inline(buf[pos:end])
                     pos = end + 1
                     if line:
