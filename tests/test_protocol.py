@@ -443,6 +443,26 @@ def test_value_bigger_than_max_value_size_is_an_error_reply(small_limits: Daemon
         assert c.ping()
 
 
+@pytest.mark.parametrize("store", [False, True], ids=["memory", "sqlite"])
+def test_requests_before_bad_bytes_are_answered(daemon_factory: Factory, store: bool) -> None:
+    """Redis runs what it parsed before a protocol error, then answers the error."""
+    persistence = {"backend": "sqlite"} if store else {"backend": "none"}
+    d = daemon_factory({"persistence": persistence})
+    with d.raw() as s:
+        s.sendall(encode_request("SET", "k", "v") + b"PING\r\n" + b"*1\r\n:1\r\n")
+        data, closed = read_to_eof(s)
+    assert closed
+    assert data.endswith(b"-ERR Protocol error: expected '$', got ':'\r\n")
+    if not store:  # (with a store, replies to writes not yet on disk are withheld)
+        assert data == b"+OK\r\n+PONG\r\n-ERR Protocol error: expected '$', got ':'\r\n"
+    with d.client() as c:
+        assert c.get("k") == b"v"
+    with d.raw() as s:
+        s.sendall(b"PING\r\nQUIT\r\n*x\r\n")  # QUIT closes first: no error after it
+        assert read_to_eof(s) == (b"+PONG\r\n+OK\r\n", True)
+    assert "Traceback" not in d.log_text()
+
+
 def test_many_bad_clients_do_not_grow_the_daemon(daemon: Daemon) -> None:
     before = rss_kib(daemon)
     for i in range(30):

@@ -160,6 +160,10 @@ class Connection(asyncio.Protocol):
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
+            # The requests before the bad bytes are answered first, as Redis does.
+            self.pending.extend(exc.requests)
+            if self.pending and not self.busy:
+                self.drain()
             self.protocol_error(str(exc))
             return
         if not requests:
@@ -173,9 +177,11 @@ class Connection(asyncio.Protocol):
 
     def protocol_error(self, message: str) -> None:
         transport = self.transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             return
         log.info("protocol_error", client_id=self.client.id, error=message)
+        if self.write_slots:
+            self.out.clear()  # never acknowledge writes whose commit is still pending
         self.flush()
         transport.write(b"-ERR Protocol error: %b\r\n" % message.encode())
         transport.close()
