@@ -600,7 +600,7 @@ def cmd_set(rt: Runtime, client: Client, args: Args) -> Any:
         else:
             raise _syntax()
         i += 1
-    old = rt.lookup(key) if (nx or xx or get) else None
+    old = rt.lookup(key) if (nx or xx or get or keep) else None
     if get and old is not None and not isinstance(old.value, bytes):
         raise Error("WRONGTYPE Operation against a key holding the wrong kind of value")
     old_value = None if old is None else old.value
