@@ -8,8 +8,11 @@ problems at once, and never a traceback.
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +335,29 @@ def test_run_with_a_missing_config_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "cannot read config" in proc.stdout + proc.stderr
+
+
+def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "socket:\n  path: s.sock\npersistence:\n  backend: none\nmetrics:\n  enabled: false\n"
+    )
+    for delay in (0.02, 0.1, 0.2, 0.4):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sessiond", "run", "--config", "c.yaml"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+        # Once sessiond's main() runs, no traceback: 130 if interrupted before the
+        # daemon handles SIGINT itself, else a clean 0. (Before main(), while the
+        # interpreter itself starts, Python's own KeyboardInterrupt is all there is.)
+        assert not re.search(r'sessiond/cli\.py", line \d+, in main', output), output
+        if "Traceback" not in output and "Fatal Python error" not in output:
+            assert proc.returncode in (0, 130), output
 
 
 def test_version() -> None:

@@ -58,12 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="config file (default: config/sessiond.yaml, then /etc/sessiond/sessiond.yaml)",
         )
     args = parser.parse_args(argv)
-    if args.command == "run":
-        from .app import run
+    try:
+        if args.command == "run":
+            from .app import run
 
-        return run(args.config)
-    if args.command == "check-config":
-        return check_config(args.config)
+            return run(args.config)
+        if args.command == "check-config":
+            return check_config(args.config)
+    except KeyboardInterrupt:
+        # Ctrl-C before the daemon has its own handlers (while importing or
+        # starting): an ordinary way to stop, not a crash worth a traceback.
+        print("sessiond: interrupted", file=sys.stderr)
+        return 130
     parser.print_help(sys.stderr)
     return 2
 
