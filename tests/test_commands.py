@@ -10,11 +10,9 @@ tests that need another config start their own daemon.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1206,10 +1204,10 @@ def test_large_values(r: redis.Redis) -> None:
     r.set("big", value)
     assert r.get("big") == value
     assert r.strlen("big") == len(value)
-    assert math.isclose(len(r.mget("big", "big")[1] or b""), len(value))
+    assert r.mget("big", "big") == [value, value]
 
 
-def test_keys_are_binary_safe(r: redis.Redis, tmp_path: Path) -> None:
+def test_keys_are_binary_safe(r: redis.Redis) -> None:
     key = b"\x00\xff key with spaces \r\n"
     r.set(key, b"v")
     assert r.get(key) == b"v"
