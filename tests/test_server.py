@@ -151,6 +151,25 @@ def test_hello_auth(locked: Daemon) -> None:
         assert c("GET", "k") is None
 
 
+def test_unauthenticated_clients_may_only_send_small_requests(locked: Daemon) -> None:
+    """Before AUTH a request may not exceed 16 KiB (a stranger must not make the
+    daemon buffer limits.max_request_size per connection); after AUTH it may."""
+    big = "x" * 100_000
+    stranger = locked.raw()
+    stranger.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n" + big[:20_000].encode())
+    data, closed = read_to_eof(stranger)
+    assert closed and data.startswith(b"-ERR Protocol error"), data
+    stranger.close()
+    with RawClient(locked) as c:
+        assert c("AUTH", "s3cret") == b"OK"
+        assert c("SET", "k", big) == b"OK"
+        assert c("STRLEN", "k") == 100_000
+        assert c("RESET") == b"RESET"  # unauthenticated again: small requests only
+        c.sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n" + big.encode())
+        data, closed = read_to_eof(c.sock)
+        assert closed and data.startswith(b"-ERR Protocol error"), data
+
+
 @pytest.mark.parametrize("protocol", [2, 3])
 def test_redis_py_with_password(locked: Daemon, protocol: int) -> None:
     with locked.client(protocol=protocol, password="s3cret") as c:

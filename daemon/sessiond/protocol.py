@@ -199,6 +199,9 @@ class ExactParser:
         self._args: list[bytes] | None = None  # the multi-bulk request being read
         self._remaining = 0  # its bulk strings still to come
         self._used = 0  # its bytes already consumed
+        self.set_limit(max_request_size)
+
+    def set_limit(self, max_request_size: int) -> None:
         self.max_request_size = max_request_size
         # Every argument takes at least 6 bytes ("$0\r\n\r\n").
         self.max_args = max(max_request_size // 4, 16)
@@ -399,6 +402,12 @@ class RequestParser:
     @property
     def max_args(self) -> int:
         return self._exact.max_args
+
+    def set_limit(self, max_request_size: int) -> None:
+        """Change the request size limit (a client that authenticated gets the
+        configured one); applies from the next request on."""
+        self.max_request_size = max_request_size
+        self._exact.set_limit(max_request_size)
 
     @staticmethod
     def _new_reader() -> hiredis.Reader:

@@ -38,6 +38,7 @@ DURATION_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
+UNAUTHENTICATED_REQUEST_LIMIT = 16 * 1024  # bytes per request before AUTH
 _PENDING_PAUSE = 1024  # queued requests before a parked connection stops reading
 _TX_IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "QUIT", "RESET", "WATCH"})
 # Commands that change how the connection's next requests must be handled.
@@ -106,8 +107,8 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.store = self.rt.store
         self.durable = self.store is not None and server.durable_replies
-        self.parser = RequestParser(self.rt.config.limits.max_request_size)
         self.client = Client(authenticated=self.rt.password is None)
+        self.parser = RequestParser(self.request_limit())
         self.peeked: dict[bytes, Entry[bytes] | None] = {}
         self.write_slots: list[int] = []
 
@@ -348,8 +349,18 @@ class Connection(asyncio.Protocol):
             return encode(Error("NOAUTH Authentication required."), client.resp3)
         name = spec.name
         if client.multi is not None or name in _TX_IMMEDIATE:
-            return encode(self.transaction(spec, args), client.resp3)
-        return encode(self.call(spec, args), client.resp3)
+            reply = self.transaction(spec, args)
+        else:
+            reply = self.call(spec, args)
+        if name in _STATEFUL:  # AUTH, HELLO or RESET may have changed who this is
+            self.parser.set_limit(self.request_limit())
+        return encode(reply, client.resp3)
+
+    def request_limit(self) -> int:
+        """Until it authenticates, a client may only send small requests (Redis
+        caps them too): a stranger must not make the daemon buffer megabytes."""
+        limit = self.rt.config.limits.max_request_size
+        return limit if self.client.authenticated else min(limit, UNAUTHENTICATED_REQUEST_LIMIT)
 
     def call(self, spec: CommandSpec, args: list[bytes]) -> Any:
         arity = spec.arity
