@@ -273,23 +273,8 @@ class SessionCache(Generic[K, V]):
 
     def get(self, key: K, default: V | None = None) -> V | None:
         """The value of ``key`` (touching it), or ``default``."""
-        # get_entry inlined: this is the hottest path.
-        entry = self._data.get(key)
-        if entry is None:
-            self.misses += 1
-            return default
-        now = self.clock()
-        deadline = entry.deadline
-        if deadline is not None and deadline <= now:
-            self._remove(key, entry, Cause.EXPIRED, None)
-            self.misses += 1
-            return default
-        self.hits += 1
-        self._data.move_to_end(key)
-        entry.accessed_at = now
-        if self.sliding and entry.ttl is not None:
-            entry.deadline = now + entry.ttl
-        return entry.value
+        entry = self.get_entry(key)
+        return default if entry is None else entry.value
 
     def get_or_load(self, key: K) -> V | None:
         """Like :meth:`get`, but on a miss read through the persistence hook."""

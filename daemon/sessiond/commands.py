@@ -21,7 +21,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -854,26 +854,30 @@ def cmd_persist(rt: Runtime, client: Client, args: Args) -> Any:
 # --------------------------------------------------------------- keyspace
 
 
+def _options(args: Args, start: int) -> Iterator[tuple[bytes, bytes]]:
+    """``(NAME, value)`` pairs of trailing ``NAME value`` options; a name
+    without its value is a syntax error."""
+    if (len(args) - start) % 2:
+        raise _syntax()
+    for i in range(start, len(args), 2):
+        yield args[i].upper(), args[i + 1]
+
+
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:
     count = 10
     pattern: re.Pattern[bytes] | None = None
     type_name: bytes | None = None
-    i = start
-    while i < len(args):
-        opt = args[i].upper()
-        if i + 1 >= len(args):
-            raise _syntax()
+    for opt, value in _options(args, start):
         if opt == b"COUNT":
-            count = _int(args[i + 1])
+            count = _int(value)
             if count < 1:
                 raise _syntax()
         elif opt == b"MATCH":
-            pattern = None if args[i + 1] == b"*" else glob_to_regex(args[i + 1])
+            pattern = None if value == b"*" else glob_to_regex(value)
         elif opt == b"TYPE":
-            type_name = args[i + 1].lower()
+            type_name = value.lower()
         else:
             raise _syntax()
-        i += 2
     return count, pattern, type_name
 
 
@@ -938,31 +942,23 @@ def cmd_keys(rt: Runtime, client: Client, args: Args) -> Any:
 
 def cmd_session_create(rt: Runtime, client: Client, args: Args) -> Any:
     context: str | None = None
-    ttl: float | object | None = DEFAULT
+    ttl: float | None = None
     state = b""
-    i = 1
-    while i < len(args):
-        opt = args[i].upper()
-        if i + 1 >= len(args):
-            raise _syntax()
+    for opt, value in _options(args, 1):
         if opt == b"CONTEXT":
-            context = _text(args[i + 1])
+            context = _text(value)
         elif opt == b"TTL":
-            seconds = _int(args[i + 1])
+            seconds = _int(value)
             if seconds < 0:
                 raise _expire_error("session.create")
-            ttl = float(seconds) or None
+            ttl = float(seconds)  # 0: never expires
         elif opt == b"STATE":
-            state = args[i + 1]
-            rt.check_size(state)
+            rt.check_size(value)
+            state = value
         else:
             raise _syntax()
-        i += 2
     session_id = secrets.token_urlsafe(24).encode()
-    if ttl is DEFAULT:
-        rt.cache.insert(session_id, state, context_id=context)
-    else:
-        rt.cache.insert(session_id, state, ttl, context_id=context)  # type: ignore[arg-type]
+    rt.cache.insert(session_id, state, DEFAULT if ttl is None else ttl, context_id=context)
     return session_id
 
 
@@ -995,20 +991,15 @@ def cmd_session_invalidate(rt: Runtime, client: Client, args: Args) -> Any:
 def cmd_session_list(rt: Runtime, client: Client, args: Args) -> Any:
     context: str | None = None
     count: int | None = None
-    i = 1
-    while i < len(args):
-        opt = args[i].upper()
-        if i + 1 >= len(args):
-            raise _syntax()
+    for opt, value in _options(args, 1):
         if opt == b"CONTEXT":
-            context = _text(args[i + 1])
+            context = _text(value)
         elif opt == b"COUNT":
-            count = _int(args[i + 1])
+            count = _int(value)
             if count < 0:
                 raise _syntax()
         else:
             raise _syntax()
-        i += 2
     return rt.cache.list(context_id=context, count=count)
 
 
