@@ -631,9 +631,18 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
             store.after_commit(done.set_result)
             assert await done is None
 
+        async def folded() -> None:
+            # Committed writes sit in the journal (served from memory) until
+            # the writer folds them into the table, within a second or so.
+            deadline = time.monotonic() + 10
+            while (store._unfolded or store._folding) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not store._unfolded
+
         now = time.time()
         store.save(b"k", Entry(b"old", created_at=now))
         await committed()
+        await folded()  # k is now only in the table: the read must go to SQLite
         store._read_keys = slow_read  # type: ignore[method-assign]
         load = asyncio.ensure_future(store.load_many([b"k"]))
         assert await loop.run_in_executor(None, read_done.wait, 10)
@@ -643,7 +652,8 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
             store.save(b"k", Entry(b"new", created_at=now))
         else:
             store.clear()
-        await committed()  # committed and gone from the pending overlay
+        await committed()
+        await folded()  # committed, folded, and gone from every overlay
         release.set()
         return (await load)[b"k"]
 

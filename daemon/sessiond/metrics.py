@@ -27,7 +27,7 @@ from .server import DurationHistogram, Server
 
 # Every store operation that counts failures, exported at 0 from the start so
 # that the first error is an increase Prometheus can see.
-STORE_OPERATIONS = ("commit", "expire", "load")
+STORE_OPERATIONS = ("commit", "expire", "fold", "load")
 
 
 @dataclass

@@ -8,6 +8,14 @@ server holds a write's reply until :meth:`SQLiteStore.after_commit` says the
 commit that contains it is on disk; under ``batch`` the writer commits every
 ``flush_interval``.
 
+A commit only appends the batch to the ``journal`` table: sequential pages,
+so the fsync that a durable reply waits for is small. Every ``_FOLD_INTERVAL``
+(or ``_FOLD_ROWS`` sessions) the writer *folds* the journal into ``sessions``
+(random pages, but no reply waits for it, and it needs no fsync of its own:
+the journal rows are deleted in the same transaction). Until folded, the
+sessions are served from memory (``_unfolded``); a crash replays the journal
+at the next start.
+
 Reads never see stale data: :meth:`SQLiteStore.load_many` answers from the
 pending map and the batch being committed before it asks the database, so a
 session evicted right after an acknowledged write is read back as written.
@@ -53,8 +61,25 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (scan_hash, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_deadline ON sessions(deadline) WHERE deadline IS NOT NULL;
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    scan_hash INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB,
+    context TEXT,
+    created_at REAL,
+    updated_at REAL,
+    accessed_at REAL,
+    ttl REAL,
+    deadline REAL
+);
 """
 _COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline"
+_JOURNAL = (
+    "INSERT INTO journal "
+    "(scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, deadline) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _UPSERT = (
     "INSERT OR REPLACE INTO sessions "
     "(scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, deadline) "
@@ -63,7 +88,10 @@ _UPSERT = (
 _HASH_SPACE = 2**32
 _RETRY_AFTER_FAILURE = 1.0
 _LINGER_STEP = 0.0002  # seconds between looks at the pending writes
-_LINGER_MAX = 0.0015  # never hold a commit back longer than this
+_LINGER_MAX = 0.001  # never hold a commit back longer than this
+_FOLD_ROWS = 2000  # fold the journal into the table once it holds this many sessions
+_FOLD_INTERVAL = 1.0  # ... or this many seconds after the last fold
+_FOLD_CHUNK = 256  # sessions per fold transaction
 
 
 def scan_hash(key: bytes) -> int:
@@ -112,6 +140,19 @@ def _row_entry(row: tuple[Any, ...]) -> tuple[bytes, Entry[bytes]]:
     )
 
 
+def _fields(entry: Entry[bytes]) -> tuple[Any, ...]:
+    """An entry's columns after ``scan_hash, key``."""
+    return (
+        entry.value,
+        entry.context_id,
+        entry.created_at,
+        entry.updated_at,
+        entry.accessed_at,
+        entry.ttl,
+        entry.deadline,
+    )
+
+
 def _live(entry: Entry[bytes] | None, now: float) -> bool:
     return entry is not None and (entry.deadline is None or entry.deadline > now)
 
@@ -144,6 +185,12 @@ class SQLiteStore:
         self._clear_pending = False
         self._inflight: dict[bytes, Entry[bytes] | None] = {}
         self._inflight_cleared = False
+        # Journaled (durable) but not yet folded into the sessions table.
+        self._unfolded: dict[bytes, Entry[bytes] | None] = {}
+        self._folding: dict[bytes, Entry[bytes] | None] = {}
+        self._fold_todo: list[tuple[bytes, Entry[bytes] | None]] = []
+        self._fold_upto = 0  # the last journal row the fold in progress covers
+        self._last_fold = time.monotonic()
         # Commits that ended while a read-through read ran: such a read may
         # have missed them, and the overlay no longer has them.
         self._commits = 0
@@ -217,10 +264,30 @@ class SQLiteStore:
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._replay(db)
             finally:
                 db.close()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"persistence.path: {path} cannot be used as a store: {exc}") from None
+
+    @staticmethod
+    def _replay(db: sqlite3.Connection) -> None:
+        """Fold what a crash left in the journal into the table, in order."""
+        rows = db.execute(
+            "SELECT scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, "
+            "deadline FROM journal ORDER BY seq"
+        ).fetchall()
+        if not rows:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        for row in rows:
+            if row[2] is None:
+                db.execute("DELETE FROM sessions WHERE scan_hash = ? AND key = ?", row[:2])
+            else:
+                db.execute(_UPSERT, row)
+        db.execute("DELETE FROM journal")
+        db.execute("COMMIT")
+        log.info("store_journal_replayed", operations=len(rows))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -279,6 +346,10 @@ class SQLiteStore:
                 found[key] = inflight[key]
             elif self._inflight_cleared:
                 found[key] = None
+            elif key in self._unfolded:
+                found[key] = self._unfolded[key]
+            elif key in self._folding:
+                found[key] = self._folding[key]
             else:
                 rest.append(key)
         return found, rest
@@ -365,9 +436,12 @@ class SQLiteStore:
             if self._clear_pending:
                 overlay = dict(self._pending)
                 rows_valid = False
-            else:
+            elif self._inflight_cleared:
                 overlay = {**self._inflight, **self._pending}
-                rows_valid = not self._inflight_cleared
+                rows_valid = False
+            else:
+                overlay = {**self._folding, **self._unfolded, **self._inflight, **self._pending}
+                rows_valid = True
         sql = (
             "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash >= ? ORDER BY scan_hash"
         )
@@ -430,8 +504,8 @@ class SQLiteStore:
         with self._lock:
             for (raw_key,) in rows:
                 key = bytes(raw_key)
-                if key in self._pending or key in self._inflight:
-                    continue
+                if any(key in m for m in (self._pending, self._inflight, self._unfolded)):
+                    continue  # a newer write has it
                 entry = data.get(key)
                 if entry is not None and _live(entry, now):
                     self._pending[key] = entry
@@ -465,8 +539,10 @@ class SQLiteStore:
                 # once; operations that arrive meanwhile share the next commit.
                 # Under "batch" a commit starts every flush_interval (counted
                 # from the last start, not the last end): a crash loses at most
-                # flush_interval plus one commit.
-                self._wake.wait(max(0.0, last_start + self.flush_interval - time.monotonic()))
+                # flush_interval plus one commit. A fold in progress goes on
+                # between commits, one chunk at a time.
+                idle = max(0.0, last_start + self.flush_interval - time.monotonic())
+                self._wake.wait(0.0 if self._fold_todo else idle)
                 self._wake.clear()
                 last_start = time.monotonic()
                 if last_batch > 1 and not self._stopping:
@@ -486,7 +562,21 @@ class SQLiteStore:
                         continue
                 else:
                     self._committed(seq, None)
+                if (
+                    not self._fold_todo
+                    and self._unfolded
+                    and (
+                        self._stopping
+                        or len(self._unfolded) >= _FOLD_ROWS
+                        or time.monotonic() - self._last_fold >= _FOLD_INTERVAL
+                    )
+                ):
+                    self._fold_start(db)
+                if self._fold_todo:
+                    self._fold_step(db)
                 if self._stopping and not self._pending and not self._clear_pending:
+                    if self._fold_todo or self._unfolded:
+                        continue  # fold everything before stopping
                     return
         finally:
             db.close()
@@ -520,27 +610,17 @@ class SQLiteStore:
             if entry is None:
                 deletes.append((scan_hash(key), key))
             else:
-                rows.append(
-                    (
-                        scan_hash(key),
-                        key,
-                        entry.value,
-                        entry.context_id,
-                        entry.created_at,
-                        entry.updated_at,
-                        entry.accessed_at,
-                        entry.ttl,
-                        entry.deadline,
-                    )
-                )
+                rows.append((scan_hash(key), key, *_fields(entry)))
         try:
             db.execute("BEGIN IMMEDIATE")
             if cleared:
                 db.execute("DELETE FROM sessions")
+                db.execute("DELETE FROM journal")
             if deletes:
-                db.executemany("DELETE FROM sessions WHERE scan_hash = ? AND key = ?", deletes)
+                db.executemany(_JOURNAL, [(h, k, None, None, None, None, None, None, None)
+                                          for h, k in deletes])  # fmt: skip
             if rows:
-                db.executemany(_UPSERT, rows)
+                db.executemany(_JOURNAL, rows)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -558,7 +638,13 @@ class SQLiteStore:
             log.error("store_error", operation="commit", error=str(exc), sessions=len(batch))
             self._committed(seq, StoreError(f"store write failed: {exc}"))
             return False
+        if cleared:
+            self._fold_todo = []  # the table and journal are empty now
         with self._lock:
+            if cleared:
+                self._unfolded = {}
+                self._folding = {}
+            self._unfolded.update(batch)
             self._inflight = {}
             self._inflight_cleared = False
             self._commits += 1
@@ -572,6 +658,62 @@ class SQLiteStore:
             self.stats.commit_duration.observe(time.perf_counter() - started)
         self._committed(seq, None)
         return True
+
+    def _fold_start(self, db: sqlite3.Connection) -> None:
+        """Begin moving the journal's sessions into the table."""
+        row = db.execute("SELECT max(seq) FROM journal").fetchone()
+        with self._lock:
+            fold, self._unfolded = self._unfolded, {}
+            self._folding = fold
+        self._fold_todo = list(fold.items())
+        self._fold_upto = row[0] or 0
+        self._last_fold = time.monotonic()
+
+    def _fold_step(self, db: sqlite3.Connection) -> None:
+        """Fold one chunk in its own transaction, so durable commits never wait
+        long behind a fold; the last chunk deletes the folded journal rows.
+        Until then a crash simply replays the journal (folding is idempotent)."""
+        chunk, self._fold_todo = self._fold_todo[:_FOLD_CHUNK], self._fold_todo[_FOLD_CHUNK:]
+        last = not self._fold_todo
+        try:
+            # The journal keeps these sessions until the last chunk deletes it,
+            # atomically with its own rows: no fsync is needed for durability.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            for key, entry in chunk:
+                h = scan_hash(key)
+                if entry is None:
+                    db.execute("DELETE FROM sessions WHERE scan_hash = ? AND key = ?", (h, key))
+                else:
+                    db.execute(_UPSERT, (h, key, *_fields(entry)))
+            if last:
+                db.execute("DELETE FROM journal WHERE seq <= ?", (self._fold_upto,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._fold_abort()
+            self._count_error("fold")
+            log.error("store_error", operation="fold", error=str(exc))
+            return
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA synchronous=FULL")
+        if last:
+            with self._lock:
+                fold, self._folding = self._folding, {}
+                self._commits += 1
+                if self._reads:
+                    for key, entry in fold.items():
+                        self._recent[key] = (self._commits, entry)
+
+    def _fold_abort(self) -> None:
+        """Give up the fold in progress; its sessions stay journaled."""
+        with self._lock:
+            for key, entry in self._folding.items():
+                self._unfolded.setdefault(key, entry)
+            self._folding = {}
+        self._fold_todo = []
 
     def _committed(self, seq: int, error: StoreError | None) -> None:
         loop = self._loop
@@ -629,6 +771,10 @@ class SQLiteStore:
                     cleared, self._clear_pending = self._clear_pending, False
                 if batch or cleared:
                     self._commit(db, batch, cleared, self._op_seq)
+                if self._unfolded:
+                    self._fold_start(db)
+                    while self._fold_todo:
+                        self._fold_step(db)
             finally:
                 db.close()
         self._readers.shutdown(wait=True)
