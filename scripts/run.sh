@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install sessiond into ./.venv and run it in the foreground on the shipped config:
+# `bash scripts/run.sh [sessiond run args]` (default: --config config/sessiond.yaml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+ensure_packages "python3 -c 'import ensurepip, venv':python3-venv"
+ensure_venv
+.venv/bin/pip install -q -e .
+if [ $# -eq 0 ]; then set -- --config config/sessiond.yaml; fi
+exec .venv/bin/sessiond run "$@"
