@@ -34,7 +34,7 @@ log = structlog.get_logger("sessiond")
 SHUTDOWN_GRACE = 10.0  # seconds to let in-flight commands finish
 SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
 RELOAD_DEBOUNCE_MS = 200
-GC_GEN0_THRESHOLD = 7000  # CPython's default is 700
+GC_THRESHOLDS = (7000, 10, 10)  # CPython's default is (700, 10, 10)
 
 
 def build_cache(config: Config) -> SessionCache[bytes, bytes]:
@@ -81,7 +81,7 @@ class App:
         # often (every write makes an entry; few of them form cycles).
         gc.collect()
         gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             await self.server.start()
         except StartupError as exc:

@@ -374,7 +374,9 @@ class Connection(asyncio.Protocol):
         try:
             reply = spec.handler(self.rt, self.client, args)
         except Error as exc:
-            reply = exc
+            # Drop the traceback: kept, it would tie this frame and the reply
+            # into a reference cycle per error reply, left to the cyclic GC.
+            reply = exc.with_traceback(None)
             spec.errors += 1
         except Exception:
             log.exception("command_failed", command=spec.name, client_id=self.client.id)
