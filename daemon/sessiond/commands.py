@@ -1014,9 +1014,7 @@ def total_commands(rt: Runtime) -> int:
 def info_text(rt: Runtime, section: bytes | None) -> str:
     cache = rt.cache
     stats = rt.stats
-    now = time.time()
     uptime = int(time.monotonic() - rt.started_monotonic)
-    expires = sum(1 for _, e in cache.items() if e.deadline is not None)
     sections: dict[str, list[tuple[str, Any]]] = {
         "server": [
             ("redis_version", REDIS_COMPAT_VERSION),
@@ -1066,19 +1064,24 @@ def info_text(rt: Runtime, section: bytes | None) -> str:
         ],
         "keyspace": [],
     }
-    keys = rt.dbsize()
-    if keys:
-        sections["keyspace"].append(("db0", f"keys={keys},expires={expires},avg_ttl=0"))
-    del now
     wanted: Iterable[str]
     name = None if section is None else section.decode("utf-8", "replace").lower()
     if name in (None, "default", "all", "everything"):
         wanted = sections
     else:
         wanted = [name] if name in sections else []
+    if "keyspace" in wanted:  # a whole-keyspace scan: only when asked for
+        if rt.store is not None:
+            keys, expires = rt.store.keyspace(cache)
+        else:
+            keys = len(cache)
+            expires = sum(1 for _, e in cache.items() if e.deadline is not None)
+        if keys:
+            sections["keyspace"].append(("db0", f"keys={keys},expires={expires},avg_ttl=0"))
     parts = []
     for title in wanted:
-        lines = [f"# {title.capitalize()}"] + [f"{k}:{v}" for k, v in sections[title]]
+        heading = "CPU" if title == "cpu" else title.capitalize()
+        lines = [f"# {heading}"] + [f"{k}:{v}" for k, v in sections[title]]
         parts.append("\r\n".join(lines) + "\r\n")
     return "\r\n".join(parts)
 

@@ -114,6 +114,8 @@ class Store(PersistenceHook[bytes, bytes], Protocol):
 
     def count(self, memory: SessionCache[bytes, bytes]) -> int: ...
 
+    def keyspace(self, memory: SessionCache[bytes, bytes]) -> tuple[int, int]: ...
+
     def clear(self) -> None: ...
 
     def scan(
@@ -173,6 +175,7 @@ class SQLiteStore:
         self.flush_interval = flush_interval
         self.stats = stats
         self.warmed = 0
+        self.last_expiring = 0  # of the last whole-keyspace scan (INFO keyspace)
         # While a command runs, the server points this at the sessions it
         # fetched from the store for it (Runtime.peeked). Every change the
         # command makes goes through the hook below and is recorded here too:
@@ -413,6 +416,11 @@ class SQLiteStore:
     def count(self, memory: SessionCache[bytes, bytes]) -> int:
         return len(self.all_keys(memory))
 
+    def keyspace(self, memory: SessionCache[bytes, bytes]) -> tuple[int, int]:
+        """Live sessions in store and memory, and how many of them expire."""
+        keys, _ = self._scan_range(0, None, memory)
+        return len(keys), self.last_expiring
+
     def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]:
         keys, _ = self._scan_range(0, None, memory)
         return keys
@@ -456,7 +464,7 @@ class SQLiteStore:
                     "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
                 ).fetchall()
         data = memory._data
-        keys: dict[bytes, int] = {}
+        keys: dict[bytes, tuple[int, bool]] = {}  # key -> (scan hash, has a deadline)
         for h, raw_key, deadline in rows_list if rows_valid else ():
             if h >= upper:
                 continue
@@ -464,19 +472,21 @@ class SQLiteStore:
             in_memory = data.get(key)
             if in_memory is not None:
                 if _live(in_memory, now):
-                    keys[key] = h
+                    keys[key] = (h, in_memory.deadline is not None)
             elif deadline is None or deadline > now:
-                keys[key] = h
+                keys[key] = (h, deadline is not None)
         for key, entry in overlay.items():
             h = scan_hash(key)
             if not cursor <= h < upper:
                 continue
             in_memory = data.get(key)
-            if _live(in_memory if in_memory is not None else entry, now):
-                keys[key] = h
+            current = in_memory if in_memory is not None else entry
+            if current is not None and _live(current, now):
+                keys[key] = (h, current.deadline is not None)
             else:
                 keys.pop(key, None)
         ordered = sorted(keys, key=keys.__getitem__)
+        self.last_expiring = sum(1 for _, expiring in keys.values() if expiring)
         next_cursor = 0 if upper >= _HASH_SPACE else upper
         return ordered, next_cursor
 
