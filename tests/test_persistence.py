@@ -666,3 +666,15 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
         assert got is not None and got.value == b"new"
     else:
         assert got is None
+
+
+def test_info_keyspace_counts_store_sessions_and_their_expiry(daemon_factory: Factory) -> None:
+    """keys= and expires= both cover sessions that are only in the store."""
+    d = daemon_factory(sqlite_config(cache={"max_sessions": 3, "default_ttl": 0}))
+    with d.client() as r:
+        for i in range(10):
+            r.set(f"ttl{i}", "v", ex=600)
+        for i in range(5):
+            r.set(f"forever{i}", "v")
+        assert r.info("keyspace")["db0"] == {"keys": 15, "expires": 10, "avg_ttl": 0}
+        assert r.dbsize() == 15
