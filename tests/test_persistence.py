@@ -571,6 +571,14 @@ def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory) ->
             assert r.get(key) is not None, key
         assert r.exists(stored[0]) == 1
         assert d.metric("sessiond_store_errors_total", operation="commit") > 0
+        # While the store cannot commit, later writes are refused before they
+        # touch memory (Redis' MISCONF), so nothing unstorable is served.
+        with pytest.raises(redis.ResponseError, match=r"^MISCONF store write failed"):
+            r.set("refused", "v")
+        assert r.get("refused") is None
+        with pytest.raises(redis.ResponseError, match=r"^MISCONF"):
+            r.delete(stored[0])
+        assert r.get(stored[0]) is not None
     assert d.proc is not None and d.proc.poll() is None
 
 

@@ -239,6 +239,9 @@ class Connection(asyncio.Protocol):
                     return
                 rt.peeked = self.peeked
             pending.popleft()
+            if store.failure is not None and self.writes(spec):
+                out.append(self.refuse_write(spec, store.failure))
+                continue
             store.view = self.peeked  # what the command changes, it reads back
             out.append(self.execute(spec, args))
             store.view = None
@@ -330,6 +333,28 @@ class Connection(asyncio.Protocol):
                 limit=self.server.max_output_buffer,
             )
             transport.abort()
+
+    def writes(self, spec: CommandSpec | None) -> bool:
+        """Whether running ``spec`` now would change sessions."""
+        if spec is None or not self.client.authenticated:
+            return False
+        multi = self.client.multi
+        if multi is not None:
+            return spec.name == "EXEC" and any(s.write for s, _ in multi)
+        return spec.write
+
+    def refuse_write(self, spec: CommandSpec | None, failure: StoreError) -> bytes:
+        """Like Redis when it cannot persist: refuse writes, keep serving reads,
+        so that no write is applied in memory that the store could not take."""
+        assert spec is not None
+        spec.calls += 1
+        spec.errors += 1
+        if spec.name == "EXEC":
+            self.client.multi = None
+        return encode(
+            Error(f"MISCONF {failure}; writes are refused until the store recovers"),
+            self.client.resp3,
+        )
 
     def execute(self, spec: CommandSpec | None, args: list[bytes]) -> bytes:
         """Run one request with every check: auth, transactions, unknown names."""

@@ -111,6 +111,8 @@ class Store(PersistenceHook[bytes, bytes], Protocol):
     # The running command's copy of the stored sessions it names (set by the
     # server around each command); the hook keeps it current.
     view: dict[bytes, Entry[bytes] | None] | None
+    # Set while the store cannot commit: the server then refuses writes.
+    failure: StoreError | None
 
     def count(self, memory: SessionCache[bytes, bytes]) -> int: ...
 
@@ -176,6 +178,9 @@ class SQLiteStore:
         self.stats = stats
         self.warmed = 0
         self.last_expiring = 0  # of the last whole-keyspace scan (INFO keyspace)
+        # The error of the last commit if it failed (cleared by the next one
+        # that succeeds): while set, the server refuses writes up front.
+        self.failure: StoreError | None = None
         # While a command runs, the server points this at the sessions it
         # fetched from the store for it (Runtime.peeked). Every change the
         # command makes goes through the hook below and is recorded here too:
@@ -646,8 +651,12 @@ class SQLiteStore:
                 self._inflight_cleared = False
             self._count_error("commit")
             log.error("store_error", operation="commit", error=str(exc), sessions=len(batch))
-            self._committed(seq, StoreError(f"store write failed: {exc}"))
+            self.failure = StoreError(f"store write failed: {exc}")
+            self._committed(seq, self.failure)
             return False
+        if self.failure is not None:
+            log.info("store_recovered")
+            self.failure = None
         if cleared:
             self._fold_todo = []  # the table and journal are empty now
         with self._lock:
