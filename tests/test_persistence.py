@@ -686,3 +686,53 @@ def test_info_keyspace_counts_store_sessions_and_their_expiry(daemon_factory: Fa
             r.set(f"forever{i}", "v")
         assert r.info("keyspace")["db0"] == {"keys": 15, "expires": 10, "avg_ttl": 0}
         assert r.dbsize() == 15
+
+
+def test_writer_thread_survives_a_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: an unexpected exception in the writer fails the waiting
+    writes with an error (never a hang), keeps them queued, and the next
+    commit stores them."""
+    from sessiond import store as store_module
+    from sessiond.cache import Entry
+    from sessiond.store import SQLiteStore, StoreError
+
+    real_fields = store_module._fields
+    calls = {"n": 0}
+
+    def flaky_fields(entry: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected bug")
+        return real_fields(entry)
+
+    monkeypatch.setattr(store_module, "_fields", flaky_fields)
+    monkeypatch.setattr(store_module, "_RETRY_AFTER_FAILURE", 0.05)
+    store = SQLiteStore(tmp_path / "bug.db", durability="always")
+
+    async def main() -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+
+        async def commit() -> StoreError | None:
+            done: asyncio.Future[StoreError | None] = loop.create_future()
+            store.after_commit(done.set_result)
+            return await asyncio.wait_for(done, 10)
+
+        store.save(b"k", Entry(b"v", created_at=time.time()))
+        first = await commit()
+        store.save(b"k2", Entry(b"v2", created_at=time.time()))
+        second = await commit()
+        return first, second
+
+    try:
+        first, second = asyncio.run(main())
+    finally:
+        store.close()
+    assert isinstance(first, StoreError) and "injected bug" in str(first)
+    assert second is None
+    reopened = SQLiteStore(tmp_path / "bug.db")
+    try:
+        assert reopened.load(b"k") is not None
+        assert reopened.load(b"k2") is not None
+    finally:
+        reopened.close()

@@ -545,6 +545,27 @@ class SQLiteStore:
         self._wake.set()
 
     def _writer(self) -> None:
+        """The writer thread. A bug in it must not leave replies waiting
+        forever: it is logged, the waiting writes get an error, the batch in
+        flight goes back to the queue, and the loop starts over."""
+        while True:
+            try:
+                self._write_loop()
+                return
+            except Exception as exc:
+                log.exception("store_writer_failed")
+                with self._lock:
+                    for key, entry in self._inflight.items():
+                        self._pending.setdefault(key, entry)
+                    self._clear_pending = self._clear_pending or self._inflight_cleared
+                    self._inflight = {}
+                    self._inflight_cleared = False
+                self._fold_abort()
+                self.failure = StoreError(f"store writer failed: {exc}")
+                self._committed(self._op_seq, self.failure)
+                time.sleep(_RETRY_AFTER_FAILURE)
+
+    def _write_loop(self) -> None:
         db = self._connect()
         last_batch = 0
         last_start = time.monotonic()
