@@ -176,6 +176,14 @@ Sizer = Callable[[K, V], int]
 _SIZED = (bytes, str, bytearray)
 
 
+def _copy_entry(entry: Entry[V]) -> Entry[V]:
+    copy: Entry[V] = _new_entry(Entry)
+    for name in Entry.__slots__:
+        setattr(copy, name, getattr(entry, name))
+    copy.record = None
+    return copy
+
+
 def _len_sizer(key: object, value: object) -> int:
     """Bytes of key and value for str/bytes; other types count as zero."""
     return (len(key) if isinstance(key, _SIZED) else 0) + (
@@ -388,13 +396,6 @@ class SessionCache(Generic[K, V]):
         else:
             rel = (self.default_ttl if ttl is DEFAULT else ttl) or None  # type: ignore[assignment]
             new_deadline = None if rel is None else now + rel
-        # Built field by field rather than through Entry(...) keywords: hot path.
-        entry: Entry[V] = _new_entry(Entry)
-        entry.value = value
-        entry.created_at = now
-        entry.updated_at = entry.accessed_at = now
-        entry.ttl = rel
-        entry.deadline = new_deadline
         sizer = self.sizer
         if sizer is _len_sizer:  # inlined: saves a call per write
             size = (len(key) if isinstance(key, _SIZED) else 0) + (
@@ -402,6 +403,35 @@ class SessionCache(Generic[K, V]):
             )
         else:
             size = sizer(key, value)
+        if old is not None and (new_deadline is None or new_deadline > now):
+            # Overwrite in place: no new object per write. A listener is told
+            # of a copy of the replaced entry. The store may hold this entry in
+            # its queue; it then writes the new state, as it should.
+            if self.listener is not None:
+                self.listener(key, _copy_entry(old), Cause.REPLACED, None)
+            old.value = value
+            old.updated_at = old.accessed_at = now
+            old.ttl = rel
+            old.deadline = new_deadline
+            if context_id is not None:
+                old.context_id = context_id
+            self.memory += size - old.size
+            old.size = size
+            data.move_to_end(key)
+            record = old.record
+            if new_deadline is not None and (record is None or record[0] > new_deadline):
+                self._file(key, old)
+            self.persistence.save(key, old)
+            if len(data) > self.max_sessions or (self.max_memory and self.memory > self.max_memory):
+                self._enforce_bounds()
+            return old
+        # Built field by field rather than through Entry(...) keywords: hot path.
+        entry: Entry[V] = _new_entry(Entry)
+        entry.value = value
+        entry.created_at = now
+        entry.updated_at = entry.accessed_at = now
+        entry.ttl = rel
+        entry.deadline = new_deadline
         entry.size = size
         entry.record = None
         if old is None:
@@ -419,23 +449,11 @@ class SessionCache(Generic[K, V]):
             self.persistence.delete(key)
             self._notify(key, entry, Cause.EXPIRED, None)
             return entry
-        if old is None:
-            data[key] = entry
-            self.memory += size
-            if new_deadline is not None:
-                self._file(key, entry)
-        else:
-            data.move_to_end(key)
-            # Inherit the old heap record: a later deadline is re-filed lazily
-            # by sweep, so overwriting a key pushes nothing onto the heap.
-            record, old.record = old.record, None
-            entry.record = record
-            if self.listener is not None:
-                self.listener(key, old, Cause.REPLACED, None)
-            data[key] = entry
-            self.memory += size - old.size
-            if new_deadline is not None and (record is None or record[0] > new_deadline):
-                self._file(key, entry)
+        # A new key (an overwrite was done in place above).
+        data[key] = entry
+        self.memory += size
+        if new_deadline is not None:
+            self._file(key, entry)
         self.persistence.save(key, entry)
         if len(data) > self.max_sessions or (self.max_memory and self.memory > self.max_memory):
             self._enforce_bounds()
