@@ -177,7 +177,6 @@ class SQLiteStore:
         self.flush_interval = flush_interval
         self.stats = stats
         self.warmed = 0
-        self.last_expiring = 0  # of the last whole-keyspace scan (INFO keyspace)
         # The error of the last commit if it failed (cleared by the next one
         # that succeeds): while set, the server refuses writes up front.
         self.failure: StoreError | None = None
@@ -419,12 +418,57 @@ class SQLiteStore:
         return found
 
     def count(self, memory: SessionCache[bytes, bytes]) -> int:
-        return len(self.all_keys(memory))
+        return self.keyspace(memory)[0]
 
     def keyspace(self, memory: SessionCache[bytes, bytes]) -> tuple[int, int]:
-        """Live sessions in store and memory, and how many of them expire."""
-        keys, _ = self._scan_range(0, None, memory)
-        return len(keys), self.last_expiring
+        """Sessions held (in the table, queued or in memory) and how many of them
+        have a deadline, for DBSIZE and INFO keyspace. Counted in SQL plus the
+        uncommitted writes, not by reading every row: monitoring polls INFO.
+        Like Redis' DBSIZE, a session past its deadline counts until the next
+        sweep removes it."""
+        with self._lock:
+            if self._clear_pending:
+                overlay = dict(self._pending)
+                rows_valid = False
+            elif self._inflight_cleared:
+                overlay = {**self._inflight, **self._pending}
+                rows_valid = False
+            else:
+                overlay = {**self._folding, **self._unfolded, **self._inflight, **self._pending}
+                rows_valid = True
+        total = expiring = 0
+        if rows_valid:
+            db = self._db
+            # One read transaction: every query sees the same table, whatever
+            # the writer commits meanwhile (a fold moves overlay keys into it).
+            db.execute("BEGIN")
+            try:
+                total, expiring = db.execute(
+                    "SELECT COUNT(*), COUNT(deadline) FROM sessions"
+                ).fetchone()
+                if overlay:
+                    # Which queued sessions the table already holds: one join
+                    # against a temporary table, not a lookup per key.
+                    db.execute("CREATE TEMP TABLE IF NOT EXISTS probe (h INTEGER, k BLOB)")
+                    db.execute("DELETE FROM probe")
+                    db.executemany(
+                        "INSERT INTO probe VALUES (?, ?)", ((scan_hash(k), k) for k in overlay)
+                    )
+                    n, e = db.execute(
+                        "SELECT COUNT(*), COUNT(s.deadline) FROM probe AS p "
+                        "JOIN sessions AS s ON s.scan_hash = p.h AND s.key = p.k"
+                    ).fetchone()
+                    total -= n
+                    expiring -= e
+            finally:
+                db.execute("COMMIT")
+        data = memory._data
+        for key, entry in overlay.items():
+            current = data.get(key, entry)
+            if current is not None:
+                total += 1
+                expiring += current.deadline is not None
+        return total, expiring
 
     def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]:
         keys, _ = self._scan_range(0, None, memory)
@@ -469,7 +513,7 @@ class SQLiteStore:
                     "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
                 ).fetchall()
         data = memory._data
-        keys: dict[bytes, tuple[int, bool]] = {}  # key -> (scan hash, has a deadline)
+        keys: dict[bytes, int] = {}  # key -> scan hash
         for h, raw_key, deadline in rows_list if rows_valid else ():
             if h >= upper:
                 continue
@@ -477,9 +521,9 @@ class SQLiteStore:
             in_memory = data.get(key)
             if in_memory is not None:
                 if _live(in_memory, now):
-                    keys[key] = (h, in_memory.deadline is not None)
+                    keys[key] = h
             elif deadline is None or deadline > now:
-                keys[key] = (h, deadline is not None)
+                keys[key] = h
         for key, entry in overlay.items():
             h = scan_hash(key)
             if not cursor <= h < upper:
@@ -487,11 +531,10 @@ class SQLiteStore:
             in_memory = data.get(key)
             current = in_memory if in_memory is not None else entry
             if current is not None and _live(current, now):
-                keys[key] = (h, current.deadline is not None)
+                keys[key] = h
             else:
                 keys.pop(key, None)
         ordered = sorted(keys, key=keys.__getitem__)
-        self.last_expiring = sum(1 for _, expiring in keys.values() if expiring)
         next_cursor = 0 if upper >= _HASH_SPACE else upper
         return ordered, next_cursor
 
