@@ -736,3 +736,46 @@ def test_writer_thread_survives_a_bug(tmp_path: Path, monkeypatch: pytest.Monkey
         assert reopened.load(b"k2") is not None
     finally:
         reopened.close()
+
+
+def test_batch_writer_lagging_is_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: while a commit runs longer than flush_interval the store says
+    it lags (the server then holds write replies until their commit, so a slow
+    disk cannot widen what a crash loses under durability: batch)."""
+    from sessiond import store as store_module
+    from sessiond.cache import Entry
+    from sessiond.store import SQLiteStore
+
+    real_fields = store_module._fields
+    slow = threading.Event()
+
+    def slow_fields(entry: Any) -> Any:
+        if slow.is_set():
+            time.sleep(0.5)  # a disk that stalls mid-commit
+        return real_fields(entry)
+
+    monkeypatch.setattr(store_module, "_fields", slow_fields)
+    store = SQLiteStore(tmp_path / "lag.db", durability="batch", flush_interval=0.05)
+
+    async def main() -> tuple[bool, bool, bool]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+        idle = store.lagging()
+        slow.set()
+        store.save(b"k", Entry(b"v", created_at=time.time()))
+        seen = False
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not seen:
+            seen = store.lagging()
+            await asyncio.sleep(0.01)
+        slow.clear()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and store.lagging():
+            await asyncio.sleep(0.01)
+        return idle, seen, store.lagging()
+
+    try:
+        idle, seen, after = asyncio.run(main())
+    finally:
+        store.close()
+    assert (idle, seen, after) == (False, True, False)

@@ -246,7 +246,11 @@ class Connection(asyncio.Protocol):
             out.append(self.execute(spec, args))
             store.view = None
             self.peeked.clear()
-            if self.durable and spec is not None and (spec.write or spec.name == "EXEC"):
+            if (
+                spec is not None
+                and (spec.write or spec.name == "EXEC")
+                and (self.durable or store.lagging())
+            ):
                 self.write_slots.append(len(out) - 1)
             room -= len(out[-1])
             if room < 0:

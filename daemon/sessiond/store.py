@@ -130,6 +130,8 @@ class Store(PersistenceHook[bytes, bytes], Protocol):
 
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None: ...
 
+    def lagging(self) -> bool: ...
+
 
 def _row_entry(row: tuple[Any, ...]) -> tuple[bytes, Entry[bytes]]:
     key, value, context, created, updated, accessed, ttl, deadline = row
@@ -198,6 +200,7 @@ class SQLiteStore:
         self._fold_todo: list[tuple[bytes, Entry[bytes] | None]] = []
         self._fold_upto = 0  # the last journal row the fold in progress covers
         self._last_fold = time.monotonic()
+        self._busy_since = 0.0  # when the writer started its current work, 0 if idle
         # Commits that ended while a read-through read ran: such a read may
         # have missed them, and the overlay no longer has them.
         self._commits = 0
@@ -575,6 +578,14 @@ class SQLiteStore:
                 self._op_seq += 1
         return deleted
 
+    def lagging(self) -> bool:
+        """Whether the writer has been busy (a slow commit or fold) for longer
+        than flush_interval. Under ``durability: batch`` the server then holds
+        write replies until their commit, as under ``always``: a slow disk
+        slows writers down instead of widening what a crash can lose."""
+        since = self._busy_since
+        return since > 0.0 and time.monotonic() - since > self.flush_interval
+
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         """Call ``callback`` on the event loop once every operation recorded so
         far is committed to disk (with the error if that commit failed). A
@@ -621,8 +632,10 @@ class SQLiteStore:
                 # flush_interval plus one commit. A fold in progress goes on
                 # between commits, one chunk at a time.
                 idle = max(0.0, last_start + self.flush_interval - time.monotonic())
+                self._busy_since = 0.0
                 self._wake.wait(0.0 if self._fold_todo else idle)
                 self._wake.clear()
+                self._busy_since = time.monotonic()
                 last_start = time.monotonic()
                 if last_batch > 1 and not self._stopping:
                     self._linger()
