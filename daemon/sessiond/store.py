@@ -420,6 +420,16 @@ class SQLiteStore:
                     found[key] = read.get(key)
         return found
 
+    def _queued(self) -> tuple[dict[bytes, Entry[bytes] | None], bool]:
+        """Every write the table does not have yet (newest wins; ``None`` is a
+        delete), and whether the table's rows still count (not after FLUSHDB)."""
+        with self._lock:
+            if self._clear_pending:
+                return dict(self._pending), False
+            if self._inflight_cleared:
+                return {**self._inflight, **self._pending}, False
+            return {**self._folding, **self._unfolded, **self._inflight, **self._pending}, True
+
     def count(self, memory: SessionCache[bytes, bytes]) -> int:
         return self.keyspace(memory)[0]
 
@@ -429,16 +439,7 @@ class SQLiteStore:
         uncommitted writes, not by reading every row: monitoring polls INFO.
         Like Redis' DBSIZE, a session past its deadline counts until the next
         sweep removes it."""
-        with self._lock:
-            if self._clear_pending:
-                overlay = dict(self._pending)
-                rows_valid = False
-            elif self._inflight_cleared:
-                overlay = {**self._inflight, **self._pending}
-                rows_valid = False
-            else:
-                overlay = {**self._folding, **self._unfolded, **self._inflight, **self._pending}
-                rows_valid = True
+        overlay, rows_valid = self._queued()
         total = expiring = 0
         if rows_valid:
             db = self._db
@@ -492,16 +493,7 @@ class SQLiteStore:
         # The overlay first, then the rows: a batch the writer commits in between
         # is then in both. The other order lost it (read before its commit, gone
         # from the overlay after), and SCAN/KEYS/DBSIZE missed those keys.
-        with self._lock:
-            if self._clear_pending:
-                overlay = dict(self._pending)
-                rows_valid = False
-            elif self._inflight_cleared:
-                overlay = {**self._inflight, **self._pending}
-                rows_valid = False
-            else:
-                overlay = {**self._folding, **self._unfolded, **self._inflight, **self._pending}
-                rows_valid = True
+        overlay, rows_valid = self._queued()
         sql = (
             "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash >= ? ORDER BY scan_hash"
         )
