@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Daemon
+from conftest import Daemon, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
@@ -65,15 +65,6 @@ def error_of(r: redis.Redis, *args: Any) -> str:
     with pytest.raises(redis.ResponseError) as exc:
         run(r, *args)
     return str(exc.value)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # ------------------------------------------------------------------- SET

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import conftest
 import pytest
 import redis
 import yaml
@@ -45,12 +46,7 @@ def events(d: Daemon, name: str) -> list[dict[str, Any]]:
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = RELOAD_TIMEOUT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or cond}")
+    conftest.wait_until(cond, timeout, what)
 
 
 def wait_successes(d: Daemon, count: int) -> None:

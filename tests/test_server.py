@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from conftest import wait_until
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from test_protocol import RawClient, RawError, read_to_eof, rss_kib
@@ -40,15 +41,6 @@ def no_traceback(d: Daemon) -> None:
     text = d.log_text()
     assert "Traceback" not in text, text
     assert "command_failed" not in text, text
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def info(d: Daemon, section: str) -> dict[str, Any]:
