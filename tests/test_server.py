@@ -290,6 +290,23 @@ def test_socket_mode_is_applied(daemon_factory: Factory) -> None:
     assert d.socket_path.stat().st_mode & 0o777 == 0o660
 
 
+def test_metrics_port_in_use_is_a_clean_startup_failure(daemon_factory: Factory) -> None:
+    """SPEC §3: a start-up failure exits 1 with a message saying what and where,
+    no traceback, and leaves no socket file behind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = daemon_factory({"metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"}}, False)
+        d.start(wait=False)
+        assert d.proc is not None
+        assert d.proc.wait(20) == 1
+    (event,) = [e for e in d.events() if e.get("event") == "startup_failed"]
+    assert event["error"].startswith(f"metrics.listen: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in d.log_text()
+    assert not d.socket_path.exists()
+
+
 def test_second_daemon_on_the_same_socket_is_refused(daemon_factory: Factory) -> None:
     first = daemon_factory()
     with first.client() as c:
