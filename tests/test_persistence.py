@@ -620,6 +620,7 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
     from sessiond.store import SQLiteStore, StoreError
 
     store = SQLiteStore(tmp_path / "race.db", durability="always")
+    store.fold_interval = 0.05  # fold each commit at once: the read must then go to SQLite
     read_done = threading.Event()
     release = threading.Event()
     real_read = store._read_keys
@@ -641,7 +642,7 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
 
         async def folded() -> None:
             # Committed writes sit in the journal (served from memory) until
-            # the writer folds them into the table, within a second or so.
+            # the writer folds them into the table (fold_interval above).
             deadline = time.monotonic() + 10
             while (store._unfolded or store._folding) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
