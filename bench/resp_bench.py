@@ -72,11 +72,15 @@ def running(cmd: list[str], sock: Path, cwd: Path) -> Iterator[subprocess.Popen[
 
 
 def sessiond(workdir: Path, *, metrics: bool, persistence: str | None) -> tuple[list[str], Path]:
-    sock = workdir / "sessiond.sock"
+    # The store lives apart from the config, as in production (/etc vs /var/lib):
+    # the config watcher would otherwise wake on every write of the store's WAL.
+    data = workdir / "data"
+    data.mkdir(exist_ok=True)
+    sock = data / "sessiond.sock"
     config = {
         "socket": {"path": str(sock)},
         "persistence": (
-            {"backend": "sqlite", "path": str(workdir / "bench.db"), "durability": persistence}
+            {"backend": "sqlite", "path": str(data / "bench.db"), "durability": persistence}
             if persistence
             else {"backend": "none"}
         ),

@@ -542,6 +542,19 @@ def test_store_directory_that_cannot_be_created(daemon_factory: Factory) -> None
 # ------------------------------------------------------- runtime failures
 
 
+def test_a_store_beside_the_config_is_warned_about(daemon_factory: Factory) -> None:
+    """The config watcher sees every file in the config's directory: a store
+    there wakes it on each commit. Start-up says so; a store elsewhere is quiet."""
+    beside = daemon_factory(sqlite_config())
+    warning = last_event(beside, "store_in_config_directory")
+    assert warning["level"] == "warning"
+    assert warning["directory"] == str(beside.workdir.resolve())
+    assert beside.stop() == 0
+    apart = daemon_factory(sqlite_config(persistence={"path": "data/sessions.db"}))
+    assert not [e for e in apart.events() if e.get("event") == "store_in_config_directory"]
+    assert apart.stop() == 0
+
+
 def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory) -> None:
     d = daemon_factory(
         sqlite_config(metrics={"enabled": True}, persistence={"durability": "always"}),
