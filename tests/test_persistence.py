@@ -457,6 +457,110 @@ def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> Non
     assert d.stop() == 0
 
 
+def expiry_row(d: Daemon, key: bytes) -> tuple[float | None, float | None] | None:
+    """(deadline, expire_at) of ``key``'s row in the SQLite file."""
+    db = sqlite3.connect(f"file:{d.workdir / 'sessions.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT deadline, expire_at FROM sessions WHERE key = ?", (key,)
+        ).fetchone()
+    finally:
+        db.close()
+    return None if row is None else (row[0], row[1])
+
+
+def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(
+    daemon_factory: Factory,
+) -> None:
+    """A rewrite that pushes a stored deadline later leaves the row's expiry
+    index entry (expire_at) where it was: moving it costs a random index page
+    per write. When that entry comes due, expiry must see the later deadline,
+    keep the session and re-file it; at the real deadline the session goes."""
+    d = daemon_factory(
+        sqlite_config(cache={"sweep_interval": "100ms", "max_sessions": 2, "default_ttl": 0})
+    )
+    with d.client() as r:
+        # Deadlines leave room for the writer's folds (one a second): both
+        # writes must be folded before the first deadline comes due.
+        assert r.set("k", "v1", px=3000)
+        assert poll(lambda: expiry_row(d, b"k") is not None, timeout=2.0)  # folded
+        first = expiry_row(d, b"k")
+        assert first is not None and first[0] == first[1]
+        assert r.set("k", "v2", px=6000)
+        # Evicted at once, so that no later write of k (an eviction saves its
+        # TTL renewals) reaches the table: expiry alone must handle the row.
+        assert r.set("pad0", "p") and r.set("pad1", "p")
+        assert where(r, "k") == "store"
+        assert poll(lambda: (expiry_row(d, b"k") or (0.0,))[0] != first[0], timeout=2.0)
+        deadline, expire_at = expiry_row(d, b"k") or (None, None)
+        assert deadline is not None and expire_at == first[1] < deadline
+        assert time.time() < first[0]
+
+        # The old entry comes due: the row is re-filed under its deadline, kept.
+        assert poll(lambda: expiry_row(d, b"k") == (deadline, deadline), timeout=5.0), expiry_row(
+            d, b"k"
+        )
+        assert time.time() < deadline
+        assert r.exists("k") == 1 and r.info("stats")["expired_keys"] == 0
+        # At the real deadline it expires, from the store too.
+        assert poll(lambda: expiry_row(d, b"k") is None, timeout=5.0)
+        assert time.time() >= deadline
+        assert r.exists("k") == 0 and r.info("stats")["expired_keys"] == 1
+    assert d.stop() == 0
+
+
+_V1_SCHEMA = """
+CREATE TABLE sessions (
+    scan_hash INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, context TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, accessed_at REAL NOT NULL,
+    ttl REAL, deadline REAL, PRIMARY KEY (scan_hash, key)
+) WITHOUT ROWID;
+CREATE INDEX sessions_deadline ON sessions(deadline) WHERE deadline IS NOT NULL;
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY, scan_hash INTEGER NOT NULL, key BLOB NOT NULL, value BLOB,
+    context TEXT, created_at REAL, updated_at REAL, accessed_at REAL, ttl REAL, deadline REAL
+);
+PRAGMA application_id = 1397052243;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
+    """A store written by the first release (deadline index, no expire_at)
+    opens, keeps its sessions and their TTLs, and expires them as before."""
+    import zlib
+
+    d = daemon_factory(sqlite_config(cache={"sweep_interval": "100ms"}), start=False)
+    now = time.time()
+    db = sqlite3.connect(d.workdir / "sessions.db")
+    db.executescript(_V1_SCHEMA)
+    rows = [(b"kept", now + 600), (b"forever", None), (b"expired", now - 5)]
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+        [
+            (zlib.crc32(k), k, b"v-" + k, now - 9, now - 9, now - 9, dl and 600.0, dl)
+            for k, dl in rows
+        ],
+    )
+    db.commit()
+    db.close()
+    d.start()
+    assert last_event(d, "store_migrated")["to_version"] == 2
+    with d.client() as r:
+        assert r.get("kept") == b"v-kept" and 590_000 < r.pttl("kept") <= 600_000
+        assert r.get("forever") == b"v-forever" and r.ttl("forever") == -1
+        assert r.get("expired") is None
+        assert poll(lambda: b"expired" not in store_rows(d), timeout=5.0)
+    assert d.stop() == 0
+    db = sqlite3.connect(f"file:{d.workdir / 'sessions.db'}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "sessions_expire_at" in indexes and "sessions_deadline" not in indexes
+    finally:
+        db.close()
+
+
 # ------------------------------------------------------------ start-up errors
 
 

@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,11 +42,19 @@ from .cache import Cause, Entry, PersistenceHook, SessionCache
 log = structlog.get_logger("sessiond.store")
 
 APPLICATION_ID = 0x53455353  # "SESS"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # One B-tree keyed by (scan_hash, key) serves point lookups (the hash is
 # computed from the key) and SCAN order alike; the only secondary index is on
-# deadlines, for expiry. Fewer B-trees means fewer pages per commit: a durable
+# expire_at, for expiry. Fewer B-trees means fewer pages per commit: a durable
 # write costs what its pages cost to fsync.
+#
+# expire_at is when expiry should next look at a row: never later than its
+# deadline (so no expired row is missed), but not moved when a write only
+# pushes the deadline later (a sliding renewal, a rewrite): an index on the
+# deadline itself was rewritten at a random page by nearly every write, which
+# tripled the cost of a fold. Expiry re-files a row whose expire_at surfaces
+# while its deadline lies further on (once per TTL at most), as the memory
+# cache's expiry heap does.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     scan_hash INTEGER NOT NULL,
@@ -58,9 +66,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     accessed_at REAL NOT NULL,
     ttl REAL,
     deadline REAL,
+    expire_at REAL,
     PRIMARY KEY (scan_hash, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sessions_deadline ON sessions(deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_expire_at ON sessions(expire_at) WHERE expire_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
     scan_hash INTEGER NOT NULL,
@@ -80,14 +89,24 @@ _JOURNAL = (
     "(scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, deadline) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# An update in place where the row exists (REPLACE would delete and insert it).
+# An update in place where the row exists (REPLACE would delete and insert it);
+# expire_at is set by an insert only (see _REFILE).
 _UPSERT = (
-    "INSERT INTO sessions "
-    "(scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, deadline) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scan_hash, key) DO UPDATE SET "
+    "INSERT INTO sessions (scan_hash, key, value, context, created_at, updated_at, "
+    "accessed_at, ttl, deadline, expire_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) "
+    "ON CONFLICT (scan_hash, key) DO UPDATE SET "
     "value = excluded.value, context = excluded.context, created_at = excluded.created_at, "
     "updated_at = excluded.updated_at, accessed_at = excluded.accessed_at, "
     "ttl = excluded.ttl, deadline = excluded.deadline"
+)
+# Re-file a row whose expire_at no longer fits: it lies after the deadline (an
+# earlier deadline was written), it is set for a row that never expires or
+# missing for one that does, or it has passed (expiry looked and found the
+# deadline further on). Parameters: scan_hash, key, now.
+_MISFILED = "((expire_at IS NULL) <> (deadline IS NULL) OR deadline < expire_at)"
+_REFILE = (
+    "UPDATE sessions SET expire_at = deadline "
+    f"WHERE scan_hash = ?1 AND key = ?2 AND ({_MISFILED} OR expire_at <= ?3)"
 )
 _HASH_SPACE = 2**32
 _RETRY_AFTER_FAILURE = 1.0
@@ -100,6 +119,25 @@ _FOLD_ROWS = 20_000
 _FOLD_INTERVAL = 1.0
 _WRITER_CACHE_KIB = 32 * 1024
 _FOLD_CHUNK = 256  # sessions per fold transaction
+
+
+@contextlib.contextmanager
+def _unsynced(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction committed without fsync: for work that the journal
+    or a later sweep redoes after a crash."""
+    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA synchronous=FULL")
 
 
 def _fold_order(item: tuple[int, bytes, Entry[bytes] | None]) -> tuple[int, bytes]:
@@ -211,6 +249,7 @@ class SQLiteStore:
         self._folding: dict[bytes, Entry[bytes] | None] = {}
         self._fold_todo: list[tuple[int, bytes, Entry[bytes] | None]] = []  # reversed
         self._fold_upto = 0  # the last journal row the fold in progress covers
+        self._refile: set[bytes] = set()  # rows whose expire_at expiry found stale
         self._last_fold = time.monotonic()
         self.fold_rows = _FOLD_ROWS
         self.fold_interval = _FOLD_INTERVAL
@@ -285,6 +324,7 @@ class SQLiteStore:
                     probe.close()
             db = self._connect()
             try:
+                self._migrate(db)
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -293,6 +333,21 @@ class SQLiteStore:
                 db.close()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"persistence.path: {path} cannot be used as a store: {exc}") from None
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a store of an older schema to this one, in one transaction
+        (a crash midway leaves the old schema, migrated again at next start)."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != 1:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE sessions ADD COLUMN expire_at REAL")
+        db.execute("UPDATE sessions SET expire_at = deadline")
+        db.execute("DROP INDEX IF EXISTS sessions_deadline")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+        log.info("store_migrated", from_version=version, to_version=SCHEMA_VERSION)
 
     @staticmethod
     def _replay(db: sqlite3.Connection) -> None:
@@ -309,6 +364,7 @@ class SQLiteStore:
                 db.execute("DELETE FROM sessions WHERE scan_hash = ? AND key = ?", row[:2])
             else:
                 db.execute(_UPSERT, row)
+        db.execute(f"UPDATE sessions SET expire_at = deadline WHERE {_MISFILED}")
         db.execute("DELETE FROM journal")
         db.execute("COMMIT")
         log.info("store_journal_replayed", operations=len(rows))
@@ -564,15 +620,19 @@ class SQLiteStore:
         many were deleted."""
         now = time.time()
         rows = self._db.execute(
-            "SELECT key FROM sessions WHERE deadline <= ? LIMIT ?", (now, limit)
+            "SELECT key, deadline FROM sessions WHERE expire_at <= ? ORDER BY expire_at LIMIT ?",
+            (now, limit),
         ).fetchall()
         deleted = 0
         data = memory._data
         with self._lock:
-            for (raw_key,) in rows:
+            for raw_key, deadline in rows:
                 key = bytes(raw_key)
                 if any(key in m for m in (self._pending, self._inflight, self._unfolded)):
-                    continue  # a newer write has it
+                    continue  # a newer write has it (its fold re-files the row)
+                if deadline is None or deadline > now:
+                    self._refile.add(key)  # renewed since it was filed
+                    continue
                 entry = data.get(key)
                 if entry is not None and _live(entry, now):
                     self._pending[key] = entry
@@ -582,6 +642,8 @@ class SQLiteStore:
                 else:
                     continue  # expired in memory too: the cache's sweep deletes it
                 self._op_seq += 1
+        if self._refile:
+            self._wake.set()
         return deleted
 
     def lagging(self) -> bool:
@@ -675,6 +737,8 @@ class SQLiteStore:
                     self._fold_start(db)
                 if self._fold_todo:
                     self._fold_step(db)
+                if self._refile:
+                    self._refile_step(db)
                 if self._stopping and not self._pending and not self._clear_pending:
                     if self._fold_todo or self._unfolded:
                         continue  # fold everything before stopping
@@ -790,29 +854,23 @@ class SQLiteStore:
         try:
             # The journal keeps these sessions until the last chunk deletes it,
             # atomically with its own rows: no fsync is needed for durability.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            # Each key occurs once in a chunk: deletes and upserts may go apart.
-            db.executemany(
-                "DELETE FROM sessions WHERE scan_hash = ? AND key = ?",
-                [(h, key) for h, key, entry in chunk if entry is None],
-            )
-            db.executemany(
-                _UPSERT, [(h, key, *_fields(entry)) for h, key, entry in chunk if entry is not None]
-            )
-            if last:
-                db.execute("DELETE FROM journal WHERE seq <= ?", (self._fold_upto,))
-            db.execute("COMMIT")
+            with _unsynced(db):
+                # Each key occurs once in a chunk: deletes and upserts may go apart.
+                db.executemany(
+                    "DELETE FROM sessions WHERE scan_hash = ? AND key = ?",
+                    [(h, key) for h, key, entry in chunk if entry is None],
+                )
+                upserts = [(h, key, *_fields(e)) for h, key, e in chunk if e is not None]
+                db.executemany(_UPSERT, upserts)
+                now = time.time()
+                db.executemany(_REFILE, [(row[0], row[1], now) for row in upserts])
+                if last:
+                    db.execute("DELETE FROM journal WHERE seq <= ?", (self._fold_upto,))
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
             self._fold_abort()
             self._count_error("fold")
             log.error("store_error", operation="fold", error=str(exc))
             return
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA synchronous=FULL")
         if last:
             with self._lock:
                 fold, self._folding = self._folding, {}
@@ -820,6 +878,21 @@ class SQLiteStore:
                 if self._reads:
                     for key, entry in fold.items():
                         self._recent[key] = (self._commits, entry)
+
+    def _refile_step(self, db: sqlite3.Connection) -> None:
+        """Move the expire_at of rows that expiry found renewed to their
+        deadline. Unsynced: after a crash the next sweep finds them again."""
+        with self._lock:
+            keys, self._refile = self._refile, set()
+        try:
+            with _unsynced(db):
+                db.executemany(
+                    "UPDATE sessions SET expire_at = deadline WHERE scan_hash = ? AND key = ?",
+                    [(scan_hash(key), key) for key in keys],
+                )
+        except sqlite3.Error as exc:
+            self._count_error("expire")
+            log.error("store_error", operation="expire", error=str(exc))
 
     def _fold_abort(self) -> None:
         """Give up the fold in progress; its sessions stay journaled."""
