@@ -149,6 +149,32 @@ def test_set_invalid_option_combinations(r: redis.Redis, args: tuple[str, ...]) 
     assert r.exists("k") == 0
 
 
+@pytest.mark.parametrize(
+    "args,reply,ttl",
+    [
+        # Checked against redis-server 7.0: a repeated option is no conflict,
+        # its last amount counts, and only that amount is validated.
+        (("EX", "10", "EX", "20"), True, 20),
+        (("EX", "abc", "EX", "10"), True, 10),
+        (("KEEPTTL", "KEEPTTL"), True, -1),
+        (("NX", "NX"), True, -1),
+        (("XX", "XX"), None, -2),
+    ],
+)
+def test_set_repeated_options_take_the_last(
+    r: redis.Redis, args: tuple[str, ...], reply: bool | None, ttl: int
+) -> None:
+    assert r.execute_command("SET", "k", "v", *args) == reply
+    assert r.ttl("k") == ttl
+
+
+def test_set_validates_only_the_last_amount(r: redis.Redis) -> None:
+    assert error_of(r, "SET", "k", "v", "EX", "10", "EX", "abc") == (
+        "value is not an integer or out of range"
+    )
+    assert r.exists("k") == 0
+
+
 @pytest.mark.parametrize("unit", ["EX", "PX", "EXAT", "PXAT"])
 @pytest.mark.parametrize("amount", ["0", "-1"])
 def test_set_invalid_expire_time(r: redis.Redis, unit: str, amount: str) -> None:

@@ -248,6 +248,9 @@ def _expire_error(cmd: str) -> Error:
     return Error(f"ERR invalid expire time in '{cmd}' command")
 
 
+_EXPIRY_UNITS = (b"EX", b"PX", b"EXAT", b"PXAT")
+
+
 def _deadline_from(
     unit: bytes, amount: int, now: float, cmd: str
 ) -> tuple[float | None, float | None]:
@@ -580,7 +583,10 @@ def cmd_set(rt: Runtime, client: Client, args: Args) -> Any:
     nx = xx = get = keep = False
     ttl: float | None = None
     deadline: float | None = None
+    # As in Redis: an option may repeat (the last amount counts) but not be
+    # combined with a conflicting one; the amount is checked after parsing.
     expiry: bytes | None = None
+    amount = b""
     i = 3
     while i < len(args):
         opt = args[i].upper()
@@ -590,16 +596,18 @@ def cmd_set(rt: Runtime, client: Client, args: Args) -> Any:
             xx = True
         elif opt == b"GET":
             get = True
-        elif opt == b"KEEPTTL" and expiry is None:
+        elif opt == b"KEEPTTL" and expiry in (None, opt):
             keep = True
             expiry = opt
-        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and expiry is None and i + 1 < len(args):
+        elif opt in _EXPIRY_UNITS and expiry in (None, opt) and i + 1 < len(args):
             expiry = opt
             i += 1
-            ttl, deadline = _deadline_from(opt, _int(args[i]), time.time(), "set")
+            amount = args[i]
         else:
             raise _syntax()
         i += 1
+    if expiry is not None and not keep:
+        ttl, deadline = _deadline_from(expiry, _int(amount), time.time(), "set")
     old = rt.lookup(key) if (nx or xx or get or keep) else None
     if get and old is not None and not isinstance(old.value, bytes):
         raise Error("WRONGTYPE Operation against a key holding the wrong kind of value")
@@ -644,7 +652,7 @@ def cmd_getex(rt: Runtime, client: Client, args: Args) -> Any:
     opt = args[2].upper() if len(args) > 2 else b""
     ttl = deadline = None
     # Options are checked before the key is touched, as Redis does.
-    if opt in (b"EX", b"PX", b"EXAT", b"PXAT") and len(args) == 4:
+    if opt in _EXPIRY_UNITS and len(args) == 4:
         ttl, deadline = _deadline_from(opt, _int(args[3]), time.time(), "getex")
     elif len(args) > 2 and not (opt == b"PERSIST" and len(args) == 3):
         raise _syntax()
