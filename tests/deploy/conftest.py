@@ -125,12 +125,19 @@ def run_prometheus(prometheus_bin: Path, config_text: str) -> Iterator[Prometheu
         try:
             yield _api(url)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=10)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM ``proc``; SIGKILL it if it has not exited after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -208,20 +215,15 @@ DaemonLauncher = Callable[..., contextlib.AbstractContextManager[LiveDaemon]]
 
 
 @pytest.fixture(scope="session")
-def daemon_launcher() -> DaemonLauncher:
+def daemon_env() -> dict[str, str]:
+    """The environment for a subprocess that runs this checkout's daemon."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "daemon"), *sys.path])}
+
+
+@pytest.fixture(scope="session")
+def daemon_launcher(daemon_env: dict[str, str]) -> DaemonLauncher:
     """launch(wrapper=[], env={}) -> context manager running the real daemon, optionally
-    under a wrapper command (e.g. a sandbox). Skips if the daemon is not importable yet."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "daemon"), *sys.path])}
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sessiond.cli"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the daemon is not importable yet: {probe.stderr.strip()[-300:]}")
+    under a wrapper command (e.g. a sandbox)."""
 
     @contextlib.contextmanager
     def launch(
@@ -246,7 +248,7 @@ def daemon_launcher() -> DaemonLauncher:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     cwd=workdir,
-                    env={**env, **(extra_env or {})},
+                    env={**daemon_env, **(extra_env or {})},
                 )
             daemon = LiveDaemon(
                 workdir,
@@ -261,13 +263,7 @@ def daemon_launcher() -> DaemonLauncher:
                     pytest.fail(f"sessiond did not serve {daemon.metrics_url}:\n{daemon.log()}")
                 yield daemon
             finally:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop(proc, timeout=20)
 
     return launch
 

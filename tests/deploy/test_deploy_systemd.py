@@ -244,19 +244,8 @@ def test_example_config_has_every_spec_key() -> None:
     assert re.search(r'^  mode: "0660"', text, re.M), "mode must be a quoted string"
 
 
-def test_example_config_passes_check_config() -> None:
-    """Once the daemon's CLI exists, it must accept the systemd example config."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "daemon"), *sys.path])}
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sessiond.cli"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"sessiond.cli not importable yet: {probe.stderr.strip()[-200:]}")
+def test_example_config_passes_check_config(daemon_env: dict[str, str]) -> None:
+    """The daemon's CLI accepts the systemd example config."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -267,7 +256,7 @@ def test_example_config_passes_check_config() -> None:
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=daemon_env,
         timeout=60,
         check=False,
     )
