@@ -34,12 +34,17 @@ def cmd_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d.stop()
 
 
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def r(request: pytest.FixtureRequest, cmd_daemon: Daemon) -> Iterator[redis.Redis]:
-    client = cmd_daemon.client(protocol=request.param)
+def emptied_client(d: Daemon, protocol: int) -> Iterator[redis.Redis]:
+    """A client of the shared daemon ``d`` over RESP ``protocol``, on an empty keyspace."""
+    client = d.client(protocol=protocol)
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def r(request: pytest.FixtureRequest, cmd_daemon: Daemon) -> Iterator[redis.Redis]:
+    yield from emptied_client(cmd_daemon, request.param)
 
 
 @pytest.fixture
@@ -1016,10 +1021,7 @@ def sliding_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
 def s(request: pytest.FixtureRequest, sliding_daemon: Daemon) -> Iterator[redis.Redis]:
-    client = sliding_daemon.client(protocol=request.param)
-    client.flushall()
-    yield client
-    client.close()
+    yield from emptied_client(sliding_daemon, request.param)
 
 
 def test_default_ttl_applies_to_writes_without_one(s: redis.Redis) -> None:
