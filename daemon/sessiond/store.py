@@ -32,6 +32,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -138,10 +139,6 @@ def _unsynced(db: sqlite3.Connection) -> Iterator[None]:
     finally:
         with contextlib.suppress(sqlite3.Error):
             db.execute("PRAGMA synchronous=FULL")
-
-
-def _fold_order(item: tuple[int, bytes, Entry[bytes] | None]) -> tuple[int, bytes]:
-    return item[0], item[1]
 
 
 def scan_hash(key: bytes) -> int:
@@ -251,7 +248,6 @@ class SQLiteStore:
         self._fold_upto = 0  # the last journal row the fold in progress covers
         self._refile: set[bytes] = set()  # rows whose expire_at expiry found stale
         self._last_fold = time.monotonic()
-        self.fold_rows = _FOLD_ROWS
         self.fold_interval = _FOLD_INTERVAL
         self._busy_since = 0.0  # when the writer started its current work, 0 if idle
         # Commits that ended while a read-through read ran: such a read may
@@ -730,7 +726,7 @@ class SQLiteStore:
                     and self._unfolded
                     and (
                         self._stopping
-                        or len(self._unfolded) >= self.fold_rows
+                        or len(self._unfolded) >= _FOLD_ROWS
                         or time.monotonic() - self._last_fold >= self.fold_interval
                     )
                 ):
@@ -837,7 +833,7 @@ class SQLiteStore:
         # In table order: consecutive chunks touch consecutive pages, so a fold
         # of N sessions writes about min(N, table pages) pages, not N.
         self._fold_todo = sorted(
-            ((scan_hash(k), k, e) for k, e in fold.items()), key=_fold_order, reverse=True
+            ((scan_hash(k), k, e) for k, e in fold.items()), key=itemgetter(0, 1), reverse=True
         )
         self._fold_upto = row[0] or 0
         self._last_fold = time.monotonic()
