@@ -39,13 +39,18 @@ def no_retry_client(d: Daemon) -> redis.Redis:
     return d.client(retry=Retry(NoBackoff(), 0))
 
 
-def store_rows(d: Daemon, path: str = "sessions.db") -> dict[bytes, tuple[bytes, float | None]]:
-    """key -> (value, deadline) straight from the SQLite file."""
-    db = sqlite3.connect(f"file:{d.workdir / path}?mode=ro", uri=True)
+def read_store(d: Daemon, sql: str, *params: Any) -> list[Any]:
+    """The rows of a query on ``d``'s SQLite file, opened read-only."""
+    db = sqlite3.connect(f"file:{d.workdir / 'sessions.db'}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT key, value, deadline FROM sessions").fetchall()
+        return db.execute(sql, params).fetchall()
     finally:
         db.close()
+
+
+def store_rows(d: Daemon) -> dict[bytes, tuple[bytes, float | None]]:
+    """key -> (value, deadline) straight from the SQLite file."""
+    rows = read_store(d, "SELECT key, value, deadline FROM sessions")
     return {bytes(k): (bytes(v), dl) for k, v, dl in rows}
 
 
@@ -459,14 +464,8 @@ def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> Non
 
 def expiry_row(d: Daemon, key: bytes) -> tuple[float | None, float | None] | None:
     """(deadline, expire_at) of ``key``'s row in the SQLite file."""
-    db = sqlite3.connect(f"file:{d.workdir / 'sessions.db'}?mode=ro", uri=True)
-    try:
-        row = db.execute(
-            "SELECT deadline, expire_at FROM sessions WHERE key = ?", (key,)
-        ).fetchone()
-    finally:
-        db.close()
-    return None if row is None else (row[0], row[1])
+    rows = read_store(d, "SELECT deadline, expire_at FROM sessions WHERE key = ?", key)
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(
@@ -528,7 +527,7 @@ PRAGMA user_version = 1;
 def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
     """A store written by the first release (deadline index, no expire_at)
     opens, keeps its sessions and their TTLs, and expires them as before."""
-    import zlib
+    from sessiond.store import scan_hash
 
     d = daemon_factory(sqlite_config(cache={"sweep_interval": "100ms"}), start=False)
     now = time.time()
@@ -538,7 +537,7 @@ def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
     db.executemany(
         "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)",
         [
-            (zlib.crc32(k), k, b"v-" + k, now - 9, now - 9, now - 9, dl and 600.0, dl)
+            (scan_hash(k), k, b"v-" + k, now - 9, now - 9, now - 9, dl and 600.0, dl)
             for k, dl in rows
         ],
     )
@@ -552,13 +551,9 @@ def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
         assert r.get("expired") is None
         assert poll(lambda: b"expired" not in store_rows(d), timeout=5.0)
     assert d.stop() == 0
-    db = sqlite3.connect(f"file:{d.workdir / 'sessions.db'}?mode=ro", uri=True)
-    try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-        indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert "sessions_expire_at" in indexes and "sessions_deadline" not in indexes
-    finally:
-        db.close()
+    assert read_store(d, "PRAGMA user_version") == [(2,)]
+    indexes = {n for (n,) in read_store(d, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "sessions_expire_at" in indexes and "sessions_deadline" not in indexes
 
 
 # ------------------------------------------------------------ start-up errors
@@ -580,6 +575,25 @@ def test_corrupt_store_is_refused_untouched(daemon_factory: Factory) -> None:
     event = _fails_to_start(d)
     assert str(path) in event["error"]
     assert path.read_bytes() == blob
+
+
+def test_store_of_a_newer_schema_is_refused_untouched(daemon_factory: Factory) -> None:
+    """After an upgrade migrated the store, rolling the code back must not open
+    (and half-understand) the newer file: start-up fails, the file is unchanged."""
+    from sessiond.store import SCHEMA_VERSION
+
+    d = daemon_factory(sqlite_config())
+    with d.client() as r:
+        assert r.set("k", "v")
+    assert d.stop() == 0
+    path = d.workdir / "sessions.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    data = path.read_bytes()
+    event = _fails_to_start(d)
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this sessiond" in event["error"]
+    assert path.read_bytes() == data
 
 
 def test_damaged_sessiond_store_is_refused_untouched(daemon_factory: Factory) -> None:
