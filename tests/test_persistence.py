@@ -820,6 +820,106 @@ def test_info_keyspace_counts_store_sessions_and_their_expiry(daemon_factory: Fa
         assert r.dbsize() == 15
 
 
+def _run_in_process(tmp_path: Path, body: Callable[[str], Any]) -> None:
+    """Run the daemon's own App in this process on a real socket with a
+    SQLite store (so a test can hold the store at a gate, which a subprocess
+    could not be), await ``body(socket_path)``, then shut down cleanly."""
+    from sessiond.app import App
+    from sessiond.config import load_config
+
+    path = tmp_path / "sessiond.yaml"
+    path.write_text(
+        "socket: {path: sessiond.sock}\n"
+        "persistence: {backend: sqlite, path: data/sessions.db}\n"
+        "metrics: {enabled: false}\n"
+    )
+    config = load_config(path)
+    app = App(config, None)
+
+    async def started() -> None:
+        try:
+            await body(str(config.socket.path))
+        finally:
+            app.shutdown_event.set()
+
+    assert asyncio.run(app.run(started)) == 0
+
+
+def test_counting_the_store_holds_up_no_other_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DBSIZE and INFO keyspace count the SQLite table (a scan, and a join with
+    every queued write): a reader thread does it while the event loop serves
+    everyone else."""
+    import redis.asyncio as aredis
+    from sessiond.store import SQLiteStore
+
+    counting = threading.Event()
+    gate = threading.Event()
+    real_count = SQLiteStore._count_table
+
+    def gated_count(self: SQLiteStore) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            counting.set()
+            gate.wait(10)
+        return real_count(self)
+
+    monkeypatch.setattr(SQLiteStore, "_count_table", gated_count)
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str) -> None:
+        loop = asyncio.get_running_loop()
+        async with (
+            aredis.Redis(unix_socket_path=sock) as counter,
+            aredis.Redis(unix_socket_path=sock) as other,
+        ):
+            await other.set("k1", "v")
+            await other.set("k2", "v")
+            dbsize = asyncio.ensure_future(counter.dbsize())
+            seen["counting"] = await loop.run_in_executor(None, counting.wait, 10)
+            # The count is parked at the gate; the other client is served.
+            seen["ping"] = await other.ping()
+            seen["get"] = await other.get("k1")
+            seen["set"] = await other.set("k3", "v")
+            seen["waiting"] = not dbsize.done()
+            gate.set()
+            seen["dbsize"] = await dbsize
+            seen["keyspace"] = (await counter.info("keyspace"))["db0"]["keys"]
+
+    _run_in_process(tmp_path, body)
+    assert seen["counting"] and seen["waiting"]
+    assert seen["ping"] is True and seen["get"] == b"v" and seen["set"] is True
+    assert seen["dbsize"] == 3  # counted once the gate opened: k3 is in
+    assert seen["keyspace"] == 3
+
+
+def test_a_failed_count_answers_that_request_with_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.asyncio as aredis
+    from sessiond.store import SQLiteStore
+
+    def broken_count(self: SQLiteStore) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SQLiteStore, "_count_table", broken_count)
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str) -> None:
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            await r.set("k", "v")
+            pipe = r.pipeline(transaction=False)
+            pipe.dbsize().get("k")
+            seen["replies"] = await pipe.execute(raise_on_error=False)
+            seen["ping"] = await r.ping()
+
+    _run_in_process(tmp_path, body)
+    error, value = seen["replies"]
+    assert isinstance(error, redis.ResponseError)
+    assert str(error) == "store read failed: disk I/O error"
+    assert value == b"v" and seen["ping"] is True
+
+
 def test_writer_thread_survives_a_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: an unexpected exception in the writer fails the waiting
     writes with an error (never a hang), keeps them queued, and the next

@@ -119,6 +119,9 @@ class CommandSpec:
     group: str = "generic"
     summary: str = ""
     load: Callable[[Args], list[bytes]] | None = None
+    # Whether a request reads the store's keyspace counts (DBSIZE, INFO
+    # keyspace): the server then has them read off the event loop first.
+    counts: Callable[[Args], bool] | None = None
     write: bool = False
     calls: int = 0
     errors: int = 0
@@ -1019,6 +1022,10 @@ def total_commands(rt: Runtime) -> int:
     return sum(spec.calls for spec in COMMANDS.values()) + rt.stats.unknown_commands
 
 
+# INFO arguments that mean every section.
+_EVERY_SECTION = frozenset({"default", "all", "everything"})
+
+
 def info_text(rt: Runtime, section: bytes | None) -> str:
     cache = rt.cache
     stats = rt.stats
@@ -1074,7 +1081,7 @@ def info_text(rt: Runtime, section: bytes | None) -> str:
     }
     wanted: Iterable[str]
     name = None if section is None else section.decode("utf-8", "replace").lower()
-    if name in (None, "default", "all", "everything"):
+    if name is None or name in _EVERY_SECTION:
         wanted = sections
     else:
         wanted = [name] if name in sections else []
@@ -1096,8 +1103,14 @@ def info_text(rt: Runtime, section: bytes | None) -> str:
 
 def cmd_info(rt: Runtime, client: Client, args: Args) -> Any:
     if len(args) > 2:
-        return Verbatim("\r\n".join(info_text(rt, a) for a in args[1:] if info_text(rt, a)))
+        return Verbatim("\r\n".join(filter(None, (info_text(rt, a) for a in args[1:]))))
     return Verbatim(info_text(rt, args[1] if len(args) == 2 else None))
+
+
+def _info_counts_keyspace(args: Args) -> bool:
+    """Whether INFO with these arguments has a keyspace section."""
+    names = [a.decode("utf-8", "replace").lower() for a in args[1:]] or ["default"]
+    return any(n in _EVERY_SECTION or n == "keyspace" for n in names)
 
 
 # ---------------------------------------------------------------- COMMAND
@@ -1187,6 +1200,7 @@ def _spec(
     group: str = "generic",
     summary: str = "",
     load: Callable[[Args], list[bytes]] | bool | None = True,
+    counts: Callable[[Args], bool] | None = None,
 ) -> CommandSpec:
     flag_tuple = tuple(flags.split())
     loader: Callable[[Args], list[bytes]] | None
@@ -1207,6 +1221,7 @@ def _spec(
         group=group,
         summary=summary,
         load=loader,
+        counts=counts,
         write="write" in flag_tuple,
     )
 
@@ -1227,9 +1242,25 @@ _SPECS = [
     _spec("SELECT", cmd_select, 2, "fast", group=_CONN, summary="Select database 0"),
     _spec("CLIENT", cmd_client, -2, "", group=_CONN, summary="Client connection commands"),
     _spec("COMMAND", cmd_command, -1, "", group=_SERVER, summary="Command introspection"),
-    _spec("INFO", cmd_info, -1, "", group=_SERVER, summary="Server information"),
+    _spec(
+        "INFO",
+        cmd_info,
+        -1,
+        "",
+        group=_SERVER,
+        summary="Server information",
+        counts=_info_counts_keyspace,
+    ),
     _spec("CONFIG", cmd_config, -2, "", group=_SERVER, summary="Read the effective config"),
-    _spec("DBSIZE", cmd_dbsize, 1, "readonly fast", group=_SERVER, summary="Number of keys"),
+    _spec(
+        "DBSIZE",
+        cmd_dbsize,
+        1,
+        "readonly fast",
+        group=_SERVER,
+        summary="Number of keys",
+        counts=lambda args: True,
+    ),
     _spec("FLUSHDB", cmd_flushdb, -1, "write", group=_SERVER, summary="Delete all keys"),
     _spec("FLUSHALL", cmd_flushdb, -1, "write", group=_SERVER, summary="Delete all keys"),
     _spec("TIME", cmd_time, 1, "fast", group=_SERVER, summary="Server time"),

@@ -29,7 +29,7 @@ import structlog
 from .cache import Entry
 from .commands import LOOKUP, Client, CommandSpec, Runtime
 from .protocol import OK, QUEUED, Error, ProtocolError, RequestParser, encode
-from .store import Store, StoreError
+from .store import Store, StoreError, TableCounts
 
 log = structlog.get_logger("sessiond.server")
 
@@ -82,6 +82,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "busy",
         "client",
+        "counted",
         "durable",
         "out",
         "parser",
@@ -110,6 +111,7 @@ class Connection(asyncio.Protocol):
         self.client = Client(authenticated=self.rt.password is None)
         self.parser = RequestParser(self.request_limit())
         self.peeked: dict[bytes, Entry[bytes] | None] = {}
+        self.counted: TableCounts | None = None  # read for the next request
         self.write_slots: list[int] = []
 
     # -------------------------------------------------------------- events
@@ -234,8 +236,15 @@ class Connection(asyncio.Protocol):
             if spec is not None and self.client.authenticated:
                 keys = self.server.keys_to_load(spec, args, self.client, self.peeked)
                 if keys:
-                    self.busy = True
-                    self.task = asyncio.ensure_future(self._after_prefetch(keys))
+                    self._wait_then_go_on(self.server.prefetch(keys, self.peeked))
+                    return
+                if (
+                    spec.counts is not None
+                    and self.counted is None
+                    and self.client.multi is None
+                    and spec.counts(args)
+                ):
+                    self._wait_then_go_on(self._count(store))
                     return
                 rt.peeked = self.peeked
             pending.popleft()
@@ -243,8 +252,10 @@ class Connection(asyncio.Protocol):
                 out.append(self.refuse_write(spec, store.failure))
                 continue
             store.view = self.peeked  # what the command changes, it reads back
+            store.counted = self.counted
             out.append(self.execute(spec, args))
             store.view = None
+            store.counted = self.counted = None
             self.peeked.clear()
             if (
                 spec is not None
@@ -265,19 +276,28 @@ class Connection(asyncio.Protocol):
             return
         self.flush()
 
-    async def _after_prefetch(self, keys: list[bytes]) -> None:
-        """Load ``keys`` from the store, then go on with the queue."""
+    def _wait_then_go_on(self, work: Awaitable[None]) -> None:
+        """Park the queue while ``work`` reads the store for the next request
+        (off the event loop), then go on with it."""
+        self.busy = True
+        self.task = asyncio.ensure_future(self._after(work))
+
+    async def _after(self, work: Awaitable[None]) -> None:
         try:
-            await self.server.prefetch(keys, self.peeked)
+            await work
         except StoreError as exc:
-            # The request that needed the load is answered with the error.
+            # The request that needed the read is answered with the error.
             self.peeked.clear()
+            self.counted = None
             self.pending.popleft()
             self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
         finally:
             self.task = None
             self.busy = False
         self._go_on()
+
+    async def _count(self, store: Store) -> None:
+        self.counted = await store.count_table()
 
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""

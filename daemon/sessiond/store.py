@@ -32,6 +32,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,6 +151,17 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says what and where."""
 
 
+@dataclass(frozen=True)
+class TableCounts:
+    """What DBSIZE and INFO keyspace need from the file: the writes not yet in
+    the table (newest wins, ``None`` a delete) and the table's sessions, and
+    those with a deadline, that none of those writes names."""
+
+    queued: dict[bytes, Entry[bytes] | None]
+    total: int
+    expiring: int
+
+
 class Store(PersistenceHook[bytes, bytes], Protocol):
     """A session store: the cache's write-through hook plus what whole-keyspace
     commands (DBSIZE, SCAN, KEYS, FLUSHDB), read-through and warm start need."""
@@ -160,10 +172,15 @@ class Store(PersistenceHook[bytes, bytes], Protocol):
     view: dict[bytes, Entry[bytes] | None] | None
     # Set while the store cannot commit: the server then refuses writes.
     failure: StoreError | None
+    # The table's counts, read off the event loop for the running command
+    # (set by the server around DBSIZE and INFO keyspace; None: read them now).
+    counted: TableCounts | None
 
     def count(self, memory: SessionCache[bytes, bytes]) -> int: ...
 
     def keyspace(self, memory: SessionCache[bytes, bytes]) -> tuple[int, int]: ...
+
+    async def count_table(self) -> TableCounts: ...
 
     def clear(self) -> None: ...
 
@@ -235,6 +252,7 @@ class SQLiteStore:
         # a command that deletes, rewrites or (by admitting others) evicts one
         # of its sessions reads that change back, never the copy fetched before.
         self.view: dict[bytes, Entry[bytes] | None] | None = None
+        self.counted: TableCounts | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pending: dict[bytes, Entry[bytes] | None] = {}
@@ -431,6 +449,9 @@ class SQLiteStore:
         return found, rest
 
     def _reader_db(self) -> sqlite3.Connection:
+        """The event loop's read connection on its thread; a reader thread's own elsewhere."""
+        if threading.current_thread() is threading.main_thread():
+            return self._db
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._connect()
@@ -438,11 +459,7 @@ class SQLiteStore:
         return db
 
     def _read_keys(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]:
-        db = (
-            self._reader_db()
-            if threading.current_thread() is not threading.main_thread()
-            else self._db
-        )
+        db = self._reader_db()
         sql = f"SELECT {_COLUMNS} FROM sessions WHERE scan_hash = ? AND key = ?"
         found: dict[bytes, Entry[bytes] | None] = dict.fromkeys(keys)
         for key in keys:
@@ -501,14 +518,37 @@ class SQLiteStore:
 
     def keyspace(self, memory: SessionCache[bytes, bytes]) -> tuple[int, int]:
         """Sessions held (in the table, queued or in memory) and how many of them
-        have a deadline, for DBSIZE and INFO keyspace. Counted in SQL plus the
-        uncommitted writes, not by reading every row: monitoring polls INFO.
-        Like Redis' DBSIZE, a session past its deadline counts until the next
-        sweep removes it."""
+        have a deadline, for DBSIZE and INFO keyspace: the table's counts (see
+        :attr:`counted`) merged with the queued writes and memory. Like Redis'
+        DBSIZE, a session past its deadline counts until the next sweep removes it."""
+        counted = self.counted or self._count_table()
+        total, expiring = counted.total, counted.expiring
+        data = memory._data
+        for key, entry in counted.queued.items():
+            current = data.get(key, entry)
+            if current is not None:
+                total += 1
+                expiring += current.deadline is not None
+        return total, expiring
+
+    async def count_table(self) -> TableCounts:
+        """:meth:`_count_table` on a reader thread: it takes a table scan, and
+        a join with every queued write (up to a fold's worth), which the event
+        loop must not wait for (monitoring polls INFO)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, self._count_table)
+        except sqlite3.Error as exc:
+            self._count_error("load")
+            log.error("store_error", operation="count", error=str(exc))
+            raise StoreError(f"store read failed: {exc}") from None
+
+    def _count_table(self) -> TableCounts:
+        """Counted in SQL plus the uncommitted writes, not by reading every row."""
         overlay, rows_valid = self._queued()
         total = expiring = 0
         if rows_valid:
-            db = self._db
+            db = self._reader_db()
             # One read transaction: every query sees the same table, whatever
             # the writer commits meanwhile (a fold moves overlay keys into it).
             db.execute("BEGIN")
@@ -532,13 +572,7 @@ class SQLiteStore:
                     expiring -= e
             finally:
                 db.execute("COMMIT")
-        data = memory._data
-        for key, entry in overlay.items():
-            current = data.get(key, entry)
-            if current is not None:
-                total += 1
-                expiring += current.deadline is not None
-        return total, expiring
+        return TableCounts(overlay, total, expiring)
 
     def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]:
         keys, _ = self._scan_range(0, None, memory)
