@@ -641,6 +641,18 @@ def test_admit_without_sliding_keeps_the_stored_deadline() -> None:
     assert "x" not in cache
 
 
+def test_admit_over_a_live_entry_replaces_it_in_the_counts() -> None:
+    """``admit`` of a key already in memory (a library use; the daemon admits
+    only missing keys) takes the old entry out of ``memory`` and ``expiring``."""
+    cache, clock, _, _ = make()
+    cache.insert("k", "old", 30)
+    assert (cache.memory, cache.expiring) == (len("k") + len("old"), 1)
+    cache.admit("k", Entry("newer", created_at=clock.now))  # no deadline
+    assert (cache.memory, cache.expiring) == (len("k") + len("newer"), 0)
+    cache.admit("k", Entry("v", created_at=clock.now, deadline=clock.now + 5))
+    assert (cache.memory, cache.expiring, len(cache)) == (len("k") + len("v"), 1, 1)
+
+
 def test_resize_shrinks_at_once() -> None:
     cache, _, listener, _ = make(5)
     for key in "abcde":

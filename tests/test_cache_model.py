@@ -615,6 +615,7 @@ class CacheMachine(RuleBasedStateMachine):
         assert cache.memory == m.memory()
         assert cache.expiry_index_size <= 2 * len(cache) + 64
         deadlines = [e.deadline for e in m.entries.values() if e.deadline is not None]
+        assert cache.expiring == len(deadlines)
         if deadlines:
             nd = cache.next_deadline()
             assert nd is not None and nd <= min(deadlines)

@@ -248,6 +248,7 @@ class SessionCache(Generic[K, V]):
         self.listener = listener
         self.sizer = sizer
         self.memory = 0
+        self.expiring = 0  # entries with a deadline (INFO keyspace's expires=)
         # Plain integer counters: metrics read them at scrape time.
         self.hits = 0
         self.misses = 0
@@ -412,6 +413,7 @@ class SessionCache(Generic[K, V]):
             old.value = value
             old.updated_at = old.accessed_at = now
             old.ttl = rel
+            self.expiring += (new_deadline is not None) - (old.deadline is not None)
             old.deadline = new_deadline
             if context_id is not None:
                 old.context_id = context_id
@@ -452,6 +454,7 @@ class SessionCache(Generic[K, V]):
         # A new key (an overwrite was done in place above).
         data[key] = entry
         self.memory += size
+        self.expiring += new_deadline is not None
         if new_deadline is not None:
             self._file(key, entry)
         self.persistence.save(key, entry)
@@ -470,6 +473,7 @@ class SessionCache(Generic[K, V]):
         old = self._data.pop(key, None)
         if old is not None:
             self.memory -= old.size
+            self.expiring -= old.deadline is not None
             old.record = None
         entry.record = None
         entry.size = self.sizer(key, entry.value)
@@ -479,6 +483,7 @@ class SessionCache(Generic[K, V]):
                 entry.deadline = now + entry.ttl
         self._data[key] = entry
         self.memory += entry.size
+        self.expiring += entry.deadline is not None
         if entry.deadline is not None:
             self._file(key, entry)
         self._enforce_bounds()
@@ -532,6 +537,7 @@ class SessionCache(Generic[K, V]):
         return True
 
     def _set_deadline(self, key: K, entry: Entry[V], deadline: float | None) -> None:
+        self.expiring += (deadline is not None) - (entry.deadline is not None)
         entry.deadline = deadline
         if deadline is not None and deadline <= self.clock():
             self._remove(key, entry, Cause.EXPIRED, None)
@@ -629,6 +635,7 @@ class SessionCache(Generic[K, V]):
             # Expired: _remove inlined (this loop is the active-expiry hot path).
             del data[key]
             self.memory -= entry.size
+            self.expiring -= 1  # it had a deadline: it expired
             self.expirations += 1
             expired += 1
             self.persistence.delete(key)
@@ -707,6 +714,7 @@ class SessionCache(Generic[K, V]):
                 break
             key, entry = data.popitem(last=False)
             self.memory -= entry.size
+            self.expiring -= entry.deadline is not None
             entry.record = None
             deadline = entry.deadline
             if deadline is not None and deadline <= now:
@@ -750,6 +758,7 @@ class SessionCache(Generic[K, V]):
         store: bool,
     ) -> None:
         self.memory -= entry.size
+        self.expiring -= entry.deadline is not None
         entry.record = None
         if store:
             if cause is Cause.EVICTED:

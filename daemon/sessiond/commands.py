@@ -1090,7 +1090,7 @@ def info_text(rt: Runtime, section: bytes | None) -> str:
             keys, expires = rt.store.keyspace(cache)
         else:
             keys = len(cache)
-            expires = sum(1 for _, e in cache.items() if e.deadline is not None)
+            expires = cache.expiring
         if keys:
             sections["keyspace"].append(("db0", f"keys={keys},expires={expires},avg_ttl=0"))
     parts = []
