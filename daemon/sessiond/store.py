@@ -121,6 +121,7 @@ _FOLD_ROWS = 20_000
 _FOLD_INTERVAL = 1.0
 _WRITER_CACHE_KIB = 32 * 1024
 _FOLD_CHUNK = 256  # sessions per fold transaction
+_FOLD_CHUNK_WAITING = 32  # ... while writes wait for their commit
 
 
 @contextlib.contextmanager
@@ -766,7 +767,7 @@ class SQLiteStore:
                 ):
                     self._fold_start(db)
                 if self._fold_todo:
-                    self._fold_step(db)
+                    self._fold_step(db, self._fold_chunk())
                 if self._refile:
                     self._refile_step(db)
                 if self._stopping and not self._pending and not self._clear_pending:
@@ -872,13 +873,23 @@ class SQLiteStore:
         self._fold_upto = row[0] or 0
         self._last_fold = time.monotonic()
 
-    def _fold_step(self, db: sqlite3.Connection) -> None:
+    def _fold_chunk(self) -> int:
+        """Sessions for the next fold transaction: few while writes wait for a
+        commit (it waits for the chunk: a full one doubled the p99 of durable
+        writes), a full chunk when none wait or when the fold falls behind (the
+        journal must not grow without bound under a sustained load)."""
+        waiting = self._pending or self._waiters
+        if waiting and len(self._unfolded) < _FOLD_ROWS:
+            return _FOLD_CHUNK_WAITING
+        return _FOLD_CHUNK
+
+    def _fold_step(self, db: sqlite3.Connection, size: int) -> None:
         """Fold one chunk in its own transaction, so durable commits never wait
         long behind a fold; the last chunk deletes the folded journal rows.
         Until then a crash simply replays the journal (folding is idempotent)."""
         todo = self._fold_todo
-        chunk = todo[-_FOLD_CHUNK:]
-        del todo[-_FOLD_CHUNK:]
+        chunk = todo[-size:]
+        del todo[-size:]
         chunk.reverse()
         last = not todo
         try:
@@ -991,7 +1002,7 @@ class SQLiteStore:
                 if self._unfolded:
                     self._fold_start(db)
                     while self._fold_todo:
-                        self._fold_step(db)
+                        self._fold_step(db, _FOLD_CHUNK)
             finally:
                 db.close()
         self._readers.shutdown(wait=True)
