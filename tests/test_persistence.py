@@ -1011,3 +1011,27 @@ def test_batch_writer_lagging_is_visible(tmp_path: Path, monkeypatch: pytest.Mon
     finally:
         store.close()
     assert (idle, seen, after) == (False, True, False)
+
+
+def test_fold_chunks_are_small_while_writes_wait_unless_the_fold_falls_behind(
+    tmp_path: Path,
+) -> None:
+    """A commit waits for the fold chunk in progress: while writes wait, chunks
+    are small; but a journal a whole fold behind gets full chunks, or a
+    sustained load would grow it without bound. (The policy alone, in-process:
+    its effect on latency is measured by bench/resp_bench.py --persistence.)"""
+    from sessiond import store as store_module
+    from sessiond.cache import Entry
+    from sessiond.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "chunks.db")
+    try:
+        assert store._fold_chunk() == store_module._FOLD_CHUNK  # nothing waits
+        store.save(b"k", Entry(b"v", created_at=time.time()))
+        assert store._fold_chunk() == store_module._FOLD_CHUNK_WAITING
+        behind = {b"u%d" % i: None for i in range(store_module._FOLD_ROWS)}
+        store._unfolded.update(behind)
+        assert store._fold_chunk() == store_module._FOLD_CHUNK
+    finally:
+        store._unfolded.clear()
+        store.close()
