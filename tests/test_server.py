@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -225,6 +227,65 @@ def test_peer_credentials_reject_unlisted_gid(daemon_factory: Factory) -> None:
     with d.raw() as s:
         data, closed = read_to_eof(s)
     assert (data, closed) == (b"", True)
+
+
+def _ping_as(path: Path, uid: int, gid: int, groups: list[int]) -> bytes:
+    """PING the daemon from a child process that runs as ``uid``/``gid`` with
+    ``groups`` as its supplementary groups; its reply (b"" when refused)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the peer's identity, connect, report
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(str(path))
+                with contextlib.suppress(OSError):
+                    s.sendall(b"PING\r\n")
+                reply = b""
+                with contextlib.suppress(OSError):
+                    reply = s.recv(64)
+            os.write(write_end, reply)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        reply = r.read()
+    os.waitpid(pid, 0)
+    return reply
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
+@pytest.mark.parametrize(("groups", "admitted"), [([4242], True), ([4343, 4444], False)])
+def test_allowed_gids_admit_members_of_a_supplementary_group(
+    daemon_factory: Factory,
+    tmp_path_factory: pytest.TempPathFactory,
+    groups: list[int],
+    admitted: bool,
+) -> None:
+    # The peer's primary gid is not listed; one of its supplementary groups may be.
+    run_dir = Path(tempfile.mkdtemp(prefix="sessiond-groups-", dir="/tmp"))
+    try:
+        run_dir.chmod(0o711)  # pytest's own temp directories are 0700: other users can't reach them
+        socket_path = run_dir / "sessiond.sock"
+        d = daemon_factory(
+            {
+                "socket": {"path": str(socket_path), "mode": "0666"},
+                "security": {"allowed_gids": [4242]},
+            }
+        )
+        reply = _ping_as(socket_path, 65534, 65534, groups)
+        assert reply == (b"+PONG\r\n" if admitted else b"")
+        rejected = [e for e in d.events() if e.get("event") == "connection_rejected"]
+        if admitted:
+            assert not rejected
+        else:
+            assert [(e["gid"], e["groups"]) for e in rejected] == [(65534, groups)]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------ signals

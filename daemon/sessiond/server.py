@@ -39,6 +39,9 @@ DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 UNAUTHENTICATED_REQUEST_LIMIT = 16 * 1024  # bytes per request before AUTH
+# Linux' socket option number (asm-generic); Python does not name it.
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_NGROUPS_MAX = 65536
 _PENDING_PAUSE = 1024  # queued requests before a parked connection stops reading
 _TX_IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "QUIT", "RESET", "WATCH"})
 # Commands that change how the connection's next requests must be handled.
@@ -125,8 +128,15 @@ class Connection(asyncio.Protocol):
         reason = self.server.admission(transport)
         if reason is not None:
             rt.stats.rejected[reason] = rt.stats.rejected.get(reason, 0) + 1
+            fields: dict[str, Any] = {}
+            creds = self.server.peer_credentials(transport)
+            if reason == "peer_credentials" and creds is not None:
+                fields = {"gid": creds[2], "groups": list(self.server.peer_groups(transport))}
             log.warning(
-                "connection_rejected", reason=reason, peer=self.server.peer_label(transport)
+                "connection_rejected",
+                reason=reason,
+                peer=self.server.peer_label(transport),
+                **fields,
             )
             if reason == "max_clients":
                 transport.write(b"-ERR max number of clients reached\r\n")
@@ -597,11 +607,32 @@ class Server:
             if creds is None:
                 return "peer_credentials"
             _pid, uid, gid = creds
-            # A peer is admitted if its uid or its gid is listed; an empty list
-            # admits nobody by itself when the other list is set.
+            # A peer is admitted if its uid, its gid or one of its supplementary
+            # groups is listed (group membership, as file permissions see it);
+            # an empty list admits nobody by itself when the other list is set.
             if uid not in security.allowed_uids and gid not in security.allowed_gids:
-                return "peer_credentials"
+                allowed = security.allowed_gids
+                if not any(g in allowed for g in self.peer_groups(transport)):
+                    return "peer_credentials"
         return None
+
+    @staticmethod
+    def peer_groups(transport: asyncio.BaseTransport) -> tuple[int, ...]:
+        """The peer's supplementary groups when it connected (SO_PEERGROUPS,
+        Linux 4.13+); empty where the kernel cannot tell."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return ()
+        size = 4 * 64
+        while True:
+            try:
+                raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+            except OSError as exc:
+                if exc.errno == errno.ERANGE and size < 4 * _NGROUPS_MAX:
+                    size *= 32  # more groups than fit: ask again with room for them
+                    continue
+                return ()
+            return struct.unpack(f"{len(raw) // 4}I", raw)
 
     @staticmethod
     def peer_credentials(transport: asyncio.BaseTransport) -> tuple[int, int, int] | None:
