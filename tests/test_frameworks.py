@@ -5,7 +5,10 @@
 - Flask-Session's Redis interface through Flask's test client;
 - ``redis-cli -s`` (Debian redis-tools), one-shot and with commands piped on stdin;
 - node-redis (v6, RESP3 by default) + connect-redis, express-session's store API,
-  driven through ``tests/node/session_store.mjs``.
+  driven through ``tests/node/session_store.mjs``;
+- Rails: redis-rb, ``ActionDispatch::Session::CacheStore`` on ActiveSupport's
+  ``RedisCacheStore``, and redis-actionpack's ``RedisStore`` where installed, in a
+  Rack stack driven through ``tests/ruby/session_store.rb``.
 
 The tests share one daemon per durability mode with the product's defaults (SQLite
 write-through, ``default_ttl: 1h``, sliding TTL) except a small ``max_sessions``, so
@@ -18,6 +21,7 @@ leave slack for a slow machine; nothing asserts how long anything took.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import re
 import shutil
@@ -620,3 +624,88 @@ def test_node_express_session_middleware(node_results: dict[str, Any], mode: str
         "other": None,
         "keys": 1,
     }
+
+
+# ------------------------------------------------------------------- Rails
+
+RUBY_SCRIPT = Path(__file__).parent / "ruby" / "session_store.rb"
+
+
+@pytest.fixture(scope="module")
+def ruby_results(fw_daemon: Daemon) -> dict[str, Any]:
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        pytest.fail(
+            "ruby with Rails' actionpack and redis-rb is required for the Rails test "
+            "(Debian: apt-get install ruby-actionpack ruby-redis; scripts/test.sh installs them)"
+        )
+    proc = subprocess.run(
+        [ruby, str(RUBY_SCRIPT), str(fw_daemon.socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"ruby failed:\n{proc.stdout}\n{proc.stderr}"
+    results: dict[str, Any] = json.loads(proc.stdout)
+    return results
+
+
+def test_ruby_versions(ruby_results: dict[str, Any]) -> None:
+    versions = ruby_results["versions"]
+    assert versions["redis-rb"].split(".")[0] == "4"
+    assert versions["actionpack"].split(".")[0] == "6"
+
+
+def test_redis_rb_commands(ruby_results: dict[str, Any]) -> None:
+    """redis-rb, which every Rails Redis store is built on, with the forms they send."""
+    assert ruby_results["redis_rb"] == {
+        "set_ex": "OK",
+        "get": "alice",
+        "ttl": 30,
+        "set_nx_taken": False,
+        "setex": "OK",
+        "mget": ["alice", "bob", None],
+        "exists": 1,
+        "expire": True,
+        "ttl_b": 300,
+        "pipelined": ["OK", 2, "2"],
+        "multi": ["OK", "x"],
+        "scan": ["rb:a", "rb:b", "rb:m", "rb:p"],
+        "del": 1,
+        "get_deleted": None,
+        "binary_roundtrip": True,
+    }
+
+
+def _rails_private_id(sid: str) -> str:
+    """Rack stores a session under a hash of its cookie's id (Rack::Session::SessionId)."""
+    return "2::" + hashlib.sha256(sid.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("store", "key_prefix"),
+    [
+        ("cache_store", "rails-cache:_session_id:"),  # session_store :cache_store
+        ("redis_store", "rails-redis-store:"),  # redis-actionpack's :redis_store
+    ],
+)
+def test_rails_session_store(
+    ruby_results: dict[str, Any], raw_redis: redis.Redis, store: str, key_prefix: str
+) -> None:
+    flow = ruby_results[store]
+    if flow is None:
+        pytest.skip(
+            "redis-actionpack is not installed (Debian's ruby-redis-actionpack pulls in "
+            "redis-server, so scripts/test.sh does not install it)"
+        )
+    assert (flow["set"], flow["mine"], flow["other"]) == ("hello", "hello", None)
+    assert (flow["update"], flow["mine_after_update"]) == ("again", "again")
+    assert flow["sid_after_update"] == flow["sid"]
+    assert (flow["reset"], flow["after_reset"]) == (None, None)
+    assert flow["sid_after_reset"] != flow["sid"]
+    # The reset session's key is gone everywhere; the new one carries expire_after.
+    old = key_prefix + _rails_private_id(flow["sid"])
+    new = key_prefix + _rails_private_id(flow["sid_after_reset"])
+    assert raw_redis.exists(old) == 0
+    assert 60 <= raw_redis.ttl(new) <= 90
+    assert [k.decode() for k in raw_redis.scan_iter(match=key_prefix + "*")] == [new]
