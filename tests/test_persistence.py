@@ -701,6 +701,9 @@ def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory) ->
         for key in stored:
             assert r.get(key) is not None, key
         assert r.exists(stored[0]) == 1
+        # The write that failed is not rolled back: its outcome is unknown, as
+        # after a timeout. It stays in memory and waits for the next commit.
+        assert r.get(f"s{len(stored)}") == f"{len(stored)}:".encode() + b"x" * 1000
         assert d.metric("sessiond_store_errors_total", operation="commit") > 0
         # While the store cannot commit, later writes are refused before they
         # touch memory (Redis' MISCONF), so nothing unstorable is served.
