@@ -1038,3 +1038,67 @@ def test_fold_chunks_are_small_while_writes_wait_unless_the_fold_falls_behind(
     finally:
         store._unfolded.clear()
         store.close()
+
+
+def test_a_fold_goes_in_table_order_and_its_journal_rows_go_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold puts sessions in table order (one part of the hash space at a
+    time), and only once all of it is in does the journal lose the folded rows,
+    oldest first, a few at a time. What a crash leaves in the journal is then
+    always its newest rows, which replay harmlessly over the folded table.
+    (The writer's steps driven by hand; bench/resp_bench.py --persistence
+    measures what the small steps do for latency.)"""
+    from sessiond import store as store_module
+    from sessiond.cache import Entry
+    from sessiond.store import SQLiteStore, scan_hash
+
+    monkeypatch.setattr(store_module, "_TRIM_ROWS", 100)
+    folded: list[bytes] = []
+    fields = store_module._fields
+    monkeypatch.setattr(store_module, "_fields", lambda e: (folded.append(e.value), fields(e))[1])
+    path = tmp_path / "fold.db"
+    store = SQLiteStore(path)
+    db = store._connect()
+    now = time.time()
+    for n in range(3):  # three writes to each session; the last one deletes k7
+        batch: dict[bytes, Entry[bytes] | None] = {
+            b"k%d" % i: Entry(b"k%d=%d" % (i, n), created_at=now) for i in range(300)
+        }
+        if n == 2:
+            batch[b"k7"] = None
+        assert store._commit(db, batch, False, 0)
+    folded.clear()  # (the journal rows took their fields too)
+
+    def journal() -> tuple[int, int]:
+        first, rows = db.execute("SELECT min(seq), count(*) FROM journal").fetchone()
+        return first or 0, rows
+
+    store._fold_start(db)
+    while store._fold_running():
+        store._fold_step(db, 64)
+        assert journal() == (1, 900)  # nothing goes before the whole fold is in
+    keys = [value.split(b"=")[0] for value in folded]
+    assert keys == sorted(keys, key=lambda k: (scan_hash(k), k))
+    assert len(keys) == 299 and all(v.endswith(b"=2") for v in folded)
+    firsts = []
+    while store._trim_upto:
+        store._trim_step(db)
+        first, rows = journal()
+        assert rows == 900 - (first - 1) if rows else first == 0
+        firsts.append(first)
+        if len(firsts) == 2:  # a crash here: the store is reopened as it is
+            crashed = tmp_path / "crashed.db"
+            db.execute(f"VACUUM INTO '{crashed}'")
+    assert firsts == [101, 201, 301, 401, 501, 601, 701, 801, 0, 0]  # the last one finds none
+    db.close()
+    store.close()
+    for file in (path, tmp_path / "crashed.db"):
+        again = SQLiteStore(file)
+        try:
+            assert again._db.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
+            stored = dict(again._db.execute("SELECT key, value FROM sessions").fetchall())
+            assert len(stored) == 299 and b"k7" not in stored
+            assert all(value == key + b"=2" for key, value in stored.items())
+        finally:
+            again.close()

@@ -12,9 +12,11 @@ A commit only appends the batch to the ``journal`` table: sequential pages,
 so the fsync that a durable reply waits for is small. Every ``_FOLD_INTERVAL``
 (or ``_FOLD_ROWS`` sessions) the writer *folds* the journal into ``sessions``
 (random pages, but no reply waits for it, and it needs no fsync of its own:
-the journal rows are deleted in the same transaction). Until folded, the
-sessions are served from memory (``_unfolded``); a crash replays the journal
-at the next start.
+the journal keeps its rows until the fold has committed, and then deletes
+them a few hundred at a time). Until folded, the sessions are served from
+memory (``_unfolded``); a crash replays what the journal still holds at the
+next start. Replaying rows that were already folded is harmless: the journal
+holds every write after them, so each session ends at its latest write.
 
 Reads never see stale data: :meth:`SQLiteStore.load_many` answers from the
 pending map and the batch being committed before it asks the database, so a
@@ -88,8 +90,8 @@ CREATE TABLE IF NOT EXISTS journal (
 _COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline"
 _JOURNAL = (
     "INSERT INTO journal "
-    "(scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, deadline) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(seq, scan_hash, key, value, context, created_at, updated_at, accessed_at, ttl, deadline) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # An update in place where the row exists (REPLACE would delete and insert it);
 # expire_at is set by an insert only (see _REFILE).
@@ -122,6 +124,13 @@ _FOLD_INTERVAL = 1.0
 _WRITER_CACHE_KIB = 32 * 1024
 _FOLD_CHUNK = 256  # sessions per fold transaction
 _FOLD_CHUNK_WAITING = 32  # ... while writes wait for their commit
+# A fold is put in table order one part of the hash space at a time (a sort of
+# a whole fold at once held the GIL, and so the event loop, for 10-20 ms).
+_FOLD_BUCKET_BITS = 8
+# Folded journal rows deleted per transaction (a fold's worth at once stalled
+# durable commits for 30-50 ms), and while writes wait for their commit.
+_TRIM_ROWS = 2048
+_TRIM_ROWS_WAITING = 256
 
 
 @contextlib.contextmanager
@@ -263,8 +272,14 @@ class SQLiteStore:
         # Journaled (durable) but not yet folded into the sessions table.
         self._unfolded: dict[bytes, Entry[bytes] | None] = {}
         self._folding: dict[bytes, Entry[bytes] | None] = {}
-        self._fold_todo: list[tuple[int, bytes, Entry[bytes] | None]] = []  # reversed
+        # The fold in progress: the sessions to fold next, in table order
+        # (reversed: taken from the end), and the parts of the hash space not
+        # yet put in order (reversed too).
+        self._fold_todo: list[tuple[int, bytes, Entry[bytes] | None]] = []
+        self._fold_buckets: list[list[tuple[int, bytes, Entry[bytes] | None]]] = []
         self._fold_upto = 0  # the last journal row the fold in progress covers
+        self._journal_seq = 0  # the last journal row written (numbered here: never reused)
+        self._trim_upto = 0  # journal rows up to this one are folded, to be deleted
         self._refile: set[bytes] = set()  # rows whose expire_at expiry found stale
         self._last_fold = time.monotonic()
         self.fold_interval = _FOLD_INTERVAL
@@ -285,6 +300,7 @@ class SQLiteStore:
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sessiond-read")
         self._check_and_init()
         self._db = self._connect()  # the event loop's own read connection
+        self._journal_seq = self._db.execute("SELECT max(seq) FROM journal").fetchone()[0] or 0
 
     # ------------------------------------------------------------- opening
 
@@ -735,7 +751,7 @@ class SQLiteStore:
                 # between commits, one chunk at a time.
                 idle = max(0.0, last_start + self.flush_interval - time.monotonic())
                 self._busy_since = 0.0
-                self._wake.wait(0.0 if self._fold_todo else idle)
+                self._wake.wait(0.0 if self._fold_running() or self._trim_upto else idle)
                 self._wake.clear()
                 self._busy_since = time.monotonic()
                 last_start = time.monotonic()
@@ -757,7 +773,8 @@ class SQLiteStore:
                 else:
                     self._committed(seq, None)
                 if (
-                    not self._fold_todo
+                    not self._fold_running()
+                    and not self._trim_upto  # the last fold's rows go first
                     and self._unfolded
                     and (
                         self._stopping
@@ -766,13 +783,15 @@ class SQLiteStore:
                     )
                 ):
                     self._fold_start(db)
-                if self._fold_todo:
+                if self._fold_running():
                     self._fold_step(db, self._fold_chunk())
+                elif self._trim_upto:
+                    self._trim_step(db)
                 if self._refile:
                     self._refile_step(db)
                 if self._stopping and not self._pending and not self._clear_pending:
-                    if self._fold_todo or self._unfolded:
-                        continue  # fold everything before stopping
+                    if self._fold_running() or self._unfolded or self._trim_upto:
+                        continue  # fold (and trim) everything before stopping
                     return
         finally:
             db.close()
@@ -801,20 +820,20 @@ class SQLiteStore:
     ) -> bool:
         started = time.perf_counter()
         rows = []
-        deletes = []
+        deletes = 0
+        first = seq_no = self._journal_seq
         for key, entry in batch.items():
+            seq_no += 1
             if entry is None:
-                deletes.append((scan_hash(key), key))
+                deletes += 1
+                rows.append((seq_no, scan_hash(key), key, None, None, None, None, None, None, None))
             else:
-                rows.append((scan_hash(key), key, *_fields(entry)))
+                rows.append((seq_no, scan_hash(key), key, *_fields(entry)))
         try:
             db.execute("BEGIN IMMEDIATE")
             if cleared:
                 db.execute("DELETE FROM sessions")
                 db.execute("DELETE FROM journal")
-            if deletes:
-                db.executemany(_JOURNAL, [(h, k, None, None, None, None, None, None, None)
-                                          for h, k in deletes])  # fmt: skip
             if rows:
                 db.executemany(_JOURNAL, rows)
             db.execute("COMMIT")
@@ -830,16 +849,20 @@ class SQLiteStore:
                 self._clear_pending = self._clear_pending or cleared
                 self._inflight = {}
                 self._inflight_cleared = False
+            self._journal_seq = first
             self._count_error("commit")
             log.error("store_error", operation="commit", error=str(exc), sessions=len(batch))
             self.failure = StoreError(f"store write failed: {exc}")
             self._committed(seq, self.failure)
             return False
+        self._journal_seq = seq_no
         if self.failure is not None:
             log.info("store_recovered")
             self.failure = None
-        if cleared:
-            self._fold_todo = []  # the table and journal are empty now
+        if cleared:  # the table and journal are empty now
+            self._fold_todo = []
+            self._fold_buckets = []
+            self._trim_upto = 0
         with self._lock:
             if cleared:
                 self._unfolded = {}
@@ -854,24 +877,34 @@ class SQLiteStore:
                 for key, entry in batch.items():
                     self._recent[key] = (self._commits, entry)
         if self.stats is not None:
-            self.stats.writes += len(rows)
+            self.stats.writes += len(rows) - deletes
             self.stats.commit_duration.observe(time.perf_counter() - started)
         self._committed(seq, None)
         return True
 
     def _fold_start(self, db: sqlite3.Connection) -> None:
         """Begin moving the journal's sessions into the table."""
-        row = db.execute("SELECT max(seq) FROM journal").fetchone()
         with self._lock:
             fold, self._unfolded = self._unfolded, {}
             self._folding = fold
         # In table order: consecutive chunks touch consecutive pages, so a fold
-        # of N sessions writes about min(N, table pages) pages, not N.
-        self._fold_todo = sorted(
-            ((scan_hash(k), k, e) for k, e in fold.items()), key=itemgetter(0, 1), reverse=True
-        )
-        self._fold_upto = row[0] or 0
+        # of N sessions writes about min(N, table pages) pages, not N. Sorted
+        # one part of the hash space at a time, as the fold reaches it.
+        shift = 32 - _FOLD_BUCKET_BITS
+        buckets: list[list[tuple[int, bytes, Entry[bytes] | None]]] = [
+            [] for _ in range(1 << _FOLD_BUCKET_BITS)
+        ]
+        for key, entry in fold.items():
+            h = scan_hash(key)
+            buckets[h >> shift].append((h, key, entry))
+        buckets.reverse()
+        self._fold_buckets = buckets
+        self._fold_todo = []
+        self._fold_upto = self._journal_seq
         self._last_fold = time.monotonic()
+
+    def _fold_running(self) -> bool:
+        return bool(self._fold_todo or self._fold_buckets)
 
     def _fold_chunk(self) -> int:
         """Sessions for the next fold transaction: few while writes wait for a
@@ -885,16 +918,21 @@ class SQLiteStore:
 
     def _fold_step(self, db: sqlite3.Connection, size: int) -> None:
         """Fold one chunk in its own transaction, so durable commits never wait
-        long behind a fold; the last chunk deletes the folded journal rows.
-        Until then a crash simply replays the journal (folding is idempotent)."""
+        long behind a fold. Once the last chunk is in, the folded journal rows
+        may go (:meth:`_trim_step`); until then a crash simply replays them."""
         todo = self._fold_todo
+        buckets = self._fold_buckets
+        while len(todo) < size and buckets:
+            bucket = buckets.pop()
+            bucket.sort(key=itemgetter(0, 1), reverse=True)
+            todo[:0] = bucket  # after the rest of the previous part (taken from the end)
         chunk = todo[-size:]
         del todo[-size:]
         chunk.reverse()
-        last = not todo
+        last = not todo and not buckets
         try:
-            # The journal keeps these sessions until the last chunk deletes it,
-            # atomically with its own rows: no fsync is needed for durability.
+            # The journal keeps these sessions until the fold is in: no fsync
+            # is needed for durability.
             with _unsynced(db):
                 # Each key occurs once in a chunk: deletes and upserts may go apart.
                 db.executemany(
@@ -905,14 +943,13 @@ class SQLiteStore:
                 db.executemany(_UPSERT, upserts)
                 now = time.time()
                 db.executemany(_REFILE, [(row[0], row[1], now) for row in upserts])
-                if last:
-                    db.execute("DELETE FROM journal WHERE seq <= ?", (self._fold_upto,))
         except sqlite3.Error as exc:
             self._fold_abort()
             self._count_error("fold")
             log.error("store_error", operation="fold", error=str(exc))
             return
         if last:
+            self._trim_upto = self._fold_upto
             with self._lock:
                 fold, self._folding = self._folding, {}
                 self._commits += 1
@@ -935,6 +972,26 @@ class SQLiteStore:
             self._count_error("expire")
             log.error("store_error", operation="expire", error=str(exc))
 
+    def _trim_step(self, db: sqlite3.Connection) -> None:
+        """Delete some of the journal rows that a finished fold has put in the
+        table. Unsynced: a crash before it is on disk replays them, harmlessly
+        (the module docstring says why)."""
+        waiting = self._pending or self._waiters
+        limit = _TRIM_ROWS_WAITING if waiting else _TRIM_ROWS
+        try:
+            with _unsynced(db):
+                deleted = db.execute(
+                    "DELETE FROM journal WHERE seq IN "
+                    "(SELECT seq FROM journal WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                    (self._trim_upto, limit),
+                ).rowcount
+        except sqlite3.Error as exc:
+            self._count_error("fold")
+            log.error("store_error", operation="fold", error=str(exc))
+            return
+        if deleted < limit:
+            self._trim_upto = 0
+
     def _fold_abort(self) -> None:
         """Give up the fold in progress; its sessions stay journaled."""
         with self._lock:
@@ -942,6 +999,7 @@ class SQLiteStore:
                 self._unfolded.setdefault(key, entry)
             self._folding = {}
         self._fold_todo = []
+        self._fold_buckets = []
 
     def _committed(self, seq: int, error: StoreError | None) -> None:
         loop = self._loop
@@ -1001,8 +1059,10 @@ class SQLiteStore:
                     self._commit(db, batch, cleared, self._op_seq)
                 if self._unfolded:
                     self._fold_start(db)
-                    while self._fold_todo:
+                    while self._fold_running():
                         self._fold_step(db, _FOLD_CHUNK)
+                while self._trim_upto:
+                    self._trim_step(db)
             finally:
                 db.close()
         self._readers.shutdown(wait=True)
