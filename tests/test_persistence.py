@@ -848,71 +848,84 @@ def _run_in_process(tmp_path: Path, body: Callable[[str], Any]) -> None:
     assert asyncio.run(app.run(started)) == 0
 
 
-def test_counting_the_store_holds_up_no_other_client(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])
+def test_reading_the_whole_store_holds_up_no_other_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
     """DBSIZE and INFO keyspace count the SQLite table (a scan, and a join with
-    every queued write): a reader thread does it while the event loop serves
-    everyone else."""
+    every queued write), KEYS reads every row: a reader thread does it while
+    the event loop serves everyone else."""
     import redis.asyncio as aredis
     from sessiond.store import SQLiteStore
 
-    counting = threading.Event()
+    reading = threading.Event()
     gate = threading.Event()
-    real_count = SQLiteStore._count_table
+    method = "_count_table" if command == "DBSIZE" else "all_keys"
+    real_read = getattr(SQLiteStore, method)
 
-    def gated_count(self: SQLiteStore) -> Any:
+    def gated_read(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is not threading.main_thread():
-            counting.set()
+            reading.set()
             gate.wait(10)
-        return real_count(self)
+        return real_read(self, *args, **kwargs)
 
-    monkeypatch.setattr(SQLiteStore, "_count_table", gated_count)
+    monkeypatch.setattr(SQLiteStore, method, gated_read)
     seen: dict[str, Any] = {}
 
     async def body(sock: str) -> None:
         loop = asyncio.get_running_loop()
         async with (
-            aredis.Redis(unix_socket_path=sock) as counter,
+            aredis.Redis(unix_socket_path=sock) as reader,
             aredis.Redis(unix_socket_path=sock) as other,
         ):
             await other.set("k1", "v")
             await other.set("k2", "v")
-            dbsize = asyncio.ensure_future(counter.dbsize())
-            seen["counting"] = await loop.run_in_executor(None, counting.wait, 10)
-            # The count is parked at the gate; the other client is served.
+            await other.set("x", "v")
+            asked = reader.dbsize() if command == "DBSIZE" else reader.keys("k*")
+            answer = asyncio.ensure_future(asked)
+            seen["reading"] = await loop.run_in_executor(None, reading.wait, 10)
+            # The read is parked at the gate; the other client is served.
             seen["ping"] = await other.ping()
             seen["get"] = await other.get("k1")
             seen["set"] = await other.set("k3", "v")
-            seen["waiting"] = not dbsize.done()
+            seen["waiting"] = not answer.done()
             gate.set()
-            seen["dbsize"] = await dbsize
-            seen["keyspace"] = (await counter.info("keyspace"))["db0"]["keys"]
+            seen["answer"] = await answer
+            seen["keyspace"] = (await reader.info("keyspace"))["db0"]["keys"]
+            seen["in_multi"] = await reader.pipeline(transaction=True).keys("k*").execute()
 
     _run_in_process(tmp_path, body)
-    assert seen["counting"] and seen["waiting"]
+    assert seen["reading"] and seen["waiting"]
     assert seen["ping"] is True and seen["get"] == b"v" and seen["set"] is True
-    assert seen["dbsize"] == 3  # counted once the gate opened: k3 is in
-    assert seen["keyspace"] == 3
+    # Read once the gate opened: k3 is in.
+    if command == "DBSIZE":
+        assert seen["answer"] == 4
+    else:
+        assert sorted(seen["answer"]) == [b"k1", b"k2", b"k3"]
+    assert seen["keyspace"] == 4
+    assert [sorted(r) for r in seen["in_multi"]] == [[b"k1", b"k2", b"k3"]]  # in place
 
 
-def test_a_failed_count_answers_that_request_with_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])
+def test_a_failed_whole_store_read_answers_that_request_with_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
     import redis.asyncio as aredis
     from sessiond.store import SQLiteStore
 
-    def broken_count(self: SQLiteStore) -> Any:
+    def broken_read(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(SQLiteStore, "_count_table", broken_count)
+    monkeypatch.setattr(
+        SQLiteStore, "_count_table" if command == "DBSIZE" else "all_keys", broken_read
+    )
     seen: dict[str, Any] = {}
 
     async def body(sock: str) -> None:
         async with aredis.Redis(unix_socket_path=sock) as r:
             await r.set("k", "v")
             pipe = r.pipeline(transaction=False)
-            pipe.dbsize().get("k")
+            pipe.execute_command(command, *([] if command == "DBSIZE" else ["*"])).get("k")
             seen["replies"] = await pipe.execute(raise_on_error=False)
             seen["ping"] = await r.ping()
 

@@ -21,7 +21,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from .cache import DEFAULT, Entry, SessionCache
 from .config import Config, flatten
 from .docs import doc_fields
 from .protocol import OK, PONG, Error, Status, Verbatim
-from .store import Store, scan_hash
+from .store import Store, TableCounts, scan_hash
 
 Args = list[bytes]
 Handler = Callable[["Runtime", "Client", Args], Any]
@@ -119,9 +119,10 @@ class CommandSpec:
     group: str = "generic"
     summary: str = ""
     load: Callable[[Args], list[bytes]] | None = None
-    # Whether a request reads the store's keyspace counts (DBSIZE, INFO
-    # keyspace): the server then has them read off the event loop first.
-    counts: Callable[[Args], bool] | None = None
+    # A whole-table read that a request needs (DBSIZE, INFO keyspace, KEYS),
+    # or None: the server awaits it off the event loop, then runs the handler
+    # with its result in ``Runtime.ahead``. Not inside MULTI (run in place).
+    ahead: Callable[[Runtime, Args], Awaitable[Any] | None] | None = None
     write: bool = False
     calls: int = 0
     errors: int = 0
@@ -159,6 +160,8 @@ class Runtime:
         self.started_monotonic = time.monotonic()
         # Store entries fetched for inspection commands; cleared after each command.
         self.peeked: dict[bytes, Entry[bytes] | None] = {}
+        # What CommandSpec.ahead read for the running command, else None.
+        self.ahead: Any = None
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
@@ -209,7 +212,7 @@ class Runtime:
 
     def dbsize(self) -> int:
         if self.store is not None:
-            return self.store.count(self.cache)
+            return self.store.keyspace(self.cache, self.ahead)[0]
         return len(self.cache)
 
 
@@ -939,13 +942,25 @@ def take_hash_groups(candidates: list[tuple[int, bytes]], count: int) -> tuple[l
     return [k for _, k in candidates[:end]], last_hash + 1
 
 
+def _keys_pattern(arg: bytes) -> re.Pattern[bytes] | None:
+    return None if arg == b"*" else glob_to_regex(arg)
+
+
 def cmd_keys(rt: Runtime, client: Client, args: Args) -> Any:
-    pattern = None if args[1] == b"*" else glob_to_regex(args[1])
+    if rt.ahead is not None:
+        return rt.ahead  # listed and matched off the event loop
+    pattern = _keys_pattern(args[1])
     if rt.store is not None:
         keys = rt.store.all_keys(memory=rt.cache)
     else:
         keys = [key for key, _ in rt.cache.items()]
     return keys if pattern is None else [k for k in keys if pattern.match(k)]
+
+
+def _list_keys_ahead(rt: Runtime, args: Args) -> Awaitable[list[bytes]] | None:
+    if rt.store is None or len(args) != 2:
+        return None
+    return rt.store.list_keys(rt.cache, _keys_pattern(args[1]))
 
 
 # ---------------------------------------------------------------- sessions
@@ -1087,7 +1102,7 @@ def info_text(rt: Runtime, section: bytes | None) -> str:
         wanted = [name] if name in sections else []
     if "keyspace" in wanted:  # a whole-keyspace scan: only when asked for
         if rt.store is not None:
-            keys, expires = rt.store.keyspace(cache)
+            keys, expires = rt.store.keyspace(cache, rt.ahead)
         else:
             keys = len(cache)
             expires = cache.expiring
@@ -1107,10 +1122,16 @@ def cmd_info(rt: Runtime, client: Client, args: Args) -> Any:
     return Verbatim(info_text(rt, args[1] if len(args) == 2 else None))
 
 
-def _info_counts_keyspace(args: Args) -> bool:
-    """Whether INFO with these arguments has a keyspace section."""
+def _count_ahead(rt: Runtime, args: Args) -> Awaitable[TableCounts] | None:
+    return None if rt.store is None else rt.store.count_table()
+
+
+def _info_count_ahead(rt: Runtime, args: Args) -> Awaitable[TableCounts] | None:
+    """The store's counts if INFO with these arguments has a keyspace section."""
     names = [a.decode("utf-8", "replace").lower() for a in args[1:]] or ["default"]
-    return any(n in _EVERY_SECTION or n == "keyspace" for n in names)
+    if any(n in _EVERY_SECTION or n == "keyspace" for n in names):
+        return _count_ahead(rt, args)
+    return None
 
 
 # ---------------------------------------------------------------- COMMAND
@@ -1200,7 +1221,7 @@ def _spec(
     group: str = "generic",
     summary: str = "",
     load: Callable[[Args], list[bytes]] | bool | None = True,
-    counts: Callable[[Args], bool] | None = None,
+    ahead: Callable[[Runtime, Args], Awaitable[Any] | None] | None = None,
 ) -> CommandSpec:
     flag_tuple = tuple(flags.split())
     loader: Callable[[Args], list[bytes]] | None
@@ -1221,7 +1242,7 @@ def _spec(
         group=group,
         summary=summary,
         load=loader,
-        counts=counts,
+        ahead=ahead,
         write="write" in flag_tuple,
     )
 
@@ -1249,7 +1270,7 @@ _SPECS = [
         "",
         group=_SERVER,
         summary="Server information",
-        counts=_info_counts_keyspace,
+        ahead=_info_count_ahead,
     ),
     _spec("CONFIG", cmd_config, -2, "", group=_SERVER, summary="Read the effective config"),
     _spec(
@@ -1259,7 +1280,7 @@ _SPECS = [
         "readonly fast",
         group=_SERVER,
         summary="Number of keys",
-        counts=lambda args: True,
+        ahead=_count_ahead,
     ),
     _spec("FLUSHDB", cmd_flushdb, -1, "write", group=_SERVER, summary="Delete all keys"),
     _spec("FLUSHALL", cmd_flushdb, -1, "write", group=_SERVER, summary="Delete all keys"),
@@ -1385,7 +1406,15 @@ _SPECS = [
     ),
     _spec("PERSIST", cmd_persist, 2, "write fast", (1, 1, 1), group=_KEYS, summary="Remove TTL"),
     _spec("SCAN", cmd_scan, -2, "readonly", group=_KEYS, summary="Iterate keys"),
-    _spec("KEYS", cmd_keys, 2, "readonly", group=_KEYS, summary="Keys matching a pattern"),
+    _spec(
+        "KEYS",
+        cmd_keys,
+        2,
+        "readonly",
+        group=_KEYS,
+        summary="Keys matching a pattern",
+        ahead=_list_keys_ahead,
+    ),
     _spec(
         "SESSION.CREATE",
         cmd_session_create,

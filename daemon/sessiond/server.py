@@ -29,7 +29,7 @@ import structlog
 from .cache import Entry
 from .commands import LOOKUP, Client, CommandSpec, Runtime
 from .protocol import OK, QUEUED, Error, ProtocolError, RequestParser, encode
-from .store import Store, StoreError, TableCounts
+from .store import Store, StoreError
 
 log = structlog.get_logger("sessiond.server")
 
@@ -83,9 +83,10 @@ def _unknown_command(args: list[Any]) -> Error:
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "ahead",
+        "ahead_read",
         "busy",
         "client",
-        "counted",
         "durable",
         "out",
         "parser",
@@ -114,7 +115,8 @@ class Connection(asyncio.Protocol):
         self.client = Client(authenticated=self.rt.password is None)
         self.parser = RequestParser(self.request_limit())
         self.peeked: dict[bytes, Entry[bytes] | None] = {}
-        self.counted: TableCounts | None = None  # read for the next request
+        self.ahead: Any = None  # what CommandSpec.ahead read for the next request
+        self.ahead_read = False
         self.write_slots: list[int] = []
 
     # -------------------------------------------------------------- events
@@ -248,24 +250,22 @@ class Connection(asyncio.Protocol):
                 if keys:
                     self._wait_then_go_on(self.server.prefetch(keys, self.peeked))
                     return
-                if (
-                    spec.counts is not None
-                    and self.counted is None
-                    and self.client.multi is None
-                    and spec.counts(args)
-                ):
-                    self._wait_then_go_on(self._count(store))
-                    return
+                if spec.ahead is not None and not self.ahead_read and self.client.multi is None:
+                    work = spec.ahead(rt, args)
+                    if work is not None:
+                        self._wait_then_go_on(self._read_ahead(work))
+                        return
                 rt.peeked = self.peeked
             pending.popleft()
             if store.failure is not None and self.writes(spec):
                 out.append(self.refuse_write(spec, store.failure))
                 continue
             store.view = self.peeked  # what the command changes, it reads back
-            store.counted = self.counted
+            rt.ahead = self.ahead
             out.append(self.execute(spec, args))
             store.view = None
-            store.counted = self.counted = None
+            rt.ahead = self.ahead = None
+            self.ahead_read = False
             self.peeked.clear()
             if (
                 spec is not None
@@ -298,7 +298,8 @@ class Connection(asyncio.Protocol):
         except StoreError as exc:
             # The request that needed the read is answered with the error.
             self.peeked.clear()
-            self.counted = None
+            self.ahead = None
+            self.ahead_read = False
             self.pending.popleft()
             self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
         finally:
@@ -306,8 +307,9 @@ class Connection(asyncio.Protocol):
             self.busy = False
         self._go_on()
 
-    async def _count(self, store: Store) -> None:
-        self.counted = await store.count_table()
+    async def _read_ahead(self, work: Awaitable[Any]) -> None:
+        self.ahead = await work
+        self.ahead_read = True
 
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""
