@@ -570,16 +570,21 @@ def node_modules() -> Path:
 def node_results(node_modules: Path, fw_daemon: Daemon) -> dict[str, Any]:
     node = shutil.which("node")
     assert node is not None
+    return scenario_results([node, str(NODE_DIR / "session_store.mjs")], fw_daemon, NODE_DIR)
+
+
+def scenario_results(command: list[str], daemon: Daemon, cwd: Path | None = None) -> Any:
+    """Run a framework scenario script against ``daemon``'s socket; the JSON
+    object of observations it prints."""
     proc = subprocess.run(
-        [node, str(NODE_DIR / "session_store.mjs"), str(fw_daemon.socket_path)],
-        cwd=NODE_DIR,
+        [*command, str(daemon.socket_path)],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0, f"node failed:\n{proc.stdout}\n{proc.stderr}"
-    results: dict[str, Any] = json.loads(proc.stdout)
-    return results
+    assert proc.returncode == 0, f"{command[0]} failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout)
 
 
 def test_node_versions(node_results: dict[str, Any]) -> None:
@@ -639,15 +644,7 @@ def ruby_results(fw_daemon: Daemon) -> dict[str, Any]:
             "ruby with Rails' actionpack and redis-rb is required for the Rails test "
             "(Debian: apt-get install ruby-actionpack ruby-redis; scripts/test.sh installs them)"
         )
-    proc = subprocess.run(
-        [ruby, str(RUBY_SCRIPT), str(fw_daemon.socket_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, f"ruby failed:\n{proc.stdout}\n{proc.stderr}"
-    results: dict[str, Any] = json.loads(proc.stdout)
-    return results
+    return scenario_results([ruby, str(RUBY_SCRIPT)], fw_daemon)
 
 
 def test_ruby_versions(ruby_results: dict[str, Any]) -> None:
