@@ -1115,3 +1115,74 @@ def test_a_fold_goes_in_table_order_and_its_journal_rows_go_after_it(
             assert all(value == key + b"=2" for key, value in stored.items())
         finally:
             again.close()
+
+
+def test_expiry_spares_a_session_renewed_while_its_fold_runs(tmp_path: Path) -> None:
+    """The table's copy of k has expired, k was renewed (acknowledged) and then
+    evicted from memory, and the fold that carries the renewal has not reached
+    k yet: the sweep must not delete k. (It did: expiry missed the fold in
+    progress when it looked for newer writes.)"""
+    from sessiond.cache import Entry, SessionCache
+    from sessiond.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "s.db")
+    db = store._connect()
+    now = time.time()
+    old = Entry(b"old", created_at=now - 100, ttl=10.0, deadline=now - 1)
+    assert store._commit(db, {b"k": old}, False, 0)
+    store._fold_start(db)
+    while store._fold_running():
+        store._fold_step(db, 256)
+    renewed = Entry(b"new", created_at=now, ttl=3600.0, deadline=now + 3600)
+    assert store._commit(db, {b"k": renewed}, False, 0)
+    store._fold_start(db)  # k is in the fold in progress, not yet in the table
+    assert store.expire(SessionCache()) == 0
+    assert b"k" not in store._pending
+    while store._fold_running():
+        store._fold_step(db, 256)
+    db.close()
+    store.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    try:
+        entry = again.load(b"k")
+        assert entry is not None and entry.value == b"new"
+    finally:
+        again.close()
+
+
+def test_trimming_keeps_up_with_large_commits_and_gives_up_after_an_error(
+    tmp_path: Path,
+) -> None:
+    """While writes wait, a trim step deletes at least 4 times the rows the last
+    commit added (a fixed small step fell behind commits of a few hundred rows
+    and the journal grew without bound). A failing trim gives up until the next
+    fold ends instead of retrying every pass; the rows it kept replay harmlessly."""
+    from sessiond.cache import Entry
+    from sessiond.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "t.db")
+    db = store._connect()
+    now = time.time()
+    batch: dict[bytes, Entry[bytes] | None] = {
+        b"k%d" % i: Entry(b"v", created_at=now) for i in range(1000)
+    }
+    assert store._commit(db, batch, False, 0)
+    store._fold_start(db)
+    while store._fold_running():
+        store._fold_step(db, 256)
+    assert store._trim_upto == 1000
+    store._pending[b"waiting"] = None  # a write waits: small steps, unless commits are big
+    store._trim_step(db, added=50)
+    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256
+    store._trim_step(db, added=150)
+    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256 - 600
+    db.execute(
+        "CREATE TRIGGER no_trim BEFORE DELETE ON journal BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+    )
+    store._trim_step(db, added=300)
+    assert store._trim_upto == 0  # gave up; nothing spins
+    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 144
+    db.execute("DROP TRIGGER no_trim")
+    store._pending.clear()
+    db.close()
+    store.close()

@@ -129,7 +129,10 @@ _FOLD_CHUNK_WAITING = 32  # ... while writes wait for their commit
 # a whole fold at once held the GIL, and so the event loop, for 10-20 ms).
 _FOLD_BUCKET_BITS = 8
 # Folded journal rows deleted per transaction (a fold's worth at once stalled
-# durable commits for 30-50 ms), and while writes wait for their commit.
+# durable commits for 30-50 ms), and while writes wait for their commit: then
+# at least 4 times the rows the last commit added. The next fold waits for the
+# trim, during which commits add rows for the trim after it: deleting 4 rows
+# per row added keeps that from growing however large the commits grow.
 _TRIM_ROWS = 2048
 _TRIM_ROWS_WAITING = 256
 
@@ -698,7 +701,8 @@ class SQLiteStore:
         with self._lock:
             for raw_key, deadline in rows:
                 key = bytes(raw_key)
-                if any(key in m for m in (self._pending, self._inflight, self._unfolded)):
+                newer = (self._pending, self._inflight, self._unfolded, self._folding)
+                if any(key in m for m in newer):
                     continue  # a newer write has it (its fold re-files the row)
                 if deadline is None or deadline > now:
                     self._refile.add(key)  # renewed since it was filed
@@ -809,7 +813,7 @@ class SQLiteStore:
                 if self._fold_running():
                     self._fold_step(db, self._fold_chunk())
                 elif self._trim_upto:
-                    self._trim_step(db)
+                    self._trim_step(db, last_batch)
                 if self._refile:
                     self._refile_step(db)
                 if self._stopping and not self._pending and not self._clear_pending:
@@ -995,12 +999,13 @@ class SQLiteStore:
             self._count_error("expire")
             log.error("store_error", operation="expire", error=str(exc))
 
-    def _trim_step(self, db: sqlite3.Connection) -> None:
-        """Delete some of the journal rows that a finished fold has put in the
-        table. Unsynced: a crash before it is on disk replays them, harmlessly
-        (the module docstring says why)."""
+    def _trim_step(self, db: sqlite3.Connection, added: int = 0) -> None:
+        """Delete some of the journal rows that finished folds have put in the
+        table (``added``: rows the last commit appended). Unsynced: a crash
+        before it is on disk replays them, harmlessly (the module docstring
+        says why); so does giving up after an error."""
         waiting = self._pending or self._waiters
-        limit = _TRIM_ROWS_WAITING if waiting else _TRIM_ROWS
+        limit = max(_TRIM_ROWS_WAITING, 4 * added) if waiting else _TRIM_ROWS
         try:
             with _unsynced(db):
                 deleted = db.execute(
@@ -1009,6 +1014,9 @@ class SQLiteStore:
                     (self._trim_upto, limit),
                 ).rowcount
         except sqlite3.Error as exc:
+            # Not retried at once (a full disk would fail every pass): the
+            # rows stay, and the next fold's end sets a bound covering them.
+            self._trim_upto = 0
             self._count_error("fold")
             log.error("store_error", operation="fold", error=str(exc))
             return
