@@ -823,7 +823,7 @@ def test_info_keyspace_counts_store_sessions_and_their_expiry(daemon_factory: Fa
         assert r.dbsize() == 15
 
 
-def _run_in_process(tmp_path: Path, body: Callable[[str], Any]) -> None:
+def _run_in_process(tmp_path: Path, body: Callable[[str], Any], extra: str = "") -> None:
     """Run the daemon's own App in this process on a real socket with a
     SQLite store (so a test can hold the store at a gate, which a subprocess
     could not be), await ``body(socket_path)``, then shut down cleanly."""
@@ -834,7 +834,7 @@ def _run_in_process(tmp_path: Path, body: Callable[[str], Any]) -> None:
     path.write_text(
         "socket: {path: sessiond.sock}\n"
         "persistence: {backend: sqlite, path: data/sessions.db}\n"
-        "metrics: {enabled: false}\n"
+        "metrics: {enabled: false}\n" + extra
     )
     config = load_config(path)
     app = App(config, None)
@@ -1186,3 +1186,68 @@ def test_trimming_keeps_up_with_large_commits_and_gives_up_after_an_error(
     store._pending.clear()
     db.close()
     store.close()
+
+
+def test_whole_store_reads_leave_read_through_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KEYS and DBSIZE have a thread of their own: with one held at a gate and
+    another queued behind it, read-through loads of evicted sessions are still
+    answered. (With the pool of two readers that loads use, they took both.)"""
+    import redis.asyncio as aredis
+    from sessiond.store import SQLiteStore
+
+    gate = threading.Event()
+    parked = threading.Semaphore(0)
+    asked = threading.Semaphore(0)
+    real_keys = SQLiteStore.all_keys
+    real_list = SQLiteStore.list_keys
+
+    async def counted_list(self: SQLiteStore, *args: Any) -> Any:
+        asked.release()  # on the event loop, as the read is handed to a thread
+        return await real_list(self, *args)
+
+    def gated_keys(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        parked.release()
+        gate.wait(10)
+        return real_keys(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteStore, "all_keys", gated_keys)
+    monkeypatch.setattr(SQLiteStore, "list_keys", counted_list)
+    stores: list[SQLiteStore] = []
+    real_init = SQLiteStore.__init__
+
+    def quick_folds(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self.fold_interval = 0.05
+        stores.append(self)
+
+    monkeypatch.setattr(SQLiteStore, "__init__", quick_folds)
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str) -> None:
+        async with (
+            aredis.Redis(unix_socket_path=sock) as a,
+            aredis.Redis(unix_socket_path=sock) as b,
+            aredis.Redis(unix_socket_path=sock) as c,
+        ):
+            for key in ("k1", "k2", "k3"):
+                await c.set(key, key)  # k1 leaves memory (max_sessions: 2)
+            deadline = time.monotonic() + 10  # and is folded: only the table has it
+            while stores[0]._queued()[0] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            loop = asyncio.get_running_loop()
+            await a.ping()  # connected: nothing but KEYS is left to send
+            await b.ping()
+            held = [asyncio.ensure_future(r.keys("*")) for r in (a, b)]
+            for _ in held:  # both were handed over, the first is at the gate
+                assert await loop.run_in_executor(None, asked.acquire, True, 10)
+            assert await loop.run_in_executor(None, parked.acquire, True, 10)
+            seen["get"] = await asyncio.wait_for(c.get("k1"), 5)  # read through
+            seen["held"] = not any(h.done() for h in held)
+            gate.set()
+            seen["keys"] = [sorted(await h) for h in held]
+
+    _run_in_process(tmp_path, body, "cache: {max_sessions: 2}\n")
+    assert seen["get"] == b"k1" and seen["held"]
+    assert seen["keys"] == [[b"k1", b"k2", b"k3"]] * 2

@@ -302,6 +302,9 @@ class SQLiteStore:
         self._thread: threading.Thread | None = None
         self._local = threading.local()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sessiond-read")
+        # Whole-table reads (DBSIZE, INFO keyspace, KEYS) take their own thread:
+        # a few of them must not keep read-through loads waiting.
+        self._scanner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessiond-scan")
         self._check_and_init()
         self._db = self._connect()  # the event loop's own read connection
         self._journal_seq = self._db.execute("SELECT max(seq) FROM journal").fetchone()[0] or 0
@@ -558,7 +561,7 @@ class SQLiteStore:
         loop must not wait for (monitoring polls INFO)."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._readers, self._count_table)
+            return await loop.run_in_executor(self._scanner, self._count_table)
         except sqlite3.Error as exc:
             self._count_error("load")
             log.error("store_error", operation="count", error=str(exc))
@@ -614,7 +617,7 @@ class SQLiteStore:
             return keys if pattern is None else [k for k in keys if pattern.match(k)]
 
         try:
-            return await loop.run_in_executor(self._readers, listed)
+            return await loop.run_in_executor(self._scanner, listed)
         except sqlite3.Error as exc:
             self._count_error("load")
             log.error("store_error", operation="keys", error=str(exc))
@@ -1097,4 +1100,5 @@ class SQLiteStore:
             finally:
                 db.close()
         self._readers.shutdown(wait=True)
+        self._scanner.shutdown(wait=True)
         self._db.close()
