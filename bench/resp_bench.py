@@ -6,7 +6,7 @@
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
-Prints requests/s and p99 for both servers and the ratio sessiond / redis.
+Prints requests/s, p99 and max latency for both servers and the ratios sessiond / redis.
 Quote ratios from one run; absolute numbers vary with the machine's load.
 """
 
@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -105,10 +106,16 @@ def redis(workdir: Path, appendfsync: str | None) -> tuple[list[str], Path]:
     return cmd, sock
 
 
+class Result(NamedTuple):
+    rps: float
+    p99: float  # ms
+    max: float  # ms
+
+
 def benchmark(
     sock: Path, tests: str, clients: int, pipeline: int, requests: int
-) -> dict[str, tuple[float, float]]:
-    """{test: (requests/s, p99 ms)} from redis-benchmark's CSV output."""
+) -> dict[str, Result]:
+    """{test: Result} from redis-benchmark's CSV output."""
     out = subprocess.run(
         ["redis-benchmark", "-s", str(sock), "-t", tests, "-d", "200", "-r", "100000",
          "-n", str(requests), "-c", str(clients), "-P", str(pipeline), "--csv", "-q"],
@@ -116,7 +123,9 @@ def benchmark(
     ).stdout  # fmt: skip
     results = {}
     for row in csv.DictReader(io.StringIO(out)):
-        results[row["test"]] = (float(row["rps"]), float(row["p99_latency_ms"]))
+        results[row["test"]] = Result(
+            float(row["rps"]), float(row["p99_latency_ms"]), float(row["max_latency_ms"])
+        )
     return results
 
 
@@ -132,14 +141,14 @@ def main() -> int:
             print(f"{tool} not found: apt-get install redis-server redis-tools", file=sys.stderr)
             return 2
     n = 20_000 if args.quick else args.requests
-    rows: list[tuple[str, str, float, float, float, float]] = []
+    rows: list[tuple[str, str, Result, Result]] = []
     with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
         work = Path(tmp)
         if args.persistence:
             scenarios = [("SET c=50", 50, 1), ("SET c=1", 1, 1)]
             baselines = [("always", "always"), ("everysec", "everysec")]
             sd_cmd, sd_sock = sessiond(work, metrics=not args.metrics_off, persistence="always")
-            results_sd: dict[str, dict[str, tuple[float, float]]] = {}
+            results_sd: dict[str, dict[str, Result]] = {}
             with running(sd_cmd, sd_sock, work):
                 for label, c, p in scenarios:
                     results_sd[label] = benchmark(sd_sock, "set", c, p, n // (10 if c == 1 else 1))
@@ -149,9 +158,7 @@ def main() -> int:
                 with running(r_cmd, r_sock, work):
                     for label, c, p in scenarios:
                         base = benchmark(r_sock, "set", c, p, n // (10 if c == 1 else 1))
-                        sd = results_sd[label]["SET"]
-                        rb = base["SET"]
-                        rows.append((label, f"redis {name}", sd[0], rb[0], sd[1], rb[1]))
+                        rows.append((label, f"redis {name}", results_sd[label]["SET"], base["SET"]))
         else:
             scenarios = [("-c 50 -P 1", 50, 1), ("-c 50 -P 16", 50, 16), ("-c 1 -P 1", 1, 1)]
             sd_cmd, sd_sock = sessiond(work, metrics=not args.metrics_off, persistence=None)
@@ -164,20 +171,19 @@ def main() -> int:
                 for label, c, p in scenarios:
                     base = benchmark(r_sock, "set,get", c, p, n)
                     for test in ("SET", "GET"):
-                        sd = sd_results[label][test]
-                        rb = base[test]
-                        rows.append((label, test, sd[0], rb[0], sd[1], rb[1]))
+                        rows.append((label, test, sd_results[label][test], base[test]))
     metrics_state = "off" if args.metrics_off else "on"
     print(f"sessiond (metrics {metrics_state}) vs redis-server {redis_version()}, "
           f"{os.cpu_count()} CPUs, {n} requests, -d 200 -r 100000")  # fmt: skip
     header = f"{'scenario':<14} {'test':<15} {'sessiond rps':>13} {'redis rps':>11} "
     header += f"{'ratio':>6} {'sd p99 ms':>10} {'redis p99':>10} {'p99 ratio':>9}"
+    header += f" {'sd max ms':>10} {'redis max':>10}"
     print(header)
-    for label, test, sd_rps, r_rps, sd_p99, r_p99 in rows:
-        p99_ratio = sd_p99 / r_p99 if r_p99 else float("inf")
+    for label, test, sd, rb in rows:
+        p99_ratio = sd.p99 / rb.p99 if rb.p99 else float("inf")
         print(
-            f"{label:<14} {test:<15} {sd_rps:>13,.0f} {r_rps:>11,.0f} {sd_rps / r_rps:>6.2f} "
-            f"{sd_p99:>10.3f} {r_p99:>10.3f} {p99_ratio:>9.2f}"
+            f"{label:<14} {test:<15} {sd.rps:>13,.0f} {rb.rps:>11,.0f} {sd.rps / rb.rps:>6.2f} "
+            f"{sd.p99:>10.3f} {rb.p99:>10.3f} {p99_ratio:>9.2f} {sd.max:>10.3f} {rb.max:>10.3f}"
         )
     return 0
 
