@@ -851,7 +851,7 @@ class SQLiteStore:
         started = time.perf_counter()
         rows = []
         deletes = 0
-        first = seq_no = self._journal_seq
+        seq_no = self._journal_seq  # moves on only once the commit is in
         for key, entry in batch.items():
             seq_no += 1
             if entry is None:
@@ -879,7 +879,6 @@ class SQLiteStore:
                 self._clear_pending = self._clear_pending or cleared
                 self._inflight = {}
                 self._inflight_cleared = False
-            self._journal_seq = first
             self._count_error("commit")
             log.error("store_error", operation="commit", error=str(exc), sessions=len(batch))
             self.failure = StoreError(f"store write failed: {exc}")
