@@ -121,7 +121,8 @@ class CommandSpec:
     load: Callable[[Args], list[bytes]] | None = None
     # A whole-table read that a request needs (DBSIZE, INFO keyspace, KEYS),
     # or None: the server awaits it off the event loop, then runs the handler
-    # with its result in ``Runtime.ahead``. Not inside MULTI (run in place).
+    # with its result (never None) in ``Runtime.ahead``. Not inside MULTI
+    # (run in place).
     ahead: Callable[[Runtime, Args], Awaitable[Any] | None] | None = None
     write: bool = False
     calls: int = 0

@@ -84,7 +84,6 @@ def _unknown_command(args: list[Any]) -> Error:
 class Connection(asyncio.Protocol):
     __slots__ = (
         "ahead",
-        "ahead_read",
         "busy",
         "client",
         "durable",
@@ -115,8 +114,8 @@ class Connection(asyncio.Protocol):
         self.client = Client(authenticated=self.rt.password is None)
         self.parser = RequestParser(self.request_limit())
         self.peeked: dict[bytes, Entry[bytes] | None] = {}
-        self.ahead: Any = None  # what CommandSpec.ahead read for the next request
-        self.ahead_read = False
+        # What CommandSpec.ahead read for the next request (never None once read).
+        self.ahead: Any = None
         self.write_slots: list[int] = []
 
     # -------------------------------------------------------------- events
@@ -131,9 +130,10 @@ class Connection(asyncio.Protocol):
         if reason is not None:
             rt.stats.rejected[reason] = rt.stats.rejected.get(reason, 0) + 1
             fields: dict[str, Any] = {}
-            creds = self.server.peer_credentials(transport)
-            if reason == "peer_credentials" and creds is not None:
-                fields = {"gid": creds[2], "groups": list(self.server.peer_groups(transport))}
+            if reason == "peer_credentials":
+                creds = self.server.peer_credentials(transport)
+                if creds is not None:
+                    fields = {"gid": creds[2], "groups": list(self.server.peer_groups(transport))}
             log.warning(
                 "connection_rejected",
                 reason=reason,
@@ -250,7 +250,7 @@ class Connection(asyncio.Protocol):
                 if keys:
                     self._wait_then_go_on(self.server.prefetch(keys, self.peeked))
                     return
-                if spec.ahead is not None and not self.ahead_read and self.client.multi is None:
+                if spec.ahead is not None and self.ahead is None and self.client.multi is None:
                     work = spec.ahead(rt, args)
                     if work is not None:
                         self._wait_then_go_on(self._read_ahead(work))
@@ -265,7 +265,6 @@ class Connection(asyncio.Protocol):
             out.append(self.execute(spec, args))
             store.view = None
             rt.ahead = self.ahead = None
-            self.ahead_read = False
             self.peeked.clear()
             if (
                 spec is not None
@@ -299,7 +298,6 @@ class Connection(asyncio.Protocol):
             # The request that needed the read is answered with the error.
             self.peeked.clear()
             self.ahead = None
-            self.ahead_read = False
             self.pending.popleft()
             self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
         finally:
@@ -309,7 +307,6 @@ class Connection(asyncio.Protocol):
 
     async def _read_ahead(self, work: Awaitable[Any]) -> None:
         self.ahead = await work
-        self.ahead_read = True
 
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""

@@ -919,7 +919,7 @@ class SQLiteStore:
         # In table order: consecutive chunks touch consecutive pages, so a fold
         # of N sessions writes about min(N, table pages) pages, not N. Sorted
         # one part of the hash space at a time, as the fold reaches it.
-        shift = 32 - _FOLD_BUCKET_BITS
+        shift = (_HASH_SPACE - 1).bit_length() - _FOLD_BUCKET_BITS
         buckets: list[list[tuple[int, bytes, Entry[bytes] | None]]] = [
             [] for _ in range(1 << _FOLD_BUCKET_BITS)
         ]
