@@ -744,26 +744,31 @@ def test_store_metrics_move(daemon_factory: Factory) -> None:
 # ------------------------------------------- store level: a read racing a commit
 
 
+def _row(value: bytes, now: float, **fields: Any) -> Any:
+    from sessiond.store import Row
+
+    return Row(value, None, now, now, now, fields.get("ttl"), fields.get("deadline"))
+
+
 @pytest.mark.parametrize("change", ["delete", "rewrite", "clear"])
 def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: str) -> None:
     """In-process (the race cannot be timed from outside): a read-through read
     whose snapshot predates a commit that finishes before the read returns must
     answer with that commit's state, not the snapshot's (an acknowledged DEL
     would otherwise come back to life in memory, and then in the store)."""
-    from sessiond.cache import Entry
     from sessiond.store import SQLiteStore, StoreError
 
-    store = SQLiteStore(tmp_path / "race.db", durability="always")
-    store.fold_interval = 0.05  # fold each commit at once: the read must then go to SQLite
     read_done = threading.Event()
     release = threading.Event()
-    real_read = store._read_keys
+    armed = threading.Event()
 
-    def slow_read(keys: list[bytes]) -> dict[bytes, Any]:
-        found = real_read(keys)
-        read_done.set()  # the snapshot is taken: k is still "old"
-        release.wait(10)
-        return found
+    def hook(point: str) -> None:
+        if point == "load" and armed.is_set():
+            read_done.set()  # the snapshot is taken: k is still "old"
+            release.wait(10)
+
+    # Fold each commit at once: the read must then go to SQLite.
+    store = SQLiteStore(tmp_path / "race.db", durability="always", fold_interval=0.05, hook=hook)
 
     async def main() -> Any:
         loop = asyncio.get_running_loop()
@@ -775,24 +780,24 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
             assert await done is None
 
         async def folded() -> None:
-            # Committed writes sit in the journal (served from memory) until
-            # the writer folds them into the table (fold_interval above).
+            # Committed writes are served from memory until the writer folds
+            # them into the table (fold_interval above): then nothing is queued.
             deadline = time.monotonic() + 10
-            while (store._unfolded or store._folding) and time.monotonic() < deadline:
+            while store.count_rows().queued and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert not store._unfolded
+            assert not store.count_rows().queued
 
         now = time.time()
-        store.save(b"k", Entry(b"old", created_at=now))
+        store.record(b"k", _row(b"old", now))
         await committed()
         await folded()  # k is now only in the table: the read must go to SQLite
-        store._read_keys = slow_read  # type: ignore[method-assign]
+        armed.set()
         load = asyncio.ensure_future(store.load_many([b"k"]))
         assert await loop.run_in_executor(None, read_done.wait, 10)
         if change == "delete":
-            store.delete(b"k")
+            store.record(b"k", None)
         elif change == "rewrite":
-            store.save(b"k", Entry(b"new", created_at=now))
+            store.record(b"k", _row(b"new", now))
         else:
             store.clear()
         await committed()
@@ -823,10 +828,15 @@ def test_info_keyspace_counts_store_sessions_and_their_expiry(daemon_factory: Fa
         assert r.dbsize() == 15
 
 
-def _run_in_process(tmp_path: Path, body: Callable[[str], Any], extra: str = "") -> None:
+def _run_in_process(
+    tmp_path: Path,
+    body: Callable[[str, Any], Any],
+    extra: str = "",
+    hook: Callable[[str], None] | None = None,
+) -> None:
     """Run the daemon's own App in this process on a real socket with a
-    SQLite store (so a test can hold the store at a gate, which a subprocess
-    could not be), await ``body(socket_path)``, then shut down cleanly."""
+    SQLite store whose ``hook`` may hold it at a gate (which a subprocess could
+    not be), await ``body(socket_path, app)``, then shut down cleanly."""
     from sessiond.app import App
     from sessiond.config import load_config
 
@@ -837,11 +847,11 @@ def _run_in_process(tmp_path: Path, body: Callable[[str], Any], extra: str = "")
         "metrics: {enabled: false}\n" + extra
     )
     config = load_config(path)
-    app = App(config, None)
+    app = App(config, None, store_hook=hook)
 
     async def started() -> None:
         try:
-            await body(str(config.socket.path))
+            await body(str(config.socket.path), app)
         finally:
             app.shutdown_event.set()
 
@@ -849,30 +859,23 @@ def _run_in_process(tmp_path: Path, body: Callable[[str], Any], extra: str = "")
 
 
 @pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])
-def test_reading_the_whole_store_holds_up_no_other_client(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
-) -> None:
+def test_reading_the_whole_store_holds_up_no_other_client(tmp_path: Path, command: str) -> None:
     """DBSIZE and INFO keyspace count the SQLite table (a scan, and a join with
     every queued write), KEYS reads every row: a reader thread does it while
     the event loop serves everyone else."""
     import redis.asyncio as aredis
-    from sessiond.store import SQLiteStore
 
     reading = threading.Event()
     gate = threading.Event()
-    method = "_count_table" if command == "DBSIZE" else "all_keys"
-    real_read = getattr(SQLiteStore, method)
 
-    def gated_read(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
+    def gated_read(point: str) -> None:
+        if point == "scan":  # on the whole-table thread, before it reads
             reading.set()
             gate.wait(10)
-        return real_read(self, *args, **kwargs)
 
-    monkeypatch.setattr(SQLiteStore, method, gated_read)
     seen: dict[str, Any] = {}
 
-    async def body(sock: str) -> None:
+    async def body(sock: str, app: Any) -> None:
         loop = asyncio.get_running_loop()
         async with (
             aredis.Redis(unix_socket_path=sock) as reader,
@@ -894,7 +897,7 @@ def test_reading_the_whole_store_holds_up_no_other_client(
             seen["keyspace"] = (await reader.info("keyspace"))["db0"]["keys"]
             seen["in_multi"] = await reader.pipeline(transaction=True).keys("k*").execute()
 
-    _run_in_process(tmp_path, body)
+    _run_in_process(tmp_path, body, hook=gated_read)
     assert seen["reading"] and seen["waiting"]
     assert seen["ping"] is True and seen["get"] == b"v" and seen["set"] is True
     # Read once the gate opened: k3 is in.
@@ -908,20 +911,17 @@ def test_reading_the_whole_store_holds_up_no_other_client(
 
 @pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])
 def test_a_failed_whole_store_read_answers_that_request_with_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+    tmp_path: Path, command: str
 ) -> None:
     import redis.asyncio as aredis
-    from sessiond.store import SQLiteStore
 
-    def broken_read(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
+    def broken_read(point: str) -> None:
+        if point == "scan":
+            raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(
-        SQLiteStore, "_count_table" if command == "DBSIZE" else "all_keys", broken_read
-    )
     seen: dict[str, Any] = {}
 
-    async def body(sock: str) -> None:
+    async def body(sock: str, app: Any) -> None:
         async with aredis.Redis(unix_socket_path=sock) as r:
             await r.set("k", "v")
             pipe = r.pipeline(transaction=False)
@@ -929,33 +929,30 @@ def test_a_failed_whole_store_read_answers_that_request_with_an_error(
             seen["replies"] = await pipe.execute(raise_on_error=False)
             seen["ping"] = await r.ping()
 
-    _run_in_process(tmp_path, body)
+    _run_in_process(tmp_path, body, hook=broken_read)
     error, value = seen["replies"]
     assert isinstance(error, redis.ResponseError)
     assert str(error) == "store read failed: disk I/O error"
     assert value == b"v" and seen["ping"] is True
 
 
-def test_writer_thread_survives_a_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_thread_survives_a_bug(tmp_path: Path) -> None:
     """In-process: an unexpected exception in the writer fails the waiting
     writes with an error (never a hang), keeps them queued, and the next
     commit stores them."""
-    from sessiond import store as store_module
-    from sessiond.cache import Entry
     from sessiond.store import SQLiteStore, StoreError
 
-    real_fields = store_module._fields
     calls = {"n": 0}
 
-    def flaky_fields(entry: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("injected bug")
-        return real_fields(entry)
+    def flaky_commit(point: str) -> None:
+        if point == "commit":
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("injected bug")
 
-    monkeypatch.setattr(store_module, "_fields", flaky_fields)
-    monkeypatch.setattr(store_module, "_RETRY_AFTER_FAILURE", 0.05)
-    store = SQLiteStore(tmp_path / "bug.db", durability="always")
+    store = SQLiteStore(
+        tmp_path / "bug.db", durability="always", retry_interval=0.05, hook=flaky_commit
+    )
 
     async def main() -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
@@ -966,9 +963,9 @@ def test_writer_thread_survives_a_bug(tmp_path: Path, monkeypatch: pytest.Monkey
             store.after_commit(done.set_result)
             return await asyncio.wait_for(done, 10)
 
-        store.save(b"k", Entry(b"v", created_at=time.time()))
+        store.record(b"k", _row(b"v", time.time()))
         first = await commit()
-        store.save(b"k2", Entry(b"v2", created_at=time.time()))
+        store.record(b"k2", _row(b"v2", time.time()))
         second = await commit()
         return first, second
 
@@ -986,31 +983,28 @@ def test_writer_thread_survives_a_bug(tmp_path: Path, monkeypatch: pytest.Monkey
         reopened.close()
 
 
-def test_batch_writer_lagging_is_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_writer_lagging_is_visible(tmp_path: Path) -> None:
     """In-process: while a commit runs longer than flush_interval the store says
     it lags (the server then holds write replies until their commit, so a slow
     disk cannot widen what a crash loses under durability: batch)."""
-    from sessiond import store as store_module
-    from sessiond.cache import Entry
     from sessiond.store import SQLiteStore
 
-    real_fields = store_module._fields
     slow = threading.Event()
 
-    def slow_fields(entry: Any) -> Any:
-        if slow.is_set():
+    def slow_commit(point: str) -> None:
+        if point == "commit" and slow.is_set():
             time.sleep(0.5)  # a disk that stalls mid-commit
-        return real_fields(entry)
 
-    monkeypatch.setattr(store_module, "_fields", slow_fields)
-    store = SQLiteStore(tmp_path / "lag.db", durability="batch", flush_interval=0.05)
+    store = SQLiteStore(
+        tmp_path / "lag.db", durability="batch", flush_interval=0.05, hook=slow_commit
+    )
 
     async def main() -> tuple[bool, bool, bool]:
         loop = asyncio.get_running_loop()
         store.start(loop)
         idle = store.lagging()
         slow.set()
-        store.save(b"k", Entry(b"v", created_at=time.time()))
+        store.record(b"k", _row(b"v", time.time()))
         seen = False
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not seen:
@@ -1036,14 +1030,13 @@ def test_fold_chunks_are_small_while_writes_wait_unless_the_fold_falls_behind(
     are small; but a journal a whole fold behind gets full chunks, or a
     sustained load would grow it without bound. (The policy alone, in-process:
     its effect on latency is measured by bench/resp_bench.py --persistence.)"""
-    from sessiond import store as store_module
-    from sessiond.cache import Entry
     from sessiond.store import SQLiteStore
+    from sessiond.store import sqlite as store_module
 
     store = SQLiteStore(tmp_path / "chunks.db")
     try:
         assert store._fold_chunk() == store_module._FOLD_CHUNK  # nothing waits
-        store.save(b"k", Entry(b"v", created_at=time.time()))
+        store.record(b"k", _row(b"v", time.time()))
         assert store._fold_chunk() == store_module._FOLD_CHUNK_WAITING
         behind = {b"u%d" % i: None for i in range(store_module._FOLD_ROWS)}
         store._unfolded.update(behind)
@@ -1062,26 +1055,27 @@ def test_a_fold_goes_in_table_order_and_its_journal_rows_go_after_it(
     always its newest rows, which replay harmlessly over the folded table.
     (The writer's steps driven by hand; bench/resp_bench.py --persistence
     measures what the small steps do for latency.)"""
-    from sessiond import store as store_module
-    from sessiond.cache import Entry
-    from sessiond.store import SQLiteStore, scan_hash
+    from sessiond.store import Change, SQLiteStore, scan_hash
+    from sessiond.store import sqlite as store_module
 
     monkeypatch.setattr(store_module, "_TRIM_ROWS", 100)
-    folded: list[bytes] = []
-    fields = store_module._fields
-    monkeypatch.setattr(store_module, "_fields", lambda e: (folded.append(e.value), fields(e))[1])
     path = tmp_path / "fold.db"
     store = SQLiteStore(path)
     db = store._connect()
     now = time.time()
     for n in range(3):  # three writes to each session; the last one deletes k7
-        batch: dict[bytes, Entry[bytes] | None] = {
-            b"k%d" % i: Entry(b"k%d=%d" % (i, n), created_at=now) for i in range(300)
-        }
+        batch: dict[bytes, Change] = {b"k%d" % i: _row(b"k%d=%d" % (i, n), now) for i in range(300)}
         if n == 2:
             batch[b"k7"] = None
         assert store._commit(db, batch, False, 0)
-    folded.clear()  # (the journal rows took their fields too)
+    # What the fold writes to the table, in order (triggers on this connection).
+    db.executescript(
+        "CREATE TEMP TABLE folded (value BLOB);"
+        "CREATE TEMP TRIGGER fold_insert AFTER INSERT ON main.sessions "
+        "BEGIN INSERT INTO folded VALUES (new.value); END;"
+        "CREATE TEMP TRIGGER fold_update AFTER UPDATE OF value ON main.sessions "
+        "BEGIN INSERT INTO folded VALUES (new.value); END;"
+    )
 
     def journal() -> tuple[int, int]:
         first, rows = db.execute("SELECT min(seq), count(*) FROM journal").fetchone()
@@ -1091,6 +1085,8 @@ def test_a_fold_goes_in_table_order_and_its_journal_rows_go_after_it(
     while store._fold_running():
         store._fold_step(db, 64)
         assert journal() == (1, 900)  # nothing goes before the whole fold is in
+    folded = [bytes(v) for (v,) in db.execute("SELECT value FROM folded ORDER BY rowid")]
+    db.executescript("DROP TRIGGER fold_insert; DROP TRIGGER fold_update; DROP TABLE folded;")
     keys = [value.split(b"=")[0] for value in folded]
     assert keys == sorted(keys, key=lambda k: (scan_hash(k), k))
     assert len(keys) == 299 and all(v.endswith(b"=2") for v in folded)
@@ -1122,22 +1118,20 @@ def test_expiry_spares_a_session_renewed_while_its_fold_runs(tmp_path: Path) -> 
     evicted from memory, and the fold that carries the renewal has not reached
     k yet: the sweep must not delete k. (It did: expiry missed the fold in
     progress when it looked for newer writes.)"""
-    from sessiond.cache import Entry, SessionCache
     from sessiond.store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "s.db")
     db = store._connect()
     now = time.time()
-    old = Entry(b"old", created_at=now - 100, ttl=10.0, deadline=now - 1)
+    old = _row(b"old", now - 100, ttl=10.0, deadline=now - 1)
     assert store._commit(db, {b"k": old}, False, 0)
     store._fold_start(db)
     while store._fold_running():
         store._fold_step(db, 256)
-    renewed = Entry(b"new", created_at=now, ttl=3600.0, deadline=now + 3600)
+    renewed = _row(b"new", now, ttl=3600.0, deadline=now + 3600)
     assert store._commit(db, {b"k": renewed}, False, 0)
     store._fold_start(db)  # k is in the fold in progress, not yet in the table
-    assert store.expire(SessionCache()) == 0
-    assert b"k" not in store._pending
+    assert store.due(time.time(), 1000) == []
     while store._fold_running():
         store._fold_step(db, 256)
     db.close()
@@ -1157,21 +1151,18 @@ def test_trimming_keeps_up_with_large_commits_and_gives_up_after_an_error(
     commit added (a fixed small step fell behind commits of a few hundred rows
     and the journal grew without bound). A failing trim gives up until the next
     fold ends instead of retrying every pass; the rows it kept replay harmlessly."""
-    from sessiond.cache import Entry
-    from sessiond.store import SQLiteStore
+    from sessiond.store import Change, SQLiteStore
 
     store = SQLiteStore(tmp_path / "t.db")
     db = store._connect()
     now = time.time()
-    batch: dict[bytes, Entry[bytes] | None] = {
-        b"k%d" % i: Entry(b"v", created_at=now) for i in range(1000)
-    }
+    batch: dict[bytes, Change] = {b"k%d" % i: _row(b"v", now) for i in range(1000)}
     assert store._commit(db, batch, False, 0)
     store._fold_start(db)
     while store._fold_running():
         store._fold_step(db, 256)
     assert store._trim_upto == 1000
-    store._pending[b"waiting"] = None  # a write waits: small steps, unless commits are big
+    store.record(b"waiting", None)  # a write waits: small steps, unless commits are big
     store._trim_step(db, added=50)
     assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256
     store._trim_step(db, added=150)
@@ -1183,49 +1174,30 @@ def test_trimming_keeps_up_with_large_commits_and_gives_up_after_an_error(
     assert store._trim_upto == 0  # gave up; nothing spins
     assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 144
     db.execute("DROP TRIGGER no_trim")
-    store._pending.clear()
     db.close()
     store.close()
 
 
-def test_whole_store_reads_leave_read_through_free(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_whole_store_reads_leave_read_through_free(tmp_path: Path) -> None:
     """KEYS and DBSIZE have a thread of their own: with one held at a gate and
     another queued behind it, read-through loads of evicted sessions are still
     answered. (With the pool of two readers that loads use, they took both.)"""
     import redis.asyncio as aredis
-    from sessiond.store import SQLiteStore
 
     gate = threading.Event()
     parked = threading.Semaphore(0)
     asked = threading.Semaphore(0)
-    real_keys = SQLiteStore.all_keys
-    real_list = SQLiteStore.list_keys
 
-    async def counted_list(self: SQLiteStore, *args: Any) -> Any:
-        asked.release()  # on the event loop, as the read is handed to a thread
-        return await real_list(self, *args)
+    def hook(point: str) -> None:
+        if point == "whole-table":  # on the event loop, as the read is handed over
+            asked.release()
+        elif point == "scan":  # on the whole-table thread
+            parked.release()
+            gate.wait(10)
 
-    def gated_keys(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
-        parked.release()
-        gate.wait(10)
-        return real_keys(self, *args, **kwargs)
-
-    monkeypatch.setattr(SQLiteStore, "all_keys", gated_keys)
-    monkeypatch.setattr(SQLiteStore, "list_keys", counted_list)
-    stores: list[SQLiteStore] = []
-    real_init = SQLiteStore.__init__
-
-    def quick_folds(self: SQLiteStore, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        self.fold_interval = 0.05
-        stores.append(self)
-
-    monkeypatch.setattr(SQLiteStore, "__init__", quick_folds)
     seen: dict[str, Any] = {}
 
-    async def body(sock: str) -> None:
+    async def body(sock: str, app: Any) -> None:
         async with (
             aredis.Redis(unix_socket_path=sock) as a,
             aredis.Redis(unix_socket_path=sock) as b,
@@ -1234,7 +1206,7 @@ def test_whole_store_reads_leave_read_through_free(
             for key in ("k1", "k2", "k3"):
                 await c.set(key, key)  # k1 leaves memory (max_sessions: 2)
             deadline = time.monotonic() + 10  # and is folded: only the table has it
-            while stores[0]._queued()[0] and time.monotonic() < deadline:
+            while app.store.count_rows().queued and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             loop = asyncio.get_running_loop()
             await a.ping()  # connected: nothing but KEYS is left to send
@@ -1248,6 +1220,6 @@ def test_whole_store_reads_leave_read_through_free(
             gate.set()
             seen["keys"] = [sorted(await h) for h in held]
 
-    _run_in_process(tmp_path, body, "cache: {max_sessions: 2}\n")
+    _run_in_process(tmp_path, body, "cache: {max_sessions: 2}\n", hook)
     assert seen["get"] == b"k1" and seen["held"]
     assert seen["keys"] == [[b"k1", b"k2", b"k3"]] * 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import signal
 import sqlite3
 import time
@@ -22,12 +23,14 @@ import structlog
 
 from . import __version__, logs
 from .cache import SessionCache
-from .commands import Runtime
+from .commands import Dispatcher, ServerState
 from .config import RESTART_REQUIRED, Config, ConfigError, flatten, load_config
-from .metrics import MetricsServer, ReloadStats, SessiondCollector, StoreStats
+from .keyspace import Keyspace
+from .metrics import MetricsServer, SessiondCollector
 from .notify import notify, watchdog_interval
 from .server import Server, StartupError
-from .store import SQLiteStore, StoreError
+from .stats import Stats
+from .store import Hook, SQLiteStore, StoreError
 
 log = structlog.get_logger("sessiond")
 
@@ -48,15 +51,28 @@ def build_cache(config: Config) -> SessionCache[bytes, bytes]:
 
 
 class App:
-    def __init__(self, config: Config, config_path: Path | None) -> None:
+    """One daemon. ``store_hook`` (tests only) is passed to the store: see
+    :class:`~sessiond.store.SQLiteStore` for its points."""
+
+    def __init__(
+        self, config: Config, config_path: Path | None, *, store_hook: Hook | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.store_hook = store_hook
+        self.stats = Stats()
+        self.stats.reload.last_success_timestamp = time.time()
         self.cache = build_cache(config)
-        self.store_stats = StoreStats()
         self.store: SQLiteStore | None = None
-        self.rt = Runtime(config, self.cache, None)
-        self.server = Server(self.rt)
-        self.reloads = ReloadStats(last_success_timestamp=time.time())
+        self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
+        self.state = ServerState(config, self.stats)
+        self.dispatcher = Dispatcher(self.keyspace, self.state)
+        self.server = Server(
+            self.dispatcher,
+            self.keyspace,
+            self.state,
+            durable_replies=config.persistence.durability == "always",
+        )
         # The file's bytes as last read for a (re)load: the watcher reloads only
         # when they change, so a SIGHUP after an edit does not reload twice.
         self._config_bytes = None if config_path is None else self._fingerprint(config_path)
@@ -88,9 +104,7 @@ class App:
             log.error("startup_failed", error=str(exc))
             return 1
         if config.metrics.enabled:
-            self.metrics = MetricsServer(
-                SessiondCollector(self.rt, self.server, self.reloads, self.store_stats)
-            )
+            self.metrics = MetricsServer(SessiondCollector(self.keyspace, self.state))
             try:
                 self.metrics.start(config.metrics.host, config.metrics.port)
             except OSError as exc:
@@ -102,8 +116,7 @@ class App:
                 self.metrics = None
                 self.server.stop_accepting()
                 self.server.remove_socket()
-                if self.store is not None:
-                    self.store.close(self.cache)
+                self.keyspace.close()
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
@@ -135,21 +148,24 @@ class App:
         return await self._shutdown()
 
     def _open_store(self, loop: asyncio.AbstractEventLoop) -> int:
-        """Open the SQLite store, plug it into the cache and server, warm start."""
+        """Open the SQLite store, attach it to the keyspace, warm start."""
         p = self.config.persistence
         store = SQLiteStore(
-            p.path, durability=p.durability, flush_interval=p.flush_interval, stats=self.store_stats
+            p.path,
+            durability=p.durability,
+            flush_interval=p.flush_interval,
+            stats=self.stats.store,
+            # Tests simulate a full disk with it (the store errors at this many pages).
+            max_pages=int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0),
+            hook=self.store_hook,
         )
         self.store = store
-        self.cache.persistence = store
-        self.rt.store = store
-        self.server.store_attached(store, durable_replies=p.durability == "always")
-        self.server.prefetch = self._prefetch
+        self.keyspace.attach(store)
         store.start(loop)
         if not p.warm_start:
             return 0
         started = time.monotonic()
-        warmed = store.warm(self.cache, self.cache.max_sessions)
+        warmed = self.keyspace.warm(self.cache.max_sessions)
         log.info(
             "warm_start",
             sessions=warmed,
@@ -157,24 +173,6 @@ class App:
             store=str(p.path),
         )
         return warmed
-
-    async def _prefetch(self, keys: list[bytes], peeked: dict[bytes, Any]) -> None:
-        """Read-through: fetch sessions that are not in memory for one command."""
-        assert self.store is not None
-        cache = self.cache
-        try:
-            loaded = await self.store.load_many(keys)
-        except StoreError:
-            cache.loads_error += len(keys)
-            raise
-        for key in keys:
-            entry = loaded.get(key)
-            if entry is None:
-                cache.loads_absent += 1
-            else:
-                cache.loads_found += 1
-            if key not in cache._data:  # a write while we read wins
-                peeked[key] = entry
 
     def _request_shutdown(self, signame: str) -> None:
         if not self.shutdown_event.is_set():
@@ -188,8 +186,7 @@ class App:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.store is not None:
-            self.store.close(self.cache)
+        self.keyspace.close()
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
@@ -217,12 +214,11 @@ class App:
                 if next_deadline is None or next_deadline > time.time():
                     break
                 await asyncio.sleep(0)
-            if self.store is not None:
-                try:
-                    cache.expirations += self.store.expire(cache, SWEEP_CHUNK)
-                except sqlite3.Error as exc:
-                    self.store_stats.errors["expire"] = self.store_stats.errors.get("expire", 0) + 1
-                    log.error("store_error", operation="expire", error=str(exc))
+            try:
+                self.keyspace.expire_store(SWEEP_CHUNK)
+            except sqlite3.Error as exc:
+                self.stats.store.error("expire")
+                log.error("store_error", operation="expire", error=str(exc))
 
     async def _idle_forever(self) -> None:
         while True:
@@ -306,8 +302,8 @@ class App:
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
-            self.reloads.failure += 1
-            self.reloads.last_successful = False
+            self.stats.reload.failure += 1
+            self.stats.reload.last_successful = False
             log.error("config_reload_failed", trigger=trigger, problems=exc.problems)
             return False
         old = self.config
@@ -339,9 +335,9 @@ class App:
             )
         if quieter:
             self.apply(effective)
-        self.reloads.success += 1
-        self.reloads.last_successful = True
-        self.reloads.last_success_timestamp = time.time()
+        self.stats.reload.success += 1
+        self.stats.reload.last_successful = True
+        self.stats.reload.last_success_timestamp = time.time()
         return True
 
     def apply(self, config: Config) -> None:
@@ -353,8 +349,9 @@ class App:
         evicted = self.cache.resize(c.max_sessions, c.max_memory)
         if evicted:
             log.info("evicted_to_new_bound", evicted=evicted, max_sessions=c.max_sessions)
-        self.rt.apply_config(config)
-        self.server.max_output_buffer = config.limits.max_output_buffer
+        self.keyspace.max_value_size = config.limits.max_value_size
+        self.state.configure(config)
+        self.server.configure(config)
         logs.configure(config.logging.level, config.logging.format)
 
 

@@ -136,7 +136,7 @@ _new_entry = object.__new__
 
 
 class PersistenceHook(Protocol[K_contra, V]):
-    """What the cache asks of a persistence backend (SPEC §6).
+    """What the cache asks of a persistence backend (docs/persistence.md).
 
     ``save`` after every write, ``delete`` when an entry is deleted or expires,
     ``on_evict`` when an entry leaves memory but must survive (evicted or
@@ -310,6 +310,12 @@ class SessionCache(Generic[K, V]):
         if entry.deadline is not None and entry.deadline <= self.clock():
             return None
         return entry
+
+    def find(self, key: K) -> Entry[V] | None:
+        """The entry memory holds for ``key``, live or past its deadline but
+        not yet swept; touches nothing. ``None`` means memory knows nothing of
+        the key (the store may: read-through asks it then)."""
+        return self._data.get(key)
 
     def contains(self, key: K) -> bool:
         return self.peek(key) is not None

@@ -1,7 +1,7 @@
-"""Prometheus metrics (SPEC §7), read from plain counters at scrape time.
+"""Prometheus metrics (docs/operations.md), read from plain counters at scrape time.
 
-Nothing here runs per command: the cache, server and store keep plain integers
-and a :class:`~sessiond.server.DurationHistogram`; :class:`SessiondCollector`
+Nothing here runs per command: the cache, server and store count into plain
+integers and histograms of :mod:`sessiond.stats`; :class:`SessiondCollector`
 turns them into metric families when Prometheus scrapes ``/metrics``.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, start_http_server
@@ -22,33 +21,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .commands import COMMANDS, Runtime
-from .server import DurationHistogram, Server
+from .commands import ServerState
+from .keyspace import Keyspace
+from .stats import DurationHistogram
 
 # Every store operation that counts failures, exported at 0 from the start so
 # that the first error is an increase Prometheus can see.
 STORE_OPERATIONS = ("commit", "expire", "fold", "load")
-
-
-@dataclass
-class ReloadStats:
-    success: int = 0
-    failure: int = 0
-    last_successful: bool = True
-    last_success_timestamp: float = 0.0
-
-
-@dataclass
-class StoreStats:
-    """Counters a store keeps; zero when persistence is off."""
-
-    writes: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    commit_duration: DurationHistogram = field(
-        default_factory=lambda: DurationHistogram(
-            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-        )
-    )
 
 
 def _histogram(name: str, doc: str, hist: DurationHistogram) -> HistogramMetricFamily:
@@ -62,20 +41,16 @@ def _histogram(name: str, doc: str, hist: DurationHistogram) -> HistogramMetricF
 
 
 class SessiondCollector(Collector):
-    def __init__(
-        self, rt: Runtime, server: Server, reloads: ReloadStats, store_stats: StoreStats
-    ) -> None:
-        self.rt = rt
-        self.server = server
-        self.reloads = reloads
-        self.store_stats = store_stats
+    def __init__(self, keyspace: Keyspace, state: ServerState) -> None:
+        self.keyspace = keyspace
+        self.state = state
 
     def collect(self) -> Iterable[Metric]:
         return list(self._collect())
 
     def _collect(self) -> Iterator[Metric]:
-        cache = self.rt.cache
-        stats = self.rt.stats
+        cache = self.keyspace.memory_stats()
+        stats = self.state.stats.server
         yield CounterMetricFamily(
             "sessiond_cache_hits", "Lookups answered from memory.", value=cache.hits
         )
@@ -93,12 +68,12 @@ class SessiondCollector(Collector):
             "Sessions removed because their TTL ran out.",
             value=cache.expirations,
         )
-        yield GaugeMetricFamily("sessiond_cache_sessions", "Sessions in memory.", len(cache))
+        yield GaugeMetricFamily("sessiond_cache_sessions", "Sessions in memory.", cache.sessions)
         yield GaugeMetricFamily(
             "sessiond_cache_max_sessions", "Current bound on sessions.", cache.max_sessions
         )
         yield GaugeMetricFamily(
-            "sessiond_cache_memory_bytes", "Bytes of keys and values in memory.", cache.memory
+            "sessiond_cache_memory_bytes", "Bytes of keys and values in memory.", cache.memory_bytes
         )
         loads = CounterMetricFamily(
             "sessiond_store_loads", "Read-through loads by result.", labels=["result"]
@@ -107,7 +82,7 @@ class SessiondCollector(Collector):
         loads.add_metric(["absent"], cache.loads_absent)
         loads.add_metric(["error"], cache.loads_error)
         yield loads
-        store = self.store_stats
+        store = self.state.stats.store
         yield CounterMetricFamily(
             "sessiond_store_writes", "Sessions written to the store.", value=store.writes
         )
@@ -133,10 +108,9 @@ class SessiondCollector(Collector):
             "Commands answered with an error.",
             labels=["command"],
         )
-        for spec in COMMANDS.values():
-            name = spec.name.lower()
-            commands.add_metric([name], spec.calls)
-            command_errors.add_metric([name], spec.errors)
+        for name, command in self.state.stats.commands.items():
+            commands.add_metric([name.lower()], command.calls)
+            command_errors.add_metric([name.lower()], command.errors)
         commands.add_metric(["unknown"], stats.unknown_commands)
         command_errors.add_metric(["unknown"], stats.unknown_command_errors)
         yield commands
@@ -144,15 +118,15 @@ class SessiondCollector(Collector):
         yield _histogram(
             "sessiond_command_duration_seconds",
             "Time to execute a command.",
-            self.server.histogram,
+            self.state.stats.command_duration,
         )
         yield GaugeMetricFamily(
-            "sessiond_connected_clients", "Open client connections.", len(self.rt.clients)
+            "sessiond_connected_clients", "Open client connections.", len(self.state.clients)
         )
         yield GaugeMetricFamily(
             "sessiond_max_clients",
             "Current limits.max_clients.",
-            self.rt.config.limits.max_clients,
+            self.state.config.limits.max_clients,
         )
         yield CounterMetricFamily(
             "sessiond_connections", "Connections accepted.", value=stats.connections_total
@@ -169,18 +143,19 @@ class SessiondCollector(Collector):
         reloads = CounterMetricFamily(
             "sessiond_config_reloads", "Config reloads by result.", labels=["result"]
         )
-        reloads.add_metric(["success"], self.reloads.success)
-        reloads.add_metric(["failure"], self.reloads.failure)
+        reload_stats = self.state.stats.reload
+        reloads.add_metric(["success"], reload_stats.success)
+        reloads.add_metric(["failure"], reload_stats.failure)
         yield reloads
         yield GaugeMetricFamily(
             "sessiond_config_last_reload_successful",
             "1 if the last reload succeeded (or none was tried), else 0.",
-            1 if self.reloads.last_successful else 0,
+            1 if reload_stats.last_successful else 0,
         )
         yield GaugeMetricFamily(
             "sessiond_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.",
-            self.reloads.last_success_timestamp,
+            reload_stats.last_success_timestamp,
         )
         info = GaugeMetricFamily(
             "sessiond_build_info", "Build information; always 1.", labels=["version", "python"]

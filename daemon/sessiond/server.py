@@ -5,6 +5,10 @@ are executed in order and their replies written with one ``write``. A request
 that must wait (a read-through load from the store, or a durable commit before
 replies may be sent) parks the connection: later requests queue behind it, so
 replies always come back in request order.
+
+The server knows nothing of commands or sessions: it asks the dispatcher
+(:mod:`sessiond.commands`) what a request needs first and to run it, and the
+keyspace (:mod:`sessiond.keyspace`) when replies may leave.
 """
 
 from __future__ import annotations
@@ -17,84 +21,47 @@ import socket
 import stat
 import struct
 import time
-from bisect import bisect_left
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
-from time import perf_counter
 from typing import Any, cast
 
 import structlog
 
-from .cache import Entry
-from .commands import LOOKUP, Client, CommandSpec, Runtime
-from .protocol import OK, QUEUED, Error, ProtocolError, RequestParser, encode
-from .store import Store, StoreError
+from .commands import Client, Dispatcher, ServerState
+from .commands import errors as command_errors
+from .config import Config
+from .keyspace import Keyspace, Prepared
+from .protocol import Error, ProtocolError, RequestParser, encode
+from .store import StoreError
 
 log = structlog.get_logger("sessiond.server")
 
-# Seconds; Prometheus histogram buckets for sessiond_command_duration_seconds.
-DURATION_BUCKETS = (
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-)  # fmt: skip
 UNAUTHENTICATED_REQUEST_LIMIT = 16 * 1024  # bytes per request before AUTH
 # Linux' socket option number (asm-generic); Python does not name it.
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _NGROUPS_MAX = 65536
 _PENDING_PAUSE = 1024  # queued requests before a parked connection stops reading
-_TX_IMMEDIATE = frozenset({"EXEC", "DISCARD", "MULTI", "QUIT", "RESET", "WATCH"})
-# Commands that change how the connection's next requests must be handled.
-_STATEFUL = _TX_IMMEDIATE | {"AUTH", "HELLO"}
-
-
-Prefetch = Callable[[list[bytes], dict[bytes, Entry[bytes] | None]], Awaitable[None]]
-
-
-class DurationHistogram:
-    """A lock-free histogram: the hot path does one bisect and two additions."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
 
 
 class StartupError(Exception):
     """The server cannot start; the message says what and where."""
 
 
-def _unknown_command(args: list[Any]) -> Error:
-    name = args[0].decode("utf-8", "replace") if isinstance(args[0], bytes) else str(args[0])
-    rest = ""  # Redis' wording: each argument quoted and followed by a space, ~128 chars
-    for a in args[1:]:
-        if len(rest) >= 128:
-            break
-        text = a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
-        rest += f"'{text[: 128 - len(rest)]}' "
-    return Error(f"ERR unknown command '{name[:128]}', with args beginning with: {rest}")
-
-
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "ahead",
         "busy",
         "client",
+        "dispatcher",
         "durable",
+        "keyspace",
         "out",
         "parser",
         "paused",
-        "peeked",
         "pending",
-        "rt",
+        "persistent",
+        "prepared",
         "server",
-        "store",
         "task",
         "transport",
         "write_slots",
@@ -102,20 +69,20 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.rt = server.rt
+        self.dispatcher = server.dispatcher
+        self.keyspace = server.keyspace
         self.transport: asyncio.Transport | None = None
         self.pending: deque[list[bytes]] = deque()
         self.out: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
         self.busy = False  # a request waits for the store; later ones queue
         self.paused = False
-        self.store = self.rt.store
-        self.durable = self.store is not None and server.durable_replies
-        self.client = Client(authenticated=self.rt.password is None)
+        self.persistent = self.keyspace.persistent
+        self.durable = self.persistent and server.durable_replies
+        self.client: Client = server.state.new_client(authenticated=server.state.password is None)
         self.parser = RequestParser(self.request_limit())
-        self.peeked: dict[bytes, Entry[bytes] | None] = {}
-        # What CommandSpec.ahead read for the next request (never None once read).
-        self.ahead: Any = None
+        # What the store returned for the next request (read-through).
+        self.prepared: Prepared | None = None
         self.write_slots: list[int] = []
 
     # -------------------------------------------------------------- events
@@ -124,20 +91,21 @@ class Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        rt = self.rt
-        rt.stats.connections_total += 1
-        reason = self.server.admission(transport)
+        server = self.server
+        stats = server.state.stats.server
+        stats.connections_total += 1
+        reason = server.admission(transport)
         if reason is not None:
-            rt.stats.rejected[reason] = rt.stats.rejected.get(reason, 0) + 1
+            stats.rejected[reason] = stats.rejected.get(reason, 0) + 1
             fields: dict[str, Any] = {}
             if reason == "peer_credentials":
-                creds = self.server.peer_credentials(transport)
+                creds = server.peer_credentials(transport)
                 if creds is not None:
-                    fields = {"gid": creds[2], "groups": list(self.server.peer_groups(transport))}
+                    fields = {"gid": creds[2], "groups": list(server.peer_groups(transport))}
             log.warning(
                 "connection_rejected",
                 reason=reason,
-                peer=self.server.peer_label(transport),
+                peer=server.peer_label(transport),
                 **fields,
             )
             if reason == "max_clients":
@@ -147,15 +115,15 @@ class Connection(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         self.client.fd = sock.fileno() if sock is not None else -1
-        self.client.peer = self.server.peer_label(transport)
-        rt.clients[self.client.id] = self.client
-        self.server.connections.add(self)
+        self.client.peer = server.peer_label(transport)
+        server.state.clients[self.client.id] = self.client
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
             return
         self.transport = None
-        self.rt.clients.pop(self.client.id, None)
+        self.server.state.clients.pop(self.client.id, None)
         self.server.connections.discard(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()
@@ -206,30 +174,44 @@ class Connection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Execute queued requests until done or one must wait."""
-        if self.store is None:
-            self._drain_memory()
-        else:
+        if self.persistent:
             self._drain_store()
+        else:
+            self._drain_memory()
+
+    def _run(self, args: list[bytes], prepared: Prepared | None) -> tuple[bytes, bool]:
+        """One request's encoded reply, and whether it must wait for the
+        store's commit. Never raises: a bug answers that request with an error."""
+        client = self.client
+        dispatcher = self.dispatcher
+        authenticated = client.authenticated
+        try:
+            cmd = dispatcher.resolve(args[0])
+            reply = dispatcher.execute(client, cmd, args, prepared)
+            data = encode(reply, client.resp3)
+        except Exception:
+            log.exception("request_failed", client_id=client.id)
+            return encode(command_errors.internal(args[0].decode("utf-8", "replace")), False), False
+        if client.authenticated is not authenticated:
+            # AUTH, HELLO or RESET changed who this is: so does the request limit.
+            self.parser.set_limit(self.request_limit())
+        # An error reply changed nothing: it need not wait for a commit.
+        return data, cmd is not None and cmd.waits_for_commit and not isinstance(reply, Error)
 
     def _drain_memory(self) -> None:
         """Memory only: no request ever waits, so run them all and reply once."""
         pending = self.pending
         out = self.out
         client = self.client
+        run = self._run
         room = self.output_room()
         while pending:
-            args = pending.popleft()
-            spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
-            if spec is None or spec.name in _STATEFUL or client.multi is not None:
-                out.append(self.execute(spec, args))
-                if client.close_after_reply:
-                    pending.clear()
-                    break
-            elif client.authenticated:
-                out.append(encode(self.call(spec, args), client.resp3))
-            else:
-                out.append(self.execute(spec, args))
-            room -= len(out[-1])
+            data = run(pending.popleft(), None)[0]
+            out.append(data)
+            if client.close_after_reply:
+                pending.clear()
+                break
+            room -= len(data)
             if room < 0:
                 self.output_exceeded()
                 return
@@ -238,80 +220,68 @@ class Connection(asyncio.Protocol):
     def _drain_store(self) -> None:
         pending = self.pending
         out = self.out
-        rt = self.rt
-        store = self.store
-        assert store is not None
+        client = self.client
+        dispatcher = self.dispatcher
+        keyspace = self.keyspace
         room = self.output_room() - sum(map(len, out))
         while pending:
             args = pending[0]
-            spec = LOOKUP.get(args[0]) if type(args[0]) is bytes else None
-            if spec is not None and self.client.authenticated:
-                keys = self.server.keys_to_load(spec, args, self.client, self.peeked)
-                if keys:
-                    self._wait_then_go_on(self.server.prefetch(keys, self.peeked))
-                    return
-                if spec.ahead is not None and self.ahead is None and self.client.multi is None:
-                    work = spec.ahead(rt, args)
-                    if work is not None:
-                        self._wait_then_go_on(self._read_ahead(work))
-                        return
-                rt.peeked = self.peeked
+            try:
+                work = dispatcher.prepare(client, dispatcher.resolve(args[0]), args, self.prepared)
+            except Exception:
+                log.exception("request_failed", client_id=client.id)
+                work = None
+            if work is not None:
+                self._wait_then_go_on(work)
+                return
             pending.popleft()
-            if store.failure is not None and self.writes(spec):
-                out.append(self.refuse_write(spec, store.failure))
-                continue
-            store.view = self.peeked  # what the command changes, it reads back
-            rt.ahead = self.ahead
-            out.append(self.execute(spec, args))
-            store.view = None
-            rt.ahead = self.ahead = None
-            self.peeked.clear()
-            if (
-                spec is not None
-                and (spec.write or spec.name == "EXEC")
-                and (self.durable or store.lagging())
-            ):
+            prepared, self.prepared = self.prepared, None
+            data, waits = self._run(args, prepared)
+            out.append(data)
+            if waits and (self.durable or keyspace.lagging()):
                 self.write_slots.append(len(out) - 1)
-            room -= len(out[-1])
+            room -= len(data)
             if room < 0:
                 self.output_exceeded()
                 return
-            if self.client.close_after_reply:
+            if client.close_after_reply:
                 pending.clear()
                 break
         if self.write_slots:
             self.busy = True
-            self.server.after_commit(self._durable)
+            keyspace.after_commit(self._durable)
             return
         self.flush()
 
-    def _wait_then_go_on(self, work: Awaitable[None]) -> None:
+    def _wait_then_go_on(self, work: Awaitable[Prepared]) -> None:
         """Park the queue while ``work`` reads the store for the next request
         (off the event loop), then go on with it."""
         self.busy = True
         self.task = asyncio.ensure_future(self._after(work))
 
-    async def _after(self, work: Awaitable[None]) -> None:
+    async def _after(self, work: Awaitable[Prepared]) -> None:
         try:
-            await work
-        except StoreError as exc:
-            # The request that needed the read is answered with the error.
-            self.peeked.clear()
-            self.ahead = None
-            self.pending.popleft()
-            self.out.append(encode(Error(f"ERR {exc}"), self.client.resp3))
+            self.prepared = await work
+        except Exception as exc:
+            # The request that needed the read is answered with the error;
+            # whatever went wrong, it is answered and the queue goes on.
+            self.prepared = None
+            args = self.pending.popleft()
+            if isinstance(exc, StoreError):
+                reply = command_errors.store_failed(exc)
+            else:
+                log.exception("request_failed", client_id=self.client.id)
+                reply = command_errors.internal(args[0].decode("utf-8", "replace"))
+            self.out.append(encode(reply, self.client.resp3))
         finally:
             self.task = None
             self.busy = False
         self._go_on()
 
-    async def _read_ahead(self, work: Awaitable[Any]) -> None:
-        self.ahead = await work
-
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""
         if error is not None:
-            reply = encode(Error(f"ERR {error}"), self.client.resp3)
+            reply = encode(command_errors.store_failed(error), self.client.resp3)
             for slot in self.write_slots:
                 self.out[slot] = reply
         self.write_slots.clear()
@@ -367,159 +337,50 @@ class Connection(asyncio.Protocol):
             )
             transport.abort()
 
-    def writes(self, spec: CommandSpec | None) -> bool:
-        """Whether running ``spec`` now would change sessions."""
-        if spec is None or not self.client.authenticated:
-            return False
-        multi = self.client.multi
-        if multi is not None:
-            return spec.name == "EXEC" and any(s.write for s, _ in multi)
-        return spec.write
-
-    def refuse_write(self, spec: CommandSpec | None, failure: StoreError) -> bytes:
-        """Like Redis when it cannot persist: refuse writes, keep serving reads,
-        so that no write is applied in memory that the store could not take."""
-        assert spec is not None
-        spec.calls += 1
-        spec.errors += 1
-        if spec.name == "EXEC":
-            self.client.multi = None
-        return encode(
-            Error(f"MISCONF {failure}; writes are refused until the store recovers"),
-            self.client.resp3,
-        )
-
-    def execute(self, spec: CommandSpec | None, args: list[bytes]) -> bytes:
-        """Run one request with every check: auth, transactions, unknown names."""
-        client = self.client
-        rt = self.rt
-        if spec is None and type(args[0]) is bytes:
-            spec = LOOKUP.get(args[0].upper())
-        if spec is None:
-            rt.stats.unknown_commands += 1
-            rt.stats.unknown_command_errors += 1
-            if client.multi is not None:
-                client.multi_error = True
-            return encode(_unknown_command(args), client.resp3)
-        if not client.authenticated and "noauth" not in spec.flags:
-            spec.calls += 1
-            spec.errors += 1
-            return encode(Error("NOAUTH Authentication required."), client.resp3)
-        name = spec.name
-        if client.multi is not None or name in _TX_IMMEDIATE:
-            reply = self.transaction(spec, args)
-        else:
-            reply = self.call(spec, args)
-        if name in _STATEFUL:  # AUTH, HELLO or RESET may have changed who this is
-            self.parser.set_limit(self.request_limit())
-        return encode(reply, client.resp3)
-
     def request_limit(self) -> int:
         """Until it authenticates, a client may only send small requests (Redis
         caps them too): a stranger must not make the daemon buffer megabytes."""
-        limit = self.rt.config.limits.max_request_size
+        limit = self.server.max_request_size
         return limit if self.client.authenticated else min(limit, UNAUTHENTICATED_REQUEST_LIMIT)
-
-    def call(self, spec: CommandSpec, args: list[bytes]) -> Any:
-        arity = spec.arity
-        n = len(args)
-        spec.calls += 1
-        if (arity > 0 and n != arity) or n < -arity:
-            spec.errors += 1
-            return Error(f"ERR wrong number of arguments for '{spec.name.lower()}' command")
-        self.client.last_command = spec.name
-        start = perf_counter()
-        try:
-            reply = spec.handler(self.rt, self.client, args)
-        except Error as exc:
-            # Drop the traceback: kept, it would tie this frame and the reply
-            # into a reference cycle per error reply, left to the cyclic GC.
-            reply = exc.with_traceback(None)
-            spec.errors += 1
-        except Exception:
-            log.exception("command_failed", command=spec.name, client_id=self.client.id)
-            reply = Error(f"ERR internal error while running '{spec.name.lower()}'")
-            spec.errors += 1
-        elapsed = perf_counter() - start
-        hist = self.server.histogram
-        hist.counts[bisect_left(hist.bounds, elapsed)] += 1
-        hist.sum += elapsed
-        return reply
-
-    def transaction(self, spec: CommandSpec, args: list[bytes]) -> Any:
-        client = self.client
-        name = spec.name
-        if client.multi is None:
-            if name == "MULTI":
-                spec.calls += 1
-                client.multi = []
-                client.multi_error = False
-                return OK
-            if name in ("EXEC", "DISCARD"):
-                spec.calls += 1
-                spec.errors += 1
-                return Error(f"ERR {name} without MULTI")
-            return self.call(spec, args)
-        if name == "EXEC":
-            spec.calls += 1
-            queued, client.multi = client.multi, None
-            if client.multi_error:
-                client.multi_error = False
-                spec.errors += 1
-                return Error("EXECABORT Transaction discarded because of previous errors.")
-            return [self.call(s, a) for s, a in queued]
-        if name == "DISCARD":
-            spec.calls += 1
-            client.multi = None
-            client.multi_error = False
-            return OK
-        if name == "MULTI":
-            spec.calls += 1
-            spec.errors += 1
-            return Error("ERR MULTI calls can not be nested")
-        if name in ("QUIT", "RESET"):
-            return self.call(spec, args)
-        arity = spec.arity
-        if (arity > 0 and len(args) != arity) or len(args) < -arity:
-            spec.calls += 1
-            spec.errors += 1
-            client.multi_error = True
-            return Error(f"ERR wrong number of arguments for '{name.lower()}' command")
-        client.multi.append((spec, args))
-        return QUEUED
 
 
 class Server:
     """Owns the listening socket and the connections; knows nothing of config
     files, metrics or signals (the app wires those in)."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.durable_replies = False
-        self.connections: set[Connection] = set()
-        self.histogram = DurationHistogram()
-        self._server: asyncio.AbstractServer | None = None
-        self.path: Path = rt.config.socket.path
-        self._socket_identity: tuple[int, int] | None = None
-        self.max_output_buffer = rt.config.limits.max_output_buffer
-        # Set by the app when a store is configured: load ``keys`` from the
-        # store, admitting found sessions to memory or recording them in the
-        # connection's ``peeked`` map for inspection commands.
-        self.prefetch: Callable[
-            [list[bytes], dict[bytes, Entry[bytes] | None]], Awaitable[None]
-        ] = _no_prefetch
-        self.after_commit: Callable[[Callable[[StoreError | None], None]], None] = _at_once
-
-    def store_attached(self, store: Store, *, durable_replies: bool) -> None:
-        """Use ``store``: read-through before commands, and with
-        ``durable_replies`` hold write replies until their commit is on disk."""
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        keyspace: Keyspace,
+        state: ServerState,
+        *,
+        durable_replies: bool = False,
+    ) -> None:
+        """With ``durable_replies`` (and a store), write replies are held
+        until the commit that holds them is on disk."""
+        self.dispatcher = dispatcher
+        self.keyspace = keyspace
+        self.state = state
         self.durable_replies = durable_replies
-        self.after_commit = store.after_commit
+        self.connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        # The socket's settings need a restart: kept as they were at start.
+        self.socket = state.config.socket
+        self.path: Path = self.socket.path
+        self._socket_identity: tuple[int, int] | None = None
+        self.configure(state.config)
+
+    def configure(self, config: Config) -> None:
+        """Apply the limits and admission rules of a (re)loaded config: new
+        connections and the next requests see them."""
+        self.limits = config.limits
+        self.security = config.security
+        self.max_output_buffer = config.limits.max_output_buffer
+        self.max_request_size = config.limits.max_request_size
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        config = self.rt.config.socket
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -538,7 +399,7 @@ class Server:
             raise StartupError(f"socket.path: cannot listen on {path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, config.mode)
+        os.chmod(path, self.socket.mode)
         st = os.stat(path)
         self._socket_identity = (st.st_dev, st.st_ino)
 
@@ -597,10 +458,9 @@ class Server:
 
     def admission(self, transport: asyncio.Transport) -> str | None:
         """Why a new connection must be refused, or ``None`` to admit it."""
-        rt = self.rt
-        if len(self.connections) >= rt.config.limits.max_clients:
+        if len(self.connections) >= self.limits.max_clients:
             return "max_clients"
-        security = rt.config.security
+        security = self.security
         if security.allowed_uids or security.allowed_gids:
             creds = self.peer_credentials(transport)
             if creds is None:
@@ -649,31 +509,6 @@ class Server:
         creds = self.peer_credentials(transport)
         return "unix" if creds is None else f"pid={creds[0]},uid={creds[1]}"
 
-    def keys_to_load(
-        self,
-        spec: CommandSpec,
-        args: list[bytes],
-        client: Client,
-        peeked: dict[bytes, Entry[bytes] | None],
-    ) -> list[bytes]:
-        """Keys a command names that are in neither memory nor ``peeked``."""
-        if client.multi is not None:
-            if spec.name != "EXEC":
-                return []
-            candidates = [k for s, a in client.multi if s.load is not None for k in s.load(a)]
-        elif spec.load is None:
-            return []
-        else:
-            candidates = spec.load(args)
-        data = self.rt.cache._data
-        missing = [k for k in candidates if k not in data and k not in peeked]
-        if missing and peeked:
-            # Another round: what earlier rounds fetched may change while this
-            # one waits, so fetch it again with the rest.
-            peeked.clear()
-            missing = [k for k in candidates if k not in data]
-        return missing
-
     def close_idle(self, timeout: float) -> int:
         """Close connections idle for longer than ``timeout`` seconds."""
         cutoff = time.monotonic() - timeout
@@ -683,11 +518,3 @@ class Server:
                 conn.transport.close()
                 closed += 1
         return closed
-
-
-async def _no_prefetch(keys: list[bytes], peeked: dict[bytes, Entry[bytes] | None]) -> None:
-    return None
-
-
-def _at_once(callback: Callable[[StoreError | None], None]) -> None:
-    callback(None)

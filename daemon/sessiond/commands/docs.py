@@ -2,16 +2,17 @@
 
 redis-cli builds its interactive ``help`` and the grey argument hints from
 ``COMMAND DOCS``: without ``arguments`` it shows ``SET`` with no syntax at all.
-The syntax of each command is written here as Redis' documentation writes it
-and turned into Redis' argument maps (``name``, ``type``, ``token``, ``flags``,
-nested ``arguments`` for ``oneof``/``block``):
+The syntax of each command is written on its declaration as Redis'
+documentation writes it, and turned here into Redis' argument maps (``name``,
+``type``, ``token``, ``flags``, nested ``arguments`` for ``oneof``/``block``):
 
 - ``[x]`` optional; ``x ...`` repeatable; ``a | b`` one of; ``(a b)`` a group;
 - an UPPER-case word is a token: alone a ``pure-token``, before an argument
   that argument's token, before several a ``block``.
 
-Container commands (``CLIENT``, ``COMMAND``, ``CONFIG``) also get
-``subcommands`` (``client|setname``...), which redis-cli lists as ``CLIENT SETNAME``.
+Container commands (``CLIENT``, ``COMMAND``, ``CONFIG``) declare their
+``subcommands`` too (``client|setname``...), which redis-cli lists as
+``CLIENT SETNAME``.
 """
 
 from __future__ import annotations
@@ -20,90 +21,8 @@ import re
 from functools import cache
 from typing import Any
 
-from .protocol import Status
-
-SYNTAX: dict[str, str] = {
-    "PING": "[message]",
-    "ECHO": "message",
-    "QUIT": "",
-    "AUTH": "[username] password",
-    "HELLO": "[protover [AUTH username password] [SETNAME clientname]]",
-    "RESET": "",
-    "SELECT": "index",
-    "INFO": "[section ...]",
-    "DBSIZE": "",
-    "FLUSHDB": "[ASYNC | SYNC]",
-    "FLUSHALL": "[ASYNC | SYNC]",
-    "TIME": "",
-    "MULTI": "",
-    "EXEC": "",
-    "DISCARD": "",
-    "GET": "key",
-    "SET": (
-        "key value [NX | XX] [GET] [EX seconds | PX milliseconds | "
-        "EXAT unix-time-seconds | PXAT unix-time-milliseconds | KEEPTTL]"
-    ),
-    "SETEX": "key seconds value",
-    "PSETEX": "key milliseconds value",
-    "SETNX": "key value",
-    "GETDEL": "key",
-    "GETEX": (
-        "key [EX seconds | PX milliseconds | EXAT unix-time-seconds | "
-        "PXAT unix-time-milliseconds | PERSIST]"
-    ),
-    "MGET": "key ...",
-    "MSET": "(key value) ...",
-    "DEL": "key ...",
-    "UNLINK": "key ...",
-    "EXISTS": "key ...",
-    "TOUCH": "key ...",
-    "TYPE": "key",
-    "STRLEN": "key",
-    "INCR": "key",
-    "INCRBY": "key increment",
-    "DECR": "key",
-    "DECRBY": "key decrement",
-    "EXPIRE": "key seconds [NX | XX | GT | LT]",
-    "PEXPIRE": "key milliseconds [NX | XX | GT | LT]",
-    "EXPIREAT": "key unix-time-seconds [NX | XX | GT | LT]",
-    "PEXPIREAT": "key unix-time-milliseconds [NX | XX | GT | LT]",
-    "TTL": "key",
-    "PTTL": "key",
-    "EXPIRETIME": "key",
-    "PEXPIRETIME": "key",
-    "PERSIST": "key",
-    "SCAN": "cursor [MATCH pattern] [COUNT count] [TYPE type]",
-    "KEYS": "pattern",
-    "SESSION.CREATE": "[CONTEXT context] [TTL seconds] [STATE value]",
-    "SESSION.INFO": "key",
-    "SESSION.INVALIDATE": "key",
-    "SESSION.LIST": "[CONTEXT context] [COUNT count]",
-}
-
-SUBCOMMANDS: dict[str, dict[str, tuple[str, str]]] = {
-    "CLIENT": {
-        "SETNAME": ("connection-name", "Set the current connection name"),
-        "GETNAME": ("", "Return the name of the current connection"),
-        "ID": ("", "Return the client ID of the current connection"),
-        "INFO": ("", "Information about the current connection"),
-        "LIST": ("[TYPE NORMAL] [ID client-id ...]", "The list of client connections"),
-        "SETINFO": ("LIB-NAME libname | LIB-VER libver", "Set client library name or version"),
-        "NO-EVICT": ("ON | OFF", "Accepted and ignored"),
-        "NO-TOUCH": ("ON | OFF", "Accepted and ignored"),
-    },
-    "COMMAND": {
-        "COUNT": ("", "Number of commands"),
-        "DOCS": ("[command-name ...]", "Documentary information about commands"),
-        "INFO": ("[command-name ...]", "Information about commands"),
-        "LIST": ("", "Names of all commands"),
-        "GETKEYS": ("command [arg ...]", "The keys of a full command"),
-    },
-    "CONFIG": {
-        "GET": ("parameter ...", "The effective value of config parameters"),
-        "SET": ("parameter value", "Not supported: edit the config file"),
-        "RESETSTAT": ("", "Accepted and ignored"),
-    },
-}
+from ..protocol import Status
+from .registry import REGISTRY
 
 _INTEGER = {
     "seconds",
@@ -222,19 +141,20 @@ def arguments(syntax: str) -> list[dict[str, Any]]:
 
 
 @cache
-def doc_fields(name: str, group: str) -> dict[str, Any]:
-    """``arguments`` (and ``subcommands`` for container commands) of one command."""
-    fields: dict[str, Any] = {"arguments": arguments(SYNTAX.get(name, ""))}
-    subs = SUBCOMMANDS.get(name)
-    if subs:
+def doc_fields(name: str) -> dict[str, Any]:
+    """``arguments`` (and ``subcommands`` for container commands) of one
+    declared command, from the syntax on its declaration."""
+    cmd = REGISTRY[name]
+    fields: dict[str, Any] = {"arguments": arguments(cmd.syntax)}
+    if cmd.subcommands:
         fields["subcommands"] = {
             f"{name.lower()}|{sub.lower()}": {
                 "summary": summary,
                 "since": "1.0.0",
-                "group": group,
+                "group": cmd.group,
                 "complexity": "O(1)",
                 "arguments": arguments(syntax),
             }
-            for sub, (syntax, summary) in subs.items()
+            for sub, (syntax, summary) in cmd.subcommands.items()
         }
     return fields

@@ -1,15 +1,14 @@
-"""Persistence (SPEC §6): the store interface and its SQLite implementation.
+"""The SQLite store (docs/persistence.md): rows kept in one SQLite file (WAL).
 
-The event loop never waits on disk for a write. The cache's hook calls
-(:meth:`SQLiteStore.save`, ``delete``, ``on_evict``) only record the operation
-in an in-memory *pending* map; a writer thread takes the whole map at once and
+The event loop never waits on disk for a write. :meth:`SQLiteStore.record`
+only puts the change in an in-memory *pending* map; a writer thread takes the whole map at once and
 commits it in one transaction (group commit). Under ``durability: always`` the
 server holds a write's reply until :meth:`SQLiteStore.after_commit` says the
 commit that contains it is on disk; under ``batch`` the writer commits every
 ``flush_interval``.
 
 A commit only appends the batch to the ``journal`` table: sequential pages,
-so the fsync that a durable reply waits for is small. Every ``_FOLD_INTERVAL``
+so the fsync that a durable reply waits for is small. Every ``fold_interval``
 (or ``_FOLD_ROWS`` sessions) the writer *folds* the journal into ``sessions``
 (random pages, but no reply waits for it, and it needs no fsync of its own:
 the journal keeps its rows until the fold has committed, and then deletes
@@ -28,23 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import structlog
 
-from .cache import Cause, Entry, PersistenceHook, SessionCache
+from ..stats import StoreStats
+from .api import HASH_SPACE, Change, Hook, Row, StoreError, TableCounts, TableSlice, scan_hash
 
 log = structlog.get_logger("sessiond.store")
+
+T = TypeVar("T")
 
 APPLICATION_ID = 0x53455353  # "SESS"
 SCHEMA_VERSION = 2
@@ -113,7 +112,6 @@ _REFILE = (
     "UPDATE sessions SET expire_at = deadline "
     f"WHERE scan_hash = ?1 AND key = ?2 AND ({_MISFILED} OR expire_at <= ?3)"
 )
-_HASH_SPACE = 2**32
 _RETRY_AFTER_FAILURE = 1.0
 _LINGER_STEP = 0.0002  # seconds between looks at the pending writes
 _LINGER_MAX = 0.001  # never hold a commit back longer than this
@@ -156,94 +154,21 @@ def _unsynced(db: sqlite3.Connection) -> Iterator[None]:
             db.execute("PRAGMA synchronous=FULL")
 
 
-def scan_hash(key: bytes) -> int:
-    """Stable position of a key in SCAN order, shared by memory and store."""
-    return zlib.crc32(key)
-
-
-class StoreError(Exception):
-    """The store cannot be opened or used; the message says what and where."""
-
-
-@dataclass(frozen=True)
-class TableCounts:
-    """What DBSIZE and INFO keyspace need from the file: the writes not yet in
-    the table (newest wins, ``None`` a delete) and the table's sessions, and
-    those with a deadline, that none of those writes names."""
-
-    queued: dict[bytes, Entry[bytes] | None]
-    total: int
-    expiring: int
-
-
-class Store(PersistenceHook[bytes, bytes], Protocol):
-    """A session store: the cache's write-through hook plus what whole-keyspace
-    commands (DBSIZE, SCAN, KEYS, FLUSHDB), read-through and warm start need."""
-
-    warmed: int
-    # The running command's copy of the stored sessions it names (set by the
-    # server around each command); the hook keeps it current.
-    view: dict[bytes, Entry[bytes] | None] | None
-    # Set while the store cannot commit: the server then refuses writes.
-    failure: StoreError | None
-
-    def keyspace(
-        self, memory: SessionCache[bytes, bytes], counted: TableCounts | None = None
-    ) -> tuple[int, int]: ...
-
-    async def count_table(self) -> TableCounts: ...
-
-    async def list_keys(
-        self, memory: SessionCache[bytes, bytes], pattern: re.Pattern[bytes] | None
-    ) -> list[bytes]: ...
-
-    def clear(self) -> None: ...
-
-    def scan(
-        self, cursor: int, count: int, memory: SessionCache[bytes, bytes]
-    ) -> tuple[list[bytes], int]: ...
-
-    def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]: ...
-
-    async def load_many(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]: ...
-
-    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None: ...
-
-    def lagging(self) -> bool: ...
-
-
-def _row_entry(row: tuple[Any, ...]) -> tuple[bytes, Entry[bytes]]:
-    key, value, context, created, updated, accessed, ttl, deadline = row
-    return bytes(key), Entry(
-        bytes(value),
-        context_id=context,
-        created_at=created,
-        updated_at=updated,
-        accessed_at=accessed,
-        ttl=ttl,
-        deadline=deadline,
-    )
-
-
-def _fields(entry: Entry[bytes]) -> tuple[Any, ...]:
-    """An entry's columns after ``scan_hash, key``."""
-    return (
-        entry.value,
-        entry.context_id,
-        entry.created_at,
-        entry.updated_at,
-        entry.accessed_at,
-        entry.ttl,
-        entry.deadline,
-    )
-
-
-def _live(entry: Entry[bytes] | None, now: float) -> bool:
-    return entry is not None and (entry.deadline is None or entry.deadline > now)
+def _stored(row: tuple[Any, ...]) -> tuple[bytes, Row]:
+    """``(key, row)`` from a ``SELECT key, <Row columns>``."""
+    key, value, *rest = row
+    return bytes(key), Row(bytes(value), *rest)
 
 
 class SQLiteStore:
-    """SQLite (WAL) store with a writer thread and group commit."""
+    """SQLite (WAL) store with a writer thread and group commit.
+
+    ``hook`` (tests only) is called at these points: ``"commit"`` in the writer
+    before each commit, ``"load"`` on a reader thread after a read-through read
+    and before its rows are returned, ``"whole-table"`` on the event loop when a
+    whole-table read is handed to its thread and ``"scan"`` on that thread
+    before it reads. ``max_pages`` caps the file (a full disk, for tests);
+    after a failed commit the writer tries again every ``retry_interval``."""
 
     def __init__(
         self,
@@ -251,48 +176,48 @@ class SQLiteStore:
         *,
         durability: str = "always",
         flush_interval: float = 0.1,
-        stats: Any = None,
+        fold_interval: float = _FOLD_INTERVAL,
+        retry_interval: float = _RETRY_AFTER_FAILURE,
+        stats: StoreStats | None = None,
+        max_pages: int = 0,
+        hook: Hook | None = None,
     ) -> None:
         self.path = path
         self.durability = durability
         self.flush_interval = flush_interval
-        self.stats = stats
-        self.warmed = 0
+        self.fold_interval = fold_interval
+        self.retry_interval = retry_interval
+        self.stats = stats or StoreStats()
+        self.max_pages = max_pages
+        self.hook = hook
         # The error of the last commit if it failed (cleared by the next one
         # that succeeds): while set, the server refuses writes up front.
         self.failure: StoreError | None = None
-        # While a command runs, the server points this at the sessions it
-        # fetched from the store for it (Runtime.peeked). Every change the
-        # command makes goes through the hook below and is recorded here too:
-        # a command that deletes, rewrites or (by admitting others) evicts one
-        # of its sessions reads that change back, never the copy fetched before.
-        self.view: dict[bytes, Entry[bytes] | None] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pending: dict[bytes, Entry[bytes] | None] = {}
+        self._pending: dict[bytes, Change] = {}
         self._clear_pending = False
-        self._inflight: dict[bytes, Entry[bytes] | None] = {}
+        self._inflight: dict[bytes, Change] = {}
         self._inflight_cleared = False
         # Journaled (durable) but not yet folded into the sessions table.
-        self._unfolded: dict[bytes, Entry[bytes] | None] = {}
-        self._folding: dict[bytes, Entry[bytes] | None] = {}
+        self._unfolded: dict[bytes, Change] = {}
+        self._folding: dict[bytes, Change] = {}
         # The fold in progress: the sessions to fold next, in table order
         # (reversed: taken from the end), and the parts of the hash space not
         # yet put in order (reversed too).
-        self._fold_todo: list[tuple[int, bytes, Entry[bytes] | None]] = []
-        self._fold_buckets: list[list[tuple[int, bytes, Entry[bytes] | None]]] = []
+        self._fold_todo: list[tuple[int, bytes, Change]] = []
+        self._fold_buckets: list[list[tuple[int, bytes, Change]]] = []
         self._fold_upto = 0  # the last journal row the fold in progress covers
         self._journal_seq = 0  # the last journal row written (numbered here: never reused)
         self._trim_upto = 0  # journal rows up to this one are folded, to be deleted
         self._refile: set[bytes] = set()  # rows whose expire_at expiry found stale
         self._last_fold = time.monotonic()
-        self.fold_interval = _FOLD_INTERVAL
         self._busy_since = 0.0  # when the writer started its current work, 0 if idle
         # Commits that ended while a read-through read ran: such a read may
         # have missed them, and the overlay no longer has them.
         self._commits = 0
         self._reads = 0
-        self._recent: dict[bytes, tuple[int, Entry[bytes] | None]] = {}
+        self._recent: dict[bytes, tuple[int, Change]] = {}
         self._recent_clear = 0
         self._op_seq = 0
         self._committed_seq = 0
@@ -309,16 +234,18 @@ class SQLiteStore:
         self._db = self._connect()  # the event loop's own read connection
         self._journal_seq = self._db.execute("SELECT max(seq) FROM journal").fetchone()[0] or 0
 
+    def _hook(self, point: str) -> None:
+        if self.hook is not None:
+            self.hook(point)
+
     # ------------------------------------------------------------- opening
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        max_pages = os.environ.get("SESSIOND_STORE_MAX_PAGES")
-        if max_pages:
-            # Test hook: simulate a full disk (the store errors once it has this many pages).
-            db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+        if self.max_pages:
+            db.execute(f"PRAGMA max_page_count={int(self.max_pages)}")
         return db
 
     def _check_and_init(self) -> None:
@@ -412,28 +339,14 @@ class SQLiteStore:
         self._thread = threading.Thread(target=self._writer, name="sessiond-store", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------- the cache hook
+    # ------------------------------------------------------------ writes
 
-    def save(self, key: bytes, entry: Entry[bytes]) -> None:
-        if self.view is not None:
-            self.view[key] = entry
+    def record(self, key: bytes, change: Change) -> None:
         with self._lock:
-            self._pending[key] = entry
+            self._pending[key] = change
             self._op_seq += 1
 
-    def delete(self, key: bytes) -> None:
-        if self.view is not None:
-            self.view[key] = None
-        with self._lock:
-            self._pending[key] = None
-            self._op_seq += 1
-
-    def on_evict(self, key: bytes, entry: Entry[bytes], cause: Cause) -> None:
-        # The value is already stored (write-through); this records TTL renewals
-        # that reads made since, so the evicted session keeps its full life.
-        self.save(key, entry)
-
-    def load(self, key: bytes) -> Entry[bytes] | None:
+    def load(self, key: bytes) -> Row | None:
         """Blocking read-through for library use; the daemon uses :meth:`load_many`."""
         found, rest = self._overlay([key])
         if rest:
@@ -442,17 +355,13 @@ class SQLiteStore:
 
     # ----------------------------------------------------------- reads
 
-    def _overlay(
-        self, keys: Iterable[bytes]
-    ) -> tuple[dict[bytes, Entry[bytes] | None], list[bytes]]:
+    def _overlay(self, keys: Iterable[bytes]) -> tuple[dict[bytes, Change], list[bytes]]:
         """Answers for ``keys`` from writes not yet committed; the rest to read."""
         with self._lock:
             return self._overlay_locked(keys)
 
-    def _overlay_locked(
-        self, keys: Iterable[bytes]
-    ) -> tuple[dict[bytes, Entry[bytes] | None], list[bytes]]:
-        found: dict[bytes, Entry[bytes] | None] = {}
+    def _overlay_locked(self, keys: Iterable[bytes]) -> tuple[dict[bytes, Change], list[bytes]]:
+        found: dict[bytes, Change] = {}
         rest: list[bytes] = []
         pending, inflight = self._pending, self._inflight
         for key in keys:
@@ -482,17 +391,22 @@ class SQLiteStore:
             self._local.db = db
         return db
 
-    def _read_keys(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]:
+    def _read_keys(self, keys: list[bytes]) -> dict[bytes, Change]:
         db = self._reader_db()
         sql = f"SELECT {_COLUMNS} FROM sessions WHERE scan_hash = ? AND key = ?"
-        found: dict[bytes, Entry[bytes] | None] = dict.fromkeys(keys)
+        found: dict[bytes, Change] = dict.fromkeys(keys)
         for key in keys:
             row = db.execute(sql, (scan_hash(key), key)).fetchone()
             if row is not None:
-                found[key] = _row_entry(row)[1]
+                found[key] = _stored(row)[1]
         return found
 
-    async def load_many(self, keys: list[bytes]) -> dict[bytes, Entry[bytes] | None]:
+    def _read_keys_hooked(self, keys: list[bytes]) -> dict[bytes, Change]:
+        found = self._read_keys(keys)
+        self._hook("load")
+        return found
+
+    async def load_many(self, keys: list[bytes]) -> dict[bytes, Row | None]:
         found, rest = self._overlay(keys)
         if rest:
             loop = asyncio.get_running_loop()
@@ -500,9 +414,9 @@ class SQLiteStore:
                 self._reads += 1
                 since = self._commits
             try:
-                read = await loop.run_in_executor(self._readers, self._read_keys, rest)
+                read = await loop.run_in_executor(self._readers, self._read_keys_hooked, rest)
             except sqlite3.Error as exc:
-                self._count_error("load")
+                self.stats.error("load")
                 log.error("store_error", operation="load", error=str(exc))
                 raise StoreError(f"store read failed: {exc}") from None
             finally:
@@ -527,9 +441,9 @@ class SQLiteStore:
                     found[key] = read.get(key)
         return found
 
-    def _queued(self) -> tuple[dict[bytes, Entry[bytes] | None], bool]:
-        """Every write the table does not have yet (newest wins; ``None`` is a
-        delete), and whether the table's rows still count (not after FLUSHDB)."""
+    def _queued(self) -> tuple[dict[bytes, Change], bool]:
+        """Every change the table does not have yet (newest wins), and whether
+        the table's rows still count (not after FLUSHDB)."""
         with self._lock:
             if self._clear_pending:
                 return dict(self._pending), False
@@ -537,38 +451,8 @@ class SQLiteStore:
                 return {**self._inflight, **self._pending}, False
             return {**self._folding, **self._unfolded, **self._inflight, **self._pending}, True
 
-    def keyspace(
-        self, memory: SessionCache[bytes, bytes], counted: TableCounts | None = None
-    ) -> tuple[int, int]:
-        """Sessions held (in the table, queued or in memory) and how many of them
-        have a deadline, for DBSIZE and INFO keyspace: the table's counts
-        (``counted`` if the server read them ahead with :meth:`count_table`,
-        else read now) merged with the queued writes and memory. Like Redis'
-        DBSIZE, a session past its deadline counts until the next sweep removes it."""
-        counted = counted or self._count_table()
-        total, expiring = counted.total, counted.expiring
-        data = memory._data
-        for key, entry in counted.queued.items():
-            current = data.get(key, entry)
-            if current is not None:
-                total += 1
-                expiring += current.deadline is not None
-        return total, expiring
-
-    async def count_table(self) -> TableCounts:
-        """:meth:`_count_table` on a reader thread: it takes a table scan, and
-        a join with every queued write (up to a fold's worth), which the event
-        loop must not wait for (monitoring polls INFO)."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._scanner, self._count_table)
-        except sqlite3.Error as exc:
-            self._count_error("load")
-            log.error("store_error", operation="count", error=str(exc))
-            raise StoreError(f"store read failed: {exc}") from None
-
-    def _count_table(self) -> TableCounts:
-        """Counted in SQL plus the uncommitted writes, not by reading every row."""
+    def count_rows(self) -> TableCounts:
+        """Counted in SQL plus the queued changes, not by reading every row."""
         overlay, rows_valid = self._queued()
         total = expiring = 0
         if rows_valid:
@@ -598,43 +482,10 @@ class SQLiteStore:
                 db.execute("COMMIT")
         return TableCounts(overlay, total, expiring)
 
-    def all_keys(self, memory: SessionCache[bytes, bytes]) -> list[bytes]:
-        keys, _ = self._scan_range(0, None, memory)
-        return keys
-
-    async def list_keys(
-        self, memory: SessionCache[bytes, bytes], pattern: re.Pattern[bytes] | None
-    ) -> list[bytes]:
-        """KEYS: :meth:`all_keys` matching ``pattern``, on a reader thread. It
-        reads every row (250 ms for 80k sessions, measured), and no other
-        client should wait for that. It looks up memory from that thread, which
-        single dict lookups under the GIL allow; a session written meanwhile may
-        or may not be listed, as with SCAN."""
-        loop = asyncio.get_running_loop()
-
-        def listed() -> list[bytes]:
-            keys = self.all_keys(memory)
-            return keys if pattern is None else [k for k in keys if pattern.match(k)]
-
-        try:
-            return await loop.run_in_executor(self._scanner, listed)
-        except sqlite3.Error as exc:
-            self._count_error("load")
-            log.error("store_error", operation="keys", error=str(exc))
-            raise StoreError(f"store read failed: {exc}") from None
-
-    def scan(
-        self, cursor: int, count: int, memory: SessionCache[bytes, bytes]
-    ) -> tuple[list[bytes], int]:
-        return self._scan_range(cursor, count, memory)
-
-    def _scan_range(
-        self, cursor: int, count: int | None, memory: SessionCache[bytes, bytes]
-    ) -> tuple[list[bytes], int]:
-        """Live keys with ``scan_hash >= cursor`` (about ``count`` of them, whole
-        hash groups) merged from the store, uncommitted writes and memory; and
-        the next cursor (0 when done)."""
-        now = time.time()
+    def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
+        """Rows with ``scan_hash >= cursor``: about ``count`` of them, whole
+        hash groups (all of them if ``count`` is ``None``), and the queued
+        changes."""
         # The overlay first, then the rows: a batch the writer commits in between
         # is then in both. The other order lost it (read before its commit, gone
         # from the overlay after), and SCAN/KEYS/DBSIZE missed those keys.
@@ -645,7 +496,7 @@ class SQLiteStore:
         db = self._reader_db()
         rows = db.execute(sql + ("" if count is None else f" LIMIT {count + 1}"), (cursor,))
         rows_list = rows.fetchall()
-        upper = _HASH_SPACE
+        upper = HASH_SPACE
         if count is not None and len(rows_list) > count:
             upper = rows_list[-1][0]
             if upper == cursor:
@@ -653,75 +504,54 @@ class SQLiteStore:
                 rows_list = db.execute(
                     "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
                 ).fetchall()
-        data = memory._data
-        keys: dict[bytes, int] = {}  # key -> scan hash
-        for h, raw_key, deadline in rows_list if rows_valid else ():
-            if h >= upper:
-                continue
-            key = bytes(raw_key)
-            in_memory = data.get(key)
-            if in_memory is not None:
-                if _live(in_memory, now):
-                    keys[key] = h
-            elif deadline is None or deadline > now:
-                keys[key] = h
-        for key, entry in overlay.items():
-            h = scan_hash(key)
-            if not cursor <= h < upper:
-                continue
-            in_memory = data.get(key)
-            current = in_memory if in_memory is not None else entry
-            if current is not None and _live(current, now):
-                keys[key] = h
-            else:
-                keys.pop(key, None)
-        ordered = sorted(keys, key=keys.__getitem__)
-        next_cursor = 0 if upper >= _HASH_SPACE else upper
-        return ordered, next_cursor
+        found = [(h, bytes(k), d) for h, k, d in rows_list if h < upper] if rows_valid else []
+        return TableSlice(found, overlay, rows_valid, upper)
 
-    # ----------------------------------------------------------- writes
+    async def whole_table(self, read: Callable[[], T], operation: str) -> T:
+        """Run ``read`` on the whole-table thread: it reads every row or joins
+        every queued change (KEYS read 80k rows in 250 ms, measured), and no
+        other client should wait for that."""
+        loop = asyncio.get_running_loop()
+        self._hook("whole-table")
+
+        def hooked() -> T:
+            self._hook("scan")
+            return read()
+
+        try:
+            return await loop.run_in_executor(self._scanner, hooked)
+        except sqlite3.Error as exc:
+            self.stats.error("load")
+            log.error("store_error", operation=operation, error=str(exc))
+            raise StoreError(f"store read failed: {exc}") from None
 
     def clear(self) -> None:
-        if self.view is not None:
-            self.view.clear()  # not in memory nor in the view: absent
         with self._lock:
             self._pending = {}
             self._clear_pending = True
             self._op_seq += 1
 
-    def expire(self, memory: SessionCache[bytes, bytes], limit: int = 1000) -> int:
-        """Delete stored sessions whose deadline has passed, except those that
-        memory or an uncommitted write has renewed (those are re-saved with
-        their current deadline: the lazy write of read renewals). Returns how
-        many were deleted."""
-        now = time.time()
+    def due(self, now: float, limit: int) -> list[bytes]:
+        """Stored sessions whose deadline has passed and that no queued change
+        names. A row found renewed since it was filed is re-filed instead."""
         rows = self._db.execute(
             "SELECT key, deadline FROM sessions WHERE expire_at <= ? ORDER BY expire_at LIMIT ?",
             (now, limit),
         ).fetchall()
-        deleted = 0
-        data = memory._data
+        keys: list[bytes] = []
         with self._lock:
+            newer = (self._pending, self._inflight, self._unfolded, self._folding)
             for raw_key, deadline in rows:
                 key = bytes(raw_key)
-                newer = (self._pending, self._inflight, self._unfolded, self._folding)
                 if any(key in m for m in newer):
                     continue  # a newer write has it (its fold re-files the row)
                 if deadline is None or deadline > now:
                     self._refile.add(key)  # renewed since it was filed
                     continue
-                entry = data.get(key)
-                if entry is not None and _live(entry, now):
-                    self._pending[key] = entry
-                elif entry is None:
-                    self._pending[key] = None
-                    deleted += 1
-                else:
-                    continue  # expired in memory too: the cache's sweep deletes it
-                self._op_seq += 1
+                keys.append(key)
         if self._refile:
             self._wake.set()
-        return deleted
+        return keys
 
     def lagging(self) -> bool:
         """Whether the writer has been busy (a slow commit or fold) for longer
@@ -762,7 +592,7 @@ class SQLiteStore:
                 self._fold_abort()
                 self.failure = StoreError(f"store writer failed: {exc}")
                 self._committed(self._op_seq, self.failure)
-                time.sleep(_RETRY_AFTER_FAILURE)
+                time.sleep(self.retry_interval)
 
     def _write_loop(self) -> None:
         db = self._connect()
@@ -798,7 +628,7 @@ class SQLiteStore:
                     if not self._commit(db, batch, cleared, seq):
                         if self._stopping:
                             return
-                        time.sleep(_RETRY_AFTER_FAILURE)
+                        time.sleep(self.retry_interval)
                         continue
                 else:
                     self._committed(seq, None)
@@ -844,22 +674,23 @@ class SQLiteStore:
     def _commit(
         self,
         db: sqlite3.Connection,
-        batch: dict[bytes, Entry[bytes] | None],
+        batch: dict[bytes, Change],
         cleared: bool,
         seq: int,
     ) -> bool:
         started = time.perf_counter()
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         deletes = 0
         seq_no = self._journal_seq  # moves on only once the commit is in
-        for key, entry in batch.items():
+        for key, change in batch.items():
             seq_no += 1
-            if entry is None:
+            if change is None:
                 deletes += 1
                 rows.append((seq_no, scan_hash(key), key, None, None, None, None, None, None, None))
             else:
-                rows.append((seq_no, scan_hash(key), key, *_fields(entry)))
+                rows.append((seq_no, scan_hash(key), key, *change))
         try:
+            self._hook("commit")
             db.execute("BEGIN IMMEDIATE")
             if cleared:
                 db.execute("DELETE FROM sessions")
@@ -879,7 +710,7 @@ class SQLiteStore:
                 self._clear_pending = self._clear_pending or cleared
                 self._inflight = {}
                 self._inflight_cleared = False
-            self._count_error("commit")
+            self.stats.error("commit")
             log.error("store_error", operation="commit", error=str(exc), sessions=len(batch))
             self.failure = StoreError(f"store write failed: {exc}")
             self._committed(seq, self.failure)
@@ -905,9 +736,8 @@ class SQLiteStore:
                     self._recent_clear = self._commits
                 for key, entry in batch.items():
                     self._recent[key] = (self._commits, entry)
-        if self.stats is not None:
-            self.stats.writes += len(rows) - deletes
-            self.stats.commit_duration.observe(time.perf_counter() - started)
+        self.stats.writes += len(rows) - deletes
+        self.stats.commit_duration.observe(time.perf_counter() - started)
         self._committed(seq, None)
         return True
 
@@ -919,10 +749,8 @@ class SQLiteStore:
         # In table order: consecutive chunks touch consecutive pages, so a fold
         # of N sessions writes about min(N, table pages) pages, not N. Sorted
         # one part of the hash space at a time, as the fold reaches it.
-        shift = (_HASH_SPACE - 1).bit_length() - _FOLD_BUCKET_BITS
-        buckets: list[list[tuple[int, bytes, Entry[bytes] | None]]] = [
-            [] for _ in range(1 << _FOLD_BUCKET_BITS)
-        ]
+        shift = (HASH_SPACE - 1).bit_length() - _FOLD_BUCKET_BITS
+        buckets: list[list[tuple[int, bytes, Change]]] = [[] for _ in range(1 << _FOLD_BUCKET_BITS)]
         for key, entry in fold.items():
             h = scan_hash(key)
             buckets[h >> shift].append((h, key, entry))
@@ -968,13 +796,13 @@ class SQLiteStore:
                     "DELETE FROM sessions WHERE scan_hash = ? AND key = ?",
                     [(h, key) for h, key, entry in chunk if entry is None],
                 )
-                upserts = [(h, key, *_fields(e)) for h, key, e in chunk if e is not None]
+                upserts = [(h, key, *row) for h, key, row in chunk if row is not None]
                 db.executemany(_UPSERT, upserts)
                 now = time.time()
                 db.executemany(_REFILE, [(row[0], row[1], now) for row in upserts])
         except sqlite3.Error as exc:
             self._fold_abort()
-            self._count_error("fold")
+            self.stats.error("fold")
             log.error("store_error", operation="fold", error=str(exc))
             return
         if last:
@@ -998,7 +826,7 @@ class SQLiteStore:
                     [(scan_hash(key), key) for key in keys],
                 )
         except sqlite3.Error as exc:
-            self._count_error("expire")
+            self.stats.error("expire")
             log.error("store_error", operation="expire", error=str(exc))
 
     def _trim_step(self, db: sqlite3.Connection, added: int = 0) -> None:
@@ -1019,7 +847,7 @@ class SQLiteStore:
             # Not retried at once (a full disk would fail every pass): the
             # rows stay, and the next fold's end sets a bound covering them.
             self._trim_upto = 0
-            self._count_error("fold")
+            self.stats.error("fold")
             log.error("store_error", operation="fold", error=str(exc))
             return
         if deleted < limit:
@@ -1050,34 +878,16 @@ class SQLiteStore:
             for callback in due:
                 callback(error)
 
-    def _count_error(self, operation: str) -> None:
-        if self.stats is not None:
-            self.stats.errors[operation] = self.stats.errors.get(operation, 0) + 1
-
-    # ----------------------------------------------------- start and stop
-
-    def warm(self, cache: SessionCache[bytes, bytes], limit: int) -> int:
-        """Load the ``limit`` most recently used live sessions into ``cache``."""
-        now = time.time()
+    def recent(self, limit: int) -> list[tuple[bytes, Row]]:
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM sessions WHERE deadline IS NULL OR deadline > ? "
             "ORDER BY accessed_at DESC LIMIT ?",
-            (now, limit),
+            (time.time(), limit),
         ).fetchall()
-        for row in reversed(rows):
-            key, entry = _row_entry(row)
-            cache.admit(key, entry, touch=False)
-        self.warmed = len(rows)
-        return self.warmed
+        return [_stored(row) for row in rows]
 
-    def close(self, memory: SessionCache[bytes, bytes] | None = None) -> None:
-        """Write back what memory knows (TTL renewals, access times), commit
-        everything pending and stop the threads."""
-        if memory is not None:
-            with self._lock:
-                for key, entry in memory._data.items():
-                    self._pending.setdefault(key, entry)
-                    self._op_seq += 1
+    def close(self) -> None:
+        """Commit everything pending, fold it and stop the threads."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:

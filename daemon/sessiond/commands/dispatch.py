@@ -1,0 +1,158 @@
+"""The dispatcher: one request in, one reply out.
+
+Everything between "these are the request's arguments" and "this is its
+reply" that is not the command's own work lives here: the name lookup, the
+unknown-command and authentication checks, arity, queueing inside MULTI,
+refusing writes while the store cannot commit, the per-command counters and
+the handler-time histogram, and turning an unexpected exception into an error
+reply. The server calls :meth:`Dispatcher.prepare` (what the command needs
+from the store first) and :meth:`Dispatcher.execute`; it never looks inside a
+command.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Awaitable
+from time import perf_counter
+from typing import Any
+
+import structlog
+
+from ..keyspace import Keyspace, Prepared
+from ..protocol import QUEUED, Error
+from ..stats import CommandStats
+from . import errors
+from .registry import REGISTRY, Args, Call, Command
+from .state import Client, ServerState
+
+log = structlog.get_logger("sessiond.commands")
+
+
+class Dispatcher:
+    """Runs requests against one keyspace, counting into ``state.stats``."""
+
+    def __init__(self, keyspace: Keyspace, state: ServerState) -> None:
+        self.keyspace = keyspace
+        self.state = state
+        stats = state.stats
+        self.server_stats = stats.server
+        self.histogram = stats.command_duration
+        self.counters: dict[str, CommandStats] = {}
+        # Lookups try the bytes as sent first; most clients send upper or lower case.
+        self.table: dict[bytes, Command] = {}
+        for name, cmd in REGISTRY.items():
+            self.counters[name] = stats.commands.setdefault(name, CommandStats())
+            self.table[name.encode()] = cmd
+            self.table[name.lower().encode()] = cmd
+
+    def resolve(self, name: bytes) -> Command | None:
+        """The command ``name`` (any case) names, or ``None``."""
+        cmd = self.table.get(name)
+        if cmd is None:
+            cmd = self.table.get(name.upper())
+        return cmd
+
+    # --------------------------------------------------------------- before
+
+    def prepare(
+        self, client: Client, cmd: Command | None, args: Args, prepared: Prepared | None
+    ) -> Awaitable[Prepared] | None:
+        """What the request needs from the store before it may run (see
+        :meth:`Keyspace.prepare`), or ``None`` if it can run now. Inside MULTI
+        only EXEC reads, for every queued command at once."""
+        if cmd is None or not client.authenticated:
+            return None
+        multi = client.multi
+        if multi is not None:
+            if not cmd.runs_queued:
+                return None
+            keys = [k for c, a in multi if c.load is not None for k in c.load(a)]
+            return self.keyspace.prepare(keys, None, prepared)
+        keys = [] if cmd.load is None else cmd.load(args)
+        whole = cmd.ahead
+        if whole is None:
+            if not keys:
+                return None
+            return self.keyspace.prepare(keys, None, prepared)
+        keyspace = self.keyspace
+        return keyspace.prepare(keys, lambda: whole(keyspace, args), prepared)
+
+    # ------------------------------------------------------------------ run
+
+    def execute(
+        self, client: Client, cmd: Command | None, args: Args, prepared: Prepared | None
+    ) -> Any:
+        """Run one request with every check; its reply value."""
+        if cmd is None:
+            self.server_stats.unknown_commands += 1
+            self.server_stats.unknown_command_errors += 1
+            if client.multi is not None:
+                client.multi_error = True
+            return errors.unknown_command(args)
+        if not client.authenticated and not cmd.noauth:
+            counter = self.counters[cmd.name]
+            counter.calls += 1
+            counter.errors += 1
+            return Error(errors.NOAUTH)
+        multi = client.multi
+        if multi is not None and not cmd.immediate:
+            return self._queue(client, cmd, args, multi)
+        failure = self.keyspace.failure
+        if failure is not None and (
+            cmd.write or (cmd.runs_queued and multi is not None and any(c.write for c, _ in multi))
+        ):
+            counter = self.counters[cmd.name]
+            counter.calls += 1
+            counter.errors += 1
+            if cmd.runs_queued:
+                client.multi = None
+            return errors.misconf(failure)
+        keyspace = self.keyspace
+        cx = Call(keyspace, prepared, client, self.state, self)
+        keyspace.enter(cx)
+        try:
+            return self.call(cx, cmd, args)
+        finally:
+            keyspace.leave(cx)
+
+    def call(self, cx: Call, cmd: Command, args: Args) -> Any:
+        """Run ``cmd`` in ``cx`` (EXEC runs each queued command through here)."""
+        counter = self.counters[cmd.name]
+        counter.calls += 1
+        arity = cmd.arity
+        n = len(args)
+        if (arity > 0 and n != arity) or n < -arity:
+            counter.errors += 1
+            return errors.wrong_arity(cmd.name)
+        cx.client.last_command = cmd.name
+        start = perf_counter()
+        try:
+            reply = cmd.handler(cx, args)
+        except Error as exc:
+            # Drop the traceback: kept, it would tie this frame and the reply
+            # into a reference cycle per error reply, left to the cyclic GC.
+            reply = exc.with_traceback(None)
+            counter.errors += 1
+        except Exception:
+            log.exception("command_failed", command=cmd.name, client_id=cx.client.id)
+            reply = errors.internal(cmd.name)
+            counter.errors += 1
+        elapsed = perf_counter() - start
+        hist = self.histogram
+        hist.counts[bisect_left(hist.bounds, elapsed)] += 1
+        hist.sum += elapsed
+        return reply
+
+    def _queue(
+        self, client: Client, cmd: Command, args: Args, multi: list[tuple[Command, Args]]
+    ) -> Any:
+        arity = cmd.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            counter = self.counters[cmd.name]
+            counter.calls += 1
+            counter.errors += 1
+            client.multi_error = True
+            return errors.wrong_arity(cmd.name)
+        multi.append((cmd, args))
+        return QUEUED

@@ -1,0 +1,64 @@
+"""Error replies: every text a client may match on, in Redis' words, in one place."""
+
+from __future__ import annotations
+
+from ..protocol import Error
+
+SYNTAX = "ERR syntax error"
+NOT_INT = "ERR value is not an integer or out of range"
+NOAUTH = "NOAUTH Authentication required."
+WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+OVERFLOW = "ERR increment or decrement would overflow"
+EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+NESTED_MULTI = "ERR MULTI calls can not be nested"
+INVALID_CURSOR = "ERR invalid cursor"
+DB_INDEX = "ERR DB index is out of range"
+NAME_CHARS = "ERR Client names cannot contain spaces, newlines or special characters."
+
+
+def syntax() -> Error:
+    return Error(SYNTAX)
+
+
+def wrong_arity(name: str) -> Error:
+    return Error(f"ERR wrong number of arguments for '{name.lower()}' command")
+
+
+def invalid_expire(command: str) -> Error:
+    return Error(f"ERR invalid expire time in '{command}' command")
+
+
+def unknown_subcommand(sub: str, container: str) -> Error:
+    return Error(
+        f"ERR unknown subcommand or wrong number of arguments for '{sub}'. Try {container} HELP."
+    )
+
+
+def unknown_command(args: list[bytes]) -> Error:
+    """Redis' wording: each argument quoted and followed by a space, ~128 chars."""
+    name = args[0].decode("utf-8", "replace")
+    rest = ""
+    for a in args[1:]:
+        if len(rest) >= 128:
+            break
+        text = a.decode("utf-8", "replace")
+        rest += f"'{text[: 128 - len(rest)]}' "
+    return Error(f"ERR unknown command '{name[:128]}', with args beginning with: {rest}")
+
+
+def without_multi(name: str) -> Error:
+    return Error(f"ERR {name} without MULTI")
+
+
+def misconf(failure: Exception) -> Error:
+    """Like Redis when it cannot persist: writes are refused, reads served."""
+    return Error(f"MISCONF {failure}; writes are refused until the store recovers")
+
+
+def internal(name: str) -> Error:
+    return Error(f"ERR internal error while running '{name.lower()}'")
+
+
+def store_failed(exc: Exception) -> Error:
+    return Error(f"ERR {exc}")

@@ -1,0 +1,184 @@
+"""How a command is declared: once, on its handler.
+
+::
+
+    @command("GETDEL", 2, "write fast", keys=(1, 1, 1), group=STRING,
+             summary="Get and delete", syntax="key")
+    def cmd_getdel(cx: Call, args: Args) -> Reply:
+        ...
+
+The declaration holds everything the rest of the daemon needs to know about a
+command: its name and Redis arity, flags and key positions (for ``COMMAND``
+and for read-through: the keys a command names are read from the store before
+it runs), its syntax and summary (``COMMAND DOCS``, which redis-cli's ``help``
+shows), and a whole-table read it may need done off the event loop first. The
+dispatcher (:mod:`.dispatch`) reads the declarations; adding a command touches
+only the module of its family.
+
+A handler takes the per-command :class:`Call` and the request's arguments and
+returns a reply value (the types :mod:`sessiond.protocol` encodes), or raises
+:class:`~sessiond.protocol.Error` for an error reply. It never awaits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..keyspace import Context, Keyspace, Prepared
+from .state import Client, ServerState
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
+
+Args = list[bytes]
+Reply = Any  # a value sessiond.protocol.encode accepts
+Handler = Callable[["Call", Args], Reply]
+KeysOf = Callable[[Args], list[bytes]]
+AheadOf = Callable[[Keyspace, Args], Awaitable[object] | None]
+
+# Groups, as COMMAND reports them (@group).
+CONNECTION = "connection"
+STRING = "string"
+KEYSPACE = "keyspace"
+SERVER = "server"
+SESSION = "session"
+TRANSACTIONS = "transactions"
+
+
+class Call(Context):
+    """One command's context: the keyspace as it sees it (:class:`Context`),
+    the client it runs for and the daemon's state. Made for the command and
+    dropped after it."""
+
+    __slots__ = ("client", "dispatcher", "state")
+
+    def __init__(
+        self,
+        keyspace: Keyspace,
+        prepared: Prepared | None,
+        client: Client,
+        state: ServerState,
+        dispatcher: Dispatcher,
+    ) -> None:
+        Context.__init__(self, keyspace, prepared)
+        self.client = client
+        self.state = state
+        self.dispatcher = dispatcher
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command's declaration (see the module docstring)."""
+
+    name: str
+    handler: Handler
+    arity: int
+    flags: tuple[str, ...]
+    first_key: int
+    last_key: int
+    step: int
+    group: str
+    summary: str
+    syntax: str
+    subcommands: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The keys to read from the store before the command runs (None: none).
+    load: KeysOf | None = None
+    # A whole-table read the command needs first (DBSIZE, INFO keyspace, KEYS),
+    # awaited off the event loop; its result is the context's ``ahead``.
+    # Inside MULTI it is not read ahead: the handler reads in place.
+    ahead: AheadOf | None = None
+    write: bool = False
+    # Runs even inside MULTI instead of being queued (MULTI, EXEC, DISCARD,
+    # QUIT, RESET).
+    immediate: bool = False
+    # Runs the queued commands (EXEC): refused as a write when any of them
+    # writes and the store cannot commit.
+    runs_queued: bool = False
+    noauth: bool = False
+
+    @property
+    def waits_for_commit(self) -> bool:
+        """Whether the reply is held until the store has committed (under
+        ``durability: always``): every write, and EXEC."""
+        return self.write or self.runs_queued
+
+    def keys(self, args: Args) -> list[bytes]:
+        """The keys ``args`` name (``COMMAND GETKEYS``)."""
+        if self.first_key == 0:
+            return []
+        last = self.last_key if self.last_key > 0 else len(args) + self.last_key
+        return args[self.first_key : last + 1 : self.step]
+
+
+REGISTRY: dict[str, Command] = {}
+"""Every command by upper-case name, in declaration order. Filled when the
+family modules are imported (:mod:`sessiond.commands` imports them all) and
+never changed after."""
+
+
+def _keys_at(first: int, last: int, step: int) -> KeysOf:
+    def load(args: Args) -> list[bytes]:
+        end = last if last > 0 else len(args) + last
+        return args[first : end + 1 : step]
+
+    return load
+
+
+def command(
+    name: str,
+    arity: int,
+    flags: str = "",
+    *,
+    keys: tuple[int, int, int] = (0, 0, 0),
+    group: str,
+    summary: str,
+    syntax: str = "",
+    subcommands: dict[str, tuple[str, str]] | None = None,
+    load: KeysOf | bool = True,
+    ahead: AheadOf | None = None,
+    immediate: bool = False,
+    runs_queued: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Declare ``name`` on the handler it decorates. ``arity`` is Redis'
+    (negative: at least that many arguments, the name included); ``flags`` are
+    Redis' (``write``, ``readonly``, ``fast``, ``noauth``...); ``keys`` is
+    (first, last, step) as COMMAND reports it. ``load`` says which keys to
+    read through: ``True`` the declared key positions, ``False`` none, or a
+    function of the arguments. ``subcommands`` maps each subcommand of a
+    container command to its (syntax, summary)."""
+    flag_tuple = tuple(flags.split())
+    loader: KeysOf | None
+    if load is True:
+        loader = _keys_at(*keys) if keys[0] else None
+    elif load is False:
+        loader = None
+    else:
+        loader = load
+
+    def register(handler: Handler) -> Handler:
+        if name in REGISTRY:
+            raise ValueError(f"command {name} is declared twice")
+        REGISTRY[name] = Command(
+            name=name,
+            handler=handler,
+            arity=arity,
+            flags=flag_tuple,
+            first_key=keys[0],
+            last_key=keys[1],
+            step=keys[2],
+            group=group,
+            summary=summary,
+            syntax=syntax,
+            subcommands=subcommands or {},
+            load=loader,
+            ahead=ahead,
+            write="write" in flag_tuple,
+            immediate=immediate,
+            runs_queued=runs_queued,
+            noauth="noauth" in flag_tuple,
+        )
+        return handler
+
+    return register

@@ -1,0 +1,294 @@
+"""String commands: GET SET SETEX PSETEX SETNX GETDEL GETEX MGET MSET STRLEN
+INCR INCRBY DECR DECRBY."""
+
+from __future__ import annotations
+
+from ..protocol import OK, Error
+from . import errors
+from .registry import STRING, Args, Call, Reply, command
+from .util import EXPIRY_UNITS, MAX_INT64, MIN_INT64, deadline_from, int_arg, parse_int64, text
+
+
+@command(
+    "GET", 2, "readonly fast", keys=(1, 1, 1), group=STRING, summary="Get a value", syntax="key"
+)
+def cmd_get(cx: Call, args: Args) -> Reply:
+    entry = cx.lookup(args[1])
+    return None if entry is None else entry.value
+
+
+def _set_load(args: Args) -> list[bytes]:
+    # A plain SET replaces the value whatever the store holds; options read it.
+    return args[1:2] if len(args) > 3 else []
+
+
+@command(
+    "SET",
+    -3,
+    "write",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Set a value",
+    syntax=(
+        "key value [NX | XX] [GET] [EX seconds | PX milliseconds | "
+        "EXAT unix-time-seconds | PXAT unix-time-milliseconds | KEEPTTL]"
+    ),
+    load=_set_load,
+)
+def cmd_set(cx: Call, args: Args) -> Reply:
+    key, value = args[1], args[2]
+    cx.check_size(key)
+    cx.check_size(value)
+    if len(args) == 3:
+        cx.set(key, value)
+        return OK
+    nx = xx = get = keep = False
+    ttl: float | None = None
+    deadline: float | None = None
+    # As in Redis: an option may repeat (the last amount counts) but not be
+    # combined with a conflicting one; the amount is checked after parsing.
+    expiry: bytes | None = None
+    amount = b""
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"NX" and not xx:
+            nx = True
+        elif opt == b"XX" and not nx:
+            xx = True
+        elif opt == b"GET":
+            get = True
+        elif opt == b"KEEPTTL" and expiry in (None, opt):
+            keep = True
+            expiry = opt
+        elif opt in EXPIRY_UNITS and expiry in (None, opt) and i + 1 < len(args):
+            expiry = opt
+            i += 1
+            amount = args[i]
+        else:
+            raise errors.syntax()
+        i += 1
+    if expiry is not None and not keep:
+        ttl, deadline = deadline_from(expiry, int_arg(amount), cx.now(), "set")
+    old = cx.lookup(key) if (nx or xx or get or keep) else None
+    if get and old is not None and not isinstance(old.value, bytes):
+        raise Error(errors.WRONGTYPE)
+    old_value = None if old is None else old.value
+    if (nx and old is not None) or (xx and old is None):
+        return old_value if get else None
+    if expiry is None or keep:
+        cx.set(key, value, keep_ttl=keep)
+    elif deadline is not None:
+        cx.set(key, value, deadline=deadline)
+    else:
+        cx.set(key, value, ttl)
+    return old_value if get else OK
+
+
+def _setex(cx: Call, args: Args) -> Reply:
+    unit = b"EX" if args[0].upper() == b"SETEX" else b"PX"
+    cx.check_size(args[1])
+    cx.check_size(args[3])
+    ttl, _ = deadline_from(unit, int_arg(args[2]), cx.now(), text(args[0]).lower())
+    cx.set(args[1], args[3], ttl)
+    return OK
+
+
+command(
+    "SETEX",
+    4,
+    "write",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Set with TTL",
+    syntax="key seconds value",
+    load=False,
+)(_setex)
+command(
+    "PSETEX",
+    4,
+    "write",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Set with ms TTL",
+    syntax="key milliseconds value",
+    load=False,
+)(_setex)
+
+
+@command(
+    "SETNX",
+    3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Set if absent",
+    syntax="key value",
+)
+def cmd_setnx(cx: Call, args: Args) -> Reply:
+    cx.check_size(args[1])
+    cx.check_size(args[2])
+    if cx.lookup(args[1]) is not None:
+        return 0
+    cx.set(args[1], args[2])
+    return 1
+
+
+@command(
+    "GETDEL",
+    2,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Get and delete",
+    syntax="key",
+)
+def cmd_getdel(cx: Call, args: Args) -> Reply:
+    entry = cx.lookup(args[1])
+    cx.remove(args[1])
+    return None if entry is None else entry.value
+
+
+@command(
+    "GETEX",
+    -2,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Get, set expiry",
+    syntax=(
+        "key [EX seconds | PX milliseconds | EXAT unix-time-seconds | "
+        "PXAT unix-time-milliseconds | PERSIST]"
+    ),
+)
+def cmd_getex(cx: Call, args: Args) -> Reply:
+    key = args[1]
+    opt = args[2].upper() if len(args) > 2 else b""
+    ttl = deadline = None
+    # Options are checked before the key is touched, as Redis does.
+    if opt in EXPIRY_UNITS and len(args) == 4:
+        ttl, deadline = deadline_from(opt, int_arg(args[3]), cx.now(), "getex")
+    elif len(args) > 2 and not (opt == b"PERSIST" and len(args) == 3):
+        raise errors.syntax()
+    entry = cx.lookup(key)
+    if entry is None:
+        return None
+    value = entry.value
+    if opt == b"PERSIST":
+        cx.persist(key)
+    elif deadline is not None:
+        cx.set_deadline(key, deadline)
+    elif ttl is not None:
+        cx.set_ttl(key, ttl)
+    return value
+
+
+@command(
+    "MGET",
+    -2,
+    "readonly fast",
+    keys=(1, -1, 1),
+    group=STRING,
+    summary="Get values",
+    syntax="key ...",
+)
+def cmd_mget(cx: Call, args: Args) -> Reply:
+    lookup = cx.lookup
+    out: list[bytes | None] = []
+    for key in args[1:]:
+        entry = lookup(key)
+        out.append(None if entry is None else entry.value)
+    return out
+
+
+@command(
+    "MSET",
+    -3,
+    "write",
+    keys=(1, -1, 2),
+    group=STRING,
+    summary="Set values",
+    syntax="(key value) ...",
+    load=False,
+)
+def cmd_mset(cx: Call, args: Args) -> Reply:
+    if len(args) % 2 == 0:
+        raise errors.wrong_arity("mset")
+    for i in range(1, len(args), 2):
+        cx.check_size(args[i])
+        cx.check_size(args[i + 1])
+    for i in range(1, len(args), 2):
+        cx.set(args[i], args[i + 1])
+    return OK
+
+
+@command(
+    "STRLEN",
+    2,
+    "readonly fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Length of a value",
+    syntax="key",
+)
+def cmd_strlen(cx: Call, args: Args) -> Reply:
+    entry = cx.peek(args[1])
+    return 0 if entry is None else len(entry.value)
+
+
+def _incr_by(cx: Call, key: bytes, delta: int) -> int:
+    entry = cx.lookup(key)
+    current = 0
+    if entry is not None:
+        parsed = parse_int64(entry.value)
+        if parsed is None:
+            raise Error(errors.NOT_INT)
+        current = parsed
+    result = current + delta
+    if not MIN_INT64 <= result <= MAX_INT64:
+        raise Error(errors.OVERFLOW)
+    encoded = str(result).encode()
+    if entry is None:
+        cx.set(key, encoded)
+    else:
+        cx.update(key, lambda _old: encoded)
+    return result
+
+
+@command("INCR", 2, "write fast", keys=(1, 1, 1), group=STRING, summary="Increment", syntax="key")
+def cmd_incr(cx: Call, args: Args) -> Reply:
+    return _incr_by(cx, args[1], 1)
+
+
+@command(
+    "INCRBY",
+    3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Increment by",
+    syntax="key increment",
+)
+def cmd_incrby(cx: Call, args: Args) -> Reply:
+    return _incr_by(cx, args[1], int_arg(args[2]))
+
+
+@command("DECR", 2, "write fast", keys=(1, 1, 1), group=STRING, summary="Decrement", syntax="key")
+def cmd_decr(cx: Call, args: Args) -> Reply:
+    return _incr_by(cx, args[1], -1)
+
+
+@command(
+    "DECRBY",
+    3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Decrement by",
+    syntax="key decrement",
+)
+def cmd_decrby(cx: Call, args: Args) -> Reply:
+    delta = int_arg(args[2])
+    if delta == MIN_INT64:
+        raise Error("ERR decrement would overflow")
+    return _incr_by(cx, args[1], -delta)

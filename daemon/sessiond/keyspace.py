@@ -1,0 +1,499 @@
+"""Memory and store seen as one keyspace: the only door to session data.
+
+Handlers and the server touch sessions only through this module. It owns:
+
+* **read-through before a command runs**: :meth:`Keyspace.prepare` says what
+  a command's keys need from the store (one awaitable that reads them off the
+  event loop), so that handlers never wait;
+* **the per-command context** (:class:`Context`): what the store returned for
+  this command, what a whole-table read found, and every data operation a
+  handler may do. It exists for one command, which runs synchronously: the
+  keyspace holds one current context at a time and asserts it;
+* **write-through**: it is the cache's persistence hook and hands the store a
+  :class:`~sessiond.store.Row` snapshot of every change (and keeps the running
+  command's view of its keys current, so a command that deletes, rewrites or
+  evicts one of its keys reads that change back, not the copy it loaded);
+* **merges** of memory and store for DBSIZE, INFO keyspace, SCAN and KEYS, and
+  the coordination of memory and store for expiry, warm start and shutdown.
+
+It never does I/O itself: the store does, on its own threads. The walk of one
+command through it is in docs/design.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .cache import DEFAULT, CacheStats, Cause, Entry, SessionCache
+from .protocol import Error
+from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+
+
+class Prepared:
+    """What a command got from the store before it ran: the sessions it names
+    that memory did not hold (``None`` where the store has none either), and
+    the result of its whole-table read (``None`` if it needs none)."""
+
+    __slots__ = ("ahead", "loaded")
+
+    def __init__(self, loaded: dict[bytes, Entry[bytes] | None], ahead: object = None) -> None:
+        self.loaded = loaded
+        self.ahead = ahead
+
+
+def _row(entry: Entry[bytes]) -> Row:
+    return Row(
+        entry.value,
+        entry.context_id,
+        entry.created_at,
+        entry.updated_at,
+        entry.accessed_at,
+        entry.ttl,
+        entry.deadline,
+    )
+
+
+def _entry(row: Row) -> Entry[bytes]:
+    return Entry(
+        row.value,
+        context_id=row.context,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        accessed_at=row.accessed_at,
+        ttl=row.ttl,
+        deadline=row.deadline,
+    )
+
+
+def take_hash_groups(candidates: list[tuple[int, bytes]], count: int) -> tuple[list[bytes], int]:
+    """At least ``count`` keys from sorted ``(hash, key)`` pairs, never splitting
+    a group of equal hashes; the next cursor (0 when done)."""
+    if len(candidates) <= count:
+        return [k for _, k in candidates], 0
+    end = count
+    last_hash = candidates[end - 1][0]
+    while end < len(candidates) and candidates[end][0] == last_hash:
+        end += 1
+    if end == len(candidates):
+        return [k for _, k in candidates], 0
+    return [k for _, k in candidates[:end]], last_hash + 1
+
+
+class Keyspace:
+    """The cache and, if persistence is on, the store, as one keyspace."""
+
+    def __init__(
+        self,
+        cache: SessionCache[bytes, bytes],
+        store: Store | None = None,
+        *,
+        max_value_size: int = 1024 * 1024,
+    ) -> None:
+        self.cache = cache
+        self.store = store
+        self.max_value_size = max_value_size
+        self.warmed = 0  # sessions loaded by the warm start
+        self.current: Context | None = None
+        if store is not None:
+            self.attach(store)
+
+    def attach(self, store: Store) -> None:
+        """Write through to ``store`` and read through from it from now on
+        (at start-up, before any command runs)."""
+        self.store = store
+        self.cache.persistence = self
+
+    # ------------------------------------------------------ the cache's hook
+
+    def save(self, key: bytes, entry: Entry[bytes]) -> None:
+        current = self.current
+        if current is not None:
+            current.seen(key, entry)
+        assert self.store is not None
+        self.store.record(key, _row(entry))
+
+    def delete(self, key: bytes) -> None:
+        current = self.current
+        if current is not None:
+            current.seen(key, None)
+        assert self.store is not None
+        self.store.record(key, None)
+
+    def on_evict(self, key: bytes, entry: Entry[bytes], cause: Cause) -> None:
+        # The value is already stored (write-through); this records the TTL
+        # renewals that reads made since, so the evicted session keeps its life.
+        self.save(key, entry)
+
+    def load(self, key: bytes) -> Entry[bytes] | None:
+        """Blocking read-through (the cache's ``get_or_load``, library use)."""
+        assert self.store is not None
+        row = self.store.load(key)
+        return None if row is None else _entry(row)
+
+    # ------------------------------------------------- before a command runs
+
+    def prepare(
+        self,
+        keys: list[bytes],
+        ahead: Callable[[], Awaitable[object] | None] | None,
+        prepared: Prepared | None,
+    ) -> Awaitable[Prepared] | None:
+        """What a command naming ``keys`` needs before it may run: ``None`` if
+        it can run now with ``prepared`` (what earlier rounds fetched), else an
+        awaitable that reads the store and gives the next ``prepared``; ask
+        again once it is done. ``ahead`` starts the command's whole-table
+        read, if it has one; it runs once every key is at hand."""
+        if self.store is None:
+            return None
+        find = self.cache.find
+        loaded = None if prepared is None else prepared.loaded
+        missing = [k for k in keys if find(k) is None and (loaded is None or k not in loaded)]
+        if missing:
+            if loaded:
+                # Another round: what an earlier round fetched may have changed
+                # while this one waited, so fetch it again with the rest.
+                missing = [k for k in keys if find(k) is None]
+            return self._read_through(missing)
+        if ahead is not None and (prepared is None or prepared.ahead is None):
+            work = ahead()
+            if work is not None:
+                return self._read_ahead(work, prepared)
+        return None
+
+    async def _read_through(self, keys: list[bytes]) -> Prepared:
+        assert self.store is not None
+        cache = self.cache
+        try:
+            found = await self.store.load_many(keys)
+        except StoreError:
+            cache.loads_error += len(keys)
+            raise
+        loaded: dict[bytes, Entry[bytes] | None] = {}
+        for key in keys:
+            row = found.get(key)
+            if row is None:
+                cache.loads_absent += 1
+            else:
+                cache.loads_found += 1
+            if cache.find(key) is None:  # a write while we read wins
+                loaded[key] = None if row is None else _entry(row)
+        return Prepared(loaded)
+
+    @staticmethod
+    async def _read_ahead(ahead: Awaitable[object], prepared: Prepared | None) -> Prepared:
+        result = await ahead
+        return Prepared({} if prepared is None else prepared.loaded, result)
+
+    # ------------------------------------------------------ running commands
+
+    def enter(self, context: Context) -> None:
+        """``context``'s command starts. Commands run one at a time and to the
+        end: a handler never awaits (that would let another command run in
+        the middle of it), and this checks it."""
+        assert self.current is None, "a command started while another one was running"
+        self.current = context
+
+    def leave(self, context: Context) -> None:
+        assert self.current is context, "a command ended that was not running"
+        self.current = None
+
+    # ------------------------------------------------------- whole keyspace
+
+    @property
+    def persistent(self) -> bool:
+        """Whether sessions are written through to a store."""
+        return self.store is not None
+
+    @property
+    def failure(self) -> StoreError | None:
+        """Why writes are refused (the store cannot commit), else ``None``."""
+        return None if self.store is None else self.store.failure
+
+    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        """Call ``callback`` once every change made so far is durable (at once
+        without a store), with the error if its commit failed."""
+        if self.store is None:
+            callback(None)
+        else:
+            self.store.after_commit(callback)
+
+    def lagging(self) -> bool:
+        """Whether the store's commits run behind their schedule."""
+        return self.store is not None and self.store.lagging()
+
+    def count_ahead(self) -> Awaitable[TableCounts] | None:
+        """The store's counts, read off the event loop (DBSIZE, INFO keyspace)."""
+        store = self.store
+        if store is None:
+            return None
+        return store.whole_table(store.count_rows, "count")
+
+    def keys_ahead(self, pattern: re.Pattern[bytes] | None) -> Awaitable[list[bytes]] | None:
+        """KEYS read and merged off the event loop. The merge looks memory up
+        from that thread, which single dict lookups under the GIL allow; a
+        session written meanwhile may or may not be listed, as with SCAN."""
+        store = self.store
+        if store is None:
+            return None
+        return store.whole_table(lambda: self._listed(store.scan_rows(0, None), 0, pattern), "keys")
+
+    def counts(self, counted: TableCounts | None = None) -> tuple[int, int]:
+        """Sessions held (in memory, queued or stored) and how many have a
+        deadline, for DBSIZE and INFO keyspace; with a store, its counts
+        (``counted`` if read ahead, else read now). As Redis' DBSIZE, a session
+        past its deadline counts until the next sweep removes it."""
+        if self.store is None:
+            return len(self.cache), self.cache.expiring
+        counted = counted or self.store.count_rows()
+        total, expiring = counted.total, counted.expiring
+        find = self.cache.find
+        for key, change in counted.queued.items():
+            current = find(key) or change
+            if current is not None:
+                total += 1
+                expiring += current.deadline is not None
+        return total, expiring
+
+    def scan(self, cursor: int, count: int) -> tuple[list[bytes], int]:
+        """One SCAN step in stable hash order: every key present for the whole
+        iteration is returned exactly once, however LRU order changes."""
+        if self.store is None:
+            now = self.cache.clock()
+            candidates = sorted(
+                (h, key)
+                for key, entry in self.cache.items()
+                if (h := scan_hash(key)) >= cursor
+                and (entry.deadline is None or entry.deadline > now)
+            )
+            return take_hash_groups(candidates, count)
+        part = self.store.scan_rows(cursor, count)
+        keys = self._listed(part, cursor, None)
+        return keys, 0 if part.upper >= HASH_SPACE else part.upper
+
+    def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
+        """Every live key matching ``pattern``, read in place."""
+        if self.store is None:
+            keys = [key for key, _ in self.cache.items()]
+            return keys if pattern is None else [k for k in keys if pattern.match(k)]
+        return self._listed(self.store.scan_rows(0, None), 0, pattern)
+
+    def _listed(
+        self, part: TableSlice, cursor: int, pattern: re.Pattern[bytes] | None
+    ) -> list[bytes]:
+        """The live keys of a table slice, merged with its queued changes and
+        memory (memory's copy of a key is the newest), in SCAN order."""
+        now = self.cache.clock()
+        find = self.cache.find
+        keys: dict[bytes, int] = {}  # key -> scan hash
+        for h, key, deadline in part.rows:
+            held = find(key)
+            if held is not None:
+                if held.deadline is None or held.deadline > now:
+                    keys[key] = h
+            elif deadline is None or deadline > now:
+                keys[key] = h
+        upper = part.upper
+        for key, change in part.queued.items():
+            h = scan_hash(key)
+            if not cursor <= h < upper:
+                continue
+            current = find(key) or change
+            if current is not None and (current.deadline is None or current.deadline > now):
+                keys[key] = h
+            else:
+                keys.pop(key, None)
+        ordered = sorted(keys, key=keys.__getitem__)
+        return ordered if pattern is None else [k for k in ordered if pattern.match(k)]
+
+    # ---------------------------------------------------- background duties
+
+    def expire_store(self, limit: int) -> int:
+        """Delete stored sessions past their deadline, except those that memory
+        has renewed (their renewed copy is written instead: the lazy write of
+        read renewals). Returns how many were deleted."""
+        store = self.store
+        if store is None:
+            return 0
+        cache = self.cache
+        now = cache.clock()
+        deleted = 0
+        for key in store.due(now, limit):
+            held = cache.find(key)
+            if held is None:
+                store.record(key, None)
+                deleted += 1
+            elif held.deadline is None or held.deadline > now:
+                store.record(key, _row(held))
+            # else expired in memory too: the cache's sweep deletes it
+        cache.expirations += deleted
+        return deleted
+
+    def warm(self, limit: int) -> int:
+        """Load the ``limit`` most recently used stored sessions into memory
+        (a restart is not an access: their deadlines and LRU order stay)."""
+        if self.store is None:
+            return 0
+        rows = self.store.recent(limit)
+        for key, row in reversed(rows):
+            self.cache.admit(key, _entry(row), touch=False)
+        self.warmed = len(rows)
+        return self.warmed
+
+    def close(self) -> None:
+        """Write back what memory knows that the store may not (TTL renewals
+        and access times of reads), then close the store."""
+        if self.store is None:
+            return
+        for key, entry in self.cache.items():
+            self.store.record(key, _row(entry))
+        self.store.close()
+
+    def memory_stats(self) -> CacheStats:
+        return self.cache.stats()
+
+
+class Context:
+    """The keyspace as one command sees it, for as long as it runs.
+
+    Reads go to memory first, then to what the store returned for this
+    command (:class:`Prepared`); writes go to memory, which writes through.
+    ``lookup`` is an access (renews LRU order and a sliding TTL, admits a
+    stored session to memory); ``peek`` only inspects."""
+
+    __slots__ = ("ahead", "cache", "keyspace", "loaded")
+
+    def __init__(self, keyspace: Keyspace, prepared: Prepared | None) -> None:
+        self.keyspace = keyspace
+        self.cache = keyspace.cache
+        if prepared is None:
+            self.loaded: dict[bytes, Entry[bytes] | None] | None = None
+            self.ahead: object = None
+        else:
+            self.loaded = prepared.loaded
+            self.ahead = prepared.ahead
+
+    def seen(self, key: bytes, entry: Entry[bytes] | None) -> None:
+        """The command changed ``key`` (or memory evicted it): reads see that."""
+        loaded = self.loaded
+        if loaded is None:
+            self.loaded = {key: entry}
+        else:
+            loaded[key] = entry
+
+    def now(self) -> float:
+        """The keyspace's clock (unix seconds): deadlines are read against it."""
+        return self.cache.clock()
+
+    # ------------------------------------------------------------- reads
+
+    def lookup(self, key: bytes) -> Entry[bytes] | None:
+        """An access: the live entry or ``None``. A session read from the
+        store for this command is admitted to memory here (read-through)."""
+        entry = self.cache.get_entry(key)
+        if entry is None and self.loaded:
+            stored = self.loaded.pop(key, None)
+            if stored is not None:
+                entry = self.cache.admit(key, stored)
+                if entry is None and (
+                    stored.deadline is None or stored.deadline > self.cache.clock()
+                ):
+                    # Live, but larger than cache.max_memory: admitting it evicted
+                    # it again (back to the store). Serve this read from that copy.
+                    entry = stored
+        return entry
+
+    def peek(self, key: bytes) -> Entry[bytes] | None:
+        """An inspection: the live entry in memory or, failing that, the
+        store's copy read for this command; touches nothing."""
+        entry = self.cache.peek(key)
+        if entry is None and self.loaded:
+            entry = self.loaded.get(key)
+            if entry is not None and entry.deadline is not None and entry.deadline <= self.now():
+                return None
+        return entry
+
+    def in_memory(self, key: bytes) -> bool:
+        """Whether memory holds ``key`` live (not only the store)."""
+        return self.cache.peek(key) is not None
+
+    def recent(self, context_id: str | None, count: int | None) -> list[bytes]:
+        """Live keys in memory, most recently used first."""
+        return self.cache.list(context_id=context_id, count=count)
+
+    # ------------------------------------------------------------ writes
+
+    def check_size(self, data: bytes) -> None:
+        """Refuse a key or value over ``limits.max_value_size``, or one larger
+        than the whole memory bound (it would be evicted as soon as written,
+        an acknowledged write that no GET could see)."""
+        if len(data) > self.keyspace.max_value_size:
+            raise Error(
+                f"ERR value of {len(data)} bytes exceeds limits.max_value_size "
+                f"({self.keyspace.max_value_size} bytes)"
+            )
+        max_memory = self.cache.max_memory
+        if max_memory and len(data) > max_memory:
+            raise Error(
+                f"ERR value of {len(data)} bytes exceeds cache.max_memory ({max_memory} bytes)"
+            )
+
+    def set(
+        self,
+        key: bytes,
+        value: bytes,
+        ttl: Any = DEFAULT,
+        *,
+        deadline: float | None = None,
+        keep_ttl: bool = False,
+        context_id: str | None = None,
+    ) -> Entry[bytes]:
+        """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
+        return self.cache.insert(
+            key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
+        )
+
+    def update(self, key: bytes, fn: Callable[[bytes], bytes]) -> Entry[bytes] | None:
+        """Replace the value of a live key, keeping its TTL and metadata."""
+        return self.cache.update(key, fn)
+
+    def remove(self, key: bytes) -> bytes | None:
+        """Delete ``key`` everywhere; its value if it was live in memory."""
+        return self.cache.remove(key)
+
+    def set_ttl(self, key: bytes, ttl: float | None) -> bool:
+        return self.cache.set_ttl(key, ttl)
+
+    def set_deadline(self, key: bytes, deadline: float | None) -> bool:
+        return self.cache.set_deadline(key, deadline)
+
+    def persist(self, key: bytes) -> bool:
+        return self.cache.persist(key)
+
+    def invalidate(self, key: bytes) -> bool:
+        """Drop ``key`` from memory only; the store keeps it."""
+        return self.cache.invalidate(key)
+
+    def flush(self) -> None:
+        """Delete every session, in memory and in the store."""
+        self.cache.clear()
+        store = self.keyspace.store
+        if store is not None:
+            store.clear()
+        self.loaded = None  # nothing is left to read back
+
+    # ----------------------------------------------------- whole keyspace
+
+    def counts(self) -> tuple[int, int]:
+        ahead = self.ahead
+        return self.keyspace.counts(ahead if isinstance(ahead, TableCounts) else None)
+
+    def scan(self, cursor: int, count: int) -> tuple[list[bytes], int]:
+        return self.keyspace.scan(cursor, count)
+
+    def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
+        ahead = self.ahead
+        if isinstance(ahead, list):
+            return ahead  # listed and matched off the event loop
+        return self.keyspace.keys(pattern)

@@ -1,0 +1,142 @@
+"""The persistence interface: what the keyspace asks of a store.
+
+A store deals in keys and rows (:class:`Row`, a snapshot of one session) and
+never sees the cache. The keyspace (:mod:`sessiond.keyspace`) records every
+change that memory makes, reads through on a miss, and merges what memory and
+the store hold for whole-keyspace commands; the store keeps rows durable and
+answers reads with the newest change it knows, committed or not
+(docs/persistence.md states the promises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, TypeVar
+
+T = TypeVar("T")
+
+HASH_SPACE = 2**32
+
+
+def scan_hash(key: bytes) -> int:
+    """Stable position of a key in SCAN order, shared by memory and store."""
+    return zlib.crc32(key)
+
+
+class Row(NamedTuple):
+    """One session as a store keeps it, in the order of its columns."""
+
+    value: bytes
+    context: str | None
+    created_at: float
+    updated_at: float
+    accessed_at: float
+    ttl: float | None  # the relative TTL that slides, if any
+    deadline: float | None  # absolute expiry time; None never expires
+
+    def live(self, now: float) -> bool:
+        return self.deadline is None or self.deadline > now
+
+
+Change = Row | None
+"""What a write leaves: the new row, or ``None`` for a delete."""
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class TableCounts:
+    """What DBSIZE and INFO keyspace need from the store: the changes not yet
+    in its table (newest wins) and the table's sessions, and those with a
+    deadline, that none of those changes names."""
+
+    queued: dict[bytes, Change]
+    total: int
+    expiring: int
+
+
+@dataclass(frozen=True)
+class TableSlice:
+    """Part of the table in SCAN order plus the queued changes: ``rows`` are
+    ``(scan_hash, key, deadline)`` with ``scan_hash`` in ``[cursor, upper)``;
+    ``rows_valid`` is false when a queued FLUSHDB empties the table."""
+
+    rows: list[tuple[int, bytes, float | None]]
+    queued: dict[bytes, Change]
+    rows_valid: bool
+    upper: int
+
+
+Hook = Callable[[str], None]
+"""Fault injection for tests: called with the name of a point a store passes
+(each backend documents its points); it may block, sleep or raise."""
+
+
+class Store(Protocol):
+    """A session store. Methods without ``async`` never wait on disk unless
+    they say so; the event loop may call them."""
+
+    # Set while the store cannot commit: writes are refused meanwhile.
+    failure: StoreError | None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the background work; commits are reported on ``loop``."""
+        ...
+
+    def record(self, key: bytes, change: Change) -> None:
+        """Write-through: ``change`` is the session's new state (queued for
+        the next commit; reads see it at once)."""
+        ...
+
+    def clear(self) -> None:
+        """Delete every session (FLUSHDB)."""
+        ...
+
+    def load(self, key: bytes) -> Row | None:
+        """Blocking read of one session (library use and tests)."""
+        ...
+
+    async def load_many(self, keys: list[bytes]) -> dict[bytes, Row | None]:
+        """Read-through, off the event loop: each key's newest state."""
+        ...
+
+    def count_rows(self) -> TableCounts:
+        """Blocking: counts for DBSIZE and INFO keyspace."""
+        ...
+
+    def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
+        """Blocking: about ``count`` table rows from ``cursor`` (all if ``None``)."""
+        ...
+
+    def whole_table(self, read: Callable[[], T], operation: str) -> Awaitable[T]:
+        """Run ``read`` (which calls the blocking whole-table reads) on a
+        thread kept for them; a database error becomes :class:`StoreError`."""
+        ...
+
+    def due(self, now: float, limit: int) -> list[bytes]:
+        """Keys whose stored copy has expired by ``now`` and that no queued
+        change names (at most ``limit``): the keyspace deletes them, or
+        records memory's renewed copy."""
+        ...
+
+    def recent(self, limit: int) -> list[tuple[bytes, Row]]:
+        """The ``limit`` most recently used live sessions, most recent first."""
+        ...
+
+    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        """Call ``callback`` on the loop once every change recorded so far is
+        durable, with the error if its commit failed."""
+        ...
+
+    def lagging(self) -> bool:
+        """Whether commits run behind their schedule (replies then wait)."""
+        ...
+
+    def close(self) -> None:
+        """Commit what is queued and stop."""
+        ...
