@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,6 +187,31 @@ class Daemon:
                 if sorted(got) == sorted(want.split(",")):
                     return float(value)
         return 0.0
+
+
+class _GuardedMonkeyPatch(pytest.MonkeyPatch):
+    """Refuses to patch a mypyc-compiled sessiond module: its functions were
+    bound at compile time, so the patch would change nothing they call and the
+    test would pass without testing anything (tests/test_build.py)."""
+
+    def setattr(self, target: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(target, str):
+            module = sys.modules.get(target.rpartition(".")[0])
+        elif isinstance(target, types.ModuleType):
+            module = target
+        else:
+            module = sys.modules.get(getattr(target, "__module__", ""))
+        name = getattr(module, "__name__", "")
+        if name.startswith("sessiond") and str(getattr(module, "__file__", "")).endswith(".so"):
+            pytest.fail(f"{name} is compiled: inject faults through constructor parameters")
+        super().setattr(target, *args, **kwargs)
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    patcher = _GuardedMonkeyPatch()
+    yield patcher
+    patcher.undo()
 
 
 @pytest.fixture
