@@ -169,6 +169,11 @@ BAD: dict[str, tuple[str, str]] = {
         "limits:\n  max_value_size: 1 megabyte\n",
         "limits.max_value_size: must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got '1 megabyte'",
     ),
+    "ambiguous-size": (
+        "limits:\n  max_value_size: 1MB\n",
+        'limits.max_value_size: "1MB" is ambiguous: redis.conf reads it as 1048576 bytes, '
+        "SI (and earlier sessiond) as 1000000; write 1MiB or 1000000",
+    ),
     "negative-size": ("cache:\n  max_memory: -1\n", "cache.max_memory: must be a non-negative"),
     "zero-positive-size": (
         "limits:\n  max_request_size: 0\n",
@@ -423,13 +428,12 @@ def test_parse_duration_rejects(value: Any) -> None:
         (1024, 1024),
         ("1024", 1024),
         ("64KiB", 65536),
-        ("64k", 65536),
         ("1MiB", 1048576),
         ("2GiB", 2 * 1024**3),
-        ("1kb", 1000),
-        ("1MB", 1000**2),
+        ("1mib", 1048576),
         ("1.5KiB", 1536),
         ("10 b", 10),
+        ("10B", 10),
     ],
 )
 def test_parse_size(value: Any, size: int) -> None:
@@ -448,11 +452,55 @@ def test_parse_duration_units(n: int, unit: str) -> None:
     assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
 
 
-@given(st.integers(0, 10**6), st.sampled_from(["", "b", "k", "KiB", "m", "MiB", "kb", "MB"]))
+@given(st.integers(0, 10**6), st.sampled_from(["", "b", "B", "KiB", "MiB", "GiB", "kib"]))
 def test_parse_size_units(n: int, unit: str) -> None:
-    factor = {"": 1, "b": 1, "k": 1024, "KiB": 1024, "m": 1024**2, "MiB": 1024**2,
-              "kb": 1000, "MB": 1000**2}[unit]  # fmt: skip
+    factor = {"": 1, "b": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+              "kib": 1024}[unit]  # fmt: skip
     assert parse_size(f"{n}{unit}") == n * factor
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (
+            "1MB",
+            '"1MB" is ambiguous: redis.conf reads it as 1048576 bytes, SI (and earlier '
+            "sessiond) as 1000000; write 1MiB or 1000000",
+        ),
+        (
+            "1m",
+            '"1m" is ambiguous: redis.conf reads it as 1000000 bytes, binary (systemd, earlier '
+            "sessiond) as 1048576; write 1000000 or 1MiB",
+        ),
+        (
+            "64kb",
+            '"64kb" is ambiguous: redis.conf reads it as 65536 bytes, SI (and earlier '
+            "sessiond) as 64000; write 64KiB or 64000",
+        ),
+        (
+            "2G",
+            '"2G" is ambiguous: redis.conf reads it as 2000000000 bytes, binary (systemd, '
+            "earlier sessiond) as 2147483648; write 2000000000 or 2GiB",
+        ),
+    ],
+)
+def test_parse_size_rejects_ambiguous_units_naming_both_readings(value: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        parse_size(value)
+    assert str(exc.value) == message
+
+
+@given(
+    st.integers(0, 10**6),
+    st.sampled_from(["k", "kb", "m", "mb", "g", "gb"]),
+    st.lists(st.booleans(), min_size=2, max_size=2),
+)
+def test_parse_size_rejects_every_ambiguous_unit_in_any_case(
+    n: int, unit: str, upper: list[bool]
+) -> None:
+    spelled = "".join(c.upper() if up else c for c, up in zip(unit, upper, strict=False))
+    with pytest.raises(ValueError, match=r"is ambiguous: redis\.conf reads it as"):
+        parse_size(f"{n}{spelled}")
 
 
 def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> None:

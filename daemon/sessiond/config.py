@@ -124,10 +124,12 @@ class _Invalid(ValueError):
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
-}  # fmt: skip
+# Sizes are plain bytes or IEC binary units: the only spellings every tool reads the same
+# way. k/kb/m/mb/g/gb are refused because conventions disagree on them: redis.conf reads
+# 1k as 1000 and 1kb as 1024, SI (and GNU coreutils) 1kB as 1000, systemd 1K as 1024, so a
+# value copied from one of them would silently be off by 2.4% to 7.4%.
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_AMBIGUOUS_SIZE_UNITS = {"k": 1, "m": 2, "g": 3}  # with or without a trailing b
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -152,10 +154,33 @@ def parse_duration(value: Any) -> float:
     raise _Invalid(f"{_DURATION_HINT}, got {value!r}")
 
 
+_SIZE_HINT = "must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB)"
+
+
+def _ambiguous_size(value: str, number: str, unit: str) -> str | None:
+    """The problem with ``1MB``/``1m``-style sizes, or None for any other unit."""
+    power = _AMBIGUOUS_SIZE_UNITS.get(unit.lower().removesuffix("b"))
+    if power is None:
+        return None
+    n = float(number)
+    decimal, binary = round(n * 1000**power), round(n * 1024**power)
+    iec = f"{number}{unit[0].upper()}iB"
+    if unit.lower().endswith("b"):  # redis.conf: kb/mb/gb are binary
+        return (
+            f'"{value}" is ambiguous: redis.conf reads it as {binary} bytes, '
+            f"SI (and earlier sessiond) as {decimal}; write {iec} or {decimal}"
+        )
+    return (
+        f'"{value}" is ambiguous: redis.conf reads it as {decimal} bytes, '
+        f"binary (systemd, earlier sessiond) as {binary}; write {decimal} or {iec}"
+    )
+
+
 def parse_size(value: Any) -> int:
-    """Bytes from an integer or a string with a unit (``64KiB``, ``1MiB``)."""
+    """Bytes from an integer or a string in bytes or IEC units (``64KiB``, ``1MiB``,
+    ``2GiB``); ``1MB``, ``1m`` and the like are refused as ambiguous."""
     if isinstance(value, bool):
-        raise _Invalid(f"must be a size (bytes or e.g. 64KiB, 1MiB), got {value!r}")
+        raise _Invalid(f"{_SIZE_HINT}, got {value!r}")
     if isinstance(value, int):
         if value < 0:
             raise _Invalid(f"must be a non-negative size, got {value!r}")
@@ -164,7 +189,9 @@ def parse_size(value: Any) -> int:
         m = _NUMBER_UNIT.match(value)
         if m and m.group(2).lower() in _SIZE_UNITS:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise _Invalid(f"must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got {value!r}")
+        if m and (problem := _ambiguous_size(value.strip(), m.group(1), m.group(2))):
+            raise _Invalid(problem)
+    raise _Invalid(f"{_SIZE_HINT}, got {value!r}")
 
 
 def _positive_int(value: Any) -> int:
