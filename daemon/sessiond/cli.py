@@ -36,29 +36,30 @@ def check_config(path: Path | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sessiond",
-        description="Session-cache daemon speaking the Redis protocol on a Unix socket.",
-    )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"sessiond {__version__} (redis {REDIS_COMPAT_VERSION} compatible)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in (
-        ("run", "run the daemon in the foreground"),
-        ("check-config", "validate and print the effective config"),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "--config",
-            type=Path,
-            default=None,
-            help="config file (default: config/sessiond.yaml, then /etc/sessiond/sessiond.yaml)",
-        )
-    args = parser.parse_args(argv)
     try:
+        parser = argparse.ArgumentParser(
+            prog="sessiond",
+            description="Session-cache daemon speaking the Redis protocol on a Unix socket.",
+        )
+        parser.add_argument(
+            "--version",
+            action="version",
+            version=f"sessiond {__version__} (redis {REDIS_COMPAT_VERSION} compatible)",
+        )
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        for name, text in (
+            ("run", "run the daemon in the foreground"),
+            ("check-config", "validate and print the effective config"),
+        ):
+            p = sub.add_parser(name, help=text, description=text)
+            p.add_argument(
+                "--config",
+                type=Path,
+                default=None,
+                help="config file (default: config/sessiond.yaml, then "
+                "/etc/sessiond/sessiond.yaml)",
+            )
+        args = parser.parse_args(argv)
         if args.command == "run":
             from .app import run
 
@@ -66,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return check_config(args.config)
     except KeyboardInterrupt:
-        # Ctrl-C before the daemon has its own handlers (while importing or
-        # starting): an ordinary way to stop, not a crash worth a traceback.
+        # Ctrl-C before the daemon has its own handlers (while importing, parsing the
+        # command line or starting): an ordinary way to stop, not a crash worth a traceback.
         print("sessiond: interrupted", file=sys.stderr)
         return 130
     parser.print_help(sys.stderr)
