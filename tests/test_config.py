@@ -387,6 +387,26 @@ def test_unknown_command_or_option() -> None:
         assert "Traceback" not in proc.stderr
 
 
+def test_usage_errors_exit_2_with_usage(tmp_path: Path) -> None:
+    for args in ((), ("frobnicate",), ("run", "--bogus"), ("check-config", "--config")):
+        proc = sessiond(*args, cwd=tmp_path)
+        assert proc.returncode == 2, args
+        assert proc.stderr.startswith("usage: sessiond"), args
+        assert "Traceback" not in proc.stderr
+
+
+def test_check_config_comments_every_key_with_its_description(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("cache:\n  max_sessions: 7\n")
+    proc = sessiond("check-config", "--config", "c.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(lines) == sum(len(section) for section in yaml.safe_load(proc.stdout).values())
+    for line in lines:
+        assert re.fullmatch(r"  \w+: .+? +# \S.*", line), line
+    assert re.search(r"^  max_sessions: 7 +# LRU bound", proc.stdout, re.M)
+    assert re.search(r"^  path: .* # \(restart\) ", proc.stdout, re.M)
+
+
 # ------------------------------------------------------------ value parsers
 
 
