@@ -359,8 +359,11 @@ def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None
         output, _ = proc.communicate(timeout=30)
         # Once sessiond's main() runs, no traceback: 130 if interrupted before the
         # daemon handles SIGINT itself, else a clean 0. (Before main(), while the
-        # interpreter itself starts, Python's own KeyboardInterrupt is all there is.)
+        # interpreter itself starts, Python's own KeyboardInterrupt is all there is,
+        # and before Python installs its SIGINT handler the signal kills it silently.)
         assert not re.search(r'sessiond/cli\.py", line \d+, in main', output), output
+        if proc.returncode == -signal.SIGINT and output == "":
+            continue
         if "Traceback" not in output and "Fatal Python error" not in output:
             assert proc.returncode in (0, 130), output
 
