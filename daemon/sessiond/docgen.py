@@ -23,8 +23,10 @@ EXAMPLE_HEADER = """\
 # sessiond example config: works from a fresh clone without root.
 # Generated from the key table in daemon/sessiond/config.py by `python -m sessiond.docgen`:
 # edit the table, not this file. `man -l deploy/man/man5/sessiond.yaml.5` describes each key.
-# Edit and save: the daemon reloads it (or send SIGHUP). Keys marked (restart) only take
-# effect after a restart.
+#
+# scripts/run.sh runs the daemon on config/local.yaml, a copy of this file it makes on its
+# first run (untracked): edit the copy and save, and the daemon reloads it (or send SIGHUP).
+# Keys marked (restart) only take effect after a restart.
 #
 # Every key is optional; the values below are the defaults, except for the two paths.
 # Relative paths are resolved against this file's directory (config/).
