@@ -88,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommands(
+    parser: argparse.ArgumentParser,
+) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, one-line help, parser) of each subcommand, for the generated docs."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            return [(name, helps.get(name, ""), sub) for name, sub in action.choices.items()]
+    return []
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The documented options of a parser (``-h``, ``--version``, ``--config``…)."""
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
+
+
 def check_config(path: Path | None) -> int:
     from .config import ConfigError, annotated_yaml, flatten, load_config
 

@@ -11,19 +11,7 @@ import shlex
 from pathlib import Path
 
 from . import __version__
-from .cli import build_parser
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help or "" for a in action._choices_actions}
-            return [(name, helps.get(name, ""), sub) for name, sub in action.choices.items()]
-    return []
-
-
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
+from .cli import build_parser, options, subcommands
 
 
 def _takes_path(action: argparse.Action) -> bool:
@@ -44,21 +32,21 @@ def bash() -> str:
     """A completion for bash alone: it uses ``COMP_WORDS``/``COMP_CWORD`` and ``compgen``,
     not the bash-completion package's helpers, so sourcing it is enough."""
     parser = build_parser()
-    commands = _subcommands(parser)
-    top = [s for a in _options(parser) for s in a.option_strings] + [n for n, _, _ in commands]
+    commands = subcommands(parser)
+    top = [s for a in options(parser) for s in a.option_strings] + [n for n, _, _ in commands]
     path_options = sorted(
         {
             s
             for _, _, sub in commands
-            for a in _options(sub)
+            for a in options(sub)
             if _takes_path(a)
             for s in a.option_strings
         }
-        | {s for a in _options(parser) if _takes_path(a) for s in a.option_strings}
+        | {s for a in options(parser) if _takes_path(a) for s in a.option_strings}
     )
     cases = []
     for name, _help, sub in commands:
-        words = " ".join(s for a in _options(sub) for s in a.option_strings)
+        words = " ".join(s for a in options(sub) for s in a.option_strings)
         cases.append(f"        {shlex.quote(name)}) words={shlex.quote(words)} ;;")
     path_pattern = "|".join(path_options) or "''"
     names = "|".join(shlex.quote(n) for n, _, _ in commands)
@@ -108,7 +96,7 @@ def _zsh_quote(text: str) -> str:
 
 def _zsh_specs(parser: argparse.ArgumentParser) -> list[str]:
     specs = []
-    for action in _options(parser):
+    for action in options(parser):
         text = _zsh_quote((action.help or "").split(" (")[0])
         exclusive = "(- *)" if action.nargs == 0 and action.dest in {"help", "version"} else ""
         if action.nargs == 0:
@@ -127,7 +115,7 @@ def _zsh_specs(parser: argparse.ArgumentParser) -> list[str]:
 
 def zsh() -> str:
     parser = build_parser()
-    commands = _subcommands(parser)
+    commands = subcommands(parser)
     described = "\n".join(f"        '{n}:{_zsh_quote(h)}'" for n, h, _ in commands)
     top = " \\\n    ".join([*_zsh_specs(parser), "'1:command:->command'", "'*::arg:->args'"])
     cases = []

@@ -15,7 +15,7 @@ import re
 import yaml
 
 from . import __version__
-from .cli import EXIT_CODES, build_parser
+from .cli import EXIT_CODES, build_parser, options, subcommands
 from .config import DEFAULT_LOCATIONS, SCHEMA, defaults, display, parse_config
 
 # ------------------------------------------------------------------ roff helpers
@@ -62,24 +62,6 @@ def _title(name: str, section: int, part: str) -> list[str]:
 # ------------------------------------------------------------------ sessiond(8)
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _command_help(parser: argparse.ArgumentParser) -> dict[str, str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return {a.dest: a.help or "" for a in action._choices_actions}
-    return {}
-
-
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
-
-
 def _option_tag(action: argparse.Action) -> str:
     names = ", ".join(f"\\fB{roff(s)}\\fR" for s in action.option_strings)
     if action.nargs == 0:
@@ -90,10 +72,10 @@ def _option_tag(action: argparse.Action) -> str:
 
 def _synopsis(parser: argparse.ArgumentParser) -> list[str]:
     out: list[str] = []
-    for name, sub in _subcommands(parser).items():
-        args = " ".join(f"[{_option_tag(a)}]" for a in _options(sub) if a.dest != "help")
+    for name, _help, sub in subcommands(parser):
+        args = " ".join(f"[{_option_tag(a)}]" for a in options(sub) if a.dest != "help")
         out += [f"\\fBsessiond {roff(name)}\\fR {args}".rstrip(), ".br"]
-    for action in _options(parser):
+    for action in options(parser):
         if action.dest != "help":
             out += [f"\\fBsessiond\\fR {_option_tag(action)}", ".br"]
     out.append("\\fBsessiond\\fR \\fB\\-\\-help\\fR")
@@ -102,8 +84,7 @@ def _synopsis(parser: argparse.ArgumentParser) -> list[str]:
 
 def sessiond_8() -> str:
     parser = build_parser()
-    commands = _subcommands(parser)
-    helps = _command_help(parser)
+    commands = subcommands(parser)
     description = parser.description or ""
     out = _title("sessiond", 8, "System Administration")
     out += [".SH NAME", f"sessiond \\- {roff(description[:1].lower() + description[1:-1])}"]
@@ -128,17 +109,17 @@ def sessiond_8() -> str:
         ),
     ]
     out.append(".SH COMMANDS")
-    for name, sub in commands.items():
+    for name, text, sub in commands:
         out += [".TP", f"\\fB{roff(name)}\\fR"]
-        out += _lines(roff(sentence(sub.description or helps.get(name, ""))))
+        out += _lines(roff(sentence(sub.description or text)))
     out.append(".SH OPTIONS")
     seen: dict[tuple[str, ...], list[str]] = {}
     actions: dict[tuple[str, ...], argparse.Action] = {}
-    for action in _options(parser):
+    for action in options(parser):
         actions[tuple(action.option_strings)] = action
         seen[tuple(action.option_strings)] = []
-    for name, sub in commands.items():
-        for action in _options(sub):
+    for name, _text, sub in commands:
+        for action in options(sub):
             key = tuple(action.option_strings)
             if key not in actions:
                 actions[key] = action
