@@ -169,6 +169,11 @@ BAD: dict[str, tuple[str, str]] = {
         "limits:\n  max_value_size: 1 megabyte\n",
         "limits.max_value_size: must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got '1 megabyte'",
     ),
+    "ambiguous-size": (
+        "limits:\n  max_value_size: 1MB\n",
+        'limits.max_value_size: "1MB" is ambiguous: redis.conf reads it as 1048576 bytes, '
+        "SI (and earlier sessiond) as 1000000; write 1MiB or 1000000",
+    ),
     "negative-size": ("cache:\n  max_memory: -1\n", "cache.max_memory: must be a non-negative"),
     "zero-positive-size": (
         "limits:\n  max_request_size: 0\n",
@@ -354,8 +359,11 @@ def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None
         output, _ = proc.communicate(timeout=30)
         # Once sessiond's main() runs, no traceback: 130 if interrupted before the
         # daemon handles SIGINT itself, else a clean 0. (Before main(), while the
-        # interpreter itself starts, Python's own KeyboardInterrupt is all there is.)
+        # interpreter itself starts, Python's own KeyboardInterrupt is all there is,
+        # and before Python installs its SIGINT handler the signal kills it silently.)
         assert not re.search(r'sessiond/cli\.py", line \d+, in main', output), output
+        if proc.returncode == -signal.SIGINT and output == "":
+            continue
         if "Traceback" not in output and "Fatal Python error" not in output:
             assert proc.returncode in (0, 130), output
 
@@ -380,6 +388,26 @@ def test_unknown_command_or_option() -> None:
         proc = sessiond(*args)
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2_with_usage(tmp_path: Path) -> None:
+    for args in ((), ("frobnicate",), ("run", "--bogus"), ("check-config", "--config")):
+        proc = sessiond(*args, cwd=tmp_path)
+        assert proc.returncode == 2, args
+        assert proc.stderr.startswith("usage: sessiond"), args
+        assert "Traceback" not in proc.stderr
+
+
+def test_check_config_comments_every_key_with_its_description(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("cache:\n  max_sessions: 7\n")
+    proc = sessiond("check-config", "--config", "c.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(lines) == sum(len(section) for section in yaml.safe_load(proc.stdout).values())
+    for line in lines:
+        assert re.fullmatch(r"  \w+: .+? +# \S.*", line), line
+    assert re.search(r"^  max_sessions: 7 +# LRU bound", proc.stdout, re.M)
+    assert re.search(r"^  path: .* # \(restart\) ", proc.stdout, re.M)
 
 
 # ------------------------------------------------------------ value parsers
@@ -423,13 +451,12 @@ def test_parse_duration_rejects(value: Any) -> None:
         (1024, 1024),
         ("1024", 1024),
         ("64KiB", 65536),
-        ("64k", 65536),
         ("1MiB", 1048576),
         ("2GiB", 2 * 1024**3),
-        ("1kb", 1000),
-        ("1MB", 1000**2),
+        ("1mib", 1048576),
         ("1.5KiB", 1536),
         ("10 b", 10),
+        ("10B", 10),
     ],
 )
 def test_parse_size(value: Any, size: int) -> None:
@@ -448,11 +475,55 @@ def test_parse_duration_units(n: int, unit: str) -> None:
     assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
 
 
-@given(st.integers(0, 10**6), st.sampled_from(["", "b", "k", "KiB", "m", "MiB", "kb", "MB"]))
+@given(st.integers(0, 10**6), st.sampled_from(["", "b", "B", "KiB", "MiB", "GiB", "kib"]))
 def test_parse_size_units(n: int, unit: str) -> None:
-    factor = {"": 1, "b": 1, "k": 1024, "KiB": 1024, "m": 1024**2, "MiB": 1024**2,
-              "kb": 1000, "MB": 1000**2}[unit]  # fmt: skip
+    factor = {"": 1, "b": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+              "kib": 1024}[unit]  # fmt: skip
     assert parse_size(f"{n}{unit}") == n * factor
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (
+            "1MB",
+            '"1MB" is ambiguous: redis.conf reads it as 1048576 bytes, SI (and earlier '
+            "sessiond) as 1000000; write 1MiB or 1000000",
+        ),
+        (
+            "1m",
+            '"1m" is ambiguous: redis.conf reads it as 1000000 bytes, binary (systemd, earlier '
+            "sessiond) as 1048576; write 1000000 or 1MiB",
+        ),
+        (
+            "64kb",
+            '"64kb" is ambiguous: redis.conf reads it as 65536 bytes, SI (and earlier '
+            "sessiond) as 64000; write 64KiB or 64000",
+        ),
+        (
+            "2G",
+            '"2G" is ambiguous: redis.conf reads it as 2000000000 bytes, binary (systemd, '
+            "earlier sessiond) as 2147483648; write 2000000000 or 2GiB",
+        ),
+    ],
+)
+def test_parse_size_rejects_ambiguous_units_naming_both_readings(value: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        parse_size(value)
+    assert str(exc.value) == message
+
+
+@given(
+    st.integers(0, 10**6),
+    st.sampled_from(["k", "kb", "m", "mb", "g", "gb"]),
+    st.lists(st.booleans(), min_size=2, max_size=2),
+)
+def test_parse_size_rejects_every_ambiguous_unit_in_any_case(
+    n: int, unit: str, upper: list[bool]
+) -> None:
+    spelled = "".join(c.upper() if up else c for c, up in zip(unit, upper, strict=False))
+    with pytest.raises(ValueError, match=r"is ambiguous: redis\.conf reads it as"):
+        parse_size(f"{n}{spelled}")
 
 
 def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> None:

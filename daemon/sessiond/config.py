@@ -101,21 +101,6 @@ class Config:
     source: str = "built-in defaults"
 
 
-# Settings that a running daemon cannot change (SPEC §4).
-RESTART_REQUIRED = frozenset(
-    {
-        "socket.path",
-        "socket.mode",
-        "persistence.backend",
-        "persistence.path",
-        "persistence.durability",
-        "persistence.flush_interval",
-        "persistence.warm_start",
-        "metrics.listen",
-        "metrics.enabled",
-    }
-)
-
 # ---------------------------------------------------------------- value parsers
 
 
@@ -124,10 +109,12 @@ class _Invalid(ValueError):
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE_UNITS = {
-    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
-}  # fmt: skip
+# Sizes are plain bytes or IEC binary units: the only spellings every tool reads the same
+# way. k/kb/m/mb/g/gb are refused because conventions disagree on them: redis.conf reads
+# 1k as 1000 and 1kb as 1024, SI (and GNU coreutils) 1kB as 1000, systemd 1K as 1024, so a
+# value copied from one of them would silently be off by 2.4% to 7.4%.
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_AMBIGUOUS_SIZE_UNITS = {"k": 1, "m": 2, "g": 3}  # with or without a trailing b
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -152,10 +139,33 @@ def parse_duration(value: Any) -> float:
     raise _Invalid(f"{_DURATION_HINT}, got {value!r}")
 
 
+_SIZE_HINT = "must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB)"
+
+
+def _ambiguous_size(value: str, number: str, unit: str) -> str | None:
+    """The problem with ``1MB``/``1m``-style sizes, or None for any other unit."""
+    power = _AMBIGUOUS_SIZE_UNITS.get(unit.lower().removesuffix("b"))
+    if power is None:
+        return None
+    n = float(number)
+    decimal, binary = round(n * 1000**power), round(n * 1024**power)
+    iec = f"{number}{unit[0].upper()}iB"
+    if unit.lower().endswith("b"):  # redis.conf: kb/mb/gb are binary
+        return (
+            f'"{value}" is ambiguous: redis.conf reads it as {binary} bytes, '
+            f"SI (and earlier sessiond) as {decimal}; write {iec} or {decimal}"
+        )
+    return (
+        f'"{value}" is ambiguous: redis.conf reads it as {decimal} bytes, '
+        f"binary (systemd, earlier sessiond) as {binary}; write {decimal} or {iec}"
+    )
+
+
 def parse_size(value: Any) -> int:
-    """Bytes from an integer or a string with a unit (``64KiB``, ``1MiB``)."""
+    """Bytes from an integer or a string in bytes or IEC units (``64KiB``, ``1MiB``,
+    ``2GiB``); ``1MB``, ``1m`` and the like are refused as ambiguous."""
     if isinstance(value, bool):
-        raise _Invalid(f"must be a size (bytes or e.g. 64KiB, 1MiB), got {value!r}")
+        raise _Invalid(f"{_SIZE_HINT}, got {value!r}")
     if isinstance(value, int):
         if value < 0:
             raise _Invalid(f"must be a non-negative size, got {value!r}")
@@ -164,7 +174,9 @@ def parse_size(value: Any) -> int:
         m = _NUMBER_UNIT.match(value)
         if m and m.group(2).lower() in _SIZE_UNITS:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise _Invalid(f"must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got {value!r}")
+        if m and (problem := _ambiguous_size(value.strip(), m.group(1), m.group(2))):
+            raise _Invalid(problem)
+    raise _Invalid(f"{_SIZE_HINT}, got {value!r}")
 
 
 def _positive_int(value: Any) -> int:
@@ -270,52 +282,173 @@ def _id_list(value: Any) -> tuple[int, ...]:
 
 
 _Parser = Callable[[Any], Any]
-_SCHEMA: dict[str, tuple[type[Any], dict[str, _Parser]]] = {
-    "socket": (SocketConfig, {"path": _path, "mode": _mode}),
-    "cache": (
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One config key: its parser and its documentation (``sessiond.yaml(5)``, the
+    comments of ``check-config`` and of ``config/sessiond.yaml``)."""
+
+    parse: _Parser
+    kind: str  # what the value looks like, for people: "size", "duration", "sqlite | none"
+    doc: str  # one line
+    restart: bool = field(default=False, kw_only=True)  # a reload logs it, a restart applies it
+    path: bool = field(default=False, kw_only=True)  # relative to the config file's directory
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    cls: type[Any]
+    doc: str  # one line
+    keys: dict[str, Key]
+
+
+# Every key of the config file, in file order. Defaults are the dataclasses' above.
+SCHEMA: dict[str, Section] = {
+    "socket": Section(
+        SocketConfig,
+        "The Unix socket clients connect to.",
+        {
+            "path": Key(
+                _path, "path", "Unix socket the daemon listens on", restart=True, path=True
+            ),
+            "mode": Key(
+                _mode, "octal mode", 'permission bits of the socket file ("0660")', restart=True
+            ),
+        },
+    ),
+    "cache": Section(
         CacheConfig,
+        "The in-memory LRU cache and session expiry.",
         {
-            "max_sessions": _positive_int,
-            "max_memory": parse_size,
-            "default_ttl": parse_duration,
-            "sliding": _bool,
-            "sweep_interval": _positive_duration,
+            "max_sessions": Key(
+                _positive_int,
+                "integer",
+                "LRU bound on sessions held in memory (evicted ones stay in the store)",
+            ),
+            "max_memory": Key(
+                parse_size, "size", "bound on bytes of keys+values in memory; 0 = none"
+            ),
+            "default_ttl": Key(
+                parse_duration, "duration", "TTL for sessions written without one; 0 = no expiry"
+            ),
+            "sliding": Key(_bool, "boolean", "every read or write renews the session's TTL"),
+            "sweep_interval": Key(
+                _positive_duration, "duration", "how often expired sessions are removed"
+            ),
         },
     ),
-    "persistence": (
+    "persistence": Section(
         PersistenceConfig,
+        "The SQLite store every session is written through to.",
         {
-            "backend": _choice("sqlite", "none"),
-            "path": _path,
-            "durability": _choice("always", "batch"),
-            "flush_interval": _positive_duration,
-            "warm_start": _bool,
+            "backend": Key(
+                _choice("sqlite", "none"),
+                "sqlite | none",
+                "sqlite | none (memory only: an evicted or expired session is gone)",
+                restart=True,
+            ),
+            "path": Key(
+                _path,
+                "path",
+                "SQLite file (WAL mode: -wal and -shm beside it)",
+                restart=True,
+                path=True,
+            ),
+            "durability": Key(
+                _choice("always", "batch"),
+                "always | batch",
+                "always: reply after commit+fsync | batch: commit every flush_interval",
+                restart=True,
+            ),
+            "flush_interval": Key(
+                _positive_duration,
+                "duration",
+                "commit period under durability: batch",
+                restart=True,
+            ),
+            "warm_start": Key(
+                _bool, "boolean", "reload the most recently used sessions at start", restart=True
+            ),
         },
     ),
-    "metrics": (MetricsConfig, {"enabled": _bool, "listen": _listen}),
-    "logging": (
+    "metrics": Section(
+        MetricsConfig,
+        "The Prometheus endpoint.",
+        {
+            "enabled": Key(_bool, "boolean", "serve HTTP /metrics", restart=True),
+            "listen": Key(
+                _listen, "host:port", "address of HTTP /metrics for Prometheus", restart=True
+            ),
+        },
+    ),
+    "logging": Section(
         LoggingConfig,
+        "Log events on stderr.",
         {
-            "level": _choice("debug", "info", "warning", "error"),
-            "format": _choice("json", "console"),
+            "level": Key(
+                _choice("debug", "info", "warning", "error"),
+                "debug | info | warning | error",
+                "debug | info | warning | error: the least severe level logged",
+            ),
+            "format": Key(
+                _choice("json", "console"),
+                "json | console",
+                "json (one object per line) | console (for humans)",
+            ),
         },
     ),
-    "limits": (
+    "limits": Section(
         LimitsConfig,
+        "Per-client and global limits.",
         {
-            "max_clients": _positive_int,
-            "max_value_size": _positive_size,
-            "max_request_size": _positive_size,
-            "max_output_buffer": _positive_size,
-            "client_idle_timeout": parse_duration,
+            "max_clients": Key(
+                _positive_int,
+                "integer",
+                'more connections get "-ERR max number of clients reached"',
+            ),
+            "max_value_size": Key(_positive_size, "size", "largest key or value accepted"),
+            "max_request_size": Key(
+                _positive_size, "size", "largest pending request buffer per client"
+            ),
+            "max_output_buffer": Key(
+                _positive_size,
+                "size",
+                "replies queued for a client that does not read; then it is dropped",
+            ),
+            "client_idle_timeout": Key(
+                parse_duration, "duration", "close connections idle this long; 0 = never"
+            ),
         },
     ),
-    "security": (
+    "security": Section(
         SecurityConfig,
-        {"password": _optional_password, "allowed_uids": _id_list, "allowed_gids": _id_list},
+        "Who may connect: with both lists set, a peer needs its uid or one of its groups listed.",
+        {
+            "password": Key(
+                _optional_password,
+                "string | null",
+                "if set, clients must AUTH (or HELLO 3 AUTH default <password>)",
+            ),
+            "allowed_uids": Key(
+                _id_list, "list of uids", "if non-empty, peers with these uids may connect"
+            ),
+            "allowed_gids": Key(
+                _id_list,
+                "list of gids",
+                "if non-empty, peers in these groups (primary or supplementary) may connect",
+            ),
+        },
     ),
 }
-_PATH_KEYS = {("socket", "path"), ("persistence", "path")}
+
+# Settings that a running daemon cannot change (SPEC §4).
+RESTART_REQUIRED = frozenset(
+    f"{name}.{key}"
+    for name, section in SCHEMA.items()
+    for key, k in section.keys.items()
+    if k.restart
+)
 
 
 def parse_config(data: Any, base_dir: Path, source: str = "<string>") -> Config:
@@ -327,9 +460,10 @@ def parse_config(data: Any, base_dir: Path, source: str = "<string>") -> Config:
         raise ConfigError([f"<top>: must be a mapping of sections, got {type(data).__name__}"])
     sections: dict[str, Any] = {}
     for name in data:
-        if name not in _SCHEMA:
-            problems.append(f"{name}: unknown section (known: {', '.join(_SCHEMA)})")
-    for name, (cls, parsers) in _SCHEMA.items():
+        if name not in SCHEMA:
+            problems.append(f"{name}: unknown section (known: {', '.join(SCHEMA)})")
+    for name, section in SCHEMA.items():
+        cls, keys = section.cls, section.keys
         raw = data.get(name)
         if raw is None:
             sections[name] = cls()
@@ -339,16 +473,16 @@ def parse_config(data: Any, base_dir: Path, source: str = "<string>") -> Config:
             continue
         values: dict[str, Any] = {}
         for key, value in raw.items():
-            parser = parsers.get(key)
-            if parser is None:
-                problems.append(f"{name}.{key}: unknown key (known: {', '.join(parsers)})")
+            spec = keys.get(key)
+            if spec is None:
+                problems.append(f"{name}.{key}: unknown key (known: {', '.join(keys)})")
                 continue
             try:
-                parsed = parser(value)
+                parsed = spec.parse(value)
             except _Invalid as exc:
                 problems.append(f"{name}.{key}: {exc}")
                 continue
-            if (name, key) in _PATH_KEYS:
+            if spec.path:
                 if not parsed:
                     problems.append(f"{name}.{key}: must be a non-empty path")
                     continue
@@ -396,7 +530,7 @@ def flatten(config: Config, *, redact: bool = True) -> dict[str, Any]:
     """``{"cache.max_sessions": 10000, ...}`` for CONFIG GET, check-config and
     reload diffs; the password shows as ``(set)`` unless ``redact`` is false."""
     out: dict[str, Any] = {}
-    for name in _SCHEMA:
+    for name in SCHEMA:
         section = getattr(config, name)
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
@@ -410,3 +544,78 @@ def flatten(config: Config, *, redact: bool = True) -> dict[str, Any]:
                 value = "(set)"
             out[f"{name}.{f.name}"] = value
     return out
+
+
+# ------------------------------------------------------------ documentation
+
+
+def defaults() -> dict[str, Any]:
+    """``flatten`` of the built-in defaults: ``{"cache.max_sessions": 10000, ...}``."""
+    return flatten(Config())
+
+
+def key_spec(dotted: str) -> Key:
+    section, name = dotted.split(".", 1)
+    return SCHEMA[section].keys[name]
+
+
+def _format_size(n: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def _format_duration(seconds: float) -> str:
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    ms = seconds * 1000
+    if seconds and abs(ms - round(ms)) < 1e-9:
+        return f"{round(ms)}ms"
+    return repr(seconds) if seconds else "0"
+
+
+def yaml_scalar(value: Any) -> str:
+    """``value`` as YAML flow text that reads back as the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_scalar(v) for v in value) + "]"
+    text = str(value)
+    plain = re.fullmatch(r"[\w./()@-][\w./()@:-]*", text) and yaml.safe_load(text) == text
+    return text if plain else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def display(dotted: str, value: Any) -> str:
+    """A value as a person writes it in the file: ``1MiB``, ``1h``, ``"0660"``."""
+    kind = key_spec(dotted).kind
+    if kind == "size" and isinstance(value, int):
+        return _format_size(value)
+    if kind == "duration" and isinstance(value, int | float):
+        return _format_duration(float(value))
+    return yaml_scalar(value)
+
+
+def annotated_yaml(values: dict[str, Any], *, human: bool = False, column: int = 31) -> str:
+    """``values`` (dotted keys, as :func:`flatten` makes them) as a YAML document with
+    every section's and key's description as comments. ``human``: sizes and durations
+    with units (``1MiB``, ``1h``) rather than the exact numbers."""
+    out: list[str] = []
+    for name, section in SCHEMA.items():
+        if out:
+            out.append("")
+        out.append(f"# {section.doc}")
+        out.append(f"{name}:")
+        for key, spec in section.keys.items():
+            dotted = f"{name}.{key}"
+            value = values[dotted]
+            text = display(dotted, value) if human else yaml_scalar(value)
+            line = f"  {key}: {text}"
+            note = f"(restart) {spec.doc}" if spec.restart else spec.doc
+            out.append(f"{line:<{column - 1}} # {note}")
+    return "\n".join(out) + "\n"
