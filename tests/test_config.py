@@ -1,6 +1,6 @@
-"""The config file and the command line (SPEC §3, §4): ``sessiond check-config``,
-``sessiond run`` with a bad config and ``sessiond --version`` as subprocesses,
-plus unit tests of the value parsers.
+"""The config file and the command line (docs/operations.md, docs/configuration.md):
+``sessiond check-config``, ``sessiond run`` with a bad config and ``sessiond --version``
+as subprocesses, plus unit tests of the value parsers.
 
 A bad file exits 1 with one line per problem, each naming the dotted key, all
 problems at once, and never a traceback.

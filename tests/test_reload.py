@@ -1,4 +1,4 @@
-"""Hot reload of the YAML config (issue 6, SPEC §4 last paragraph, §7 reload metrics).
+"""Hot reload of the YAML config (issue 6, docs/configuration.md, docs/operations.md).
 
 Real daemon, real file edits: every test edits ``sessiond.yaml`` the way an
 operator, editor or config manager would (atomic rename, in-place rewrite) or

@@ -1,4 +1,4 @@
-"""Command line (SPEC §3): ``sessiond run``, ``sessiond check-config``, ``--version``.
+"""Command line (docs/operations.md): ``sessiond run``, ``sessiond check-config``, ``--version``.
 
 :func:`build_parser` is the one description of the command line: ``--help``, the
 ``sessiond(8)`` man page and the shell completions are generated from it

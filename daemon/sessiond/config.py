@@ -1,4 +1,4 @@
-"""Typed configuration: YAML file -> validated frozen dataclasses (SPEC §4).
+"""Typed configuration: YAML file -> validated frozen dataclasses (docs/configuration.md).
 
 Every problem is reported with the dotted path of its key, all at once, so an
 operator fixes a file in one pass: ``cache.max_sessions: must be a positive
@@ -442,7 +442,7 @@ SCHEMA: dict[str, Section] = {
     ),
 }
 
-# Settings that a running daemon cannot change (SPEC §4).
+# Settings that a running daemon cannot change (docs/configuration.md).
 RESTART_REQUIRED = frozenset(
     f"{name}.{key}"
     for name, section in SCHEMA.items()

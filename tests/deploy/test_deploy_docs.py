@@ -30,8 +30,7 @@ def counted_operations() -> set[str]:
     found: set[str] = set()
     for path in DAEMON.rglob("*.py"):
         text = path.read_text()
-        found |= set(re.findall(r'_count_error\(\s*"(\w+)"', text))
-        found |= set(re.findall(r'errors(?:\.get\(|\[)\s*"(\w+)"', text))
+        found |= set(re.findall(r'stats(?:\.store)?\.error\(\s*"(\w+)"', text))
     return found
 
 

@@ -1,8 +1,9 @@
 """grafana/: the dashboard is importable (datasource, job and instance variables, every panel
 queries ${datasource} filtered by $job and $instance, no job name written in), uses only
 metrics the daemon exports, parses in a real Prometheus, and together with the alert rules
-shows every SPEC §7 metric. The live tests run the real daemon, scraped by a real Prometheus
-under a job not called "sessiond", and check that every panel shows data."""
+shows every contract metric (docs/operations.md). The live tests run the real daemon,
+scraped by a real Prometheus under a job not called "sessiond", and check that every panel
+shows data."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ DASHBOARD = REPO_ROOT / "grafana" / "sessiond.json"
 PROVISIONING = REPO_ROOT / "grafana" / "provisioning"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
-# SPEC §7: the metric names are part of the contract.
+# docs/operations.md: the metric names are part of the contract.
 SPEC_METRICS: dict[str, str] = {
     "sessiond_cache_hits_total": "counter",
     "sessiond_cache_misses_total": "counter",
@@ -46,7 +47,7 @@ SPEC_METRICS: dict[str, str] = {
     "sessiond_config_last_reload_success_timestamp_seconds": "gauge",
     "sessiond_build_info": "gauge",
 }
-# Exported by the daemon beyond SPEC §7 (to be added to the SPEC): the dashboard and the
+# Exported by the daemon beyond the original metric list: the dashboard and the
 # alert rules may use these, but nothing may depend on them alone.
 EXTENSION_METRICS: dict[str, str] = {
     "sessiond_max_clients": "gauge",  # limits.max_clients, for SessiondClientsNearLimit
@@ -91,7 +92,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def spec_metric(name: str) -> str | None:
-    """The SPEC §7 metric a series name belongs to (histogram series map to the histogram)."""
+    """The contract metric a series name belongs to (histogram series map to the histogram)."""
     if name in SPEC_METRICS:
         return name
     for suffix in HISTOGRAM_SUFFIXES:
@@ -233,7 +234,7 @@ def test_dashboard_uses_only_exported_metrics(dashboard: dict[str, Any]) -> None
         names = metric_names(expr)
         assert names, expr
         unknown = {n for n in names if not allowed(n)}
-        assert not unknown, f"not exported by the daemon (SPEC §7): {unknown} in {expr}"
+        assert not unknown, f"not exported by the daemon (docs/operations.md): {unknown} in {expr}"
 
 
 def test_alert_rules_use_only_exported_metrics() -> None:
@@ -241,13 +242,13 @@ def test_alert_rules_use_only_exported_metrics() -> None:
     assert len(found) >= 6
     for expr in found:
         unknown = {n for n in metric_names(expr) if not allowed(n)}
-        assert not unknown, f"not exported by the daemon (SPEC §7): {unknown} in {expr}"
+        assert not unknown, f"not exported by the daemon (docs/operations.md): {unknown} in {expr}"
 
 
 def test_every_spec_metric_is_on_dashboard_or_in_an_alert(dashboard: dict[str, Any]) -> None:
     used = {spec_metric(n) for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
     missing = set(SPEC_METRICS) - used
-    assert not missing, f"SPEC §7 metrics shown nowhere: {sorted(missing)}"
+    assert not missing, f"docs/operations.md metrics shown nowhere: {sorted(missing)}"
 
 
 def test_dashboard_covers_the_required_panels(dashboard: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ SYSUSERS = SYSTEMD_DIR / "sessiond.sysusers.conf"
 CONFIG = SYSTEMD_DIR / "sessiond.yaml"
 MAN_DIR = REPO_ROOT / "deploy" / "man"
 
-# SPEC §4: every key of the config file.
+# docs/configuration.md: every key of the config file.
 SPEC_CONFIG_KEYS: dict[str, set[str]] = {
     "socket": {"path", "mode"},
     "cache": {"max_sessions", "max_memory", "default_ttl", "sliding", "sweep_interval"},
