@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import alias_bomb
 from hypothesis import given
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
@@ -262,15 +263,6 @@ def test_unreadable_files(tmp_path: Path) -> None:
     assert "cannot read config" in problems(directory)[0]
     lines = problems(check(tmp_path, b"cache:\n  max_sessions: 5 # caf\xe9\n"))
     assert lines == [f"{tmp_path / 'sessiond.yaml'}: cannot read config: not UTF-8 (byte 30)"]
-
-
-def alias_bomb(levels: int = 9) -> str:
-    """A "billion laughs" YAML file of under 1 KB: 9 strings, each level 9
-    aliases of the previous one, used where validation has to show the value."""
-    lines = ["  a: &a [" + ", ".join(["lol"] * 9) + "]"]
-    for prev, name in zip("abcdefgh", "bcdefghi"[: levels - 1], strict=False):
-        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
-    return "bomb:\n" + "\n".join(lines) + f"\ncache:\n  max_sessions: *{name}\n"
 
 
 def test_alias_bomb_is_refused(tmp_path: Path) -> None:

@@ -23,19 +23,12 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .commands import COMMANDS, Runtime
+from .reload import ReloadStats as ReloadStats  # its home; imported from here before
 from .server import DurationHistogram, Server
 
 # Every store operation that counts failures, exported at 0 from the start so
 # that the first error is an increase Prometheus can see.
 STORE_OPERATIONS = ("commit", "expire", "fold", "load")
-
-
-@dataclass
-class ReloadStats:
-    success: int = 0
-    failure: int = 0
-    last_successful: bool = True
-    last_success_timestamp: float = 0.0
 
 
 @dataclass
