@@ -89,7 +89,7 @@ class App:
                 SessiondCollector(self.rt, self.server, self.reloads, self.store_stats)
             )
             try:
-                self.metrics.start(config.metrics.host, config.metrics.port)
+                await self.metrics.start(config.metrics.host, config.metrics.port)
             except OSError as exc:
                 log.error(
                     "startup_failed",
