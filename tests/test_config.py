@@ -184,6 +184,7 @@ BAD: dict[str, tuple[str, str]] = {
     "bad-mode": ("socket:\n  mode: rw-rw----\n", "socket.mode: must be an octal permission"),
     "bad-listen": ("metrics:\n  listen: 9477\n", "metrics.listen: must be host:port"),
     "bad-port": ("metrics:\n  listen: 127.0.0.1:99999\n", "metrics.listen: must be host:port"),
+    "padded-port": ("metrics:\n  listen: 127.0.0.1:0065536\n", "metrics.listen: must be host:port"),
     "empty-password": ("security:\n  password: ''\n", "security.password: must be a non-empty"),
     "bad-uids": ("security:\n  allowed_uids: [root]\n", "security.allowed_uids: must be a list"),
     "null-path": ("socket:\n  path:\n", "socket.path: must be a non-empty path, got None"),
@@ -314,7 +315,14 @@ def test_a_file_at_the_size_cap_is_read(tmp_path: Path) -> None:
         ("metrics:\n  listen: '127.0.0.1:\u00b2'\n", "metrics.listen: must be host:port"),
         ("metrics:\n  listen: 127.0.0.1:" + "9" * 5000 + "\n", "metrics.listen: must be"),
     ],
-    ids=["deep", "huge-int", "huge-size", "huge-duration", "superscript-port", "long-port"],
+    ids=[
+        "deep",
+        "huge-int",
+        "huge-size",
+        "huge-duration",
+        "superscript-port",
+        "long-port",
+    ],
 )
 def test_values_that_used_to_raise_are_reported(tmp_path: Path, text: str, expected: str) -> None:
     (line,) = problems(check(tmp_path, text))

@@ -341,7 +341,14 @@ def _mode(value: Any) -> int:
 def _listen(value: Any) -> str:
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
-        if sep and host and port.isascii() and port.isdigit() and 0 < int(port[:6]) < 65536:
+        if (
+            sep
+            and host
+            and port.isascii()
+            and port.isdigit()
+            and len(port) <= 5
+            and 0 < int(port) < 65536
+        ):
             return value
     raise _Invalid(f"must be host:port such as 127.0.0.1:9477, got {_show(value)}")
 
