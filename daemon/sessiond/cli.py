@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,22 @@ def check_config(path: Path | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before the daemon has its own handlers (while parsing the
+        # command line, importing or starting): an ordinary way to stop, not a
+        # crash worth a traceback.
+        print("sessiond: interrupted", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # Not a return: if the interrupt landed in code run by exec() (dataclasses
+        # build __init__ that way while importing), CPython 3.11 remembers it as
+        # unhandled and kills itself with SIGINT at exit instead of exiting 130.
+        os._exit(130)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="sessiond",
         description="Session-cache daemon speaking the Redis protocol on a Unix socket.",
@@ -58,18 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             help="config file (default: config/sessiond.yaml, then /etc/sessiond/sessiond.yaml)",
         )
     args = parser.parse_args(argv)
-    try:
-        if args.command == "run":
-            from .app import run
+    if args.command == "run":
+        from .app import run
 
-            return run(args.config)
-        if args.command == "check-config":
-            return check_config(args.config)
-    except KeyboardInterrupt:
-        # Ctrl-C before the daemon has its own handlers (while importing or
-        # starting): an ordinary way to stop, not a crash worth a traceback.
-        print("sessiond: interrupted", file=sys.stderr)
-        return 130
+        return run(args.config)
+    if args.command == "check-config":
+        return check_config(args.config)
     parser.print_help(sys.stderr)
     return 2
 
