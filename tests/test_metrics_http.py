@@ -102,7 +102,9 @@ def test_no_thread_per_connection(daemon_factory: Factory) -> None:
     socks = idle_connections(d, 100)
     try:
         d.scrape()  # accepted after the 100 before it
-        assert threads(d) == before
+        # No thread per connection (prometheus-client's server made 100): allow
+        # for one coming or going elsewhere in the process.
+        assert threads(d) <= before + 1
     finally:
         close_all(socks)
 
