@@ -373,3 +373,30 @@ async def wait_for(cond: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not met in 10 s")
+
+
+class Big(Collector):
+    """About 8 MB of samples: more than the kernel buffers between a server and
+    a client that does not read (tcp_wmem is at most 4 MB)."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("big", "Padding.", labels=["i"])
+        for i in range(100_000):
+            family.add_metric([f"{i:060d}"], i)
+        return [family]
+
+
+def test_a_client_that_does_not_read_its_response_is_closed() -> None:
+    async def body(server: MetricsHTTPServer, probe: Probe) -> None:
+        assert isinstance(server.registry, CollectorRegistry)
+        server.registry.register(Big())
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        c = Conn(*await asyncio.open_connection(sock=sock))
+        await c.send(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        await wait_for(lambda: server.connections == 0)  # never read: dropped
+        c.close()
+
+    serve(body, write_timeout=0.5)
