@@ -8,6 +8,7 @@ problems at once, and never a traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import alias_bomb
 from hypothesis import given
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
@@ -187,6 +189,7 @@ BAD: dict[str, tuple[str, str]] = {
     "bad-mode": ("socket:\n  mode: rw-rw----\n", "socket.mode: must be an octal permission"),
     "bad-listen": ("metrics:\n  listen: 9477\n", "metrics.listen: must be host:port"),
     "bad-port": ("metrics:\n  listen: 127.0.0.1:99999\n", "metrics.listen: must be host:port"),
+    "padded-port": ("metrics:\n  listen: 127.0.0.1:0065536\n", "metrics.listen: must be host:port"),
     "empty-password": ("security:\n  password: ''\n", "security.password: must be a non-empty"),
     "bad-uids": ("security:\n  allowed_uids: [root]\n", "security.allowed_uids: must be a list"),
     "null-path": ("socket:\n  path:\n", "socket.path: must be a non-empty path, got None"),
@@ -266,6 +269,119 @@ def test_unreadable_files(tmp_path: Path) -> None:
     assert "cannot read config" in problems(directory)[0]
     lines = problems(check(tmp_path, b"cache:\n  max_sessions: 5 # caf\xe9\n"))
     assert lines == [f"{tmp_path / 'sessiond.yaml'}: cannot read config: not UTF-8 (byte 30)"]
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """PyYAML shares the nodes an alias names, so the file is cheap to parse; but
+    the error message's repr of max_sessions used to expand all 9**9 strings
+    (44 s, 2.9 GB, a 722 MB line). The expanded size is now limited."""
+    text = alias_bomb()
+    assert len(text) < 1024
+    (line,) = problems(check(tmp_path, text))
+    assert line.startswith(f"{tmp_path / 'sessiond.yaml'}: invalid YAML at line ")
+    assert "more than 10000 values once aliases are expanded" in line
+
+
+def test_aliases_within_the_limit_still_work(tmp_path: Path) -> None:
+    proc = check(tmp_path, "security:\n  allowed_uids: &ids [1000, 1001]\n  allowed_gids: *ids\n")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["security"]["allowed_gids"] == [1000, 1001]
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    (line,) = problems(check(tmp_path, "cache: &a {max_sessions: *a}\n"))
+    assert line.endswith("invalid YAML at line 1, column 26: found a recursive alias")
+
+
+def test_file_over_the_size_cap_is_refused_unread(tmp_path: Path) -> None:
+    text = ("# " + "x" * 97 + "\n") * 100_000  # 10 MB of comments: valid YAML
+    (line,) = problems(check(tmp_path, text))
+    assert line == (
+        f"{tmp_path / 'sessiond.yaml'}: config file too large (10000000 bytes; "
+        "the limit is 64 KiB, a config is a few KB)"
+    )
+
+
+def test_a_file_at_the_size_cap_is_read(tmp_path: Path) -> None:
+    body = "cache:\n  max_sessions: 7\n"
+    text = body + "#" * (64 * 1024 - len(body) - 1) + "\n"
+    assert len(text) == 64 * 1024
+    proc = check(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cache: " + "[" * 5000 + "\n", "invalid YAML at line 1, column 39: nested deeper than 32"),
+        ("cache:\n  max_sessions: " + "9" * 5000 + "\n", "column 17: integer too large"),
+        ("limits:\n  max_value_size: " + "9" * 400 + "k\n", "limits.max_value_size: must be"),
+        ("cache:\n  default_ttl: " + "9" * 400 + "s\n", "cache.default_ttl: must be"),
+        ("metrics:\n  listen: '127.0.0.1:\u00b2'\n", "metrics.listen: must be host:port"),
+        ("metrics:\n  listen: 127.0.0.1:" + "9" * 5000 + "\n", "metrics.listen: must be"),
+    ],
+    ids=[
+        "deep",
+        "huge-int",
+        "huge-size",
+        "huge-duration",
+        "superscript-port",
+        "long-port",
+    ],
+)
+def test_values_that_used_to_raise_are_reported(tmp_path: Path, text: str, expected: str) -> None:
+    (line,) = problems(check(tmp_path, text))
+    assert expected in line
+
+
+def test_error_messages_are_bounded(tmp_path: Path) -> None:
+    long = "y" * 30_000
+    key = "k" * 1000  # YAML's longest plain key
+    lines = problems(check(tmp_path, f"cache:\n  max_sessions: '{long}'\n  {key}: 1\n"))
+    assert len(lines) == 2
+    assert all(len(line) < 200 for line in lines), [len(line) for line in lines]
+    assert lines[0].startswith("cache.max_sessions: must be a positive integer, got 'yyy")
+    assert lines[1].startswith("cache.'kkk")
+    # One line per problem, but not thousands of them.
+    many = "".join(f"  k{i}: 1\n" for i in range(3000))
+    lines = problems(check(tmp_path, "cache:\n" + many))
+    assert len(lines) == 21
+    assert lines[0].startswith("cache.k0: unknown key")
+    assert lines[-1] == "... and 2980 more problems"
+
+
+def test_files_that_are_not_regular_files(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to("loop.yaml")
+    assert problems(sessiond("check-config", "--config", str(loop))) == [
+        f"{loop}: cannot read config: Too many levels of symbolic links"
+    ]
+    # Opening a FIFO for reading would wait for a writer: refused, not read.
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    assert problems(sessiond("check-config", "--config", str(fifo))) == [
+        f"{fifo}: cannot read config: not a regular file"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["alias-bomb", "symlink-loop", "too-large"])
+def test_run_refuses_the_same_files(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "bad.yaml"
+    if kind == "alias-bomb":
+        path.write_text(alias_bomb())
+    elif kind == "symlink-loop":
+        path.symlink_to("bad.yaml")
+    else:  # valid but for its size; paths of its own should it be started
+        path.write_text(
+            "socket: {path: s.sock}\npersistence: {backend: none}\nmetrics: {enabled: false}\n"
+            + "#" * 100_000
+        )
+    proc = sessiond("run", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert '"event": "bad_config"' in output
+    assert len(output) < 2000
 
 
 @pytest.mark.parametrize(

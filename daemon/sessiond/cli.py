@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -132,7 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C before the daemon has its own handlers (while importing, parsing the
         # command line or starting): an ordinary way to stop, not a crash worth a traceback.
         print("sessiond: interrupted", file=sys.stderr)
-        return 130
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # Not a return: if the interrupt landed in code run by exec() (dataclasses
+        # build __init__ that way while importing), CPython 3.11 remembers it as
+        # unhandled and kills itself with SIGINT at exit instead of exiting 130.
+        os._exit(130)
     parser.print_help(sys.stderr)
     return 2
 
