@@ -194,6 +194,8 @@ def _ambiguous_size(value: str, number: str, unit: str) -> str | None:
     if power is None:
         return None
     n = float(number)
+    if not math.isfinite(n * 1024**power):  # more digits than a float holds
+        return None
     decimal, binary = round(n * 1000**power), round(n * 1024**power)
     iec = f"{number}{unit[0].upper()}iB"
     if unit.lower().endswith("b"):  # redis.conf: kb/mb/gb are binary
