@@ -428,16 +428,15 @@ class Context:
         """Refuse a key or value over ``limits.max_value_size``, or one larger
         than the whole memory bound (it would be evicted as soon as written,
         an acknowledged write that no GET could see)."""
-        if len(data) > self.keyspace.max_value_size:
+        size = len(data)
+        if size > self.keyspace.max_value_size:
             raise Error(
-                f"ERR value of {len(data)} bytes exceeds limits.max_value_size "
+                f"ERR value of {size} bytes exceeds limits.max_value_size "
                 f"({self.keyspace.max_value_size} bytes)"
             )
         max_memory = self.cache.max_memory
-        if max_memory and len(data) > max_memory:
-            raise Error(
-                f"ERR value of {len(data)} bytes exceeds cache.max_memory ({max_memory} bytes)"
-            )
+        if max_memory and size > max_memory:
+            raise Error(f"ERR value of {size} bytes exceeds cache.max_memory ({max_memory} bytes)")
 
     def set(
         self,
