@@ -12,6 +12,12 @@ and take effect before they return.
     proxy.cut()                 # RST every connection and refuse new ones ...
     proxy.heal()                # ... until healed
     proxy.retarget(other.port)  # new connections go elsewhere (a moved VIP / DNS name)
+
+The proxy works above TCP: during a partition both kernels still acknowledge what they
+are sent, so TCP keepalives and libpq's ``tcp_user_timeout`` do not fire. To a client it
+looks like a hung server, which only application-level timeouts (or a heartbeat through
+the connection) detect; a real network partition, where packets are lost, would also
+trip keepalives.
 """
 
 from __future__ import annotations
