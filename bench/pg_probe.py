@@ -539,51 +539,86 @@ async def notify_limits(pg: PgCluster) -> None:
 # ------------------------------------------------------------------ failover
 
 
-async def until_query(dsn: str, sql: str, timeout: float = 60) -> float:
-    """Seconds until a client that retries every 10 ms gets ``sql`` through."""
+@dataclass
+class Back:
+    seconds: float  # until the first success
+    attempts: int
+    slowest: float  # the longest single attempt
+    errors: list[str]  # distinct first lines of the errors seen, in order
+
+    def __str__(self) -> str:
+        return (
+            f"{self.seconds:.3f} s ({self.attempts} attempts, slowest {self.slowest:.3f} s; "
+            f"errors: {' / '.join(self.errors) or 'none'})"
+        )
+
+
+async def until_query(dsn: str, sql: str, timeout: float = 60) -> Back:
+    """How long until a client that retries every 10 ms gets ``sql`` through."""
     start = time.perf_counter()
+    back = Back(float("inf"), 0, 0.0, [])
     while time.perf_counter() - start < timeout:
+        attempt = time.perf_counter()
+        back.attempts += 1
         try:
             conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=2)
             async with conn:
                 await conn.execute(sql)
-                return time.perf_counter() - start
-        except psycopg.OperationalError:
+            back.seconds = time.perf_counter() - start
+            return back
+        except psycopg.OperationalError as e:
+            # libpq's message: "connection failed: connection to server at ... failed: why"
+            why = str(e).splitlines()[0].rpartition("failed: ")[2]
+            if why not in back.errors:
+                back.errors.append(why)
             await asyncio.sleep(0.01)
-    return float("inf")
+        finally:
+            back.slowest = max(back.slowest, time.perf_counter() - attempt)
+    return back
 
 
 async def failover(pg: PgCluster) -> None:
+    """A client retries a write every 10 ms while the server comes back; crash
+    recovery replays the WAL written since the last checkpoint, so that is reported."""
     print("\n## failover: seconds until a retrying client's write succeeds\n")
     write = "INSERT INTO sessions VALUES ('fo', 'x', 0) ON CONFLICT (k) DO UPDATE SET v = 'y'"
 
-    def load_wal() -> None:
-        with pg.connect(autocommit=True) as conn:  # some WAL for recovery to replay
-            conn.execute("UPDATE sessions SET expire_at = expire_at + 1 WHERE k < 's3'")
+    def wal_since_checkpoint(*, checkpoint: bool = False, touch: bool = True) -> float:
+        with pg.connect(autocommit=True) as conn:
+            if checkpoint:
+                conn.close()
+                pg.query("CHECKPOINT")
+                return wal_since_checkpoint(touch=touch)
+            if touch:  # a few writes for recovery to replay
+                conn.execute(
+                    "UPDATE sessions SET expire_at = expire_at + 1 WHERE k = ANY(%s)",
+                    ([f"s{i}" for i in range(1, 101)],),
+                )
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn) "
+                "FROM pg_control_checkpoint()"
+            ).fetchone()
+        return float(row[0]) / 2**20 if row else float("nan")
 
-    load_wal()
-    t = time.perf_counter()
-    pg.kill()
-    pg.start()
-    start_only = time.perf_counter() - t
-    pg.kill()
-    took = await asyncio.gather(until_query(pg.dsn(), write), asyncio.to_thread(pg.start))
-    print(
-        f"- SIGKILL of every server process, then start (crash recovery): "
-        f"{took[0]:.3f} s (start() alone {start_only:.3f} s)"
-    )
+    async def back_after(stop: Callable[[], None], start: Callable[[], None], dsn: str) -> Back:
+        stop()
+        took = await asyncio.gather(until_query(dsn, write), asyncio.to_thread(start))
+        return took[0]
+
+    # First the WAL the benchmark before left behind (up to checkpoint_timeout's worth).
+    for label, checkpoint in (("after the sections above", False), ("after a CHECKPOINT", True)):
+        mb = wal_since_checkpoint(checkpoint=checkpoint)
+        took = await back_after(pg.kill, pg.start, pg.dsn())
+        print(f"- SIGKILL {label} ({mb:.1f} MB of WAL to replay), then start: {took}")
     modes: tuple[StopMode, ...] = ("fast", "immediate")
     for mode in modes:
-        load_wal()
-        pg.stop(mode)
-        took = await asyncio.gather(until_query(pg.dsn(), write), asyncio.to_thread(pg.start))
-        print(f"- stop -m {mode}, then start: {took[0]:.3f} s")
+        mb = wal_since_checkpoint()
+        took = await back_after(partial(pg.stop, mode), pg.start, pg.dsn())
+        print(f"- stop -m {mode} ({mb:.1f} MB of WAL since the checkpoint), then start: {took}")
     replica = pg.create_replica()
-    dsn = multi_host_dsn([pg, replica], connect_timeout=2)
-    load_wal()
-    pg.kill()
-    took = await asyncio.gather(until_query(dsn, write), asyncio.to_thread(replica.promote))
-    print(f"- primary SIGKILLed, replica promoted: a multi-host DSN writes after {took[0]:.3f} s")
+    wal_since_checkpoint()
+    took = await back_after(pg.kill, replica.promote, multi_host_dsn([pg, replica]))
+    print(f"- primary SIGKILLed, replica promoted: a multi-host DSN writes after {took}")
     pg.replicas.remove(replica)
     replica.destroy()
     pg.start()
