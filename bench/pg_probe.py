@@ -350,12 +350,35 @@ async def decide(pg: PgCluster, n: int, seconds: float) -> None:
         hot = f"hot-{secrets.token_hex(4)}"
         lat, el = await for_duration(conns, partial(fn, k=hot), seconds)
         final = await incr_one(conns[0], hot) - 1
-        # FOR UPDATE locks nothing while the key does not exist yet: two first INCRs
-        # can both insert 1 (one as a conflict update), and an increment is lost.
+        # FOR UPDATE locks nothing while the key does not exist yet: the first INCR of
+        # every connection computes 1, and those that wait on the insert write their 1
+        # over whatever increments landed meanwhile.
         note = "exact" if final == len(lat) else f"lost {len(lat) - final} increments"
         rows.append(Row.of(f"INCR one hot key, 8 conns, {name}", lat, el, note=note))
         for c in conns:
             await c.close()
+    conns = [await connect(pg.dsn()) for _ in range(8)]
+    rounds, exact = max(20, n // 20), 0
+    lat = []
+    start = time.perf_counter()
+    for _ in range(rounds):
+        lock = f"lock-{secrets.token_hex(8)}"
+        t = time.perf_counter()
+        cursors = await asyncio.gather(*(c.execute(SETNX_ONE, (lock, VALUE)) for c in conns))
+        lat.append(time.perf_counter() - t)
+        winners = [row for cur in cursors for row in await cur.fetchall()]
+        exact += len(winners) == 1
+    rows.append(
+        Row.of(
+            "SET NX lock rounds, 8 conns race for each key",
+            lat,
+            time.perf_counter() - start,
+            unit="rounds/s",
+            note=f"one winner in {exact} of {rounds} rounds",
+        )
+    )
+    for c in conns:
+        await c.close()
     table("decisions made by the database (one asyncio connection unless said)", rows)
 
 
