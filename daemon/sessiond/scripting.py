@@ -74,12 +74,13 @@ configuration functions are not provided.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -268,6 +269,12 @@ def _bit(op: bytes, *args: float) -> Any:
         return _tobit(r)
     if op == b"bswap":
         return _tobit(int.from_bytes(u.to_bytes(4, "little"), "big"))
+    if op == b"tohex":
+        width = a[1] if len(args) > 1 else 8
+        upper = width < 0
+        width = min(abs(width), 8)
+        text = format(u, "08X" if upper else "08x")
+        return text[8 - width :].encode()
     n = a[1] & 31
     if op == b"lshift":
         return _tobit(u << n)
@@ -279,12 +286,6 @@ def _bit(op: bytes, *args: float) -> Any:
         return _tobit((u << n) | (u >> (32 - n)))
     if op == b"ror":
         return _tobit((u >> n) | (u << (32 - n)))
-    if op == b"tohex":
-        width = a[1] if len(args) > 1 else 8
-        upper = width < 0
-        width = min(abs(width), 8)
-        text = format(u, "08X" if upper else "08x")
-        return text[8 - width :].encode()
     raise ValueError(op)
 
 
@@ -814,26 +815,51 @@ cjson.decode = function(...)
   if type(s) ~= "string" and type(s) ~= "number" then
     error("bad argument #1 to 'decode' (string expected, got " .. type(s) .. ")", 2)
   end
-  local ok, v = py_decode(tostring(s))
-  if ok then return v end
+  local ok, box = py_decode(tostring(s))
+  if ok then return box[1] end
   if ok == nil then error("not enough memory", 0) end
-  error(v, 2)
+  error(box, 2)
 end
 
--- redis.*
-local function kill_now()
-  sethook(function()
-    error({err = KILLED}, 0)
-  end, "l", 1)
+-- The first frame, from ``level`` up, that runs script code: frames of this
+-- chunk, C functions and tail-call markers are skipped, so positions are the
+-- script's, as Redis reports them.
+local function user_frame(level)
+  while true do
+    local i = getinfo(level + 1, "Sl")
+    if i == nil then return nil end
+    if (i.what == "Lua" or i.what == "main") and i.source ~= "=sessiond" then return i end
+    level = level + 1
+  end
+end
+
+-- Where the last kill error was raised: when it finally escapes, it may do
+-- so from code past the error handler, so the handler cannot tell.
+local kill_at = {}
+
+local function raise_killed()
+  local i = user_frame(2)
+  if i then kill_at.source, kill_at.line = i.source, i.currentline end
   error({err = KILLED}, 0)
 end
 
-local function call_result(raise, status, value)
-  if status == 0 then return value end
+-- After a kill, every instruction raises again (in whichever coroutine the
+-- script is running), so pcall cannot keep a killed script alive.
+local function kill_now()
+  sethook(raise_killed, "l", 1)
+  raise_killed()
+end
+
+-- redis.*
+
+-- Values come boxed in a table the host built with the heap limit lifted
+-- (see ScriptEngine._lifted).
+local function call_result(raise, status, box)
+  if status == 0 then return box[1] end
   if status == 2 then kill_now() end
   if status == 3 then error("not enough memory", 0) end
-  if raise then error(value, 0) end
-  return value
+  if raise then error(box[1], 0) end
+  return box[1]
 end
 
 local redis = {
@@ -953,18 +979,9 @@ local function new_env(keys, argv)
 end
 
 -- The error handler: Redis' __redis__err__handler, which notes where the
--- error happened. Frames of this chunk and of C functions are skipped so the
--- position is the script's, as Redis reports it.
+-- error happened.
 local function handler(e)
-  local level, info = 2, nil
-  while true do
-    local i = getinfo(level, "Sl")
-    if i == nil then break end
-    if i.what == "Lua" or i.what == "main" then
-      if i.source ~= "=sessiond" then info = i break end
-    end
-    level = level + 1
-  end
+  local info = user_frame(2)
   local text
   if type(e) == "table" then
     text = rawget(e, "err")
@@ -984,6 +1001,36 @@ end
 local function hook()
   if py_check() then kill_now() end
 end
+
+-- debug.sethook keeps a hook function per coroutine, and a coroutine does
+-- not inherit it: every coroutine a script creates gets the hook, or an
+-- endless loop inside one could not be stopped. After the run their hooks
+-- are removed, which also drops them from debug's table of hooks.
+local threads, hook_count = {}, 0
+
+local function s_cocreate(f)
+  if type(f) ~= "function" then error("bad argument #1 to 'create' (Lua function expected)", 2) end
+  local co = cocreate(f)
+  sethook(co, hook, "", hook_count)
+  threads[#threads + 1] = co
+  return co
+end
+
+local function pack(...) return {n = select("#", ...), ...} end
+
+local function s_wrap(f)
+  if type(f) ~= "function" then error("bad argument #1 to 'wrap' (Lua function expected)", 2) end
+  local co = s_cocreate(f)
+  return function(...)
+    local r = pack(coresume(co, ...))
+    if r[1] then return unpack(r, 2, r.n) end
+    local e = r[2]
+    if type(e) == "string" or type(e) == "number" then error(e, 2) end
+    error(e, 0)
+  end
+end
+LIBS.coroutine.create = s_cocreate
+LIBS.coroutine.wrap = s_wrap
 
 local HOST = {}
 
@@ -1009,15 +1056,20 @@ function HOST.run(fn, keys, argv, count)
     setfenv(0, env)  -- chunks the script loads get its globals too
     return xpcall(fn, handler)
   end)
+  hook_count = count
   sethook(co, hook, "", count)
+  threads = {co}
+  kill_at.source, kill_at.line = nil, nil
   local resumed, ok, result = coresume(co)
   if not resumed then ok, result = false, ok end
+  for i = 1, #threads do sethook(threads[i]) end
+  threads = {}
   -- A script may have stopped or retuned the collector.
   collectgarbage("restart")
   collectgarbage("setpause", 200)
   collectgarbage("setstepmul", 200)
   if not ok then collectgarbage("collect") end
-  return ok, result
+  return ok, result, kill_at.source, kill_at.line
 end
 
 -- Which kind of reply a returned table is, read raw as Redis does.
@@ -1218,6 +1270,7 @@ class ScriptEngine:
         self._load_binary = self._host[b"load_binary"]
         self._run = self._host[b"run"]
         self._classify = self._host[b"classify"]
+        self._collect_garbage = self._lua.eval("collectgarbage")
         self._null = self._host[b"null"]
 
     @staticmethod
@@ -1327,7 +1380,7 @@ class ScriptEngine:
         now on the script cannot be killed. Raises :class:`ScriptKilled` if a
         kill was already accepted, and then the write must not happen."""
         with self._state:
-            if self._killed:
+            if self._running and self._killed:
                 raise ScriptKilled(KILLED_ERROR)
             self._dirty = True
 
@@ -1380,43 +1433,47 @@ class ScriptEngine:
             self._running = True
         try:
             try:
-                ok, result = self._run(
-                    script.function,
-                    self._lua.table_from(list(keys)),
-                    self._lua.table_from(list(argv)),
-                    self._hook_interval,
+                with self._lifted():
+                    keys_table = self._lua.table_from(list(keys))
+                    argv_table = self._lua.table_from(list(argv))
+                ok, result, kill_source, kill_line = self._run(
+                    script.function, keys_table, argv_table, self._hook_interval
                 )
+                del keys_table, argv_table
             except lua51.LuaMemoryError:
-                ok, result = False, _NOT_ENOUGH_MEMORY
+                ok, result, kill_source, kill_line = False, _NOT_ENOUGH_MEMORY, None, None
             with self._state:
                 self._running = False
                 killed = self._killed
             if self._failure is not None:
                 raise self._failure
             if ok:
-                return self._from_lua(result, resp3, 0)
-            return self._error_reply(sha, result, killed)
+                with self._lifted():
+                    return self._from_lua(result, resp3, 0)
+            if killed:
+                if type(kill_source) is bytes and kill_line is not None:
+                    return Error(
+                        f"{KILLED_ERROR} script: {sha}, on {_text(kill_source)}:{kill_line}."
+                    )
+                return Error(KILLED_ERROR)
+            return self._error_reply(sha, result)
         finally:
             with self._state:
                 self._running = False
             self._call = None
             self._failure = None
 
-    def _error_reply(self, sha: str, error: Any, killed: bool) -> Error:
+    def _error_reply(self, sha: str, error: Any) -> Error:
         """The reply for a script that raised ``error`` (the handler's table,
         or a bare string for errors Lua raises past the handler)."""
         if type(error) is bytes:
-            if killed:
-                return Error(KILLED_ERROR)
             if error == _NOT_ENOUGH_MEMORY:
                 return self._memory_error(sha)
             return Error(f"ERR Error running script {sha}, {_text(error[:100])}")
         text = error[b"err"]
         source, line = error[b"source"], error[b"line"]
         message = _text(text) if type(text) is bytes else "ERR unknown error"
-        if killed:
-            message = KILLED_ERROR
-        elif message in ("ERR not enough memory", "ERR " + _NOT_ENOUGH_MEMORY.decode()):
+        if message in ("ERR not enough memory", "ERR " + _NOT_ENOUGH_MEMORY.decode()):
             return self._memory_error(sha)
         if type(source) is bytes and line is not None:
             message += f" script: {sha}, on {_text(source)}:{line}."
@@ -1446,35 +1503,70 @@ class ScriptEngine:
         return self._killed
 
     def _lua_call(self, *args: Any) -> tuple[int, Any]:
-        """``redis.call``/``redis.pcall``: (0, value), (1, error table),
+        """``redis.call``/``redis.pcall``: (0, {value}), (1, {error table}),
         (2,) once killed, (3,) when the Lua heap is full."""
-        try:
-            if not args:
-                return 1, self._error_table(
-                    "ERR Please specify at least one argument for this redis lib call"
-                )
-            command = []
-            for arg in args:
-                data = _arg_bytes(arg)
-                if data is None:
-                    return 1, self._error_table(
-                        "ERR Lua redis lib command arguments must be strings or integers"
-                    )
-                command.append(data)
+        status, text = 1, ""
+        reply: Any = None
+        command = [_arg_bytes(arg) for arg in args]
+        if not args:
+            text = "ERR Please specify at least one argument for this redis lib call"
+        elif None in command:
+            text = "ERR Lua redis lib command arguments must be strings or integers"
+        else:
             assert self._call is not None
             try:
-                reply = self._call(command)
+                reply = self._call(command)  # type: ignore[arg-type]  # no None left
+                status = 0
             except ScriptKilled:
                 return 2, None
             except Error as exc:
-                return 1, self._error_table(_error_text(exc.message), command_error=True)
-            return 0, self._to_lua(reply)
-        except lua51.LuaMemoryError:
-            return 3, None
-        except Exception as exc:
-            # A bug below ``call``: the script gets an error, the caller the exception.
-            self._failure = self._failure or exc
-            return 1, self._error_table(f"ERR {type(exc).__name__} while running the command")
+                reply = exc
+            except Exception as exc:
+                # A bug below ``call``: the script gets an error, the caller the exception.
+                self._failure = self._failure or exc
+                text = f"ERR {type(exc).__name__} while running the command"
+            if isinstance(reply, Error):  # raised or returned, an error reply
+                status = 1
+                text = _error_text(reply.message)
+        with self._lifted() as fits:
+            try:
+                if status == 1:
+                    value = self._error_table(text, command_error=reply is not None)
+                else:
+                    value = self._to_lua(reply)
+                box = self._lua.table(value)
+            except Exception as exc:
+                self._failure = self._failure or exc
+                box = self._lua.table(self._error_table("ERR reply not convertible"))
+                status = 1
+            if not fits():
+                return 3, None
+        return status, box
+
+    @contextlib.contextmanager
+    def _lifted(self) -> Iterator[Callable[[], bool]]:
+        """Lift the Lua heap limit while Python builds Lua values.
+
+        lupa creates tables on the runtime's main state, outside any Lua
+        error handler: running out of memory there is a Lua panic, which
+        takes the process down. What is built here is bounded by a reply
+        that already exists in Python. The yielded ``fits()`` says whether
+        the heap is still within the limit; if not, it collects garbage
+        first, and the caller must drop what it built and report "not
+        enough memory" to the script.
+        """
+        lua = self._lua
+        lua.set_max_memory(0)
+        try:
+
+            def fits() -> bool:
+                return bool(lua.get_memory_used() <= self.max_memory)
+
+            yield fits
+        finally:
+            if lua.get_memory_used() > self.max_memory:
+                self._collect_garbage(b"collect")
+            lua.set_max_memory(self.max_memory)
 
     def _lua_log(self, level: int, message: bytes) -> None:
         if self._log is not None:
@@ -1494,12 +1586,15 @@ class ScriptEngine:
         self._rand.seed(int(seed))
 
     def _lua_decode(self, data: bytes) -> tuple[bool | None, Any]:
-        try:
-            return True, _json_decode(data, self._lua.table, self._null)
-        except _JsonError as exc:
-            return False, str(exc).encode()
-        except lua51.LuaMemoryError:
-            return None, None
+        with self._lifted() as fits:
+            try:
+                box = self._lua.table(_json_decode(data, self._lua.table, self._null))
+            except _JsonError as exc:
+                return False, str(exc).encode()
+            if not fits():
+                del box
+                return None, None
+        return True, box
 
     # ----------------------------------------------------------- conversions
 
