@@ -1023,6 +1023,17 @@ def test_memory_limit_while_converting_a_reply(redis: FakeRedis) -> None:
     assert run(engine, redis, script) == 10
 
 
+def test_script_too_big_for_the_heap_does_not_compile(redis: FakeRedis) -> None:
+    engine = ScriptEngine(max_memory=1024 * 1024)
+    with pytest.raises(Error) as caught:
+        engine.load(b"return '" + b"x" * 2_000_000 + b"'")
+    assert caught.value.message == "ERR Error compiling script (new function): not enough memory"
+    assert len(engine) == 0
+    assert run(engine, redis, "return redis.sha1hex('') .. bit.tohex(1)") == (
+        b"da39a3ee5e6b4b0d3255bfef95601890afd8070900000001"
+    )
+
+
 # ------------------------------------------------------------------ cache
 
 

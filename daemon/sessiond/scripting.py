@@ -688,7 +688,7 @@ end
 local bitlib = {}
 for _, name in ipairs({"tobit", "bnot", "bswap"}) do
   bitlib[name] = function(...)
-    return py_bit(name, check_number(name, 1, (...), select("#", ...)))
+    return py_bit(name, check_number(name, 1, (...), select("#", ...)))[1]
   end
 end
 for _, name in ipairs({"band", "bor", "bxor"}) do
@@ -698,22 +698,22 @@ for _, name in ipairs({"band", "bor", "bxor"}) do
     for i = 1, (given > 0 and given or 1) do
       args[i] = check_number(name, i, args[i], given)
     end
-    return py_bit(name, unpack(args, 1, given > 0 and given or 1))
+    return py_bit(name, unpack(args, 1, given > 0 and given or 1))[1]
   end
 end
 for _, name in ipairs({"lshift", "rshift", "arshift", "rol", "ror"}) do
   bitlib[name] = function(...)
     local given = select("#", ...)
     local a, b = ...
-    return py_bit(name, check_number(name, 1, a, given), check_number(name, 2, b, given))
+    return py_bit(name, check_number(name, 1, a, given), check_number(name, 2, b, given))[1]
   end
 end
 bitlib.tohex = function(...)
   local given = select("#", ...)
   local a, b = ...
   local x = check_number("tohex", 1, a, given)
-  if b == nil then return py_bit("tohex", x) end
-  return py_bit("tohex", x, check_number("tohex", 2, b, given))
+  if b == nil then return py_bit("tohex", x)[1] end
+  return py_bit("tohex", x, check_number("tohex", 2, b, given))[1]
 end
 
 -- cjson: lua-cjson 2.1 as Redis configures it.
@@ -818,7 +818,7 @@ cjson.decode = function(...)
   local ok, box = py_decode(tostring(s))
   if ok then return box[1] end
   if ok == nil then error("not enough memory", 0) end
-  error(box, 2)
+  error(box[1], 2)
 end
 
 -- The first frame, from ``level`` up, that runs script code: frames of this
@@ -892,7 +892,7 @@ redis.sha1hex = function(...)
   if select("#", ...) ~= 1 then error({err = "ERR wrong number of arguments"}, 0) end
   local s = ...
   if type(s) ~= "string" and type(s) ~= "number" then s = "" end
-  return py_sha1(tostring(s))
+  return py_sha1(tostring(s))[1]
 end
 
 redis.log = function(...)
@@ -1261,7 +1261,7 @@ class ScriptEngine:
             self._lua_setresp,
             self._rand.random,
             self._lua_srandom,
-            _bit,
+            self._lua_bit,
             self._lua_decode,
             redis_version.encode(),
             (major << 16) | (minor << 8) | patch,
@@ -1293,13 +1293,15 @@ class ScriptEngine:
         if script is not None:
             return sha, script
         flags, skip = _parse_shebang(source)
-        try:
+        function = None
+        with self._lifted() as fits:  # lupa pushes the source outside Lua's protection
             code, message = self._compile(source[skip:])
             if code is not None:
                 function, message = self._load_binary(_without_tail_calls(code))
-        except lua51.LuaMemoryError:
-            code, message = None, _NOT_ENOUGH_MEMORY
-        if code is None or function is None:
+            del code
+            if not fits():
+                function, message = None, _NOT_ENOUGH_MEMORY
+        if function is None:
             raise Error(f"ERR Error compiling script (new function): {_text(message)}")
         script = _Script(function, flags)
         self._scripts[sha] = script
@@ -1575,9 +1577,18 @@ class ScriptEngine:
             except Exception as exc:  # reported after the run, the script goes on
                 self._failure = self._failure or exc
 
-    @staticmethod
-    def _lua_sha1(data: bytes) -> bytes:
-        return hashlib.sha1(data).hexdigest().encode()
+    def _boxed(self, value: Any) -> Any:
+        """``{value}``, built with the heap limit lifted: a string handed back
+        to Lua directly would be allocated where running out of memory is a
+        panic (see :meth:`_lifted`)."""
+        with self._lifted():
+            return self._lua.table(value)
+
+    def _lua_sha1(self, data: bytes) -> Any:
+        return self._boxed(hashlib.sha1(data).hexdigest().encode())
+
+    def _lua_bit(self, op: bytes, *args: float) -> Any:
+        return self._boxed(_bit(op, *args))
 
     def _lua_setresp(self, resp: int) -> None:
         self._resp3 = resp == 3
@@ -1590,7 +1601,7 @@ class ScriptEngine:
             try:
                 box = self._lua.table(_json_decode(data, self._lua.table, self._null))
             except _JsonError as exc:
-                return False, str(exc).encode()
+                return False, self._lua.table(str(exc).encode())
             if not fits():
                 del box
                 return None, None
