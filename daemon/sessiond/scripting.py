@@ -15,8 +15,13 @@ caller's business. The only sessiond module it imports is
 
 Interface::
 
-    engine = ScriptEngine(busy_threshold=5.0, max_memory=64 << 20,
-                          clock=time.monotonic, log=None, on_busy=None)
+    engine = ScriptEngine(*, busy_threshold: float = 5.0,
+                          max_memory: int = 64 << 20,
+                          clock: Callable[[], float] = time.monotonic,
+                          log: Callable[[int, str], None] | None = None,  # redis.log
+                          on_busy: Callable[[], None] | None = None,
+                          hook_interval: int = 100_000,
+                          redis_version: str = "7.2.0")
     engine.load(source: bytes) -> str              # SCRIPT LOAD: the sha
     engine.exists(shas: Iterable[str | bytes]) -> list[int]   # SCRIPT EXISTS
     engine.flush() -> None                         # SCRIPT FLUSH
@@ -26,6 +31,7 @@ Interface::
     engine.mark_write() -> None                    # from ``call``, before a write
     engine.kill() -> None                          # SCRIPT KILL, any thread
     engine.running / engine.busy -> bool
+    engine.memory_used -> int; len(engine)        # INFO: used_memory_lua, scripts
 
 ``call(args: list[bytes])`` executes one command for the script and returns
 its reply value (see :mod:`sessiond.protocol`) or raises
@@ -51,13 +57,18 @@ error at every instruction, so ``pcall`` cannot swallow it. A script that
 has written (the ``call`` callback calls :meth:`ScriptEngine.mark_write`
 *before* performing a write) cannot be killed, as in Redis; and once a kill
 is accepted, ``mark_write`` raises :class:`ScriptKilled` so that no write
-happens after it. Code running inside one C function (a long
-``string.find`` with a pathological pattern) is not interrupted until it
-returns: Redis has the same limit.
+happens after it. A kill is accepted as soon as a script runs, not only
+once it is busy (in Redis no client gets through earlier). Code running
+inside one C function (a long ``string.find`` with a pathological pattern)
+is not interrupted until it returns: Redis has the same limit.
 
 Memory limit: the Lua heap is capped at ``max_memory`` bytes; a script that
 allocates past it fails with ``ERR Error running script <sha>, not enough
-memory ...`` and the engine goes on serving.
+memory ...`` and the engine goes on serving. Values Python builds for Lua
+(command replies, cjson.decode results, KEYS/ARGV, compiled sources) are
+built with the limit lifted, because lupa cannot fail there safely; if the
+heap ends up over the limit they are dropped and the script gets "not
+enough memory".
 
 The sandbox is Redis 7's: base functions, ``string``, ``table``, ``math``,
 ``coroutine``, ``bit``, ``cjson``, ``redis``, ``KEYS`` and ``ARGV``; no
