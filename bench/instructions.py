@@ -32,9 +32,12 @@ subtracting a separately measured connect/disconnect cost would need a model of
 them. The idle share is printed so it can be judged (well under 1% for sessiond
 in memory, nothing for the baseline).
 
-Load: the cache is filled with ``-r 100000`` keys before measuring (GETs mostly
-hit, SETs mostly overwrite), and each scenario is warmed up with its own load
-before its measured runs (CPython specializes hot code after a few executions).
+Load: every one of the ``-r 100000`` keys is set before measuring, so GETs all
+hit, SETs all overwrite and no table grows during a measured run (filling them
+at random with redis-benchmark left a dict resize in one run or another
+depending on -n: 6% on the baseline's SET). Each scenario is warmed up with its
+own load before its measured runs (CPython specializes hot code after a few
+executions).
 ``PYTHONHASHSEED=0`` keeps dict layouts the same from run to run.
 
 ``--durable``: after the load the writer still commits and folds what it was
@@ -65,7 +68,7 @@ from resp_bench import sessiond
 HERE = Path(__file__).resolve().parent
 PING = b"*1\r\n$4\r\nPING\r\n"
 KEYS = 100_000  # redis-benchmark -r
-FILL = 200_000  # SETs at -P 16 before anything is measured: ~86% of the keys exist
+FILL_BATCH = 1000  # SETs per write while filling
 SETTLE_SECONDS = 3.0  # no CPU used for this long: the server has finished its work
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -211,6 +214,33 @@ def benchmark(sock: Path, scenario: Scenario, requests: int) -> None:
          "-P", str(scenario.pipeline), "-q"],
         check=True, capture_output=True, timeout=1800,
     )  # fmt: skip
+
+
+def fill(sock: Path) -> None:
+    """SET every key redis-benchmark -r will use (``key:%012d``), 200 bytes each, so
+    that measured GETs all hit and SETs all overwrite: no table grows (and
+    rehashes) during a measured run, whichever -n it has."""
+    value = b"v" * 200
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(600)
+        s.connect(str(sock))
+        for start in range(0, KEYS, FILL_BATCH):
+            keys = range(start, min(start + FILL_BATCH, KEYS))
+            s.sendall(
+                b"".join(
+                    b"*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$200\r\n%b\r\n" % (k, value)
+                    for k in keys
+                )
+            )
+            expected = b"+OK\r\n" * len(keys)
+            got = b""
+            while len(got) < len(expected):
+                chunk = s.recv(len(expected) - len(got))
+                if not chunk:
+                    raise RuntimeError("connection closed while filling")
+                got += chunk
+            if got != expected:
+                raise RuntimeError(f"fill: unexpected replies {got[:200]!r}")
 
 
 def idle_rate(server: Callgrind, seconds: float) -> Idle:
@@ -371,7 +401,7 @@ def main() -> int:
         for name in servers:
             server = start(name, work)
             try:
-                benchmark(server.sock, Scenario("set", 50, 16), FILL)
+                fill(server.sock)
                 if args.durable:
                     server.settle()
                 idle[name] = idle_rate(server, args.idle_seconds)
