@@ -5,8 +5,8 @@
     .venv/bin/python bench/instructions.py --durable    # SET with durability: always, -c 50
     .venv/bin/python bench/instructions.py --top 20     # and the costliest functions per run
 
-Needs valgrind and redis-benchmark (Debian: valgrind, redis-tools). Takes about 2
-minutes per sessiond configuration (4 scenarios), 30 s for the baseline server.
+Needs valgrind and redis-benchmark (Debian: valgrind, redis-tools). Takes about 8
+minutes (3 per sessiond configuration, 1 for the baseline server); --durable 3.
 
 Throughput on this shared 2-core machine moves by tens of percent from run to run;
 the user-space instructions a server executes for a fixed load barely move, so
