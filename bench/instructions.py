@@ -63,14 +63,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from resp_bench import sessiond
+from resp_bench import sessiond, wait_idle
 
 HERE = Path(__file__).resolve().parent
 PING = b"*1\r\n$4\r\nPING\r\n"
 KEYS = 100_000  # redis-benchmark -r
 FILL_BATCH = 1000  # SETs per write while filling
 SETTLE_SECONDS = 3.0  # no CPU used for this long: the server has finished its work
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -155,24 +154,9 @@ class Callgrind:
             check=True, capture_output=True, timeout=300,
         )  # fmt: skip
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of all the process' threads so far."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-
-    def settle(self, quiet: float = SETTLE_SECONDS, timeout: float = 600.0) -> None:
-        """Wait until the process has used (almost) no CPU for ``quiet`` seconds."""
-        deadline = time.monotonic() + timeout
-        since, cpu = time.monotonic(), self.cpu_seconds()
-        while time.monotonic() < deadline:
-            time.sleep(0.25)
-            now, used = time.monotonic(), self.cpu_seconds()
-            if used - cpu > 0.05 * (now - since) + 2 / TICK:
-                since, cpu = now, used
-            elif now - since >= quiet:
-                return
-        raise RuntimeError(f"{self.name} still busy after {timeout:.0f} s")
+    def settle(self) -> None:
+        """Wait until the server has finished the work a load left it (a fold)."""
+        wait_idle(self.proc.pid, SETTLE_SECONDS, timeout=600.0)
 
     def collect(self, load: Callable[[], None], requests: int = 0) -> Sample:
         """Count what the process executes while ``load`` runs."""
