@@ -26,9 +26,11 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .protocol import Error
 from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+from .values import Value
 
 
 class Prepared:
@@ -38,26 +40,32 @@ class Prepared:
 
     __slots__ = ("ahead", "loaded")
 
-    def __init__(self, loaded: dict[bytes, Entry[bytes] | None], ahead: object = None) -> None:
+    def __init__(self, loaded: dict[bytes, Entry[Value] | None], ahead: object = None) -> None:
         self.loaded = loaded
         self.ahead = ahead
 
 
-def _row(entry: Entry[bytes]) -> Row:
+def _row(entry: Entry[Value]) -> Row:
+    value = entry.value
+    if isinstance(value, bytes):
+        kind, data = values.STRING, value
+    else:
+        kind, data = values.encode(value)
     return Row(
-        entry.value,
+        data,
         entry.context_id,
         entry.created_at,
         entry.updated_at,
         entry.accessed_at,
         entry.ttl,
         entry.deadline,
+        kind,
     )
 
 
-def _entry(row: Row) -> Entry[bytes]:
+def _entry(row: Row) -> Entry[Value]:
     return Entry(
-        row.value,
+        values.decode(row.kind, row.value) if row.kind else row.value,
         context_id=row.context,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -86,7 +94,7 @@ class Keyspace:
 
     def __init__(
         self,
-        cache: SessionCache[bytes, bytes],
+        cache: SessionCache[bytes, Value],
         store: Store | None = None,
         *,
         max_value_size: int = 1024 * 1024,
@@ -126,7 +134,7 @@ class Keyspace:
             listener(key)
 
     def _removed(
-        self, key: bytes, entry: Entry[bytes], cause: Cause, reason: EvictionReason | None
+        self, key: bytes, entry: Entry[Value], cause: Cause, reason: EvictionReason | None
     ) -> None:
         """The core removed ``key`` from memory. An expiry is a change; an
         eviction is not (the store keeps the session as it was); a delete or
@@ -136,7 +144,7 @@ class Keyspace:
 
     # ------------------------------------------------------ the cache's hook
 
-    def save(self, key: bytes, entry: Entry[bytes]) -> None:
+    def save(self, key: bytes, entry: Entry[Value]) -> None:
         current = self.current
         if current is not None:
             current.seen(key, entry)
@@ -150,12 +158,12 @@ class Keyspace:
         assert self.store is not None
         self.store.record(key, None)
 
-    def on_evict(self, key: bytes, entry: Entry[bytes], cause: Cause) -> None:
+    def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
         self.save(key, entry)
 
-    def load(self, key: bytes) -> Entry[bytes] | None:
+    def load(self, key: bytes) -> Entry[Value] | None:
         """Blocking read-through (the cache's ``get_or_load``, library use)."""
         assert self.store is not None
         row = self.store.load(key)
@@ -199,7 +207,7 @@ class Keyspace:
         except StoreError:
             cache.loads_error += len(keys)
             raise
-        loaded: dict[bytes, Entry[bytes] | None] = {}
+        loaded: dict[bytes, Entry[Value] | None] = {}
         for key in keys:
             row = found.get(key)
             if row is None:
@@ -397,13 +405,13 @@ class Context:
         self.keyspace = keyspace
         self.cache = keyspace.cache
         if prepared is None:
-            self.loaded: dict[bytes, Entry[bytes] | None] | None = None
+            self.loaded: dict[bytes, Entry[Value] | None] | None = None
             self.ahead: object = None
         else:
             self.loaded = prepared.loaded
             self.ahead = prepared.ahead
 
-    def seen(self, key: bytes, entry: Entry[bytes] | None) -> None:
+    def seen(self, key: bytes, entry: Entry[Value] | None) -> None:
         """The command changed ``key`` (or memory evicted it): reads see that."""
         loaded = self.loaded
         if loaded is None:
@@ -417,7 +425,7 @@ class Context:
 
     # ------------------------------------------------------------- reads
 
-    def lookup(self, key: bytes) -> Entry[bytes] | None:
+    def lookup(self, key: bytes) -> Entry[Value] | None:
         """An access: the live entry or ``None``. A session read from the
         store for this command is admitted to memory here (read-through)."""
         entry = self.cache.get_entry(key)
@@ -433,7 +441,7 @@ class Context:
                     entry = stored
         return entry
 
-    def peek(self, key: bytes) -> Entry[bytes] | None:
+    def peek(self, key: bytes) -> Entry[Value] | None:
         """An inspection: the live entry in memory or, failing that, the
         store's copy read for this command; touches nothing."""
         entry = self.cache.peek(key)
@@ -470,13 +478,13 @@ class Context:
     def set(
         self,
         key: bytes,
-        value: bytes,
+        value: Value,
         ttl: Any = DEFAULT,
         *,
         deadline: float | None = None,
         keep_ttl: bool = False,
         context_id: str | None = None,
-    ) -> Entry[bytes]:
+    ) -> Entry[Value]:
         """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
@@ -484,13 +492,13 @@ class Context:
             key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
         )
 
-    def update(self, key: bytes, fn: Callable[[bytes], bytes]) -> Entry[bytes] | None:
+    def update(self, key: bytes, fn: Callable[[Value], Value]) -> Entry[Value] | None:
         """Replace the value of a live key, keeping its TTL and metadata."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
         return self.cache.update(key, fn)
 
-    def remove(self, key: bytes) -> bytes | None:
+    def remove(self, key: bytes) -> Value | None:
         """Delete ``key`` everywhere; its value if it was live in memory."""
         if self.keyspace.watching:
             self.keyspace.modified(key)

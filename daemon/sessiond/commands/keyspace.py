@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 
 from ..keyspace import Keyspace
 from ..protocol import Error, Status
+from ..values import type_name
 from . import errors
 from .registry import KEYSPACE, Args, Call, Reply, command
 from .util import glob_to_regex, int_arg, options
@@ -77,7 +78,8 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_type(cx: Call, args: Args) -> Reply:
-    return Status("none" if cx.peek(args[1]) is None else "string")
+    entry = cx.peek(args[1])
+    return Status("none" if entry is None else type_name(entry.value))
 
 
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:

@@ -36,6 +36,7 @@ class Row(NamedTuple):
     accessed_at: float
     ttl: float | None  # the relative TTL that slides, if any
     deadline: float | None  # absolute expiry time; None never expires
+    kind: int = 0  # what ``value`` encodes: KIND_STRING, or a type another part defines
 
     def live(self, now: float) -> bool:
         return self.deadline is None or self.deadline > now
