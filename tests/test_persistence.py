@@ -527,7 +527,7 @@ PRAGMA user_version = 1;
 def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
     """A store written by the first release (deadline index, no expire_at)
     opens, keeps its sessions and their TTLs, and expires them as before."""
-    from sessiond.store import scan_hash
+    from sessiond.store import SCHEMA_VERSION, scan_hash
 
     d = daemon_factory(sqlite_config(cache={"sweep_interval": "100ms"}), start=False)
     now = time.time()
@@ -544,14 +544,14 @@ def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
     db.commit()
     db.close()
     d.start()
-    assert last_event(d, "store_migrated")["to_version"] == 2
+    assert last_event(d, "store_migrated")["to_version"] == SCHEMA_VERSION
     with d.client() as r:
         assert r.get("kept") == b"v-kept" and 590_000 < r.pttl("kept") <= 600_000
         assert r.get("forever") == b"v-forever" and r.ttl("forever") == -1
         assert r.get("expired") is None
         assert poll(lambda: b"expired" not in store_rows(d), timeout=5.0)
     assert d.stop() == 0
-    assert read_store(d, "PRAGMA user_version") == [(2,)]
+    assert read_store(d, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     indexes = {n for (n,) in read_store(d, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert "sessions_expire_at" in indexes and "sessions_deadline" not in indexes
 
@@ -668,7 +668,9 @@ def test_a_store_beside_the_config_is_warned_about(daemon_factory: Factory) -> N
     assert warning["level"] == "warning"
     assert warning["directory"] == str(beside.workdir.resolve())
     assert beside.stop() == 0
-    apart = daemon_factory(sqlite_config(persistence={"path": "data/sessions.db"}))
+    apart = daemon_factory(sqlite_config(persistence={"path": "data/sessions.db"}), start=False)
+    (apart.workdir / "data").mkdir()
+    apart.start()
     assert not [e for e in apart.events() if e.get("event") == "store_in_config_directory"]
     assert apart.stop() == 0
 
@@ -841,6 +843,7 @@ def _run_in_process(
     from sessiond.config import load_config
 
     path = tmp_path / "sessiond.yaml"
+    (tmp_path / "data").mkdir(exist_ok=True)
     path.write_text(
         "socket: {path: sessiond.sock}\n"
         "persistence: {backend: sqlite, path: data/sessions.db}\n"
@@ -1021,161 +1024,6 @@ def test_batch_writer_lagging_is_visible(tmp_path: Path) -> None:
     finally:
         store.close()
     assert (idle, seen, after) == (False, True, False)
-
-
-def test_fold_chunks_are_small_while_writes_wait_unless_the_fold_falls_behind(
-    tmp_path: Path,
-) -> None:
-    """A commit waits for the fold chunk in progress: while writes wait, chunks
-    are small; but a journal a whole fold behind gets full chunks, or a
-    sustained load would grow it without bound. (The policy alone, in-process:
-    its effect on latency is measured by bench/resp_bench.py --persistence.)"""
-    from sessiond.store import SQLiteStore
-    from sessiond.store import sqlite as store_module
-
-    store = SQLiteStore(tmp_path / "chunks.db")
-    try:
-        assert store._fold_chunk() == store_module._FOLD_CHUNK  # nothing waits
-        store.record(b"k", _row(b"v", time.time()))
-        assert store._fold_chunk() == store_module._FOLD_CHUNK_WAITING
-        behind = {b"u%d" % i: None for i in range(store_module._FOLD_ROWS)}
-        store._unfolded.update(behind)
-        assert store._fold_chunk() == store_module._FOLD_CHUNK
-    finally:
-        store._unfolded.clear()
-        store.close()
-
-
-def test_a_fold_goes_in_table_order_and_its_journal_rows_go_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fold puts sessions in table order (one part of the hash space at a
-    time), and only once all of it is in does the journal lose the folded rows,
-    oldest first, a few at a time. What a crash leaves in the journal is then
-    always its newest rows, which replay harmlessly over the folded table.
-    (The writer's steps driven by hand; bench/resp_bench.py --persistence
-    measures what the small steps do for latency.)"""
-    from sessiond.store import Change, SQLiteStore, scan_hash
-    from sessiond.store import sqlite as store_module
-
-    monkeypatch.setattr(store_module, "_TRIM_ROWS", 100)
-    path = tmp_path / "fold.db"
-    store = SQLiteStore(path)
-    db = store._connect()
-    now = time.time()
-    for n in range(3):  # three writes to each session; the last one deletes k7
-        batch: dict[bytes, Change] = {b"k%d" % i: _row(b"k%d=%d" % (i, n), now) for i in range(300)}
-        if n == 2:
-            batch[b"k7"] = None
-        assert store._commit(db, batch, False, 0)
-    # What the fold writes to the table, in order (triggers on this connection).
-    db.executescript(
-        "CREATE TEMP TABLE folded (value BLOB);"
-        "CREATE TEMP TRIGGER fold_insert AFTER INSERT ON main.sessions "
-        "BEGIN INSERT INTO folded VALUES (new.value); END;"
-        "CREATE TEMP TRIGGER fold_update AFTER UPDATE OF value ON main.sessions "
-        "BEGIN INSERT INTO folded VALUES (new.value); END;"
-    )
-
-    def journal() -> tuple[int, int]:
-        first, rows = db.execute("SELECT min(seq), count(*) FROM journal").fetchone()
-        return first or 0, rows
-
-    store._fold_start(db)
-    while store._fold_running():
-        store._fold_step(db, 64)
-        assert journal() == (1, 900)  # nothing goes before the whole fold is in
-    folded = [bytes(v) for (v,) in db.execute("SELECT value FROM folded ORDER BY rowid")]
-    db.executescript("DROP TRIGGER fold_insert; DROP TRIGGER fold_update; DROP TABLE folded;")
-    keys = [value.split(b"=")[0] for value in folded]
-    assert keys == sorted(keys, key=lambda k: (scan_hash(k), k))
-    assert len(keys) == 299 and all(v.endswith(b"=2") for v in folded)
-    firsts = []
-    while store._trim_upto:
-        store._trim_step(db)
-        first, rows = journal()
-        assert rows == 900 - (first - 1) if rows else first == 0
-        firsts.append(first)
-        if len(firsts) == 2:  # a crash here: the store is reopened as it is
-            crashed = tmp_path / "crashed.db"
-            db.execute(f"VACUUM INTO '{crashed}'")
-    assert firsts == [101, 201, 301, 401, 501, 601, 701, 801, 0, 0]  # the last one finds none
-    db.close()
-    store.close()
-    for file in (path, tmp_path / "crashed.db"):
-        again = SQLiteStore(file)
-        try:
-            assert again._db.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
-            stored = dict(again._db.execute("SELECT key, value FROM sessions").fetchall())
-            assert len(stored) == 299 and b"k7" not in stored
-            assert all(value == key + b"=2" for key, value in stored.items())
-        finally:
-            again.close()
-
-
-def test_expiry_spares_a_session_renewed_while_its_fold_runs(tmp_path: Path) -> None:
-    """The table's copy of k has expired, k was renewed (acknowledged) and then
-    evicted from memory, and the fold that carries the renewal has not reached
-    k yet: the sweep must not delete k. (It did: expiry missed the fold in
-    progress when it looked for newer writes.)"""
-    from sessiond.store import SQLiteStore
-
-    store = SQLiteStore(tmp_path / "s.db")
-    db = store._connect()
-    now = time.time()
-    old = _row(b"old", now - 100, ttl=10.0, deadline=now - 1)
-    assert store._commit(db, {b"k": old}, False, 0)
-    store._fold_start(db)
-    while store._fold_running():
-        store._fold_step(db, 256)
-    renewed = _row(b"new", now, ttl=3600.0, deadline=now + 3600)
-    assert store._commit(db, {b"k": renewed}, False, 0)
-    store._fold_start(db)  # k is in the fold in progress, not yet in the table
-    assert store.due(time.time(), 1000) == []
-    while store._fold_running():
-        store._fold_step(db, 256)
-    db.close()
-    store.close()
-    again = SQLiteStore(tmp_path / "s.db")
-    try:
-        entry = again.load(b"k")
-        assert entry is not None and entry.value == b"new"
-    finally:
-        again.close()
-
-
-def test_trimming_keeps_up_with_large_commits_and_gives_up_after_an_error(
-    tmp_path: Path,
-) -> None:
-    """While writes wait, a trim step deletes at least 4 times the rows the last
-    commit added (a fixed small step fell behind commits of a few hundred rows
-    and the journal grew without bound). A failing trim gives up until the next
-    fold ends instead of retrying every pass; the rows it kept replay harmlessly."""
-    from sessiond.store import Change, SQLiteStore
-
-    store = SQLiteStore(tmp_path / "t.db")
-    db = store._connect()
-    now = time.time()
-    batch: dict[bytes, Change] = {b"k%d" % i: _row(b"v", now) for i in range(1000)}
-    assert store._commit(db, batch, False, 0)
-    store._fold_start(db)
-    while store._fold_running():
-        store._fold_step(db, 256)
-    assert store._trim_upto == 1000
-    store.record(b"waiting", None)  # a write waits: small steps, unless commits are big
-    store._trim_step(db, added=50)
-    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256
-    store._trim_step(db, added=150)
-    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256 - 600
-    db.execute(
-        "CREATE TRIGGER no_trim BEFORE DELETE ON journal BEGIN SELECT RAISE(FAIL, 'disk full'); END"
-    )
-    store._trim_step(db, added=300)
-    assert store._trim_upto == 0  # gave up; nothing spins
-    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 144
-    db.execute("DROP TRIGGER no_trim")
-    db.close()
-    store.close()
 
 
 def test_whole_store_reads_leave_read_through_free(tmp_path: Path) -> None:

@@ -150,13 +150,18 @@ class App:
     def _open_store(self, loop: asyncio.AbstractEventLoop) -> int:
         """Open the SQLite store, attach it to the keyspace, warm start."""
         p = self.config.persistence
+        # Tests simulate a full disk with it: the database errors at this many
+        # pages, and the log at as many bytes.
+        max_pages = int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0)
         store = SQLiteStore(
             p.path,
             durability=p.durability,
             flush_interval=p.flush_interval,
             stats=self.stats.store,
-            # Tests simulate a full disk with it (the store errors at this many pages).
-            max_pages=int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0),
+            max_pages=max_pages,
+            max_log_bytes=max_pages * 4096,
+            # Tests slow compaction down with it, to crash the daemon mid-way.
+            compact_pause=float(os.environ.get("SESSIOND_STORE_COMPACT_PAUSE") or 0),
             hook=self.store_hook,
         )
         self.store = store
