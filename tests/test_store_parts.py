@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, scan_hash
 from sessiond.store import log as wal
 from sessiond.store.compactor import Compaction, Compactor
@@ -171,8 +170,11 @@ def _table(db: sqlite3.Connection) -> dict[bytes, bytes]:
 def test_compaction_writes_in_table_order_and_records_the_segment_last(tmp_path: Path) -> None:
     files, db = _open(tmp_path / "c.db")
     try:
-        db.execute("INSERT INTO sessions (scan_hash, key, value, created_at, updated_at, "
-                   "accessed_at) VALUES (?, ?, x'00', 0, 0, 0)", (scan_hash(b"k7"), b"k7"))  # fmt: skip
+        db.execute(
+            "INSERT INTO sessions (scan_hash, key, value, created_at, updated_at, accessed_at) "
+            "VALUES (?, ?, x'00', 0, 0, 0)",
+            (scan_hash(b"k7"), b"k7"),
+        )
         changes: dict[bytes, Change] = {b"k%d" % i: row(b"k%d=new" % i) for i in range(300)}
         changes[b"k7"] = None
         db.executescript(
