@@ -1071,3 +1071,178 @@ def test_whole_store_reads_leave_read_through_free(tmp_path: Path) -> None:
     _run_in_process(tmp_path, body, "cache: {max_sessions: 2}\n", hook)
     assert seen["get"] == b"k1" and seen["held"]
     assert seen["keys"] == [[b"k1", b"k2", b"k3"]] * 2
+
+
+# ------------------------------------------------- the log and compaction
+
+
+def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
+    daemon_factory: Factory,
+) -> None:
+    """Compaction slowed down (a pause between its steps) so that the kill
+    lands inside one, under load from 8 writers: every acknowledged write is
+    there after the restart, and the log says the killed run had started a
+    compaction it never finished."""
+    d = daemon_factory(sqlite_config(persistence={"durability": "always"}), start=False)
+    d.start(env={"SESSIOND_STORE_COMPACT_PAUSE": "0.3"})
+    acked, last, _ = _hammer(d, writers=8, run_for=2.5)
+    total = sum(len(a) for a in acked)
+    assert total > 100, "the writers barely ran"
+    killed = d.events()
+    segments = sorted(d.workdir.glob("sessions.db-log.*"))
+    assert len(segments) >= 2, "no segment was waiting for compaction at the kill"
+    db = sqlite3.connect(d.workdir / "sessions.db")
+    partly = db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    through = db.execute("SELECT compacted_through FROM store_state").fetchone()[0]
+    db.close()
+    first_left = int(segments[0].name.rsplit(".", 1)[1])
+    # The oldest segment left is not recorded as compacted, and some of the
+    # compaction under way had reached the table: the kill was mid-compaction.
+    assert through < first_left
+    assert partly > 0, "no compaction had started"
+    assert not [e for e in killed if e.get("event") == "store_compacted"
+                and e.get("segment") == first_left]  # fmt: skip
+    restart(d)
+    assert last_event(d, "store_log_replayed")["segments"] >= 2
+    with d.client() as r:
+        expected = {k: v for per in acked for k, (v, _) in per.items()}
+        wrong = _check_present(r, expected)
+        assert not wrong, f"{len(wrong)}/{total} acknowledged writes lost, e.g. {wrong[:5]}"
+        for t, i in enumerate(last):
+            got = r.get(f"last:{t}")
+            assert got is not None and int(got) >= i, (t, got, i)
+    assert d.stop() == 0
+
+
+def test_a_torn_log_tail_is_dropped_at_start_and_nothing_acknowledged_is_lost(
+    daemon_factory: Factory,
+) -> None:
+    """A crash mid-append leaves part of a frame at the end of the newest
+    segment: the restart drops it (a warning says where), and every write
+    acknowledged before the crash is there."""
+    d = daemon_factory(sqlite_config(persistence={"durability": "always"}))
+    with d.client() as r:
+        for i in range(300):
+            assert r.set(f"k{i}", f"v{i}")
+    d.kill()
+    newest = sorted(d.workdir.glob("sessions.db-log.*"))[-1]
+    with newest.open("ab") as f:
+        f.write(b"\x40\x00\x00\x00\x12\x34\x56\x78" + b"half a frame")
+    restart(d)
+    dropped = last_event(d, "store_log_tail_dropped")
+    assert dropped["segment"] == str(newest) and dropped["reason"] == "torn frame"
+    with d.client() as r:
+        assert r.mget([f"k{i}" for i in range(300)]) == [f"v{i}".encode() for i in range(300)]
+        assert r.set("after", "the restart")
+    assert d.stop() == 0
+
+
+def test_a_failing_disk_refuses_writes_then_recovers(tmp_path: Path) -> None:
+    """In-process: appends fail with ENOSPC for a while (the hook stands in
+    for the disk). The waiting write gets the error and stays queued, the
+    store reports the failure (the server answers MISCONF meanwhile), and
+    once the disk takes writes again the next commit stores it and clears
+    the failure."""
+    import errno
+
+    from sessiond.store import SQLiteStore, StoreError
+
+    full = threading.Event()
+
+    def disk(point: str) -> None:
+        if point == "commit" and full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = SQLiteStore(tmp_path / "d.db", retry_interval=0.05, hook=disk)
+
+    async def main() -> tuple[Any, Any, Any, Any]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+
+        async def commit() -> StoreError | None:
+            done: asyncio.Future[StoreError | None] = loop.create_future()
+            store.after_commit(done.set_result)
+            return await asyncio.wait_for(done, 10)
+
+        full.set()
+        store.record(b"k", _row(b"v", time.time()))
+        failed = await commit()
+        failure = store.failure
+        full.clear()
+        deadline = time.monotonic() + 10
+        while store.failure is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the writer retries by itself
+        store.record(b"k2", _row(b"v2", time.time()))
+        return failed, failure, store.failure, await commit()
+
+    try:
+        failed, failure, after, second = asyncio.run(main())
+    finally:
+        store.close()
+    assert isinstance(failed, StoreError) and "No space left on device" in str(failed)
+    assert failure is failed
+    assert after is None and second is None
+    reopened = SQLiteStore(tmp_path / "d.db")
+    try:
+        assert reopened.load(b"k") is not None and reopened.load(b"k2") is not None
+    finally:
+        reopened.close()
+
+
+def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Path) -> None:
+    """The table's copy of k has expired, k was renewed (acknowledged) and
+    then left memory, and the compaction that carries the renewal is held
+    before its first step: the sweep must not delete k."""
+    from sessiond.store import SQLiteStore, StoreError
+
+    hold = threading.Event()
+    held = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "compact" and hold.is_set():
+            held.set()
+            while hold.is_set():  # the compactor's thread, held at the gate
+                time.sleep(0.01)
+
+    store = SQLiteStore(tmp_path / "s.db", fold_interval=0.05, hook=hook)
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+
+        async def committed() -> None:
+            done: asyncio.Future[StoreError | None] = loop.create_future()
+            store.after_commit(done.set_result)
+            assert await done is None
+
+        async def compacted() -> None:
+            deadline = time.monotonic() + 10
+            while store.count_rows().queued and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not store.count_rows().queued
+
+        now = time.time()
+        store.record(b"k", _row(b"old", now - 100, ttl=10.0, deadline=now - 1))
+        await committed()
+        await compacted()
+        hold.set()
+        store.record(b"k", _row(b"new", now, ttl=3600.0, deadline=now + 3600))
+        await committed()
+        assert await loop.run_in_executor(None, held.wait, 10)
+        due = store.due(time.time(), 1000)  # k's segment is sealed, not compacted
+        hold.clear()
+        await compacted()
+        return due
+
+    try:
+        due = asyncio.run(main())
+    finally:
+        hold.clear()
+        store.close()
+    assert due == []
+    again = SQLiteStore(tmp_path / "s.db")
+    try:
+        entry = again.load(b"k")
+        assert entry is not None and entry.value == b"new"
+    finally:
+        again.close()

@@ -331,8 +331,11 @@ class SQLiteStore:
         frame = wal.encode(batch, cleared)
         try:
             self._hook("commit")
-            if self._removed is not None:
-                raise _Removed(self._removed)
+            # Before each commit, not only every second: a second of commits
+            # acknowledged into replaced files was measured at 1,300 writes.
+            problem = self._removed or self.files.check()
+            if problem is not None:
+                raise _Removed(problem)
             segment, layer = self._current()
             if not segment.linked():
                 raise _Removed(f"log segment {self.files.segment_path(segment.number)} was removed")
@@ -416,7 +419,7 @@ class SQLiteStore:
             self._seal()
         if now - self._last_check >= _CHECK_INTERVAL:
             self._last_check = now
-            if self._removed is None:
+            if self._removed is None:  # idle too: refuse the next write up front
                 problem = self.files.check()
                 if problem is not None:
                     self._store_removed(problem)
@@ -500,7 +503,7 @@ class SQLiteStore:
                 continue
             started = time.perf_counter()
             while True:
-                if self._stopping and self._past_budget():
+                if (self._stopping and self._past_budget()) or self._removed is not None:
                     return
                 try:
                     done = compactor.step(job, self.compact_rows, refile)
@@ -529,7 +532,11 @@ class SQLiteStore:
         return time.monotonic() >= self._stop_at
 
     def _compacted(self, job: Compaction, seconds: float) -> None:
-        """``job``'s segment is in the table (durably): drop it."""
+        """``job``'s segment is in the table (durably): drop it. Not if the
+        files were replaced: the table written may be an unlinked file, and
+        the segment is then the only copy of its changes."""
+        if self._removed is not None:
+            return
         with self._cond:
             layer, size = self._sealed.pop(0)
             self._backlog -= size
