@@ -160,3 +160,8 @@ class Compactor:
             self.db.executemany(
                 "UPDATE sessions SET expire_at = deadline WHERE scan_hash = ? AND key = ?", pairs
             )
+
+    def live_bytes(self) -> int:
+        """Bytes of keys and values of the rows in the table (a full scan)."""
+        row = self.db.execute("SELECT total(length(key) + length(value)) FROM sessions").fetchone()
+        return int(row[0])

@@ -489,7 +489,8 @@ class SQLiteStore:
         while True:
             with self._cond:
                 while not self._sealed and not self._refile and not self._written:
-                    self._cond.wait(_CHECK_INTERVAL)
+                    if self._cond.wait(_CHECK_INTERVAL) is False:
+                        break  # idle for a while: time to sample the live bytes
                 if self._written and (not self._sealed or self._past_budget()):
                     return
                 refile, self._refile = self._refile, set()
@@ -500,6 +501,7 @@ class SQLiteStore:
                 except sqlite3.Error as exc:
                     self.stats.error("expire")
                     log.error("store_error", operation="expire", error=str(exc))
+                self._sample_live(compactor)
                 continue
             started = time.perf_counter()
             while True:
@@ -527,6 +529,18 @@ class SQLiteStore:
                 if self.compact_pause:
                     time.sleep(self.compact_pause)
             self._compacted(job, time.perf_counter() - started)
+
+    def _sample_live(self, compactor: Compactor) -> None:
+        """Bytes of keys and values in the table, now and then while idle (a
+        full scan: 10M rows take seconds, off the event loop)."""
+        now = time.monotonic()
+        if self._stopping or now - self._live_at < _LIVE_INTERVAL:
+            return
+        self._live_at = now
+        try:
+            self.stats.live_bytes = compactor.live_bytes()
+        except sqlite3.Error as exc:
+            log.error("store_error", operation="compact", error=str(exc))
 
     def _past_budget(self) -> bool:
         return time.monotonic() >= self._stop_at
