@@ -88,6 +88,7 @@ def encode(batch: dict[bytes, Change], cleared: bool) -> bytes:
 
 def decode(payload: bytes) -> Iterator[tuple[bytes, Change] | None]:
     """The records of one frame's payload: ``(key, change)``, or ``None`` for FLUSH."""
+    new_row = tuple.__new__
     view = memoryview(payload)
     pos = 0
     end = len(payload)
@@ -108,19 +109,18 @@ def decode(payload: bytes) -> Iterator[tuple[bytes, Change] | None]:
             pos += vlen
             context = str(view[pos : pos + clen], "utf-8") if flags & 1 else None
             pos += clen
-            yield (
-                key,
-                Row(
-                    value,
-                    context,
-                    created,
-                    updated,
-                    accessed,
-                    ttl if flags & 2 else None,
-                    deadline if flags & 4 else None,
-                    kind,
-                ),
+            fields = (
+                value,
+                context,
+                created,
+                updated,
+                accessed,
+                ttl if flags & 2 else None,
+                deadline if flags & 4 else None,
+                kind,
             )
+            # tuple.__new__: Row(...) would run the NamedTuple's Python __new__.
+            yield key, new_row(Row, fields)
         elif op == OP_DELETE:
             _, klen = unpack_key(payload, pos)
             pos += key_size
