@@ -162,6 +162,7 @@ class App:
             max_log_bytes=max_pages * 4096,
             # Tests slow compaction down with it, to crash the daemon mid-way.
             compact_pause=float(os.environ.get("SESSIOND_STORE_COMPACT_PAUSE") or 0),
+            compact_in=os.environ.get("SESSIOND_STORE_COMPACT_IN") or "thread",
             hook=self.store_hook,
         )
         self.store = store

@@ -154,6 +154,12 @@ class StoreFiles:
         self._lock_fd: int | None = None
         self._identity: Identity | None = None
 
+    @property
+    def lock_fd(self) -> int:
+        """The open file that holds the lock (a child inheriting it holds it too)."""
+        assert self._lock_fd is not None
+        return self._lock_fd
+
     # ------------------------------------------------------------ naming
 
     def segment_path(self, number: int) -> Path:

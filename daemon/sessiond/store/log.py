@@ -198,3 +198,39 @@ class Segment:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class Replayed:
+    """What a segment holds: the newest change per key since its last FLUSH,
+    whether it has a FLUSH, how many changes it held, where its intact frames
+    end and why reading stopped early (``None`` if it did not)."""
+
+    __slots__ = ("changes", "cleared", "count", "end", "torn")
+
+    def __init__(self) -> None:
+        self.changes: dict[bytes, Change] = {}
+        self.cleared = False
+        self.count = 0
+        self.end = 0
+        self.torn: str | None = None
+
+
+def replay(path: Path) -> Replayed:
+    """Read a segment back. Raises :class:`Corrupt` for a file that is not a
+    segment or holds a record this version cannot read."""
+    frames, end, torn = read_frames(path)
+    out = Replayed()
+    out.end, out.torn = end, torn
+    changes = out.changes
+    for payload in frames:
+        try:
+            for record in decode(payload):
+                if record is None:
+                    changes.clear()
+                    out.cleared = True
+                else:
+                    changes[record[0]] = record[1]
+                    out.count += 1
+        except (ValueError, UnicodeDecodeError, struct.error) as exc:
+            raise Corrupt(f"{path} holds a record this sessiond cannot read ({exc})") from None
+    return out

@@ -40,6 +40,7 @@ import structlog
 from ..stats import StoreStats
 from . import log as wal
 from .api import Change, Hook, Row, StoreError, TableCounts, TableSlice
+from .compactd import CompactorProcess
 from .compactor import Compaction, Compactor
 from .files import StoreFiles, connect
 from .overlay import Layer, Overlay
@@ -92,6 +93,7 @@ class SQLiteStore:
         compact_rows: int = _COMPACT_ROWS,
         compact_pause: float = 0.0,
         close_budget: float = _CLOSE_BUDGET,
+        compact_in: str = "thread",
         hook: Hook | None = None,
     ) -> None:
         self.path = path
@@ -106,6 +108,7 @@ class SQLiteStore:
         self.compact_rows = compact_rows
         self.compact_pause = compact_pause
         self.close_budget = close_budget
+        self.compact_in = compact_in
         self.hook = hook
         # The error of the last commit if it failed (cleared by the next one
         # that succeeds): while set, the server refuses writes up front.
@@ -167,42 +170,27 @@ class SQLiteStore:
                     segment.unlink()
                 continue
             try:
-                frames, end, torn = wal.read_frames(segment)
+                found = wal.replay(segment)
             except wal.Corrupt as exc:
                 raise StoreError(f"persistence.path: {exc}; refusing to start") from None
             except OSError as exc:
                 raise StoreError(
                     f"persistence.path: cannot read {segment}: {exc.strerror}"
                 ) from None
-            if torn is not None:
+            if found.torn is not None:
                 # Never acknowledged: its fdatasync had not returned.
                 log.warning(
                     "store_log_tail_dropped",
                     segment=str(segment),
-                    offset=end,
-                    bytes=segment.stat().st_size - end,
-                    reason=torn,
+                    offset=found.end,
+                    bytes=segment.stat().st_size - found.end,
+                    reason=found.torn,
                 )
-            layer = Layer(number)
-            for payload in frames:
-                batch: dict[bytes, Change] = {}
-                cleared = False
-                try:
-                    for record in wal.decode(payload):
-                        if record is None:
-                            batch = {}
-                            cleared = True
-                        else:
-                            batch[record[0]] = record[1]
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise StoreError(
-                        f"persistence.path: {segment} holds a record this sessiond cannot "
-                        f"read ({exc}); refusing to start"
-                    ) from None
-                layer.apply(batch, cleared)
-                replayed += len(batch)
+            layer = Layer(number, found.changes)
+            layer.cleared = found.cleared
+            replayed += found.count
             self.overlay.add_layer(layer)
-            self._sealed.append((layer, end))
+            self._sealed.append((layer, found.end))
         if replayed or self._sealed:
             log.info(
                 "store_log_replayed",
@@ -475,6 +463,19 @@ class SQLiteStore:
     # -------------------------------------------------------- compactor
 
     def _compactor(self) -> None:
+        if self.compact_in == "process":
+            child = CompactorProcess(
+                self.path,
+                self.files.lock_fd,
+                self.max_pages,
+                self.compact_rows,
+                self.compact_pause,
+            )
+            try:
+                self._compact_loop_process(child)
+            finally:
+                child.stop(now=self._past_budget() or self._removed is not None)
+            return
         db = connect(self.path, max_pages=self.max_pages)
         # Compaction rewrites pages all over the table: keep them in SQLite's
         # cache rather than reading them back from the file (negative: KiB).
@@ -484,25 +485,39 @@ class SQLiteStore:
         finally:
             db.close()
 
+    def _next_work(self) -> tuple[set[bytes], Layer | None] | None:
+        """What the compactor does next: rows to re-file and the oldest sealed
+        segment's layer (``None`` if none: sample the live bytes), or
+        ``None`` to stop."""
+        with self._cond:
+            while not self._sealed and not self._refile and not self._written:
+                if self._cond.wait(_CHECK_INTERVAL) is False:
+                    break  # idle for a while: time to sample the live bytes
+            if self._removed is not None:
+                return None
+            if self._written and (not self._sealed or self._past_budget()):
+                return None
+            refile, self._refile = self._refile, set()
+            return refile, self._sealed[0][0] if self._sealed else None
+
     def _compact_loop(self, compactor: Compactor) -> None:
+        """The compactor on a thread of this process."""
         failing = False
-        while True:
-            with self._cond:
-                while not self._sealed and not self._refile and not self._written:
-                    if self._cond.wait(_CHECK_INTERVAL) is False:
-                        break  # idle for a while: time to sample the live bytes
-                if self._written and (not self._sealed or self._past_budget()):
-                    return
-                refile, self._refile = self._refile, set()
-                job = Compaction(self._sealed[0][0]) if self._sealed else None
-            if job is None:
+        while (work := self._next_work()) is not None:
+            refile, layer = work
+            if layer is None:
                 try:
                     compactor.refile(refile)
                 except sqlite3.Error as exc:
                     self.stats.error("expire")
                     log.error("store_error", operation="expire", error=str(exc))
-                self._sample_live(compactor)
+                if self._live_due():
+                    try:
+                        self.stats.live_bytes = compactor.live_bytes()
+                    except sqlite3.Error as exc:
+                        log.error("store_error", operation="compact", error=str(exc))
                 continue
+            job = Compaction(layer)
             started = time.perf_counter()
             while True:
                 if (self._stopping and self._past_budget()) or self._removed is not None:
@@ -528,42 +543,89 @@ class SQLiteStore:
                     break
                 if self.compact_pause:
                     time.sleep(self.compact_pause)
-            self._compacted(job, time.perf_counter() - started)
+            self._compacted(layer, job.written, time.perf_counter() - started)
 
-    def _sample_live(self, compactor: Compactor) -> None:
-        """Bytes of keys and values in the table, now and then while idle (a
-        full scan: 10M rows take seconds, off the event loop)."""
+    def _compact_loop_process(self, child: CompactorProcess) -> None:
+        """The compactor in a child process: this thread hands it segments."""
+        failing = False
+        while (work := self._next_work()) is not None:
+            refile, layer = work
+            started = time.perf_counter()
+            try:
+                if refile:
+                    child.send("refile " + " ".join(key.hex() for key in refile))
+                if layer is None:
+                    if not self._live_due():
+                        continue
+                    child.send("live")
+                else:
+                    child.send(f"compact {layer.segment}")
+                answer = self._answer(child)
+                if answer is None:
+                    return  # stopping, past the budget
+            except (EOFError, OSError) as exc:
+                # The child died (or could not start): a new one takes over
+                # with the same segment, which was not recorded as compacted.
+                log.error("store_error", operation="compact", error=f"compactor process: {exc}")
+                self.stats.error("compact")
+                child.stop(now=True)
+                time.sleep(self.retry_interval)
+                continue
+            kind, _, rest = answer.partition(" ")
+            if kind == "live":
+                self.stats.live_bytes = int(rest)
+            elif kind == "done" and layer is not None:
+                if failing:
+                    log.info("store_compaction_recovered")
+                    failing = False
+                self._compacted(layer, int(rest.split()[1]), time.perf_counter() - started)
+            else:
+                if not failing:
+                    log.error("store_error", operation="compact", error=rest)
+                    failing = True
+                self.stats.error("compact")
+                time.sleep(self.retry_interval)
+
+    def _answer(self, child: CompactorProcess) -> str | None:
+        """The child's answer, ``None`` if the stop's budget ran out first."""
+        while True:
+            if (self._stopping and self._past_budget()) or self._removed is not None:
+                return None
+            answer = child.reply(0.05)
+            if answer is not None:
+                return answer
+
+    def _live_due(self) -> bool:
+        """Whether to sample the live bytes (a full scan: 10M rows take
+        seconds, off the event loop) now: at most every minute, while idle."""
         now = time.monotonic()
         if self._stopping or now - self._live_at < _LIVE_INTERVAL:
-            return
+            return False
         self._live_at = now
-        try:
-            self.stats.live_bytes = compactor.live_bytes()
-        except sqlite3.Error as exc:
-            log.error("store_error", operation="compact", error=str(exc))
+        return True
 
     def _past_budget(self) -> bool:
         return time.monotonic() >= self._stop_at
 
-    def _compacted(self, job: Compaction, seconds: float) -> None:
-        """``job``'s segment is in the table (durably): drop it. Not if the
+    def _compacted(self, layer: Layer, written: int, seconds: float) -> None:
+        """``layer``'s segment is in the table (durably): drop it. Not if the
         files were replaced: the table written may be an unlinked file, and
         the segment is then the only copy of its changes."""
         if self._removed is not None:
             return
         with self._cond:
-            layer, size = self._sealed.pop(0)
+            oldest, size = self._sealed.pop(0)
             self._backlog -= size
-        assert layer is job.layer
+        assert oldest is layer
         self.overlay.drop(layer)
         with contextlib.suppress(FileNotFoundError):
-            self.files.segment_path(job.segment).unlink()
+            self.files.segment_path(layer.segment).unlink()
         self.stats.compactions += 1
-        self.stats.compacted_changes += job.written
+        self.stats.compacted_changes += written
         log.debug(
             "store_compacted",
-            segment=job.segment,
-            changes=job.written,
+            segment=layer.segment,
+            changes=written,
             seconds=round(seconds, 3),
         )
 
