@@ -1,15 +1,50 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, then run it: `bash scripts/test.sh [pytest args]`.
-# System packages (Debian): python3-venv, redis-tools (redis-cli), nodejs + npm (the
-# node-redis test), ruby-actionpack + ruby-redis (the Rails test); Python packages go
-# into ./.venv from the project's `test` extra.
+# System packages come from Debian (each with the reason below); Python packages go into
+# ./.venv from the project's `test` extra, reinstalled only when pyproject.toml changes.
+#
+# The suite runs twice: against the pure-Python package (the editable install in ./.venv)
+# and against the mypyc-compiled build (a wheel in ./.venv-mypyc, rebuilt each run).
+# SESSIOND_TEST_BUILDS=pure (or compiled) runs one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 
-ensure_packages "python3 -c 'import ensurepip, venv':python3-venv" \
-  "command -v redis-cli:redis-tools" "command -v node:nodejs" "command -v npm:npm" \
-  "ruby -e 'require \"action_dispatch\"':ruby-actionpack" "ruby -e 'require \"redis\"':ruby-redis"
-ensure_venv
-.venv/bin/pip install -q -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+need "python3 -c 'import ensurepip, venv'" python3-venv "to create .venv"
+need "command -v redis-cli" redis-tools "redis-cli, run against the daemon by the tests"
+need "command -v node" nodejs "the Express session store test"
+need "command -v npm" npm "the Express session store test"
+need "ruby -e 'require \"action_dispatch\"'" ruby-actionpack "the Rails session store test"
+need "ruby -e 'require \"redis\"'" ruby-redis "the Rails session store test"
+need "command -v man" man-db "man, which renders the man pages in the tests"
+need "command -v nroff" groff-base "nroff, which man renders with"
+need "command -v zsh" zsh "the zsh completion test"
+need "command -v gcc" gcc "to compile sessiond's hot modules with mypyc"
+need "test -e /usr/include/python3.11/Python.h -o -e $(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" \
+  python3-dev "Python's headers, to compile sessiond's hot modules with mypyc"
+install_needed
+for build in ${SESSIOND_TEST_BUILDS:-pure compiled}; do
+  case $build in
+    pure)
+      ensure_venv
+      install_sessiond test
+      say "running the tests against the pure-Python build"
+      SESSIOND_EXPECT_BUILD=pure .venv/bin/python -m pytest "$@"
+      ;;
+    compiled)
+      if ! .venv-mypyc/bin/python -c '' 2>/dev/null; then
+        python3 -m venv --clear .venv-mypyc
+      fi
+      say "building sessiond with mypyc into .venv-mypyc (about 2 minutes)"
+      rm -rf build
+      SESSIOND_MYPYC=1 .venv-mypyc/bin/pip install -q '.[test]'
+      rm -rf build
+      say "running the tests against the mypyc-compiled build"
+      SESSIOND_EXPECT_BUILD=compiled .venv-mypyc/bin/python -m pytest "$@"
+      ;;
+    *)
+      say "SESSIOND_TEST_BUILDS: unknown build '$build' (pure, compiled)"
+      exit 2
+      ;;
+  esac
+done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -10,8 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,16 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def alias_bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML file of under 1 KB: 9 strings, then each level 9
+    aliases of the one before, used where validation has to show the value."""
+    lines = ["  a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    names = "abcdefghijklmnop"[:levels]
+    for prev, name in itertools.pairwise(names):
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "bomb:\n" + "\n".join(lines) + f"\ncache:\n  max_sessions: *{names[-1]}\n"
+
+
 class Daemon:
     """One sessiond process with its own directory, config, socket and store."""
 
@@ -82,12 +94,15 @@ class Daemon:
         tmp.write_text(yaml.safe_dump(self.config))
         tmp.replace(self.config_path)
 
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+    def start(
+        self, wait: bool = True, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> Daemon:
+        """Start the daemon; ``prefix`` is a command to run it under (``setpriv ...``)."""
         # The log accumulates across restarts: wait for one more "started".
         self._starts_seen = self._count_started()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessiond", "run", "--config", str(self.config_path)],
+            [*prefix, sys.executable, "-m", "sessiond", "run", "--config", str(self.config_path)],
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -186,6 +201,31 @@ class Daemon:
                 if sorted(got) == sorted(want.split(",")):
                     return float(value)
         return 0.0
+
+
+class _GuardedMonkeyPatch(pytest.MonkeyPatch):
+    """Refuses to patch a mypyc-compiled sessiond module: its functions were
+    bound at compile time, so the patch would change nothing they call and the
+    test would pass without testing anything (tests/test_build.py)."""
+
+    def setattr(self, target: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(target, str):
+            module = sys.modules.get(target.rpartition(".")[0])
+        elif isinstance(target, types.ModuleType):
+            module = target
+        else:
+            module = sys.modules.get(getattr(target, "__module__", ""))
+        name = getattr(module, "__name__", "")
+        if name.startswith("sessiond") and str(getattr(module, "__file__", "")).endswith(".so"):
+            pytest.fail(f"{name} is compiled: inject faults through constructor parameters")
+        super().setattr(target, *args, **kwargs)
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    patcher = _GuardedMonkeyPatch()
+    yield patcher
+    patcher.undo()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Every command of SPEC §5 against the real daemon, through redis-py (RESP2 and
+"""Every command of docs/commands.md against the real daemon, through redis-py (RESP2 and
 RESP3) and, where the exact bytes matter, a raw RESP client: Redis' reply
 values and error wording, then sessiond's own semantics (default TTL, sliding
 renewal, inspection that touches nothing, LRU eviction at max_sessions).
@@ -1010,7 +1010,7 @@ def test_session_errors(r: redis.Redis) -> None:
 
 @pytest.fixture(scope="module")
 def sliding_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """Sessions as SPEC §5 has them: a default TTL that slides on access."""
+    """Sessions as docs/commands.md has them: a default TTL that slides on access."""
     d = Daemon(
         tmp_path_factory.mktemp("sliding"),
         {"cache": {"default_ttl": "100s", "sliding": True, "max_sessions": 5}},

@@ -1,6 +1,6 @@
-"""The config file and the command line (SPEC §3, §4): ``sessiond check-config``,
-``sessiond run`` with a bad config and ``sessiond --version`` as subprocesses,
-plus unit tests of the value parsers.
+"""The config file and the command line (docs/operations.md, docs/configuration.md):
+``sessiond check-config``, ``sessiond run`` with a bad config and ``sessiond --version``
+as subprocesses, plus unit tests of the value parsers.
 
 A bad file exits 1 with one line per problem, each naming the dotted key, all
 problems at once, and never a traceback.
@@ -8,6 +8,7 @@ problems at once, and never a traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import alias_bomb
 from hypothesis import given
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
@@ -169,6 +171,11 @@ BAD: dict[str, tuple[str, str]] = {
         "limits:\n  max_value_size: 1 megabyte\n",
         "limits.max_value_size: must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got '1 megabyte'",
     ),
+    "ambiguous-size": (
+        "limits:\n  max_value_size: 1MB\n",
+        'limits.max_value_size: "1MB" is ambiguous: redis.conf reads it as 1048576 bytes, '
+        "SI (and earlier sessiond) as 1000000; write 1MiB or 1000000",
+    ),
     "negative-size": ("cache:\n  max_memory: -1\n", "cache.max_memory: must be a non-negative"),
     "zero-positive-size": (
         "limits:\n  max_request_size: 0\n",
@@ -182,6 +189,7 @@ BAD: dict[str, tuple[str, str]] = {
     "bad-mode": ("socket:\n  mode: rw-rw----\n", "socket.mode: must be an octal permission"),
     "bad-listen": ("metrics:\n  listen: 9477\n", "metrics.listen: must be host:port"),
     "bad-port": ("metrics:\n  listen: 127.0.0.1:99999\n", "metrics.listen: must be host:port"),
+    "padded-port": ("metrics:\n  listen: 127.0.0.1:0065536\n", "metrics.listen: must be host:port"),
     "empty-password": ("security:\n  password: ''\n", "security.password: must be a non-empty"),
     "bad-uids": ("security:\n  allowed_uids: [root]\n", "security.allowed_uids: must be a list"),
     "null-path": ("socket:\n  path:\n", "socket.path: must be a non-empty path, got None"),
@@ -261,6 +269,119 @@ def test_unreadable_files(tmp_path: Path) -> None:
     assert "cannot read config" in problems(directory)[0]
     lines = problems(check(tmp_path, b"cache:\n  max_sessions: 5 # caf\xe9\n"))
     assert lines == [f"{tmp_path / 'sessiond.yaml'}: cannot read config: not UTF-8 (byte 30)"]
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    """PyYAML shares the nodes an alias names, so the file is cheap to parse; but
+    the error message's repr of max_sessions used to expand all 9**9 strings
+    (44 s, 2.9 GB, a 722 MB line). The expanded size is now limited."""
+    text = alias_bomb()
+    assert len(text) < 1024
+    (line,) = problems(check(tmp_path, text))
+    assert line.startswith(f"{tmp_path / 'sessiond.yaml'}: invalid YAML at line ")
+    assert "more than 10000 values once aliases are expanded" in line
+
+
+def test_aliases_within_the_limit_still_work(tmp_path: Path) -> None:
+    proc = check(tmp_path, "security:\n  allowed_uids: &ids [1000, 1001]\n  allowed_gids: *ids\n")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["security"]["allowed_gids"] == [1000, 1001]
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    (line,) = problems(check(tmp_path, "cache: &a {max_sessions: *a}\n"))
+    assert line.endswith("invalid YAML at line 1, column 26: found a recursive alias")
+
+
+def test_file_over_the_size_cap_is_refused_unread(tmp_path: Path) -> None:
+    text = ("# " + "x" * 97 + "\n") * 100_000  # 10 MB of comments: valid YAML
+    (line,) = problems(check(tmp_path, text))
+    assert line == (
+        f"{tmp_path / 'sessiond.yaml'}: config file too large (10000000 bytes; "
+        "the limit is 64 KiB, a config is a few KB)"
+    )
+
+
+def test_a_file_at_the_size_cap_is_read(tmp_path: Path) -> None:
+    body = "cache:\n  max_sessions: 7\n"
+    text = body + "#" * (64 * 1024 - len(body) - 1) + "\n"
+    assert len(text) == 64 * 1024
+    proc = check(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cache: " + "[" * 5000 + "\n", "invalid YAML at line 1, column 39: nested deeper than 32"),
+        ("cache:\n  max_sessions: " + "9" * 5000 + "\n", "column 17: integer too large"),
+        ("limits:\n  max_value_size: " + "9" * 400 + "k\n", "limits.max_value_size: must be"),
+        ("cache:\n  default_ttl: " + "9" * 400 + "s\n", "cache.default_ttl: must be"),
+        ("metrics:\n  listen: '127.0.0.1:\u00b2'\n", "metrics.listen: must be host:port"),
+        ("metrics:\n  listen: 127.0.0.1:" + "9" * 5000 + "\n", "metrics.listen: must be"),
+    ],
+    ids=[
+        "deep",
+        "huge-int",
+        "huge-size",
+        "huge-duration",
+        "superscript-port",
+        "long-port",
+    ],
+)
+def test_values_that_used_to_raise_are_reported(tmp_path: Path, text: str, expected: str) -> None:
+    (line,) = problems(check(tmp_path, text))
+    assert expected in line
+
+
+def test_error_messages_are_bounded(tmp_path: Path) -> None:
+    long = "y" * 30_000
+    key = "k" * 1000  # YAML's longest plain key
+    lines = problems(check(tmp_path, f"cache:\n  max_sessions: '{long}'\n  {key}: 1\n"))
+    assert len(lines) == 2
+    assert all(len(line) < 200 for line in lines), [len(line) for line in lines]
+    assert lines[0].startswith("cache.max_sessions: must be a positive integer, got 'yyy")
+    assert lines[1].startswith("cache.'kkk")
+    # One line per problem, but not thousands of them.
+    many = "".join(f"  k{i}: 1\n" for i in range(3000))
+    lines = problems(check(tmp_path, "cache:\n" + many))
+    assert len(lines) == 21
+    assert lines[0].startswith("cache.k0: unknown key")
+    assert lines[-1] == "... and 2980 more problems"
+
+
+def test_files_that_are_not_regular_files(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to("loop.yaml")
+    assert problems(sessiond("check-config", "--config", str(loop))) == [
+        f"{loop}: cannot read config: Too many levels of symbolic links"
+    ]
+    # Opening a FIFO for reading would wait for a writer: refused, not read.
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    assert problems(sessiond("check-config", "--config", str(fifo))) == [
+        f"{fifo}: cannot read config: not a regular file"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["alias-bomb", "symlink-loop", "too-large"])
+def test_run_refuses_the_same_files(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "bad.yaml"
+    if kind == "alias-bomb":
+        path.write_text(alias_bomb())
+    elif kind == "symlink-loop":
+        path.symlink_to("bad.yaml")
+    else:  # valid but for its size; paths of its own should it be started
+        path.write_text(
+            "socket: {path: s.sock}\npersistence: {backend: none}\nmetrics: {enabled: false}\n"
+            + "#" * 100_000
+        )
+    proc = sessiond("run", "--config", str(path), cwd=tmp_path)
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    assert '"event": "bad_config"' in output
+    assert len(output) < 2000
 
 
 @pytest.mark.parametrize(
@@ -354,8 +475,11 @@ def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None
         output, _ = proc.communicate(timeout=30)
         # Once sessiond's main() runs, no traceback: 130 if interrupted before the
         # daemon handles SIGINT itself, else a clean 0. (Before main(), while the
-        # interpreter itself starts, Python's own KeyboardInterrupt is all there is.)
+        # interpreter itself starts, Python's own KeyboardInterrupt is all there is,
+        # and before Python installs its SIGINT handler the signal kills it silently.)
         assert not re.search(r'sessiond/cli\.py", line \d+, in main', output), output
+        if proc.returncode == -signal.SIGINT and output == "":
+            continue
         if "Traceback" not in output and "Fatal Python error" not in output:
             assert proc.returncode in (0, 130), output
 
@@ -380,6 +504,26 @@ def test_unknown_command_or_option() -> None:
         proc = sessiond(*args)
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2_with_usage(tmp_path: Path) -> None:
+    for args in ((), ("frobnicate",), ("run", "--bogus"), ("check-config", "--config")):
+        proc = sessiond(*args, cwd=tmp_path)
+        assert proc.returncode == 2, args
+        assert proc.stderr.startswith("usage: sessiond"), args
+        assert "Traceback" not in proc.stderr
+
+
+def test_check_config_comments_every_key_with_its_description(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("cache:\n  max_sessions: 7\n")
+    proc = sessiond("check-config", "--config", "c.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(lines) == sum(len(section) for section in yaml.safe_load(proc.stdout).values())
+    for line in lines:
+        assert re.fullmatch(r"  \w+: .+? +# \S.*", line), line
+    assert re.search(r"^  max_sessions: 7 +# LRU bound", proc.stdout, re.M)
+    assert re.search(r"^  path: .* # \(restart\) ", proc.stdout, re.M)
 
 
 # ------------------------------------------------------------ value parsers
@@ -423,13 +567,12 @@ def test_parse_duration_rejects(value: Any) -> None:
         (1024, 1024),
         ("1024", 1024),
         ("64KiB", 65536),
-        ("64k", 65536),
         ("1MiB", 1048576),
         ("2GiB", 2 * 1024**3),
-        ("1kb", 1000),
-        ("1MB", 1000**2),
+        ("1mib", 1048576),
         ("1.5KiB", 1536),
         ("10 b", 10),
+        ("10B", 10),
     ],
 )
 def test_parse_size(value: Any, size: int) -> None:
@@ -448,11 +591,55 @@ def test_parse_duration_units(n: int, unit: str) -> None:
     assert parse_duration(f"{n}{unit}") == pytest.approx(n * factor)
 
 
-@given(st.integers(0, 10**6), st.sampled_from(["", "b", "k", "KiB", "m", "MiB", "kb", "MB"]))
+@given(st.integers(0, 10**6), st.sampled_from(["", "b", "B", "KiB", "MiB", "GiB", "kib"]))
 def test_parse_size_units(n: int, unit: str) -> None:
-    factor = {"": 1, "b": 1, "k": 1024, "KiB": 1024, "m": 1024**2, "MiB": 1024**2,
-              "kb": 1000, "MB": 1000**2}[unit]  # fmt: skip
+    factor = {"": 1, "b": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+              "kib": 1024}[unit]  # fmt: skip
     assert parse_size(f"{n}{unit}") == n * factor
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        (
+            "1MB",
+            '"1MB" is ambiguous: redis.conf reads it as 1048576 bytes, SI (and earlier '
+            "sessiond) as 1000000; write 1MiB or 1000000",
+        ),
+        (
+            "1m",
+            '"1m" is ambiguous: redis.conf reads it as 1000000 bytes, binary (systemd, earlier '
+            "sessiond) as 1048576; write 1000000 or 1MiB",
+        ),
+        (
+            "64kb",
+            '"64kb" is ambiguous: redis.conf reads it as 65536 bytes, SI (and earlier '
+            "sessiond) as 64000; write 64KiB or 64000",
+        ),
+        (
+            "2G",
+            '"2G" is ambiguous: redis.conf reads it as 2000000000 bytes, binary (systemd, '
+            "earlier sessiond) as 2147483648; write 2000000000 or 2GiB",
+        ),
+    ],
+)
+def test_parse_size_rejects_ambiguous_units_naming_both_readings(value: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        parse_size(value)
+    assert str(exc.value) == message
+
+
+@given(
+    st.integers(0, 10**6),
+    st.sampled_from(["k", "kb", "m", "mb", "g", "gb"]),
+    st.lists(st.booleans(), min_size=2, max_size=2),
+)
+def test_parse_size_rejects_every_ambiguous_unit_in_any_case(
+    n: int, unit: str, upper: list[bool]
+) -> None:
+    spelled = "".join(c.upper() if up else c for c, up in zip(unit, upper, strict=False))
+    with pytest.raises(ValueError, match=r"is ambiguous: redis\.conf reads it as"):
+        parse_size(f"{n}{spelled}")
 
 
 def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> None:

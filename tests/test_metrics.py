@@ -1,4 +1,4 @@
-"""Metric values follow real events (SPEC §7): each event moves exactly its counter."""
+"""Metric values follow real events (docs/operations.md): each event moves exactly its counter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Persistence (SPEC §1, §5, §6) against the real daemon with the SQLite store.
+"""Persistence (docs/persistence.md) against the real daemon with the SQLite store.
 
 Every test runs ``sessiond run`` as a subprocess (tests/conftest.py) with
 ``persistence.backend: sqlite`` and talks to it with redis-py over the socket;

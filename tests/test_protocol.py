@@ -1,4 +1,4 @@
-"""The wire protocol (SPEC §5): pipelines, transactions, inline commands, and
+"""The wire protocol (docs/commands.md): pipelines, transactions, inline commands, and
 malformed or oversized input, against the real daemon over its Unix socket;
 plus property tests of :class:`sessiond.protocol.RequestParser` itself.
 

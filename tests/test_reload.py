@@ -1,4 +1,4 @@
-"""Hot reload of the YAML config (issue 6, SPEC §4 last paragraph, §7 reload metrics).
+"""Hot reload of the YAML config (issue 6, docs/configuration.md, docs/operations.md).
 
 Real daemon, real file edits: every test edits ``sessiond.yaml`` the way an
 operator, editor or config manager would (atomic rename, in-place rewrite) or
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import shutil
 import signal
 import threading
 import time
@@ -519,3 +520,158 @@ def test_lowered_limits_and_uid_rules_spare_existing_clients(daemon_factory: Fac
     assert d.metric("sessiond_rejected_connections_total", reason="peer_credentials") == 1
     for c in clients:
         c.close()
+
+
+# ----------------------------------------------------------- every kind of failure
+
+
+def without_dac_override() -> list[str]:
+    """A command prefix under which the daemon, if run by root, obeys file
+    permissions (no CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as the unit's
+    sessiond user does: a mode 000 file is then unreadable to it."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root's file-permission override")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+
+
+def replace_with_symlink_loop(path: Path) -> None:
+    tmp = path.with_name(".loop.tmp")
+    tmp.symlink_to(path.name)
+    tmp.replace(path)  # sessiond.yaml -> sessiond.yaml
+
+
+def replace_with_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        path.rmdir()
+    else:
+        path.unlink(missing_ok=True)
+
+
+# name: (break the file, the same again (more watcher events, same state), the problem)
+BREAKAGES: dict[str, tuple[Callable[[Path], None], Callable[[Path], None] | None, str]] = {
+    "unreadable": (lambda p: p.chmod(0), lambda p: p.chmod(0), "Permission denied"),
+    "deleted": (lambda p: p.unlink(), None, "No such file or directory"),
+    "symlink-loop": (
+        replace_with_symlink_loop,
+        replace_with_symlink_loop,
+        "Too many levels of symbolic links",
+    ),
+    "directory": (replace_with_directory, os.utime, "Is a directory"),
+    "fifo": (replace_with_fifo, os.utime, "not a regular file"),
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_unreadable_config_is_reported_once_and_recovers(
+    daemon_factory: Factory, breakage: str
+) -> None:
+    """The watcher used to ignore a file it could not read: the metric stayed 1,
+    the alert never fired, and the next restart failed. (A FIFO blocked the
+    event loop for good.)"""
+    break_file, again, problem = BREAKAGES[breakage]
+    d = daemon_factory(METRICS, start=False)
+    d.start(prefix=without_dac_override())
+    good = copy.deepcopy(d.config)
+    with d.client() as r:
+        r.set("kept", "v")
+        break_file(d.config_path)
+        wait_failures(d, 1)
+        (ev,) = events(d, "config_reload_failed")
+        assert ev["level"] == "error"
+        assert ev["trigger"] == "file_changed"
+        assert ev["problems"] == [f"{d.config_path}: cannot read config: {problem}"]
+        assert d.metric("sessiond_config_last_reload_successful") == 0
+        assert r.get("kept") == b"v"
+        # More watcher events while it stays broken the same way: reported once.
+        if again is not None:
+            for _ in range(3):
+                again(d.config_path)
+                time.sleep(0.3)  # past the watcher's debounce: separate events
+        time.sleep(QUIET)
+        assert failures(d) == 1, d.log_text()
+        assert len(events(d, "config_reload_failed")) == 1
+        # SIGHUP asks again, and hears about it again.
+        d.signal(signal.SIGHUP)
+        wait_failures(d, 2)
+        assert events(d, "config_reload_failed")[-1]["trigger"] == "SIGHUP"
+        assert d.metric("sessiond_config_last_reload_successful") == 0
+        # A good file again: the same config as before, so nothing changes, but
+        # the reload succeeds and the metric is back to 1.
+        if breakage == "unreadable":
+            d.config_path.chmod(0o644)
+        else:
+            remove(d.config_path)
+            d.write_config(good)
+        wait_successes(d, 1)
+        assert d.metric("sessiond_config_last_reload_successful") == 1
+        assert r.get("kept") == b"v"
+    assert "Traceback" not in d.log_text()
+
+
+def ping_until(d: Daemon, done: Callable[[], bool], what: str) -> int:
+    """PING on one connection until ``done()``; a PING not answered within 5 s
+    (a generous bound: the daemon answers in well under a millisecond) fails."""
+    pings = 0
+    with redis.Redis(unix_socket_path=str(d.socket_path), socket_timeout=5) as r:
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{d.log_text()}"
+            assert r.ping()
+            pings += 1
+            time.sleep(0.01)
+    return pings
+
+
+def test_alias_bomb_is_refused_while_clients_are_served(daemon_factory: Factory) -> None:
+    """A 1 KB alias bomb stalled every client for 44 s, grew the daemon to 2.9 GB
+    and logged a 722 MB line (the validation message expanded the aliases)."""
+    d = daemon_factory(METRICS)
+    good = copy.deepcopy(d.config)
+    text = conftest.alias_bomb()
+    assert len(text) < 1024
+    write_in_place(d.config_path, text)
+    ping_until(d, lambda: bool(events(d, "config_reload_failed")), "the reload to fail")
+    (ev,) = events(d, "config_reload_failed")
+    (problem,) = ev["problems"]
+    assert problem.startswith(f"{d.config_path}: invalid YAML at line ")
+    assert problem.endswith(
+        "more than 10000 values once aliases are expanded (a config has a few hundred)"
+    )
+    assert max(len(line) for line in d.log_text().splitlines()) < 2000
+    assert d.metric("sessiond_config_last_reload_successful") == 0
+    d.write_config(good)
+    wait_successes(d, 1)
+    assert d.metric("sessiond_config_last_reload_successful") == 1
+
+
+def test_oversized_config_is_refused_with_a_clear_message(daemon_factory: Factory) -> None:
+    """A 10 MB config stalled all clients 7-35 s while it was parsed on the event loop."""
+    d = daemon_factory(METRICS)
+    # Valid YAML, the same settings, and 10 MB of comments.
+    text = yaml.safe_dump(d.config)
+    text += "#" * (10_000_000 - len(text) - 1) + "\n"
+    tmp = d.config_path.with_suffix(".tmp")  # renamed over the config, as write_config does
+    tmp.write_text(text)
+    tmp.replace(d.config_path)
+    ping_until(d, lambda: bool(events(d, "config_reload_failed")), "the reload to fail")
+    (ev,) = events(d, "config_reload_failed")
+    assert ev["problems"] == [
+        f"{d.config_path}: config file too large (10000000 bytes; the limit is 64 KiB, "
+        "a config is a few KB)"
+    ]
+    assert d.metric("sessiond_config_last_reload_successful") == 0
+    assert successes(d) == 0

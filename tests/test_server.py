@@ -1,4 +1,4 @@
-"""The server around the commands (SPEC §3, §5, §8, §9), against the real
+"""The server around the commands (docs/operations.md, docs/commands.md), against the real
 daemon: connection limits, passwords, peer credentials, signals, the socket
 file's life cycle, idle and slow clients, and the log they leave.
 
@@ -352,7 +352,7 @@ def test_socket_mode_is_applied(daemon_factory: Factory) -> None:
 
 
 def test_metrics_port_in_use_is_a_clean_startup_failure(daemon_factory: Factory) -> None:
-    """SPEC §3: a start-up failure exits 1 with a message saying what and where,
+    """docs/operations.md: a start-up failure exits 1 with a message saying what and where,
     no traceback, and leaves no socket file behind."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

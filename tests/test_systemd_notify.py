@@ -1,4 +1,4 @@
-"""sd_notify (SPEC §9): READY=1 once serving and warm, WATCHDOG=1 pings, STOPPING=1."""
+"""sd_notify (docs/operations.md): READY=1 once serving and warm, WATCHDOG=1 pings, STOPPING=1."""
 
 from __future__ import annotations
 

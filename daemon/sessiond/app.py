@@ -9,7 +9,6 @@ and shuts down in order on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import os
 import signal
@@ -25,10 +24,11 @@ import structlog
 from . import __version__, logs
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
-from .config import RESTART_REQUIRED, Config, ConfigError, flatten, load_config
+from .config import Config, ConfigError, load_config
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
 from .notify import notify, watchdog_interval
+from .reload import ConfigReloader
 from .server import Server, StartupError
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
@@ -37,7 +37,6 @@ log = structlog.get_logger("sessiond")
 
 SHUTDOWN_GRACE = 10.0  # seconds to let in-flight commands finish
 SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
-RELOAD_DEBOUNCE_MS = 200
 GC_THRESHOLDS = (7000, 10, 10)  # CPython's default is (700, 10, 10)
 
 
@@ -62,7 +61,6 @@ class App:
         self.config_path = config_path
         self.store_hook = store_hook
         self.stats = Stats()
-        self.stats.reload.last_success_timestamp = time.time()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
         self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
@@ -74,9 +72,9 @@ class App:
             self.state,
             durable_replies=config.persistence.durability == "always",
         )
-        # The file's bytes as last read for a (re)load: the watcher reloads only
-        # when they change, so a SIGHUP after an edit does not reload twice.
-        self._config_bytes = None if config_path is None else self._fingerprint(config_path)
+        self.reloader = ConfigReloader(
+            config_path, current=lambda: self.config, apply=self.apply, stats=self.stats.reload
+        )
         self.metrics: MetricsServer | None = None
         self.shutdown_event = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -107,7 +105,7 @@ class App:
         if config.metrics.enabled:
             self.metrics = MetricsServer(SessiondCollector(self.keyspace, self.state))
             try:
-                self.metrics.start(config.metrics.host, config.metrics.port)
+                await self.metrics.start(config.metrics.host, config.metrics.port)
             except OSError as exc:
                 log.error(
                     "startup_failed",
@@ -121,7 +119,6 @@ class App:
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
         interval = watchdog_interval()
@@ -129,9 +126,7 @@ class App:
             self._spawn(self._watchdog_forever(interval))
         if self.config_path is not None:
             self._warn_store_beside_config(self.config_path)
-            self._spawn(self._watch_config(self.config_path))
-            await asyncio.sleep(0)  # the task's first step sets up the inotify watch
-            self._reload_if_changed()  # an edit made before the watch was live
+        await self.reloader.start()
         log.info(
             "started",
             version=__version__,
@@ -196,6 +191,7 @@ class App:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.reloader.stop()
         self.keyspace.close()
         if self.metrics is not None:
             self.metrics.stop()
@@ -258,97 +254,6 @@ class App:
                 hint="every store write wakes the config watcher; "
                 "give persistence.path a directory of its own",
             )
-
-    async def _watch_config(self, path: Path) -> None:
-        """Watch the config file's directory (editors and config managers
-        replace files atomically) and reload once per burst of changes."""
-        from watchfiles import awatch
-
-        target = path.absolute()  # not resolve(): watch the directory the link is in
-        directory = target.parent
-        names = {target.name}
-        if target.is_symlink():
-            # kubelet's ConfigMap volume: sessiond.yaml -> ..data/sessiond.yaml, and an
-            # update renames a new ..data link into place; the link changes, not the file.
-            names.add(target.readlink().parts[0])
-
-        def relevant(_change: object, changed: str) -> bool:
-            return Path(changed).name in names
-
-        async for _changes in awatch(
-            directory,
-            watch_filter=relevant,
-            debounce=RELOAD_DEBOUNCE_MS,
-            step=50,
-            recursive=False,
-        ):
-            self._reload_if_changed()
-
-    def _reload_if_changed(self) -> None:
-        assert self.config_path is not None
-        current = self._fingerprint(self.config_path)
-        # Empty: an in-place rewrite caught between truncate and write.
-        if current and current != self._config_bytes:
-            self.reload("file_changed")
-
-    @staticmethod
-    def _fingerprint(path: Path) -> bytes | None:
-        try:
-            return path.read_bytes()
-        except OSError:
-            return None
-
-    # --------------------------------------------------------------- reload
-
-    def _on_sighup(self) -> None:
-        self.reload("SIGHUP")
-
-    def reload(self, trigger: str) -> bool:
-        """Load, validate and apply the config file; on any problem keep the old one."""
-        if self.config_path is None:
-            log.info("config_reload_skipped", trigger=trigger, reason="running on defaults")
-            return False
-        self._config_bytes = self._fingerprint(self.config_path)
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            self.stats.reload.failure += 1
-            self.stats.reload.last_successful = False
-            log.error("config_reload_failed", trigger=trigger, problems=exc.problems)
-            return False
-        old = self.config
-        before, after = flatten(old), flatten(new)
-        # Compare unredacted (a new password is a change), report redacted.
-        raw_before, raw_after = flatten(old, redact=False), flatten(new, redact=False)
-        changed = {k: (before[k], after[k]) for k in after if raw_before[k] != raw_after[k]}
-        pending = sorted(k for k in changed if k in RESTART_REQUIRED)
-        effective = dataclasses.replace(
-            new,
-            socket=old.socket,
-            metrics=old.metrics,
-            persistence=old.persistence,  # the store is opened once, at start-up
-        )
-        applied = {
-            k: {"old": v[0], "new": v[1]} for k, v in changed.items() if k not in RESTART_REQUIRED
-        }
-        # Log under the more verbose of the two levels, so that a reload which
-        # changes the level is itself seen whichever way it goes.
-        quieter = logs.LEVELS[effective.logging.level] > logs.LEVELS[old.logging.level]
-        if not quieter:
-            self.apply(effective)
-        log.info("config_reloaded", trigger=trigger, changed=applied)
-        if pending:
-            log.warning(
-                "config_change_requires_restart",
-                keys=pending,
-                changed={k: {"old": changed[k][0], "new": changed[k][1]} for k in pending},
-            )
-        if quieter:
-            self.apply(effective)
-        self.stats.reload.success += 1
-        self.stats.reload.last_successful = True
-        self.stats.reload.last_success_timestamp = time.time()
-        return True
 
     def apply(self, config: Config) -> None:
         """Apply a validated config between commands (we are on the event loop)."""

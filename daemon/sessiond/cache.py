@@ -75,8 +75,10 @@ DEFAULT: Final = _Default()
 
 
 _Record = tuple[float, int, object]
-"""An expiry-heap record ``(deadline, seq, key)``: immutable, compared by identity
-with ``Entry.record`` to tell the current one from stale ones."""
+"""An expiry-heap record ``(deadline, seq, key)``. ``seq`` is unique: a record is
+an entry's current one if it has the seq of ``Entry.record`` (never compare the
+tuples by identity: compiled with mypyc, a tuple read back from the heap is a
+new object, and every record would look stale)."""
 
 
 class Entry(Generic[V]):
@@ -132,9 +134,6 @@ class Entry(Generic[V]):
         )
 
 
-_new_entry = object.__new__
-
-
 class PersistenceHook(Protocol[K_contra, V]):
     """What the cache asks of a persistence backend (docs/persistence.md).
 
@@ -177,11 +176,16 @@ _SIZED = (bytes, str, bytearray)
 
 
 def _copy_entry(entry: Entry[V]) -> Entry[V]:
-    copy: Entry[V] = _new_entry(Entry)
-    for name in Entry.__slots__:
-        setattr(copy, name, getattr(entry, name))
-    copy.record = None
-    return copy
+    return Entry(
+        entry.value,
+        context_id=entry.context_id,
+        created_at=entry.created_at,
+        updated_at=entry.updated_at,
+        accessed_at=entry.accessed_at,
+        ttl=entry.ttl,
+        deadline=entry.deadline,
+        size=entry.size,
+    )
 
 
 def _len_sizer(key: object, value: object) -> int:
@@ -320,7 +324,8 @@ class SessionCache(Generic[K, V]):
     def contains(self, key: K) -> bool:
         return self.peek(key) is not None
 
-    __contains__ = contains
+    def __contains__(self, key: K) -> bool:
+        return self.peek(key) is not None
 
     def ttl(self, key: K) -> float | None:
         """Remaining seconds of ``key`` (``None`` if it never expires).
@@ -433,20 +438,22 @@ class SessionCache(Generic[K, V]):
             if len(data) > self.max_sessions or (self.max_memory and self.memory > self.max_memory):
                 self._enforce_bounds()
             return old
-        # Built field by field rather than through Entry(...) keywords: hot path.
-        entry: Entry[V] = _new_entry(Entry)
-        entry.value = value
-        entry.created_at = now
-        entry.updated_at = entry.accessed_at = now
-        entry.ttl = rel
-        entry.deadline = new_deadline
-        entry.size = size
-        entry.record = None
         if old is None:
-            entry.context_id = context_id
+            created_at = now
         else:
-            entry.context_id = old.context_id if context_id is None else context_id
-            entry.created_at = old.created_at
+            created_at = old.created_at
+            if context_id is None:
+                context_id = old.context_id
+        entry = Entry(
+            value,
+            context_id=context_id,
+            created_at=created_at,
+            updated_at=now,
+            accessed_at=now,
+            ttl=rel,
+            deadline=new_deadline,
+            size=size,
+        )
         if new_deadline is not None and new_deadline <= now:
             # Written already expired (a past EXAT/PXAT, a negative TTL): the old
             # value is gone, but the new one must not take a slot (evicting an
@@ -625,8 +632,10 @@ class SessionCache(Generic[K, V]):
             heappop(heap)
             key: K = record[2]  # type: ignore[assignment]
             entry = data.get(key)
-            if entry is None or entry.record is not record:
+            current = None if entry is None else entry.record
+            if current is None or current[1] != record[1]:
                 continue  # stale: its entry is gone or filed anew
+            assert entry is not None
             entry.record = None
             deadline = entry.deadline
             if deadline is None:

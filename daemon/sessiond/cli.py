@@ -1,28 +1,112 @@
-"""Command line (SPEC §3): ``sessiond run``, ``sessiond check-config``, ``--version``."""
+"""Command line (docs/operations.md): ``sessiond run``, ``sessiond check-config``, ``--version``.
+
+:func:`build_parser` is the one description of the command line: ``--help``, the
+``sessiond(8)`` man page and the shell completions are generated from it
+(:mod:`sessiond.docgen`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import REDIS_COMPAT_VERSION, __version__
 
+DESCRIPTION = "Session-cache daemon speaking the Redis protocol on a Unix socket."
 
-def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in flat.items():
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = value
-    return out
+# (status, meaning): printed by --help and in sessiond(8), listed in the README.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "clean shutdown (SIGTERM or SIGINT), or check-config found the config valid"),
+    (
+        1,
+        "bad config, or a start-up failure (socket in use by a live daemon, store not "
+        "sessiond's or corrupt, permission denied), with one line per problem that says "
+        "what and where",
+    ),
+    (2, "usage error: unknown command or option, or no command"),
+    (130, "interrupted (SIGINT) while starting, before the daemon handles signals itself"),
+)
+
+# (name, one-line help, description for `sessiond NAME --help` and sessiond(8))
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    (
+        "run",
+        "run the daemon in the foreground",
+        "Run the daemon in the foreground until SIGTERM or SIGINT. It listens on the socket "
+        "once the store is open and the most recently used sessions are loaded, and then "
+        "tells systemd READY=1. SIGHUP, or saving the config file, reloads the config.",
+    ),
+    (
+        "check-config",
+        "validate and print the effective config",
+        "Validate the config file and print the effective config: every key, defaults "
+        "included, with the password redacted and each key's description as a comment. "
+        "A config with problems prints one line per problem, each naming its key, and "
+        "exits 1.",
+    ),
+)
+
+
+def config_help() -> str:
+    from .config import DEFAULT_LOCATIONS  # imported late: start-up stays quick to interrupt
+
+    first, second = DEFAULT_LOCATIONS
+    return f"config file (default: {first} if present, else {second}, else built-in defaults)"
+
+
+def _epilog() -> str:
+    lines = ["exit status:"]
+    for code, meaning in EXIT_CODES:
+        lines += textwrap.wrap(
+            meaning, width=79, initial_indent=f"  {code:<5}", subsequent_indent=" " * 7
+        )
+    lines.append("")
+    lines.append("See sessiond(8) and sessiond.yaml(5).")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessiond",
+        description=DESCRIPTION,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"sessiond {__version__} (redis {REDIS_COMPAT_VERSION} compatible)",
+        help="print the version, and the Redis version whose semantics it follows, and exit",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text, description in COMMANDS:
+        p = sub.add_parser(name, help=text, description=description)
+        p.add_argument("--config", type=Path, default=None, metavar="PATH", help=config_help())
+    return parser
+
+
+def subcommands(
+    parser: argparse.ArgumentParser,
+) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, one-line help, parser) of each subcommand, for the generated docs."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            return [(name, helps.get(name, ""), sub) for name, sub in action.choices.items()]
+    return []
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The documented options of a parser (``-h``, ``--version``, ``--config``…)."""
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
 
 
 def check_config(path: Path | None) -> int:
-    import yaml
-
-    from .config import ConfigError, flatten, load_config
+    from .config import ConfigError, annotated_yaml, flatten, load_config
 
     try:
         config = load_config(path)
@@ -31,34 +115,14 @@ def check_config(path: Path | None) -> int:
             print(problem, file=sys.stderr)
         return 1
     print(f"# effective config from {config.source}")
-    print(yaml.safe_dump(_nest(flatten(config)), sort_keys=False), end="")
+    print(annotated_yaml(flatten(config)), end="")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sessiond",
-        description="Session-cache daemon speaking the Redis protocol on a Unix socket.",
-    )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"sessiond {__version__} (redis {REDIS_COMPAT_VERSION} compatible)",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in (
-        ("run", "run the daemon in the foreground"),
-        ("check-config", "validate and print the effective config"),
-    ):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument(
-            "--config",
-            type=Path,
-            default=None,
-            help="config file (default: config/sessiond.yaml, then /etc/sessiond/sessiond.yaml)",
-        )
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if args.command == "run":
             from .app import run
 
@@ -66,10 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return check_config(args.config)
     except KeyboardInterrupt:
-        # Ctrl-C before the daemon has its own handlers (while importing or
-        # starting): an ordinary way to stop, not a crash worth a traceback.
+        # Ctrl-C before the daemon has its own handlers (while importing, parsing the
+        # command line or starting): an ordinary way to stop, not a crash worth a traceback.
         print("sessiond: interrupted", file=sys.stderr)
-        return 130
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # Not a return: if the interrupt landed in code run by exec() (dataclasses
+        # build __init__ that way while importing), CPython 3.11 remembers it as
+        # unhandled and kills itself with SIGINT at exit instead of exiting 130.
+        os._exit(130)
     parser.print_help(sys.stderr)
     return 2
 

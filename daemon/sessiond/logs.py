@@ -1,4 +1,4 @@
-"""structlog set-up: one event per line, JSON by default (SPEC §8)."""
+"""structlog set-up: one event per line, JSON by default (docs/operations.md)."""
 
 from __future__ import annotations
 

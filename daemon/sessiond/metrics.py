@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterable, Iterator
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,6 +22,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .commands import ServerState
 from .keyspace import Keyspace
+from .metrics_http import MetricsHTTPServer
 from .stats import DurationHistogram
 
 # Every store operation that counts failures, exported at 0 from the start so
@@ -193,27 +193,29 @@ class SessiondCollector(Collector):
 
 
 class MetricsServer:
-    """``/metrics`` over HTTP in prometheus-client's own thread."""
+    """``/metrics`` over HTTP, served on the event loop (see :mod:`.metrics_http`)."""
 
     def __init__(self, collector: SessiondCollector) -> None:
         self.collector = collector
-        self._http: WSGIServer | None = None
+        self._http: MetricsHTTPServer | None = None
 
-    def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int) -> None:
+        """Listen and serve on the running loop; ``OSError`` if it cannot listen."""
         REGISTRY.register(self.collector)
+        http = MetricsHTTPServer(REGISTRY)
         try:
-            self._http, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+            await http.start(host, port)
         except BaseException:
             REGISTRY.unregister(self.collector)
             raise
+        self._http = http
 
     @property
     def port(self) -> int:
-        return 0 if self._http is None else int(self._http.server_address[1])
+        return 0 if self._http is None else self._http.port
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
             self._http = None
         REGISTRY.unregister(self.collector)

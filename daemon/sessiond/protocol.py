@@ -27,8 +27,11 @@ import re
 from typing import Any, Final
 
 import hiredis
+from mypy_extensions import mypyc_attr
 
 
+# str subclasses cannot be native (compiled) classes.
+@mypyc_attr(native_class=False)
 class Status(str):
     """A simple string reply (``+OK``)."""
 
@@ -47,6 +50,7 @@ class Error(Exception):
         return self.message.split(" ", 1)[0]
 
 
+@mypyc_attr(native_class=False)
 class Verbatim(str):
     """A verbatim text reply (RESP3 ``=``), e.g. INFO and CLIENT INFO."""
 

@@ -268,9 +268,14 @@ def daemon_launcher(daemon_env: dict[str, str]) -> DaemonLauncher:
     return launch
 
 
+# The live stack's scrape job is not called "sessiond": nothing may depend on the job's name.
+LIVE_JOB = "session-cache"
+
+
 @dataclass
 class LiveStack:
-    """The real daemon, scraped every second by a real Prometheus that loads alerts.yml."""
+    """The real daemon, scraped every second by a real Prometheus that loads alerts.yml,
+    under the job LIVE_JOB."""
 
     daemon: LiveDaemon
     api: PrometheusApi
@@ -285,12 +290,13 @@ def live_stack(prometheus_bin: Path, daemon_launcher: DaemonLauncher) -> Iterato
         prom_config = (
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             f"rule_files:\n  - {alerts}\n"
-            "scrape_configs:\n  - job_name: sessiond\n    static_configs:\n"
+            f"scrape_configs:\n  - job_name: {LIVE_JOB}\n    static_configs:\n"
             f'      - targets: ["{target}"]\n'
         )
         with run_prometheus(prometheus_bin, prom_config) as api:
             deadline = time.monotonic() + 30
-            query = 'count_over_time(up{job="sessiond"}[1m]) >= 3 and up{job="sessiond"} == 1'
+            up = f'up{{job="{LIVE_JOB}"}}'
+            query = f"count_over_time({up}[1m]) >= 3 and {up} == 1"
             while not api("/api/v1/query", query=query)["data"]["result"]:
                 if time.monotonic() > deadline:
                     pytest.fail("Prometheus did not scrape sessiond 3 times in 30 s")

@@ -1,7 +1,9 @@
-"""grafana/: the dashboard is importable (datasource and instance variables, every panel
-queries ${datasource} filtered by $instance), uses only metrics the daemon exports, parses in
-a real Prometheus, and together with the alert rules shows every SPEC §7 metric. The live tests
-run the real daemon, scraped by a real Prometheus, and check that every panel shows data."""
+"""grafana/: the dashboard is importable (datasource, job and instance variables, every panel
+queries ${datasource} filtered by $job and $instance, no job name written in), uses only
+metrics the daemon exports, parses in a real Prometheus, and together with the alert rules
+shows every contract metric (docs/operations.md). The live tests run the real daemon,
+scraped by a real Prometheus under a job not called "sessiond", and check that every panel
+shows data."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from typing import Any
 
 import pytest
 
+from .conftest import LIVE_JOB
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "grafana" / "sessiond.json"
 PROVISIONING = REPO_ROOT / "grafana" / "provisioning"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 
-# SPEC §7: the metric names are part of the contract.
+# docs/operations.md: the metric names are part of the contract.
 SPEC_METRICS: dict[str, str] = {
     "sessiond_cache_hits_total": "counter",
     "sessiond_cache_misses_total": "counter",
@@ -43,14 +47,17 @@ SPEC_METRICS: dict[str, str] = {
     "sessiond_config_last_reload_success_timestamp_seconds": "gauge",
     "sessiond_build_info": "gauge",
 }
-# Exported by the daemon beyond SPEC §7 (to be added to the SPEC): the dashboard and the
+# Exported by the daemon beyond the original metric list: the dashboard and the
 # alert rules may use these, but nothing may depend on them alone.
 EXTENSION_METRICS: dict[str, str] = {
     "sessiond_max_clients": "gauge",  # limits.max_clients, for SessiondClientsNearLimit
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# Series Prometheus itself writes: per target, and per pending or firing alert.
+PROMETHEUS_SERIES = {"up", "ALERTS"}
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
-INSTANCE_QUERY = "label_values(sessiond_build_info, instance)"
+JOB_QUERY = "label_values(sessiond_build_info, job)"
+INSTANCE_QUERY = 'label_values(sessiond_build_info{job=~"$job"}, instance)'
 
 # How Grafana expands the variables, for sending the expressions to Prometheus: a multi-value
 # $instance becomes a regex alternation of escaped values.
@@ -59,6 +66,7 @@ GRAFANA_VARIABLES = {
     "$__interval": "15s",
     "$__range": "6h",
     "$instance": r"(127\\.0\\.0\\.1:9477|127\\.0\\.0\\.2:9477)",
+    "$job": r"(sessiond|session\\-cache)",
 }
 
 PROMQL_KEYWORDS = {
@@ -84,7 +92,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def spec_metric(name: str) -> str | None:
-    """The SPEC §7 metric a series name belongs to (histogram series map to the histogram)."""
+    """The contract metric a series name belongs to (histogram series map to the histogram)."""
     if name in SPEC_METRICS:
         return name
     for suffix in HISTOGRAM_SUFFIXES:
@@ -98,7 +106,7 @@ def allowed(name: str) -> bool:
     return (
         spec_metric(name) is not None
         or name in EXTENSION_METRICS
-        or name == "up"
+        or name in PROMETHEUS_SERIES
         or name.startswith(("process_", "python_"))
     )
 
@@ -170,16 +178,24 @@ def test_variables(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     ds = variables["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    inst = variables["instance"]
-    assert inst["type"] == "query"
-    assert inst["datasource"] == DS_REF
-    assert inst["definition"] == INSTANCE_QUERY
-    query = inst["query"]
-    assert (query["query"] if isinstance(query, dict) else query) == INSTANCE_QUERY
-    assert inst["multi"] and inst["includeAll"]
+    for name, definition in (("job", JOB_QUERY), ("instance", INSTANCE_QUERY)):
+        var = variables[name]
+        assert var["type"] == "query"
+        assert var["datasource"] == DS_REF
+        assert var["definition"] == definition
+        query = var["query"]
+        assert (query["query"] if isinstance(query, dict) else query) == definition
+        assert var["multi"] and var["includeAll"]
+        # "All" is the values the query found (the jobs with a sessiond), not ".*" (every job)
+        assert not var.get("allValue"), name
+    assert variables["job"]["current"]["value"] == ["$__all"]
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names.index("job") < names.index("instance"), "instance depends on job"
 
 
-def test_every_panel_queries_datasource_variable_and_instance(dashboard: dict[str, Any]) -> None:
+def test_every_panel_queries_datasource_variable_job_and_instance(
+    dashboard: dict[str, Any],
+) -> None:
     panels = query_panels(dashboard)
     assert len(panels) >= 20
     for panel in panels:
@@ -194,7 +210,9 @@ def test_every_panel_queries_datasource_variable_and_instance(dashboard: dict[st
             selectors = re.findall(r"\{([^}]*)\}", expr)
             assert selectors, f"{title}: {expr}"
             for selector in selectors:
+                assert 'job=~"$job"' in selector, f"{title}: {expr}"
                 assert 'instance=~"$instance"' in selector, f"{title}: {expr}"
+            assert not re.search(r"\bjob\s*=\s*\"", expr), f"{title}: a job name in {expr}"
 
 
 def test_panel_ids_unique_and_layout_does_not_overlap(dashboard: dict[str, Any]) -> None:
@@ -216,7 +234,7 @@ def test_dashboard_uses_only_exported_metrics(dashboard: dict[str, Any]) -> None
         names = metric_names(expr)
         assert names, expr
         unknown = {n for n in names if not allowed(n)}
-        assert not unknown, f"not exported by the daemon (SPEC §7): {unknown} in {expr}"
+        assert not unknown, f"not exported by the daemon (docs/operations.md): {unknown} in {expr}"
 
 
 def test_alert_rules_use_only_exported_metrics() -> None:
@@ -224,13 +242,13 @@ def test_alert_rules_use_only_exported_metrics() -> None:
     assert len(found) >= 6
     for expr in found:
         unknown = {n for n in metric_names(expr) if not allowed(n)}
-        assert not unknown, f"not exported by the daemon (SPEC §7): {unknown} in {expr}"
+        assert not unknown, f"not exported by the daemon (docs/operations.md): {unknown} in {expr}"
 
 
 def test_every_spec_metric_is_on_dashboard_or_in_an_alert(dashboard: dict[str, Any]) -> None:
     used = {spec_metric(n) for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
     missing = set(SPEC_METRICS) - used
-    assert not missing, f"SPEC §7 metrics shown nowhere: {sorted(missing)}"
+    assert not missing, f"docs/operations.md metrics shown nowhere: {sorted(missing)}"
 
 
 def test_dashboard_covers_the_required_panels(dashboard: dict[str, Any]) -> None:
@@ -277,9 +295,14 @@ def test_dashboard_queries_parse_in_prometheus(
             if body.get("status") != "success":
                 failures.append(f"{panel['title']}: {body.get('error')}\n  {query}")
     assert not failures, "\n".join(failures)
-    # The instance variable's label_values(metric, label) is Grafana's; its selector must parse.
-    body = prometheus_api("/api/v1/label/instance/values", **{"match[]": "sessiond_build_info"})
-    assert body["status"] == "success", body
+    # The variables' label_values(selector, label) is Grafana's; their selectors must parse.
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"])
+            assert match, variable["definition"]
+            selector, label = match.groups()
+            body = prometheus_api(f"/api/v1/label/{label}/values", **{"match[]": expand(selector)})
+            assert body["status"] == "success", (variable["name"], body)
 
 
 def test_prometheus_rejects_a_broken_query(prometheus_api: Callable[..., dict[str, Any]]) -> None:
@@ -331,12 +354,30 @@ def test_live_daemon_exports_every_metric_the_dashboard_and_alerts_use(
     dashboard: dict[str, Any], live_stack: Any
 ) -> None:
     samples, _types = exported(live_stack.daemon.scrape())
-    used = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)} - {"up"}
+    used = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
+    used -= PROMETHEUS_SERIES
     assert not used - samples, f"used but not exported: {sorted(used - samples)}"
 
 
+def grafana_all(api: Any, label: str, match: str) -> str:
+    """A variable's "All" as Grafana sends it to Prometheus: the values its label_values()
+    query finds, regex-escaped, as an alternation (escaped again for a PromQL string)."""
+    body = api(f"/api/v1/label/{label}/values", **{"match[]": match})
+    assert body["status"] == "success", body
+    return "(" + "|".join(re.escape(v).replace("\\", "\\\\") for v in body["data"]) + ")"
+
+
+def live_variables(api: Any) -> dict[str, str]:
+    """$job and $instance at their defaults ("All"), computed like Grafana does from the
+    variables' queries against the live Prometheus."""
+    job = grafana_all(api, "job", "sessiond_build_info")
+    # INSTANCE_QUERY's selector, with $job expanded
+    instance = grafana_all(api, "instance", f'sessiond_build_info{{job=~"{job}"}}')
+    return {**GRAFANA_VARIABLES, "$job": job, "$instance": instance}
+
+
 def test_live_every_panel_shows_data(dashboard: dict[str, Any], live_stack: Any) -> None:
-    variables = {**GRAFANA_VARIABLES, "$instance": ".+"}
+    variables = live_variables(live_stack.api)
     empty = []
     for panel in query_panels(dashboard):
         series = 0
@@ -352,10 +393,13 @@ def test_live_every_panel_shows_data(dashboard: dict[str, Any], live_stack: Any)
     assert not empty, f"panels without data from a live daemon: {empty}"
 
 
-def test_live_instance_variable_lists_the_daemon(live_stack: Any) -> None:
-    body = live_stack.api("/api/v1/label/instance/values", **{"match[]": "sessiond_build_info"})
-    assert body["status"] == "success"
-    assert body["data"] == [live_stack.daemon.metrics_url.split("/")[2]]
+def test_live_variables_list_the_daemons_job_and_instance(live_stack: Any) -> None:
+    body = live_stack.api("/api/v1/label/job/values", **{"match[]": "sessiond_build_info"})
+    assert body["data"] == [LIVE_JOB]
+    variables = live_variables(live_stack.api)
+    assert variables["$job"] == r"(session\\-cache)"
+    instance = live_stack.daemon.metrics_url.split("/")[2]
+    assert variables["$instance"] == "(" + re.escape(instance).replace("\\", "\\\\") + ")"
 
 
 def test_live_rules_evaluate_and_none_fires_for_a_healthy_daemon(live_stack: Any) -> None:

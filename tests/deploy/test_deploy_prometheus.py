@@ -101,3 +101,15 @@ def test_unit_tests_cover_every_alert_firing_and_not_firing(
     cases = unit_test_cases((PROM_DIR / "alerts_test.yml").read_text())
     for name in sorted(names):
         assert cases.get(name) == {True, False}, f"{name}: {cases.get(name)}"
+
+
+def test_alerts_depend_on_no_job_name_but_the_shipped_ones() -> None:
+    """The only job the rules name is the one prometheus.yml scrapes, in SessiondDown's arm
+    for a sessiond that never came up; under any other job name every rule still works
+    (alerts_test.yml uses other job names)."""
+    rules = (PROM_DIR / "alerts.yml").read_text()
+    shipped = re.findall(r"^  - job_name: (\S+)$", (PROM_DIR / "prometheus.yml").read_text(), re.M)
+    assert re.findall(r'\bjob\s*=~?\s*"([^"]*)"', rules) == shipped == ["sessiond"]
+    tests = (PROM_DIR / "alerts_test.yml").read_text()
+    fired_under = set(re.findall(r"^\s+job: (\S+)$", tests, re.M))
+    assert fired_under - set(shipped), "no test fires an alert under another job name"

@@ -24,8 +24,9 @@ SYSTEMD_DIR = REPO_ROOT / "deploy" / "systemd"
 UNIT = SYSTEMD_DIR / "sessiond.service"
 SYSUSERS = SYSTEMD_DIR / "sessiond.sysusers.conf"
 CONFIG = SYSTEMD_DIR / "sessiond.yaml"
+MAN_DIR = REPO_ROOT / "deploy" / "man"
 
-# SPEC §4: every key of the config file.
+# docs/configuration.md: every key of the config file.
 SPEC_CONFIG_KEYS: dict[str, set[str]] = {
     "socket": {"path", "mode"},
     "cache": {"max_sessions", "max_memory", "default_ttl", "sliding", "sweep_interval"},
@@ -133,7 +134,8 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     and /usr/local/bin/sessiond is only there after a pip install, so verify the unit,
     unchanged, inside a temporary root: the host's unit directory (for the targets it
     references), a stub at the ExecStart path and copies of the host's other Exec* binaries
-    (so a wrong path like /bin/kil still fails)."""
+    (so a wrong path like /bin/kil still fails). The man pages of Documentation= must exist
+    in deploy/man."""
     analyze = require("systemd-analyze")
     root = tmp_path / "root"
     (root / "usr").mkdir(parents=True)
@@ -173,9 +175,47 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         check=False,
+        env=man_env(MAN_DIR),
     )
     assert proc.stdout + proc.stderr == ""
     assert proc.returncode == 0
+
+
+def man_env(manpath: Path) -> dict[str, str]:
+    """`systemd-analyze verify` runs `man` for each man: page of Documentation= (on the host,
+    not under --root): point man at the pages of this checkout."""
+    return {**os.environ, "MANPATH": str(manpath), "MANPAGER": "cat"}
+
+
+def test_verify_checks_the_documentation_pages(tmp_path: Path) -> None:
+    """With no man pages to find, verify names the missing ones: the check above looks."""
+    analyze = require("systemd-analyze")
+    require("man")
+    proc = subprocess.run(
+        [analyze, "verify", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=man_env(tmp_path),
+    )
+    for page in unit_values("Documentation"):
+        assert f"Command 'man {page.removeprefix('man:')}' failed" in proc.stderr, proc.stderr
+
+
+def unit_values(key: str) -> list[str]:
+    """The space-separated values of a [Unit] key."""
+    values = parse_unit(UNIT)["Unit"].get(key)
+    assert values, f"{key}= missing from [Unit]"
+    return [v for value in values for v in value.split()]
+
+
+def test_documentation_names_the_shipped_man_pages() -> None:
+    pages = unit_values("Documentation")
+    assert pages == ["man:sessiond(8)", "man:sessiond.yaml(5)"]
+    for page in pages:
+        name, section = page.removeprefix("man:").rstrip(")").split("(")
+        assert (MAN_DIR / f"man{section}" / f"{name}.{section}").is_file(), page
 
 
 def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:

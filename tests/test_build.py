@@ -1,0 +1,86 @@
+"""The two builds of one source: pure Python and mypyc-compiled (setup.py).
+
+scripts/test.sh runs the whole suite against each and says which it expects
+(``SESSIOND_EXPECT_BUILD``). Compiled code differs from interpreted code in a
+few ways the type checker does not see; each one that could bite this code base
+is pinned here, so that it fails in the compiled run if it comes back:
+
+- tuples are re-boxed: a tuple read back from a list is a new object, so
+  ``is`` between two reads of "the same" tuple is false (the cache's expiry
+  heap once told its current records from stale ones by identity);
+- a compiled module's functions are bound at compile time: monkeypatching one
+  of its globals changes nothing it calls, so a test doing that would test
+  nothing (tests/conftest.py refuses it; fault injection goes through
+  constructor parameters);
+- class-level state: a native class' class attributes are not shared mutable
+  state (counters kept on a class, such as client ids, must live on an
+  instance owned by one daemon).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+from sessiond.cache import SessionCache
+from sessiond.commands import ServerState
+from sessiond.config import Config
+from sessiond.stats import Stats
+
+HOT = [
+    "sessiond.cache",
+    "sessiond.protocol",
+    "sessiond.stats",
+    "sessiond.keyspace",
+    "sessiond.server",
+    "sessiond.commands.dispatch",
+    "sessiond.commands.strings",
+]
+
+
+def _compiled(module: str) -> bool:
+    return str(importlib.import_module(module).__file__).endswith(".so")
+
+
+def test_the_build_under_test_is_the_one_asked_for() -> None:
+    expected = os.environ.get("SESSIOND_EXPECT_BUILD")
+    if expected is None:
+        pytest.skip("run by scripts/test.sh, which says which build it installed")
+    compiled = [_compiled(m) for m in HOT]
+    assert compiled == [expected == "compiled"] * len(HOT), dict(zip(HOT, compiled, strict=True))
+
+
+def test_a_slid_entry_is_refiled_by_the_sweep_not_dropped() -> None:
+    """The expiry heap's record of an entry whose TTL slid surfaces before its
+    deadline: the sweep must re-file it (a record taken for stale by an
+    identity check would be dropped, and the entry would then never expire)."""
+    now = [1000.0]
+    cache: SessionCache[bytes, bytes] = SessionCache(clock=lambda: now[0], sliding=True)
+    cache.insert(b"k", b"v", 10.0)
+    now[0] += 5
+    assert cache.get(b"k") == b"v"  # deadline slides to 1015
+    now[0] += 6  # 1011: the old record (1010) surfaces
+    assert cache.sweep() == 0
+    assert cache.expiry_index_size == 1  # re-filed under 1015
+    now[0] += 5  # 1016
+    assert cache.sweep() == 1
+    assert cache.find(b"k") is None
+
+
+def test_two_daemons_in_one_process_share_no_counters_or_ids() -> None:
+    first, second = ServerState(Config(), Stats()), ServerState(Config(), Stats())
+    assert first.new_client(authenticated=True).id == 1
+    assert first.new_client(authenticated=True).id == 2
+    assert second.new_client(authenticated=True).id == 1
+    first.stats.server.connections_total += 1
+    assert second.stats.server.connections_total == 0
+
+
+def test_monkeypatching_a_compiled_module_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sessiond.cache
+
+    if not _compiled("sessiond.cache"):
+        pytest.skip("only the compiled build refuses it")
+    with pytest.raises(pytest.fail.Exception, match="compiled"):
+        monkeypatch.setattr(sessiond.cache, "_len_sizer", lambda k, v: 0)
