@@ -623,6 +623,7 @@ class SQLiteStore:
             self._backlog -= size
         assert oldest is layer
         self.overlay.drop(layer)
+        _free(layer)
         with contextlib.suppress(FileNotFoundError):
             self.files.segment_path(layer.segment).unlink()
         self.stats.compactions += 1
@@ -780,6 +781,16 @@ class SQLiteStore:
         self._scanner.shutdown(wait=True)
         self.reader.close()
         self.files.close()
+
+
+def _free(layer: Layer) -> None:
+    """Let go of a dropped layer's rows a slice at a time: dropping a dict of
+    100k rows at once is one C call that holds the GIL (and so the event loop)
+    until every row is freed."""
+    changes, layer.changes = layer.changes, {}
+    while changes:
+        for _ in range(min(len(changes), 2048)):
+            changes.popitem()
 
 
 class _Removed(Exception):
