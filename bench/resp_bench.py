@@ -4,6 +4,7 @@
     python bench/resp_bench.py                 # in-memory: -P 1, -P 16, -c 1
     python bench/resp_bench.py --persistence   # SET with fsync: sessiond always vs redis AOF
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
+    python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 Prints requests/s, p99 and max latency for both servers and the ratios sessiond / redis.
@@ -19,12 +20,13 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,7 +43,7 @@ def wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         if path.exists():
             try:
                 with socket.socket(socket.AF_UNIX) as s:
@@ -129,52 +131,88 @@ def benchmark(
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200_000)
-    parser.add_argument("--metrics-off", action="store_true")
-    parser.add_argument("--persistence", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
-    args = parser.parse_args()
-    for tool in ("redis-server", "redis-benchmark"):
-        if shutil.which(tool) is None:
-            print(f"{tool} not found: apt-get install redis-server redis-tools", file=sys.stderr)
-            return 2
-    n = 20_000 if args.quick else args.requests
-    rows: list[tuple[str, str, Result, Result]] = []
-    with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
-        work = Path(tmp)
-        if args.persistence:
-            scenarios = [("SET c=50", 50, 1), ("SET c=1", 1, 1)]
-            baselines = [("always", "always"), ("everysec", "everysec")]
-            sd_cmd, sd_sock = sessiond(work, metrics=not args.metrics_off, persistence="always")
-            results_sd: dict[str, dict[str, Result]] = {}
-            with running(sd_cmd, sd_sock, work):
-                for label, c, p in scenarios:
-                    results_sd[label] = benchmark(sd_sock, "set", c, p, n // (10 if c == 1 else 1))
-            for name, fsync in baselines:
-                (work / "appendonlydir").exists() and shutil.rmtree(work / "appendonlydir")
-                r_cmd, r_sock = redis(work, fsync)
-                with running(r_cmd, r_sock, work):
-                    for label, c, p in scenarios:
-                        base = benchmark(r_sock, "set", c, p, n // (10 if c == 1 else 1))
-                        rows.append((label, f"redis {name}", results_sd[label]["SET"], base["SET"]))
-        else:
-            scenarios = [("-c 50 -P 1", 50, 1), ("-c 50 -P 16", 50, 16), ("-c 1 -P 1", 1, 1)]
-            sd_cmd, sd_sock = sessiond(work, metrics=not args.metrics_off, persistence=None)
-            r_cmd, r_sock = redis(work, None)
-            sd_results = {}
-            with running(sd_cmd, sd_sock, work):
-                for label, c, p in scenarios:
-                    sd_results[label] = benchmark(sd_sock, "set,get", c, p, n)
-            with running(r_cmd, r_sock, work):
-                for label, c, p in scenarios:
-                    base = benchmark(r_sock, "set,get", c, p, n)
-                    for test in ("SET", "GET"):
-                        rows.append((label, test, sd_results[label][test], base[test]))
-    metrics_state = "off" if args.metrics_off else "on"
-    print(f"sessiond (metrics {metrics_state}) vs redis-server {redis_version()}, "
-          f"{os.cpu_count()} CPUs, {n} requests, -d 200 -r 100000")  # fmt: skip
+Row = tuple[str, str, Result, Result]  # scenario, test or baseline, sessiond, redis
+
+
+def wait_idle(pid: int, quiet: float = 2.0, timeout: float = 300.0) -> None:
+    """Wait until process ``pid`` has used (almost) no CPU for ``quiet`` seconds, so
+    that work left over from one benchmark (a fold, an fsync) does not run during
+    the next one, on the other server."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    deadline = time.monotonic() + timeout
+    since, used = time.monotonic(), cpu()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now, total = time.monotonic(), cpu()
+        if total - used > 0.05 * (now - since) + 2 / tick:
+            since, used = now, total
+        elif now - since >= quiet:
+            return
+    raise RuntimeError(f"process {pid} still busy after {timeout:.0f} s")
+
+
+def interleaved(
+    servers: dict[str, tuple[list[str], Path]],
+    work: Path,
+    runs: list[tuple[str, int, int, int]],
+    tests: str,
+    order: list[str],
+) -> dict[str, dict[str, dict[str, Result]]]:
+    """{server: {scenario: {test: Result}}}: all servers up at once, and each
+    scenario (label, clients, pipeline, requests) run on each server in ``order``
+    back to back, so the two sides of a ratio are measured minutes apart at most."""
+    results: dict[str, dict[str, dict[str, Result]]] = {name: {} for name in servers}
+    with ExitStack() as stack:
+        procs = {}
+        for name, (cmd, sock) in servers.items():
+            (work / name).mkdir(exist_ok=True)
+            procs[name] = stack.enter_context(running(cmd, sock, work / name))
+        for label, c, p, n in runs:
+            for name in order:
+                results[name][label] = benchmark(servers[name][1], tests, c, p, n)
+                wait_idle(procs[name].pid)
+    return results
+
+
+def run_persistence(work: Path, n: int, metrics: bool, sessiond_first: bool) -> list[Row]:
+    """SET with sessiond ``durability: always`` against redis AOF ``always`` and ``everysec``."""
+    runs = [("SET c=50", 50, 1, n), ("SET c=1", 1, 1, n // 10)]
+    baselines = ["always", "everysec"]
+    servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always")}
+    for fsync in baselines:
+        (work / fsync).mkdir()
+        servers[fsync] = redis(work / fsync, fsync)
+    order = ["sessiond", *baselines] if sessiond_first else [*baselines, "sessiond"]
+    results = interleaved(servers, work, runs, "set", order)
+    return [
+        (label, f"redis {name}", results["sessiond"][label]["SET"], results[name][label]["SET"])
+        for name in baselines
+        for label, _, _, _ in runs
+    ]
+
+
+def run_memory(work: Path, n: int, metrics: bool, sessiond_first: bool) -> list[Row]:
+    """SET and GET at -c 50 -P 1, -c 50 -P 16 and -c 1, sessiond against redis-server."""
+    runs = [("-c 50 -P 1", 50, 1, n), ("-c 50 -P 16", 50, 16, n), ("-c 1 -P 1", 1, 1, n)]
+    servers = {
+        "sessiond": sessiond(work, metrics=metrics, persistence=None),
+        "redis": redis(work, None),
+    }
+    order = ["sessiond", "redis"] if sessiond_first else ["redis", "sessiond"]
+    results = interleaved(servers, work, runs, "set,get", order)
+    return [
+        (label, test, results["sessiond"][label][test], results["redis"][label][test])
+        for label, _, _, _ in runs
+        for test in ("SET", "GET")
+    ]
+
+
+def print_table(rows: list[Row]) -> None:
     header = f"{'scenario':<14} {'test':<15} {'sessiond rps':>13} {'redis rps':>11} "
     header += f"{'ratio':>6} {'sd p99 ms':>10} {'redis p99':>10} {'p99 ratio':>9}"
     header += f" {'sd max ms':>10} {'redis max':>10}"
@@ -185,6 +223,64 @@ def main() -> int:
             f"{label:<14} {test:<15} {sd.rps:>13,.0f} {rb.rps:>11,.0f} {sd.rps / rb.rps:>6.2f} "
             f"{sd.p99:>10.3f} {rb.p99:>10.3f} {p99_ratio:>9.2f} {sd.max:>10.3f} {rb.max:>10.3f}"
         )
+
+
+def print_summary(reps: list[list[Row]]) -> None:
+    """Median and min-max over the repetitions of each row's ratios."""
+    print(f"\nover {len(reps)} repetitions (order alternating): median [min-max]")
+    print(f"{'scenario':<14} {'test':<15} {'ratio':>18} {'p99 ratio':>18} {'max lat ratio':>18}")
+    for i, (label, test, _, _) in enumerate(reps[0]):
+        pairs = [(rows[i][2], rows[i][3]) for rows in reps]
+        cells = [
+            spread([sd.rps / rb.rps for sd, rb in pairs]),
+            spread([sd.p99 / rb.p99 if rb.p99 else float("inf") for sd, rb in pairs]),
+            spread([sd.max / rb.max if rb.max else float("inf") for sd, rb in pairs]),
+        ]
+        print(f"{label:<14} {test:<15} " + " ".join(f"{c:>18}" for c in cells))
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--metrics-off", action="store_true")
+    parser.add_argument("--persistence", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=1,
+        help="repetitions, sessiond first then redis first in turn; with more than one, "
+        "each one's table and the median and range of the ratios",
+    )
+    args = parser.parse_args()
+    for tool in ("redis-server", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: apt-get install redis-server redis-tools", file=sys.stderr)
+            return 2
+    n = 20_000 if args.quick else args.requests
+    run = run_persistence if args.persistence else run_memory
+    reps: list[list[Row]] = []
+    for rep in range(args.reps):
+        # A fresh directory each time: no repetition warm-starts from another's store.
+        with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
+            reps.append(run(Path(tmp), n, not args.metrics_off, sessiond_first=rep % 2 == 0))
+        if args.reps > 1:
+            order = "sessiond first" if rep % 2 == 0 else "redis first"
+            print(f"# repetition {rep + 1} of {args.reps} ({order}) done", file=sys.stderr)
+    metrics_state = "off" if args.metrics_off else "on"
+    print(f"sessiond (metrics {metrics_state}) vs redis-server {redis_version()}, "
+          f"{os.cpu_count()} CPUs, {n} requests, -d 200 -r 100000")  # fmt: skip
+    for rep, rows in enumerate(reps):
+        if args.reps > 1:
+            order = "sessiond first" if rep % 2 == 0 else "redis first"
+            print(f"\nrepetition {rep + 1} ({order})")
+        print_table(rows)
+    if args.reps > 1:
+        print_summary(reps)
     return 0
 
 

@@ -2,6 +2,7 @@
 # it does (on stderr, prefixed with the script's name):
 #   need TEST PACKAGE WHY   queue Debian PACKAGE when the shell command TEST fails
 #   install_needed          apt-get install the queued packages (through sudo unless root)
+#   apt_update_once         apt-get update, unless this run did already
 #   ensure_venv             create ./.venv if it is missing or broken
 #   install_sessiond [EXTRA]
 #                           pip install -e ".[EXTRA]" into .venv, unless the stamp in .venv
@@ -38,8 +39,14 @@ need() {
 install_needed() {
   ((${#_packages[@]})) || return 0
   say "installing $(join_and "${_reasons[@]}") with apt-get"
-  as_root apt-get update -qq
+  apt_update_once
   as_root apt-get install -y -qq "${_packages[@]}" >/dev/null
+}
+
+apt_update_once() {
+  [ -n "${_apt_updated:-}" ] && return 0
+  as_root apt-get update -qq
+  _apt_updated=1
 }
 
 ensure_venv() {

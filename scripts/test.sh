@@ -23,6 +23,23 @@ need "command -v gcc" gcc "to compile sessiond's hot modules with mypyc"
 need "test -e /usr/include/python3.11/Python.h -o -e $(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" \
   python3-dev "Python's headers, to compile sessiond's hot modules with mypyc"
 install_needed
+
+# Debian's postgresql: the server programs the PostgreSQL tests start their own clusters
+# with (tests/pg.py). A first install would also initdb a "main" cluster and, under
+# systemd, start it on port 5432: a createcluster.d drop-in turns that off for this
+# install only. Its recommends (cron, sysstat, a mail server) are not needed.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  say "installing postgresql (the server programs the PostgreSQL tests run their own" \
+    "clusters with) with apt-get, without its recommends or a default cluster"
+  no_main_cluster=/etc/postgresql-common/createcluster.d/sessiond-test.conf
+  trap 'as_root rm -f "$no_main_cluster"' EXIT
+  as_root mkdir -p "${no_main_cluster%/*}"
+  echo "create_main_cluster = false" | as_root tee "$no_main_cluster" >/dev/null
+  apt_update_once
+  as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  as_root rm -f "$no_main_cluster"
+  trap - EXIT
+fi
 for build in ${SESSIOND_TEST_BUILDS:-pure compiled}; do
   case $build in
     pure)

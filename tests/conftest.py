@@ -21,6 +21,9 @@ import pytest
 import redis
 import yaml
 
+# Fixtures for a real PostgreSQL: pg_cluster, pg_db, pg_own_cluster, tcp_proxy, ...
+pytest_plugins = ["pg_fixtures"]
+
 STARTUP_TIMEOUT = 20.0
 
 

@@ -162,7 +162,7 @@ def test_unknown_commands_arity_and_noauth_are_error_replies() -> None:
     assert isinstance(reply, Error) and reply.message.startswith("NOAUTH")
     counts = d.state.stats.commands["GET"]
     assert (counts.calls, counts.errors) == (2, 2)
-    assert d.state.stats.server.unknown_commands == 1
+    assert d.state.stats.server.unknown.calls == 1
 
 
 def test_a_handler_bug_is_an_error_reply_not_an_exception() -> None:

@@ -248,7 +248,10 @@ class SessionCache(Generic[K, V]):
         self.default_ttl = default_ttl or None
         self.sliding = sliding
         self.clock = clock
-        self.persistence: PersistenceHook[K, V] = persistence or NoPersistence()
+        self._persistence: PersistenceHook[K, V] = NoPersistence()
+        self._persisting = False  # whether the hook is not NoPersistence (a write skips it)
+        if persistence is not None:
+            self.persistence = persistence
         self.listener = listener
         self.sizer = sizer
         self.memory = 0
@@ -262,6 +265,16 @@ class SessionCache(Generic[K, V]):
         self.loads_found = 0
         self.loads_absent = 0
         self.loads_error = 0
+
+    @property
+    def persistence(self) -> PersistenceHook[K, V]:
+        """The persistence hook (may be replaced, e.g. when a store is attached)."""
+        return self._persistence
+
+    @persistence.setter
+    def persistence(self, hook: PersistenceHook[K, V]) -> None:
+        self._persistence = hook
+        self._persisting = not isinstance(hook, NoPersistence)
 
     # ------------------------------------------------------------------ reads
 
@@ -434,7 +447,8 @@ class SessionCache(Generic[K, V]):
             record = old.record
             if new_deadline is not None and (record is None or record[0] > new_deadline):
                 self._file(key, old)
-            self.persistence.save(key, old)
+            if self._persisting:
+                self._persistence.save(key, old)
             if len(data) > self.max_sessions or (self.max_memory and self.memory > self.max_memory):
                 self._enforce_bounds()
             return old
@@ -470,7 +484,8 @@ class SessionCache(Generic[K, V]):
         self.expiring += new_deadline is not None
         if new_deadline is not None:
             self._file(key, entry)
-        self.persistence.save(key, entry)
+        if self._persisting:
+            self._persistence.save(key, entry)
         if len(data) > self.max_sessions or (self.max_memory and self.memory > self.max_memory):
             self._enforce_bounds()
         return entry

@@ -26,7 +26,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .cache import DEFAULT, CacheStats, Cause, Entry, SessionCache
+from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .protocol import Error
 from .store import (
     HASH_SPACE,
@@ -106,6 +106,11 @@ class Keyspace:
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
         self.current: Context | None = None
+        # Told of every change a command makes to a key (None: to every key)
+        # and of every expiry: WATCH. ``watching`` says whether anyone listens
+        # (a write checks it, and calls nobody when nobody does).
+        self.change_listeners: list[Callable[[bytes | None], None]] = []
+        self.watching = False
         if store is not None:
             self.attach(store)
 
@@ -114,6 +119,30 @@ class Keyspace:
         (at start-up, before any command runs)."""
         self.store = store
         self.cache.persistence = self
+
+    # -------------------------------------------------------------- changes
+
+    def listen(self, listener: Callable[[bytes | None], None]) -> None:
+        """Call ``listener(key)`` whenever a command changes ``key`` or it
+        expires (``None``: every key changed, FLUSHDB). Called synchronously,
+        before the change; it must not change the keyspace."""
+        self.change_listeners.append(listener)
+        self.watching = True
+        # Only now: the core copies the entry it replaces for its listener.
+        self.cache.listener = self._removed
+
+    def modified(self, key: bytes | None) -> None:
+        for listener in self.change_listeners:
+            listener(key)
+
+    def _removed(
+        self, key: bytes, entry: Entry[bytes], cause: Cause, reason: EvictionReason | None
+    ) -> None:
+        """The core removed ``key`` from memory. An expiry is a change; an
+        eviction is not (the store keeps the session as it was); a delete or
+        a replacement came from a command, which said so already."""
+        if cause is Cause.EXPIRED and self.watching:
+            self.modified(key)
 
     # ------------------------------------------------------ the cache's hook
 
@@ -438,16 +467,15 @@ class Context:
         """Refuse a key or value over ``limits.max_value_size``, or one larger
         than the whole memory bound (it would be evicted as soon as written,
         an acknowledged write that no GET could see)."""
-        if len(data) > self.keyspace.max_value_size:
+        size = len(data)
+        if size > self.keyspace.max_value_size:
             raise Error(
-                f"ERR value of {len(data)} bytes exceeds limits.max_value_size "
+                f"ERR value of {size} bytes exceeds limits.max_value_size "
                 f"({self.keyspace.max_value_size} bytes)"
             )
         max_memory = self.cache.max_memory
-        if max_memory and len(data) > max_memory:
-            raise Error(
-                f"ERR value of {len(data)} bytes exceeds cache.max_memory ({max_memory} bytes)"
-            )
+        if max_memory and size > max_memory:
+            raise Error(f"ERR value of {size} bytes exceeds cache.max_memory ({max_memory} bytes)")
 
     def set(
         self,
@@ -460,33 +488,48 @@ class Context:
         context_id: str | None = None,
     ) -> Entry[bytes]:
         """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
+        if self.keyspace.watching:
+            self.keyspace.modified(key)
         return self.cache.insert(
             key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
         )
 
     def update(self, key: bytes, fn: Callable[[bytes], bytes]) -> Entry[bytes] | None:
         """Replace the value of a live key, keeping its TTL and metadata."""
+        if self.keyspace.watching:
+            self.keyspace.modified(key)
         return self.cache.update(key, fn)
 
     def remove(self, key: bytes) -> bytes | None:
         """Delete ``key`` everywhere; its value if it was live in memory."""
+        if self.keyspace.watching:
+            self.keyspace.modified(key)
         return self.cache.remove(key)
 
     def set_ttl(self, key: bytes, ttl: float | None) -> bool:
+        if self.keyspace.watching:
+            self.keyspace.modified(key)
         return self.cache.set_ttl(key, ttl)
 
     def set_deadline(self, key: bytes, deadline: float | None) -> bool:
+        if self.keyspace.watching:
+            self.keyspace.modified(key)
         return self.cache.set_deadline(key, deadline)
 
     def persist(self, key: bytes) -> bool:
+        if self.keyspace.watching:
+            self.keyspace.modified(key)
         return self.cache.persist(key)
 
     def invalidate(self, key: bytes) -> bool:
-        """Drop ``key`` from memory only; the store keeps it."""
+        """Drop ``key`` from memory only; the store keeps it (not a change:
+        its value and life are as they were)."""
         return self.cache.invalidate(key)
 
     def flush(self) -> None:
         """Delete every session, in memory and in the store."""
+        if self.keyspace.watching:
+            self.keyspace.modified(None)
         self.cache.clear()
         store = self.keyspace.store
         if store is not None:

@@ -30,14 +30,19 @@ from .stats import DurationHistogram
 STORE_OPERATIONS = ("commit", "compact", "expire", "load")
 
 
-def _histogram(name: str, doc: str, hist: DurationHistogram) -> HistogramMetricFamily:
+def _buckets(hist: DurationHistogram) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs, ``+Inf`` last."""
     buckets: list[tuple[str, float]] = []
     cumulative = 0
     for bound, count in zip(hist.bounds, hist.counts, strict=False):
         cumulative += count
         buckets.append((repr(float(bound)), cumulative))
     buckets.append(("+Inf", cumulative + hist.counts[-1]))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=hist.sum)
+    return buckets
+
+
+def _histogram(name: str, doc: str, hist: DurationHistogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=_buckets(hist), sum_value=hist.sum)
 
 
 class SessiondCollector(Collector):
@@ -139,15 +144,25 @@ class SessiondCollector(Collector):
         for name, command in self.state.stats.commands.items():
             commands.add_metric([name.lower()], command.calls)
             command_errors.add_metric([name.lower()], command.errors)
-        commands.add_metric(["unknown"], stats.unknown_commands)
-        command_errors.add_metric(["unknown"], stats.unknown_command_errors)
+        commands.add_metric(["unknown"], stats.unknown.calls)
+        command_errors.add_metric(["unknown"], stats.unknown.errors)
         yield commands
         yield command_errors
         yield _histogram(
             "sessiond_command_duration_seconds",
-            "Time to execute a command.",
+            "Event-loop time per command (parsing and running it, shared within a batch).",
             self.state.stats.command_duration,
         )
+        latency = HistogramMetricFamily(
+            "sessiond_command_latency_seconds",
+            "What a client waits: from its request's arrival to its reply's write.",
+            labels=["command"],
+        )
+        for name, command in self.state.stats.commands.items():
+            if command.calls:  # a series per command used, not per command known
+                hist = command.latency
+                latency.add_metric([name.lower()], _buckets(hist), sum_value=hist.sum)
+        yield latency
         yield GaugeMetricFamily(
             "sessiond_connected_clients", "Open client connections.", len(self.state.clients)
         )

@@ -22,11 +22,8 @@ value                  RESP2                RESP3
 
 from __future__ import annotations
 
-import itertools
-import re
 from typing import Any, Final
 
-import hiredis
 from mypy_extensions import mypyc_attr
 
 
@@ -169,8 +166,8 @@ def _length(header: bytes, signed: bool) -> int | None:
 
 class ExactParser:
     """Splits a client's byte stream into requests (lists of ``bytes``) in pure
-    Python, as Redis reads them; :class:`RequestParser` hands it what hiredis
-    must not see, and tests hold the two to the same answers.
+    Python, as Redis reads them; :class:`RequestParser` hands it all but whole
+    canonical requests, and tests hold the two to the same answers.
 
     Multi-bulk requests (``*<n>\r\n`` then ``n`` bulk strings) and inline
     commands (``PING\r\n`` as typed into ``nc -U``) may be mixed in one stream.
@@ -356,52 +353,89 @@ class ExactParser:
         return pos
 
 
-class _Fallback(Exception):
-    pass
+def _canonical(data: bytes, out: list[list[bytes]], max_args: int, max_size: int) -> int:
+    """Append to ``out`` the requests at the start of ``data`` that are whole
+    and canonical -- ``*<n>\r\n`` then ``n`` times ``$<len>\r\n<data>\r\n``,
+    counts and lengths written as Redis writes them (no sign, no leading zero),
+    within the limits -- and return the offset of the first byte not taken:
+    where a request starts that is cut off by the end of ``data``, is not
+    canonical, or breaks a limit. Whatever it takes, the exact parser would
+    take the same way; it is left everything else.
 
-
-# Line starts that hiredis must not see: types it would read as a string (so a
-# request's size could not be told from its arguments), aggregates other than
-# arrays, and array headers of 7 digits or more (hiredis sizes a list by the
-# declared count before any element arrives). Bulk data may match too (a value
-# starting with "+"); that only costs the exact parser's time.
-_SUSPECT: Final = re.compile(rb"\n(?:[+(=%~>|]|\*\d{7})")
-_chain = itertools.chain.from_iterable
-
-
-def _encoded_size(requests: list[list[bytes]]) -> int:
-    """Bytes of ``requests`` as multi-bulk requests with canonical headers,
-    counted by C loops (``len(str([3, 8]))`` is the digits plus 2 per item)."""
-    if not requests:
-        return 0
-    args = list(_chain(requests))
-    headers = len(str(list(map(len, requests)))) + len(requests)  # digits + "*\r\n"
-    bulks = len(str(list(map(len, args)))) + 3 * len(args)  # digits + "$\r\n" + "\r\n"
-    return headers + bulks + sum(map(len, args))
+    A loop over bytes: compiled with mypyc, it costs a few compares per header
+    byte and an allocation per argument. Measured against the hiredis reader
+    this replaced, with the checks that made hiredis safe here (a scan for the
+    types it reads differently from Redis and for counts it would allocate
+    for, and the size of what it took): 9x less time for one GET, 2x less for
+    16 pipelined SETs. Interpreted, it is slower than hiredis (2x for a GET):
+    the fallback build pays that."""
+    n = len(data)
+    pos = 0
+    while pos < n:
+        if data[pos] != 42:  # not '*': inline, or not a request
+            return pos
+        i = pos + 1
+        count = 0
+        while i < n:
+            c = data[i]
+            if c < 48 or c > 57:
+                break
+            count = count * 10 + c - 48
+            i += 1
+        digits = i - pos - 1
+        if digits == 0 or digits > 9 or data[pos + 1] == 48 or count > max_args:
+            return pos  # no count, a leading zero (*0 too), or too many arguments
+        if i + 1 >= n or data[i] != 13 or data[i + 1] != 10:
+            return pos
+        i += 2
+        args: list[bytes] = []
+        while count:
+            if i >= n or data[i] != 36:  # '$'
+                return pos
+            j = i + 1
+            size = 0
+            while j < n:
+                c = data[j]
+                if c < 48 or c > 57:
+                    break
+                size = size * 10 + c - 48
+                j += 1
+            digits = j - i - 1
+            if digits == 0 or digits > 10 or (digits > 1 and data[i + 1] == 48):
+                return pos
+            end = j + 2 + size
+            if end - pos + 2 > max_size or end + 2 > n:
+                return pos  # over the limit, or continued in the next read
+            if data[j] != 13 or data[j + 1] != 10 or data[end] != 13 or data[end + 1] != 10:
+                return pos
+            args.append(data[j + 2 : end])
+            i = end + 2
+            count -= 1
+        out.append(args)
+        pos = i
+    return pos
 
 
 class RequestParser:
     """Splits a client's byte stream into requests (lists of ``bytes``).
 
     The semantics are :class:`ExactParser`'s (Redis' own); this class makes the
-    common case fast. Bytes that start between requests with ``*`` and hold
-    nothing that :data:`_SUSPECT` flags are parsed by hiredis' C reader;
-    everything else -- inline commands, anything hiredis rejects or answers
-    with other than arrays of bulk strings, the rest of a request cut at the end
-    of a read -- goes to the exact parser, until the stream is between requests
-    again. hiredis never sees an aggregate header big enough to make it
-    allocate much.
+    common case fast. From where the stream is between requests, whole canonical
+    multi-bulk requests are taken by :func:`_canonical`; everything else --
+    inline commands, anything malformed or over a limit, the rest of a request
+    cut at the end of a read -- goes to the exact parser, until the stream is
+    between requests again. Nothing is allocated in proportion to a declared
+    count or length before the bytes are there.
 
     Malformed input raises :class:`ProtocolError`, and nothing else; its
     ``requests`` are the complete requests that preceded the error.
     """
 
-    __slots__ = ("_exact", "_reader", "max_request_size")
+    __slots__ = ("_exact", "max_request_size")
 
     def __init__(self, max_request_size: int) -> None:
         self.max_request_size = max_request_size
         self._exact = ExactParser(max_request_size)
-        self._reader = self._new_reader()
 
     @property
     def max_args(self) -> int:
@@ -412,10 +446,6 @@ class RequestParser:
         configured one); applies from the next request on."""
         self.max_request_size = max_request_size
         self._exact.set_limit(max_request_size)
-
-    @staticmethod
-    def _new_reader() -> hiredis.Reader:
-        return hiredis.Reader(protocolError=_Fallback, replyError=_Fallback)
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """Return the complete requests in ``data`` (plus what was buffered).
@@ -430,47 +460,18 @@ class RequestParser:
 
     def _feed_fast(self, data: bytes, done: list[list[bytes]]) -> list[list[bytes]]:
         """Parse ``data``, which starts between requests, after ``done``."""
-        if (
-            data[:1] != b"*"
-            or len(data) > self.max_request_size
-            or data[1:8].isdigit()
-            or _SUSPECT.search(data) is not None
-        ):
-            return self._exact_feed(data, done)
-        reader = self._reader
-        requests: list[list[bytes]] = []
+        exact = self._exact
+        taken = _canonical(data, done, exact.max_args, self.max_request_size)
+        if taken == len(data):
+            return done
         try:
-            reader.feed(data)
-            request = reader.gets()
-            while request is not False:
-                if type(request) is not list or not request:
-                    raise _Fallback
-                for arg in request:
-                    if type(arg) is not bytes:
-                        raise _Fallback
-                requests.append(request)
-                request = reader.gets()
-        except (_Fallback, MemoryError):
-            self._reader = self._new_reader()
-            return self._exact_feed(data, done)
-        consumed = _encoded_size(requests)
-        if done:
-            requests[:0] = done
-        if consumed == len(data):
-            return requests
-        # A request continues in the next read: the exact parser takes it.
-        self._reader = self._new_reader()
-        return self._exact_feed(data[consumed:], requests)
-
-    def _exact_feed(self, data: bytes, done: list[list[bytes]]) -> list[list[bytes]]:
-        try:
-            requests = self._exact.feed(data)
+            rest = exact.feed(data[taken:] if taken else data)
         except ProtocolError as exc:
             exc.requests[:0] = done
             raise
-        if done:
-            requests[:0] = done
-        return requests
+        if rest:
+            done.extend(rest)
+        return done
 
 
 # ------------------------------------------------------------------ encoding

@@ -24,15 +24,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from pathlib import Path
+from time import perf_counter
 from typing import Any, cast
 
 import structlog
 
-from .commands import Client, Dispatcher, ServerState
+from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
 from .config import Config
 from .keyspace import Keyspace, Prepared
 from .protocol import Error, ProtocolError, RequestParser, encode
+from .stats import LATENCY_BUCKETS, CommandStats, bucket
 from .store import StoreError
 
 log = structlog.get_logger("sessiond.server")
@@ -42,6 +44,9 @@ UNAUTHENTICATED_REQUEST_LIMIT = 16 * 1024  # bytes per request before AUTH
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _NGROUPS_MAX = 65536
 _PENDING_PAUSE = 1024  # queued requests before a parked connection stops reading
+# Replies queued in a transport before it pauses the connection (asyncio's
+# default high-water mark, set explicitly: the output limit counts on it).
+WRITE_HIGH_WATER = 64 * 1024
 
 
 class StartupError(Exception):
@@ -50,9 +55,12 @@ class StartupError(Exception):
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "arrived",
         "busy",
         "client",
+        "counted",
         "dispatcher",
+        "done",
         "durable",
         "keyspace",
         "out",
@@ -62,8 +70,10 @@ class Connection(asyncio.Protocol):
         "persistent",
         "prepared",
         "server",
+        "started",
         "task",
         "transport",
+        "write_paused",
         "write_slots",
     )
 
@@ -84,6 +94,15 @@ class Connection(asyncio.Protocol):
         # What the store returned for the next request (read-through).
         self.prepared: Prepared | None = None
         self.write_slots: list[int] = []
+        self.write_paused = False  # the transport's buffer is above WRITE_HIGH_WATER
+        # The counters of the commands whose replies are in ``out`` (their
+        # latency is counted when ``out`` is written), how many of them have
+        # had their event-loop time counted, when the oldest request not yet
+        # answered arrived, and when the current stretch of work began.
+        self.done: list[CommandStats] = []
+        self.counted = 0
+        self.arrived = 0.0
+        self.started = 0.0
 
     # -------------------------------------------------------------- events
 
@@ -113,6 +132,7 @@ class Connection(asyncio.Protocol):
             transport.close()
             self.transport = None
             return
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         sock = transport.get_extra_info("socket")
         self.client.fd = sock.fileno() if sock is not None else -1
         self.client.peer = server.peer_label(transport)
@@ -130,16 +150,23 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests.
+        self.write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.transport is not None and not self.paused:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        client = self.client
-        client.last_active = time.monotonic()
+        # One clock read per read: for the idle timeout, and as the arrival of
+        # the requests in it (docs/operations.md, latency).
+        now = perf_counter()
+        self.client.last_active = now
+        if not self.pending and not self.out:
+            self.arrived = now  # the oldest request not yet answered arrived now
+        self.started = now
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
@@ -150,6 +177,9 @@ class Connection(asyncio.Protocol):
             self.protocol_error(str(exc))
             return
         if not requests:
+            return
+        if not self.persistent and not self.pending:
+            self._answer(requests)  # memory only, nothing queued: the common case
             return
         self.pending.extend(requests)
         if not self.busy:
@@ -177,39 +207,51 @@ class Connection(asyncio.Protocol):
         if self.persistent:
             self._drain_store()
         else:
-            self._drain_memory()
+            requests = list(self.pending)
+            self.pending.clear()
+            self._answer(requests)
 
-    def _run(self, args: list[bytes], prepared: Prepared | None) -> tuple[bytes, bool]:
-        """One request's encoded reply, and whether it must wait for the
-        store's commit. Never raises: a bug answers that request with an error."""
+    def _run(self, cmd: Command | None, args: list[bytes], prepared: Prepared | None) -> bytes:
+        """One request's encoded reply. Never raises: a bug answers that
+        request with an error."""
         client = self.client
-        dispatcher = self.dispatcher
         authenticated = client.authenticated
         try:
-            cmd = dispatcher.resolve(args[0])
-            reply = dispatcher.execute(client, cmd, args, prepared)
+            reply = self.dispatcher.execute(client, cmd, args, prepared)
             data = encode(reply, client.resp3)
         except Exception:
             log.exception("request_failed", client_id=client.id)
-            return encode(command_errors.internal(args[0].decode("utf-8", "replace")), False), False
+            return encode(command_errors.internal(args[0].decode("utf-8", "replace")), False)
         if client.authenticated is not authenticated:
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
         # An error reply changed nothing: it need not wait for a commit.
-        return data, cmd is not None and cmd.waits_for_commit and not isinstance(reply, Error)
+        if (
+            self.persistent
+            and cmd is not None
+            and cmd.waits_for_commit
+            and (self.durable or self.keyspace.lagging())
+            and not isinstance(reply, Error)
+        ):
+            self.write_slots.append(len(self.out))
+        return data
 
-    def _drain_memory(self) -> None:
+    def _answer(self, requests: list[list[bytes]]) -> None:
         """Memory only: no request ever waits, so run them all and reply once."""
-        pending = self.pending
         out = self.out
+        done = self.done
         client = self.client
-        run = self._run
+        dispatcher = self.dispatcher
+        table = dispatcher.table
+        counters = dispatcher.counters
         room = self.output_room()
-        while pending:
-            data = run(pending.popleft(), None)[0]
+        for args in requests:
+            cmd = table.get(args[0]) or dispatcher.resolve(args[0])
+            data = self._run(cmd, args, None)
             out.append(data)
+            if cmd is not None:  # an unknown name costs next to nothing: not timed
+                done.append(counters[cmd.index])
             if client.close_after_reply:
-                pending.clear()
                 break
             room -= len(data)
             if room < 0:
@@ -220,26 +262,28 @@ class Connection(asyncio.Protocol):
     def _drain_store(self) -> None:
         pending = self.pending
         out = self.out
+        done = self.done
         client = self.client
         dispatcher = self.dispatcher
-        keyspace = self.keyspace
         room = self.output_room() - sum(map(len, out))
         while pending:
             args = pending[0]
+            cmd = dispatcher.resolve(args[0])
             try:
-                work = dispatcher.prepare(client, dispatcher.resolve(args[0]), args, self.prepared)
+                work = dispatcher.prepare(client, cmd, args, self.prepared)
             except Exception:
                 log.exception("request_failed", client_id=client.id)
                 work = None
             if work is not None:
+                self._count_loop_time(perf_counter())
                 self._wait_then_go_on(work)
                 return
             pending.popleft()
             prepared, self.prepared = self.prepared, None
-            data, waits = self._run(args, prepared)
+            data = self._run(cmd, args, prepared)
             out.append(data)
-            if waits and (self.durable or keyspace.lagging()):
-                self.write_slots.append(len(out) - 1)
+            if cmd is not None:  # an unknown name costs next to nothing: not timed
+                done.append(dispatcher.counters[cmd.index])
             room -= len(data)
             if room < 0:
                 self.output_exceeded()
@@ -248,10 +292,23 @@ class Connection(asyncio.Protocol):
                 pending.clear()
                 break
         if self.write_slots:
+            self._count_loop_time(perf_counter())
             self.busy = True
-            keyspace.after_commit(self._durable)
+            self.keyspace.after_commit(self._durable)
             return
         self.flush()
+
+    def _count_loop_time(self, now: float) -> None:
+        """The event-loop time of the commands run since ``started``, shared
+        among them (one clock read per batch, not two per command)."""
+        ran = len(self.done) - self.counted
+        if ran > 0:
+            elapsed = now - self.started
+            hist = self.server.loop_time
+            hist.counts[bucket(hist.bounds, elapsed / ran)] += ran
+            hist.sum += elapsed
+            self.counted = len(self.done)
+        self.started = now
 
     def _wait_then_go_on(self, work: Awaitable[Prepared]) -> None:
         """Park the queue while ``work`` reads the store for the next request
@@ -262,6 +319,7 @@ class Connection(asyncio.Protocol):
     async def _after(self, work: Awaitable[Prepared]) -> None:
         try:
             self.prepared = await work
+            self.started = perf_counter()
         except Exception as exc:
             # The request that needed the read is answered with the error;
             # whatever went wrong, it is answered and the queue goes on.
@@ -273,6 +331,7 @@ class Connection(asyncio.Protocol):
                 log.exception("request_failed", client_id=self.client.id)
                 reply = command_errors.internal(args[0].decode("utf-8", "replace"))
             self.out.append(encode(reply, self.client.resp3))
+            self.started = perf_counter()
         finally:
             self.task = None
             self.busy = False
@@ -286,6 +345,7 @@ class Connection(asyncio.Protocol):
                 self.out[slot] = reply
         self.write_slots.clear()
         self.busy = False
+        self.started = perf_counter()
         self._go_on()
 
     def _go_on(self) -> None:
@@ -317,8 +377,15 @@ class Connection(asyncio.Protocol):
         batch builds count before they reach the transport, so a few bytes of
         pipelined GETs of a large value cannot build gigabytes first."""
         transport = self.transport
-        used = 0 if transport is None else transport.get_write_buffer_size()
-        return self.server.max_output_buffer - used
+        if transport is None:
+            return self.server.max_output_buffer
+        limit = self.server.max_output_buffer
+        if not self.write_paused and limit > WRITE_HIGH_WATER:
+            # The transport pauses us as soon as its buffer passes the high
+            # mark: below it, that mark bounds what is queued (and asking the
+            # transport costs a call per batch).
+            return limit - WRITE_HIGH_WATER
+        return limit - transport.get_write_buffer_size()
 
     def output_exceeded(self) -> None:
         """Drop a client whose queued replies passed limits.max_output_buffer."""
@@ -329,6 +396,8 @@ class Connection(asyncio.Protocol):
         )
         self.pending.clear()
         self.out.clear()
+        self.done.clear()
+        self.counted = 0
         self.write_slots.clear()
         if self.transport is not None:
             self.transport.abort()
@@ -340,9 +409,26 @@ class Connection(asyncio.Protocol):
             return
         transport.write(b"".join(out) if len(out) > 1 else out[0])
         out.clear()
+        done = self.done
+        if done:
+            # Client-seen latency: from the arrival of the oldest request these
+            # replies answer to this write, counted for each of their commands.
+            now = perf_counter()
+            self._count_loop_time(now)
+            latency = now - self.arrived
+            index = bucket(LATENCY_BUCKETS, latency)
+            for stats in done:
+                hist = stats.latency
+                hist.counts[index] += 1
+                hist.sum += latency
+            done.clear()
+            self.counted = 0
+            self.arrived = now  # what is still queued arrived no later than this write
         if self.client.close_after_reply:
             transport.close()
-        elif transport.get_write_buffer_size() > self.server.max_output_buffer:
+        elif (
+            self.write_paused or self.server.max_output_buffer <= WRITE_HIGH_WATER
+        ) and self.output_room() < 0:
             log.warning(
                 "client_output_buffer_exceeded",
                 client_id=self.client.id,
@@ -374,6 +460,7 @@ class Server:
         self.dispatcher = dispatcher
         self.keyspace = keyspace
         self.state = state
+        self.loop_time = state.stats.command_duration
         self.durable_replies = durable_replies
         self.connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -524,7 +611,7 @@ class Server:
 
     def close_idle(self, timeout: float) -> int:
         """Close connections idle for longer than ``timeout`` seconds."""
-        cutoff = time.monotonic() - timeout
+        cutoff = perf_counter() - timeout
         closed = 0
         for conn in list(self.connections):
             if conn.client.last_active < cutoff and not conn.busy and conn.transport:

@@ -9,9 +9,13 @@ mutable module-level state and two daemons in one process do not share counts.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
-# Seconds; buckets of sessiond_command_duration_seconds.
+# Seconds; buckets of sessiond_command_latency_seconds: what a client waits,
+# from its request's arrival to its reply's write, store waits included.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+# Seconds; buckets of sessiond_command_duration_seconds (event-loop time).
 COMMAND_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -31,31 +35,43 @@ class DurationHistogram:
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
+    def observe(self, seconds: float, times: int = 1) -> None:
+        """Count ``times`` observations of ``seconds`` each."""
+        self.counts[bucket(self.bounds, seconds)] += times
+        self.sum += seconds * times
+
+
+def bucket(bounds: tuple[float, ...], value: float) -> int:
+    """The index of the first bound ``>= value`` (``len(bounds)``: ``+Inf``).
+    A plain loop: compiled, it is a few float compares, where ``bisect``
+    compares Python objects."""
+    i = 0
+    n = len(bounds)
+    while i < n and bounds[i] < value:
+        i += 1
+    return i
 
 
 class CommandStats:
-    """Calls and error replies of one command."""
+    """Calls, error replies and client-seen latency of one command."""
 
-    __slots__ = ("calls", "errors")
+    __slots__ = ("calls", "errors", "latency")
 
     def __init__(self) -> None:
         self.calls = 0
         self.errors = 0
+        self.latency = DurationHistogram(LATENCY_BUCKETS)
 
 
 class ServerStats:
-    """Connection-level counters."""
+    """Connection-level counters; ``unknown`` counts requests naming no command."""
 
-    __slots__ = ("connections_total", "rejected", "unknown_command_errors", "unknown_commands")
+    __slots__ = ("connections_total", "rejected", "unknown")
 
     def __init__(self) -> None:
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
-        self.unknown_commands = 0
-        self.unknown_command_errors = 0
+        self.unknown = CommandStats()
 
 
 class StoreStats:

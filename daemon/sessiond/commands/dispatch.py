@@ -3,18 +3,16 @@
 Everything between "these are the request's arguments" and "this is its
 reply" that is not the command's own work lives here: the name lookup, the
 unknown-command and authentication checks, arity, queueing inside MULTI,
-refusing writes while the store cannot commit, the per-command counters and
-the handler-time histogram, and turning an unexpected exception into an error
-reply. The server calls :meth:`Dispatcher.prepare` (what the command needs
-from the store first) and :meth:`Dispatcher.execute`; it never looks inside a
-command.
+refusing writes while the store cannot commit, the per-command counters, and
+turning an unexpected exception into an error reply. The server calls
+:meth:`Dispatcher.prepare` (what the command needs from the store first) and
+:meth:`Dispatcher.execute`; it never looks inside a command. (What a command
+costs in time the server measures, per batch of requests: docs/operations.md.)
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Awaitable
-from time import perf_counter
 from typing import Any
 
 import structlog
@@ -36,13 +34,13 @@ class Dispatcher:
         self.keyspace = keyspace
         self.state = state
         stats = state.stats
-        self.server_stats = stats.server
-        self.histogram = stats.command_duration
-        self.counters: dict[str, CommandStats] = {}
+        self.unknown = stats.server.unknown
+        # Each command's counters, by Command.index (a list: no lookup by name).
+        self.counters: list[CommandStats] = []
         # Lookups try the bytes as sent first; most clients send upper or lower case.
         self.table: dict[bytes, Command] = {}
         for name, cmd in REGISTRY.items():
-            self.counters[name] = stats.commands.setdefault(name, CommandStats())
+            self.counters.append(stats.commands.setdefault(name, CommandStats()))
             self.table[name.encode()] = cmd
             self.table[name.lower().encode()] = cmd
 
@@ -85,13 +83,13 @@ class Dispatcher:
     ) -> Any:
         """Run one request with every check; its reply value."""
         if cmd is None:
-            self.server_stats.unknown_commands += 1
-            self.server_stats.unknown_command_errors += 1
+            self.unknown.calls += 1
+            self.unknown.errors += 1
             if client.multi is not None:
                 client.multi_error = True
             return errors.unknown_command(args)
         if not client.authenticated and not cmd.noauth:
-            counter = self.counters[cmd.name]
+            counter = self.counters[cmd.index]
             counter.calls += 1
             counter.errors += 1
             return Error(errors.NOAUTH)
@@ -102,7 +100,7 @@ class Dispatcher:
         if failure is not None and (
             cmd.write or (cmd.runs_queued and multi is not None and any(c.write for c, _ in multi))
         ):
-            counter = self.counters[cmd.name]
+            counter = self.counters[cmd.index]
             counter.calls += 1
             counter.errors += 1
             if cmd.runs_queued:
@@ -118,7 +116,7 @@ class Dispatcher:
 
     def call(self, cx: Call, cmd: Command, args: Args) -> Any:
         """Run ``cmd`` in ``cx`` (EXEC runs each queued command through here)."""
-        counter = self.counters[cmd.name]
+        counter = self.counters[cmd.index]
         counter.calls += 1
         arity = cmd.arity
         n = len(args)
@@ -126,7 +124,6 @@ class Dispatcher:
             counter.errors += 1
             return errors.wrong_arity(cmd.name)
         cx.client.last_command = cmd.name
-        start = perf_counter()
         try:
             reply = cmd.handler(cx, args)
         except Error as exc:
@@ -138,10 +135,6 @@ class Dispatcher:
             log.exception("command_failed", command=cmd.name, client_id=cx.client.id)
             reply = errors.internal(cmd.name)
             counter.errors += 1
-        elapsed = perf_counter() - start
-        hist = self.histogram
-        hist.counts[bisect_left(hist.bounds, elapsed)] += 1
-        hist.sum += elapsed
         return reply
 
     def _queue(
@@ -149,7 +142,7 @@ class Dispatcher:
     ) -> Any:
         arity = cmd.arity
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
-            counter = self.counters[cmd.name]
+            counter = self.counters[cmd.index]
             counter.calls += 1
             counter.errors += 1
             client.multi_error = True

@@ -97,6 +97,8 @@ class Command:
     # writes and the store cannot commit.
     runs_queued: bool = False
     noauth: bool = False
+    # Its place in REGISTRY: the dispatcher keeps its counters in a list by it.
+    index: int = 0
 
     @property
     def waits_for_commit(self) -> bool:
@@ -178,6 +180,7 @@ def command(
             immediate=immediate,
             runs_queued=runs_queued,
             noauth="noauth" in flag_tuple,
+            index=len(REGISTRY),
         )
         return handler
 

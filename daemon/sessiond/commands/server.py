@@ -26,7 +26,7 @@ _EVERY_SECTION = frozenset({"default", "all", "everything"})
 def total_commands(cx: Call) -> int:
     """Commands run so far, summed at read time (nothing extra per command)."""
     stats = cx.state.stats
-    return sum(c.calls for c in stats.commands.values()) + stats.server.unknown_commands
+    return sum(c.calls for c in stats.commands.values()) + stats.server.unknown.calls
 
 
 def info_text(cx: Call, section: bytes | None) -> str:

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""The floor a Python event loop reaches here: asyncio + uvloop + hiredis on a Unix socket.
+
+    python bench/baseline_server.py --socket /tmp/baseline.sock
+
+Answers what redis-benchmark sends (GET, SET key value, PING, and the CONFIG GET save /
+appendonly it asks for at start) from a plain dict, with one ``transport.write`` per
+read, so pipelining works. Nothing else: no TTLs, limits, auth, inline commands,
+metrics or flow control. Malformed input gets ``-ERR Protocol error`` and the
+connection is closed, as Redis does. ``bench/instructions.py`` measures its cost per
+request next to sessiond's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import hiredis
+import uvloop
+
+Handler = Callable[[list[Any]], bytes]
+
+DATA: dict[bytes, bytes] = {}
+CONFIG = {b"save": b"", b"appendonly": b"no"}
+OK = b"+OK\r\n"
+NIL = b"$-1\r\n"
+
+
+def bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def arity(name: str) -> bytes:
+    return b"-ERR wrong number of arguments for '%s' command\r\n" % name.encode()
+
+
+def get(args: list[Any]) -> bytes:
+    if len(args) != 2:
+        return arity("get")
+    value = DATA.get(args[1])
+    return NIL if value is None else bulk(value)
+
+
+def set_(args: list[Any]) -> bytes:
+    if len(args) != 3:
+        return arity("set") if len(args) < 3 else b"-ERR syntax error\r\n"
+    key, value = args[1], args[2]
+    if type(key) is not bytes or type(value) is not bytes:
+        raise TypeError("not a bulk string")
+    DATA[key] = value
+    return OK
+
+
+def ping(args: list[Any]) -> bytes:
+    if len(args) > 2:
+        return arity("ping")
+    return b"+PONG\r\n" if len(args) == 1 else bulk(args[1])
+
+
+def config(args: list[Any]) -> bytes:
+    if len(args) < 3 or args[1].upper() != b"GET":
+        return b"-ERR only CONFIG GET is supported\r\n"
+    found = [(p, CONFIG[p.lower()]) for p in args[2:] if p.lower() in CONFIG]
+    return b"*%d\r\n" % (2 * len(found)) + b"".join(bulk(k) + bulk(v) for k, v in found)
+
+
+COMMANDS: dict[bytes, Handler] = {b"GET": get, b"SET": set_, b"PING": ping, b"CONFIG": config}
+
+
+class RespProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        out: list[bytes] = []
+        try:
+            reader.feed(data)
+            while (request := reader.gets()) is not False:
+                if type(request) is not list or not request:
+                    raise TypeError("not a request")
+                name = request[0]
+                handler = COMMANDS.get(name) or COMMANDS.get(name.upper())
+                if handler is None:
+                    shown = name[:128].replace(b"\r", b" ").replace(b"\n", b" ")
+                    out.append(b"-ERR unknown command '%b'\r\n" % shown)
+                else:
+                    out.append(handler(request))
+        except (hiredis.ProtocolError, TypeError, AttributeError):
+            out.append(b"-ERR Protocol error: expected a multi-bulk request\r\n")
+            assert self.transport is not None
+            self.transport.write(b"".join(out))
+            self.transport.close()
+            return
+        if out:
+            assert self.transport is not None
+            self.transport.write(b"".join(out))
+
+
+async def serve(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(RespProtocol, str(path))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        path.unlink(missing_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
+    args = parser.parse_args()
+    print(f"baseline server pid {os.getpid()} on {args.socket}", flush=True)
+    uvloop.run(serve(args.socket))
+
+
+if __name__ == "__main__":
+    main()
