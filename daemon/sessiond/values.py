@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Final
 
 from .protocol import ProtocolError, encode_bulks, parse_bulks
+from .store.api import KIND_STRING
 
 Hash = dict[bytes, bytes]
 Members = set[bytes]
 Value = bytes | Hash | Members
 
-STRING: Final = 0
+STRING: Final = KIND_STRING
 HASH: Final = 1
 SET: Final = 2
 

@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 HASH_SPACE = 2**32
 
+KIND_STRING = 0
+"""``Row.kind`` of a plain string value (the only kind the keyspace writes today)."""
+
 
 def scan_hash(key: bytes) -> int:
     """Stable position of a key in SCAN order, shared by memory and store."""
