@@ -207,3 +207,28 @@ def test_resp3_replies_are_maps_and_sets(daemon: Daemon) -> None:
     assert r.smembers("s") == {b"m"}
     with pytest.raises(redis.ResponseError, match=r"^WRONGTYPE"):
         r.get("h")
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_scan_type_sees_memory_and_store(daemon_factory: Factory, store: bool) -> None:
+    overrides: dict[str, Any] = {"cache": {"max_sessions": 2}}
+    if store:
+        overrides["persistence"] = {"backend": "sqlite"}
+    d = daemon_factory(overrides)
+    r = d.client()
+    r.hset("h:1", "f", "v")
+    r.sadd("s:1", "m")
+    r.set("k:1", "v")
+    r.hset("h:2", "f", "v")  # with the store, h:1 and s:1 are only there now
+
+    def scanned(kind: str) -> list[bytes]:
+        return sorted(r.scan_iter(_type=kind, count=1))
+
+    if store:
+        assert scanned("hash") == [b"h:1", b"h:2"]
+        assert scanned("set") == [b"s:1"]
+        assert scanned("string") == [b"k:1"]
+    else:  # memory only: what was evicted is gone
+        assert scanned("hash") == [b"h:2"]
+        assert scanned("string") == [b"k:1"]
+    assert scanned("list") == []

@@ -274,7 +274,9 @@ class Keyspace:
         store = self.store
         if store is None:
             return None
-        return store.whole_table(lambda: self._listed(store.scan_rows(0, None), 0, pattern), "keys")
+        return store.whole_table(
+            lambda: self._listed(store.scan_rows(0, None), 0, pattern, None), "keys"
+        )
 
     def counts(self, counted: TableCounts | None = None) -> tuple[int, int]:
         """Sessions held (in memory, queued or stored) and how many have a
@@ -293,9 +295,10 @@ class Keyspace:
                 expiring += current.deadline is not None
         return total, expiring
 
-    def scan(self, cursor: int, count: int) -> tuple[list[bytes], int]:
+    def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
         """One SCAN step in stable hash order: every key present for the whole
-        iteration is returned exactly once, however LRU order changes."""
+        iteration is returned exactly once, however LRU order changes. With
+        ``kind``, only keys of that type (values.STRING, HASH, SET)."""
         if self.store is None:
             now = self.cache.clock()
             candidates = sorted(
@@ -303,10 +306,11 @@ class Keyspace:
                 for key, entry in self.cache.items()
                 if (h := scan_hash(key)) >= cursor
                 and (entry.deadline is None or entry.deadline > now)
+                and (kind is None or values.kind_of(entry.value) == kind)
             )
             return take_hash_groups(candidates, count)
         part = self.store.scan_rows(cursor, count)
-        keys = self._listed(part, cursor, None)
+        keys = self._listed(part, cursor, None, kind)
         return keys, 0 if part.upper >= HASH_SPACE else part.upper
 
     def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
@@ -314,30 +318,44 @@ class Keyspace:
         if self.store is None:
             keys = [key for key, _ in self.cache.items()]
             return keys if pattern is None else [k for k in keys if pattern.match(k)]
-        return self._listed(self.store.scan_rows(0, None), 0, pattern)
+        return self._listed(self.store.scan_rows(0, None), 0, pattern, None)
 
     def _listed(
-        self, part: TableSlice, cursor: int, pattern: re.Pattern[bytes] | None
+        self,
+        part: TableSlice,
+        cursor: int,
+        pattern: re.Pattern[bytes] | None,
+        kind: int | None,
     ) -> list[bytes]:
-        """The live keys of a table slice, merged with its queued changes and
-        memory (memory's copy of a key is the newest), in SCAN order."""
+        """The live keys of a table slice (of one ``kind`` if given), merged
+        with its queued changes and memory (memory's copy of a key is the
+        newest), in SCAN order."""
         now = self.cache.clock()
         find = self.cache.find
         keys: dict[bytes, int] = {}  # key -> scan hash
-        for h, key, deadline in part.rows:
+        for h, key, deadline, row_kind in part.rows:
             held = find(key)
             if held is not None:
-                if held.deadline is None or held.deadline > now:
+                if (held.deadline is None or held.deadline > now) and (
+                    kind is None or values.kind_of(held.value) == kind
+                ):
                     keys[key] = h
-            elif deadline is None or deadline > now:
+            elif (deadline is None or deadline > now) and (kind is None or row_kind == kind):
                 keys[key] = h
         upper = part.upper
         for key, change in part.queued.items():
             h = scan_hash(key)
             if not cursor <= h < upper:
                 continue
-            current = find(key) or change
-            if current is not None and (current.deadline is None or current.deadline > now):
+            held = find(key)
+            live = False
+            if held is not None:
+                live = (held.deadline is None or held.deadline > now) and (
+                    kind is None or values.kind_of(held.value) == kind
+                )
+            elif change is not None:
+                live = change.live(now) and (kind is None or change.kind == kind)
+            if live:
                 keys[key] = h
             else:
                 keys.pop(key, None)
@@ -540,8 +558,8 @@ class Context:
         ahead = self.ahead
         return self.keyspace.counts(ahead if isinstance(ahead, TableCounts) else None)
 
-    def scan(self, cursor: int, count: int) -> tuple[list[bytes], int]:
-        return self.keyspace.scan(cursor, count)
+    def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
+        return self.keyspace.scan(cursor, count, kind)
 
     def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
         ahead = self.ahead
