@@ -29,20 +29,40 @@ from typing import Any
 from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .protocol import Error
-from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+from .store import (
+    HASH_SPACE,
+    Decision,
+    Row,
+    Store,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    scan_hash,
+)
 from .values import Value
 
 
 class Prepared:
     """What a command got from the store before it ran: the sessions it names
     that memory did not hold (``None`` where the store has none either), and
-    the result of its whole-table read (``None`` if it needs none)."""
+    the result of its whole-table read (``None`` if it needs none). A store
+    shared with other hosts adds the open :class:`~sessiond.store.Decision`
+    a command decides in, and the keys memory must forget after it
+    (:mod:`sessiond.shared`); both stay ``None`` otherwise."""
 
-    __slots__ = ("ahead", "loaded")
+    __slots__ = ("ahead", "decision", "forget", "loaded")
 
-    def __init__(self, loaded: dict[bytes, Entry[Value] | None], ahead: object = None) -> None:
+    def __init__(
+        self,
+        loaded: dict[bytes, Entry[Value] | None],
+        ahead: object = None,
+        decision: Decision | None = None,
+        forget: list[bytes] | None = None,
+    ) -> None:
         self.loaded = loaded
         self.ahead = ahead
+        self.decision = decision
+        self.forget = forget
 
 
 def _row(entry: Entry[Value]) -> Row:
@@ -158,6 +178,10 @@ class Keyspace:
         assert self.store is not None
         self.store.record(key, None)
 
+    def expire(self, key: bytes) -> None:
+        # Memory found the session past its deadline: so would the store.
+        self.delete(key)
+
     def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
@@ -198,6 +222,10 @@ class Keyspace:
             if work is not None:
                 return self._read_ahead(work, prepared)
         return None
+
+    def discard(self, prepared: Prepared) -> None:
+        """A request's connection went away after ``prepared`` was read for it
+        and before it ran (a shared store then has a decision to give up)."""
 
     async def _read_through(self, keys: list[bytes]) -> Prepared:
         assert self.store is not None
@@ -277,6 +305,14 @@ class Keyspace:
         return store.whole_table(
             lambda: self._listed(store.scan_rows(0, None), 0, pattern, None), "keys"
         )
+
+    def scan_ahead(
+        self, cursor: int, count: int, kind: int | None
+    ) -> Awaitable[tuple[list[bytes], int]] | None:
+        """One SCAN step read off the event loop, for a store whose reads must
+        not block it (a database across the network); ``None``: SCAN reads in
+        place (memory, or the local SQLite file)."""
+        return None
 
     def counts(self, counted: TableCounts | None = None) -> tuple[int, int]:
         """Sessions held (in memory, queued or stored) and how many have a
@@ -417,11 +453,12 @@ class Context:
     ``lookup`` is an access (renews LRU order and a sliding TTL, admits a
     stored session to memory); ``peek`` only inspects."""
 
-    __slots__ = ("ahead", "cache", "keyspace", "loaded")
+    __slots__ = ("ahead", "cache", "keyspace", "loaded", "prepared")
 
     def __init__(self, keyspace: Keyspace, prepared: Prepared | None) -> None:
         self.keyspace = keyspace
         self.cache = keyspace.cache
+        self.prepared = prepared
         if prepared is None:
             self.loaded: dict[bytes, Entry[Value] | None] | None = None
             self.ahead: object = None
@@ -559,6 +596,9 @@ class Context:
         return self.keyspace.counts(ahead if isinstance(ahead, TableCounts) else None)
 
     def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
+        ahead = self.ahead
+        if isinstance(ahead, tuple):
+            return ahead  # read off the event loop (scan_ahead)
         return self.keyspace.scan(cursor, count, kind)
 
     def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
@@ -566,3 +606,9 @@ class Context:
         if isinstance(ahead, list):
             return ahead  # listed and matched off the event loop
         return self.keyspace.keys(pattern)
+
+
+# The row a change writes and the entry a row reads back as, for the near
+# cache of a shared store (sessiond.shared), which writes them the same way.
+row_of = _row
+entry_of = _entry

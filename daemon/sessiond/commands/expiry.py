@@ -65,6 +65,7 @@ def _expire(cx: Call, args: Args, *, ms: bool, absolute: bool) -> int:
     group=KEYSPACE,
     summary="Set TTL",
     syntax=f"key seconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_expire(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=False, absolute=False)
@@ -78,6 +79,7 @@ def cmd_expire(cx: Call, args: Args) -> Reply:
     group=KEYSPACE,
     summary="Set ms TTL",
     syntax=f"key milliseconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_pexpire(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=True, absolute=False)
@@ -91,6 +93,7 @@ def cmd_pexpire(cx: Call, args: Args) -> Reply:
     group=KEYSPACE,
     summary="Set deadline",
     syntax=f"key unix-time-seconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_expireat(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=False, absolute=True)
@@ -104,6 +107,7 @@ def cmd_expireat(cx: Call, args: Args) -> Reply:
     group=KEYSPACE,
     summary="Set ms deadline",
     syntax=f"key unix-time-milliseconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_pexpireat(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=True, absolute=True)
@@ -177,7 +181,14 @@ def cmd_pexpiretime(cx: Call, args: Args) -> Reply:
 
 
 @command(
-    "PERSIST", 2, "write fast", keys=(1, 1, 1), group=KEYSPACE, summary="Remove TTL", syntax="key"
+    "PERSIST",
+    2,
+    "write fast",
+    keys=(1, 1, 1),
+    group=KEYSPACE,
+    summary="Remove TTL",
+    syntax="key",
+    decides=True,
 )
 def cmd_persist(cx: Call, args: Args) -> Reply:
     return int(cx.lookup(args[1]) is not None and cx.persist(args[1]))

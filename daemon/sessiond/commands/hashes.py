@@ -78,6 +78,7 @@ def _pairs(args: Args, start: int, name: str) -> list[tuple[bytes, bytes]]:
     group=HASH,
     summary="Set fields of a hash",
     syntax="key (field value) ...",
+    decides=True,
 )
 def cmd_hset(cx: Call, args: Args) -> Reply:
     return _write(cx, args[1], _pairs(args, 2, "hset"))
@@ -91,6 +92,7 @@ def cmd_hset(cx: Call, args: Args) -> Reply:
     group=HASH,
     summary="Set fields of a hash (deprecated form of HSET)",
     syntax="key (field value) ...",
+    decides=True,
 )
 def cmd_hmset(cx: Call, args: Args) -> Reply:
     _write(cx, args[1], _pairs(args, 2, "hmset"))
@@ -105,6 +107,7 @@ def cmd_hmset(cx: Call, args: Args) -> Reply:
     group=HASH,
     summary="Set a field of a hash if it is new",
     syntax="key field value",
+    decides=True,
 )
 def cmd_hsetnx(cx: Call, args: Args) -> Reply:
     return _write(cx, args[1], [(args[2], args[3])], only_new=True)
@@ -185,6 +188,7 @@ def cmd_hvals(cx: Call, args: Args) -> Reply:
     group=HASH,
     summary="Delete fields of a hash",
     syntax="key field ...",
+    decides=True,
 )
 def cmd_hdel(cx: Call, args: Args) -> Reply:
     key = args[1]
@@ -262,6 +266,7 @@ def _increment(cx: Call, key: bytes, field: bytes, new: bytes) -> None:
     group=HASH,
     summary="Increment the integer value of a field",
     syntax="key field increment",
+    decides=True,
 )
 def cmd_hincrby(cx: Call, args: Args) -> Reply:
     key, field = args[1], args[2]

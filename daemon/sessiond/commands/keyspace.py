@@ -103,6 +103,20 @@ def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None
     return count, pattern, type_name
 
 
+def _scan_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
+    # Only a store across the network reads ahead (Keyspace.scan_ahead); a
+    # request the handler will refuse reads nothing.
+    try:
+        cursor = int(args[1])
+        count, _, type_name = _scan_options(args, 2)
+    except (ValueError, Error):
+        return None
+    kind = None if type_name is None else _KINDS.get(type_name)
+    if cursor < 0 or (type_name is not None and kind is None):
+        return None
+    return keyspace.scan_ahead(cursor, count, kind)
+
+
 @command(
     "SCAN",
     -2,
@@ -110,6 +124,7 @@ def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None
     group=KEYSPACE,
     summary="Iterate keys",
     syntax="cursor [MATCH pattern] [COUNT count] [TYPE type]",
+    ahead=_scan_ahead,
 )
 def cmd_scan(cx: Call, args: Args) -> Reply:
     try:
