@@ -30,6 +30,7 @@ HOT = [
     "daemon/sessiond/keyspace.py",
     "daemon/sessiond/values.py",
     "daemon/sessiond/server.py",
+    "daemon/sessiond/shared.py",
     *sorted(str(p) for p in Path("daemon/sessiond/commands").glob("*.py")),
 ]
 

@@ -39,7 +39,9 @@ HOT = [
     "sessiond.keyspace",
     "sessiond.values",
     "sessiond.server",
+    "sessiond.shared",
     "sessiond.commands.dispatch",
+    "sessiond.commands.shared",
     "sessiond.commands.strings",
 ]
 
