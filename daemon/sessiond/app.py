@@ -24,12 +24,14 @@ import structlog
 from . import __version__, logs
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
-from .config import Config, ConfigError, load_config
+from .commands.shared import SharedDispatcher
+from .config import Config, ConfigError, load_config, redact_dsn
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
 from .notify import notify, watchdog_interval
 from .reload import ConfigReloader
 from .server import Server, StartupError
+from .shared import SharedKeyspace
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
 from .values import Value
@@ -64,9 +66,17 @@ class App:
         self.stats = Stats()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
-        self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
         self.state = ServerState(config, self.stats)
-        self.dispatcher = Dispatcher(self.keyspace, self.state)
+        # With PostgreSQL, memory is one host's near cache of a shared store.
+        self.shared: SharedKeyspace | None = None
+        self.keyspace: Keyspace
+        if config.persistence.backend == "postgresql":
+            self.shared = SharedKeyspace(self.cache, max_value_size=config.limits.max_value_size)
+            self.keyspace = self.shared
+            self.dispatcher: Dispatcher = SharedDispatcher(self.shared, self.state)
+        else:
+            self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
+            self.dispatcher = Dispatcher(self.keyspace, self.state)
         self.server = Server(
             self.dispatcher,
             self.keyspace,
@@ -89,6 +99,12 @@ class App:
         if config.persistence.backend == "sqlite":
             try:
                 warmed = self._open_store(loop)
+            except StoreError as exc:
+                log.error("startup_failed", error=str(exc))
+                return 1
+        elif self.shared is not None:
+            try:
+                warmed = await self._open_shared_store(self.shared)
             except StoreError as exc:
                 log.error("startup_failed", error=str(exc))
                 return 1
@@ -116,12 +132,14 @@ class App:
                 self.metrics = None
                 self.server.stop_accepting()
                 self.server.remove_socket()
-                self.keyspace.close()
+                await self._close_store()
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
+        if self.shared is not None:
+            self._spawn(self._renew_forever(self.shared))
         interval = watchdog_interval()
         if interval is not None:
             self._spawn(self._watchdog_forever(interval))
@@ -134,8 +152,8 @@ class App:
             config=config.source,
             socket=str(config.socket.path),
             metrics=config.metrics.listen if config.metrics.enabled else "disabled",
-            store=str(config.persistence.path) if self.store is not None else "none",
-            durability=config.persistence.durability if self.store is not None else None,
+            store=self._store_label(),
+            durability=config.persistence.durability if self.keyspace.persistent else None,
             warmed_sessions=warmed,
         )
         notify("READY=1\nSTATUS=serving")
@@ -180,6 +198,66 @@ class App:
         )
         return warmed
 
+    async def _open_shared_store(self, keyspace: SharedKeyspace) -> int:
+        """Connect to PostgreSQL (waiting up to persistence.connect_timeout for
+        it), hear the other hosts, warm start."""
+        from .store.postgres import PostgresStore  # psycopg is loaded only for it
+
+        p = self.config.persistence
+        assert p.dsn is not None
+        password = None
+        if p.password_file is not None:
+            try:
+                password = p.password_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise StoreError(
+                    f"persistence.password_file: cannot read {p.password_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+        store = PostgresStore(
+            p.dsn,
+            password=password,
+            durability=p.durability,
+            flush_interval=p.flush_interval,
+            pool_size=p.pool_size,
+            timeout=p.timeout,
+            heartbeat_interval=p.heartbeat_interval,
+            # A row is deleted this long after its deadline: longer than any
+            # host takes to write back a renewal of it.
+            grace=max(5.0, 2 * p.renew_interval + p.timeout),
+            stats=self.stats.store,
+            shared_stats=self.stats.shared,
+            hook=self.store_hook,
+        )
+        keyspace.attach_shared(store)
+        log.info("store_connecting", dsn=redact_dsn(p.dsn), timeout=p.connect_timeout)
+        await store.open(p.connect_timeout)
+        if not p.warm_start:
+            return 0
+        started = time.monotonic()
+        try:
+            warmed = await keyspace.warm_shared(self.cache.max_sessions)
+        except StoreError as exc:
+            log.warning("warm_start_failed", error=str(exc))
+            return 0
+        log.info("warm_start", sessions=warmed, seconds=round(time.monotonic() - started, 3))
+        return warmed
+
+    def _store_label(self) -> str:
+        p = self.config.persistence
+        if self.store is not None:
+            return str(p.path)
+        if self.shared is not None and p.dsn is not None:
+            return redact_dsn(p.dsn)
+        return "none"
+
+    async def _close_store(self) -> None:
+        """Write back what memory knows that the store may not, close the store."""
+        if self.shared is not None:
+            await self.shared.shutdown()
+        else:
+            self.keyspace.close()
+
     def _request_shutdown(self, signame: str) -> None:
         if not self.shutdown_event.is_set():
             log.info("shutdown_requested", signal=signame)
@@ -193,7 +271,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.reloader.stop()
-        self.keyspace.close()
+        await self._close_store()
         if self.metrics is not None:
             self.metrics.stop()
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
@@ -226,6 +304,11 @@ class App:
             except sqlite3.Error as exc:
                 self.stats.store.error("expire")
                 log.error("store_error", operation="expire", error=str(exc))
+
+    async def _renew_forever(self, keyspace: SharedKeyspace) -> None:
+        while True:
+            await asyncio.sleep(self.config.persistence.renew_interval)
+            keyspace.renew_due()
 
     async def _idle_forever(self) -> None:
         while True:
