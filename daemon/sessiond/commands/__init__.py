@@ -5,7 +5,7 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, session, transactions  # noqa: I001
+from . import connection, server, strings, keyspace, expiry, session, transactions, ops  # noqa: I001
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -23,6 +23,7 @@ __all__ = [
     "expiry",
     "glob_to_regex",
     "keyspace",
+    "ops",
     "parse_int64",
     "server",
     "session",
