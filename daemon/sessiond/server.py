@@ -333,14 +333,19 @@ class Connection(asyncio.Protocol):
             return
         self.flush(last)
 
-    def _count_loop_time(self, now: float, last: list[bytes] | None) -> None:
+    def _count_loop_time(
+        self, now: float, last: list[bytes] | None, attribute: bool = True
+    ) -> float:
         """The event-loop time of the commands run since ``started``, shared
         among them (one clock read per batch, not two per command); ``last``
-        is the last of them, which the slow log names when it ran alone."""
+        is the last of them, which the slow log names when it ran alone.
+        Returns each one's share; ``attribute=False`` leaves adding it to
+        their ``loop_time`` to the caller (flush does it in its own loop)."""
         done = self.done
         counted = self.counted
         end = len(done)
         ran = end - counted
+        share = 0.0
         if ran > 0:
             elapsed = now - self.started
             share = elapsed / ran
@@ -348,12 +353,14 @@ class Connection(asyncio.Protocol):
             hist = server.loop_time
             hist.counts[bucket(hist.bounds, share)] += ran
             hist.sum += elapsed
-            for i in range(counted, end):
-                done[i].loop_time += share
+            if attribute:
+                for i in range(counted, end):
+                    done[i].loop_time += share
             self.counted = end
             if elapsed >= server.slow_floor:
                 server.slow(self, elapsed, done[counted:end], last)
         self.started = now
+        return share
 
     def _wait_then_go_on(self, work: Awaitable[Prepared]) -> None:
         """Park the queue while ``work`` reads the store for the next request
@@ -452,13 +459,23 @@ class Connection(asyncio.Protocol):
             # Client-seen latency: from the arrival of the oldest request these
             # replies answer to this write, counted for each of their commands.
             now = perf_counter()
-            self._count_loop_time(now, last)
             latency = now - self.arrived
             index = bucket(LATENCY_BUCKETS, latency)
-            for stats in done:
-                hist = stats.latency
-                hist.counts[index] += 1
-                hist.sum += latency
+            if self.counted == 0:
+                # One stretch of work answered by this write (the common case):
+                # its loop time is shared out in the same pass as the latency.
+                share = self._count_loop_time(now, last, False)
+                for stats in done:
+                    hist = stats.latency
+                    hist.counts[index] += 1
+                    hist.sum += latency
+                    stats.loop_time += share
+            else:
+                self._count_loop_time(now, last)
+                for stats in done:
+                    hist = stats.latency
+                    hist.counts[index] += 1
+                    hist.sum += latency
             done.clear()
             self.counted = 0
             self.arrived = now  # what is still queued arrived no later than this write
