@@ -99,7 +99,6 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-        gc.callbacks.append(self._gc_phase)
         # The first count of sessions, before serving (the store is read in place).
         try:
             self.stats.keyspace_sessions = self.keyspace.counts()[0]
@@ -127,6 +126,7 @@ class App:
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
+        gc.callbacks.append(self._gc_phase)  # removed by _shutdown
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
         self._spawn(self._probe_forever())
