@@ -31,6 +31,7 @@ import json
 import statistics
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,8 @@ def draw_throughput(plt: Any, runs: dict[str, dict[str, Any]], path: Path) -> No
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     ratio = "ratio: sessiond / redis-server (durable: / redis-server always)"
-    fig.text(0.01, 0.01, f"{footer(runs)}; {ratio}", fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill(f"{footer(runs)}; {ratio}", 170), fontsize=7)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -153,8 +154,8 @@ def draw_latency(plt: Any, runs: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_title(_title(mode, "Latency p50 / p95 / p99 / max"), fontsize=11)
         ax.legend(fontsize=6, ncol=len(names))
         ax.grid(axis="y", alpha=0.3, which="both")
-    fig.text(0.01, 0.01, footer(runs), fontsize=7)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill(footer(runs), 170), fontsize=7)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
