@@ -35,6 +35,10 @@ class Status(str):
     __slots__ = ()
 
 
+# Not a native (compiled) class: compiled, error replies that crossed the Lua
+# engine (lupa) made the cyclic GC crash (tests/test_scripting_engine.py,
+# against the compiled build).
+@mypyc_attr(native_class=False)
 class Error(Exception):
     """An error reply; ``str(self)`` is the whole line, prefix included."""
 
@@ -472,6 +476,27 @@ class RequestParser:
         if rest:
             done.extend(rest)
         return done
+
+
+def encode_bulks(items: list[bytes]) -> bytes:
+    """``items`` as one RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(items)]
+    for item in items:
+        out.append(b"$%d\r\n%b\r\n" % (len(item), item))
+    return b"".join(out)
+
+
+def parse_bulks(data: bytes) -> list[bytes]:
+    """The items of one RESP array of bulk strings that is the whole of
+    ``data`` (what :func:`encode_bulks` wrote); :class:`ProtocolError` if it
+    is not that. An empty array is ``*0``."""
+    if data == b"*0\r\n":
+        return []
+    parser = ExactParser(len(data) + 1)
+    requests = parser.feed(data)
+    if len(requests) != 1 or parser.busy:
+        raise ProtocolError("not one array of bulk strings")
+    return requests[0]
 
 
 # ------------------------------------------------------------------ encoding

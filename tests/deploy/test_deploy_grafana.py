@@ -56,16 +56,12 @@ SPEC_METRICS: dict[str, str] = {
     "sessiond_writes_refused": "gauge",
     "sessiond_error_replies_total": "counter",
     "sessiond_slowlog_entries_total": "counter",
+    "sessiond_store_live_bytes": "gauge",
 }
 # Exported by the daemon beyond the original metric list: the dashboard and the
 # alert rules may use these, but nothing may depend on them alone.
 EXTENSION_METRICS: dict[str, str] = {
     "sessiond_max_clients": "gauge",  # limits.max_clients, for SessiondClientsNearLimit
-}
-# Exported only once the store reports them (the current SQLite store cannot tell
-# without reading every row; the store redesign reports it).
-OPTIONAL_METRICS: dict[str, str] = {
-    "sessiond_store_live_bytes": "gauge",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Series Prometheus itself writes: per target, and per pending or firing alert.
@@ -121,7 +117,6 @@ def allowed(name: str) -> bool:
     return (
         spec_metric(name) is not None
         or name in EXTENSION_METRICS
-        or name in OPTIONAL_METRICS
         or name in PROMETHEUS_SERIES
         or name.startswith(("process_", "python_"))
     )
@@ -380,7 +375,7 @@ def test_live_daemon_exports_every_metric_the_dashboard_and_alerts_use(
 ) -> None:
     samples, _types = exported(live_stack.daemon.scrape())
     used = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
-    used -= PROMETHEUS_SERIES | set(OPTIONAL_METRICS)
+    used -= PROMETHEUS_SERIES
     assert not used - samples, f"used but not exported: {sorted(used - samples)}"
 
 

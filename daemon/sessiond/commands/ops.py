@@ -100,7 +100,7 @@ EVENT_ADVICE = {
     "loop-lag": (
         "A timer on the event loop fired late: something kept the loop from running. Either "
         "the process lacked CPU (check the host's load and the daemon's CPU panel), or "
-        "another thread held Python's GIL (the store's writer folding or compacting), or one "
+        "another thread held Python's GIL (the store's writer), or one "
         "of the other events here."
     ),
     "expire-cycle": (
