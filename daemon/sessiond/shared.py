@@ -41,6 +41,35 @@ from .keyspace import Context, Keyspace, Prepared, entry_of, row_of
 from .store import Decision, Renewal, SharedStore, StoreError, scan_hash
 from .values import Value
 
+# Commands of this host that may decide in one transaction, one after the
+# other, before it commits (the others of this host waiting for its keys).
+CHAIN_LIMIT = 16
+
+
+class _Wait:
+    """A command waiting for keys a decision holds: ``joins`` if it decides
+    on no other keys (it may run inside that decision, next)."""
+
+    __slots__ = ("future", "joins")
+
+    def __init__(self, future: asyncio.Future[Prepared | None], joins: bool) -> None:
+        self.future = future
+        self.joins = joins
+
+
+class _Hold:
+    """Keys one decision of this host holds (from before it opens until it
+    commits), the commands waiting for them, and how many commands have
+    decided in it."""
+
+    __slots__ = ("decision", "keys", "ran", "waiters")
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+        self.decision: Decision | None = None
+        self.ran = 0
+        self.waiters: list[_Wait] = []
+
 
 class _Read:
     """A read-through under way: the keys it reads (``None``: any key, for
@@ -72,12 +101,14 @@ class SharedKeyspace(Keyspace):
         Keyspace.__init__(self, cache, None, max_value_size=max_value_size)
         self.shared: SharedStore | None = None
         # Keys held by a decision of this host: their commands wait for it.
-        self.holds: dict[bytes, asyncio.Future[None]] = {}
-        self.held_by: dict[Decision, asyncio.Future[None]] = {}
-        # The decision the running command decides in, and whether the last
-        # command decided (its reply waits for the commit, see lagging()).
+        self.holds: dict[bytes, _Hold] = {}
+        self.hold_of: dict[Decision, _Hold] = {}
+        # The decision the running command decides in, whether the last
+        # command decided (its reply waits for the commit, see lagging()),
+        # and the decisions commands decided in since the last after_commit.
         self.deciding: Decision | None = None
         self.decided = False
+        self.decisions: list[Decision] = []
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
         # (forgotten after it), else None.
@@ -175,9 +206,17 @@ class SharedKeyspace(Keyspace):
             return None  # decided: run it
         holds = self.holds
         if holds:
-            waits = [holds[k] for k in keys if k in holds]
-            if waits:
-                return self._after_holds(waits)
+            waiting: list[_Hold] = []
+            for key in keys:
+                hold = holds.get(key)
+                if hold is not None and hold not in waiting:
+                    waiting.append(hold)
+            if waiting:
+                joins = decides and len(waiting) == 1 and all(k in waiting[0].keys for k in keys)
+                wait = _Wait(asyncio.get_running_loop().create_future(), joins)
+                for hold in waiting:
+                    hold.waiters.append(wait)
+                return self._after_hold(wait)
         if decides and keys and self.failure is None:
             return self._open(keys)
         if not self.coherent:
@@ -201,12 +240,19 @@ class SharedKeyspace(Keyspace):
                 return self._read_ahead_shared(work, prepared)
         return None
 
-    @staticmethod
-    async def _after_holds(waits: list[asyncio.Future[None]]) -> Prepared:
-        # asyncio.wait: a connection closed while waiting must not cancel the
-        # futures other commands wait on too.
-        await asyncio.wait(waits)
-        return Prepared({})  # ask again, reading afresh what the decision changed
+    async def _after_hold(self, wait: _Wait) -> Prepared:
+        """Wait for the holds: released (ask again, reading afresh what the
+        decision changed), or handed the decision to decide in, next."""
+        try:
+            handed = await wait.future
+        except asyncio.CancelledError:
+            future = wait.future
+            if future.done() and not future.cancelled():
+                given = future.result()
+                if given is not None and given.decision is not None:
+                    self._next(given.decision)  # handed over, but the connection left
+            raise
+        return Prepared({}) if handed is None else handed
 
     async def _read_through_shared(
         self, keys: list[bytes], forget: list[bytes] | None, fresh: bool
@@ -254,51 +300,80 @@ class SharedKeyspace(Keyspace):
 
     def _open(self, keys: list[bytes]) -> Awaitable[Prepared]:
         """Hold ``keys`` now (later commands naming them wait), then decide."""
-        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        unique = list(dict.fromkeys(keys))
+        hold = _Hold(frozenset(keys))
         holds = self.holds
-        for key in unique:
+        for key in hold.keys:
             holds[key] = hold
-        return self._decide(unique, hold)
+        # A read of these keys under way may end after the decision changed
+        # them: its command must not leave what it read in memory.
+        self.committed(list(hold.keys))
+        return self._decide(hold)
 
-    async def _decide(self, keys: list[bytes], hold: asyncio.Future[None]) -> Prepared:
+    async def _decide(self, hold: _Hold) -> Prepared:
         shared = self.shared
         assert shared is not None
         try:
-            decision = await shared.decide(keys)
+            decision = await shared.decide(list(hold.keys))
         except BaseException:
-            self._release(hold, keys)
+            self._release(hold)
             raise
-        self.held_by[decision] = hold
+        hold.decision = decision
+        self.hold_of[decision] = hold
         cache = self.cache
         loaded: dict[bytes, Entry[Value] | None] = {}
-        for key in keys:
+        for key in hold.keys:
             # The database's rows replace memory's copies (read like a
             # read-through: the command's first access admits them).
             cache.drop(key)
             row = decision.rows.get(key)
             loaded[key] = None if row is None else entry_of(row)
-        forget = None if self.coherent else list(keys)
-        return Prepared(loaded, None, decision, forget)
+        return Prepared(loaded, None, decision, None if self.coherent else list(hold.keys))
 
-    def _release(self, hold: asyncio.Future[None], keys: frozenset[bytes] | list[bytes]) -> None:
+    def _handed(self, decision: Decision) -> Prepared:
+        """What the next command deciding in ``decision`` gets: the keys as
+        the commands before it left them (the decision's own record of them).
+        Memory holds the same unless it let go of a key meanwhile (eviction,
+        or a notification of a change older than the decision's locks)."""
+        loaded: dict[bytes, Entry[Value] | None] = {}
+        changes = decision.changes
+        for key in decision.keys:
+            row = changes[key] if key in changes else decision.rows.get(key)
+            loaded[key] = None if row is None else entry_of(row)
+        return Prepared(loaded, None, decision, None if self.coherent else list(decision.keys))
+
+    def _next(self, decision: Decision) -> None:
+        """The command deciding in ``decision`` is done (or will not run):
+        hand it to the next command waiting to decide on its keys, or commit."""
+        hold = self.hold_of.get(decision)
+        if hold is None:
+            return
+        if hold.ran < CHAIN_LIMIT:
+            for wait in hold.waiters:
+                if wait.joins and not wait.future.done():
+                    hold.waiters.remove(wait)
+                    hold.ran += 1
+                    wait.future.set_result(self._handed(decision))
+                    return
+        shared = self.shared
+        assert shared is not None
+        shared.finish(decision, lambda error: self._decided(decision, error))
+
+    def _release(self, hold: _Hold) -> None:
         holds = self.holds
-        for key in keys:
+        for key in hold.keys:
             if holds.get(key) is hold:
                 del holds[key]
-        if not hold.done():
-            hold.set_result(None)
+        waiters, hold.waiters = hold.waiters, []
+        for wait in waiters:
+            if not wait.future.done():
+                wait.future.set_result(None)
 
     def discard(self, prepared: Prepared) -> None:
         decision = prepared.decision
         if decision is None:
             return
         prepared.decision = None
-        assert self.shared is not None
-        self.shared.abandon(decision)
-        hold = self.held_by.pop(decision, None)
-        if hold is not None:
-            self._release(hold, decision.keys)
+        self._next(decision)
 
     # ------------------------------------------------------ running commands
 
@@ -318,9 +393,8 @@ class SharedKeyspace(Keyspace):
         if decision is not None:
             self.deciding = None
             self.decided = True
-            shared = self.shared
-            assert shared is not None
-            shared.finish(decision, lambda error: self._decided(decision, error))
+            self.decisions.append(decision)
+            self._next(decision)
         cache = self.cache
         prepared = context.prepared
         if prepared is not None and prepared.forget:
@@ -338,9 +412,17 @@ class SharedKeyspace(Keyspace):
         if error is not None:
             for key in decision.keys:
                 self.cache.drop(key)
-        hold = self.held_by.pop(decision, None)
+        hold = self.hold_of.pop(decision, None)
         if hold is not None:
-            self._release(hold, decision.keys)
+            self._release(hold)
+
+    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        # Wait for the decisions the commands since the last call decided in
+        # (the running connection's), not for every open one.
+        shared = self.shared
+        assert shared is not None
+        decisions, self.decisions = self.decisions, []
+        shared.after_commit_for(callback, decisions)
 
     def lagging(self) -> bool:
         # The command that just decided holds its reply until the commit,

@@ -161,6 +161,7 @@ class Decision(Protocol):
 
     keys: frozenset[bytes]
     rows: dict[bytes, Row | None]
+    changes: dict[bytes, Change]
     error: StoreError | None
 
     def record(self, key: bytes, change: Change) -> None:
@@ -218,12 +219,14 @@ class SharedStore(Store, Protocol):
 
     def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
         """Write ``decision``'s changes and commit (or roll back if none), in
-        the background; then ``done`` with the error if it failed. Replies
-        waiting in :meth:`Store.after_commit` wait for it too."""
+        the background; then ``done`` with the error if it failed."""
         ...
 
-    def abandon(self, decision: Decision) -> None:
-        """Roll back a decision whose command will not run."""
+    def after_commit_for(
+        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+    ) -> None:
+        """:meth:`Store.after_commit`, and once ``decisions`` are committed too
+        (the error of one that failed)."""
         ...
 
     def renew(self, renewals: dict[bytes, Renewal]) -> None:

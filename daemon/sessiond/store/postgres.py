@@ -168,7 +168,7 @@ class _Waiter:
     def __init__(
         self,
         seq: int,
-        decisions: tuple[PgDecision, ...],
+        decisions: tuple[Decision, ...],
         callback: Callable[[StoreError | None], None],
     ) -> None:
         self.seq = seq
@@ -356,7 +356,7 @@ class PostgresStore:
         self._committed_seq = 0
         self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
         self._waiters: list[_Waiter] = []
-        self._open: set[PgDecision] = set()
+        self._open: set[Decision] = set()  # decided, not yet committed
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeping = False
         self._stopping = False
@@ -506,21 +506,24 @@ class PostgresStore:
 
     # ----------------------------------------------------------- timeouts
 
-    async def _bounded(self, conn: Conn, work: Awaitable[T], operation: str) -> T:
-        """``work`` on ``conn`` within ``timeout``, else the connection is
-        closed at once and :class:`StoreError` raised (see the module
-        docstring). A cancelled caller closes it too: what it was doing on
-        the connection is unknown."""
+    async def _bounded(
+        self, conn: Conn, work: Awaitable[T], operation: str, timeout: float = 0.0
+    ) -> T:
+        """``work`` on ``conn`` within ``timeout`` (the store's by default),
+        else the connection is closed at once and :class:`StoreError` raised
+        (see the module docstring). A cancelled caller closes it too: what it
+        was doing on the connection is unknown."""
+        timeout = timeout or self.timeout
         task = asyncio.ensure_future(work)
         try:
-            done, _ = await asyncio.wait((task,), timeout=self.timeout)
+            done, _ = await asyncio.wait((task,), timeout=timeout)
         except asyncio.CancelledError:
             await _kill(task, conn)
             raise
         if done:
             return task.result()
         await _kill(task, conn)
-        raise StoreError(f"store {operation} failed: no answer within {self.timeout:g}s")
+        raise StoreError(f"store {operation} failed: no answer within {timeout:g}s")
 
     async def _run(self, operation: str, work: Work[T], *, retry: bool = True) -> T:
         """``work`` on a pooled connection, timed and bounded. A connection
@@ -576,13 +579,18 @@ class PostgresStore:
             self._wake.set()
 
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        self.after_commit_for(callback, [])
+
+    def after_commit_for(
+        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+    ) -> None:
         seq = self.overlay.op_seq
-        decisions = tuple(self._open)
-        if self._committed_seq >= seq and not decisions:
-            callback(None)
+        open_ = self._open
+        waiting = tuple(d for d in decisions if d in open_)
+        if self._committed_seq >= seq and not waiting:
+            callback(next((d.error for d in decisions if d.error is not None), None))
             return
-        waiter = _Waiter(seq, decisions, callback)
-        self._waiters.append(waiter)
+        self._waiters.append(_Waiter(seq, waiting, callback))
         self._wake.set()
 
     def lagging(self) -> bool:
@@ -811,12 +819,13 @@ class PostgresStore:
                 raise
             self.shared_stats.decisions += 1
             self.shared_stats.round_trip("decide", perf_counter() - started)
-            return PgDecision(conn, wanted, rows, versions)
+            decision = PgDecision(conn, wanted, rows, versions)
+            self._open.add(decision)
+            return decision
         raise AssertionError("unreachable")
 
     def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
         assert isinstance(decision, PgDecision)  # only this store opens them
-        self._open.add(decision)
         self._spawn(self._finish(decision, done))
 
     async def _finish(
@@ -857,11 +866,6 @@ class PostgresStore:
             self._resolve()
         if decision.error is None and changes and self._listener is not None:
             self._listener.committed(list(changes))
-
-    def abandon(self, decision: Decision) -> None:
-        assert isinstance(decision, PgDecision)
-        decision.changes.clear()
-        self._spawn(self._finish(decision, _ignore))
 
     # ------------------------------------------------------------- reads
 
@@ -1021,6 +1025,7 @@ class PostgresStore:
                 conn,
                 conn.execute("SELECT pg_notify(%s, %s)", (self._heartbeat_channel, str(seq))),
                 "heartbeat",
+                interval,
             )
             while self._heartbeat_seen < seq:
                 left = sent + interval - time.monotonic()
@@ -1084,18 +1089,15 @@ class PostgresStore:
         await self._drop_writer()
         self._pool.reset()
         for decision in list(self._open):
-            with contextlib.suppress(Exception):
-                await decision.conn.close()
+            if isinstance(decision, PgDecision):
+                with contextlib.suppress(Exception):
+                    await decision.conn.close()
         if self._helper is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._helper.close)
             self._helper = None
         self._scanner.shutdown(wait=False)
         self.coherent = False
         self.shared_stats.listening = 0
-
-
-def _ignore(error: StoreError | None) -> None:
-    return None
 
 
 async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
