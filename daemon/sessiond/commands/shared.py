@@ -32,9 +32,10 @@ class SharedDispatcher(Dispatcher):
             return None
         shared = self.shared
         multi = client.multi
+        failing = shared.failure is not None
         if multi is not None:
-            if not cmd.runs_queued:
-                return None
+            if not cmd.runs_queued or (failing and any(c.write for c, _ in multi)):
+                return None  # queued, or refused whole (MISCONF): nothing to read
             keys: list[bytes] = []
             load: list[bytes] = []
             decides = False
@@ -45,6 +46,8 @@ class SharedDispatcher(Dispatcher):
                 if queued.decides is not None and queued.decides(queued_args):
                     decides = True
             return shared.prepare_shared(keys, load, decides, None, prepared)
+        if failing and cmd.write:
+            return None  # refused (MISCONF) before it reads anything
         keys = cmd.keys(args)
         load = [] if cmd.load is None else cmd.load(args)
         decides = cmd.decides is not None and cmd.decides(args)
