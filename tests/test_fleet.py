@@ -582,3 +582,37 @@ def test_kill_9_of_postgresql_under_load_loses_no_acknowledged_write(
     missing = [k for k in acked if k.encode() not in stored]
     assert not missing, missing[:5]
     assert "Traceback" not in d.log_text()
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def test_the_shared_store_s_metrics(
+    fleet: Fleet, pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    host_a, host_b = fleet(2, metrics={"enabled": True})
+    a, b = host_a.client(), host_b.client()
+    assert host_a.metric("sessiond_store_listening") == 1
+    b.set("k", "1")
+    assert a.get("k") == b"1"
+    b.set("k", "2")
+    eventually(lambda: a.get("k") == b"2")
+    assert a.incr("n") == 1
+    assert host_b.metric("sessiond_store_invalidations_sent_total") >= 2
+    assert host_a.metric("sessiond_store_invalidations_received_total") >= 1
+    assert host_a.metric("sessiond_store_notifications_received_total") >= 1
+    assert host_a.metric("sessiond_store_invalidation_lag_seconds_count") >= 1
+    assert host_a.metric("sessiond_store_decisions_total") == 1
+    assert host_a.metric("sessiond_store_round_trip_seconds_count", operation="decide") == 1
+    assert host_a.metric("sessiond_store_round_trip_seconds_count", operation="heartbeat") >= 1
+    assert host_a.metric("sessiond_store_pool_connections_max") == 8
+    assert host_a.metric("sessiond_store_pool_connections") >= 1
+    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 0
+    flushes = host_a.metric("sessiond_store_memory_flushes_total")
+    pg_db.cluster.terminate_backends(application_name="host0:listen")
+    host_a.wait_for_event("listen_restored", timeout=10)
+    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 1
+    assert host_a.metric("sessiond_store_memory_flushes_total") == flushes + 2
+    assert host_a.metric("sessiond_store_listening") == 1
+    a.close()
+    b.close()
