@@ -129,12 +129,13 @@ def test_deletes_and_expiry_on_one_host_are_gone_on_the_others(
 
 
 def test_sliding_renewals_on_one_host_keep_the_session_alive_for_all(
-    fleet: Fleet, clients: Any
+    fleet: Fleet, clients: Any, pg_db: PgDatabase
 ) -> None:
     a, b = (clients(d) for d in fleet(2))
     assert a.set("busy", "v", ex=2)
     assert a.set("idle", "v", ex=2)
     assert a.get("busy") == b"v"  # A holds both in memory with a 2 s deadline
+    first_deadline = table_rows(pg_db)[b"busy"][2]
     end = time.monotonic() + 4
     while time.monotonic() < end:
         assert b.get("busy") == b"v"  # a read on B renews it
@@ -144,6 +145,27 @@ def test_sliding_renewals_on_one_host_keep_the_session_alive_for_all(
     assert a.exists("busy") == 1
     assert a.get("busy") == b"v"
     assert a.exists("idle") == 0 and b.exists("idle") == 0
+    # The row's deadline moved with the renewals, by more than the TTL
+    assert table_rows(pg_db)[b"busy"][2] > first_deadline + 2
+
+
+def test_expired_rows_are_deleted_once_whichever_host_sweeps(
+    fleet: Fleet, pg_db: PgDatabase
+) -> None:
+    hosts = fleet(3, metrics={"enabled": True})
+    with hosts[0].client() as r, r.pipeline(transaction=False) as p:
+        for i in range(300):
+            p.set(f"e:{i}", "v", px=100)
+        p.set("kept", "v")
+        assert all(p.execute())
+    eventually(lambda: len(table_rows(pg_db)) == 1, 30, "the sweeps")
+    assert list(table_rows(pg_db)) == [b"kept"]
+    # Three hosts swept the same rows concurrently; each row was deleted by one.
+    deleted = [d.metric("sessiond_store_expired_rows_total") for d in hosts]
+    assert sum(deleted) == 300, deleted
+    for d in hosts:
+        with d.client() as r:
+            assert r.dbsize() == 1
 
 
 def test_incr_from_three_hosts_and_eight_clients_each_counts_exactly(fleet: Fleet) -> None:
@@ -338,13 +360,13 @@ def test_unreachable_at_start_waits_then_exits_1(
     pg = pg_own_cluster
     pg.stop()
     d = daemon_factory(fleet_config(pg.dsn(), persistence={"connect_timeout": "2s"}), start=False)
-    started = time.monotonic()
     d.start(wait=False)
     assert d.proc is not None and d.proc.wait(30) == 1
-    assert 1.5 <= time.monotonic() - started < 20
-    assert d.wait_for_event("store_waiting")
+    waiting = d.wait_for_event("store_waiting")[0]
+    assert waiting["gives_up_after"] == 2 and "password" not in str(waiting)
     failed = d.wait_for_event("startup_failed")[0]
-    assert "persistence.connect_timeout" in failed["error"]
+    assert "within persistence.connect_timeout (2s)" in failed["error"]
+    assert f"127.0.0.1:{pg.port}" in failed["error"]
     assert "Traceback" not in d.log_text()
     # Started while the database is down, it serves once the database comes up.
     late = daemon_factory(fleet_config(pg.dsn()), start=False)
@@ -396,21 +418,64 @@ def test_a_slow_database_times_out_and_queues_nothing_without_bound(
     with d.client() as r:
         assert r.set("k", "1")
         pg.set_commit_delay(0.1)  # every commit waits 100 ms: slow, not dead
-        started = time.monotonic()
         assert r.set("k", "2")
-        assert time.monotonic() - started >= 0.09
         assert r.incr("n") == 1
         with pg.admin("sessiond") as conn:
-            # A statement slower than the timeout: the daemon's decision waits
-            # on this lock and is answered with an error in bounded time.
+            # A lock held longer than the timeout: the daemon's decision waits on
+            # it and is answered with the timeout's error, not left hanging.
             conn.execute("SELECT pg_advisory_lock(%s, %s)", (0x53455353, _lock_id(b"n")))
-            started = time.monotonic()
-            with pytest.raises(redis.ResponseError, match="store decid"):
+            with pytest.raises(redis.ResponseError, match="store decid") as timed_out:
                 r.incr("n")
-            assert time.monotonic() - started < 5
+            assert "lock timeout" in str(timed_out.value) or "no answer within 0.5s" in str(
+                timed_out.value
+            )
             conn.execute("SELECT pg_advisory_unlock_all()")
         pg.set_commit_delay(0)
         assert r.incr("n") == 2
+        assert r.get("k") == b"2"
+    assert "Traceback" not in d.log_text()
+
+
+def test_a_slow_link_holds_connections_to_the_pool_size(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """Many clients missing memory at once over a slow link: they queue for the
+    pool's connections, the host never opens more than pool_size + 3 (the
+    writer, the LISTEN connection, the helper thread's)."""
+    link = tcp_proxy(pg_db.cluster.port)
+    d = daemon_factory(
+        fleet_config(
+            pg_db.dsn(port=link.port, application_name="slow"), persistence={"pool_size": 3}
+        )
+    )
+    other = daemon_factory(fleet_config(pg_db.dsn()))
+    with other.client() as r:  # written elsewhere: the slow host has none in memory
+        assert r.mset({f"k{i}": "v" for i in range(1, 201)})
+    link.set_delay(0.02)
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def read(first: int) -> None:
+        try:
+            with d.client() as r:
+                for i in range(first, 201, 20):
+                    assert r.get(f"k{i}") == b"v"
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(1, 21)]
+    for t in threads:
+        t.start()
+    with pg_db.admin() as conn:
+        while any(t.is_alive() for t in threads):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'slow:%'"
+            ).fetchone()
+            seen.append(int(row[0]) if row else 0)
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert seen and max(seen) <= 3 + 3, seen
     assert "Traceback" not in d.log_text()
 
 
@@ -489,11 +554,11 @@ def test_a_silent_listen_connection_is_found_out_and_never_serves_a_stale_read(
     ra.set("k", "old")
     assert rb.get("k") == b"old"
     link.partition()  # B's every connection hangs: no error, no notification
-    partitioned = time.monotonic()
     ra.set("k", "new")
-    # Within two heartbeat intervals (0.5 s) B knows it may have missed changes.
-    b.wait_for_event("listen_lost", timeout=5)
-    assert time.monotonic() - partitioned < 2
+    # The heartbeat through the LISTEN connection does not come back: B knows
+    # it may have missed changes.
+    lost = b.wait_for_event("listen_lost", timeout=5)[0]
+    assert "heartbeat" in lost["reason"], lost
     with pytest.raises(redis.ResponseError, match="store read failed"):
         rb.get("k")  # not "old": memory was dropped, the database cannot answer
     link.heal()
