@@ -324,7 +324,7 @@ def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
     )
     yield _histogram(
         "sessiond_store_invalidation_lag_seconds",
-        "From another host's commit (its clock) to this host hearing of it.",
+        "From the start of another host's commit (its clock) to this host hearing of it.",
         shared.invalidation_lag,
     )
     yield CounterMetricFamily(
