@@ -64,14 +64,17 @@ class CommandStats:
 
 
 class ServerStats:
-    """Connection-level counters; ``unknown`` counts requests naming no command."""
+    """Connection-level counters; ``unknown`` counts requests naming no command,
+    ``output_buffer_disconnections`` the clients (subscribers or not) dropped
+    for not reading their output past limits.max_output_buffer."""
 
-    __slots__ = ("connections_total", "rejected", "unknown")
+    __slots__ = ("connections_total", "output_buffer_disconnections", "rejected", "unknown")
 
     def __init__(self) -> None:
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
         self.unknown = CommandStats()
+        self.output_buffer_disconnections = 0
 
 
 class StoreStats:

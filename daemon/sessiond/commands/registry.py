@@ -45,6 +45,7 @@ KEYSPACE = "keyspace"
 SERVER = "server"
 SESSION = "session"
 TRANSACTIONS = "transactions"
+PUBSUB = "pubsub"
 
 
 class Call(Context):

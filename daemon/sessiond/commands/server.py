@@ -77,6 +77,10 @@ def info_text(cx: Call, section: bytes | None) -> str:
             ("keyspace_misses", cache.misses),
             ("store_loads_found", cache.loads_found),
             ("store_loads_absent", cache.loads_absent),
+            ("pubsub_channels", len(state.pubsub.channels)),
+            ("pubsub_patterns", len(state.pubsub.patterns)),
+            ("pubsubshard_channels", 0),
+            ("client_output_buffer_limit_disconnections", stats.output_buffer_disconnections),
         ],
         "replication": [("role", "master"), ("connected_slaves", 0)],
         "cpu": [
