@@ -78,7 +78,13 @@ class Dispatcher:
         whole = cmd.ahead
         if whole is None:
             if not keys:
-                return None
+                if not (cmd.write and self.keyspace.notifying_new):
+                    return None
+                # The "new" event needs to know whether a key it writes blind
+                # (a plain SET) is only in the store.
+                keys = cmd.keys(args)
+                if not keys:
+                    return None
             return self.keyspace.prepare(keys, None, prepared)
         keyspace = self.keyspace
         return keyspace.prepare(keys, lambda: whole(keyspace, args), prepared)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable
 
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS
 from ..keyspace import Keyspace
 from ..protocol import Error, Status
 from . import errors
@@ -17,7 +18,10 @@ def _delete(cx: Call, args: Args) -> Reply:
     for key in args[1:]:
         existed = cx.peek(key) is not None
         cx.remove(key)
-        removed += existed
+        if existed:
+            removed += 1
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"del", key)
     return removed
 
 
@@ -51,7 +55,13 @@ command(
     syntax="key ...",
 )
 def cmd_exists(cx: Call, args: Args) -> Reply:
-    return sum(1 for key in args[1:] if cx.peek(key) is not None)
+    found = 0
+    for key in args[1:]:
+        if cx.peek(key) is not None:
+            found += 1
+        elif cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return found
 
 
 @command(
@@ -64,7 +74,13 @@ def cmd_exists(cx: Call, args: Args) -> Reply:
     syntax="key ...",
 )
 def cmd_touch(cx: Call, args: Args) -> Reply:
-    return sum(1 for key in args[1:] if cx.lookup(key) is not None)
+    touched = 0
+    for key in args[1:]:
+        if cx.lookup(key) is not None:
+            touched += 1
+        elif cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return touched
 
 
 @command(
@@ -77,7 +93,11 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_type(cx: Call, args: Args) -> Reply:
-    return Status("none" if cx.peek(args[1]) is None else "string")
+    if cx.peek(args[1]) is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return Status("none")
+    return Status("string")
 
 
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:

@@ -8,14 +8,19 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+import structlog
+
 from .. import REDIS_COMPAT_VERSION, __version__
 from ..config import flatten
+from ..keyevents import LETTERS, parse_events
 from ..keyspace import Keyspace
 from ..protocol import OK, Error, Status, Verbatim
 from . import errors
 from .docs import doc_fields
 from .registry import REGISTRY, SERVER, Args, Call, Command, Reply, command
 from .util import glob_to_regex, text
+
+log = structlog.get_logger("sessiond.commands")
 
 # ------------------------------------------------------------------- INFO
 
@@ -145,7 +150,50 @@ def _redis_config(cx: Call) -> dict[str, Any]:
         "timeout": int(config.limits.client_idle_timeout),
         "proto-max-bulk-len": config.limits.max_value_size,
         "client-query-buffer-limit": config.limits.max_request_size,
+        # What CONFIG SET made it, else the config file's value.
+        "notify-keyspace-events": cx.state.pubsub.events_text,
+        "pubsub.notify_keyspace_events": cx.state.pubsub.events_text,
     }
+
+
+# The one setting CONFIG SET changes: the running value, until the config
+# file's own value for it changes or the daemon restarts (docs/configuration.md).
+_SETTABLE = (b"notify-keyspace-events", b"pubsub.notify_keyspace_events")
+
+
+def _config_set(cx: Call, args: Args) -> Reply:
+    if len(args) < 4 or len(args) % 2:
+        raise errors.wrong_arity("config|set")
+    pairs = [(args[i].lower(), args[i + 1]) for i in range(2, len(args), 2)]
+    for name, _ in pairs:
+        if name not in _SETTABLE:
+            raise Error(
+                f"ERR CONFIG SET {text(name)} is not supported: only notify-keyspace-events "
+                "may be set; edit the config file for the rest, sessiond reloads it"
+            )
+    if len(pairs) > 1:
+        raise Error(
+            f"ERR CONFIG SET failed (possibly related to argument '{text(pairs[1][0])}') - "
+            "duplicate parameter"
+        )
+    name, value = pairs[0]
+    flags = parse_events(text(value))
+    if flags is None:
+        raise Error(
+            f"ERR CONFIG SET failed (possibly related to argument '{text(name)}') - "
+            f"Invalid event class character. Use '{LETTERS}'."
+        )
+    hub = cx.state.pubsub
+    old = hub.events_text
+    hub.set_events(flags)
+    log.info(
+        "config_set",
+        parameter="notify-keyspace-events",
+        old=old,
+        new=hub.events_text,
+        client_id=cx.client.id,
+    )
+    return OK
 
 
 def _config_value(value: Any) -> str:
@@ -165,7 +213,7 @@ def _config_value(value: Any) -> str:
     summary="Read the effective config",
     subcommands={
         "GET": ("parameter ...", "The effective value of config parameters"),
-        "SET": ("parameter value", "Not supported: edit the config file"),
+        "SET": ("notify-keyspace-events value", "Set the keyspace events; nothing else"),
         "RESETSTAT": ("", "Accepted and ignored"),
     },
 )
@@ -181,7 +229,7 @@ def cmd_config(cx: Call, args: Args) -> Reply:
                     out[key] = _config_value(value)
         return out
     if sub == b"SET":
-        raise Error("ERR CONFIG SET is not supported: edit the config file, sessiond reloads it")
+        return _config_set(cx, args)
     if sub == b"RESETSTAT" and len(args) == 2:
         return OK
     raise errors.unknown_subcommand(text(args[1]), "CONFIG")

@@ -3,6 +3,7 @@ INCR INCRBY DECR DECRBY."""
 
 from __future__ import annotations
 
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS, NOTIFY_STRING
 from ..protocol import OK, Error
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
@@ -14,7 +15,11 @@ from .util import EXPIRY_UNITS, MAX_INT64, MIN_INT64, deadline_from, int_arg, pa
 )
 def cmd_get(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
-    return None if entry is None else entry.value
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return None
+    return entry.value
 
 
 def _set_load(args: Args) -> list[bytes]:
@@ -41,6 +46,8 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     cx.check_size(value)
     if len(args) == 3:
         cx.set(key, value)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_STRING, b"set", key)
         return OK
     nx = xx = get = keep = False
     ttl: float | None = None
@@ -73,6 +80,8 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     old = cx.lookup(key) if (nx or xx or get or keep) else None
     if get and old is not None and not isinstance(old.value, bytes):
         raise Error(errors.WRONGTYPE)
+    if get and old is None and cx.keyspace.notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
     old_value = None if old is None else old.value
     if (nx and old is not None) or (xx and old is None):
         return old_value if get else None
@@ -82,6 +91,10 @@ def cmd_set(cx: Call, args: Args) -> Reply:
         cx.set(key, value, deadline=deadline)
     else:
         cx.set(key, value, ttl)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"set", key)
+        if expiry is not None and not keep:
+            cx.notify(NOTIFY_GENERIC, b"expire", key)
     return old_value if get else OK
 
 
@@ -91,6 +104,9 @@ def _setex(cx: Call, args: Args) -> Reply:
     cx.check_size(args[3])
     ttl, _ = deadline_from(unit, int_arg(args[2]), cx.now(), text(args[0]).lower())
     cx.set(args[1], args[3], ttl)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"set", args[1])
+        cx.notify(NOTIFY_GENERIC, b"expire", args[1])
     return OK
 
 
@@ -131,6 +147,8 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
     if cx.lookup(args[1]) is not None:
         return 0
     cx.set(args[1], args[2])
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"set", args[1])
     return 1
 
 
@@ -146,6 +164,11 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
 def cmd_getdel(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
     cx.remove(args[1])
+    if cx.keyspace.notifying:
+        if entry is None:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        else:
+            cx.notify(NOTIFY_GENERIC, b"del", args[1])
     return None if entry is None else entry.value
 
 
@@ -172,14 +195,26 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
         raise errors.syntax()
     entry = cx.lookup(key)
     if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         return None
     value = entry.value
     if opt == b"PERSIST":
-        cx.persist(key)
+        if cx.persist(key) and cx.keyspace.notifying:
+            cx.notify(NOTIFY_GENERIC, b"persist", key)
     elif deadline is not None:
-        cx.set_deadline(key, deadline)
+        if deadline <= cx.now():  # already past: deleted, as Redis does
+            cx.remove(key)
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"del", key)
+        else:
+            cx.set_deadline(key, deadline)
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"expire", key)
     elif ttl is not None:
         cx.set_ttl(key, ttl)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_GENERIC, b"expire", key)
     return value
 
 
@@ -197,7 +232,12 @@ def cmd_mget(cx: Call, args: Args) -> Reply:
     out: list[bytes | None] = []
     for key in args[1:]:
         entry = lookup(key)
-        out.append(None if entry is None else entry.value)
+        if entry is None:
+            out.append(None)
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+        else:
+            out.append(entry.value)
     return out
 
 
@@ -219,6 +259,8 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
         cx.check_size(args[i + 1])
     for i in range(1, len(args), 2):
         cx.set(args[i], args[i + 1])
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_STRING, b"set", args[i])
     return OK
 
 
@@ -233,7 +275,11 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
 )
 def cmd_strlen(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return 0 if entry is None else len(entry.value)
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return 0
+    return len(entry.value)
 
 
 def _incr_by(cx: Call, key: bytes, delta: int) -> int:
@@ -252,6 +298,8 @@ def _incr_by(cx: Call, key: bytes, delta: int) -> int:
         cx.set(key, encoded)
     else:
         cx.update(key, lambda _old: encoded)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"incrby", key)
     return result
 
 
