@@ -19,7 +19,7 @@ from sessiond.commands import Client
 from sessiond.commands.channels import PubSub
 from sessiond.keyevents import format_events, parse_events
 from sessiond.protocol import OK, Error, Push, Replies, encode
-from test_handlers import Daemon, row
+from test_handlers import Daemon
 
 
 def decode(data: bytes) -> list[Any]:

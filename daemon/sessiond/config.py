@@ -581,7 +581,7 @@ SCHEMA: dict[str, Section] = {
             "notify_keyspace_events": Key(
                 _keyspace_events,
                 "event letters",
-                'Redis\' notify-keyspace-events: K and/or E, then classes (Egx: expired and del '
+                "Redis' notify-keyspace-events: K and/or E, then classes (Egx: expired and del "
                 'events); "" = off',
             ),
         },
