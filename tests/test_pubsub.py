@@ -400,7 +400,7 @@ print(got)
 def test_a_subscriber_that_never_reads_is_dropped_and_nobody_waits(
     daemon_factory: Factory,
 ) -> None:
-    d = daemon_factory({"limits": {"max_output_buffer": "2MiB"}})
+    d = daemon_factory({"limits": {"max_output_buffer": "2MiB"}, "metrics": {"enabled": True}})
     slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect(str(d.socket_path))
@@ -441,6 +441,7 @@ def test_a_subscriber_that_never_reads_is_dropped_and_nobody_waits(
     event = [e for e in d.events() if e.get("event") == "client_output_buffer_exceeded"]
     assert len(event) == 1 and event[0]["limit"] == 2 * 1024 * 1024
     assert event[0]["subscriptions"] == 1
+    assert d.metric("sessiond_client_output_buffer_disconnections_total") == 1
     assert "Traceback" not in d.log_text()
 
 

@@ -26,7 +26,7 @@ def _replies(replies: list[Push]) -> Reply:
     "pubsub noscript loading stale",
     group=PUBSUB,
     summary="Listen for messages published to channels",
-    syntax="channel [channel ...]",
+    syntax="channel ...",
 )
 def cmd_subscribe(cx: Call, args: Args) -> Reply:
     client = cx.client
@@ -44,7 +44,7 @@ def cmd_subscribe(cx: Call, args: Args) -> Reply:
     "pubsub noscript loading stale",
     group=PUBSUB,
     summary="Listen for messages published to channels matching patterns",
-    syntax="pattern [pattern ...]",
+    syntax="pattern ...",
 )
 def cmd_psubscribe(cx: Call, args: Args) -> Reply:
     client = cx.client
@@ -62,7 +62,7 @@ def cmd_psubscribe(cx: Call, args: Args) -> Reply:
     "pubsub noscript loading stale",
     group=PUBSUB,
     summary="Stop listening to channels (all of them without arguments)",
-    syntax="[channel [channel ...]]",
+    syntax="[channel ...]",
 )
 def cmd_unsubscribe(cx: Call, args: Args) -> Reply:
     client = cx.client
@@ -83,7 +83,7 @@ def cmd_unsubscribe(cx: Call, args: Args) -> Reply:
     "pubsub noscript loading stale",
     group=PUBSUB,
     summary="Stop listening to patterns (all of them without arguments)",
-    syntax="[pattern [pattern ...]]",
+    syntax="[pattern ...]",
 )
 def cmd_punsubscribe(cx: Call, args: Args) -> Reply:
     client = cx.client
@@ -131,7 +131,7 @@ _HELP = (
     summary="Pub/sub introspection",
     subcommands={
         "CHANNELS": ("[pattern]", "The active channels, optionally matching a pattern"),
-        "NUMSUB": ("[channel [channel ...]]", "The subscriber count of channels"),
+        "NUMSUB": ("[channel ...]", "The subscriber count of channels"),
         "NUMPAT": ("", "The number of distinct patterns subscribed to"),
         "HELP": ("", "Show helpful text about the different subcommands"),
     },

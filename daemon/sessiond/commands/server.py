@@ -213,7 +213,7 @@ def _config_value(value: Any) -> str:
     summary="Read the effective config",
     subcommands={
         "GET": ("parameter ...", "The effective value of config parameters"),
-        "SET": ("notify-keyspace-events value", "Set the keyspace events; nothing else"),
+        "SET": ("parameter value", "Set notify-keyspace-events, the one parameter it sets"),
         "RESETSTAT": ("", "Accepted and ignored"),
     },
 )
