@@ -316,6 +316,10 @@ def _events_scenario(server: Server, protocol: int) -> list[tuple[Any, ...]]:
             ("PERSIST", "a"),
             ("PERSIST", "a"),
             ("EXPIREAT", "a", str(past_ms // 1000)),
+            ("SET", "p", "v", "PXAT", str(past_ms)),  # written and gone
+            ("EXISTS", "p"),
+            ("SET", "b", "2", "EXAT", str(past_ms // 1000), "GET"),
+            ("TTL", "b"),  # Redis notices the expiry here, at the latest
             ("SET", "h", "x", "PX", "100"),
         ):
             with contextlib.suppress(redis.ResponseError):

@@ -335,6 +335,27 @@ def test_expiry_and_keyspace_commands_send_redis_events() -> None:
     ]
 
 
+def test_a_write_already_past_its_deadline_is_told_as_redis_tells_it() -> None:
+    d = wired(store=False)
+    listener = events_of(d, "KEAn")
+    d("SET", "old", "1")
+    listener.take()
+    past = str(int(d.clock.now) - 5)
+    assert d("SET", "old", "2", "EXAT", past, "GET") == b"1"
+    assert d("SET", "fresh", "2", "EXAT", past) is OK
+    assert d("EXISTS", "old", "fresh") == 0
+    assert listener.events() == [
+        *ks("set", "old"),
+        *ks("expire", "old"),
+        *ks("expired", "old"),
+        *ks("new", "fresh"),
+        *ks("set", "fresh"),
+        *ks("expire", "fresh"),
+        *ks("expired", "fresh"),
+    ]
+    assert d.cache.expirations == 2
+
+
 def test_expired_from_lazy_and_active_expiry() -> None:
     d = wired(store=False, sliding=False)
     listener = events_of(d, "Ex")

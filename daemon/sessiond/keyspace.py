@@ -527,6 +527,14 @@ class Context:
             key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
         )
 
+    def set_expired(self, key: bytes) -> None:
+        """A write whose absolute deadline is already past (``SET … PXAT`` in
+        the past): the key is gone at once, counted as an expiry, as
+        ``SessionCache.insert`` does with such a write; the command tells its
+        events in Redis' order (``set``, ``expire``, then ``expired``)."""
+        self.remove(key)
+        self.cache.expirations += 1
+
     def update(self, key: bytes, fn: Callable[[bytes], bytes]) -> Entry[bytes] | None:
         """Replace the value of a live key, keeping its TTL and metadata."""
         if self.keyspace.watching:

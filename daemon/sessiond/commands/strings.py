@@ -3,7 +3,13 @@ INCR INCRBY DECR DECRBY."""
 
 from __future__ import annotations
 
-from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS, NOTIFY_STRING
+from ..keyevents import (
+    NOTIFY_EXPIRED,
+    NOTIFY_GENERIC,
+    NOTIFY_KEY_MISS,
+    NOTIFY_NEW,
+    NOTIFY_STRING,
+)
 from ..protocol import OK, Error
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
@@ -85,6 +91,9 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     old_value = None if old is None else old.value
     if (nx and old is not None) or (xx and old is None):
         return old_value if get else None
+    if deadline is not None and deadline <= cx.now():
+        _set_in_the_past(cx, key)
+        return old_value if get else OK
     if expiry is None or keep:
         cx.set(key, value, keep_ttl=keep)
     elif deadline is not None:
@@ -96,6 +105,20 @@ def cmd_set(cx: Call, args: Args) -> Reply:
         if expiry is not None and not keep:
             cx.notify(NOTIFY_GENERIC, b"expire", key)
     return old_value if get else OK
+
+
+def _set_in_the_past(cx: Call, key: bytes) -> None:
+    """SET with EXAT/PXAT already past. Redis writes the key and finds it
+    expired when it next looks: new, set, expire, then expired. Here it is
+    gone at once, and told in that order."""
+    created = cx.keyspace.notifying_new and cx.peek(key) is None
+    cx.set_expired(key)
+    if cx.keyspace.notifying:
+        if created:
+            cx.notify(NOTIFY_NEW, b"new", key)
+        cx.notify(NOTIFY_STRING, b"set", key)
+        cx.notify(NOTIFY_GENERIC, b"expire", key)
+        cx.notify(NOTIFY_EXPIRED, b"expired", key)
 
 
 def _setex(cx: Call, args: Args) -> Reply:
