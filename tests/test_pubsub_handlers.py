@@ -434,6 +434,25 @@ def test_new_is_told_before_the_write_and_knows_the_store() -> None:
     ]
 
 
+def test_new_knows_the_store_inside_a_transaction_too() -> None:
+    d = wired()
+    listener = events_of(d, "E$n")
+    d("SET", "k", "1")
+    d("SESSION.INVALIDATE", "k")
+    d("MULTI")
+    d("SET", "k", "2")
+    d("MSET", "k", "3", "other", "1")
+    assert d("EXEC") == [OK, OK]
+    assert listener.events() == [
+        (b"__keyevent@0__:new", b"k"),
+        (b"__keyevent@0__:set", b"k"),
+        (b"__keyevent@0__:set", b"k"),
+        (b"__keyevent@0__:set", b"k"),
+        (b"__keyevent@0__:new", b"other"),
+        (b"__keyevent@0__:set", b"other"),
+    ]
+
+
 def test_session_commands_tell_what_they_do() -> None:
     d = wired(store=False)
     listener = events_of(d, "E$g")

@@ -73,6 +73,8 @@ class Dispatcher:
             if not cmd.runs_queued:
                 return None
             keys = [k for c, a in multi if c.load is not None for k in c.load(a)]
+            if self.keyspace.notifying_new:  # as below, for each queued write
+                keys += [k for c, a in multi if c.write for k in c.keys(a)]
             return self.keyspace.prepare(keys, None, prepared)
         keys = [] if cmd.load is None else cmd.load(args)
         whole = cmd.ahead
