@@ -5,7 +5,7 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, session, transactions  # noqa: I001
+from . import connection, server, strings, keyspace, expiry, hashes, sets, session, transactions  # noqa: I001
 from . import pubsub
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
@@ -23,11 +23,13 @@ __all__ = [
     "connection",
     "expiry",
     "glob_to_regex",
+    "hashes",
     "keyspace",
     "parse_int64",
     "pubsub",
     "server",
     "session",
+    "sets",
     "strings",
     "transactions",
 ]

@@ -13,7 +13,16 @@ from ..keyevents import (
 from ..protocol import OK, Error
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
-from .util import EXPIRY_UNITS, MAX_INT64, MIN_INT64, deadline_from, int_arg, parse_int64, text
+from .util import (
+    EXPIRY_UNITS,
+    MAX_INT64,
+    MIN_INT64,
+    deadline_from,
+    int_arg,
+    parse_int64,
+    string,
+    text,
+)
 
 
 @command(
@@ -25,7 +34,7 @@ def cmd_get(cx: Call, args: Args) -> Reply:
         if cx.keyspace.notifying:
             cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
         return None
-    return entry.value
+    return string(entry.value)
 
 
 def _set_load(args: Args) -> list[bytes]:
@@ -84,11 +93,9 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     if expiry is not None and not keep:
         ttl, deadline = deadline_from(expiry, int_arg(amount), cx.now(), "set")
     old = cx.lookup(key) if (nx or xx or get or keep) else None
-    if get and old is not None and not isinstance(old.value, bytes):
-        raise Error(errors.WRONGTYPE)
+    old_value = None if old is None or not get else string(old.value)
     if get and old is None and cx.keyspace.notifying:
         cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
-    old_value = None if old is None else old.value
     if (nx and old is not None) or (xx and old is None):
         return old_value if get else None
     if deadline is not None and deadline <= cx.now():
@@ -186,13 +193,15 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
 )
 def cmd_getdel(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return None
+    value = string(entry.value)  # a hash or set is refused, and kept
     cx.remove(args[1])
     if cx.keyspace.notifying:
-        if entry is None:
-            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
-        else:
-            cx.notify(NOTIFY_GENERIC, b"del", args[1])
-    return None if entry is None else entry.value
+        cx.notify(NOTIFY_GENERIC, b"del", args[1])
+    return value
 
 
 @command(
@@ -221,7 +230,7 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
         if cx.keyspace.notifying:
             cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         return None
-    value = entry.value
+    value = string(entry.value)
     if opt == b"PERSIST":
         if cx.persist(key) and cx.keyspace.notifying:
             cx.notify(NOTIFY_GENERIC, b"persist", key)
@@ -260,7 +269,8 @@ def cmd_mget(cx: Call, args: Args) -> Reply:
             if cx.keyspace.notifying:
                 cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         else:
-            out.append(entry.value)
+            # As Redis: a key of another type reads as missing, not as an error.
+            out.append(entry.value if isinstance(entry.value, bytes) else None)
     return out
 
 
@@ -302,14 +312,14 @@ def cmd_strlen(cx: Call, args: Args) -> Reply:
         if cx.keyspace.notifying:
             cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
         return 0
-    return len(entry.value)
+    return len(string(entry.value))
 
 
 def _incr_by(cx: Call, key: bytes, delta: int) -> int:
     entry = cx.lookup(key)
     current = 0
     if entry is not None:
-        parsed = parse_int64(entry.value)
+        parsed = parse_int64(string(entry.value))
         if parsed is None:
             raise Error(errors.NOT_INT)
         current = parsed
