@@ -453,6 +453,35 @@ def test_new_knows_the_store_inside_a_transaction_too() -> None:
     ]
 
 
+def test_hash_and_set_commands_send_redis_events() -> None:
+    d = wired(store=False)
+    listener = events_of(d, "KEAn")
+    d("HSET", "h", "f", "v", "g", "w")
+    d("HSETNX", "h", "f", "x")  # exists: nothing
+    d("HINCRBY", "h", "n", "2")
+    d("HDEL", "h", "f")
+    d("HDEL", "h", "g", "n")
+    d("SADD", "s", "a")
+    d("SMOVE", "s", "t", "a")
+    d("SPOP", "t")
+    assert listener.events() == [
+        *ks("new", "h"),
+        *ks("hset", "h"),
+        *ks("hincrby", "h"),
+        *ks("hdel", "h"),
+        *ks("hdel", "h"),
+        *ks("del", "h"),
+        *ks("new", "s"),
+        *ks("sadd", "s"),
+        *ks("srem", "s"),
+        *ks("del", "s"),
+        *ks("new", "t"),
+        *ks("sadd", "t"),
+        *ks("spop", "t"),
+        *ks("del", "t"),
+    ]
+
+
 def test_session_commands_tell_what_they_do() -> None:
     d = wired(store=False)
     listener = events_of(d, "E$g")
