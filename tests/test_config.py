@@ -109,7 +109,8 @@ security:
     assert "hunter2" not in proc.stdout
     assert effective["pubsub"]["notify_keyspace_events"] == ""  # off by default
     assert set(effective) == {
-        "socket", "cache", "persistence", "metrics", "logging", "limits", "security", "pubsub",
+        "socket", "cache", "persistence", "metrics", "logging", "limits", "slowlog",
+        "latency", "security", "pubsub",
     }  # fmt: skip
 
 
@@ -236,7 +237,7 @@ logging:
     )
     assert lines == [
         "bogus: unknown section (known: socket, cache, persistence, metrics, logging, limits, "
-        "security, pubsub)",
+        "slowlog, latency, security, pubsub)",
         "cache.max_sessions: must be a positive integer, got -5",
         "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
         "got 'soon'",

@@ -108,6 +108,9 @@ class Keyspace:
         self.store = store
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
+        # Reads that memory missed and the store's copy served (INFO's
+        # keyspace_hits counts them as hits; the cache's own counters do not).
+        self.store_hits = 0
         self.current: Context | None = None
         # Told of every change a command makes to a key (None: to every key)
         # and of every expiry: WATCH. ``watching`` says whether anyone listens
@@ -494,6 +497,8 @@ class Context:
                     # Live, but larger than cache.max_memory: admitting it evicted
                     # it again (back to the store). Serve this read from that copy.
                     entry = stored
+                if entry is not None:
+                    self.keyspace.store_hits += 1
         return entry
 
     def peek(self, key: bytes) -> Entry[Value] | None:
