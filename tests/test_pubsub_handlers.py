@@ -203,7 +203,8 @@ def test_a_subscribed_resp2_client_may_only_subscribe_ping_quit_reset() -> None:
     assert "wrong number of arguments for 'get'" in arity.message  # arity first, as Redis
     assert d("PING") == [b"pong", b""]
     assert d("PING", "hello") == [b"pong", b"hello"]
-    assert d.state.stats.commands["GET"].errors == 2
+    get = d.state.stats.commands["GET"]
+    assert (get.errors, get.rejected) == (2, 2)  # refused before it ran: rejected, as Redis
     d("UNSUBSCRIBE")
     assert d("PING") == "PONG"
     assert d("GET", "k") is None
