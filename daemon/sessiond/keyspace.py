@@ -56,15 +56,20 @@ def _row(entry: Entry[Value]) -> Row:
         kind, data = values.STRING, value
     else:
         kind, data = values.encode(value)
-    return Row(
-        data,
-        entry.context_id,
-        entry.created_at,
-        entry.updated_at,
-        entry.accessed_at,
-        entry.ttl,
-        entry.deadline,
-        kind,
+    # tuple.__new__, not Row(...): a NamedTuple's own __new__ is interpreted
+    # Python, run on every write.
+    return tuple.__new__(
+        Row,
+        (
+            data,
+            entry.context_id,
+            entry.created_at,
+            entry.updated_at,
+            entry.accessed_at,
+            entry.ttl,
+            entry.deadline,
+            kind,
+        ),
     )
 
 
