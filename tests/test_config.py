@@ -23,7 +23,14 @@ from conftest import alias_bomb
 from hypothesis import given
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
-from sessiond.config import ConfigError, load_config, parse_duration, parse_size
+from sessiond.config import (
+    ConfigError,
+    PubSubConfig,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,9 +107,10 @@ security:
     assert effective["security"]["allowed_uids"] == [0, 1000]
     assert effective["security"]["password"] == "(set)"
     assert "hunter2" not in proc.stdout
+    assert effective["pubsub"]["notify_keyspace_events"] == ""  # off by default
     assert set(effective) == {
         "socket", "cache", "persistence", "metrics", "logging", "limits", "slowlog",
-        "latency", "security",
+        "latency", "security", "pubsub",
     }  # fmt: skip
 
 
@@ -229,7 +237,7 @@ logging:
     )
     assert lines == [
         "bogus: unknown section (known: socket, cache, persistence, metrics, logging, limits, "
-        "slowlog, latency, security)",
+        "slowlog, latency, security, pubsub)",
         "cache.max_sessions: must be a positive integer, got -5",
         "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
         "got 'soon'",
@@ -653,3 +661,23 @@ def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> N
         "cache.sliding: must be true or false, got 1",
     ]
     assert exc.value.source == str(path)
+
+
+def test_keyspace_events_are_redis_letters() -> None:
+    assert parse_config({"pubsub": {"notify_keyspace_events": "KEA"}}, Path(".")).pubsub == (
+        PubSubConfig("KEA")
+    )
+    assert parse_config({"pubsub": {"notify_keyspace_events": None}}, Path(".")).pubsub == (
+        PubSubConfig("")
+    )
+
+
+def test_a_keyspace_event_letter_redis_does_not_know_is_refused(tmp_path: Path) -> None:
+    assert problems(check(tmp_path, "pubsub:\n  notify_keyspace_events: KEQ\n")) == [
+        "pubsub.notify_keyspace_events: must be Redis' notify-keyspace-events letters "
+        "(any of Ag$lshzxeKEtmdn, \"\" for none), got 'KEQ': 'Q' is not one"
+    ]
+    assert problems(check(tmp_path, "pubsub:\n  notify_keyspace_events: 5\n")) == [
+        "pubsub.notify_keyspace_events: must be Redis' notify-keyspace-events letters "
+        '(any of Ag$lshzxeKEtmdn, "" for none), got 5: not a string'
+    ]

@@ -470,6 +470,7 @@ def test_client_that_never_reads_is_disconnected(daemon_factory: Factory) -> Non
     assert rss_kib(d) < before + 100 * 1024
     event = _exceeded(d)[0]
     assert event["limit"] == 1024 * 1024
+    assert info(d, "stats")["client_output_buffer_limit_disconnections"] == 1
     no_traceback(d)
 
 

@@ -24,6 +24,7 @@ import structlog
 from . import __version__, logs
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
+from .commands.channels import PubSub
 from .config import Config, ConfigError, load_config
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
@@ -67,7 +68,10 @@ class App:
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
         self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
-        self.state = ServerState(config, self.stats)
+        self.pubsub = PubSub()
+        self.pubsub.attach(self.keyspace)
+        self.pubsub.configure(config.pubsub.notify_keyspace_events)
+        self.state = ServerState(config, self.stats, self.pubsub)
         self.dispatcher = Dispatcher(self.keyspace, self.state)
         self.server = Server(
             self.dispatcher,
@@ -319,6 +323,7 @@ class App:
         if evicted:
             log.info("evicted_to_new_bound", evicted=evicted, max_sessions=c.max_sessions)
         self.keyspace.max_value_size = config.limits.max_value_size
+        self.pubsub.configure(config.pubsub.notify_keyspace_events)
         self.state.configure(config)
         self.server.configure(config)
         logs.configure(config.logging.level, config.logging.format)

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .keyevents import LETTERS, parse_events
+
 DEFAULT_LOCATIONS = (Path("config/sessiond.yaml"), Path("/etc/sessiond/sessiond.yaml"))
 
 # Limits on what a config file may cost to read (issue 16). The annotated examples
@@ -145,6 +147,11 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PubSubConfig:
+    notify_keyspace_events: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     socket: SocketConfig = SocketConfig()
     cache: CacheConfig = CacheConfig()
@@ -155,6 +162,7 @@ class Config:
     slowlog: SlowlogConfig = SlowlogConfig()
     latency: LatencyConfig = LatencyConfig()
     security: SecurityConfig = SecurityConfig()
+    pubsub: PubSubConfig = PubSubConfig()
     source: str = "built-in defaults"
 
 
@@ -423,6 +431,22 @@ def _id_list(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _keyspace_events(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        wrong = [c for c in value if parse_events(c) is None]
+        if not wrong:
+            return value
+        problem = f"{_show(wrong[0])} is not one"
+    else:
+        problem = "not a string"
+    raise _Invalid(
+        f"must be Redis' notify-keyspace-events letters (any of {LETTERS}, "
+        f'"" for none), got {_show(value)}: {problem}'
+    )
+
+
 _Parser = Callable[[Any], Any]
 
 
@@ -602,6 +626,18 @@ SCHEMA: dict[str, Section] = {
                 _id_list,
                 "list of gids",
                 "if non-empty, peers in these groups (primary or supplementary) may connect",
+            ),
+        },
+    ),
+    "pubsub": Section(
+        PubSubConfig,
+        "Publish/subscribe and keyspace notifications.",
+        {
+            "notify_keyspace_events": Key(
+                _keyspace_events,
+                "event letters",
+                "Redis' notify-keyspace-events: K and/or E, then classes (Egx: expired and del "
+                'events); "" = off',
             ),
         },
     ),

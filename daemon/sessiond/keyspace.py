@@ -14,7 +14,11 @@ Handlers and the server touch sessions only through this module. It owns:
   command's view of its keys current, so a command that deletes, rewrites or
   evicts one of its keys reads that change back, not the copy it loaded);
 * **merges** of memory and store for DBSIZE, INFO keyspace, SCAN and KEYS, and
-  the coordination of memory and store for expiry, warm start and shutdown.
+  the coordination of memory and store for expiry, warm start and shutdown;
+* **keyspace events**: handlers send theirs through :meth:`Context.notify`
+  after testing :attr:`Keyspace.notifying`; the keyspace sends ``expired``
+  (memory and store), ``evicted`` (only without a store: with one, an evicted
+  session is still there) and ``new`` itself.
 
 It never does I/O itself: the store does, on its own threads. The walk of one
 command through it is in docs/design.md.
@@ -28,6 +32,7 @@ from typing import Any
 
 from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
+from .keyevents import NOTIFY_EVICTED, NOTIFY_EXPIRED, NOTIFY_NEW
 from .protocol import Error
 from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
 from .values import Value
@@ -117,6 +122,12 @@ class Keyspace:
         # (a write checks it, and calls nobody when nobody does).
         self.change_listeners: list[Callable[[bytes | None], None]] = []
         self.watching = False
+        # Keyspace events (notify_keyspace_events): ``notifying`` says whether
+        # one could reach a subscriber. A handler tests it before it calls
+        # Context.notify, so that with nobody listening an event costs that test.
+        self.notifier: Callable[[int, bytes, bytes], None] | None = None
+        self.notifying = False
+        self.notifying_new = False  # whether to tell of keys created ("new")
         if store is not None:
             self.attach(store)
 
@@ -141,14 +152,38 @@ class Keyspace:
         for listener in self.change_listeners:
             listener(key)
 
+    def announce(
+        self, notifier: Callable[[int, bytes, bytes], None] | None, *, new: bool = False
+    ) -> None:
+        """Send keyspace events to ``notifier(class, event, key)`` from now on
+        (``None``: nobody listens, send none); ``new``: the ``new`` event too."""
+        self.notifier = notifier
+        self.notifying = notifier is not None
+        self.notifying_new = new and notifier is not None
+        # The core tells of expiries and evictions only to a listener it has.
+        self.cache.listener = self._removed if self.notifying or self.watching else None
+
+    def notify(self, cls: int, event: bytes, key: bytes) -> None:
+        """Send keyspace event ``event`` of class ``cls`` about ``key``."""
+        notifier = self.notifier
+        if notifier is not None:
+            notifier(cls, event, key)
+
     def _removed(
         self, key: bytes, entry: Entry[Value], cause: Cause, reason: EvictionReason | None
     ) -> None:
         """The core removed ``key`` from memory. An expiry is a change; an
         eviction is not (the store keeps the session as it was); a delete or
-        a replacement came from a command, which said so already."""
-        if cause is Cause.EXPIRED and self.watching:
-            self.modified(key)
+        a replacement came from a command, which said so already. Without a
+        store an eviction (or SESSION.INVALIDATE) is the end of the key:
+        ``evicted``, as Redis says of a key its eviction deletes."""
+        if cause is Cause.EXPIRED:
+            if self.watching:
+                self.modified(key)
+            if self.notifying:
+                self.notify(NOTIFY_EXPIRED, b"expired", key)
+        elif cause is Cause.EVICTED and self.notifying and self.store is None:
+            self.notify(NOTIFY_EVICTED, b"evicted", key)
 
     # ------------------------------------------------------ the cache's hook
 
@@ -387,6 +422,8 @@ class Keyspace:
             if held is None:
                 store.record(key, None)
                 deleted += 1
+                if self.notifying:
+                    self.notify(NOTIFY_EXPIRED, b"expired", key)
             elif held.deadline is None or held.deadline > now:
                 store.record(key, _row(held))
             # else expired in memory too: the cache's sweep deletes it
@@ -516,9 +553,23 @@ class Context:
         """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.keyspace.notifying_new and self.peek(key) is None:
+            entry = self.cache.insert(
+                key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
+            )
+            self.keyspace.notify(NOTIFY_NEW, b"new", key)
+            return entry
         return self.cache.insert(
             key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
         )
+
+    def set_expired(self, key: bytes) -> None:
+        """A write whose absolute deadline is already past (``SET … PXAT`` in
+        the past): the key is gone at once, counted as an expiry, as
+        ``SessionCache.insert`` does with such a write; the command tells its
+        events in Redis' order (``set``, ``expire``, then ``expired``)."""
+        self.remove(key)
+        self.cache.expirations += 1
 
     def update(self, key: bytes, fn: Callable[[Value], Value]) -> Entry[Value] | None:
         """Replace the value of a live key, keeping its TTL and metadata."""
@@ -546,6 +597,12 @@ class Context:
         if self.keyspace.watching:
             self.keyspace.modified(key)
         return self.cache.persist(key)
+
+    def notify(self, cls: int, event: bytes, key: bytes) -> None:
+        """Send keyspace event ``event`` (of class ``cls``, keyevents.NOTIFY_*)
+        about ``key``; a handler calls it after a change, once it has tested
+        ``self.keyspace.notifying`` (docs/commands.md)."""
+        self.keyspace.notify(cls, event, key)
 
     def invalidate(self, key: bytes) -> bool:
         """Drop ``key`` from memory only; the store keeps it (not a change:

@@ -9,6 +9,12 @@ replies always come back in request order.
 The server knows nothing of commands or sessions: it asks the dispatcher
 (:mod:`sessiond.commands`) what a request needs first and to run it, and the
 keyspace (:mod:`sessiond.keyspace`) when replies may leave.
+
+Pub/sub messages reach a connection through :meth:`Connection.push`, which
+the connection gives its client: they queue behind the replies the client is
+owed and leave at the end of the event loop's iteration, with every other
+message queued by then. A subscriber that does not read is dropped at
+``limits.max_output_buffer``, as any client that does not read its replies.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class Connection(asyncio.Protocol):
         "dispatcher",
         "done",
         "durable",
+        "flush_due",
         "keyspace",
         "out",
         "parser",
@@ -82,6 +89,7 @@ class Connection(asyncio.Protocol):
         "pending",
         "persistent",
         "prepared",
+        "pushed",
         "server",
         "slow_seen",
         "started",
@@ -110,6 +118,10 @@ class Connection(asyncio.Protocol):
         self.prepared: Prepared | None = None
         self.write_slots: list[int] = []
         self.write_paused = False  # the transport's buffer is above WRITE_HIGH_WATER
+        # Bytes of pub/sub messages in ``out`` since it was last written, and
+        # whether a write of them is due later in this loop iteration.
+        self.pushed = 0
+        self.flush_due = False
         # The counters of the commands whose replies are in ``out`` (their
         # latency is counted when ``out`` is written), how many of them have
         # had their event-loop time counted, when the oldest request not yet
@@ -156,6 +168,7 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.client.fd = sock.fileno() if sock is not None else -1
         self.client.peer = server.peer_label(transport)
+        self.client.push = self.push
         server.state.clients[self.client.id] = self.client
         server.connections.add(self)
 
@@ -163,8 +176,12 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport = None
-        self.server.state.clients.pop(self.client.id, None)
+        client = self.client
+        self.server.state.clients.pop(client.id, None)
         self.server.connections.discard(self)
+        if client.subscriptions:
+            self.server.state.pubsub.drop(client)
+        client.push = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -441,20 +458,50 @@ class Connection(asyncio.Protocol):
             return limit - WRITE_HIGH_WATER
         return limit - transport.get_write_buffer_size()
 
+    def push(self, data: bytes) -> None:
+        """Queue a pub/sub message (a publish or a keyspace event) for this
+        client, behind what it is owed: it is written at the end of this loop
+        iteration (with the replies of a batch this client is running, or
+        once a commit it waits for is done). Never blocks; a client whose
+        unread output passes limits.max_output_buffer is dropped."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.out.append(data)
+        self.pushed += len(data)
+        if self.pushed > self.output_room():
+            self.output_exceeded()
+            return
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_pushed)
+
+    def _flush_pushed(self) -> None:
+        self.flush_due = False
+        if not self.busy:  # else its replies wait for the store: so do messages
+            self.flush()
+
     def output_exceeded(self) -> None:
         """Drop a client whose queued replies passed limits.max_output_buffer."""
-        log.warning(
-            "client_output_buffer_exceeded",
-            client_id=self.client.id,
-            limit=self.server.max_output_buffer,
-        )
+        self._too_slow()
+        self.client.close_after_reply = True  # a batch it is running stops here
         self.pending.clear()
         self.out.clear()
         self.done.clear()
         self.counted = 0
         self.write_slots.clear()
+        self.pushed = 0
         if self.transport is not None:
             self.transport.abort()
+
+    def _too_slow(self) -> None:
+        log.warning(
+            "client_output_buffer_exceeded",
+            client_id=self.client.id,
+            limit=self.server.max_output_buffer,
+            subscriptions=self.client.subscriptions,
+        )
+        self.server.state.stats.server.output_buffer_disconnections += 1
 
     def flush(self, last: list[bytes] | None = None) -> None:
         """Write the replies in ``out``; ``last`` is the last command run since
@@ -467,6 +514,7 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         self.server.net.net_output_bytes += len(data)
         out.clear()
+        self.pushed = 0
         done = self.done
         if done:
             # Client-seen latency: from the arrival of the oldest request these
@@ -501,11 +549,7 @@ class Connection(asyncio.Protocol):
         elif (
             self.write_paused or self.server.max_output_buffer <= WRITE_HIGH_WATER
         ) and self.output_room() < 0:
-            log.warning(
-                "client_output_buffer_exceeded",
-                client_id=self.client.id,
-                limit=self.server.max_output_buffer,
-            )
+            self._too_slow()
             transport.abort()
 
     def request_limit(self) -> int:

@@ -7,6 +7,7 @@ order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 
 from . import connection, server, strings, keyspace, expiry, hashes, sets, session, transactions  # noqa: I001
 from . import ops
+from . import pubsub
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -27,6 +28,7 @@ __all__ = [
     "keyspace",
     "ops",
     "parse_int64",
+    "pubsub",
     "server",
     "session",
     "sets",

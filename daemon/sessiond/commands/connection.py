@@ -16,6 +16,8 @@ from .util import int_arg, text
 def cmd_ping(cx: Call, args: Args) -> Reply:
     if len(args) > 2:
         raise errors.wrong_arity("ping")
+    if cx.client.subscriptions and not cx.client.resp3:  # Redis' subscribed-mode form
+        return [b"pong", b"" if len(args) == 1 else args[1]]
     return PONG if len(args) == 1 else args[1]
 
 
@@ -125,6 +127,7 @@ def cmd_reset(cx: Call, args: Args) -> Reply:
     client = cx.client
     client.multi = None
     client.multi_error = False
+    cx.state.pubsub.drop(client)
     client.resp3 = False
     client.name = None
     client.authenticated = cx.state.password is None

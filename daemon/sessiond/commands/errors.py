@@ -47,6 +47,14 @@ def unknown_command(args: list[bytes]) -> Error:
     return Error(f"ERR unknown command '{name[:128]}', with args beginning with: {rest}")
 
 
+def subscribed_mode(name: str) -> Error:
+    """A RESP2 client that is subscribed sent a command it may not."""
+    return Error(
+        f"ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+        "RESET are allowed in this context"
+    )
+
+
 def without_multi(name: str) -> Error:
     return Error(f"ERR {name} without MULTI")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_HASH, NOTIFY_KEY_MISS
 from ..protocol import OK, Error
 from ..values import Hash, Value
 from . import errors
@@ -30,6 +31,18 @@ def _read(cx: Call, key: bytes) -> Hash | None:
 def _inspect(cx: Call, key: bytes) -> Hash | None:
     entry = cx.peek(key)
     return None if entry is None else hash_of(entry.value)
+
+
+def _missed(cx: Call, key: bytes, found: Hash | None) -> Hash | None:
+    """``found``, telling a read command's miss (keymiss), as Redis' read lookups do."""
+    if found is None and cx.keyspace.notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return found
+
+
+def _hset(cx: Call, key: bytes) -> None:
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hset", key)
 
 
 def _write(cx: Call, key: bytes, pairs: list[tuple[bytes, bytes]], only_new: bool = False) -> int:
@@ -80,7 +93,9 @@ def _pairs(args: Args, start: int, name: str) -> list[tuple[bytes, bytes]]:
     syntax="key (field value) ...",
 )
 def cmd_hset(cx: Call, args: Args) -> Reply:
-    return _write(cx, args[1], _pairs(args, 2, "hset"))
+    added = _write(cx, args[1], _pairs(args, 2, "hset"))
+    _hset(cx, args[1])
+    return added
 
 
 @command(
@@ -94,6 +109,7 @@ def cmd_hset(cx: Call, args: Args) -> Reply:
 )
 def cmd_hmset(cx: Call, args: Args) -> Reply:
     _write(cx, args[1], _pairs(args, 2, "hmset"))
+    _hset(cx, args[1])
     return OK
 
 
@@ -107,7 +123,10 @@ def cmd_hmset(cx: Call, args: Args) -> Reply:
     syntax="key field value",
 )
 def cmd_hsetnx(cx: Call, args: Args) -> Reply:
-    return _write(cx, args[1], [(args[2], args[3])], only_new=True)
+    added = _write(cx, args[1], [(args[2], args[3])], only_new=True)
+    if added:
+        _hset(cx, args[1])
+    return added
 
 
 @command(
@@ -120,7 +139,7 @@ def cmd_hsetnx(cx: Call, args: Args) -> Reply:
     syntax="key field",
 )
 def cmd_hget(cx: Call, args: Args) -> Reply:
-    fields = _read(cx, args[1])
+    fields = _missed(cx, args[1], _read(cx, args[1]))
     return None if fields is None else fields.get(args[2])
 
 
@@ -134,7 +153,7 @@ def cmd_hget(cx: Call, args: Args) -> Reply:
     syntax="key field ...",
 )
 def cmd_hmget(cx: Call, args: Args) -> Reply:
-    fields = _read(cx, args[1]) or {}
+    fields = _missed(cx, args[1], _read(cx, args[1])) or {}
     return [fields.get(field) for field in args[2:]]
 
 
@@ -148,7 +167,7 @@ def cmd_hmget(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hgetall(cx: Call, args: Args) -> Reply:
-    return dict(_read(cx, args[1]) or {})
+    return dict(_missed(cx, args[1], _read(cx, args[1])) or {})
 
 
 @command(
@@ -161,7 +180,7 @@ def cmd_hgetall(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hkeys(cx: Call, args: Args) -> Reply:
-    return list(_read(cx, args[1]) or ())
+    return list(_missed(cx, args[1], _read(cx, args[1])) or ())
 
 
 @command(
@@ -174,7 +193,7 @@ def cmd_hkeys(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hvals(cx: Call, args: Args) -> Reply:
-    return list((_read(cx, args[1]) or {}).values())
+    return list((_missed(cx, args[1], _read(cx, args[1])) or {}).values())
 
 
 @command(
@@ -196,6 +215,9 @@ def cmd_hdel(cx: Call, args: Args) -> Reply:
         return 0
     if len(doomed) == len(current):
         cx.remove(key)  # no field left: the key goes, as in Redis
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_HASH, b"hdel", key)
+            cx.notify(NOTIFY_GENERIC, b"del", key)
         return len(doomed)
 
     def apply(value: Value) -> Value:
@@ -205,6 +227,8 @@ def cmd_hdel(cx: Call, args: Args) -> Reply:
         return fields
 
     cx.update(key, apply)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hdel", key)
     return len(doomed)
 
 
@@ -218,7 +242,7 @@ def cmd_hdel(cx: Call, args: Args) -> Reply:
     syntax="key field",
 )
 def cmd_hexists(cx: Call, args: Args) -> Reply:
-    fields = _read(cx, args[1])
+    fields = _missed(cx, args[1], _read(cx, args[1]))
     return int(fields is not None and args[2] in fields)
 
 
@@ -232,7 +256,7 @@ def cmd_hexists(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hlen(cx: Call, args: Args) -> Reply:
-    return len(_inspect(cx, args[1]) or ())
+    return len(_missed(cx, args[1], _inspect(cx, args[1])) or ())
 
 
 @command(
@@ -245,7 +269,7 @@ def cmd_hlen(cx: Call, args: Args) -> Reply:
     syntax="key field",
 )
 def cmd_hstrlen(cx: Call, args: Args) -> Reply:
-    fields = _inspect(cx, args[1]) or {}
+    fields = _missed(cx, args[1], _inspect(cx, args[1])) or {}
     return len(fields.get(args[2], b""))
 
 
@@ -277,6 +301,8 @@ def cmd_hincrby(cx: Call, args: Args) -> Reply:
     if not MIN_INT64 <= result <= MAX_INT64:
         raise Error(errors.OVERFLOW)
     _increment(cx, key, field, str(result).encode())
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hincrby", key)
     return result
 
 
@@ -293,7 +319,7 @@ def cmd_hscan(cx: Call, args: Args) -> Reply:
     _cursor(args[2])
     pattern = _match(args, 3)
     out: list[bytes] = []
-    for field, value in (_read(cx, args[1]) or {}).items():
+    for field, value in (_missed(cx, args[1], _read(cx, args[1])) or {}).items():
         if pattern is None or pattern.match(field):
             out += [field, value]
     # A session's hash is small: one step returns all of it (cursor 0), as
@@ -333,7 +359,7 @@ def cmd_hrandfield(cx: Call, args: Args) -> Reply:
     if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"WITHVALUES"):
         raise errors.syntax()
     count = int_arg(args[2]) if len(args) > 2 else None
-    fields = _read(cx, args[1])
+    fields = _missed(cx, args[1], _read(cx, args[1]))
     if count is None:
         return None if not fields else random.choice(list(fields))
     withvalues = len(args) == 4

@@ -6,6 +6,7 @@ import re
 from collections.abc import Awaitable
 
 from .. import values
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS
 from ..keyspace import Keyspace
 from ..protocol import Error, Status
 from ..values import type_name
@@ -21,7 +22,10 @@ def _delete(cx: Call, args: Args) -> Reply:
     for key in args[1:]:
         existed = cx.peek(key) is not None
         cx.remove(key)
-        removed += existed
+        if existed:
+            removed += 1
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"del", key)
     return removed
 
 
@@ -55,7 +59,13 @@ command(
     syntax="key ...",
 )
 def cmd_exists(cx: Call, args: Args) -> Reply:
-    return sum(1 for key in args[1:] if cx.peek(key) is not None)
+    found = 0
+    for key in args[1:]:
+        if cx.peek(key) is not None:
+            found += 1
+        elif cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return found
 
 
 @command(
@@ -68,7 +78,13 @@ def cmd_exists(cx: Call, args: Args) -> Reply:
     syntax="key ...",
 )
 def cmd_touch(cx: Call, args: Args) -> Reply:
-    return sum(1 for key in args[1:] if cx.lookup(key) is not None)
+    touched = 0
+    for key in args[1:]:
+        if cx.lookup(key) is not None:
+            touched += 1
+        elif cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return touched
 
 
 @command(
@@ -82,7 +98,11 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
 )
 def cmd_type(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return Status("none" if entry is None else type_name(entry.value))
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return Status("none")
+    return Status(type_name(entry.value))
 
 
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:

@@ -47,6 +47,7 @@ SESSION = "session"
 HASH = "hash"
 SET = "set"
 TRANSACTIONS = "transactions"
+PUBSUB = "pubsub"
 
 
 class Call(Context):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..stats import Stats
+from .channels import PubSub
 
 if TYPE_CHECKING:
     from .registry import Command
@@ -22,6 +24,7 @@ class Client:
 
     __slots__ = (
         "authenticated",
+        "channels",
         "close_after_reply",
         "created_at",
         "fd",
@@ -33,8 +36,11 @@ class Client:
         "multi",
         "multi_error",
         "name",
+        "patterns",
         "peer",
+        "push",
         "resp3",
+        "subscriptions",
     )
 
     def __init__(
@@ -55,6 +61,13 @@ class Client:
         self.last_command = "NULL"
         self.peer = peer
         self.fd = fd
+        # Pub/sub: the channels and patterns it is subscribed to (in the order
+        # it subscribed), how many in all (0: not subscribed), and where its
+        # messages go (the connection's; None while it has none).
+        self.channels: dict[bytes, None] = {}
+        self.patterns: dict[bytes, None] = {}
+        self.subscriptions = 0
+        self.push: Callable[[bytes], None] | None = None
 
     def info_line(self, socket_path: str = "") -> str:
         """One CLIENT LIST line in Redis' format (a Unix-socket client's ``addr``
@@ -62,13 +75,14 @@ class Client:
         ``peer-pid`` / ``peer-uid`` fields. No value may hold a space or ``=``:
         clients split the line on both."""
         now = time.perf_counter()
-        flags = "x" if self.multi is not None else "N"
+        flags = "x" if self.multi is not None else "P" if self.subscriptions else "N"
         peer = "".join(f" peer-{field}" for field in self.peer.split(",") if "=" in field)
         return (
             f"id={self.id} addr={socket_path}:0 laddr={socket_path}:0 fd={self.fd} "
             f"name={self.name or ''} "
             f"age={int(now - self.created_at)} idle={int(now - self.last_active)} flags={flags} "
-            f"db=0 sub=0 psub=0 ssub=0 multi={-1 if self.multi is None else len(self.multi)} "
+            f"db=0 sub={len(self.channels)} psub={len(self.patterns)} ssub=0 "
+            f"multi={-1 if self.multi is None else len(self.multi)} "
             f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
             f"tot-mem=0 events=r cmd={self.last_command.lower()} user=default redir=-1 "
             f"resp={3 if self.resp3 else 2} lib-name={self.lib_name} lib-ver={self.lib_ver}"
@@ -93,8 +107,9 @@ class Baseline:
 class ServerState:
     """What connection and server commands read besides sessions: the
     effective config (pushed on reload, :meth:`configure`), the connected
-    clients, the counters, when the daemon started, its run id (INFO's
-    ``run_id``: 40 random hex digits per start) and the RESETSTAT baseline."""
+    clients, the counters, the pub/sub channels, when the daemon started, its
+    run id (INFO's ``run_id``: 40 random hex digits per start) and the
+    RESETSTAT baseline."""
 
     __slots__ = (
         "_ids",
@@ -102,15 +117,19 @@ class ServerState:
         "clients",
         "config",
         "peak_memory",
+        "pubsub",
         "run_id",
         "started_at",
         "started_monotonic",
         "stats",
     )
 
-    def __init__(self, config: Config, stats: Stats) -> None:
+    def __init__(self, config: Config, stats: Stats, pubsub: PubSub | None = None) -> None:
+        """``pubsub`` is the daemon's (the app wires it to the keyspace);
+        without one the state has a hub of its own that sends no keyspace events."""
         self.config = config
         self.stats = stats
+        self.pubsub = PubSub() if pubsub is None else pubsub
         self.clients: dict[int, Client] = {}
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()

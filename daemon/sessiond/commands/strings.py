@@ -3,6 +3,13 @@ INCR INCRBY DECR DECRBY."""
 
 from __future__ import annotations
 
+from ..keyevents import (
+    NOTIFY_EXPIRED,
+    NOTIFY_GENERIC,
+    NOTIFY_KEY_MISS,
+    NOTIFY_NEW,
+    NOTIFY_STRING,
+)
 from ..protocol import OK, Error
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
@@ -23,7 +30,11 @@ from .util import (
 )
 def cmd_get(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
-    return None if entry is None else string(entry.value)
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return None
+    return string(entry.value)
 
 
 def _set_load(args: Args) -> list[bytes]:
@@ -50,6 +61,8 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     cx.check_size(value)
     if len(args) == 3:
         cx.set(key, value)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_STRING, b"set", key)
         return OK
     nx = xx = get = keep = False
     ttl: float | None = None
@@ -81,15 +94,38 @@ def cmd_set(cx: Call, args: Args) -> Reply:
         ttl, deadline = deadline_from(expiry, int_arg(amount), cx.now(), "set")
     old = cx.lookup(key) if (nx or xx or get or keep) else None
     old_value = None if old is None or not get else string(old.value)
+    if get and old is None and cx.keyspace.notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
     if (nx and old is not None) or (xx and old is None):
         return old_value if get else None
+    if deadline is not None and deadline <= cx.now():
+        _set_in_the_past(cx, key)
+        return old_value if get else OK
     if expiry is None or keep:
         cx.set(key, value, keep_ttl=keep)
     elif deadline is not None:
         cx.set(key, value, deadline=deadline)
     else:
         cx.set(key, value, ttl)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"set", key)
+        if expiry is not None and not keep:
+            cx.notify(NOTIFY_GENERIC, b"expire", key)
     return old_value if get else OK
+
+
+def _set_in_the_past(cx: Call, key: bytes) -> None:
+    """SET with EXAT/PXAT already past. Redis writes the key and finds it
+    expired when it next looks: new, set, expire, then expired. Here it is
+    gone at once, and told in that order."""
+    created = cx.keyspace.notifying_new and cx.peek(key) is None
+    cx.set_expired(key)
+    if cx.keyspace.notifying:
+        if created:
+            cx.notify(NOTIFY_NEW, b"new", key)
+        cx.notify(NOTIFY_STRING, b"set", key)
+        cx.notify(NOTIFY_GENERIC, b"expire", key)
+        cx.notify(NOTIFY_EXPIRED, b"expired", key)
 
 
 def _setex(cx: Call, args: Args) -> Reply:
@@ -98,6 +134,9 @@ def _setex(cx: Call, args: Args) -> Reply:
     cx.check_size(args[3])
     ttl, _ = deadline_from(unit, int_arg(args[2]), cx.now(), text(args[0]).lower())
     cx.set(args[1], args[3], ttl)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"set", args[1])
+        cx.notify(NOTIFY_GENERIC, b"expire", args[1])
     return OK
 
 
@@ -138,6 +177,8 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
     if cx.lookup(args[1]) is not None:
         return 0
     cx.set(args[1], args[2])
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"set", args[1])
     return 1
 
 
@@ -153,9 +194,13 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
 def cmd_getdel(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
     if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
         return None
     value = string(entry.value)  # a hash or set is refused, and kept
     cx.remove(args[1])
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"del", args[1])
     return value
 
 
@@ -182,14 +227,26 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
         raise errors.syntax()
     entry = cx.lookup(key)
     if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         return None
     value = string(entry.value)
     if opt == b"PERSIST":
-        cx.persist(key)
+        if cx.persist(key) and cx.keyspace.notifying:
+            cx.notify(NOTIFY_GENERIC, b"persist", key)
     elif deadline is not None:
-        cx.set_deadline(key, deadline)
+        if deadline <= cx.now():  # already past: deleted, as Redis does
+            cx.remove(key)
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"del", key)
+        else:
+            cx.set_deadline(key, deadline)
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"expire", key)
     elif ttl is not None:
         cx.set_ttl(key, ttl)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_GENERIC, b"expire", key)
     return value
 
 
@@ -207,8 +264,13 @@ def cmd_mget(cx: Call, args: Args) -> Reply:
     out: list[bytes | None] = []
     for key in args[1:]:
         entry = lookup(key)
-        # As Redis: a key of another type reads as missing, not as an error.
-        out.append(entry.value if entry is not None and isinstance(entry.value, bytes) else None)
+        if entry is None:
+            out.append(None)
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+        else:
+            # As Redis: a key of another type reads as missing, not as an error.
+            out.append(entry.value if isinstance(entry.value, bytes) else None)
     return out
 
 
@@ -230,6 +292,8 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
         cx.check_size(args[i + 1])
     for i in range(1, len(args), 2):
         cx.set(args[i], args[i + 1])
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_STRING, b"set", args[i])
     return OK
 
 
@@ -244,7 +308,11 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
 )
 def cmd_strlen(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return 0 if entry is None else len(string(entry.value))
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return 0
+    return len(string(entry.value))
 
 
 def _incr_by(cx: Call, key: bytes, delta: int) -> int:
@@ -263,6 +331,8 @@ def _incr_by(cx: Call, key: bytes, delta: int) -> int:
         cx.set(key, encoded)
     else:
         cx.update(key, lambda _old: encoded)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"incrby", key)
     return result
 
 
