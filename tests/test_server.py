@@ -133,6 +133,16 @@ def test_noauth_before_auth(locked: Daemon) -> None:
         assert c("GET", "k") == RawError("NOAUTH Authentication required.")
 
 
+@pytest.mark.parametrize("request_bytes", [b"QUIT\r\n", b"*1\r\n$4\r\nQUIT\r\n"])
+def test_quit_before_auth_answers_ok_and_closes(locked: Daemon, request_bytes: bytes) -> None:
+    """As Redis does: QUIT needs no password (not NOAUTH), and nothing after it runs."""
+    with locked.raw() as s:
+        s.sendall(request_bytes + b"PING\r\n")
+        data, closed = read_to_eof(s)
+    assert (data, closed) == (b"+OK\r\n", True)
+    no_traceback(locked)
+
+
 def test_hello_auth(locked: Daemon) -> None:
     with RawClient(locked) as c:
         assert c("HELLO", "3", "AUTH", "default", "nope") == RawError(
