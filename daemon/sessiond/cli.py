@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -119,26 +121,34 @@ def check_config(path: Path | None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command == "run":
-            from .app import run
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C before the daemon handles SIGINT itself (while importing, parsing
+    the command line or starting): an ordinary way to stop, not a crash.
 
-            return run(args.config)
-        if args.command == "check-config":
-            return check_config(args.config)
-    except KeyboardInterrupt:
-        # Ctrl-C before the daemon has its own handlers (while importing, parsing the
-        # command line or starting): an ordinary way to stop, not a crash worth a traceback.
-        print("sessiond: interrupted", file=sys.stderr)
-        sys.stderr.flush()
+    A handler rather than ``except KeyboardInterrupt``: the exception can land
+    where it is swallowed (a weakref callback of the import machinery prints
+    "Exception ignored" and goes on, and the daemon then starts as if never
+    interrupted) or remembered (in code run by exec(), which makes CPython 3.11
+    kill itself with SIGINT at exit). The handler ends the process at once
+    instead: no request has been served yet, so no client loses anything."""
+    with contextlib.suppress(Exception):  # the streams may be mid-write
         sys.stdout.flush()
-        # Not a return: if the interrupt landed in code run by exec() (dataclasses
-        # build __init__ that way while importing), CPython 3.11 remembers it as
-        # unhandled and kills itself with SIGINT at exit instead of exiting 130.
-        os._exit(130)
+        sys.stderr.flush()
+    os.write(2, b"sessiond: interrupted\n")
+    os._exit(130)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: the daemon replaces it once it handles SIGINT itself.
+    signal.signal(signal.SIGINT, _interrupted)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        from .app import run
+
+        return run(args.config)
+    if args.command == "check-config":
+        return check_config(args.config)
     parser.print_help(sys.stderr)
     return 2
 
