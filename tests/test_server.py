@@ -412,7 +412,30 @@ def test_a_file_in_the_way_is_not_replaced(daemon_factory: Factory) -> None:
     no_traceback(d)
 
 
-def test_socket_directory_that_cannot_be_created(daemon_factory: Factory) -> None:
+def test_a_missing_socket_directory_is_refused_not_created(daemon_factory: Factory) -> None:
+    """A mistyped socket.path fails the start with a message that names the
+    directory, and no directory is made (under systemd, RuntimeDirectory= or
+    sessiond.socket makes /run/sessiond before the daemon starts)."""
+    d = daemon_factory(start=False)
+    d.config["socket"]["path"] = "typo/run/sessiond.sock"
+    d.write_config()
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 1
+    (event,) = [e for e in d.events() if e.get("event") == "startup_failed"]
+    assert event["error"] == (
+        f"socket.path: directory {d.workdir / 'typo' / 'run'} does not exist; "
+        "create it or correct the path"
+    )
+    assert not (d.workdir / "typo").exists()
+    no_traceback(d)
+    (d.workdir / "typo" / "run").mkdir(parents=True)
+    d.start()
+    with d.client() as c:
+        assert c.ping()
+
+
+def test_socket_directory_that_is_a_file(daemon_factory: Factory) -> None:
     d = daemon_factory(start=False)
     (d.workdir / "plainfile").write_text("x")
     d.config["socket"]["path"] = "plainfile/sessiond.sock"
@@ -421,7 +444,7 @@ def test_socket_directory_that_cannot_be_created(daemon_factory: Factory) -> Non
     assert d.proc is not None
     assert d.proc.wait(20) == 1
     message = next(e for e in d.events() if e.get("event") == "startup_failed")["error"]
-    assert message.startswith("socket.path: ")
+    assert message == f"socket.path: {d.workdir / 'plainfile'} is not a directory"
     no_traceback(d)
 
 
