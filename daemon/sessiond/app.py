@@ -12,6 +12,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -21,6 +22,7 @@ from typing import Any
 import structlog
 
 from . import __version__, logs
+from .activation import ActivationError, inherited_listener
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
 from .config import Config, ConfigError, load_config
@@ -51,14 +53,21 @@ def build_cache(config: Config) -> SessionCache[bytes, bytes]:
 
 class App:
     """One daemon. ``store_hook`` (tests only) is passed to the store: see
-    :class:`~sessiond.store.SQLiteStore` for its points."""
+    :class:`~sessiond.store.SQLiteStore` for its points. ``listener`` is a
+    listening socket passed by systemd (else ``socket.path`` is bound)."""
 
     def __init__(
-        self, config: Config, config_path: Path | None, *, store_hook: Hook | None = None
+        self,
+        config: Config,
+        config_path: Path | None,
+        *,
+        store_hook: Hook | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.store_hook = store_hook
+        self.listener = listener
         self.stats = Stats()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
@@ -97,7 +106,7 @@ class App:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         try:
-            await self.server.start()
+            await self.server.start(self.listener)
         except StartupError as exc:
             log.error("startup_failed", error=str(exc))
             return 1
@@ -126,11 +135,22 @@ class App:
         if self.config_path is not None:
             self._warn_store_beside_config(self.config_path)
         await self.reloader.start()
+        served = self.server.path
+        if self.listener is not None and served != config.socket.path:
+            log.warning(
+                "socket_path_differs",
+                socket=str(served),
+                configured=str(config.socket.path),
+                hint="the passed socket is served; make socket.path the same path "
+                "(ListenStream= of sessiond.socket)",
+            )
         log.info(
             "started",
             version=__version__,
+            pid=os.getpid(),
             config=config.source,
-            socket=str(config.socket.path),
+            socket=str(served),
+            socket_from="bound" if self.listener is None else "LISTEN_FDS",
             metrics=config.metrics.listen if config.metrics.enabled else "disabled",
             store=str(config.persistence.path) if self.store is not None else "none",
             durability=config.persistence.durability if self.store is not None else None,
@@ -272,9 +292,16 @@ def run(config_path: Path | None) -> int:
     chosen = config_path
     if chosen is None and config.source != "built-in defaults":
         chosen = Path(config.source)
+    try:
+        # Before anything is started: the variables are not for our children.
+        inherited = inherited_listener()
+    except ActivationError as exc:
+        log.error("startup_failed", error=str(exc))
+        return 1
+    listener = inherited.sock if inherited is not None else None
 
     async def main() -> int:
-        return await App(config, chosen).run()
+        return await App(config, chosen, listener=listener).run()
 
     try:
         import uvloop
