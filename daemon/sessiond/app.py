@@ -3,7 +3,8 @@
 This is the only module that knows about all of them (hypercorn's ``run`` and
 uvicorn's ``Server`` are the model): it builds the pieces from a :class:`Config`,
 runs the background jobs (active expiry, idle timeout, watchdog, config watch),
-and shuts down in order on SIGTERM/SIGINT.
+shuts down in order on SIGTERM/SIGINT, and hands over to a new process on
+SIGUSR2 (:mod:`sessiond.upgrade`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -28,11 +30,12 @@ from .commands import Dispatcher, ServerState
 from .config import Config, ConfigError, load_config
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
-from .notify import notify, watchdog_interval
+from .notify import notify, supervised, watchdog_interval
 from .reload import ConfigReloader
 from .server import Server, StartupError
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
+from .upgrade import Predecessor, Successor, UpgradeError
 
 log = structlog.get_logger("sessiond")
 
@@ -54,7 +57,8 @@ def build_cache(config: Config) -> SessionCache[bytes, bytes]:
 class App:
     """One daemon. ``store_hook`` (tests only) is passed to the store: see
     :class:`~sessiond.store.SQLiteStore` for its points. ``listener`` is a
-    listening socket passed by systemd (else ``socket.path`` is bound)."""
+    listening socket passed by systemd or by ``predecessor``, the daemon
+    handing over to this one (else ``socket.path`` is bound)."""
 
     def __init__(
         self,
@@ -63,11 +67,15 @@ class App:
         *,
         store_hook: Hook | None = None,
         listener: socket.socket | None = None,
+        predecessor: Predecessor | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.store_hook = store_hook
         self.listener = listener
+        self.predecessor = predecessor
+        self.successor: Successor | None = None  # the daemon handed over to
+        self.upgrading = False
         self.stats = Stats()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
@@ -105,8 +113,9 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        identity = self.predecessor.socket_identity if self.predecessor is not None else None
         try:
-            await self.server.start(self.listener)
+            await self.server.start(self.listener, identity)
         except StartupError as exc:
             log.error("startup_failed", error=str(exc))
             return 1
@@ -127,6 +136,7 @@ class App:
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
+        loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
         interval = watchdog_interval()
@@ -150,12 +160,20 @@ class App:
             pid=os.getpid(),
             config=config.source,
             socket=str(served),
-            socket_from="bound" if self.listener is None else "LISTEN_FDS",
+            socket_from=(
+                "bound"
+                if self.listener is None
+                else "predecessor"
+                if self.predecessor is not None
+                else "LISTEN_FDS"
+            ),
             metrics=config.metrics.listen if config.metrics.enabled else "disabled",
             store=str(config.persistence.path) if self.store is not None else "none",
             durability=config.persistence.durability if self.store is not None else None,
             warmed_sessions=warmed,
         )
+        if self.predecessor is not None:
+            self.predecessor.serving()
         notify("READY=1\nSTATUS=serving")
         if started is not None:
             await started()
@@ -194,17 +212,85 @@ class App:
             log.info("shutdown_requested", signal=signame)
             self.shutdown_event.set()
 
+    def _request_upgrade(self) -> None:
+        """SIGUSR2: hand over to a new process running the code installed now."""
+        if supervised():
+            # systemd tracks this process as the service: a successor would be
+            # killed with it. The socket unit makes a restart refuse nothing.
+            log.warning(
+                "upgrade_refused",
+                reason="running under systemd: with sessiond.socket, "
+                "`systemctl restart sessiond` refuses no connection",
+            )
+        elif self.shutdown_event.is_set() or self.upgrading:
+            log.warning("upgrade_refused", reason="already stopping or upgrading")
+        else:
+            self.upgrading = True
+            self._spawn(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        listener = self.server.listener
+        assert listener is not None
+        # The same command line, with the interpreter's own options: the code
+        # and config on disk now, in the same working directory.
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        try:
+            successor = Successor.spawn(listener, argv, self.server.ownership())
+        except OSError as exc:
+            self.upgrading = False
+            log.error("upgrade_failed", error=f"cannot start a new process: {exc.strerror}")
+            return
+        log.info("upgrade_started", successor_pid=successor.pid, command=argv)
+        try:
+            ready = await successor.ready()
+        except asyncio.CancelledError:
+            successor.kill()  # stopping before it was ready: it holds nothing yet
+            raise
+        if not ready:
+            status = await successor.exit_status()
+            self.upgrading = False
+            log.error(
+                "upgrade_failed",
+                successor_pid=successor.pid,
+                exit_status=status,
+                error="the new process exited before taking over (its log lines say why); "
+                "this one serves on",
+            )
+            return
+        log.info("upgrade_handing_over", successor_pid=successor.pid)
+        self.successor = successor
+        self._request_shutdown("SIGUSR2")
+
     async def _shutdown(self) -> int:
+        successor = self.successor
         notify("STOPPING=1")
         started = time.monotonic()
-        await self.server.shutdown(SHUTDOWN_GRACE)
+        await self.server.shutdown(SHUTDOWN_GRACE, unlink=successor is None)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.reloader.stop()
-        self.keyspace.close()
         if self.metrics is not None:
-            self.metrics.stop()
+            self.metrics.stop()  # before the store: a successor binds the port once told to go
+        self.keyspace.close()
+        if successor is not None:
+            successor.go()
+            if not await successor.serving():
+                status = await successor.exit_status()
+                log.error(
+                    "upgrade_failed",
+                    successor_pid=successor.pid,
+                    exit_status=status,
+                    error="the new process exited after this one had let go: nothing serves "
+                    "the socket; start sessiond again",
+                )
+                return 1
+            log.info(
+                "upgraded",
+                successor_pid=successor.pid,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            return 0
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
         return 0
 
@@ -294,14 +380,27 @@ def run(config_path: Path | None) -> int:
         chosen = Path(config.source)
     try:
         # Before anything is started: the variables are not for our children.
+        predecessor = Predecessor.from_environment()
         inherited = inherited_listener()
-    except ActivationError as exc:
+    except (ActivationError, UpgradeError) as exc:
         log.error("startup_failed", error=str(exc))
         return 1
+    if predecessor is not None:
+        if inherited is None:
+            log.error("startup_failed", error="upgrade: the old process passed no socket")
+            return 1
+        predecessor.ready()
+        log.info("upgrade_waiting", predecessor_pid=predecessor.pid)
+        if not predecessor.wait_go():
+            log.warning(
+                "upgrade_predecessor_gone",
+                predecessor_pid=predecessor.pid,
+                hint="it exited without handing over the store; taking over",
+            )
     listener = inherited.sock if inherited is not None else None
 
     async def main() -> int:
-        return await App(config, chosen, listener=listener).run()
+        return await App(config, chosen, listener=listener, predecessor=predecessor).run()
 
     try:
         import uvloop

@@ -138,9 +138,16 @@ def _interrupted(signum: int, frame: object) -> None:
     os._exit(130)
 
 
+def _upgrade_while_starting(signum: int, frame: object) -> None:
+    """SIGUSR2 before the daemon handles it: its default action would end the
+    process (a successor being started, say)."""
+    os.write(2, b"sessiond: SIGUSR2 while starting: ignored, send it once started\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    # First of all: the daemon replaces it once it handles SIGINT itself.
+    # First of all: the daemon replaces both handlers once it runs.
     signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGUSR2, _upgrade_while_starting)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
