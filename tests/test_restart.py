@@ -1,6 +1,9 @@
 """Restarts that refuse no client (docs/operations.md), under the load of 50
 redis-py clients writing with ``durability: always``:
 
+- under socket activation: systemd-socket-activate binds the socket, and
+  tests/tools/socket_service.py keeps it and restarts the daemon behind it as
+  ``systemctl restart`` does with sessiond.socket (SIGTERM, wait, start);
 - without systemd: SIGUSR2 makes the daemon hand over to a new process of
   itself (sessiond.upgrade).
 
@@ -98,6 +101,45 @@ def no_problems(d: Daemon) -> None:
     assert "Traceback" not in text, text
     errors = [e for e in d.events() if e.get("level") == "error"]
     assert errors == [], errors
+
+
+def test_restarts_under_socket_activation_refuse_and_lose_nothing(
+    daemon_factory: Factory,
+) -> None:
+    d = daemon_factory(DURABLE, start=False)
+    service = [sys.executable, str(TOOLS / "socket_service.py"), "--"]
+    d.start(wait=False, prefix=[*socket_activate(str(d.socket_path)), *service])
+    listening(d)
+    load = Load(d.socket_path, CLIENTS).start()  # the first connection starts the daemon
+    windows = Windows(load)
+    try:
+        d.wait_for_event("started", timeout=60)
+        load.wait_progress(PROGRESS)
+        for n in range(RESTARTS):
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)  # systemctl restart sessiond
+            d.wait_for_event("started", count=n + 2, timeout=60)
+            load.wait_progress(PROGRESS)
+            windows.close()
+        counts = load.stop()
+    finally:
+        load.stopping.set()
+    print(summary("socket activation", windows.windows, load))
+    check(load, counts)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(60) == 0
+    exits = [e["status"] for e in d.events() if e.get("event") == "service_exited"]
+    assert exits == [0] * (RESTARTS + 1)
+    pids = [e["pid"] for e in started(d)]
+    assert len(set(pids)) == RESTARTS + 1
+    assert {e["socket_from"] for e in started(d)} == {"LISTEN_FDS"}
+    assert d.socket_path.exists(), "a daemon removed the socket unit's file"
+    no_problems(d)
+    # Every acknowledged write is in the store: a cold start reads them back.
+    d.start()
+    assert load.lost() == []
+    assert d.stop() == 0
 
 
 def test_sigusr2_hands_over_under_load_refusing_and_losing_nothing(
