@@ -22,12 +22,17 @@ DESCRIPTION = "Session-cache daemon speaking the Redis protocol on a Unix socket
 
 # (status, meaning): printed by --help and in sessiond(8), listed in the README.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
-    (0, "clean shutdown (SIGTERM or SIGINT), or check-config found the config valid"),
+    (
+        0,
+        "clean shutdown (SIGTERM or SIGINT), or handed over to a new process (SIGUSR2), or "
+        "check-config found the config valid",
+    ),
     (
         1,
         "bad config, or a start-up failure (socket in use by a live daemon, store not "
-        "sessiond's or corrupt, permission denied), with one line per problem that says "
-        "what and where",
+        "sessiond's or corrupt, permission denied, a passed socket that is not a listening "
+        "Unix stream socket), with one line per problem that says what and where; or an "
+        "upgrade whose new process exited after this one had let go",
     ),
     (2, "usage error: unknown command or option, or no command"),
     (130, "interrupted (SIGINT) while starting, before the daemon handles signals itself"),
@@ -40,7 +45,10 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "run the daemon in the foreground",
         "Run the daemon in the foreground until SIGTERM or SIGINT. It listens on the socket "
         "once the store is open and the most recently used sessions are loaded, and then "
-        "tells systemd READY=1. SIGHUP, or saving the config file, reloads the config.",
+        "tells systemd READY=1. It serves the socket systemd passes (socket activation) "
+        "instead of binding its own. SIGHUP, or saving the config file, reloads the config; "
+        "SIGUSR2 hands the socket and the store over to a new process running the code "
+        "installed now.",
     ),
     (
         "check-config",
