@@ -225,6 +225,43 @@ def test_a_successor_that_cannot_start_leaves_the_daemon_serving(upgradable: Dae
         stop_pid(successor)
 
 
+def test_sigterm_while_a_successor_starts_stops_both(upgradable: Daemon) -> None:
+    """SIGTERM before the new process is ready: the daemon kills it (it holds
+    nothing yet) and stops as usual, socket file removed; nothing is left
+    serving a socket without a path."""
+    d = upgradable
+    pid = started(d)[-1]["pid"]
+
+    def said(name: str) -> int:
+        return len([e for e in d.events() if e.get("event") == name])
+
+    for attempt in range(1, 6):
+        os.kill(pid, signal.SIGUSR2)
+        upgrading = d.wait_for_event("upgrade_started", count=attempt, timeout=30)
+        successor = upgrading[-1]["successor_pid"]
+        os.kill(successor, signal.SIGSTOP)
+        # It logs upgrade_waiting before it says ready: without the line, it has not.
+        if said("upgrade_waiting") < attempt:
+            break
+        os.kill(successor, signal.SIGCONT)  # too late: let this one finish, and again
+        d.wait_for_event("upgraded", count=attempt, timeout=60)
+        wait_until(lambda old=pid: pid_gone(old), timeout=30, what="the old daemon to exit")
+        pid = successor
+    else:
+        pytest.skip("the new process was ready before it could be stopped, 5 times")
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: pid_gone(successor), timeout=30, what="the successor to be killed")
+        wait_until(lambda: pid_gone(pid), timeout=30, what="the daemon to stop")
+    finally:
+        stop_pid(successor)
+    assert [e for e in d.events() if e.get("event") == "upgrade_cancelled"]
+    assert [e for e in d.events() if e.get("event") == "stopped"]
+    assert said("upgraded") == attempt - 1
+    assert not d.socket_path.exists()
+    no_problems(d)
+
+
 def test_sigusr2_under_systemd_is_refused(daemon_factory: Factory, tmp_path: Path) -> None:
     """systemd tracks the daemon's pid: a successor would be killed with it.
     There the socket unit makes `systemctl restart` refuse nothing instead."""

@@ -76,6 +76,7 @@ class App:
         self.predecessor = predecessor
         self.successor: Successor | None = None  # the daemon handed over to
         self.upgrading = False
+        self._upgrade: asyncio.Task[None] | None = None
         self.stats = Stats()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
@@ -226,9 +227,9 @@ class App:
             log.warning("upgrade_refused", reason="already stopping or upgrading")
         else:
             self.upgrading = True
-            self._spawn(self._upgrade())
+            self._upgrade = self._spawn(self._hand_over())
 
-    async def _upgrade(self) -> None:
+    async def _hand_over(self) -> None:
         listener = self.server.listener
         assert listener is not None
         # The same command line, with the interpreter's own options: the code
@@ -244,7 +245,8 @@ class App:
         try:
             ready = await successor.ready()
         except asyncio.CancelledError:
-            successor.kill()  # stopping before it was ready: it holds nothing yet
+            successor.kill()
+            log.warning("upgrade_cancelled", successor_pid=successor.pid)
             raise
         if not ready:
             status = await successor.exit_status()
@@ -263,6 +265,11 @@ class App:
 
     async def _shutdown(self) -> int:
         successor = self.successor
+        if successor is None and self._upgrade is not None and not self._upgrade.done():
+            # Stopped while a successor was starting: it holds nothing yet, and
+            # must not take over a socket whose file is removed below.
+            self._upgrade.cancel()
+            await asyncio.gather(self._upgrade, return_exceptions=True)
         notify("STOPPING=1")
         started = time.monotonic()
         await self.server.shutdown(SHUTDOWN_GRACE, unlink=successor is None)
@@ -294,10 +301,11 @@ class App:
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
         return 0
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -389,8 +397,8 @@ def run(config_path: Path | None) -> int:
         if inherited is None:
             log.error("startup_failed", error="upgrade: the old process passed no socket")
             return 1
-        predecessor.ready()
         log.info("upgrade_waiting", predecessor_pid=predecessor.pid)
+        predecessor.ready()
         if not predecessor.wait_go():
             log.warning(
                 "upgrade_predecessor_gone",
