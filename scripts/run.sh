@@ -14,9 +14,10 @@ ensure_venv
 install_sessiond
 
 if [ $# -eq 0 ]; then
-  # The shipped config keeps its socket in var/: sessiond does not create a
-  # socket's directory itself (a mistyped path must fail, not grow directories),
-  # so the first run from a fresh clone makes it here.
+  # The shipped config keeps its socket and its store in var/: sessiond creates
+  # neither directory itself (a mistyped socket path must fail, not grow
+  # directories; a missing store directory may have been removed with the
+  # sessions in it), so the first run from a fresh clone makes it here.
   mkdir -p var
   if [ ! -e config/local.yaml ]; then
     cp config/sessiond.yaml config/local.yaml

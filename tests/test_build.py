@@ -14,7 +14,11 @@ is pinned here, so that it fails in the compiled run if it comes back:
   constructor parameters);
 - class-level state: a native class' class attributes are not shared mutable
   state (counters kept on a class, such as client ids, must live on an
-  instance owned by one daemon).
+  instance owned by one daemon);
+- a native exception class (``protocol.Error`` was one) that crosses the Lua
+  engine crashed the cyclic GC: the property tests of
+  tests/test_scripting_engine.py segfaulted in the compiled run, and pass
+  since ``Error`` is a plain Python class.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ class Status(str):
     __slots__ = ()
 
 
+# Not a native (compiled) class: compiled, error replies that crossed the Lua
+# engine (lupa) made the cyclic GC crash (tests/test_scripting_engine.py,
+# against the compiled build).
+@mypyc_attr(native_class=False)
 class Error(Exception):
     """An error reply; ``str(self)`` is the whole line, prefix included."""
 

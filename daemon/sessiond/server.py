@@ -366,6 +366,19 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         if self.pending:
             self.drain()
+            # The queue was too long to resume above, and the drain answered all
+            # of it without waiting for a commit: nothing else would resume
+            # reading (a 20,000-command pipeline hung once commits got fast).
+            transport = self.transport
+            if (
+                self.paused
+                and not self.busy
+                and transport is not None
+                and len(self.pending) <= _PENDING_PAUSE
+                and not transport.is_closing()
+            ):
+                self.paused = False
+                transport.resume_reading()
         else:
             self.flush()
 
