@@ -37,6 +37,7 @@ HOT = [
     "sessiond.protocol",
     "sessiond.stats",
     "sessiond.keyspace",
+    "sessiond.values",
     "sessiond.server",
     "sessiond.commands.dispatch",
     "sessiond.commands.strings",

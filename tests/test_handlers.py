@@ -67,7 +67,7 @@ class StoreDouble:
         return TableCounts({}, len(self.rows), expiring)
 
     def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
-        rows = sorted((scan_hash(k), k, r.deadline) for k, r in self.rows.items())
+        rows = sorted((scan_hash(k), k, r.deadline, r.kind) for k, r in self.rows.items())
         rows = [r for r in rows if r[0] >= cursor]
         return TableSlice(rows, {}, True, HASH_SPACE)
 

@@ -36,6 +36,7 @@ from .server import Server, StartupError
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
 from .upgrade import Predecessor, Successor, UpgradeError
+from .values import Value
 
 log = structlog.get_logger("sessiond")
 
@@ -44,7 +45,7 @@ SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
 GC_THRESHOLDS = (7000, 10, 10)  # CPython's default is (700, 10, 10)
 
 
-def build_cache(config: Config) -> SessionCache[bytes, bytes]:
+def build_cache(config: Config) -> SessionCache[bytes, Value]:
     c = config.cache
     return SessionCache(
         c.max_sessions,

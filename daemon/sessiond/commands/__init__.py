@@ -5,7 +5,7 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, session, transactions  # noqa: I001
+from . import connection, server, strings, keyspace, expiry, hashes, sets, session, transactions  # noqa: I001
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -22,10 +22,12 @@ __all__ = [
     "connection",
     "expiry",
     "glob_to_regex",
+    "hashes",
     "keyspace",
     "parse_int64",
     "server",
     "session",
+    "sets",
     "strings",
     "transactions",
 ]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable
 
+from .. import values
 from ..keyspace import Keyspace
 from ..protocol import Error, Status
+from ..values import type_name
 from . import errors
 from .registry import KEYSPACE, Args, Call, Reply, command
 from .util import glob_to_regex, int_arg, options
+
+_KINDS = {b"string": values.STRING, b"hash": values.HASH, b"set": values.SET}
 
 
 def _delete(cx: Call, args: Args) -> Reply:
@@ -77,7 +81,8 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_type(cx: Call, args: Args) -> Reply:
-    return Status("none" if cx.peek(args[1]) is None else "string")
+    entry = cx.peek(args[1])
+    return Status("none" if entry is None else type_name(entry.value))
 
 
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:
@@ -114,9 +119,12 @@ def cmd_scan(cx: Call, args: Args) -> Reply:
     if cursor < 0:
         raise Error(errors.INVALID_CURSOR)
     count, pattern, type_name = _scan_options(args, 2)
-    if type_name is not None and type_name != b"string":
-        return [b"0", []]
-    keys, next_cursor = cx.scan(cursor, count)
+    kind = None
+    if type_name is not None:
+        kind = _KINDS.get(type_name)
+        if kind is None:  # a type sessiond never holds: none of its keys match
+            return [b"0", []]
+    keys, next_cursor = cx.scan(cursor, count, kind)
     if pattern is not None:
         keys = [k for k in keys if pattern.match(k)]
     return [str(next_cursor).encode(), keys]

@@ -6,7 +6,16 @@ from __future__ import annotations
 from ..protocol import OK, Error
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
-from .util import EXPIRY_UNITS, MAX_INT64, MIN_INT64, deadline_from, int_arg, parse_int64, text
+from .util import (
+    EXPIRY_UNITS,
+    MAX_INT64,
+    MIN_INT64,
+    deadline_from,
+    int_arg,
+    parse_int64,
+    string,
+    text,
+)
 
 
 @command(
@@ -14,7 +23,7 @@ from .util import EXPIRY_UNITS, MAX_INT64, MIN_INT64, deadline_from, int_arg, pa
 )
 def cmd_get(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
-    return None if entry is None else entry.value
+    return None if entry is None else string(entry.value)
 
 
 def _set_load(args: Args) -> list[bytes]:
@@ -71,9 +80,7 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     if expiry is not None and not keep:
         ttl, deadline = deadline_from(expiry, int_arg(amount), cx.now(), "set")
     old = cx.lookup(key) if (nx or xx or get or keep) else None
-    if get and old is not None and not isinstance(old.value, bytes):
-        raise Error(errors.WRONGTYPE)
-    old_value = None if old is None else old.value
+    old_value = None if old is None or not get else string(old.value)
     if (nx and old is not None) or (xx and old is None):
         return old_value if get else None
     if expiry is None or keep:
@@ -145,8 +152,11 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
 )
 def cmd_getdel(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
+    if entry is None:
+        return None
+    value = string(entry.value)  # a hash or set is refused, and kept
     cx.remove(args[1])
-    return None if entry is None else entry.value
+    return value
 
 
 @command(
@@ -173,7 +183,7 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(key)
     if entry is None:
         return None
-    value = entry.value
+    value = string(entry.value)
     if opt == b"PERSIST":
         cx.persist(key)
     elif deadline is not None:
@@ -197,7 +207,8 @@ def cmd_mget(cx: Call, args: Args) -> Reply:
     out: list[bytes | None] = []
     for key in args[1:]:
         entry = lookup(key)
-        out.append(None if entry is None else entry.value)
+        # As Redis: a key of another type reads as missing, not as an error.
+        out.append(entry.value if entry is not None and isinstance(entry.value, bytes) else None)
     return out
 
 
@@ -233,14 +244,14 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
 )
 def cmd_strlen(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return 0 if entry is None else len(entry.value)
+    return 0 if entry is None else len(string(entry.value))
 
 
 def _incr_by(cx: Call, key: bytes, delta: int) -> int:
     entry = cx.lookup(key)
     current = 0
     if entry is not None:
-        parsed = parse_int64(entry.value)
+        parsed = parse_int64(string(entry.value))
         if parsed is None:
             raise Error(errors.NOT_INT)
         current = parsed

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 
 from ..protocol import Error
+from ..values import Hash, Members, Value
 from . import errors
 
 Args = list[bytes]
@@ -35,6 +36,27 @@ def int_arg(arg: bytes, message: str = errors.NOT_INT) -> int:
 
 def text(arg: bytes) -> str:
     return arg.decode("utf-8", "replace")
+
+
+def string(value: Value) -> bytes:
+    """``value`` if it is a string, else the WRONGTYPE error."""
+    if isinstance(value, bytes):
+        return value
+    raise Error(errors.WRONGTYPE)
+
+
+def hash_of(value: Value) -> Hash:
+    """``value`` if it is a hash, else the WRONGTYPE error."""
+    if isinstance(value, dict):
+        return value
+    raise Error(errors.WRONGTYPE)
+
+
+def members_of(value: Value) -> Members:
+    """``value`` if it is a set, else the WRONGTYPE error."""
+    if isinstance(value, set):
+        return value
+    raise Error(errors.WRONGTYPE)
 
 
 def options(args: Args, start: int) -> Iterator[tuple[bytes, bytes]]:
