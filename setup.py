@@ -21,8 +21,9 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The request path: what runs per command. The store, config, metrics, CLI and
-# app run per commit, per reload or per scrape and stay interpreted.
+# The request path: what runs per command or per write. Config, metrics, CLI,
+# app and most of the store run per commit, per reload or per scrape and stay
+# interpreted.
 HOT = [
     "daemon/sessiond/cache.py",
     "daemon/sessiond/protocol.py",
@@ -30,6 +31,11 @@ HOT = [
     "daemon/sessiond/keyspace.py",
     "daemon/sessiond/values.py",
     "daemon/sessiond/server.py",
+    # The store's per-write parts: queueing a change, waking the writer,
+    # encoding a frame (the table's SQL and the compactor stay interpreted).
+    "daemon/sessiond/store/overlay.py",
+    "daemon/sessiond/store/log.py",
+    "daemon/sessiond/store/sqlite.py",
     *sorted(str(p) for p in Path("daemon/sessiond/commands").glob("*.py")),
 ]
 

@@ -5,6 +5,7 @@
     python bench/resp_bench.py --persistence   # SET with fsync: sessiond always vs redis AOF
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
+    python bench/resp_bench.py --json out.json # also write every result (bench/plot.py draws them)
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 Prints requests/s, p99 and max latency for both servers and the ratios sessiond / redis.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -112,6 +114,8 @@ class Result(NamedTuple):
     rps: float
     p99: float  # ms
     max: float  # ms
+    p50: float = 0.0  # ms
+    p95: float = 0.0  # ms
 
 
 def benchmark(
@@ -126,7 +130,11 @@ def benchmark(
     results = {}
     for row in csv.DictReader(io.StringIO(out)):
         results[row["test"]] = Result(
-            float(row["rps"]), float(row["p99_latency_ms"]), float(row["max_latency_ms"])
+            float(row["rps"]),
+            float(row["p99_latency_ms"]),
+            float(row["max_latency_ms"]),
+            float(row["p50_latency_ms"]),
+            float(row["p95_latency_ms"]),
         )
     return results
 
@@ -256,6 +264,12 @@ def main() -> int:
         help="repetitions, sessiond first then redis first in turn; with more than one, "
         "each one's table and the median and range of the ratios",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="also write every repetition's results there (bench/plot.py reads them)",
+    )
     args = parser.parse_args()
     for tool in ("redis-server", "redis-benchmark"):
         if shutil.which(tool) is None:
@@ -281,7 +295,41 @@ def main() -> int:
         print_table(rows)
     if args.reps > 1:
         print_summary(reps)
+    if args.json:
+        write_json(args.json, reps, persistence=args.persistence, metrics=not args.metrics_off, n=n)
     return 0
+
+
+def write_json(
+    path: Path, reps: list[list[Row]], *, persistence: bool, metrics: bool, n: int
+) -> None:
+    """Every repetition's rows: scenario, test (or the Redis baseline) and each
+    server's requests/s and latencies in ms."""
+    data = {
+        "mode": "durable" if persistence else "memory",
+        "metrics": metrics,
+        "requests": n,
+        "redis_version": redis_version(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "build": sessiond_build(),
+        "reps": [
+            [
+                {"scenario": label, "test": test, "sessiond": sd._asdict(), "redis": rb._asdict()}
+                for label, test, sd, rb in rows
+            ]
+            for rows in reps
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def sessiond_build() -> str:
+    """Which build of sessiond this interpreter runs: "compiled" (mypyc) or "pure"."""
+    import sessiond.server
+
+    return "compiled" if str(sessiond.server.__file__).endswith(".so") else "pure"
 
 
 def redis_version() -> str:

@@ -19,6 +19,8 @@ need "ruby -e 'require \"redis\"'" ruby-redis "the Rails session store test"
 need "command -v man" man-db "man, which renders the man pages in the tests"
 need "command -v nroff" groff-base "nroff, which man renders with"
 need "command -v zsh" zsh "the zsh completion test"
+need "command -v prometheus-redis-exporter" prometheus-redis-exporter \
+  "redis_exporter and its Grafana dashboard, run against the daemon by the tests"
 need "command -v gcc" gcc "to compile sessiond's hot modules with mypyc"
 need "test -e /usr/include/python3.11/Python.h -o -e $(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" \
   python3-dev "Python's headers, to compile sessiond's hot modules with mypyc"

@@ -15,6 +15,10 @@ is pinned here, so that it fails in the compiled run if it comes back:
 - class-level state: a native class' class attributes are not shared mutable
   state (counters kept on a class, such as client ids, must live on an
   instance owned by one daemon);
+- one name, one type: a variable is typed once for its whole function, so
+  ``except A as exc`` and ``except B as exc`` in one function make the second
+  fail at run time (a failing disk answered "store writer failed: _Removed
+  object expected; got OSError"); checked below for every compiled module;
 - a native exception class (``protocol.Error`` was one) that crosses the Lua
   engine crashed the cyclic GC: the property tests of
   tests/test_scripting_engine.py segfaulted in the compiled run, and pass
@@ -23,8 +27,11 @@ is pinned here, so that it fails in the compiled run if it comes back:
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
+import re
+from pathlib import Path
 
 import pytest
 from sessiond.cache import SessionCache
@@ -32,6 +39,7 @@ from sessiond.commands import ServerState
 from sessiond.config import Config
 from sessiond.stats import Stats
 
+ROOT = Path(__file__).resolve().parents[1]
 HOT = [
     "sessiond.cache",
     "sessiond.protocol",
@@ -39,6 +47,7 @@ HOT = [
     "sessiond.keyspace",
     "sessiond.values",
     "sessiond.server",
+    "sessiond.store.sqlite",
     "sessiond.commands.dispatch",
     "sessiond.commands.strings",
 ]
@@ -54,6 +63,32 @@ def test_the_build_under_test_is_the_one_asked_for() -> None:
         pytest.skip("run by scripts/test.sh, which says which build it installed")
     compiled = [_compiled(m) for m in HOT]
     assert compiled == [expected == "compiled"] * len(HOT), dict(zip(HOT, compiled, strict=True))
+
+
+def _compiled_sources() -> list[Path]:
+    """The files setup.py compiles (its HOT list, read as text)."""
+    setup = (ROOT / "setup.py").read_text()
+    listed = re.findall(r'"(daemon/sessiond/[\w/]+\.py)"', setup)
+    return [ROOT / name for name in listed] + sorted(
+        (ROOT / "daemon/sessiond/commands").glob("*.py")
+    )
+
+
+def test_no_compiled_function_binds_one_exception_name_to_two_types() -> None:
+    clashes = []
+    for path in _compiled_sources():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            names: dict[str, set[str]] = {}
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ExceptHandler) and node.name:
+                    kind = ast.unparse(node.type) if node.type else "BaseException"
+                    names.setdefault(node.name, set()).add(kind)
+            clashes += [
+                f"{path.name}:{fn.name} {n}: {sorted(t)}" for n, t in names.items() if len(t) > 1
+            ]
+    assert not clashes
 
 
 def test_a_slid_entry_is_refiled_by_the_sweep_not_dropped() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Daemon
+from conftest import Daemon, wait_until
 
 
 def _samples(text: str) -> dict[str, float]:
@@ -201,3 +201,76 @@ def test_store_loads_and_writes(metered: Callable[..., Daemon]) -> None:
     assert delta['sessiond_store_loads_total{result="absent"}'] == 1
     assert delta["sessiond_store_writes_total"] >= 2
     assert delta["sessiond_store_commit_duration_seconds_count"] >= 1
+
+
+def test_bytes_in_and_out_are_counted_per_read_and_write(metered: Callable[..., Daemon]) -> None:
+    d = metered()
+    s = Scraper(d)
+    request = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(d.socket_path))
+        conn.sendall(request)
+        reply = b""
+        while not reply.endswith(b"value\r\n"):
+            reply += conn.recv(1024)
+    delta = s.delta()
+    assert delta["sessiond_net_input_bytes_total"] == len(request)
+    assert delta["sessiond_net_output_bytes_total"] == len(reply) == len(b"+OK\r\n$5\r\nvalue\r\n")
+
+
+def test_gauges_of_bounds_sessions_and_refused_writes(metered: Callable[..., Daemon]) -> None:
+    d = metered(
+        {
+            "cache": {"max_memory": "1MiB", "max_sessions": 2},
+            "persistence": {"backend": "sqlite", "path": "sessions.db"},
+        }
+    )
+    assert d.metric("sessiond_cache_max_memory_bytes") == 1024 * 1024
+    assert d.metric("sessiond_writes_refused") == 0
+    text = d.scrape()
+    assert "\nsessiond_keyspace_sessions 0.0" in text  # counted at start
+    r = d.client()
+    for i in range(5):
+        r.set(f"s{i}", "v")
+    assert d.metric("sessiond_cache_sessions") == 2
+    # the database file exists from the start; its size is sampled every second
+    wait_until(lambda: d.metric("sessiond_store_disk_bytes", file="database") > 0, 5)
+    assert 'sessiond_store_disk_bytes{file="wal"}' in d.scrape()
+
+
+def test_error_replies_slow_log_and_loop_lag(metered: Callable[..., Daemon]) -> None:
+    d = metered({"slowlog": {"log_slower_than": 0}})
+    r = d.client()
+    s = Scraper(d)
+    with pytest.raises(Exception, match="unknown command"):
+        r.execute_command("NOSUCHCOMMAND")
+    with pytest.raises(Exception, match="wrong number"):
+        r.execute_command("GET")
+    delta = s.delta()
+    assert delta['sessiond_error_replies_total{prefix="ERR"}'] == 2
+    assert delta["sessiond_slowlog_entries_total"] >= 2
+    wait_until(lambda: d.metric("sessiond_event_loop_lag_seconds_count") >= 3, 5)
+
+
+def test_writes_refused_while_the_store_cannot_commit(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    d = daemon_factory(
+        {
+            "metrics": {"enabled": True},
+            "persistence": {"backend": "sqlite", "path": "sessions.db", "durability": "always"},
+        },
+        start=False,
+    )
+    d.start(env={"SESSIOND_STORE_MAX_PAGES": "16"})  # the store's "disk" fills up
+    r = d.client()
+    with pytest.raises(Exception, match="store write failed"):
+        for i in range(500):
+            r.set(f"s{i}", "x" * 1000)
+    with pytest.raises(Exception, match=r"^MISCONF"):
+        r.set("refused", "v")
+    assert d.metric("sessiond_writes_refused") == 1
+    info = r.info("all")
+    assert info["aof_last_write_status"] == "err"
+    assert info["errorstat_MISCONF"]["count"] == 1
+    assert info["errorstat_ERR"]["count"] >= 1  # the write whose commit failed

@@ -41,6 +41,8 @@ from .values import Value
 log = structlog.get_logger("sessiond")
 
 SHUTDOWN_GRACE = 10.0  # seconds to let in-flight commands finish
+PROBE_INTERVAL = 0.1  # the loop-lag probe's timer, and INFO's instantaneous_* samples
+COUNT_INTERVAL = 15.0  # seconds between counts of the sessions in memory and store
 SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
 GC_THRESHOLDS = (7000, 10, 10)  # CPython's default is (700, 10, 10)
 
@@ -94,6 +96,7 @@ class App:
             config_path, current=lambda: self.config, apply=self.apply, stats=self.stats.reload
         )
         self.metrics: MetricsServer | None = None
+        self._gc_started = 0.0
         self.shutdown_event = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -115,6 +118,11 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        # The first count of sessions, before serving (the store is read in place).
+        try:
+            self.stats.keyspace_sessions = self.keyspace.counts()[0]
+        except sqlite3.Error as exc:
+            log.error("store_error", operation="count", error=str(exc))
         identity = self.predecessor.socket_identity if self.predecessor is not None else None
         try:
             await self.server.start(self.listener, identity)
@@ -139,8 +147,11 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
         loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
+        gc.callbacks.append(self._gc_phase)  # removed by _shutdown
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
+        self._spawn(self._probe_forever())
+        self._spawn(self._count_forever())
         interval = watchdog_interval()
         if interval is not None:
             self._spawn(self._watchdog_forever(interval))
@@ -287,6 +298,8 @@ class App:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.reloader.stop()
+        if self._gc_phase in gc.callbacks:
+            gc.callbacks.remove(self._gc_phase)
         if self.metrics is not None:
             self.metrics.stop()  # before the store: a successor binds the port once told to go
         self.keyspace.close()
@@ -326,19 +339,24 @@ class App:
 
     async def _sweep_forever(self) -> None:
         cache = self.cache
+        latency = self.stats.latency
         while True:
             await asyncio.sleep(self.config.cache.sweep_interval)
             while True:
+                started = time.perf_counter()
                 cache.sweep(SWEEP_CHUNK)
+                latency.record("expire-cycle", time.perf_counter() - started)
                 next_deadline = cache.next_deadline()
                 if next_deadline is None or next_deadline > time.time():
                     break
                 await asyncio.sleep(0)
+            started = time.perf_counter()
             try:
                 self.keyspace.expire_store(SWEEP_CHUNK)
             except sqlite3.Error as exc:
                 self.stats.store.error("expire")
                 log.error("store_error", operation="expire", error=str(exc))
+            latency.record("expire-cycle", time.perf_counter() - started)
 
     async def _idle_forever(self) -> None:
         while True:
@@ -348,6 +366,40 @@ class App:
                 closed = self.server.close_idle(timeout)
                 if closed:
                     log.info("idle_clients_closed", count=closed, timeout=timeout)
+
+    async def _probe_forever(self) -> None:
+        """Every 100 ms: how late this timer fired (the event loop's lag:
+        anything that kept the loop from running, another thread holding the
+        GIL included), and a sample of INFO's instantaneous rates."""
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        while True:
+            expected = loop.time() + PROBE_INTERVAL
+            await asyncio.sleep(PROBE_INTERVAL)
+            lag = max(0.0, loop.time() - expected)
+            stats.loop_lag.observe(lag)
+            stats.latency.record("loop-lag", lag)
+            stats.sample_rates(time.perf_counter())
+
+    async def _count_forever(self) -> None:
+        """Count the sessions in memory and store together (what DBSIZE
+        answers) every COUNT_INTERVAL, off the event loop."""
+        while True:
+            await asyncio.sleep(COUNT_INTERVAL)
+            work = self.keyspace.count_ahead()
+            try:
+                counted = None if work is None else await work
+            except StoreError:
+                continue  # counted and logged as a store error already
+            self.stats.keyspace_sessions = self.keyspace.counts(counted)[0]
+
+    def _gc_phase(self, phase: str, info: dict[str, int]) -> None:
+        """gc.callbacks: a collection that paused the loop past the latency
+        monitor's threshold is a ``gc`` event."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.stats.latency.record("gc", time.perf_counter() - self._gc_started)
 
     async def _watchdog_forever(self, interval: float) -> None:
         while True:
@@ -371,6 +423,7 @@ class App:
 
     def apply(self, config: Config) -> None:
         """Apply a validated config between commands (we are on the event loop)."""
+        started = time.perf_counter()
         self.config = config
         c = config.cache
         self.cache.default_ttl = c.default_ttl or None
@@ -382,6 +435,7 @@ class App:
         self.state.configure(config)
         self.server.configure(config)
         logs.configure(config.logging.level, config.logging.format)
+        self.stats.latency.record("config-reload", time.perf_counter() - started)
 
 
 def run(config_path: Path | None) -> int:

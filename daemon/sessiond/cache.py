@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -374,6 +375,29 @@ class SessionCache(Generic[K, V]):
         for key, entry in list(self._data.items()):
             if entry.deadline is None or entry.deadline > now:
                 yield key, entry
+
+    def sample_deadlines(self, count: int) -> list[float]:
+        """Deadlines of up to ``count`` entries picked at random among those
+        that have one (INFO keyspace's avg_ttl): probes the expiry heap at
+        random positions and keeps the records that are their entry's
+        current one, so each entry is as likely as any other. O(count)."""
+        heap = self._heap
+        if not heap:
+            return []
+        data = self._data
+        found: list[float] = []
+        for _ in range(4 * count):
+            record = heap[random.randrange(len(heap))]
+            key: K = record[2]  # type: ignore[assignment]
+            entry = data.get(key)
+            current = None if entry is None else entry.record
+            if entry is None or current is None or current[1] != record[1]:
+                continue  # a stale record
+            if entry.deadline is not None:
+                found.append(entry.deadline)
+                if len(found) >= count:
+                    break
+        return found
 
     def list(self, context_id: str | None = None, count: int | None = None) -> list[K]:
         """Live keys, most recently used first, optionally of one context."""

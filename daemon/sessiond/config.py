@@ -127,6 +127,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowlogConfig:
+    log_slower_than: float = 0.01  # seconds; negative: the slow log is off
+    max_len: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyConfig:
+    monitor_threshold: float = 0.1  # seconds; 0: the latency monitor is off
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     password: str | None = field(default=None, repr=False)
     allowed_uids: tuple[int, ...] = ()
@@ -141,6 +152,8 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     limits: LimitsConfig = LimitsConfig()
+    slowlog: SlowlogConfig = SlowlogConfig()
+    latency: LatencyConfig = LatencyConfig()
     security: SecurityConfig = SecurityConfig()
     source: str = "built-in defaults"
 
@@ -246,6 +259,25 @@ def _positive_duration(value: Any) -> float:
     if seconds <= 0:
         raise _Invalid(f"must be a positive duration, got {_show(value)}")
     return seconds
+
+
+def _threshold(value: Any) -> float:
+    """A duration, or ``off`` (YAML reads an unquoted ``off`` as false) or a
+    negative number as in redis.conf: -1.0, the slow log is off."""
+    if value is False or value == "off":
+        return -1.0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        return -1.0
+    try:
+        return parse_duration(value)
+    except _Invalid:
+        raise _Invalid(f"{_DURATION_HINT} or off, got {_show(value)}") from None
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Invalid(f"must be a non-negative integer, got {_show(value)}")
+    return value
 
 
 def _bool(value: Any) -> bool:
@@ -531,6 +563,29 @@ SCHEMA: dict[str, Section] = {
             ),
         },
     ),
+    "slowlog": Section(
+        SlowlogConfig,
+        "The slow log (SLOWLOG GET): commands that held the event loop long.",
+        {
+            "log_slower_than": Key(
+                _threshold,
+                "duration | off",
+                "log commands that held the event loop this long; 0 = every command, off = none",
+            ),
+            "max_len": Key(_non_negative_int, "integer", "entries kept (the oldest go first)"),
+        },
+    ),
+    "latency": Section(
+        LatencyConfig,
+        "The latency monitor (LATENCY LATEST): event-loop stalls.",
+        {
+            "monitor_threshold": Key(
+                parse_duration,
+                "duration",
+                "record stalls of the event loop at least this long; 0 = off",
+            ),
+        },
+    ),
     "security": Section(
         SecurityConfig,
         "Who may connect: with both lists set, a peer needs its uid or one of its groups listed.",
@@ -764,7 +819,9 @@ def display(dotted: str, value: Any) -> str:
     kind = key_spec(dotted).kind
     if kind == "size" and isinstance(value, int):
         return _format_size(value)
-    if kind == "duration" and isinstance(value, int | float):
+    if kind == "duration | off" and isinstance(value, int | float) and value < 0:
+        return "off"
+    if kind.startswith("duration") and isinstance(value, int | float):
         return _format_duration(float(value))
     return yaml_scalar(value)
 

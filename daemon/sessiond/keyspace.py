@@ -51,15 +51,20 @@ def _row(entry: Entry[Value]) -> Row:
         kind, data = values.STRING, value
     else:
         kind, data = values.encode(value)
-    return Row(
-        data,
-        entry.context_id,
-        entry.created_at,
-        entry.updated_at,
-        entry.accessed_at,
-        entry.ttl,
-        entry.deadline,
-        kind,
+    # tuple.__new__, not Row(...): a NamedTuple's own __new__ is interpreted
+    # Python, run on every write.
+    return tuple.__new__(
+        Row,
+        (
+            data,
+            entry.context_id,
+            entry.created_at,
+            entry.updated_at,
+            entry.accessed_at,
+            entry.ttl,
+            entry.deadline,
+            kind,
+        ),
     )
 
 
@@ -103,6 +108,9 @@ class Keyspace:
         self.store = store
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
+        # Reads that memory missed and the store's copy served (INFO's
+        # keyspace_hits counts them as hits; the cache's own counters do not).
+        self.store_hits = 0
         self.current: Context | None = None
         # Told of every change a command makes to a key (None: to every key)
         # and of every expiry: WATCH. ``watching`` says whether anyone listens
@@ -457,6 +465,8 @@ class Context:
                     # Live, but larger than cache.max_memory: admitting it evicted
                     # it again (back to the store). Serve this read from that copy.
                     entry = stored
+                if entry is not None:
+                    self.keyspace.store_hits += 1
         return entry
 
     def peek(self, key: bytes) -> Entry[Value] | None:

@@ -80,6 +80,18 @@ class SessiondCollector(Collector):
         yield GaugeMetricFamily(
             "sessiond_cache_memory_bytes", "Bytes of keys and values in memory.", cache.memory_bytes
         )
+        yield GaugeMetricFamily(
+            "sessiond_cache_max_memory_bytes",
+            "Current cache.max_memory: the bound on bytes of keys and values in memory (0: none).",
+            cache.max_memory,
+        )
+        sessions = self.state.stats.keyspace_sessions
+        if sessions is not None:
+            yield GaugeMetricFamily(
+                "sessiond_keyspace_sessions",
+                "Sessions in memory and store together (what DBSIZE answers), counted every 15 s.",
+                sessions,
+            )
         loads = CounterMetricFamily(
             "sessiond_store_loads", "Read-through loads by result.", labels=["result"]
         )
@@ -133,6 +145,11 @@ class SessiondCollector(Collector):
             "Time commits were held back because compaction was behind.",
             value=store.backpressure_seconds,
         )
+        yield GaugeMetricFamily(
+            "sessiond_writes_refused",
+            "1 while writes are refused because the store cannot commit (MISCONF), else 0.",
+            0 if self.keyspace.failure is None else 1,
+        )
         commands = CounterMetricFamily(
             "sessiond_commands", "Commands executed.", labels=["command"]
         )
@@ -163,6 +180,30 @@ class SessiondCollector(Collector):
                 hist = command.latency
                 latency.add_metric([name.lower()], _buckets(hist), sum_value=hist.sum)
         yield latency
+        yield _histogram(
+            "sessiond_event_loop_lag_seconds",
+            "How late a 100 ms timer on the event loop fired.",
+            self.state.stats.loop_lag,
+        )
+        error_replies = CounterMetricFamily(
+            "sessiond_error_replies",
+            "Error replies by their first word (ERR, NOAUTH, MISCONF...).",
+            labels=["prefix"],
+        )
+        for prefix, count in sorted(stats.error_replies.items()):
+            error_replies.add_metric([prefix], count)
+        yield error_replies
+        yield CounterMetricFamily(
+            "sessiond_slowlog_entries",
+            "Entries added to the slow log (SLOWLOG RESET does not set it back).",
+            value=self.state.stats.slowlog.next_id,
+        )
+        yield CounterMetricFamily(
+            "sessiond_net_input_bytes", "Bytes read from clients.", value=stats.net_input_bytes
+        )
+        yield CounterMetricFamily(
+            "sessiond_net_output_bytes", "Bytes written to clients.", value=stats.net_output_bytes
+        )
         yield GaugeMetricFamily(
             "sessiond_connected_clients", "Open client connections.", len(self.state.clients)
         )

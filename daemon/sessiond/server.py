@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import socket
 import stat
@@ -35,7 +36,7 @@ from .commands import errors as command_errors
 from .config import Config
 from .keyspace import Keyspace, Prepared
 from .protocol import Error, ProtocolError, RequestParser, encode
-from .stats import LATENCY_BUCKETS, CommandStats, bucket
+from .stats import LATENCY_BUCKETS, CommandStats, bucket, slowlog_args
 from .store import StoreError
 
 log = structlog.get_logger("sessiond.server")
@@ -53,6 +54,18 @@ WRITE_HIGH_WATER = 64 * 1024
 # largest backlog (systemd's Backlog= default), so that the clients who connect
 # while the daemon restarts wait in the queue rather than find it full.
 BACKLOG = 1024
+
+
+def batch_args(commands: list[CommandStats]) -> list[bytes]:
+    """A slow log entry's arguments for a batch: how many commands, then each
+    command's name and count, most frequent first."""
+    counts: dict[str, int] = {}
+    for stats in commands:
+        counts[stats.name] = counts.get(stats.name, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    args = [b"(batch of %d commands)" % len(commands)]
+    args += [f"{name.lower()} x{count}".encode() for name, count in ranked]
+    return slowlog_args(args)
 
 
 class StartupError(Exception):
@@ -76,8 +89,10 @@ class Connection(asyncio.Protocol):
         "persistent",
         "prepared",
         "server",
+        "slow_seen",
         "started",
         "task",
+        "timing",
         "transport",
         "write_paused",
         "write_slots",
@@ -109,6 +124,11 @@ class Connection(asyncio.Protocol):
         self.counted = 0
         self.arrived = 0.0
         self.started = 0.0
+        # After a batch of several commands held the event loop past the slow
+        # log's threshold, each command is timed on its own (``timing``) until
+        # a batch has no slow command (``slow_seen``): see Server.slow.
+        self.timing = False
+        self.slow_seen = False
 
     # -------------------------------------------------------------- events
 
@@ -174,6 +194,7 @@ class Connection(asyncio.Protocol):
         # the requests in it (docs/operations.md, latency).
         now = perf_counter()
         self.client.last_active = now
+        self.server.net.net_input_bytes += len(data)
         if not self.pending and not self.out:
             self.arrived = now  # the oldest request not yet answered arrived now
         self.started = now
@@ -206,7 +227,10 @@ class Connection(asyncio.Protocol):
         if self.write_slots:
             self.out.clear()  # never acknowledge writes whose commit is still pending
         self.flush()
-        transport.write(b"-ERR Protocol error: %b\r\n" % message.encode())
+        reply = b"-ERR Protocol error: %b\r\n" % message.encode()
+        self.server.net.error_reply("ERR")
+        self.server.net.net_output_bytes += len(reply)
+        transport.write(reply)
         transport.close()
         self.pending.clear()
 
@@ -231,7 +255,8 @@ class Connection(asyncio.Protocol):
             data = encode(reply, client.resp3)
         except Exception:
             log.exception("request_failed", client_id=client.id)
-            return encode(command_errors.internal(args[0].decode("utf-8", "replace")), False)
+            error = command_errors.internal(args[0].decode("utf-8", "replace"))
+            return encode(self.dispatcher.failed(error), False)
         if client.authenticated is not authenticated:
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
@@ -254,6 +279,8 @@ class Connection(asyncio.Protocol):
         dispatcher = self.dispatcher
         table = dispatcher.table
         counters = dispatcher.counters
+        timing = self.timing
+        last: list[bytes] | None = None  # the last command run (the slow log's)
         room = self.output_room()
         for args in requests:
             cmd = table.get(args[0]) or dispatcher.resolve(args[0])
@@ -261,13 +288,16 @@ class Connection(asyncio.Protocol):
             out.append(data)
             if cmd is not None:  # an unknown name costs next to nothing: not timed
                 done.append(counters[cmd.index])
+                last = args
+                if timing:
+                    self._count_loop_time(perf_counter(), args)
             if client.close_after_reply:
                 break
             room -= len(data)
             if room < 0:
                 self.output_exceeded()
                 return
-        self.flush()
+        self.flush(last)
 
     def _drain_store(self) -> None:
         pending = self.pending
@@ -275,6 +305,8 @@ class Connection(asyncio.Protocol):
         done = self.done
         client = self.client
         dispatcher = self.dispatcher
+        timing = self.timing
+        last: list[bytes] | None = None  # the last command run (the slow log's)
         room = self.output_room() - sum(map(len, out))
         while pending:
             args = pending[0]
@@ -285,7 +317,7 @@ class Connection(asyncio.Protocol):
                 log.exception("request_failed", client_id=client.id)
                 work = None
             if work is not None:
-                self._count_loop_time(perf_counter())
+                self._count_loop_time(perf_counter(), last)
                 self._wait_then_go_on(work)
                 return
             pending.popleft()
@@ -294,6 +326,9 @@ class Connection(asyncio.Protocol):
             out.append(data)
             if cmd is not None:  # an unknown name costs next to nothing: not timed
                 done.append(dispatcher.counters[cmd.index])
+                last = args
+                if timing:
+                    self._count_loop_time(perf_counter(), args)
             room -= len(data)
             if room < 0:
                 self.output_exceeded()
@@ -302,23 +337,40 @@ class Connection(asyncio.Protocol):
                 pending.clear()
                 break
         if self.write_slots:
-            self._count_loop_time(perf_counter())
+            self._count_loop_time(perf_counter(), last)
             self.busy = True
             self.keyspace.after_commit(self._durable)
             return
-        self.flush()
+        self.flush(last)
 
-    def _count_loop_time(self, now: float) -> None:
+    def _count_loop_time(
+        self, now: float, last: list[bytes] | None, attribute: bool = True
+    ) -> float:
         """The event-loop time of the commands run since ``started``, shared
-        among them (one clock read per batch, not two per command)."""
-        ran = len(self.done) - self.counted
+        among them (one clock read per batch, not two per command); ``last``
+        is the last of them, which the slow log names when it ran alone.
+        Returns each one's share; ``attribute=False`` leaves adding it to
+        their ``loop_time`` to the caller (flush does it in its own loop)."""
+        done = self.done
+        counted = self.counted
+        end = len(done)
+        ran = end - counted
+        share = 0.0
         if ran > 0:
             elapsed = now - self.started
-            hist = self.server.loop_time
-            hist.counts[bucket(hist.bounds, elapsed / ran)] += ran
+            share = elapsed / ran
+            server = self.server
+            hist = server.loop_time
+            hist.counts[bucket(hist.bounds, share)] += ran
             hist.sum += elapsed
-            self.counted = len(self.done)
+            if attribute:
+                for i in range(counted, end):
+                    done[i].loop_time += share
+            self.counted = end
+            if elapsed >= server.slow_floor:
+                server.slow(self, elapsed, done[counted:end], last)
         self.started = now
+        return share
 
     def _wait_then_go_on(self, work: Awaitable[Prepared]) -> None:
         """Park the queue while ``work`` reads the store for the next request
@@ -340,7 +392,7 @@ class Connection(asyncio.Protocol):
             else:
                 log.exception("request_failed", client_id=self.client.id)
                 reply = command_errors.internal(args[0].decode("utf-8", "replace"))
-            self.out.append(encode(reply, self.client.resp3))
+            self.out.append(encode(self.dispatcher.failed(reply), self.client.resp3))
             self.started = perf_counter()
         finally:
             self.task = None
@@ -350,9 +402,11 @@ class Connection(asyncio.Protocol):
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""
         if error is not None:
-            reply = encode(command_errors.store_failed(error), self.client.resp3)
+            failure = command_errors.store_failed(error)
+            reply = encode(failure, self.client.resp3)
             for slot in self.write_slots:
                 self.out[slot] = reply
+                self.dispatcher.failed(failure)
         self.write_slots.clear()
         self.busy = False
         self.started = perf_counter()
@@ -419,28 +473,46 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def flush(self) -> None:
+    def flush(self, last: list[bytes] | None = None) -> None:
+        """Write the replies in ``out``; ``last`` is the last command run since
+        the batch's time was last counted (see _count_loop_time)."""
         out = self.out
         transport = self.transport
         if not out or transport is None:
             return
-        transport.write(b"".join(out) if len(out) > 1 else out[0])
+        data = b"".join(out) if len(out) > 1 else out[0]
+        transport.write(data)
+        self.server.net.net_output_bytes += len(data)
         out.clear()
         done = self.done
         if done:
             # Client-seen latency: from the arrival of the oldest request these
             # replies answer to this write, counted for each of their commands.
             now = perf_counter()
-            self._count_loop_time(now)
             latency = now - self.arrived
             index = bucket(LATENCY_BUCKETS, latency)
-            for stats in done:
-                hist = stats.latency
-                hist.counts[index] += 1
-                hist.sum += latency
+            if self.counted == 0:
+                # One stretch of work answered by this write (the common case):
+                # its loop time is shared out in the same pass as the latency.
+                share = self._count_loop_time(now, last, False)
+                for stats in done:
+                    hist = stats.latency
+                    hist.counts[index] += 1
+                    hist.sum += latency
+                    stats.loop_time += share
+            else:
+                self._count_loop_time(now, last)
+                for stats in done:
+                    hist = stats.latency
+                    hist.counts[index] += 1
+                    hist.sum += latency
             done.clear()
             self.counted = 0
             self.arrived = now  # what is still queued arrived no later than this write
+            if self.timing:
+                if not self.slow_seen:
+                    self.timing = False  # a batch without a slow command: back to batches
+                self.slow_seen = False
         if self.client.close_after_reply:
             transport.close()
         elif (
@@ -478,6 +550,10 @@ class Server:
         self.keyspace = keyspace
         self.state = state
         self.loop_time = state.stats.command_duration
+        self.net = state.stats.server
+        self.slowlog = state.stats.slowlog
+        self.latency = state.stats.latency
+        self.slow_floor = math.inf  # the smaller threshold of the two (configure)
         self.durable_replies = durable_replies
         self.connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -496,6 +572,41 @@ class Server:
         self.security = config.security
         self.max_output_buffer = config.limits.max_output_buffer
         self.max_request_size = config.limits.max_request_size
+        slowlog, latency = config.slowlog, config.latency
+        self.slowlog.configure(slowlog.log_slower_than, slowlog.max_len)
+        self.latency.threshold = latency.monitor_threshold
+        floors = [slowlog.log_slower_than] if slowlog.log_slower_than >= 0 else []
+        if latency.monitor_threshold > 0:
+            floors.append(latency.monitor_threshold)
+        self.slow_floor = min(floors, default=math.inf)
+
+    def slow(
+        self,
+        conn: Connection,
+        elapsed: float,
+        commands: list[CommandStats],
+        last: list[bytes] | None,
+    ) -> None:
+        """A stretch of ``commands`` held the event loop for ``elapsed``
+        seconds, at least one of the two thresholds: a ``command`` stall for
+        the latency monitor, and a slow log entry. The entry names the command
+        if it ran alone; for a batch of several it names the batch (there is
+        one clock read per batch, so which of them was slow is not known), and
+        the connection's next batches are timed command by command until one
+        has no slow command (docs/operations.md, slow log)."""
+        now = time.time()
+        self.latency.record("command", elapsed, now)
+        slowlog = self.slowlog
+        if slowlog.threshold < 0 or elapsed < slowlog.threshold:
+            return
+        conn.slow_seen = True
+        if len(commands) == 1 and last is not None:
+            args = slowlog_args(last)
+        else:
+            conn.timing = True
+            args = batch_args(commands)
+        client = conn.client
+        slowlog.add(elapsed, args, f"{self.state.socket_path}:0", client.name or "", now)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -46,6 +46,17 @@ SPEC_METRICS: dict[str, str] = {
     "sessiond_config_last_reload_successful": "gauge",
     "sessiond_config_last_reload_success_timestamp_seconds": "gauge",
     "sessiond_build_info": "gauge",
+    "sessiond_command_latency_seconds": "histogram",
+    "sessiond_event_loop_lag_seconds": "histogram",
+    "sessiond_net_input_bytes_total": "counter",
+    "sessiond_net_output_bytes_total": "counter",
+    "sessiond_keyspace_sessions": "gauge",
+    "sessiond_cache_max_memory_bytes": "gauge",
+    "sessiond_store_disk_bytes": "gauge",
+    "sessiond_writes_refused": "gauge",
+    "sessiond_error_replies_total": "counter",
+    "sessiond_slowlog_entries_total": "counter",
+    "sessiond_store_live_bytes": "gauge",
 }
 # Exported by the daemon beyond the original metric list: the dashboard and the
 # alert rules may use these, but nothing may depend on them alone.
@@ -273,6 +284,15 @@ def test_dashboard_covers_the_required_panels(dashboard: dict[str, Any]) -> None
         "sessiond_store_writes_total",
         "sessiond_command_errors_total",
         "sessiond_connections_total",
+        "histogram_quantile(0.99, sum by (command, le) (rate(sessiond_command_latency_seconds",
+        "histogram_quantile(0.5, sum by (command, le) (rate(sessiond_command_latency_seconds",
+        "sessiond_event_loop_lag_seconds_bucket",
+        "rate(sessiond_net_input_bytes_total",
+        "rate(sessiond_net_output_bytes_total",
+        "sessiond_keyspace_sessions",
+        "sessiond_cache_max_memory_bytes",
+        "sessiond_store_disk_bytes",
+        "sessiond_writes_refused",
     ):
         assert needle in text, needle
 

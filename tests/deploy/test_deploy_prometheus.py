@@ -20,6 +20,8 @@ REQUIRED_ALERTS = {
     "SessiondStoreErrors",
     "SessiondClientsNearLimit",
     "SessiondLatencyHigh",
+    "SessiondWritesRefused",
+    "SessiondStoreDiskGrowing",
 }
 
 

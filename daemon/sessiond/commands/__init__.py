@@ -6,6 +6,7 @@ order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
 from . import connection, server, strings, keyspace, expiry, hashes, sets, session, transactions  # noqa: I001
+from . import ops
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -24,6 +25,7 @@ __all__ = [
     "glob_to_regex",
     "hashes",
     "keyspace",
+    "ops",
     "parse_int64",
     "server",
     "session",

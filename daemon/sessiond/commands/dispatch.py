@@ -35,12 +35,13 @@ class Dispatcher:
         self.state = state
         stats = state.stats
         self.unknown = stats.server.unknown
+        self.server_stats = stats.server
         # Each command's counters, by Command.index (a list: no lookup by name).
         self.counters: list[CommandStats] = []
         # Lookups try the bytes as sent first; most clients send upper or lower case.
         self.table: dict[bytes, Command] = {}
         for name, cmd in REGISTRY.items():
-            self.counters.append(stats.commands.setdefault(name, CommandStats()))
+            self.counters.append(stats.commands.setdefault(name, CommandStats(name)))
             self.table[name.encode()] = cmd
             self.table[name.lower().encode()] = cmd
 
@@ -84,15 +85,13 @@ class Dispatcher:
         """Run one request with every check; its reply value."""
         if cmd is None:
             self.unknown.calls += 1
-            self.unknown.errors += 1
             if client.multi is not None:
                 client.multi_error = True
-            return errors.unknown_command(args)
+            return self.rejected(self.unknown, errors.unknown_command(args))
         if not client.authenticated and not cmd.noauth:
             counter = self.counters[cmd.index]
             counter.calls += 1
-            counter.errors += 1
-            return Error(errors.NOAUTH)
+            return self.rejected(counter, Error(errors.NOAUTH))
         multi = client.multi
         if multi is not None and not cmd.immediate:
             return self._queue(client, cmd, args, multi)
@@ -102,10 +101,9 @@ class Dispatcher:
         ):
             counter = self.counters[cmd.index]
             counter.calls += 1
-            counter.errors += 1
             if cmd.runs_queued:
                 client.multi = None
-            return errors.misconf(failure)
+            return self.rejected(counter, errors.misconf(failure))
         keyspace = self.keyspace
         cx = Call(keyspace, prepared, client, self.state, self)
         keyspace.enter(cx)
@@ -121,8 +119,7 @@ class Dispatcher:
         arity = cmd.arity
         n = len(args)
         if (arity > 0 and n != arity) or n < -arity:
-            counter.errors += 1
-            return errors.wrong_arity(cmd.name)
+            return self.rejected(counter, errors.wrong_arity(cmd.name))
         cx.client.last_command = cmd.name
         try:
             reply = cmd.handler(cx, args)
@@ -131,11 +128,25 @@ class Dispatcher:
             # into a reference cycle per error reply, left to the cyclic GC.
             reply = exc.with_traceback(None)
             counter.errors += 1
+            self.server_stats.error_reply(reply.message)
         except Exception:
             log.exception("command_failed", command=cmd.name, client_id=cx.client.id)
             reply = errors.internal(cmd.name)
             counter.errors += 1
+            self.server_stats.error_reply(reply.message)
         return reply
+
+    def rejected(self, counter: CommandStats, error: Error) -> Error:
+        """Count ``error`` as the reply to a call refused before it ran."""
+        counter.errors += 1
+        counter.rejected += 1
+        self.server_stats.error_reply(error.message)
+        return error
+
+    def failed(self, error: Error) -> Error:
+        """Count an error reply the server makes itself (a store failure)."""
+        self.server_stats.error_reply(error.message)
+        return error
 
     def _queue(
         self, client: Client, cmd: Command, args: Args, multi: list[tuple[Command, Args]]
@@ -144,8 +155,7 @@ class Dispatcher:
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             counter = self.counters[cmd.index]
             counter.calls += 1
-            counter.errors += 1
             client.multi_error = True
-            return errors.wrong_arity(cmd.name)
+            return self.rejected(counter, errors.wrong_arity(cmd.name))
         multi.append((cmd, args))
         return QUEUED

@@ -2,111 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Any
 
-from .. import REDIS_COMPAT_VERSION, __version__
 from ..config import flatten
 from ..keyspace import Keyspace
 from ..protocol import OK, Error, Status, Verbatim
 from . import errors
 from .docs import doc_fields
+from .info import info_text, reset_stats, wanted_sections
 from .registry import REGISTRY, SERVER, Args, Call, Command, Reply, command
 from .util import glob_to_regex, text
 
 # ------------------------------------------------------------------- INFO
 
-# INFO arguments that mean every section.
-_EVERY_SECTION = frozenset({"default", "all", "everything"})
-
-
-def total_commands(cx: Call) -> int:
-    """Commands run so far, summed at read time (nothing extra per command)."""
-    stats = cx.state.stats
-    return sum(c.calls for c in stats.commands.values()) + stats.server.unknown.calls
-
-
-def info_text(cx: Call, section: bytes | None) -> str:
-    state = cx.state
-    config = state.config
-    cache = cx.keyspace.memory_stats()
-    stats = state.stats.server
-    persistent = cx.keyspace.persistent
-    uptime = int(time.monotonic() - state.started_monotonic)
-    sections: dict[str, list[tuple[str, Any]]] = {
-        "server": [
-            ("redis_version", REDIS_COMPAT_VERSION),
-            ("sessiond_version", __version__),
-            ("redis_mode", "standalone"),
-            ("os", f"{os.uname().sysname} {os.uname().release} {os.uname().machine}"),
-            ("arch_bits", 64 if sys.maxsize > 2**32 else 32),
-            ("python_version", sys.version.split()[0]),
-            ("process_id", os.getpid()),
-            ("uptime_in_seconds", uptime),
-            ("uptime_in_days", uptime // 86400),
-            ("unix_socket", state.socket_path),
-            ("config_file", config.source),
-        ],
-        "clients": [
-            ("connected_clients", len(state.clients)),
-            ("maxclients", config.limits.max_clients),
-            ("blocked_clients", 0),
-        ],
-        "memory": [
-            ("used_memory", cache.memory_bytes),
-            ("maxmemory", cache.max_memory),
-            ("maxmemory_policy", "allkeys-lru"),
-            ("max_sessions", cache.max_sessions),
-        ],
-        "persistence": [
-            ("loading", 0),
-            ("backend", config.persistence.backend if persistent else "none"),
-            ("durability", config.persistence.durability),
-            ("warm_start_sessions", cx.keyspace.warmed),
-        ],
-        "stats": [
-            ("total_connections_received", stats.connections_total),
-            ("total_commands_processed", total_commands(cx)),
-            ("rejected_connections", sum(stats.rejected.values())),
-            ("expired_keys", cache.expirations),
-            ("evicted_keys", cache.evictions),
-            ("keyspace_hits", cache.hits),
-            ("keyspace_misses", cache.misses),
-            ("store_loads_found", cache.loads_found),
-            ("store_loads_absent", cache.loads_absent),
-        ],
-        "replication": [("role", "master"), ("connected_slaves", 0)],
-        "cpu": [
-            ("used_cpu_sys", round(os.times().system, 6)),
-            ("used_cpu_user", round(os.times().user, 6)),
-        ],
-        "keyspace": [],
-    }
-    wanted: Iterable[str]
-    name = None if section is None else text(section).lower()
-    if name is None or name in _EVERY_SECTION:
-        wanted = sections
-    else:
-        wanted = [name] if name in sections else []
-    if "keyspace" in wanted:  # a whole-keyspace count: only when asked for
-        keys, expires = cx.counts()
-        if keys:
-            sections["keyspace"].append(("db0", f"keys={keys},expires={expires},avg_ttl=0"))
-    parts = []
-    for title in wanted:
-        heading = "CPU" if title == "cpu" else title.capitalize()
-        lines = [f"# {heading}"] + [f"{k}:{v}" for k, v in sections[title]]
-        parts.append("\r\n".join(lines) + "\r\n")
-    return "\r\n".join(parts)
-
 
 def _info_count_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     """The store's counts if INFO with these arguments has a keyspace section."""
-    names = [text(a).lower() for a in args[1:]] or ["default"]
-    if any(n in _EVERY_SECTION or n == "keyspace" for n in names):
+    if "keyspace" in wanted_sections([text(a).lower() for a in args[1:]]):
         return keyspace.count_ahead()
     return None
 
@@ -120,20 +34,36 @@ def _info_count_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | Non
     ahead=_info_count_ahead,
 )
 def cmd_info(cx: Call, args: Args) -> Reply:
-    if len(args) > 2:
-        return Verbatim("\r\n".join(filter(None, (info_text(cx, a) for a in args[1:]))))
-    return Verbatim(info_text(cx, args[1] if len(args) == 2 else None))
+    return Verbatim(info_text(cx, [text(a).lower() for a in args[1:]]))
 
 
 # ----------------------------------------------------------------- CONFIG
 
 
 def _redis_config(cx: Call) -> dict[str, Any]:
-    """Redis' own names for the settings tools such as redis-benchmark ask for."""
+    """Redis' own names for the settings tools such as redis-benchmark and
+    redis_exporter ask for. The store is sessiond's append-only file:
+    ``appendfsync`` is ``always`` under ``durability: always``, and
+    ``everysec``, the nearest of Redis' values, under ``batch`` (which
+    commits every ``flush_interval``, 100 ms by default)."""
     config = cx.state.config
+    persistent = cx.keyspace.persistent
+    slowlog = config.slowlog
     return {
         "save": "",
-        "appendonly": "no",
+        "appendonly": "yes" if persistent else "no",
+        "appendfsync": (
+            "no"
+            if not persistent
+            else "always"
+            if config.persistence.durability == "always"
+            else "everysec"
+        ),
+        "slowlog-log-slower-than": (
+            int(slowlog.log_slower_than * 1_000_000) if slowlog.log_slower_than >= 0 else -1
+        ),
+        "slowlog-max-len": slowlog.max_len,
+        "latency-monitor-threshold": int(config.latency.monitor_threshold * 1000),
         "databases": 1,
         "maxclients": config.limits.max_clients,
         "maxmemory": config.cache.max_memory,
@@ -162,7 +92,7 @@ def _config_value(value: Any) -> str:
     subcommands={
         "GET": ("parameter ...", "The effective value of config parameters"),
         "SET": ("parameter value", "Not supported: edit the config file"),
-        "RESETSTAT": ("", "Accepted and ignored"),
+        "RESETSTAT": ("", "Reset INFO's counters (Prometheus' keep counting)"),
     },
 )
 def cmd_config(cx: Call, args: Args) -> Reply:
@@ -179,6 +109,7 @@ def cmd_config(cx: Call, args: Args) -> Reply:
     if sub == b"SET":
         raise Error("ERR CONFIG SET is not supported: edit the config file, sessiond reloads it")
     if sub == b"RESETSTAT" and len(args) == 2:
+        reset_stats(cx)
         return OK
     raise errors.unknown_subcommand(text(args[1]), "CONFIG")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -75,12 +76,37 @@ class Client:
         )
 
 
+class Baseline:
+    """INFO's counters as they were at the last CONFIG RESETSTAT: INFO shows
+    what they gained since (Prometheus' counters are never set back).
+    ``commands`` holds each command's (calls, rejected, errors, loop time,
+    latency bucket counts)."""
+
+    __slots__ = ("commands", "counters", "errors")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.commands: dict[str, tuple[int, int, int, float, list[int]]] = {}
+
+
 class ServerState:
     """What connection and server commands read besides sessions: the
     effective config (pushed on reload, :meth:`configure`), the connected
-    clients, the counters, and when the daemon started."""
+    clients, the counters, when the daemon started, its run id (INFO's
+    ``run_id``: 40 random hex digits per start) and the RESETSTAT baseline."""
 
-    __slots__ = ("_ids", "clients", "config", "started_at", "started_monotonic", "stats")
+    __slots__ = (
+        "_ids",
+        "baseline",
+        "clients",
+        "config",
+        "peak_memory",
+        "run_id",
+        "started_at",
+        "started_monotonic",
+        "stats",
+    )
 
     def __init__(self, config: Config, stats: Stats) -> None:
         self.config = config
@@ -89,6 +115,9 @@ class ServerState:
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self._ids = itertools.count(1)
+        self.run_id = os.urandom(20).hex()
+        self.baseline = Baseline()
+        self.peak_memory = 0  # the most used_memory INFO or the sampler saw
 
     def new_client(self, *, authenticated: bool) -> Client:
         """A client with the next id (ids are never reused while the daemon runs)."""

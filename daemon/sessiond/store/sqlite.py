@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import queue
 import sqlite3
 import threading
 import time
@@ -66,6 +67,32 @@ _COMPACT_ROWS = 256  # sessions per compaction transaction
 _CHECK_INTERVAL = 1.0  # seconds between checks that the store's files are ours
 _CLOSE_BUDGET = 0.5  # seconds a clean stop spends compacting
 _LIVE_INTERVAL = 60.0  # seconds between samples of the live bytes
+
+
+class _Wake:
+    """Wakes the writer thread, as a ``threading.Event`` would. ``set`` runs
+    once per batch of durable writes on every connection: here it is one C
+    call (``SimpleQueue.put``), where ``Event.set`` runs a condition variable
+    in Python (measured: about 3k instructions per durable SET at -c 50)."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    def set(self) -> None:
+        self._queue.put(None)
+
+    def wait(self, timeout: float) -> None:
+        """Until ``set`` is called (or was, since the last ``clear``), or
+        ``timeout`` seconds pass."""
+        with contextlib.suppress(queue.Empty):
+            self._queue.get(timeout=timeout)
+
+    def clear(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
 
 
 class SQLiteStore:
@@ -134,7 +161,7 @@ class SQLiteStore:
         self._segment: wal.Segment | None = None
         self._layer: Layer | None = None
         self._segment_opened = time.monotonic()
-        self._wake = threading.Event()
+        self._wake = _Wake()
         self._busy_since = 0.0  # when the writer started its current commit, 0 if idle
         self._backlog = sum(size for _, size in self._sealed)
         self._committed_seq = 0
@@ -176,9 +203,9 @@ class SQLiteStore:
                 found = wal.replay(segment)
             except wal.Corrupt as exc:
                 raise StoreError(f"persistence.path: {exc}; refusing to start") from None
-            except OSError as exc:
+            except OSError as error:
                 raise StoreError(
-                    f"persistence.path: cannot read {segment}: {exc.strerror}"
+                    f"persistence.path: cannot read {segment}: {error.strerror}"
                 ) from None
             if found.torn is not None:
                 # Never acknowledged: its fdatasync had not returned.
@@ -338,7 +365,7 @@ class SQLiteStore:
             self._store_removed(str(exc))
             self._committed(seq, self.failure)
             return -1
-        except OSError as exc:
+        except OSError as error:  # not "exc" again: compiled, one name has one type
             self.overlay.put_back()
             if self._segment is not None and self._segment.damaged:
                 self._abandon_segment()
@@ -346,10 +373,10 @@ class SQLiteStore:
             log.error(
                 "store_error",
                 operation="commit",
-                error=exc.strerror or str(exc),
+                error=error.strerror or str(error),
                 sessions=len(batch),
             )
-            self.failure = StoreError(f"store write failed: {exc.strerror or exc}")
+            self.failure = StoreError(f"store write failed: {error.strerror or error}")
             self._committed(seq, self.failure)
             return -1
         self.overlay.logged(layer)
