@@ -27,6 +27,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -54,6 +55,11 @@ _PENDING_PAUSE = 1024  # queued requests before a parked connection stops readin
 # Replies queued in a transport before it pauses the connection (asyncio's
 # default high-water mark, set explicitly: the output limit counts on it).
 WRITE_HIGH_WATER = 64 * 1024
+# Connections the kernel queues for a socket sessiond binds itself. asyncio
+# calls listen() again on a socket it is given: an inherited one is given the
+# largest backlog (systemd's Backlog= default), so that the clients who connect
+# while the daemon restarts wait in the queue rather than find it full.
+BACKLOG = 1024
 
 
 def batch_args(commands: list[CommandStats]) -> list[bytes]:
@@ -143,6 +149,10 @@ class Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         server = self.server
+        if server.closing:  # accepted as the daemon stopped: the client connects again
+            transport.close()
+            self.transport = None
+            return
         stats = server.state.stats.server
         stats.connections_total += 1
         reason = server.admission(transport)
@@ -422,7 +432,7 @@ class Connection(asyncio.Protocol):
     def _go_on(self) -> None:
         if self.transport is None:
             return
-        if self.paused and len(self.pending) <= _PENDING_PAUSE:
+        if self.paused and len(self.pending) <= _PENDING_PAUSE and not self.server.closing:
             self.paused = False
             self.transport.resume_reading()
         if self.pending:
@@ -442,6 +452,13 @@ class Connection(asyncio.Protocol):
                 transport.resume_reading()
         else:
             self.flush()
+
+    def stop_reading(self) -> None:
+        """Read no more requests (the daemon stops): those already read are
+        still answered."""
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
 
     def output_room(self) -> int:
         """Bytes of replies this client may still have queued: the replies a
@@ -588,6 +605,8 @@ class Server:
         self.socket = state.config.socket
         self.path: Path = self.socket.path
         self._socket_identity: tuple[int, int] | None = None
+        self.listener: socket.socket | None = None
+        self.closing = False  # shutting down: no new connection, no new request
         self.configure(state.config)
 
     def configure(self, config: Config) -> None:
@@ -635,28 +654,78 @@ class Server:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        path = self.path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StartupError(
-                f"socket.path: cannot create directory {path.parent}: {exc.strerror}"
-            ) from None
-        self._claim_path(path)
+    async def start(
+        self, listener: socket.socket | None = None, identity: tuple[int, int] | None = None
+    ) -> None:
+        """Serve on ``listener``, a listening Unix socket passed by systemd or
+        by a predecessor (``identity``: the device and inode of its file when
+        that file is this daemon's to remove, as it is when a predecessor bound
+        it), or else bind ``socket.path``."""
+        if listener is None:
+            listener = self._bind(self.path)
+            backlog = BACKLOG
+        else:
+            self.path = _bound_path(listener) or self.path
+            self._socket_identity = identity
+            backlog = socket.SOMAXCONN
+        self.listener = listener
         loop = asyncio.get_running_loop()
-        old_umask = os.umask(0o177)
+        extra: dict[str, Any] = {}
+        if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
+            # asyncio would remove the file at close(): it may be systemd's,
+            # or the successor's to serve.
+            extra["cleanup_socket"] = False
         try:
+            # asyncio closes the socket it serves: it gets a duplicate, and the
+            # original stays open to be handed to a successor.
             self._server = await loop.create_unix_server(
-                lambda: Connection(self), str(path), backlog=1024
+                lambda: Connection(self), sock=listener.dup(), backlog=backlog, **extra
             )
         except OSError as exc:
-            raise StartupError(f"socket.path: cannot listen on {path}: {exc.strerror}") from None
+            raise StartupError(
+                f"socket.path: cannot listen on {self.path}: {_reason(exc)}"
+            ) from None
+
+    def _bind(self, path: Path) -> socket.socket:
+        """Bind and listen on ``path``, with ``socket.mode``."""
+        try:
+            if not stat.S_ISDIR(os.stat(path.parent).st_mode):
+                raise StartupError(f"socket.path: {path.parent} is not a directory")
+        except FileNotFoundError:
+            # A mistyped path must not grow directories: say so instead. (Under
+            # systemd, RuntimeDirectory= or the socket unit makes /run/sessiond.)
+            raise StartupError(
+                f"socket.path: directory {path.parent} does not exist; create it "
+                "or correct the path"
+            ) from None
+        except OSError as exc:
+            raise StartupError(f"socket.path: cannot use {path.parent}: {_reason(exc)}") from None
+        self._claim_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"socket.path: cannot listen on {path}: {_reason(exc)}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, self.socket.mode)
-        st = os.stat(path)
+        try:
+            os.chmod(path, self.socket.mode)
+            st = os.stat(path)
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            sock.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise StartupError(f"socket.path: cannot listen on {path}: {_reason(exc)}") from None
         self._socket_identity = (st.st_dev, st.st_ino)
+        return sock
+
+    def ownership(self) -> tuple[int, int] | None:
+        """The device and inode of the socket file, if it is this daemon's to
+        remove (it bound it), else ``None`` (systemd's)."""
+        return self._socket_identity
 
     def _claim_path(self, path: Path) -> None:
         """Refuse to steal a live daemon's socket; replace a stale one."""
@@ -685,10 +754,16 @@ class Server:
         if self._server is not None:
             self._server.close()
 
-    async def shutdown(self, grace: float) -> None:
-        """Finish in-flight commands (up to ``grace`` seconds), close every
-        connection and remove the socket file."""
+    async def shutdown(self, grace: float, *, unlink: bool = True) -> None:
+        """Stop accepting and reading requests, finish those in flight (up to
+        ``grace`` seconds), close every connection and the listening socket.
+        Its file is removed if this server made it, unless ``unlink`` is false
+        (a successor serves it). A socket passed by systemd stays open there:
+        the clients that connect meanwhile wait in its queue."""
         self.stop_accepting()
+        self.closing = True
+        for conn in self.connections:
+            conn.stop_reading()
         deadline = time.monotonic() + grace
         while any(c.busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -698,10 +773,15 @@ class Server:
                 conn.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
-        self.remove_socket()
+        if unlink:
+            self.remove_socket()
+        if self.listener is not None:
+            self.listener.close()
 
     def remove_socket(self) -> None:
         """Unlink the socket file if it is still the one this server created."""
+        if self._socket_identity is None:
+            return
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -773,3 +853,17 @@ class Server:
                 conn.transport.close()
                 closed += 1
         return closed
+
+
+def _bound_path(sock: socket.socket) -> Path | None:
+    """The file a Unix socket is bound to (``None``: abstract or unnamed)."""
+    address = sock.getsockname()
+    if isinstance(address, bytes):
+        address = os.fsdecode(address)
+    if not isinstance(address, str) or not address or address.startswith("\0"):
+        return None
+    return Path(address)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

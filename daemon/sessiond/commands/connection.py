@@ -26,7 +26,9 @@ def cmd_echo(cx: Call, args: Args) -> Reply:
     return args[1]
 
 
-@command("QUIT", -1, "fast", group=CONNECTION, summary="Close the connection", immediate=True)
+@command(
+    "QUIT", -1, "noauth fast", group=CONNECTION, summary="Close the connection", immediate=True
+)
 def cmd_quit(cx: Call, args: Args) -> Reply:
     cx.client.close_after_reply = True
     return OK
