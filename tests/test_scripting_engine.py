@@ -32,6 +32,7 @@ from sessiond.scripting import (
     ScriptKilled,
     d2string,
     fpconv_dtoa,
+    shebang_flags,
 )
 
 
@@ -1076,6 +1077,54 @@ def test_shebang_flags(engine: ScriptEngine, redis: FakeRedis) -> None:
         with pytest.raises(Error) as caught:
             engine.load(bad)
         assert caught.value.message == message
+
+
+def test_shebang_flags_without_compiling() -> None:
+    assert shebang_flags(b"#!lua flags=no-writes\nreturn 1") == frozenset({"no-writes"})
+    assert shebang_flags(b"return 1") is None
+    assert shebang_flags(b"#!lua flags=bogus\nreturn 1") is None  # running it says why
+
+
+# ------------------------------------------------------------------ time limit
+
+
+@pytest.mark.parametrize(
+    ("script", "line"),
+    [
+        ("while true do end", 1),
+        ("redis.call('SET', 'a', '1')\nwhile true do end", 2),
+        ("while true do pcall(function() while true do end end) end", 1),
+        (
+            "local co = coroutine.wrap(function() while true do end end)\n"
+            "while true do pcall(co) end",
+            2,
+        ),
+    ],
+)
+def test_time_limit_stops_a_script_even_after_it_wrote(script: str, line: int) -> None:
+    engine = ScriptEngine(
+        busy_threshold=0, time_limit=5, clock=StepClock(), hook_interval=1000,
+        time_limit_error="ERR stopped after {limit}.",
+    )  # fmt: skip
+    redis = FakeRedis(engine)
+    assert message(run(engine, redis, script)) == (
+        f"ERR stopped after 5s. script: {sha(script)}, on @user_script:{line}."
+    )
+    assert engine.timed_out
+    assert not engine.running
+    assert run(engine, redis, "return 1") == 1
+    assert not engine.timed_out
+
+
+def test_time_limit_text_and_a_script_within_it() -> None:
+    engine = ScriptEngine(busy_threshold=0, time_limit=0.25, hook_interval=1000)
+    reply = run(engine, FakeRedis(engine), "while true do end")
+    assert message(reply).startswith(
+        "ERR Script killed: it ran longer than its time limit (250ms). script: "
+    )
+    engine.time_limit = 10
+    assert run(engine, FakeRedis(engine), "for i = 1, 1000000 do end return 1") == 1
+    assert not engine.timed_out
 
 
 def test_reentering_from_call_is_refused(engine: ScriptEngine) -> None:
