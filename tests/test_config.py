@@ -101,7 +101,8 @@ security:
     assert effective["security"]["password"] == "(set)"
     assert "hunter2" not in proc.stdout
     assert set(effective) == {
-        "socket", "cache", "persistence", "metrics", "logging", "limits", "security",
+        "socket", "cache", "persistence", "metrics", "logging", "limits", "scripting",
+        "security",
     }  # fmt: skip
 
 
@@ -228,7 +229,7 @@ logging:
     )
     assert lines == [
         "bogus: unknown section (known: socket, cache, persistence, metrics, logging, limits, "
-        "security)",
+        "scripting, security)",
         "cache.max_sessions: must be a positive integer, got -5",
         "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
         "got 'soon'",

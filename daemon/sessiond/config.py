@@ -127,6 +127,11 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScriptingConfig:
+    time_limit: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     password: str | None = field(default=None, repr=False)
     allowed_uids: tuple[int, ...] = ()
@@ -141,6 +146,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     limits: LimitsConfig = LimitsConfig()
+    scripting: ScriptingConfig = ScriptingConfig()
     security: SecurityConfig = SecurityConfig()
     source: str = "built-in defaults"
 
@@ -528,6 +534,17 @@ SCHEMA: dict[str, Section] = {
             ),
             "client_idle_timeout": Key(
                 parse_duration, "duration", "close connections idle this long; 0 = never"
+            ),
+        },
+    ),
+    "scripting": Section(
+        ScriptingConfig,
+        "Lua scripts (EVAL): they run on the event loop, so nothing else runs meanwhile.",
+        {
+            "time_limit": Key(
+                _positive_duration,
+                "duration",
+                "a script running longer is stopped and its writes are rolled back",
             ),
         },
     ),
