@@ -23,6 +23,7 @@ import structlog
 from . import __version__, logs
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
+from .commands.scripting import new_engine
 from .config import Config, ConfigError, load_config
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
@@ -64,7 +65,8 @@ class App:
         self.store: SQLiteStore | None = None
         self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
         self.state = ServerState(config, self.stats)
-        self.dispatcher = Dispatcher(self.keyspace, self.state)
+        self.scripts = new_engine(config)  # the daemon's one Lua engine
+        self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=self.scripts)
         self.server = Server(
             self.dispatcher,
             self.keyspace,
@@ -255,6 +257,7 @@ class App:
         if evicted:
             log.info("evicted_to_new_bound", evicted=evicted, max_sessions=c.max_sessions)
         self.keyspace.max_value_size = config.limits.max_value_size
+        self.scripts.time_limit = config.scripting.time_limit
         self.state.configure(config)
         self.server.configure(config)
         logs.configure(config.logging.level, config.logging.format)

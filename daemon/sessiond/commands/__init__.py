@@ -5,7 +5,7 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, session, transactions  # noqa: I001
+from . import connection, server, strings, keyspace, expiry, session, transactions, scripting  # noqa: I001
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -24,6 +24,7 @@ __all__ = [
     "glob_to_regex",
     "keyspace",
     "parse_int64",
+    "scripting",
     "server",
     "session",
     "strings",

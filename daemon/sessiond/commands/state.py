@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import Config
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
 Args = list[bytes]
 
 
+# CLIENT REPLY modes: ON; OFF; SKIP was just asked for (its own reply is not
+# sent either); the next reply is skipped.
+REPLY_ON = 0
+REPLY_OFF = 1
+REPLY_SKIP_ASKED = 2
+REPLY_SKIP = 3
+
+
 class Client:
     """Per-connection state that commands read and change."""
 
@@ -23,6 +32,7 @@ class Client:
         "authenticated",
         "close_after_reply",
         "created_at",
+        "disconnect",
         "fd",
         "id",
         "last_active",
@@ -33,7 +43,10 @@ class Client:
         "multi_error",
         "name",
         "peer",
+        "reply_mode",
         "resp3",
+        "watch_dirty",
+        "watched",
     )
 
     def __init__(
@@ -54,6 +67,14 @@ class Client:
         self.last_command = "NULL"
         self.peer = peer
         self.fd = fd
+        # WATCH: each watched key and whether it existed then; set once a
+        # watched key changes.
+        self.watched: dict[bytes, bool] | None = None
+        self.watch_dirty = False
+        # CLIENT REPLY: REPLY_ON, REPLY_OFF, or skipping (see the constants).
+        self.reply_mode = REPLY_ON
+        # Closes the connection at once (CLIENT KILL); set by the server.
+        self.disconnect: Callable[[], None] | None = None
 
     def info_line(self, socket_path: str = "") -> str:
         """One CLIENT LIST line in Redis' format (a Unix-socket client's ``addr``
@@ -80,7 +101,17 @@ class ServerState:
     effective config (pushed on reload, :meth:`configure`), the connected
     clients, the counters, and when the daemon started."""
 
-    __slots__ = ("_ids", "clients", "config", "started_at", "started_monotonic", "stats")
+    __slots__ = (
+        "_ids",
+        "clients",
+        "config",
+        "on_unpause",
+        "pause_all",
+        "pause_end",
+        "started_at",
+        "started_monotonic",
+        "stats",
+    )
 
     def __init__(self, config: Config, stats: Stats) -> None:
         self.config = config
@@ -89,6 +120,39 @@ class ServerState:
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self._ids = itertools.count(1)
+        # CLIENT PAUSE: until when (time.monotonic(); 0: no pause) and whether
+        # every command waits or only those that may write. The server holds
+        # the requests and sets ``on_unpause`` to let them go.
+        self.pause_end = 0.0
+        self.pause_all = False
+        self.on_unpause: Callable[[], None] | None = None
+
+    def pause(self, seconds: float, *, every_command: bool) -> None:
+        """CLIENT PAUSE, as Redis combines pauses: the later end and the
+        stricter mode win while a pause lasts."""
+        end = time.monotonic() + seconds
+        if self.paused():
+            self.pause_all = self.pause_all or every_command
+            self.pause_end = max(self.pause_end, end)
+        else:
+            self.pause_all = every_command
+            self.pause_end = end
+
+    def paused(self) -> bool:
+        """Whether a pause is on (one that has run out is ended here)."""
+        if not self.pause_end:
+            return False
+        if time.monotonic() < self.pause_end:
+            return True
+        self.unpause()
+        return False
+
+    def unpause(self) -> None:
+        """CLIENT UNPAUSE, or the pause ran out: held requests go on."""
+        self.pause_end = 0.0
+        self.pause_all = False
+        if self.on_unpause is not None:
+            self.on_unpause()
 
     def new_client(self, *, authenticated: bool) -> Client:
         """A client with the next id (ids are never reused while the daemon runs)."""
