@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -260,3 +261,67 @@ def r(request: pytest.FixtureRequest, daemon: Daemon) -> Iterator[redis.Redis]:
     client = daemon.client(protocol=request.param)
     yield client
     client.close()
+
+
+class RedisServer:
+    """A real redis-server (Debian's) on a Unix socket in a directory of its
+    own, persistence off: the tests run the same requests against it and
+    against sessiond to prove their expectations."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail(
+                "redis-server not found: install Debian's redis-server (scripts/test.sh does)"
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_path = workdir / "redis.sock"
+        self.log_path = workdir / "redis.log"
+        self.proc = subprocess.Popen(
+            [
+                exe, "--port", "0", "--unixsocket", str(self.socket_path),
+                "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                "--dir", str(workdir), "--logfile", str(self.log_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log_path.read_text()}")
+            if self.socket_path.exists():
+                with contextlib.suppress(redis.ConnectionError), self.client() as probe:
+                    if probe.ping():
+                        self.version = str(probe.info("server")["redis_version"])
+                        return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def client(self, protocol: int = 2, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(
+            unix_socket_path=str(self.socket_path), protocol=protocol, socket_timeout=10, **kwargs
+        )
+
+    def raw(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(self.socket_path))
+        return sock
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-server"))
+    yield server
+    server.stop()
