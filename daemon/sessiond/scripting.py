@@ -585,7 +585,9 @@ end
 -- functions that write raw (rawset, setmetatable, table.insert...) refuse
 -- proxies. A write that got past all this would still only touch a table
 -- that dies with the run.
-local backing = setmetatable({}, {__mode = "k"})  -- proxy -> the table it shows
+-- Weak in values too: Lua 5.1 has no ephemerons, and a run's globals refer
+-- to their own proxy (_G), so a weak-keyed entry would never go.
+local backing = setmetatable({}, {__mode = "kv"})  -- proxy -> the table it shows
 local shown_meta = setmetatable({}, {__mode = "k"})  -- proxy -> what getmetatable shows
 
 local function readonly() error(READONLY, 2) end
