@@ -14,18 +14,24 @@ is pinned here, so that it fails in the compiled run if it comes back:
   constructor parameters);
 - class-level state: a native class' class attributes are not shared mutable
   state (counters kept on a class, such as client ids, must live on an
-  instance owned by one daemon).
+  instance owned by one daemon);
+- weak references: a compiled Exception subclass accepts them but does not
+  clear them when an instance is freed, and the dangling reference crashes
+  the process later (``protocol.Error`` is kept a Python class for that).
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
+import weakref
 
 import pytest
 from sessiond.cache import SessionCache
 from sessiond.commands import ServerState
 from sessiond.config import Config
+from sessiond.protocol import Error
 from sessiond.stats import Stats
 
 HOT = [
@@ -36,6 +42,7 @@ HOT = [
     "sessiond.server",
     "sessiond.commands.dispatch",
     "sessiond.commands.strings",
+    "sessiond.commands.scripting",
 ]
 
 
@@ -84,3 +91,12 @@ def test_monkeypatching_a_compiled_module_is_refused(monkeypatch: pytest.MonkeyP
         pytest.skip("only the compiled build refuses it")
     with pytest.raises(pytest.fail.Exception, match="compiled"):
         monkeypatch.setattr(sessiond.cache, "_len_sizer", lambda k, v: 0)
+
+
+def test_a_weak_reference_may_outlive_an_error_reply() -> None:
+    reply = Error("ERR gone")
+    ref = weakref.ref(reply)
+    del reply
+    gc.collect()
+    assert ref() is None
+    del ref  # freeing a dangling weak reference is where it would crash

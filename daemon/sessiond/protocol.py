@@ -35,6 +35,11 @@ class Status(str):
     __slots__ = ()
 
 
+# Not a native class either: mypyc compiles an Exception subclass whose
+# instances can be weakly referenced but does not clear those references when
+# one is freed, so a weak reference outliving its Error (hypothesis keeps
+# some) crashes the process (tests/test_build.py).
+@mypyc_attr(native_class=False)
 class Error(Exception):
     """An error reply; ``str(self)`` is the whole line, prefix included."""
 
