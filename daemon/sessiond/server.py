@@ -145,6 +145,7 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport = None
+        self.client.disconnect = None  # no cycle left between client and connection
         self.server.state.clients.pop(self.client.id, None)
         self.server.connections.discard(self)
         self.server.forget(self)

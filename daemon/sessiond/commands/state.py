@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..config import Config
 from ..stats import Stats
@@ -19,10 +19,10 @@ Args = list[bytes]
 
 # CLIENT REPLY modes: ON; OFF; SKIP was just asked for (its own reply is not
 # sent either); the next reply is skipped.
-REPLY_ON = 0
-REPLY_OFF = 1
-REPLY_SKIP_ASKED = 2
-REPLY_SKIP = 3
+REPLY_ON: Final = 0
+REPLY_OFF: Final = 1
+REPLY_SKIP_ASKED: Final = 2
+REPLY_SKIP: Final = 3
 
 
 class Client:
