@@ -593,7 +593,10 @@ class Context:
         """Refuse a key or value over ``limits.max_value_size``, or one larger
         than the whole memory bound (it would be evicted as soon as written,
         an acknowledged write that no GET could see)."""
-        self.check_length(len(data))
+        size = len(data)
+        max_memory = self.cache.max_memory
+        if size > self.keyspace.max_value_size or (max_memory and size > max_memory):
+            self.check_length(size)  # says which bound
 
     def check_length(self, size: int) -> None:
         """:meth:`check_size` for a value of ``size`` bytes not built yet

@@ -195,7 +195,7 @@ class Connection(asyncio.Protocol):
             return
         if not requests:
             return
-        if not self.persistent and not self.pending and not self.server.state.pause_end:
+        if not self.persistent and not self.pending:
             self._answer(requests)  # memory only, nothing queued: the common case
             return
         self.pending.extend(requests)
@@ -221,7 +221,7 @@ class Connection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Execute queued requests until done or one must wait."""
-        if self.persistent or self.server.state.pause_end:
+        if self.persistent:
             self._drain_store()
         else:
             requests = list(self.pending)
@@ -242,7 +242,7 @@ class Connection(asyncio.Protocol):
         if client.authenticated is not authenticated:
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
-        if client.reply_mode != REPLY_ON:
+        if client.reply_mode:  # not REPLY_ON: CLIENT REPLY OFF or SKIP
             return self._silenced(client)
         # An error reply changed nothing: it need not wait for a commit; but a
         # script that fails may have written first (Redis keeps those writes).
@@ -275,9 +275,15 @@ class Connection(asyncio.Protocol):
         dispatcher = self.dispatcher
         table = dispatcher.table
         counters = dispatcher.counters
-        room = self.output_room()
         state = self.server.state
-        for i, args in enumerate(requests):
+        if state.pause_end:
+            # CLIENT PAUSE: requests may have to wait, which this path never does.
+            self.pending.extend(requests)
+            self._drain_store()
+            return
+        room = self.output_room()
+        rest = iter(requests)
+        for args in rest:
             cmd = table.get(args[0]) or dispatcher.resolve(args[0])
             data = self._run(cmd, args, None)
             out.append(data)
@@ -291,7 +297,7 @@ class Connection(asyncio.Protocol):
                 return
             if state.pause_end:
                 # CLIENT PAUSE ran: the rest of the batch may have to wait.
-                self.pending.extend(requests[i + 1 :])
+                self.pending.extend(rest)
                 self._drain_store()
                 return
         self.flush()
