@@ -572,6 +572,8 @@ def test_a_script_stopped_after_writing_is_rolled_back(limited: Daemon, lr: redi
     assert "its writes were rolled back" in text
     assert lr.mget("balance:a", "balance:b", "brand-new", "gone") == [b"100", b"0", None, b"kept"]
     assert lr.ttl("balance:a") in (ttl, ttl - 1)
+    stopped = limited.wait_for_event("script_stopped")[-1]
+    assert (stopped["level"], stopped["rolled_back"], stopped["time_limit"]) == ("warning", 4, 0.5)
     # The store got the rollback too: after a restart the keys are as they were.
     limited.stop()
     limited.start()
@@ -583,6 +585,12 @@ def test_a_script_stopped_after_writing_is_rolled_back(limited: Daemon, lr: redi
             b"kept",
         ]
     assert "Traceback" not in limited.log_text()
+
+
+def test_redis_log_goes_to_the_daemon_log(limited: Daemon, lr: redis.Redis) -> None:
+    lr.eval("redis.log(redis.LOG_WARNING, 'from a script', 42)", 0)
+    event = limited.wait_for_event("script_log")[-1]
+    assert (event["level"], event["message"]) == ("warning", "from a script 42")
 
 
 def test_a_script_error_keeps_its_writes_as_in_redis(lr: redis.Redis) -> None:

@@ -167,6 +167,14 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     try:
         reply = engine.run_sha(sha, keys, argv, _caller(cx, engine, read_only), resp3=client.resp3)
         timed_out = engine.timed_out
+        if timed_out:
+            log.warning(
+                "script_stopped",
+                sha=sha,
+                client_id=client.id,
+                time_limit=engine.time_limit,
+                rolled_back=len(cx.undo or ()),
+            )
     finally:
         # Stopped by the time limit: every change it made is undone. An
         # error after writes keeps them, as in Redis.
