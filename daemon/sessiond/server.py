@@ -282,8 +282,9 @@ class Connection(asyncio.Protocol):
             self._drain_store()
             return
         room = self.output_room()
-        rest = iter(requests)
-        for args in rest:
+        ran = 0
+        for args in requests:
+            ran += 1
             cmd = table.get(args[0]) or dispatcher.resolve(args[0])
             data = self._run(cmd, args, None)
             out.append(data)
@@ -297,7 +298,7 @@ class Connection(asyncio.Protocol):
                 return
             if state.pause_end:
                 # CLIENT PAUSE ran: the rest of the batch may have to wait.
-                self.pending.extend(rest)
+                self.pending.extend(requests[ran:])
                 self._drain_store()
                 return
         self.flush()
