@@ -14,6 +14,10 @@ ensure_venv
 install_sessiond
 
 if [ $# -eq 0 ]; then
+  # The shipped config keeps its store in var/: sessiond never creates a
+  # store's directory itself (a missing one may have been removed with the
+  # sessions in it), so the first run from a fresh clone makes it here.
+  mkdir -p var
   if [ ! -e config/local.yaml ]; then
     cp config/sessiond.yaml config/local.yaml
     say "copied config/sessiond.yaml to config/local.yaml (untracked): edit the copy," \

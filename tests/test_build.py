@@ -17,7 +17,9 @@ is pinned here, so that it fails in the compiled run if it comes back:
   instance owned by one daemon);
 - weak references: a compiled Exception subclass accepts them but does not
   clear them when an instance is freed, and the dangling reference crashes
-  the process later (``protocol.Error`` is kept a Python class for that).
+  the process when it is freed in turn (the property tests of
+  tests/test_scripting_engine.py segfaulted so in the compiled run; since
+  ``protocol.Error`` is a plain Python class, they pass).
 """
 
 from __future__ import annotations

@@ -527,7 +527,7 @@ PRAGMA user_version = 1;
 def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
     """A store written by the first release (deadline index, no expire_at)
     opens, keeps its sessions and their TTLs, and expires them as before."""
-    from sessiond.store import scan_hash
+    from sessiond.store import SCHEMA_VERSION, scan_hash
 
     d = daemon_factory(sqlite_config(cache={"sweep_interval": "100ms"}), start=False)
     now = time.time()
@@ -544,14 +544,14 @@ def test_a_version_1_store_is_migrated(daemon_factory: Factory) -> None:
     db.commit()
     db.close()
     d.start()
-    assert last_event(d, "store_migrated")["to_version"] == 2
+    assert last_event(d, "store_migrated")["to_version"] == SCHEMA_VERSION
     with d.client() as r:
         assert r.get("kept") == b"v-kept" and 590_000 < r.pttl("kept") <= 600_000
         assert r.get("forever") == b"v-forever" and r.ttl("forever") == -1
         assert r.get("expired") is None
         assert poll(lambda: b"expired" not in store_rows(d), timeout=5.0)
     assert d.stop() == 0
-    assert read_store(d, "PRAGMA user_version") == [(2,)]
+    assert read_store(d, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     indexes = {n for (n,) in read_store(d, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert "sessions_expire_at" in indexes and "sessions_deadline" not in indexes
 
@@ -668,7 +668,9 @@ def test_a_store_beside_the_config_is_warned_about(daemon_factory: Factory) -> N
     assert warning["level"] == "warning"
     assert warning["directory"] == str(beside.workdir.resolve())
     assert beside.stop() == 0
-    apart = daemon_factory(sqlite_config(persistence={"path": "data/sessions.db"}))
+    apart = daemon_factory(sqlite_config(persistence={"path": "data/sessions.db"}), start=False)
+    (apart.workdir / "data").mkdir()
+    apart.start()
     assert not [e for e in apart.events() if e.get("event") == "store_in_config_directory"]
     assert apart.stop() == 0
 
@@ -841,6 +843,7 @@ def _run_in_process(
     from sessiond.config import load_config
 
     path = tmp_path / "sessiond.yaml"
+    (tmp_path / "data").mkdir(exist_ok=True)
     path.write_text(
         "socket: {path: sessiond.sock}\n"
         "persistence: {backend: sqlite, path: data/sessions.db}\n"
@@ -1023,161 +1026,6 @@ def test_batch_writer_lagging_is_visible(tmp_path: Path) -> None:
     assert (idle, seen, after) == (False, True, False)
 
 
-def test_fold_chunks_are_small_while_writes_wait_unless_the_fold_falls_behind(
-    tmp_path: Path,
-) -> None:
-    """A commit waits for the fold chunk in progress: while writes wait, chunks
-    are small; but a journal a whole fold behind gets full chunks, or a
-    sustained load would grow it without bound. (The policy alone, in-process:
-    its effect on latency is measured by bench/resp_bench.py --persistence.)"""
-    from sessiond.store import SQLiteStore
-    from sessiond.store import sqlite as store_module
-
-    store = SQLiteStore(tmp_path / "chunks.db")
-    try:
-        assert store._fold_chunk() == store_module._FOLD_CHUNK  # nothing waits
-        store.record(b"k", _row(b"v", time.time()))
-        assert store._fold_chunk() == store_module._FOLD_CHUNK_WAITING
-        behind = {b"u%d" % i: None for i in range(store_module._FOLD_ROWS)}
-        store._unfolded.update(behind)
-        assert store._fold_chunk() == store_module._FOLD_CHUNK
-    finally:
-        store._unfolded.clear()
-        store.close()
-
-
-def test_a_fold_goes_in_table_order_and_its_journal_rows_go_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fold puts sessions in table order (one part of the hash space at a
-    time), and only once all of it is in does the journal lose the folded rows,
-    oldest first, a few at a time. What a crash leaves in the journal is then
-    always its newest rows, which replay harmlessly over the folded table.
-    (The writer's steps driven by hand; bench/resp_bench.py --persistence
-    measures what the small steps do for latency.)"""
-    from sessiond.store import Change, SQLiteStore, scan_hash
-    from sessiond.store import sqlite as store_module
-
-    monkeypatch.setattr(store_module, "_TRIM_ROWS", 100)
-    path = tmp_path / "fold.db"
-    store = SQLiteStore(path)
-    db = store._connect()
-    now = time.time()
-    for n in range(3):  # three writes to each session; the last one deletes k7
-        batch: dict[bytes, Change] = {b"k%d" % i: _row(b"k%d=%d" % (i, n), now) for i in range(300)}
-        if n == 2:
-            batch[b"k7"] = None
-        assert store._commit(db, batch, False, 0)
-    # What the fold writes to the table, in order (triggers on this connection).
-    db.executescript(
-        "CREATE TEMP TABLE folded (value BLOB);"
-        "CREATE TEMP TRIGGER fold_insert AFTER INSERT ON main.sessions "
-        "BEGIN INSERT INTO folded VALUES (new.value); END;"
-        "CREATE TEMP TRIGGER fold_update AFTER UPDATE OF value ON main.sessions "
-        "BEGIN INSERT INTO folded VALUES (new.value); END;"
-    )
-
-    def journal() -> tuple[int, int]:
-        first, rows = db.execute("SELECT min(seq), count(*) FROM journal").fetchone()
-        return first or 0, rows
-
-    store._fold_start(db)
-    while store._fold_running():
-        store._fold_step(db, 64)
-        assert journal() == (1, 900)  # nothing goes before the whole fold is in
-    folded = [bytes(v) for (v,) in db.execute("SELECT value FROM folded ORDER BY rowid")]
-    db.executescript("DROP TRIGGER fold_insert; DROP TRIGGER fold_update; DROP TABLE folded;")
-    keys = [value.split(b"=")[0] for value in folded]
-    assert keys == sorted(keys, key=lambda k: (scan_hash(k), k))
-    assert len(keys) == 299 and all(v.endswith(b"=2") for v in folded)
-    firsts = []
-    while store._trim_upto:
-        store._trim_step(db)
-        first, rows = journal()
-        assert rows == 900 - (first - 1) if rows else first == 0
-        firsts.append(first)
-        if len(firsts) == 2:  # a crash here: the store is reopened as it is
-            crashed = tmp_path / "crashed.db"
-            db.execute(f"VACUUM INTO '{crashed}'")
-    assert firsts == [101, 201, 301, 401, 501, 601, 701, 801, 0, 0]  # the last one finds none
-    db.close()
-    store.close()
-    for file in (path, tmp_path / "crashed.db"):
-        again = SQLiteStore(file)
-        try:
-            assert again._db.execute("SELECT count(*) FROM journal").fetchone()[0] == 0
-            stored = dict(again._db.execute("SELECT key, value FROM sessions").fetchall())
-            assert len(stored) == 299 and b"k7" not in stored
-            assert all(value == key + b"=2" for key, value in stored.items())
-        finally:
-            again.close()
-
-
-def test_expiry_spares_a_session_renewed_while_its_fold_runs(tmp_path: Path) -> None:
-    """The table's copy of k has expired, k was renewed (acknowledged) and then
-    evicted from memory, and the fold that carries the renewal has not reached
-    k yet: the sweep must not delete k. (It did: expiry missed the fold in
-    progress when it looked for newer writes.)"""
-    from sessiond.store import SQLiteStore
-
-    store = SQLiteStore(tmp_path / "s.db")
-    db = store._connect()
-    now = time.time()
-    old = _row(b"old", now - 100, ttl=10.0, deadline=now - 1)
-    assert store._commit(db, {b"k": old}, False, 0)
-    store._fold_start(db)
-    while store._fold_running():
-        store._fold_step(db, 256)
-    renewed = _row(b"new", now, ttl=3600.0, deadline=now + 3600)
-    assert store._commit(db, {b"k": renewed}, False, 0)
-    store._fold_start(db)  # k is in the fold in progress, not yet in the table
-    assert store.due(time.time(), 1000) == []
-    while store._fold_running():
-        store._fold_step(db, 256)
-    db.close()
-    store.close()
-    again = SQLiteStore(tmp_path / "s.db")
-    try:
-        entry = again.load(b"k")
-        assert entry is not None and entry.value == b"new"
-    finally:
-        again.close()
-
-
-def test_trimming_keeps_up_with_large_commits_and_gives_up_after_an_error(
-    tmp_path: Path,
-) -> None:
-    """While writes wait, a trim step deletes at least 4 times the rows the last
-    commit added (a fixed small step fell behind commits of a few hundred rows
-    and the journal grew without bound). A failing trim gives up until the next
-    fold ends instead of retrying every pass; the rows it kept replay harmlessly."""
-    from sessiond.store import Change, SQLiteStore
-
-    store = SQLiteStore(tmp_path / "t.db")
-    db = store._connect()
-    now = time.time()
-    batch: dict[bytes, Change] = {b"k%d" % i: _row(b"v", now) for i in range(1000)}
-    assert store._commit(db, batch, False, 0)
-    store._fold_start(db)
-    while store._fold_running():
-        store._fold_step(db, 256)
-    assert store._trim_upto == 1000
-    store.record(b"waiting", None)  # a write waits: small steps, unless commits are big
-    store._trim_step(db, added=50)
-    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256
-    store._trim_step(db, added=150)
-    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 1000 - 256 - 600
-    db.execute(
-        "CREATE TRIGGER no_trim BEFORE DELETE ON journal BEGIN SELECT RAISE(FAIL, 'disk full'); END"
-    )
-    store._trim_step(db, added=300)
-    assert store._trim_upto == 0  # gave up; nothing spins
-    assert db.execute("SELECT count(*) FROM journal").fetchone()[0] == 144
-    db.execute("DROP TRIGGER no_trim")
-    db.close()
-    store.close()
-
-
 def test_whole_store_reads_leave_read_through_free(tmp_path: Path) -> None:
     """KEYS and DBSIZE have a thread of their own: with one held at a gate and
     another queued behind it, read-through loads of evicted sessions are still
@@ -1223,3 +1071,178 @@ def test_whole_store_reads_leave_read_through_free(tmp_path: Path) -> None:
     _run_in_process(tmp_path, body, "cache: {max_sessions: 2}\n", hook)
     assert seen["get"] == b"k1" and seen["held"]
     assert seen["keys"] == [[b"k1", b"k2", b"k3"]] * 2
+
+
+# ------------------------------------------------- the log and compaction
+
+
+def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
+    daemon_factory: Factory,
+) -> None:
+    """Compaction slowed down (a pause between its steps) so that the kill
+    lands inside one, under load from 8 writers: every acknowledged write is
+    there after the restart, and the log says the killed run had started a
+    compaction it never finished."""
+    d = daemon_factory(sqlite_config(persistence={"durability": "always"}), start=False)
+    d.start(env={"SESSIOND_STORE_COMPACT_PAUSE": "0.3"})
+    acked, last, _ = _hammer(d, writers=8, run_for=2.5)
+    total = sum(len(a) for a in acked)
+    assert total > 100, "the writers barely ran"
+    killed = d.events()
+    segments = sorted(d.workdir.glob("sessions.db-log.*"))
+    assert len(segments) >= 2, "no segment was waiting for compaction at the kill"
+    db = sqlite3.connect(d.workdir / "sessions.db")
+    partly = db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    through = db.execute("SELECT compacted_through FROM store_state").fetchone()[0]
+    db.close()
+    first_left = int(segments[0].name.rsplit(".", 1)[1])
+    # The oldest segment left is not recorded as compacted, and some of the
+    # compaction under way had reached the table: the kill was mid-compaction.
+    assert through < first_left
+    assert partly > 0, "no compaction had started"
+    assert not [e for e in killed if e.get("event") == "store_compacted"
+                and e.get("segment") == first_left]  # fmt: skip
+    restart(d)
+    assert last_event(d, "store_log_replayed")["segments"] >= 2
+    with d.client() as r:
+        expected = {k: v for per in acked for k, (v, _) in per.items()}
+        wrong = _check_present(r, expected)
+        assert not wrong, f"{len(wrong)}/{total} acknowledged writes lost, e.g. {wrong[:5]}"
+        for t, i in enumerate(last):
+            got = r.get(f"last:{t}")
+            assert got is not None and int(got) >= i, (t, got, i)
+    assert d.stop() == 0
+
+
+def test_a_torn_log_tail_is_dropped_at_start_and_nothing_acknowledged_is_lost(
+    daemon_factory: Factory,
+) -> None:
+    """A crash mid-append leaves part of a frame at the end of the newest
+    segment: the restart drops it (a warning says where), and every write
+    acknowledged before the crash is there."""
+    d = daemon_factory(sqlite_config(persistence={"durability": "always"}))
+    with d.client() as r:
+        for i in range(300):
+            assert r.set(f"k{i}", f"v{i}")
+    d.kill()
+    newest = sorted(d.workdir.glob("sessions.db-log.*"))[-1]
+    with newest.open("ab") as f:
+        f.write(b"\x40\x00\x00\x00\x12\x34\x56\x78" + b"half a frame")
+    restart(d)
+    dropped = last_event(d, "store_log_tail_dropped")
+    assert dropped["segment"] == str(newest) and dropped["reason"] == "torn frame"
+    with d.client() as r:
+        assert r.mget([f"k{i}" for i in range(300)]) == [f"v{i}".encode() for i in range(300)]
+        assert r.set("after", "the restart")
+    assert d.stop() == 0
+
+
+def test_a_failing_disk_refuses_writes_then_recovers(tmp_path: Path) -> None:
+    """In-process: appends fail with ENOSPC for a while (the hook stands in
+    for the disk). The waiting write gets the error and stays queued, the
+    store reports the failure (the server answers MISCONF meanwhile), and
+    once the disk takes writes again the next commit stores it and clears
+    the failure."""
+    import errno
+
+    from sessiond.store import SQLiteStore, StoreError
+
+    full = threading.Event()
+
+    def disk(point: str) -> None:
+        if point == "commit" and full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = SQLiteStore(tmp_path / "d.db", retry_interval=0.05, hook=disk)
+
+    async def main() -> tuple[Any, Any, Any, Any]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+
+        async def commit() -> StoreError | None:
+            done: asyncio.Future[StoreError | None] = loop.create_future()
+            store.after_commit(done.set_result)
+            return await asyncio.wait_for(done, 10)
+
+        full.set()
+        store.record(b"k", _row(b"v", time.time()))
+        failed = await commit()
+        failure = store.failure
+        full.clear()
+        deadline = time.monotonic() + 10
+        while store.failure is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the writer retries by itself
+        store.record(b"k2", _row(b"v2", time.time()))
+        return failed, failure, store.failure, await commit()
+
+    try:
+        failed, failure, after, second = asyncio.run(main())
+    finally:
+        store.close()
+    assert isinstance(failed, StoreError) and "No space left on device" in str(failed)
+    assert failure is failed
+    assert after is None and second is None
+    reopened = SQLiteStore(tmp_path / "d.db")
+    try:
+        assert reopened.load(b"k") is not None and reopened.load(b"k2") is not None
+    finally:
+        reopened.close()
+
+
+def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Path) -> None:
+    """The table's copy of k has expired, k was renewed (acknowledged) and
+    then left memory, and the compaction that carries the renewal is held
+    before its first step: the sweep must not delete k."""
+    from sessiond.store import SQLiteStore, StoreError
+
+    hold = threading.Event()
+    held = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "compact" and hold.is_set():
+            held.set()
+            while hold.is_set():  # the compactor's thread, held at the gate
+                time.sleep(0.01)
+
+    store = SQLiteStore(tmp_path / "s.db", fold_interval=0.05, hook=hook)
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+
+        async def committed() -> None:
+            done: asyncio.Future[StoreError | None] = loop.create_future()
+            store.after_commit(done.set_result)
+            assert await done is None
+
+        async def compacted() -> None:
+            deadline = time.monotonic() + 10
+            while store.count_rows().queued and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not store.count_rows().queued
+
+        now = time.time()
+        store.record(b"k", _row(b"old", now - 100, ttl=10.0, deadline=now - 1))
+        await committed()
+        await compacted()
+        hold.set()
+        store.record(b"k", _row(b"new", now, ttl=3600.0, deadline=now + 3600))
+        await committed()
+        assert await loop.run_in_executor(None, held.wait, 10)
+        due = store.due(time.time(), 1000)  # k's segment is sealed, not compacted
+        hold.clear()
+        await compacted()
+        return due
+
+    try:
+        due = asyncio.run(main())
+    finally:
+        hold.clear()
+        store.close()
+    assert due == []
+    again = SQLiteStore(tmp_path / "s.db")
+    try:
+        entry = again.load(b"k")
+        assert entry is not None and entry.value == b"new"
+    finally:
+        again.close()

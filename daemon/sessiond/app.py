@@ -13,6 +13,7 @@ import gc
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -147,13 +148,22 @@ class App:
     def _open_store(self, loop: asyncio.AbstractEventLoop) -> int:
         """Open the SQLite store, attach it to the keyspace, warm start."""
         p = self.config.persistence
+        # Tests simulate a full disk with it: the database errors at this many
+        # pages, and the log at as many bytes.
+        max_pages = int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0)
         store = SQLiteStore(
             p.path,
             durability=p.durability,
             flush_interval=p.flush_interval,
             stats=self.stats.store,
-            # Tests simulate a full disk with it (the store errors at this many pages).
-            max_pages=int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0),
+            max_pages=max_pages,
+            max_log_bytes=max_pages * 4096,
+            # Tests slow compaction down with it, to crash the daemon mid-way.
+            compact_pause=float(os.environ.get("SESSIOND_STORE_COMPACT_PAUSE") or 0),
+            # Compaction's Python in a process of its own, off the GIL the event
+            # loop needs: 142k instructions per durable SET in the daemon against
+            # 201k with a compactor thread (callgrind, -c 50; docs/persistence.md).
+            compact_in="process",
             hook=self.store_hook,
         )
         self.store = store
@@ -282,5 +292,12 @@ def run(config_path: Path | None) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
+        code = asyncio.run(main())
+    else:
+        code = uvloop.run(main())
+    # The store is closed and every log line written: tearing the interpreter
+    # down would only free the session objects one by one (3 s after a
+    # million-session load, bench/scale.py), so the process ends here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

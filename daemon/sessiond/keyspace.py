@@ -29,7 +29,16 @@ from typing import Any
 
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .protocol import Error
-from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+from .store import (
+    HASH_SPACE,
+    KIND_STRING,
+    Row,
+    Store,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    scan_hash,
+)
 
 
 class Prepared:
@@ -53,6 +62,7 @@ def _row(entry: Entry[bytes]) -> Row:
         entry.accessed_at,
         entry.ttl,
         entry.deadline,
+        KIND_STRING,
     )
 
 

@@ -27,7 +27,7 @@ from .stats import DurationHistogram
 
 # Every store operation that counts failures, exported at 0 from the start so
 # that the first error is an increase Prometheus can see.
-STORE_OPERATIONS = ("commit", "expire", "fold", "load")
+STORE_OPERATIONS = ("commit", "compact", "expire", "load")
 
 
 def _buckets(hist: DurationHistogram) -> list[tuple[str, float]]:
@@ -104,6 +104,34 @@ class SessiondCollector(Collector):
             "sessiond_store_commit_duration_seconds",
             "Time per store commit.",
             store.commit_duration,
+        )
+        disk = GaugeMetricFamily(
+            "sessiond_store_disk_bytes",
+            "Bytes the store's files take on disk, by file (database, wal, log).",
+            labels=["file"],
+        )
+        for name, size in sorted(store.disk_bytes.items()):
+            disk.add_metric([name], size)
+        yield disk
+        yield GaugeMetricFamily(
+            "sessiond_store_live_bytes",
+            "Bytes of keys and values of the sessions in the store's table (sampled).",
+            store.live_bytes,
+        )
+        yield CounterMetricFamily(
+            "sessiond_store_compactions",
+            "Log segments compacted into the store's table.",
+            value=store.compactions,
+        )
+        yield CounterMetricFamily(
+            "sessiond_store_compacted_changes",
+            "Session changes written to the table by compaction (after deduplication).",
+            value=store.compacted_changes,
+        )
+        yield CounterMetricFamily(
+            "sessiond_store_backpressure_seconds",
+            "Time commits were held back because compaction was behind.",
+            value=store.backpressure_seconds,
         )
         commands = CounterMetricFamily(
             "sessiond_commands", "Commands executed.", labels=["command"]

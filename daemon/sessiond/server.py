@@ -282,9 +282,7 @@ class Connection(asyncio.Protocol):
             self._drain_store()
             return
         room = self.output_room()
-        ran = 0
-        for args in requests:
-            ran += 1
+        for i, args in enumerate(requests):
             cmd = table.get(args[0]) or dispatcher.resolve(args[0])
             data = self._run(cmd, args, None)
             out.append(data)
@@ -298,7 +296,7 @@ class Connection(asyncio.Protocol):
                 return
             if state.pause_end:
                 # CLIENT PAUSE ran: the rest of the batch may have to wait.
-                self.pending.extend(requests[ran:])
+                self.pending.extend(requests[i + 1 :])
                 self._drain_store()
                 return
         self.flush()
@@ -424,6 +422,19 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         if self.pending:
             self.drain()
+            # The queue was too long to resume above, and the drain answered all
+            # of it without waiting for a commit: nothing else would resume
+            # reading (a 20,000-command pipeline hung once commits got fast).
+            transport = self.transport
+            if (
+                self.paused
+                and not self.busy
+                and transport is not None
+                and len(self.pending) <= _PENDING_PAUSE
+                and not transport.is_closing()
+            ):
+                self.paused = False
+                transport.resume_reading()
         else:
             self.flush()
 

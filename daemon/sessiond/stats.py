@@ -75,14 +75,30 @@ class ServerStats:
 
 
 class StoreStats:
-    """What a store counts; all zero when persistence is off."""
+    """What a store counts; all zero when persistence is off. ``disk_bytes``
+    is by file (``database``, ``wal``, ``log``), refreshed about every second;
+    ``live_bytes`` (keys and values of the stored sessions) is sampled."""
 
-    __slots__ = ("commit_duration", "errors", "writes")
+    __slots__ = (
+        "backpressure_seconds",
+        "commit_duration",
+        "compacted_changes",
+        "compactions",
+        "disk_bytes",
+        "errors",
+        "live_bytes",
+        "writes",
+    )
 
     def __init__(self) -> None:
         self.writes = 0
         self.errors: dict[str, int] = {}
         self.commit_duration = DurationHistogram(COMMIT_BUCKETS)
+        self.disk_bytes: dict[str, int] = {}
+        self.live_bytes = 0
+        self.compactions = 0
+        self.compacted_changes = 0
+        self.backpressure_seconds = 0.0
 
     def error(self, operation: str) -> None:
         self.errors[operation] = self.errors.get(operation, 0) + 1

@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 HASH_SPACE = 2**32
 
+KIND_STRING = 0
+"""``Row.kind`` of a plain string value (the only kind the keyspace writes today)."""
+
 
 def scan_hash(key: bytes) -> int:
     """Stable position of a key in SCAN order, shared by memory and store."""
@@ -36,6 +39,7 @@ class Row(NamedTuple):
     accessed_at: float
     ttl: float | None  # the relative TTL that slides, if any
     deadline: float | None  # absolute expiry time; None never expires
+    kind: int = 0  # what ``value`` encodes: KIND_STRING, or a type another part defines
 
     def live(self, now: float) -> bool:
         return self.deadline is None or self.deadline > now

@@ -1,0 +1,154 @@
+"""The compactor as a process of its own, and the daemon's side of it.
+
+Compaction is Python around each row (binding parameters, sorting, building
+tuples) as much as SQLite's own work, and in the daemon's process that Python
+holds the GIL the event loop needs. Here it runs in a child process: it
+reads a sealed segment back from its file (:func:`.log.replay`), writes it
+with the same :class:`~.compactor.Compactor` and answers when the segment is
+recorded as compacted. The daemon then drops the segment's overlay layer and
+deletes its file, exactly as with the in-process compactor.
+
+The child inherits the store's lock (the same open file, so the same
+``flock``): a successor waits for it too. It exits when its input closes, or
+between two steps once its parent is gone (a kill -9 of the daemon), and
+never deletes a file.
+
+Protocol, one line each way: ``compact N`` -> ``done N`` or ``error TEXT``;
+``refile HEX...`` (no answer); ``live`` -> ``live BYTES``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+from . import log as wal
+from .compactor import Compaction, Compactor
+from .files import connect
+from .overlay import Layer
+
+# Not ``-m sessiond.store.compactd``: the package imports this module first.
+_CHILD = "import sys; from sessiond.store.compactd import main; sys.exit(main(sys.argv[1:]))"
+
+
+def main(argv: list[str]) -> int:
+    """The child process: ``PATH MAX_PAGES ROWS PAUSE``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return serve(Path(argv[0]), int(argv[1]), int(argv[2]), float(argv[3]))
+
+
+def _segment_path(path: Path, number: int) -> Path:
+    return path.parent / f"{path.name}-log.{number:012d}"
+
+
+def serve(path: Path, max_pages: int, rows: int, pause: float) -> int:
+    """The child's loop; exit code."""
+    import time
+
+    parent = os.getppid()
+    db = connect(path, max_pages=max_pages)
+    db.execute("PRAGMA cache_size=-32768")
+    compactor = Compactor(db)
+    out = sys.stdout
+    for line in sys.stdin:
+        command, _, rest = line.strip().partition(" ")
+        try:
+            if command == "compact":
+                number = int(rest)
+                found = wal.replay(_segment_path(path, number))
+                layer = Layer(number, found.changes)
+                layer.cleared = found.cleared
+                job = Compaction(layer)
+                while not compactor.step(job, rows):
+                    if os.getppid() != parent or _closed(sys.stdin):
+                        return 0  # the daemon is gone: its successor replays the rest
+                    if pause:
+                        time.sleep(pause)
+                out.write(f"done {number} {job.written}\n")
+            elif command == "refile":
+                compactor.refile(bytes.fromhex(k) for k in rest.split())
+                continue
+            elif command == "live":
+                out.write(f"live {compactor.live_bytes()}\n")
+            else:
+                out.write(f"error unknown command {command!r}\n")
+        except (sqlite3.Error, OSError, wal.Corrupt, ValueError) as exc:
+            out.write(f"error {str(exc).replace(chr(10), ' ')}\n")
+        out.flush()
+    db.close()
+    return 0
+
+
+def _closed(stream: IO[str]) -> bool:
+    """Whether the parent closed our input (nothing else arrives mid-job)."""
+    readable, _, _ = select.select([stream], [], [], 0)
+    return bool(readable)
+
+
+class CompactorProcess:
+    """The daemon's handle on the child: start, ask, stop."""
+
+    def __init__(self, path: Path, lock_fd: int, max_pages: int, rows: int, pause: float) -> None:
+        self.args = [str(path), str(max_pages), str(rows), str(pause)]
+        self.lock_fd = lock_fd
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, *self.args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=(self.lock_fd,),
+            # Not in the daemon's process group: a Ctrl-C in a terminal is the
+            # daemon's to handle; the child stops when its input closes.
+            start_new_session=True,
+        )
+
+    def send(self, line: str) -> None:
+        proc = self.running()
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+    def reply(self, timeout: float) -> str | None:
+        """The next line from the child, ``None`` if none came in ``timeout``
+        seconds. Raises :class:`EOFError` if the child is gone."""
+        proc = self.running()
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not readable:
+            return None
+        line = proc.stdout.readline()
+        if not line:
+            raise EOFError("the compactor process exited")
+        return line.strip()
+
+    def running(self) -> subprocess.Popen[str]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        assert self.proc is not None
+        return self.proc
+
+    def stop(self, now: bool) -> None:
+        """Close its input (it exits after its current step) or, with
+        ``now``, end it at once (an unfinished step is rolled back)."""
+        proc = self.proc
+        if proc is None:
+            return
+        if now and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self.proc = None

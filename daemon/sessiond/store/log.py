@@ -1,0 +1,236 @@
+"""The append-only log: what makes a change durable before it is acknowledged.
+
+Owns the record format, appending a group commit as one ``write`` plus one
+``fdatasync``, reading segments back (dropping a torn or corrupt tail), and
+nothing else. It must never know about SQLite, the overlay, threads or the
+event loop: :mod:`.sqlite` decides when to append, rotate and delete.
+
+A segment file starts with an 8-byte magic and holds *frames*, one per group
+commit::
+
+    frame  = u32 length | u32 crc32(payload) | payload (length bytes)
+    record = ROW    u8 1 | u8 kind | u8 flags | u32 key len | u32 value len |
+                    u16 context len | f64 created | f64 updated | f64 accessed |
+                    f64 ttl | f64 deadline | key | value | context (UTF-8)
+           | DELETE u8 2 | u32 key len | key
+           | FLUSH  u8 3                       (every session before it is gone)
+
+little-endian; ``flags`` says which of context (1), ttl (2) and deadline (4)
+are present. A frame is acknowledged only after its ``fdatasync`` returned,
+so a frame cut short by a crash (short, or its checksum wrong) was never
+acknowledged: reading stops there, and what follows in that segment is not
+trusted either. One checksum per frame, not per record: the checksum of a
+whole commit is one C call (``zlib.crc32``), per record it cost a Python call
+each.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from .api import Change, Row
+
+MAGIC = b"SESSLOG1"
+OP_ROW = 1
+OP_DELETE = 2
+OP_FLUSH = 3
+_FRAME = struct.Struct("<II")
+_ROW = struct.Struct("<BBBIIHddddd")
+_KEY = struct.Struct("<BI")
+_FLUSH = bytes([OP_FLUSH])
+# A frame longer than this is taken for garbage (a commit holds at most every
+# session once; 1 GiB is far beyond any this daemon writes).
+_MAX_FRAME = 1 << 30
+
+
+class Corrupt(Exception):
+    """A segment whose header is not a log segment's."""
+
+
+def encode(batch: dict[bytes, Change], cleared: bool) -> bytes:
+    """One frame: a FLUSH first if ``cleared``, then each change of ``batch``."""
+    parts: list[bytes] = [_FLUSH] if cleared else []
+    append = parts.append
+    pack_row = _ROW.pack
+    pack_key = _KEY.pack
+    for key, row in batch.items():
+        if row is None:
+            append(pack_key(OP_DELETE, len(key)))
+            append(key)
+            continue
+        value, context, created, updated, accessed, ttl, deadline, kind = row
+        flags = 0
+        ctx = b""
+        if context is not None:
+            flags = 1
+            ctx = context.encode()
+        if ttl is not None:
+            flags |= 2
+        else:
+            ttl = 0.0
+        if deadline is not None:
+            flags |= 4
+        else:
+            deadline = 0.0
+        sizes = (len(key), len(value), len(ctx))
+        append(pack_row(OP_ROW, kind, flags, *sizes, created, updated, accessed, ttl, deadline))
+        append(key)
+        append(value)
+        if ctx:
+            append(ctx)
+    payload = b"".join(parts)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode(payload: bytes) -> Iterator[tuple[bytes, Change] | None]:
+    """The records of one frame's payload: ``(key, change)``, or ``None`` for FLUSH."""
+    new_row = tuple.__new__
+    view = memoryview(payload)
+    pos = 0
+    end = len(payload)
+    row_size = _ROW.size
+    key_size = _KEY.size
+    unpack_row = _ROW.unpack_from
+    unpack_key = _KEY.unpack_from
+    while pos < end:
+        op = payload[pos]
+        if op == OP_ROW:
+            _, kind, flags, klen, vlen, clen, created, updated, accessed, ttl, deadline = (
+                unpack_row(payload, pos)
+            )
+            pos += row_size
+            key = bytes(view[pos : pos + klen])
+            pos += klen
+            value = bytes(view[pos : pos + vlen])
+            pos += vlen
+            context = str(view[pos : pos + clen], "utf-8") if flags & 1 else None
+            pos += clen
+            fields = (
+                value,
+                context,
+                created,
+                updated,
+                accessed,
+                ttl if flags & 2 else None,
+                deadline if flags & 4 else None,
+                kind,
+            )
+            # tuple.__new__: Row(...) would run the NamedTuple's Python __new__.
+            yield key, new_row(Row, fields)
+        elif op == OP_DELETE:
+            _, klen = unpack_key(payload, pos)
+            pos += key_size
+            yield bytes(view[pos : pos + klen]), None
+            pos += klen
+        elif op == OP_FLUSH:
+            pos += 1
+            yield None
+        else:
+            raise ValueError(f"unknown record type {op} at offset {pos}")
+
+
+def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
+    """The intact frames of a segment, the offset where they end, and why
+    reading stopped early (a torn or corrupt tail), if it did."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < len(MAGIC):
+        # A segment is created and fsynced empty, then gets its magic with
+        # the first commit: a crash in between leaves a short file.
+        return [], 0, None if not data else "torn header"
+    if data[: len(MAGIC)] != MAGIC:
+        raise Corrupt(f"{path} is not a sessiond log segment")
+    frames: list[bytes] = []
+    pos = len(MAGIC)
+    end = len(data)
+    header = _FRAME.size
+    while pos < end:
+        if end - pos < header:
+            return frames, pos, "torn frame header"
+        length, crc = _FRAME.unpack_from(data, pos)
+        if length > _MAX_FRAME or end - pos - header < length:
+            return frames, pos, "torn frame"
+        payload = data[pos + header : pos + header + length]
+        if zlib.crc32(payload) != crc:
+            return frames, pos, "checksum mismatch"
+        frames.append(payload)
+        pos += header + length
+    return frames, pos, None
+
+
+class Segment:
+    """An open segment being appended to."""
+
+    def __init__(self, number: int, fd: int) -> None:
+        self.number = number
+        self.fd = fd
+        self.size = 0  # bytes known durable
+        self.records = 0
+
+    def append(self, frame: bytes) -> None:
+        """Write ``frame`` and wait until it is on disk. On failure the
+        segment is cut back to its last durable byte, if it can be."""
+        data = frame if self.size else MAGIC + frame
+        try:
+            written = os.write(self.fd, data)
+            if written != len(data):
+                raise OSError(28, "No space left on device (short write)")
+            os.fdatasync(self.fd)
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                self.size = -1  # unknown: the caller must start a new segment
+            raise
+        self.size += len(data)
+
+    @property
+    def damaged(self) -> bool:
+        return self.size < 0
+
+    def linked(self) -> bool:
+        """Whether the file still has a name (``rm`` of it or its directory unlinks it)."""
+        return os.fstat(self.fd).st_nlink > 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Replayed:
+    """What a segment holds: the newest change per key since its last FLUSH,
+    whether it has a FLUSH, how many changes it held, where its intact frames
+    end and why reading stopped early (``None`` if it did not)."""
+
+    __slots__ = ("changes", "cleared", "count", "end", "torn")
+
+    def __init__(self) -> None:
+        self.changes: dict[bytes, Change] = {}
+        self.cleared = False
+        self.count = 0
+        self.end = 0
+        self.torn: str | None = None
+
+
+def replay(path: Path) -> Replayed:
+    """Read a segment back. Raises :class:`Corrupt` for a file that is not a
+    segment or holds a record this version cannot read."""
+    frames, end, torn = read_frames(path)
+    out = Replayed()
+    out.end, out.torn = end, torn
+    changes = out.changes
+    for payload in frames:
+        try:
+            for record in decode(payload):
+                if record is None:
+                    changes.clear()
+                    out.cleared = True
+                else:
+                    changes[record[0]] = record[1]
+                    out.count += 1
+        except (ValueError, UnicodeDecodeError, struct.error) as exc:
+            raise Corrupt(f"{path} holds a record this sessiond cannot read ({exc})") from None
+    return out

@@ -1,0 +1,158 @@
+"""Reads of the sessions table, on whichever thread asks.
+
+Each thread gets its own connection (SQLite connections are not shared
+across threads); in WAL mode reads never wait for the compactor's writes.
+Owns the SELECTs; knows nothing of the overlay, which :mod:`.sqlite` merges
+over what these return, nor of the log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from .api import HASH_SPACE, Change, Row, scan_hash
+from .files import connect
+
+COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline, kind"
+_POINT = f"SELECT {COLUMNS} FROM sessions WHERE scan_hash = ? AND key = ?"
+
+
+def stored(row: tuple[Any, ...]) -> tuple[bytes, Row]:
+    """``(key, row)`` from a ``SELECT COLUMNS``."""
+    key, value, *rest = row
+    return bytes(key), _make_row((bytes(value), *rest))
+
+
+# Row(...) runs the NamedTuple's Python-level __new__; tuple.__new__ is one C
+# call (replay and warm start build a row per stored session).
+def _make_row(fields: tuple[Any, ...]) -> Row:
+    return tuple.__new__(Row, fields)
+
+
+class TableReader:
+    """Read-only queries on the sessions table, one connection per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path, shared=True)
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def rows(self, keys: list[bytes]) -> dict[bytes, Row | None]:
+        """Each key's row in the table (``None`` where it has none)."""
+        db = self.db()
+        found: dict[bytes, Row | None] = dict.fromkeys(keys)
+        for key in keys:
+            row = db.execute(_POINT, (scan_hash(key), key)).fetchone()
+            if row is not None:
+                found[key] = stored(row)[1]
+        return found
+
+    def counts(self, overlay: dict[bytes, Change]) -> tuple[int, int]:
+        """Rows, and rows with a deadline, that no key of ``overlay`` names."""
+        db = self.db()
+        # One read transaction: every query sees the same table, whatever the
+        # compactor commits meanwhile (it moves overlay keys into the table).
+        db.execute("BEGIN")
+        try:
+            total, expiring = db.execute(
+                "SELECT COUNT(*), COUNT(deadline) FROM sessions"
+            ).fetchone()
+            if overlay:
+                # Which queued sessions the table already holds: one join
+                # against a temporary table, not a lookup per key.
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS probe (h INTEGER, k BLOB)")
+                db.execute("DELETE FROM probe")
+                db.executemany(
+                    "INSERT INTO probe VALUES (?, ?)", ((scan_hash(k), k) for k in overlay)
+                )
+                n, e = db.execute(
+                    "SELECT COUNT(*), COUNT(s.deadline) FROM probe AS p "
+                    "JOIN sessions AS s ON s.scan_hash = p.h AND s.key = p.k"
+                ).fetchone()
+                total -= n
+                expiring -= e
+        finally:
+            db.execute("COMMIT")
+        return int(total), int(expiring)
+
+    def slice(
+        self, cursor: int, count: int | None
+    ) -> tuple[list[tuple[int, bytes, float | None]], int]:
+        """``(scan_hash, key, deadline)`` rows from ``cursor`` in SCAN order:
+        about ``count`` of them in whole hash groups (all if ``None``), and the
+        hash they stop before."""
+        db = self.db()
+        sql = (
+            "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash >= ? ORDER BY scan_hash"
+        )
+        rows = db.execute(sql + ("" if count is None else f" LIMIT {count + 1}"), (cursor,))
+        found = rows.fetchall()
+        upper = HASH_SPACE
+        if count is not None and len(found) > count:
+            upper = found[-1][0]
+            if upper == cursor:
+                upper = cursor + 1
+                found = db.execute(
+                    "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
+                ).fetchall()
+        return [(h, bytes(k), d) for h, k, d in found if h < upper], upper
+
+    def recent(self, now: float, limit: int) -> list[tuple[bytes, Row]]:
+        """The ``limit`` most recently used live rows, most recent first.
+
+        Two scans instead of ``ORDER BY accessed_at LIMIT n``: SQLite sorted
+        whole rows and spilled them to temporary files (10 s for 300k rows
+        of 200 bytes, measured); the first scan reads one float per row to
+        find the cut-off, the second reads only the rows above it."""
+        db = self.db()
+        live = "(deadline IS NULL OR deadline > ?)"
+        times = [t for (t,) in db.execute(f"SELECT accessed_at FROM sessions WHERE {live}", (now,))]
+        if not times or limit <= 0:
+            return []
+        if len(times) > limit:
+            times.sort(reverse=True)
+            cutoff = times[limit - 1]
+        else:
+            cutoff = float("-inf")
+        del times
+        rows = [
+            stored(row)
+            for row in db.execute(
+                f"SELECT {COLUMNS} FROM sessions WHERE {live} AND accessed_at >= ?", (now, cutoff)
+            )
+        ]
+        rows.sort(key=lambda item: item[1].accessed_at, reverse=True)
+        return rows[:limit]
+
+    def due(self, now: float, limit: int) -> list[tuple[bytes, float | None]]:
+        """``(key, deadline)`` of rows whose expiry entry has come due."""
+        rows = (
+            self.db()
+            .execute(
+                "SELECT key, deadline FROM sessions WHERE expire_at <= ? "
+                "ORDER BY expire_at LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
+        return [(bytes(k), d) for k, d in rows]
+
+    def close(self) -> None:
+        """Close every thread's connection (their threads have ended)."""
+        with self._lock:
+            dbs, self._all = self._all, []
+        for db in dbs:
+            db.close()

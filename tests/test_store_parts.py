@@ -1,0 +1,341 @@
+"""The store's parts through their own interfaces, in-process, on real files:
+the log's record format and torn tails, the overlay's answers and its race
+with compaction, the compactor's order and its crash safety, the files' schema
+migration. The daemon-level promises are in tests/test_persistence.py and
+tests/test_store_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, scan_hash
+from sessiond.store import log as wal
+from sessiond.store.compactor import Compaction, Compactor
+from sessiond.store.files import StoreFiles, connect
+from sessiond.store.overlay import Layer, Overlay
+
+
+def row(value: bytes, *, kind: int = 0, **fields: float | str | None) -> Row:
+    now = 1_700_000_000.0
+    context = fields.get("context")
+    ttl = fields.get("ttl")
+    deadline = fields.get("deadline")
+    assert context is None or isinstance(context, str)
+    assert ttl is None or isinstance(ttl, float)
+    assert deadline is None or isinstance(deadline, float)
+    return Row(value, context, now, now + 1, now + 2, ttl, deadline, kind)
+
+
+# ---------------------------------------------------------------- the log
+
+
+def test_records_round_trip_every_field() -> None:
+    batch: dict[bytes, Change] = {
+        b"plain": row(b"v"),
+        b"full": row(b"\x00\xff" * 50, kind=7, context="ctx-\u00e9", ttl=0.0, deadline=5.5),
+        b"gone": None,
+        b"": row(b""),
+    }
+    frame = wal.encode(batch, cleared=True)
+    records = list(wal.decode(frame[8:]))  # past the frame's length and checksum
+    assert records[0] is None  # the FLUSH comes first
+    assert dict(r for r in records[1:] if r is not None) == batch
+
+
+def _segment(path: Path, frames: list[bytes]) -> None:
+    path.write_bytes(wal.MAGIC + b"".join(frames))
+
+
+def test_a_torn_or_corrupt_tail_is_dropped_and_said(tmp_path: Path) -> None:
+    frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(3)]
+    path = tmp_path / "seg"
+    _segment(path, frames)
+    got, end, why = wal.read_frames(path)
+    assert len(got) == 3 and why is None and end == path.stat().st_size
+
+    for cut in (1, 5, 8, len(frames[2]) - 1):  # inside the header, then the payload
+        _segment(path, [*frames[:2], frames[2][:cut]])
+        got, end, why = wal.read_frames(path)
+        assert len(got) == 2, cut
+        assert end == len(wal.MAGIC) + len(frames[0]) + len(frames[1])
+        assert why is not None and why.startswith("torn")
+
+    flipped = bytearray(frames[1])
+    flipped[-1] ^= 0xFF
+    _segment(path, [frames[0], bytes(flipped), frames[2]])
+    got, _, why = wal.read_frames(path)
+    assert len(got) == 1 and why == "checksum mismatch"  # nothing after it is trusted
+
+
+def test_a_file_that_is_no_segment_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "seg"
+    path.write_bytes(b"not a log at all")
+    with pytest.raises(wal.Corrupt):
+        wal.read_frames(path)
+    path.write_bytes(b"")  # created, crashed before its first commit
+    assert wal.read_frames(path) == ([], 0, None)
+
+
+# ------------------------------------------------------------ the overlay
+
+
+def test_the_newest_stage_answers() -> None:
+    o = Overlay()
+    old, new = Layer(1), Layer(2)
+    o.add_layer(old)
+    o.add_layer(new)
+    o.record(b"a", row(b"a1"))
+    o.record(b"b", row(b"b1"))
+    batch, cleared, seq = o.take()
+    assert (len(batch), cleared, seq) == (2, False, 2)
+    o.logged(old)
+    o.record(b"a", row(b"a2"))
+    o.take()
+    o.logged(new)
+    o.record(b"a", None)  # pending
+    found, rest = o.lookup([b"a", b"b", b"c"])
+    assert found == {b"a": None, b"b": row(b"b1")} and rest == [b"c"]
+    merged, valid = o.queued()
+    assert merged == {b"a": None, b"b": row(b"b1")} and valid
+    o.drop(old)
+    assert o.lookup([b"b"]) == ({}, [b"b"])  # compacted: the table answers now
+    assert o.drops == 1
+
+
+def test_a_flush_hides_everything_older() -> None:
+    o = Overlay()
+    first, second = Layer(1), Layer(2)
+    o.add_layer(first)
+    o.add_layer(second)
+    o.record(b"a", row(b"a"))
+    o.take()
+    o.logged(first)
+    o.clear()
+    o.record(b"b", row(b"b"))
+    o.take()
+    found, rest = o.lookup([b"a", b"b", b"c"])
+    assert found == {b"a": None, b"b": row(b"b"), b"c": None} and rest == []
+    o.logged(second)
+    assert second.cleared
+    assert o.queued() == ({b"b": row(b"b")}, False)
+
+
+def test_a_failed_commit_goes_back_unless_something_newer_replaced_it() -> None:
+    o = Overlay()
+    o.record(b"a", row(b"old"))
+    o.record(b"b", row(b"b"))
+    o.take()
+    o.record(b"a", row(b"newer"))
+    o.put_back()
+    assert o.pending == {b"a": row(b"newer"), b"b": row(b"b")}
+    o.take()
+    o.clear()
+    o.put_back()
+    assert o.pending == {} and o.pending_cleared  # the FLUSH supersedes them
+
+
+def test_a_read_that_raced_a_compaction_reads_again_and_a_newer_change_wins() -> None:
+    o = Overlay()
+    layer = Layer(1, {b"k": row(b"logged")})
+    o.add_layer(layer)
+    drops = o.drops
+    stale = {b"x": row(b"table, before")}
+    answers, again = o.settle([b"x"], stale, drops)
+    assert answers == {b"x": row(b"table, before")} and again == []
+    o.drop(layer)  # a compaction ended while a read ran
+    answers, again = o.settle([b"x"], stale, drops)
+    assert answers == {} and again == [b"x"]
+    o.record(b"x", None)  # and a change made meanwhile wins over the read
+    answers, again = o.settle([b"x"], stale, o.drops)
+    assert answers == {b"x": None} and again == []
+
+
+# ---------------------------------------------------------- the compactor
+
+
+def _open(path: Path) -> tuple[StoreFiles, sqlite3.Connection]:
+    files = StoreFiles(path)
+    files.open()
+    return files, connect(path)
+
+
+def _table(db: sqlite3.Connection) -> dict[bytes, bytes]:
+    return {bytes(k): bytes(v) for k, v in db.execute("SELECT key, value FROM sessions")}
+
+
+def test_compaction_writes_in_table_order_and_records_the_segment_last(tmp_path: Path) -> None:
+    files, db = _open(tmp_path / "c.db")
+    try:
+        db.execute(
+            "INSERT INTO sessions (scan_hash, key, value, created_at, updated_at, accessed_at) "
+            "VALUES (?, ?, x'00', 0, 0, 0)",
+            (scan_hash(b"k7"), b"k7"),
+        )
+        changes: dict[bytes, Change] = {b"k%d" % i: row(b"k%d=new" % i) for i in range(300)}
+        changes[b"k7"] = None
+        db.executescript(
+            "CREATE TEMP TABLE written (key BLOB);"
+            "CREATE TEMP TRIGGER w AFTER INSERT ON main.sessions "
+            "BEGIN INSERT INTO written VALUES (new.key); END;"
+        )
+        job = Compaction(Layer(4, changes))
+        compactor = Compactor(db)
+        steps = 0
+        while not compactor.step(job, 64):
+            steps += 1
+            # Not recorded before the last step: a crash now replays segment 4.
+            assert db.execute("SELECT compacted_through FROM store_state").fetchone() == (0,)
+        assert steps == 4
+        assert db.execute("SELECT compacted_through FROM store_state").fetchone() == (4,)
+        keys = [bytes(k) for (k,) in db.execute("SELECT key FROM written ORDER BY rowid")]
+        assert keys == sorted(keys, key=lambda k: (scan_hash(k), k))
+        table = _table(db)
+        assert len(table) == 299 and b"k7" not in table
+        assert all(v == k + b"=new" for k, v in table.items())
+    finally:
+        db.close()
+        files.close()
+
+
+def test_a_flushed_segment_empties_the_table_first(tmp_path: Path) -> None:
+    files, db = _open(tmp_path / "c.db")
+    try:
+        compactor = Compactor(db)
+        assert compactor.step(Compaction(Layer(1, {b"old": row(b"o")})), 10)
+        flushed = Layer(2, {b"new": row(b"n")})
+        flushed.cleared = True
+        assert compactor.step(Compaction(flushed), 10)
+        assert _table(db) == {b"new": b"n"}
+    finally:
+        db.close()
+        files.close()
+
+
+def test_a_crash_in_the_middle_of_a_compaction_replays_the_segment(tmp_path: Path) -> None:
+    """The store is copied as a crash would leave it after some of a
+    segment's steps: reopened, it replays the segment and ends at its newest
+    changes, whatever the copy's table holds."""
+    path = tmp_path / "s.db"
+    gate: list[str] = []
+
+    def hook(point: str) -> None:
+        if point == "compact":
+            gate.append(point)
+            if len(gate) == 3:  # two steps are committed: crash here
+                db = sqlite3.connect(path)
+                db.execute(f"VACUUM INTO '{tmp_path / 'crashed.db'}'")
+                db.close()
+
+    store = SQLiteStore(path, compact_rows=50, hook=hook)
+    for i in range(200):
+        store.record(b"k%d" % i, row(b"v%d" % i))
+    store.record(b"k5", None)
+    store.close()  # commits, then compacts in four steps
+    assert len(gate) >= 4
+    # The crashed copy: the table holds part of the segment, and the log
+    # segment is still there (it goes only once the segment is recorded).
+    crashed = tmp_path / "crashed.db"
+    db = sqlite3.connect(crashed)
+    partial = db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    through = db.execute("SELECT compacted_through FROM store_state").fetchone()[0]
+    db.close()
+    assert 0 < partial < 199 and through == 0
+    frame = wal.encode({b"k%d" % i: row(b"v%d" % i) for i in range(200)} | {b"k5": None}, False)
+    (tmp_path / "crashed.db-log.000000000001").write_bytes(wal.MAGIC + frame)
+    again = SQLiteStore(crashed)
+    try:
+        assert again.load(b"k5") is None
+        assert all(again.load(b"k%d" % i) == row(b"v%d" % i) for i in range(200) if i != 5)
+        assert again.count_rows().total + len(again.count_rows().queued) >= 199
+    finally:
+        again.close()
+    db = sqlite3.connect(crashed)
+    assert db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 199
+    assert db.execute("SELECT compacted_through FROM store_state").fetchone()[0] == 1
+    db.close()
+    assert not list(tmp_path.glob("crashed.db-log.*"))  # compacted: deleted
+
+
+def test_kind_is_kept_through_the_log_and_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "k.db"
+    store = SQLiteStore(path, close_budget=0.0)  # stop without compacting
+    store.record(b"h", row(b"encoded hash", kind=2))
+    store.close()
+    assert list(tmp_path.glob("k.db-log.*"))
+    again = SQLiteStore(path)  # from the log
+    try:
+        found = again.load(b"h")
+        assert found is not None and found.kind == 2
+    finally:
+        again.close()
+    again = SQLiteStore(path)  # from the table
+    try:
+        assert not again.count_rows().queued
+        found = again.load(b"h")
+        assert found is not None and found.kind == 2
+    finally:
+        again.close()
+
+
+# --------------------------------------------------------------- migration
+
+_V2_SCHEMA = """
+CREATE TABLE sessions (
+    scan_hash INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, context TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, accessed_at REAL NOT NULL,
+    ttl REAL, deadline REAL, expire_at REAL, PRIMARY KEY (scan_hash, key)
+) WITHOUT ROWID;
+CREATE INDEX sessions_expire_at ON sessions(expire_at) WHERE expire_at IS NOT NULL;
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY, scan_hash INTEGER NOT NULL, key BLOB NOT NULL, value BLOB,
+    context TEXT, created_at REAL, updated_at REAL, accessed_at REAL, ttl REAL, deadline REAL
+);
+PRAGMA application_id = 1397052243;
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_store_is_migrated_with_what_its_journal_held(tmp_path: Path) -> None:
+    """Schema 2 kept unfolded writes in a journal table: a store that crashed
+    with rows there opens with them applied, in order, and every row gets
+    kind 0 (a string)."""
+    path = tmp_path / "v2.db"
+    now = time.time()
+    db = sqlite3.connect(path)
+    db.executescript(_V2_SCHEMA)
+    db.execute(
+        "INSERT INTO sessions VALUES (?, ?, ?, 'ctx', ?, ?, ?, NULL, NULL, NULL)",
+        (scan_hash(b"old"), b"old", b"table copy", now, now, now),
+    )
+    journal = [
+        (1, b"old", b"journal 1"),
+        (2, b"new", b"journal 2"),
+        (3, b"old", b"journal 3"),
+        (4, b"gone", b"journal 4"),
+        (5, b"gone", None),
+    ]
+    for seq, key, value in journal:
+        db.execute(
+            "INSERT INTO journal VALUES (?, ?, ?, ?, NULL, ?, ?, ?, 60.0, ?)",
+            (seq, scan_hash(key), key, value, now, now, now, now + 60 if value else None),
+        )
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        old, new = store.load(b"old"), store.load(b"new")
+        assert old is not None and old.value == b"journal 3" and old.kind == 0
+        assert new is not None and new.value == b"journal 2" and new.deadline == now + 60
+        assert store.load(b"gone") is None
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "journal" not in tables and "store_state" in tables
+    assert db.execute("SELECT DISTINCT kind FROM sessions").fetchall() == [(0,)]
+    db.close()
