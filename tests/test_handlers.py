@@ -382,7 +382,8 @@ def test_own_changes_deletes_and_flushes_count_as_changes() -> None:
         d("MULTI")
         d("GET", "k")
         assert d("EXEC") is NIL_ARRAY, words
-    # Deleting or flushing a key that does not exist changes nothing.
+    # Deleting or flushing a key that does not exist changes nothing, nor does
+    # persisting a key without a TTL (as in Redis).
     d("DEL", "k")
     d("WATCH", "k")
     d("DEL", "k", client=other)
@@ -390,6 +391,14 @@ def test_own_changes_deletes_and_flushes_count_as_changes() -> None:
     d("MULTI")
     d("GET", "k")
     assert d("EXEC") == [None]
+    d("SET", "p", "v", "EX", "100")
+    d("PERSIST", "p")
+    d("WATCH", "p")
+    assert d("PERSIST", "p", client=other) == 0
+    assert d("GETEX", "p", "PERSIST", client=other) == b"v"
+    d("MULTI")
+    d("GET", "p")
+    assert d("EXEC") == [b"v"]
 
 
 def test_a_watched_key_that_expires_aborts_exec() -> None:

@@ -670,6 +670,9 @@ class Context:
         return self.cache.set_deadline(key, deadline)
 
     def persist(self, key: bytes) -> bool:
+        entry = self.cache.peek(key)
+        if entry is None or entry.deadline is None:
+            return False  # nothing to remove: not a change (WATCH)
         if self.keyspace.watching:
             self.keyspace.modified(key)
         if self.undo is not None:
