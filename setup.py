@@ -28,6 +28,7 @@ HOT = [
     "daemon/sessiond/protocol.py",
     "daemon/sessiond/stats.py",
     "daemon/sessiond/keyspace.py",
+    "daemon/sessiond/values.py",
     "daemon/sessiond/server.py",
     *sorted(str(p) for p in Path("daemon/sessiond/commands").glob("*.py")),
 ]

@@ -41,6 +41,7 @@ HOT = [
     "sessiond.protocol",
     "sessiond.stats",
     "sessiond.keyspace",
+    "sessiond.values",
     "sessiond.server",
     "sessiond.commands.dispatch",
     "sessiond.commands.strings",

@@ -71,7 +71,7 @@ class StoreDouble:
         return TableCounts({}, len(self.rows), expiring)
 
     def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
-        rows = sorted((scan_hash(k), k, r.deadline) for k, r in self.rows.items())
+        rows = sorted((scan_hash(k), k, r.deadline, r.kind) for k, r in self.rows.items())
         rows = [r for r in rows if r[0] >= cursor]
         return TableSlice(rows, {}, True, HASH_SPACE)
 
@@ -821,3 +821,71 @@ def test_object_and_memory_usage() -> None:
     assert d("OBJECT", "ENCODING", "short") == "embstr"  # read through from the store
     assert d("MEMORY", "USAGE", "short") == small
     assert d.cache.find(b"short") is None  # inspected, not admitted
+
+
+# ------------------------------------------------ with hashes and sets
+
+
+def test_a_rolled_back_hash_or_set_is_as_it_was_not_as_the_script_left_it() -> None:
+    """Hashes and sets are changed in place: the undo log copies them."""
+    d = Daemon(scripts=timed_engine())
+    d("HSET", "h", "a", "1", "b", "2")
+    d("SADD", "s", "x", "y")
+    script = """
+        redis.call('HSET', 'h', 'a', 'changed', 'c', '3')
+        redis.call('HDEL', 'h', 'b')
+        redis.call('SADD', 's', 'z')
+        redis.call('SREM', 's', 'x')
+        while true do end
+    """
+    assert "scripting.time_limit" in message(d("EVAL", script, "0"))
+    assert d("HGETALL", "h") == {b"a": b"1", b"b": b"2"}
+    assert d("SMEMBERS", "s") == {b"x", b"y"}
+    assert d.store is not None
+    assert d.store.rows[b"h"].kind == 1  # written back as a hash
+
+
+def test_string_commands_on_a_hash_are_wrongtype_and_change_nothing() -> None:
+    d = Daemon()
+    d("HSET", "h", "f", "v")
+    for words in (
+        ("GETSET", "h", "x"),
+        ("APPEND", "h", "x"),
+        ("GETRANGE", "h", "0", "1"),
+        ("SETRANGE", "h", "0", "x"),
+        ("INCRBYFLOAT", "h", "1"),
+    ):
+        assert message(d(*words)).startswith("WRONGTYPE"), words
+    assert d("HGETALL", "h") == {b"f": b"v"}
+
+
+def test_copy_of_a_hash_is_a_copy_and_rename_moves_it() -> None:
+    d = Daemon()
+    d("HSET", "h", "f", "v")
+    d("SADD", "s", "m")
+    assert d("COPY", "h", "h2") == 1
+    assert d("COPY", "s", "s2") == 1
+    d("HSET", "h2", "f", "other")
+    d("SADD", "s2", "n")
+    assert d("HGET", "h", "f") == b"v"
+    assert d("SMEMBERS", "s") == {b"m"}
+    evict(d, "h")
+    assert d("RENAME", "h", "moved") is OK  # from the store
+    assert d("HGETALL", "moved") == {b"f": b"v"}
+    assert d("TYPE", "moved") == "hash"
+
+
+def test_object_encoding_and_memory_usage_of_containers() -> None:
+    d = Daemon()
+    d("HSET", "small", "f", "v")
+    d("HSET", "wide", "f", "x" * 65)
+    d("SADD", "ints", "1", "2")
+    d("SADD", "words", "a", "b")
+    d("SADD", "many", *[str(i) for i in range(600)])
+    assert d("OBJECT", "ENCODING", "small") == "listpack"
+    assert d("OBJECT", "ENCODING", "wide") == "hashtable"
+    assert d("OBJECT", "ENCODING", "ints") == "intset"
+    assert d("OBJECT", "ENCODING", "words") == "listpack"
+    assert d("OBJECT", "ENCODING", "many") == "hashtable"
+    assert d("OBJECT", "REFCOUNT", "small") == 1
+    assert d("MEMORY", "USAGE", "wide") > d("MEMORY", "USAGE", "small") > 0

@@ -104,16 +104,16 @@ PHPREDIS_UNLOCK = (
 REDIS_PY_RELEASE = redis.lock.Lock.LUA_RELEASE_SCRIPT
 REDIS_PY_EXTEND = redis.lock.Lock.LUA_EXTEND_SCRIPT
 REDIS_PY_REACQUIRE = redis.lock.Lock.LUA_REACQUIRE_SCRIPT
-# Microsoft.Extensions.Caching.StackExchangeRedis keeps an entry as a hash set
-# and expired in one script; sessiond has no hashes yet, so the same shape on
-# strings: set, then expire only when a TTL is given, then read back.
-SET_AND_EXPIRE = """
-redis.call('SET', KEYS[1], ARGV[3])
-if ARGV[2] ~= '-1' then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return {redis.call('GET', KEYS[1]), redis.call('TTL', KEYS[1]), ARGV[1]}
-"""
+# ASP.NET Core's session cache (Microsoft.Extensions.Caching.StackExchangeRedis)
+# writes an entry as a hash and expires it in one script: HMSET in its older
+# releases, HSET in the newer ones.
+ASPNET_SET = """
+                redis.call('HSET', KEYS[1], 'absexp', ARGV[1], 'sldexp', ARGV[2], 'data', ARGV[4])
+                if ARGV[3] ~= '-1' then
+                  redis.call('EXPIRE', KEYS[1], ARGV[3])
+                end
+                return 1"""
+ASPNET_SET_OLD = ASPNET_SET.replace("'HSET'", "'HMSET'")
 
 SCRIPTS: list[tuple[str, ...]] = [
     # Lock release and extension, as phpredis and redis-py send them.
@@ -130,8 +130,18 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", REDIS_PY_RELEASE, "1", "rlock", "nope"),
     ("EVAL", REDIS_PY_RELEASE, "1", "rlock", "tok"),
     ("EVAL", REDIS_PY_RELEASE, "1", "rlock", "tok"),
-    ("EVAL", SET_AND_EXPIRE, "1", "entry", "abs", "600", "payload"),
-    ("EVAL", SET_AND_EXPIRE, "1", "entry2", "abs", "-1", "payload"),
+    ("EVAL", ASPNET_SET, "1", "aspnet:s1", "-1", "12000000000", "1200", "session bytes"),
+    ("HMGET", "aspnet:s1", "absexp", "sldexp", "data"),
+    ("TTL", "aspnet:s1"),
+    ("EVAL", ASPNET_SET_OLD, "1", "aspnet:s2", "638000000000000000", "-1", "-1", "x"),
+    ("HGETALL", "aspnet:s2"),
+    ("TTL", "aspnet:s2"),
+    ("EVAL", ASPNET_SET, "1", "aspnet:s1", "-1", "12000000000", "60", "refreshed"),
+    ("HGET", "aspnet:s1", "data"),
+    ("TTL", "aspnet:s1"),
+    ("EVAL", "return redis.call('HGETALL', KEYS[1])", "1", "aspnet:s2"),
+    ("EVAL", "return redis.call('GET', KEYS[1])", "1", "aspnet:s2"),
+    ("EVAL", "return redis.pcall('GET', KEYS[1])", "1", "aspnet:s2"),
     # The script cache.
     ("SCRIPT", "LOAD", PHPREDIS_UNLOCK),
     ("SCRIPT", "EXISTS", "e3f8cd2bf8f5e5a1e3f7d3b5c06b7a1e4a5d2c11", "0" * 40),
@@ -272,6 +282,27 @@ STRING_COMMANDS: list[tuple[str, ...]] = [
     ("COPY", "freshname", "x", "DB", "zero"),
     ("COPY", "freshname", "x", "BOGUS"),
     ("COPY", "freshname", "x", "DB", "0", "REPLACE"),
+    # Strings commands on a hash, and hashes moved and copied.
+    ("HSET", "h", "f", "1", "g", "2"),
+    ("GETSET", "h", "x"),
+    ("APPEND", "h", "x"),
+    ("GETRANGE", "h", "0", "1"),
+    ("SETRANGE", "h", "0", "x"),
+    ("SETRANGE", "h", "0", ""),
+    ("INCRBYFLOAT", "h", "1"),
+    ("MSETNX", "h", "1", "other", "2"),
+    ("COPY", "h", "hcopy"),
+    ("HSET", "hcopy", "f", "changed"),
+    ("HGET", "h", "f"),
+    ("RENAME", "hcopy", "hmoved"),
+    ("HGETALL", "hmoved"),
+    ("OBJECT", "ENCODING", "h"),
+    ("HSET", "bigh", "f", "x" * 65),
+    ("OBJECT", "ENCODING", "bigh"),
+    ("OBJECT", "REFCOUNT", "h"),
+    ("SADD", "ints", "1", "2", "3"),
+    ("OBJECT", "ENCODING", "ints"),
+    ("MEMORY", "USAGE", "nothing"),
     ("SET", "int", "12345"),
     ("SET", "emb", "hello"),
     ("SET", "raw", "x" * 45),

@@ -33,6 +33,7 @@ from .reload import ConfigReloader
 from .server import Server, StartupError
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
+from .values import Value
 
 log = structlog.get_logger("sessiond")
 
@@ -41,7 +42,7 @@ SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
 GC_THRESHOLDS = (7000, 10, 10)  # CPython's default is (700, 10, 10)
 
 
-def build_cache(config: Config) -> SessionCache[bytes, bytes]:
+def build_cache(config: Config) -> SessionCache[bytes, Value]:
     c = config.cache
     return SessionCache(
         c.max_sessions,

@@ -188,11 +188,21 @@ def _copy_entry(entry: Entry[V]) -> Entry[V]:
     )
 
 
+def _size(item: object) -> int:
+    """Bytes of a str/bytes item, or of a container's items (a hash's fields
+    and values, a set's members); other types count as zero."""
+    if isinstance(item, _SIZED):
+        return len(item)
+    if isinstance(item, dict):
+        return sum([_size(k) + _size(v) for k, v in item.items()])
+    if isinstance(item, set | frozenset | list | tuple):
+        return sum([_size(member) for member in item])
+    return 0
+
+
 def _len_sizer(key: object, value: object) -> int:
-    """Bytes of key and value for str/bytes; other types count as zero."""
-    return (len(key) if isinstance(key, _SIZED) else 0) + (
-        len(value) if isinstance(value, _SIZED) else 0
-    )
+    """Bytes of key and value (a container counts its items)."""
+    return _size(key) + _size(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,10 +432,8 @@ class SessionCache(Generic[K, V]):
             rel = (self.default_ttl if ttl is DEFAULT else ttl) or None  # type: ignore[assignment]
             new_deadline = None if rel is None else now + rel
         sizer = self.sizer
-        if sizer is _len_sizer:  # inlined: saves a call per write
-            size = (len(key) if isinstance(key, _SIZED) else 0) + (
-                len(value) if isinstance(value, _SIZED) else 0
-            )
+        if sizer is _len_sizer and isinstance(key, bytes) and isinstance(value, bytes):
+            size = len(key) + len(value)  # inlined: saves two calls per write
         else:
             size = sizer(key, value)
         if old is not None and (new_deadline is None or new_deadline > now):

@@ -27,18 +27,11 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .protocol import Error
-from .store import (
-    HASH_SPACE,
-    KIND_STRING,
-    Row,
-    Store,
-    StoreError,
-    TableCounts,
-    TableSlice,
-    scan_hash,
-)
+from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+from .values import Value
 
 
 class Prepared:
@@ -48,27 +41,39 @@ class Prepared:
 
     __slots__ = ("ahead", "loaded")
 
-    def __init__(self, loaded: dict[bytes, Entry[bytes] | None], ahead: object = None) -> None:
+    def __init__(self, loaded: dict[bytes, Entry[Value] | None], ahead: object = None) -> None:
         self.loaded = loaded
         self.ahead = ahead
 
 
-def _row(entry: Entry[bytes]) -> Row:
+def _row(entry: Entry[Value]) -> Row:
+    value = entry.value
+    if isinstance(value, bytes):
+        kind, data = values.STRING, value
+    else:
+        kind, data = values.encode(value)
     return Row(
-        entry.value,
+        data,
         entry.context_id,
         entry.created_at,
         entry.updated_at,
         entry.accessed_at,
         entry.ttl,
         entry.deadline,
-        KIND_STRING,
+        kind,
     )
 
 
-def _copy(entry: Entry[bytes]) -> Entry[bytes]:
+def _copy(entry: Entry[Value]) -> Entry[Value]:
+    """An entry as it is now, which no later change reaches: a hash or a set
+    is changed in place, so it is copied too."""
+    value = entry.value
+    if isinstance(value, dict):
+        value = dict(value)
+    elif isinstance(value, set):
+        value = set(value)
     return Entry(
-        entry.value,
+        value,
         context_id=entry.context_id,
         created_at=entry.created_at,
         updated_at=entry.updated_at,
@@ -78,9 +83,9 @@ def _copy(entry: Entry[bytes]) -> Entry[bytes]:
     )
 
 
-def _entry(row: Row) -> Entry[bytes]:
+def _entry(row: Row) -> Entry[Value]:
     return Entry(
-        row.value,
+        values.decode(row.kind, row.value) if row.kind else row.value,
         context_id=row.context,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -109,7 +114,7 @@ class Keyspace:
 
     def __init__(
         self,
-        cache: SessionCache[bytes, bytes],
+        cache: SessionCache[bytes, Value],
         store: Store | None = None,
         *,
         max_value_size: int = 1024 * 1024,
@@ -157,7 +162,7 @@ class Keyspace:
             listener(key)
 
     def _removed(
-        self, key: bytes, entry: Entry[bytes], cause: Cause, reason: EvictionReason | None
+        self, key: bytes, entry: Entry[Value], cause: Cause, reason: EvictionReason | None
     ) -> None:
         """The core removed ``key`` from memory. An expiry is a change; an
         eviction is not (the store keeps the session as it was); a delete or
@@ -167,7 +172,7 @@ class Keyspace:
 
     # ------------------------------------------------------ the cache's hook
 
-    def save(self, key: bytes, entry: Entry[bytes]) -> None:
+    def save(self, key: bytes, entry: Entry[Value]) -> None:
         current = self.current
         if current is not None:
             current.seen(key, entry)
@@ -181,18 +186,18 @@ class Keyspace:
         assert self.store is not None
         self.store.record(key, None)
 
-    def on_evict(self, key: bytes, entry: Entry[bytes], cause: Cause) -> None:
+    def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
         self.save(key, entry)
 
-    def load(self, key: bytes) -> Entry[bytes] | None:
+    def load(self, key: bytes) -> Entry[Value] | None:
         """Blocking read-through (the cache's ``get_or_load``, library use)."""
         assert self.store is not None
         row = self.store.load(key)
         return None if row is None else _entry(row)
 
-    def load_now(self, key: bytes) -> Entry[bytes] | None:
+    def load_now(self, key: bytes) -> Entry[Value] | None:
         """A blocking point read of what the store holds for ``key``, counted
         as a read-through: only a script's undeclared key is read so (see
         :meth:`Context.enter_script`). A failure is a :class:`StoreError`."""
@@ -249,7 +254,7 @@ class Keyspace:
         except StoreError:
             cache.loads_error += len(keys)
             raise
-        loaded: dict[bytes, Entry[bytes] | None] = {}
+        loaded: dict[bytes, Entry[Value] | None] = {}
         for key in keys:
             row = found.get(key)
             if row is None:
@@ -316,7 +321,9 @@ class Keyspace:
         store = self.store
         if store is None:
             return None
-        return store.whole_table(lambda: self._listed(store.scan_rows(0, None), 0, pattern), "keys")
+        return store.whole_table(
+            lambda: self._listed(store.scan_rows(0, None), 0, pattern, None), "keys"
+        )
 
     def counts(self, counted: TableCounts | None = None) -> tuple[int, int]:
         """Sessions held (in memory, queued or stored) and how many have a
@@ -335,9 +342,10 @@ class Keyspace:
                 expiring += current.deadline is not None
         return total, expiring
 
-    def scan(self, cursor: int, count: int) -> tuple[list[bytes], int]:
+    def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
         """One SCAN step in stable hash order: every key present for the whole
-        iteration is returned exactly once, however LRU order changes."""
+        iteration is returned exactly once, however LRU order changes. With
+        ``kind``, only keys of that type (values.STRING, HASH, SET)."""
         if self.store is None:
             now = self.cache.clock()
             candidates = sorted(
@@ -345,10 +353,11 @@ class Keyspace:
                 for key, entry in self.cache.items()
                 if (h := scan_hash(key)) >= cursor
                 and (entry.deadline is None or entry.deadline > now)
+                and (kind is None or values.kind_of(entry.value) == kind)
             )
             return take_hash_groups(candidates, count)
         part = self.store.scan_rows(cursor, count)
-        keys = self._listed(part, cursor, None)
+        keys = self._listed(part, cursor, None, kind)
         return keys, 0 if part.upper >= HASH_SPACE else part.upper
 
     def random_key(self) -> bytes | None:
@@ -386,30 +395,44 @@ class Keyspace:
         if self.store is None:
             keys = [key for key, _ in self.cache.items()]
             return keys if pattern is None else [k for k in keys if pattern.match(k)]
-        return self._listed(self.store.scan_rows(0, None), 0, pattern)
+        return self._listed(self.store.scan_rows(0, None), 0, pattern, None)
 
     def _listed(
-        self, part: TableSlice, cursor: int, pattern: re.Pattern[bytes] | None
+        self,
+        part: TableSlice,
+        cursor: int,
+        pattern: re.Pattern[bytes] | None,
+        kind: int | None,
     ) -> list[bytes]:
-        """The live keys of a table slice, merged with its queued changes and
-        memory (memory's copy of a key is the newest), in SCAN order."""
+        """The live keys of a table slice (of one ``kind`` if given), merged
+        with its queued changes and memory (memory's copy of a key is the
+        newest), in SCAN order."""
         now = self.cache.clock()
         find = self.cache.find
         keys: dict[bytes, int] = {}  # key -> scan hash
-        for h, key, deadline in part.rows:
+        for h, key, deadline, row_kind in part.rows:
             held = find(key)
             if held is not None:
-                if held.deadline is None or held.deadline > now:
+                if (held.deadline is None or held.deadline > now) and (
+                    kind is None or values.kind_of(held.value) == kind
+                ):
                     keys[key] = h
-            elif deadline is None or deadline > now:
+            elif (deadline is None or deadline > now) and (kind is None or row_kind == kind):
                 keys[key] = h
         upper = part.upper
         for key, change in part.queued.items():
             h = scan_hash(key)
             if not cursor <= h < upper:
                 continue
-            current = find(key) or change
-            if current is not None and (current.deadline is None or current.deadline > now):
+            held = find(key)
+            live = False
+            if held is not None:
+                live = (held.deadline is None or held.deadline > now) and (
+                    kind is None or values.kind_of(held.value) == kind
+                )
+            elif change is not None:
+                live = change.live(now) and (kind is None or change.kind == kind)
+            if live:
                 keys[key] = h
             else:
                 keys.pop(key, None)
@@ -485,15 +508,15 @@ class Context:
         self.cache = keyspace.cache
         # The undo log while a script runs (key -> its entry before the
         # script changed it, None if there was none); None otherwise.
-        self.undo: dict[bytes, Entry[bytes] | None] | None = None
+        self.undo: dict[bytes, Entry[Value] | None] | None = None
         if prepared is None:
-            self.loaded: dict[bytes, Entry[bytes] | None] | None = None
+            self.loaded: dict[bytes, Entry[Value] | None] | None = None
             self.ahead: object = None
         else:
             self.loaded = prepared.loaded
             self.ahead = prepared.ahead
 
-    def seen(self, key: bytes, entry: Entry[bytes] | None) -> None:
+    def seen(self, key: bytes, entry: Entry[Value] | None) -> None:
         """The command changed ``key`` (or memory evicted it): reads see that."""
         loaded = self.loaded
         if loaded is None:
@@ -543,7 +566,7 @@ class Context:
             raise Error(f"ERR {exc}") from None
         self.seen(key, entry)
 
-    def _remember(self, key: bytes, undo: dict[bytes, Entry[bytes] | None]) -> None:
+    def _remember(self, key: bytes, undo: dict[bytes, Entry[Value] | None]) -> None:
         """Log ``key``'s entry before the running script's first change to it."""
         if key in undo:
             return
@@ -559,7 +582,7 @@ class Context:
 
     # ------------------------------------------------------------- reads
 
-    def lookup(self, key: bytes) -> Entry[bytes] | None:
+    def lookup(self, key: bytes) -> Entry[Value] | None:
         """An access: the live entry or ``None``. A session read from the
         store for this command is admitted to memory here (read-through)."""
         entry = self.cache.get_entry(key)
@@ -577,7 +600,7 @@ class Context:
                     entry = stored
         return entry
 
-    def peek(self, key: bytes) -> Entry[bytes] | None:
+    def peek(self, key: bytes) -> Entry[Value] | None:
         """An inspection: the live entry in memory or, failing that, the
         store's copy read for this command; touches nothing."""
         entry = self.cache.peek(key)
@@ -623,13 +646,13 @@ class Context:
     def set(
         self,
         key: bytes,
-        value: bytes,
+        value: Value,
         ttl: Any = DEFAULT,
         *,
         deadline: float | None = None,
         keep_ttl: bool = False,
         context_id: str | None = None,
-    ) -> Entry[bytes]:
+    ) -> Entry[Value]:
         """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
@@ -639,7 +662,7 @@ class Context:
             key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
         )
 
-    def update(self, key: bytes, fn: Callable[[bytes], bytes]) -> Entry[bytes] | None:
+    def update(self, key: bytes, fn: Callable[[Value], Value]) -> Entry[Value] | None:
         """Replace the value of a live key, keeping its TTL and metadata."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
@@ -647,7 +670,7 @@ class Context:
             self._remember(key, self.undo)
         return self.cache.update(key, fn)
 
-    def remove(self, key: bytes) -> bytes | None:
+    def remove(self, key: bytes) -> Value | None:
         """Delete ``key`` everywhere; its value if it was live in memory."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
@@ -703,8 +726,8 @@ class Context:
         ahead = self.ahead
         return self.keyspace.counts(ahead if isinstance(ahead, TableCounts) else None)
 
-    def scan(self, cursor: int, count: int) -> tuple[list[bytes], int]:
-        return self.keyspace.scan(cursor, count)
+    def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
+        return self.keyspace.scan(cursor, count, kind)
 
     def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
         ahead = self.ahead

@@ -481,6 +481,27 @@ class RequestParser:
         return done
 
 
+def encode_bulks(items: list[bytes]) -> bytes:
+    """``items`` as one RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(items)]
+    for item in items:
+        out.append(b"$%d\r\n%b\r\n" % (len(item), item))
+    return b"".join(out)
+
+
+def parse_bulks(data: bytes) -> list[bytes]:
+    """The items of one RESP array of bulk strings that is the whole of
+    ``data`` (what :func:`encode_bulks` wrote); :class:`ProtocolError` if it
+    is not that. An empty array is ``*0``."""
+    if data == b"*0\r\n":
+        return []
+    parser = ExactParser(len(data) + 1)
+    requests = parser.feed(data)
+    if len(requests) != 1 or parser.busy:
+        raise ProtocolError("not one array of bulk strings")
+    return requests[0]
+
+
 # ------------------------------------------------------------------ encoding
 
 _CRLF: Final = b"\r\n"

@@ -5,7 +5,18 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, session, transactions, scripting  # noqa: I001
+from . import (  # noqa: I001 (the order COMMAND lists them in)
+    connection,
+    server,
+    strings,
+    keyspace,
+    expiry,
+    hashes,
+    sets,
+    session,
+    transactions,
+    scripting,
+)
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -22,11 +33,13 @@ __all__ = [
     "connection",
     "expiry",
     "glob_to_regex",
+    "hashes",
     "keyspace",
     "parse_int64",
     "scripting",
     "server",
     "session",
+    "sets",
     "strings",
     "transactions",
 ]

@@ -8,12 +8,16 @@ import sys
 import time
 from collections.abc import Awaitable
 
+from .. import values
 from ..cache import Entry
 from ..keyspace import Keyspace
 from ..protocol import OK, Error, Status
+from ..values import Value, type_name
 from . import errors
 from .registry import KEYSPACE, SERVER, Args, Call, Reply, command
 from .util import glob_to_regex, help_reply, int_arg, options, parse_int64, subcommand
+
+_KINDS = {b"string": values.STRING, b"hash": values.HASH, b"set": values.SET}
 
 
 def _delete(cx: Call, args: Args) -> Reply:
@@ -81,7 +85,8 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_type(cx: Call, args: Args) -> Reply:
-    return Status("none" if cx.peek(args[1]) is None else "string")
+    entry = cx.peek(args[1])
+    return Status("none" if entry is None else type_name(entry.value))
 
 
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:
@@ -118,9 +123,12 @@ def cmd_scan(cx: Call, args: Args) -> Reply:
     if cursor < 0:
         raise Error(errors.INVALID_CURSOR)
     count, pattern, type_name = _scan_options(args, 2)
-    if type_name is not None and type_name != b"string":
-        return [b"0", []]
-    keys, next_cursor = cx.scan(cursor, count)
+    kind = None
+    if type_name is not None:
+        kind = _KINDS.get(type_name)
+        if kind is None:  # a type sessiond never holds: none of its keys match
+            return [b"0", []]
+    keys, next_cursor = cx.scan(cursor, count, kind)
     if pattern is not None:
         keys = [k for k in keys if pattern.match(k)]
     return [str(next_cursor).encode(), keys]
@@ -150,16 +158,26 @@ def cmd_keys(cx: Call, args: Args) -> Reply:
 # ------------------------------------------------------ RENAME, COPY
 
 
-def _place(cx: Call, key: bytes, entry: Entry[bytes]) -> None:
-    """Write ``entry``'s value under ``key`` with its life, as Redis moves a
+def _place(cx: Call, key: bytes, entry: Entry[Value], value: Value) -> None:
+    """Write ``value`` under ``key`` with ``entry``'s life, as Redis moves a
     key's expire with it: its sliding TTL (which this access has just renewed)
     when the TTL slides, else its deadline; no expiry if it has none."""
     if entry.ttl is not None and cx.cache.sliding:
-        cx.set(key, entry.value, entry.ttl, context_id=entry.context_id)
+        cx.set(key, value, entry.ttl, context_id=entry.context_id)
     elif entry.deadline is not None:
-        cx.set(key, entry.value, deadline=entry.deadline, context_id=entry.context_id)
+        cx.set(key, value, deadline=entry.deadline, context_id=entry.context_id)
     else:
-        cx.set(key, entry.value, None, context_id=entry.context_id)
+        cx.set(key, value, None, context_id=entry.context_id)
+
+
+def _duplicate(value: Value) -> Value:
+    """A copy that a later change to ``value`` does not reach (a hash or a
+    set is changed in place)."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, set):
+        return set(value)
+    return value
 
 
 def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
@@ -172,7 +190,7 @@ def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
     if nx and cx.peek(target) is not None:
         return 0
     cx.check_size(target)
-    _place(cx, target, entry)
+    _place(cx, target, entry, entry.value)  # moved: the source goes
     cx.remove(source)
     return 1 if nx else OK
 
@@ -238,7 +256,7 @@ def cmd_copy(cx: Call, args: Args) -> Reply:
     if cx.peek(target) is not None and not replace:
         return 0
     cx.check_size(target)
-    _place(cx, target, entry)
+    _place(cx, target, entry, _duplicate(entry.value))
     return 1
 
 
@@ -283,13 +301,32 @@ _OBJECT_HELP = [
 _SHARED_INTEGERS = 10000
 _SHARED_REFCOUNT = 2147483647
 _EMBSTR_LIMIT = 44
+# Redis 7.2's defaults: hash-max-listpack-entries/-value, set-max-intset-entries,
+# set-max-listpack-entries/-value.
+_LISTPACK_ENTRIES = 128
+_LISTPACK_VALUE = 64
+_INTSET_ENTRIES = 512
 
 
-def _encoding(value: bytes) -> str:
-    """The encoding Redis gives a string value as SET stores it."""
-    if len(value) <= 20 and parse_int64(value) is not None:
-        return "int"
-    return "embstr" if len(value) <= _EMBSTR_LIMIT else "raw"
+def _encoding(value: Value) -> str:
+    """The encoding Redis 7.2 would give the value, read from the value as it
+    is now (Redis keeps a container's larger encoding after it shrinks, and a
+    string APPEND or SETRANGE made stays ``raw``)."""
+    if isinstance(value, bytes):
+        if len(value) <= 20 and parse_int64(value) is not None:
+            return "int"
+        return "embstr" if len(value) <= _EMBSTR_LIMIT else "raw"
+    if isinstance(value, dict):
+        small = len(value) <= _LISTPACK_ENTRIES and all(
+            len(f) <= _LISTPACK_VALUE and len(v) <= _LISTPACK_VALUE for f, v in value.items()
+        )
+        return "listpack" if small else "hashtable"
+    if len(value) <= _INTSET_ENTRIES and all(
+        len(m) <= 20 and parse_int64(m) is not None for m in value
+    ):
+        return "intset"
+    small = len(value) <= _LISTPACK_ENTRIES and all(len(m) <= _LISTPACK_VALUE for m in value)
+    return "listpack" if small else "hashtable"
 
 
 @command(
@@ -324,7 +361,8 @@ def cmd_object(cx: Call, args: Args) -> Reply:
         )
     if sub == b"IDLETIME":
         return max(0, int(cx.now() - entry.accessed_at))
-    number = parse_int64(entry.value) if len(entry.value) <= 20 else None
+    value = entry.value
+    number = parse_int64(value) if isinstance(value, bytes) and len(value) <= 20 else None
     if number is not None and 0 <= number < _SHARED_INTEGERS and not cx.cache.max_memory:
         return _SHARED_REFCOUNT
     return 1
@@ -345,10 +383,16 @@ _DICT_SLOT = 104
 _HEAP_RECORD = 8 + sys.getsizeof((0.0, 0, b""))
 
 
-def _memory_usage(key: bytes, entry: Entry[bytes]) -> int:
-    """Bytes memory spends on a session: key, value, the entry (its slots and
-    float fields) and its share of the cache's structures."""
-    size = sys.getsizeof(key) + sys.getsizeof(entry.value) + sys.getsizeof(entry)
+def _memory_usage(key: bytes, entry: Entry[Value]) -> int:
+    """Bytes memory spends on a session: key, value (a container with its
+    items), the entry (its slots and float fields) and its share of the
+    cache's structures."""
+    value = entry.value
+    size = sys.getsizeof(key) + sys.getsizeof(value) + sys.getsizeof(entry)
+    if isinstance(value, dict):
+        size += sum([sys.getsizeof(f) + sys.getsizeof(v) for f, v in value.items()])
+    elif isinstance(value, set):
+        size += sum([sys.getsizeof(m) for m in value])
     size += _DICT_SLOT + 3 * sys.getsizeof(time.time())
     if entry.deadline is not None:
         size += sys.getsizeof(entry.deadline) + _HEAP_RECORD

@@ -44,6 +44,8 @@ STRING = "string"
 KEYSPACE = "keyspace"
 SERVER = "server"
 SESSION = "session"
+HASH = "hash"
+SET = "set"
 TRANSACTIONS = "transactions"
 SCRIPTING = "scripting"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import secrets
 
+from .. import values
 from ..cache import DEFAULT
 from . import errors
 from .registry import SESSION, Args, Call, Reply, command
@@ -65,7 +66,7 @@ def cmd_session_info(cx: Call, args: Args) -> Reply:
         "updated_at": entry.updated_at,
         "ttl": -1 if remaining is None else math.ceil(remaining),
         "idle": max(0.0, now - entry.accessed_at),
-        "size": len(entry.value),
+        "size": values.size(entry.value),
         "where": where,
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..protocol import OK, Error
+from ..values import Value
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
 from .util import (
@@ -23,6 +24,7 @@ from .util import (
     int_arg,
     parse_int64,
     parse_long_double,
+    string,
     text,
 )
 
@@ -32,7 +34,7 @@ from .util import (
 )
 def cmd_get(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
-    return None if entry is None else entry.value
+    return None if entry is None else string(entry.value)
 
 
 def _set_load(args: Args) -> list[bytes]:
@@ -89,9 +91,7 @@ def cmd_set(cx: Call, args: Args) -> Reply:
     if expiry is not None and not keep:
         ttl, deadline = deadline_from(expiry, int_arg(amount), cx.now(), "set")
     old = cx.lookup(key) if (nx or xx or get or keep) else None
-    if get and old is not None and not isinstance(old.value, bytes):
-        raise Error(errors.WRONGTYPE)
-    old_value = None if old is None else old.value
+    old_value = None if old is None or not get else string(old.value)
     if (nx and old is not None) or (xx and old is None):
         return old_value if get else None
     if expiry is None or keep:
@@ -165,7 +165,7 @@ def cmd_getdel(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
     if entry is None:
         return None  # nothing to delete: not a change (WATCH)
-    value = entry.value
+    value = string(entry.value)  # a hash or set is refused, and kept
     cx.remove(args[1])
     return value
 
@@ -184,7 +184,7 @@ def cmd_getset(cx: Call, args: Args) -> Reply:
     cx.check_size(key)
     cx.check_size(value)
     entry = cx.lookup(key)
-    old = None if entry is None else entry.value
+    old = None if entry is None else string(entry.value)  # WRONGTYPE, nothing set
     cx.set(key, value)  # as SET: the old TTL goes, the default TTL applies
     return old
 
@@ -213,7 +213,7 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(key)
     if entry is None:
         return None
-    value = entry.value
+    value = string(entry.value)
     if opt == b"PERSIST":
         cx.persist(key)
     elif deadline is not None:
@@ -237,7 +237,8 @@ def cmd_mget(cx: Call, args: Args) -> Reply:
     out: list[bytes | None] = []
     for key in args[1:]:
         entry = lookup(key)
-        out.append(None if entry is None else entry.value)
+        # As Redis: a key of another type reads as missing, not as an error.
+        out.append(entry.value if entry is not None and isinstance(entry.value, bytes) else None)
     return out
 
 
@@ -301,9 +302,9 @@ def cmd_append(cx: Call, args: Args) -> Reply:
         cx.check_size(tail)
         cx.set(key, tail)
         return len(tail)
-    cx.check_length(len(entry.value) + len(tail))
-    updated = cx.update(key, lambda value: value + tail)
-    return 0 if updated is None else len(updated.value)
+    cx.check_length(len(string(entry.value)) + len(tail))
+    updated = cx.update(key, lambda value: string(value) + tail)
+    return 0 if updated is None else len(string(updated.value))
 
 
 @command(
@@ -321,7 +322,7 @@ def cmd_getrange(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
     if entry is None:
         return b""
-    value = entry.value
+    value = string(entry.value)
     size = len(value)
     # Redis' index rules, including its corner cases.
     if start < 0 and end < 0 and start > end:
@@ -361,17 +362,19 @@ def cmd_setrange(cx: Call, args: Args) -> Reply:
         cx.check_length(offset + len(piece))
         cx.set(key, bytes(offset) + piece)
         return offset + len(piece)
+    current = string(entry.value)
     if not piece:
-        return len(entry.value)
-    cx.check_length(max(len(entry.value), offset + len(piece)))
+        return len(current)
+    cx.check_length(max(len(current), offset + len(piece)))
 
-    def splice(value: bytes) -> bytes:
+    def splice(old: Value) -> Value:
+        value = string(old)
         if len(value) < offset:
             value += bytes(offset - len(value))
         return value[:offset] + piece + value[offset + len(piece) :]
 
     updated = cx.update(key, splice)
-    return 0 if updated is None else len(updated.value)
+    return 0 if updated is None else len(string(updated.value))
 
 
 @command(
@@ -385,14 +388,14 @@ def cmd_setrange(cx: Call, args: Args) -> Reply:
 )
 def cmd_strlen(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return 0 if entry is None else len(entry.value)
+    return 0 if entry is None else len(string(entry.value))
 
 
 def _incr_by(cx: Call, key: bytes, delta: int) -> int:
     entry = cx.lookup(key)
     current = 0
     if entry is not None:
-        parsed = parse_int64(entry.value)
+        parsed = parse_int64(string(entry.value))
         if parsed is None:
             raise Error(errors.NOT_INT)
         current = parsed
@@ -444,7 +447,7 @@ def cmd_incrbyfloat(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(key)
     current: LongDouble | None = LongDouble(Fraction(0))
     if entry is not None:
-        current = parse_long_double(entry.value)
+        current = parse_long_double(string(entry.value))
     increment = parse_long_double(args[2])
     if current is None or increment is None:
         raise Error(errors.NOT_FLOAT)

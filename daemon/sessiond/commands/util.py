@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 
 from ..protocol import Error, Status
+from ..values import Hash, Members, Value
 from . import errors
 
 Args = list[bytes]
@@ -36,6 +37,27 @@ def int_arg(arg: bytes, message: str = errors.NOT_INT) -> int:
 
 def text(arg: bytes) -> str:
     return arg.decode("utf-8", "replace")
+
+
+def string(value: Value) -> bytes:
+    """``value`` if it is a string, else the WRONGTYPE error."""
+    if isinstance(value, bytes):
+        return value
+    raise Error(errors.WRONGTYPE)
+
+
+def hash_of(value: Value) -> Hash:
+    """``value`` if it is a hash, else the WRONGTYPE error."""
+    if isinstance(value, dict):
+        return value
+    raise Error(errors.WRONGTYPE)
+
+
+def members_of(value: Value) -> Members:
+    """``value`` if it is a set, else the WRONGTYPE error."""
+    if isinstance(value, set):
+        return value
+    raise Error(errors.WRONGTYPE)
 
 
 def subcommand(args: Args, arities: dict[bytes, int], container: str) -> bytes:

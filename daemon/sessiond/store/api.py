@@ -67,10 +67,10 @@ class TableCounts:
 @dataclass(frozen=True)
 class TableSlice:
     """Part of the table in SCAN order plus the queued changes: ``rows`` are
-    ``(scan_hash, key, deadline)`` with ``scan_hash`` in ``[cursor, upper)``;
+    ``(scan_hash, key, deadline, kind)`` with ``scan_hash`` in ``[cursor, upper)``;
     ``rows_valid`` is false when a queued FLUSHDB empties the table."""
 
-    rows: list[tuple[int, bytes, float | None]]
+    rows: list[tuple[int, bytes, float | None, int]]
     queued: dict[bytes, Change]
     rows_valid: bool
     upper: int

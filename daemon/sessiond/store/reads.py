@@ -90,13 +90,14 @@ class TableReader:
 
     def slice(
         self, cursor: int, count: int | None
-    ) -> tuple[list[tuple[int, bytes, float | None]], int]:
-        """``(scan_hash, key, deadline)`` rows from ``cursor`` in SCAN order:
+    ) -> tuple[list[tuple[int, bytes, float | None, int]], int]:
+        """``(scan_hash, key, deadline, kind)`` rows from ``cursor`` in SCAN order:
         about ``count`` of them in whole hash groups (all if ``None``), and the
         hash they stop before."""
         db = self.db()
         sql = (
-            "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash >= ? ORDER BY scan_hash"
+            "SELECT scan_hash, key, deadline, kind FROM sessions WHERE scan_hash >= ? "
+            "ORDER BY scan_hash"
         )
         rows = db.execute(sql + ("" if count is None else f" LIMIT {count + 1}"), (cursor,))
         found = rows.fetchall()
@@ -106,9 +107,10 @@ class TableReader:
             if upper == cursor:
                 upper = cursor + 1
                 found = db.execute(
-                    "SELECT scan_hash, key, deadline FROM sessions WHERE scan_hash = ?", (cursor,)
+                    "SELECT scan_hash, key, deadline, kind FROM sessions WHERE scan_hash = ?",
+                    (cursor,),
                 ).fetchall()
-        return [(h, bytes(k), d) for h, k, d in found if h < upper], upper
+        return [(h, bytes(k), d, kind) for h, k, d, kind in found if h < upper], upper
 
     def recent(self, now: float, limit: int) -> list[tuple[bytes, Row]]:
         """The ``limit`` most recently used live rows, most recent first.

@@ -1,0 +1,352 @@
+"""Hash commands: HSET HSETNX HMSET HGET HMGET HGETALL HDEL HEXISTS HLEN HKEYS
+HVALS HSTRLEN HINCRBY HSCAN HRANDFIELD.
+
+A hash lives in memory as a ``dict`` and ages like a string: a write without
+a TTL gets the default one, reads and writes renew a sliding TTL (HLEN and
+HSTRLEN only inspect, as STRLEN does), eviction keeps it in the store. A hash
+whose last field is deleted is deleted.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from ..protocol import OK, Error
+from ..values import Hash, Value
+from . import errors
+from .registry import HASH, Args, Call, Reply, command
+from .util import MAX_INT64, MIN_INT64, glob_to_regex, hash_of, int_arg, options, parse_int64
+
+NOT_INT = "ERR hash value is not an integer"
+
+
+def _read(cx: Call, key: bytes) -> Hash | None:
+    """The hash at ``key`` as an access, ``None`` if there is none."""
+    entry = cx.lookup(key)
+    return None if entry is None else hash_of(entry.value)
+
+
+def _inspect(cx: Call, key: bytes) -> Hash | None:
+    entry = cx.peek(key)
+    return None if entry is None else hash_of(entry.value)
+
+
+def _write(cx: Call, key: bytes, pairs: list[tuple[bytes, bytes]], only_new: bool = False) -> int:
+    """Set ``pairs`` in the hash at ``key`` (created if missing); how many
+    fields were new. With ``only_new`` an existing field keeps its value."""
+    for field, value in pairs:
+        cx.check_size(field)
+        cx.check_size(value)
+    current = _read(cx, key)
+    if current is None:
+        fresh: Hash = {}
+        for field, value in pairs:
+            if not (only_new and field in fresh):
+                fresh[field] = value
+        cx.set(key, fresh)
+        return len(fresh)
+    added = 0
+
+    def apply(value: Value) -> Value:
+        nonlocal added
+        fields = hash_of(value)
+        for field, item in pairs:
+            if field not in fields:
+                added += 1
+            elif only_new:
+                continue
+            fields[field] = item
+        return fields
+
+    if not only_new or any(field not in current for field, _ in pairs):
+        cx.update(key, apply)
+    return added
+
+
+def _pairs(args: Args, start: int, name: str) -> list[tuple[bytes, bytes]]:
+    if (len(args) - start) % 2 or len(args) == start:
+        raise errors.wrong_arity(name)
+    return [(args[i], args[i + 1]) for i in range(start, len(args), 2)]
+
+
+@command(
+    "HSET",
+    -4,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Set fields of a hash",
+    syntax="key (field value) ...",
+)
+def cmd_hset(cx: Call, args: Args) -> Reply:
+    return _write(cx, args[1], _pairs(args, 2, "hset"))
+
+
+@command(
+    "HMSET",
+    -4,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Set fields of a hash (deprecated form of HSET)",
+    syntax="key (field value) ...",
+)
+def cmd_hmset(cx: Call, args: Args) -> Reply:
+    _write(cx, args[1], _pairs(args, 2, "hmset"))
+    return OK
+
+
+@command(
+    "HSETNX",
+    4,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Set a field of a hash if it is new",
+    syntax="key field value",
+)
+def cmd_hsetnx(cx: Call, args: Args) -> Reply:
+    return _write(cx, args[1], [(args[2], args[3])], only_new=True)
+
+
+@command(
+    "HGET",
+    3,
+    "readonly fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="The value of a field",
+    syntax="key field",
+)
+def cmd_hget(cx: Call, args: Args) -> Reply:
+    fields = _read(cx, args[1])
+    return None if fields is None else fields.get(args[2])
+
+
+@command(
+    "HMGET",
+    -3,
+    "readonly fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="The values of fields",
+    syntax="key field ...",
+)
+def cmd_hmget(cx: Call, args: Args) -> Reply:
+    fields = _read(cx, args[1]) or {}
+    return [fields.get(field) for field in args[2:]]
+
+
+@command(
+    "HGETALL",
+    2,
+    "readonly",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Every field and value of a hash",
+    syntax="key",
+)
+def cmd_hgetall(cx: Call, args: Args) -> Reply:
+    return dict(_read(cx, args[1]) or {})
+
+
+@command(
+    "HKEYS",
+    2,
+    "readonly",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="The fields of a hash",
+    syntax="key",
+)
+def cmd_hkeys(cx: Call, args: Args) -> Reply:
+    return list(_read(cx, args[1]) or ())
+
+
+@command(
+    "HVALS",
+    2,
+    "readonly",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="The values of a hash",
+    syntax="key",
+)
+def cmd_hvals(cx: Call, args: Args) -> Reply:
+    return list((_read(cx, args[1]) or {}).values())
+
+
+@command(
+    "HDEL",
+    -3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Delete fields of a hash",
+    syntax="key field ...",
+)
+def cmd_hdel(cx: Call, args: Args) -> Reply:
+    key = args[1]
+    current = _read(cx, key)
+    if current is None:
+        return 0
+    doomed = {field for field in args[2:] if field in current}
+    if not doomed:
+        return 0
+    if len(doomed) == len(current):
+        cx.remove(key)  # no field left: the key goes, as in Redis
+        return len(doomed)
+
+    def apply(value: Value) -> Value:
+        fields = hash_of(value)
+        for field in doomed:
+            del fields[field]
+        return fields
+
+    cx.update(key, apply)
+    return len(doomed)
+
+
+@command(
+    "HEXISTS",
+    3,
+    "readonly fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Whether a field exists",
+    syntax="key field",
+)
+def cmd_hexists(cx: Call, args: Args) -> Reply:
+    fields = _read(cx, args[1])
+    return int(fields is not None and args[2] in fields)
+
+
+@command(
+    "HLEN",
+    2,
+    "readonly fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Number of fields",
+    syntax="key",
+)
+def cmd_hlen(cx: Call, args: Args) -> Reply:
+    return len(_inspect(cx, args[1]) or ())
+
+
+@command(
+    "HSTRLEN",
+    3,
+    "readonly fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Length of a field's value",
+    syntax="key field",
+)
+def cmd_hstrlen(cx: Call, args: Args) -> Reply:
+    fields = _inspect(cx, args[1]) or {}
+    return len(fields.get(args[2], b""))
+
+
+def _increment(cx: Call, key: bytes, field: bytes, new: bytes) -> None:
+    cx.check_size(new)
+    _write(cx, key, [(field, new)])
+
+
+@command(
+    "HINCRBY",
+    4,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Increment the integer value of a field",
+    syntax="key field increment",
+)
+def cmd_hincrby(cx: Call, args: Args) -> Reply:
+    key, field = args[1], args[2]
+    delta = int_arg(args[3])
+    fields = _read(cx, key) or {}
+    current = 0
+    if field in fields:
+        parsed = parse_int64(fields[field])
+        if parsed is None:
+            raise Error(NOT_INT)
+        current = parsed
+    result = current + delta
+    if not MIN_INT64 <= result <= MAX_INT64:
+        raise Error(errors.OVERFLOW)
+    _increment(cx, key, field, str(result).encode())
+    return result
+
+
+@command(
+    "HSCAN",
+    -3,
+    "readonly",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Iterate the fields of a hash",
+    syntax="key cursor [MATCH pattern] [COUNT count]",
+)
+def cmd_hscan(cx: Call, args: Args) -> Reply:
+    _cursor(args[2])
+    pattern = _match(args, 3)
+    out: list[bytes] = []
+    for field, value in (_read(cx, args[1]) or {}).items():
+        if pattern is None or pattern.match(field):
+            out += [field, value]
+    # A session's hash is small: one step returns all of it (cursor 0), as
+    # Redis does for a hash in its compact encoding.
+    return [b"0", out]
+
+
+def _cursor(arg: bytes) -> None:
+    value = parse_int64(arg)
+    if value is None or value < 0:
+        raise Error(errors.INVALID_CURSOR)
+
+
+def _match(args: Args, start: int) -> re.Pattern[bytes] | None:
+    pattern: re.Pattern[bytes] | None = None
+    for opt, value in options(args, start):
+        if opt == b"MATCH":
+            pattern = None if value == b"*" else glob_to_regex(value)
+        elif opt == b"COUNT":
+            if int_arg(value) < 1:
+                raise errors.syntax()
+        else:
+            raise errors.syntax()
+    return pattern
+
+
+@command(
+    "HRANDFIELD",
+    -2,
+    "readonly",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Random fields of a hash",
+    syntax="key [count [WITHVALUES]]",
+)
+def cmd_hrandfield(cx: Call, args: Args) -> Reply:
+    if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"WITHVALUES"):
+        raise errors.syntax()
+    count = int_arg(args[2]) if len(args) > 2 else None
+    fields = _read(cx, args[1])
+    if count is None:
+        return None if not fields else random.choice(list(fields))
+    withvalues = len(args) == 4
+    if not fields:
+        return []
+    names = list(fields)
+    if count >= 0:
+        chosen = random.sample(names, min(count, len(names)))
+    else:
+        chosen = [random.choice(names) for _ in range(-count)]
+    if not withvalues:
+        return chosen
+    out: list[bytes] = []
+    for name in chosen:
+        out += [name, fields[name]]
+    return out
