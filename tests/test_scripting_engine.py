@@ -11,10 +11,12 @@ chosen to match Redis; the engine's part is how it is wrapped.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -1010,6 +1012,22 @@ def test_runs_leave_nothing_behind_in_the_lua_heap(engine: ScriptEngine, redis: 
         run(engine, redis, script)
     run(engine, redis, "collectgarbage('collect') return 1")
     assert engine.memory_used < settled + 64 * 1024
+
+
+def test_a_dropped_engine_is_freed_without_the_cyclic_collector() -> None:
+    """Engine and Lua runtime form no reference cycle: were they one, the
+    collector would clear it in an order that closes the Lua state under its
+    objects (the full test suite segfaulted so, creating engines by the
+    hundred)."""
+    gc.disable()
+    try:
+        engine = ScriptEngine()
+        assert run(engine, FakeRedis(engine), "return redis.call('ECHO', 'x')") == b"x"
+        ref = weakref.ref(engine)
+        del engine
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_memory_limit(redis: FakeRedis) -> None:

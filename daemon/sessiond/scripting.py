@@ -103,6 +103,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -1209,6 +1210,25 @@ def _without_tail_calls(code: bytearray | bytes) -> bytes:
     return bytes(data)
 
 
+def _weakly(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A function for Lua to call that calls ``method`` of the engine without
+    holding the engine: the runtime keeps what Lua holds in a dict the cyclic
+    GC sees, so bound methods would make engine and runtime a cycle, and the
+    collector clearing that cycle can close the Lua state while wrappers of
+    its values still point into it (a segfault in whatever runs next). With no
+    cycle, an engine that is dropped is freed by reference counting, in an
+    order lupa handles: its Lua objects first, the runtime last."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        bound = ref()
+        if bound is None:
+            raise RuntimeError("the script engine is gone")
+        return bound(*args)
+
+    return call
+
+
 class _Script:
     __slots__ = ("flags", "function")
 
@@ -1304,15 +1324,15 @@ class ScriptEngine:
         )
         loader = self._lua.eval("loadstring")(_HOST_LUA.encode(), b"=sessiond")
         self._host = loader(
-            self._lua_call,
-            self._lua_check,
-            self._lua_log,
-            self._lua_sha1,
-            self._lua_setresp,
+            _weakly(self._lua_call),
+            _weakly(self._lua_check),
+            _weakly(self._lua_log),
+            _weakly(self._lua_sha1),
+            _weakly(self._lua_setresp),
             self._rand.random,
-            self._lua_srandom,
-            self._lua_bit,
-            self._lua_decode,
+            _weakly(self._lua_srandom),
+            _weakly(self._lua_bit),
+            _weakly(self._lua_decode),
             redis_version.encode(),
             (major << 16) | (minor << 8) | patch,
         )
