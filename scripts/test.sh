@@ -21,6 +21,10 @@ need "command -v nroff" groff-base "nroff, which man renders with"
 need "command -v zsh" zsh "the zsh completion test"
 need "command -v prometheus-redis-exporter" prometheus-redis-exporter \
   "redis_exporter and its Grafana dashboard, run against the daemon by the tests"
+need "command -v redis-server" redis-server "the scripting tests, which run the same scripts against a real Redis"
+need "command -v php" php-cli "the PHP session handler tests"
+need "php -r 'exit(extension_loaded(\"redis\") ? 0 : 1);'" php-redis "phpredis' session handler, with and without locking"
+need "test -e /usr/share/php/Predis/Autoloader.php" php-predis "predis' session handler"
 need "command -v gcc" gcc "to compile sessiond's hot modules with mypyc"
 need "test -e /usr/include/python3.11/Python.h -o -e $(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" \
   python3-dev "Python's headers, to compile sessiond's hot modules with mypyc"

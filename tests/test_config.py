@@ -112,7 +112,7 @@ security:
     assert effective["pubsub"]["notify_keyspace_events"] == ""  # off by default
     assert set(effective) == {
         "socket", "cache", "persistence", "metrics", "logging", "limits", "slowlog",
-        "latency", "security", "pubsub",
+        "latency", "scripting", "security", "pubsub",
     }  # fmt: skip
 
 
@@ -239,7 +239,7 @@ logging:
     )
     assert lines == [
         "bogus: unknown section (known: socket, cache, persistence, metrics, logging, limits, "
-        "slowlog, latency, security, pubsub)",
+        "slowlog, latency, scripting, security, pubsub)",
         "cache.max_sessions: must be a positive integer, got -5",
         "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
         "got 'soon'",

@@ -28,6 +28,7 @@ from .activation import ActivationError, inherited_listener
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
 from .commands.channels import PubSub
+from .commands.scripting import new_engine
 from .config import Config, ConfigError, load_config
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
@@ -89,7 +90,8 @@ class App:
         self.pubsub.attach(self.keyspace)
         self.pubsub.configure(config.pubsub.notify_keyspace_events)
         self.state = ServerState(config, self.stats, self.pubsub)
-        self.dispatcher = Dispatcher(self.keyspace, self.state)
+        self.scripts = new_engine(config)  # the daemon's one Lua engine
+        self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=self.scripts)
         self.server = Server(
             self.dispatcher,
             self.keyspace,
@@ -437,6 +439,7 @@ class App:
             log.info("evicted_to_new_bound", evicted=evicted, max_sessions=c.max_sessions)
         self.keyspace.max_value_size = config.limits.max_value_size
         self.pubsub.configure(config.pubsub.notify_keyspace_events)
+        self.scripts.time_limit = config.scripting.time_limit
         self.state.configure(config)
         self.server.configure(config)
         logs.configure(config.logging.level, config.logging.format)

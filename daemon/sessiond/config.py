@@ -140,6 +140,11 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScriptingConfig:
+    time_limit: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     password: str | None = field(default=None, repr=False)
     allowed_uids: tuple[int, ...] = ()
@@ -161,6 +166,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     slowlog: SlowlogConfig = SlowlogConfig()
     latency: LatencyConfig = LatencyConfig()
+    scripting: ScriptingConfig = ScriptingConfig()
     security: SecurityConfig = SecurityConfig()
     pubsub: PubSubConfig = PubSubConfig()
     source: str = "built-in defaults"
@@ -607,6 +613,17 @@ SCHEMA: dict[str, Section] = {
                 parse_duration,
                 "duration",
                 "record stalls of the event loop at least this long; 0 = off",
+            ),
+        },
+    ),
+    "scripting": Section(
+        ScriptingConfig,
+        "Lua scripts (EVAL): they run on the event loop, so nothing else runs meanwhile.",
+        {
+            "time_limit": Key(
+                _positive_duration,
+                "duration",
+                "a script running longer is stopped and its writes are rolled back",
             ),
         },
     ),

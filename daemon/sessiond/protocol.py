@@ -42,9 +42,12 @@ class Status(str):
     __slots__ = ()
 
 
-# Not a native (compiled) class: compiled, error replies that crossed the Lua
-# engine (lupa) made the cyclic GC crash (tests/test_scripting_engine.py,
-# against the compiled build).
+# Not a native (compiled) class: mypyc compiles an Exception subclass whose
+# instances accept weak references but does not clear them when one is freed,
+# so a weak reference that outlives its Error crashes the process when it is
+# freed in turn. Hypothesis keeps such references to the values it generates:
+# the engine's property tests with error replies segfaulted the compiled run
+# (tests/test_build.py pins it).
 @mypyc_attr(native_class=False)
 class Error(Exception):
     """An error reply; ``str(self)`` is the whole line, prefix included."""

@@ -39,6 +39,7 @@ import structlog
 
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
+from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
 from .protocol import Error, ProtocolError, RequestParser, encode
@@ -179,6 +180,7 @@ class Connection(asyncio.Protocol):
         self.client.fd = sock.fileno() if sock is not None else -1
         self.client.peer = server.peer_label(transport)
         self.client.push = self.push
+        self.client.disconnect = self.kill
         server.state.clients[self.client.id] = self.client
         server.connections.add(self)
 
@@ -187,13 +189,28 @@ class Connection(asyncio.Protocol):
             return
         self.transport = None
         client = self.client
+        client.disconnect = None  # no cycle left between client and connection
         self.server.state.clients.pop(client.id, None)
         self.server.connections.discard(self)
+        self.server.forget(self)
         if client.subscriptions:
             self.server.state.pubsub.drop(client)
         client.push = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+    def kill(self) -> None:
+        """CLIENT KILL from another client: close now; what was not sent is dropped."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.server.state.clients.pop(self.client.id, None)
+        self.pending.clear()
+        self.out.clear()
+        self.done.clear()
+        self.counted = 0
+        self.write_slots.clear()
+        transport.abort()
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests.
@@ -277,16 +294,30 @@ class Connection(asyncio.Protocol):
         if client.authenticated is not authenticated:
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
-        # An error reply changed nothing: it need not wait for a commit.
+        if client.reply_mode:  # not REPLY_ON: CLIENT REPLY OFF or SKIP
+            return self._silenced(client)
+        # An error reply changed nothing: it need not wait for a commit; but a
+        # script that fails may have written first (Redis keeps those writes).
         if (
             self.persistent
             and cmd is not None
             and cmd.waits_for_commit
             and (self.durable or self.keyspace.lagging())
-            and not isinstance(reply, Error)
+            and (cmd.may_write or not isinstance(reply, Error))
         ):
             self.write_slots.append(len(self.out))
         return data
+
+    @staticmethod
+    def _silenced(client: Client) -> bytes:
+        """CLIENT REPLY OFF or SKIP: this reply is not sent (nor held for a
+        commit: no error could be sent in its place either)."""
+        mode = client.reply_mode
+        if mode == REPLY_SKIP_ASKED:
+            client.reply_mode = REPLY_SKIP  # the reply after this one is skipped too
+        elif mode == REPLY_SKIP:
+            client.reply_mode = REPLY_ON
+        return b""
 
     def _answer(self, requests: list[list[bytes]]) -> None:
         """Memory only: no request ever waits, so run them all and reply once."""
@@ -298,8 +329,14 @@ class Connection(asyncio.Protocol):
         counters = dispatcher.counters
         timing = self.timing
         last: list[bytes] | None = None  # the last command run (the slow log's)
+        state = self.server.state
+        if state.pause_end:
+            # CLIENT PAUSE: requests may have to wait, which this path never does.
+            self.pending.extend(requests)
+            self._drain_store()
+            return
         room = self.output_room()
-        for args in requests:
+        for i, args in enumerate(requests):
             cmd = table.get(args[0]) or dispatcher.resolve(args[0])
             data = self._run(cmd, args, None)
             out.append(data)
@@ -314,6 +351,11 @@ class Connection(asyncio.Protocol):
             if room < 0:
                 self.output_exceeded()
                 return
+            if state.pause_end:
+                # CLIENT PAUSE ran: the rest of the batch may have to wait.
+                self.pending.extend(requests[i + 1 :])
+                self._drain_store()
+                return
         self.flush(last)
 
     def _drain_store(self) -> None:
@@ -325,9 +367,18 @@ class Connection(asyncio.Protocol):
         timing = self.timing
         last: list[bytes] | None = None  # the last command run (the slow log's)
         room = self.output_room() - sum(map(len, out))
+        state = self.server.state
         while pending:
             args = pending[0]
             cmd = dispatcher.resolve(args[0])
+            if state.pause_end and cmd is not None and self._held(cmd, args):
+                if self.write_slots:
+                    break  # what was written is acknowledged first, then back here
+                self._count_loop_time(perf_counter(), last)
+                self.flush(last)
+                self.busy = True
+                self.server.hold(self)
+                return
             try:
                 work = dispatcher.prepare(client, cmd, args, self.prepared)
             except Exception:
@@ -359,6 +410,21 @@ class Connection(asyncio.Protocol):
             self.keyspace.after_commit(self._durable)
             return
         self.flush(last)
+
+    def _held(self, cmd: Command, args: list[bytes]) -> bool:
+        """Whether CLIENT PAUSE holds this request until it ends: every
+        command under ALL, those that may write under WRITE; a request that
+        fails before it runs (authentication, arity) is answered at once."""
+        state = self.server.state
+        if not state.paused():
+            return False
+        client = self.client
+        if not client.authenticated and not cmd.noauth:
+            return False
+        arity = cmd.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            return False
+        return state.pause_all or self.dispatcher.may_write(client, cmd, args)
 
     def _count_loop_time(
         self, now: float, last: list[bytes] | None, attribute: bool = True
@@ -600,6 +666,10 @@ class Server:
         self.slow_floor = math.inf  # the smaller threshold of the two (configure)
         self.durable_replies = durable_replies
         self.connections: set[Connection] = set()
+        # Connections whose next request waits for CLIENT PAUSE to end.
+        self.held: list[Connection] = []
+        self._pause_timer: asyncio.TimerHandle | None = None
+        state.on_unpause = self._unpaused
         self._server: asyncio.AbstractServer | None = None
         # The socket's settings need a restart: kept as they were at start.
         self.socket = state.config.socket
@@ -750,6 +820,51 @@ class Server:
             probe.close()
         raise StartupError(f"socket.path: another daemon is already serving {path}; stop it first")
 
+    # ------------------------------------------------------------ CLIENT PAUSE
+
+    def hold(self, conn: Connection) -> None:
+        """Park ``conn`` until the pause ends (a timer for its end: CLIENT
+        PAUSE may extend it, which the timer finds when it fires)."""
+        self.held.append(conn)
+        if self._pause_timer is None:
+            self._arm_pause_timer()
+
+    def _arm_pause_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        # At most an hour at a time: a pause may be set for years.
+        delay = min(3600.0, max(0.0, self.state.pause_end - time.monotonic()))
+        self._pause_timer = loop.call_later(delay, self._pause_timer_fired)
+
+    def _pause_timer_fired(self) -> None:
+        self._pause_timer = None
+        if self.state.paused():
+            self._arm_pause_timer()  # extended meanwhile
+        else:
+            self._release()
+
+    def _unpaused(self) -> None:
+        """The pause ended (CLIENT UNPAUSE, or it ran out): let the held
+        connections go on, after the command that ended it."""
+        if self.held:
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        if self.state.paused():
+            return  # paused again meanwhile: they stay held
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        held, self.held = self.held, []
+        for conn in held:
+            conn.busy = False
+            conn._go_on()
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` closed: drop what is kept for it."""
+        if conn in self.held:
+            self.held.remove(conn)
+        self.dispatcher.forget(conn.client)
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -764,6 +879,7 @@ class Server:
         self.closing = True
         for conn in self.connections:
             conn.stop_reading()
+        self.state.unpause()  # requests held by CLIENT PAUSE finish too
         deadline = time.monotonic() + grace
         while any(c.busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

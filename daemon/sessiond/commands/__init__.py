@@ -5,7 +5,18 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, hashes, sets, session, transactions  # noqa: I001
+from . import (  # noqa: I001 (the order COMMAND lists them in)
+    connection,
+    server,
+    strings,
+    keyspace,
+    expiry,
+    hashes,
+    sets,
+    session,
+    transactions,
+    scripting,
+)
 from . import ops
 from . import pubsub
 from .dispatch import Dispatcher
@@ -29,6 +40,7 @@ __all__ = [
     "ops",
     "parse_int64",
     "pubsub",
+    "scripting",
     "server",
     "session",
     "sets",

@@ -20,10 +20,13 @@ import structlog
 
 from ..keyspace import Keyspace, Prepared
 from ..protocol import QUEUED, Error
+from ..scripting import ScriptEngine
 from ..stats import CommandStats
 from . import errors
 from .registry import REGISTRY, Args, Call, Command
+from .scripting import new_engine, script_may_write
 from .state import Client, ServerState
+from .transactions import Watches
 
 log = structlog.get_logger("sessiond.commands")
 
@@ -35,11 +38,18 @@ SUBSCRIBED_MODE = frozenset(
 
 
 class Dispatcher:
-    """Runs requests against one keyspace, counting into ``state.stats``."""
+    """Runs requests against one keyspace, counting into ``state.stats``.
+    It is the home of what commands share across clients: the daemon's one
+    script engine (``scripts``, made from the config unless given) and who
+    WATCHes which key (``watches``)."""
 
-    def __init__(self, keyspace: Keyspace, state: ServerState) -> None:
+    def __init__(
+        self, keyspace: Keyspace, state: ServerState, *, scripts: ScriptEngine | None = None
+    ) -> None:
         self.keyspace = keyspace
         self.state = state
+        self.scripts = new_engine(state.config) if scripts is None else scripts
+        self.watches = Watches(keyspace)
         stats = state.stats
         self.unknown = stats.server.unknown
         self.server_stats = stats.server
@@ -76,6 +86,8 @@ class Dispatcher:
             keys = [k for c, a in multi if c.load is not None for k in c.load(a)]
             if self.keyspace.notifying_new:  # as below, for each queued write
                 keys += [k for c, a in multi if c.write for k in c.keys(a)]
+            if client.watched:
+                keys.extend(client.watched)  # EXEC sees whether they still exist
             return self.keyspace.prepare(keys, None, prepared)
         keys = [] if cmd.load is None else cmd.load(args)
         whole = cmd.ahead
@@ -120,6 +132,7 @@ class Dispatcher:
             counter.calls += 1
             if cmd.runs_queued:
                 client.multi = None
+                self.watches.unwatch(client)
             return self.rejected(counter, errors.misconf(failure))
         keyspace = self.keyspace
         cx = Call(keyspace, prepared, client, self.state, self)
@@ -181,6 +194,23 @@ class Dispatcher:
             if sub in cmd.subcommands:
                 name += "|" + sub.lower()
         return self.rejected(counter, errors.subscribed_mode(name))
+
+    def may_write(self, client: Client, cmd: Command, args: Args) -> bool:
+        """Whether running ``args`` may change the keyspace (CLIENT PAUSE
+        WRITE holds such requests): a write, a script that does not declare
+        ``no-writes``, EXEC of a transaction with either."""
+        if cmd.write:
+            return True
+        if cmd.may_write:
+            return script_may_write(cmd, args, self.scripts)
+        multi = client.multi
+        if cmd.runs_queued and multi is not None:
+            return any(self.may_write(client, c, a) for c, a in multi)
+        return False
+
+    def forget(self, client: Client) -> None:
+        """``client`` is gone: drop what the dispatcher kept for it (its WATCHes)."""
+        self.watches.unwatch(client)
 
     def _queue(
         self, client: Client, cmd: Command, args: Args, multi: list[tuple[Command, Args]]

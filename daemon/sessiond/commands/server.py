@@ -135,6 +135,7 @@ def _config_value(value: Any) -> str:
 @command(
     "CONFIG",
     -2,
+    "noscript",
     group=SERVER,
     summary="Read the effective config",
     subcommands={
@@ -252,12 +253,24 @@ def _flush(cx: Call, args: Args) -> Reply:
     return OK
 
 
-command("FLUSHDB", -1, "write", group=SERVER, summary="Delete all keys", syntax="[ASYNC | SYNC]")(
-    _flush
-)
-command("FLUSHALL", -1, "write", group=SERVER, summary="Delete all keys", syntax="[ASYNC | SYNC]")(
-    _flush
-)
+# noscript, unlike Redis: a script stopped by its time limit is rolled back,
+# and no undo log could give back a whole store.
+command(
+    "FLUSHDB",
+    -1,
+    "write noscript",
+    group=SERVER,
+    summary="Delete all keys",
+    syntax="[ASYNC | SYNC]",
+)(_flush)
+command(
+    "FLUSHALL",
+    -1,
+    "write noscript",
+    group=SERVER,
+    summary="Delete all keys",
+    syntax="[ASYNC | SYNC]",
+)(_flush)
 
 
 @command("TIME", 1, "fast", group=SERVER, summary="Server time")

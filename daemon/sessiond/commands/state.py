@@ -7,7 +7,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..config import Config
 from ..stats import Stats
@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 Args = list[bytes]
 
 
+# CLIENT REPLY modes: ON; OFF; SKIP was just asked for (its own reply is not
+# sent either); the next reply is skipped.
+REPLY_ON: Final = 0
+REPLY_OFF: Final = 1
+REPLY_SKIP_ASKED: Final = 2
+REPLY_SKIP: Final = 3
+
+
 class Client:
     """Per-connection state that commands read and change."""
 
@@ -27,6 +35,7 @@ class Client:
         "channels",
         "close_after_reply",
         "created_at",
+        "disconnect",
         "fd",
         "id",
         "last_active",
@@ -39,8 +48,11 @@ class Client:
         "patterns",
         "peer",
         "push",
+        "reply_mode",
         "resp3",
         "subscriptions",
+        "watch_dirty",
+        "watched",
     )
 
     def __init__(
@@ -68,6 +80,14 @@ class Client:
         self.patterns: dict[bytes, None] = {}
         self.subscriptions = 0
         self.push: Callable[[bytes], None] | None = None
+        # WATCH: each watched key and whether it existed then; set once a
+        # watched key changes.
+        self.watched: dict[bytes, bool] | None = None
+        self.watch_dirty = False
+        # CLIENT REPLY: REPLY_ON, REPLY_OFF, or skipping (see the constants).
+        self.reply_mode = REPLY_ON
+        # Closes the connection at once (CLIENT KILL); set by the server.
+        self.disconnect: Callable[[], None] | None = None
 
     def info_line(self, socket_path: str = "") -> str:
         """One CLIENT LIST line in Redis' format (a Unix-socket client's ``addr``
@@ -116,6 +136,9 @@ class ServerState:
         "baseline",
         "clients",
         "config",
+        "on_unpause",
+        "pause_all",
+        "pause_end",
         "peak_memory",
         "pubsub",
         "run_id",
@@ -137,6 +160,39 @@ class ServerState:
         self.run_id = os.urandom(20).hex()
         self.baseline = Baseline()
         self.peak_memory = 0  # the most used_memory INFO or the sampler saw
+        # CLIENT PAUSE: until when (time.monotonic(); 0: no pause) and whether
+        # every command waits or only those that may write. The server holds
+        # the requests and sets ``on_unpause`` to let them go.
+        self.pause_end = 0.0
+        self.pause_all = False
+        self.on_unpause: Callable[[], None] | None = None
+
+    def pause(self, seconds: float, *, every_command: bool) -> None:
+        """CLIENT PAUSE, as Redis combines pauses: the later end and the
+        stricter mode win while a pause lasts."""
+        end = time.monotonic() + seconds
+        if self.paused():
+            self.pause_all = self.pause_all or every_command
+            self.pause_end = max(self.pause_end, end)
+        else:
+            self.pause_all = every_command
+            self.pause_end = end
+
+    def paused(self) -> bool:
+        """Whether a pause is on (one that has run out is ended here)."""
+        if not self.pause_end:
+            return False
+        if time.monotonic() < self.pause_end:
+            return True
+        self.unpause()
+        return False
+
+    def unpause(self) -> None:
+        """CLIENT UNPAUSE, or the pause ran out: held requests go on."""
+        self.pause_end = 0.0
+        self.pause_all = False
+        if self.on_unpause is not None:
+            self.on_unpause()
 
     def new_client(self, *, authenticated: bool) -> Client:
         """A client with the next id (ids are never reused while the daemon runs)."""

@@ -1,7 +1,13 @@
-"""String commands: GET SET SETEX PSETEX SETNX GETDEL GETEX MGET MSET STRLEN
-INCR INCRBY DECR DECRBY."""
+"""String commands: GET SET SETEX PSETEX SETNX GETDEL GETEX GETSET MGET MSET
+MSETNX STRLEN APPEND GETRANGE SETRANGE INCR INCRBY DECR DECRBY INCRBYFLOAT.
+
+TTLs as elsewhere: a command that replaces a value the way SET does (GETSET)
+gives it the default TTL, one that edits it in place (APPEND, SETRANGE, INCR...,
+INCRBYFLOAT) keeps its TTL, and a new key gets the default TTL."""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 from ..keyevents import (
     NOTIFY_EXPIRED,
@@ -11,15 +17,20 @@ from ..keyevents import (
     NOTIFY_STRING,
 )
 from ..protocol import OK, Error
+from ..values import Value
 from . import errors
 from .registry import STRING, Args, Call, Reply, command
 from .util import (
     EXPIRY_UNITS,
     MAX_INT64,
     MIN_INT64,
+    LongDouble,
+    add_long_double,
     deadline_from,
+    format_long_double,
     int_arg,
     parse_int64,
+    parse_long_double,
     string,
     text,
 )
@@ -196,12 +207,31 @@ def cmd_getdel(cx: Call, args: Args) -> Reply:
     if entry is None:
         if cx.keyspace.notifying:
             cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
-        return None
+        return None  # nothing to delete: not a change (WATCH)
     value = string(entry.value)  # a hash or set is refused, and kept
     cx.remove(args[1])
     if cx.keyspace.notifying:
         cx.notify(NOTIFY_GENERIC, b"del", args[1])
     return value
+
+
+@command(
+    "GETSET",
+    3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Set a value, return the old one",
+    syntax="key value",
+)
+def cmd_getset(cx: Call, args: Args) -> Reply:
+    key, value = args[1], args[2]
+    cx.check_size(key)
+    cx.check_size(value)
+    entry = cx.lookup(key)
+    old = None if entry is None else string(entry.value)  # WRONGTYPE, nothing set
+    cx.set(key, value)  # as SET: the old TTL goes, the default TTL applies
+    return old
 
 
 @command(
@@ -298,6 +328,120 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
 
 
 @command(
+    "MSETNX",
+    -3,
+    "write",
+    keys=(1, -1, 2),
+    group=STRING,
+    summary="Set values if none exists",
+    syntax="(key value) ...",
+)
+def cmd_msetnx(cx: Call, args: Args) -> Reply:
+    if len(args) % 2 == 0:
+        raise errors.wrong_arity("msetnx")
+    for i in range(1, len(args), 2):
+        cx.check_size(args[i])
+        cx.check_size(args[i + 1])
+    if any(cx.peek(args[i]) is not None for i in range(1, len(args), 2)):
+        return 0
+    for i in range(1, len(args), 2):
+        cx.set(args[i], args[i + 1])
+    return 1
+
+
+@command(
+    "APPEND",
+    3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Append to a value",
+    syntax="key value",
+)
+def cmd_append(cx: Call, args: Args) -> Reply:
+    key, tail = args[1], args[2]
+    cx.check_size(key)
+    entry = cx.lookup(key)
+    if entry is None:
+        cx.check_size(tail)
+        cx.set(key, tail)
+        return len(tail)
+    cx.check_length(len(string(entry.value)) + len(tail))
+    updated = cx.update(key, lambda value: string(value) + tail)
+    return 0 if updated is None else len(string(updated.value))
+
+
+@command(
+    "GETRANGE",
+    4,
+    "readonly",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Part of a value",
+    syntax="key start end",
+)
+def cmd_getrange(cx: Call, args: Args) -> Reply:
+    start = int_arg(args[2])
+    end = int_arg(args[3])
+    entry = cx.lookup(args[1])
+    if entry is None:
+        return b""
+    value = string(entry.value)
+    size = len(value)
+    # Redis' index rules, including its corner cases.
+    if start < 0 and end < 0 and start > end:
+        return b""
+    if start < 0:
+        start += size
+    if end < 0:
+        end += size
+    start = max(start, 0)
+    end = max(end, 0)
+    if end >= size:
+        end = size - 1
+    if start > end or size == 0:
+        return b""
+    return value[start : end + 1]
+
+
+@command(
+    "SETRANGE",
+    4,
+    "write",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Overwrite part of a value",
+    syntax="key offset value",
+)
+def cmd_setrange(cx: Call, args: Args) -> Reply:
+    key, piece = args[1], args[3]
+    offset = int_arg(args[2])
+    if offset < 0:
+        raise Error("ERR offset is out of range")
+    cx.check_size(key)
+    entry = cx.lookup(key)
+    if entry is None:
+        if not piece:
+            return 0
+        cx.check_length(offset + len(piece))
+        cx.set(key, bytes(offset) + piece)
+        return offset + len(piece)
+    current = string(entry.value)
+    if not piece:
+        return len(current)
+    cx.check_length(max(len(current), offset + len(piece)))
+
+    def splice(old: Value) -> Value:
+        value = string(old)
+        if len(value) < offset:
+            value += bytes(offset - len(value))
+        return value[:offset] + piece + value[offset + len(piece) :]
+
+    updated = cx.update(key, splice)
+    return 0 if updated is None else len(string(updated.value))
+
+
+@command(
     "STRLEN",
     2,
     "readonly fast",
@@ -357,6 +501,36 @@ def cmd_incrby(cx: Call, args: Args) -> Reply:
 @command("DECR", 2, "write fast", keys=(1, 1, 1), group=STRING, summary="Decrement", syntax="key")
 def cmd_decr(cx: Call, args: Args) -> Reply:
     return _incr_by(cx, args[1], -1)
+
+
+@command(
+    "INCRBYFLOAT",
+    3,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Increment by a float",
+    syntax="key increment",
+)
+def cmd_incrbyfloat(cx: Call, args: Args) -> Reply:
+    key = args[1]
+    entry = cx.lookup(key)
+    current: LongDouble | None = LongDouble(Fraction(0))
+    if entry is not None:
+        current = parse_long_double(string(entry.value))
+    increment = parse_long_double(args[2])
+    if current is None or increment is None:
+        raise Error(errors.NOT_FLOAT)
+    result = add_long_double(current, increment)
+    if result is None:
+        raise Error("ERR increment would produce NaN or Infinity")
+    encoded = format_long_double(result)
+    if entry is None:
+        cx.check_size(key)
+        cx.set(key, encoded)
+    else:
+        cx.update(key, lambda _old: encoded)
+    return encoded
 
 
 @command(
