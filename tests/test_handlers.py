@@ -10,6 +10,8 @@ and test_persistence.py hold the same behaviour through real clients.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -574,6 +576,41 @@ def test_a_script_error_keeps_the_writes_before_it() -> None:
     reply = d("EVAL", "redis.call('SET', 'k', 'v') error('boom')", "0")
     assert "boom" in message(reply)
     assert d("GET", "k") == b"v"  # as in Redis
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_a_dropped_daemon_frees_its_script_engine_without_the_cyclic_collector(
+    timed: bool,
+) -> None:
+    """Scripts that fail in every way leave no reference cycle holding the
+    dispatcher or its engine. Left to the cyclic collector, an engine is
+    freed in the middle of a collection, and closing its Lua state there
+    crashed the process (the suite segfaulted "Garbage-collecting" while an
+    error reply kept the frame that raised it, and that frame the engine)."""
+    gc.disable()
+    try:
+        d = Daemon(scripts=timed_engine() if timed else None)
+        for request in [
+            ("EVAL", "return redis.call('SET', 'k', 'v')", "0"),
+            ("EVAL", "return (", "0"),
+            ("EVAL", "error('x')", "0"),
+            ("EVAL", "return redis.call('NOPE')", "0"),
+            ("EVAL", "return redis.pcall('NOPE')", "0"),
+            ("EVAL", "return redis.pcall('INCR', 'k')", "0"),
+            ("EVAL", "return redis.call('GET')", "0"),
+            ("EVAL", "return redis.call('EVAL', 'return 1', '0')", "0"),
+            ("EVAL", "return cjson.decode('{')", "0"),
+            ("EVAL", "return {err = 'x'}", "0"),
+            ("EVAL_RO", "return redis.call('SET', 'a', 'b')", "0"),
+            ("EVALSHA", "a" * 40, "0"),
+            ("EVAL", "redis.call('SET', 'k', 'w') while true do end", "0"),
+        ]:
+            d(*request)
+        engine, dispatcher = weakref.ref(d.dispatcher.scripts), weakref.ref(d.dispatcher)
+        del d
+        assert engine() is None and dispatcher() is None
+    finally:
+        gc.enable()
 
 
 def timed_engine(limit: float = 5.0) -> ScriptEngine:

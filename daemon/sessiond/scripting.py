@@ -1610,7 +1610,9 @@ class ScriptEngine:
             except ScriptKilled:
                 return 2, None
             except Error as exc:
-                reply = exc
+                # Without its traceback: kept, it would tie this frame (and the
+                # engine) into a cycle, leaving the engine to the cyclic GC.
+                reply = exc.with_traceback(None)
             except Exception as exc:
                 # A bug below ``call``: the script gets an error, the caller the exception.
                 self._failure = self._failure or exc
