@@ -253,6 +253,7 @@ STRING_COMMANDS: list[tuple[str, ...]] = [
     ("INCRBYFLOAT", "nf", "nan"),
     ("INCRBYFLOAT", "nf", "inf"),
     ("INCRBYFLOAT", "nf", "1e5000"),
+    ("INCRBYFLOAT", "huge", "1e4932"),  # 4933 digits: more than str(int) allows
     ("INCRBYFLOAT", "s", "1"),
     ("MSETNX", "m1", "1", "m2", "2"),
     ("MSETNX", "m2", "x", "m3", "3"),

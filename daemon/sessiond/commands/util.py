@@ -258,7 +258,7 @@ def parse_long_double(data: bytes) -> LongDouble | None:
             return None  # overflows: strtold says ERANGE
         if leading < -4952:
             return None  # underflows to zero: ERANGE too
-        exact = Fraction(int(digits)) * Fraction(10) ** power
+        exact = Fraction(_integer(digits)) * Fraction(10) ** power
     else:
         m = _LD_HEX.match(data)
         if m is None:
@@ -291,13 +291,33 @@ def add_long_double(a: LongDouble, b: LongDouble) -> LongDouble | None:
     return None if rounded is None else LongDouble(rounded)
 
 
+_CHUNK = 10**4000  # below Python's limit of 4300 digits for str(int)
+
+
+def _integer(digits: bytes) -> int:
+    """``int(digits)`` for decimal digits of any count (up to 4300 is all
+    Python's ``int`` takes; a long double's integer part has up to 4933)."""
+    if len(digits) <= 4000:
+        return int(digits)
+    return _integer(digits[:-4000]) * _CHUNK + int(digits[-4000:])
+
+
+def _decimal(n: int) -> str:
+    """``str(n)`` for a non-negative ``n`` of any size (a long double's
+    integer part has up to 4933 digits)."""
+    if n < _CHUNK:
+        return str(n)
+    high, low = divmod(n, _CHUNK)
+    return _decimal(high) + str(low).zfill(4000)
+
+
 def format_long_double(number: LongDouble) -> bytes:
     """Redis' ``ld2string(..., LD_STR_HUMAN)``: ``%.17Lf`` without trailing
     zeros (nor a trailing point), and ``-0`` as ``0``."""
     value = number.value
     scaled = round(abs(value) * 10**17)  # ties to even, as glibc's printf
     whole, frac = divmod(scaled, 10**17)
-    out = f"{whole}.{frac:017d}".rstrip("0").rstrip(".")
+    out = f"{_decimal(whole)}.{frac:017d}".rstrip("0").rstrip(".")
     if value < 0 and out != "0":
         out = "-" + out
     return out.encode()
