@@ -1,5 +1,5 @@
 """Hash commands: HSET HSETNX HMSET HGET HMGET HGETALL HDEL HEXISTS HLEN HKEYS
-HVALS HSTRLEN HINCRBY HSCAN HRANDFIELD.
+HVALS HSTRLEN HINCRBY HINCRBYFLOAT HSCAN HRANDFIELD.
 
 A hash lives in memory as a ``dict`` and ages like a string: a write without
 a TTL gets the default one, reads and writes renew a sliding TTL (HLEN and
@@ -17,9 +17,21 @@ from ..protocol import OK, Error
 from ..values import Hash, Value
 from . import errors
 from .registry import HASH, Args, Call, Reply, command
-from .util import MAX_INT64, MIN_INT64, glob_to_regex, hash_of, int_arg, options, parse_int64
+from .util import (
+    MAX_INT64,
+    MIN_INT64,
+    add_long_double,
+    format_long_double,
+    glob_to_regex,
+    hash_of,
+    int_arg,
+    options,
+    parse_int64,
+    parse_long_double,
+)
 
 NOT_INT = "ERR hash value is not an integer"
+NOT_FLOAT = "ERR hash value is not a float"
 
 
 def _read(cx: Call, key: bytes) -> Hash | None:
@@ -304,6 +316,37 @@ def cmd_hincrby(cx: Call, args: Args) -> Reply:
     if cx.keyspace.notifying:
         cx.notify(NOTIFY_HASH, b"hincrby", key)
     return result
+
+
+@command(
+    "HINCRBYFLOAT",
+    4,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Increment the float value of a field",
+    syntax="key field increment",
+)
+def cmd_hincrbyfloat(cx: Call, args: Args) -> Reply:
+    """As INCRBYFLOAT, in C's long double, with Redis' HINCRBYFLOAT errors."""
+    key, field = args[1], args[2]
+    increment = parse_long_double(args[3])
+    if increment is None:
+        raise Error(errors.NOT_FLOAT)
+    if increment.inf:
+        raise Error("ERR value is NaN or Infinity")
+    fields = _read(cx, key) or {}
+    current = parse_long_double(fields.get(field, b"0"))
+    if current is None:
+        raise Error(NOT_FLOAT)
+    result = add_long_double(current, increment)
+    if result is None:
+        raise Error("ERR increment would produce NaN or Infinity")
+    encoded = format_long_double(result)
+    _increment(cx, key, field, encoded)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hincrbyfloat", key)
+    return encoded
 
 
 @command(
