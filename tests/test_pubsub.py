@@ -357,6 +357,27 @@ def _events_scenario(server: Server, protocol: int) -> list[tuple[Any, ...]]:
             ("SUNION", "set3", "noset2"),
             ("SDIFF", "noset3", "set3"),
             ("SREM", "set3", "x", "y"),
+            ("GETSET", "gs", "1"),
+            ("GETSET", "gs", "2"),
+            ("APPEND", "ap", "x"),
+            ("APPEND", "ap", "y"),
+            ("SETRANGE", "sr", "2", "ab"),
+            ("SETRANGE", "sr", "0", ""),  # no change: nothing told
+            ("GETRANGE", "missing9", "0", "1"),
+            ("INCRBYFLOAT", "fl", "1.5"),
+            ("MSETNX", "m1", "1", "m2", "2"),
+            ("MSETNX", "m1", "1", "m3", "3"),  # m1 exists: nothing set, nothing told
+            ("RENAME", "m1", "m4"),
+            ("RENAME", "m2", "m4"),  # over an existing key
+            ("RENAMENX", "m4", "m2"),
+            ("RENAMENX", "gs", "ap"),  # ap exists: refused
+            ("COPY", "ap", "cp"),
+            ("COPY", "ap", "cp"),  # cp exists: refused
+            ("COPY", "ap", "cp", "REPLACE"),
+            ("HINCRBYFLOAT", "hf", "f", "2.5"),
+            ("OBJECT", "ENCODING", "missing10"),
+            ("MEMORY", "USAGE", "missing11"),
+            ("EVAL", "redis.call('SET', KEYS[1], 'v') return redis.call('GET', 'm12')", "1", "sc"),
             ("SET", "h", "x", "PX", "100"),
         ):
             with contextlib.suppress(redis.ResponseError):
@@ -387,7 +408,8 @@ def test_keyspace_events_are_redis_events_in_redis_order(
     # The scenario covers what it claims to: every event sessiond sends.
     assert set(events) >= {
         b"new", b"set", b"expire", b"persist", b"del", b"incrby", b"keymiss", b"expired",
-        b"hset", b"hdel", b"hincrby", b"sadd", b"srem", b"spop",
+        b"hset", b"hdel", b"hincrby", b"sadd", b"srem", b"spop", b"append", b"setrange",
+        b"incrbyfloat", b"rename_from", b"rename_to", b"copy_to", b"hincrbyfloat",
     }  # fmt: skip
     assert len(ours) > 150
 

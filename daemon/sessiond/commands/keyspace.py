@@ -206,11 +206,17 @@ def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
         raise Error(errors.NO_SUCH_KEY)
     if source == target:
         return 0 if nx else OK
-    if nx and cx.peek(target) is not None:
+    exists = cx.peek(target) is not None
+    if nx and exists:
         return 0
     cx.check_size(target)
+    if exists:
+        cx.remove(target)  # as Redis: deleted, then made anew (a "new" event)
     _place(cx, target, entry, entry.value)  # moved: the source goes
     cx.remove(source)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"rename_from", source)
+        cx.notify(NOTIFY_GENERIC, b"rename_to", target)
     return 1 if nx else OK
 
 
@@ -272,10 +278,15 @@ def cmd_copy(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(source)
     if entry is None:
         return 0
-    if cx.peek(target) is not None and not replace:
+    exists = cx.peek(target) is not None
+    if exists and not replace:
         return 0
     cx.check_size(target)
+    if exists:
+        cx.remove(target)  # as Redis: deleted, then made anew (a "new" event)
     _place(cx, target, entry, _duplicate(entry.value))
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"copy_to", target)
     return 1
 
 

@@ -230,7 +230,12 @@ def cmd_getset(cx: Call, args: Args) -> Reply:
     cx.check_size(value)
     entry = cx.lookup(key)
     old = None if entry is None else string(entry.value)  # WRONGTYPE, nothing set
+    notifying = cx.keyspace.notifying
+    if entry is None and notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
     cx.set(key, value)  # as SET: the old TTL goes, the default TTL applies
+    if notifying:
+        cx.notify(NOTIFY_STRING, b"set", key)
     return old
 
 
@@ -344,8 +349,11 @@ def cmd_msetnx(cx: Call, args: Args) -> Reply:
         cx.check_size(args[i + 1])
     if any(cx.peek(args[i]) is not None for i in range(1, len(args), 2)):
         return 0
+    notifying = cx.keyspace.notifying
     for i in range(1, len(args), 2):
         cx.set(args[i], args[i + 1])
+        if notifying:
+            cx.notify(NOTIFY_STRING, b"set", args[i])
     return 1
 
 
@@ -365,10 +373,14 @@ def cmd_append(cx: Call, args: Args) -> Reply:
     if entry is None:
         cx.check_size(tail)
         cx.set(key, tail)
-        return len(tail)
-    cx.check_length(len(string(entry.value)) + len(tail))
-    updated = cx.update(key, lambda value: string(value) + tail)
-    return 0 if updated is None else len(string(updated.value))
+        length = len(tail)
+    else:
+        cx.check_length(len(string(entry.value)) + len(tail))
+        updated = cx.update(key, lambda value: string(value) + tail)
+        length = 0 if updated is None else len(string(updated.value))
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"append", key)
+    return length
 
 
 @command(
@@ -385,6 +397,8 @@ def cmd_getrange(cx: Call, args: Args) -> Reply:
     end = int_arg(args[3])
     entry = cx.lookup(args[1])
     if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
         return b""
     value = string(entry.value)
     size = len(value)
@@ -425,6 +439,8 @@ def cmd_setrange(cx: Call, args: Args) -> Reply:
             return 0
         cx.check_length(offset + len(piece))
         cx.set(key, bytes(offset) + piece)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_STRING, b"setrange", key)
         return offset + len(piece)
     current = string(entry.value)
     if not piece:
@@ -438,6 +454,8 @@ def cmd_setrange(cx: Call, args: Args) -> Reply:
         return value[:offset] + piece + value[offset + len(piece) :]
 
     updated = cx.update(key, splice)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"setrange", key)
     return 0 if updated is None else len(string(updated.value))
 
 
@@ -530,6 +548,8 @@ def cmd_incrbyfloat(cx: Call, args: Args) -> Reply:
         cx.set(key, encoded)
     else:
         cx.update(key, lambda _old: encoded)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_STRING, b"incrbyfloat", key)
     return encoded
 
 
