@@ -634,6 +634,26 @@ class StepClock:
         return self.now
 
 
+def test_a_stopped_script_gives_hashes_and_sets_back_as_they_were() -> None:
+    """Hashes and sets change in place: the undo log keeps copies."""
+    d = Daemon(scripts=timed_engine())
+    d("HSET", "h", "a", "1", "b", "2")
+    d("SADD", "s", "x", "y")
+    script = """
+        redis.call('HSET', 'h', 'a', 'changed', 'c', '3')
+        redis.call('HDEL', 'h', 'b')
+        redis.call('HINCRBYFLOAT', 'h', 'n', '1.5')
+        redis.call('SREM', 's', 'x')
+        redis.call('SADD', 's', 'z')
+        redis.call('HSET', 'new', 'f', 'v')
+        while true do end
+    """
+    assert message(d("EVAL", script, "0")).startswith("ERR Script killed")
+    assert d("HGETALL", "h") == {b"a": b"1", b"b": b"2"}
+    assert d("SMEMBERS", "s") == {b"x", b"y"}
+    assert d("EXISTS", "new") == 0
+
+
 def test_a_script_stopped_by_the_time_limit_is_rolled_back() -> None:
     d = Daemon(scripts=timed_engine())
     assert d.store is not None
