@@ -14,8 +14,9 @@ ensure_venv
 install_sessiond
 
 if [ $# -eq 0 ]; then
-  # The shipped config keeps its store in var/: sessiond never creates a
-  # store's directory itself (a missing one may have been removed with the
+  # The shipped config keeps its socket and its store in var/: sessiond creates
+  # neither directory itself (a mistyped socket path must fail, not grow
+  # directories; a missing store directory may have been removed with the
   # sessions in it), so the first run from a fresh clone makes it here.
   mkdir -p var
   if [ ! -e config/local.yaml ]; then

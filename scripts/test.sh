@@ -21,6 +21,10 @@ need "command -v nroff" groff-base "nroff, which man renders with"
 need "command -v zsh" zsh "the zsh completion test"
 need "command -v prometheus-redis-exporter" prometheus-redis-exporter \
   "redis_exporter and its Grafana dashboard, run against the daemon by the tests"
+need "command -v redis-server" redis-server "the scripting tests, which run the same scripts against a real Redis"
+need "command -v php" php-cli "the PHP session handler tests"
+need "php -r 'exit(extension_loaded(\"redis\") ? 0 : 1);'" php-redis "phpredis' session handler, with and without locking"
+need "test -e /usr/share/php/Predis/Autoloader.php" php-predis "predis' session handler"
 need "command -v gcc" gcc "to compile sessiond's hot modules with mypyc"
 need "test -e /usr/include/python3.11/Python.h -o -e $(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" \
   python3-dev "Python's headers, to compile sessiond's hot modules with mypyc"
@@ -41,6 +45,29 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   as_root apt-get install -y -qq --no-install-recommends postgresql >/dev/null
   as_root rm -f "$no_main_cluster"
   trap - EXIT
+fi
+# Debian's redis-server: the pub/sub tests run their scenarios against a real Redis too,
+# started by the test on a socket of its own. The package would also start and enable a
+# system Redis on port 6379: a policy-rc.d keeps it from starting during this install,
+# and the unit is disabled after it.
+if ! command -v redis-server >/dev/null 2>&1; then
+  say "installing redis-server (the pub/sub tests compare sessiond with Redis) with" \
+    "apt-get, without starting or enabling its system service"
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then  # one is there already: it decides
+    trap 'as_root rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+  fi
+  apt_update_once
+  as_root apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  if command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable --quiet redis-server.service 2>/dev/null || true
+  fi
+  if [ -n "$(trap -p EXIT)" ]; then
+    as_root rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 for build in ${SESSIOND_TEST_BUILDS:-pure compiled}; do
   case $build in

@@ -19,24 +19,28 @@ is pinned here, so that it fails in the compiled run if it comes back:
   ``except A as exc`` and ``except B as exc`` in one function make the second
   fail at run time (a failing disk answered "store writer failed: _Removed
   object expected; got OSError"); checked below for every compiled module;
-- a native exception class (``protocol.Error`` was one) that crosses the Lua
-  engine crashed the cyclic GC: the property tests of
-  tests/test_scripting_engine.py segfaulted in the compiled run, and pass
-  since ``Error`` is a plain Python class.
+- weak references: a compiled Exception subclass accepts them but does not
+  clear them when an instance is freed, and the dangling reference crashes
+  the process when it is freed in turn (the property tests of
+  tests/test_scripting_engine.py segfaulted so in the compiled run; since
+  ``protocol.Error`` is a plain Python class, they pass).
 """
 
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import os
 import re
+import weakref
 from pathlib import Path
 
 import pytest
 from sessiond.cache import SessionCache
 from sessiond.commands import ServerState
 from sessiond.config import Config
+from sessiond.protocol import Error
 from sessiond.stats import Stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +56,7 @@ HOT = [
     "sessiond.commands.dispatch",
     "sessiond.commands.shared",
     "sessiond.commands.strings",
+    "sessiond.commands.scripting",
 ]
 
 
@@ -126,3 +131,12 @@ def test_monkeypatching_a_compiled_module_is_refused(monkeypatch: pytest.MonkeyP
         pytest.skip("only the compiled build refuses it")
     with pytest.raises(pytest.fail.Exception, match="compiled"):
         monkeypatch.setattr(sessiond.cache, "_len_sizer", lambda k, v: 0)
+
+
+def test_a_weak_reference_may_outlive_an_error_reply() -> None:
+    reply = Error("ERR gone")
+    ref = weakref.ref(reply)
+    del reply
+    gc.collect()
+    assert ref() is None
+    del ref  # freeing a dangling weak reference is where it would crash

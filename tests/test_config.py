@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,14 @@ from conftest import alias_bomb
 from hypothesis import given
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
-from sessiond.config import ConfigError, load_config, parse_duration, parse_size
+from sessiond.config import (
+    ConfigError,
+    PubSubConfig,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,9 +109,10 @@ security:
     assert effective["security"]["allowed_uids"] == [0, 1000]
     assert effective["security"]["password"] == "(set)"
     assert "hunter2" not in proc.stdout
+    assert effective["pubsub"]["notify_keyspace_events"] == ""  # off by default
     assert set(effective) == {
         "socket", "cache", "persistence", "metrics", "logging", "limits", "slowlog",
-        "latency", "security",
+        "latency", "scripting", "security", "pubsub",
     }  # fmt: skip
 
 
@@ -229,7 +239,7 @@ logging:
     )
     assert lines == [
         "bogus: unknown section (known: socket, cache, persistence, metrics, logging, limits, "
-        "slowlog, latency, security)",
+        "slowlog, latency, scripting, security, pubsub)",
         "cache.max_sessions: must be a positive integer, got -5",
         "cache.default_ttl: must be a duration (seconds or e.g. 500ms, 30s, 15m, 1h, 7d), "
         "got 'soon'",
@@ -459,6 +469,41 @@ def test_run_with_a_missing_config_exits_1(tmp_path: Path) -> None:
     assert "cannot read config" in proc.stdout + proc.stderr
 
 
+def _output_until_exit(proc: subprocess.Popen[bytes], resend: Callable[[str], bool]) -> str:
+    """Everything ``proc`` writes until it exits; after each read, SIGINT
+    again once if ``resend(output so far)`` says so."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    chunks: list[bytes] = []
+    resent = False
+    deadline = time.monotonic() + 60  # a safety net against a hang, not a measurement
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([fd], [], [], 1.0)
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                proc.wait(30)
+                return b"".join(chunks).decode(errors="replace")
+            chunks.append(chunk)
+            if not resent and resend(b"".join(chunks).decode(errors="replace")):
+                proc.send_signal(signal.SIGINT)
+                resent = True
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"sessiond never exited:\n{b''.join(chunks).decode(errors='replace')}")
+
+
+def _lost_before_main(output: str) -> bool:
+    """The interrupt landed in the import machinery before sessiond's main()
+    ran (a weakref callback: CPython prints it as ignored and goes on), and the
+    daemon started anyway: a second Ctrl-C is what a user would press."""
+    return (
+        "Exception ignored" in output
+        and "KeyboardInterrupt" in output
+        and ('"event": "started"' in output)
+    )
+
+
 def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(
         "socket:\n  path: s.sock\npersistence:\n  backend: none\nmetrics:\n  enabled: false\n"
@@ -469,11 +514,10 @@ def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+        output = _output_until_exit(proc, _lost_before_main)
         # Once sessiond's main() runs, no traceback: 130 if interrupted before the
         # daemon handles SIGINT itself, else a clean 0. (Before main(), while the
         # interpreter itself starts, Python's own KeyboardInterrupt is all there is,
@@ -653,3 +697,23 @@ def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> N
         "cache.sliding: must be true or false, got 1",
     ]
     assert exc.value.source == str(path)
+
+
+def test_keyspace_events_are_redis_letters() -> None:
+    assert parse_config({"pubsub": {"notify_keyspace_events": "KEA"}}, Path(".")).pubsub == (
+        PubSubConfig("KEA")
+    )
+    assert parse_config({"pubsub": {"notify_keyspace_events": None}}, Path(".")).pubsub == (
+        PubSubConfig("")
+    )
+
+
+def test_a_keyspace_event_letter_redis_does_not_know_is_refused(tmp_path: Path) -> None:
+    assert problems(check(tmp_path, "pubsub:\n  notify_keyspace_events: KEQ\n")) == [
+        "pubsub.notify_keyspace_events: must be Redis' notify-keyspace-events letters "
+        "(any of Ag$lshzxeKEtmdn, \"\" for none), got 'KEQ': 'Q' is not one"
+    ]
+    assert problems(check(tmp_path, "pubsub:\n  notify_keyspace_events: 5\n")) == [
+        "pubsub.notify_keyspace_events: must be Redis' notify-keyspace-events letters "
+        '(any of Ag$lshzxeKEtmdn, "" for none), got 5: not a string'
+    ]

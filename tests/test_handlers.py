@@ -10,15 +10,19 @@ and test_persistence.py hold the same behaviour through real clients.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 from sessiond.cache import SessionCache
 from sessiond.commands import Client, Dispatcher, ServerState
+from sessiond.commands.scripting import TIME_LIMIT_ERROR
 from sessiond.config import Config
 from sessiond.keyspace import Context, Keyspace, Prepared
-from sessiond.protocol import OK, QUEUED, Error
+from sessiond.protocol import NIL_ARRAY, OK, QUEUED, Error
+from sessiond.scripting import ScriptEngine
 from sessiond.stats import Stats
 from sessiond.store import HASH_SPACE, Change, Row, StoreError, TableCounts, TableSlice, scan_hash
 
@@ -41,6 +45,7 @@ class StoreDouble:
         self.rows: dict[bytes, Row] = {}
         self.failure: StoreError | None = None
         self.loads: list[list[bytes]] = []
+        self.point_reads: list[bytes] = []  # blocking reads (a script's undeclared keys)
         self.closed = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -56,6 +61,7 @@ class StoreDouble:
         self.rows.clear()
 
     def load(self, key: bytes) -> Row | None:
+        self.point_reads.append(key)
         return self.rows.get(key)
 
     async def load_many(self, keys: list[bytes]) -> dict[bytes, Row | None]:
@@ -96,7 +102,14 @@ class StoreDouble:
 class Daemon:
     """A keyspace, a dispatcher and one client, driven request by request."""
 
-    def __init__(self, *, store: bool = True, max_sessions: int = 100, **cache: Any) -> None:
+    def __init__(
+        self,
+        *,
+        store: bool = True,
+        max_sessions: int = 100,
+        scripts: ScriptEngine | None = None,
+        **cache: Any,
+    ) -> None:
         self.clock = Clock()
         self.cache: SessionCache[bytes, bytes] = SessionCache(
             max_sessions, clock=self.clock, **cache
@@ -104,7 +117,7 @@ class Daemon:
         self.store = StoreDouble(self.clock) if store else None
         self.keyspace = Keyspace(self.cache, self.store)
         self.state = ServerState(Config(), Stats())
-        self.dispatcher = Dispatcher(self.keyspace, self.state)
+        self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=scripts)
         self.client = self.new_client()
 
     def new_client(self) -> Client:
@@ -326,3 +339,610 @@ def test_warm_start_and_close_go_through_rows() -> None:
     stored = d.store.rows[b"w4"]
     assert stored.deadline == pytest.approx(d.clock.now + 3600)
     assert d.store.closed
+
+
+def message(reply: Any) -> str:
+    assert isinstance(reply, Error), reply
+    return reply.message
+
+
+def evict(d: Daemon, *keys: str) -> None:
+    """Push ``keys`` out of memory (they stay in the store)."""
+    for key in keys:
+        assert d.cache.invalidate(key.encode())
+
+
+# ------------------------------------------------------------------ WATCH
+
+
+def test_exec_aborts_when_another_client_changes_a_watched_key() -> None:
+    d = Daemon()
+    other = d.new_client()
+    d("SET", "k", "1")
+    assert d("WATCH", "k") is OK
+    assert d.keyspace.watching
+    d("SET", "k", "2", client=other)
+    d("MULTI")
+    d("SET", "k", "mine")
+    assert d("EXEC") is NIL_ARRAY
+    assert d("GET", "k") == b"2"
+    assert d.client.watched is None and not d.keyspace.watching  # EXEC unwatches
+    # Unchanged: it runs.
+    d("WATCH", "k")
+    d("MULTI")
+    d("SET", "k", "mine")
+    assert d("EXEC") == [OK]
+
+
+def test_own_changes_deletes_and_flushes_count_as_changes() -> None:
+    d = Daemon()
+    other = d.new_client()
+    for words in (("SET", "k", "x"), ("DEL", "k"), ("EXPIRE", "k", "100"), ("FLUSHDB",)):
+        d("SET", "k", "1")
+        d("WATCH", "k")
+        d(*words)
+        d("MULTI")
+        d("GET", "k")
+        assert d("EXEC") is NIL_ARRAY, words
+    # Deleting or flushing a key that does not exist changes nothing, nor does
+    # persisting a key without a TTL (as in Redis).
+    d("DEL", "k")
+    d("WATCH", "k")
+    d("DEL", "k", client=other)
+    d("FLUSHDB", client=other)
+    d("MULTI")
+    d("GET", "k")
+    assert d("EXEC") == [None]
+    d("SET", "p", "v", "EX", "100")
+    d("PERSIST", "p")
+    d("WATCH", "p")
+    assert d("PERSIST", "p", client=other) == 0
+    assert d("GETEX", "p", "PERSIST", client=other) == b"v"
+    d("MULTI")
+    d("GET", "p")
+    assert d("EXEC") == [b"v"]
+
+
+def test_a_watched_key_that_expires_aborts_exec() -> None:
+    d = Daemon()
+    d("SET", "k", "1", "PX", "500")
+    d("WATCH", "k")
+    d.clock.now += 1  # past its deadline; nobody has touched it
+    d("MULTI")
+    d("SET", "other", "x")
+    assert d("EXEC") is NIL_ARRAY
+    # A key that only the store holds expires just as well.
+    d("SET", "s", "1", "PX", "500")
+    evict(d, "s")
+    d("WATCH", "s")
+    assert d.cache.find(b"s") is None  # WATCH read it through, did not admit it
+    d.clock.now += 1
+    d("MULTI")
+    d("GET", "s")
+    assert d("EXEC") is NIL_ARRAY
+
+
+def test_watching_a_key_only_the_store_holds() -> None:
+    d = Daemon()
+    other = d.new_client()
+    d("SET", "s", "1")
+    evict(d, "s")
+    d("WATCH", "s")
+    d("SET", "s", "2", client=other)  # a plain SET: it does not even read the store
+    d("MULTI")
+    d("GET", "s")
+    assert d("EXEC") is NIL_ARRAY
+    # Untouched, it runs, and EXEC reads the watched key through if evicted meanwhile.
+    d("WATCH", "s")
+    evict(d, "s")
+    d("MULTI")
+    d("GET", "s")
+    assert d("EXEC") == [b"2"]
+
+
+def test_watch_inside_multi_unwatch_discard_reset_and_disconnect() -> None:
+    d = Daemon()
+    other = d.new_client()
+    d("MULTI")
+    assert message(d("WATCH", "k")) == "ERR WATCH inside MULTI is not allowed"
+    d("SET", "k", "v")
+    assert d("EXEC") == [OK]  # the refused WATCH did not abort the transaction
+    for clear in (("UNWATCH",), ("MULTI", "DISCARD"), ("RESET",)):
+        d("WATCH", "k")
+        for word in clear:
+            d(word)
+        assert d.client.watched is None, clear
+        assert not d.keyspace.watching
+        d("SET", "k", "changed", client=other)
+        d("MULTI")
+        d("GET", "k")
+        assert d("EXEC") == [b"changed"], clear
+    d("WATCH", "k", client=other)
+    assert d.keyspace.watching
+    d.dispatcher.forget(other)  # the connection closed
+    assert not d.keyspace.watching and d.dispatcher.watches.keys == {}
+
+
+def test_nobody_is_called_for_a_write_when_nobody_watches() -> None:
+    d = Daemon()
+    d("WATCH", "a", "b")
+    a, b = d.new_client(), d.new_client()
+    d("WATCH", "a", client=a)
+    d("WATCH", "b", client=b)
+    d("UNWATCH")
+    d("UNWATCH", client=a)
+    assert d.keyspace.watching
+    d("UNWATCH", client=b)
+    assert not d.keyspace.watching
+    assert d.keyspace.change_listeners == []
+    assert d.cache.listener is None  # the core no longer copies replaced entries
+
+
+# ---------------------------------------------------------------- scripts
+
+
+def test_a_script_reads_its_declared_keys_before_it_runs() -> None:
+    d = Daemon()
+    d("SET", "a", "1")
+    d("SET", "b", "2")
+    evict(d, "a", "b")
+    script = "return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}"
+    assert d("EVAL", script, "2", "a", "b") == [b"1", b"2"]
+    assert d.store is not None
+    assert d.store.loads == [[b"a", b"b"]]
+    assert d.store.point_reads == []
+
+
+def test_an_undeclared_key_is_read_from_the_store_at_once() -> None:
+    d = Daemon()
+    d("SET", "hidden", "here")
+    evict(d, "hidden")
+    assert d("EVAL", "return redis.call('GET', 'hidden')", "0") == b"here"
+    assert d.store is not None
+    assert d.store.point_reads == [b"hidden"]
+    assert d.cache.find(b"hidden") is not None  # admitted, as a read-through does
+    assert d("EVAL", "return redis.call('EXISTS', 'nowhere')", "0") == 0
+    assert d.store.point_reads == [b"hidden", b"nowhere"]
+    assert (d.cache.loads_found, d.cache.loads_absent) == (1, 1)
+    # Outside scripts nothing reads the store synchronously.
+    assert d("GET", "nowhere2") is None
+    assert d.store.point_reads == [b"hidden", b"nowhere"]
+
+
+def test_redis_call_runs_commands_in_the_script_context_and_counts_them() -> None:
+    d = Daemon()
+    calls = d.state.stats.commands
+    before = calls["SET"].calls
+    script = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('INCR', KEYS[1])"
+    assert d("EVAL", script, "1", "n", "41") == 42
+    assert calls["SET"].calls == before + 1
+    assert calls["INCR"].calls == 1
+    assert calls["EVAL"].calls == 1
+    assert d.client.last_command == "EVAL"
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("return redis.call('NOPE')", "ERR Unknown Redis command called from script"),
+        ("return redis.call('GET')", "ERR Wrong number of args calling Redis command from script"),
+        ("return redis.call('MULTI')", "ERR This Redis command is not allowed from script"),
+        ("return redis.call('WATCH', 'k')", "ERR This Redis command is not allowed from script"),
+        ("return redis.call('EVAL', 'return 1', '0')", "ERR This Redis command is not allowed"),
+        ("return redis.call('SCRIPT', 'FLUSH')", "ERR This Redis command is not allowed"),
+        ("return redis.call('CLIENT', 'ID')", "ERR This Redis command is not allowed"),
+        ("return redis.call('FLUSHALL')", "ERR This Redis command is not allowed"),
+    ],
+)
+def test_commands_refused_in_scripts(script: str, expected: str) -> None:
+    d = Daemon()
+    assert message(d("EVAL", script, "0")).startswith(expected)
+
+
+def test_read_only_scripts_refuse_writes() -> None:
+    d = Daemon()
+    refused = "ERR Write commands are not allowed from read-only scripts."
+    assert message(d("EVAL_RO", "return redis.call('SET', 'k', 'v')", "0")).startswith(refused)
+    no_writes = "#!lua flags=no-writes\nreturn redis.call('DEL', 'k')"
+    assert message(d("EVAL", no_writes, "0")).startswith(refused)
+    assert d("EVAL_RO", "return redis.call('GET', 'k')", "0") is None
+    reply = d("EVAL_RO", "#!lua\nreturn 1", "0")
+    assert message(reply) == "ERR Can not execute a script with write flag using *_ro command."
+    sha = d("SCRIPT", "LOAD", "return redis.call('SET', 'k', 'v')")
+    assert message(d("EVALSHA_RO", sha, "0")).startswith(refused)
+    assert d("EXISTS", "k") == 0
+
+
+def test_eval_argument_errors() -> None:
+    d = Daemon()
+    assert message(d("EVAL", "return 1", "x")) == "ERR value is not an integer or out of range"
+    assert message(d("EVAL", "return 1", "-1")) == "ERR Number of keys can't be negative"
+    assert message(d("EVAL", "return 1", "2", "a")) == (
+        "ERR Number of keys can't be greater than number of args"
+    )
+    assert message(d("EVALSHA", "abc", "0")) == "NOSCRIPT No matching script. Please use EVAL."
+    assert message(d("EVALSHA", "a" * 40, "0")).startswith("NOSCRIPT")
+    assert message(d("EVAL", "return (", "0")).startswith("ERR Error compiling script")
+    assert message(d("SCRIPT", "KILL")) == "NOTBUSY No scripts in execution right now."
+    assert message(d("SCRIPT", "LOAD")) == "ERR wrong number of arguments for 'script|load' command"
+    assert message(d("SCRIPT", "NOPE")) == "ERR unknown subcommand 'NOPE'. Try SCRIPT HELP."
+    assert message(d("SCRIPT", "FLUSH", "LATER")) == (
+        "ERR SCRIPT FLUSH only support SYNC|ASYNC option"
+    )
+
+
+def test_a_script_error_keeps_the_writes_before_it() -> None:
+    d = Daemon()
+    reply = d("EVAL", "redis.call('SET', 'k', 'v') error('boom')", "0")
+    assert "boom" in message(reply)
+    assert d("GET", "k") == b"v"  # as in Redis
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_a_dropped_daemon_frees_its_script_engine_without_the_cyclic_collector(
+    timed: bool,
+) -> None:
+    """Scripts that fail in every way leave no reference cycle holding the
+    dispatcher or its engine. Left to the cyclic collector, an engine is
+    freed in the middle of a collection, and closing its Lua state there
+    crashed the process (the suite segfaulted "Garbage-collecting" while an
+    error reply kept the frame that raised it, and that frame the engine)."""
+    gc.disable()
+    try:
+        d = Daemon(scripts=timed_engine() if timed else None)
+        for request in [
+            ("EVAL", "return redis.call('SET', 'k', 'v')", "0"),
+            ("EVAL", "return (", "0"),
+            ("EVAL", "error('x')", "0"),
+            ("EVAL", "return redis.call('NOPE')", "0"),
+            ("EVAL", "return redis.pcall('NOPE')", "0"),
+            ("EVAL", "return redis.pcall('INCR', 'k')", "0"),
+            ("EVAL", "return redis.call('GET')", "0"),
+            ("EVAL", "return redis.call('EVAL', 'return 1', '0')", "0"),
+            ("EVAL", "return cjson.decode('{')", "0"),
+            ("EVAL", "return {err = 'x'}", "0"),
+            ("EVAL_RO", "return redis.call('SET', 'a', 'b')", "0"),
+            ("EVALSHA", "a" * 40, "0"),
+            ("EVAL", "redis.call('SET', 'k', 'w') while true do end", "0"),
+        ]:
+            d(*request)
+        engine, dispatcher = weakref.ref(d.dispatcher.scripts), weakref.ref(d.dispatcher)
+        del d
+        assert engine() is None and dispatcher() is None
+    finally:
+        gc.enable()
+
+
+def timed_engine(limit: float = 5.0) -> ScriptEngine:
+    return ScriptEngine(
+        busy_threshold=0,
+        time_limit=limit,
+        clock=StepClock(),
+        hook_interval=1000,
+        time_limit_error=TIME_LIMIT_ERROR,
+    )
+
+
+class StepClock:
+    """A monotonic clock that advances one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_stopped_script_gives_hashes_and_sets_back_as_they_were() -> None:
+    """Hashes and sets change in place: the undo log keeps copies."""
+    d = Daemon(scripts=timed_engine())
+    d("HSET", "h", "a", "1", "b", "2")
+    d("SADD", "s", "x", "y")
+    script = """
+        redis.call('HSET', 'h', 'a', 'changed', 'c', '3')
+        redis.call('HDEL', 'h', 'b')
+        redis.call('HINCRBYFLOAT', 'h', 'n', '1.5')
+        redis.call('SREM', 's', 'x')
+        redis.call('SADD', 's', 'z')
+        redis.call('HSET', 'new', 'f', 'v')
+        while true do end
+    """
+    assert message(d("EVAL", script, "0")).startswith("ERR Script killed")
+    assert d("HGETALL", "h") == {b"a": b"1", b"b": b"2"}
+    assert d("SMEMBERS", "s") == {b"x", b"y"}
+    assert d("EXISTS", "new") == 0
+
+
+def test_a_script_stopped_by_the_time_limit_is_rolled_back() -> None:
+    d = Daemon(scripts=timed_engine())
+    assert d.store is not None
+    d("SET", "mem", "old", "EX", "100")
+    d("SET", "stored", "old-stored")
+    d("SET", "gone", "x")
+    evict(d, "stored")
+    d.clock.now += 10  # TTLs as they were: the rollback must not renew them
+    ttl_before = d("PTTL", "mem")
+    script = """
+        redis.call('SET', 'mem', 'new')
+        redis.call('APPEND', 'stored', '+more')
+        redis.call('DEL', 'gone')
+        redis.call('SET', 'created', 'new', 'EX', '5')
+        redis.call('PERSIST', 'mem')
+        while true do end
+    """
+    reply = d("EVAL", script, "0")
+    assert message(reply).startswith(
+        "ERR Script killed: it ran longer than scripting.time_limit (5s); "
+        "its writes were rolled back. script: "
+    )
+    assert d("PTTL", "mem") == ttl_before  # not renewed by the rollback (PTTL inspects)
+    assert d("GET", "mem") == b"old"
+    assert d("GET", "stored") == b"old-stored"
+    assert d("GET", "gone") == b"x"
+    assert d("EXISTS", "created") == 0
+    # The store holds the same as memory: the rollback was written through.
+    assert d.store.rows[b"mem"].value == b"old"
+    assert d.store.rows[b"stored"].value == b"old-stored"
+    assert d.store.rows[b"gone"].value == b"x"
+    assert b"created" not in d.store.rows
+    # Undeclared keys memory did not hold were read from the store: for APPEND's
+    # lookup, and for the undo log before SET wrote a key it had never seen.
+    assert d.store.point_reads == [b"stored", b"created"]
+
+
+def test_a_rolled_back_key_keeps_its_deadline() -> None:
+    d = Daemon(scripts=timed_engine(), sliding=False)
+    d("SET", "k", "v", "EX", "100")
+    d.clock.now += 40
+    d("EVAL", "redis.call('EXPIRE', 'k', '1000') while true do end", "0")
+    assert d("TTL", "k") == 60
+
+
+def test_the_engine_takes_its_time_limit_from_the_config() -> None:
+    d = Daemon()
+    assert d.dispatcher.scripts.time_limit == Config().scripting.time_limit == 1.0
+
+
+# ------------------------------------------------------ string commands
+
+
+def test_getset_append_getrange_setrange() -> None:
+    d = Daemon()
+    d("SET", "k", "hello", "EX", "100")
+    assert d("GETSET", "k", "world") == b"hello"
+    assert d("TTL", "k") == 3600  # replaced as SET does: the default TTL
+    assert d("GETSET", "new", "v") is None
+    assert d("APPEND", "k", "!") == 6
+    d("EXPIRE", "k", "50")
+    assert d("APPEND", "k", "?") == 7
+    assert d("TTL", "k") == 50  # edited in place: the TTL stays
+    assert d("APPEND", "fresh", "abc") == 3
+    assert d("GETRANGE", "k", "0", "4") == b"world"
+    assert d("GETRANGE", "k", "-2", "-1") == b"!?"
+    assert d("GETRANGE", "k", "5", "100") == b"!?"
+    assert d("GETRANGE", "k", "-1", "-5") == b""
+    assert d("GETRANGE", "k", "3", "1") == b""
+    assert d("GETRANGE", "missing", "0", "-1") == b""
+    assert message(d("GETRANGE", "k", "a", "1")) == "ERR value is not an integer or out of range"
+    assert d("SETRANGE", "k", "0", "W") == 7
+    assert d("GET", "k") == b"World!?"
+    assert d("SETRANGE", "k", "10", "x") == 11
+    assert d("GET", "k") == b"World!?\x00\x00\x00x"
+    assert d("SETRANGE", "missing", "0", "") == 0
+    assert d("EXISTS", "missing") == 0
+    assert d("SETRANGE", "k", "3", "") == 11
+    assert d("SETRANGE", "pad", "2", "ab") == 4
+    assert d("GET", "pad") == b"\x00\x00ab"
+    assert message(d("SETRANGE", "k", "-1", "x")) == "ERR offset is out of range"
+    # Refused before a byte is allocated.
+    assert message(d("SETRANGE", "k", str(2**40), "x")).startswith(
+        "ERR value of 1099511627777 bytes exceeds limits.max_value_size"
+    )
+    d.keyspace.max_value_size = 8
+    assert message(d("APPEND", "pad", "123456")).startswith("ERR value of 10 bytes exceeds")
+
+
+def test_incrbyfloat_computes_as_redis_long_double() -> None:
+    d = Daemon()
+    d("SET", "f", "10.50", "EX", "100")
+    assert d("INCRBYFLOAT", "f", "0.1") == b"10.6"
+    assert d("INCRBYFLOAT", "f", "5.0e3") == b"5010.60000000000000009"
+    assert d("TTL", "f") == 100
+    assert d("INCRBYFLOAT", "n", "-1.5") == b"-1.5"
+    assert d("INCRBYFLOAT", "n", "1.5") == b"0"
+    assert d("INCRBYFLOAT", "h", "0x10") == b"16"
+    for bad in (" 1", "1 ", "abc", "nan", "1e5000", ""):
+        assert message(d("INCRBYFLOAT", "n", bad)) == "ERR value is not a valid float", bad
+    assert message(d("INCRBYFLOAT", "n", "inf")) == ("ERR increment would produce NaN or Infinity")
+    d("SET", "s", "text")
+    assert message(d("INCRBYFLOAT", "s", "1")) == "ERR value is not a valid float"
+
+
+def test_msetnx_sets_all_or_nothing_and_sees_the_store() -> None:
+    d = Daemon()
+    assert d("MSETNX", "a", "1", "b", "2") == 1
+    evict(d, "b")
+    assert d("MSETNX", "c", "3", "b", "x") == 0  # b is only in the store: it exists
+    assert d("EXISTS", "c") == 0
+    assert message(d("MSETNX", "a", "1", "b")) == (
+        "ERR wrong number of arguments for 'msetnx' command"
+    )
+
+
+# ---------------------------------------------------- keyspace commands
+
+
+def test_rename_moves_value_and_ttl_and_reads_the_store() -> None:
+    d = Daemon(sliding=False)
+    d("SET", "src", "v", "EX", "100")
+    d("SET", "dst", "old")
+    evict(d, "src")
+    d.clock.now += 30
+    assert d("RENAME", "src", "dst") is OK
+    assert d("GET", "dst") == b"v"
+    assert d("TTL", "dst") == 70  # the source's deadline moves with it
+    assert d("EXISTS", "src") == 0
+    assert d.store is not None and b"src" not in d.store.rows
+    d("SET", "plain", "p")
+    d("PERSIST", "plain")
+    d("SET", "dst2", "x", "EX", "5")
+    assert d("RENAME", "plain", "dst2") is OK
+    assert d("TTL", "dst2") == -1  # no TTL on the source: none on the destination
+    assert message(d("RENAME", "nosuch", "x")) == "ERR no such key"
+    assert message(d("RENAME", "nosuch", "nosuch")) == "ERR no such key"
+    assert d("RENAME", "dst", "dst") is OK
+    assert d("RENAMENX", "dst", "dst2") == 0
+    assert d("RENAMENX", "dst", "dst") == 0
+    assert d("RENAMENX", "dst", "free") == 1
+    assert d("GET", "free") == b"v"
+
+
+def test_rename_with_a_sliding_ttl_keeps_it_sliding() -> None:
+    d = Daemon()
+    d("SET", "src", "v", "EX", "100")
+    d.clock.now += 30
+    d("RENAME", "src", "dst")
+    assert d("TTL", "dst") == 100
+    d.clock.now += 50
+    d("GET", "dst")
+    assert d("TTL", "dst") == 100
+
+
+def test_copy() -> None:
+    d = Daemon(sliding=False)
+    d("SET", "a", "1", "EX", "100")
+    evict(d, "a")
+    assert d("COPY", "a", "b") == 1
+    assert d("GET", "b") == b"1" and d("TTL", "b") == 100
+    assert d("COPY", "a", "b") == 0
+    d("SET", "c", "other")
+    assert d("COPY", "a", "c", "REPLACE") == 1
+    assert d("GET", "c") == b"1"
+    assert d("COPY", "missing", "x") == 0
+    assert d("COPY", "a", "d", "DB", "0") == 1
+    assert message(d("COPY", "a", "a")) == "ERR source and destination objects are the same"
+    assert message(d("COPY", "a", "e", "DB", "1")) == "ERR DB index is out of range"
+    assert message(d("COPY", "a", "e", "DB", "x")) == (
+        "ERR value is not an integer or out of range"
+    )
+    assert message(d("COPY", "a", "e", "NOPE")) == "ERR syntax error"
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_randomkey(store: bool) -> None:
+    d = Daemon(store=store, max_sessions=5)
+    assert d("RANDOMKEY") is None
+    keys = {f"k{i}".encode() for i in range(20)}
+    for key in keys:
+        d("SET", key, "v")
+    seen = {d("RANDOMKEY") for _ in range(200)}
+    assert seen <= keys
+    assert len(seen) > 1
+    d("FLUSHDB")
+    d("SET", "last", "v", "PX", "10")
+    d.clock.now += 1
+    assert d("RANDOMKEY") is None  # expired keys are not picked
+
+
+def test_object_and_memory_usage() -> None:
+    d = Daemon()
+    d("SET", "int", "123")
+    d("SET", "short", "hello")
+    d("SET", "long", "x" * 45)
+    d("SET", "big", "99999")
+    assert d("OBJECT", "ENCODING", "int") == "int"
+    assert d("OBJECT", "ENCODING", "short") == "embstr"
+    assert d("OBJECT", "ENCODING", "long") == "raw"
+    assert d("OBJECT", "ENCODING", "missing") is None
+    assert d("OBJECT", "REFCOUNT", "int") == 2147483647
+    assert d("OBJECT", "REFCOUNT", "big") == 1
+    assert d("OBJECT", "REFCOUNT", "short") == 1
+    d.clock.now += 7
+    assert d("OBJECT", "IDLETIME", "int") == 7
+    assert d("OBJECT", "IDLETIME", "int") == 7  # an inspection: it does not touch
+    assert message(d("OBJECT", "FREQ", "int")).startswith("ERR An LFU maxmemory policy")
+    assert d("OBJECT", "FREQ", "missing") is None
+    assert message(d("OBJECT", "ENCODING")) == (
+        "ERR wrong number of arguments for 'object|encoding' command"
+    )
+    assert message(d("OBJECT", "NOPE", "x")) == "ERR unknown subcommand 'NOPE'. Try OBJECT HELP."
+    assert d("OBJECT", "HELP")[0].startswith("OBJECT <subcommand>")
+    small, large = d("MEMORY", "USAGE", "short"), d("MEMORY", "USAGE", "long")
+    assert 0 < small < large
+    assert d("MEMORY", "USAGE", "short", "SAMPLES", "0") == small
+    assert d("MEMORY", "USAGE", "missing") is None
+    assert message(d("MEMORY", "USAGE", "short", "SAMPLES", "-1")) == "ERR syntax error"
+    assert message(d("MEMORY", "USAGE", "short", "FOO")) == "ERR syntax error"
+    evict(d, "short")
+    assert d("OBJECT", "ENCODING", "short") == "embstr"  # read through from the store
+    assert d("MEMORY", "USAGE", "short") == small
+    assert d.cache.find(b"short") is None  # inspected, not admitted
+
+
+# ------------------------------------------------ with hashes and sets
+
+
+def test_a_rolled_back_hash_or_set_is_as_it_was_not_as_the_script_left_it() -> None:
+    """Hashes and sets are changed in place: the undo log copies them."""
+    d = Daemon(scripts=timed_engine())
+    d("HSET", "h", "a", "1", "b", "2")
+    d("SADD", "s", "x", "y")
+    script = """
+        redis.call('HSET', 'h', 'a', 'changed', 'c', '3')
+        redis.call('HDEL', 'h', 'b')
+        redis.call('SADD', 's', 'z')
+        redis.call('SREM', 's', 'x')
+        while true do end
+    """
+    assert "scripting.time_limit" in message(d("EVAL", script, "0"))
+    assert d("HGETALL", "h") == {b"a": b"1", b"b": b"2"}
+    assert d("SMEMBERS", "s") == {b"x", b"y"}
+    assert d.store is not None
+    assert d.store.rows[b"h"].kind == 1  # written back as a hash
+
+
+def test_string_commands_on_a_hash_are_wrongtype_and_change_nothing() -> None:
+    d = Daemon()
+    d("HSET", "h", "f", "v")
+    for words in (
+        ("GETSET", "h", "x"),
+        ("APPEND", "h", "x"),
+        ("GETRANGE", "h", "0", "1"),
+        ("SETRANGE", "h", "0", "x"),
+        ("INCRBYFLOAT", "h", "1"),
+    ):
+        assert message(d(*words)).startswith("WRONGTYPE"), words
+    assert d("HGETALL", "h") == {b"f": b"v"}
+
+
+def test_copy_of_a_hash_is_a_copy_and_rename_moves_it() -> None:
+    d = Daemon()
+    d("HSET", "h", "f", "v")
+    d("SADD", "s", "m")
+    assert d("COPY", "h", "h2") == 1
+    assert d("COPY", "s", "s2") == 1
+    d("HSET", "h2", "f", "other")
+    d("SADD", "s2", "n")
+    assert d("HGET", "h", "f") == b"v"
+    assert d("SMEMBERS", "s") == {b"m"}
+    evict(d, "h")
+    assert d("RENAME", "h", "moved") is OK  # from the store
+    assert d("HGETALL", "moved") == {b"f": b"v"}
+    assert d("TYPE", "moved") == "hash"
+
+
+def test_object_encoding_and_memory_usage_of_containers() -> None:
+    d = Daemon()
+    d("HSET", "small", "f", "v")
+    d("HSET", "wide", "f", "x" * 65)
+    d("SADD", "ints", "1", "2")
+    d("SADD", "words", "a", "b")
+    d("SADD", "many", *[str(i) for i in range(600)])
+    assert d("OBJECT", "ENCODING", "small") == "listpack"
+    assert d("OBJECT", "ENCODING", "wide") == "hashtable"
+    assert d("OBJECT", "ENCODING", "ints") == "intset"
+    assert d("OBJECT", "ENCODING", "words") == "listpack"
+    assert d("OBJECT", "ENCODING", "many") == "hashtable"
+    assert d("OBJECT", "REFCOUNT", "small") == 1
+    assert d("MEMORY", "USAGE", "wide") > d("MEMORY", "USAGE", "small") > 0

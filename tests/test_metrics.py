@@ -80,6 +80,7 @@ def test_every_spec_metric_is_exported(metered: Callable[..., Daemon]) -> None:
         "sessiond_connected_clients",
         "sessiond_connections_total",
         "sessiond_rejected_connections_total",
+        "sessiond_client_output_buffer_disconnections_total",
         "sessiond_config_reloads_total",
         "sessiond_config_last_reload_successful",
         "sessiond_config_last_reload_success_timestamp_seconds",

@@ -11,10 +11,12 @@ chosen to match Redis; the engine's part is how it is wrapped.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +34,7 @@ from sessiond.scripting import (
     ScriptKilled,
     d2string,
     fpconv_dtoa,
+    shebang_flags,
 )
 
 
@@ -995,6 +998,38 @@ def test_kill_outside_a_run_is_notbusy(engine: ScriptEngine) -> None:
 # ------------------------------------------------------------------ memory
 
 
+def test_runs_leave_nothing_behind_in_the_lua_heap(engine: ScriptEngine, redis: FakeRedis) -> None:
+    """Each run's globals live in proxies kept in a weak table: in Lua 5.1 a
+    weak-keyed table keeps an entry whose value refers to its key (the globals
+    hold _G), so the table must be weak in its values too, or every run leaks
+    a few KB and after some 13000 scripts the heap limit fails them all."""
+    script = "local t = {} for i = 1, 10 do t[i] = tostring(i) end return #t"
+    for _ in range(200):
+        run(engine, redis, script)
+    run(engine, redis, "collectgarbage('collect') return 1")
+    settled = engine.memory_used
+    for _ in range(2000):
+        run(engine, redis, script)
+    run(engine, redis, "collectgarbage('collect') return 1")
+    assert engine.memory_used < settled + 64 * 1024
+
+
+def test_a_dropped_engine_is_freed_without_the_cyclic_collector() -> None:
+    """Engine and Lua runtime form no reference cycle: were they one, the
+    collector would clear it in an order that closes the Lua state under its
+    objects (the full test suite segfaulted so, creating engines by the
+    hundred)."""
+    gc.disable()
+    try:
+        engine = ScriptEngine()
+        assert run(engine, FakeRedis(engine), "return redis.call('ECHO', 'x')") == b"x"
+        ref = weakref.ref(engine)
+        del engine
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_memory_limit(redis: FakeRedis) -> None:
     engine = ScriptEngine(max_memory=16 * 1024 * 1024)
     for script in [
@@ -1076,6 +1111,54 @@ def test_shebang_flags(engine: ScriptEngine, redis: FakeRedis) -> None:
         with pytest.raises(Error) as caught:
             engine.load(bad)
         assert caught.value.message == message
+
+
+def test_shebang_flags_without_compiling() -> None:
+    assert shebang_flags(b"#!lua flags=no-writes\nreturn 1") == frozenset({"no-writes"})
+    assert shebang_flags(b"return 1") is None
+    assert shebang_flags(b"#!lua flags=bogus\nreturn 1") is None  # running it says why
+
+
+# ------------------------------------------------------------------ time limit
+
+
+@pytest.mark.parametrize(
+    ("script", "line"),
+    [
+        ("while true do end", 1),
+        ("redis.call('SET', 'a', '1')\nwhile true do end", 2),
+        ("while true do pcall(function() while true do end end) end", 1),
+        (
+            "local co = coroutine.wrap(function() while true do end end)\n"
+            "while true do pcall(co) end",
+            2,
+        ),
+    ],
+)
+def test_time_limit_stops_a_script_even_after_it_wrote(script: str, line: int) -> None:
+    engine = ScriptEngine(
+        busy_threshold=0, time_limit=5, clock=StepClock(), hook_interval=1000,
+        time_limit_error="ERR stopped after {limit}.",
+    )  # fmt: skip
+    redis = FakeRedis(engine)
+    assert message(run(engine, redis, script)) == (
+        f"ERR stopped after 5s. script: {sha(script)}, on @user_script:{line}."
+    )
+    assert engine.timed_out
+    assert not engine.running
+    assert run(engine, redis, "return 1") == 1
+    assert not engine.timed_out
+
+
+def test_time_limit_text_and_a_script_within_it() -> None:
+    engine = ScriptEngine(busy_threshold=0, time_limit=0.25, hook_interval=1000)
+    reply = run(engine, FakeRedis(engine), "while true do end")
+    assert message(reply).startswith(
+        "ERR Script killed: it ran longer than its time limit (250ms). script: "
+    )
+    engine.time_limit = 10
+    assert run(engine, FakeRedis(engine), "for i = 1, 1000000 do end return 1") == 1
+    assert not engine.timed_out
 
 
 def test_reentering_from_call_is_refused(engine: ScriptEngine) -> None:

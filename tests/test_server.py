@@ -133,6 +133,16 @@ def test_noauth_before_auth(locked: Daemon) -> None:
         assert c("GET", "k") == RawError("NOAUTH Authentication required.")
 
 
+@pytest.mark.parametrize("request_bytes", [b"QUIT\r\n", b"*1\r\n$4\r\nQUIT\r\n"])
+def test_quit_before_auth_answers_ok_and_closes(locked: Daemon, request_bytes: bytes) -> None:
+    """As Redis does: QUIT needs no password (not NOAUTH), and nothing after it runs."""
+    with locked.raw() as s:
+        s.sendall(request_bytes + b"PING\r\n")
+        data, closed = read_to_eof(s)
+    assert (data, closed) == (b"+OK\r\n", True)
+    no_traceback(locked)
+
+
 def test_hello_auth(locked: Daemon) -> None:
     with RawClient(locked) as c:
         assert c("HELLO", "3", "AUTH", "default", "nope") == RawError(
@@ -402,7 +412,30 @@ def test_a_file_in_the_way_is_not_replaced(daemon_factory: Factory) -> None:
     no_traceback(d)
 
 
-def test_socket_directory_that_cannot_be_created(daemon_factory: Factory) -> None:
+def test_a_missing_socket_directory_is_refused_not_created(daemon_factory: Factory) -> None:
+    """A mistyped socket.path fails the start with a message that names the
+    directory, and no directory is made (under systemd, RuntimeDirectory= or
+    sessiond.socket makes /run/sessiond before the daemon starts)."""
+    d = daemon_factory(start=False)
+    d.config["socket"]["path"] = "typo/run/sessiond.sock"
+    d.write_config()
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 1
+    (event,) = [e for e in d.events() if e.get("event") == "startup_failed"]
+    assert event["error"] == (
+        f"socket.path: directory {d.workdir / 'typo' / 'run'} does not exist; "
+        "create it or correct the path"
+    )
+    assert not (d.workdir / "typo").exists()
+    no_traceback(d)
+    (d.workdir / "typo" / "run").mkdir(parents=True)
+    d.start()
+    with d.client() as c:
+        assert c.ping()
+
+
+def test_socket_directory_that_is_a_file(daemon_factory: Factory) -> None:
     d = daemon_factory(start=False)
     (d.workdir / "plainfile").write_text("x")
     d.config["socket"]["path"] = "plainfile/sessiond.sock"
@@ -411,7 +444,7 @@ def test_socket_directory_that_cannot_be_created(daemon_factory: Factory) -> Non
     assert d.proc is not None
     assert d.proc.wait(20) == 1
     message = next(e for e in d.events() if e.get("event") == "startup_failed")["error"]
-    assert message.startswith("socket.path: ")
+    assert message == f"socket.path: {d.workdir / 'plainfile'} is not a directory"
     no_traceback(d)
 
 
@@ -470,6 +503,7 @@ def test_client_that_never_reads_is_disconnected(daemon_factory: Factory) -> Non
     assert rss_kib(d) < before + 100 * 1024
     event = _exceeded(d)[0]
     assert event["limit"] == 1024 * 1024
+    assert info(d, "stats")["client_output_buffer_limit_disconnections"] == 1
     no_traceback(d)
 
 

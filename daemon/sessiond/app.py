@@ -3,7 +3,8 @@
 This is the only module that knows about all of them (hypercorn's ``run`` and
 uvicorn's ``Server`` are the model): it builds the pieces from a :class:`Config`,
 runs the background jobs (active expiry, idle timeout, watchdog, config watch),
-and shuts down in order on SIGTERM/SIGINT.
+shuts down in order on SIGTERM/SIGINT, and hands over to a new process on
+SIGUSR2 (:mod:`sessiond.upgrade`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -22,18 +24,22 @@ from typing import Any
 import structlog
 
 from . import __version__, logs
+from .activation import ActivationError, inherited_listener
 from .cache import SessionCache
 from .commands import Dispatcher, ServerState
+from .commands.channels import PubSub
+from .commands.scripting import new_engine
 from .commands.shared import SharedDispatcher
 from .config import Config, ConfigError, load_config, redact_dsn
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
-from .notify import notify, watchdog_interval
+from .notify import notify, supervised, watchdog_interval
 from .reload import ConfigReloader
 from .server import Server, StartupError
 from .shared import SharedKeyspace
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
+from .upgrade import Predecessor, Successor, UpgradeError
 from .values import Value
 
 log = structlog.get_logger("sessiond")
@@ -57,28 +63,47 @@ def build_cache(config: Config) -> SessionCache[bytes, Value]:
 
 class App:
     """One daemon. ``store_hook`` (tests only) is passed to the store: see
-    :class:`~sessiond.store.SQLiteStore` for its points."""
+    :class:`~sessiond.store.SQLiteStore` for its points. ``listener`` is a
+    listening socket passed by systemd or by ``predecessor``, the daemon
+    handing over to this one (else ``socket.path`` is bound)."""
 
     def __init__(
-        self, config: Config, config_path: Path | None, *, store_hook: Hook | None = None
+        self,
+        config: Config,
+        config_path: Path | None,
+        *,
+        store_hook: Hook | None = None,
+        listener: socket.socket | None = None,
+        predecessor: Predecessor | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.store_hook = store_hook
+        self.listener = listener
+        self.predecessor = predecessor
+        self.successor: Successor | None = None  # the daemon handed over to
+        self.upgrading = False
+        self._upgrade: asyncio.Task[None] | None = None
         self.stats = Stats()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
-        self.state = ServerState(config, self.stats)
+        self.pubsub = PubSub()
+        self.state = ServerState(config, self.stats, self.pubsub)
+        self.scripts = new_engine(config)  # the daemon's one Lua engine
         # With PostgreSQL, memory is one host's near cache of a shared store.
         self.shared: SharedKeyspace | None = None
         self.keyspace: Keyspace
         if config.persistence.backend == "postgresql":
             self.shared = SharedKeyspace(self.cache, max_value_size=config.limits.max_value_size)
             self.keyspace = self.shared
-            self.dispatcher: Dispatcher = SharedDispatcher(self.shared, self.state)
+            self.dispatcher: Dispatcher = SharedDispatcher(
+                self.shared, self.state, scripts=self.scripts
+            )
         else:
             self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
-            self.dispatcher = Dispatcher(self.keyspace, self.state)
+            self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=self.scripts)
+        self.pubsub.attach(self.keyspace)
+        self.pubsub.configure(config.pubsub.notify_keyspace_events)
         self.server = Server(
             self.dispatcher,
             self.keyspace,
@@ -122,8 +147,9 @@ class App:
             self.stats.keyspace_sessions = self.keyspace.counts()[0]
         except sqlite3.Error as exc:
             log.error("store_error", operation="count", error=str(exc))
+        identity = self.predecessor.socket_identity if self.predecessor is not None else None
         try:
-            await self.server.start()
+            await self.server.start(self.listener, identity)
         except StartupError as exc:
             log.error("startup_failed", error=str(exc))
             return 1
@@ -144,6 +170,7 @@ class App:
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
+        loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
         gc.callbacks.append(self._gc_phase)  # removed by _shutdown
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
@@ -157,16 +184,35 @@ class App:
         if self.config_path is not None:
             self._warn_store_beside_config(self.config_path)
         await self.reloader.start()
+        served = self.server.path
+        if self.listener is not None and served != config.socket.path:
+            log.warning(
+                "socket_path_differs",
+                socket=str(served),
+                configured=str(config.socket.path),
+                hint="the passed socket is served; make socket.path the same path "
+                "(ListenStream= of sessiond.socket)",
+            )
         log.info(
             "started",
             version=__version__,
+            pid=os.getpid(),
             config=config.source,
-            socket=str(config.socket.path),
+            socket=str(served),
+            socket_from=(
+                "bound"
+                if self.listener is None
+                else "predecessor"
+                if self.predecessor is not None
+                else "LISTEN_FDS"
+            ),
             metrics=config.metrics.listen if config.metrics.enabled else "disabled",
             store=self._store_label(),
             durability=config.persistence.durability if self.keyspace.persistent else None,
             warmed_sessions=warmed,
         )
+        if self.predecessor is not None:
+            self.predecessor.serving()
         notify("READY=1\nSTATUS=serving")
         if started is not None:
             await started()
@@ -274,26 +320,101 @@ class App:
             log.info("shutdown_requested", signal=signame)
             self.shutdown_event.set()
 
+    def _request_upgrade(self) -> None:
+        """SIGUSR2: hand over to a new process running the code installed now."""
+        if supervised():
+            # systemd tracks this process as the service: a successor would be
+            # killed with it. The socket unit makes a restart refuse nothing.
+            log.warning(
+                "upgrade_refused",
+                reason="running under systemd: with sessiond.socket, "
+                "`systemctl restart sessiond` refuses no connection",
+            )
+        elif self.shutdown_event.is_set() or self.upgrading:
+            log.warning("upgrade_refused", reason="already stopping or upgrading")
+        else:
+            self.upgrading = True
+            self._upgrade = self._spawn(self._hand_over())
+
+    async def _hand_over(self) -> None:
+        listener = self.server.listener
+        assert listener is not None
+        # The same command line, with the interpreter's own options: the code
+        # and config on disk now, in the same working directory.
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        try:
+            successor = Successor.spawn(listener, argv, self.server.ownership())
+        except OSError as exc:
+            self.upgrading = False
+            log.error("upgrade_failed", error=f"cannot start a new process: {exc.strerror}")
+            return
+        log.info("upgrade_started", successor_pid=successor.pid, command=argv)
+        try:
+            ready = await successor.ready()
+        except asyncio.CancelledError:
+            successor.kill()
+            log.warning("upgrade_cancelled", successor_pid=successor.pid)
+            raise
+        if not ready:
+            status = await successor.exit_status()
+            self.upgrading = False
+            log.error(
+                "upgrade_failed",
+                successor_pid=successor.pid,
+                exit_status=status,
+                error="the new process exited before taking over (its log lines say why); "
+                "this one serves on",
+            )
+            return
+        log.info("upgrade_handing_over", successor_pid=successor.pid)
+        self.successor = successor
+        self._request_shutdown("SIGUSR2")
+
     async def _shutdown(self) -> int:
+        successor = self.successor
+        if successor is None and self._upgrade is not None and not self._upgrade.done():
+            # Stopped while a successor was starting: it holds nothing yet, and
+            # must not take over a socket whose file is removed below.
+            self._upgrade.cancel()
+            await asyncio.gather(self._upgrade, return_exceptions=True)
         notify("STOPPING=1")
         started = time.monotonic()
-        await self.server.shutdown(SHUTDOWN_GRACE)
+        await self.server.shutdown(SHUTDOWN_GRACE, unlink=successor is None)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.reloader.stop()
         if self._gc_phase in gc.callbacks:
             gc.callbacks.remove(self._gc_phase)
-        await self._close_store()
         if self.metrics is not None:
-            self.metrics.stop()
+            self.metrics.stop()  # before the store: a successor binds the port once told to go
+        await self._close_store()
+        if successor is not None:
+            successor.go()
+            if not await successor.serving():
+                status = await successor.exit_status()
+                log.error(
+                    "upgrade_failed",
+                    successor_pid=successor.pid,
+                    exit_status=status,
+                    error="the new process exited after this one had let go: nothing serves "
+                    "the socket; start sessiond again",
+                )
+                return 1
+            log.info(
+                "upgraded",
+                successor_pid=successor.pid,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            return 0
         log.info("stopped", seconds=round(time.monotonic() - started, 3))
         return 0
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -402,6 +523,8 @@ class App:
         if evicted:
             log.info("evicted_to_new_bound", evicted=evicted, max_sessions=c.max_sessions)
         self.keyspace.max_value_size = config.limits.max_value_size
+        self.pubsub.configure(config.pubsub.notify_keyspace_events)
+        self.scripts.time_limit = config.scripting.time_limit
         self.state.configure(config)
         self.server.configure(config)
         logs.configure(config.logging.level, config.logging.format)
@@ -420,9 +543,29 @@ def run(config_path: Path | None) -> int:
     chosen = config_path
     if chosen is None and config.source != "built-in defaults":
         chosen = Path(config.source)
+    try:
+        # Before anything is started: the variables are not for our children.
+        predecessor = Predecessor.from_environment()
+        inherited = inherited_listener()
+    except (ActivationError, UpgradeError) as exc:
+        log.error("startup_failed", error=str(exc))
+        return 1
+    if predecessor is not None:
+        if inherited is None:
+            log.error("startup_failed", error="upgrade: the old process passed no socket")
+            return 1
+        log.info("upgrade_waiting", predecessor_pid=predecessor.pid)
+        predecessor.ready()
+        if not predecessor.wait_go():
+            log.warning(
+                "upgrade_predecessor_gone",
+                predecessor_pid=predecessor.pid,
+                hint="it exited without handing over the store; taking over",
+            )
+    listener = inherited.sock if inherited is not None else None
 
     async def main() -> int:
-        return await App(config, chosen).run()
+        return await App(config, chosen, listener=listener, predecessor=predecessor).run()
 
     try:
         import uvloop

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -20,12 +22,17 @@ DESCRIPTION = "Session-cache daemon speaking the Redis protocol on a Unix socket
 
 # (status, meaning): printed by --help and in sessiond(8), listed in the README.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
-    (0, "clean shutdown (SIGTERM or SIGINT), or check-config found the config valid"),
+    (
+        0,
+        "clean shutdown (SIGTERM or SIGINT), or handed over to a new process (SIGUSR2), or "
+        "check-config found the config valid",
+    ),
     (
         1,
         "bad config, or a start-up failure (socket in use by a live daemon, store not "
-        "sessiond's or corrupt, permission denied), with one line per problem that says "
-        "what and where",
+        "sessiond's or corrupt, permission denied, a passed socket that is not a listening "
+        "Unix stream socket), with one line per problem that says what and where; or an "
+        "upgrade whose new process exited after this one had let go",
     ),
     (2, "usage error: unknown command or option, or no command"),
     (130, "interrupted (SIGINT) while starting, before the daemon handles signals itself"),
@@ -38,7 +45,10 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "run the daemon in the foreground",
         "Run the daemon in the foreground until SIGTERM or SIGINT. It listens on the socket "
         "once the store is open and the most recently used sessions are loaded, and then "
-        "tells systemd READY=1. SIGHUP, or saving the config file, reloads the config.",
+        "tells systemd READY=1. It serves the socket systemd passes (socket activation) "
+        "instead of binding its own. SIGHUP, or saving the config file, reloads the config; "
+        "SIGUSR2 hands the socket and the store over to a new process running the code "
+        "installed now.",
     ),
     (
         "check-config",
@@ -119,26 +129,41 @@ def check_config(path: Path | None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command == "run":
-            from .app import run
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C before the daemon handles SIGINT itself (while importing, parsing
+    the command line or starting): an ordinary way to stop, not a crash.
 
-            return run(args.config)
-        if args.command == "check-config":
-            return check_config(args.config)
-    except KeyboardInterrupt:
-        # Ctrl-C before the daemon has its own handlers (while importing, parsing the
-        # command line or starting): an ordinary way to stop, not a crash worth a traceback.
-        print("sessiond: interrupted", file=sys.stderr)
-        sys.stderr.flush()
+    A handler rather than ``except KeyboardInterrupt``: the exception can land
+    where it is swallowed (a weakref callback of the import machinery prints
+    "Exception ignored" and goes on, and the daemon then starts as if never
+    interrupted) or remembered (in code run by exec(), which makes CPython 3.11
+    kill itself with SIGINT at exit). The handler ends the process at once
+    instead: no request has been served yet, so no client loses anything."""
+    with contextlib.suppress(Exception):  # the streams may be mid-write
         sys.stdout.flush()
-        # Not a return: if the interrupt landed in code run by exec() (dataclasses
-        # build __init__ that way while importing), CPython 3.11 remembers it as
-        # unhandled and kills itself with SIGINT at exit instead of exiting 130.
-        os._exit(130)
+        sys.stderr.flush()
+    os.write(2, b"sessiond: interrupted\n")
+    os._exit(130)
+
+
+def _upgrade_while_starting(signum: int, frame: object) -> None:
+    """SIGUSR2 before the daemon handles it: its default action would end the
+    process (a successor being started, say)."""
+    os.write(2, b"sessiond: SIGUSR2 while starting: ignored, send it once started\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: the daemon replaces both handlers once it runs.
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGUSR2, _upgrade_while_starting)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        from .app import run
+
+        return run(args.config)
+    if args.command == "check-config":
+        return check_config(args.config)
     parser.print_help(sys.stderr)
     return 2
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .keyevents import LETTERS, parse_events
+
 DEFAULT_LOCATIONS = (Path("config/sessiond.yaml"), Path("/etc/sessiond/sessiond.yaml"))
 
 # Limits on what a config file may cost to read (issue 16). The annotated examples
@@ -145,10 +147,20 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScriptingConfig:
+    time_limit: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     password: str | None = field(default=None, repr=False)
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PubSubConfig:
+    notify_keyspace_events: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +173,9 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     slowlog: SlowlogConfig = SlowlogConfig()
     latency: LatencyConfig = LatencyConfig()
+    scripting: ScriptingConfig = ScriptingConfig()
     security: SecurityConfig = SecurityConfig()
+    pubsub: PubSubConfig = PubSubConfig()
     source: str = "built-in defaults"
 
 
@@ -469,6 +483,22 @@ def _id_list(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _keyspace_events(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        wrong = [c for c in value if parse_events(c) is None]
+        if not wrong:
+            return value
+        problem = f"{_show(wrong[0])} is not one"
+    else:
+        problem = "not a string"
+    raise _Invalid(
+        f"must be Redis' notify-keyspace-events letters (any of {LETTERS}, "
+        f'"" for none), got {_show(value)}: {problem}'
+    )
+
+
 _Parser = Callable[[Any], Any]
 
 
@@ -678,6 +708,17 @@ SCHEMA: dict[str, Section] = {
             ),
         },
     ),
+    "scripting": Section(
+        ScriptingConfig,
+        "Lua scripts (EVAL): they run on the event loop, so nothing else runs meanwhile.",
+        {
+            "time_limit": Key(
+                _positive_duration,
+                "duration",
+                "a script running longer is stopped and its writes are rolled back",
+            ),
+        },
+    ),
     "security": Section(
         SecurityConfig,
         "Who may connect: with both lists set, a peer needs its uid or one of its groups listed.",
@@ -694,6 +735,18 @@ SCHEMA: dict[str, Section] = {
                 _id_list,
                 "list of gids",
                 "if non-empty, peers in these groups (primary or supplementary) may connect",
+            ),
+        },
+    ),
+    "pubsub": Section(
+        PubSubConfig,
+        "Publish/subscribe and keyspace notifications.",
+        {
+            "notify_keyspace_events": Key(
+                _keyspace_events,
+                "event letters",
+                "Redis' notify-keyspace-events: K and/or E, then classes (Egx: expired and del "
+                'events); "" = off',
             ),
         },
     ),

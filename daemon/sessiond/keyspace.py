@@ -14,7 +14,11 @@ Handlers and the server touch sessions only through this module. It owns:
   command's view of its keys current, so a command that deletes, rewrites or
   evicts one of its keys reads that change back, not the copy it loaded);
 * **merges** of memory and store for DBSIZE, INFO keyspace, SCAN and KEYS, and
-  the coordination of memory and store for expiry, warm start and shutdown.
+  the coordination of memory and store for expiry, warm start and shutdown;
+* **keyspace events**: handlers send theirs through :meth:`Context.notify`
+  after testing :attr:`Keyspace.notifying`; the keyspace sends ``expired``
+  (memory and store), ``evicted`` (only without a store: with one, an evicted
+  session is still there) and ``new`` itself.
 
 It never does I/O itself: the store does, on its own threads. The walk of one
 command through it is in docs/design.md.
@@ -22,12 +26,14 @@ command through it is in docs/design.md.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
+from .keyevents import NOTIFY_EVICTED, NOTIFY_EXPIRED, NOTIFY_NEW
 from .protocol import Error
 from .store import (
     HASH_SPACE,
@@ -88,6 +94,25 @@ def _row(entry: Entry[Value]) -> Row:
     )
 
 
+def _copy(entry: Entry[Value]) -> Entry[Value]:
+    """An entry as it is now, which no later change reaches: a hash or a set
+    is changed in place, so it is copied too."""
+    value = entry.value
+    if isinstance(value, dict):
+        value = dict(value)
+    elif isinstance(value, set):
+        value = set(value)
+    return Entry(
+        value,
+        context_id=entry.context_id,
+        created_at=entry.created_at,
+        updated_at=entry.updated_at,
+        accessed_at=entry.accessed_at,
+        ttl=entry.ttl,
+        deadline=entry.deadline,
+    )
+
+
 def _entry(row: Row) -> Entry[Value]:
     return Entry(
         values.decode(row.kind, row.value) if row.kind else row.value,
@@ -137,6 +162,12 @@ class Keyspace:
         # (a write checks it, and calls nobody when nobody does).
         self.change_listeners: list[Callable[[bytes | None], None]] = []
         self.watching = False
+        # Keyspace events (notify_keyspace_events): ``notifying`` says whether
+        # one could reach a subscriber. A handler tests it before it calls
+        # Context.notify, so that with nobody listening an event costs that test.
+        self.notifier: Callable[[int, bytes, bytes], None] | None = None
+        self.notifying = False
+        self.notifying_new = False  # whether to tell of keys created ("new")
         if store is not None:
             self.attach(store)
 
@@ -157,18 +188,50 @@ class Keyspace:
         # Only now: the core copies the entry it replaces for its listener.
         self.cache.listener = self._removed
 
+    def unlisten(self, listener: Callable[[bytes | None], None]) -> None:
+        """Stop calling ``listener``. With nobody left listening, a write
+        calls nobody again and the core stops copying replaced entries."""
+        self.change_listeners.remove(listener)
+        if not self.change_listeners:
+            self.watching = False
+            self.cache.listener = None
+
     def modified(self, key: bytes | None) -> None:
         for listener in self.change_listeners:
             listener(key)
+
+    def announce(
+        self, notifier: Callable[[int, bytes, bytes], None] | None, *, new: bool = False
+    ) -> None:
+        """Send keyspace events to ``notifier(class, event, key)`` from now on
+        (``None``: nobody listens, send none); ``new``: the ``new`` event too."""
+        self.notifier = notifier
+        self.notifying = notifier is not None
+        self.notifying_new = new and notifier is not None
+        # The core tells of expiries and evictions only to a listener it has.
+        self.cache.listener = self._removed if self.notifying or self.watching else None
+
+    def notify(self, cls: int, event: bytes, key: bytes) -> None:
+        """Send keyspace event ``event`` of class ``cls`` about ``key``."""
+        notifier = self.notifier
+        if notifier is not None:
+            notifier(cls, event, key)
 
     def _removed(
         self, key: bytes, entry: Entry[Value], cause: Cause, reason: EvictionReason | None
     ) -> None:
         """The core removed ``key`` from memory. An expiry is a change; an
         eviction is not (the store keeps the session as it was); a delete or
-        a replacement came from a command, which said so already."""
-        if cause is Cause.EXPIRED and self.watching:
-            self.modified(key)
+        a replacement came from a command, which said so already. Without a
+        store an eviction (or SESSION.INVALIDATE) is the end of the key:
+        ``evicted``, as Redis says of a key its eviction deletes."""
+        if cause is Cause.EXPIRED:
+            if self.watching:
+                self.modified(key)
+            if self.notifying:
+                self.notify(NOTIFY_EXPIRED, b"expired", key)
+        elif cause is Cause.EVICTED and self.notifying and self.store is None:
+            self.notify(NOTIFY_EVICTED, b"evicted", key)
 
     # ------------------------------------------------------ the cache's hook
 
@@ -200,6 +263,25 @@ class Keyspace:
         assert self.store is not None
         row = self.store.load(key)
         return None if row is None else _entry(row)
+
+    def load_now(self, key: bytes) -> Entry[Value] | None:
+        """A blocking point read of what the store holds for ``key``, counted
+        as a read-through: only a script's undeclared key is read so (see
+        :meth:`Context.enter_script`). A failure is a :class:`StoreError`."""
+        cache = self.cache
+        try:
+            entry = self.load(key)
+        except StoreError:
+            cache.loads_error += 1
+            raise
+        except Exception as exc:
+            cache.loads_error += 1
+            raise StoreError(f"store read failed: {exc}") from None
+        if entry is None:
+            cache.loads_absent += 1
+        else:
+            cache.loads_found += 1
+        return entry
 
     # ------------------------------------------------- before a command runs
 
@@ -357,6 +439,36 @@ class Keyspace:
         keys = self._listed(part, cursor, None, kind)
         return keys, 0 if part.upper >= HASH_SPACE else part.upper
 
+    def random_key(self) -> bytes | None:
+        """A live key picked at random (RANDOMKEY), or ``None`` if there is none.
+        From memory alone, a uniform pick; with a store, the first key at or
+        after a random point of SCAN order (each key's chance is the share of
+        the hash space before it: close to uniform, and one step of SCAN)."""
+        if self.store is None:
+            keys = list(self.cache.keys())
+            now = self.cache.clock()
+            peek = self.cache.find
+            for _ in range(min(len(keys), 100)):
+                key = random.choice(keys)
+                entry = peek(key)
+                if entry is not None and (entry.deadline is None or entry.deadline > now):
+                    return key
+            live = [key for key, _ in self.cache.items()]
+            return random.choice(live) if live else None
+        start = random.randrange(HASH_SPACE)
+        cursor = start
+        wrapped = False
+        while True:
+            keys, cursor = self.scan(cursor, 16)
+            if keys:
+                return keys[0]
+            if cursor == 0:
+                if wrapped:
+                    return None
+                wrapped = True
+            elif wrapped and cursor > start:
+                return None
+
     def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
         """Every live key matching ``pattern``, read in place."""
         if self.store is None:
@@ -423,6 +535,8 @@ class Keyspace:
             if held is None:
                 store.record(key, None)
                 deleted += 1
+                if self.notifying:
+                    self.notify(NOTIFY_EXPIRED, b"expired", key)
             elif held.deadline is None or held.deadline > now:
                 store.record(key, _row(held))
             # else expired in memory too: the cache's sweep deletes it
@@ -459,14 +573,24 @@ class Context:
     Reads go to memory first, then to what the store returned for this
     command (:class:`Prepared`); writes go to memory, which writes through.
     ``lookup`` is an access (renews LRU order and a sliding TTL, admits a
-    stored session to memory); ``peek`` only inspects."""
+    stored session to memory); ``peek`` only inspects.
 
-    __slots__ = ("ahead", "cache", "keyspace", "loaded", "prepared")
+    While a script runs (:meth:`enter_script` to :meth:`leave_script`) the
+    context also reads a key the script did not declare from the store, at
+    once (a blocking point read), and keeps an undo log: each key's entry as
+    it was before the script's first change to it, so that a script stopped
+    by its time limit leaves the keyspace as it found it. Outside scripts
+    neither costs more than one attribute test per write."""
+
+    __slots__ = ("ahead", "cache", "keyspace", "loaded", "prepared", "undo")
 
     def __init__(self, keyspace: Keyspace, prepared: Prepared | None) -> None:
         self.keyspace = keyspace
         self.cache = keyspace.cache
         self.prepared = prepared
+        # The undo log while a script runs (key -> its entry before the
+        # script changed it, None if there was none); None otherwise.
+        self.undo: dict[bytes, Entry[Value] | None] | None = None
         if prepared is None:
             self.loaded: dict[bytes, Entry[Value] | None] | None = None
             self.ahead: object = None
@@ -486,12 +610,66 @@ class Context:
         """The keyspace's clock (unix seconds): deadlines are read against it."""
         return self.cache.clock()
 
+    # ------------------------------------------------------------ scripts
+
+    def enter_script(self) -> None:
+        """A script starts running in this context: read undeclared keys
+        through at once, and keep the undo log."""
+        self.undo = {}
+
+    def leave_script(self, *, roll_back: bool) -> None:
+        """The script ended; with ``roll_back``, put every key it changed back
+        as it was before (in memory and in the store)."""
+        undo = self.undo
+        self.undo = None
+        if not roll_back or not undo:
+            return
+        cache = self.cache
+        keyspace = self.keyspace
+        for key, prior in undo.items():
+            cache.remove(key)
+            if prior is not None:
+                # As it was, not as an access: its deadline and LRU time stay.
+                restored = cache.admit(key, prior, touch=False)
+                if restored is not None and keyspace.store is not None:
+                    keyspace.save(key, restored)
+
+    def _read_now(self, key: bytes) -> None:
+        """In a script: what the store holds for a key memory does not know
+        and this command has not read, read now (a blocking point read)."""
+        if self.keyspace.store is None or self.cache.find(key) is not None:
+            return
+        loaded = self.loaded
+        if loaded is not None and key in loaded:
+            return
+        try:
+            entry = self.keyspace.load_now(key)
+        except StoreError as exc:
+            raise Error(f"ERR {exc}") from None
+        self.seen(key, entry)
+
+    def _remember(self, key: bytes, undo: dict[bytes, Entry[Value] | None]) -> None:
+        """Log ``key``'s entry before the running script's first change to it."""
+        if key in undo:
+            return
+        entry = self.cache.peek(key)
+        if entry is None and self.cache.find(key) is None:
+            # Memory knows nothing of it: the store's copy is the one to restore.
+            self._read_now(key)
+            loaded = self.loaded
+            entry = None if loaded is None else loaded.get(key)
+            if entry is not None and entry.deadline is not None and entry.deadline <= self.now():
+                entry = None
+        undo[key] = None if entry is None else _copy(entry)
+
     # ------------------------------------------------------------- reads
 
     def lookup(self, key: bytes) -> Entry[Value] | None:
         """An access: the live entry or ``None``. A session read from the
         store for this command is admitted to memory here (read-through)."""
         entry = self.cache.get_entry(key)
+        if entry is None and self.undo is not None:
+            self._read_now(key)
         if entry is None and self.loaded:
             stored = self.loaded.pop(key, None)
             if stored is not None:
@@ -510,6 +688,8 @@ class Context:
         """An inspection: the live entry in memory or, failing that, the
         store's copy read for this command; touches nothing."""
         entry = self.cache.peek(key)
+        if entry is None and self.undo is not None:
+            self._read_now(key)
         if entry is None and self.loaded:
             entry = self.loaded.get(key)
             if entry is not None and entry.deadline is not None and entry.deadline <= self.now():
@@ -531,6 +711,13 @@ class Context:
         than the whole memory bound (it would be evicted as soon as written,
         an acknowledged write that no GET could see)."""
         size = len(data)
+        max_memory = self.cache.max_memory
+        if size > self.keyspace.max_value_size or (max_memory and size > max_memory):
+            self.check_length(size)  # says which bound
+
+    def check_length(self, size: int) -> None:
+        """:meth:`check_size` for a value of ``size`` bytes not built yet
+        (SETRANGE, APPEND: refused before it is)."""
         if size > self.keyspace.max_value_size:
             raise Error(
                 f"ERR value of {size} bytes exceeds limits.max_value_size "
@@ -553,36 +740,71 @@ class Context:
         """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.undo is not None:
+            self._remember(key, self.undo)
+        if self.keyspace.notifying_new and self.peek(key) is None:
+            entry = self.cache.insert(
+                key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
+            )
+            self.keyspace.notify(NOTIFY_NEW, b"new", key)
+            return entry
         return self.cache.insert(
             key, value, ttl, deadline=deadline, keep_ttl=keep_ttl, context_id=context_id
         )
+
+    def set_expired(self, key: bytes) -> None:
+        """A write whose absolute deadline is already past (``SET … PXAT`` in
+        the past): the key is gone at once, counted as an expiry, as
+        ``SessionCache.insert`` does with such a write; the command tells its
+        events in Redis' order (``set``, ``expire``, then ``expired``)."""
+        self.remove(key)
+        self.cache.expirations += 1
 
     def update(self, key: bytes, fn: Callable[[Value], Value]) -> Entry[Value] | None:
         """Replace the value of a live key, keeping its TTL and metadata."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.undo is not None:
+            self._remember(key, self.undo)
         return self.cache.update(key, fn)
 
     def remove(self, key: bytes) -> Value | None:
         """Delete ``key`` everywhere; its value if it was live in memory."""
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.undo is not None:
+            self._remember(key, self.undo)
         return self.cache.remove(key)
 
     def set_ttl(self, key: bytes, ttl: float | None) -> bool:
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.undo is not None:
+            self._remember(key, self.undo)
         return self.cache.set_ttl(key, ttl)
 
     def set_deadline(self, key: bytes, deadline: float | None) -> bool:
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.undo is not None:
+            self._remember(key, self.undo)
         return self.cache.set_deadline(key, deadline)
 
     def persist(self, key: bytes) -> bool:
+        entry = self.cache.peek(key)
+        if entry is None or entry.deadline is None:
+            return False  # nothing to remove: not a change (WATCH)
         if self.keyspace.watching:
             self.keyspace.modified(key)
+        if self.undo is not None:
+            self._remember(key, self.undo)
         return self.cache.persist(key)
+
+    def notify(self, cls: int, event: bytes, key: bytes) -> None:
+        """Send keyspace event ``event`` (of class ``cls``, keyevents.NOTIFY_*)
+        about ``key``; a handler calls it after a change, once it has tested
+        ``self.keyspace.notifying`` (docs/commands.md)."""
+        self.keyspace.notify(cls, event, key)
 
     def invalidate(self, key: bytes) -> bool:
         """Drop ``key`` from memory only; the store keeps it (not a change:
@@ -590,7 +812,10 @@ class Context:
         return self.cache.invalidate(key)
 
     def flush(self) -> None:
-        """Delete every session, in memory and in the store."""
+        """Delete every session, in memory and in the store. Never inside a
+        script: no undo log could restore the store (FLUSHDB and FLUSHALL
+        are refused there)."""
+        assert self.undo is None, "a script cannot flush: it could not be rolled back"
         if self.keyspace.watching:
             self.keyspace.modified(None)
         self.cache.clear()

@@ -141,14 +141,25 @@ def sessiond_8() -> str:
         ".TP",
         "\\fBSIGTERM\\fR, \\fBSIGINT\\fR",
         roff(
-            "Stop accepting connections, finish the commands in flight, commit everything "
-            "pending to the store, remove the socket and exit 0."
+            "Stop accepting connections and reading requests, answer the requests already "
+            "read, commit everything pending to the store, remove the socket file (unless "
+            "it was passed by systemd, which keeps it open for the next process) and exit 0."
         ),
         ".TP",
         "\\fBSIGHUP\\fR",
         roff(
             "Reload the config file. The daemon also reloads by itself when the file "
             "changes. An invalid file is rejected whole and the running config kept."
+        ),
+        ".TP",
+        "\\fBSIGUSR2\\fR",
+        roff(
+            "Upgrade in place: start the same command line again, with the listening socket "
+            "passed to it. Once the new process has loaded its config, this one stops "
+            "accepting (clients wait in the socket's queue), answers what it has read, "
+            "closes the store and exits 0, and the new one opens the store and serves. If "
+            "the new process fails first, this one serves on. Refused under systemd "
+            "(`NOTIFY_SOCKET` set): restart the service there, with `sessiond.socket`."
         ),
     ]
     out += [
@@ -158,6 +169,14 @@ def sessiond_8() -> str:
         roff(
             "Set by systemd for `Type=notify` units: the daemon sends `READY=1` once the "
             "socket listens and the warm start is done, and `STOPPING=1` when it stops."
+        ),
+        ".TP",
+        "\\fBLISTEN_FDS\\fR, \\fBLISTEN_PID\\fR, \\fBLISTEN_FDNAMES\\fR",
+        roff(
+            "Socket activation (`sd_listen_fds`(3)): when `LISTEN_PID` is the daemon's pid, "
+            "it serves the listening socket passed as descriptor 3 instead of binding "
+            "`socket.path`, and never removes its file. It must be one listening Unix "
+            "stream socket. The variables are removed before the daemon starts anything."
         ),
         ".TP",
         "\\fBWATCHDOG_USEC\\fR, \\fBWATCHDOG_PID\\fR",

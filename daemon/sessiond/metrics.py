@@ -224,6 +224,11 @@ class SessiondCollector(Collector):
         for reason, count in sorted(reasons.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        yield CounterMetricFamily(
+            "sessiond_client_output_buffer_disconnections",
+            "Clients dropped for not reading their output past limits.max_output_buffer.",
+            value=stats.output_buffer_disconnections,
+        )
         reloads = CounterMetricFamily(
             "sessiond_config_reloads", "Config reloads by result.", labels=["result"]
         )

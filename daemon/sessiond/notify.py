@@ -22,6 +22,12 @@ def notify(state: str) -> bool:
     return True
 
 
+def supervised() -> bool:
+    """Whether systemd waits for this process's notifications: it is the
+    service's main process, and must stay so (no in-place upgrade)."""
+    return bool(os.environ.get("NOTIFY_SOCKET"))
+
+
 def watchdog_interval() -> float | None:
     """Seconds between ``WATCHDOG=1`` pings (half the timeout), or ``None``."""
     usec = os.environ.get("WATCHDOG_USEC")

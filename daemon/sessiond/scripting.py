@@ -21,7 +21,9 @@ Interface::
                           log: Callable[[int, str], None] | None = None,  # redis.log
                           on_busy: Callable[[], None] | None = None,
                           hook_interval: int = 100_000,
-                          redis_version: str = "7.2.0")
+                          redis_version: str = "7.2.0",
+                          time_limit: float = 0.0,
+                          time_limit_error: str = TIME_LIMIT_ERROR)
     engine.load(source: bytes) -> str              # SCRIPT LOAD: the sha
     engine.exists(shas: Iterable[str | bytes]) -> list[int]   # SCRIPT EXISTS
     engine.flush() -> None                         # SCRIPT FLUSH
@@ -31,6 +33,8 @@ Interface::
     engine.mark_write() -> None                    # from ``call``, before a write
     engine.kill() -> None                          # SCRIPT KILL, any thread
     engine.running / engine.busy -> bool
+    engine.time_limit = seconds                    # settable between runs
+    engine.timed_out -> bool                       # the last run hit time_limit
     engine.memory_used -> int; len(engine)        # INFO: used_memory_lua, scripts
 
 ``call(args: list[bytes])`` executes one command for the script and returns
@@ -58,7 +62,15 @@ has written (the ``call`` callback calls :meth:`ScriptEngine.mark_write`
 *before* performing a write) cannot be killed, as in Redis; and once a kill
 is accepted, ``mark_write`` raises :class:`ScriptKilled` so that no write
 happens after it. A kill is accepted as soon as a script runs, not only
-once it is busy (in Redis no client gets through earlier). Code running
+once it is busy (in Redis no client gets through earlier).
+
+A hard limit, which Redis does not have: with ``time_limit`` set, the hook
+stops a script that has run that long, whether it has written or not (the
+caller is expected to undo its writes: sessiond does), and the run returns
+``time_limit_error`` formatted with the limit (``{limit}``, e.g. ``1s``)
+and followed by where the script was; :attr:`ScriptEngine.timed_out` then
+says so. Like a kill it cannot be caught by ``pcall``, and no write
+happens after it (``mark_write`` raises :class:`ScriptKilled`). Code running
 inside one C function (a long ``string.find`` with a pathological pattern)
 is not interrupted until it returns: Redis has the same limit.
 
@@ -91,6 +103,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -105,9 +118,11 @@ __all__ = [
     "KILLED_ERROR",
     "NOSCRIPT_ERROR",
     "NOTBUSY_ERROR",
+    "TIME_LIMIT_ERROR",
     "UNKILLABLE_ERROR",
     "ScriptEngine",
     "ScriptKilled",
+    "shebang_flags",
 ]
 
 BUSY_ERROR: Final = (
@@ -121,6 +136,7 @@ UNKILLABLE_ERROR: Final = (
     "the SHUTDOWN NOSAVE command."
 )
 KILLED_ERROR: Final = "ERR Script killed by user with SCRIPT KILL..."
+TIME_LIMIT_ERROR: Final = "ERR Script killed: it ran longer than its time limit ({limit})."
 
 SCRIPT_FLAGS: Final = frozenset(
     {"no-writes", "allow-oom", "allow-stale", "no-cluster", "allow-cross-slot-keys"}
@@ -212,6 +228,13 @@ def _arg_bytes(value: Any) -> bytes | None:
             return b"%d" % int(value)
         return fpconv_dtoa(value).encode()
     return None
+
+
+def _seconds(value: float) -> str:
+    """A duration as a person writes it: ``1s``, ``1.5s``, ``250ms``."""
+    if value < 1:
+        return f"{value * 1000:g}ms"
+    return f"{value:g}s"
 
 
 def _error_text(message: str) -> str:
@@ -563,7 +586,9 @@ end
 -- functions that write raw (rawset, setmetatable, table.insert...) refuse
 -- proxies. A write that got past all this would still only touch a table
 -- that dies with the run.
-local backing = setmetatable({}, {__mode = "k"})  -- proxy -> the table it shows
+-- Weak in values too: Lua 5.1 has no ephemerons, and a run's globals refer
+-- to their own proxy (_G), so a weak-keyed entry would never go.
+local backing = setmetatable({}, {__mode = "kv"})  -- proxy -> the table it shows
 local shown_meta = setmetatable({}, {__mode = "k"})  -- proxy -> what getmetatable shows
 
 local function readonly() error(READONLY, 2) end
@@ -1185,12 +1210,41 @@ def _without_tail_calls(code: bytearray | bytes) -> bytes:
     return bytes(data)
 
 
+def _weakly(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A function for Lua to call that calls ``method`` of the engine without
+    holding the engine: the runtime keeps what Lua holds in a dict the cyclic
+    GC sees, so bound methods would make engine and runtime a cycle, and the
+    collector clearing that cycle can close the Lua state while wrappers of
+    its values still point into it (a segfault in whatever runs next). With no
+    cycle, an engine that is dropped is freed by reference counting, in an
+    order lupa handles: its Lua objects first, the runtime last."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        bound = ref()
+        if bound is None:
+            raise RuntimeError("the script engine is gone")
+        return bound(*args)
+
+    return call
+
+
 class _Script:
     __slots__ = ("flags", "function")
 
     def __init__(self, function: Any, flags: frozenset[str] | None) -> None:
         self.function = function
         self.flags = flags
+
+
+def shebang_flags(source: bytes) -> frozenset[str] | None:
+    """The flags a script's ``#!lua`` line declares, without compiling it:
+    ``None`` without a shebang, or with one that does not parse (running the
+    script will say why)."""
+    try:
+        return _parse_shebang(source)[0]
+    except Error:
+        return None
 
 
 def _parse_shebang(source: bytes) -> tuple[frozenset[str] | None, int]:
@@ -1232,8 +1286,13 @@ class ScriptEngine:
         on_busy: Callable[[], None] | None = None,
         hook_interval: int = 100_000,
         redis_version: str = "7.2.0",
+        time_limit: float = 0.0,
+        time_limit_error: str = TIME_LIMIT_ERROR,
     ) -> None:
         self.busy_threshold = busy_threshold
+        self.time_limit = time_limit
+        self.time_limit_error = time_limit_error
+        self._timed_out = False
         self.max_memory = max_memory
         self._clock = clock
         self._log = log
@@ -1265,15 +1324,15 @@ class ScriptEngine:
         )
         loader = self._lua.eval("loadstring")(_HOST_LUA.encode(), b"=sessiond")
         self._host = loader(
-            self._lua_call,
-            self._lua_check,
-            self._lua_log,
-            self._lua_sha1,
-            self._lua_setresp,
+            _weakly(self._lua_call),
+            _weakly(self._lua_check),
+            _weakly(self._lua_log),
+            _weakly(self._lua_sha1),
+            _weakly(self._lua_setresp),
             self._rand.random,
-            self._lua_srandom,
-            self._lua_bit,
-            self._lua_decode,
+            _weakly(self._lua_srandom),
+            _weakly(self._lua_bit),
+            _weakly(self._lua_decode),
             redis_version.encode(),
             (major << 16) | (minor << 8) | patch,
         )
@@ -1388,6 +1447,11 @@ class ScriptEngine:
         """Whether the running script has passed ``busy_threshold``."""
         return self._running and self._busy
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether the last run was stopped by ``time_limit``."""
+        return self._timed_out
+
     def mark_write(self) -> None:
         """Called by ``call`` before it performs a write for the script: from
         now on the script cannot be killed. Raises :class:`ScriptKilled` if a
@@ -1441,7 +1505,7 @@ class ScriptEngine:
         self._resp3 = False  # a script starts in RESP2, whatever its caller speaks
         self._failure = None
         with self._state:
-            self._killed = self._dirty = self._busy = False
+            self._killed = self._dirty = self._busy = self._timed_out = False
             self._started = self._clock()
             self._running = True
         try:
@@ -1463,6 +1527,11 @@ class ScriptEngine:
             if ok:
                 with self._lifted():
                     return self._from_lua(result, resp3, 0)
+            if killed and self._timed_out:
+                text = self.time_limit_error.format(limit=_seconds(self.time_limit))
+                if type(kill_source) is bytes and kill_line is not None:
+                    return Error(f"{text} script: {sha}, on {_text(kill_source)}:{kill_line}.")
+                return Error(text)
             if killed:
                 if type(kill_source) is bytes and kill_line is not None:
                     return Error(
@@ -1501,12 +1570,20 @@ class ScriptEngine:
     # ----------------------------------------------------------- called from Lua
 
     def _lua_check(self) -> bool:
-        """The count hook: notices the busy threshold; True once killed."""
-        if (
-            not self._busy
-            and self.busy_threshold > 0
-            and self._clock() - self._started >= self.busy_threshold
-        ):
+        """The count hook: notices the busy threshold and the time limit;
+        True once killed."""
+        if self._killed:
+            return True
+        limit = self.time_limit
+        notice_busy = not self._busy and self.busy_threshold > 0
+        if not notice_busy and limit <= 0:
+            return False
+        elapsed = self._clock() - self._started
+        if 0 < limit <= elapsed:
+            with self._state:
+                self._killed = self._timed_out = True
+            return True
+        if notice_busy and elapsed >= self.busy_threshold:
             self._busy = True
             if self._on_busy is not None:
                 try:
@@ -1533,7 +1610,9 @@ class ScriptEngine:
             except ScriptKilled:
                 return 2, None
             except Error as exc:
-                reply = exc
+                # Without its traceback: kept, it would tie this frame (and the
+                # engine) into a cycle, leaving the engine to the cyclic GC.
+                reply = exc.with_traceback(None)
             except Exception as exc:
                 # A bug below ``call``: the script gets an error, the caller the exception.
                 self._failure = self._failure or exc

@@ -9,6 +9,12 @@ replies always come back in request order.
 The server knows nothing of commands or sessions: it asks the dispatcher
 (:mod:`sessiond.commands`) what a request needs first and to run it, and the
 keyspace (:mod:`sessiond.keyspace`) when replies may leave.
+
+Pub/sub messages reach a connection through :meth:`Connection.push`, which
+the connection gives its client: they queue behind the replies the client is
+owed and leave at the end of the event loop's iteration, with every other
+message queued by then. A subscriber that does not read is dropped at
+``limits.max_output_buffer``, as any client that does not read its replies.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -32,6 +39,7 @@ import structlog
 
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
+from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
 from .protocol import Error, ProtocolError, RequestParser, encode
@@ -48,6 +56,11 @@ _PENDING_PAUSE = 1024  # queued requests before a parked connection stops readin
 # Replies queued in a transport before it pauses the connection (asyncio's
 # default high-water mark, set explicitly: the output limit counts on it).
 WRITE_HIGH_WATER = 64 * 1024
+# Connections the kernel queues for a socket sessiond binds itself. asyncio
+# calls listen() again on a socket it is given: an inherited one is given the
+# largest backlog (systemd's Backlog= default), so that the clients who connect
+# while the daemon restarts wait in the queue rather than find it full.
+BACKLOG = 1024
 
 
 def batch_args(commands: list[CommandStats]) -> list[bytes]:
@@ -75,6 +88,7 @@ class Connection(asyncio.Protocol):
         "dispatcher",
         "done",
         "durable",
+        "flush_due",
         "keyspace",
         "out",
         "parser",
@@ -82,6 +96,7 @@ class Connection(asyncio.Protocol):
         "pending",
         "persistent",
         "prepared",
+        "pushed",
         "server",
         "slow_seen",
         "started",
@@ -110,6 +125,10 @@ class Connection(asyncio.Protocol):
         self.prepared: Prepared | None = None
         self.write_slots: list[int] = []
         self.write_paused = False  # the transport's buffer is above WRITE_HIGH_WATER
+        # Bytes of pub/sub messages in ``out`` since it was last written, and
+        # whether a write of them is due later in this loop iteration.
+        self.pushed = 0
+        self.flush_due = False
         # The counters of the commands whose replies are in ``out`` (their
         # latency is counted when ``out`` is written), how many of them have
         # had their event-loop time counted, when the oldest request not yet
@@ -131,6 +150,10 @@ class Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         server = self.server
+        if server.closing:  # accepted as the daemon stopped: the client connects again
+            transport.close()
+            self.transport = None
+            return
         stats = server.state.stats.server
         stats.connections_total += 1
         reason = server.admission(transport)
@@ -156,6 +179,8 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         self.client.fd = sock.fileno() if sock is not None else -1
         self.client.peer = server.peer_label(transport)
+        self.client.push = self.push
+        self.client.disconnect = self.kill
         server.state.clients[self.client.id] = self.client
         server.connections.add(self)
 
@@ -163,8 +188,14 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport = None
-        self.server.state.clients.pop(self.client.id, None)
+        client = self.client
+        client.disconnect = None  # no cycle left between client and connection
+        self.server.state.clients.pop(client.id, None)
         self.server.connections.discard(self)
+        self.server.forget(self)
+        if client.subscriptions:
+            self.server.state.pubsub.drop(client)
+        client.push = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self._discard_prepared()
@@ -176,6 +207,19 @@ class Connection(asyncio.Protocol):
         if prepared is not None:
             self.prepared = None
             self.keyspace.discard(prepared)
+
+    def kill(self) -> None:
+        """CLIENT KILL from another client: close now; what was not sent is dropped."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.server.state.clients.pop(self.client.id, None)
+        self.pending.clear()
+        self.out.clear()
+        self.done.clear()
+        self.counted = 0
+        self.write_slots.clear()
+        transport.abort()
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests.
@@ -259,16 +303,30 @@ class Connection(asyncio.Protocol):
         if client.authenticated is not authenticated:
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
-        # An error reply changed nothing: it need not wait for a commit.
+        if client.reply_mode:  # not REPLY_ON: CLIENT REPLY OFF or SKIP
+            return self._silenced(client)
+        # An error reply changed nothing: it need not wait for a commit; but a
+        # script that fails may have written first (Redis keeps those writes).
         if (
             self.persistent
             and cmd is not None
             and cmd.waits_for_commit
             and (self.durable or self.keyspace.lagging())
-            and not isinstance(reply, Error)
+            and (cmd.may_write or not isinstance(reply, Error))
         ):
             self.write_slots.append(len(self.out))
         return data
+
+    @staticmethod
+    def _silenced(client: Client) -> bytes:
+        """CLIENT REPLY OFF or SKIP: this reply is not sent (nor held for a
+        commit: no error could be sent in its place either)."""
+        mode = client.reply_mode
+        if mode == REPLY_SKIP_ASKED:
+            client.reply_mode = REPLY_SKIP  # the reply after this one is skipped too
+        elif mode == REPLY_SKIP:
+            client.reply_mode = REPLY_ON
+        return b""
 
     def _answer(self, requests: list[list[bytes]]) -> None:
         """Memory only: no request ever waits, so run them all and reply once."""
@@ -280,8 +338,14 @@ class Connection(asyncio.Protocol):
         counters = dispatcher.counters
         timing = self.timing
         last: list[bytes] | None = None  # the last command run (the slow log's)
+        state = self.server.state
+        if state.pause_end:
+            # CLIENT PAUSE: requests may have to wait, which this path never does.
+            self.pending.extend(requests)
+            self._drain_store()
+            return
         room = self.output_room()
-        for args in requests:
+        for i, args in enumerate(requests):
             cmd = table.get(args[0]) or dispatcher.resolve(args[0])
             data = self._run(cmd, args, None)
             out.append(data)
@@ -296,6 +360,11 @@ class Connection(asyncio.Protocol):
             if room < 0:
                 self.output_exceeded()
                 return
+            if state.pause_end:
+                # CLIENT PAUSE ran: the rest of the batch may have to wait.
+                self.pending.extend(requests[i + 1 :])
+                self._drain_store()
+                return
         self.flush(last)
 
     def _drain_store(self) -> None:
@@ -307,9 +376,18 @@ class Connection(asyncio.Protocol):
         timing = self.timing
         last: list[bytes] | None = None  # the last command run (the slow log's)
         room = self.output_room() - sum(map(len, out))
+        state = self.server.state
         while pending:
             args = pending[0]
             cmd = dispatcher.resolve(args[0])
+            if state.pause_end and cmd is not None and self._held(cmd, args):
+                if self.write_slots:
+                    break  # what was written is acknowledged first, then back here
+                self._count_loop_time(perf_counter(), last)
+                self.flush(last)
+                self.busy = True
+                self.server.hold(self)
+                return
             try:
                 work = dispatcher.prepare(client, cmd, args, self.prepared)
             except Exception:
@@ -341,6 +419,21 @@ class Connection(asyncio.Protocol):
             self.keyspace.after_commit(self._durable)
             return
         self.flush(last)
+
+    def _held(self, cmd: Command, args: list[bytes]) -> bool:
+        """Whether CLIENT PAUSE holds this request until it ends: every
+        command under ALL, those that may write under WRITE; a request that
+        fails before it runs (authentication, arity) is answered at once."""
+        state = self.server.state
+        if not state.paused():
+            return False
+        client = self.client
+        if not client.authenticated and not cmd.noauth:
+            return False
+        arity = cmd.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            return False
+        return state.pause_all or self.dispatcher.may_write(client, cmd, args)
 
     def _count_loop_time(
         self, now: float, last: list[bytes] | None, attribute: bool = True
@@ -415,7 +508,7 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             self._discard_prepared()
             return
-        if self.paused and len(self.pending) <= _PENDING_PAUSE:
+        if self.paused and len(self.pending) <= _PENDING_PAUSE and not self.server.closing:
             self.paused = False
             self.transport.resume_reading()
         if self.pending:
@@ -436,6 +529,13 @@ class Connection(asyncio.Protocol):
         else:
             self.flush()
 
+    def stop_reading(self) -> None:
+        """Read no more requests (the daemon stops): those already read are
+        still answered."""
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
     def output_room(self) -> int:
         """Bytes of replies this client may still have queued: the replies a
         batch builds count before they reach the transport, so a few bytes of
@@ -451,20 +551,50 @@ class Connection(asyncio.Protocol):
             return limit - WRITE_HIGH_WATER
         return limit - transport.get_write_buffer_size()
 
+    def push(self, data: bytes) -> None:
+        """Queue a pub/sub message (a publish or a keyspace event) for this
+        client, behind what it is owed: it is written at the end of this loop
+        iteration (with the replies of a batch this client is running, or
+        once a commit it waits for is done). Never blocks; a client whose
+        unread output passes limits.max_output_buffer is dropped."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.out.append(data)
+        self.pushed += len(data)
+        if self.pushed > self.output_room():
+            self.output_exceeded()
+            return
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_pushed)
+
+    def _flush_pushed(self) -> None:
+        self.flush_due = False
+        if not self.busy:  # else its replies wait for the store: so do messages
+            self.flush()
+
     def output_exceeded(self) -> None:
         """Drop a client whose queued replies passed limits.max_output_buffer."""
-        log.warning(
-            "client_output_buffer_exceeded",
-            client_id=self.client.id,
-            limit=self.server.max_output_buffer,
-        )
+        self._too_slow()
+        self.client.close_after_reply = True  # a batch it is running stops here
         self.pending.clear()
         self.out.clear()
         self.done.clear()
         self.counted = 0
         self.write_slots.clear()
+        self.pushed = 0
         if self.transport is not None:
             self.transport.abort()
+
+    def _too_slow(self) -> None:
+        log.warning(
+            "client_output_buffer_exceeded",
+            client_id=self.client.id,
+            limit=self.server.max_output_buffer,
+            subscriptions=self.client.subscriptions,
+        )
+        self.server.state.stats.server.output_buffer_disconnections += 1
 
     def flush(self, last: list[bytes] | None = None) -> None:
         """Write the replies in ``out``; ``last`` is the last command run since
@@ -477,6 +607,7 @@ class Connection(asyncio.Protocol):
         transport.write(data)
         self.server.net.net_output_bytes += len(data)
         out.clear()
+        self.pushed = 0
         done = self.done
         if done:
             # Client-seen latency: from the arrival of the oldest request these
@@ -511,11 +642,7 @@ class Connection(asyncio.Protocol):
         elif (
             self.write_paused or self.server.max_output_buffer <= WRITE_HIGH_WATER
         ) and self.output_room() < 0:
-            log.warning(
-                "client_output_buffer_exceeded",
-                client_id=self.client.id,
-                limit=self.server.max_output_buffer,
-            )
+            self._too_slow()
             transport.abort()
 
     def request_limit(self) -> int:
@@ -549,11 +676,17 @@ class Server:
         self.slow_floor = math.inf  # the smaller threshold of the two (configure)
         self.durable_replies = durable_replies
         self.connections: set[Connection] = set()
+        # Connections whose next request waits for CLIENT PAUSE to end.
+        self.held: list[Connection] = []
+        self._pause_timer: asyncio.TimerHandle | None = None
+        state.on_unpause = self._unpaused
         self._server: asyncio.AbstractServer | None = None
         # The socket's settings need a restart: kept as they were at start.
         self.socket = state.config.socket
         self.path: Path = self.socket.path
         self._socket_identity: tuple[int, int] | None = None
+        self.listener: socket.socket | None = None
+        self.closing = False  # shutting down: no new connection, no new request
         self.configure(state.config)
 
     def configure(self, config: Config) -> None:
@@ -601,28 +734,78 @@ class Server:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        path = self.path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StartupError(
-                f"socket.path: cannot create directory {path.parent}: {exc.strerror}"
-            ) from None
-        self._claim_path(path)
+    async def start(
+        self, listener: socket.socket | None = None, identity: tuple[int, int] | None = None
+    ) -> None:
+        """Serve on ``listener``, a listening Unix socket passed by systemd or
+        by a predecessor (``identity``: the device and inode of its file when
+        that file is this daemon's to remove, as it is when a predecessor bound
+        it), or else bind ``socket.path``."""
+        if listener is None:
+            listener = self._bind(self.path)
+            backlog = BACKLOG
+        else:
+            self.path = _bound_path(listener) or self.path
+            self._socket_identity = identity
+            backlog = socket.SOMAXCONN
+        self.listener = listener
         loop = asyncio.get_running_loop()
-        old_umask = os.umask(0o177)
+        extra: dict[str, Any] = {}
+        if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop):
+            # asyncio would remove the file at close(): it may be systemd's,
+            # or the successor's to serve.
+            extra["cleanup_socket"] = False
         try:
+            # asyncio closes the socket it serves: it gets a duplicate, and the
+            # original stays open to be handed to a successor.
             self._server = await loop.create_unix_server(
-                lambda: Connection(self), str(path), backlog=1024
+                lambda: Connection(self), sock=listener.dup(), backlog=backlog, **extra
             )
         except OSError as exc:
-            raise StartupError(f"socket.path: cannot listen on {path}: {exc.strerror}") from None
+            raise StartupError(
+                f"socket.path: cannot listen on {self.path}: {_reason(exc)}"
+            ) from None
+
+    def _bind(self, path: Path) -> socket.socket:
+        """Bind and listen on ``path``, with ``socket.mode``."""
+        try:
+            if not stat.S_ISDIR(os.stat(path.parent).st_mode):
+                raise StartupError(f"socket.path: {path.parent} is not a directory")
+        except FileNotFoundError:
+            # A mistyped path must not grow directories: say so instead. (Under
+            # systemd, RuntimeDirectory= or the socket unit makes /run/sessiond.)
+            raise StartupError(
+                f"socket.path: directory {path.parent} does not exist; create it "
+                "or correct the path"
+            ) from None
+        except OSError as exc:
+            raise StartupError(f"socket.path: cannot use {path.parent}: {_reason(exc)}") from None
+        self._claim_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"socket.path: cannot listen on {path}: {_reason(exc)}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, self.socket.mode)
-        st = os.stat(path)
+        try:
+            os.chmod(path, self.socket.mode)
+            st = os.stat(path)
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            sock.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise StartupError(f"socket.path: cannot listen on {path}: {_reason(exc)}") from None
         self._socket_identity = (st.st_dev, st.st_ino)
+        return sock
+
+    def ownership(self) -> tuple[int, int] | None:
+        """The device and inode of the socket file, if it is this daemon's to
+        remove (it bound it), else ``None`` (systemd's)."""
+        return self._socket_identity
 
     def _claim_path(self, path: Path) -> None:
         """Refuse to steal a live daemon's socket; replace a stale one."""
@@ -647,14 +830,66 @@ class Server:
             probe.close()
         raise StartupError(f"socket.path: another daemon is already serving {path}; stop it first")
 
+    # ------------------------------------------------------------ CLIENT PAUSE
+
+    def hold(self, conn: Connection) -> None:
+        """Park ``conn`` until the pause ends (a timer for its end: CLIENT
+        PAUSE may extend it, which the timer finds when it fires)."""
+        self.held.append(conn)
+        if self._pause_timer is None:
+            self._arm_pause_timer()
+
+    def _arm_pause_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        # At most an hour at a time: a pause may be set for years.
+        delay = min(3600.0, max(0.0, self.state.pause_end - time.monotonic()))
+        self._pause_timer = loop.call_later(delay, self._pause_timer_fired)
+
+    def _pause_timer_fired(self) -> None:
+        self._pause_timer = None
+        if self.state.paused():
+            self._arm_pause_timer()  # extended meanwhile
+        else:
+            self._release()
+
+    def _unpaused(self) -> None:
+        """The pause ended (CLIENT UNPAUSE, or it ran out): let the held
+        connections go on, after the command that ended it."""
+        if self.held:
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        if self.state.paused():
+            return  # paused again meanwhile: they stay held
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        held, self.held = self.held, []
+        for conn in held:
+            conn.busy = False
+            conn._go_on()
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` closed: drop what is kept for it."""
+        if conn in self.held:
+            self.held.remove(conn)
+        self.dispatcher.forget(conn.client)
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
 
-    async def shutdown(self, grace: float) -> None:
-        """Finish in-flight commands (up to ``grace`` seconds), close every
-        connection and remove the socket file."""
+    async def shutdown(self, grace: float, *, unlink: bool = True) -> None:
+        """Stop accepting and reading requests, finish those in flight (up to
+        ``grace`` seconds), close every connection and the listening socket.
+        Its file is removed if this server made it, unless ``unlink`` is false
+        (a successor serves it). A socket passed by systemd stays open there:
+        the clients that connect meanwhile wait in its queue."""
         self.stop_accepting()
+        self.closing = True
+        for conn in self.connections:
+            conn.stop_reading()
+        self.state.unpause()  # requests held by CLIENT PAUSE finish too
         deadline = time.monotonic() + grace
         while any(c.busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -664,10 +899,15 @@ class Server:
                 conn.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
-        self.remove_socket()
+        if unlink:
+            self.remove_socket()
+        if self.listener is not None:
+            self.listener.close()
 
     def remove_socket(self) -> None:
         """Unlink the socket file if it is still the one this server created."""
+        if self._socket_identity is None:
+            return
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -739,3 +979,17 @@ class Server:
                 conn.transport.close()
                 closed += 1
         return closed
+
+
+def _bound_path(sock: socket.socket) -> Path | None:
+    """The file a Unix socket is bound to (``None``: abstract or unnamed)."""
+    address = sock.getsockname()
+    if isinstance(address, bytes):
+        address = os.fsdecode(address)
+    if not isinstance(address, str) or not address or address.startswith("\0"):
+        return None
+    return Path(address)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

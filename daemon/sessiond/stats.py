@@ -76,13 +76,16 @@ class CommandStats:
 class ServerStats:
     """Connection-level counters; ``unknown`` counts requests naming no
     command; ``error_replies`` counts error replies by their first word
-    (``ERR``, ``NOAUTH``...); bytes are counted per read and per write."""
+    (``ERR``, ``NOAUTH``...); bytes are counted per read and per write;
+    ``output_buffer_disconnections`` counts the clients (subscribers or not)
+    dropped for not reading their output past limits.max_output_buffer."""
 
     __slots__ = (
         "connections_total",
         "error_replies",
         "net_input_bytes",
         "net_output_bytes",
+        "output_buffer_disconnections",
         "rejected",
         "unknown",
     )
@@ -94,6 +97,7 @@ class ServerStats:
         self.error_replies: dict[str, int] = {}
         self.net_input_bytes = 0
         self.net_output_bytes = 0
+        self.output_buffer_disconnections = 0
 
     def error_reply(self, message: str) -> None:
         """Count one error reply under its prefix (Redis' errorstats)."""

@@ -22,6 +22,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO_ROOT / "deploy" / "systemd"
 UNIT = SYSTEMD_DIR / "sessiond.service"
+SOCKET_UNIT = SYSTEMD_DIR / "sessiond.socket"
 SYSUSERS = SYSTEMD_DIR / "sessiond.sysusers.conf"
 CONFIG = SYSTEMD_DIR / "sessiond.yaml"
 MAN_DIR = REPO_ROOT / "deploy" / "man"
@@ -129,14 +130,11 @@ def test_unit_agrees_with_example_config_and_sysusers() -> None:
     assert one("Group") == one("User")
 
 
-def test_unit_verifies_cleanly(tmp_path: Path) -> None:
-    """`systemd-analyze verify` prints nothing. It insists that every Exec*= binary exists,
-    and /usr/local/bin/sessiond is only there after a pip install, so verify the unit,
-    unchanged, inside a temporary root: the host's unit directory (for the targets it
-    references), a stub at the ExecStart path and copies of the host's other Exec* binaries
-    (so a wrong path like /bin/kil still fails). The man pages of Documentation= must exist
-    in deploy/man."""
-    analyze = require("systemd-analyze")
+def verify_root(tmp_path: Path, units: dict[str, str]) -> Path:
+    """A temporary root for `systemd-analyze verify`: the host's unit directory (for the
+    targets the units reference), ``units`` (name -> text) in /etc/systemd/system, a stub at
+    the ExecStart path and copies of the host's other Exec* binaries (so a wrong path like
+    /bin/kil still fails)."""
     root = tmp_path / "root"
     (root / "usr").mkdir(parents=True)
     for merged in ("bin", "sbin", "lib"):  # Debian 12 is merged-/usr
@@ -151,7 +149,8 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     shutil.copytree(host_units, root / "usr/lib/systemd/system", symlinks=True)
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
-    shutil.copy(UNIT, unit_dir / UNIT.name)
+    for name, text in units.items():
+        (unit_dir / name).write_text(text)
 
     svc = service()
     start = exec_binary(svc["ExecStart"][0])
@@ -168,17 +167,80 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
             target = root / binary.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(binary, target)
+    return root
 
-    proc = subprocess.run(
-        [analyze, "verify", f"--root={root}", UNIT.name],
+
+def verify(root: Path, *names: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require("systemd-analyze"), "verify", f"--root={root}", *names],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         env=man_env(MAN_DIR),
     )
+
+
+def test_unit_verifies_cleanly(tmp_path: Path) -> None:
+    """`systemd-analyze verify` prints nothing for the unit pair. It insists that every
+    Exec*= binary exists, and /usr/local/bin/sessiond is only there after a pip install, so
+    verify the units, unchanged, inside a temporary root (verify_root). The man pages of
+    Documentation= must exist in deploy/man."""
+    require("systemd-analyze")
+    units = {UNIT.name: UNIT.read_text(), SOCKET_UNIT.name: SOCKET_UNIT.read_text()}
+    proc = verify(verify_root(tmp_path, units), SOCKET_UNIT.name, UNIT.name)
     assert proc.stdout + proc.stderr == ""
     assert proc.returncode == 0
+
+
+def without_socket_unit(text: str) -> str:
+    """The service as its comments say to run it without sessiond.socket."""
+    lines = [
+        line for line in text.splitlines() if not re.fullmatch(r"Requires=sessiond\.socket", line)
+    ]
+    text = "\n".join(lines) + "\n"
+    assert "After=network.target sessiond.socket\n" in text
+    return text.replace("After=network.target sessiond.socket\n", "After=network.target\n")
+
+
+def test_service_verifies_without_the_socket_unit(tmp_path: Path) -> None:
+    """The unit's comments say how to run without sessiond.socket: that unit verifies alone."""
+    require("systemd-analyze")
+    text = without_socket_unit(UNIT.read_text())
+    assert "sessiond.socket" not in [line for line in text.splitlines() if not line.startswith("#")]
+    proc = verify(verify_root(tmp_path, {UNIT.name: text}), UNIT.name)
+    assert proc.stdout + proc.stderr == ""
+    assert proc.returncode == 0
+
+
+def test_service_needs_the_socket_unit(tmp_path: Path) -> None:
+    """Requires= is checked: without the socket unit, the shipped service does not verify."""
+    require("systemd-analyze")
+    proc = verify(verify_root(tmp_path, {UNIT.name: UNIT.read_text()}), UNIT.name)
+    assert "sessiond.socket" in proc.stderr
+    assert proc.returncode != 0
+
+
+def test_socket_unit_agrees_with_the_service_and_the_config() -> None:
+    sections = parse_unit(SOCKET_UNIT)
+    sock = {key: values[-1] for key, values in sections["Socket"].items()}
+    assert sections["Install"]["WantedBy"] == ["sockets.target"]
+    assert sock["Accept"] == "no"
+    assert sock["Service"] == UNIT.name
+    assert sock["RemoveOnStop"] == "yes"
+    text = CONFIG.read_text()
+    (path,) = re.findall(r"^  path: (/run/\S+\.sock)$", text, re.M)
+    assert sock["ListenStream"] == path
+    assert path.startswith(f"/run/{one('RuntimeDirectory')}/")
+    (mode,) = re.findall(r'^  mode: "(\d+)"', text, re.M)
+    assert sock["SocketMode"] == mode
+    assert sock["SocketUser"] == one("User")
+    assert sock["SocketGroup"] == one("Group")
+    unit = parse_unit(UNIT)["Unit"]
+    assert unit["Requires"] == [SOCKET_UNIT.name]
+    assert SOCKET_UNIT.name in unit["After"][0].split()
+    # The socket file lives in the runtime directory: it must outlive a stopped service.
+    assert one("RuntimeDirectoryPreserve") == "yes"
 
 
 def man_env(manpath: Path) -> dict[str, str]:
@@ -218,15 +280,22 @@ def test_documentation_names_the_shipped_man_pages() -> None:
         assert (MAN_DIR / f"man{section}" / f"{name}.{section}").is_file(), page
 
 
-def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("unit", "section", "typo"),
+    [(UNIT, "Service", "ProtectSytem=strict"), (SOCKET_UNIT, "Socket", "SocketMod=0660")],
+    ids=["service", "socket"],
+)
+def test_verify_would_catch_a_broken_unit(
+    tmp_path: Path, unit: Path, section: str, typo: str
+) -> None:
     """The check above is not vacuous: the same setup reports unknown keys."""
     analyze = require("systemd-analyze")
-    broken = tmp_path / "sessiond.service"
-    broken.write_text(UNIT.read_text().replace("[Service]\n", "[Service]\nProtectSytem=strict\n"))
+    broken = tmp_path / unit.name
+    broken.write_text(unit.read_text().replace(f"[{section}]\n", f"[{section}]\n{typo}\n"))
     proc = subprocess.run(
         [analyze, "verify", str(broken)], capture_output=True, text=True, timeout=60, check=False
     )
-    assert "Unknown key" in proc.stderr and "ProtectSytem" in proc.stderr
+    assert "Unknown key" in proc.stderr and typo.split("=")[0] in proc.stderr
 
 
 def test_security_exposure_at_most_2() -> None:

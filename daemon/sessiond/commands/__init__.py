@@ -5,8 +5,20 @@ family modules register themselves when imported, in the order below (the
 order COMMAND lists them in). :class:`Dispatcher` runs requests against them.
 """
 
-from . import connection, server, strings, keyspace, expiry, hashes, sets, session, transactions  # noqa: I001
+from . import (  # noqa: I001 (the order COMMAND lists them in)
+    connection,
+    server,
+    strings,
+    keyspace,
+    expiry,
+    hashes,
+    sets,
+    session,
+    transactions,
+    scripting,
+)
 from . import ops
+from . import pubsub
 from .dispatch import Dispatcher
 from .registry import REGISTRY, Call, Command, command
 from .state import Client, ServerState
@@ -27,6 +39,8 @@ __all__ = [
     "keyspace",
     "ops",
     "parse_int64",
+    "pubsub",
+    "scripting",
     "server",
     "session",
     "sets",

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import hmac
+import time
 
 from .. import REDIS_COMPAT_VERSION, __version__
 from ..protocol import OK, PONG, Error, Status, Verbatim
 from . import errors
 from .registry import CONNECTION, Args, Call, Reply, command
-from .state import ServerState
-from .util import int_arg, text
+from .state import REPLY_OFF, REPLY_ON, REPLY_SKIP_ASKED, Client, ServerState
+from .util import MAX_INT64, help_reply, int_arg, parse_int64, subcommand, text
 
 
 @command("PING", -1, "fast", group=CONNECTION, summary="Ping the server", syntax="[message]")
 def cmd_ping(cx: Call, args: Args) -> Reply:
     if len(args) > 2:
         raise errors.wrong_arity("ping")
+    if cx.client.subscriptions and not cx.client.resp3:  # Redis' subscribed-mode form
+        return [b"pong", b"" if len(args) == 1 else args[1]]
     return PONG if len(args) == 1 else args[1]
 
 
@@ -24,7 +27,14 @@ def cmd_echo(cx: Call, args: Args) -> Reply:
     return args[1]
 
 
-@command("QUIT", -1, "fast", group=CONNECTION, summary="Close the connection", immediate=True)
+@command(
+    "QUIT",
+    -1,
+    "noauth noscript fast",
+    group=CONNECTION,
+    summary="Close the connection",
+    immediate=True,
+)
 def cmd_quit(cx: Call, args: Args) -> Reply:
     cx.client.close_after_reply = True
     return OK
@@ -43,7 +53,7 @@ def _check_password(state: ServerState, user: bytes, password: bytes) -> None:
 @command(
     "AUTH",
     -2,
-    "noauth fast",
+    "noscript noauth fast",
     group=CONNECTION,
     summary="Authenticate",
     syntax="[username] password",
@@ -68,7 +78,7 @@ def cmd_auth(cx: Call, args: Args) -> Reply:
 @command(
     "HELLO",
     -1,
-    "noauth fast",
+    "noscript noauth fast",
     group=CONNECTION,
     summary="Handshake",
     syntax="[protover [AUTH username password] [SETNAME clientname]]",
@@ -119,12 +129,20 @@ def cmd_hello(cx: Call, args: Args) -> Reply:
 
 
 @command(
-    "RESET", 1, "noauth fast", group=CONNECTION, summary="Reset the connection", immediate=True
+    "RESET",
+    1,
+    "noscript noauth fast",
+    group=CONNECTION,
+    summary="Reset the connection",
+    immediate=True,
 )
 def cmd_reset(cx: Call, args: Args) -> Reply:
     client = cx.client
     client.multi = None
     client.multi_error = False
+    cx.state.pubsub.drop(client)
+    cx.dispatcher.watches.unwatch(client)
+    client.reply_mode = REPLY_ON
     client.resp3 = False
     client.name = None
     client.authenticated = cx.state.password is None
@@ -144,9 +162,74 @@ def _client_name(arg: bytes) -> str:
     return text(arg)
 
 
+_CLIENT_ARITY = {
+    b"SETNAME": 3,
+    b"GETNAME": 2,
+    b"ID": 2,
+    b"INFO": 2,
+    b"LIST": -2,
+    b"SETINFO": 4,
+    b"NO-EVICT": 3,
+    b"NO-TOUCH": 3,
+    b"KILL": -3,
+    b"PAUSE": -3,
+    b"UNPAUSE": 2,
+    b"REPLY": 3,
+    b"HELP": 2,
+}
+
+_CLIENT_HELP = [
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current client connection.",
+    "KILL <ip:port>",
+    "    Kill connection made from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill connections. Options are:",
+    "    * ADDR (<ip:port>|<unixsocket>:0)",
+    "      Kill connections made from the specified address",
+    "    * LADDR (<ip:port>|<unixsocket>:0)",
+    "      Kill connections made to specified local address",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Kill connections by type.",
+    "    * USER <username>",
+    "      Kill connections authenticated by <username>.",
+    "    * SKIPME (YES|NO)",
+    "      Skip killing current connection (default: yes).",
+    "LIST [options ...]",
+    "    Return information about client connections. Options:",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Return clients of specified type.",
+    "UNPAUSE",
+    "    Stop the current client pause, resuming traffic.",
+    "PAUSE <timeout> [WRITE|ALL]",
+    "    Suspend all, or just write, clients for <timeout> milliseconds.",
+    "REPLY (ON|OFF|SKIP)",
+    "    Control the replies sent to the current connection.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "SETINFO <option> <value>",
+    "    Set client meta attr. Options are:",
+    "    * LIB-NAME: the client lib name.",
+    "    * LIB-VER: the client lib version.",
+    "NO-EVICT (ON|OFF)",
+    "    Protect current client connection from eviction.",
+    "NO-TOUCH (ON|OFF)",
+    "    Will not touch LRU/LFU stats when this mode is on.",
+]
+
+# CLIENT LIST/KILL TYPE names (Redis' getClientTypeByName); every sessiond
+# client is a normal one.
+_CLIENT_TYPES = (b"normal", b"slave", b"replica", b"pubsub", b"master")
+
+
 @command(
     "CLIENT",
     -2,
+    "noscript",
     group=CONNECTION,
     summary="Client connection commands",
     subcommands={
@@ -158,19 +241,28 @@ def _client_name(arg: bytes) -> str:
         "SETINFO": ("LIB-NAME libname | LIB-VER libver", "Set client library name or version"),
         "NO-EVICT": ("ON | OFF", "Accepted and ignored"),
         "NO-TOUCH": ("ON | OFF", "Accepted and ignored"),
+        "KILL": (
+            "addr | (ID client-id | TYPE type | ADDR addr | LADDR laddr | USER username "
+            "| SKIPME skipme) ...",
+            "Close client connections",
+        ),
+        "PAUSE": ("timeout [WRITE | ALL]", "Hold clients' commands for a while"),
+        "UNPAUSE": ("", "End a CLIENT PAUSE"),
+        "REPLY": ("ON | OFF | SKIP", "Whether replies are sent to this connection"),
+        "HELP": ("", "Show this help"),
     },
 )
 def cmd_client(cx: Call, args: Args) -> Reply:
     client = cx.client
-    sub = args[1].upper()
-    if sub == b"SETNAME" and len(args) == 3:
+    sub = subcommand(args, _CLIENT_ARITY, "CLIENT")
+    if sub == b"SETNAME":
         client.name = _client_name(args[2]) or None
         return OK
-    if sub == b"GETNAME" and len(args) == 2:
+    if sub == b"GETNAME":
         return None if client.name is None else client.name.encode()
-    if sub == b"ID" and len(args) == 2:
+    if sub == b"ID":
         return client.id
-    if sub == b"SETINFO" and len(args) == 4:
+    if sub == b"SETINFO":
         attr = args[2].upper()
         if attr not in (b"LIB-NAME", b"LIB-VER"):
             raise Error(f"ERR Unrecognized option '{text(args[2])}'")
@@ -183,24 +275,139 @@ def cmd_client(cx: Call, args: Args) -> Reply:
         else:
             client.lib_ver = text(args[3])
         return OK
-    if sub == b"INFO" and len(args) == 2:
+    if sub == b"INFO":
         return Verbatim(client.info_line(cx.state.socket_path) + "\n")
     if sub == b"LIST":
-        ids: set[int] | None = None
-        if len(args) >= 4 and args[2].upper() == b"ID":
-            ids = {int_arg(a) for a in args[3:]}
-        elif len(args) == 4 and args[2].upper() == b"TYPE":
-            if args[3].lower() not in (b"normal",):
-                return Verbatim("")
-        elif len(args) != 2:
-            raise errors.syntax()
-        path = cx.state.socket_path
-        lines = [
-            c.info_line(path) + "\n"
-            for c in cx.state.clients.values()
-            if ids is None or c.id in ids
-        ]
-        return Verbatim("".join(lines))
+        return _client_list(cx, args)
     if sub == b"NO-EVICT" or sub == b"NO-TOUCH":
         return OK
-    raise errors.unknown_subcommand(text(args[1]), "CLIENT")
+    if sub == b"KILL":
+        return _client_kill(cx, args)
+    if sub == b"PAUSE":
+        return _client_pause(cx, args)
+    if sub == b"UNPAUSE":
+        cx.state.unpause()
+        return OK
+    if sub == b"REPLY":
+        mode = args[2].upper()
+        if mode == b"ON":
+            client.reply_mode = REPLY_ON
+            return OK
+        if mode == b"OFF":
+            client.reply_mode = REPLY_OFF
+            return OK  # not sent: the server drops it
+        if mode == b"SKIP":
+            if client.reply_mode != REPLY_OFF:
+                client.reply_mode = REPLY_SKIP_ASKED
+            return OK  # not sent either
+        raise errors.syntax()
+    return help_reply("CLIENT", _CLIENT_HELP)
+
+
+def _client_list(cx: Call, args: Args) -> Reply:
+    ids: set[int] | None = None
+    if len(args) == 4 and args[2].upper() == b"TYPE":
+        kind = args[3].lower()
+        if kind not in _CLIENT_TYPES:
+            raise Error(f"ERR Unknown client type '{text(args[3])}'")
+        if kind != b"normal":
+            return Verbatim("")
+    elif len(args) >= 4 and args[2].upper() == b"ID":
+        ids = {int_arg(a, "ERR Invalid client ID") for a in args[3:]}
+    elif len(args) != 2:
+        raise errors.syntax()
+    path = cx.state.socket_path
+    lines = [
+        c.info_line(path) + "\n" for c in cx.state.clients.values() if ids is None or c.id in ids
+    ]
+    return Verbatim("".join(lines))
+
+
+def _client_kill(cx: Call, args: Args) -> Reply:
+    """CLIENT KILL, as Redis 7.2 filters on a Unix socket: every client's
+    ``addr`` and ``laddr`` is ``<socket path>:0`` and its user ``default``."""
+    me = cx.client
+    address = f"{cx.state.socket_path}:0".encode()
+    old_form = len(args) == 3
+    addr: bytes | None = None
+    laddr: bytes | None = None
+    client_id = 0
+    kind: bytes | None = None
+    skip_me = not old_form  # with the old form, a client may kill itself
+    if old_form:
+        addr = args[2]
+    else:
+        i = 2
+        while i < len(args):
+            opt = args[i].upper()
+            if i + 1 >= len(args):
+                raise errors.syntax()
+            value = args[i + 1]
+            if opt == b"ID":
+                parsed = parse_int64(value)
+                if parsed is None or not 1 <= parsed <= MAX_INT64:
+                    raise Error("ERR client-id should be greater than 0")
+                client_id = parsed
+            elif opt == b"TYPE":
+                kind = value.lower()
+                if kind not in _CLIENT_TYPES:
+                    raise Error(f"ERR Unknown client type '{text(value)}'")
+            elif opt == b"ADDR":
+                addr = value
+            elif opt == b"LADDR":
+                laddr = value
+            elif opt == b"USER":
+                if value != b"default":
+                    raise Error(f"ERR No such user '{text(value)}'")
+            elif opt == b"SKIPME":
+                flag = value.lower()
+                if flag not in (b"yes", b"no"):
+                    raise errors.syntax()
+                skip_me = flag == b"yes"
+            else:
+                raise errors.syntax()
+            i += 2
+    victims: list[Client] = []
+    for other in cx.state.clients.values():
+        if addr is not None and addr != address:
+            continue
+        if laddr is not None and laddr != address:
+            continue
+        if kind is not None and kind != b"normal":
+            continue
+        if client_id and other.id != client_id:
+            continue
+        if other is me and skip_me:
+            continue
+        victims.append(other)
+    for other in victims:
+        if other is me:
+            me.close_after_reply = True  # after this reply, as Redis does
+        elif other.disconnect is not None:
+            other.disconnect()
+    if old_form:
+        if not victims:
+            raise Error("ERR No such client")
+        return OK
+    return len(victims)
+
+
+def _client_pause(cx: Call, args: Args) -> Reply:
+    every_command = True
+    if len(args) == 4:
+        mode = args[3].upper()
+        if mode == b"WRITE":
+            every_command = False
+        elif mode != b"ALL":
+            raise Error("ERR CLIENT PAUSE mode must be WRITE or ALL")
+    elif len(args) > 4:
+        raise errors.syntax()
+    ms = parse_int64(args[2])
+    if ms is None:
+        raise Error("ERR timeout is not an integer or out of range")
+    if ms < 0:
+        raise Error("ERR timeout is negative")
+    if ms > MAX_INT64 - int(time.time() * 1000):
+        raise Error("ERR timeout is out of range")
+    cx.state.pause(ms / 1000.0, every_command=every_command)
+    return OK

@@ -2,8 +2,9 @@
 
 Everything between "these are the request's arguments" and "this is its
 reply" that is not the command's own work lives here: the name lookup, the
-unknown-command and authentication checks, arity, queueing inside MULTI,
-refusing writes while the store cannot commit, the per-command counters, and
+unknown-command and authentication checks, arity, the commands a RESP2
+client may send while it is subscribed, queueing inside MULTI, refusing
+writes while the store cannot commit, the per-command counters, and
 turning an unexpected exception into an error reply. The server calls
 :meth:`Dispatcher.prepare` (what the command needs from the store first) and
 :meth:`Dispatcher.execute`; it never looks inside a command. (What a command
@@ -19,20 +20,36 @@ import structlog
 
 from ..keyspace import Keyspace, Prepared
 from ..protocol import QUEUED, Error
+from ..scripting import ScriptEngine
 from ..stats import CommandStats
 from . import errors
 from .registry import REGISTRY, Args, Call, Command
+from .scripting import new_engine, script_may_write
 from .state import Client, ServerState
+from .transactions import Watches
 
 log = structlog.get_logger("sessiond.commands")
 
+# What a RESP2 client may send while it is subscribed to a channel or pattern
+# (Redis' list; it has no SSUBSCRIBE / SUNSUBSCRIBE here).
+SUBSCRIBED_MODE = frozenset(
+    {"SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "PING", "QUIT", "RESET"}
+)
+
 
 class Dispatcher:
-    """Runs requests against one keyspace, counting into ``state.stats``."""
+    """Runs requests against one keyspace, counting into ``state.stats``.
+    It is the home of what commands share across clients: the daemon's one
+    script engine (``scripts``, made from the config unless given) and who
+    WATCHes which key (``watches``)."""
 
-    def __init__(self, keyspace: Keyspace, state: ServerState) -> None:
+    def __init__(
+        self, keyspace: Keyspace, state: ServerState, *, scripts: ScriptEngine | None = None
+    ) -> None:
         self.keyspace = keyspace
         self.state = state
+        self.scripts = new_engine(state.config) if scripts is None else scripts
+        self.watches = Watches(keyspace)
         stats = state.stats
         self.unknown = stats.server.unknown
         self.server_stats = stats.server
@@ -67,12 +84,22 @@ class Dispatcher:
             if not cmd.runs_queued:
                 return None
             keys = [k for c, a in multi if c.load is not None for k in c.load(a)]
+            if self.keyspace.notifying_new:  # as below, for each queued write
+                keys += [k for c, a in multi if c.write for k in c.keys(a)]
+            if client.watched:
+                keys.extend(client.watched)  # EXEC sees whether they still exist
             return self.keyspace.prepare(keys, None, prepared)
         keys = [] if cmd.load is None else cmd.load(args)
         whole = cmd.ahead
         if whole is None:
             if not keys:
-                return None
+                if not (cmd.write and self.keyspace.notifying_new):
+                    return None
+                # The "new" event needs to know whether a key it writes blind
+                # (a plain SET) is only in the store.
+                keys = cmd.keys(args)
+                if not keys:
+                    return None
             return self.keyspace.prepare(keys, None, prepared)
         keyspace = self.keyspace
         return keyspace.prepare(keys, lambda: whole(keyspace, args), prepared)
@@ -92,6 +119,8 @@ class Dispatcher:
             counter = self.counters[cmd.index]
             counter.calls += 1
             return self.rejected(counter, Error(errors.NOAUTH))
+        if client.subscriptions and not client.resp3 and cmd.name not in SUBSCRIBED_MODE:
+            return self._refuse_subscribed(client, cmd, args)
         multi = client.multi
         if multi is not None and not cmd.immediate:
             return self._queue(client, cmd, args, multi)
@@ -103,6 +132,7 @@ class Dispatcher:
             counter.calls += 1
             if cmd.runs_queued:
                 client.multi = None
+                self.watches.unwatch(client)
             return self.rejected(counter, errors.misconf(failure))
         keyspace = self.keyspace
         cx = Call(keyspace, prepared, client, self.state, self)
@@ -147,6 +177,40 @@ class Dispatcher:
         """Count an error reply the server makes itself (a store failure)."""
         self.server_stats.error_reply(error.message)
         return error
+
+    def _refuse_subscribed(self, client: Client, cmd: Command, args: Args) -> Error:
+        """A RESP2 client in subscribed mode sent a command it may not (Redis
+        checks the arity first, and marks a transaction it is in as failed)."""
+        counter = self.counters[cmd.index]
+        counter.calls += 1
+        if client.multi is not None:
+            client.multi_error = True
+        arity = cmd.arity
+        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+            return self.rejected(counter, errors.wrong_arity(cmd.name))
+        name = cmd.name.lower()
+        if cmd.subcommands and len(args) > 1:
+            sub = args[1].decode("utf-8", "replace").upper()
+            if sub in cmd.subcommands:
+                name += "|" + sub.lower()
+        return self.rejected(counter, errors.subscribed_mode(name))
+
+    def may_write(self, client: Client, cmd: Command, args: Args) -> bool:
+        """Whether running ``args`` may change the keyspace (CLIENT PAUSE
+        WRITE holds such requests): a write, a script that does not declare
+        ``no-writes``, EXEC of a transaction with either."""
+        if cmd.write:
+            return True
+        if cmd.may_write:
+            return script_may_write(cmd, args, self.scripts)
+        multi = client.multi
+        if cmd.runs_queued and multi is not None:
+            return any(self.may_write(client, c, a) for c, a in multi)
+        return False
+
+    def forget(self, client: Client) -> None:
+        """``client`` is gone: drop what the dispatcher kept for it (its WATCHes)."""
+        self.watches.unwatch(client)
 
     def _queue(
         self, client: Client, cmd: Command, args: Args, multi: list[tuple[Command, Args]]

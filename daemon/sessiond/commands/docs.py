@@ -34,6 +34,12 @@ _INTEGER = {
     "cursor",
     "protover",
     "client-id",
+    "numkeys",
+    "offset",
+    "start",
+    "end",
+    "timeout",
+    "destination-db",
 }
 _TOKENS = re.compile(r"\[|\]|\(|\)|\||\.\.\.|[^\s\[\]()|]+")
 

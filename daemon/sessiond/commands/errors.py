@@ -15,6 +15,16 @@ NESTED_MULTI = "ERR MULTI calls can not be nested"
 INVALID_CURSOR = "ERR invalid cursor"
 DB_INDEX = "ERR DB index is out of range"
 NAME_CHARS = "ERR Client names cannot contain spaces, newlines or special characters."
+NO_SUCH_KEY = "ERR no such key"
+SAME_OBJECT = "ERR source and destination objects are the same"
+NOT_FLOAT = "ERR value is not a valid float"
+WATCH_IN_MULTI = "ERR WATCH inside MULTI is not allowed"
+# Inside scripts (redis.call), in Redis 7.2's words.
+SCRIPT_UNKNOWN = "ERR Unknown Redis command called from script"
+SCRIPT_ARITY = "ERR Wrong number of args calling Redis command from script"
+SCRIPT_REFUSED = "ERR This Redis command is not allowed from script"
+SCRIPT_READ_ONLY = "ERR Write commands are not allowed from read-only scripts."
+SCRIPT_RO_WITH_WRITES = "ERR Can not execute a script with write flag using *_ro command."
 
 
 def syntax() -> Error:
@@ -47,6 +57,19 @@ def unknown_command(args: list[bytes]) -> Error:
     return Error(f"ERR unknown command '{name[:128]}', with args beginning with: {rest}")
 
 
+def subscribed_mode(name: str) -> Error:
+    """A RESP2 client that is subscribed sent a command it may not."""
+    return Error(
+        f"ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+        "RESET are allowed in this context"
+    )
+
+
+def no_such_subcommand(sub: str, container: str) -> Error:
+    """Redis 7's reply to an unknown subcommand of a container command."""
+    return Error(f"ERR unknown subcommand '{sub[:128]}'. Try {container} HELP.")
+
+
 def without_multi(name: str) -> Error:
     return Error(f"ERR {name} without MULTI")
 
@@ -54,6 +77,14 @@ def without_multi(name: str) -> Error:
 def misconf(failure: Exception) -> Error:
     """Like Redis when it cannot persist: writes are refused, reads served."""
     return Error(f"MISCONF {failure}; writes are refused until the store recovers")
+
+
+def misconf_script(failure: Exception) -> Error:
+    """A script that may write, refused before it runs while the store cannot commit."""
+    return Error(
+        f"MISCONF {failure}; writable scripts are blocked until the store recovers. "
+        "Use 'no-writes' flag for read only scripts."
+    )
 
 
 def internal(name: str) -> Error:

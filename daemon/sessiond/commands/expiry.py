@@ -3,6 +3,7 @@ PEXPIRETIME PERSIST."""
 
 from __future__ import annotations
 
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS
 from ..protocol import Error
 from . import errors
 from .registry import KEYSPACE, Args, Call, Reply, command
@@ -49,11 +50,15 @@ def _expire(cx: Call, args: Args, *, ms: bool, absolute: bool) -> int:
         return 0
     if new_deadline <= now:
         cx.remove(key)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_GENERIC, b"del", key)
         return 1
     if absolute:
         cx.set_deadline(key, new_deadline)
     else:
         cx.set_ttl(key, seconds)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"expire", key)
     return 1
 
 
@@ -113,9 +118,15 @@ def cmd_pexpireat(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=True, absolute=True)
 
 
+def _missed(cx: Call, key: bytes) -> None:
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+
+
 def _remaining_ms(cx: Call, key: bytes) -> int:
     entry = cx.peek(key)
     if entry is None:
+        _missed(cx, key)
         return -2
     if entry.deadline is None:
         return -1
@@ -146,6 +157,7 @@ def cmd_pttl(cx: Call, args: Args) -> Reply:
 def _expiretime(cx: Call, key: bytes) -> float | int:
     entry = cx.peek(key)
     if entry is None:
+        _missed(cx, key)
         return -2
     if entry.deadline is None:
         return -1
@@ -191,4 +203,8 @@ def cmd_pexpiretime(cx: Call, args: Args) -> Reply:
     decides=True,
 )
 def cmd_persist(cx: Call, args: Args) -> Reply:
-    return int(cx.lookup(args[1]) is not None and cx.persist(args[1]))
+    if cx.lookup(args[1]) is None or not cx.persist(args[1]):
+        return 0
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"persist", args[1])
+    return 1

@@ -1,5 +1,5 @@
 """Hash commands: HSET HSETNX HMSET HGET HMGET HGETALL HDEL HEXISTS HLEN HKEYS
-HVALS HSTRLEN HINCRBY HSCAN HRANDFIELD.
+HVALS HSTRLEN HINCRBY HINCRBYFLOAT HSCAN HRANDFIELD.
 
 A hash lives in memory as a ``dict`` and ages like a string: a write without
 a TTL gets the default one, reads and writes renew a sliding TTL (HLEN and
@@ -12,13 +12,26 @@ from __future__ import annotations
 import random
 import re
 
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_HASH, NOTIFY_KEY_MISS
 from ..protocol import OK, Error
 from ..values import Hash, Value
 from . import errors
 from .registry import HASH, Args, Call, Reply, command
-from .util import MAX_INT64, MIN_INT64, glob_to_regex, hash_of, int_arg, options, parse_int64
+from .util import (
+    MAX_INT64,
+    MIN_INT64,
+    add_long_double,
+    format_long_double,
+    glob_to_regex,
+    hash_of,
+    int_arg,
+    options,
+    parse_int64,
+    parse_long_double,
+)
 
 NOT_INT = "ERR hash value is not an integer"
+NOT_FLOAT = "ERR hash value is not a float"
 
 
 def _read(cx: Call, key: bytes) -> Hash | None:
@@ -30,6 +43,18 @@ def _read(cx: Call, key: bytes) -> Hash | None:
 def _inspect(cx: Call, key: bytes) -> Hash | None:
     entry = cx.peek(key)
     return None if entry is None else hash_of(entry.value)
+
+
+def _missed(cx: Call, key: bytes, found: Hash | None) -> Hash | None:
+    """``found``, telling a read command's miss (keymiss), as Redis' read lookups do."""
+    if found is None and cx.keyspace.notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return found
+
+
+def _hset(cx: Call, key: bytes) -> None:
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hset", key)
 
 
 def _write(cx: Call, key: bytes, pairs: list[tuple[bytes, bytes]], only_new: bool = False) -> int:
@@ -81,7 +106,9 @@ def _pairs(args: Args, start: int, name: str) -> list[tuple[bytes, bytes]]:
     decides=True,
 )
 def cmd_hset(cx: Call, args: Args) -> Reply:
-    return _write(cx, args[1], _pairs(args, 2, "hset"))
+    added = _write(cx, args[1], _pairs(args, 2, "hset"))
+    _hset(cx, args[1])
+    return added
 
 
 @command(
@@ -96,6 +123,7 @@ def cmd_hset(cx: Call, args: Args) -> Reply:
 )
 def cmd_hmset(cx: Call, args: Args) -> Reply:
     _write(cx, args[1], _pairs(args, 2, "hmset"))
+    _hset(cx, args[1])
     return OK
 
 
@@ -110,7 +138,10 @@ def cmd_hmset(cx: Call, args: Args) -> Reply:
     decides=True,
 )
 def cmd_hsetnx(cx: Call, args: Args) -> Reply:
-    return _write(cx, args[1], [(args[2], args[3])], only_new=True)
+    added = _write(cx, args[1], [(args[2], args[3])], only_new=True)
+    if added:
+        _hset(cx, args[1])
+    return added
 
 
 @command(
@@ -123,7 +154,7 @@ def cmd_hsetnx(cx: Call, args: Args) -> Reply:
     syntax="key field",
 )
 def cmd_hget(cx: Call, args: Args) -> Reply:
-    fields = _read(cx, args[1])
+    fields = _missed(cx, args[1], _read(cx, args[1]))
     return None if fields is None else fields.get(args[2])
 
 
@@ -137,7 +168,7 @@ def cmd_hget(cx: Call, args: Args) -> Reply:
     syntax="key field ...",
 )
 def cmd_hmget(cx: Call, args: Args) -> Reply:
-    fields = _read(cx, args[1]) or {}
+    fields = _missed(cx, args[1], _read(cx, args[1])) or {}
     return [fields.get(field) for field in args[2:]]
 
 
@@ -151,7 +182,7 @@ def cmd_hmget(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hgetall(cx: Call, args: Args) -> Reply:
-    return dict(_read(cx, args[1]) or {})
+    return dict(_missed(cx, args[1], _read(cx, args[1])) or {})
 
 
 @command(
@@ -164,7 +195,7 @@ def cmd_hgetall(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hkeys(cx: Call, args: Args) -> Reply:
-    return list(_read(cx, args[1]) or ())
+    return list(_missed(cx, args[1], _read(cx, args[1])) or ())
 
 
 @command(
@@ -177,7 +208,7 @@ def cmd_hkeys(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hvals(cx: Call, args: Args) -> Reply:
-    return list((_read(cx, args[1]) or {}).values())
+    return list((_missed(cx, args[1], _read(cx, args[1])) or {}).values())
 
 
 @command(
@@ -200,6 +231,9 @@ def cmd_hdel(cx: Call, args: Args) -> Reply:
         return 0
     if len(doomed) == len(current):
         cx.remove(key)  # no field left: the key goes, as in Redis
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_HASH, b"hdel", key)
+            cx.notify(NOTIFY_GENERIC, b"del", key)
         return len(doomed)
 
     def apply(value: Value) -> Value:
@@ -209,6 +243,8 @@ def cmd_hdel(cx: Call, args: Args) -> Reply:
         return fields
 
     cx.update(key, apply)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hdel", key)
     return len(doomed)
 
 
@@ -222,7 +258,7 @@ def cmd_hdel(cx: Call, args: Args) -> Reply:
     syntax="key field",
 )
 def cmd_hexists(cx: Call, args: Args) -> Reply:
-    fields = _read(cx, args[1])
+    fields = _missed(cx, args[1], _read(cx, args[1]))
     return int(fields is not None and args[2] in fields)
 
 
@@ -236,7 +272,7 @@ def cmd_hexists(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_hlen(cx: Call, args: Args) -> Reply:
-    return len(_inspect(cx, args[1]) or ())
+    return len(_missed(cx, args[1], _inspect(cx, args[1])) or ())
 
 
 @command(
@@ -249,7 +285,7 @@ def cmd_hlen(cx: Call, args: Args) -> Reply:
     syntax="key field",
 )
 def cmd_hstrlen(cx: Call, args: Args) -> Reply:
-    fields = _inspect(cx, args[1]) or {}
+    fields = _missed(cx, args[1], _inspect(cx, args[1])) or {}
     return len(fields.get(args[2], b""))
 
 
@@ -282,7 +318,40 @@ def cmd_hincrby(cx: Call, args: Args) -> Reply:
     if not MIN_INT64 <= result <= MAX_INT64:
         raise Error(errors.OVERFLOW)
     _increment(cx, key, field, str(result).encode())
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hincrby", key)
     return result
+
+
+@command(
+    "HINCRBYFLOAT",
+    4,
+    "write fast",
+    keys=(1, 1, 1),
+    group=HASH,
+    summary="Increment the float value of a field",
+    syntax="key field increment",
+)
+def cmd_hincrbyfloat(cx: Call, args: Args) -> Reply:
+    """As INCRBYFLOAT, in C's long double, with Redis' HINCRBYFLOAT errors."""
+    key, field = args[1], args[2]
+    increment = parse_long_double(args[3])
+    if increment is None:
+        raise Error(errors.NOT_FLOAT)
+    if increment.inf:
+        raise Error("ERR value is NaN or Infinity")
+    fields = _read(cx, key) or {}
+    current = parse_long_double(fields.get(field, b"0"))
+    if current is None:
+        raise Error(NOT_FLOAT)
+    result = add_long_double(current, increment)
+    if result is None:
+        raise Error("ERR increment would produce NaN or Infinity")
+    encoded = format_long_double(result)
+    _increment(cx, key, field, encoded)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_HASH, b"hincrbyfloat", key)
+    return encoded
 
 
 @command(
@@ -298,7 +367,7 @@ def cmd_hscan(cx: Call, args: Args) -> Reply:
     _cursor(args[2])
     pattern = _match(args, 3)
     out: list[bytes] = []
-    for field, value in (_read(cx, args[1]) or {}).items():
+    for field, value in (_missed(cx, args[1], _read(cx, args[1])) or {}).items():
         if pattern is None or pattern.match(field):
             out += [field, value]
     # A session's hash is small: one step returns all of it (cursor 0), as
@@ -338,7 +407,7 @@ def cmd_hrandfield(cx: Call, args: Args) -> Reply:
     if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"WITHVALUES"):
         raise errors.syntax()
     count = int_arg(args[2]) if len(args) > 2 else None
-    fields = _read(cx, args[1])
+    fields = _missed(cx, args[1], _read(cx, args[1]))
     if count is None:
         return None if not fields else random.choice(list(fields))
     withvalues = len(args) == 4

@@ -127,6 +127,7 @@ def raw_counters(cx: Call) -> dict[str, int]:
         "total_error_replies": sum(server.error_replies.values()),
         "store_loads_found": cache.loads_found,
         "store_loads_absent": cache.loads_absent,
+        "client_output_buffer_limit_disconnections": server.output_buffer_disconnections,
     }
 
 
@@ -262,9 +263,14 @@ def _stats(cx: Call) -> Fields:
         ("evicted_keys", since("evicted_keys")),
         ("keyspace_hits", since("keyspace_hits")),
         ("keyspace_misses", since("keyspace_misses")),
-        ("pubsub_channels", 0),
-        ("pubsub_patterns", 0),
+        ("pubsub_channels", len(state.pubsub.channels)),
+        ("pubsub_patterns", len(state.pubsub.patterns)),
+        ("pubsubshard_channels", 0),
         ("total_error_replies", since("total_error_replies")),
+        (
+            "client_output_buffer_limit_disconnections",
+            since("client_output_buffer_limit_disconnections"),
+        ),
         ("store_loads_found", since("store_loads_found")),
         ("store_loads_absent", since("store_loads_absent")),
     ]

@@ -1,17 +1,22 @@
-"""Keyspace commands: DEL UNLINK EXISTS TOUCH TYPE SCAN KEYS."""
+"""Keyspace commands: DEL UNLINK EXISTS TOUCH TYPE SCAN KEYS RENAME RENAMENX
+COPY RANDOMKEY OBJECT MEMORY."""
 
 from __future__ import annotations
 
 import re
+import sys
+import time
 from collections.abc import Awaitable
 
 from .. import values
+from ..cache import Entry
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS
 from ..keyspace import Keyspace
-from ..protocol import Error, Status
-from ..values import type_name
+from ..protocol import OK, Error, Status
+from ..values import Value, type_name
 from . import errors
-from .registry import KEYSPACE, Args, Call, Reply, command
-from .util import glob_to_regex, int_arg, options
+from .registry import KEYSPACE, SERVER, Args, Call, Reply, command
+from .util import glob_to_regex, help_reply, int_arg, options, parse_int64, subcommand
 
 _KINDS = {b"string": values.STRING, b"hash": values.HASH, b"set": values.SET}
 
@@ -19,9 +24,11 @@ _KINDS = {b"string": values.STRING, b"hash": values.HASH, b"set": values.SET}
 def _delete(cx: Call, args: Args) -> Reply:
     removed = 0
     for key in args[1:]:
-        existed = cx.peek(key) is not None
-        cx.remove(key)
-        removed += existed
+        if cx.peek(key) is not None:  # deleting nothing is not a change (WATCH)
+            cx.remove(key)
+            removed += 1
+            if cx.keyspace.notifying:
+                cx.notify(NOTIFY_GENERIC, b"del", key)
     return removed
 
 
@@ -55,7 +62,13 @@ command(
     syntax="key ...",
 )
 def cmd_exists(cx: Call, args: Args) -> Reply:
-    return sum(1 for key in args[1:] if cx.peek(key) is not None)
+    found = 0
+    for key in args[1:]:
+        if cx.peek(key) is not None:
+            found += 1
+        elif cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return found
 
 
 @command(
@@ -68,7 +81,13 @@ def cmd_exists(cx: Call, args: Args) -> Reply:
     syntax="key ...",
 )
 def cmd_touch(cx: Call, args: Args) -> Reply:
-    return sum(1 for key in args[1:] if cx.lookup(key) is not None)
+    touched = 0
+    for key in args[1:]:
+        if cx.lookup(key) is not None:
+            touched += 1
+        elif cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return touched
 
 
 @command(
@@ -82,7 +101,11 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
 )
 def cmd_type(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return Status("none" if entry is None else type_name(entry.value))
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return Status("none")
+    return Status(type_name(entry.value))
 
 
 def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None, bytes | None]:
@@ -164,3 +187,289 @@ def _keys_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
 )
 def cmd_keys(cx: Call, args: Args) -> Reply:
     return cx.keys(_pattern(args[1]))
+
+
+# ------------------------------------------------------ RENAME, COPY
+
+
+def _place(cx: Call, key: bytes, entry: Entry[Value], value: Value) -> None:
+    """Write ``value`` under ``key`` with ``entry``'s life, as Redis moves a
+    key's expire with it: its sliding TTL (which this access has just renewed)
+    when the TTL slides, else its deadline; no expiry if it has none."""
+    if entry.ttl is not None and cx.cache.sliding:
+        cx.set(key, value, entry.ttl, context_id=entry.context_id)
+    elif entry.deadline is not None:
+        cx.set(key, value, deadline=entry.deadline, context_id=entry.context_id)
+    else:
+        cx.set(key, value, None, context_id=entry.context_id)
+
+
+def _duplicate(value: Value) -> Value:
+    """A copy that a later change to ``value`` does not reach (a hash or a
+    set is changed in place)."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, set):
+        return set(value)
+    return value
+
+
+def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
+    source, target = args[1], args[2]
+    entry = cx.lookup(source)
+    if entry is None:
+        raise Error(errors.NO_SUCH_KEY)
+    if source == target:
+        return 0 if nx else OK
+    exists = cx.peek(target) is not None
+    if nx and exists:
+        return 0
+    cx.check_size(target)
+    if exists:
+        cx.remove(target)  # as Redis: deleted, then made anew (a "new" event)
+    _place(cx, target, entry, entry.value)  # moved: the source goes
+    cx.remove(source)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"rename_from", source)
+        cx.notify(NOTIFY_GENERIC, b"rename_to", target)
+    return 1 if nx else OK
+
+
+@command(
+    "RENAME",
+    3,
+    "write",
+    keys=(1, 2, 1),
+    group=KEYSPACE,
+    summary="Rename a key",
+    syntax="key newkey",
+)
+def cmd_rename(cx: Call, args: Args) -> Reply:
+    return _rename(cx, args, nx=False)
+
+
+@command(
+    "RENAMENX",
+    3,
+    "write fast",
+    keys=(1, 2, 1),
+    group=KEYSPACE,
+    summary="Rename a key if the new name is free",
+    syntax="key newkey",
+)
+def cmd_renamenx(cx: Call, args: Args) -> Reply:
+    return _rename(cx, args, nx=True)
+
+
+@command(
+    "COPY",
+    -3,
+    "write",
+    keys=(1, 2, 1),
+    group=KEYSPACE,
+    summary="Copy a key",
+    syntax="source destination [DB destination-db] [REPLACE]",
+)
+def cmd_copy(cx: Call, args: Args) -> Reply:
+    source, target = args[1], args[2]
+    replace = False
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        if opt == b"REPLACE":
+            replace = True
+        elif opt == b"DB" and i + 1 < len(args):
+            db = parse_int64(args[i + 1])
+            if db is None or not -(2**31) <= db < 2**31:
+                raise Error(errors.NOT_INT)
+            if db != 0:
+                raise Error(errors.DB_INDEX)  # sessiond has database 0 only
+            i += 1
+        else:
+            raise errors.syntax()
+        i += 1
+    if source == target:
+        raise Error(errors.SAME_OBJECT)
+    entry = cx.lookup(source)
+    if entry is None:
+        return 0
+    exists = cx.peek(target) is not None
+    if exists and not replace:
+        return 0
+    cx.check_size(target)
+    if exists:
+        cx.remove(target)  # as Redis: deleted, then made anew (a "new" event)
+    _place(cx, target, entry, _duplicate(entry.value))
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_GENERIC, b"copy_to", target)
+    return 1
+
+
+@command(
+    "RANDOMKEY",
+    1,
+    "readonly",
+    group=KEYSPACE,
+    summary="A random key",
+)
+def cmd_randomkey(cx: Call, args: Args) -> Reply:
+    return cx.keyspace.random_key()
+
+
+# ------------------------------------------------------ OBJECT, MEMORY
+
+
+def _subcommand_key(args: Args) -> list[bytes]:
+    # OBJECT ENCODING key, MEMORY USAGE key: read through like any key.
+    return args[2:3] if len(args) > 2 and args[1].upper() != b"HELP" else []
+
+
+_OBJECT_ARITY = {b"ENCODING": 3, b"FREQ": 3, b"IDLETIME": 3, b"REFCOUNT": 3, b"HELP": 2}
+
+_OBJECT_HELP = [
+    "ENCODING <key>",
+    "    Return the kind of internal representation used in order to store the value",
+    "    associated with a <key>.",
+    "FREQ <key>",
+    "    Return the access frequency index of the <key>. The returned integer is",
+    "    proportional to the logarithm of the recent access frequency of the key.",
+    "IDLETIME <key>",
+    "    Return the idle time of the <key>, that is the approximated number of",
+    "    seconds elapsed since the last access to the key.",
+    "REFCOUNT <key>",
+    "    Return the number of references of the value associated with the specified",
+    "    <key>.",
+]
+
+# Redis' shared integers: values 0..9999 are one shared object each, unless a
+# memory bound with an LRU policy (sessiond's) needs a per-key access time.
+_SHARED_INTEGERS = 10000
+_SHARED_REFCOUNT = 2147483647
+_EMBSTR_LIMIT = 44
+# Redis 7.2's defaults: hash-max-listpack-entries/-value, set-max-intset-entries,
+# set-max-listpack-entries/-value.
+_LISTPACK_ENTRIES = 128
+_LISTPACK_VALUE = 64
+_INTSET_ENTRIES = 512
+
+
+def _encoding(value: Value) -> str:
+    """The encoding Redis 7.2 would give the value, read from the value as it
+    is now (Redis keeps a container's larger encoding after it shrinks, and a
+    string APPEND or SETRANGE made stays ``raw``)."""
+    if isinstance(value, bytes):
+        if len(value) <= 20 and parse_int64(value) is not None:
+            return "int"
+        return "embstr" if len(value) <= _EMBSTR_LIMIT else "raw"
+    if isinstance(value, dict):
+        small = len(value) <= _LISTPACK_ENTRIES and all(
+            len(f) <= _LISTPACK_VALUE and len(v) <= _LISTPACK_VALUE for f, v in value.items()
+        )
+        return "listpack" if small else "hashtable"
+    if len(value) <= _INTSET_ENTRIES and all(
+        len(m) <= 20 and parse_int64(m) is not None for m in value
+    ):
+        return "intset"
+    small = len(value) <= _LISTPACK_ENTRIES and all(len(m) <= _LISTPACK_VALUE for m in value)
+    return "listpack" if small else "hashtable"
+
+
+@command(
+    "OBJECT",
+    -2,
+    "readonly",
+    group=KEYSPACE,
+    summary="Inspect a key's internals",
+    subcommands={
+        "ENCODING": ("key", "The encoding of a key's value"),
+        "FREQ": ("key", "Access frequency (LFU policies only: an error here)"),
+        "IDLETIME": ("key", "Seconds since the key was last read or written"),
+        "REFCOUNT": ("key", "References to the key's value"),
+        "HELP": ("", "Show this help"),
+    },
+    load=_subcommand_key,
+)
+def cmd_object(cx: Call, args: Args) -> Reply:
+    sub = subcommand(args, _OBJECT_ARITY, "OBJECT")
+    if sub == b"HELP":
+        return help_reply("OBJECT", _OBJECT_HELP)
+    entry = cx.peek(args[2])  # an inspection: the key is not touched
+    if entry is None:
+        return None
+    if sub == b"ENCODING":
+        return _encoding(entry.value)
+    if sub == b"FREQ":
+        raise Error(
+            "ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
+            "Please note that when switching between policies at runtime LRU and LFU data "
+            "will take some time to adjust."
+        )
+    if sub == b"IDLETIME":
+        return max(0, int(cx.now() - entry.accessed_at))
+    value = entry.value
+    number = parse_int64(value) if isinstance(value, bytes) and len(value) <= 20 else None
+    if number is not None and 0 <= number < _SHARED_INTEGERS and not cx.cache.max_memory:
+        return _SHARED_REFCOUNT
+    return 1
+
+
+_MEMORY_ARITY = {b"USAGE": -3, b"HELP": 2}
+
+_MEMORY_HELP = [
+    "USAGE <key> [SAMPLES <count>]",
+    "    Return memory in bytes used by <key> and its value (sessiond: what it holds",
+    "    in memory for it, or would hold once read back from the store).",
+]
+
+# What memory holds per key besides the key, value and entry objects: its
+# slot in the cache's ordered dict and, for a key with a deadline, its record
+# in the expiry heap.
+_DICT_SLOT = 104
+_HEAP_RECORD = 8 + sys.getsizeof((0.0, 0, b""))
+
+
+def _memory_usage(key: bytes, entry: Entry[Value]) -> int:
+    """Bytes memory spends on a session: key, value (a container with its
+    items), the entry (its slots and float fields) and its share of the
+    cache's structures."""
+    value = entry.value
+    size = sys.getsizeof(key) + sys.getsizeof(value) + sys.getsizeof(entry)
+    if isinstance(value, dict):
+        size += sum([sys.getsizeof(f) + sys.getsizeof(v) for f, v in value.items()])
+    elif isinstance(value, set):
+        size += sum([sys.getsizeof(m) for m in value])
+    size += _DICT_SLOT + 3 * sys.getsizeof(time.time())
+    if entry.deadline is not None:
+        size += sys.getsizeof(entry.deadline) + _HEAP_RECORD
+    return size
+
+
+@command(
+    "MEMORY",
+    -2,
+    "readonly",
+    group=SERVER,
+    summary="Memory use",
+    subcommands={
+        "USAGE": ("key [SAMPLES count]", "Bytes used by a key and its value"),
+        "HELP": ("", "Show this help"),
+    },
+    load=_subcommand_key,
+)
+def cmd_memory(cx: Call, args: Args) -> Reply:
+    sub = subcommand(args, _MEMORY_ARITY, "MEMORY")
+    if sub == b"HELP":
+        return help_reply("MEMORY", _MEMORY_HELP)
+    i = 3
+    while i < len(args):
+        if args[i].upper() == b"SAMPLES" and i + 1 < len(args):
+            samples = int_arg(args[i + 1])
+            if samples < 0:
+                raise errors.syntax()
+            i += 2
+        else:
+            raise errors.syntax()
+    entry = cx.peek(args[2])
+    if entry is None:
+        return None
+    return _memory_usage(args[2], entry)

@@ -48,6 +48,8 @@ SESSION = "session"
 HASH = "hash"
 SET = "set"
 TRANSACTIONS = "transactions"
+PUBSUB = "pubsub"
+SCRIPTING = "scripting"
 
 
 class Call(Context):
@@ -104,6 +106,11 @@ class Command:
     # writes and the store cannot commit.
     runs_queued: bool = False
     noauth: bool = False
+    # Refused inside scripts (Redis' ``noscript`` flag).
+    noscript: bool = False
+    # May write although not flagged ``write`` (Redis' ``may_replicate``, EVAL):
+    # its reply waits for the commit, CLIENT PAUSE WRITE holds it.
+    may_write: bool = False
     # Its place in REGISTRY: the dispatcher keeps its counters in a list by it.
     index: int = 0
 
@@ -114,9 +121,11 @@ class Command:
         return self.write or self.runs_queued
 
     def keys(self, args: Args) -> list[bytes]:
-        """The keys ``args`` name (``COMMAND GETKEYS``)."""
+        """The keys ``args`` name (``COMMAND GETKEYS``): at the declared
+        positions, or, for a command whose keys have no fixed positions
+        (EVAL's numkeys, OBJECT's subcommands), those it reads through."""
         if self.first_key == 0:
-            return []
+            return [] if self.load is None else self.load(args)
         last = self.last_key if self.last_key > 0 else len(args) + self.last_key
         return args[self.first_key : last + 1 : self.step]
 
@@ -157,7 +166,8 @@ def command(
 ) -> Callable[[Handler], Handler]:
     """Declare ``name`` on the handler it decorates. ``arity`` is Redis'
     (negative: at least that many arguments, the name included); ``flags`` are
-    Redis' (``write``, ``readonly``, ``fast``, ``noauth``...); ``keys`` is
+    Redis' (``write``, ``readonly``, ``fast``, ``noauth``, ``noscript``,
+    ``may_replicate``...); ``keys`` is
     (first, last, step) as COMMAND reports it. ``load`` says which keys to
     read through: ``True`` the declared key positions, ``False`` none, or a
     function of the arguments. ``decides`` says whether the outcome depends
@@ -203,6 +213,8 @@ def command(
             immediate=immediate,
             runs_queued=runs_queued,
             noauth="noauth" in flag_tuple,
+            noscript="noscript" in flag_tuple,
+            may_write="may_replicate" in flag_tuple,
             index=len(REGISTRY),
         )
         return handler

@@ -6,7 +6,10 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import structlog
+
 from ..config import flatten
+from ..keyevents import LETTERS, parse_events
 from ..keyspace import Keyspace
 from ..protocol import OK, Error, Status, Verbatim
 from . import errors
@@ -14,6 +17,8 @@ from .docs import doc_fields
 from .info import info_text, reset_stats, wanted_sections
 from .registry import REGISTRY, SERVER, Args, Call, Command, Reply, command
 from .util import glob_to_regex, text
+
+log = structlog.get_logger("sessiond.commands")
 
 # ------------------------------------------------------------------- INFO
 
@@ -71,7 +76,50 @@ def _redis_config(cx: Call) -> dict[str, Any]:
         "timeout": int(config.limits.client_idle_timeout),
         "proto-max-bulk-len": config.limits.max_value_size,
         "client-query-buffer-limit": config.limits.max_request_size,
+        # What CONFIG SET made it, else the config file's value.
+        "notify-keyspace-events": cx.state.pubsub.events_text,
+        "pubsub.notify_keyspace_events": cx.state.pubsub.events_text,
     }
+
+
+# The one setting CONFIG SET changes: the running value, until the config
+# file's own value for it changes or the daemon restarts (docs/configuration.md).
+_SETTABLE = (b"notify-keyspace-events", b"pubsub.notify_keyspace_events")
+
+
+def _config_set(cx: Call, args: Args) -> Reply:
+    if len(args) < 4 or len(args) % 2:
+        raise errors.wrong_arity("config|set")
+    pairs = [(args[i].lower(), args[i + 1]) for i in range(2, len(args), 2)]
+    for name, _ in pairs:
+        if name not in _SETTABLE:
+            raise Error(
+                f"ERR CONFIG SET {text(name)} is not supported: only notify-keyspace-events "
+                "may be set; edit the config file for the rest, sessiond reloads it"
+            )
+    if len(pairs) > 1:
+        raise Error(
+            f"ERR CONFIG SET failed (possibly related to argument '{text(pairs[1][0])}') - "
+            "duplicate parameter"
+        )
+    name, value = pairs[0]
+    flags = parse_events(text(value))
+    if flags is None:
+        raise Error(
+            f"ERR CONFIG SET failed (possibly related to argument '{text(name)}') - "
+            f"Invalid event class character. Use '{LETTERS}'."
+        )
+    hub = cx.state.pubsub
+    old = hub.events_text
+    hub.set_events(flags)
+    log.info(
+        "config_set",
+        parameter="notify-keyspace-events",
+        old=old,
+        new=hub.events_text,
+        client_id=cx.client.id,
+    )
+    return OK
 
 
 def _config_value(value: Any) -> str:
@@ -87,11 +135,12 @@ def _config_value(value: Any) -> str:
 @command(
     "CONFIG",
     -2,
+    "noscript",
     group=SERVER,
     summary="Read the effective config",
     subcommands={
         "GET": ("parameter ...", "The effective value of config parameters"),
-        "SET": ("parameter value", "Not supported: edit the config file"),
+        "SET": ("parameter value", "Set notify-keyspace-events, the one parameter it sets"),
         "RESETSTAT": ("", "Reset INFO's counters (Prometheus' keep counting)"),
     },
 )
@@ -107,7 +156,7 @@ def cmd_config(cx: Call, args: Args) -> Reply:
                     out[key] = _config_value(value)
         return out
     if sub == b"SET":
-        raise Error("ERR CONFIG SET is not supported: edit the config file, sessiond reloads it")
+        return _config_set(cx, args)
     if sub == b"RESETSTAT" and len(args) == 2:
         reset_stats(cx)
         return OK
@@ -204,12 +253,24 @@ def _flush(cx: Call, args: Args) -> Reply:
     return OK
 
 
-command("FLUSHDB", -1, "write", group=SERVER, summary="Delete all keys", syntax="[ASYNC | SYNC]")(
-    _flush
-)
-command("FLUSHALL", -1, "write", group=SERVER, summary="Delete all keys", syntax="[ASYNC | SYNC]")(
-    _flush
-)
+# noscript, unlike Redis: a script stopped by its time limit is rolled back,
+# and no undo log could give back a whole store.
+command(
+    "FLUSHDB",
+    -1,
+    "write noscript",
+    group=SERVER,
+    summary="Delete all keys",
+    syntax="[ASYNC | SYNC]",
+)(_flush)
+command(
+    "FLUSHALL",
+    -1,
+    "write noscript",
+    group=SERVER,
+    summary="Delete all keys",
+    syntax="[ASYNC | SYNC]",
+)(_flush)
 
 
 @command("TIME", 1, "fast", group=SERVER, summary="Server time")

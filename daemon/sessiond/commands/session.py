@@ -8,6 +8,7 @@ import secrets
 
 from .. import values
 from ..cache import DEFAULT
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS, NOTIFY_STRING
 from . import errors
 from .registry import SESSION, Args, Call, Reply, command
 from .util import int_arg, options, text
@@ -40,6 +41,10 @@ def cmd_session_create(cx: Call, args: Args) -> Reply:
             raise errors.syntax()
     session_id = secrets.token_urlsafe(24).encode()
     cx.set(session_id, state, DEFAULT if ttl is None else ttl, context_id=context)
+    if cx.keyspace.notifying:  # as SET [EX] would tell it
+        cx.notify(NOTIFY_STRING, b"set", session_id)
+        if ttl:
+            cx.notify(NOTIFY_GENERIC, b"expire", session_id)
     return session_id
 
 
@@ -56,6 +61,8 @@ def cmd_session_info(cx: Call, args: Args) -> Reply:
     key = args[1]
     entry = cx.peek(key)
     if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         return None
     where = "memory" if cx.in_memory(key) else "store"
     now = cx.now()

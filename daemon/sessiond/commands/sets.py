@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS, NOTIFY_SET
 from ..protocol import Error
 from ..values import Members, Value
 from . import errors
@@ -20,6 +21,15 @@ from .util import glob_to_regex, int_arg, members_of, options, parse_int64
 def _read(cx: Call, key: bytes) -> Members | None:
     entry = cx.lookup(key)
     return None if entry is None else members_of(entry.value)
+
+
+def _lookup(cx: Call, key: bytes) -> Members | None:
+    """``_read`` for a read command: a miss is told (keymiss), as Redis' read
+    lookups do (a write's lookup tells none)."""
+    found = _read(cx, key)
+    if found is None and cx.keyspace.notifying:
+        cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
+    return found
 
 
 def _add(cx: Call, key: bytes, members: list[bytes]) -> int:
@@ -42,10 +52,14 @@ def _add(cx: Call, key: bytes, members: list[bytes]) -> int:
     return len(new)
 
 
-def _remove(cx: Call, key: bytes, current: Members, doomed: set[bytes]) -> None:
-    """Take ``doomed`` (all members of ``current``) out; the key goes with the last."""
+def _remove(cx: Call, key: bytes, current: Members, doomed: set[bytes], event: bytes) -> None:
+    """Take ``doomed`` (all members of ``current``) out; the key goes with the
+    last. Tells ``event`` (srem, spop), then del if the key went."""
     if len(doomed) == len(current):
         cx.remove(key)
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_SET, event, key)
+            cx.notify(NOTIFY_GENERIC, b"del", key)
         return
 
     def apply(value: Value) -> Value:
@@ -54,6 +68,8 @@ def _remove(cx: Call, key: bytes, current: Members, doomed: set[bytes]) -> None:
         return found
 
     cx.update(key, apply)
+    if cx.keyspace.notifying:
+        cx.notify(NOTIFY_SET, event, key)
 
 
 @command(
@@ -67,7 +83,10 @@ def _remove(cx: Call, key: bytes, current: Members, doomed: set[bytes]) -> None:
     decides=True,
 )
 def cmd_sadd(cx: Call, args: Args) -> Reply:
-    return _add(cx, args[1], args[2:])
+    added = _add(cx, args[1], args[2:])
+    if added and cx.keyspace.notifying:
+        cx.notify(NOTIFY_SET, b"sadd", args[1])
+    return added
 
 
 @command(
@@ -86,7 +105,7 @@ def cmd_srem(cx: Call, args: Args) -> Reply:
         return 0
     doomed = {m for m in args[2:] if m in current}
     if doomed:
-        _remove(cx, args[1], current, doomed)
+        _remove(cx, args[1], current, doomed, b"srem")
     return len(doomed)
 
 
@@ -100,7 +119,7 @@ def cmd_srem(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_smembers(cx: Call, args: Args) -> Reply:
-    return set(_read(cx, args[1]) or ())
+    return set(_lookup(cx, args[1]) or ())
 
 
 @command(
@@ -113,7 +132,7 @@ def cmd_smembers(cx: Call, args: Args) -> Reply:
     syntax="key member",
 )
 def cmd_sismember(cx: Call, args: Args) -> Reply:
-    return int(args[2] in (_read(cx, args[1]) or ()))
+    return int(args[2] in (_lookup(cx, args[1]) or ()))
 
 
 @command(
@@ -126,7 +145,7 @@ def cmd_sismember(cx: Call, args: Args) -> Reply:
     syntax="key member ...",
 )
 def cmd_smismember(cx: Call, args: Args) -> Reply:
-    found = _read(cx, args[1]) or set()
+    found = _lookup(cx, args[1]) or set()
     return [int(m in found) for m in args[2:]]
 
 
@@ -141,7 +160,11 @@ def cmd_smismember(cx: Call, args: Args) -> Reply:
 )
 def cmd_scard(cx: Call, args: Args) -> Reply:
     entry = cx.peek(args[1])
-    return 0 if entry is None else len(members_of(entry.value))
+    if entry is None:
+        if cx.keyspace.notifying:
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", args[1])
+        return 0
+    return len(members_of(entry.value))
 
 
 @command(
@@ -163,7 +186,7 @@ def cmd_spop(cx: Call, args: Args) -> Reply:
         return None if count is None else set()
     chosen = random.sample(sorted(current), min(1 if count is None else count, len(current)))
     if chosen:
-        _remove(cx, args[1], current, set(chosen))
+        _remove(cx, args[1], current, set(chosen), b"spop")
     return chosen[0] if count is None else set(chosen)
 
 
@@ -187,7 +210,7 @@ def cmd_srandmember(cx: Call, args: Args) -> Reply:
     if len(args) > 3:
         raise errors.syntax()
     count = int_arg(args[2]) if len(args) == 3 else None
-    current = _read(cx, args[1])
+    current = _lookup(cx, args[1])
     if count is None:
         return None if not current else random.choice(sorted(current))
     if not current:
@@ -220,13 +243,13 @@ def cmd_sscan(cx: Call, args: Args) -> Reply:
                 raise errors.syntax()
         else:
             raise errors.syntax()
-    found = _read(cx, args[1]) or set()
+    found = _lookup(cx, args[1]) or set()
     # One step returns the whole (small) set, cursor 0: see HSCAN.
     return [b"0", [m for m in found if pattern is None or pattern.match(m)]]
 
 
 def _sets(cx: Call, keys: Args) -> list[Members]:
-    return [_read(cx, key) or set() for key in keys]
+    return [_lookup(cx, key) or set() for key in keys]
 
 
 @command(
@@ -288,7 +311,8 @@ def cmd_smove(cx: Call, args: Args) -> Reply:
         return 0
     if source == destination:
         return 1
-    _remove(cx, source, current, {member})
-    if target is None or member not in target:
-        _add(cx, destination, [member])
+    _remove(cx, source, current, {member}, b"srem")
+    added = (target is None or member not in target) and _add(cx, destination, [member]) > 0
+    if added and cx.keyspace.notifying:
+        cx.notify(NOTIFY_SET, b"sadd", destination)
     return 1

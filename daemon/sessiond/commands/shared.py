@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ..keyspace import Prepared
+from ..scripting import ScriptEngine
 from ..shared import SharedKeyspace
 from .dispatch import Dispatcher
 from .registry import Args, Command
@@ -21,8 +22,10 @@ from .state import Client, ServerState
 
 
 class SharedDispatcher(Dispatcher):
-    def __init__(self, keyspace: SharedKeyspace, state: ServerState) -> None:
-        Dispatcher.__init__(self, keyspace, state)
+    def __init__(
+        self, keyspace: SharedKeyspace, state: ServerState, *, scripts: ScriptEngine | None = None
+    ) -> None:
+        Dispatcher.__init__(self, keyspace, state, scripts=scripts)
         self.shared = keyspace
 
     def prepare(

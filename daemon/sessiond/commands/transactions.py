@@ -1,19 +1,102 @@
-"""Transactions: MULTI EXEC DISCARD.
+"""Transactions: MULTI EXEC DISCARD WATCH UNWATCH.
 
 While a client is in MULTI the dispatcher queues its commands (checking their
-arity) instead of running them; these three run at once. EXEC runs the queue
-in one go: the store was read for every queued command's keys before EXEC
-started, and no other command runs until it ends.
+arity) instead of running them; MULTI, EXEC, DISCARD and WATCH run at once.
+EXEC runs the queue in one go: the store was read for every queued command's
+keys (and the watched ones) before EXEC started, and no other command runs
+until it ends.
+
+WATCH, as in Redis: EXEC answers a nil array and runs nothing if a watched key
+was changed by any client (this one included), deleted, flushed or expired
+since it was watched. The keyspace tells :class:`Watches` of every change made
+through a context's write doors and of every expiry in memory, but only while
+someone watches: with no watch anywhere, a write calls nobody. A key that
+expires without anyone noticing (a key only the store holds) is caught by EXEC
+itself, which checks that every key that existed at WATCH still does.
 """
 
 from __future__ import annotations
 
-from ..protocol import OK, Error
+from ..keyspace import Keyspace
+from ..protocol import NIL_ARRAY, OK, Error
 from . import errors
 from .registry import TRANSACTIONS, Args, Call, Reply, command
+from .state import Client
 
 
-@command("MULTI", 1, "fast", group=TRANSACTIONS, summary="Start a transaction", immediate=True)
+class Watches:
+    """Which clients watch which key; told of changes while any does."""
+
+    __slots__ = ("keys", "keyspace", "listener", "listening")
+
+    def __init__(self, keyspace: Keyspace) -> None:
+        self.keyspace = keyspace
+        self.keys: dict[bytes, list[Client]] = {}
+        self.listening = False
+        # One object, so that the keyspace can be told to stop calling it.
+        self.listener = self.changed
+
+    def watch(self, client: Client, key: bytes, exists: bool) -> None:
+        watched = client.watched
+        if watched is None:
+            watched = client.watched = {}
+        if key in watched:
+            return  # as Redis: watching a key twice changes nothing
+        watched[key] = exists
+        clients = self.keys.get(key)
+        if clients is None:
+            self.keys[key] = [client]
+        else:
+            clients.append(client)
+        if not self.listening:
+            self.listening = True
+            self.keyspace.listen(self.listener)
+
+    def unwatch(self, client: Client) -> None:
+        """Forget ``client``'s watches (UNWATCH, EXEC, DISCARD, RESET, a
+        disconnect); with nobody watching, stop listening."""
+        watched = client.watched
+        client.watched = None
+        client.watch_dirty = False
+        if not watched:
+            return
+        keys = self.keys
+        for key in watched:
+            clients = keys.get(key)
+            if clients is not None:
+                clients.remove(client)
+                if not clients:
+                    del keys[key]
+        if not keys and self.listening:
+            self.listening = False
+            self.keyspace.unlisten(self.listener)
+
+    def changed(self, key: bytes | None) -> None:
+        """A command is about to change ``key`` (``None``: every key, a
+        FLUSHDB), or it expires."""
+        if key is not None:
+            clients = self.keys.get(key)
+            if clients is not None:
+                for client in clients:
+                    client.watch_dirty = True
+            return
+        # A flush touches the watched keys that existed at WATCH (one created
+        # since has made its watcher dirty already).
+        for clients in self.keys.values():
+            for client in clients:
+                watched = client.watched
+                if watched is not None and any(watched.values()):
+                    client.watch_dirty = True
+
+
+@command(
+    "MULTI",
+    1,
+    "noscript loading stale fast allow_busy",
+    group=TRANSACTIONS,
+    summary="Start a transaction",
+    immediate=True,
+)
 def cmd_multi(cx: Call, args: Args) -> Reply:
     client = cx.client
     if client.multi is not None:
@@ -26,6 +109,7 @@ def cmd_multi(cx: Call, args: Args) -> Reply:
 @command(
     "EXEC",
     1,
+    "noscript loading stale skip_slowlog",
     group=TRANSACTIONS,
     summary="Run a transaction",
     immediate=True,
@@ -37,18 +121,71 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
     if queued is None:
         raise errors.without_multi("EXEC")
     client.multi = None
+    watches = cx.dispatcher.watches
     if client.multi_error:
         client.multi_error = False
+        watches.unwatch(client)
         raise Error(errors.EXECABORT)
+    watched = client.watched
+    if watched is not None:
+        # A key that existed at WATCH and is gone now expired (a delete
+        # would have marked the client already).
+        dirty = client.watch_dirty or any(
+            existed and cx.peek(key) is None for key, existed in watched.items()
+        )
+        watches.unwatch(client)  # before the queue runs: its own writes do not count
+        if dirty:
+            return NIL_ARRAY
     call = cx.dispatcher.call
     return [call(cx, cmd, queued_args) for cmd, queued_args in queued]
 
 
-@command("DISCARD", 1, "fast", group=TRANSACTIONS, summary="Drop a transaction", immediate=True)
+@command(
+    "DISCARD",
+    1,
+    "noscript loading stale fast allow_busy",
+    group=TRANSACTIONS,
+    summary="Drop a transaction",
+    immediate=True,
+)
 def cmd_discard(cx: Call, args: Args) -> Reply:
     client = cx.client
     if client.multi is None:
         raise errors.without_multi("DISCARD")
     client.multi = None
     client.multi_error = False
+    cx.dispatcher.watches.unwatch(client)
+    return OK
+
+
+@command(
+    "WATCH",
+    -2,
+    "noscript loading stale fast allow_busy",
+    keys=(1, -1, 1),
+    group=TRANSACTIONS,
+    summary="Watch keys for a transaction",
+    syntax="key ...",
+    immediate=True,
+)
+def cmd_watch(cx: Call, args: Args) -> Reply:
+    client = cx.client
+    if client.multi is not None:
+        # Answered at once and, as in Redis, not an error of the transaction.
+        raise Error(errors.WATCH_IN_MULTI)
+    watches = cx.dispatcher.watches
+    for key in args[1:]:
+        watches.watch(client, key, cx.peek(key) is not None)
+    return OK
+
+
+@command(
+    "UNWATCH",
+    1,
+    "noscript loading stale fast allow_busy",
+    group=TRANSACTIONS,
+    summary="Forget all watched keys",
+)
+def cmd_unwatch(cx: Call, args: Args) -> Reply:
+    cx.dispatcher.watches.unwatch(cx.client)
     return OK

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from fractions import Fraction
 
-from ..protocol import Error
+from ..protocol import Error, Status
 from ..values import Hash, Members, Value
 from . import errors
 
@@ -57,6 +58,31 @@ def members_of(value: Value) -> Members:
     if isinstance(value, set):
         return value
     raise Error(errors.WRONGTYPE)
+
+
+def subcommand(args: Args, arities: dict[bytes, int], container: str) -> bytes:
+    """The upper-case subcommand of a container command (``OBJECT ENCODING``),
+    checked as Redis 7 checks it before the command runs: an unknown one and
+    a wrong number of arguments each have their error (``arities`` holds
+    each subcommand's Redis arity, the container's name included)."""
+    sub = args[1].upper()
+    arity = arities.get(sub)
+    if arity is None:
+        raise errors.no_such_subcommand(text(args[1]), container)
+    n = len(args)
+    if (arity > 0 and n != arity) or n < -arity:
+        raise errors.wrong_arity(f"{container}|{text(sub)}")
+    return sub
+
+
+def help_reply(container: str, lines: list[str]) -> list[Status]:
+    """``<CONTAINER> HELP``: Redis' header, the lines, and its footer."""
+    return [
+        Status(f"{container} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"),
+        *(Status(line) for line in lines),
+        Status("HELP"),
+        Status("    Print this help."),
+    ]
 
 
 def options(args: Args, start: int) -> Iterator[tuple[bytes, bytes]]:
@@ -158,3 +184,140 @@ def glob_to_regex(pattern: bytes) -> re.Pattern[bytes]:
         regex += b"".join(b"(?>.*?" + text + b")" for text in texts[1:-1])
         regex += b".*" + texts[-1]
     return re.compile(regex + b"\\Z", re.DOTALL)
+
+
+# ------------------------------------------------ INCRBYFLOAT's long double
+
+# Redis does INCRBYFLOAT in C's long double, x87's 80-bit format on x86-64: a
+# 64-bit significand, exponents down to 2^-16382 (subnormals to 2^-16445) and
+# up to 2^16383. Python has no such type; these compute the same results with
+# exact fractions rounded to it, so replies match Redis digit for digit
+# (10.5 + 0.1 + 5.0e3 is 5010.60000000000000009 there, not 5010.6).
+_LD_DIGITS = 64
+_LD_MIN_QUANTUM = -16445
+_LD_MAX = Fraction((1 << _LD_DIGITS) - 1) * Fraction(2) ** (16384 - _LD_DIGITS)
+_LD_MAX_CHARS = 5 * 1024  # Redis' MAX_LONG_DOUBLE_CHARS: longer text is refused
+_LD_DECIMAL = re.compile(rb"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?\Z")
+_LD_HEX = re.compile(rb"([+-]?)0[xX]([0-9a-fA-F]*)(?:\.([0-9a-fA-F]*))?(?:[pP]([+-]?[0-9]+))?\Z")
+_LD_INF = re.compile(rb"([+-]?)(?:inf|infinity)\Z", re.IGNORECASE)
+
+
+class LongDouble:
+    """A long double value: an exact fraction within its range, or an infinity."""
+
+    __slots__ = ("inf", "value")
+
+    def __init__(self, value: Fraction, inf: int = 0) -> None:
+        self.value = value
+        self.inf = inf  # +1 or -1 for an infinity (value unused), 0 otherwise
+
+
+def _round_long_double(exact: Fraction) -> Fraction | None:
+    """``exact`` rounded to the nearest long double (ties to even); ``None``
+    when it overflows."""
+    if exact == 0:
+        return exact
+    magnitude = abs(exact)
+    num, den = magnitude.numerator, magnitude.denominator
+    top = num.bit_length() - den.bit_length()  # 2^top <= magnitude < 2^(top+2)
+    if (num << max(0, -top)) < (den << max(0, top)):
+        top -= 1
+    quantum = max(top - (_LD_DIGITS - 1), _LD_MIN_QUANTUM)
+    if quantum >= 0:
+        steps = round(Fraction(num, den << quantum))
+        rounded = Fraction(steps << quantum)
+    else:
+        steps = round(Fraction(num << -quantum, den))
+        rounded = Fraction(steps, 1 << -quantum)
+    if rounded > _LD_MAX:
+        return None
+    return rounded if exact > 0 else -rounded
+
+
+def parse_long_double(data: bytes) -> LongDouble | None:
+    """``data`` as Redis' ``string2ld`` reads it (``strtold`` of the whole
+    text: no spaces, no NaN; a value that overflows or underflows to zero is
+    refused), or ``None``."""
+    if not data or len(data) >= _LD_MAX_CHARS:
+        return None
+    m = _LD_INF.match(data)
+    if m is not None:
+        return LongDouble(Fraction(0), -1 if m.group(1) == b"-" else 1)
+    m = _LD_DECIMAL.match(data)
+    if m is not None:
+        sign, whole, frac, exp = m.groups()
+        frac = frac or b""
+        if not whole and not frac:
+            return None
+        digits = (whole + frac).lstrip(b"0")
+        power = int(exp or b"0") - len(frac)
+        if not digits:
+            return LongDouble(Fraction(0))
+        leading = len(digits) + power  # the value is below 10^leading
+        if leading > 4933:
+            return None  # overflows: strtold says ERANGE
+        if leading < -4952:
+            return None  # underflows to zero: ERANGE too
+        exact = Fraction(_integer(digits)) * Fraction(10) ** power
+    else:
+        m = _LD_HEX.match(data)
+        if m is None:
+            return None
+        sign, whole, frac, exp = m.groups()
+        frac = frac or b""
+        if not whole and not frac:
+            return None
+        digits = (whole + frac).lstrip(b"0")
+        power = int(exp or b"0") - 4 * len(frac)
+        if not digits:
+            return LongDouble(Fraction(0))
+        leading = 4 * len(digits) + power
+        if leading > 16400:
+            return None
+        if leading < -16500:
+            return None
+        exact = Fraction(int(digits, 16)) * Fraction(2) ** power
+    rounded = _round_long_double(exact)
+    if rounded is None or rounded == 0:
+        return None
+    return LongDouble(-rounded if sign == b"-" else rounded)
+
+
+def add_long_double(a: LongDouble, b: LongDouble) -> LongDouble | None:
+    """``a + b`` in long double; ``None`` if it is infinite or NaN."""
+    if a.inf or b.inf:
+        return None
+    rounded = _round_long_double(a.value + b.value)
+    return None if rounded is None else LongDouble(rounded)
+
+
+_CHUNK = 10**4000  # below Python's limit of 4300 digits for str(int)
+
+
+def _integer(digits: bytes) -> int:
+    """``int(digits)`` for decimal digits of any count (up to 4300 is all
+    Python's ``int`` takes; a long double's integer part has up to 4933)."""
+    if len(digits) <= 4000:
+        return int(digits)
+    return _integer(digits[:-4000]) * _CHUNK + int(digits[-4000:])
+
+
+def _decimal(n: int) -> str:
+    """``str(n)`` for a non-negative ``n`` of any size (a long double's
+    integer part has up to 4933 digits)."""
+    if n < _CHUNK:
+        return str(n)
+    high, low = divmod(n, _CHUNK)
+    return _decimal(high) + str(low).zfill(4000)
+
+
+def format_long_double(number: LongDouble) -> bytes:
+    """Redis' ``ld2string(..., LD_STR_HUMAN)``: ``%.17Lf`` without trailing
+    zeros (nor a trailing point), and ``-0`` as ``0``."""
+    value = number.value
+    scaled = round(abs(value) * 10**17)  # ties to even, as glibc's printf
+    whole, frac = divmod(scaled, 10**17)
+    out = f"{_decimal(whole)}.{frac:017d}".rstrip("0").rstrip(".")
+    if value < 0 and out != "0":
+        out = "-" + out
+    return out.encode()

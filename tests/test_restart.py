@@ -1,0 +1,301 @@
+"""Restarts that refuse no client (docs/operations.md), under the load of 50
+redis-py clients writing with ``durability: always``:
+
+- under socket activation: systemd-socket-activate binds the socket, and
+  tests/tools/socket_service.py keeps it and restarts the daemon behind it as
+  ``systemctl restart`` does with sessiond.socket (SIGTERM, wait, start);
+- without systemd: SIGUSR2 makes the daemon hand over to a new process of
+  itself (sessiond.upgrade).
+
+Each is restarted several times while the clients run. Every time: no
+connect() fails, no error reaches a client (redis-py retries, by default, a
+request whose connection closed: that is counted, and allowed), no read sees
+anything but the last acknowledged write, and afterwards every acknowledged
+write is read back, from the last daemon and again after a cold start on the
+same store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from conftest import wait_until
+from loadgen import Counts, Load, pid_gone, stop_pid
+from test_activation import listening, socket_activate
+
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+Factory = Callable[..., "Daemon"]
+TOOLS = Path(__file__).parent / "tools"
+CLIENTS = 50
+RESTARTS = 5
+# Enough answered requests per client, after a restart, to know that every
+# client is served by the new daemon.
+PROGRESS = 10
+DURABLE: dict[str, Any] = {
+    "persistence": {"backend": "sqlite", "path": "sessions.db", "durability": "always"},
+    "metrics": {"enabled": True},
+    "logging": {"level": "info"},
+}
+
+
+def started(d: Daemon) -> list[dict[str, Any]]:
+    return [e for e in d.events() if e.get("event") == "started"]
+
+
+def summary(name: str, windows: list[Counts], load: Load) -> str:
+    """What the clients saw, restart by restart (printed: pytest -s shows it)."""
+    per = "; ".join(
+        f"#{i + 1}: {w.ops} ops, {sum(w.retried.values())} retried, "
+        f"{sum(w.errors.values())} errors, slowest {w.slowest:.2f}s"
+        for i, w in enumerate(windows)
+    )
+    prober = load.prober
+    return (
+        f"{name}: {len(windows)} restarts ({per}); prober: {prober.connects} connects, "
+        f"{sum(prober.refused.values())} refused, {sum(prober.unanswered.values())} unanswered"
+    )
+
+
+class Windows:
+    """What the clients saw between two restarts."""
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.windows: list[Counts] = []
+        self._before = Counts()
+
+    def close(self) -> None:
+        now = self.load.totals()
+        window = Counts()
+        window.add(now)
+        window.ops -= self._before.ops
+        window.errors.subtract(self._before.errors)
+        window.retried.subtract(self._before.retried)
+        window.connect_failures.subtract(self._before.connect_failures)
+        window.slowest = max(w.counts.slowest for w in self.load.writers)
+        for w in self.load.writers:
+            w.counts.slowest = 0.0
+        self.windows.append(window)
+        self._before = now
+
+
+def check(load: Load, counts: Counts) -> None:
+    assert counts.connect_failures == Counts().connect_failures, counts.connect_failures
+    assert not load.prober.refused, load.prober.refused
+    assert not counts.errors, counts.errors
+    assert counts.wrong_reads == [], counts.wrong_reads[:10]
+    assert load.lost() == []
+
+
+def no_problems(d: Daemon) -> None:
+    text = d.log_text()
+    assert "Traceback" not in text, text
+    errors = [e for e in d.events() if e.get("level") == "error"]
+    assert errors == [], errors
+
+
+def test_restarts_under_socket_activation_refuse_and_lose_nothing(
+    daemon_factory: Factory,
+) -> None:
+    d = daemon_factory(DURABLE, start=False)
+    service = [sys.executable, str(TOOLS / "socket_service.py"), "--"]
+    d.start(wait=False, prefix=[*socket_activate(str(d.socket_path)), *service])
+    listening(d)
+    load = Load(d.socket_path, CLIENTS).start()  # the first connection starts the daemon
+    windows = Windows(load)
+    try:
+        d.wait_for_event("started", timeout=60)
+        load.wait_progress(PROGRESS)
+        for n in range(RESTARTS):
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)  # systemctl restart sessiond
+            d.wait_for_event("started", count=n + 2, timeout=60)
+            load.wait_progress(PROGRESS)
+            windows.close()
+        counts = load.stop()
+    finally:
+        load.stopping.set()
+    print(summary("socket activation", windows.windows, load))
+    check(load, counts)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(60) == 0
+    exits = [e["status"] for e in d.events() if e.get("event") == "service_exited"]
+    assert exits == [0] * (RESTARTS + 1)
+    pids = [e["pid"] for e in started(d)]
+    assert len(set(pids)) == RESTARTS + 1
+    assert {e["socket_from"] for e in started(d)} == {"LISTEN_FDS"}
+    assert d.socket_path.exists(), "a daemon removed the socket unit's file"
+    no_problems(d)
+    # Every acknowledged write is in the store: a cold start reads them back.
+    d.start()
+    assert load.lost() == []
+    assert d.stop() == 0
+
+
+def test_sigusr2_hands_over_under_load_refusing_and_losing_nothing(
+    daemon_factory: Factory,
+) -> None:
+    d = daemon_factory(DURABLE, start=False)
+    # The reaper keeps each successor its descendant, to see how each ended.
+    d.start(prefix=[sys.executable, str(TOOLS / "reaper.py"), "--"])
+    pids = [started(d)[-1]["pid"]]
+    load = Load(d.socket_path, CLIENTS).start()
+    windows = Windows(load)
+    try:
+        load.wait_progress(PROGRESS)
+        for n in range(RESTARTS):
+            os.kill(pids[-1], signal.SIGUSR2)
+            d.wait_for_event("upgraded", count=n + 1, timeout=60)
+            pids.append(started(d)[-1]["pid"])
+            wait_until(lambda: pid_gone(pids[-2]), timeout=30, what="the old daemon to exit")
+            load.wait_progress(PROGRESS)
+            # The new daemon serves the metrics port the old one let go of.
+            assert "sessiond_build_info" in d.scrape()
+            windows.close()
+        counts = load.stop()
+        check(load, counts)
+    finally:
+        load.stopping.set()
+        stop_pid(pids[-1])
+    print(summary("SIGUSR2", windows.windows, load))
+    assert len(set(pids)) == RESTARTS + 1
+    assert d.proc is not None
+    assert d.proc.wait(60) == 0  # the reaper: every descendant has exited
+    exits = {e["pid"]: e["status"] for e in d.events() if e.get("event") == "process_exited"}
+    assert [exits.get(pid) for pid in pids] == [0] * (RESTARTS + 1), exits
+    assert [e["socket_from"] for e in started(d)] == ["bound"] + ["predecessor"] * RESTARTS
+    assert all(e["warmed_sessions"] > 0 for e in started(d)[1:])
+    # The last daemon removed the file it was handed as the daemon's own.
+    assert not d.socket_path.exists()
+    no_problems(d)
+    # Every acknowledged write is in the store: a cold start reads them back.
+    d.start()
+    assert load.lost() == []
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def upgradable(daemon_factory: Factory) -> Daemon:
+    return daemon_factory(DURABLE)
+
+
+def test_a_successor_that_cannot_start_leaves_the_daemon_serving(upgradable: Daemon) -> None:
+    """A config the new process refuses: it exits before taking anything over
+    and the running daemon serves on, its clients unaware."""
+    d = upgradable
+    pid = started(d)[-1]["pid"]
+    load = Load(d.socket_path, 5).start()
+    try:
+        load.wait_progress(PROGRESS)
+        good = d.config_path.read_text()
+        d.config_path.write_text(good + "cache:\n  max_sessions: -5\n")
+        os.kill(pid, signal.SIGUSR2)
+        (failed,) = d.wait_for_event("upgrade_failed", timeout=60)
+        assert failed["exit_status"] == 1
+        assert "this one serves on" in failed["error"]
+        assert [e for e in d.events() if e.get("event") == "bad_config"]
+        d.config_path.write_text(good)
+        load.wait_progress(PROGRESS)
+        counts = load.stop()
+    finally:
+        load.stopping.set()
+    check(load, counts)
+    assert len(started(d)) == 1 and not pid_gone(pid)
+    # Once the config is right again, the upgrade goes through.
+    os.kill(pid, signal.SIGUSR2)
+    d.wait_for_event("upgraded", timeout=60)
+    successor = started(d)[-1]["pid"]
+    assert successor != pid
+    try:
+        assert d.proc is not None
+        assert d.proc.wait(30) == 0
+        with d.client() as c:
+            assert c.ping()
+    finally:
+        stop_pid(successor)
+
+
+def test_sigterm_while_a_successor_starts_stops_both(upgradable: Daemon) -> None:
+    """SIGTERM before the new process is ready: the daemon kills it (it holds
+    nothing yet) and stops as usual, socket file removed; nothing is left
+    serving a socket without a path."""
+    d = upgradable
+    pid = started(d)[-1]["pid"]
+
+    def said(name: str) -> int:
+        return len([e for e in d.events() if e.get("event") == name])
+
+    for attempt in range(1, 6):
+        os.kill(pid, signal.SIGUSR2)
+        upgrading = d.wait_for_event("upgrade_started", count=attempt, timeout=30)
+        successor = upgrading[-1]["successor_pid"]
+        os.kill(successor, signal.SIGSTOP)
+        # It logs upgrade_waiting before it says ready: without the line, it has not.
+        if said("upgrade_waiting") < attempt:
+            break
+        os.kill(successor, signal.SIGCONT)  # too late: let this one finish, and again
+        d.wait_for_event("upgraded", count=attempt, timeout=60)
+        wait_until(lambda old=pid: pid_gone(old), timeout=30, what="the old daemon to exit")
+        pid = successor
+    else:
+        pytest.skip("the new process was ready before it could be stopped, 5 times")
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: pid_gone(successor), timeout=30, what="the successor to be killed")
+        wait_until(lambda: pid_gone(pid), timeout=30, what="the daemon to stop")
+    finally:
+        stop_pid(successor)
+    assert [e for e in d.events() if e.get("event") == "upgrade_cancelled"]
+    assert [e for e in d.events() if e.get("event") == "stopped"]
+    assert said("upgraded") == attempt - 1
+    assert not d.socket_path.exists()
+    no_problems(d)
+
+
+def test_sigusr2_under_systemd_is_refused(daemon_factory: Factory, tmp_path: Path) -> None:
+    """systemd tracks the daemon's pid: a successor would be killed with it.
+    There the socket unit makes `systemctl restart` refuse nothing instead."""
+    notify = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
+        sink.bind(str(notify))
+        d = daemon_factory(DURABLE, start=False)
+        d.start(env={"NOTIFY_SOCKET": str(notify)})
+        d.signal(signal.SIGUSR2)
+        (refused,) = d.wait_for_event("upgrade_refused")
+        assert "systemctl restart sessiond" in refused["reason"]
+        with d.client() as c:
+            assert c.ping()
+        assert d.stop() == 0
+    assert not [e for e in d.events() if e.get("event") == "upgrade_started"]
+
+
+def test_sigusr2_with_a_socket_from_systemd_leaves_its_file(daemon_factory: Factory) -> None:
+    """A socket passed in LISTEN_FDS is passed on as it came: neither daemon
+    removes its file."""
+    d = daemon_factory(start=False)
+    d.start(wait=False, prefix=socket_activate(str(d.socket_path)))
+    listening(d)
+    with d.client() as c:
+        assert c.set("k", "v")
+    d.wait_for_event("started")
+    assert d.proc is not None
+    d.signal(signal.SIGUSR2)
+    d.wait_for_event("upgraded", timeout=60)
+    assert d.proc.wait(30) == 0
+    successor = started(d)[-1]
+    assert successor["socket_from"] == "predecessor"
+    with d.client() as c:
+        assert c.ping()
+    stop_pid(successor["pid"])
+    assert d.socket_path.exists()
+    assert [e for e in d.events() if e.get("event") == "stopped"]
