@@ -283,6 +283,49 @@ def test_flushdb_on_one_host_empties_every_host_s_memory(fleet: Fleet, clients: 
     assert b.dbsize() == 0
 
 
+def test_read_modify_write_commands_from_two_hosts_lose_nothing(fleet: Fleet) -> None:
+    """APPEND, INCRBYFLOAT, HINCRBYFLOAT, GETSET and RENAME read the key's
+    current value: the database decides them, as INCR."""
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+    taken: list[bytes] = []
+
+    def work(d: Daemon, name: str) -> None:
+        try:
+            with d.client() as r:
+                for i in range(100):
+                    r.append("appended", "x")
+                    r.incrbyfloat("float", 0.5)
+                    r.hincrbyfloat("hash", "f", 0.25)
+                    old = r.getset("token", f"{name}:{i}")
+                    if old is not None:
+                        taken.append(old)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(d, f"h{h}c{c}"))
+        for h, d in enumerate(hosts)
+        for c in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    with hosts[1].client() as r:
+        assert r.strlen("appended") == 800
+        assert float(r.get("float") or 0) == 400.0
+        assert float(r.hget("hash", "f") or 0) == 200.0
+        # every value GETSET wrote was handed back once, but the last
+        assert len(taken) == 799 and len(set(taken)) == 799
+        assert r.get("token") not in taken
+        assert r.rename("appended", "moved")
+    with hosts[0].client() as r:
+        eventually(lambda: r.exists("appended") == 0, what="host 0 to hear of the RENAME")
+        assert r.strlen("moved") == 800
+
+
 # -------------------------------------------------------------- the schema
 
 

@@ -328,6 +328,7 @@ def cmd_hincrby(cx: Call, args: Args) -> Reply:
     4,
     "write fast",
     keys=(1, 1, 1),
+    decides=True,
     group=HASH,
     summary="Increment the float value of a field",
     syntax="key field increment",
