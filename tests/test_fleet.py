@@ -326,6 +326,78 @@ def test_read_modify_write_commands_from_two_hosts_lose_nothing(fleet: Fleet) ->
         assert r.strlen("moved") == 800
 
 
+# ------------------------------------------------- WATCH/EXEC and scripts
+
+
+def test_exec_aborts_when_another_host_changed_a_watched_key(fleet: Fleet, clients: Any) -> None:
+    """The database's versions decide, not the notification: B's change
+    aborts A's transaction even if A has not heard of it yet."""
+    a, b = (clients(d) for d in fleet(2))
+    a.set("k", "1")
+    for change in (
+        lambda: b.set("k", "2"),  # overwritten
+        lambda: b.delete("k") and b.set("k", "2"),  # deleted and made again
+        lambda: b.expire("k", 100),  # a new TTL is a change, as in Redis
+    ):
+        with a.pipeline() as p:
+            p.watch("k")
+            assert p.get("k") is not None
+            change()
+            p.multi()
+            p.set("k", "mine")
+            with pytest.raises(redis.WatchError):
+                p.execute()
+    with a.pipeline() as p:  # a key absent at WATCH and created elsewhere
+        p.watch("absent")
+        b.set("absent", "x")
+        p.multi()
+        p.set("absent", "mine")
+        with pytest.raises(redis.WatchError):
+            p.execute()
+    with a.pipeline() as p:  # reads on another host (renewals) change nothing
+        p.watch("k")
+        assert b.get("k") == b"2"
+        p.multi()
+        p.set("k", "mine")
+        assert p.execute() == [True]
+    eventually(lambda: b.get("k") == b"mine", what="B to hear of A's EXEC")
+
+
+def test_optimistic_increments_with_watch_from_two_hosts_count_exactly(fleet: Fleet) -> None:
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+    retries: list[int] = []
+
+    def work(d: Daemon) -> None:
+        try:
+            with d.client() as r:
+                for _ in range(50):
+                    while True:
+                        with r.pipeline() as p:
+                            try:
+                                p.watch("opt")
+                                value = int(p.get("opt") or 0)
+                                p.multi()
+                                p.set("opt", value + 1)
+                                p.execute()
+                                break
+                            except redis.WatchError:
+                                retries.append(1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for d in hosts:
+        with d.client() as r:
+            assert r.get("opt") == b"400"
+    assert retries  # they did contend
+
+
 # -------------------------------------------------------------- the schema
 
 

@@ -80,6 +80,7 @@ class DecisionDouble:
     def __init__(self, keys: frozenset[bytes], rows: dict[bytes, Row | None]) -> None:
         self.keys = keys
         self.rows = rows
+        self.versions: dict[bytes, int] = {}
         self.changes: dict[bytes, Change] = {}
         self.error: StoreError | None = None
         self.locks: list[asyncio.Lock] = []

@@ -45,6 +45,12 @@ from .values import Value
 # other, before it commits (the others of this host waiting for its keys).
 CHAIN_LIMIT = 16
 
+# A key's state as the database had it in a decision (WATCH, EXEC): its row's
+# version and last write time, None if there was no row, UNKNOWN if no
+# decision held it (the store could not open one).
+Token = tuple[int, float] | None | str
+UNKNOWN: Token = "unknown"
+
 
 class _Wait:
     """A command waiting for keys a decision holds: ``joins`` if it decides
@@ -99,6 +105,8 @@ class SharedKeyspace(Keyspace):
         self, cache: SessionCache[bytes, Value], *, max_value_size: int = 1024 * 1024
     ) -> None:
         Keyspace.__init__(self, cache, None, max_value_size=max_value_size)
+        # A script is decided on the keys it declares: it may use no other.
+        self.scripts_declare_keys = True
         self.shared: SharedStore | None = None
         # Keys held by a decision of this host: their commands wait for it.
         self.holds: dict[bytes, _Hold] = {}
@@ -123,6 +131,19 @@ class SharedKeyspace(Keyspace):
         self.attach(store)
         self.shared = store
         store.subscribe(self)
+
+    def token(self, key: bytes) -> Token:
+        """``key`` as the database has it, in the decision the running
+        command decides in (WATCH and EXEC decide on their keys). A deleted
+        and re-created row starts at version 1 again: its write time tells
+        it apart."""
+        deciding = self.deciding
+        if deciding is None or key not in deciding.keys:
+            return UNKNOWN
+        row = deciding.rows.get(key)
+        if row is None:
+            return None
+        return (deciding.versions.get(key, 0), row.updated_at)
 
     @property
     def coherent(self) -> bool:

@@ -161,6 +161,9 @@ class Decision(Protocol):
 
     keys: frozenset[bytes]
     rows: dict[bytes, Row | None]
+    # Each existing row's version when the decision opened (every write of a
+    # row moves it; renewals do not): what WATCH compares across hosts.
+    versions: dict[bytes, int]
     changes: dict[bytes, Change]
     error: StoreError | None
 
