@@ -398,6 +398,45 @@ def test_optimistic_increments_with_watch_from_two_hosts_count_exactly(fleet: Fl
     assert retries  # they did contend
 
 
+INCR_SCRIPT = "return redis.call('SET', KEYS[1], (tonumber(redis.call('GET', KEYS[1])) or 0) + 1)"
+
+
+def test_scripts_from_two_hosts_decide_on_their_declared_keys(fleet: Fleet) -> None:
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+
+    def work(d: Daemon) -> None:
+        try:
+            with d.client() as r:
+                for _ in range(200):
+                    r.eval(INCR_SCRIPT, 1, "scripted")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for d in hosts:
+        with d.client() as r:
+            assert r.get("scripted") == b"1600"
+
+
+def test_a_script_may_not_use_a_key_it_did_not_declare(fleet: Fleet, clients: Any) -> None:
+    (a,) = (clients(d) for d in fleet(1))
+    a.set("declared", "1")
+    a.set("other", "1")
+    with pytest.raises(redis.ResponseError, match=r"did not declare.*postgresql"):
+        a.eval("return redis.call('GET', 'other')", 1, "declared")
+    with pytest.raises(redis.ResponseError, match="did not declare"):
+        a.eval("return redis.call('SET', 'other', '2')", 0)
+    assert a.get("other") == b"1"
+    assert a.eval("return redis.call('GET', KEYS[1])", 1, "declared") == b"1"
+    assert a.eval("return redis.call('INCR', KEYS[1])", 1, "declared") == 2
+
+
 # -------------------------------------------------------------- the schema
 
 

@@ -168,6 +168,9 @@ class Keyspace:
         self.notifier: Callable[[int, bytes, bytes], None] | None = None
         self.notifying = False
         self.notifying_new = False  # whether to tell of keys created ("new")
+        # Whether a script may use only the keys it declares (a shared store
+        # decides a script on them: docs/shared-store.md).
+        self.scripts_declare_keys = False
         if store is not None:
             self.attach(store)
 
