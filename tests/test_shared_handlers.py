@@ -22,7 +22,7 @@ from sessiond.commands import Client, ServerState
 from sessiond.commands.shared import SharedDispatcher
 from sessiond.config import Config
 from sessiond.keyspace import Prepared
-from sessiond.protocol import OK, Error
+from sessiond.protocol import NIL_ARRAY, OK, Error
 from sessiond.shared import CHAIN_LIMIT, SharedKeyspace
 from sessiond.stats import Stats
 from sessiond.store import (
@@ -54,6 +54,7 @@ class Database:
 
     def __init__(self) -> None:
         self.rows: dict[bytes, Row] = {}
+        self.versions: dict[bytes, int] = {}  # as the version column: +1 a write
         self.locks: dict[bytes, asyncio.Lock] = {}
         self.hosts: list[StoreDouble] = []
         self.queued: list[tuple[StoreDouble, list[bytes]]] = []
@@ -62,7 +63,9 @@ class Database:
         for key, change in changes.items():
             if change is None:
                 self.rows.pop(key, None)
+                self.versions.pop(key, None)
             else:
+                self.versions[key] = self.versions[key] + 1 if key in self.rows else 1
                 self.rows[key] = change
         if changes:
             self.queued.append((sender, list(changes)))
@@ -140,6 +143,7 @@ class StoreDouble:
             await self.gate.wait()
         self.opened += 1
         decision = DecisionDouble(frozenset(keys), {k: self.db.rows.get(k) for k in keys})
+        decision.versions = {k: self.db.versions[k] for k in keys if k in self.db.versions}
         decision.locks = locks
         self.open.add(decision)
         return decision
@@ -422,6 +426,49 @@ def test_exec_decides_when_a_queued_command_does() -> None:
         await b("GET", "x", client=client)
         assert await b("EXEC", client=client) == [6, b"6"]
         assert b.store.opened == 1
+
+    run(scenario)
+
+
+def test_exec_aborts_on_a_change_the_host_has_not_heard_of() -> None:
+    async def scenario() -> None:
+        _db, (a, b) = fleet()
+        await a("SET", "k", "1")
+        watcher = a.client()
+        assert await a("WATCH", "k", client=watcher) is OK
+        await b("SET", "k", "2")  # not delivered: A's memory cannot know
+        assert await a("MULTI", client=watcher) is OK
+        await a("SET", "k", "3", client=watcher)
+        assert await a("EXEC", client=watcher) is NIL_ARRAY
+        assert await b("GET", "k") == b"2"
+
+    run(scenario)
+
+
+def test_a_watch_chained_after_a_change_to_its_key_counts_that_change_as_before_it() -> None:
+    """WATCH waiting for this host's INCR decides in the same transaction,
+    after it: the version it notes is the one that commit writes, so an EXEC
+    with nothing changed since runs."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        await a("SET", "k", "1")
+        gate = asyncio.Event()
+        a.store.gate = gate
+        watcher = a.client()
+        incr = asyncio.ensure_future(a("INCR", "k"))
+        await settle()
+        watch = asyncio.ensure_future(a("WATCH", "k", client=watcher))
+        await settle()
+        gate.set()
+        assert await incr == 2
+        assert await watch is OK
+        assert a.store.opened == 1  # one transaction: the WATCH joined the INCR's
+        a.store.gate = None
+        assert await a("MULTI", client=watcher) is OK
+        await a("SET", "k", "x", client=watcher)
+        assert await a("EXEC", client=watcher) == [OK]
+        assert db.rows[b"k"].value == b"x"
 
     run(scenario)
 

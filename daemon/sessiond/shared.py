@@ -141,6 +141,16 @@ class SharedKeyspace(Keyspace):
         if deciding is None or key not in deciding.keys:
             return UNKNOWN
         row = deciding.rows.get(key)
+        changes = deciding.changes
+        if key in changes:
+            # A command before this one in the same decision changed it: the
+            # database will have what the commit writes (an update moves the
+            # version by one, an insert starts it at 1).
+            change = changes[key]
+            if change is None:
+                return None
+            version = 1 if row is None else deciding.versions.get(key, 0) + 1
+            return (version, change.updated_at)
         if row is None:
             return None
         return (deciding.versions.get(key, 0), row.updated_at)
