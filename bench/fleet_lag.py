@@ -2,8 +2,8 @@
 """Cross-host invalidation lag on the shared store (#15): what a client on host B
 sees after a client on host A got its reply.
 
-    python bench/fleet_lag.py              # 1000 writes, about half a minute
-    python bench/fleet_lag.py --writes 200 # a smoke run
+    python bench/fleet_lag.py              # 1000 writes, then hot GETs: about a minute
+    python bench/fleet_lag.py --writes 200 --no-reads   # a smoke run
 
 Starts its own PostgreSQL (tests/pg.py: fsync and synchronous_commit on) and two
 sessiond daemons on it (``durability: always``), each on its own socket. A process
@@ -16,13 +16,21 @@ back) count as 0; a write overwritten before B showed it counts until B showed a
 later one. It prints p50, p99 and max, and B's own
 ``sessiond_store_invalidation_lag_seconds`` (from the start of A's commit, so it
 includes the commit itself, to B's receipt; bucket bounds only) beside it.
+
+Then (unless ``--no-reads``) hot reads: redis-benchmark SETs 10,000 sessions through
+host B until memory holds them all, and GETs them at -c 50 from B's socket (every
+GET a near-cache hit) and from a redis-server over TCP loopback (what a fleet
+shares without sessiond), one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import multiprocessing as mp
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +44,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg import PgCluster
+from pg_probe import redis_tcp
 from resp_bench import free_port, running
+
+HOT_KEYS = 10_000
 
 
 def daemon(work: Path, name: str, dsn: str) -> tuple[list[str], Path, int]:
@@ -90,11 +101,31 @@ def histogram_quantiles(metrics: str, name: str) -> str:
     return f"{', '.join(found)} ({total:.0f} notifications)"
 
 
+def get_rate(target: list[str], n: int) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 ms of GET -c 50 over HOT_KEYS sessions, after SETs
+    that write each of them (almost surely: 20 per key)."""
+
+    def run(test: str, requests: int) -> dict[str, str]:
+        out = subprocess.run(
+            ["redis-benchmark", *target, "-t", test, "-d", "200", "-r", str(HOT_KEYS),
+             "-n", str(requests), "-c", "50", "--csv", "-q"],
+            check=True, capture_output=True, text=True, timeout=900,
+        ).stdout  # fmt: skip
+        return next(csv.DictReader(io.StringIO(out)))
+
+    run("set", HOT_KEYS * 20)
+    row = run("get", n)
+    return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=1000)
     parser.add_argument("--pace", type=float, default=0.02, help="seconds between writes")
+    parser.add_argument("--no-reads", action="store_true", help="skip the hot GETs")
+    parser.add_argument("--reads", type=int, default=200_000, help="GETs per server")
     args = parser.parse_args()
+    reads: dict[str, tuple[float, float, float]] = {}
     with ExitStack() as stack:
         pg = stack.enter_context(PgCluster.create(name="lag"))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sessiond-lag-")))
@@ -118,6 +149,13 @@ def main() -> int:
         poller.join()
         with urllib.request.urlopen(f"http://127.0.0.1:{port_b}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
+        if not args.no_reads:
+            reads["sessiond host B (PostgreSQL store), Unix socket"] = get_rate(
+                ["-s", str(sock_b)], args.reads
+            )
+            (work / "redis").mkdir()
+            with redis_tcp(work / "redis", None) as target:
+                reads["redis-server, TCP loopback"] = get_rate(target, args.reads)
     # A write B never showed (the next one overwrote it first) counts until B
     # showed that one or a later one.
     lags: list[float] = []
@@ -138,6 +176,8 @@ def main() -> int:
         "B's sessiond_store_invalidation_lag_seconds (A's commit start to receipt): "
         + histogram_quantiles(metrics, "sessiond_store_invalidation_lag_seconds")
     )
+    for name, (rps, p50, p99) in reads.items():
+        print(f"hot GET -c 50, {name}: {rps:,.0f} req/s, p50 {p50:.3f} ms, p99 {p99:.3f} ms")
     return 0
 
 
