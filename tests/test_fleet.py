@@ -437,6 +437,27 @@ def test_a_script_may_not_use_a_key_it_did_not_declare(fleet: Fleet, clients: An
     assert a.eval("return redis.call('INCR', KEYS[1])", 1, "declared") == 2
 
 
+def test_pub_sub_and_keyspace_events_stay_within_a_host(fleet: Fleet, clients: Any) -> None:
+    """docs/shared-store.md: PUBLISH reaches the host's own subscribers, and
+    keyspace events are sent for the changes made through the host."""
+    a, b = (clients(d) for d in fleet(2, pubsub={"notify_keyspace_events": "KA"}))
+    sub = a.pubsub()
+    sub.subscribe("news", "__keyspace@0__:k")
+    for _ in range(2):
+        message = sub.get_message(timeout=5.0)
+        assert message is not None and message["type"] == "subscribe"
+    assert b.publish("news", "from b") == 0  # no subscriber on B
+    assert a.set("k", "1")  # through A: A's subscriber hears it
+    assert a.publish("news", "from a") == 1
+    b.set("k", "2")  # through B: A drops its copy, but sends no event
+    eventually(lambda: a.get("k") == b"2", what="A to hear of B's SET")
+    got = []
+    while (message := sub.get_message(timeout=1.0)) is not None:
+        got.append((message["channel"], message["data"]))
+    assert got == [(b"__keyspace@0__:k", b"set"), (b"news", b"from a")]
+    sub.close()
+
+
 # -------------------------------------------------------------- the schema
 
 
