@@ -9,6 +9,7 @@
                                                # loopback, fsync and synchronous_commit on
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
+    python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py)
     python bench/resp_bench.py --json out.json # also write every result (bench/plot.py draws them)
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
@@ -38,6 +39,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
+BASELINE = Path(__file__).resolve().with_name("baseline_server.py")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -54,7 +57,7 @@ def wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0
             try:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.connect(str(path))
-                    s.sendall(b"PING\r\n")
+                    s.sendall(b"*1\r\n$4\r\nPING\r\n")  # RESP: the baseline has no inline
                     if s.recv(64).startswith(b"+PONG"):
                         return
             except OSError:
@@ -215,20 +218,32 @@ def run_persistence(
     ]
 
 
-def run_memory(work: Path, n: int, metrics: bool, sessiond_first: bool) -> list[Row]:
-    """SET and GET at -c 50 -P 1, -c 50 -P 16 and -c 1, sessiond against redis-server."""
+def run_memory(
+    work: Path, n: int, metrics: bool, sessiond_first: bool, floor: bool = False
+) -> list[Row]:
+    """SET and GET at -c 50 -P 1, -c 50 -P 16 and -c 1, sessiond against
+    redis-server; with ``floor`` also bench/baseline_server.py (rows whose test
+    ends in "floor": the baseline server in sessiond's column)."""
     runs = [("-c 50 -P 1", 50, 1, n), ("-c 50 -P 16", 50, 16, n), ("-c 1 -P 1", 1, 1, n)]
     servers = {
         "sessiond": sessiond(work, metrics=metrics, persistence=None),
         "redis": redis(work, None),
     }
     order = ["sessiond", "redis"] if sessiond_first else ["redis", "sessiond"]
+    if floor:
+        (work / "baseline").mkdir()
+        sock = work / "baseline" / "baseline.sock"
+        servers["baseline"] = ([sys.executable, str(BASELINE), "--socket", str(sock)], sock)
+        order.append("baseline")
     results = interleaved(servers, work, runs, "set,get", order)
+    names = ["sessiond", "baseline"] if floor else ["sessiond"]
     return [
-        (label, test, results["sessiond"][label][test], results["redis"][label][test])
+        (label, test + (" floor" if name == "baseline" else ""), results[name][label][test],
+         results["redis"][label][test])
         for label, _, _, _ in runs
+        for name in names
         for test in ("SET", "GET")
-    ]
+    ]  # fmt: skip
 
 
 def print_table(rows: list[Row]) -> None:
@@ -276,6 +291,12 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="in memory, also run bench/baseline_server.py (asyncio + uvloop + hiredis and a "
+        "dict): rows 'SET floor'/'GET floor' are what a minimal Python server reaches",
+    )
+    parser.add_argument(
         "--reps",
         type=int,
         default=1,
@@ -303,7 +324,7 @@ def main() -> int:
             # from another's store.
             with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
                 if not args.persistence:
-                    rows = run_memory(Path(tmp), n, not args.metrics_off, first)
+                    rows = run_memory(Path(tmp), n, not args.metrics_off, first, floor=args.floor)
                 else:
                     dsn = pg.dsn(pg.create_database()) if pg is not None else None
                     rows = run_persistence(Path(tmp), n, not args.metrics_off, first, dsn)
