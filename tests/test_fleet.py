@@ -579,6 +579,31 @@ def test_lost_mid_run_refuses_writes_with_misconf_then_recovers_without_restart(
     r.close()
 
 
+def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """A's link goes silent: its write times out and is answered with an
+    error. B then writes the key and is acknowledged. When A's link heals,
+    A must not commit its failed write over B's."""
+    link = tcp_proxy(pg_db.cluster.port)
+    a = daemon_factory(fleet_config(pg_db.dsn(port=link.port)))
+    b = daemon_factory(fleet_config(pg_db.dsn()))
+    ra, rb = a.client(socket_timeout=30), b.client()
+    assert ra.set("k", "first")
+    link.partition()
+    with pytest.raises(redis.ResponseError, match="store commit failed"):
+        ra.set("k", "failed on A")
+    assert rb.set("k", "acknowledged on B")
+    link.heal()
+    a.wait_for_event("store_recovered", timeout=20)
+    a.wait_for_event("listen_restored", timeout=20)
+    assert ra.set("other", "1")  # A commits again
+    assert table_rows(pg_db)[b"k"][0] == b"acknowledged on B"
+    eventually(lambda: ra.get("k") == b"acknowledged on B", what="A to read B's value")
+    ra.close()
+    rb.close()
+
+
 def _writes(r: redis.Redis) -> bool:
     try:
         return bool(r.set("after", "1"))

@@ -90,6 +90,13 @@ FROM unnest(%s::bytea[], %s::float8[], %s::float8[], %s::float8[])
     AS r(key, ttl, deadline, accessed)
 WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL"""
 NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
+# Last before COMMIT: fails (division by zero) once the database's clock is
+# past the given unix time, so that a commit that reaches the server after its
+# client was told it failed (a link that went silent, then healed) rolls back
+# instead of landing over what other hosts wrote meanwhile. clock_timestamp()
+# is volatile: evaluated when the statement runs, never folded into the plan.
+FENCE = "SELECT 1 / (clock_timestamp() <= to_timestamp(%s))::int"
+DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # Rows past their deadline (minus a grace the caller gives), a chunk at a time:
 # rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of
 # the key's advisory lock, which a decision or a commit holds), so sweeping

@@ -93,6 +93,13 @@ def _why(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _commit_failure(exc: BaseException) -> str:
+    """Why a commit failed, for the reply and the log."""
+    if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.FENCE)
+        return "it reached the database after its timeout and was rolled back"
+    return _why(exc)
+
+
 def connection_params(dsn: str, password: str | None, timeout: float, role: str) -> dict[str, Any]:
     """libpq parameters for one of the store's connections: the DSN's, plus
     the password given apart (never in a log line), an ``application_name``
@@ -366,6 +373,9 @@ class PostgresStore:
         self._helper: _Helper | None = None
         self._scanner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessiond-scan")
         self.server = ""  # "host:port" of the server the writer is connected to
+        # The database's clock minus this host's (seconds), measured when the
+        # writer connects: commits are fenced in the database's time.
+        self._clock_offset = 0.0
         # psycopg and its warnings (a closed connection, a cancelled query)
         # are this module's to report, in the daemon's log format.
         psycopg_log = logging.getLogger("psycopg")
@@ -420,6 +430,7 @@ class PostgresStore:
             raise
         self._writer_conn = conn
         self.server = f"{conn.info.host}:{conn.info.port}"
+        await self._measure_clock(conn)
         self._helper = _Helper(self)
         self._spawn(self._listen_forever())
         self._spawn(self._write_forever())
@@ -680,18 +691,29 @@ class PostgresStore:
             self._hook("commit")
             conn = await self._writer()
             notices = await self._bounded(
-                conn, self._write(conn, batch, cleared, renewals), "commit"
+                conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
             )
         except (StoreError, psycopg.Error, OSError) as exc:
             self._commit_started = 0.0
             await self._drop_writer()
-            self.overlay.put_back()
+            if self.durability == "always":
+                # Every change in the batch has a reply waiting for it, and
+                # gets this error: none was acknowledged. Kept pending, it
+                # would land when the database is back, over what other hosts
+                # wrote meanwhile (acknowledged writes); forgotten, memory
+                # drops its copies and reads the database's values again.
+                self.overlay.landed()
+                if self._listener is not None and batch:
+                    self._listener.invalidated(list(batch))
+            else:
+                # Under batch the changes were acknowledged: commit them later.
+                self.overlay.put_back()
             for key, renewal in renewals.items():
                 self._renewals.setdefault(key, renewal)
             error = (
                 exc
                 if isinstance(exc, StoreError)
-                else StoreError(f"store write failed: {_why(exc)}")
+                else StoreError(f"store write failed: {_commit_failure(exc)}")
             )
             if self.failure is None:
                 log.error("store_error", operation="commit", error=str(error), sessions=len(batch))
@@ -727,9 +749,24 @@ class PostgresStore:
                 raise StoreError("store write failed: cannot connect within the timeout") from None
             self._writer_conn = conn
             self.server = f"{conn.info.host}:{conn.info.port}"
+            await self._measure_clock(conn)
             self.shared_stats.reconnect("writer")
             log.info("store_reconnected", connection="writer", server=self.server)
         return conn
+
+    async def _measure_clock(self, conn: Conn) -> None:
+        """The database's clock against this host's, within half a round trip."""
+        before = time.time()
+        row = await self._bounded(conn, _fetch_one(conn, pgsql.DATABASE_CLOCK), "clock")
+        after = time.time()
+        if row is not None:
+            self._clock_offset = float(row[0]) - (before + after) / 2
+
+    def _fence(self) -> float:
+        """The database time after which a commit starting now must not
+        land: within its timeout (less a tenth, for the reply's way back),
+        so that it lands before its client can be told it failed, or never."""
+        return time.time() + 0.9 * self.timeout + self._clock_offset
 
     async def _drop_writer(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
@@ -754,10 +791,11 @@ class PostgresStore:
         batch: dict[bytes, Change],
         cleared: bool,
         renewals: dict[bytes, Renewal],
+        fence: float,
     ) -> int:
         """One transaction (one round trip): the locks, the flush if any, the
-        upserts, the deletes, the renewals, the notifications. Returns how
-        many notifications it sent."""
+        upserts, the deletes, the renewals, the notifications, the fence
+        (:data:`.pgsql.FENCE`). Returns how many notifications it sent."""
         changed = list(batch)
         notices = pgsql.payloads(self.host_id, time.time(), changed, cleared)
         async with conn.pipeline():
@@ -781,6 +819,7 @@ class PostgresStore:
                 )
             if notices:
                 await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+            await conn.execute(pgsql.FENCE, (fence,))
             await conn.execute("COMMIT")
         return len(notices)
 
@@ -838,14 +877,16 @@ class PostgresStore:
         try:
             if changes:
                 notices = pgsql.payloads(self.host_id, time.time(), list(changes), False)
-                await self._bounded(conn, _commit_decision(conn, changes, notices), "commit")
+                await self._bounded(
+                    conn, _commit_decision(conn, changes, notices, self._fence()), "commit"
+                )
             else:
                 await self._bounded(conn, conn.execute("ROLLBACK"), "commit")
         except (StoreError, psycopg.Error, OSError) as exc:
             error = (
                 exc
                 if isinstance(exc, StoreError)
-                else StoreError(f"store write failed: {_why(exc)}")
+                else StoreError(f"store write failed: {_commit_failure(exc)}")
             )
             decision.error = error
             self.shared_stats.decision_errors += 1
@@ -1156,12 +1197,19 @@ async def _open_decision(
     return rows, versions
 
 
-async def _commit_decision(conn: Conn, changes: dict[bytes, Change], notices: list[str]) -> None:
+async def _commit_decision(
+    conn: Conn, changes: dict[bytes, Change], notices: list[str], fence: float
+) -> None:
     async with conn.pipeline():
         await _write_changes(conn, changes)
         if notices:
             await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+        await conn.execute(pgsql.FENCE, (fence,))
         await conn.execute("COMMIT")
+
+
+async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
+    return await (await conn.execute(sql)).fetchone()
 
 
 async def _select(conn: Conn, keys: list[bytes]) -> dict[bytes, Row | None]:
