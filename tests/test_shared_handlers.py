@@ -473,6 +473,24 @@ def test_a_watch_chained_after_a_change_to_its_key_counts_that_change_as_before_
     run(scenario)
 
 
+# Writes whose outcome does not depend on the key's current value
+# (docs/shared-store.md, "plain writes"): memory and a group commit suffice.
+PLAIN_WRITES = {
+    "DEL", "UNLINK", "FLUSHALL", "FLUSHDB", "MSET", "PSETEX", "SETEX",
+    "SESSION.CREATE", "SESSION.INVALIDATE",
+}  # fmt: skip
+
+
+def test_every_write_is_decided_by_the_database_or_a_known_plain_write() -> None:
+    """A write command added without ``decides`` would read the near cache and
+    write blind on a shared store: it must be declared one or the other."""
+    from sessiond.commands.registry import REGISTRY
+
+    undecided = {n for n, c in REGISTRY.items() if c.write and c.decides is None}
+    assert undecided - PLAIN_WRITES == set()
+    assert set(REGISTRY) >= PLAIN_WRITES
+
+
 # -------------------------------------------------------------- coherence
 
 
