@@ -369,6 +369,9 @@ class PostgresStore:
         self._stopping = False
         self._heartbeat_channel = f"{pgsql.CHANNEL}_{self.host_id}"
         self._heartbeat_seen = 0
+        # Decisions waiting to hear their own barrier notification back.
+        self._barriers: dict[str, asyncio.Future[None]] = {}
+        self._barrier_seq = 0
         self._listen_up = asyncio.Event()
         self._helper: _Helper | None = None
         self._scanner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessiond-scan")
@@ -874,15 +877,17 @@ class PostgresStore:
         changes = decision.changes
         started = perf_counter()
         notices: list[str] = []
+        barrier = self._barrier()
         try:
             if changes:
                 notices = pgsql.payloads(self.host_id, time.time(), list(changes), False)
-                await self._bounded(
-                    conn, _commit_decision(conn, changes, notices, self._fence()), "commit"
-                )
-            else:
-                await self._bounded(conn, conn.execute("ROLLBACK"), "commit")
+            await self._bounded(
+                conn,
+                _commit_decision(conn, changes, notices, self._fence(), barrier),
+                "commit",
+            )
         except (StoreError, psycopg.Error, OSError) as exc:
+            self._barriers.pop(barrier[1], None)
             error = (
                 exc
                 if isinstance(exc, StoreError)
@@ -901,12 +906,51 @@ class PostgresStore:
             self.stats.writes += len(changes) - deletes
             self.shared_stats.invalidations_sent += len(changes)
             self.shared_stats.notifications_sent += len(notices)
+            await self._heard_up_to(barrier[1])
         finally:
             self._open.discard(decision)
             done(decision.error)
             self._resolve()
         if decision.error is None and changes and self._listener is not None:
             self._listener.committed(list(changes))
+
+    def _barrier(self) -> tuple[str, str]:
+        """A notification a decision sends itself in its transaction: (the
+        channel, the payload). PostgreSQL delivers notifications in commit
+        order, so once this host hears it back it has heard every change
+        committed before the decision saw its keys (a lock another host
+        released after writing the session, say)."""
+        self._barrier_seq += 1
+        payload = f"b{self._barrier_seq}"
+        if self.coherent:
+            self._barriers[payload] = asyncio.get_running_loop().create_future()
+        return self._heartbeat_channel, payload
+
+    async def _heard_up_to(self, payload: str) -> None:
+        """Wait (at most ``heartbeat_interval``) until the barrier ``payload``
+        is heard back, so that the decision's reply leaves only once memory
+        holds nothing older than what the decision saw. Not heard in time:
+        memory is emptied instead (what it missed is unknown)."""
+        future = self._barriers.get(payload)
+        if future is None:
+            return  # not listening: memory is not trusted anyway
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.heartbeat_interval)
+        except TimeoutError:
+            if self._barriers.pop(payload, None) is not None and self.coherent:
+                self.shared_stats.memory_flushes += 1
+                log.warning("barrier_late", waited=self.heartbeat_interval)
+                if self._listener is not None:
+                    self._listener.invalidated_all("a decision's barrier came back late")
+        finally:
+            self._barriers.pop(payload, None)
+
+    def _release_barriers(self) -> None:
+        """Notifications lost: nobody waits for a barrier (memory is emptied)."""
+        barriers, self._barriers = self._barriers, {}
+        for future in barriers.values():
+            if not future.done():
+                future.set_result(None)
 
     # ------------------------------------------------------------- reads
 
@@ -1048,6 +1092,7 @@ class PostgresStore:
                 await conn.close()
 
     def _coherent(self, up: bool, reason: str) -> None:
+        self._release_barriers()
         self.coherent = up
         self.shared_stats.listening = int(up)
         self.shared_stats.memory_flushes += 1
@@ -1083,6 +1128,11 @@ class PostgresStore:
 
     def _heard(self, notify: psycopg.Notify) -> None:
         if notify.channel == self._heartbeat_channel:
+            barrier = self._barriers.pop(notify.payload, None)
+            if barrier is not None:
+                if not barrier.done():
+                    barrier.set_result(None)
+                return
             with contextlib.suppress(ValueError):
                 self._heartbeat_seen = max(self._heartbeat_seen, int(notify.payload))
             return
@@ -1198,13 +1248,23 @@ async def _open_decision(
 
 
 async def _commit_decision(
-    conn: Conn, changes: dict[bytes, Change], notices: list[str], fence: float
+    conn: Conn,
+    changes: dict[bytes, Change],
+    notices: list[str],
+    fence: float,
+    barrier: tuple[str, str],
 ) -> None:
+    """Commit a decision: its changes, their notifications, the barrier it
+    waits to hear back, the fence (a decision that changed nothing commits
+    too, for its barrier)."""
     async with conn.pipeline():
-        await _write_changes(conn, changes)
+        if changes:
+            await _write_changes(conn, changes)
         if notices:
             await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
-        await conn.execute(pgsql.FENCE, (fence,))
+        await conn.execute("SELECT pg_notify(%s, %s)", barrier)
+        if changes:
+            await conn.execute(pgsql.FENCE, (fence,))
         await conn.execute("COMMIT")
 
 
