@@ -376,8 +376,9 @@ class PostgresStore:
         self._helper: _Helper | None = None
         self._scanner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessiond-scan")
         self.server = ""  # "host:port" of the server the writer is connected to
-        # The database's clock minus this host's (seconds), measured when the
-        # writer connects: commits are fenced in the database's time.
+        # The database's clock minus this host's monotonic clock (seconds),
+        # measured when the writer connects: commits are fenced in the
+        # database's time.
         self._clock_offset = 0.0
         # psycopg and its warnings (a closed connection, a cancelled query)
         # are this module's to report, in the daemon's log format.
@@ -758,10 +759,13 @@ class PostgresStore:
         return conn
 
     async def _measure_clock(self, conn: Conn) -> None:
-        """The database's clock against this host's, within half a round trip."""
-        before = time.time()
+        """The database's clock against this host's monotonic one (which no
+        clock step moves), within half a round trip. A step of the database's
+        clock makes commits fail their fence until the writer reconnects and
+        measures again (a failed commit drops the writer)."""
+        before = time.monotonic()
         row = await self._bounded(conn, _fetch_one(conn, pgsql.DATABASE_CLOCK), "clock")
-        after = time.time()
+        after = time.monotonic()
         if row is not None:
             self._clock_offset = float(row[0]) - (before + after) / 2
 
@@ -769,7 +773,7 @@ class PostgresStore:
         """The database time after which a commit starting now must not
         land: within its timeout (less a tenth, for the reply's way back),
         so that it lands before its client can be told it failed, or never."""
-        return time.time() + 0.9 * self.timeout + self._clock_offset
+        return time.monotonic() + 0.9 * self.timeout + self._clock_offset
 
     async def _drop_writer(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
