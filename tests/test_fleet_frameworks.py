@@ -1,11 +1,12 @@
 """Framework session stores across a fleet: a session written through host A's
 sessiond is read through host B's (issue #15), each store driven through its own
-code as in test_frameworks.py: Django's cache session engine, Flask-Session, and
-express-session on connect-redis and node-redis (tests/node/fleet_sessions.mjs).
+code as in test_frameworks.py: Django's cache session engine, Flask-Session,
+express-session on connect-redis and node-redis (tests/node/fleet_sessions.mjs), and
+phpredis' locked sessions (test_php.py's requests, alternating between the hosts).
 
 A change made on one host reaches the other within the invalidation lag (a few
 milliseconds); reads that follow a change on the other host poll for up to a
-second, which is the promise, not the measurement (bench/pg_bench.py measures it).
+second, which is the promise, not the measurement (bench/fleet_lag.py measures it).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from conftest import Daemon
 from pg import PgDatabase
 from test_fleet import fleet_config
 from test_frameworks import NODE_DIR, node_modules
+from test_php import PREFIX, php, phpredis_request
+from test_php import finish as php_finish
 
 pytestmark = pytest.mark.fleet
 
-__all__ = ["node_modules"]  # the fixture, shared with test_frameworks.py
+__all__ = ["node_modules", "php"]  # the fixtures, shared with test_frameworks.py, test_php.py
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +203,26 @@ def test_an_express_session_made_on_one_host_is_read_on_another(
     assert 55 <= out["ttl_on_b"] <= 60
     assert out["after_logout_on_b"] is None
     assert out["exists_on_b"] == 0
+
+
+# -------------------------------------------------------------------- PHP
+
+
+def test_phpredis_locked_sessions_across_hosts_lose_no_update(
+    php: str, hosts: tuple[Daemon, Daemon]
+) -> None:
+    """Eight concurrent PHP requests on one session, alternating between the
+    hosts, with phpredis' session locking (SET NX EX, a Lua release script):
+    each reads the session under the lock and increments it, so every
+    increment lands, whichever host served the request before."""
+    a, b = hosts
+    session = f"fleet-{uuid.uuid4().hex[:8]}"
+    procs = [
+        phpredis_request(php, (a, b)[i % 2], session, locking=True, hold_ms=50) for i in range(8)
+    ]
+    counts = sorted(php_finish(p) for p in procs)
+    assert counts == list(range(1, 9))
+    with b.client() as r:
+        assert r.exists(f"{PREFIX}{session}_LOCK") == 0
+        stored = r.get(f"{PREFIX}{session}")
+        assert stored is not None and stored.startswith(b"n|i:8;")
