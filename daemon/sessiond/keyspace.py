@@ -30,6 +30,8 @@ from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .protocol import Error
 from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+from .store.api import DEADLINE, KIND
+from .store.api import live as live_fields
 from .values import Value
 
 
@@ -297,10 +299,13 @@ class Keyspace:
         total, expiring = counted.total, counted.expiring
         find = self.cache.find
         for key, change in counted.queued.items():
-            current = find(key) or change
-            if current is not None:
+            held = find(key)
+            if held is not None:
                 total += 1
-                expiring += current.deadline is not None
+                expiring += held.deadline is not None
+            elif change is not None:
+                total += 1
+                expiring += change[DEADLINE] is not None
         return total, expiring
 
     def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
@@ -362,7 +367,7 @@ class Keyspace:
                     kind is None or values.kind_of(held.value) == kind
                 )
             elif change is not None:
-                live = change.live(now) and (kind is None or change.kind == kind)
+                live = live_fields(change, now) and (kind is None or change[KIND] == kind)
             if live:
                 keys[key] = h
             else:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 
-from .api import HASH_SPACE, Change, Hook, scan_hash
+from .api import HASH_SPACE, Hook, Kept, scan_hash
 from .overlay import Layer
 
 # An update in place where the row exists (REPLACE would delete and insert it).
@@ -63,13 +63,13 @@ class Compaction:
 
     def __init__(self, layer: Layer) -> None:
         self.layer = layer
-        buckets: list[list[tuple[int, bytes, Change]]] = [[] for _ in range(1 << _BUCKET_BITS)]
+        buckets: list[list[tuple[int, bytes, Kept]]] = [[] for _ in range(1 << _BUCKET_BITS)]
         for key, change in layer.changes.items():
             h = scan_hash(key)
             buckets[h >> _BUCKET_SHIFT].append((h, key, change))
         buckets.reverse()
         self.buckets = buckets
-        self.todo: list[tuple[int, bytes, Change]] = []
+        self.todo: list[tuple[int, bytes, Kept]] = []
         self.started = False
         self.written = 0
 
@@ -77,7 +77,7 @@ class Compaction:
     def segment(self) -> int:
         return self.layer.segment
 
-    def take(self, size: int) -> list[tuple[int, bytes, Change]]:
+    def take(self, size: int) -> list[tuple[int, bytes, Kept]]:
         todo = self.todo
         buckets = self.buckets
         while len(todo) < size and buckets:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .api import HASH_SPACE, Change, Row, scan_hash
+from .api import HASH_SPACE, Kept, Row, scan_hash
 from .files import connect
 
 COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline, kind"
@@ -60,7 +60,7 @@ class TableReader:
                 found[key] = stored(row)[1]
         return found
 
-    def counts(self, overlay: dict[bytes, Change]) -> tuple[int, int]:
+    def counts(self, overlay: dict[bytes, Kept]) -> tuple[int, int]:
         """Rows, and rows with a deadline, that no key of ``overlay`` names."""
         db = self.db()
         # One read transaction: every query sees the same table, whatever the

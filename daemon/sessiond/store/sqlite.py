@@ -40,7 +40,8 @@ import structlog
 
 from ..stats import StoreStats
 from . import log as wal
-from .api import Change, Hook, Row, StoreError, TableCounts, TableSlice
+from .api import ACCESSED_AT, Change, Fields, Hook, Row, StoreError, TableCounts, TableSlice
+from .api import live as fields_live
 from .compactd import CompactorProcess
 from .compactor import Compaction, Compactor
 from .files import StoreFiles, connect
@@ -755,7 +756,9 @@ class SQLiteStore:
         the table's merged with the changes it does not have yet."""
         now = time.time()
         queued, rows_valid = self.overlay.queued()
-        live = [(k, r) for k, r in queued.items() if r is not None and r.live(now)]
+        live: list[tuple[bytes, Fields]] = [
+            (k, r) for k, r in queued.items() if r is not None and fields_live(r, now)
+        ]
         if len(live) < limit:
             # A clean stop writes every session held in memory back to the
             # log (their renewals), and those are the most recently used of
@@ -763,8 +766,8 @@ class SQLiteStore:
             # read. Scanning 1M rows for the cut-off took 2-3 s.
             table = self.reader.recent(now, limit + len(queued)) if rows_valid else []
             live.extend((k, r) for k, r in table if k not in queued)
-        live.sort(key=lambda item: item[1].accessed_at, reverse=True)
-        return live[:limit]
+        live.sort(key=lambda item: item[1][ACCESSED_AT], reverse=True)
+        return [(k, tuple.__new__(Row, r)) for k, r in live[:limit]]
 
     # ---------------------------------------------------------- metrics
 
