@@ -171,7 +171,16 @@ class Keyspace:
     def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
-        self.save(key, entry)
+        # Only if a read touched it after its last write (a write sets both
+        # times): a session written and never read since is stored as it is,
+        # and saving it again doubled the log and the compaction of a load of
+        # new sessions into a full cache (each evicts one; issue 18).
+        if entry.accessed_at != entry.updated_at:
+            self.save(key, entry)
+            return
+        current = self.current
+        if current is not None:
+            current.seen(key, entry)  # the running command still reads it
 
     def load(self, key: bytes) -> Entry[Value] | None:
         """Blocking read-through (the cache's ``get_or_load``, library use)."""
