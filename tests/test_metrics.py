@@ -249,8 +249,12 @@ def test_gauges_of_bounds_sessions_and_refused_writes(metered: Callable[..., Dae
     )
     assert d.metric("sessiond_cache_max_memory_bytes") == 1024 * 1024
     assert d.metric("sessiond_writes_refused") == 0
-    text = d.scrape()
-    assert "\nsessiond_keyspace_sessions 0.0" in text  # counted at start
+    # Counted right after start, off the event loop (not before serving).
+    deadline = time.monotonic() + 10
+    while "\nsessiond_keyspace_sessions " not in (text := d.scrape()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    assert "\nsessiond_keyspace_sessions 0.0" in text
     r = d.client()
     for i in range(5):
         r.set(f"s{i}", "v")

@@ -101,11 +101,6 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
-        # The first count of sessions, before serving (the store is read in place).
-        try:
-            self.stats.keyspace_sessions = self.keyspace.counts()[0]
-        except sqlite3.Error as exc:
-            log.error("store_error", operation="count", error=str(exc))
         try:
             await self.server.start()
         except StartupError as exc:
@@ -270,15 +265,18 @@ class App:
 
     async def _count_forever(self) -> None:
         """Count the sessions in memory and store together (what DBSIZE
-        answers) every COUNT_INTERVAL, off the event loop."""
+        answers) at start and every COUNT_INTERVAL, off the event loop. Not
+        before serving: counting a million stored rows took 1-2 s of start-up
+        (issue 18); the gauge is absent until the first count."""
         while True:
-            await asyncio.sleep(COUNT_INTERVAL)
             work = self.keyspace.count_ahead()
             try:
                 counted = None if work is None else await work
             except StoreError:
-                continue  # counted and logged as a store error already
-            self.stats.keyspace_sessions = self.keyspace.counts(counted)[0]
+                counted = None  # counted and logged as a store error already
+            else:
+                self.stats.keyspace_sessions = self.keyspace.counts(counted)[0]
+            await asyncio.sleep(COUNT_INTERVAL)
 
     def _gc_phase(self, phase: str, info: dict[str, int]) -> None:
         """gc.callbacks: a collection that paused the loop past the latency
