@@ -367,3 +367,55 @@ def test_a_version_2_store_is_migrated_with_what_its_journal_held(tmp_path: Path
     assert "journal" not in tables and "store_state" in tables
     assert db.execute("SELECT DISTINCT kind FROM sessions").fetchall() == [(0,)]
     db.close()
+
+
+def test_a_version_3_store_reads_its_rows_as_they_were_and_writes_times_smaller(
+    tmp_path: Path,
+) -> None:
+    """Schema 4 writes updated_at and accessed_at as 0 where they equal the
+    column before them (a 0 takes no bytes in a record). Rows that schema 3
+    wrote, with every time in full, read back unchanged; so do new ones,
+    written either way, and warm start still finds the most recent."""
+    from sessiond.store.files import SCHEMA
+
+    path = tmp_path / "v3.db"
+    now = time.time()
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.execute("PRAGMA application_id = 1397052243")
+    db.execute("PRAGMA user_version = 3")
+    for key, times in ((b"v3-read", (now, now + 1, now + 2)), (b"v3-same", (now, now, now))):
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, ?, ?, NULL, NULL, NULL, 0)",
+            (scan_hash(key), key, b"old", *times),
+        )
+    db.commit()
+    db.close()
+    files, db = _open(path)  # migrates
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        written = {
+            b"v4-same": Row(b"new", None, now + 3, now + 3, now + 3, None, None, 0),
+            b"v4-read": Row(b"new", None, now + 3, now + 4, now + 5, 60.0, now + 65, 0),
+            b"v4-written": Row(b"new", None, now + 3, now + 6, now + 6, None, None, 0),
+        }
+        assert Compactor(db).step(Compaction(Layer(1, dict(written))), 10)
+        raw = {
+            bytes(k): (u, a)
+            for k, u, a in db.execute("SELECT key, updated_at, accessed_at FROM sessions")
+        }
+    finally:
+        db.close()
+        files.close()
+    assert raw[b"v3-same"] == (now, now)  # as schema 3 wrote it
+    assert raw[b"v4-same"] == (0, 0) and raw[b"v4-written"] == (now + 6, 0)
+    assert raw[b"v4-read"] == (now + 4, now + 5)
+    store = SQLiteStore(path)
+    try:
+        assert store.load(b"v3-read") == Row(b"old", None, now, now + 1, now + 2, None, None, 0)
+        assert store.load(b"v3-same") == Row(b"old", None, now, now, now, None, None, 0)
+        for key, stored in written.items():
+            assert store.load(key) == stored
+        assert [key for key, _ in store.recent(3)] == [b"v4-written", b"v4-read", b"v4-same"]
+    finally:
+        store.close()
