@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, scan_hash
+from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, scan_hash
 from sessiond.store import log as wal
 from sessiond.store.compactor import Compaction, Compactor
 from sessiond.store.files import StoreFiles, connect
@@ -419,3 +419,29 @@ def test_a_version_3_store_reads_its_rows_as_they_were_and_writes_times_smaller(
         assert [key for key, _ in store.recent(3)] == [b"v4-written", b"v4-read", b"v4-same"]
     finally:
         store.close()
+
+
+def test_every_page_is_checked_when_the_last_stop_was_not_clean(tmp_path: Path) -> None:
+    """A clean stop deletes SQLite's -wal file; one left over means the last
+    process did not close the store, and start-up then checks every page
+    (after a clean stop only the header and schema: reading the whole file
+    at every start made start-up grow with the store)."""
+    path = tmp_path / "s.db"
+    files, db = _open(path)
+    try:
+        layer = Layer(1, {b"k%05d" % i: row(b"v" * 200) for i in range(2000)})
+        assert Compactor(db).step(Compaction(layer), 5000)
+    finally:
+        db.close()
+        files.close()
+    assert not Path(f"{path}-wal").exists()  # a clean stop leaves none
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[-page + 100 : -page + 400] = b"\xff" * 300  # the last page's cells
+    path.write_bytes(bytes(data))
+    files = StoreFiles(path)
+    files.open()  # clean: not read whole
+    files.close()
+    Path(f"{path}-wal").touch()  # as a crash leaves it
+    with pytest.raises(StoreError, match="is corrupt"):
+        StoreFiles(path).open()
