@@ -177,6 +177,10 @@ class App:
         # Tests simulate a full disk with it: the database errors at this many
         # pages, and the log at as many bytes.
         max_pages = int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0)
+        # ... and make compaction's steps smaller with it, to kill it between two.
+        steps: dict[str, int] = {}
+        if rows := int(os.environ.get("SESSIOND_STORE_COMPACT_ROWS") or 0):
+            steps["compact_rows"] = rows
         store = SQLiteStore(
             p.path,
             durability=p.durability,
@@ -191,6 +195,7 @@ class App:
             # 201k with a compactor thread (callgrind, -c 50; docs/persistence.md).
             compact_in="process",
             hook=self.store_hook,
+            **steps,
         )
         self.store = store
         self.keyspace.attach(store)

@@ -64,7 +64,12 @@ _BACKLOG_BYTES = 32 * 1024 * 1024
 # too gentle: 1M sessions at -P 16 grew the log to 67 segments (1.3M changes,
 # 9 s to replay).
 _BACKPRESSURE_MAX = 1.0
-_COMPACT_ROWS = 256  # sessions per compaction transaction
+# Sessions per compaction transaction. 2048 compacted a million-session
+# table's segments at 54k rows/s where 256 did 40k/s (the same two 100k-row
+# segments, alternated, twice): fewer commits, each page of the table written
+# once per transaction. A step then takes tens of milliseconds in the
+# compactor process, which holds nothing the event loop needs.
+_COMPACT_ROWS = 2048
 _CHECK_INTERVAL = 1.0  # seconds between checks that the store's files are ours
 _CLOSE_BUDGET = 0.5  # seconds a clean stop spends compacting
 _LIVE_INTERVAL = 60.0  # seconds between samples of the live bytes
