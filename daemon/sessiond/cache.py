@@ -772,7 +772,10 @@ class SessionCache(Generic[K, V]):
             else:
                 self._tidy(_TIDY_STEP)
         elif size > bound:
-            self._old, self._heap = self._heap, []
+            # Swap the two lists (the old one is empty now) rather than make a
+            # new one: a list made now would be young, and every young
+            # collection until it is frozen would walk its 100k+ records.
+            self._old, self._heap = self._heap, self._old
             self._tidy(_TIDY_STEP)
 
     def _tidy(self, count: int) -> None:
@@ -793,7 +796,7 @@ class SessionCache(Generic[K, V]):
             heapq.heappush(heap, record)
 
     def _rebuild_heap(self) -> None:
-        self._old = []
+        self._old.clear()
         heap: list[_Record] = []
         append = heap.append
         for key, entry in self._data.items():
