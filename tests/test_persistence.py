@@ -1084,7 +1084,7 @@ def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
     there after the restart, and the log says the killed run had started a
     compaction it never finished."""
     d = daemon_factory(sqlite_config(persistence={"durability": "always"}), start=False)
-    d.start(env={"SESSIOND_STORE_COMPACT_PAUSE": "0.3"})
+    d.start(env={"SESSIOND_STORE_COMPACT_PAUSE": "0.3", "SESSIOND_STORE_COMPACT_ROWS": "256"})
     acked, last, _ = _hammer(d, writers=8, run_for=2.5)
     total = sum(len(a) for a in acked)
     assert total > 100, "the writers barely ran"

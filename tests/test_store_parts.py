@@ -7,12 +7,13 @@ tests/test_store_lifecycle.py.
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, scan_hash
+from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, scan_hash
 from sessiond.store import log as wal
 from sessiond.store.compactor import Compaction, Compactor
 from sessiond.store.files import StoreFiles, connect
@@ -122,6 +123,33 @@ def test_a_flush_hides_everything_older() -> None:
     o.logged(second)
     assert second.cleared
     assert o.queued() == ({b"b": row(b"b")}, False)
+
+
+def test_changes_waiting_for_compaction_are_not_walked_by_the_collector(tmp_path: Path) -> None:
+    """A logged change lives until its segment is compacted: up to the log's
+    bound of them at once. Python's cyclic collector walks every object it
+    tracks on each full collection, and it never stops tracking a NamedTuple:
+    the overlay keeps plain tuples, which it stops tracking once it has looked
+    at them (issue 18: full collections paused the event loop 80-450 ms)."""
+    o = Overlay()
+    layer = Layer(1)
+    o.add_layer(layer)
+    for i in range(100):
+        o.record(b"k%d" % i, row(b"v%d" % i, context="c", ttl=5.0, deadline=9.0))
+    o.record(b"gone", None)
+    o.take()
+    o.logged(layer)
+    path = tmp_path / "s.db-log.000000000002"
+    frame = wal.encode({b"k%d" % i: row(b"v%d" % i, context="c") for i in range(100)}, False)
+    path.write_bytes(wal.MAGIC + frame)
+    replayed = wal.replay(path)
+    gc.collect()
+    for kept in (*layer.changes.values(), *replayed.changes.values()):
+        assert kept is None or not gc.is_tracked(kept)
+    # Readers still get rows, with their fields by name.
+    found, _ = o.lookup([b"k7"])
+    assert isinstance(found[b"k7"], Row) and found[b"k7"].value == b"v7"
+    assert replayed.changes[b"k7"] == row(b"v7", context="c")
 
 
 def test_a_failed_commit_goes_back_unless_something_newer_replaced_it() -> None:
@@ -339,3 +367,81 @@ def test_a_version_2_store_is_migrated_with_what_its_journal_held(tmp_path: Path
     assert "journal" not in tables and "store_state" in tables
     assert db.execute("SELECT DISTINCT kind FROM sessions").fetchall() == [(0,)]
     db.close()
+
+
+def test_a_version_3_store_reads_its_rows_as_they_were_and_writes_times_smaller(
+    tmp_path: Path,
+) -> None:
+    """Schema 4 writes updated_at and accessed_at as 0 where they equal the
+    column before them (a 0 takes no bytes in a record). Rows that schema 3
+    wrote, with every time in full, read back unchanged; so do new ones,
+    written either way, and warm start still finds the most recent."""
+    from sessiond.store.files import SCHEMA
+
+    path = tmp_path / "v3.db"
+    now = time.time()
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.execute("PRAGMA application_id = 1397052243")
+    db.execute("PRAGMA user_version = 3")
+    for key, times in ((b"v3-read", (now, now + 1, now + 2)), (b"v3-same", (now, now, now))):
+        db.execute(
+            "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, ?, ?, NULL, NULL, NULL, 0)",
+            (scan_hash(key), key, b"old", *times),
+        )
+    db.commit()
+    db.close()
+    files, db = _open(path)  # migrates
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        written = {
+            b"v4-same": Row(b"new", None, now + 3, now + 3, now + 3, None, None, 0),
+            b"v4-read": Row(b"new", None, now + 3, now + 4, now + 5, 60.0, now + 65, 0),
+            b"v4-written": Row(b"new", None, now + 3, now + 6, now + 6, None, None, 0),
+        }
+        assert Compactor(db).step(Compaction(Layer(1, dict(written))), 10)
+        raw = {
+            bytes(k): (u, a)
+            for k, u, a in db.execute("SELECT key, updated_at, accessed_at FROM sessions")
+        }
+    finally:
+        db.close()
+        files.close()
+    assert raw[b"v3-same"] == (now, now)  # as schema 3 wrote it
+    assert raw[b"v4-same"] == (0, 0) and raw[b"v4-written"] == (now + 6, 0)
+    assert raw[b"v4-read"] == (now + 4, now + 5)
+    store = SQLiteStore(path)
+    try:
+        assert store.load(b"v3-read") == Row(b"old", None, now, now + 1, now + 2, None, None, 0)
+        assert store.load(b"v3-same") == Row(b"old", None, now, now, now, None, None, 0)
+        for key, stored in written.items():
+            assert store.load(key) == stored
+        assert [key for key, _ in store.recent(3)] == [b"v4-written", b"v4-read", b"v4-same"]
+    finally:
+        store.close()
+
+
+def test_every_page_is_checked_when_the_last_stop_was_not_clean(tmp_path: Path) -> None:
+    """A clean stop deletes SQLite's -wal file; one left over means the last
+    process did not close the store, and start-up then checks every page
+    (after a clean stop only the header and schema: reading the whole file
+    at every start made start-up grow with the store)."""
+    path = tmp_path / "s.db"
+    files, db = _open(path)
+    try:
+        layer = Layer(1, {b"k%05d" % i: row(b"v" * 200) for i in range(2000)})
+        assert Compactor(db).step(Compaction(layer), 5000)
+    finally:
+        db.close()
+        files.close()
+    assert not Path(f"{path}-wal").exists()  # a clean stop leaves none
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[-page + 100 : -page + 400] = b"\xff" * 300  # the last page's cells
+    path.write_bytes(bytes(data))
+    files = StoreFiles(path)
+    files.open()  # clean: not read whole
+    files.close()
+    Path(f"{path}-wal").touch()  # as a crash leaves it
+    with pytest.raises(StoreError, match="is corrupt"):
+        StoreFiles(path).open()

@@ -77,6 +77,7 @@ DEFAULT: Final = _Default()
 
 
 _Record = tuple[float, int, object]
+_TIDY_STEP = 16  # expiry index records moved per write while it is tidied
 """An expiry-heap record ``(deadline, seq, key)``. ``seq`` is unique: a record is
 an entry's current one if it has the seq of ``Entry.record`` (never compare the
 tuples by identity: compiled with mypyc, a tuple read back from the heap is a
@@ -261,6 +262,9 @@ class SessionCache(Generic[K, V]):
             raise ValueError(f"max_memory must be >= 0, got {max_memory}")
         self._data: OrderedDict[K, Entry[V]] = OrderedDict()
         self._heap: list[_Record] = []
+        # The expiry index being tidied (a heap too): records not yet moved to
+        # _heap, stale ones dropped on the way (:meth:`_tidy`).
+        self._old: list[_Record] = []
         self._seq = itertools.count()
         self.max_sessions = max_sessions
         self.max_memory = max_memory
@@ -389,13 +393,15 @@ class SessionCache(Generic[K, V]):
         that have one (INFO keyspace's avg_ttl): probes the expiry heap at
         random positions and keeps the records that are their entry's
         current one, so each entry is as likely as any other. O(count)."""
-        heap = self._heap
-        if not heap:
+        heap, old = self._heap, self._old
+        size = len(heap) + len(old)
+        if not size:
             return []
         data = self._data
         found: list[float] = []
         for _ in range(4 * count):
-            record = heap[random.randrange(len(heap))]
+            n = random.randrange(size)
+            record = heap[n] if n < len(heap) else old[n - len(heap)]
             key: K = record[2]  # type: ignore[assignment]
             entry = data.get(key)
             current = None if entry is None else entry.record
@@ -684,6 +690,7 @@ class SessionCache(Generic[K, V]):
             count += live
             self._remove(key, entry, Cause.DELETED if live else Cause.EXPIRED, None)
         self._heap.clear()
+        self._old.clear()
         return count
 
     def resize(self, max_sessions: int | None = None, max_memory: int | None = None) -> int:
@@ -712,16 +719,20 @@ class SessionCache(Generic[K, V]):
         heappop, heappush = heapq.heappop, heapq.heappush
         expired = 0
         work = 0
-        # self._heap is re-read every round: a listener or hook may cause a rebuild.
+        # Re-read every round: a listener or hook may start a tidy.
         while work < limit:
-            heap = self._heap
-            if not heap:
+            heap, old = self._heap, self._old
+            if heap and (not old or heap[0][0] <= old[0][0]):
+                source = heap
+            elif old:
+                source = old
+            else:
                 break
-            record = heap[0]
+            record = source[0]
             if record[0] > now:
                 break
             work += 1
-            heappop(heap)
+            heappop(source)
             key: K = record[2]  # type: ignore[assignment]
             entry = data.get(key)
             current = None if entry is None else entry.record
@@ -737,7 +748,7 @@ class SessionCache(Generic[K, V]):
                 # (one record out, one in: the index does not grow).
                 record = (deadline, next(self._seq), key)
                 entry.record = record
-                heappush(heap, record)
+                heappush(self._heap, record)
                 continue
             # Expired: _remove inlined (this loop is the active-expiry hot path).
             del data[key]
@@ -748,8 +759,7 @@ class SessionCache(Generic[K, V]):
             self.persistence.expire(key)
             if self.listener is not None:
                 self.listener(key, entry, Cause.EXPIRED, None)
-        if len(self._heap) > 2 * len(data) + 64:
-            self._rebuild_heap()
+        self._keep_bounded()
         return expired
 
     def cleanup_expired(self) -> int:
@@ -759,17 +769,24 @@ class SessionCache(Generic[K, V]):
         while True:
             removed = self.sweep(limit=10_000, now=now)
             total += removed
-            if not self._heap or self._heap[0][0] > now:
+            due = self.next_deadline()
+            if due is None or due > now:
                 return total
 
     def next_deadline(self) -> float | None:
         """The earliest time a sweep may have work (``None`` if nothing expires)."""
-        return self._heap[0][0] if self._heap else None
+        heap, old = self._heap, self._old
+        if heap and old:
+            return min(heap[0][0], old[0][0])
+        if heap:
+            return heap[0][0]
+        return old[0][0] if old else None
 
     @property
     def expiry_index_size(self) -> int:
-        """Records in the expiry index (bounded by ``2 * len(self) + 64``)."""
-        return len(self._heap)
+        """Records in the expiry index (bounded by ``4 * len(self) + 128``; about
+        twice ``len(self)`` at most in steady use, see :meth:`_keep_bounded`)."""
+        return len(self._heap) + len(self._old)
 
     def _file(self, key: K, entry: Entry[V]) -> None:
         record = entry.record
@@ -780,10 +797,51 @@ class SessionCache(Generic[K, V]):
         record = (deadline, next(self._seq), key)
         entry.record = record
         heapq.heappush(self._heap, record)
-        if len(self._heap) > 2 * len(self._data) + 64:
-            self._rebuild_heap()
+        self._keep_bounded()
+
+    def _keep_bounded(self) -> None:
+        """Keep the expiry index near the entries it indexes. A removed or
+        evicted entry leaves its record behind (a heap drops only its root),
+        so a load of new sessions into a full cache adds one stale record per
+        write. Past ``2 * len(self) + 64`` records the index is tidied a few
+        records per call (:meth:`_tidy`): rebuilding it whole held the event
+        loop 40-140 ms every 100k evictions (a batch of 16 SETs in the slow
+        log, issue 18). Each call that may add a stale record moves
+        ``_TIDY_STEP`` of them, so a tidy outpaces what accumulates meanwhile;
+        the whole rebuild stays as a backstop at twice that bound."""
+        size = len(self._heap) + len(self._old)
+        bound = 2 * len(self._data) + 64
+        if self._old:
+            if size > 2 * bound:
+                self._rebuild_heap()
+            else:
+                self._tidy(_TIDY_STEP)
+        elif size > bound:
+            # Swap the two lists (the old one is empty now) rather than make a
+            # new one: a list made now would be young, and every young
+            # collection until it is frozen would walk its 100k+ records.
+            self._old, self._heap = self._heap, self._old
+            self._tidy(_TIDY_STEP)
+
+    def _tidy(self, count: int) -> None:
+        """Move up to ``count`` records from the index being tidied to the
+        current one, dropping stale ones. Taken from the end of the old heap's
+        list, which leaves the rest a heap (sweep pops from both)."""
+        old, heap, data = self._old, self._heap, self._data
+        for _ in range(min(count, len(old))):
+            record = old.pop()
+            key: K = record[2]  # type: ignore[assignment]
+            entry = data.get(key)
+            current = None if entry is None else entry.record
+            if entry is None or current is None or current[1] != record[1]:
+                continue  # stale: its entry is gone or filed anew
+            if entry.deadline is None:
+                entry.record = None
+                continue
+            heapq.heappush(heap, record)
 
     def _rebuild_heap(self) -> None:
+        self._old.clear()
         heap: list[_Record] = []
         append = heap.append
         for key, entry in self._data.items():
@@ -839,8 +897,7 @@ class SessionCache(Generic[K, V]):
                 cause, why = Cause.EVICTED, reason
             if self.listener is not None:
                 self.listener(key, entry, cause, why)
-        if len(self._heap) > 2 * len(data) + 64:
-            self._rebuild_heap()
+        self._keep_bounded()
 
     def _remove(
         self,
@@ -876,8 +933,7 @@ class SessionCache(Generic[K, V]):
                 self.persistence.delete(key)
         if self.listener is not None:
             self.listener(key, entry, cause, reason)
-        if len(self._heap) > 2 * len(self._data) + 64:
-            self._rebuild_heap()
+        self._keep_bounded()
 
     def _notify(self, key: K, entry: Entry[V], cause: Cause, reason: EvictionReason | None) -> None:
         if self.listener is not None:

@@ -45,6 +45,8 @@ from .store import (
     TableSlice,
     scan_hash,
 )
+from .store.api import DEADLINE, KIND
+from .store.api import live as live_fields
 from .values import Value
 
 
@@ -259,7 +261,16 @@ class Keyspace:
     def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
-        self.save(key, entry)
+        # Only if a read touched it after its last write (a write sets both
+        # times): a session written and never read since is stored as it is,
+        # and saving it again doubled the log and the compaction of a load of
+        # new sessions into a full cache (each evicts one; issue 18).
+        if entry.accessed_at != entry.updated_at:
+            self.save(key, entry)
+            return
+        current = self.current
+        if current is not None:
+            current.seen(key, entry)  # the running command still reads it
 
     def load(self, key: bytes) -> Entry[Value] | None:
         """Blocking read-through (the cache's ``get_or_load``, library use)."""
@@ -418,10 +429,13 @@ class Keyspace:
         total, expiring = counted.total, counted.expiring
         find = self.cache.find
         for key, change in counted.queued.items():
-            current = find(key) or change
-            if current is not None:
+            held = find(key)
+            if held is not None:
                 total += 1
-                expiring += current.deadline is not None
+                expiring += held.deadline is not None
+            elif change is not None:
+                total += 1
+                expiring += change[DEADLINE] is not None
         return total, expiring
 
     def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
@@ -513,7 +527,7 @@ class Keyspace:
                     kind is None or values.kind_of(held.value) == kind
                 )
             elif change is not None:
-                live = change.live(now) and (kind is None or change.kind == kind)
+                live = live_fields(change, now) and (kind is None or change[KIND] == kind)
             if live:
                 keys[key] = h
             else:

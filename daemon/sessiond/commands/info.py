@@ -10,6 +10,7 @@ docs/operations.md (INFO).
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import sys
@@ -201,6 +202,9 @@ def _memory(cx: Call) -> Fields:
         ("mem_fragmentation_ratio", f"{rss / used:.2f}" if used else "0.00"),
         ("mem_allocator", "pymalloc"),
         ("max_sessions", cache.max_sessions),
+        # Objects the cyclic garbage collector no longer walks (sessiond
+        # freezes what survives its young collections: the sessions in memory).
+        ("gc_frozen_objects", gc.get_freeze_count()),
     ]
 
 

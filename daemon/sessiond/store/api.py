@@ -21,7 +21,7 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -55,6 +55,38 @@ class Row(NamedTuple):
 Change = Row | None
 """What a write leaves: the new row, or ``None`` for a delete."""
 
+Fields = tuple[bytes, str | None, float, float, float, float | None, float | None, int]
+"""A row's columns as a plain tuple, in :class:`Row`'s order (a ``Row`` is one).
+
+What the overlay keeps for a change waiting for compaction: Python's cyclic
+garbage collector stops tracking a plain tuple that holds only bytes, strings,
+numbers and ``None`` the first time it looks at it, but never a ``NamedTuple``
+(only exact tuples are untracked). Kept as ``Row`` objects, the up to 250k
+changes of a full log were walked by every full collection: 80-450 ms pauses of
+the event loop under sustained writes (gc.callbacks, issue 18)."""
+
+Kept = Fields | None
+"""A change as the overlay keeps it: a row's fields, or ``None`` for a delete."""
+
+DEADLINE: Final = 6
+"""Index of ``deadline`` in :data:`Fields`."""
+KIND: Final = 7
+"""Index of ``kind`` in :data:`Fields`."""
+ACCESSED_AT: Final = 4
+"""Index of ``accessed_at`` in :data:`Fields`."""
+
+
+def live(fields: Fields, now: float) -> bool:
+    """:meth:`Row.live` of a row's fields."""
+    deadline = fields[DEADLINE]
+    return deadline is None or deadline > now
+
+
+def as_row(kept: Kept) -> Change:
+    """The :class:`Row` of kept fields (``None`` stays ``None``)."""
+    # tuple.__new__, not Row(...): a NamedTuple's own __new__ is interpreted Python.
+    return None if kept is None or isinstance(kept, Row) else tuple.__new__(Row, kept)
+
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says what and where."""
@@ -66,7 +98,7 @@ class TableCounts:
     in its table (newest wins) and the table's sessions, and those with a
     deadline, that none of those changes names."""
 
-    queued: dict[bytes, Change]
+    queued: dict[bytes, Kept]
     total: int
     expiring: int
 
@@ -78,7 +110,7 @@ class TableSlice:
     ``rows_valid`` is false when a queued FLUSHDB empties the table."""
 
     rows: list[tuple[int, bytes, float | None, int]]
-    queued: dict[bytes, Change]
+    queued: dict[bytes, Kept]
     rows_valid: bool
     upper: int
 

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .api import Change, Row
+from .api import Change, Fields, Kept
 
 MAGIC = b"SESSLOG1"
 OP_ROW = 1
@@ -86,9 +86,9 @@ def encode(batch: dict[bytes, Change], cleared: bool) -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def decode(payload: bytes) -> Iterator[tuple[bytes, Change] | None]:
-    """The records of one frame's payload: ``(key, change)``, or ``None`` for FLUSH."""
-    new_row = tuple.__new__
+def decode(payload: bytes) -> Iterator[tuple[bytes, Kept] | None]:
+    """The records of one frame's payload: ``(key, change)``, or ``None`` for
+    FLUSH; a row as plain fields (what the overlay keeps)."""
     view = memoryview(payload)
     pos = 0
     end = len(payload)
@@ -109,7 +109,7 @@ def decode(payload: bytes) -> Iterator[tuple[bytes, Change] | None]:
             pos += vlen
             context = str(view[pos : pos + clen], "utf-8") if flags & 1 else None
             pos += clen
-            fields = (
+            fields: Fields = (
                 value,
                 context,
                 created,
@@ -119,8 +119,7 @@ def decode(payload: bytes) -> Iterator[tuple[bytes, Change] | None]:
                 deadline if flags & 4 else None,
                 kind,
             )
-            # tuple.__new__: Row(...) would run the NamedTuple's Python __new__.
-            yield key, new_row(Row, fields)
+            yield key, fields
         elif op == OP_DELETE:
             _, klen = unpack_key(payload, pos)
             pos += key_size
@@ -208,7 +207,7 @@ class Replayed:
     __slots__ = ("changes", "cleared", "count", "end", "torn")
 
     def __init__(self) -> None:
-        self.changes: dict[bytes, Change] = {}
+        self.changes: dict[bytes, Kept] = {}
         self.cleared = False
         self.count = 0
         self.end = 0

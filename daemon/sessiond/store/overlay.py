@@ -22,27 +22,33 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import cast
 
-from .api import Change, Row
+from .api import Change, Fields, Kept, Row, as_row
 
 
 class Layer:
     """The changes of one log segment (newest per key). ``cleared``: the
-    segment holds a FLUSH before them, so older layers and the table are gone."""
+    segment holds a FLUSH before them, so older layers and the table are gone.
+
+    A layer lives until its segment is compacted (seconds, up to the log's
+    bound of changes), so it keeps each row as plain :data:`~.api.Fields`,
+    which the cyclic garbage collector stops tracking (docs/persistence.md)."""
 
     __slots__ = ("changes", "cleared", "segment")
 
-    def __init__(self, segment: int, changes: dict[bytes, Change] | None = None) -> None:
+    def __init__(self, segment: int, changes: dict[bytes, Kept] | None = None) -> None:
         self.segment = segment
-        self.changes: dict[bytes, Change] = {} if changes is None else changes
+        self.changes: dict[bytes, Kept] = {} if changes is None else changes
         self.cleared = False
 
     def apply(self, batch: dict[bytes, Change], cleared: bool) -> None:
         if cleared:
-            self.changes = dict(batch)
+            self.changes = {}
             self.cleared = True
-        else:
-            self.changes.update(batch)
+        changes = self.changes
+        for key, row in batch.items():
+            changes[key] = None if row is None else cast(Fields, tuple(row))
 
 
 class Overlay:
@@ -142,7 +148,7 @@ class Overlay:
                 for layer in layers:
                     changes = layer.changes
                     if key in changes:
-                        found[key] = changes[key]
+                        found[key] = as_row(changes[key])
                         break
                     if layer.cleared:
                         found[key] = None
@@ -172,16 +178,17 @@ class Overlay:
         found, _ = self.lookup([key])
         return key in found
 
-    def queued(self) -> tuple[dict[bytes, Change], bool]:
+    def queued(self) -> tuple[dict[bytes, Kept], bool]:
         """Every change the table does not have (newest wins), and whether the
-        table's rows still count (not after a FLUSH not yet compacted)."""
+        table's rows still count (not after a FLUSH not yet compacted). The
+        rows are :data:`~.api.Fields` (some of them :class:`~.api.Row`)."""
         with self.lock:
-            sources: list[tuple[dict[bytes, Change], bool]] = [
+            sources: list[tuple[dict[bytes, Kept], bool]] = [
                 (layer.changes, layer.cleared) for layer in self.layers
             ]
-            sources.append((self.inflight, self.inflight_cleared))
-            sources.append((self.pending, self.pending_cleared))
-            merged: dict[bytes, Change] = {}
+            sources.append((cast("dict[bytes, Kept]", self.inflight), self.inflight_cleared))
+            sources.append((cast("dict[bytes, Kept]", self.pending), self.pending_cleared))
+            merged: dict[bytes, Kept] = {}
             rows_valid = True
             for changes, cleared in sources:
                 if cleared:

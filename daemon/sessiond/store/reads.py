@@ -13,10 +13,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .api import HASH_SPACE, Change, Row, scan_hash
+from .api import HASH_SPACE, Kept, Row, scan_hash
 from .files import connect
 
-COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline, kind"
+# Schema 4 stores updated_at and accessed_at as 0 where they equal the column
+# before them (files.py): these read the times back.
+UPDATED_AT = "CASE updated_at WHEN 0 THEN created_at ELSE updated_at END"
+ACCESSED_AT = f"CASE accessed_at WHEN 0 THEN {UPDATED_AT} ELSE accessed_at END"
+COLUMNS = f"key, value, context, created_at, {UPDATED_AT}, {ACCESSED_AT}, ttl, deadline, kind"
 _POINT = f"SELECT {COLUMNS} FROM sessions WHERE scan_hash = ? AND key = ?"
 
 
@@ -60,7 +64,7 @@ class TableReader:
                 found[key] = stored(row)[1]
         return found
 
-    def counts(self, overlay: dict[bytes, Change]) -> tuple[int, int]:
+    def counts(self, overlay: dict[bytes, Kept]) -> tuple[int, int]:
         """Rows, and rows with a deadline, that no key of ``overlay`` names."""
         db = self.db()
         # One read transaction: every query sees the same table, whatever the
@@ -121,7 +125,9 @@ class TableReader:
         find the cut-off, the second reads only the rows above it."""
         db = self.db()
         live = "(deadline IS NULL OR deadline > ?)"
-        times = [t for (t,) in db.execute(f"SELECT accessed_at FROM sessions WHERE {live}", (now,))]
+        times = [
+            t for (t,) in db.execute(f"SELECT {ACCESSED_AT} FROM sessions WHERE {live}", (now,))
+        ]
         if not times or limit <= 0:
             return []
         if len(times) > limit:
@@ -133,7 +139,8 @@ class TableReader:
         rows = [
             stored(row)
             for row in db.execute(
-                f"SELECT {COLUMNS} FROM sessions WHERE {live} AND accessed_at >= ?", (now, cutoff)
+                f"SELECT {COLUMNS} FROM sessions WHERE {live} AND {ACCESSED_AT} >= ?",
+                (now, cutoff),
             )
         ]
         rows.sort(key=lambda item: item[1].accessed_at, reverse=True)
