@@ -369,6 +369,19 @@ def test_expired_from_lazy_and_active_expiry() -> None:
     assert listener.events() == [(b"__keyevent@0__:expired", b"active")]
 
 
+def test_a_transaction_that_watched_leaves_expiry_events_on() -> None:
+    """The last WATCH ending (EXEC, DISCARD, UNWATCH, RESET, a closed
+    connection) once unhooked the core's listener that expiry events need."""
+    d = wired(store=False, sliding=False)
+    listener = events_of(d, "Ex")
+    d("WATCH", "x")
+    d("UNWATCH")
+    d("SET", "k", "1", "EX", "5")
+    d.clock.now += 6
+    d.cache.sweep()
+    assert listener.events() == [(b"__keyevent@0__:expired", b"k")]
+
+
 def test_expired_from_the_store_for_sessions_only_there() -> None:
     d = wired()
     listener = events_of(d, "Egx")
