@@ -200,6 +200,9 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL_RO", "return redis.call('GET', 'a')", "0"),
     ("EVAL_RO", "return redis.call('SET', 'a', 'b')", "0"),
     ("EVAL_RO", "return redis.call('DEL', 'a')", "0"),
+    ("EVAL_RO", "return redis.call('PUBLISH', 'ch', 'x')", "0"),  # may replicate
+    ("EVAL", "#!lua flags=no-writes\nreturn redis.call('PUBLISH', 'ch', 'x')", "0"),
+    ("EVAL", "return redis.call('PUBLISH', 'ch', 'x')", "0"),
     ("EVAL", "#!lua flags=no-writes\nreturn redis.call('SET', 'a', 'b')", "0"),
     ("EVAL", "#!lua flags=no-writes\nreturn redis.call('GET', 'a')", "0"),
     ("EVAL_RO", "#!lua\nreturn 1", "0"),
