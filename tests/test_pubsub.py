@@ -186,6 +186,32 @@ def test_client_list_and_info_count_subscriptions(daemon: Daemon) -> None:
         p.close()
 
 
+@pytest.mark.parametrize("server", ["sessiond", "redis-server"])
+def test_subscribers_are_clients_of_type_pubsub(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """CLIENT LIST/KILL TYPE pubsub find subscribers (RESP2 or RESP3), and a
+    killed subscriber is gone from PUBSUB NUMSUB at once, as in Redis (the
+    same test runs against redis-server)."""
+    daemon = request.getfixturevalue("daemon" if server == "sessiond" else "redis_server")
+    with daemon.client() as r, daemon.client(protocol=3) as r3, daemon.client() as admin:
+        subscribers = [r.pubsub(), r3.pubsub()]
+        for p in subscribers:
+            p.subscribe("ch")
+            confirmations(p, 1)
+        assert len(admin.client_list(_type="pubsub")) == 2
+        assert len(admin.client_list(_type="normal")) == 1  # admin itself
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "normal") == 0  # SKIPME yes
+        with admin.pipeline(transaction=False) as pipe:
+            pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            pipe.execute_command("PUBSUB", "NUMSUB", "ch")
+            killed, numsub = pipe.execute()
+        assert killed == 2
+        assert numsub == [b"ch", 0]
+        for p in subscribers:
+            p.close()
+
+
 # ------------------------------------------------- keyspace notifications
 
 

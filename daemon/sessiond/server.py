@@ -204,7 +204,10 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.server.state.clients.pop(self.client.id, None)
+        client = self.client
+        self.server.state.clients.pop(client.id, None)
+        if client.subscriptions:  # gone from PUBSUB NUMSUB at once, as from CLIENT LIST
+            self.server.state.pubsub.drop(client)
         self.pending.clear()
         self.out.clear()
         self.done.clear()
