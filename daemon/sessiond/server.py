@@ -964,11 +964,19 @@ class Server:
         return "unix" if creds is None else f"pid={creds[0]},uid={creds[1]}"
 
     def close_idle(self, timeout: float) -> int:
-        """Close connections idle for longer than ``timeout`` seconds."""
+        """Close connections idle for longer than ``timeout`` seconds. A
+        subscriber is not idle while it is subscribed, as in Redis: it waits
+        for messages and need send nothing."""
         cutoff = perf_counter() - timeout
         closed = 0
         for conn in list(self.connections):
-            if conn.client.last_active < cutoff and not conn.busy and conn.transport:
+            client = conn.client
+            if (
+                client.last_active < cutoff
+                and not client.subscriptions
+                and not conn.busy
+                and conn.transport
+            ):
                 conn.transport.close()
                 closed += 1
         return closed
