@@ -435,6 +435,13 @@ def transcript(open_wire: Callable[[], Wire], resp3: bool) -> list[tuple[str, by
         a.send("CLIENT", "REPLY", "OFF")
         a.send("CLIENT", "REPLY", "SKIP")
         step(a, "CLIENT", "REPLY", "ON")
+        # Subscription confirmations are pushes: CLIENT REPLY does not stop them.
+        a.send("CLIENT", "REPLY", "OFF")
+        a.send("SUBSCRIBE", "c1", "c2")
+        out.append(("SUBSCRIBE under REPLY OFF", a.read() + a.read()))
+        a.send("UNSUBSCRIBE", "c1", "c2")  # named: Redis' order for all is its dict's
+        out.append(("UNSUBSCRIBE under REPLY OFF", a.read() + a.read()))
+        step(a, "CLIENT", "REPLY", "ON")
         assert a.nothing_more()
         return out
     finally:

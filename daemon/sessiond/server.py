@@ -42,7 +42,7 @@ from .commands import errors as command_errors
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
-from .protocol import Error, ProtocolError, RequestParser, encode
+from .protocol import Error, ProtocolError, Push, Replies, RequestParser, encode
 from .stats import LATENCY_BUCKETS, CommandStats, bucket, slowlog_args
 from .store import StoreError
 
@@ -298,7 +298,10 @@ class Connection(asyncio.Protocol):
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
         if client.reply_mode:  # not REPLY_ON: CLIENT REPLY OFF or SKIP
-            return self._silenced(client)
+            silenced = self._silenced(client)
+            # (P)(UN)SUBSCRIBE confirmations are pushes: sent all the same, as
+            # Redis sends them.
+            return data if isinstance(reply, (Push, Replies)) else silenced
         # An error reply changed nothing: it need not wait for a commit; but a
         # script that fails may have written first (Redis keeps those writes).
         if (
