@@ -212,6 +212,44 @@ def test_subscribers_are_clients_of_type_pubsub(
             p.close()
 
 
+def _read_until(sock: socket.socket, wanted: bytes) -> bytes:
+    got = b""
+    while wanted not in got:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {wanted!r}; got {got!r}"
+        got += chunk
+    return got
+
+
+def test_client_pause_and_subscribers(daemon_factory: Factory) -> None:
+    """Under CLIENT PAUSE WRITE, a RESP2 subscriber's refused command is
+    refused at once (not held), and a RESP3 subscriber whose write is held
+    keeps receiving its messages (they would pile up until it is dropped)."""
+    d = daemon_factory(
+        {"pubsub": {"notify_keyspace_events": "Ex"}, "cache": {"sweep_interval": "100ms"}}
+    )
+    with d.client() as admin:
+        admin.set("soon", "v", px=300)
+        resp2 = d.raw()
+        resp2.sendall(b"SUBSCRIBE ch\r\n")
+        _read_until(resp2, b":1\r\n")
+        resp3 = d.raw()
+        resp3.sendall(b"HELLO 3\r\nSUBSCRIBE __keyevent@0__:expired\r\n")
+        _read_until(resp3, b"__keyevent@0__:expired\r\n:1\r\n")
+        assert admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE") == b"OK"
+        try:
+            resp2.sendall(b"SET k v\r\nPING\r\n")
+            got = _read_until(resp2, b"pong")
+            assert b"-ERR Can't execute 'set'" in got
+            resp3.sendall(b"SET k v\r\n")  # held until the pause ends
+            assert b"soon" in _read_until(resp3, b"soon")  # its expiry, during the pause
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        assert _read_until(resp3, b"+OK\r\n")
+        resp2.close()
+        resp3.close()
+
+
 # ------------------------------------------------- keyspace notifications
 
 

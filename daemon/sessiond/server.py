@@ -39,6 +39,7 @@ import structlog
 
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
+from .commands.dispatch import SUBSCRIBED_MODE
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
@@ -427,6 +428,8 @@ class Connection(asyncio.Protocol):
         client = self.client
         if not client.authenticated and not cmd.noauth:
             return False
+        if client.subscriptions and not client.resp3 and cmd.name not in SUBSCRIBED_MODE:
+            return False  # refused in subscribed mode, at once
         arity = cmd.arity
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             return False
@@ -567,7 +570,11 @@ class Connection(asyncio.Protocol):
 
     def _flush_pushed(self) -> None:
         self.flush_due = False
-        if not self.busy:  # else its replies wait for the store: so do messages
+        # A connection whose replies wait for the store holds its messages
+        # behind them. One held by CLIENT PAUSE owes nothing before them (it
+        # was flushed when it stopped): its messages go out, or a long pause
+        # would pile them up until it is dropped as a client that does not read.
+        if not self.busy or self in self.server.held:
             self.flush()
 
     def output_exceeded(self) -> None:
