@@ -478,6 +478,8 @@ class Connection(asyncio.Protocol):
             # The request that needed the read is answered with the error;
             # whatever went wrong, it is answered and the queue goes on.
             self.prepared = None
+            if not self.pending:  # killed (CLIENT KILL) meanwhile: nobody to answer
+                return
             args = self.pending.popleft()
             if isinstance(exc, StoreError):
                 reply = command_errors.store_failed(exc)
