@@ -4,12 +4,13 @@
     .venv/bin/python bench/plot.py --run     # run both benchmarks (~15 min), then draw
     .venv/bin/python bench/plot.py           # draw again from bench/results/*.json
 
-``--run`` runs ``resp_bench.py --reps 3 --json bench/results/memory.json`` and
+``--run`` runs ``resp_bench.py --floor --reps 3 --json bench/results/memory.json`` and
 ``resp_bench.py --persistence --reps 3 --json bench/results/durable.json``; the plots
 go to docs/img/ (the README shows them):
 
 - ``bench-throughput.png``: requests/s per scenario, in memory (GET and SET at
-  ``-c 50 -P 1``, ``-c 50 -P 16``, ``-c 1``) and durable (SET, sessiond
+  ``-c 50 -P 1``, ``-c 50 -P 16``, ``-c 1``; the minimal Python server beside
+  them, the floor a Python event loop reaches here) and durable (SET, sessiond
   ``durability: always`` against redis ``appendfsync always`` and ``everysec``);
 - ``bench-latency.png``: p50, p95, p99 and max latency of the same runs, as
   redis-benchmark measured them (what its clients waited), on a log scale.
@@ -46,7 +47,7 @@ Series = dict[str, list[dict[str, float]]]  # series name -> its Result in each 
 
 
 def run_benchmarks(reps: int, requests: int | None) -> None:
-    for name, extra in (("memory", []), ("durable", ["--persistence"])):
+    for name, extra in (("memory", ["--floor"]), ("durable", ["--persistence"])):
         cmd = [sys.executable, str(HERE / "resp_bench.py"), *extra, "--reps", str(reps)]
         if requests:
             cmd += ["--requests", str(requests)]
@@ -68,8 +69,13 @@ def groups(data: dict[str, Any]) -> list[tuple[str, Series]]:
             series.setdefault("sessiond always", [rep[i]["sessiond"] for rep in reps])
             series[row["test"].replace("redis", "redis-server")] = [rep[i]["redis"] for rep in reps]
         else:
-            series = out.setdefault(f"{row['test']}\n{row['scenario']}", {})
-            series["sessiond"] = [rep[i]["sessiond"] for rep in reps]
+            # resp_bench --floor adds rows "SET floor"...: the minimal Python
+            # server (bench/baseline_server.py) in sessiond's column.
+            test = row["test"]
+            floor = test.endswith(" floor")
+            series = out.setdefault(f"{test.removesuffix(' floor')}\n{row['scenario']}", {})
+            name = "minimal Python server" if floor else "sessiond"
+            series[name] = [rep[i]["sessiond"] for rep in reps]
             series["redis-server"] = [rep[i]["redis"] for rep in reps]
     return list(out.items())
 

@@ -946,3 +946,22 @@ def test_object_encoding_and_memory_usage_of_containers() -> None:
     assert d("OBJECT", "ENCODING", "many") == "hashtable"
     assert d("OBJECT", "REFCOUNT", "small") == 1
     assert d("MEMORY", "USAGE", "wide") > d("MEMORY", "USAGE", "small") > 0
+
+
+def test_what_client_pause_write_holds() -> None:
+    """Redis' CLIENT PAUSE WRITE holds writes and what may replicate: PUBLISH
+    and scripts that do not declare no-writes."""
+    d = Daemon()
+
+    def held(*words: str) -> bool:
+        args = [w.encode() for w in words]
+        cmd = d.dispatcher.resolve(args[0])
+        assert cmd is not None
+        return d.dispatcher.may_write(d.client, cmd, args)
+
+    assert held("SET", "k", "v")
+    assert held("PUBLISH", "ch", "x")
+    assert held("EVAL", "return 1", "0")
+    assert not held("EVAL", "#!lua flags=no-writes\nreturn 1", "0")
+    assert not held("GET", "k")
+    assert not held("PUBSUB", "CHANNELS")

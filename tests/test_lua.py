@@ -200,6 +200,9 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL_RO", "return redis.call('GET', 'a')", "0"),
     ("EVAL_RO", "return redis.call('SET', 'a', 'b')", "0"),
     ("EVAL_RO", "return redis.call('DEL', 'a')", "0"),
+    ("EVAL_RO", "return redis.call('PUBLISH', 'ch', 'x')", "0"),  # may replicate
+    ("EVAL", "#!lua flags=no-writes\nreturn redis.call('PUBLISH', 'ch', 'x')", "0"),
+    ("EVAL", "return redis.call('PUBLISH', 'ch', 'x')", "0"),
     ("EVAL", "#!lua flags=no-writes\nreturn redis.call('SET', 'a', 'b')", "0"),
     ("EVAL", "#!lua flags=no-writes\nreturn redis.call('GET', 'a')", "0"),
     ("EVAL_RO", "#!lua\nreturn 1", "0"),
@@ -431,6 +434,13 @@ def transcript(open_wire: Callable[[], Wire], resp3: bool) -> list[tuple[str, by
         step(a, "ECHO", "after skip")
         a.send("CLIENT", "REPLY", "OFF")
         a.send("CLIENT", "REPLY", "SKIP")
+        step(a, "CLIENT", "REPLY", "ON")
+        # Subscription confirmations are pushes: CLIENT REPLY does not stop them.
+        a.send("CLIENT", "REPLY", "OFF")
+        a.send("SUBSCRIBE", "c1", "c2")
+        out.append(("SUBSCRIBE under REPLY OFF", a.read() + a.read()))
+        a.send("UNSUBSCRIBE", "c1", "c2")  # named: Redis' order for all is its dict's
+        out.append(("UNSUBSCRIBE under REPLY OFF", a.read() + a.read()))
         step(a, "CLIENT", "REPLY", "ON")
         assert a.nothing_more()
         return out

@@ -675,7 +675,10 @@ def test_a_store_beside_the_config_is_warned_about(daemon_factory: Factory) -> N
     assert apart.stop() == 0
 
 
-def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory) -> None:
+@pytest.mark.parametrize("through", ["SET", "EVAL"])
+def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory, through: str) -> None:
+    """A script's write waits for its commit like SET's: its reply is the
+    store's error, never an OK for a write that did not reach the disk."""
     d = daemon_factory(
         sqlite_config(metrics={"enabled": True}, persistence={"durability": "always"}),
         start=False,
@@ -686,7 +689,11 @@ def test_disk_full_fails_the_write_and_keeps_serving(daemon_factory: Factory) ->
         failure: redis.ResponseError | None = None
         for i in range(500):
             try:
-                r.set(f"s{i}", f"{i}:" + "x" * 1000)
+                if through == "SET":
+                    r.set(f"s{i}", f"{i}:" + "x" * 1000)
+                else:
+                    script = "return redis.call('SET', KEYS[1], ARGV[1])"
+                    r.eval(script, 1, f"s{i}", f"{i}:" + "x" * 1000)
             except redis.ResponseError as exc:
                 failure = exc
                 break

@@ -186,6 +186,70 @@ def test_client_list_and_info_count_subscriptions(daemon: Daemon) -> None:
         p.close()
 
 
+@pytest.mark.parametrize("server", ["sessiond", "redis-server"])
+def test_subscribers_are_clients_of_type_pubsub(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """CLIENT LIST/KILL TYPE pubsub find subscribers (RESP2 or RESP3), and a
+    killed subscriber is gone from PUBSUB NUMSUB at once, as in Redis (the
+    same test runs against redis-server)."""
+    daemon = request.getfixturevalue("daemon" if server == "sessiond" else "redis_server")
+    with daemon.client() as r, daemon.client(protocol=3) as r3, daemon.client() as admin:
+        subscribers = [r.pubsub(), r3.pubsub()]
+        for p in subscribers:
+            p.subscribe("ch")
+            confirmations(p, 1)
+        assert len(admin.client_list(_type="pubsub")) == 2
+        assert len(admin.client_list(_type="normal")) == 1  # admin itself
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "normal") == 0  # SKIPME yes
+        with admin.pipeline(transaction=False) as pipe:
+            pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            pipe.execute_command("PUBSUB", "NUMSUB", "ch")
+            killed, numsub = pipe.execute()
+        assert killed == 2
+        assert numsub == [b"ch", 0]
+        for p in subscribers:
+            p.close()
+
+
+def _read_until(sock: socket.socket, wanted: bytes) -> bytes:
+    got = b""
+    while wanted not in got:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before {wanted!r}; got {got!r}"
+        got += chunk
+    return got
+
+
+def test_client_pause_and_subscribers(daemon_factory: Factory) -> None:
+    """Under CLIENT PAUSE WRITE, a RESP2 subscriber's refused command is
+    refused at once (not held), and a RESP3 subscriber whose write is held
+    keeps receiving its messages (they would pile up until it is dropped)."""
+    d = daemon_factory(
+        {"pubsub": {"notify_keyspace_events": "Ex"}, "cache": {"sweep_interval": "100ms"}}
+    )
+    with d.client() as admin:
+        admin.set("soon", "v", px=300)
+        resp2 = d.raw()
+        resp2.sendall(b"SUBSCRIBE ch\r\n")
+        _read_until(resp2, b":1\r\n")
+        resp3 = d.raw()
+        resp3.sendall(b"HELLO 3\r\nSUBSCRIBE __keyevent@0__:expired\r\n")
+        _read_until(resp3, b"__keyevent@0__:expired\r\n:1\r\n")
+        assert admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE") == b"OK"
+        try:
+            resp2.sendall(b"SET k v\r\nPING\r\n")
+            got = _read_until(resp2, b"pong")
+            assert b"-ERR Can't execute 'set'" in got
+            resp3.sendall(b"SET k v\r\n")  # held until the pause ends
+            assert b"soon" in _read_until(resp3, b"soon")  # its expiry, during the pause
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        assert _read_until(resp3, b"+OK\r\n")
+        resp2.close()
+        resp3.close()
+
+
 # ------------------------------------------------- keyspace notifications
 
 

@@ -19,7 +19,7 @@ from sessiond.commands import Client
 from sessiond.commands.channels import PubSub
 from sessiond.keyevents import format_events, parse_events
 from sessiond.protocol import OK, Error, Push, Replies, encode
-from test_handlers import Daemon
+from test_handlers import Daemon, timed_engine
 
 
 def decode(data: bytes) -> list[Any]:
@@ -367,6 +367,40 @@ def test_expired_from_lazy_and_active_expiry() -> None:
     assert listener.events() == [(b"__keyevent@0__:expired", b"lazy")]
     d.cache.sweep()
     assert listener.events() == [(b"__keyevent@0__:expired", b"active")]
+
+
+def test_a_transaction_that_watched_leaves_expiry_events_on() -> None:
+    """The last WATCH ending (EXEC, DISCARD, UNWATCH, RESET, a closed
+    connection) once unhooked the core's listener that expiry events need."""
+    d = wired(store=False, sliding=False)
+    listener = events_of(d, "Ex")
+    d("WATCH", "x")
+    d("UNWATCH")
+    d("SET", "k", "1", "EX", "5")
+    d.clock.now += 6
+    d.cache.sweep()
+    assert listener.events() == [(b"__keyevent@0__:expired", b"k")]
+
+
+def test_a_script_stopped_by_the_time_limit_tells_nothing() -> None:
+    """Its writes are rolled back: the events of those writes, and what it
+    published, are dropped with them. A script that ends sends them all."""
+    d = wired(scripts=timed_engine())
+    d("SET", "sess", "data")
+    listener = events_of(d, "KEA")
+    listener("SUBSCRIBE", "plain")
+    listener.take()
+    stopped = "redis.call('DEL', KEYS[1]) redis.call('PUBLISH', 'plain', 'x') while true do end"
+    assert str(d("EVAL", stopped, "1", "sess")).startswith("ERR Script killed")
+    assert d("GET", "sess") == b"data"
+    assert listener.take() == []
+    ended = "redis.call('DEL', KEYS[1]) return redis.call('PUBLISH', 'plain', 'x')"
+    assert d("EVAL", ended, "1", "sess") == 1
+    assert listener.take() == [
+        [b"pmessage", b"__key*__:*", b"__keyspace@0__:sess", b"del"],
+        [b"pmessage", b"__key*__:*", b"__keyevent@0__:del", b"sess"],
+        [b"message", b"plain", b"x"],
+    ]
 
 
 def test_expired_from_the_store_for_sessions_only_there() -> None:

@@ -456,6 +456,9 @@ def test_idle_clients_are_closed(daemon_factory: Factory) -> None:
     idle = d.raw()
     idle.sendall(b"PING\r\n")
     assert idle.recv(100) == b"+PONG\r\n"
+    subscriber = d.raw()  # sends nothing after SUBSCRIBE: not idle, as in Redis
+    subscriber.sendall(b"SUBSCRIBE ch\r\n")
+    assert subscriber.recv(100) == b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
     busy = d.client(single_connection_client=True)
     deadline = time.monotonic() + 8
     closed = False
@@ -467,6 +470,9 @@ def test_idle_clients_are_closed(daemon_factory: Factory) -> None:
     assert closed
     assert busy.ping()
     assert [e for e in d.events() if e.get("event") == "idle_clients_closed"]
+    assert busy.publish("ch", "still here") == 1
+    assert subscriber.recv(100) == b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$10\r\nstill here\r\n"
+    subscriber.close()
     busy.close()
     idle.close()
     no_traceback(d)

@@ -681,7 +681,9 @@ SCHEMA: dict[str, Section] = {
                 "replies queued for a client that does not read; then it is dropped",
             ),
             "client_idle_timeout": Key(
-                parse_duration, "duration", "close connections idle this long; 0 = never"
+                parse_duration,
+                "duration",
+                "close connections idle this long (not subscribers); 0 = never",
             ),
         },
     ),

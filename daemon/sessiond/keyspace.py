@@ -199,7 +199,8 @@ class Keyspace:
         self.change_listeners.remove(listener)
         if not self.change_listeners:
             self.watching = False
-            self.cache.listener = None
+            # Keyspace events still need the core's word on expiries.
+            self.cache.listener = self._removed if self.notifying else None
 
     def modified(self, key: bytes | None) -> None:
         for listener in self.change_listeners:

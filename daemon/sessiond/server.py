@@ -39,10 +39,11 @@ import structlog
 
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
+from .commands.dispatch import SUBSCRIBED_MODE
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
-from .protocol import Error, ProtocolError, RequestParser, encode
+from .protocol import Error, ProtocolError, Push, Replies, RequestParser, encode
 from .stats import LATENCY_BUCKETS, CommandStats, bucket, slowlog_args
 from .store import StoreError
 
@@ -213,7 +214,10 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.server.state.clients.pop(self.client.id, None)
+        client = self.client
+        self.server.state.clients.pop(client.id, None)
+        if client.subscriptions:  # gone from PUBSUB NUMSUB at once, as from CLIENT LIST
+            self.server.state.pubsub.drop(client)
         self.pending.clear()
         self.out.clear()
         self.done.clear()
@@ -304,7 +308,10 @@ class Connection(asyncio.Protocol):
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
         if client.reply_mode:  # not REPLY_ON: CLIENT REPLY OFF or SKIP
-            return self._silenced(client)
+            silenced = self._silenced(client)
+            # (P)(UN)SUBSCRIBE confirmations are pushes: sent all the same, as
+            # Redis sends them.
+            return data if isinstance(reply, (Push, Replies)) else silenced
         # An error reply changed nothing: it need not wait for a commit; but a
         # script that fails may have written first (Redis keeps those writes).
         if (
@@ -430,6 +437,8 @@ class Connection(asyncio.Protocol):
         client = self.client
         if not client.authenticated and not cmd.noauth:
             return False
+        if client.subscriptions and not client.resp3 and cmd.name not in SUBSCRIBED_MODE:
+            return False  # refused in subscribed mode, at once
         arity = cmd.arity
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             return False
@@ -478,6 +487,8 @@ class Connection(asyncio.Protocol):
             # The request that needed the read is answered with the error;
             # whatever went wrong, it is answered and the queue goes on.
             self.prepared = None
+            if not self.pending:  # killed (CLIENT KILL) meanwhile: nobody to answer
+                return
             args = self.pending.popleft()
             if isinstance(exc, StoreError):
                 reply = command_errors.store_failed(exc)
@@ -571,7 +582,11 @@ class Connection(asyncio.Protocol):
 
     def _flush_pushed(self) -> None:
         self.flush_due = False
-        if not self.busy:  # else its replies wait for the store: so do messages
+        # A connection whose replies wait for the store holds its messages
+        # behind them. One held by CLIENT PAUSE owes nothing before them (it
+        # was flushed when it stopped): its messages go out, or a long pause
+        # would pile them up until it is dropped as a client that does not read.
+        if not self.busy or self in self.server.held:
             self.flush()
 
     def output_exceeded(self) -> None:
@@ -971,11 +986,19 @@ class Server:
         return "unix" if creds is None else f"pid={creds[0]},uid={creds[1]}"
 
     def close_idle(self, timeout: float) -> int:
-        """Close connections idle for longer than ``timeout`` seconds."""
+        """Close connections idle for longer than ``timeout`` seconds. A
+        subscriber is not idle while it is subscribed, as in Redis: it waits
+        for messages and need send nothing."""
         cutoff = perf_counter() - timeout
         closed = 0
         for conn in list(self.connections):
-            if conn.client.last_active < cutoff and not conn.busy and conn.transport:
+            client = conn.client
+            if (
+                client.last_active < cutoff
+                and not client.subscriptions
+                and not conn.busy
+                and conn.transport
+            ):
                 conn.transport.close()
                 closed += 1
         return closed

@@ -50,9 +50,12 @@ class _Pattern:
         self.clients: dict[int, Client] = {}
 
 
-def _deliver(clients: dict[int, Client], body: bytes) -> int:
+def _deliver(
+    clients: dict[int, Client], body: bytes, held: list[tuple[Client, bytes]] | None
+) -> int:
     """Send a message (``body``: its encoding after the type byte) to each of
-    ``clients``, as an array in RESP2 and a push in RESP3; how many there are."""
+    ``clients``, as an array in RESP2 and a push in RESP3, or keep it in
+    ``held`` for later (see :meth:`PubSub.hold`); how many clients there are."""
     resp2 = resp3 = b""
     for client in clients.values():
         push = client.push
@@ -61,11 +64,15 @@ def _deliver(clients: dict[int, Client], body: bytes) -> int:
         if client.resp3:
             if not resp3:
                 resp3 = b">" + body
-            push(resp3)
+            data = resp3
         else:
             if not resp2:
                 resp2 = b"*" + body
-            push(resp2)
+            data = resp2
+        if held is None:
+            push(data)
+        else:
+            held.append((client, data))
     return len(clients)
 
 
@@ -73,7 +80,15 @@ class PubSub:
     """Channels and patterns with their subscribers, and the keyspace events
     in force (``events``, :mod:`sessiond.keyevents` bits)."""
 
-    __slots__ = ("channels", "configured", "event_channels", "events", "keyspace", "patterns")
+    __slots__ = (
+        "channels",
+        "configured",
+        "event_channels",
+        "events",
+        "held",
+        "keyspace",
+        "patterns",
+    )
 
     def __init__(self) -> None:
         # Channel -> its subscribers by client id; only channels with some.
@@ -84,6 +99,8 @@ class PubSub:
         # notify_keyspace_events as the config file last said (None: not yet).
         self.configured: str | None = None
         self.keyspace: Keyspace | None = None
+        # Messages kept while a script runs (hold/release); None otherwise.
+        self.held: list[tuple[Client, bytes]] | None = None
 
     # ------------------------------------------------------------ wiring
 
@@ -203,13 +220,31 @@ class PubSub:
             return 0
         tail = b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(channel), channel, len(message), message)
         receivers = 0
+        held = self.held
         if subscribers is not None:
-            receivers = _deliver(subscribers, b"3\r\n$7\r\nmessage\r\n" + tail)
+            receivers = _deliver(subscribers, b"3\r\n$7\r\nmessage\r\n" + tail, held)
         for pattern, matcher in patterns.items():
             if matcher.regex.match(channel) is not None:
                 head = b"4\r\n$8\r\npmessage\r\n$%d\r\n%b\r\n" % (len(pattern), pattern)
-                receivers += _deliver(matcher.clients, head + tail)
+                receivers += _deliver(matcher.clients, head + tail, held)
         return receivers
+
+    def hold(self) -> None:
+        """Keep every message from now on until :meth:`release` (a script
+        runs: what it publishes, and the keyspace events of its writes, go out
+        only if it is not rolled back)."""
+        self.held = []
+
+    def release(self, *, deliver: bool) -> None:
+        """Send the messages kept since :meth:`hold`, in their order, to the
+        subscribers still there; or, with ``deliver`` false, drop them."""
+        held = self.held
+        self.held = None
+        if held and deliver:
+            for client, data in held:
+                push = client.push
+                if push is not None:
+                    push(data)
 
     def keyspace_event(self, cls: int, event: bytes, key: bytes) -> None:
         """Publish keyspace event ``event`` of class ``cls`` about ``key``, as

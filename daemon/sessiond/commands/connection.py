@@ -221,9 +221,14 @@ _CLIENT_HELP = [
     "    Will not touch LRU/LFU stats when this mode is on.",
 ]
 
-# CLIENT LIST/KILL TYPE names (Redis' getClientTypeByName); every sessiond
-# client is a normal one.
+# CLIENT LIST/KILL TYPE names (Redis' getClientTypeByName); a sessiond
+# client is a pubsub one while it is subscribed, else a normal one.
 _CLIENT_TYPES = (b"normal", b"slave", b"replica", b"pubsub", b"master")
+
+
+def _client_type(client: Client) -> bytes:
+    """Redis' getClientType for a client that is never a replica or master."""
+    return b"pubsub" if client.subscriptions else b"normal"
 
 
 @command(
@@ -306,19 +311,20 @@ def cmd_client(cx: Call, args: Args) -> Reply:
 
 def _client_list(cx: Call, args: Args) -> Reply:
     ids: set[int] | None = None
+    kind: bytes | None = None
     if len(args) == 4 and args[2].upper() == b"TYPE":
         kind = args[3].lower()
         if kind not in _CLIENT_TYPES:
             raise Error(f"ERR Unknown client type '{text(args[3])}'")
-        if kind != b"normal":
-            return Verbatim("")
     elif len(args) >= 4 and args[2].upper() == b"ID":
         ids = {int_arg(a, "ERR Invalid client ID") for a in args[3:]}
     elif len(args) != 2:
         raise errors.syntax()
     path = cx.state.socket_path
     lines = [
-        c.info_line(path) + "\n" for c in cx.state.clients.values() if ids is None or c.id in ids
+        c.info_line(path) + "\n"
+        for c in cx.state.clients.values()
+        if (ids is None or c.id in ids) and (kind is None or _client_type(c) == kind)
     ]
     return Verbatim("".join(lines))
 
@@ -373,7 +379,7 @@ def _client_kill(cx: Call, args: Args) -> Reply:
             continue
         if laddr is not None and laddr != address:
             continue
-        if kind is not None and kind != b"normal":
+        if kind is not None and _client_type(other) != kind:
             continue
         if client_id and other.id != client_id:
             continue

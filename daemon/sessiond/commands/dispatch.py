@@ -23,7 +23,7 @@ from ..protocol import QUEUED, Error
 from ..scripting import ScriptEngine
 from ..stats import CommandStats
 from . import errors
-from .registry import REGISTRY, Args, Call, Command
+from .registry import REGISTRY, SCRIPTING, Args, Call, Command
 from .scripting import new_engine, script_may_write
 from .state import Client, ServerState
 from .transactions import Watches
@@ -201,8 +201,8 @@ class Dispatcher:
         ``no-writes``, EXEC of a transaction with either."""
         if cmd.write:
             return True
-        if cmd.may_write:
-            return script_may_write(cmd, args, self.scripts)
+        if cmd.may_write:  # PUBLISH, or a script unless it declares no-writes
+            return cmd.group != SCRIPTING or script_may_write(cmd, args, self.scripts)
         multi = client.multi
         if cmd.runs_queued and multi is not None:
             return any(self.may_write(client, c, a) for c, a in multi)

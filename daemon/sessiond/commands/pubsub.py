@@ -101,7 +101,7 @@ def cmd_punsubscribe(cx: Call, args: Args) -> Reply:
 @command(
     "PUBLISH",
     3,
-    "pubsub loading stale fast",
+    "pubsub loading stale fast may_replicate",
     group=PUBSUB,
     summary="Post a message to a channel",
     syntax="channel message",

@@ -117,8 +117,8 @@ class Command:
     @property
     def waits_for_commit(self) -> bool:
         """Whether the reply is held until the store has committed (under
-        ``durability: always``): every write, and EXEC."""
-        return self.write or self.runs_queued
+        ``durability: always``): every write, EXEC, and scripts that may write."""
+        return self.write or self.runs_queued or self.may_write
 
     def keys(self, args: Args) -> list[bytes]:
         """The keys ``args`` name (``COMMAND GETKEYS``): at the declared

@@ -173,6 +173,8 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     keys = args[3 : 3 + numkeys]
     argv = args[3 + numkeys :]
     cx.enter_script()
+    pubsub = cx.state.pubsub
+    pubsub.hold()
     timed_out = False
     try:
         reply = engine.run_sha(
@@ -191,6 +193,9 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
         # Stopped by the time limit: every change it made is undone. An
         # error after writes keeps them, as in Redis.
         cx.leave_script(roll_back=timed_out)
+        # What it published and the events of its writes go out with them,
+        # or not at all.
+        pubsub.release(deliver=not timed_out)
         client.last_command = name
     return reply
 
