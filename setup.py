@@ -31,6 +31,7 @@ HOT = [
     "daemon/sessiond/keyspace.py",
     "daemon/sessiond/values.py",
     "daemon/sessiond/server.py",
+    "daemon/sessiond/shared.py",
     # The store's per-write parts: queueing a change, waking the writer,
     # encoding a frame (the table's SQL and the compactor stay interpreted).
     "daemon/sessiond/store/overlay.py",

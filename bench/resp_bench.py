@@ -3,6 +3,10 @@
 
     python bench/resp_bench.py                 # in-memory: -P 1, -P 16, -c 1
     python bench/resp_bench.py --persistence   # SET with fsync: sessiond always vs redis AOF
+    python bench/resp_bench.py --persistence --store postgresql
+                                               # the same, sessiond on the shared store: a
+                                               # PostgreSQL of its own (tests/pg.py) over TCP
+                                               # loopback, fsync and synchronous_commit on
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
     python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py)
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import json
 import os
@@ -32,7 +35,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -80,7 +83,9 @@ def running(cmd: list[str], sock: Path, cwd: Path) -> Iterator[subprocess.Popen[
         log.close()
 
 
-def sessiond(workdir: Path, *, metrics: bool, persistence: str | None) -> tuple[list[str], Path]:
+def sessiond(
+    workdir: Path, *, metrics: bool, persistence: str | None, dsn: str | None = None
+) -> tuple[list[str], Path]:
     # The store lives apart from the config, as in production (/etc vs /var/lib):
     # the config watcher would otherwise wake on every write of the store's WAL.
     data = workdir / "data"
@@ -89,9 +94,11 @@ def sessiond(workdir: Path, *, metrics: bool, persistence: str | None) -> tuple[
     config = {
         "socket": {"path": str(sock)},
         "persistence": (
-            {"backend": "sqlite", "path": str(data / "bench.db"), "durability": persistence}
-            if persistence
-            else {"backend": "none"}
+            {"backend": "none"}
+            if not persistence
+            else {"backend": "postgresql", "dsn": dsn, "durability": persistence}
+            if dsn
+            else {"backend": "sqlite", "path": str(data / "bench.db"), "durability": persistence}
         ),
         "metrics": {"enabled": metrics, "listen": f"127.0.0.1:{free_port()}"},
         "logging": {"level": "warning"},
@@ -191,11 +198,14 @@ def interleaved(
     return results
 
 
-def run_persistence(work: Path, n: int, metrics: bool, sessiond_first: bool) -> list[Row]:
-    """SET with sessiond ``durability: always`` against redis AOF ``always`` and ``everysec``."""
+def run_persistence(
+    work: Path, n: int, metrics: bool, sessiond_first: bool, dsn: str | None = None
+) -> list[Row]:
+    """SET with sessiond ``durability: always`` (on SQLite, or the PostgreSQL store at
+    ``dsn``) against redis AOF ``always`` and ``everysec``."""
     runs = [("SET c=50", 50, 1, n), ("SET c=1", 1, 1, n // 10)]
     baselines = ["always", "everysec"]
-    servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always")}
+    servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always", dsn=dsn)}
     for fsync in baselines:
         (work / fsync).mkdir()
         servers[fsync] = redis(work / fsync, fsync)
@@ -272,6 +282,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--metrics-off", action="store_true")
     parser.add_argument("--persistence", action="store_true")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="sessiond's store with --persistence; postgresql starts a cluster of its own "
+        "(tests/pg.py, Debian's postgresql) and gives each repetition a fresh database",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument(
         "--floor",
@@ -298,17 +315,24 @@ def main() -> int:
             print(f"{tool} not found: apt-get install redis-server redis-tools", file=sys.stderr)
             return 2
     n = 20_000 if args.quick else args.requests
-    run = run_persistence if args.persistence else functools.partial(run_memory, floor=args.floor)
     reps: list[list[Row]] = []
-    for rep in range(args.reps):
-        # A fresh directory each time: no repetition warm-starts from another's store.
-        with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
-            reps.append(run(Path(tmp), n, not args.metrics_off, sessiond_first=rep % 2 == 0))
-        if args.reps > 1:
-            order = "sessiond first" if rep % 2 == 0 else "redis first"
-            print(f"# repetition {rep + 1} of {args.reps} ({order}) done", file=sys.stderr)
+    with ExitStack() as stack:
+        pg = stack.enter_context(postgresql()) if args.store == "postgresql" else None
+        for rep in range(args.reps):
+            first = rep % 2 == 0
+            # A fresh directory (and database) each time: no repetition warm-starts
+            # from another's store.
+            with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
+                if not args.persistence:
+                    rows = run_memory(Path(tmp), n, not args.metrics_off, first, floor=args.floor)
+                else:
+                    dsn = pg.dsn(pg.create_database()) if pg is not None else None
+                    rows = run_persistence(Path(tmp), n, not args.metrics_off, first, dsn)
+                reps.append(rows)
+            print_progress(args.reps, rep)
+    store = f", store {args.store}" if args.persistence else ""
     metrics_state = "off" if args.metrics_off else "on"
-    print(f"sessiond (metrics {metrics_state}) vs redis-server {redis_version()}, "
+    print(f"sessiond (metrics {metrics_state}{store}) vs redis-server {redis_version()}, "
           f"{os.cpu_count()} CPUs, {n} requests, -d 200 -r 100000")  # fmt: skip
     for rep, rows in enumerate(reps):
         if args.reps > 1:
@@ -320,6 +344,22 @@ def main() -> int:
     if args.json:
         write_json(args.json, reps, persistence=args.persistence, metrics=not args.metrics_off, n=n)
     return 0
+
+
+def print_progress(total: int, rep: int) -> None:
+    if total > 1:
+        order = "sessiond first" if rep % 2 == 0 else "redis first"
+        print(f"# repetition {rep + 1} of {total} ({order}) done", file=sys.stderr)
+
+
+@contextmanager
+def postgresql() -> Iterator[Any]:
+    """A PostgreSQL cluster of the bench's own (tests/pg.py), destroyed after."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pg import PgCluster
+
+    with PgCluster.create(name="bench") as cluster:
+        yield cluster
 
 
 def write_json(

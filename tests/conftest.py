@@ -134,12 +134,8 @@ class Daemon:
         return sum(1 for e in self.events() if e.get("event") == "started")
 
     def client(self, protocol: int = 2, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(
-            unix_socket_path=str(self.socket_path),
-            protocol=protocol,
-            socket_timeout=10,
-            **kwargs,
-        )
+        kwargs.setdefault("socket_timeout", 10)
+        return redis.Redis(unix_socket_path=str(self.socket_path), protocol=protocol, **kwargs)
 
     def raw(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -51,8 +51,10 @@ HOT = [
     "sessiond.keyspace",
     "sessiond.values",
     "sessiond.server",
+    "sessiond.shared",
     "sessiond.store.sqlite",
     "sessiond.commands.dispatch",
+    "sessiond.commands.shared",
     "sessiond.commands.strings",
     "sessiond.commands.scripting",
 ]

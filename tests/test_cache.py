@@ -63,6 +63,10 @@ class Store:
         self.calls.append(("delete", key))
         self.rows.pop(key, None)
 
+    def expire(self, key: str) -> None:
+        # A store of its own deletes what memory found expired.
+        self.delete(key)
+
     def on_evict(self, key: str, entry: Entry[Any], cause: Cause) -> None:
         self.calls.append(("on_evict", key, entry.value, cause))
         self.rows[key] = entry

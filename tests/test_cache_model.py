@@ -85,6 +85,10 @@ class RecordingStore:
         self.calls.append(("delete", key))
         self.rows.pop(key, None)
 
+    def expire(self, key: str) -> None:
+        # A store of its own deletes what memory found expired.
+        self.delete(key)
+
     def on_evict(self, key: str, entry: Entry[str], cause: Cause) -> None:
         self.calls.append(("on_evict", key, cause))
         self.rows[key] = self._row(entry)

@@ -194,7 +194,7 @@ BAD: dict[str, tuple[str, str]] = {
     ),
     "bad-choice": (
         "persistence:\n  backend: redis\n",
-        "persistence.backend: must be one of sqlite, none, got 'redis'",
+        "persistence.backend: must be one of sqlite, postgresql, none, got 'redis'",
     ),
     "bad-bool": ("cache:\n  sliding: maybe\n", "cache.sliding: must be true or false, got 'maybe'"),
     "bad-mode": ("socket:\n  mode: rw-rw----\n", "socket.mode: must be an octal permission"),

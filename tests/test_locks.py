@@ -3,8 +3,9 @@
 reacquire it) and ``Redis.transaction()`` / ``Pipeline.watch()``, which rest
 on WATCH/MULTI/EXEC, with a concurrent writer.
 
-The daemon keeps sessions in its SQLite store with ``durability: always``,
-so every path (read-through, held replies) is the production one.
+The daemon keeps sessions in its SQLite store, or the PostgreSQL shared store,
+with ``durability: always``, so every path (read-through, held replies,
+decisions by the database) is the production one.
 """
 
 from __future__ import annotations
@@ -19,14 +20,24 @@ from conftest import Daemon
 from redis.exceptions import LockError, LockNotOwnedError, WatchError
 
 
-@pytest.fixture(scope="module")
-def lock_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(
-        tmp_path_factory.mktemp("locks"),
-        {"persistence": {"backend": "sqlite", "durability": "always"}},
-    ).start()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def lock_daemon(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    """The daemon on SQLite, and on the shared store (PostgreSQL, a database of
+    its own on the tests' cluster: docs/shared-store.md), where SET NX, the
+    lock scripts and WATCH/EXEC are decided by the database."""
+    persistence: dict[str, str] = {"backend": request.param, "durability": "always"}
+    database = None
+    if request.param == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        database = cluster.create_database()
+        persistence["dsn"] = cluster.dsn(database)
+    d = Daemon(tmp_path_factory.mktemp("locks"), {"persistence": persistence}).start()
     yield d
     d.stop()
+    if database is not None and cluster.running:
+        cluster.drop_database(database)
 
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])

@@ -145,7 +145,20 @@ def test_restarts_under_socket_activation_refuse_and_lose_nothing(
 def test_sigusr2_hands_over_under_load_refusing_and_losing_nothing(
     daemon_factory: Factory,
 ) -> None:
-    d = daemon_factory(DURABLE, start=False)
+    _hand_over_under_load(daemon_factory(DURABLE, start=False))
+
+
+def test_sigusr2_hands_over_on_the_shared_store(daemon_factory: Factory, pg_db: Any) -> None:
+    """On PostgreSQL the successor opens connections of its own once the old
+    process has committed and closed its own (docs/shared-store.md)."""
+    config = {
+        **DURABLE,
+        "persistence": {"backend": "postgresql", "dsn": pg_db.dsn(), "durability": "always"},
+    }
+    _hand_over_under_load(daemon_factory(config, start=False))
+
+
+def _hand_over_under_load(d: Daemon) -> None:
     # The reaper keeps each successor its descendant, to see how each ended.
     d.start(prefix=[sys.executable, str(TOOLS / "reaper.py"), "--"])
     pids = [started(d)[-1]["pid"]]

@@ -29,12 +29,14 @@ from .cache import SessionCache
 from .commands import Dispatcher, ServerState
 from .commands.channels import PubSub
 from .commands.scripting import new_engine
-from .config import Config, ConfigError, load_config
+from .commands.shared import SharedDispatcher
+from .config import Config, ConfigError, load_config, redact_dsn
 from .keyspace import Keyspace
 from .metrics import MetricsServer, SessiondCollector
 from .notify import notify, supervised, watchdog_interval
 from .reload import ConfigReloader
 from .server import Server, StartupError
+from .shared import SharedKeyspace
 from .stats import Stats
 from .store import Hook, SQLiteStore, StoreError
 from .upgrade import Predecessor, Successor, UpgradeError
@@ -106,13 +108,23 @@ class App:
         self.stats = Stats()
         self.cache = build_cache(config)
         self.store: SQLiteStore | None = None
-        self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
         self.pubsub = PubSub()
-        self.pubsub.attach(self.keyspace)
-        self.pubsub.configure(config.pubsub.notify_keyspace_events)
         self.state = ServerState(config, self.stats, self.pubsub)
         self.scripts = new_engine(config)  # the daemon's one Lua engine
-        self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=self.scripts)
+        # With PostgreSQL, memory is one host's near cache of a shared store.
+        self.shared: SharedKeyspace | None = None
+        self.keyspace: Keyspace
+        if config.persistence.backend == "postgresql":
+            self.shared = SharedKeyspace(self.cache, max_value_size=config.limits.max_value_size)
+            self.keyspace = self.shared
+            self.dispatcher: Dispatcher = SharedDispatcher(
+                self.shared, self.state, scripts=self.scripts
+            )
+        else:
+            self.keyspace = Keyspace(self.cache, max_value_size=config.limits.max_value_size)
+            self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=self.scripts)
+        self.pubsub.attach(self.keyspace)
+        self.pubsub.configure(config.pubsub.notify_keyspace_events)
         self.server = Server(
             self.dispatcher,
             self.keyspace,
@@ -136,6 +148,12 @@ class App:
         if config.persistence.backend == "sqlite":
             try:
                 warmed = self._open_store(loop)
+            except StoreError as exc:
+                log.error("startup_failed", error=str(exc))
+                return 1
+        elif self.shared is not None:
+            try:
+                warmed = await self._open_shared_store(self.shared)
             except StoreError as exc:
                 log.error("startup_failed", error=str(exc))
                 return 1
@@ -164,7 +182,7 @@ class App:
                 self.metrics = None
                 self.server.stop_accepting()
                 self.server.remove_socket()
-                self.keyspace.close()
+                await self._close_store()
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
@@ -174,6 +192,8 @@ class App:
         self._spawn(self._idle_forever())
         self._spawn(self._probe_forever())
         self._spawn(self._count_forever())
+        if self.shared is not None:
+            self._spawn(self._renew_forever(self.shared))
         interval = watchdog_interval()
         if interval is not None:
             self._spawn(self._watchdog_forever(interval))
@@ -203,8 +223,8 @@ class App:
                 else "LISTEN_FDS"
             ),
             metrics=config.metrics.listen if config.metrics.enabled else "disabled",
-            store=str(config.persistence.path) if self.store is not None else "none",
-            durability=config.persistence.durability if self.store is not None else None,
+            store=self._store_label(),
+            durability=config.persistence.durability if self.keyspace.persistent else None,
             warmed_sessions=warmed,
         )
         if self.predecessor is not None:
@@ -255,6 +275,66 @@ class App:
             store=str(p.path),
         )
         return warmed
+
+    async def _open_shared_store(self, keyspace: SharedKeyspace) -> int:
+        """Connect to PostgreSQL (waiting up to persistence.connect_timeout for
+        it), hear the other hosts, warm start."""
+        from .store.postgres import PostgresStore  # psycopg is loaded only for it
+
+        p = self.config.persistence
+        assert p.dsn is not None
+        password = None
+        if p.password_file is not None:
+            try:
+                password = p.password_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise StoreError(
+                    f"persistence.password_file: cannot read {p.password_file}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+        store = PostgresStore(
+            p.dsn,
+            password=password,
+            durability=p.durability,
+            flush_interval=p.flush_interval,
+            pool_size=p.pool_size,
+            timeout=p.timeout,
+            heartbeat_interval=p.heartbeat_interval,
+            # A row is deleted this long after its deadline: longer than any
+            # host takes to write back a renewal of it.
+            grace=max(5.0, 2 * p.renew_interval + p.timeout),
+            stats=self.stats.store,
+            shared_stats=self.stats.shared,
+            hook=self.store_hook,
+        )
+        keyspace.attach_shared(store)
+        log.info("store_connecting", dsn=redact_dsn(p.dsn), timeout=p.connect_timeout)
+        await store.open(p.connect_timeout)
+        if not p.warm_start:
+            return 0
+        started = time.monotonic()
+        try:
+            warmed = await keyspace.warm_shared(self.cache.max_sessions)
+        except StoreError as exc:
+            log.warning("warm_start_failed", error=str(exc))
+            return 0
+        log.info("warm_start", sessions=warmed, seconds=round(time.monotonic() - started, 3))
+        return warmed
+
+    def _store_label(self) -> str:
+        p = self.config.persistence
+        if self.store is not None:
+            return str(p.path)
+        if self.shared is not None and p.dsn is not None:
+            return redact_dsn(p.dsn)
+        return "none"
+
+    async def _close_store(self) -> None:
+        """Write back what memory knows that the store may not, close the store."""
+        if self.shared is not None:
+            await self.shared.shutdown()
+        else:
+            self.keyspace.close()
 
     def _request_shutdown(self, signame: str) -> None:
         if not self.shutdown_event.is_set():
@@ -329,7 +409,7 @@ class App:
             gc.callbacks.remove(self._gc_phase)
         if self.metrics is not None:
             self.metrics.stop()  # before the store: a successor binds the port once told to go
-        self.keyspace.close()
+        await self._close_store()
         if successor is not None:
             successor.go()
             if not await successor.serving():
@@ -384,6 +464,11 @@ class App:
                 self.stats.store.error("expire")
                 log.error("store_error", operation="expire", error=str(exc))
             latency.record("expire-cycle", time.perf_counter() - started)
+
+    async def _renew_forever(self, keyspace: SharedKeyspace) -> None:
+        while True:
+            await asyncio.sleep(self.config.persistence.renew_interval)
+            keyspace.renew_due()
 
     async def _idle_forever(self) -> None:
         while True:

@@ -21,6 +21,7 @@ Design:
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import itertools
 import random
@@ -139,10 +140,12 @@ class Entry(Generic[V]):
 class PersistenceHook(Protocol[K_contra, V]):
     """What the cache asks of a persistence backend (docs/persistence.md).
 
-    ``save`` after every write, ``delete`` when an entry is deleted or expires,
-    ``on_evict`` when an entry leaves memory but must survive (evicted or
-    invalidated, so the store can make sure it holds the latest value), ``load``
-    on a miss (read-through).
+    ``save`` after every write, ``delete`` when a write deletes an entry,
+    ``expire`` when memory finds an entry past its deadline and drops it (a
+    store of its own deletes it too; a store shared with other hosts may not:
+    one of them may have renewed it), ``on_evict`` when an entry leaves memory
+    but must survive (evicted or invalidated, so the store can make sure it
+    holds the latest value), ``load`` on a miss (read-through).
     """
 
     def load(self, key: K_contra) -> Entry[V] | None: ...
@@ -150,6 +153,8 @@ class PersistenceHook(Protocol[K_contra, V]):
     def save(self, key: K_contra, entry: Entry[V]) -> None: ...
 
     def delete(self, key: K_contra) -> None: ...
+
+    def expire(self, key: K_contra) -> None: ...
 
     def on_evict(self, key: K_contra, entry: Entry[V], cause: Cause) -> None: ...
 
@@ -164,6 +169,9 @@ class NoPersistence(Generic[K, V]):
         return None
 
     def delete(self, key: K) -> None:
+        return None
+
+    def expire(self, key: K) -> None:
         return None
 
     def on_evict(self, key: K, entry: Entry[V], cause: Cause) -> None:
@@ -606,7 +614,10 @@ class SessionCache(Generic[K, V]):
         self.expiring += (deadline is not None) - (entry.deadline is not None)
         entry.deadline = deadline
         if deadline is not None and deadline <= self.clock():
-            self._remove(key, entry, Cause.EXPIRED, None)
+            # A command gave it a deadline already past: a delete, not memory
+            # finding it expired.
+            self._remove(key, entry, Cause.EXPIRED, None, store=False)
+            self.persistence.delete(key)
             return
         if deadline is None:
             entry.record = None
@@ -635,6 +646,40 @@ class SessionCache(Generic[K, V]):
             return False
         self._remove(key, entry, Cause.EVICTED, EvictionReason.INVALIDATED)
         return True
+
+    def drop(self, key: K) -> bool:
+        """Forget ``key`` in memory only, telling nobody (no hook, no listener,
+        no counter): its copy is no longer trusted and the store answers for
+        it. ``False`` if memory did not hold it."""
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return False
+        self.memory -= entry.size
+        self.expiring -= entry.deadline is not None
+        entry.record = None
+        return True
+
+    def drop_all(self) -> int:
+        """:meth:`drop` every entry; returns how many memory held."""
+        count = len(self._data)
+        self._data = OrderedDict()
+        self._heap = []
+        self.memory = 0
+        self.expiring = 0
+        return count
+
+    def touched_since(self, since: float) -> builtins.list[tuple[K, Entry[V]]]:
+        """Entries accessed at or after ``since``, most recently used first:
+        the most-recently-used end of the LRU order, so the cost is the
+        number returned, not the number held."""
+        out: builtins.list[tuple[K, Entry[V]]] = []
+        data = self._data
+        for key in reversed(data):
+            entry = data[key]
+            if entry.accessed_at < since:
+                break
+            out.append((key, entry))
+        return out
 
     def clear(self) -> int:
         """Delete every entry (memory and store); returns how many were live."""
@@ -711,7 +756,7 @@ class SessionCache(Generic[K, V]):
             self.expiring -= 1  # it had a deadline: it expired
             self.expirations += 1
             expired += 1
-            self.persistence.delete(key)
+            self.persistence.expire(key)
             if self.listener is not None:
                 self.listener(key, entry, Cause.EXPIRED, None)
         self._keep_bounded()
@@ -841,7 +886,7 @@ class SessionCache(Generic[K, V]):
                 # Already past its deadline: it expires (and leaves the store) rather
                 # than being evicted (which would keep it in the store for good).
                 self.expirations += 1
-                persistence.delete(key)
+                persistence.expire(key)
                 cause, why = Cause.EXPIRED, None
             else:
                 if reason is EvictionReason.MAX_SESSIONS:
@@ -882,6 +927,8 @@ class SessionCache(Generic[K, V]):
         if store:
             if cause is Cause.EVICTED:
                 self.persistence.on_evict(key, entry, cause)
+            elif cause is Cause.EXPIRED:
+                self.persistence.expire(key)
             elif cause is not Cause.REPLACED:
                 self.persistence.delete(key)
         if self.listener is not None:

@@ -92,11 +92,18 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True)
 class PersistenceConfig:
-    backend: Literal["sqlite", "none"] = "sqlite"
+    backend: Literal["sqlite", "postgresql", "none"] = "sqlite"
     path: Path = Path("/var/lib/sessiond/sessions.db")
     durability: Literal["always", "batch"] = "always"
     flush_interval: float = 0.1
     warm_start: bool = True
+    dsn: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    pool_size: int = 8
+    timeout: float = 2.0
+    connect_timeout: float = 30.0
+    heartbeat_interval: float = 0.5
+    renew_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +434,45 @@ def _optional_password(value: Any) -> str | None:
     return value
 
 
+def _dsn(value: Any) -> str | None:
+    """A libpq connection string (``host=db1,db2 dbname=sessions user=sessiond``
+    or ``postgresql://...``), checked by libpq's own parser; never echoed, it
+    may hold a password."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("must be a libpq connection string (key=value pairs or a URI) or null")
+    from psycopg import ProgrammingError  # only a config that names a DSN needs libpq
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(value)
+    except ProgrammingError as exc:
+        # libpq's reason quotes the string; not when it may hold a password.
+        reason = "" if "password" in value else f": {' '.join(str(exc).split())}"
+        raise _Invalid(f"is not a valid libpq connection string{reason}") from None
+    return value
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with its password replaced by ``(set)``: what logs and
+    ``CONFIG GET`` show."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        return "(invalid)"
+    if "password" in params:
+        params["password"] = "(set)"
+    return make_conninfo("", **params)
+
+
+def _optional_path(value: Any) -> str | None:
+    return None if value is None else _path(value)
+
+
 def _id_list(value: Any) -> tuple[int, ...]:
     if value is None:
         return ()
@@ -512,12 +558,14 @@ SCHEMA: dict[str, Section] = {
     ),
     "persistence": Section(
         PersistenceConfig,
-        "The SQLite store every session is written through to.",
+        "The store every session is written through to: SQLite on this host, or "
+        "PostgreSQL shared by a fleet of hosts.",
         {
             "backend": Key(
-                _choice("sqlite", "none"),
-                "sqlite | none",
-                "sqlite | none (memory only: an evicted or expired session is gone)",
+                _choice("sqlite", "postgresql", "none"),
+                "sqlite | postgresql | none",
+                "sqlite | postgresql (shared by several hosts: dsn) | none (memory only: "
+                "an evicted or expired session is gone)",
                 restart=True,
             ),
             "path": Key(
@@ -541,6 +589,50 @@ SCHEMA: dict[str, Section] = {
             ),
             "warm_start": Key(
                 _bool, "boolean", "reload the most recently used sessions at start", restart=True
+            ),
+            "dsn": Key(
+                _dsn,
+                "libpq string | null",
+                "postgresql: libpq connection string, one host or several (failover); "
+                "shown without its password",
+                restart=True,
+            ),
+            "password_file": Key(
+                _optional_path,
+                "path | null",
+                "postgresql: file holding the password (else the DSN's, PGPASSWORD or PGPASSFILE)",
+                restart=True,
+                path=True,
+            ),
+            "pool_size": Key(
+                _positive_int,
+                "integer",
+                "postgresql: connections for reads and decisions (plus one writer, one listener)",
+                restart=True,
+            ),
+            "timeout": Key(
+                _positive_duration,
+                "duration",
+                "postgresql: bound on each database operation; then it fails, writes get MISCONF",
+                restart=True,
+            ),
+            "connect_timeout": Key(
+                parse_duration,
+                "duration",
+                "postgresql: how long start-up retries an unreachable database before exit 1",
+                restart=True,
+            ),
+            "heartbeat_interval": Key(
+                _positive_duration,
+                "duration",
+                "postgresql: how often notifications are checked; memory is dropped if one is late",
+                restart=True,
+            ),
+            "renew_interval": Key(
+                _positive_duration,
+                "duration",
+                "postgresql: how often TTLs renewed by reads are written back",
+                restart=True,
             ),
         },
     ),
@@ -710,7 +802,7 @@ def parse_config(data: Any, base_dir: Path, source: str = "<string>") -> Config:
             except _Invalid as exc:
                 problems.append(f"{name}.{key}: {exc}")
                 continue
-            if spec.path:
+            if spec.path and parsed is not None:
                 if not parsed:
                     problems.append(f"{name}.{key}: must be a non-empty path")
                     continue
@@ -718,6 +810,12 @@ def parse_config(data: Any, base_dir: Path, source: str = "<string>") -> Config:
             values[key] = parsed
         sections[name] = cls(**values)
     if not problems:
+        persistence: PersistenceConfig = sections["persistence"]
+        if persistence.backend == "postgresql" and persistence.dsn is None:
+            problems.append(
+                "persistence.dsn: must be set with backend: postgresql "
+                '(e.g. "host=db.internal dbname=sessiond user=sessiond")'
+            )
         limits: LimitsConfig = sections["limits"]
         if limits.max_value_size > limits.max_request_size:
             problems.append(
@@ -820,6 +918,8 @@ def flatten(config: Config, *, redact: bool = True) -> dict[str, Any]:
                 value = list(value)
             if redact and name == "security" and f.name == "password" and value is not None:
                 value = "(set)"
+            if redact and name == "persistence" and f.name == "dsn" and value is not None:
+                value = redact_dsn(value)
             out[f"{name}.{f.name}"] = value
     return out
 

@@ -35,7 +35,16 @@ from . import values
 from .cache import DEFAULT, CacheStats, Cause, Entry, EvictionReason, SessionCache
 from .keyevents import NOTIFY_EVICTED, NOTIFY_EXPIRED, NOTIFY_NEW
 from .protocol import Error
-from .store import HASH_SPACE, Row, Store, StoreError, TableCounts, TableSlice, scan_hash
+from .store import (
+    HASH_SPACE,
+    Decision,
+    Row,
+    Store,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    scan_hash,
+)
 from .store.api import DEADLINE, KIND
 from .store.api import live as live_fields
 from .values import Value
@@ -44,13 +53,24 @@ from .values import Value
 class Prepared:
     """What a command got from the store before it ran: the sessions it names
     that memory did not hold (``None`` where the store has none either), and
-    the result of its whole-table read (``None`` if it needs none)."""
+    the result of its whole-table read (``None`` if it needs none). A store
+    shared with other hosts adds the open :class:`~sessiond.store.Decision`
+    a command decides in, and the keys memory must forget after it
+    (:mod:`sessiond.shared`); both stay ``None`` otherwise."""
 
-    __slots__ = ("ahead", "loaded")
+    __slots__ = ("ahead", "decision", "forget", "loaded")
 
-    def __init__(self, loaded: dict[bytes, Entry[Value] | None], ahead: object = None) -> None:
+    def __init__(
+        self,
+        loaded: dict[bytes, Entry[Value] | None],
+        ahead: object = None,
+        decision: Decision | None = None,
+        forget: list[bytes] | None = None,
+    ) -> None:
         self.loaded = loaded
         self.ahead = ahead
+        self.decision = decision
+        self.forget = forget
 
 
 def _row(entry: Entry[Value]) -> Row:
@@ -150,6 +170,9 @@ class Keyspace:
         self.notifier: Callable[[int, bytes, bytes], None] | None = None
         self.notifying = False
         self.notifying_new = False  # whether to tell of keys created ("new")
+        # Whether a script may use only the keys it declares (a shared store
+        # decides a script on them: docs/shared-store.md).
+        self.scripts_declare_keys = False
         if store is not None:
             self.attach(store)
 
@@ -232,6 +255,10 @@ class Keyspace:
         assert self.store is not None
         self.store.record(key, None)
 
+    def expire(self, key: bytes) -> None:
+        # Memory found the session past its deadline: so would the store.
+        self.delete(key)
+
     def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
@@ -300,6 +327,10 @@ class Keyspace:
             if work is not None:
                 return self._read_ahead(work, prepared)
         return None
+
+    def discard(self, prepared: Prepared) -> None:
+        """A request's connection went away after ``prepared`` was read for it
+        and before it ran (a shared store then has a decision to give up)."""
 
     async def _read_through(self, keys: list[bytes]) -> Prepared:
         assert self.store is not None
@@ -379,6 +410,14 @@ class Keyspace:
         return store.whole_table(
             lambda: self._listed(store.scan_rows(0, None), 0, pattern, None), "keys"
         )
+
+    def scan_ahead(
+        self, cursor: int, count: int, kind: int | None
+    ) -> Awaitable[tuple[list[bytes], int]] | None:
+        """One SCAN step read off the event loop, for a store whose reads must
+        not block it (a database across the network); ``None``: SCAN reads in
+        place (memory, or the local SQLite file)."""
+        return None
 
     def counts(self, counted: TableCounts | None = None) -> tuple[int, int]:
         """Sessions held (in memory, queued or stored) and how many have a
@@ -561,11 +600,12 @@ class Context:
     by its time limit leaves the keyspace as it found it. Outside scripts
     neither costs more than one attribute test per write."""
 
-    __slots__ = ("ahead", "cache", "keyspace", "loaded", "undo")
+    __slots__ = ("ahead", "cache", "keyspace", "loaded", "prepared", "undo")
 
     def __init__(self, keyspace: Keyspace, prepared: Prepared | None) -> None:
         self.keyspace = keyspace
         self.cache = keyspace.cache
+        self.prepared = prepared
         # The undo log while a script runs (key -> its entry before the
         # script changed it, None if there was none); None otherwise.
         self.undo: dict[bytes, Entry[Value] | None] | None = None
@@ -809,6 +849,9 @@ class Context:
         return self.keyspace.counts(ahead if isinstance(ahead, TableCounts) else None)
 
     def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
+        ahead = self.ahead
+        if isinstance(ahead, tuple):
+            return ahead  # read off the event loop (scan_ahead)
         return self.keyspace.scan(cursor, count, kind)
 
     def keys(self, pattern: re.Pattern[bytes] | None) -> list[bytes]:
@@ -816,3 +859,9 @@ class Context:
         if isinstance(ahead, list):
             return ahead  # listed and matched off the event loop
         return self.keyspace.keys(pattern)
+
+
+# The row a change writes and the entry a row reads back as, for the near
+# cache of a shared store (sessiond.shared), which writes them the same way.
+row_of = _row
+entry_of = _entry

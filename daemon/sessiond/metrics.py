@@ -23,7 +23,7 @@ from . import __version__
 from .commands import ServerState
 from .keyspace import Keyspace
 from .metrics_http import MetricsHTTPServer
-from .stats import DurationHistogram
+from .stats import DATABASE_BUCKETS, DurationHistogram, SharedStats
 
 # Every store operation that counts failures, exported at 0 from the start so
 # that the first error is an increase Prometheus can see.
@@ -251,6 +251,107 @@ class SessiondCollector(Collector):
         )
         info.add_metric([__version__, platform.python_version()], 1)
         yield info
+        persistence = self.state.config.persistence
+        if persistence.backend == "postgresql":
+            yield from _shared_store(self.state.stats.shared, persistence.pool_size)
+
+
+# Operations whose database round trips are timed, and connections that
+# reconnect: exported from the start, so that the first is an increase.
+SHARED_OPERATIONS = ("commit", "decide", "read", "heartbeat")
+SHARED_CONNECTIONS = ("listen", "writer")
+
+
+def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
+    """The PostgreSQL store's families (docs/operations.md)."""
+    trips = HistogramMetricFamily(
+        "sessiond_store_round_trip_seconds",
+        "Database round trips by operation (commit, decide, read, heartbeat, ...).",
+        labels=["operation"],
+    )
+    histograms = dict(shared.round_trips)
+    for operation in SHARED_OPERATIONS:
+        histograms.setdefault(operation, DurationHistogram(DATABASE_BUCKETS))
+    for operation, hist in sorted(histograms.items()):
+        trips.add_metric([operation], _buckets(hist), sum_value=hist.sum)
+    yield trips
+    yield GaugeMetricFamily(
+        "sessiond_store_pool_connections", "Pooled database connections open.", shared.pool_size
+    )
+    yield GaugeMetricFamily(
+        "sessiond_store_pool_connections_in_use",
+        "Pooled database connections in use (reads, decisions, sweeps).",
+        shared.pool_in_use,
+    )
+    yield GaugeMetricFamily(
+        "sessiond_store_pool_connections_max", "persistence.pool_size.", pool_max
+    )
+    yield GaugeMetricFamily(
+        "sessiond_store_listening",
+        "1 while this host hears the other hosts' changes (LISTEN up, heartbeats in time).",
+        shared.listening,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_memory_flushes",
+        "Times memory was emptied: notifications lost or restored, or a flush elsewhere.",
+        value=shared.memory_flushes,
+    )
+    reconnects = CounterMetricFamily(
+        "sessiond_store_reconnects",
+        "Reconnections of the store's own connections after a loss.",
+        labels=["connection"],
+    )
+    counts = dict(shared.reconnects)
+    for connection in SHARED_CONNECTIONS:
+        counts.setdefault(connection, 0)
+    for connection, count in sorted(counts.items()):
+        reconnects.add_metric([connection], count)
+    yield reconnects
+    yield CounterMetricFamily(
+        "sessiond_store_invalidations_sent",
+        "Changed sessions announced to the other hosts.",
+        value=shared.invalidations_sent,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_invalidations_received",
+        "Changed sessions heard of from the other hosts.",
+        value=shared.invalidations_received,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_notifications_sent",
+        "NOTIFY payloads sent (each names up to ~180 sessions).",
+        value=shared.notifications_sent,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_notifications_received",
+        "NOTIFY payloads received from the other hosts.",
+        value=shared.notifications_received,
+    )
+    yield _histogram(
+        "sessiond_store_invalidation_lag_seconds",
+        "From the start of another host's commit (its clock) to this host hearing of it.",
+        shared.invalidation_lag,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_decisions",
+        "Transactions opened for commands decided by the database (SET NX, INCR, ...).",
+        value=shared.decisions,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_decision_errors",
+        "Decisions whose commit failed (their commands were answered with an error).",
+        value=shared.decision_errors,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_renewals",
+        "Sliding-TTL renewals by reads written back to the database.",
+        value=shared.renewals,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_expired_rows",
+        "Rows past their deadline this host's sweeps deleted from the database.",
+        value=shared.expired,
+    )
 
 
 class MetricsServer:

@@ -199,6 +199,15 @@ class Connection(asyncio.Protocol):
         client.push = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        self._discard_prepared()
+
+    def _discard_prepared(self) -> None:
+        # What was read for a request that will never run (a shared store's
+        # decision holds keys until it is given up).
+        prepared = self.prepared
+        if prepared is not None:
+            self.prepared = None
+            self.keyspace.discard(prepared)
 
     def kill(self) -> None:
         """CLIENT KILL from another client: close now; what was not sent is dropped."""
@@ -508,6 +517,7 @@ class Connection(asyncio.Protocol):
 
     def _go_on(self) -> None:
         if self.transport is None:
+            self._discard_prepared()
             return
         if self.paused and len(self.pending) <= _PENDING_PAUSE and not self.server.closing:
             self.paused = False

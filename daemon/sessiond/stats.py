@@ -135,6 +135,66 @@ class StoreStats:
         self.errors[operation] = self.errors.get(operation, 0) + 1
 
 
+# Seconds; buckets of the shared store's database round trips and of the lag
+# between a change's commit on one host and its notification on another.
+DATABASE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class SharedStats:
+    """What a store shared by several hosts (PostgreSQL) counts; all zero
+    otherwise. ``round_trips`` is by operation (``commit``, ``decide``,
+    ``read``, ``heartbeat``); ``reconnects`` by connection (``listen``,
+    ``writer``, ``pool``); ``pool_size``/``pool_in_use`` are its connection
+    pool's now."""
+
+    __slots__ = (
+        "decision_errors",
+        "decisions",
+        "expired",
+        "invalidation_lag",
+        "invalidations_received",
+        "invalidations_sent",
+        "listening",
+        "memory_flushes",
+        "notifications_received",
+        "notifications_sent",
+        "pool_in_use",
+        "pool_size",
+        "reconnects",
+        "renewals",
+        "round_trips",
+    )
+
+    def __init__(self) -> None:
+        self.round_trips: dict[str, DurationHistogram] = {}
+        self.invalidations_sent = 0
+        self.invalidations_received = 0
+        self.notifications_sent = 0
+        self.notifications_received = 0
+        self.invalidation_lag = DurationHistogram(DATABASE_BUCKETS)
+        self.reconnects: dict[str, int] = {}
+        self.listening = 0
+        self.memory_flushes = 0
+        self.decisions = 0
+        self.decision_errors = 0
+        self.renewals = 0
+        self.expired = 0
+        self.pool_size = 0
+        self.pool_in_use = 0
+
+    def round_trip(self, operation: str, seconds: float) -> None:
+        hist = self.round_trips.get(operation)
+        if hist is None:
+            hist = self.round_trips[operation] = DurationHistogram(DATABASE_BUCKETS)
+        hist.observe(seconds)
+
+    def reconnect(self, connection: str) -> None:
+        self.reconnects[connection] = self.reconnects.get(connection, 0) + 1
+
+
 class ReloadStats:
     """Outcomes of config reloads."""
 
@@ -318,6 +378,7 @@ class Stats:
         "output_rate",
         "reload",
         "server",
+        "shared",
         "slowlog",
         "store",
     )
@@ -325,6 +386,7 @@ class Stats:
     def __init__(self) -> None:
         self.server = ServerStats()
         self.store = StoreStats()
+        self.shared = SharedStats()
         self.reload = ReloadStats()
         self.commands: dict[str, CommandStats] = {}
         self.command_duration = DurationHistogram(COMMAND_BUCKETS)

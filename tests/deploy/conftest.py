@@ -222,12 +222,15 @@ def daemon_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def daemon_launcher(daemon_env: dict[str, str]) -> DaemonLauncher:
-    """launch(wrapper=[], env={}) -> context manager running the real daemon, optionally
-    under a wrapper command (e.g. a sandbox)."""
+    """launch(wrapper=[], env={}, persistence=...) -> context manager running the real
+    daemon, optionally under a wrapper command (e.g. a sandbox); ``persistence`` is the
+    config's persistence section, indented (SQLite in the workdir by default)."""
 
     @contextlib.contextmanager
     def launch(
-        wrapper: list[str] | None = None, extra_env: dict[str, str] | None = None
+        wrapper: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        persistence: str = "  backend: sqlite\n  path: sessions.db\n",
     ) -> Iterator[LiveDaemon]:
         with tempfile.TemporaryDirectory(prefix="sessiond-live-") as tmp:
             workdir = Path(tmp)
@@ -235,7 +238,7 @@ def daemon_launcher(daemon_env: dict[str, str]) -> DaemonLauncher:
             config = workdir / "sessiond.yaml"
             config.write_text(
                 "socket:\n  path: sessiond.sock\n"
-                "persistence:\n  backend: sqlite\n  path: sessions.db\n"
+                f"persistence:\n{persistence}"
                 f"metrics:\n  enabled: true\n  listen: 127.0.0.1:{port}\n"
                 "logging:\n  format: json\n"
             )
@@ -284,21 +287,43 @@ class LiveStack:
 @pytest.fixture(scope="session")
 def live_stack(prometheus_bin: Path, daemon_launcher: DaemonLauncher) -> Iterator[LiveStack]:
     with daemon_launcher() as daemon:
-        daemon.traffic()
-        alerts = json.dumps(str(DEPLOY / "prometheus" / "alerts.yml"))
-        target = daemon.metrics_url.split("/")[2]
-        prom_config = (
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {alerts}\n"
-            f"scrape_configs:\n  - job_name: {LIVE_JOB}\n    static_configs:\n"
-            f'      - targets: ["{target}"]\n'
-        )
-        with run_prometheus(prometheus_bin, prom_config) as api:
-            deadline = time.monotonic() + 30
-            up = f'up{{job="{LIVE_JOB}"}}'
-            query = f"count_over_time({up}[1m]) >= 3 and {up} == 1"
-            while not api("/api/v1/query", query=query)["data"]["result"]:
-                if time.monotonic() > deadline:
-                    pytest.fail("Prometheus did not scrape sessiond 3 times in 30 s")
-                time.sleep(0.25)
-            yield LiveStack(daemon, api)
+        yield from _scraped(prometheus_bin, daemon)
+
+
+@pytest.fixture(scope="session")
+def live_pg_stack(
+    prometheus_bin: Path, daemon_launcher: DaemonLauncher, pg_cluster: Any
+) -> Iterator[LiveStack]:
+    """As ``live_stack``, the daemon on the PostgreSQL store (a database of its own on
+    the tests' shared cluster, tests/pg_fixtures.py), for what only that store exports."""
+    name = pg_cluster.create_database()
+    dsn = json.dumps(pg_cluster.dsn(name))
+    persistence = f"  backend: postgresql\n  dsn: {dsn}\n  connect_timeout: 20s\n"
+    try:
+        with daemon_launcher(persistence=persistence) as daemon:
+            yield from _scraped(prometheus_bin, daemon)
+    finally:
+        if pg_cluster.running:
+            pg_cluster.drop_database(name)
+
+
+def _scraped(prometheus_bin: Path, daemon: LiveDaemon) -> Iterator[LiveStack]:
+    """``daemon``, after some traffic, scraped by a Prometheus loading alerts.yml."""
+    daemon.traffic()
+    alerts = json.dumps(str(DEPLOY / "prometheus" / "alerts.yml"))
+    target = daemon.metrics_url.split("/")[2]
+    prom_config = (
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {alerts}\n"
+        f"scrape_configs:\n  - job_name: {LIVE_JOB}\n    static_configs:\n"
+        f'      - targets: ["{target}"]\n'
+    )
+    with run_prometheus(prometheus_bin, prom_config) as api:
+        deadline = time.monotonic() + 30
+        up = f'up{{job="{LIVE_JOB}"}}'
+        query = f"count_over_time({up}[1m]) >= 3 and {up} == 1"
+        while not api("/api/v1/query", query=query)["data"]["result"]:
+            if time.monotonic() > deadline:
+                pytest.fail("Prometheus did not scrape sessiond 3 times in 30 s")
+            time.sleep(0.25)
+        yield LiveStack(daemon, api)

@@ -63,6 +63,27 @@ SPEC_METRICS: dict[str, str] = {
 EXTENSION_METRICS: dict[str, str] = {
     "sessiond_max_clients": "gauge",  # limits.max_clients, for SessiondClientsNearLimit
 }
+# docs/operations.md, "The PostgreSQL store": exported only with persistence.backend:
+# postgresql (a SQLite host has no LISTEN connection to report as down). Checked live
+# against a daemon on that store (live_pg_stack).
+SHARED_STORE_METRICS: dict[str, str] = {
+    "sessiond_store_round_trip_seconds": "histogram",
+    "sessiond_store_pool_connections": "gauge",
+    "sessiond_store_pool_connections_in_use": "gauge",
+    "sessiond_store_pool_connections_max": "gauge",
+    "sessiond_store_listening": "gauge",
+    "sessiond_store_memory_flushes_total": "counter",
+    "sessiond_store_reconnects_total": "counter",
+    "sessiond_store_invalidations_sent_total": "counter",
+    "sessiond_store_invalidations_received_total": "counter",
+    "sessiond_store_notifications_sent_total": "counter",
+    "sessiond_store_notifications_received_total": "counter",
+    "sessiond_store_invalidation_lag_seconds": "histogram",
+    "sessiond_store_decisions_total": "counter",
+    "sessiond_store_decision_errors_total": "counter",
+    "sessiond_store_renewals_total": "counter",
+    "sessiond_store_expired_rows_total": "counter",
+}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Series Prometheus itself writes: per target, and per pending or firing alert.
 PROMETHEUS_SERIES = {"up", "ALERTS"}
@@ -102,20 +123,25 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def spec_metric(name: str) -> str | None:
+def spec_metric(name: str, spec: dict[str, str] = SPEC_METRICS) -> str | None:
     """The contract metric a series name belongs to (histogram series map to the histogram)."""
-    if name in SPEC_METRICS:
+    if name in spec:
         return name
     for suffix in HISTOGRAM_SUFFIXES:
         base = name.removesuffix(suffix)
-        if base != name and SPEC_METRICS.get(base) == "histogram":
+        if base != name and spec.get(base) == "histogram":
             return base
     return None
+
+
+def shared_store_metric(name: str) -> bool:
+    return spec_metric(name, SHARED_STORE_METRICS) is not None
 
 
 def allowed(name: str) -> bool:
     return (
         spec_metric(name) is not None
+        or shared_store_metric(name)
         or name in EXTENSION_METRICS
         or name in PROMETHEUS_SERIES
         or name.startswith(("process_", "python_"))
@@ -257,8 +283,9 @@ def test_alert_rules_use_only_exported_metrics() -> None:
 
 
 def test_every_spec_metric_is_on_dashboard_or_in_an_alert(dashboard: dict[str, Any]) -> None:
-    used = {spec_metric(n) for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
-    missing = set(SPEC_METRICS) - used
+    names = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
+    used = {spec_metric(n) for n in names} | {spec_metric(n, SHARED_STORE_METRICS) for n in names}
+    missing = (set(SPEC_METRICS) | set(SHARED_STORE_METRICS)) - used
     assert not missing, f"docs/operations.md metrics shown nowhere: {sorted(missing)}"
 
 
@@ -376,6 +403,23 @@ def test_live_daemon_exports_every_metric_the_dashboard_and_alerts_use(
     samples, _types = exported(live_stack.daemon.scrape())
     used = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
     used -= PROMETHEUS_SERIES
+    used = {n for n in used if not shared_store_metric(n)}
+    assert not used - samples, f"used but not exported: {sorted(used - samples)}"
+    assert not {n for n in samples if shared_store_metric(n)}, "only with postgresql"
+
+
+def test_live_postgresql_daemon_exports_the_shared_store_s_metrics(
+    dashboard: dict[str, Any], live_pg_stack: Any
+) -> None:
+    samples, types = exported(live_pg_stack.daemon.scrape())
+    for name, kind in SHARED_STORE_METRICS.items():
+        declared = types.get(name) or types.get(name.removesuffix("_total"))
+        assert declared == kind, f"{name}: # TYPE says {declared}"
+        wanted = {name} if kind != "histogram" else {name + s for s in HISTOGRAM_SUFFIXES}
+        assert wanted <= samples, f"{name}: no samples"
+    used = {n for e in exprs(dashboard) + alert_exprs() for n in metric_names(e)}
+    # (the store's disk files are SQLite's: a PostgreSQL host has none)
+    used = {n for n in used if shared_store_metric(n)}
     assert not used - samples, f"used but not exported: {sorted(used - samples)}"
 
 
@@ -396,21 +440,55 @@ def live_variables(api: Any) -> dict[str, str]:
     return {**GRAFANA_VARIABLES, "$job": job, "$instance": instance}
 
 
-def test_live_every_panel_shows_data(dashboard: dict[str, Any], live_stack: Any) -> None:
-    variables = live_variables(live_stack.api)
+def shared_store_panel(panel: dict[str, Any]) -> bool:
+    """A panel of the PostgreSQL store's metrics only (empty for a SQLite host)."""
+    names = {n for t in panel["targets"] for n in metric_names(t["expr"])}
+    return bool(names) and all(shared_store_metric(n) for n in names)
+
+
+def empty_panels(panels: list[dict[str, Any]], api: Any) -> list[str]:
+    variables = live_variables(api)
     empty = []
-    for panel in query_panels(dashboard):
+    for panel in panels:
         series = 0
         for target in panel["targets"]:
             query = target["expr"]
             for variable, value in variables.items():
                 query = query.replace(variable, value)
-            body = live_stack.api("/api/v1/query", query=query)
+            body = api("/api/v1/query", query=query)
             assert body["status"] == "success", (panel["title"], body)
             series += len(body["data"]["result"])
         if not series:
             empty.append(panel["title"])
+    return empty
+
+
+def test_live_every_panel_shows_data(dashboard: dict[str, Any], live_stack: Any) -> None:
+    panels = [p for p in query_panels(dashboard) if not shared_store_panel(p)]
+    empty = empty_panels(panels, live_stack.api)
     assert not empty, f"panels without data from a live daemon: {empty}"
+
+
+def test_live_shared_store_panels_show_data_for_a_postgresql_daemon(
+    dashboard: dict[str, Any], live_pg_stack: Any
+) -> None:
+    panels = [p for p in query_panels(dashboard) if shared_store_panel(p)]
+    assert len(panels) >= 6, [p["title"] for p in panels]
+    empty = empty_panels(panels, live_pg_stack.api)
+    assert not empty, f"panels without data from a live PostgreSQL daemon: {empty}"
+
+
+def test_live_rules_stay_quiet_for_a_healthy_postgresql_daemon(live_pg_stack: Any) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        body = live_pg_stack.api("/api/v1/rules", type="alert")
+        rules = [r for g in body["data"]["groups"] for r in g["rules"]]
+        if all(r["health"] == "ok" for r in rules) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    states = {r["name"]: (r["health"], r["state"]) for r in rules}
+    for name in ("SessiondSharedStoreNotListening", "SessiondSharedStoreListenFlapping"):
+        assert states[name] == ("ok", "inactive"), (name, states[name])
 
 
 def test_live_variables_list_the_daemons_job_and_instance(live_stack: Any) -> None:

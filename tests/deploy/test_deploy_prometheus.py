@@ -22,6 +22,8 @@ REQUIRED_ALERTS = {
     "SessiondLatencyHigh",
     "SessiondWritesRefused",
     "SessiondStoreDiskGrowing",
+    "SessiondSharedStoreNotListening",
+    "SessiondSharedStoreListenFlapping",
 }
 
 

@@ -193,6 +193,25 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
+def test_the_postgresql_drop_in_verifies_with_the_unit(tmp_path: Path) -> None:
+    """deploy/systemd/postgresql.conf (deploy/README.md, section 6) applies to the
+    unit as a drop-in and verifies cleanly with it."""
+    require("systemd-analyze")
+    units = {UNIT.name: UNIT.read_text(), SOCKET_UNIT.name: SOCKET_UNIT.read_text()}
+    root = verify_root(tmp_path, units)
+    drop_in = root / "etc/systemd/system" / f"{UNIT.name}.d" / "postgresql.conf"
+    drop_in.parent.mkdir()
+    drop_in.write_text((SYSTEMD_DIR / "postgresql.conf").read_text())
+    (root / "etc/sessiond").mkdir(parents=True)
+    (root / "etc/sessiond/pgpassword").write_text("secret\n")
+    proc = verify(root, SOCKET_UNIT.name, UNIT.name)
+    assert proc.stdout + proc.stderr == ""
+    assert proc.returncode == 0
+    text = drop_in.read_text()
+    assert "LoadCredential=pgpassword:/etc/sessiond/pgpassword" in text
+    assert "IPAddressAllow=" in text
+
+
 def without_socket_unit(text: str) -> str:
     """The service as its comments say to run it without sessiond.socket."""
     lines = [

@@ -24,6 +24,12 @@ SCRIPT_UNKNOWN = "ERR Unknown Redis command called from script"
 SCRIPT_ARITY = "ERR Wrong number of args calling Redis command from script"
 SCRIPT_REFUSED = "ERR This Redis command is not allowed from script"
 SCRIPT_READ_ONLY = "ERR Write commands are not allowed from read-only scripts."
+# On a shared store (persistence.backend: postgresql) a script is decided by
+# the database on the keys it declares (docs/shared-store.md).
+SCRIPT_UNDECLARED_KEY = (
+    "ERR Script attempted to access a key it did not declare: with persistence.backend "
+    "postgresql a script may use only the keys it passes in KEYS"
+)
 SCRIPT_RO_WITH_WRITES = "ERR Can not execute a script with write flag using *_ro command."
 
 

@@ -70,6 +70,7 @@ def _expire(cx: Call, args: Args, *, ms: bool, absolute: bool) -> int:
     group=KEYSPACE,
     summary="Set TTL",
     syntax=f"key seconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_expire(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=False, absolute=False)
@@ -83,6 +84,7 @@ def cmd_expire(cx: Call, args: Args) -> Reply:
     group=KEYSPACE,
     summary="Set ms TTL",
     syntax=f"key milliseconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_pexpire(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=True, absolute=False)
@@ -96,6 +98,7 @@ def cmd_pexpire(cx: Call, args: Args) -> Reply:
     group=KEYSPACE,
     summary="Set deadline",
     syntax=f"key unix-time-seconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_expireat(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=False, absolute=True)
@@ -109,6 +112,7 @@ def cmd_expireat(cx: Call, args: Args) -> Reply:
     group=KEYSPACE,
     summary="Set ms deadline",
     syntax=f"key unix-time-milliseconds {_CONDITIONS}",
+    decides=True,
 )
 def cmd_pexpireat(cx: Call, args: Args) -> Reply:
     return _expire(cx, args, ms=True, absolute=True)
@@ -189,7 +193,14 @@ def cmd_pexpiretime(cx: Call, args: Args) -> Reply:
 
 
 @command(
-    "PERSIST", 2, "write fast", keys=(1, 1, 1), group=KEYSPACE, summary="Remove TTL", syntax="key"
+    "PERSIST",
+    2,
+    "write fast",
+    keys=(1, 1, 1),
+    group=KEYSPACE,
+    summary="Remove TTL",
+    syntax="key",
+    decides=True,
 )
 def cmd_persist(cx: Call, args: Args) -> Reply:
     if cx.lookup(args[1]) is None or not cx.persist(args[1]):

@@ -103,6 +103,7 @@ def _pairs(args: Args, start: int, name: str) -> list[tuple[bytes, bytes]]:
     group=HASH,
     summary="Set fields of a hash",
     syntax="key (field value) ...",
+    decides=True,
 )
 def cmd_hset(cx: Call, args: Args) -> Reply:
     added = _write(cx, args[1], _pairs(args, 2, "hset"))
@@ -118,6 +119,7 @@ def cmd_hset(cx: Call, args: Args) -> Reply:
     group=HASH,
     summary="Set fields of a hash (deprecated form of HSET)",
     syntax="key (field value) ...",
+    decides=True,
 )
 def cmd_hmset(cx: Call, args: Args) -> Reply:
     _write(cx, args[1], _pairs(args, 2, "hmset"))
@@ -133,6 +135,7 @@ def cmd_hmset(cx: Call, args: Args) -> Reply:
     group=HASH,
     summary="Set a field of a hash if it is new",
     syntax="key field value",
+    decides=True,
 )
 def cmd_hsetnx(cx: Call, args: Args) -> Reply:
     added = _write(cx, args[1], [(args[2], args[3])], only_new=True)
@@ -216,6 +219,7 @@ def cmd_hvals(cx: Call, args: Args) -> Reply:
     group=HASH,
     summary="Delete fields of a hash",
     syntax="key field ...",
+    decides=True,
 )
 def cmd_hdel(cx: Call, args: Args) -> Reply:
     key = args[1]
@@ -298,6 +302,7 @@ def _increment(cx: Call, key: bytes, field: bytes, new: bytes) -> None:
     group=HASH,
     summary="Increment the integer value of a field",
     syntax="key field increment",
+    decides=True,
 )
 def cmd_hincrby(cx: Call, args: Args) -> Reply:
     key, field = args[1], args[2]
@@ -323,6 +328,7 @@ def cmd_hincrby(cx: Call, args: Args) -> Reply:
     4,
     "write fast",
     keys=(1, 1, 1),
+    decides=True,
     group=HASH,
     summary="Increment the float value of a field",
     syntax="key field increment",

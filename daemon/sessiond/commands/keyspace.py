@@ -126,6 +126,20 @@ def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None
     return count, pattern, type_name
 
 
+def _scan_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
+    # Only a store across the network reads ahead (Keyspace.scan_ahead); a
+    # request the handler will refuse reads nothing.
+    try:
+        cursor = int(args[1])
+        count, _, type_name = _scan_options(args, 2)
+    except (ValueError, Error):
+        return None
+    kind = None if type_name is None else _KINDS.get(type_name)
+    if cursor < 0 or (type_name is not None and kind is None):
+        return None
+    return keyspace.scan_ahead(cursor, count, kind)
+
+
 @command(
     "SCAN",
     -2,
@@ -133,6 +147,7 @@ def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None
     group=KEYSPACE,
     summary="Iterate keys",
     syntax="cursor [MATCH pattern] [COUNT count] [TYPE type]",
+    ahead=_scan_ahead,
 )
 def cmd_scan(cx: Call, args: Args) -> Reply:
     try:
@@ -225,6 +240,7 @@ def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
     3,
     "write",
     keys=(1, 2, 1),
+    decides=True,
     group=KEYSPACE,
     summary="Rename a key",
     syntax="key newkey",
@@ -238,6 +254,7 @@ def cmd_rename(cx: Call, args: Args) -> Reply:
     3,
     "write fast",
     keys=(1, 2, 1),
+    decides=True,
     group=KEYSPACE,
     summary="Rename a key if the new name is free",
     syntax="key newkey",
@@ -251,6 +268,7 @@ def cmd_renamenx(cx: Call, args: Args) -> Reply:
     -3,
     "write",
     keys=(1, 2, 1),
+    decides=True,
     group=KEYSPACE,
     summary="Copy a key",
     syntax="source destination [DB destination-db] [REPLACE]",

@@ -36,6 +36,7 @@ Args = list[bytes]
 Reply = Any  # a value sessiond.protocol.encode accepts
 Handler = Callable[["Call", Args], Reply]
 KeysOf = Callable[[Args], list[bytes]]
+DecidesOf = Callable[[Args], bool]
 AheadOf = Callable[[Keyspace, Args], Awaitable[object] | None]
 
 # Groups, as COMMAND reports them (@group).
@@ -93,6 +94,10 @@ class Command:
     # awaited off the event loop; its result is the context's ``ahead``.
     # Inside MULTI it is not read ahead: the handler reads in place.
     ahead: AheadOf | None = None
+    # Whether its outcome depends on its keys' current values (SET NX, INCR,
+    # EXPIRE ...): on a store shared by several hosts such a command is
+    # decided by the database, in a transaction holding its keys (None: never).
+    decides: DecidesOf | None = None
     write: bool = False
     # Runs even inside MULTI instead of being queued (MULTI, EXEC, DISCARD,
     # QUIT, RESET).
@@ -131,6 +136,10 @@ family modules are imported (:mod:`sessiond.commands` imports them all) and
 never changed after."""
 
 
+def _always(args: Args) -> bool:
+    return True
+
+
 def _keys_at(first: int, last: int, step: int) -> KeysOf:
     def load(args: Args) -> list[bytes]:
         end = last if last > 0 else len(args) + last
@@ -151,6 +160,7 @@ def command(
     subcommands: dict[str, tuple[str, str]] | None = None,
     load: KeysOf | bool = True,
     ahead: AheadOf | None = None,
+    decides: bool | DecidesOf = False,
     immediate: bool = False,
     runs_queued: bool = False,
 ) -> Callable[[Handler], Handler]:
@@ -160,8 +170,11 @@ def command(
     ``may_replicate``...); ``keys`` is
     (first, last, step) as COMMAND reports it. ``load`` says which keys to
     read through: ``True`` the declared key positions, ``False`` none, or a
-    function of the arguments. ``subcommands`` maps each subcommand of a
-    container command to its (syntax, summary)."""
+    function of the arguments. ``decides`` says whether the outcome depends
+    on the current values of the keys (``True``, or a function of the
+    arguments): on a store several hosts share, the database decides it.
+    ``subcommands`` maps each subcommand of a container command to its
+    (syntax, summary)."""
     flag_tuple = tuple(flags.split())
     loader: KeysOf | None
     if load is True:
@@ -170,6 +183,13 @@ def command(
         loader = None
     else:
         loader = load
+    decider: DecidesOf | None
+    if decides is True:
+        decider = _always
+    elif decides is False:
+        decider = None
+    else:
+        decider = decides
 
     def register(handler: Handler) -> Handler:
         if name in REGISTRY:
@@ -188,6 +208,7 @@ def command(
             subcommands=subcommands or {},
             load=loader,
             ahead=ahead,
+            decides=decider,
             write="write" in flag_tuple,
             immediate=immediate,
             runs_queued=runs_queued,

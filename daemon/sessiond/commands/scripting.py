@@ -84,6 +84,10 @@ def _script_keys(args: Args) -> list[bytes]:
     return [] if n is None else args[3 : 3 + n]
 
 
+def _declares_keys(args: Args) -> bool:
+    return bool(_script_keys(args))
+
+
 def script_may_write(cmd: Command, args: Args, engine: ScriptEngine) -> bool:
     """Whether running EVAL/EVALSHA ``args`` may write: unless the script
     declares ``no-writes`` (CLIENT PAUSE WRITE lets it through then)."""
@@ -94,11 +98,15 @@ def script_may_write(cmd: Command, args: Args, engine: ScriptEngine) -> bool:
     return flags is None or "no-writes" not in flags
 
 
-def _caller(cx: Call, engine: ScriptEngine, read_only: bool) -> Callable[[list[bytes]], Any]:
+def _caller(
+    cx: Call, engine: ScriptEngine, read_only: bool, declared: Args
+) -> Callable[[list[bytes]], Any]:
     """``redis.call``/``redis.pcall``: one command, through the dispatcher,
-    in the script's context."""
+    in the script's context. On a shared store it may name only the keys the
+    script ``declared`` (the database holds those for it)."""
     dispatcher = cx.dispatcher
     keyspace = cx.keyspace
+    allowed = set(declared) if keyspace.scripts_declare_keys else None
     wrote = False
 
     def call(args: list[bytes]) -> Any:
@@ -119,6 +127,8 @@ def _caller(cx: Call, engine: ScriptEngine, read_only: bool) -> Callable[[list[b
             refusal = errors.SCRIPT_READ_ONLY
         elif cmd.write and not wrote and keyspace.failure is not None:
             refusal = errors.misconf(keyspace.failure).message
+        elif allowed is not None and not allowed.issuperset(cmd.keys(args)):
+            refusal = errors.SCRIPT_UNDECLARED_KEY
         if refusal is not None:
             counter = dispatcher.counters[cmd.index]
             counter.calls += 1
@@ -167,7 +177,9 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     pubsub.hold()
     timed_out = False
     try:
-        reply = engine.run_sha(sha, keys, argv, _caller(cx, engine, read_only), resp3=client.resp3)
+        reply = engine.run_sha(
+            sha, keys, argv, _caller(cx, engine, read_only, keys), resp3=client.resp3
+        )
         timed_out = engine.timed_out
         if timed_out:
             log.warning(
@@ -196,6 +208,8 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     summary="Run a Lua script",
     syntax="script numkeys [key ...] [arg ...]",
     load=_script_keys,
+    # On a shared store, the database decides a script on its declared keys.
+    decides=_declares_keys,
 )
 def cmd_eval(cx: Call, args: Args) -> Reply:
     return _evaluate(cx, args, by_sha=False, read_only=False)
@@ -209,6 +223,8 @@ def cmd_eval(cx: Call, args: Args) -> Reply:
     summary="Run a cached Lua script",
     syntax="sha1 numkeys [key ...] [arg ...]",
     load=_script_keys,
+    # On a shared store, the database decides a script on its declared keys.
+    decides=_declares_keys,
 )
 def cmd_evalsha(cx: Call, args: Args) -> Reply:
     return _evaluate(cx, args, by_sha=True, read_only=False)

@@ -80,6 +80,7 @@ def _remove(cx: Call, key: bytes, current: Members, doomed: set[bytes], event: b
     group=SET,
     summary="Add members to a set",
     syntax="key member ...",
+    decides=True,
 )
 def cmd_sadd(cx: Call, args: Args) -> Reply:
     added = _add(cx, args[1], args[2:])
@@ -96,6 +97,7 @@ def cmd_sadd(cx: Call, args: Args) -> Reply:
     group=SET,
     summary="Remove members from a set",
     syntax="key member ...",
+    decides=True,
 )
 def cmd_srem(cx: Call, args: Args) -> Reply:
     current = _read(cx, args[1])
@@ -173,6 +175,7 @@ def cmd_scard(cx: Call, args: Args) -> Reply:
     group=SET,
     summary="Remove and return random members",
     syntax="key [count]",
+    decides=True,
 )
 def cmd_spop(cx: Call, args: Args) -> Reply:
     if len(args) > 3:
@@ -298,6 +301,7 @@ def cmd_sdiff(cx: Call, args: Args) -> Reply:
     group=SET,
     summary="Move a member from one set to another",
     syntax="source destination member",
+    decides=True,
 )
 def cmd_smove(cx: Call, args: Args) -> Reply:
     source, destination, member = args[1], args[2], args[3]

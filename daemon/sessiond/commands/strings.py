@@ -53,6 +53,14 @@ def _set_load(args: Args) -> list[bytes]:
     return args[1:2] if len(args) > 3 else []
 
 
+_DECIDING = (b"NX", b"XX", b"GET", b"KEEPTTL")
+
+
+def _set_decides(args: Args) -> bool:
+    # NX, XX, GET and KEEPTTL depend on the value the key has now; EX/PX do not.
+    return any(arg.upper() in _DECIDING for arg in args[3:])
+
+
 @command(
     "SET",
     -3,
@@ -65,6 +73,7 @@ def _set_load(args: Args) -> list[bytes]:
         "EXAT unix-time-seconds | PXAT unix-time-milliseconds | KEEPTTL]"
     ),
     load=_set_load,
+    decides=_set_decides,
 )
 def cmd_set(cx: Call, args: Args) -> Reply:
     key, value = args[1], args[2]
@@ -181,6 +190,7 @@ command(
     group=STRING,
     summary="Set if absent",
     syntax="key value",
+    decides=True,
 )
 def cmd_setnx(cx: Call, args: Args) -> Reply:
     cx.check_size(args[1])
@@ -201,6 +211,7 @@ def cmd_setnx(cx: Call, args: Args) -> Reply:
     group=STRING,
     summary="Get and delete",
     syntax="key",
+    decides=True,
 )
 def cmd_getdel(cx: Call, args: Args) -> Reply:
     entry = cx.lookup(args[1])
@@ -220,6 +231,7 @@ def cmd_getdel(cx: Call, args: Args) -> Reply:
     3,
     "write fast",
     keys=(1, 1, 1),
+    decides=True,
     group=STRING,
     summary="Set a value, return the old one",
     syntax="key value",
@@ -250,6 +262,7 @@ def cmd_getset(cx: Call, args: Args) -> Reply:
         "key [EX seconds | PX milliseconds | EXAT unix-time-seconds | "
         "PXAT unix-time-milliseconds | PERSIST]"
     ),
+    decides=lambda args: len(args) > 2,  # with an option it changes the TTL
 )
 def cmd_getex(cx: Call, args: Args) -> Reply:
     key = args[1]
@@ -337,6 +350,7 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
     -3,
     "write",
     keys=(1, -1, 2),
+    decides=True,
     group=STRING,
     summary="Set values if none exists",
     syntax="(key value) ...",
@@ -362,6 +376,7 @@ def cmd_msetnx(cx: Call, args: Args) -> Reply:
     3,
     "write fast",
     keys=(1, 1, 1),
+    decides=True,
     group=STRING,
     summary="Append to a value",
     syntax="key value",
@@ -423,6 +438,7 @@ def cmd_getrange(cx: Call, args: Args) -> Reply:
     4,
     "write",
     keys=(1, 1, 1),
+    decides=True,
     group=STRING,
     summary="Overwrite part of a value",
     syntax="key offset value",
@@ -498,7 +514,16 @@ def _incr_by(cx: Call, key: bytes, delta: int) -> int:
     return result
 
 
-@command("INCR", 2, "write fast", keys=(1, 1, 1), group=STRING, summary="Increment", syntax="key")
+@command(
+    "INCR",
+    2,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Increment",
+    syntax="key",
+    decides=True,
+)
 def cmd_incr(cx: Call, args: Args) -> Reply:
     return _incr_by(cx, args[1], 1)
 
@@ -511,12 +536,22 @@ def cmd_incr(cx: Call, args: Args) -> Reply:
     group=STRING,
     summary="Increment by",
     syntax="key increment",
+    decides=True,
 )
 def cmd_incrby(cx: Call, args: Args) -> Reply:
     return _incr_by(cx, args[1], int_arg(args[2]))
 
 
-@command("DECR", 2, "write fast", keys=(1, 1, 1), group=STRING, summary="Decrement", syntax="key")
+@command(
+    "DECR",
+    2,
+    "write fast",
+    keys=(1, 1, 1),
+    group=STRING,
+    summary="Decrement",
+    syntax="key",
+    decides=True,
+)
 def cmd_decr(cx: Call, args: Args) -> Reply:
     return _incr_by(cx, args[1], -1)
 
@@ -526,6 +561,7 @@ def cmd_decr(cx: Call, args: Args) -> Reply:
     3,
     "write fast",
     keys=(1, 1, 1),
+    decides=True,
     group=STRING,
     summary="Increment by a float",
     syntax="key increment",
@@ -561,6 +597,7 @@ def cmd_incrbyfloat(cx: Call, args: Args) -> Reply:
     group=STRING,
     summary="Decrement by",
     syntax="key decrement",
+    decides=True,
 )
 def cmd_decrby(cx: Call, args: Args) -> Reply:
     delta = int_arg(args[2])

@@ -52,6 +52,15 @@ class Watches:
             self.listening = True
             self.keyspace.listen(self.listener)
 
+    def recorded(self, cx: Call, client: Client, keys: Args) -> None:
+        """WATCH of ``keys`` ran in ``cx``: nothing more to note here (a
+        shared store notes what the database had, :mod:`.shared`)."""
+
+    def moved(self, cx: Call, client: Client) -> bool:
+        """Whether a key ``client`` watches changed in a way memory cannot
+        see (on another host): never, on a store of one host."""
+        return False
+
     def unwatch(self, client: Client) -> None:
         """Forget ``client``'s watches (UNWATCH, EXEC, DISCARD, RESET, a
         disconnect); with nobody watching, stop listening."""
@@ -130,8 +139,10 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
     if watched is not None:
         # A key that existed at WATCH and is gone now expired (a delete
         # would have marked the client already).
-        dirty = client.watch_dirty or any(
-            existed and cx.peek(key) is None for key, existed in watched.items()
+        dirty = (
+            client.watch_dirty
+            or any(existed and cx.peek(key) is None for key, existed in watched.items())
+            or watches.moved(cx, client)
         )
         watches.unwatch(client)  # before the queue runs: its own writes do not count
         if dirty:
@@ -163,6 +174,9 @@ def cmd_discard(cx: Call, args: Args) -> Reply:
     -2,
     "noscript loading stale fast allow_busy",
     keys=(1, -1, 1),
+    # On a shared store, the database's versions of the keys are what EXEC
+    # compares: WATCH reads them in a decision.
+    decides=True,
     group=TRANSACTIONS,
     summary="Watch keys for a transaction",
     syntax="key ...",
@@ -176,6 +190,7 @@ def cmd_watch(cx: Call, args: Args) -> Reply:
     watches = cx.dispatcher.watches
     for key in args[1:]:
         watches.watch(client, key, cx.peek(key) is not None)
+    watches.recorded(cx, client, args[1:])
     return OK
 
 

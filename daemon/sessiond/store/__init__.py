@@ -1,4 +1,6 @@
-"""Persistence: the store interface (:mod:`.api`) and its SQLite backend.
+"""Persistence: the store interface (:mod:`.api`), its SQLite backend and the
+PostgreSQL one that several hosts share (:mod:`.postgres`, imported by whoever
+uses it: psycopg is loaded only then).
 
 The backend's parts, each with its own interface: :mod:`.files` (lock,
 schema, checks), :mod:`.log` (the append-only log), :mod:`.overlay` (changes
@@ -10,8 +12,12 @@ from .api import (
     HASH_SPACE,
     KIND_STRING,
     Change,
+    Coherence,
+    Decision,
     Hook,
+    Renewal,
     Row,
+    SharedStore,
     Store,
     StoreError,
     TableCounts,
@@ -27,9 +33,13 @@ __all__ = [
     "KIND_STRING",
     "SCHEMA_VERSION",
     "Change",
+    "Coherence",
+    "Decision",
     "Hook",
+    "Renewal",
     "Row",
     "SQLiteStore",
+    "SharedStore",
     "Store",
     "StoreError",
     "TableCounts",

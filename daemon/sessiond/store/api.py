@@ -6,6 +6,13 @@ change that memory makes, reads through on a miss, and merges what memory and
 the store hold for whole-keyspace commands; the store keeps rows durable and
 answers reads with the newest change it knows, committed or not
 (docs/persistence.md states the promises).
+
+A store that several hosts share (:class:`SharedStore`, the PostgreSQL one)
+adds what keeping each host's memory coherent with it takes: it tells a
+:class:`Coherence` listener of every change other hosts commit and of the
+times it cannot know them, opens :class:`Decision` transactions for commands
+whose outcome depends on a key's current value, and takes sliding-TTL
+renewals to write back (docs/shared-store.md).
 """
 
 from __future__ import annotations
@@ -175,4 +182,103 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Commit what is queued and stop."""
+        ...
+
+
+class Decision(Protocol):
+    """One command decided by a shared store's database: a transaction holding
+    ``keys`` (no other host changes them until it ends), opened with their rows
+    as the database has them now. The command's changes to those keys are
+    recorded into it; :meth:`SharedStore.finish` writes and commits them."""
+
+    keys: frozenset[bytes]
+    rows: dict[bytes, Row | None]
+    # Each existing row's version when the decision opened (every write of a
+    # row moves it; renewals do not): what WATCH compares across hosts.
+    versions: dict[bytes, int]
+    changes: dict[bytes, Change]
+    error: StoreError | None
+
+    def record(self, key: bytes, change: Change) -> None:
+        """A change the command made to one of ``keys``."""
+        ...
+
+
+class Renewal(NamedTuple):
+    """A sliding TTL renewed by reads on this host, to write back: the row's
+    deadline moves to ``deadline`` if it still slides by ``ttl``."""
+
+    ttl: float
+    deadline: float
+    accessed_at: float
+
+
+class Coherence(Protocol):
+    """What a shared store tells the keyspace, on the event loop."""
+
+    def invalidated(self, keys: list[bytes]) -> None:
+        """Another host committed changes to ``keys``."""
+        ...
+
+    def invalidated_hashes(self, hashes: list[int]) -> None:
+        """Another host changed keys too long to name: those of these scan hashes."""
+        ...
+
+    def invalidated_all(self, reason: str) -> None:
+        """Memory can trust nothing it holds: another host flushed the
+        keyspace, or this one lost (``coherent`` false) or regained the
+        notifications it hears changes by."""
+        ...
+
+    def committed(self, keys: list[bytes]) -> None:
+        """This host's own changes to ``keys`` are committed."""
+        ...
+
+
+class SharedStore(Store, Protocol):
+    """A store several hosts write to (see the module docstring)."""
+
+    # Whether every change other hosts commit reaches this host (its
+    # notification connection is up and answering heartbeats): memory may
+    # serve reads only meanwhile.
+    coherent: bool
+
+    def subscribe(self, listener: Coherence) -> None:
+        """Tell ``listener`` of changes from now on (before ``open``)."""
+        ...
+
+    async def decide(self, keys: list[bytes]) -> Decision:
+        """Open a transaction holding ``keys``, after this host's own
+        uncommitted writes to them are committed; their current rows."""
+        ...
+
+    def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
+        """Write ``decision``'s changes and commit (or roll back if none), in
+        the background; then ``done`` with the error if it failed."""
+        ...
+
+    def after_commit_for(
+        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+    ) -> None:
+        """:meth:`Store.after_commit`, and once ``decisions`` are committed too
+        (the error of one that failed)."""
+        ...
+
+    def renew(self, renewals: dict[bytes, Renewal]) -> None:
+        """Write these renewals back with the next commit (they change no
+        value: no other host is told)."""
+        ...
+
+    def expire_due(self, now: float) -> None:
+        """Delete, in the background, rows whose deadline passed long enough
+        before ``now`` that no host can still be renewing them (whichever host
+        sweeps first deletes them, once) and tell the other hosts."""
+        ...
+
+    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
+        """:meth:`Store.recent`, off the event loop."""
+        ...
+
+    async def aclose(self) -> None:
+        """:meth:`Store.close` for a store that commits on the event loop."""
         ...

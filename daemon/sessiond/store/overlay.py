@@ -95,6 +95,13 @@ class Overlay:
             self.inflight = {}
             self.inflight_cleared = False
 
+    def landed(self) -> None:
+        """The batch in flight is in the table itself (a store without a log:
+        PostgreSQL commits it there directly)."""
+        with self.lock:
+            self.inflight = {}
+            self.inflight_cleared = False
+
     def put_back(self) -> None:
         """The batch in flight failed: pending again, unless newer changes
         (or a FLUSH) replaced it."""

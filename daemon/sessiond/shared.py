@@ -1,0 +1,569 @@
+"""Memory as a coherent near cache of a store that several hosts share.
+
+:class:`SharedKeyspace` is the keyspace (:mod:`sessiond.keyspace`) for a
+:class:`~sessiond.store.SharedStore`: every host's sidecar holds sessions in
+memory, and the database holds them all. What it adds to the keyspace
+(docs/shared-store.md has the promises and their reasons):
+
+* **invalidation**: when another host commits a change, the store hears it
+  (LISTEN/NOTIFY) and memory forgets its copy; the next read goes to the
+  database. A read-through that was under way when a change to its key was
+  heard serves its command but is forgotten after it (it may predate the
+  change);
+* **no stale memory without notifications**: while the store cannot hear
+  other hosts (``coherent`` false: its notification connection is lost or
+  silent), memory is emptied and every command reads its keys from the
+  database, and forgets them after it; memory is emptied again once the
+  notifications are back (what it took meanwhile may have missed a change);
+* **decisions**: a command whose outcome depends on a key's current value
+  (``decides`` in its declaration: ``SET NX``, ``INCR``, ``EXPIRE`` ...) runs
+  in a database transaction holding its keys, on their rows as the database
+  has them; its changes are committed before its reply leaves. While it
+  holds a key, this host's other commands naming that key wait for it;
+* **expiry**: memory finding a session past its deadline forgets it (another
+  host may have renewed it); rows are deleted by the database sweep, by
+  whichever host runs it first;
+* **sliding renewals**: reads renew a session in memory; the renewed
+  deadlines are written back every ``renew_interval`` (the most recently used
+  end of memory, so the cost is what was used since) and when memory evicts a
+  session, so that a session busy on one host does not expire on another.
+
+It never does I/O itself; the store does, on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .cache import Cause, Entry, SessionCache
+from .keyspace import Context, Keyspace, Prepared, entry_of, row_of
+from .store import Decision, Renewal, SharedStore, StoreError, scan_hash
+from .values import Value
+
+# Commands of this host that may decide in one transaction, one after the
+# other, before it commits (the others of this host waiting for its keys).
+CHAIN_LIMIT = 16
+
+# A key's state as the database had it in a decision (WATCH, EXEC): its row's
+# version and last write time, None if there was no row, UNKNOWN if no
+# decision held it (the store could not open one).
+Token = tuple[int, float] | None | str
+UNKNOWN: Token = "unknown"
+
+
+class _Wait:
+    """A command waiting for keys a decision holds: ``joins`` if it decides
+    on no other keys (it may run inside that decision, next)."""
+
+    __slots__ = ("future", "joins")
+
+    def __init__(self, future: asyncio.Future[Prepared | None], joins: bool) -> None:
+        self.future = future
+        self.joins = joins
+
+
+class _Hold:
+    """Keys one decision of this host holds (from before it opens until it
+    commits), the commands waiting for them, and how many commands have
+    decided in it."""
+
+    __slots__ = ("decision", "keys", "ran", "waiters")
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+        self.decision: Decision | None = None
+        self.ran = 0
+        self.waiters: list[_Wait] = []
+
+
+class _Read:
+    """A read-through under way: the keys it reads (``None``: any key, for
+    the warm start), and those a change was heard to meanwhile."""
+
+    __slots__ = ("dirty", "everything", "keys")
+
+    def __init__(self, keys: set[bytes] | None) -> None:
+        self.keys = keys
+        self.dirty: set[bytes] = set()
+        self.everything = False
+
+    def heard(self, keys: list[bytes]) -> None:
+        wanted = self.keys
+        if wanted is None:
+            self.dirty.update(keys)
+            return
+        for key in keys:
+            if key in wanted:
+                self.dirty.add(key)
+
+
+class SharedKeyspace(Keyspace):
+    """The keyspace over a shared store (see the module docstring)."""
+
+    def __init__(
+        self, cache: SessionCache[bytes, Value], *, max_value_size: int = 1024 * 1024
+    ) -> None:
+        Keyspace.__init__(self, cache, None, max_value_size=max_value_size)
+        # A script is decided on the keys it declares: it may use no other.
+        self.scripts_declare_keys = True
+        self.shared: SharedStore | None = None
+        # Keys held by a decision of this host: their commands wait for it.
+        self.holds: dict[bytes, _Hold] = {}
+        self.hold_of: dict[Decision, _Hold] = {}
+        # The decision the running command decides in, whether the last
+        # command decided (its reply waits for the commit, see lagging()),
+        # and the decisions commands decided in since the last after_commit.
+        self.deciding: Decision | None = None
+        self.decided = False
+        self.decisions: list[Decision] = []
+        self.reads: list[_Read] = []
+        # Keys a command wrote while the store could not hear other hosts
+        # (forgotten after it), else None.
+        self.written: list[bytes] | None = None
+        # Renewals of sessions memory evicted since the last write-back.
+        self.evicted: dict[bytes, Renewal] = {}
+        self.renewed_through = cache.clock()
+
+    def attach_shared(self, store: SharedStore) -> None:
+        """Write through to ``store``, read through from it, and hear from it
+        of other hosts' changes (before it opens)."""
+        self.attach(store)
+        self.shared = store
+        store.subscribe(self)
+
+    def token(self, key: bytes) -> Token:
+        """``key`` as the database has it, in the decision the running
+        command decides in (WATCH and EXEC decide on their keys). A deleted
+        and re-created row starts at version 1 again: its write time tells
+        it apart."""
+        deciding = self.deciding
+        if deciding is None or key not in deciding.keys:
+            return UNKNOWN
+        row = deciding.rows.get(key)
+        changes = deciding.changes
+        if key in changes:
+            # A command before this one in the same decision changed it: the
+            # database will have what the commit writes (an update moves the
+            # version by one, an insert starts it at 1).
+            change = changes[key]
+            if change is None:
+                return None
+            version = 1 if row is None else deciding.versions.get(key, 0) + 1
+            return (version, change.updated_at)
+        if row is None:
+            return None
+        return (deciding.versions.get(key, 0), row.updated_at)
+
+    @property
+    def coherent(self) -> bool:
+        """Whether memory may serve reads: the store hears every change."""
+        shared = self.shared
+        return shared is not None and shared.coherent
+
+    # ------------------------------------------------------ the cache's hook
+
+    def save(self, key: bytes, entry: Entry[Value]) -> None:
+        current = self.current
+        if current is not None:
+            current.seen(key, entry)
+        row = row_of(entry)
+        deciding = self.deciding
+        if deciding is not None and key in deciding.keys:
+            deciding.record(key, row)
+        else:
+            assert self.store is not None
+            self.store.record(key, row)
+        written = self.written
+        if written is not None:
+            written.append(key)
+
+    def delete(self, key: bytes) -> None:
+        current = self.current
+        if current is not None:
+            current.seen(key, None)
+        deciding = self.deciding
+        if deciding is not None and key in deciding.keys:
+            deciding.record(key, None)
+        else:
+            assert self.store is not None
+            self.store.record(key, None)
+
+    def expire(self, key: bytes) -> None:
+        # Memory's copy ran out; another host may have renewed the session.
+        # Memory forgets it; the database sweep deletes the row if it is due.
+        return None
+
+    def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
+        # The value is in the database already; what memory may know that
+        # the database does not is a renewal by reads.
+        current = self.current
+        if current is not None:
+            current.seen(key, entry)
+        renewal = self._renewal(entry, self.renewed_through)
+        if renewal is not None:
+            self.evicted[key] = renewal
+
+    def _renewal(self, entry: Entry[Value], since: float) -> Renewal | None:
+        ttl = entry.ttl
+        deadline = entry.deadline
+        accessed = entry.accessed_at
+        if (
+            ttl is None
+            or deadline is None
+            or not self.cache.sliding
+            or accessed <= entry.updated_at
+            or accessed < since
+        ):
+            return None
+        return Renewal(ttl, deadline, accessed)
+
+    # ------------------------------------------------- before a command runs
+
+    def prepare_shared(
+        self,
+        keys: list[bytes],
+        load: list[bytes],
+        decides: bool,
+        ahead: Callable[[], Awaitable[object] | None] | None,
+        prepared: Prepared | None,
+    ) -> Awaitable[Prepared] | None:
+        """What a command naming ``keys`` needs before it may run (as
+        :meth:`Keyspace.prepare`): to wait for this host's decisions on its
+        keys, a decision of its own if it ``decides``, the keys it reads
+        (``load``) from the database when memory does not hold them or may not
+        serve them, and its whole-table read (``ahead``)."""
+        if prepared is not None and prepared.decision is not None:
+            return None  # decided: run it
+        holds = self.holds
+        if holds:
+            waiting: list[_Hold] = []
+            for key in keys:
+                hold = holds.get(key)
+                if hold is not None and hold not in waiting:
+                    waiting.append(hold)
+            if waiting:
+                joins = decides and len(waiting) == 1 and all(k in waiting[0].keys for k in keys)
+                wait = _Wait(asyncio.get_running_loop().create_future(), joins)
+                for hold in waiting:
+                    hold.waiters.append(wait)
+                return self._after_hold(wait)
+        if decides and keys and self.failure is None:
+            return self._open(keys)
+        if not self.coherent:
+            if keys and (prepared is None or prepared.forget is None):
+                return self._read_through_shared(load, keys, True)
+        else:
+            cache = self.cache
+            find = cache.find
+            now = cache.clock()
+            loaded = None if prepared is None else prepared.loaded
+            missing = [
+                k for k in load if _stale(find(k), now) and (loaded is None or k not in loaded)
+            ]
+            if missing:
+                if loaded:
+                    missing = [k for k in load if _stale(find(k), now)]
+                return self._read_through_shared(missing, None, False)
+        if ahead is not None and (prepared is None or prepared.ahead is None):
+            work = ahead()
+            if work is not None:
+                return self._read_ahead_shared(work, prepared)
+        return None
+
+    async def _after_hold(self, wait: _Wait) -> Prepared:
+        """Wait for the holds: released (ask again, reading afresh what the
+        decision changed), or handed the decision to decide in, next."""
+        try:
+            handed = await wait.future
+        except asyncio.CancelledError:
+            future = wait.future
+            if future.done() and not future.cancelled():
+                given = future.result()
+                if given is not None and given.decision is not None:
+                    self._next(given.decision)  # handed over, but the connection left
+            raise
+        return Prepared({}) if handed is None else handed
+
+    async def _read_through_shared(
+        self, keys: list[bytes], forget: list[bytes] | None, fresh: bool
+    ) -> Prepared:
+        """Read ``keys`` (``fresh``: replacing what memory holds); keys heard
+        changed meanwhile, and ``forget``, are forgotten after the command."""
+        assert self.store is not None
+        cache = self.cache
+        ticket = _Read(set(keys))
+        self.reads.append(ticket)
+        try:
+            found = await self.store.load_many(keys)
+        except StoreError:
+            cache.loads_error += len(keys)
+            raise
+        finally:
+            self.reads.remove(ticket)
+        now = cache.clock()
+        loaded: dict[bytes, Entry[Value] | None] = {}
+        for key in keys:
+            row = found.get(key)
+            if row is None:
+                cache.loads_absent += 1
+            else:
+                cache.loads_found += 1
+            held = cache.find(key)
+            if fresh or _stale(held, now):
+                if held is not None:
+                    cache.drop(key)
+                loaded[key] = None if row is None else entry_of(row)
+            # else a write while we read: memory's copy is newer
+        after = list(forget) if forget is not None else []
+        if ticket.everything:
+            after.extend(keys)
+        else:
+            after.extend(ticket.dirty)
+        return Prepared(loaded, None, None, after if (after or forget is not None) else None)
+
+    @staticmethod
+    async def _read_ahead_shared(ahead: Awaitable[object], prepared: Prepared | None) -> Prepared:
+        result = await ahead
+        if prepared is None:
+            return Prepared({}, result)
+        return Prepared(prepared.loaded, result, None, prepared.forget)
+
+    def _open(self, keys: list[bytes]) -> Awaitable[Prepared]:
+        """Hold ``keys`` now (later commands naming them wait), then decide."""
+        hold = _Hold(frozenset(keys))
+        holds = self.holds
+        for key in hold.keys:
+            holds[key] = hold
+        # A read of these keys under way may end after the decision changed
+        # them: its command must not leave what it read in memory.
+        self.committed(list(hold.keys))
+        return self._decide(hold)
+
+    async def _decide(self, hold: _Hold) -> Prepared:
+        shared = self.shared
+        assert shared is not None
+        try:
+            decision = await shared.decide(list(hold.keys))
+        except BaseException:
+            self._release(hold)
+            raise
+        hold.decision = decision
+        self.hold_of[decision] = hold
+        cache = self.cache
+        loaded: dict[bytes, Entry[Value] | None] = {}
+        for key in hold.keys:
+            # The database's rows replace memory's copies (read like a
+            # read-through: the command's first access admits them).
+            cache.drop(key)
+            row = decision.rows.get(key)
+            loaded[key] = None if row is None else entry_of(row)
+        return Prepared(loaded, None, decision, None if self.coherent else list(hold.keys))
+
+    def _handed(self, decision: Decision) -> Prepared:
+        """What the next command deciding in ``decision`` gets: the keys as
+        the commands before it left them (the decision's own record of them).
+        Memory holds the same unless it let go of a key meanwhile (eviction,
+        or a notification of a change older than the decision's locks)."""
+        loaded: dict[bytes, Entry[Value] | None] = {}
+        changes = decision.changes
+        for key in decision.keys:
+            row = changes[key] if key in changes else decision.rows.get(key)
+            loaded[key] = None if row is None else entry_of(row)
+        return Prepared(loaded, None, decision, None if self.coherent else list(decision.keys))
+
+    def _next(self, decision: Decision) -> None:
+        """The command deciding in ``decision`` is done (or will not run):
+        hand it to the next command waiting to decide on its keys, or commit."""
+        hold = self.hold_of.get(decision)
+        if hold is None:
+            return
+        if hold.ran < CHAIN_LIMIT:
+            for wait in hold.waiters:
+                if wait.joins and not wait.future.done():
+                    hold.waiters.remove(wait)
+                    hold.ran += 1
+                    wait.future.set_result(self._handed(decision))
+                    return
+        shared = self.shared
+        assert shared is not None
+        shared.finish(decision, lambda error: self._decided(decision, error))
+
+    def _release(self, hold: _Hold) -> None:
+        holds = self.holds
+        for key in hold.keys:
+            if holds.get(key) is hold:
+                del holds[key]
+        waiters, hold.waiters = hold.waiters, []
+        for wait in waiters:
+            if not wait.future.done():
+                wait.future.set_result(None)
+
+    def discard(self, prepared: Prepared) -> None:
+        decision = prepared.decision
+        if decision is None:
+            return
+        prepared.decision = None
+        self._next(decision)
+
+    # ------------------------------------------------------ running commands
+
+    def enter(self, context: Context) -> None:
+        Keyspace.enter(self, context)
+        self.decided = False
+        prepared = context.prepared
+        if prepared is not None and prepared.decision is not None:
+            self.deciding = prepared.decision
+            prepared.decision = None  # taken: committed after the command
+        if not self.coherent:
+            self.written = []
+
+    def leave(self, context: Context) -> None:
+        Keyspace.leave(self, context)
+        decision = self.deciding
+        if decision is not None:
+            self.deciding = None
+            self.decided = True
+            self.decisions.append(decision)
+            self._next(decision)
+        cache = self.cache
+        prepared = context.prepared
+        if prepared is not None and prepared.forget:
+            for key in prepared.forget:
+                cache.drop(key)
+        written = self.written
+        if written is not None:
+            self.written = None
+            for key in written:
+                cache.drop(key)
+
+    def _decided(self, decision: Decision, error: StoreError | None) -> None:
+        """``decision`` is committed, or failed: then memory's copies of its
+        keys hold changes the database may not have, and are forgotten."""
+        if error is not None:
+            for key in decision.keys:
+                self.cache.drop(key)
+        hold = self.hold_of.pop(decision, None)
+        if hold is not None:
+            self._release(hold)
+
+    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        # Wait for the decisions the commands since the last call decided in
+        # (the running connection's), not for every open one.
+        shared = self.shared
+        assert shared is not None
+        decisions, self.decisions = self.decisions, []
+        shared.after_commit_for(callback, decisions)
+
+    def lagging(self) -> bool:
+        # The command that just decided holds its reply until the commit,
+        # under durability: batch as well.
+        if self.decided:
+            return True
+        return self.store is not None and self.store.lagging()
+
+    def scan_ahead(
+        self, cursor: int, count: int, kind: int | None
+    ) -> Awaitable[tuple[list[bytes], int]] | None:
+        store = self.store
+        assert store is not None
+        return store.whole_table(lambda: self.scan(cursor, count, kind), "scan")
+
+    # ------------------------------------------------- what the store tells
+
+    def invalidated(self, keys: list[bytes]) -> None:
+        drop = self.cache.drop
+        for key in keys:
+            drop(key)
+        for read in self.reads:
+            read.heard(keys)
+        if self.watching:
+            for key in keys:
+                self.modified(key)
+
+    def invalidated_hashes(self, hashes: list[int]) -> None:
+        wanted = set(hashes)
+        self.invalidated([key for key in list(self.cache.keys()) if scan_hash(key) in wanted])
+        for read in self.reads:
+            if read.keys is None:
+                read.everything = True
+            else:
+                read.heard([key for key in read.keys if scan_hash(key) in wanted])
+
+    def invalidated_all(self, reason: str) -> None:
+        self.cache.drop_all()
+        for read in self.reads:
+            read.everything = True
+        if self.watching:
+            self.modified(None)
+
+    def committed(self, keys: list[bytes]) -> None:
+        for read in self.reads:
+            read.heard(keys)
+
+    # ---------------------------------------------------- background duties
+
+    def renew_due(self) -> int:
+        """Hand the store the sliding renewals made since the last call (and
+        those of evicted sessions); how many."""
+        shared = self.shared
+        if shared is None:
+            return 0
+        since = self.renewed_through
+        self.renewed_through = self.cache.clock()
+        renewals, self.evicted = self.evicted, {}
+        for key, entry in self.cache.touched_since(since):
+            renewal = self._renewal(entry, since)
+            if renewal is not None:
+                renewals[key] = renewal
+        if renewals:
+            shared.renew(renewals)
+        return len(renewals)
+
+    def expire_store(self, limit: int) -> int:
+        # The database deletes due rows, in the background (whichever host
+        # sweeps first); memory's own expiry only forgets.
+        shared = self.shared
+        if shared is not None:
+            shared.expire_due(self.cache.clock())
+        return 0
+
+    async def warm_shared(self, limit: int) -> int:
+        """The warm start, read off the event loop: the most recently used
+        sessions, less any another host changed while they were read."""
+        shared = self.shared
+        if shared is None or limit <= 0:
+            return 0
+        ticket = _Read(None)
+        self.reads.append(ticket)
+        try:
+            rows = await shared.recent_rows(limit)
+        finally:
+            self.reads.remove(ticket)
+        if ticket.everything:
+            return 0
+        admit = self.cache.admit
+        warmed = 0
+        for key, row in reversed(rows):
+            if key not in ticket.dirty and admit(key, entry_of(row), touch=False) is not None:
+                warmed += 1
+        self.warmed = warmed
+        self.renewed_through = self.cache.clock()
+        return warmed
+
+    async def shutdown(self) -> None:
+        """Write back the renewals memory knows of, then close the store."""
+        shared = self.shared
+        if shared is None:
+            return
+        self.renew_due()
+        await shared.aclose()
+
+
+def _stale(entry: Entry[Value] | None, now: float) -> bool:
+    """Whether memory cannot answer for a key: it holds no copy, or one past
+    its deadline (another host may have renewed it: ask the database)."""
+    if entry is None:
+        return True
+    deadline = entry.deadline
+    return deadline is not None and deadline <= now

@@ -1,0 +1,193 @@
+"""The PostgreSQL store's SQL, schema and notification payloads: text and pure
+functions, no I/O (:mod:`.postgres` runs them).
+
+The table holds one row per session, as :class:`~.api.Row` has it, plus
+``scan_hash`` (SCAN order, shared with memory) and ``version`` (incremented by
+every write). Every transaction that writes takes, before anything else, a
+transaction-level advisory lock per key it writes, in ascending order of the
+key's lock id: two hosts' transactions over the same keys then run one after
+the other and never deadlock, and a key that does not exist yet is locked as
+well as one that does (``SELECT ... FOR UPDATE`` alone locks no absent row:
+bench/pg_probe.py lost increments that way). The lock id is the key's CRC-32
+(its ``scan_hash``) as a signed 32-bit integer, under a class id of sessiond's
+own (the two-integer form of the advisory lock functions, so no application
+using the one-integer form can collide with it).
+
+Changes are announced with ``pg_notify`` in the transaction that makes them,
+so other hosts hear only of committed changes. A payload is
+``<host> <unix time> <item> ...`` with each item a key in base64, ``#<hash>``
+for a key too long to name (every key of that scan hash is meant), or ``*``
+(every key: a flush). Payloads stay under PostgreSQL's 8000-byte limit: a
+commit of many keys sends several.
+"""
+
+from __future__ import annotations
+
+import binascii
+import zlib
+from collections.abc import Iterable
+from typing import NamedTuple
+
+SCHEMA_VERSION = 1
+TABLE = "sessiond_sessions"
+VERSION_TABLE = "sessiond_schema"
+CHANNEL = "sessiond_changes"
+# The class id of sessiond's advisory locks ("SESS"); its session-level lock
+# on (LOCK_CLASS, 0) serializes the hosts that create or migrate the schema.
+LOCK_CLASS = 0x53455353
+PAYLOAD_LIMIT = 7900  # bytes; PostgreSQL refuses 8000 and more
+_HALF = 2**31
+_FULL = 2**32
+
+COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline, kind"
+
+CREATE = (
+    f"""CREATE TABLE {TABLE} (
+    key bytea PRIMARY KEY,
+    scan_hash bigint NOT NULL,
+    value bytea NOT NULL,
+    context text,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    accessed_at double precision NOT NULL,
+    ttl double precision,
+    deadline double precision,
+    kind smallint NOT NULL DEFAULT 0,
+    version bigint NOT NULL DEFAULT 1
+)""",
+    f"CREATE INDEX {TABLE}_scan ON {TABLE} (scan_hash)",
+    f"CREATE INDEX {TABLE}_deadline ON {TABLE} (deadline) WHERE deadline IS NOT NULL",
+    f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)",
+    f"INSERT INTO {VERSION_TABLE} VALUES ({SCHEMA_VERSION})",
+)
+
+# What exists: (the schema table, the sessions table), as regclass or NULL.
+FIND_TABLES = f"SELECT to_regclass('{VERSION_TABLE}')::text, to_regclass('{TABLE}')::text"
+READ_VERSION = f"SELECT max(version) FROM {VERSION_TABLE}"
+SCHEMA_LOCK = f"SELECT pg_advisory_lock({LOCK_CLASS}, 0)"
+SCHEMA_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_CLASS}, 0)"
+
+LOCK_KEYS = "SELECT pg_advisory_xact_lock(%s, h) FROM unnest(%s::int4[]) AS h"
+SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%s)"
+SELECT_LOCKED = SELECT_ROWS + " FOR UPDATE"
+UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
+SELECT * FROM unnest(%s::bytea[], %s::int8[], %s::bytea[], %s::text[], %s::float8[],
+                     %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int2[])
+ON CONFLICT (key) DO UPDATE SET
+    value = excluded.value, context = excluded.context, created_at = excluded.created_at,
+    updated_at = excluded.updated_at, accessed_at = excluded.accessed_at,
+    ttl = excluded.ttl, deadline = excluded.deadline, kind = excluded.kind,
+    version = s.version + 1"""
+DELETE = f"DELETE FROM {TABLE} WHERE key = ANY(%s)"
+DELETE_ALL = f"DELETE FROM {TABLE}"
+# A renewal only moves a deadline later, and only while the row still slides
+# by the TTL this host renewed: a row another host deleted stays deleted, and
+# one it gave another TTL (EXPIRE, PERSIST, a new SET ... EX) keeps it.
+RENEW = f"""UPDATE {TABLE} AS s
+SET deadline = greatest(s.deadline, r.deadline),
+    accessed_at = greatest(s.accessed_at, r.accessed)
+FROM unnest(%s::bytea[], %s::float8[], %s::float8[], %s::float8[])
+    AS r(key, ttl, deadline, accessed)
+WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL"""
+NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
+# Last before COMMIT: fails (division by zero) once the database's clock is
+# past the given unix time, so that a commit that reaches the server after its
+# client was told it failed (a link that went silent, then healed) rolls back
+# instead of landing over what other hosts wrote meanwhile. clock_timestamp()
+# is volatile: evaluated when the statement runs, never folded into the plan.
+FENCE = "SELECT 1 / (clock_timestamp() <= to_timestamp(%s))::int"
+DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+# Rows past their deadline (minus a grace the caller gives), a chunk at a time:
+# rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of
+# the key's advisory lock, which a decision or a commit holds), so sweeping
+# never waits and two hosts sweeping at once delete each row once.
+_LOCK_ID = f"(CASE WHEN scan_hash >= {_HALF} THEN scan_hash - {_FULL} ELSE scan_hash END)::int4"
+EXPIRE = f"""WITH due AS MATERIALIZED (
+    SELECT key, scan_hash FROM {TABLE} WHERE deadline < %s
+    ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED
+), mine AS MATERIALIZED (
+    SELECT key FROM due WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, {_LOCK_ID})
+)
+DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine) RETURNING key"""
+COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
+COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%s)"
+SLICE = (
+    f"SELECT scan_hash, key, deadline, kind FROM {TABLE} WHERE scan_hash >= %s ORDER BY scan_hash"
+)
+SLICE_AT = f"SELECT scan_hash, key, deadline, kind FROM {TABLE} WHERE scan_hash = %s"
+RECENT = (
+    f"SELECT {COLUMNS} FROM {TABLE} WHERE deadline IS NULL OR deadline > %s "
+    "ORDER BY accessed_at DESC LIMIT %s"
+)
+
+
+def lock_id(key: bytes) -> int:
+    """The key's advisory lock id: its CRC-32 as a signed 32-bit integer."""
+    h = zlib.crc32(key)
+    return h - _FULL if h >= _HALF else h
+
+
+def lock_ids(keys: Iterable[bytes]) -> list[int]:
+    """The lock ids of ``keys``, each once, in the order every transaction
+    takes them."""
+    return sorted({lock_id(key) for key in keys})
+
+
+# ------------------------------------------------------------------ payloads
+
+
+class Payload(NamedTuple):
+    """A notification, parsed: who sent it, when (the sender's clock), and what
+    changed (``everything``: a flush)."""
+
+    host: str
+    sent_at: float
+    keys: list[bytes]
+    hashes: list[int]
+    everything: bool
+
+
+def payloads(host: str, sent_at: float, keys: Iterable[bytes], everything: bool) -> list[str]:
+    """The payloads announcing ``keys`` (or everything), each under the limit."""
+    head = f"{host} {sent_at:.6f}"
+    if everything:
+        return [f"{head} *"]
+    out: list[str] = []
+    parts = [head]
+    size = len(head)
+    budget = PAYLOAD_LIMIT
+    for key in keys:
+        item = binascii.b2a_base64(key, newline=False).decode("ascii")
+        if len(item) + len(head) + 1 > budget:
+            item = f"#{zlib.crc32(key)}"  # too long to name: its scan hash
+        if size + 1 + len(item) > budget:
+            out.append(" ".join(parts))
+            parts = [head]
+            size = len(head)
+        parts.append(item)
+        size += 1 + len(item)
+    if len(parts) > 1:
+        out.append(" ".join(parts))
+    return out
+
+
+def parse(payload: str) -> Payload | None:
+    """A payload as :func:`payloads` makes it, or ``None`` if it is not one."""
+    fields = payload.split(" ")
+    if len(fields) < 3:
+        return None
+    try:
+        sent_at = float(fields[1])
+        keys: list[bytes] = []
+        hashes: list[int] = []
+        everything = False
+        for item in fields[2:]:
+            if item == "*":
+                everything = True
+            elif item.startswith("#"):
+                hashes.append(int(item[1:]))
+            else:
+                keys.append(binascii.a2b_base64(item, strict_mode=True))
+    except (ValueError, binascii.Error):
+        return None
+    return Payload(fields[0], sent_at, keys, hashes, everything)

@@ -1,0 +1,1334 @@
+"""The PostgreSQL store: one database that a fleet of hosts shares
+(docs/shared-store.md states what it promises).
+
+Everything runs on the daemon's event loop with asyncio psycopg; only the few
+blocking calls of the :class:`~.api.Store` interface (whole-table reads inside
+MULTI, a script's undeclared key, library use) wait, and they wait on a
+helper thread's own loop and connection, never on the event loop's. Its parts:
+
+* **group commit** (:meth:`PostgresStore._write_forever`): every change memory
+  makes is recorded in the overlay's *pending* map (as on SQLite); one writer
+  takes the whole map and commits it in one transaction on a connection of its
+  own (advisory locks on its keys, one ``unnest`` upsert, one delete, the
+  sliding-TTL renewals, the notifications of what changed, COMMIT: one round
+  trip in pipeline mode). Replies waiting in :meth:`after_commit` are released
+  when it returns. One commit at a time, so two changes to a key commit in
+  the order memory made them;
+* **decisions** (:meth:`decide`, :meth:`finish`): a command whose outcome
+  depends on a key's current value runs inside a transaction that holds its
+  keys' advisory locks and row locks, opened with their rows as the database
+  has them (:mod:`.pgsql` says why both locks);
+* **notifications** (:meth:`_listen_forever`): a connection of its own
+  LISTENs for other hosts' changes and tells the keyspace
+  (:class:`~.api.Coherence`). It sends itself a heartbeat every
+  ``heartbeat_interval`` and must hear it back within as long: a notification
+  connection that is cut, terminated or silent is known lost within twice
+  that, and ``coherent`` is false until it is back;
+* **a small pool** of connections for reads, decisions and sweeps
+  (:class:`_Pool`), opened on demand;
+* **timeouts**: every database operation gets ``timeout`` seconds. When it is
+  over, the connection is closed at once: asyncio's cancellation alone makes
+  psycopg send a cancel request and wait for the server, 10 s on a silent link
+  (bench/pg_probe.py); a second cancellation makes it close instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
+
+from ..stats import SharedStats, StoreStats
+from . import pgsql
+from .api import (
+    HASH_SPACE,
+    Change,
+    Coherence,
+    Decision,
+    Hook,
+    Renewal,
+    Row,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    scan_hash,
+)
+from .overlay import Overlay
+
+log = structlog.get_logger("sessiond.store")
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Work = Callable[[Conn], Coroutine[Any, Any, T]]
+
+_RETRY_AFTER_FAILURE = 1.0
+_CHECK_INTERVAL = 1.0
+_PENDING_BOUND = 100_000  # changes pending before writers are held back (lagging)
+_EXPIRE_CHUNK = 500  # rows a sweep deletes per transaction
+_WAIT_LOG_EVERY = 5.0  # seconds between start-up's "still waiting" lines
+_CONNECTION_ERRORS = (
+    psycopg.OperationalError,
+    pg_errors.ReadOnlySqlTransaction,  # a standby, or a primary demoted under us
+    OSError,
+)
+
+
+def _why(exc: BaseException) -> str:
+    """An error as one line for a log or a reply (libpq's are several)."""
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _commit_failure(exc: BaseException) -> str:
+    """Why a commit failed, for the reply and the log."""
+    if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.FENCE)
+        return "it reached the database after its timeout and was rolled back"
+    return _why(exc)
+
+
+def connection_params(dsn: str, password: str | None, timeout: float, role: str) -> dict[str, Any]:
+    """libpq parameters for one of the store's connections: the DSN's, plus
+    the password given apart (never in a log line), an ``application_name``
+    saying which connection it is (``<the DSN's or sessiond>:<role>``), and,
+    unless the DSN says otherwise, what failures need: a read-write server
+    among several hosts (failover), TCP keepalives, and server-side bounds on
+    statements, lock waits and transactions left open (a host that hangs
+    mid-decision must not hold its locks forever)."""
+    params: dict[str, Any] = conninfo_to_dict(dsn)
+    if password is not None:
+        params["password"] = password
+    base = params.get("application_name") or "sessiond"
+    params["application_name"] = f"{base}:{role}"
+    params.setdefault("connect_timeout", str(max(2, math.ceil(timeout))))
+    hosts = str(params.get("host", "")) + str(params.get("hostaddr", ""))
+    if "," in hosts:
+        params.setdefault("target_session_attrs", "read-write")
+    for name, value in (
+        ("keepalives", "1"),
+        ("keepalives_idle", "5"),
+        ("keepalives_interval", "2"),
+        ("keepalives_count", "3"),
+    ):
+        params.setdefault(name, value)
+    ms = max(1, round(timeout * 1000))
+    ours = (
+        f"-c statement_timeout={ms} -c lock_timeout={ms} "
+        f"-c idle_in_transaction_session_timeout={max(5000, 4 * ms)} "
+        "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+    )
+    given = params.get("options")
+    params["options"] = f"{ours} {given}" if given else ours
+    return params
+
+
+def _row(fields: tuple[Any, ...]) -> Row:
+    """A :class:`Row` from ``value, context, ..., kind`` as the table has them."""
+    value, context, created, updated, accessed, ttl, deadline, kind = fields
+    return Row(bytes(value), context, created, updated, accessed, ttl, deadline, int(kind))
+
+
+class PgDecision:
+    """An open decision (:class:`~.api.Decision`): its connection, inside a
+    transaction holding ``keys``."""
+
+    __slots__ = ("changes", "conn", "error", "keys", "rows", "started", "versions")
+
+    def __init__(
+        self,
+        conn: Conn,
+        keys: frozenset[bytes],
+        rows: dict[bytes, Row | None],
+        versions: dict[bytes, int],
+    ) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.rows = rows
+        self.versions = versions
+        self.changes: dict[bytes, Change] = {}
+        self.error: StoreError | None = None
+        self.started = perf_counter()
+
+    def record(self, key: bytes, change: Change) -> None:
+        self.changes[key] = change
+
+
+class _Waiter:
+    """A reply waiting for every change recorded before it (``seq``) and for
+    every decision open when it asked."""
+
+    __slots__ = ("callback", "decisions", "error", "seq")
+
+    def __init__(
+        self,
+        seq: int,
+        decisions: tuple[Decision, ...],
+        callback: Callable[[StoreError | None], None],
+    ) -> None:
+        self.seq = seq
+        self.decisions = decisions
+        self.callback = callback
+        self.error: StoreError | None = None
+
+
+class _Pool:
+    """A few connections, opened on demand, for reads, decisions and sweeps.
+    A connection comes back through :meth:`release` (kept if healthy and
+    idle) or :meth:`discard` (closed)."""
+
+    def __init__(
+        self, connect: Callable[[], Awaitable[Conn]], size: int, stats: SharedStats
+    ) -> None:
+        self.connect = connect
+        self.size = size
+        self.stats = stats
+        self.idle: list[Conn] = []
+        self.opened = 0
+        self.waiting: list[asyncio.Future[None]] = []
+        self.closing: set[asyncio.Future[None]] = set()
+
+    async def acquire(self) -> tuple[Conn, bool]:
+        """A connection, and whether it was opened just now (one that idled
+        may have outlived its server: a failure on it is worth one retry)."""
+        while True:
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    self._count()
+                    return conn, False
+                self.opened -= 1
+            if self.opened < self.size:
+                self.opened += 1
+                try:
+                    conn = await self.connect()
+                except BaseException:
+                    self.opened -= 1
+                    self._wake()
+                    raise
+                self._count()
+                return conn, True
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self.waiting.remove(waiter)
+
+    def release(self, conn: Conn) -> None:
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            self.discard(conn)
+            return
+        self.idle.append(conn)
+        self._count()
+        self._wake()
+
+    def discard(self, conn: Conn) -> None:
+        self.opened -= 1
+        self._close(conn)
+        self._count()
+        self._wake()
+
+    def reset(self) -> None:
+        """Close the idle connections (their server may be gone)."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            self.opened -= 1
+            self._close(conn)
+        self._count()
+
+    def _close(self, conn: Conn) -> None:
+        if not conn.closed:
+            closing = asyncio.ensure_future(conn.close())
+            self.closing.add(closing)
+            closing.add_done_callback(self.closing.discard)
+
+    def _wake(self) -> None:
+        for waiter in self.waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _count(self) -> None:
+        self.stats.pool_size = self.opened
+        self.stats.pool_in_use = self.opened - len(self.idle)
+
+
+class _Helper:
+    """A thread with an event loop and a connection of its own, for the
+    store's blocking calls made on the event loop's thread (which must not
+    wait for work scheduled on itself)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+        self.conn: Conn | None = None
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="sessiond-pg-helper", daemon=True
+        )
+        self.thread.start()
+
+    def call(self, operation: str, work: Work[T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(self._call(operation, work), self.loop)
+        return future.result()
+
+    async def _call(self, operation: str, work: Work[T]) -> T:
+        store = self.store
+        if self.conn is None or self.conn.closed:
+            try:
+                self.conn = await asyncio.wait_for(store._connect("helper"), store.timeout)
+            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                raise StoreError(f"cannot reach the database: {_why(exc)}") from None
+        conn = self.conn
+        try:
+            return await store._bounded(conn, work(conn), operation)
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StoreError(f"store {operation} failed: {_why(exc)}") from None
+
+    def close(self) -> None:
+        async def shut() -> None:
+            if self.conn is not None:
+                await self.conn.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class PostgresStore:
+    """The shared store (:class:`~.api.SharedStore`). ``dsn`` is libpq's
+    (keyword/value or URI, one or several hosts), ``password`` overrides the
+    DSN's (libpq also reads ``PGPASSWORD`` and ``PGPASSFILE``). ``timeout``
+    bounds every database operation; ``heartbeat_interval`` is how often the
+    notification connection is checked; ``grace`` is how long after its
+    deadline a row may be deleted by a sweep (longer than any host takes to
+    write a renewal back). ``hook`` (tests only) is called with ``"commit"``
+    before each group commit and ``"decide"`` before a decision opens; it
+    may raise."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: str | None = None,
+        durability: str = "always",
+        flush_interval: float = 0.1,
+        pool_size: int = 8,
+        timeout: float = 2.0,
+        heartbeat_interval: float = 0.5,
+        grace: float = 5.0,
+        retry_interval: float = _RETRY_AFTER_FAILURE,
+        stats: StoreStats | None = None,
+        shared_stats: SharedStats | None = None,
+        host_id: str | None = None,
+        hook: Hook | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.password = password
+        self.durability = durability
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.grace = grace
+        self.retry_interval = retry_interval
+        self.stats = stats or StoreStats()
+        self.shared_stats = shared_stats or SharedStats()
+        self.host_id = host_id or secrets.token_hex(6)
+        self.hook = hook
+        self.failure: StoreError | None = None
+        self.coherent = False
+        self.overlay = Overlay()
+        self._renewals: dict[bytes, Renewal] = {}
+        self._listener: Coherence | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._pool = _Pool(lambda: self._connect("pool"), pool_size, self.shared_stats)
+        self._writer_conn: Conn | None = None
+        self._wake = asyncio.Event()
+        self._committed_seq = 0
+        self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
+        self._waiters: list[_Waiter] = []
+        self._open: set[Decision] = set()  # decided, not yet committed
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeping = False
+        self._stopping = False
+        self._heartbeat_channel = f"{pgsql.CHANNEL}_{self.host_id}"
+        self._heartbeat_seen = 0
+        # Decisions waiting to hear their own barrier notification back.
+        self._barriers: dict[str, asyncio.Future[None]] = {}
+        self._barrier_seq = 0
+        self._listen_up = asyncio.Event()
+        self._helper: _Helper | None = None
+        self._scanner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessiond-scan")
+        self.server = ""  # "host:port" of the server the writer is connected to
+        # The database's clock minus this host's monotonic clock (seconds),
+        # measured when the writer connects: commits are fenced in the
+        # database's time.
+        self._clock_offset = 0.0
+        # psycopg and its warnings (a closed connection, a cancelled query)
+        # are this module's to report, in the daemon's log format.
+        psycopg_log = logging.getLogger("psycopg")
+        psycopg_log.addHandler(logging.NullHandler())
+        psycopg_log.propagate = False
+
+    # ------------------------------------------------------------ opening
+
+    def subscribe(self, listener: Coherence) -> None:
+        self._listener = listener
+
+    async def open(self, connect_timeout: float) -> None:
+        """Connect, create or check the schema, start listening for other
+        hosts' changes, and start the writer. While the database cannot be
+        reached, try again with a growing pause for ``connect_timeout``
+        seconds (saying so every few seconds), then raise :class:`StoreError`.
+        A schema this sessiond cannot use raises at once."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        started = time.monotonic()
+        last_said = started
+        pause = 0.1
+        while True:
+            try:
+                conn = await asyncio.wait_for(self._connect("writer"), self.timeout + 1)
+                break
+            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                waited = time.monotonic() - started
+                if waited + pause > connect_timeout:
+                    raise StoreError(
+                        f"persistence.dsn: cannot connect to PostgreSQL at {self.where()} "
+                        f"within persistence.connect_timeout ({connect_timeout:g}s): {_why(exc)}"
+                    ) from None
+                if time.monotonic() - last_said >= _WAIT_LOG_EVERY or last_said == started:
+                    last_said = time.monotonic()
+                    log.warning(
+                        "store_waiting",
+                        server=self.where(),
+                        waited=round(waited, 1),
+                        gives_up_after=connect_timeout,
+                        error=_why(exc),
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+        try:
+            await self._bounded(conn, self._schema(conn), "schema")
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StoreError(f"persistence.dsn: cannot use the database: {_why(exc)}") from None
+        except StoreError:
+            await conn.close()
+            raise
+        self._writer_conn = conn
+        self.server = f"{conn.info.host}:{conn.info.port}"
+        await self._measure_clock(conn)
+        self._helper = _Helper(self)
+        self._spawn(self._listen_forever())
+        self._spawn(self._write_forever())
+        # Serve only once this host hears the others (else it could cache a
+        # row and miss its next change); the notification connection gets
+        # the rest of the start-up budget.
+        left = max(self.timeout, connect_timeout - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(self._listen_up.wait(), left)
+        except TimeoutError:
+            await self.aclose()
+            raise StoreError(
+                f"persistence.dsn: connected to {self.server}, but could not LISTEN "
+                f"for other hosts' changes within {left:g}s"
+            ) from None
+        log.info(
+            "store_connected",
+            server=self.server,
+            version=conn.info.server_version,
+            host_id=self.host_id,
+            dsn=redact(self.dsn),
+        )
+
+    def where(self) -> str:
+        """The server(s) the DSN names, for messages (never the password)."""
+        try:
+            params = conninfo_to_dict(self.dsn)
+        except psycopg.ProgrammingError:
+            return "(unparsable DSN)"
+        host = params.get("host") or params.get("hostaddr") or "(libpq default)"
+        port = params.get("port")
+        return f"{host}:{port}" if port else str(host)
+
+    async def _connect(self, role: str) -> Conn:
+        params = connection_params(self.dsn, self.password, self.timeout, role)
+        conn = await psycopg.AsyncConnection.connect(make_conninfo(**params), autocommit=True)
+        return conn
+
+    async def _schema(self, conn: Conn) -> None:
+        """Create the tables if there are none; refuse what is not ours or
+        newer. Hosts starting together take turns (an advisory lock)."""
+        await conn.execute(pgsql.SCHEMA_LOCK)
+        try:
+            found = await (await conn.execute(pgsql.FIND_TABLES)).fetchone()
+            schema_table, sessions_table = found if found else (None, None)
+            if schema_table is None:
+                if sessions_table is not None:
+                    raise StoreError(
+                        f"persistence.dsn: table {pgsql.TABLE} exists but was not made by "
+                        f"sessiond (no {pgsql.VERSION_TABLE} table); refusing to use it"
+                    )
+                async with conn.transaction():
+                    for statement in pgsql.CREATE:
+                        await conn.execute(statement)
+                log.info("store_schema_created", version=pgsql.SCHEMA_VERSION)
+                return
+            row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
+            version = row[0] if row else None
+            if version is None or version > pgsql.SCHEMA_VERSION:
+                raise StoreError(
+                    f"persistence.dsn: the store's schema is version {version}, newer than "
+                    f"this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
+                )
+        finally:
+            if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+                await conn.execute(pgsql.SCHEMA_UNLOCK)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nothing to start: :meth:`open` did (it has to wait, this may not)."""
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("store_task_failed", error=repr(task.exception()))
+
+    def _hook(self, point: str) -> None:
+        if self.hook is not None:
+            self.hook(point)
+
+    # ----------------------------------------------------------- timeouts
+
+    async def _bounded(
+        self, conn: Conn, work: Awaitable[T], operation: str, timeout: float = 0.0
+    ) -> T:
+        """``work`` on ``conn`` within ``timeout`` (the store's by default),
+        else the connection is closed at once and :class:`StoreError` raised
+        (see the module docstring). A cancelled caller closes it too: what it
+        was doing on the connection is unknown."""
+        timeout = timeout or self.timeout
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            await _kill(task, conn)
+            raise
+        if done:
+            return task.result()
+        await _kill(task, conn)
+        raise StoreError(f"store {operation} failed: no answer within {timeout:g}s")
+
+    async def _run(self, operation: str, work: Work[T], *, retry: bool = True) -> T:
+        """``work`` on a pooled connection, timed and bounded. A connection
+        that idled in the pool and fails is retried once on a new one."""
+        for attempt in (0, 1):
+            started = perf_counter()
+            try:
+                conn, fresh = await asyncio.wait_for(self._pool.acquire(), self.timeout + 1)
+            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                raise StoreError(f"store {operation} failed: {_why(exc)}") from None
+            try:
+                result = await self._bounded(conn, work(conn), operation)
+            except StoreError:
+                self._pool.discard(conn)
+                raise
+            except _CONNECTION_ERRORS as exc:
+                self._pool.discard(conn)
+                if attempt == 0 and retry and not fresh:
+                    continue
+                raise StoreError(f"store {operation} failed: {_why(exc)}") from None
+            except psycopg.Error as exc:
+                self._pool.discard(conn)
+                raise StoreError(f"store {operation} failed: {_why(exc)}") from None
+            except BaseException:
+                self._pool.discard(conn)
+                raise
+            self._pool.release(conn)
+            self.shared_stats.round_trip(operation, perf_counter() - started)
+            return result
+        raise AssertionError("unreachable")
+
+    def _blocking(self, operation: str, work: Work[T]) -> T:
+        """Run ``work`` and wait for it, from any thread: on the event loop's
+        own thread through the helper, elsewhere on the event loop."""
+        loop = self._loop
+        if loop is None or self._helper is None:
+            raise StoreError("the store is not open")
+        if threading.get_ident() == self._loop_thread:
+            return self._helper.call(operation, work)
+        return asyncio.run_coroutine_threadsafe(self._run(operation, work), loop).result()
+
+    # ------------------------------------------------------------ writes
+
+    def record(self, key: bytes, change: Change) -> None:
+        self.overlay.record(key, change)
+
+    def clear(self) -> None:
+        self.overlay.clear()
+
+    def renew(self, renewals: dict[bytes, Renewal]) -> None:
+        self._renewals.update(renewals)
+        if self.durability == "always":
+            self._wake.set()
+
+    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        self.after_commit_for(callback, [])
+
+    def after_commit_for(
+        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+    ) -> None:
+        seq = self.overlay.op_seq
+        open_ = self._open
+        waiting = tuple(d for d in decisions if d in open_)
+        if self._committed_seq >= seq and not waiting:
+            callback(next((d.error for d in decisions if d.error is not None), None))
+            return
+        self._waiters.append(_Waiter(seq, waiting, callback))
+        self._wake.set()
+
+    def lagging(self) -> bool:
+        started = self._commit_started
+        if started and perf_counter() - started > self.flush_interval:
+            return True
+        return len(self.overlay.pending) > _PENDING_BOUND
+
+    async def _flush(self) -> None:
+        """Wait until every change recorded so far is committed; raise its
+        error if that commit failed."""
+        done: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+
+        def resolved(error: StoreError | None) -> None:
+            if not done.done():
+                done.set_result(error)
+
+        seq = self.overlay.op_seq
+        if self._committed_seq >= seq:
+            return
+        self._waiters.append(_Waiter(seq, (), resolved))
+        self._wake.set()
+        error = await done
+        if error is not None:
+            raise error
+
+    def _resolve(self) -> None:
+        """Call back every waiter whose changes and decisions are all done."""
+        if not self._waiters:
+            return
+        committed = self._committed_seq
+        still: list[_Waiter] = []
+        due: list[_Waiter] = []
+        for waiter in self._waiters:
+            if waiter.seq <= committed and not any(d in self._open for d in waiter.decisions):
+                due.append(waiter)
+            else:
+                still.append(waiter)
+        self._waiters = still
+        for waiter in due:
+            error = waiter.error
+            if error is None:
+                error = next((d.error for d in waiter.decisions if d.error is not None), None)
+            waiter.callback(error)
+
+    def _failed(self, seq: int, error: StoreError) -> None:
+        """The commit of the changes up to ``seq`` failed: their waiters get
+        the error (they are pending again, and committed when it works)."""
+        still: list[_Waiter] = []
+        for waiter in self._waiters:
+            if waiter.seq <= seq:
+                waiter.callback(error)
+            else:
+                still.append(waiter)
+        self._waiters = still
+
+    async def _write_forever(self) -> None:
+        last_start = time.monotonic()
+        while not self._stopping:
+            if self.durability == "always":
+                idle = _CHECK_INTERVAL
+            else:
+                idle = max(0.0, last_start + self.flush_interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), idle)
+            self._wake.clear()
+            last_start = time.monotonic()
+            if not await self._commit_pending():
+                await asyncio.sleep(self.retry_interval)
+
+    async def _commit_pending(self) -> bool:
+        """One group commit of everything pending (and the renewals); with
+        nothing pending while failing, a probe. False if it failed."""
+        batch, cleared, seq = self.overlay.take()
+        renewals, self._renewals = self._renewals, {}
+        if not batch and not cleared and not renewals:
+            self.overlay.landed()
+            if self.failure is not None and not await self._probe():
+                return False
+            self._committed_seq = max(self._committed_seq, seq)
+            self._resolve()
+            return True
+        started = perf_counter()
+        self._commit_started = started
+        notices = 0
+        try:
+            self._hook("commit")
+            conn = await self._writer()
+            notices = await self._bounded(
+                conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
+            )
+        except (StoreError, psycopg.Error, OSError) as exc:
+            self._commit_started = 0.0
+            await self._drop_writer()
+            if self.durability == "always":
+                # Every change in the batch has a reply waiting for it, and
+                # gets this error: none was acknowledged. Kept pending, it
+                # would land when the database is back, over what other hosts
+                # wrote meanwhile (acknowledged writes); forgotten, memory
+                # drops its copies and reads the database's values again.
+                self.overlay.landed()
+                if self._listener is not None and batch:
+                    self._listener.invalidated(list(batch))
+            else:
+                # Under batch the changes were acknowledged: commit them later.
+                self.overlay.put_back()
+            for key, renewal in renewals.items():
+                self._renewals.setdefault(key, renewal)
+            error = (
+                exc
+                if isinstance(exc, StoreError)
+                else StoreError(f"store write failed: {_commit_failure(exc)}")
+            )
+            if self.failure is None:
+                log.error("store_error", operation="commit", error=str(error), sessions=len(batch))
+            self.failure = StoreError(str(error).removeprefix("store "))
+            self.stats.error("commit")
+            self._failed(seq, error)
+            return False
+        self._commit_started = 0.0
+        self.overlay.landed()
+        if self.failure is not None:
+            log.info("store_recovered", server=self.server)
+            self.failure = None
+        elapsed = perf_counter() - started
+        self.stats.commit_duration.observe(elapsed)
+        self.shared_stats.round_trip("commit", elapsed)
+        deletes = sum(1 for change in batch.values() if change is None)
+        self.stats.writes += len(batch) - deletes
+        self.shared_stats.renewals += len(renewals)
+        self.shared_stats.notifications_sent += notices
+        self.shared_stats.invalidations_sent += len(batch) + cleared
+        self._committed_seq = max(self._committed_seq, seq)
+        self._resolve()
+        if self._listener is not None and batch:
+            self._listener.committed(list(batch))
+        return True
+
+    async def _writer(self) -> Conn:
+        conn = self._writer_conn
+        if conn is None or conn.closed:
+            try:
+                conn = await asyncio.wait_for(self._connect("writer"), self.timeout + 1)
+            except TimeoutError:
+                raise StoreError("store write failed: cannot connect within the timeout") from None
+            self._writer_conn = conn
+            self.server = f"{conn.info.host}:{conn.info.port}"
+            await self._measure_clock(conn)
+            self.shared_stats.reconnect("writer")
+            log.info("store_reconnected", connection="writer", server=self.server)
+        return conn
+
+    async def _measure_clock(self, conn: Conn) -> None:
+        """The database's clock against this host's monotonic one (which no
+        clock step moves), within half a round trip. A step of the database's
+        clock makes commits fail their fence until the writer reconnects and
+        measures again (a failed commit drops the writer)."""
+        before = time.monotonic()
+        row = await self._bounded(conn, _fetch_one(conn, pgsql.DATABASE_CLOCK), "clock")
+        after = time.monotonic()
+        if row is not None:
+            self._clock_offset = float(row[0]) - (before + after) / 2
+
+    def _fence(self) -> float:
+        """The database time after which a commit starting now must not
+        land: within its timeout (less a tenth, for the reply's way back),
+        so that it lands before its client can be told it failed, or never."""
+        return time.monotonic() + 0.9 * self.timeout + self._clock_offset
+
+    async def _drop_writer(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None and not conn.closed:
+            await conn.close()
+
+    async def _probe(self) -> bool:
+        """While failing with nothing to commit: is the database back?"""
+        try:
+            conn = await self._writer()
+            await self._bounded(conn, conn.execute("SELECT 1"), "probe")
+        except (StoreError, psycopg.Error, OSError):
+            await self._drop_writer()
+            return False
+        log.info("store_recovered", server=self.server)
+        self.failure = None
+        return True
+
+    async def _write(
+        self,
+        conn: Conn,
+        batch: dict[bytes, Change],
+        cleared: bool,
+        renewals: dict[bytes, Renewal],
+        fence: float,
+    ) -> int:
+        """One transaction (one round trip): the locks, the flush if any, the
+        upserts, the deletes, the renewals, the notifications, the fence
+        (:data:`.pgsql.FENCE`). Returns how many notifications it sent."""
+        changed = list(batch)
+        notices = pgsql.payloads(self.host_id, time.time(), changed, cleared)
+        async with conn.pipeline():
+            await conn.execute("BEGIN")
+            locks = pgsql.lock_ids([*changed, *renewals])
+            if locks:
+                await conn.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, locks))
+            if cleared:
+                await conn.execute(pgsql.DELETE_ALL)
+            await _write_changes(conn, batch)
+            if renewals:
+                keys = list(renewals)
+                await conn.execute(
+                    pgsql.RENEW,
+                    (
+                        keys,
+                        [renewals[k].ttl for k in keys],
+                        [renewals[k].deadline for k in keys],
+                        [renewals[k].accessed_at for k in keys],
+                    ),
+                )
+            if notices:
+                await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+            await conn.execute(pgsql.FENCE, (fence,))
+            await conn.execute("COMMIT")
+        return len(notices)
+
+    # --------------------------------------------------------- decisions
+
+    async def decide(self, keys: list[bytes]) -> PgDecision:
+        wanted = frozenset(keys)
+        found, _ = self.overlay.lookup(wanted)
+        if found or self.overlay.pending_cleared or self.overlay.inflight_cleared:
+            await self._flush()  # read your writes: this host's own go first
+        self._hook("decide")
+        ordered = sorted(wanted)
+        for attempt in (0, 1):
+            started = perf_counter()
+            try:
+                conn, fresh = await asyncio.wait_for(self._pool.acquire(), self.timeout + 1)
+            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                raise StoreError(f"store decision failed: {_why(exc)}") from None
+            try:
+                rows, versions = await self._bounded(conn, _open_decision(conn, ordered), "decide")
+            except StoreError:
+                self._pool.discard(conn)
+                raise
+            except _CONNECTION_ERRORS as exc:
+                # Nothing was decided yet: a connection that idled through a
+                # server restart is worth one more try on a new one.
+                self._pool.discard(conn)
+                if attempt == 0 and not fresh:
+                    continue
+                raise StoreError(f"store decision failed: {_why(exc)}") from None
+            except psycopg.Error as exc:
+                self._pool.discard(conn)
+                raise StoreError(f"store decision failed: {_why(exc)}") from None
+            except BaseException:
+                self._pool.discard(conn)
+                raise
+            self.shared_stats.decisions += 1
+            self.shared_stats.round_trip("decide", perf_counter() - started)
+            decision = PgDecision(conn, wanted, rows, versions)
+            self._open.add(decision)
+            return decision
+        raise AssertionError("unreachable")
+
+    def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
+        assert isinstance(decision, PgDecision)  # only this store opens them
+        self._spawn(self._finish(decision, done))
+
+    async def _finish(
+        self, decision: PgDecision, done: Callable[[StoreError | None], None]
+    ) -> None:
+        conn = decision.conn
+        changes = decision.changes
+        started = perf_counter()
+        notices: list[str] = []
+        barrier = self._barrier()
+        try:
+            if changes:
+                notices = pgsql.payloads(self.host_id, time.time(), list(changes), False)
+            await self._bounded(
+                conn,
+                _commit_decision(conn, changes, notices, self._fence(), barrier),
+                "commit",
+            )
+        except (StoreError, psycopg.Error, OSError) as exc:
+            self._barriers.pop(barrier[1], None)
+            error = (
+                exc
+                if isinstance(exc, StoreError)
+                else StoreError(f"store write failed: {_commit_failure(exc)}")
+            )
+            decision.error = error
+            self.shared_stats.decision_errors += 1
+            self.stats.error("commit")
+            log.error("store_error", operation="decide", error=str(error), keys=len(decision.keys))
+            self._pool.discard(conn)
+        else:
+            self._pool.release(conn)
+            elapsed = perf_counter() - started
+            self.shared_stats.round_trip("commit", elapsed)
+            deletes = sum(1 for change in changes.values() if change is None)
+            self.stats.writes += len(changes) - deletes
+            self.shared_stats.invalidations_sent += len(changes)
+            self.shared_stats.notifications_sent += len(notices)
+            await self._heard_up_to(barrier[1])
+        finally:
+            self._open.discard(decision)
+            done(decision.error)
+            self._resolve()
+        if decision.error is None and changes and self._listener is not None:
+            self._listener.committed(list(changes))
+
+    def _barrier(self) -> tuple[str, str]:
+        """A notification a decision sends itself in its transaction: (the
+        channel, the payload). PostgreSQL delivers notifications in commit
+        order, so once this host hears it back it has heard every change
+        committed before the decision saw its keys (a lock another host
+        released after writing the session, say)."""
+        self._barrier_seq += 1
+        payload = f"b{self._barrier_seq}"
+        if self.coherent:
+            self._barriers[payload] = asyncio.get_running_loop().create_future()
+        return self._heartbeat_channel, payload
+
+    async def _heard_up_to(self, payload: str) -> None:
+        """Wait (at most ``heartbeat_interval``) until the barrier ``payload``
+        is heard back, so that the decision's reply leaves only once memory
+        holds nothing older than what the decision saw. Not heard in time:
+        memory is emptied instead (what it missed is unknown)."""
+        future = self._barriers.get(payload)
+        if future is None:
+            return  # not listening: memory is not trusted anyway
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.heartbeat_interval)
+        except TimeoutError:
+            if self._barriers.pop(payload, None) is not None and self.coherent:
+                self.shared_stats.memory_flushes += 1
+                log.warning("barrier_late", waited=self.heartbeat_interval)
+                if self._listener is not None:
+                    self._listener.invalidated_all("a decision's barrier came back late")
+        finally:
+            self._barriers.pop(payload, None)
+
+    def _release_barriers(self) -> None:
+        """Notifications lost: nobody waits for a barrier (memory is emptied)."""
+        barriers, self._barriers = self._barriers, {}
+        for future in barriers.values():
+            if not future.done():
+                future.set_result(None)
+
+    # ------------------------------------------------------------- reads
+
+    async def load_many(self, keys: list[bytes]) -> dict[bytes, Row | None]:
+        found, rest = self.overlay.lookup(keys)
+        if rest:
+            try:
+                read = await self._run("read", lambda conn: _select(conn, rest))
+            except StoreError:
+                self.stats.error("load")
+                raise
+            # A change recorded while the read ran is newer than what it read.
+            newer, rest = self.overlay.lookup(rest)
+            found.update(newer)
+            for key in rest:
+                found[key] = read.get(key)
+        return found
+
+    def load(self, key: bytes) -> Row | None:
+        found, rest = self.overlay.lookup([key])
+        if rest:
+            found.update(self._blocking("read", lambda conn: _select(conn, rest)))
+        return found.get(key)
+
+    def count_rows(self) -> TableCounts:
+        queued, rows_valid = self.overlay.queued()
+        total = expiring = 0
+        if rows_valid:
+            keys = list(queued)
+            total, expiring = self._blocking("count", lambda conn: _count(conn, keys))
+        return TableCounts(queued, total, expiring)
+
+    def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
+        queued, rows_valid = self.overlay.queued()
+        rows, upper = self._blocking("scan", lambda conn: _slice(conn, cursor, count))
+        return TableSlice(rows if rows_valid else [], queued, rows_valid, upper)
+
+    async def whole_table(self, read: Callable[[], T], operation: str) -> T:
+        """``read`` on a thread of its own: its blocking calls wait for the
+        event loop, which does the database work meanwhile."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._scanner, read)
+        except psycopg.Error as exc:
+            self.stats.error("load")
+            raise StoreError(f"store read failed: {_why(exc)}") from None
+
+    def due(self, now: float, limit: int) -> list[bytes]:
+        """Not used: a shared store's sweep deletes in the database
+        (:meth:`expire_due`), memory's expiry only forgets."""
+        return []
+
+    def recent(self, limit: int) -> list[tuple[bytes, Row]]:
+        return self._blocking("recent", lambda conn: _recent(conn, time.time(), limit))
+
+    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
+        return await self._run("recent", lambda conn: _recent(conn, time.time(), limit))
+
+    # ------------------------------------------------------------ expiry
+
+    def expire_due(self, now: float) -> None:
+        if self._sweeping or self._stopping or self.failure is not None:
+            return
+        self._sweeping = True
+        self._spawn(self._expire(now - self.grace))
+
+    async def _expire(self, cutoff: float) -> None:
+        try:
+            while True:
+                deleted = await self._run("expire", lambda conn: self._expire_chunk(conn, cutoff))
+                if deleted:
+                    self.shared_stats.expired += len(deleted)
+                    if self._listener is not None:
+                        self._listener.invalidated(deleted)
+                if len(deleted) < _EXPIRE_CHUNK:
+                    return
+        except StoreError as exc:
+            self.stats.error("expire")
+            log.error("store_error", operation="expire", error=str(exc))
+        finally:
+            self._sweeping = False
+
+    async def _expire_chunk(self, conn: Conn, cutoff: float) -> list[bytes]:
+        async with conn.transaction():
+            cur = await conn.execute(pgsql.EXPIRE, (cutoff, _EXPIRE_CHUNK))
+            deleted = [bytes(key) for (key,) in await cur.fetchall()]
+            notices = pgsql.payloads(self.host_id, time.time(), deleted, False)
+            if notices:
+                await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+        return deleted
+
+    # ------------------------------------------------------ notifications
+
+    async def _listen_forever(self) -> None:
+        pause = 0.1
+        first = True
+        lost_at = time.monotonic()
+        while not self._stopping:
+            try:
+                conn = await asyncio.wait_for(self._connect("listen"), self.timeout + 1)
+            except (TimeoutError, *_CONNECTION_ERRORS):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            try:
+                await self._bounded(conn, _listen(conn, self._heartbeat_channel), "listen")
+            except (StoreError, psycopg.Error, OSError):
+                await conn.close()
+                await asyncio.sleep(pause)
+                continue
+            pause = 0.1
+            if first:
+                first = False
+                self.coherent = True
+                self.shared_stats.listening = 1
+            else:
+                self._coherent(True, "notifications restored")
+                self.shared_stats.reconnect("listen")
+                log.info(
+                    "listen_restored",
+                    server=f"{conn.info.host}:{conn.info.port}",
+                    down_seconds=round(time.monotonic() - lost_at, 3),
+                )
+            self._listen_up.set()
+            try:
+                reason = await self._receive(conn)
+            except (psycopg.Error, OSError) as exc:
+                reason = _why(exc)
+            except StoreError as exc:
+                reason = str(exc)
+            self._listen_up.clear()
+            if not self._stopping:
+                self._coherent(False, reason)
+                log.warning("listen_lost", reason=reason)
+                # The server may have restarted: its idle pool connections are gone too.
+                self._pool.reset()
+            lost_at = time.monotonic()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _coherent(self, up: bool, reason: str) -> None:
+        self._release_barriers()
+        self.coherent = up
+        self.shared_stats.listening = int(up)
+        self.shared_stats.memory_flushes += 1
+        if self._listener is not None:
+            self._listener.invalidated_all(reason)
+
+    async def _receive(self, conn: Conn) -> str:
+        """Handle notifications until the connection fails or a heartbeat is
+        not back in time; why it stopped."""
+        interval = self.heartbeat_interval
+        seq = 0
+        while not self._stopping:
+            seq += 1
+            sent = time.monotonic()
+            await self._bounded(
+                conn,
+                conn.execute("SELECT pg_notify(%s, %s)", (self._heartbeat_channel, str(seq))),
+                "heartbeat",
+                interval,
+            )
+            while self._heartbeat_seen < seq:
+                left = sent + interval - time.monotonic()
+                if left <= 0:
+                    return f"no heartbeat back within {interval:g}s"
+                async for notify in conn.notifies(timeout=left, stop_after=1):
+                    self._heard(notify)
+            self.shared_stats.round_trip("heartbeat", time.monotonic() - sent)
+            left = sent + interval - time.monotonic()
+            if left > 0:
+                async for notify in conn.notifies(timeout=left):
+                    self._heard(notify)
+        return "stopping"
+
+    def _heard(self, notify: psycopg.Notify) -> None:
+        if notify.channel == self._heartbeat_channel:
+            barrier = self._barriers.pop(notify.payload, None)
+            if barrier is not None:
+                if not barrier.done():
+                    barrier.set_result(None)
+                return
+            with contextlib.suppress(ValueError):
+                self._heartbeat_seen = max(self._heartbeat_seen, int(notify.payload))
+            return
+        payload = pgsql.parse(notify.payload)
+        if payload is None or payload.host == self.host_id:
+            return
+        stats = self.shared_stats
+        stats.notifications_received += 1
+        stats.invalidation_lag.observe(max(0.0, time.time() - payload.sent_at))
+        listener = self._listener
+        if listener is None:
+            return
+        if payload.everything:
+            stats.invalidations_received += 1
+            stats.memory_flushes += 1
+            listener.invalidated_all("another host flushed the keyspace")
+            return
+        stats.invalidations_received += len(payload.keys) + len(payload.hashes)
+        if payload.keys:
+            listener.invalidated(payload.keys)
+        if payload.hashes:
+            listener.invalidated_hashes(payload.hashes)
+
+    # ------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Blocking close, for library use off the event loop's thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.aclose(), loop).result()
+
+    async def aclose(self) -> None:
+        """Commit what is pending (within the timeout), then close every connection."""
+        if self._stopping:
+            return
+        if self._writer_conn is not None or self.overlay.pending or self._renewals:
+            with contextlib.suppress(Exception):
+                await self._commit_pending()
+        self._stopping = True
+        self._wake.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drop_writer()
+        self._pool.reset()
+        for decision in list(self._open):
+            if isinstance(decision, PgDecision):
+                with contextlib.suppress(Exception):
+                    await decision.conn.close()
+        if self._helper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._helper.close)
+            self._helper = None
+        self._scanner.shutdown(wait=False)
+        self.coherent = False
+        self.shared_stats.listening = 0
+
+
+async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
+    """Stop ``task``'s work on ``conn`` and close it now: the first
+    cancellation makes psycopg start a cancel request, the second makes it
+    close the connection instead of waiting for the server."""
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    if not conn.closed:
+        await conn.close()
+
+
+# ------------------------------------------------------------ the statements
+
+
+async def _write_changes(conn: Conn, changes: dict[bytes, Change]) -> None:
+    """The upserts and deletes of ``changes`` (in a transaction holding their locks)."""
+    upserts = [(key, row) for key, row in changes.items() if row is not None]
+    deletes = [key for key, row in changes.items() if row is None]
+    if upserts:
+        await conn.execute(
+            pgsql.UPSERT,
+            (
+                [key for key, _ in upserts],
+                [scan_hash(key) for key, _ in upserts],
+                [row.value for _, row in upserts],
+                [row.context for _, row in upserts],
+                [row.created_at for _, row in upserts],
+                [row.updated_at for _, row in upserts],
+                [row.accessed_at for _, row in upserts],
+                [row.ttl for _, row in upserts],
+                [row.deadline for _, row in upserts],
+                [row.kind for _, row in upserts],
+            ),
+        )
+    if deletes:
+        await conn.execute(pgsql.DELETE, (deletes,))
+
+
+async def _open_decision(
+    conn: Conn, keys: list[bytes]
+) -> tuple[dict[bytes, Row | None], dict[bytes, int]]:
+    async with conn.pipeline():
+        await conn.execute("BEGIN")
+        await conn.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, pgsql.lock_ids(keys)))
+        cur = await conn.execute(pgsql.SELECT_LOCKED, (keys,))
+    rows: dict[bytes, Row | None] = dict.fromkeys(keys)
+    versions: dict[bytes, int] = {}
+    for fields in await cur.fetchall():
+        key = bytes(fields[0])
+        rows[key] = _row(fields[1:9])
+        versions[key] = int(fields[9])
+    return rows, versions
+
+
+async def _commit_decision(
+    conn: Conn,
+    changes: dict[bytes, Change],
+    notices: list[str],
+    fence: float,
+    barrier: tuple[str, str],
+) -> None:
+    """Commit a decision: its changes, their notifications, the barrier it
+    waits to hear back, the fence (a decision that changed nothing commits
+    too, for its barrier)."""
+    async with conn.pipeline():
+        if changes:
+            await _write_changes(conn, changes)
+        if notices:
+            await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+        await conn.execute("SELECT pg_notify(%s, %s)", barrier)
+        if changes:
+            await conn.execute(pgsql.FENCE, (fence,))
+        await conn.execute("COMMIT")
+
+
+async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
+    return await (await conn.execute(sql)).fetchone()
+
+
+async def _select(conn: Conn, keys: list[bytes]) -> dict[bytes, Row | None]:
+    cur = await conn.execute(pgsql.SELECT_ROWS, (keys,))
+    found: dict[bytes, Row | None] = dict.fromkeys(keys)
+    for fields in await cur.fetchall():
+        found[bytes(fields[0])] = _row(fields[1:9])
+    return found
+
+
+async def _count(conn: Conn, queued: list[bytes]) -> tuple[int, int]:
+    async with conn.transaction():
+        total, expiring = await (await conn.execute(pgsql.COUNT)).fetchone() or (0, 0)
+        if queued:
+            named, named_expiring = await (
+                await conn.execute(pgsql.COUNT_KEYS, (queued,))
+            ).fetchone() or (0, 0)
+            total -= named
+            expiring -= named_expiring
+    return int(total), int(expiring)
+
+
+async def _slice(
+    conn: Conn, cursor: int, count: int | None
+) -> tuple[list[tuple[int, bytes, float | None, int]], int]:
+    sql = pgsql.SLICE + ("" if count is None else f" LIMIT {count + 1}")
+    found = await (await conn.execute(sql, (cursor,))).fetchall()
+    upper = HASH_SPACE
+    if count is not None and len(found) > count:
+        upper = int(found[-1][0])
+        if upper == cursor:
+            upper = cursor + 1
+            found = await (await conn.execute(pgsql.SLICE_AT, (cursor,))).fetchall()
+    rows = [(int(h), bytes(k), d, int(kind)) for h, k, d, kind in found if int(h) < upper]
+    return rows, upper
+
+
+async def _recent(conn: Conn, now: float, limit: int) -> list[tuple[bytes, Row]]:
+    if limit <= 0:
+        return []
+    cur = await conn.execute(pgsql.RECENT, (now, limit))
+    return [(bytes(fields[0]), _row(fields[1:])) for fields in await cur.fetchall()]
+
+
+async def _listen(conn: Conn, heartbeat_channel: str) -> None:
+    await conn.execute(f"LISTEN {pgsql.CHANNEL}")
+    await conn.execute(f"LISTEN {heartbeat_channel}")
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` without its password, for logs."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable DSN)"
+    if "password" in params:
+        params["password"] = "(set)"
+    return make_conninfo("", **params)

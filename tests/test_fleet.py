@@ -1,0 +1,954 @@
+"""A fleet of hosts sharing one PostgreSQL store (issue #15, docs/shared-store.md).
+
+Several real sessiond daemons, each on its own socket, play the hosts; the store is
+a real PostgreSQL (tests/pg.py): a fresh database of the shared cluster for the
+tests that do not hurt it, a cluster of the test's own for those that stop, kill,
+slow down or replace it. Clients are real clients (redis-py here, the frameworks'
+own stores in test_fleet_frameworks.py).
+
+What is checked is what a client sees: a write acknowledged on one host is what
+every other host serves once the invalidation lag has passed, decisions (INCR,
+SET NX) hold across hosts exactly, renewals on one host keep a session alive for
+all, and no failure makes a host serve a value it cannot know is current.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from conftest import Daemon, deep_merge, wait_until
+from pg import PgCluster, PgDatabase
+
+pytestmark = pytest.mark.fleet
+
+Fleet = Callable[..., list[Daemon]]
+
+
+def fleet_config(dsn: str, **extra: Any) -> dict[str, Any]:
+    return deep_merge(
+        {
+            "persistence": {
+                "backend": "postgresql",
+                "dsn": dsn,
+                "durability": "always",
+                "timeout": "2s",
+                "connect_timeout": "10s",
+                "renew_interval": "200ms",
+                "heartbeat_interval": "250ms",
+            },
+            "cache": {"sweep_interval": "100ms"},
+        },
+        extra,
+    )
+
+
+@pytest.fixture
+def fleet(pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]) -> Fleet:
+    """``fleet(n, **config)``: ``n`` started daemons on one fresh database; host
+    ``i``'s connections are named ``host<i>:<role>`` in pg_stat_activity."""
+
+    def make(n: int = 3, **extra: Any) -> list[Daemon]:
+        return [
+            daemon_factory(fleet_config(pg_db.dsn(application_name=f"host{i}"), **extra))
+            for i in range(n)
+        ]
+
+    return make
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[Daemon], redis.Redis]]:
+    made: list[redis.Redis] = []
+
+    def make(d: Daemon) -> redis.Redis:
+        client = d.client()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 2.0, what: str = "") -> float:
+    """Poll ``check`` until it holds; how long that took."""
+    started = time.monotonic()
+    wait_until(check, timeout, what)
+    return time.monotonic() - started
+
+
+def table_rows(db: PgDatabase) -> dict[bytes, tuple[Any, ...]]:
+    with db.admin() as conn:
+        rows = conn.execute(
+            "SELECT key, value, ttl, deadline, version FROM sessiond_sessions"
+        ).fetchall()
+    return {bytes(r[0]): tuple(r[1:]) for r in rows}
+
+
+# --------------------------------------------------------------- coherence
+
+
+def test_a_write_on_one_host_is_read_on_the_others(fleet: Fleet, clients: Any) -> None:
+    a, b, c = (clients(d) for d in fleet(3))
+    assert a.set("sess:1", "alice", ex=600)
+    assert a.hset("h:1", mapping={"user": "alice", "n": "1"}) == 2
+    assert a.sadd("s:1", "x", "y") == 2
+    for other in (b, c):
+        assert other.get("sess:1") == b"alice"
+        assert 590 <= other.ttl("sess:1") <= 600
+        assert other.hgetall("h:1") == {b"user": b"alice", b"n": b"1"}
+        assert other.smembers("s:1") == {b"x", b"y"}
+    # B and C hold the session in memory now; A's overwrite reaches them.
+    assert a.set("sess:1", "bob", ex=600)
+    for other in (b, c):
+        eventually(lambda o=other: o.get("sess:1") == b"bob", what="the overwrite")
+    assert b.hset("h:1", "n", "2") == 0
+    eventually(lambda: c.hget("h:1", "n") == b"2" and a.hget("h:1", "n") == b"2")
+
+
+def test_deletes_and_expiry_on_one_host_are_gone_on_the_others(
+    fleet: Fleet, clients: Any, pg_db: PgDatabase
+) -> None:
+    a, b = (clients(d) for d in fleet(2))
+    a.mset({"gone": "1", "short": "2"})
+    assert b.get("gone") == b"1" and b.get("short") == b"2"  # cached on B
+    assert a.delete("gone") == 1
+    eventually(lambda: b.get("gone") is None, what="the delete")
+    assert b.exists("gone") == 0
+    assert a.pexpire("short", 300)
+    eventually(lambda: b.pttl("short") <= 300, what="the new TTL")
+    eventually(lambda: b.exists("short") == 0 and a.exists("short") == 0, 3, "the expiry")
+    # The row is deleted by a sweep (after its grace), once, whichever host ran it.
+    eventually(lambda: b"short" not in table_rows(pg_db), 15, "the sweep")
+
+
+def test_sliding_renewals_on_one_host_keep_the_session_alive_for_all(
+    fleet: Fleet, clients: Any, pg_db: PgDatabase
+) -> None:
+    a, b = (clients(d) for d in fleet(2))
+    assert a.set("busy", "v", ex=2)
+    assert a.set("idle", "v", ex=2)
+    assert a.get("busy") == b"v"  # A holds both in memory with a 2 s deadline
+    first_deadline = table_rows(pg_db)[b"busy"][2]
+    end = time.monotonic() + 4
+    while time.monotonic() < end:
+        assert b.get("busy") == b"v"  # a read on B renews it
+        time.sleep(0.25)
+    # A never touched "busy" again: its own copy ran out long ago, but B's
+    # renewals reached the database.
+    assert a.exists("busy") == 1
+    assert a.get("busy") == b"v"
+    assert a.exists("idle") == 0 and b.exists("idle") == 0
+    # The row's deadline moved with the renewals, by more than the TTL
+    assert table_rows(pg_db)[b"busy"][2] > first_deadline + 2
+
+
+def test_expired_rows_are_deleted_once_whichever_host_sweeps(
+    fleet: Fleet, pg_db: PgDatabase
+) -> None:
+    hosts = fleet(3, metrics={"enabled": True})
+    with hosts[0].client() as r, r.pipeline(transaction=False) as p:
+        for i in range(300):
+            p.set(f"e:{i}", "v", px=100)
+        p.set("kept", "v")
+        assert all(p.execute())
+    eventually(lambda: len(table_rows(pg_db)) == 1, 30, "the sweeps")
+    assert list(table_rows(pg_db)) == [b"kept"]
+    # Three hosts swept the same rows concurrently; each row was deleted by one.
+    deleted = [d.metric("sessiond_store_expired_rows_total") for d in hosts]
+    assert sum(deleted) == 300, deleted
+    for d in hosts:
+        with d.client() as r:
+            assert r.dbsize() == 1
+
+
+def test_incr_from_three_hosts_and_eight_clients_each_counts_exactly(fleet: Fleet) -> None:
+    hosts = fleet(3)
+    errors: list[BaseException] = []
+
+    def work(d: Daemon) -> None:
+        try:
+            with d.client() as r:
+                for _ in range(1000):
+                    r.incr("counter")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for d in hosts:
+        with d.client() as r:
+            # a plain read: the last changes may reach this host within the lag
+            eventually(lambda r=r: r.get("counter") == b"24000", what="every host to agree")
+
+
+def test_set_nx_lock_has_exactly_one_winner_per_round(fleet: Fleet) -> None:
+    hosts = fleet(3)
+    rounds = 30
+    barrier = threading.Barrier(len(hosts) * 8)
+    wins: list[list[str]] = [[] for _ in range(rounds)]
+    errors: list[BaseException] = []
+
+    def contend(d: Daemon, name: str) -> None:
+        try:
+            with d.client() as r:
+                for i in range(rounds):
+                    barrier.wait(30)
+                    if r.set(f"lock:{i}", name, nx=True, px=60_000):
+                        wins[i].append(name)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [
+        threading.Thread(target=contend, args=(d, f"h{h}c{c}"))
+        for h, d in enumerate(hosts)
+        for c in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert [len(w) for w in wins] == [1] * rounds
+    with hosts[2].client() as r:
+        for i in range(rounds):
+            assert r.get(f"lock:{i}") == wins[i][0].encode()
+
+
+def test_decisions_see_the_database_not_a_stale_copy(fleet: Fleet, clients: Any) -> None:
+    a, b = (clients(d) for d in fleet(2))
+    a.set("k", "1")
+    assert b.get("k") == b"1"  # B caches "1"
+    a.set("k", "41")
+    # Whatever B's memory holds, INCR and SET NX/XX/GET decide on the row.
+    assert b.incr("k") == 42
+    assert b.set("k", "x", nx=True) is None
+    assert b.set("k", "y", xx=True, get=True) == b"42"
+    # A plain read on another host may lag by the invalidation lag (the promise).
+    eventually(lambda: a.get("k") == b"y", what="A to hear of B's SET")
+    assert a.getdel("k") == b"y"
+    assert b.set("k", "z", nx=True)
+    assert b.persist("k")  # it had cache.default_ttl
+    assert b.expire("k", 100, gt=True) is False  # no TTL: GT is false, as in Redis
+    assert a.expire("k", 100, nx=True) is True
+    eventually(lambda: 90 <= b.ttl("k") <= 100, what="B to hear of A's EXPIRE")
+
+
+def test_transactions_and_plain_writes_order_on_each_host(fleet: Fleet, clients: Any) -> None:
+    a, b = (clients(d) for d in fleet(2))
+    with a.pipeline(transaction=True) as p:
+        p.set("t1", "1").incr("t1").set("t2", "x").expire("t2", 50)
+        assert p.execute() == [True, 2, True, True]
+    assert b.mget("t1", "t2") == [b"2", b"x"]
+    assert 40 <= b.ttl("t2") <= 50
+    # Pipelined without MULTI on one connection: replies in order, values in order.
+    with b.pipeline(transaction=False) as p:
+        for i in range(50):
+            p.set("seq", str(i)).incr("seq")
+        replies = p.execute()
+    assert replies[-1] == 50
+    assert a.get("seq") == b"50"
+
+
+def test_scan_keys_and_dbsize_see_every_host_s_sessions(fleet: Fleet, clients: Any) -> None:
+    a, b = (clients(d) for d in fleet(2))
+    a.mset({f"a:{i}": "x" for i in range(30)})
+    b.mset({f"b:{i}": "x" for i in range(30)})
+    for r in (a, b):
+        assert r.dbsize() == 60
+        assert sorted(r.keys("*")) == sorted(
+            [f"a:{i}".encode() for i in range(30)] + [f"b:{i}".encode() for i in range(30)]
+        )
+        assert set(r.scan_iter(count=7)) == set(r.keys("*"))
+    assert a.delete(*[f"b:{i}" for i in range(10)]) == 10
+    eventually(lambda: b.dbsize() == 50)
+
+
+def test_flushdb_on_one_host_empties_every_host_s_memory(fleet: Fleet, clients: Any) -> None:
+    a, b = (clients(d) for d in fleet(2))
+    a.mset({"x": "1", "y": "2"})
+    assert b.mget("x", "y") == [b"1", b"2"]
+    assert a.flushdb()
+    eventually(lambda: b.mget("x", "y") == [None, None], what="the flush")
+    assert b.dbsize() == 0
+
+
+def test_read_modify_write_commands_from_two_hosts_lose_nothing(fleet: Fleet) -> None:
+    """APPEND, INCRBYFLOAT, HINCRBYFLOAT, GETSET and RENAME read the key's
+    current value: the database decides them, as INCR."""
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+    taken: list[bytes] = []
+
+    def work(d: Daemon, name: str) -> None:
+        try:
+            with d.client() as r:
+                for i in range(100):
+                    r.append("appended", "x")
+                    r.incrbyfloat("float", 0.5)
+                    r.hincrbyfloat("hash", "f", 0.25)
+                    old = r.getset("token", f"{name}:{i}")
+                    if old is not None:
+                        taken.append(old)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(d, f"h{h}c{c}"))
+        for h, d in enumerate(hosts)
+        for c in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    with hosts[1].client() as r:
+        assert r.strlen("appended") == 800
+        assert float(r.get("float") or 0) == 400.0
+        assert float(r.hget("hash", "f") or 0) == 200.0
+        # every value GETSET wrote was handed back once, but the last
+        assert len(taken) == 799 and len(set(taken)) == 799
+        assert r.get("token") not in taken
+        assert r.rename("appended", "moved")
+    with hosts[0].client() as r:
+        eventually(lambda: r.exists("appended") == 0, what="host 0 to hear of the RENAME")
+        assert r.strlen("moved") == 800
+
+
+# ------------------------------------------------- WATCH/EXEC and scripts
+
+
+def test_exec_aborts_when_another_host_changed_a_watched_key(fleet: Fleet, clients: Any) -> None:
+    """The database's versions decide, not the notification: B's change
+    aborts A's transaction even if A has not heard of it yet."""
+    a, b = (clients(d) for d in fleet(2))
+    a.set("k", "1")
+    for change in (
+        lambda: b.set("k", "2"),  # overwritten
+        lambda: b.delete("k") and b.set("k", "2"),  # deleted and made again
+        lambda: b.expire("k", 100),  # a new TTL is a change, as in Redis
+    ):
+        with a.pipeline() as p:
+            p.watch("k")
+            assert p.get("k") is not None
+            change()
+            p.multi()
+            p.set("k", "mine")
+            with pytest.raises(redis.WatchError):
+                p.execute()
+    with a.pipeline() as p:  # a key absent at WATCH and created elsewhere
+        p.watch("absent")
+        b.set("absent", "x")
+        p.multi()
+        p.set("absent", "mine")
+        with pytest.raises(redis.WatchError):
+            p.execute()
+    with a.pipeline() as p:  # reads on another host (renewals) change nothing
+        p.watch("k")
+        assert b.get("k") == b"2"
+        p.multi()
+        p.set("k", "mine")
+        assert p.execute() == [True]
+    eventually(lambda: b.get("k") == b"mine", what="B to hear of A's EXEC")
+
+
+def test_optimistic_increments_with_watch_from_two_hosts_count_exactly(fleet: Fleet) -> None:
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+    retries: list[int] = []
+
+    def work(d: Daemon) -> None:
+        try:
+            with d.client() as r:
+                for _ in range(50):
+                    while True:
+                        with r.pipeline() as p:
+                            try:
+                                p.watch("opt")
+                                value = int(p.get("opt") or 0)
+                                p.multi()
+                                p.set("opt", value + 1)
+                                p.execute()
+                                break
+                            except redis.WatchError:
+                                retries.append(1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for d in hosts:
+        with d.client() as r:
+            # a plain read: the last changes may reach this host within the lag
+            eventually(lambda r=r: r.get("opt") == b"400", what="every host to agree")
+    assert retries  # they did contend
+
+
+INCR_SCRIPT = "return redis.call('SET', KEYS[1], (tonumber(redis.call('GET', KEYS[1])) or 0) + 1)"
+
+
+def test_scripts_from_two_hosts_decide_on_their_declared_keys(fleet: Fleet) -> None:
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+
+    def work(d: Daemon) -> None:
+        try:
+            with d.client() as r:
+                for _ in range(200):
+                    r.eval(INCR_SCRIPT, 1, "scripted")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for d in hosts:
+        with d.client() as r:
+            # a plain read: the last changes may reach this host within the lag
+            eventually(lambda r=r: r.get("scripted") == b"1600", what="every host to agree")
+
+
+def test_redis_py_locks_guard_a_session_across_hosts(fleet: Fleet) -> None:
+    """redis-py's Lock (SET NX PX to take it, EVALSHA scripts to extend and
+    release it): eight workers on two hosts update one session under its
+    lock, and no update is lost."""
+    hosts = fleet(2)
+    errors: list[BaseException] = []
+
+    def worker(d: Daemon) -> None:
+        try:
+            with d.client() as c:
+                for _ in range(10):
+                    with c.lock(
+                        "session:s:lock", timeout=5, sleep=0.001, blocking_timeout=60
+                    ) as lk:
+                        value = int(c.get("session:s") or 0)
+                        assert lk.extend(5)
+                        c.set("session:s", str(value + 1))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in hosts for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for d in hosts:
+        with d.client() as r:
+            eventually(lambda r=r: r.get("session:s") == b"80", what="every host to agree")
+            assert r.exists("session:s:lock") == 0
+
+
+def test_after_taking_a_lock_a_host_reads_what_was_written_before_its_release(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A writes the session, then releases the lock; B takes the lock and reads
+    the session. B's reply to SET NX waits until B has heard every change
+    committed before the lock was free (a barrier through its LISTEN
+    connection), so the read is not B's stale copy. B's LISTEN backend is
+    stopped (SIGSTOP) to hold back the invalidation deterministically."""
+    import os
+    import signal
+
+    config = {"persistence": {"heartbeat_interval": "2s"}}
+    a = daemon_factory(fleet_config(pg_db.dsn(application_name="A"), **config))
+    b = daemon_factory(fleet_config(pg_db.dsn(application_name="B"), **config))
+    ra, rb = a.client(), b.client(socket_timeout=30)
+    assert ra.set("session", "old")
+    assert rb.get("session") == b"old"  # B holds a copy
+    assert ra.set("lock", "A", nx=True, px=60_000)
+    with pg_db.admin() as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'B:listen'"
+        ).fetchone()
+    assert row is not None
+    os.kill(row[0], signal.SIGSTOP)
+    try:
+        assert ra.set("session", "new")
+        assert ra.delete("lock") == 1
+        assert rb.set("lock", "B", nx=True, px=60_000)
+        assert rb.get("session") == b"new"
+    finally:
+        os.kill(row[0], signal.SIGCONT)
+    ra.close()
+    rb.close()
+
+
+def test_a_script_may_not_use_a_key_it_did_not_declare(fleet: Fleet, clients: Any) -> None:
+    (a,) = (clients(d) for d in fleet(1))
+    a.set("declared", "1")
+    a.set("other", "1")
+    with pytest.raises(redis.ResponseError, match=r"did not declare.*postgresql"):
+        a.eval("return redis.call('GET', 'other')", 1, "declared")
+    with pytest.raises(redis.ResponseError, match="did not declare"):
+        a.eval("return redis.call('SET', 'other', '2')", 0)
+    assert a.get("other") == b"1"
+    assert a.eval("return redis.call('GET', KEYS[1])", 1, "declared") == b"1"
+    assert a.eval("return redis.call('INCR', KEYS[1])", 1, "declared") == 2
+
+
+def test_pub_sub_and_keyspace_events_stay_within_a_host(fleet: Fleet, clients: Any) -> None:
+    """docs/shared-store.md: PUBLISH reaches the host's own subscribers, and
+    keyspace events are sent for the changes made through the host."""
+    a, b = (clients(d) for d in fleet(2, pubsub={"notify_keyspace_events": "KA"}))
+    sub = a.pubsub()
+    sub.subscribe("news", "__keyspace@0__:k")
+    for _ in range(2):
+        message = sub.get_message(timeout=5.0)
+        assert message is not None and message["type"] == "subscribe"
+    assert b.publish("news", "from b") == 0  # no subscriber on B
+    assert a.set("k", "1")  # through A: A's subscriber hears it
+    assert a.publish("news", "from a") == 1
+    b.set("k", "2")  # through B: A drops its copy, but sends no event
+    eventually(lambda: a.get("k") == b"2", what="A to hear of B's SET")
+    got = []
+    while (message := sub.get_message(timeout=1.0)) is not None:
+        got.append((message["channel"], message["data"]))
+    assert got == [(b"__keyspace@0__:k", b"set"), (b"news", b"from a")]
+    sub.close()
+
+
+# -------------------------------------------------------------- the schema
+
+
+def test_the_schema_is_created_once_and_a_newer_one_is_refused(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    config = fleet_config(pg_db.dsn())
+    first = daemon_factory(config)
+    second = daemon_factory(config)
+    created = [e for d in (first, second) for e in d.events()
+               if e.get("event") == "store_schema_created"]  # fmt: skip
+    assert len(created) == 1
+    first.stop()
+    second.stop()
+    with pg_db.admin() as conn:
+        conn.execute("UPDATE sessiond_schema SET version = 99")
+    late = daemon_factory(config, start=False)
+    late.start(wait=False)
+    assert late.proc is not None and late.proc.wait(30) == 1
+    failed = late.wait_for_event("startup_failed")[0]
+    assert "schema is version 99" in failed["error"]
+    assert "Traceback" not in late.log_text()
+
+
+def test_a_table_not_made_by_sessiond_is_refused(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    with pg_db.connect() as conn:
+        conn.execute("CREATE TABLE sessiond_sessions (id int)")
+        conn.commit()
+    d = daemon_factory(fleet_config(pg_db.dsn()), start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    assert "was not made by sessiond" in d.wait_for_event("startup_failed")[0]["error"]
+
+
+def test_the_password_is_never_logged_and_may_come_from_a_file(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    secret = pg_db.cluster.password
+    d = daemon_factory(fleet_config(pg_db.dsn()), start=True)
+    with d.client() as r:
+        assert secret.encode() not in b"".join(str(v).encode() for v in r.config_get("*").values())
+    d.stop()
+    assert secret not in d.log_text()
+    pwfile = d.workdir / "pg.pw"
+    pwfile.write_text(secret + "\n")
+    with_file = daemon_factory(
+        fleet_config(pg_db.dsn(password=""), persistence={"password_file": str(pwfile)})
+    )
+    with with_file.client() as r:
+        assert r.set("k", "v")
+    with_file.stop()
+    assert secret not in with_file.log_text()
+    pwfile.write_text("wrong\n")
+    wrong = daemon_factory(
+        fleet_config(
+            pg_db.dsn(password=""),
+            persistence={"password_file": str(pwfile), "connect_timeout": "1s"},
+        ),
+        start=False,
+    )
+    wrong.start(wait=False)
+    assert wrong.proc is not None and wrong.proc.wait(30) == 1
+    error = wrong.wait_for_event("startup_failed")[0]["error"]
+    assert "password authentication failed" in error
+    assert "wrong" not in wrong.log_text().replace("wrong\\n", "")
+
+
+# -------------------------------------------------------------- failures
+
+
+def test_unreachable_at_start_waits_then_exits_1(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    pg = pg_own_cluster
+    pg.stop()
+    d = daemon_factory(fleet_config(pg.dsn(), persistence={"connect_timeout": "2s"}), start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    waiting = d.wait_for_event("store_waiting")[0]
+    assert waiting["gives_up_after"] == 2 and "password" not in str(waiting)
+    failed = d.wait_for_event("startup_failed")[0]
+    assert "within persistence.connect_timeout (2s)" in failed["error"]
+    assert f"127.0.0.1:{pg.port}" in failed["error"]
+    assert "Traceback" not in d.log_text()
+    # Started while the database is down, it serves once the database comes up.
+    late = daemon_factory(fleet_config(pg.dsn()), start=False)
+    late.start(wait=False)
+    time.sleep(1.0)
+    pg.start()
+    late.wait_ready()
+    with late.client() as r:
+        assert r.set("k", "v") and r.get("k") == b"v"
+
+
+def test_lost_mid_run_refuses_writes_with_misconf_then_recovers_without_restart(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    pg = pg_own_cluster
+    a = daemon_factory(fleet_config(pg.dsn(application_name="a")))
+    r = a.client()
+    assert r.set("before", "1")
+    pg.stop("immediate")
+    with pytest.raises(redis.ResponseError) as first:
+        r.set("during", "1")
+    assert "store write failed" in str(first.value) or "MISCONF" in str(first.value)
+    with pytest.raises(redis.ResponseError, match="MISCONF"):
+        r.set("during", "2")
+    # Reads may not come from memory: the host cannot hear changes meanwhile.
+    with pytest.raises(redis.ResponseError, match="store read failed"):
+        r.get("before")
+    pg.start()
+    eventually(lambda: _writes(r), 20, "writes to resume")
+    assert r.get("before") == b"1"
+    events = {e["event"] for e in a.events()}
+    assert {"store_error", "store_recovered", "listen_lost", "listen_restored"} <= events
+    assert "Traceback" not in a.log_text()
+    r.close()
+
+
+def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """A's link goes silent: its write times out and is answered with an
+    error. B then writes the key and is acknowledged. When A's link heals,
+    A must not commit its failed write over B's."""
+    link = tcp_proxy(pg_db.cluster.port)
+    a = daemon_factory(fleet_config(pg_db.dsn(port=link.port)))
+    b = daemon_factory(fleet_config(pg_db.dsn()))
+    ra, rb = a.client(socket_timeout=30), b.client()
+    assert ra.set("k", "first")
+    link.partition()
+    with pytest.raises(redis.ResponseError, match="store commit failed"):
+        ra.set("k", "failed on A")
+    assert rb.set("k", "acknowledged on B")
+    link.heal()
+    a.wait_for_event("store_recovered", timeout=20)
+    a.wait_for_event("listen_restored", timeout=20)
+    assert ra.set("other", "1")  # A commits again
+    assert table_rows(pg_db)[b"k"][0] == b"acknowledged on B"
+    eventually(lambda: ra.get("k") == b"acknowledged on B", what="A to read B's value")
+    ra.close()
+    rb.close()
+
+
+def _writes(r: redis.Redis) -> bool:
+    try:
+        return bool(r.set("after", "1"))
+    except redis.ResponseError:
+        return False
+
+
+def test_a_slow_database_times_out_and_queues_nothing_without_bound(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    pg = pg_own_cluster
+    d = daemon_factory(fleet_config(pg.dsn(), persistence={"timeout": "500ms"}))
+    with d.client() as r:
+        assert r.set("k", "1")
+        pg.set_commit_delay(0.1)  # every commit waits 100 ms: slow, not dead
+        assert r.set("k", "2")
+        assert r.incr("n") == 1
+        with pg.admin("sessiond") as conn:
+            # A lock held longer than the timeout: the daemon's decision waits on
+            # it and is answered with the timeout's error, not left hanging.
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (0x53455353, _lock_id(b"n")))
+            with pytest.raises(redis.ResponseError, match="store decid") as timed_out:
+                r.incr("n")
+            assert "lock timeout" in str(timed_out.value) or "no answer within 0.5s" in str(
+                timed_out.value
+            )
+            conn.execute("SELECT pg_advisory_unlock_all()")
+        pg.set_commit_delay(0)
+        assert r.incr("n") == 2
+        assert r.get("k") == b"2"
+    assert "Traceback" not in d.log_text()
+
+
+def test_a_slow_link_holds_connections_to_the_pool_size(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """Many clients missing memory at once over a slow link: they queue for the
+    pool's connections, the host never opens more than pool_size + 3 (the
+    writer, the LISTEN connection, the helper thread's)."""
+    link = tcp_proxy(pg_db.cluster.port)
+    d = daemon_factory(
+        fleet_config(
+            pg_db.dsn(port=link.port, application_name="slow"), persistence={"pool_size": 3}
+        )
+    )
+    other = daemon_factory(fleet_config(pg_db.dsn()))
+    with other.client() as r:  # written elsewhere: the slow host has none in memory
+        assert r.mset({f"k{i}": "v" for i in range(1, 201)})
+    link.set_delay(0.02)
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def read(first: int) -> None:
+        try:
+            with d.client() as r:
+                for i in range(first, 201, 20):
+                    assert r.get(f"k{i}") == b"v"
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(1, 21)]
+    for t in threads:
+        t.start()
+    with pg_db.admin() as conn:
+        while any(t.is_alive() for t in threads):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'slow:%'"
+            ).fetchone()
+            seen.append(int(row[0]) if row else 0)
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert seen and max(seen) <= 3 + 3, seen
+    assert "Traceback" not in d.log_text()
+
+
+def _lock_id(key: bytes) -> int:
+    import zlib
+
+    h = zlib.crc32(key)
+    return h - 2**32 if h >= 2**31 else h
+
+
+def test_failover_to_a_promoted_replica_through_a_multi_host_dsn(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    from pg import multi_host_dsn
+
+    primary = pg_own_cluster
+    replica = primary.create_replica()
+    dsn = multi_host_dsn([primary, replica], connect_timeout=2)
+    a, b = daemon_factory(fleet_config(dsn)), daemon_factory(fleet_config(dsn))
+    ra, rb = a.client(), b.client()
+    assert ra.set("k", "before")
+    assert rb.get("k") == b"before"
+    # Wait until the replica has it (synchronous replication is not in use:
+    # a promotion may lose the last commits, as PostgreSQL documents).
+    _caught_up(primary, replica)
+    primary.kill()
+    replica.promote()
+    eventually(lambda: _writes(ra), 20, "writes through the promoted replica")
+    assert ra.set("k", "after")
+    eventually(lambda: rb.get("k") == b"after", 10, "B to follow")
+    assert rb.incr("n") == 1
+    ra.close()
+    rb.close()
+
+
+def _caught_up(primary: PgCluster, replica: PgCluster) -> None:
+    with primary.admin() as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+    assert row is not None
+    with replica.admin() as conn:
+        wait_until(
+            lambda: (
+                conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)).fetchone()
+                == (True,)
+            ),
+            10,
+        )
+
+
+# --------------------------------------------------------- LISTEN lost
+
+
+def test_a_terminated_listen_connection_never_serves_a_stale_read(
+    fleet: Fleet, clients: Any, pg_db: PgDatabase
+) -> None:
+    host_a, host_b = fleet(2)
+    a, b = clients(host_a), clients(host_b)
+    a.set("k", "old")
+    assert b.get("k") == b"old"  # cached on B
+    assert pg_db.cluster.terminate_backends(application_name="host1:listen") == 1
+    host_b.wait_for_event("listen_lost")
+    a.set("k", "new")  # B cannot hear this one
+    assert b.get("k") == b"new"
+    host_b.wait_for_event("listen_restored", timeout=10)
+    a.set("k", "newer")
+    eventually(lambda: b.get("k") == b"newer", what="the next change")
+
+
+def test_a_silent_listen_connection_is_found_out_and_never_serves_a_stale_read(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    link = tcp_proxy(pg_db.cluster.port)
+    a = daemon_factory(fleet_config(pg_db.dsn()))
+    b = daemon_factory(fleet_config(pg_db.dsn(port=link.port)))
+    ra, rb = a.client(), b.client(socket_timeout=30)
+    ra.set("k", "old")
+    assert rb.get("k") == b"old"
+    link.partition()  # B's every connection hangs: no error, no notification
+    ra.set("k", "new")
+    # The heartbeat through the LISTEN connection does not come back: B knows
+    # it may have missed changes.
+    lost = b.wait_for_event("listen_lost", timeout=5)[0]
+    assert "heartbeat" in lost["reason"], lost
+    with pytest.raises(redis.ResponseError, match="store read failed"):
+        rb.get("k")  # not "old": memory was dropped, the database cannot answer
+    link.heal()
+    b.wait_for_event("listen_restored", timeout=15)
+    assert rb.get("k") == b"new"
+    ra.close()
+    rb.close()
+
+
+# ------------------------------------------------------ crashes under load
+
+
+class Writer(threading.Thread):
+    """SETs ``<name>:<n>`` for n = 0, 1, ... until stopped; remembers every
+    acknowledged one (and how many were answered with an error)."""
+
+    def __init__(self, d: Daemon, name: str) -> None:
+        super().__init__(daemon=True)
+        self.d = d
+        self.name_ = name
+        self.acked: list[str] = []
+        self.failed = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        r = self.d.client(socket_timeout=5)
+        while not self.stopping.is_set():
+            key = f"{self.name_}:{n}"
+            try:
+                if r.set(key, str(n)):
+                    self.acked.append(key)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                self.failed += 1
+                time.sleep(0.05)
+            n += 1
+        r.close()
+
+
+def test_kill_9_of_a_host_under_load_loses_no_acknowledged_write(
+    fleet: Fleet, pg_db: PgDatabase
+) -> None:
+    a, b = fleet(2)
+    writers = [Writer(a, f"w{i}") for i in range(4)]
+    for w in writers:
+        w.start()
+    time.sleep(1.0)
+    a.kill()
+    for w in writers:
+        w.stopping.set()
+        w.join(10)
+    acked = [k for w in writers for k in w.acked]
+    assert len(acked) > 100
+    with b.client() as r:
+        values = r.mget(acked)
+    missing = [k for k, v in zip(acked, values, strict=True) if v is None]
+    assert not missing, missing[:5]
+
+
+def test_kill_9_of_postgresql_under_load_loses_no_acknowledged_write(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    pg = pg_own_cluster
+    d = daemon_factory(fleet_config(pg.dsn()))
+    writers = [Writer(d, f"w{i}") for i in range(4)]
+    for w in writers:
+        w.start()
+    time.sleep(1.0)
+    pg.kill()
+    time.sleep(0.5)
+    pg.start()
+    time.sleep(2.0)
+    for w in writers:
+        w.stopping.set()
+        w.join(10)
+    acked = [k for w in writers for k in w.acked]
+    assert sum(w.failed for w in writers) > 0  # the crash was seen
+    with psycopg.connect(pg.dsn()) as conn:
+        stored = {
+            bytes(k)
+            for (k,) in conn.execute(
+                "SELECT key FROM sessiond_sessions WHERE key = ANY(%s)",
+                ([k.encode() for k in acked],),
+            ).fetchall()
+        }
+    missing = [k for k in acked if k.encode() not in stored]
+    assert not missing, missing[:5]
+    assert "Traceback" not in d.log_text()
+
+
+# ----------------------------------------------------------------- metrics
+
+
+def test_the_shared_store_s_metrics(
+    fleet: Fleet, pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    host_a, host_b = fleet(2, metrics={"enabled": True})
+    a, b = host_a.client(), host_b.client()
+    assert host_a.metric("sessiond_store_listening") == 1
+    b.set("k", "1")
+    assert a.get("k") == b"1"
+    b.set("k", "2")
+    eventually(lambda: a.get("k") == b"2")
+    assert a.incr("n") == 1
+    assert host_b.metric("sessiond_store_invalidations_sent_total") >= 2
+    assert host_a.metric("sessiond_store_invalidations_received_total") >= 1
+    assert host_a.metric("sessiond_store_notifications_received_total") >= 1
+    assert host_a.metric("sessiond_store_invalidation_lag_seconds_count") >= 1
+    assert host_a.metric("sessiond_store_decisions_total") == 1
+    assert host_a.metric("sessiond_store_round_trip_seconds_count", operation="decide") == 1
+    assert host_a.metric("sessiond_store_round_trip_seconds_count", operation="heartbeat") >= 1
+    assert host_a.metric("sessiond_store_pool_connections_max") == 8
+    assert host_a.metric("sessiond_store_pool_connections") >= 1
+    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 0
+    flushes = host_a.metric("sessiond_store_memory_flushes_total")
+    pg_db.cluster.terminate_backends(application_name="host0:listen")
+    host_a.wait_for_event("listen_restored", timeout=10)
+    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 1
+    assert host_a.metric("sessiond_store_memory_flushes_total") == flushes + 2
+    assert host_a.metric("sessiond_store_listening") == 1
+    a.close()
+    b.close()

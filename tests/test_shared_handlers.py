@@ -1,0 +1,616 @@
+"""The near cache's decision path without a socket or a database: several
+:class:`SharedKeyspace` "hosts" over one in-memory double of the shared store,
+driven request by request in one event loop with an injected clock.
+
+The double keeps the database's rows, takes each key's lock for a decision (as
+the advisory locks do), commits a decision's changes when it is finished, and
+queues every committed change as a notification that the test delivers when it
+chooses: so the races of a real fleet (a stale copy in memory, a notification
+arriving between two commands, a read under way when a change is heard) are
+played out exactly. tests/test_fleet.py holds the same behaviour with real
+daemons on a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from sessiond.cache import SessionCache
+from sessiond.commands import Client, ServerState
+from sessiond.commands.shared import SharedDispatcher
+from sessiond.config import Config
+from sessiond.keyspace import Prepared
+from sessiond.protocol import NIL_ARRAY, OK, Error
+from sessiond.shared import CHAIN_LIMIT, SharedKeyspace
+from sessiond.stats import Stats
+from sessiond.store import (
+    HASH_SPACE,
+    Change,
+    Coherence,
+    Decision,
+    Renewal,
+    Row,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    scan_hash,
+)
+
+T = TypeVar("T")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Database:
+    """The shared rows, the keys' locks, and the notifications not yet delivered."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, Row] = {}
+        self.versions: dict[bytes, int] = {}  # as the version column: +1 a write
+        self.locks: dict[bytes, asyncio.Lock] = {}
+        self.hosts: list[StoreDouble] = []
+        self.queued: list[tuple[StoreDouble, list[bytes]]] = []
+
+    def commit(self, sender: StoreDouble, changes: dict[bytes, Change]) -> None:
+        for key, change in changes.items():
+            if change is None:
+                self.rows.pop(key, None)
+                self.versions.pop(key, None)
+            else:
+                self.versions[key] = self.versions[key] + 1 if key in self.rows else 1
+                self.rows[key] = change
+        if changes:
+            self.queued.append((sender, list(changes)))
+
+    def deliver(self) -> None:
+        """Every host hears every change another host committed."""
+        queued, self.queued = self.queued, []
+        for sender, keys in queued:
+            for host in self.hosts:
+                if host is not sender and host.listener is not None and host.coherent:
+                    host.listener.invalidated(keys)
+
+
+class DecisionDouble:
+    def __init__(self, keys: frozenset[bytes], rows: dict[bytes, Row | None]) -> None:
+        self.keys = keys
+        self.rows = rows
+        self.versions: dict[bytes, int] = {}
+        self.changes: dict[bytes, Change] = {}
+        self.error: StoreError | None = None
+        self.locks: list[asyncio.Lock] = []
+
+    def record(self, key: bytes, change: Change) -> None:
+        self.changes[key] = change
+
+
+class StoreDouble:
+    """One host's view of the shared store (:class:`~sessiond.store.SharedStore`).
+    Plain writes commit at once; ``gate`` (an event) holds reads and decisions
+    until it is set; ``fail_commit`` makes the next decision's commit fail."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.hosts.append(self)
+        self.failure: StoreError | None = None
+        self.coherent = True
+        self.listener: Coherence | None = None
+        self.gate: asyncio.Event | None = None
+        self.fail_commit = False
+        self.opened = 0
+        self.open: set[DecisionDouble] = set()
+        self.renewed: dict[bytes, Renewal] = {}
+        self.expired_at: list[float] = []
+        self.loads: list[list[bytes]] = []
+
+    def subscribe(self, listener: Coherence) -> None:
+        self.listener = listener
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        return None
+
+    def record(self, key: bytes, change: Change) -> None:
+        self.db.commit(self, {key: change})
+
+    def clear(self) -> None:
+        self.db.rows.clear()
+
+    def load(self, key: bytes) -> Row | None:
+        return self.db.rows.get(key)
+
+    async def load_many(self, keys: list[bytes]) -> dict[bytes, Row | None]:
+        self.loads.append(list(keys))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure is not None:
+            raise StoreError("store read failed: database gone")
+        return {k: self.db.rows.get(k) for k in keys}
+
+    async def decide(self, keys: list[bytes]) -> DecisionDouble:
+        await asyncio.sleep(0)  # a round trip: other commands run meanwhile
+        locks = [self.db.locks.setdefault(k, asyncio.Lock()) for k in sorted(set(keys))]
+        for lock in locks:
+            await lock.acquire()
+        if self.gate is not None:
+            await self.gate.wait()
+        self.opened += 1
+        decision = DecisionDouble(frozenset(keys), {k: self.db.rows.get(k) for k in keys})
+        decision.versions = {k: self.db.versions[k] for k in keys if k in self.db.versions}
+        decision.locks = locks
+        self.open.add(decision)
+        return decision
+
+    def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
+        assert isinstance(decision, DecisionDouble)
+
+        def commit() -> None:
+            if self.fail_commit:
+                self.fail_commit = False
+                decision.error = StoreError("store write failed: connection lost")
+            else:
+                self.db.commit(self, decision.changes)
+            for lock in decision.locks:
+                lock.release()
+            self.open.discard(decision)
+            done(decision.error)
+
+        asyncio.get_running_loop().call_soon(commit)
+
+    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        self.after_commit_for(callback, [])
+
+    def after_commit_for(
+        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+    ) -> None:
+        async def wait() -> None:
+            while any(d in self.open for d in decisions):
+                await asyncio.sleep(0)
+            callback(next((d.error for d in decisions if d.error is not None), None))
+
+        _background.add(asyncio.ensure_future(wait()))
+
+    def lagging(self) -> bool:
+        return False
+
+    def renew(self, renewals: dict[bytes, Renewal]) -> None:
+        self.renewed.update(renewals)
+
+    def expire_due(self, now: float) -> None:
+        self.expired_at.append(now)
+
+    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
+        return []
+
+    def count_rows(self) -> TableCounts:
+        expiring = sum(1 for r in self.db.rows.values() if r.deadline is not None)
+        return TableCounts({}, len(self.db.rows), expiring)
+
+    def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
+        rows = sorted((scan_hash(k), k, r.deadline, r.kind) for k, r in self.db.rows.items())
+        return TableSlice([r for r in rows if r[0] >= cursor], {}, True, HASH_SPACE)
+
+    async def whole_table(self, read: Callable[[], T], operation: str) -> T:
+        return read()
+
+    def due(self, now: float, limit: int) -> list[bytes]:
+        return []
+
+    def recent(self, limit: int) -> list[tuple[bytes, Row]]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+class Host:
+    """One daemon's keyspace and dispatcher over the shared double."""
+
+    def __init__(self, db: Database, clock: Clock, *, max_sessions: int = 100) -> None:
+        self.clock = clock
+        self.cache: SessionCache[bytes, Any] = SessionCache(max_sessions, clock=clock)
+        self.store = StoreDouble(db)
+        self.keyspace = SharedKeyspace(self.cache)
+        self.keyspace.attach_shared(self.store)
+        self.state = ServerState(Config(), Stats())
+        self.dispatcher = SharedDispatcher(self.keyspace, self.state)
+
+    def client(self) -> Client:
+        return self.state.new_client(authenticated=True)
+
+    async def __call__(self, *words: str | bytes, client: Client | None = None) -> Any:
+        """One request as the server runs it: prepare until ready, execute, and
+        hold a write's reply until its commit (as under durability: always)."""
+        args = [w.encode() if isinstance(w, str) else w for w in words]
+        who = client or self.client()
+        cmd = self.dispatcher.resolve(args[0])
+        prepared: Prepared | None = None
+        while True:
+            work = self.dispatcher.prepare(who, cmd, args, prepared)
+            if work is None:
+                break
+            prepared = await work
+        reply = self.dispatcher.execute(who, cmd, args, prepared)
+        if cmd is not None and cmd.waits_for_commit and not isinstance(reply, Error):
+            committed: asyncio.Future[StoreError | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self.keyspace.after_commit(committed.set_result)
+            error = await committed
+            if error is not None:
+                return Error(f"ERR {error}")
+        return reply
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+def fleet(n: int = 2, **kwargs: Any) -> tuple[Database, list[Host]]:
+    db = Database()
+    clock = Clock()
+    return db, [Host(db, clock, **kwargs) for _ in range(n)]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+# -------------------------------------------------------------- decisions
+
+
+def test_decisions_read_the_database_not_a_stale_copy() -> None:
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        await a("SET", "k", "1")
+        assert await b("GET", "k") == b"1"  # B caches "1"
+        await a("SET", "k", "41")  # B has not heard of it yet
+        assert b.cache.find(b"k") is not None
+        assert await b("GET", "k") == b"1"  # a plain read: memory, within the lag
+        assert await b("INCR", "k") == 42  # a decision: the database's value
+        assert await b("SET", "k", "x", "NX") is None
+        assert await b("SET", "k", "y", "XX", "GET") == b"42"
+        assert db.rows[b"k"].value == b"y"
+        db.deliver()
+        assert await a("GET", "k") == b"y"
+
+    run(scenario)
+
+
+def test_two_hosts_never_both_win_set_nx() -> None:
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        db_gate = asyncio.Event()
+        a.store.gate = db_gate
+        b.store.gate = db_gate
+        both = [
+            asyncio.ensure_future(a("SET", "lock", "a", "NX", "PX", "10000")),
+            asyncio.ensure_future(b("SET", "lock", "b", "NX", "PX", "10000")),
+        ]
+        await settle()
+        db_gate.set()
+        replies = await asyncio.gather(*both)
+        assert sorted(r is OK for r in replies) == [False, True]
+        winner = b"a" if replies[0] is OK else b"b"
+        assert db.rows[b"lock"].value == winner
+
+    run(scenario)
+
+
+def test_commands_of_a_host_wait_for_its_decision_on_their_keys_and_keep_their_order() -> None:
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        gate = asyncio.Event()
+        a.store.gate = gate
+        incr = asyncio.ensure_future(a("INCR", "n"))
+        await settle()
+        get = asyncio.ensure_future(a("GET", "n"))
+        put = asyncio.ensure_future(a("SET", "n", "100"))
+        other = asyncio.ensure_future(a("SET", "m", "1"))
+        await settle()
+        assert other.done() and not get.done() and not put.done()
+        gate.set()
+        assert await incr == 1
+        assert await get == b"1"  # after the decision, not before
+        assert await put is OK
+        assert db.rows[b"n"].value == b"100"
+
+    run(scenario)
+
+
+def test_waiting_decisions_of_a_host_chain_in_one_transaction() -> None:
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        gate = asyncio.Event()
+        a.store.gate = gate
+        incrs = [asyncio.ensure_future(a("INCR", "n")) for _ in range(CHAIN_LIMIT + 4)]
+        await settle()
+        gate.set()
+        assert sorted(await asyncio.gather(*incrs)) == list(range(1, CHAIN_LIMIT + 5))
+        assert db.rows[b"n"].value == str(CHAIN_LIMIT + 4).encode()
+        assert a.store.opened == 2  # the limit, then the rest
+
+    run(scenario)
+
+
+def test_a_notification_between_two_chained_commands_loses_no_increment() -> None:
+    """A change another host committed before this decision took its locks is
+    heard while the decision runs: memory drops its copy, and the next command
+    of the chain must still count from what the one before it left."""
+
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        await b("SET", "n", "10")
+        gate = asyncio.Event()
+        a.store.gate = gate
+        incrs = [asyncio.ensure_future(a("INCR", "n")) for _ in range(3)]
+        await settle()
+        gate.set()
+        for _ in range(200):
+            await asyncio.sleep(0)
+            db.deliver()  # B's old SET, heard again and again meanwhile
+            a.keyspace.invalidated([b"n"])
+        assert sorted(await asyncio.gather(*incrs)) == [11, 12, 13]
+        assert db.rows[b"n"].value == b"13"
+
+    run(scenario)
+
+
+def test_a_failed_decision_answers_an_error_and_forgets_its_keys() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        await a("SET", "n", "5")
+        a.store.fail_commit = True
+        reply = await a("INCR", "n")
+        assert isinstance(reply, Error) and "connection lost" in reply.message
+        assert a.cache.find(b"n") is None  # memory's 6 never committed
+        assert await a("GET", "n") == b"5"
+        assert not a.keyspace.holds
+
+    run(scenario)
+
+
+def test_a_decision_for_a_request_that_never_runs_is_passed_on() -> None:
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        client = a.client()
+        cmd = a.dispatcher.resolve(b"INCR")
+        work = a.dispatcher.prepare(client, cmd, [b"INCR", b"n"], None)
+        assert work is not None
+        prepared = await work
+        assert prepared.decision is not None and a.keyspace.holds
+        waiting = asyncio.ensure_future(a("INCR", "n"))
+        await settle()
+        a.keyspace.discard(prepared)  # the connection went away
+        assert await waiting == 1
+        await settle()
+        assert not a.keyspace.holds and db.rows[b"n"].value == b"1"
+
+    run(scenario)
+
+
+def test_no_decision_opens_while_the_store_cannot_commit() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        a.store.failure = StoreError("store write failed: connection lost")
+        reply = await a("INCR", "n")
+        assert isinstance(reply, Error) and reply.message.startswith("MISCONF")
+        assert a.store.opened == 0 and not a.keyspace.holds
+
+    run(scenario)
+
+
+def test_exec_decides_when_a_queued_command_does() -> None:
+    async def scenario() -> None:
+        _db, (a, b) = fleet()
+        await a("SET", "x", "1")
+        assert await b("GET", "x") == b"1"
+        await a("SET", "x", "5")  # not heard by B
+        client = b.client()
+        assert await b("MULTI", client=client) is OK
+        await b("INCR", "x", client=client)
+        await b("GET", "x", client=client)
+        assert await b("EXEC", client=client) == [6, b"6"]
+        assert b.store.opened == 1
+
+    run(scenario)
+
+
+def test_exec_aborts_on_a_change_the_host_has_not_heard_of() -> None:
+    async def scenario() -> None:
+        _db, (a, b) = fleet()
+        await a("SET", "k", "1")
+        watcher = a.client()
+        assert await a("WATCH", "k", client=watcher) is OK
+        await b("SET", "k", "2")  # not delivered: A's memory cannot know
+        assert await a("MULTI", client=watcher) is OK
+        await a("SET", "k", "3", client=watcher)
+        assert await a("EXEC", client=watcher) is NIL_ARRAY
+        assert await b("GET", "k") == b"2"
+
+    run(scenario)
+
+
+def test_a_watch_chained_after_a_change_to_its_key_counts_that_change_as_before_it() -> None:
+    """WATCH waiting for this host's INCR decides in the same transaction,
+    after it: the version it notes is the one that commit writes, so an EXEC
+    with nothing changed since runs."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        await a("SET", "k", "1")
+        gate = asyncio.Event()
+        a.store.gate = gate
+        watcher = a.client()
+        incr = asyncio.ensure_future(a("INCR", "k"))
+        await settle()
+        watch = asyncio.ensure_future(a("WATCH", "k", client=watcher))
+        await settle()
+        gate.set()
+        assert await incr == 2
+        assert await watch is OK
+        assert a.store.opened == 1  # one transaction: the WATCH joined the INCR's
+        a.store.gate = None
+        assert await a("MULTI", client=watcher) is OK
+        await a("SET", "k", "x", client=watcher)
+        assert await a("EXEC", client=watcher) == [OK]
+        assert db.rows[b"k"].value == b"x"
+
+    run(scenario)
+
+
+# Writes whose outcome does not depend on the key's current value
+# (docs/shared-store.md, "plain writes"): memory and a group commit suffice.
+PLAIN_WRITES = {
+    "DEL", "UNLINK", "FLUSHALL", "FLUSHDB", "MSET", "PSETEX", "SETEX",
+    "SESSION.CREATE", "SESSION.INVALIDATE",
+}  # fmt: skip
+
+
+def test_every_write_is_decided_by_the_database_or_a_known_plain_write() -> None:
+    """A write command added without ``decides`` would read the near cache and
+    write blind on a shared store: it must be declared one or the other."""
+    from sessiond.commands.registry import REGISTRY
+
+    undecided = {n for n, c in REGISTRY.items() if c.write and c.decides is None}
+    assert undecided - PLAIN_WRITES == set()
+    assert set(REGISTRY) >= PLAIN_WRITES
+
+
+# -------------------------------------------------------------- coherence
+
+
+def test_a_read_under_way_when_a_change_is_heard_is_not_kept() -> None:
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        await a("SET", "k", "old")
+        gate = asyncio.Event()
+        b.store.gate = gate
+        read = asyncio.ensure_future(b("GET", "k"))
+        await settle()
+        await a("SET", "k", "new")
+        db.deliver()  # heard while B's read of "old" is under way
+        gate.set()
+        assert await read in (b"old", b"new")  # either is a correct answer then
+        assert b.cache.find(b"k") is None  # but it is not kept
+        b.store.gate = None
+        assert await b("GET", "k") == b"new"
+
+    run(scenario)
+
+
+def test_without_notifications_memory_is_not_trusted() -> None:
+    async def scenario() -> None:
+        _db, (a, b) = fleet()
+        await a("SET", "k", "old")
+        assert await b("GET", "k") == b"old"
+        b.store.coherent = False
+        b.keyspace.invalidated_all("notifications lost")
+        await a("SET", "k", "new")  # B cannot hear it
+        assert await b("GET", "k") == b"new"
+        assert b.cache.find(b"k") is None  # read, served, forgotten
+        await b("SET", "mine", "1")
+        assert b.cache.find(b"mine") is None  # the database answers for it
+        assert await b("GET", "mine") == b"1"
+        b.store.coherent = True
+        b.keyspace.invalidated_all("notifications restored")
+        assert await b("GET", "k") == b"new"
+        assert b.cache.find(b"k") is not None  # cached again
+
+    run(scenario)
+
+
+def test_memory_expiry_forgets_and_asks_the_database() -> None:
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        await a("SET", "s", "v", "EX", "10")
+        assert await a("GET", "s") == b"v"
+        a.clock.now += 8
+        assert await b("GET", "s") == b"v"  # B renews it to now + 10
+        db.rows[b"s"] = db.rows[b"s"]._replace(deadline=a.clock.now + 10)  # written back
+        a.clock.now += 4  # A's copy ran out; B's renewal did not
+        a.cache.sweep()
+        assert b"s" in db.rows  # memory's expiry deleted nothing
+        assert await a("GET", "s") == b"v"
+
+    run(scenario)
+
+
+def test_renewals_are_those_of_sessions_read_since_the_last_write_back() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1, max_sessions=3)
+        await a("SET", "read", "v", "EX", "100")
+        await a("SET", "written", "v", "EX", "100")
+        await a("SET", "fixed", "v", "PX", "100000")
+        await a("PEXPIREAT", "fixed", str(int((a.clock.now + 100) * 1000)))
+        a.keyspace.renew_due()
+        assert a.store.renewed == {}  # nothing was read
+        a.clock.now += 5
+        await a("GET", "read")
+        await a("GET", "fixed")  # an absolute deadline does not slide
+        await a("SET", "written", "w", "EX", "100")
+        assert a.keyspace.renew_due() == 1
+        assert a.store.renewed == {b"read": Renewal(100.0, a.clock.now + 100, a.clock.now)}
+        a.store.renewed.clear()
+        a.clock.now += 5
+        await a("GET", "read")
+        await a("SET", "x", "1")  # evicts "read" (LRU) before any write-back
+        await a("SET", "y", "1")
+        await a("SET", "z", "1")
+        assert a.cache.find(b"read") is None
+        assert a.keyspace.renew_due() == 1
+        assert a.store.renewed[b"read"].deadline == a.clock.now + 100
+
+    run(scenario)
+
+
+def test_a_whole_flush_elsewhere_empties_memory() -> None:
+    async def scenario() -> None:
+        _db, (a, b) = fleet()
+        await a("MSET", "x", "1", "y", "2")
+        assert await b("MGET", "x", "y") == [b"1", b"2"]
+        b.keyspace.invalidated_all("another host flushed the keyspace")
+        assert len(b.cache) == 0
+
+    run(scenario)
+
+
+def test_a_key_too_long_to_name_is_dropped_by_its_scan_hash() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        long_key = b"k" * 10_000
+        await a("SET", long_key, "v")
+        await a("SET", "other", "v")
+        a.keyspace.invalidated_hashes([scan_hash(long_key)])
+        assert a.cache.find(long_key) is None and a.cache.find(b"other") is not None
+
+    run(scenario)
+
+
+def test_replies_of_writes_wait_for_their_own_decisions_only() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        gate = asyncio.Event()
+        a.store.gate = gate
+        slow = asyncio.ensure_future(a("INCR", "held"))
+        await settle()
+        assert await a("SET", "free", "1") is OK  # not held back by the open decision
+        assert not slow.done()
+        gate.set()
+        assert await slow == 1
+
+    run(scenario)
