@@ -37,16 +37,9 @@ from sessiond.store import (
     TableSlice,
     scan_hash,
 )
+from test_handlers import Clock
 
 T = TypeVar("T")
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Database:
