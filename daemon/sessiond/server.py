@@ -39,7 +39,7 @@ import structlog
 
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
-from .commands.dispatch import SUBSCRIBED_MODE
+from .commands.dispatch import subscribed_mode_refuses
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
@@ -437,7 +437,7 @@ class Connection(asyncio.Protocol):
         client = self.client
         if not client.authenticated and not cmd.noauth:
             return False
-        if client.subscriptions and not client.resp3 and cmd.name not in SUBSCRIBED_MODE:
+        if subscribed_mode_refuses(client, cmd):
             return False  # refused in subscribed mode, at once
         arity = cmd.arity
         if (arity > 0 and len(args) != arity) or len(args) < -arity:

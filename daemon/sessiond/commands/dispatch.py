@@ -37,6 +37,12 @@ SUBSCRIBED_MODE = frozenset(
 )
 
 
+def subscribed_mode_refuses(client: Client, cmd: Command) -> bool:
+    """Whether ``client``, a RESP2 client with a subscription, may not send
+    ``cmd`` (Redis' subscribed mode; RESP3 lifts it)."""
+    return bool(client.subscriptions) and not client.resp3 and cmd.name not in SUBSCRIBED_MODE
+
+
 class Dispatcher:
     """Runs requests against one keyspace, counting into ``state.stats``.
     It is the home of what commands share across clients: the daemon's one
@@ -119,7 +125,7 @@ class Dispatcher:
             counter = self.counters[cmd.index]
             counter.calls += 1
             return self.rejected(counter, Error(errors.NOAUTH))
-        if client.subscriptions and not client.resp3 and cmd.name not in SUBSCRIBED_MODE:
+        if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
             return self._refuse_subscribed(client, cmd, args)
         multi = client.multi
         if multi is not None and not cmd.immediate:
