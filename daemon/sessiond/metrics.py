@@ -41,6 +41,19 @@ def _buckets(hist: DurationHistogram) -> list[tuple[str, float]]:
     return buckets
 
 
+def _by_label(
+    family: CounterMetricFamily, counts: dict[str, int], always: Iterable[str] = ()
+) -> CounterMetricFamily:
+    """``family`` with one sample per label value in ``counts``, in label
+    order; the values in ``always`` are there at 0 before anything happened
+    (so that rate() and alerts see the series from the first scrape)."""
+    values = dict.fromkeys(always, 0)
+    values.update(counts)
+    for label, value in sorted(values.items()):
+        family.add_metric([label], value)
+    return family
+
+
 def _histogram(name: str, doc: str, hist: DurationHistogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=_buckets(hist), sum_value=hist.sum)
 
@@ -103,15 +116,13 @@ class SessiondCollector(Collector):
         yield CounterMetricFamily(
             "sessiond_store_writes", "Sessions written to the store.", value=store.writes
         )
-        errors = CounterMetricFamily(
-            "sessiond_store_errors", "Store failures by operation.", labels=["operation"]
+        yield _by_label(
+            CounterMetricFamily(
+                "sessiond_store_errors", "Store failures by operation.", labels=["operation"]
+            ),
+            store.errors,
+            STORE_OPERATIONS,
         )
-        counts = dict(store.errors)
-        for operation in STORE_OPERATIONS:
-            counts.setdefault(operation, 0)
-        for operation, count in sorted(counts.items()):
-            errors.add_metric([operation], count)
-        yield errors
         yield _histogram(
             "sessiond_store_commit_duration_seconds",
             "Time per store commit.",
@@ -185,14 +196,14 @@ class SessiondCollector(Collector):
             "How late a 100 ms timer on the event loop fired.",
             self.state.stats.loop_lag,
         )
-        error_replies = CounterMetricFamily(
-            "sessiond_error_replies",
-            "Error replies by their first word (ERR, NOAUTH, MISCONF...).",
-            labels=["prefix"],
+        yield _by_label(
+            CounterMetricFamily(
+                "sessiond_error_replies",
+                "Error replies by their first word (ERR, NOAUTH, MISCONF...).",
+                labels=["prefix"],
+            ),
+            stats.error_replies,
         )
-        for prefix, count in sorted(stats.error_replies.items()):
-            error_replies.add_metric([prefix], count)
-        yield error_replies
         yield CounterMetricFamily(
             "sessiond_slowlog_entries",
             "Entries added to the slow log (SLOWLOG RESET does not set it back).",
@@ -215,15 +226,13 @@ class SessiondCollector(Collector):
         yield CounterMetricFamily(
             "sessiond_connections", "Connections accepted.", value=stats.connections_total
         )
-        rejected = CounterMetricFamily(
-            "sessiond_rejected_connections", "Connections refused by reason.", labels=["reason"]
+        yield _by_label(
+            CounterMetricFamily(
+                "sessiond_rejected_connections", "Connections refused by reason.", labels=["reason"]
+            ),
+            stats.rejected,
+            ("max_clients", "peer_credentials"),
         )
-        reasons = dict(stats.rejected)
-        for reason in ("max_clients", "peer_credentials"):
-            reasons.setdefault(reason, 0)
-        for reason, count in sorted(reasons.items()):
-            rejected.add_metric([reason], count)
-        yield rejected
         yield CounterMetricFamily(
             "sessiond_client_output_buffer_disconnections",
             "Clients dropped for not reading their output past limits.max_output_buffer.",
@@ -296,17 +305,15 @@ def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
         "Times memory was emptied: notifications lost or restored, or a flush elsewhere.",
         value=shared.memory_flushes,
     )
-    reconnects = CounterMetricFamily(
-        "sessiond_store_reconnects",
-        "Reconnections of the store's own connections after a loss.",
-        labels=["connection"],
+    yield _by_label(
+        CounterMetricFamily(
+            "sessiond_store_reconnects",
+            "Reconnections of the store's own connections after a loss.",
+            labels=["connection"],
+        ),
+        shared.reconnects,
+        SHARED_CONNECTIONS,
     )
-    counts = dict(shared.reconnects)
-    for connection in SHARED_CONNECTIONS:
-        counts.setdefault(connection, 0)
-    for connection, count in sorted(counts.items()):
-        reconnects.add_metric([connection], count)
-    yield reconnects
     yield CounterMetricFamily(
         "sessiond_store_invalidations_sent",
         "Changed sessions announced to the other hosts.",
