@@ -11,7 +11,6 @@ second, which is the promise, not the measurement (bench/fleet_lag.py measures i
 
 from __future__ import annotations
 
-import datetime
 import json
 import shutil
 import subprocess
@@ -22,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from conftest import Daemon
 from pg import PgDatabase
 from test_fleet import fleet_config
-from test_frameworks import NODE_DIR, node_modules
+from test_frameworks import NODE_DIR, flask_app, node_modules
 from test_php import PREFIX, php, phpredis_request
 from test_php import finish as php_finish
 
@@ -129,43 +127,12 @@ def test_a_django_session_made_on_one_host_is_read_and_changed_on_another(
 # ------------------------------------------------------------------- Flask
 
 
-def flask_app(d: Daemon, prefix: str) -> Any:
-    from flask import Flask, session
-    from flask_session import Session
-
-    app = Flask(f"fleet-{d.workdir.name}")
-    app.config.update(
-        SECRET_KEY="sessiond-tests",
-        SESSION_TYPE="redis",
-        SESSION_REDIS=redis.Redis(unix_socket_path=str(d.socket_path)),
-        SESSION_KEY_PREFIX=prefix,
-        PERMANENT_SESSION_LIFETIME=datetime.timedelta(seconds=600),
-    )
-    Session(app)
-
-    @app.get("/set/<value>")
-    def set_value(value: str) -> str:
-        session["value"] = value
-        return "ok"
-
-    @app.get("/get")
-    def get_value() -> str:
-        return str(session.get("value", "<none>"))
-
-    @app.get("/logout")
-    def logout() -> str:
-        session.clear()
-        return "bye"
-
-    return app
-
-
 def test_a_flask_session_made_on_one_host_is_read_on_another(
     hosts: tuple[Daemon, Daemon],
 ) -> None:
     prefix = f"flask{uuid.uuid4().hex[:8]}:"
-    on_a = flask_app(hosts[0], prefix).test_client()
-    on_b = flask_app(hosts[1], prefix).test_client()
+    on_a = flask_app(hosts[0], prefix=prefix).test_client()
+    on_b = flask_app(hosts[1], prefix=prefix).test_client()
     assert on_a.get("/set/hello").data == b"ok"
     cookie = on_a.get_cookie("session")
     assert cookie is not None

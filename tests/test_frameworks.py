@@ -335,7 +335,11 @@ def test_django_cache_api(django_env: None, alias: str, raw_redis: redis.Redis) 
 # ------------------------------------------------------------------- Flask
 
 
-def flask_app(fw_daemon: Daemon, protocol: int, lifetime: float) -> Any:
+def flask_app(
+    fw_daemon: Daemon, protocol: int = 2, lifetime: float = 600, prefix: str | None = None
+) -> Any:
+    """Flask-Session on ``fw_daemon``; ``prefix`` shared by apps that must see
+    the same sessions (one per host of a fleet), else a fresh one."""
     from flask import Flask, session
     from flask_session import Session
 
@@ -344,7 +348,7 @@ def flask_app(fw_daemon: Daemon, protocol: int, lifetime: float) -> Any:
         SECRET_KEY="sessiond-tests",
         SESSION_TYPE="redis",
         SESSION_REDIS=redis.Redis(unix_socket_path=str(fw_daemon.socket_path), protocol=protocol),
-        SESSION_KEY_PREFIX=unique("flask"),
+        SESSION_KEY_PREFIX=unique("flask") if prefix is None else prefix,
         PERMANENT_SESSION_LIFETIME=datetime.timedelta(seconds=lifetime),
     )
     Session(app)
