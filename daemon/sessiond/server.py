@@ -197,6 +197,14 @@ class Connection(asyncio.Protocol):
         if client.subscriptions:
             self.server.state.pubsub.drop(client)
         client.push = None
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Nobody will be answered any more (killed, broke the protocol, gone):
+        drop the queue, and cancel the store read its first request waits on.
+        Cancelled now, the task never sees that read's result, even one already
+        on its way: it cannot answer a request that is no longer queued."""
+        self.pending.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self._discard_prepared()
@@ -218,7 +226,7 @@ class Connection(asyncio.Protocol):
         self.server.state.clients.pop(client.id, None)
         if client.subscriptions:  # gone from PUBSUB NUMSUB at once, as from CLIENT LIST
             self.server.state.pubsub.drop(client)
-        self.pending.clear()
+        self._abandon()
         self.out.clear()
         self.done.clear()
         self.counted = 0
@@ -279,7 +287,7 @@ class Connection(asyncio.Protocol):
         self.server.net.net_output_bytes += len(reply)
         transport.write(reply)
         transport.close()
-        self.pending.clear()
+        self._abandon()
 
     # ---------------------------------------------------------- execution
 
@@ -487,8 +495,6 @@ class Connection(asyncio.Protocol):
             # The request that needed the read is answered with the error;
             # whatever went wrong, it is answered and the queue goes on.
             self.prepared = None
-            if not self.pending:  # killed (CLIENT KILL) meanwhile: nobody to answer
-                return
             args = self.pending.popleft()
             if isinstance(exc, StoreError):
                 reply = command_errors.store_failed(exc)
