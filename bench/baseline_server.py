@@ -9,6 +9,10 @@ read, so pipelining works. Nothing else: no TTLs, limits, auth, inline commands,
 metrics or flow control. Malformed input gets ``-ERR Protocol error`` and the
 connection is closed, as Redis does. ``bench/instructions.py`` measures its cost per
 request next to sessiond's.
+
+``--lru`` keeps the dict in exact LRU order as sessiond's core does (an
+``OrderedDict``, ``move_to_end`` on every hit and write): the same floor plus
+what exact LRU alone costs (``resp_bench.py --floor-lru``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import os
 import signal
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +31,8 @@ import uvloop
 
 Handler = Callable[[list[Any]], bytes]
 
-DATA: dict[bytes, bytes] = {}
+DATA: OrderedDict[bytes, bytes] | dict[bytes, bytes] = {}
+LRU: Callable[[bytes], None] | None = None  # --lru: OrderedDict.move_to_end
 CONFIG = {b"save": b"", b"appendonly": b"no"}
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
@@ -44,7 +50,11 @@ def get(args: list[Any]) -> bytes:
     if len(args) != 2:
         return arity("get")
     value = DATA.get(args[1])
-    return NIL if value is None else bulk(value)
+    if value is None:
+        return NIL
+    if LRU is not None:
+        LRU(args[1])
+    return bulk(value)
 
 
 def set_(args: list[Any]) -> bytes:
@@ -54,6 +64,8 @@ def set_(args: list[Any]) -> bytes:
     if type(key) is not bytes or type(value) is not bytes:
         raise TypeError("not a bulk string")
     DATA[key] = value
+    if LRU is not None:
+        LRU(key)
     return OK
 
 
@@ -124,7 +136,12 @@ async def serve(path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
+    parser.add_argument("--lru", action="store_true", help="keep the keys in exact LRU order")
     args = parser.parse_args()
+    if args.lru:
+        global DATA, LRU
+        DATA = OrderedDict()
+        LRU = DATA.move_to_end
     print(f"baseline server pid {os.getpid()} on {args.socket}", flush=True)
     uvloop.run(serve(args.socket))
 

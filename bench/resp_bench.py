@@ -10,6 +10,7 @@
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
     python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py)
+    python bench/resp_bench.py --floor-lru     # and that server keeping exact LRU order (--lru)
     python bench/resp_bench.py --json out.json # also write every result (bench/plot.py draws them)
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
@@ -218,27 +219,32 @@ def run_persistence(
     ]
 
 
+FLOORS = {"floor": [], "floor-lru": ["--lru"]}  # baseline_server.py's row suffix: its flags
+
+
 def run_memory(
-    work: Path, n: int, metrics: bool, sessiond_first: bool, floor: bool = False
+    work: Path, n: int, metrics: bool, sessiond_first: bool, floors: tuple[str, ...] = ()
 ) -> list[Row]:
     """SET and GET at -c 50 -P 1, -c 50 -P 16 and -c 1, sessiond against
-    redis-server; with ``floor`` also bench/baseline_server.py (rows whose test
-    ends in "floor": the baseline server in sessiond's column)."""
+    redis-server; with ``floors`` also bench/baseline_server.py (rows whose test
+    ends in "floor" or "floor-lru": that server, plain or with --lru, in
+    sessiond's column)."""
     runs = [("-c 50 -P 1", 50, 1, n), ("-c 50 -P 16", 50, 16, n), ("-c 1 -P 1", 1, 1, n)]
     servers = {
         "sessiond": sessiond(work, metrics=metrics, persistence=None),
         "redis": redis(work, None),
     }
     order = ["sessiond", "redis"] if sessiond_first else ["redis", "sessiond"]
-    if floor:
-        (work / "baseline").mkdir()
-        sock = work / "baseline" / "baseline.sock"
-        servers["baseline"] = ([sys.executable, str(BASELINE), "--socket", str(sock)], sock)
-        order.append("baseline")
+    for floor in floors:
+        (work / floor).mkdir()
+        sock = work / floor / "baseline.sock"
+        cmd = [sys.executable, str(BASELINE), "--socket", str(sock), *FLOORS[floor]]
+        servers[floor] = (cmd, sock)
+        order.append(floor)
     results = interleaved(servers, work, runs, "set,get", order)
-    names = ["sessiond", "baseline"] if floor else ["sessiond"]
+    names = ["sessiond", *floors]
     return [
-        (label, test + (" floor" if name == "baseline" else ""), results[name][label][test],
+        (label, test + ("" if name == "sessiond" else f" {name}"), results[name][label][test],
          results["redis"][label][test])
         for label, _, _, _ in runs
         for name in names
@@ -297,6 +303,12 @@ def main() -> int:
         "dict): rows 'SET floor'/'GET floor' are what a minimal Python server reaches",
     )
     parser.add_argument(
+        "--floor-lru",
+        action="store_true",
+        help="in memory, also run bench/baseline_server.py --lru (its dict an OrderedDict in "
+        "exact LRU order, as sessiond's): rows 'SET floor-lru'/'GET floor-lru'",
+    )
+    parser.add_argument(
         "--reps",
         type=int,
         default=1,
@@ -324,7 +336,10 @@ def main() -> int:
             # from another's store.
             with tempfile.TemporaryDirectory(prefix="sessiond-bench-") as tmp:
                 if not args.persistence:
-                    rows = run_memory(Path(tmp), n, not args.metrics_off, first, floor=args.floor)
+                    floors = tuple(
+                        f for f, on in (("floor", args.floor), ("floor-lru", args.floor_lru)) if on
+                    )
+                    rows = run_memory(Path(tmp), n, not args.metrics_off, first, floors)
                 else:
                     dsn = pg.dsn(pg.create_database()) if pg is not None else None
                     rows = run_persistence(Path(tmp), n, not args.metrics_off, first, dsn)
