@@ -705,57 +705,68 @@ def test_client_kill_skipme_no_closes_the_caller_after_its_reply(daemon: Daemon)
     assert wire.sock.recv(100) == b""  # closed
 
 
+# A pause of a minute: a request it held would not be answered before the
+# client's 10 s timeout, so "answered" means "not held" whatever the machine's
+# load. What it holds is checked as "no reply yet", then released with UNPAUSE.
+# Lower bounds on a pause that ends by itself are measured from before PAUSE.
+LONG_PAUSE = "60000"
+
+
 def test_client_pause_write_holds_writes_only(daemon: Daemon) -> None:
     with daemon.client() as admin, daemon.client() as c:
         c.set("k", "1")
-        assert admin.execute_command("CLIENT", "PAUSE", "400", "WRITE") == b"OK"
-        started = time.monotonic()
+        assert admin.execute_command("CLIENT", "PAUSE", LONG_PAUSE, "WRITE") == b"OK"
         assert c.get("k") == b"1"  # reads go on
         assert c.eval("#!lua flags=no-writes\nreturn 1", 0) == 1
-        assert time.monotonic() - started < 0.3
-        assert c.set("k", "2")  # held until the pause ends
-        assert time.monotonic() - started >= 0.35
-        assert admin.execute_command("CLIENT", "PAUSE", "300", "WRITE") == b"OK"
+        writer, scripter = Wire(daemon.raw()), Wire(daemon.raw())
+        writer.send("SET", "k", "2")
+        scripter.send("EVAL", "return redis.call('SET', 'k2', '3')", "0")  # may write
+        assert writer.nothing_more() and scripter.nothing_more()  # both held
+        assert c.get("k") == b"1" and c.get("k2") is None
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert writer.read() == b"+OK\r\n" and scripter.read() == b"+OK\r\n"
+        assert c.get("k") == b"2" and c.get("k2") == b"3"
+        writer.close()
+        scripter.close()
         started = time.monotonic()
-        assert c.eval("return redis.call('SET', 'k', '3')", 0) == b"OK"  # may write: held
-        assert time.monotonic() - started >= 0.25
+        assert admin.execute_command("CLIENT", "PAUSE", "300", "WRITE") == b"OK"
+        assert c.set("k", "4")  # held until the pause ends by itself
+        assert time.monotonic() - started >= 0.3
 
 
 def test_client_unpause_releases_held_clients(daemon: Daemon) -> None:
     with daemon.client() as admin, daemon.client() as c:
-        admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+        admin.execute_command("CLIENT", "PAUSE", LONG_PAUSE, "WRITE")
         done: list[float] = []
         thread = threading.Thread(target=lambda: (c.set("k", "v"), done.append(1)))
-        started = time.monotonic()
         thread.start()
         time.sleep(0.2)
         assert not done
         admin.execute_command("CLIENT", "UNPAUSE")
-        thread.join(5)
-        assert done and time.monotonic() - started < 2
+        thread.join(10)  # released long before the minute is up
+        assert done
         assert admin.get("k") == b"v"
 
 
 def test_client_pause_all_holds_everything_and_is_extended(daemon: Daemon) -> None:
     with daemon.client() as admin, daemon.client() as c:
-        admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
         started = time.monotonic()
+        admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
         assert c.ping()  # every command waits, the caller's too
-        assert time.monotonic() - started >= 0.25
+        assert time.monotonic() - started >= 0.3
         admin_wire = Wire(daemon.raw())
+        started = time.monotonic()
         admin_wire("CLIENT", "PAUSE", "1000", "ALL")
         # Under ALL, even CLIENT UNPAUSE waits (as in Redis) ...
-        started = time.monotonic()
         admin_wire.send("CLIENT", "PAUSE", "10", "WRITE")
         assert admin_wire.read() == b"+OK\r\n"
-        assert time.monotonic() - started >= 0.8
+        assert time.monotonic() - started >= 1.0
         # ... and WRITE would not have weakened ALL, nor a shorter pause shortened it.
         assert c.get("k") is None
-        # A request that fails its arity check is answered at once.
-        admin_wire("CLIENT", "PAUSE", "500", "ALL")
-        started = time.monotonic()
+        # A request that fails its arity check is answered at once (the last
+        # step: under ALL nothing lifts this pause early).
+        admin_wire("CLIENT", "PAUSE", LONG_PAUSE, "ALL")
         assert admin_wire("GET") == b"-ERR wrong number of arguments for 'get' command\r\n"
-        assert time.monotonic() - started < 0.3
         admin_wire.close()
 
 
@@ -766,12 +777,12 @@ def test_client_pause_write_holds_exec_of_writes_not_of_reads(daemon: Daemon) ->
             assert w("MULTI") == b"+OK\r\n"
         assert reader("GET", "k") == b"+QUEUED\r\n"
         assert writer("SET", "k", "v") == b"+QUEUED\r\n"
-        admin.execute_command("CLIENT", "PAUSE", "400", "WRITE")
-        started = time.monotonic()
+        admin.execute_command("CLIENT", "PAUSE", LONG_PAUSE, "WRITE")
         assert reader("EXEC") == b"*1\r\n$-1\r\n"
-        assert time.monotonic() - started < 0.3
-        assert writer("EXEC") == b"*1\r\n+OK\r\n"
-        assert time.monotonic() - started >= 0.35
+        writer.send("EXEC")
+        assert writer.nothing_more()  # held
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert writer.read() == b"*1\r\n+OK\r\n"
         reader.close()
         writer.close()
 
@@ -779,16 +790,15 @@ def test_client_pause_write_holds_exec_of_writes_not_of_reads(daemon: Daemon) ->
 def test_replies_before_a_held_request_are_sent(daemon: Daemon) -> None:
     with daemon.client() as admin:
         wire = Wire(daemon.raw())
-        admin.execute_command("CLIENT", "PAUSE", "500", "WRITE")
+        admin.execute_command("CLIENT", "PAUSE", LONG_PAUSE, "WRITE")
         wire.sock.sendall(
             encode_request("PING") + encode_request("SET", "k", "v") + encode_request("PING")
         )
-        started = time.monotonic()
         assert wire.read() == b"+PONG\r\n"
-        assert time.monotonic() - started < 0.3
+        assert wire.nothing_more()  # the SET is held, and the PING behind it
+        admin.execute_command("CLIENT", "UNPAUSE")
         assert wire.read() == b"+OK\r\n"
         assert wire.read() == b"+PONG\r\n"
-        assert time.monotonic() - started >= 0.4
         wire.close()
 
 
