@@ -982,6 +982,48 @@ def test_a_client_killed_as_its_store_read_fails_leaves_nothing_behind(tmp_path:
     assert seen["escaped"] == []
 
 
+def test_messages_reach_a_subscriber_whose_request_waits_on_a_store_read(
+    tmp_path: Path,
+) -> None:
+    """A RESP3 client subscribed to a channel asks for a key that must be read
+    from the store; while that read is parked, a message published to the
+    channel reaches it at once (only a reply waiting for a commit holds
+    messages back), and the GET is answered when the read ends."""
+    import redis.asyncio as aredis
+
+    reading = threading.Event()
+    gate = threading.Event()
+
+    def gated_read(point: str) -> None:
+        if point == "load" and not reading.is_set():
+            reading.set()
+            gate.wait(10)
+
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_unix_connection(sock)
+        writer.write(b"HELLO 3\r\nSUBSCRIBE ch\r\n")
+        await reader.readuntil(b"proto\r\n:3\r\n")  # HELLO's map, up to the protocol
+        await reader.readuntil(b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+        writer.write(b"GET only-in-the-store\r\n")
+        seen["reading"] = await loop.run_in_executor(None, reading.wait, 10)
+        async with aredis.Redis(unix_socket_path=sock) as other:
+            seen["receivers"] = await other.publish("ch", "hello")
+        message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+        seen["message"] = await asyncio.wait_for(reader.readexactly(len(message)), 10)
+        seen["parked"] = not gate.is_set()
+        gate.set()
+        seen["get"] = await asyncio.wait_for(reader.readexactly(3), 10)
+        writer.close()
+
+    _run_in_process(tmp_path, body, hook=gated_read)
+    assert seen["reading"] and seen["receivers"] == 1 and seen["parked"]
+    assert seen["message"] == b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+    assert seen["get"] == b"_\r\n"  # RESP3 null
+
+
 @pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])
 def test_a_failed_whole_store_read_answers_that_request_with_an_error(
     tmp_path: Path, command: str

@@ -588,11 +588,12 @@ class Connection(asyncio.Protocol):
 
     def _flush_pushed(self) -> None:
         self.flush_due = False
-        # A connection whose replies wait for the store holds its messages
-        # behind them. One held by CLIENT PAUSE owes nothing before them (it
-        # was flushed when it stopped): its messages go out, or a long pause
-        # would pile them up until it is dropped as a client that does not read.
-        if not self.busy or self in self.server.held:
+        # Messages wait only behind a reply that waits for a commit: what is
+        # queued ahead of them otherwise is answered already (a connection
+        # waiting for a store read, or held by CLIENT PAUSE, which never holds
+        # an unsent acknowledgement) and goes out with them, or a long pause
+        # would pile them up until the client is dropped as one that does not read.
+        if not self.write_slots:
             self.flush()
 
     def output_exceeded(self) -> None:
