@@ -14,7 +14,9 @@
     python bench/resp_bench.py --json out.json # also write every result (bench/plot.py draws them)
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
-Prints requests/s, p99 and max latency for both servers and the ratios sessiond / redis.
+Prints requests/s, p99 and max latency for both servers, and each server's CPU time per request
+(user + system, from /proc), and the ratios sessiond / redis; CPU per request is the steadier
+measure when other work shares the machine.
 Quote ratios from one run; absolute numbers vary with the machine's load.
 """
 
@@ -128,6 +130,13 @@ class Result(NamedTuple):
     max: float  # ms
     p50: float = 0.0  # ms
     p95: float = 0.0  # ms
+    cpu: float = 0.0  # the server's CPU time (user + system, all threads) per request, us
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def benchmark(
@@ -159,16 +168,11 @@ def wait_idle(pid: int, quiet: float = 2.0, timeout: float = 300.0) -> None:
     that work left over from one benchmark (a fold, an fsync) does not run during
     the next one, on the other server."""
     tick = os.sysconf("SC_CLK_TCK")
-
-    def cpu() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     deadline = time.monotonic() + timeout
-    since, used = time.monotonic(), cpu()
+    since, used = time.monotonic(), cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        now, total = time.monotonic(), cpu()
+        now, total = time.monotonic(), cpu_seconds(pid)
         if total - used > 0.05 * (now - since) + 2 / tick:
             since, used = now, total
         elif now - since >= quiet:
@@ -185,7 +189,11 @@ def interleaved(
 ) -> dict[str, dict[str, dict[str, Result]]]:
     """{server: {scenario: {test: Result}}}: all servers up at once, and each
     scenario (label, clients, pipeline, requests) run on each server in ``order``
-    back to back, so the two sides of a ratio are measured minutes apart at most."""
+    back to back, so the two sides of a ratio are measured minutes apart at most.
+    Each test is a redis-benchmark run of its own, so that the server's CPU time
+    around it is that test's: CPU per request moves far less than requests/s
+    when other work shares the machine (it still moves with contention for the
+    caches)."""
     results: dict[str, dict[str, dict[str, Result]]] = {name: {} for name in servers}
     with ExitStack() as stack:
         procs = {}
@@ -194,8 +202,15 @@ def interleaved(
             procs[name] = stack.enter_context(running(cmd, sock, work / name))
         for label, c, p, n in runs:
             for name in order:
-                results[name][label] = benchmark(servers[name][1], tests, c, p, n)
-                wait_idle(procs[name].pid)
+                pid = procs[name].pid
+                results[name][label] = {}
+                for test in tests.split(","):
+                    before = cpu_seconds(pid)
+                    result = benchmark(servers[name][1], test, c, p, n)
+                    used = cpu_seconds(pid) - before
+                    for key, r in result.items():
+                        results[name][label][key] = r._replace(cpu=used / n * 1e6)
+                    wait_idle(pid)
     return results
 
 
@@ -255,26 +270,31 @@ def run_memory(
 def print_table(rows: list[Row]) -> None:
     header = f"{'scenario':<14} {'test':<15} {'sessiond rps':>13} {'redis rps':>11} "
     header += f"{'ratio':>6} {'sd p99 ms':>10} {'redis p99':>10} {'p99 ratio':>9}"
-    header += f" {'sd max ms':>10} {'redis max':>10}"
+    header += f" {'sd max ms':>10} {'redis max':>10} {'sd cpu us':>10} {'redis cpu':>10}"
     print(header)
     for label, test, sd, rb in rows:
         p99_ratio = sd.p99 / rb.p99 if rb.p99 else float("inf")
         print(
             f"{label:<14} {test:<15} {sd.rps:>13,.0f} {rb.rps:>11,.0f} {sd.rps / rb.rps:>6.2f} "
             f"{sd.p99:>10.3f} {rb.p99:>10.3f} {p99_ratio:>9.2f} {sd.max:>10.3f} {rb.max:>10.3f}"
+            f" {sd.cpu:>10.2f} {rb.cpu:>10.2f}"
         )
 
 
 def print_summary(reps: list[list[Row]]) -> None:
     """Median and min-max over the repetitions of each row's ratios."""
     print(f"\nover {len(reps)} repetitions (order alternating): median [min-max]")
-    print(f"{'scenario':<14} {'test':<15} {'ratio':>18} {'p99 ratio':>18} {'max lat ratio':>18}")
+    print(
+        f"{'scenario':<14} {'test':<15} {'ratio':>18} {'p99 ratio':>18} {'max lat ratio':>18}"
+        f" {'cpu/request ratio':>18}"
+    )
     for i, (label, test, _, _) in enumerate(reps[0]):
         pairs = [(rows[i][2], rows[i][3]) for rows in reps]
         cells = [
             spread([sd.rps / rb.rps for sd, rb in pairs]),
             spread([sd.p99 / rb.p99 if rb.p99 else float("inf") for sd, rb in pairs]),
             spread([sd.max / rb.max if rb.max else float("inf") for sd, rb in pairs]),
+            spread([sd.cpu / rb.cpu if rb.cpu else float("inf") for sd, rb in pairs]),
         ]
         print(f"{label:<14} {test:<15} " + " ".join(f"{c:>18}" for c in cells))
 
