@@ -48,7 +48,19 @@ SHUTDOWN_GRACE = 10.0  # seconds to let in-flight commands finish
 PROBE_INTERVAL = 0.1  # the loop-lag probe's timer, and INFO's instantaneous_* samples
 COUNT_INTERVAL = 15.0  # seconds between counts of the sessions in memory and store
 SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
-GC_THRESHOLDS = (7000, 10, 10)  # CPython's default is (700, 10, 10)
+GC_THRESHOLDS = (2000, 1, 10)
+"""The cyclic collector's thresholds (CPython's default is (700, 10, 10)).
+
+A young collection starts once tracked objects made *less those freed* pass the
+first. Under writes into a full cache each new session replaces an evicted one,
+so that count grows far slower than the young generation: at 7000 a young
+collection walked 30-40k objects, up to 13-17 ms of the collector's CPU. The
+middle generation is collected at every second young collection and then frozen
+(:func:`freeze_survivors`), so it holds the survivors of two, not of eleven
+(17-40 ms at 10). With these, in the million-SET load of ``bench/scale.py``
+(issue 18), the longest collection took 10-17 ms of the collector's CPU, 0.6-0.75 s
+in all, against 25-40 ms and 0.9-1.1 s at (7000, 10, 10) (``time.thread_time()``
+in ``gc.callbacks``; 3 and 2 runs on a loaded machine)."""
 
 
 def build_cache(config: Config) -> SessionCache[bytes, Value]:
@@ -158,8 +170,7 @@ class App:
                 log.error("startup_failed", error=str(exc))
                 return 1
         # Warmed sessions and start-up objects live for the whole run: keep the
-        # cyclic collector from rescanning them, and collect young objects less
-        # often (every write makes an entry; few of them form cycles).
+        # cyclic collector from rescanning them (thresholds: GC_THRESHOLDS).
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 __all__ = [
     "DEFAULT",
@@ -76,12 +76,24 @@ DEFAULT: Final = _Default()
 """Sentinel for "use the cache's default TTL"."""
 
 
-_Record = tuple[float, int, object]
 _TIDY_STEP = 16  # expiry index records moved per write while it is tidied
-"""An expiry-heap record ``(deadline, seq, key)``. ``seq`` is unique: a record is
-an entry's current one if it has the seq of ``Entry.record`` (never compare the
-tuples by identity: compiled with mypyc, a tuple read back from the heap is a
-new object, and every record would look stale)."""
+
+_Record = tuple[Any, ...]
+"""An expiry-heap record ``(deadline, seq, key)``: a float, an int and the key.
+``seq`` is unique: a record is an entry's current one if it has the seq of
+``Entry.record``.
+
+Typed as a tuple of any length, not ``tuple[float, int, K]``, for mypyc: it
+keeps a fixed-length tuple unboxed in a C struct, and every time one went back
+into a list or an attribute it made a new tuple object. Each record moved by
+:meth:`SessionCache._tidy` was a new object, and :meth:`SessionCache._file` made
+two: 4.85 new tracked objects per write into a full cache where the
+interpreter makes 2, which the cyclic collector's young generation had to walk
+(100-150k young objects, 40-70 ms collections under sustained writes; issue
+18). A variable-length tuple stays the one object it was made as, and a new
+record goes into a variable annotated ``_Record`` first (unannotated, it would
+be the fixed-length tuple again, boxed once per place it is stored):
+tests/test_cache.py counts the objects a write leaves."""
 
 
 class Entry(Generic[V]):
@@ -402,7 +414,7 @@ class SessionCache(Generic[K, V]):
         for _ in range(4 * count):
             n = random.randrange(size)
             record = heap[n] if n < len(heap) else old[n - len(heap)]
-            key: K = record[2]  # type: ignore[assignment]
+            key: K = record[2]
             entry = data.get(key)
             current = None if entry is None else entry.record
             if entry is None or current is None or current[1] != record[1]:
@@ -733,7 +745,7 @@ class SessionCache(Generic[K, V]):
                 break
             work += 1
             heappop(source)
-            key: K = record[2]  # type: ignore[assignment]
+            key: K = record[2]
             entry = data.get(key)
             current = None if entry is None else entry.record
             if current is None or current[1] != record[1]:
@@ -746,9 +758,9 @@ class SessionCache(Generic[K, V]):
             if deadline > now:
                 # Slid since it was filed: re-file under the current deadline
                 # (one record out, one in: the index does not grow).
-                record = (deadline, next(self._seq), key)
-                entry.record = record
-                heappush(self._heap, record)
+                fresh: _Record = (deadline, next(self._seq), key)  # one object (see _Record)
+                entry.record = fresh
+                heappush(self._heap, fresh)
                 continue
             # Expired: _remove inlined (this loop is the active-expiry hot path).
             del data[key]
@@ -776,11 +788,14 @@ class SessionCache(Generic[K, V]):
     def next_deadline(self) -> float | None:
         """The earliest time a sweep may have work (``None`` if nothing expires)."""
         heap, old = self._heap, self._old
+        due: float
         if heap and old:
-            return min(heap[0][0], old[0][0])
-        if heap:
-            return heap[0][0]
-        return old[0][0] if old else None
+            due = min(heap[0][0], old[0][0])
+        elif heap or old:
+            due = (heap or old)[0][0]
+        else:
+            return None
+        return due
 
     @property
     def expiry_index_size(self) -> int:
@@ -794,9 +809,10 @@ class SessionCache(Generic[K, V]):
         assert deadline is not None
         if record is not None and record[0] <= deadline:
             return  # surfaces early and is re-filed by sweep
-        record = (deadline, next(self._seq), key)
-        entry.record = record
-        heapq.heappush(self._heap, record)
+        # Annotated, so that mypyc makes one tuple for both places (see _Record).
+        fresh: _Record = (deadline, next(self._seq), key)
+        entry.record = fresh
+        heapq.heappush(self._heap, fresh)
         self._keep_bounded()
 
     def _keep_bounded(self) -> None:
@@ -830,7 +846,7 @@ class SessionCache(Generic[K, V]):
         old, heap, data = self._old, self._heap, self._data
         for _ in range(min(count, len(old))):
             record = old.pop()
-            key: K = record[2]  # type: ignore[assignment]
+            key: K = record[2]
             entry = data.get(key)
             current = None if entry is None else entry.record
             if entry is None or current is None or current[1] != record[1]:
@@ -852,9 +868,9 @@ class SessionCache(Generic[K, V]):
                 # Filed at or before its deadline (sweep re-files it): keep it.
                 append(record)
             else:
-                record = (entry.deadline, next(self._seq), key)
-                entry.record = record
-                append(record)
+                fresh: _Record = (entry.deadline, next(self._seq), key)  # see _Record
+                entry.record = fresh
+                append(fresh)
         heapq.heapify(heap)
         self._heap = heap
 
