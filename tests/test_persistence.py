@@ -112,12 +112,13 @@ def last_event(d: Daemon, name: str) -> dict[str, Any]:
 
 
 def _hammer(
-    d: Daemon, writers: int, run_for: float
+    d: Daemon, writers: int, run_for: float, until: Callable[[], bool] | None = None
 ) -> tuple[list[dict[str, tuple[str, float]]], list[int], float]:
     """``writers`` threads, each with its own client, SET distinct keys (and
     overwrite one ``last:<t>`` counter) until the daemon is SIGKILLed after
-    ``run_for`` seconds. Returns per thread {key: (value, ack time)}, the last
-    acknowledged counter per thread, and the time of the kill."""
+    ``run_for`` seconds, and once ``until()`` holds (if given; a loaded machine
+    may take longer to get there). Returns per thread {key: (value, ack
+    time)}, the last acknowledged counter per thread, and the time of the kill."""
     acked: list[dict[str, tuple[str, float]]] = [{} for _ in range(writers)]
     last: list[int] = [-1] * writers
     started = threading.Barrier(writers + 1)
@@ -150,6 +151,8 @@ def _hammer(
         th.start()
     started.wait()
     time.sleep(run_for)  # the writers run while we wait; this is not a flush wait
+    if until is not None:
+        assert poll(until, timeout=60.0, step=0.05), "the state to kill in was never reached"
     killed_at = time.monotonic()
     d.kill()
     for th in threads:
@@ -1188,6 +1191,20 @@ def test_whole_store_reads_leave_read_through_free(tmp_path: Path) -> None:
 # ------------------------------------------------- the log and compaction
 
 
+def _compacting(d: Daemon) -> bool:
+    """Whether a compaction is under way: some of it reached the table, the
+    oldest segment is not recorded as compacted, and another waits behind it."""
+    segments = sorted(d.workdir.glob("sessions.db-log.*"))
+    if len(segments) < 2:
+        return False
+    try:
+        partly = read_store(d, "SELECT count(*) FROM sessions")[0][0]
+        through = read_store(d, "SELECT compacted_through FROM store_state")[0][0]
+    except sqlite3.Error:  # not created yet, or busy this instant
+        return False
+    return bool(partly > 0 and through < int(segments[0].name.rsplit(".", 1)[1]))
+
+
 def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
     daemon_factory: Factory,
 ) -> None:
@@ -1197,7 +1214,7 @@ def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
     compaction it never finished."""
     d = daemon_factory(sqlite_config(persistence={"durability": "always"}), start=False)
     d.start(env={"SESSIOND_STORE_COMPACT_PAUSE": "0.3", "SESSIOND_STORE_COMPACT_ROWS": "256"})
-    acked, last, _ = _hammer(d, writers=8, run_for=2.5)
+    acked, last, _ = _hammer(d, writers=8, run_for=2.5, until=lambda: _compacting(d))
     total = sum(len(a) for a in acked)
     assert total > 100, "the writers barely ran"
     killed = d.events()
