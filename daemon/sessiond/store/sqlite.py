@@ -766,10 +766,9 @@ class SQLiteStore:
             (k, r) for k, r in queued.items() if r is not None and fields_live(r, now)
         ]
         if len(live) < limit:
-            # A clean stop writes every session held in memory back to the
-            # log (their renewals), and those are the most recently used of
-            # all (LRU): when the log holds that many, the table need not be
-            # read. Scanning 1M rows for the cut-off took 2-3 s.
+            # The log holds the most recent writes (and the renewals a stop
+            # or an eviction wrote back): when it holds that many, the table
+            # need not be read. Scanning 1M rows for the cut-off took 2-3 s.
             table = (
                 self.reader.recent(now, limit + len(queued), lambda: self._stopping)
                 if rows_valid
