@@ -872,18 +872,9 @@ def _run_in_process(
     assert asyncio.run(app.run(started)) == 0
 
 
-def _gated_warm_start(
-    tmp_path: Path,
-    before: Callable[[redis.Redis], None],
-    during: Callable[[Any], Awaitable[None]],
-    extra: str = "",
-) -> dict[str, Any]:
-    """Store sessions with a daemon (``before``), then start one in process
-    whose warm start is held at the store's ``warm`` hook (its rows read,
-    none admitted yet) while ``during(client)`` runs; the gate opens after
-    it. What INFO said while held and once the warm start ended."""
-    import redis.asyncio as aredis
-
+def _store_sessions(tmp_path: Path, before: Callable[[redis.Redis], None], extra: str) -> None:
+    """Run a daemon (a subprocess) on tmp_path/data/sessions.db, let
+    ``before(client)`` write sessions, stop it cleanly."""
     (tmp_path / "data").mkdir(parents=True)
     config = tmp_path / "first.yaml"
     config.write_text(
@@ -903,6 +894,20 @@ def _gated_warm_start(
         first.terminate()
         assert first.wait(20) == 0
 
+
+def _gated_warm_start(
+    tmp_path: Path,
+    before: Callable[[redis.Redis], None],
+    during: Callable[[Any], Awaitable[None]],
+    extra: str = "",
+) -> dict[str, Any]:
+    """Store sessions with a daemon (``before``), then start one in process
+    whose warm start is held at the store's ``warm`` hook (its rows read,
+    none admitted yet) while ``during(client)`` runs; the gate opens after
+    it. What INFO said while held and once the warm start ended."""
+    import redis.asyncio as aredis
+
+    _store_sessions(tmp_path, before, extra)
     held = threading.Event()
     gate = threading.Event()
 
@@ -998,6 +1003,60 @@ def test_the_warm_start_evicts_nothing_and_stops_at_flushdb(tmp_path: Path) -> N
     seen = _gated_warm_start(tmp_path / "flushed", before, flush)
     assert seen["after"]["warm_start_sessions"] == 0
     assert seen["list"] == []
+
+
+def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (or an upgrade's hand-over) while the warm start loads: it is
+    cancelled (``warm_start_stopped``), the stop completes with exit 0, and
+    every stored session is still there for the next start."""
+    import redis.asyncio as aredis
+
+    def before(r: redis.Redis) -> None:
+        for i in range(20):
+            assert r.set(f"s{i}", f"v{i}")
+
+    _store_sessions(tmp_path, before, "")
+    held = threading.Event()
+    gate = threading.Event()
+
+    def hold_warm_start(point: str) -> None:
+        if point == "warm":
+            held.set()
+            gate.wait(10)
+
+    seen: dict[str, Any] = {}
+
+    def open_gate_once_cancelled(app: Any) -> None:
+        # The stop cancels the warm start before it closes the store, which
+        # waits for the store's thread: only then is the held read let go.
+        while app.keyspace.warming:
+            time.sleep(0.005)  # a condition polled, not a timing asserted
+        gate.set()
+
+    async def stop_while_held(sock: str, app: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            seen["held"] = await loop.run_in_executor(None, held.wait, 10)
+            seen["during"] = await r.info("persistence")
+        seen["app"] = app
+        threading.Thread(target=open_gate_once_cancelled, args=(app,), daemon=True).start()
+
+    _run_in_process(tmp_path, stop_while_held, hook=hold_warm_start)  # exits 0
+    said = capfd.readouterr()
+    assert "warm_start_stopped" in said.out + said.err
+    assert seen["held"] and seen["during"]["warm_start_in_progress"] == 1
+    app = seen["app"]
+    assert not app.keyspace.warming and app.keyspace.warmed == 0 and len(app.cache) == 0
+    assert gate.is_set()
+
+    async def read_back(sock: str, app: Any) -> None:
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            seen["values"] = [await r.get(f"s{i}") for i in range(20)]
+
+    _run_in_process(tmp_path, read_back)
+    assert seen["values"] == [f"v{i}".encode() for i in range(20)]
 
 
 @pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])
