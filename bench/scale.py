@@ -11,8 +11,10 @@ each: the write rate over the whole load; the longest stall a client saw
 during it (a probe sends PING every 10 ms and keeps its worst round trip);
 bytes on disk right after the load and after a clean stop; SIGTERM to exit
 right after the load; start to first PING answered right after that stop, and
-again on an idle store (stopped once everything was compacted). A key written
-right before the stop must be read back after each start (checked, printed).
+again on an idle store (stopped once everything was compacted); start to the
+warm start loaded (sessiond serves while it loads; INFO persistence says when
+it is done). A key written right before the stop must be read back after each
+start (checked, printed).
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 """
@@ -107,11 +109,12 @@ class Server:
     def __init__(self, name: str, cmd: list[str], sock: Path, data: Path, cwd: Path) -> None:
         self.name, self.cmd, self.sock, self.data, self.cwd = name, cmd, sock, data, cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
 
     def start(self) -> float:
         """Start; seconds until the first PING is answered."""
         log = (self.cwd / f"{self.name}.log").open("ab")
-        t0 = time.monotonic()
+        t0 = self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         while not ping(self.sock, 0.5):
@@ -119,6 +122,15 @@ class Server:
                 sys.exit(f"{self.name} exited {self.proc.returncode}; see {self.cwd}")
             time.sleep(0.005)
         return time.monotonic() - t0
+
+    def loaded(self) -> float:
+        """Seconds from the last start until INFO persistence says that
+        nothing is loading (Redis' ``loading``, sessiond's warm start)."""
+        while True:
+            info = command(self.sock, "INFO", "persistence")
+            if b"loading:1" not in info and b"warm_start_in_progress:1" not in info:
+                return time.monotonic() - self.started_at
+            time.sleep(0.005)
 
     def stop(self) -> float:
         """SIGTERM; seconds until the process exited."""
@@ -197,6 +209,7 @@ def measure(server: Server, sessions: int, check: Callable[[str], None]) -> dict
     row["SIGTERM -> exited, right after"] = f"{server.stop():.2f} s"
     row["on disk after a clean stop"] = f"{disk_bytes(server.data) / 1e6:,.0f} MB"
     row["start -> PING, right after"] = f"{server.start():.2f} s"
+    row["start -> warm start loaded, right after"] = f"{server.loaded():.2f} s"
     check(server.name)
     wait_idle(server)
     server.stop()

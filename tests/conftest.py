@@ -104,6 +104,7 @@ class Daemon:
         """Start the daemon; ``prefix`` is a command to run it under (``setpriv ...``)."""
         # The log accumulates across restarts: wait for one more "started".
         self._starts_seen = self._count_started()
+        self._warms_seen = self._count_warmed()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "sessiond", "run", "--config", str(self.config_path)],
@@ -126,12 +127,30 @@ class Daemon:
             # The "started" event is logged once the socket listens (a ping
             # alone would not do: peer-credential tests reject the test's uid).
             if self.socket_path.exists() and self._count_started() > self._starts_seen:
-                return
+                break
             time.sleep(0.02)
-        raise RuntimeError(f"sessiond did not start:\n{self.log_text()}")
+        else:
+            raise RuntimeError(f"sessiond did not start:\n{self.log_text()}")
+        # It serves while the warm start loads (docs/persistence.md); tests
+        # that read memory after a restart expect it done.
+        if self.warms:
+            while self._count_warmed() <= self._warms_seen:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"sessiond did not warm up:\n{self.log_text()}")
+                time.sleep(0.02)
+
+    @property
+    def warms(self) -> bool:
+        """Whether a start loads a warm start (a SQLite store, warm_start on)."""
+        p = self.config.get("persistence") or {}
+        return p.get("backend") == "sqlite" and p.get("warm_start", True) is not False
 
     def _count_started(self) -> int:
         return sum(1 for e in self.events() if e.get("event") == "started")
+
+    def _count_warmed(self) -> int:
+        names = ("warm_start", "warm_start_failed", "warm_start_stopped")
+        return sum(1 for e in self.events() if e.get("event") in names)
 
     def client(self, protocol: int = 2, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 10)

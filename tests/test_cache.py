@@ -712,6 +712,27 @@ def test_admit_over_a_live_entry_replaces_it_in_the_counts() -> None:
     assert (cache.memory, cache.expiring, len(cache)) == (len("k") + len("v"), 1, 1)
 
 
+def test_admit_oldest_fills_only_the_room_left_behind_everything_else() -> None:
+    """The warm start's admission: each entry goes in as the least recently
+    used, nothing is evicted or saved for it, a held key or an expired entry
+    is left out, and it says when memory is full (sessions or bytes)."""
+    cache, clock, listener, store = make(4, max_memory=16)
+    cache.insert("new", "v")  # a client's write: newer than any stored row
+    assert cache.admit_oldest("s1", Entry("v1", created_at=0.0, deadline=clock.now + 5))
+    assert cache.admit_oldest("s0", Entry("v0", created_at=0.0))
+    assert cache.admit_oldest("new", Entry("stored", created_at=0.0))  # held: left out
+    assert cache.admit_oldest("gone", Entry("v", created_at=0.0, deadline=clock.now))
+    assert cache.list() == ["new", "s1", "s0"]
+    assert cache.get("new") == "v" and (cache.memory, cache.expiring) == (12, 1)
+    assert not cache.admit_oldest("big", Entry("vvv", created_at=0.0))  # 18 bytes > 16
+    assert cache.admit_oldest("x", Entry("", created_at=0.0))
+    assert not cache.admit_oldest("y", Entry("", created_at=0.0))  # 4 sessions
+    assert cache.list() == ["new", "s1", "s0", "x"]
+    assert listener.events == [] and [c[:2] for c in store.calls] == [("save", "new")]
+    clock.advance(5)
+    assert cache.sweep() == 1 and "s1" not in cache  # filed for expiry as any entry
+
+
 def test_resize_shrinks_at_once() -> None:
     cache, _, listener, _ = make(5)
     for key in "abcde":

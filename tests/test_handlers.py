@@ -89,6 +89,9 @@ class StoreDouble:
         live.sort(key=lambda kr: -kr[1].accessed_at)
         return live[:limit]
 
+    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
+        return self.recent(limit)
+
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         callback(self.failure)
 
@@ -331,7 +334,11 @@ def test_warm_start_and_close_go_through_rows() -> None:
     assert d.store is not None
     for i in range(5):
         d.store.record(b"w%d" % i, row(b"v%d" % i, d.clock.now - 10 + i, ttl=3600))
-    assert d.keyspace.warm(3) == 3
+
+    async def warm() -> int:
+        return await d.keyspace.warm(3)
+
+    assert asyncio.run(warm()) == 3
     assert sorted(k for k, _ in d.cache.items()) == [b"w2", b"w3", b"w4"]
     d.clock.now += 60
     d("GET", "w4")  # a renewal memory alone knows

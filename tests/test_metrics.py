@@ -70,6 +70,7 @@ def test_every_spec_metric_is_exported(metered: Callable[..., Daemon]) -> None:
         "sessiond_cache_sessions",
         "sessiond_cache_max_sessions",
         "sessiond_cache_memory_bytes",
+        "sessiond_warm_start_in_progress",
         "sessiond_store_loads_total",
         "sessiond_store_writes_total",
         "sessiond_store_errors_total",

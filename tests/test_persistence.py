@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,11 +97,11 @@ def poll(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) ->
 
 
 def restart(d: Daemon, env: dict[str, str] | None = None) -> None:
-    """Start ``d`` again and wait for *this* run's ``started`` event (the log
-    accumulates across runs, and a SIGKILLed daemon leaves its socket behind)."""
-    runs = sum(1 for e in d.events() if e.get("event") == "started")
+    """Start ``d`` again and wait for *this* run's ``started`` event and warm
+    start (the log accumulates across runs, and a SIGKILLed daemon leaves its
+    socket behind)."""
     d.start(wait=False, env=env)
-    d.wait_for_event("started", count=runs + 1, timeout=20)
+    d.wait_ready()  # this run's "started", and its warm start done
 
 
 def last_event(d: Daemon, name: str) -> dict[str, Any]:
@@ -416,7 +418,9 @@ def test_warm_restart_restores_recent_sessions_with_their_ttls(daemon_factory: F
     with d.client() as r:
         assert r.info("persistence")["warm_start_sessions"] == 10
         assert last_event(d, "warm_start")["sessions"] == 10
-        assert last_event(d, "started")["warmed_sessions"] == 10
+        # Serving started before the warm start had loaded them.
+        assert last_event(d, "started")["warming"] is True
+        assert r.info("persistence")["warm_start_in_progress"] == 0
         # The same sessions, in the same most-recently-used order, are in memory.
         assert r.execute_command("SESSION.LIST") == mru
         for key in mru:
@@ -884,6 +888,193 @@ def _run_in_process(
             app.shutdown_event.set()
 
     assert asyncio.run(app.run(started)) == 0
+
+
+def _store_sessions(tmp_path: Path, before: Callable[[redis.Redis], None], extra: str) -> None:
+    """Run a daemon (a subprocess) on tmp_path/data/sessions.db, let
+    ``before(client)`` write sessions, stop it cleanly."""
+    (tmp_path / "data").mkdir(parents=True)
+    config = tmp_path / "first.yaml"
+    config.write_text(
+        "socket: {path: first.sock}\n"
+        "persistence: {backend: sqlite, path: data/sessions.db, durability: always}\n"
+        "metrics: {enabled: false}\n" + extra
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sessiond", "run", "--config", str(config)], cwd=tmp_path
+    )
+    try:
+        r = redis.Redis(unix_socket_path=str(tmp_path / "first.sock"))
+        assert poll(lambda: _answers(r), timeout=20)
+        before(r)
+        r.close()
+    finally:
+        first.terminate()
+        assert first.wait(20) == 0
+
+
+def _gated_warm_start(
+    tmp_path: Path,
+    before: Callable[[redis.Redis], None],
+    during: Callable[[Any], Awaitable[None]],
+    extra: str = "",
+) -> dict[str, Any]:
+    """Store sessions with a daemon (``before``), then start one in process
+    whose warm start is held at the store's ``warm`` hook (its rows read,
+    none admitted yet) while ``during(client)`` runs; the gate opens after
+    it. What INFO said while held and once the warm start ended."""
+    import redis.asyncio as aredis
+
+    _store_sessions(tmp_path, before, extra)
+    held = threading.Event()
+    gate = threading.Event()
+
+    def hold_warm_start(point: str) -> None:
+        if point == "warm":  # on the store's thread, the warm rows read
+            held.set()
+            gate.wait(10)
+
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            try:
+                seen["held"] = await loop.run_in_executor(None, held.wait, 10)
+                seen["ping"] = await r.ping()
+                seen["during"] = await r.info("persistence")
+                await during(r)
+            finally:
+                gate.set()
+            while (await r.info("persistence"))["warm_start_in_progress"]:
+                await asyncio.sleep(0.01)  # a condition, not a timing
+            seen["after"] = await r.info("persistence")
+            seen["list"] = await r.execute_command("SESSION.LIST")
+            seen["values"] = [
+                await r.get("rewritten"),
+                await r.exists("deleted", "expired"),
+                await r.get("read"),
+                await r.get("old0"),
+            ]
+
+    _run_in_process(tmp_path, body, extra=extra, hook=hold_warm_start)
+    assert seen["held"] and seen["ping"] is True
+    assert seen["during"]["warm_start_in_progress"] == 1
+    assert seen["during"]["warm_start_sessions"] == 0
+    assert seen["after"]["warm_start_in_progress"] == 0
+    return seen
+
+
+def _answers(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_clients_are_served_while_the_warm_start_loads_and_win_over_it(
+    tmp_path: Path,
+) -> None:
+    """The daemon serves before its warm start has loaded anything; what a
+    client writes, deletes or reads through meanwhile wins over the older
+    rows the warm start read, which go in behind what clients touched."""
+
+    def before(r: redis.Redis) -> None:
+        for key in ("old0", "old1", "rewritten", "deleted", "read", "expired"):
+            assert r.set(key, f"{key}-stored")
+
+    changed: dict[str, Any] = {}
+
+    async def during(r: Any) -> None:
+        changed["set"] = await r.set("rewritten", "client")
+        changed["del"] = await r.delete("deleted")
+        changed["get"] = await r.get("read")
+        changed["expire"] = await r.set("expired", "gone", pxat=1)  # a deadline long past
+        changed["new"] = await r.set("new", "client")
+
+    seen = _gated_warm_start(tmp_path, before, during)
+    assert changed == {"set": True, "del": 1, "get": b"read-stored", "expire": True, "new": True}
+    # Loaded: the two sessions no client touched; behind those that were.
+    assert seen["after"]["warm_start_sessions"] == 2
+    assert seen["list"] == [b"new", b"read", b"rewritten", b"old1", b"old0"]
+    assert seen["values"] == [b"client", 0, b"read-stored", b"old0-stored"]
+
+
+def test_the_warm_start_evicts_nothing_and_stops_at_flushdb(tmp_path: Path) -> None:
+    """Warm rows fill only the room clients left (max_sessions), and a
+    FLUSHDB while they load ends the warm start: nothing comes back."""
+
+    def before(r: redis.Redis) -> None:
+        for i in range(5):
+            assert r.set(f"old{i}", "stored")
+
+    async def fill(r: Any) -> None:
+        assert await r.set("new0", "client") and await r.set("new1", "client")
+
+    seen = _gated_warm_start(tmp_path / "bounded", before, fill, "cache: {max_sessions: 3}\n")
+    assert seen["after"]["warm_start_sessions"] == 1
+    assert seen["list"] == [b"new1", b"new0", b"old4"]  # the most recent stored one
+
+    async def flush(r: Any) -> None:
+        assert await r.flushdb()
+
+    seen = _gated_warm_start(tmp_path / "flushed", before, flush)
+    assert seen["after"]["warm_start_sessions"] == 0
+    assert seen["list"] == []
+
+
+def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (or an upgrade's hand-over) while the warm start loads: it is
+    cancelled (``warm_start_stopped``), the stop completes with exit 0, and
+    every stored session is still there for the next start."""
+    import redis.asyncio as aredis
+
+    def before(r: redis.Redis) -> None:
+        for i in range(20):
+            assert r.set(f"s{i}", f"v{i}")
+
+    _store_sessions(tmp_path, before, "")
+    held = threading.Event()
+    gate = threading.Event()
+
+    def hold_warm_start(point: str) -> None:
+        if point == "warm":
+            held.set()
+            gate.wait(10)
+
+    seen: dict[str, Any] = {}
+
+    def open_gate_once_cancelled(app: Any) -> None:
+        # The stop cancels the warm start before it closes the store, which
+        # waits for the store's thread: only then is the held read let go.
+        while app.keyspace.warming:
+            time.sleep(0.005)  # a condition polled, not a timing asserted
+        gate.set()
+
+    async def stop_while_held(sock: str, app: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            seen["held"] = await loop.run_in_executor(None, held.wait, 10)
+            seen["during"] = await r.info("persistence")
+        seen["app"] = app
+        threading.Thread(target=open_gate_once_cancelled, args=(app,), daemon=True).start()
+
+    _run_in_process(tmp_path, stop_while_held, hook=hold_warm_start)  # exits 0
+    said = capfd.readouterr()
+    assert "warm_start_stopped" in said.out + said.err
+    assert seen["held"] and seen["during"]["warm_start_in_progress"] == 1
+    app = seen["app"]
+    assert not app.keyspace.warming and app.keyspace.warmed == 0 and len(app.cache) == 0
+    assert gate.is_set()
+
+    async def read_back(sock: str, app: Any) -> None:
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            seen["values"] = [await r.get(f"s{i}") for i in range(20)]
+
+    _run_in_process(tmp_path, read_back)
+    assert seen["values"] == [f"v{i}".encode() for i in range(20)]
 
 
 @pytest.mark.parametrize("command", ["DBSIZE", "KEYS"])

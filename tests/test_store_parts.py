@@ -421,6 +421,30 @@ def test_a_version_3_store_reads_its_rows_as_they_were_and_writes_times_smaller(
         store.close()
 
 
+def test_a_stop_cuts_the_warm_start_s_table_scan_short(tmp_path: Path) -> None:
+    """The warm start scans the table on the store's thread while the daemon
+    serves; a stop meanwhile must not wait for a scan of every row."""
+    from sessiond.store.reads import TableReader
+
+    path = tmp_path / "s.db"
+    now = time.time()
+    files, db = _open(path)
+    try:
+        rows = {
+            b"k%d" % i: Row(b"v", None, now + i, now + i, now + i, None, None, 0) for i in range(3)
+        }
+        assert Compactor(db).step(Compaction(Layer(1, dict(rows))), 10)
+    finally:
+        db.close()
+        files.close()
+    reader = TableReader(path)
+    try:
+        assert [key for key, _ in reader.recent(now, 2)] == [b"k2", b"k1"]
+        assert reader.recent(now, 2, stopped=lambda: True) == []
+    finally:
+        reader.close()
+
+
 def test_every_page_is_checked_when_the_last_stop_was_not_clean(tmp_path: Path) -> None:
     """A clean stop deletes SQLite's -wal file; one left over means the last
     process did not close the store, and start-up then checks every page

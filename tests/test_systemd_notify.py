@@ -1,4 +1,4 @@
-"""sd_notify (docs/operations.md): READY=1 once serving and warm, WATCHDOG=1 pings, STOPPING=1."""
+"""sd_notify (docs/operations.md): READY=1 once serving, WATCHDOG=1 pings, STOPPING=1."""
 
 from __future__ import annotations
 
@@ -47,8 +47,12 @@ def test_ready_watchdog_stopping(
     assert d.stop() == 0
     d.start(wait=False, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
     messages = _messages(sock, "READY=1")
-    # At READY the socket already answers and the warm start is done.
+    # READY as soon as the socket answers; the warm start loads meanwhile
+    # (read-through finds the session either way) and says when it is done.
+    assert "STATUS=serving, warm start loading" in messages
+    messages += _messages(sock, "STATUS=serving")
     with d.client() as r:
+        assert r.info("persistence")["warm_start_in_progress"] == 0
         assert r.info("persistence")["warm_start_sessions"] == 1
         assert r.get("warm") == b"yes"
     assert "WATCHDOG=1" in messages + _messages(sock, "WATCHDOG=1")

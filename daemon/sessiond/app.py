@@ -157,9 +157,10 @@ class App:
         loop = asyncio.get_running_loop()
         config = self.config
         warmed = 0
+        warming: Awaitable[int] | None = None
         if config.persistence.backend == "sqlite":
             try:
-                warmed = self._open_store(loop)
+                warming = self._open_store(loop)
             except StoreError as exc:
                 log.error("startup_failed", error=str(exc))
                 return 1
@@ -199,6 +200,8 @@ class App:
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
         loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
         gc.callbacks.append(self._gc_phase)  # removed by _shutdown
+        if warming is not None:
+            self._spawn(self._warm_start(warming))
         self._spawn(self._sweep_forever())
         self._spawn(self._idle_forever())
         self._spawn(self._probe_forever())
@@ -237,17 +240,21 @@ class App:
             store=self._store_label(),
             durability=config.persistence.durability if self.keyspace.persistent else None,
             warmed_sessions=warmed,
+            warming=self.keyspace.warming,
         )
         if self.predecessor is not None:
             self.predecessor.serving()
-        notify("READY=1\nSTATUS=serving")
+        # Ready while the warm start may still be loading: read-through finds
+        # every session meanwhile (docs/operations.md).
+        notify("READY=1\nSTATUS=serving" + (", warm start loading" if warming is not None else ""))
         if started is not None:
             await started()
         await self.shutdown_event.wait()
         return await self._shutdown()
 
-    def _open_store(self, loop: asyncio.AbstractEventLoop) -> int:
-        """Open the SQLite store, attach it to the keyspace, warm start."""
+    def _open_store(self, loop: asyncio.AbstractEventLoop) -> Awaitable[int] | None:
+        """Open the SQLite store and attach it to the keyspace; the warm start
+        to run once serving (``None`` if it is off)."""
         p = self.config.persistence
         # Tests simulate a full disk with it: the database errors at this many
         # pages, and the log at as many bytes.
@@ -276,16 +283,33 @@ class App:
         self.keyspace.attach(store)
         store.start(loop)
         if not p.warm_start:
-            return 0
+            return None
+        # Called now, before any client is served: from here on the keyspace
+        # keeps what clients change from being overwritten by the warm rows.
+        return self.keyspace.warm(self.cache.max_sessions)
+
+    async def _warm_start(self, warming: Awaitable[int]) -> None:
+        """The warm start, while serving (Keyspace.warm); cancelled by a stop."""
         started = time.monotonic()
-        warmed = self.keyspace.warm(self.cache.max_sessions)
+        try:
+            warmed = await warming
+        except StoreError as exc:
+            log.warning("warm_start_failed", error=str(exc))
+            return
+        except asyncio.CancelledError:
+            log.info(
+                "warm_start_stopped",
+                sessions=self.keyspace.warmed,
+                seconds=round(time.monotonic() - started, 3),
+            )
+            raise
         log.info(
             "warm_start",
             sessions=warmed,
             seconds=round(time.monotonic() - started, 3),
-            store=str(p.path),
+            store=str(self.config.persistence.path),
         )
-        return warmed
+        notify("STATUS=serving")
 
     async def _open_shared_store(self, keyspace: SharedKeyspace) -> int:
         """Connect to PostgreSQL (waiting up to persistence.connect_timeout for

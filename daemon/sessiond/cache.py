@@ -575,6 +575,33 @@ class SessionCache(Generic[K, V]):
         self._enforce_bounds()
         return entry if self._data.get(key) is entry else None
 
+    def admit_oldest(self, key: K, entry: Entry[V]) -> bool:
+        """Put an entry that came from the store in memory as the *least*
+        recently used, keeping its access time and deadline, without saving
+        it again: the warm start, which runs while clients are served, so
+        whatever they touched meanwhile is more recent than any stored row.
+        Nothing is evicted for it: ``False`` if memory has no room left (the
+        caller stops there). A key memory holds already, or an entry past its
+        deadline, is left out (``True``: there was room)."""
+        data = self._data
+        if key in data:
+            return True
+        if entry.deadline is not None and entry.deadline <= self.clock():
+            return True
+        size = self.sizer(key, entry.value)
+        max_memory = self.max_memory
+        if len(data) >= self.max_sessions or (max_memory and self.memory + size > max_memory):
+            return False
+        entry.record = None
+        entry.size = size
+        data[key] = entry
+        data.move_to_end(key, last=False)
+        self.memory += size
+        self.expiring += entry.deadline is not None
+        if entry.deadline is not None:
+            self._file(key, entry)
+        return True
+
     def update(self, key: K, fn: Callable[[V], V]) -> Entry[V] | None:
         """Replace the value of a live ``key`` with ``fn(value)``, keeping its TTL
         settings and metadata (the seed's mutate-in-place). ``None`` if absent."""

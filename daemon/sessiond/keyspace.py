@@ -26,6 +26,7 @@ command through it is in docs/design.md.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,10 @@ from .store import (
 from .store.api import DEADLINE, KIND
 from .store.api import live as live_fields
 from .values import Value
+
+# Stored sessions the warm start admits to memory per step before it lets the
+# event loop serve clients again.
+WARM_STEP = 1024
 
 
 class Prepared:
@@ -155,6 +160,10 @@ class Keyspace:
         self.store = store
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
+        self.warming = False  # whether the warm start is still loading
+        # While warming: the keys commands changed since it began (their
+        # stored rows read for the warm start may be older). None otherwise.
+        self._changed: set[bytes] | None = None
         # Reads that memory missed and the store's copy served (INFO's
         # keyspace_hits counts them as hits; the cache's own counters do not).
         self.store_hits = 0
@@ -245,6 +254,9 @@ class Keyspace:
         current = self.current
         if current is not None:
             current.seen(key, entry)
+        changed = self._changed
+        if changed is not None:
+            changed.add(key)
         assert self.store is not None
         self.store.record(key, _row(entry))
 
@@ -252,6 +264,9 @@ class Keyspace:
         current = self.current
         if current is not None:
             current.seen(key, None)
+        changed = self._changed
+        if changed is not None:
+            changed.add(key)
         assert self.store is not None
         self.store.record(key, None)
 
@@ -561,25 +576,74 @@ class Keyspace:
         cache.expirations += deleted
         return deleted
 
-    def warm(self, limit: int) -> int:
-        """Load the ``limit`` most recently used stored sessions into memory
-        (a restart is not an access: their deadlines and LRU order stay)."""
-        if self.store is None:
-            return 0
-        rows = self.store.recent(limit)
-        for key, row in reversed(rows):
-            self.cache.admit(key, _entry(row), touch=False)
-        self.warmed = len(rows)
-        return self.warmed
+    def warm(self, limit: int, step: int = WARM_STEP) -> Awaitable[int]:
+        """The warm start, run while clients are served: load up to ``limit``
+        of the most recently used stored sessions into memory (a restart is
+        not an access: their deadlines and LRU order stay). The awaitable
+        reads them off the event loop, then admits ``step`` at a time,
+        yielding to clients between steps; it gives how many it loaded.
+
+        From this call on (before serving starts) every key a command writes,
+        deletes or expires is remembered, and the warm start leaves it alone:
+        its stored row, read before, may be older than what the client did.
+        A key read through is in memory already, which the warm start never
+        replaces. Warm rows go in as the least recently used (nothing a
+        client touched is older) and only while there is room: the warm
+        start evicts nothing. FLUSHDB ends it."""
+        changed: set[bytes] = set()
+        self._changed = changed
+        self.warming = True
+        self.warmed = 0
+        return self._warm(limit, step, changed)
+
+    async def _warm(self, limit: int, step: int, changed: set[bytes]) -> int:
+        try:
+            store = self.store
+            if store is None:
+                return 0
+            rows = await store.recent_rows(limit)
+            cache = self.cache
+            for start in range(0, len(rows), step):
+                if self._changed is not changed:
+                    break  # flushed: every stored row is gone
+                held = len(cache)
+                room = True
+                # Most recent first, each in front of the one before it.
+                for key, row in rows[start : start + step]:
+                    if key not in changed and not cache.admit_oldest(key, _entry(row)):
+                        room = False
+                        break
+                self.warmed += len(cache) - held
+                if not room:
+                    break
+                await asyncio.sleep(0)
+            return self.warmed
+        finally:
+            if self._changed is changed:
+                self._changed = None
+            self.warming = False
+
+    def flushed(self) -> None:
+        """Every session was deleted (FLUSHDB): a warm start still loading stops."""
+        self._changed = None
 
     def close(self) -> None:
         """Write back what memory knows that the store may not (TTL renewals
-        and access times of reads), then close the store."""
-        if self.store is None:
+        and access times of reads), then close the store.
+
+        Only sessions read since their last write, as an eviction does
+        (:meth:`on_evict`): the store holds every other one as memory does.
+        Writing back every session held put 100k rows (27 MB) in the log at
+        each clean stop after a write load, kept until compacted, only so
+        that the next warm start would find them there (issue 18); it now
+        finds them in the table, off the event loop while serving."""
+        store = self.store
+        if store is None:
             return
         for key, entry in self.cache.items():
-            self.store.record(key, _row(entry))
-        self.store.close()
+            if entry.accessed_at != entry.updated_at:
+                store.record(key, _row(entry))
+        store.close()
 
     def memory_stats(self) -> CacheStats:
         return self.cache.stats()
@@ -837,6 +901,7 @@ class Context:
         if self.keyspace.watching:
             self.keyspace.modified(None)
         self.cache.clear()
+        self.keyspace.flushed()
         store = self.keyspace.store
         if store is not None:
             store.clear()

@@ -168,7 +168,8 @@ def sessiond_8() -> str:
         "\\fBNOTIFY_SOCKET\\fR",
         roff(
             "Set by systemd for `Type=notify` units: the daemon sends `READY=1` once the "
-            "socket listens and the warm start is done, and `STOPPING=1` when it stops."
+            "socket listens (the warm start loads while it serves), and `STOPPING=1` "
+            "when it stops."
         ),
         ".TP",
         "\\fBLISTEN_FDS\\fR, \\fBLISTEN_PID\\fR, \\fBLISTEN_FDNAMES\\fR",

@@ -105,6 +105,12 @@ class SessiondCollector(Collector):
                 "Sessions in memory and store together (what DBSIZE answers), counted every 15 s.",
                 sessions,
             )
+        yield GaugeMetricFamily(
+            "sessiond_warm_start_in_progress",
+            "1 while the warm start loads stored sessions into memory (the daemon serves "
+            "meanwhile), else 0.",
+            1 if self.keyspace.warming else 0,
+        )
         loads = CounterMetricFamily(
             "sessiond_store_loads", "Read-through loads by result.", labels=["result"]
         )

@@ -241,6 +241,7 @@ def _persistence(cx: Call) -> Fields:
         ("backend", config.backend if persistent else "none"),
         ("durability", config.durability),
         ("warm_start_sessions", keyspace.warmed),
+        ("warm_start_in_progress", 1 if keyspace.warming else 0),
     ]
     return fields
 

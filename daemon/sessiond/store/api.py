@@ -171,6 +171,10 @@ class Store(Protocol):
         """The ``limit`` most recently used live sessions, most recent first."""
         ...
 
+    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
+        """:meth:`recent`, off the event loop (the warm start)."""
+        ...
+
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         """Call ``callback`` on the loop once every change recorded so far is
         durable, with the error if its commit failed."""
@@ -273,10 +277,6 @@ class SharedStore(Store, Protocol):
         """Delete, in the background, rows whose deadline passed long enough
         before ``now`` that no host can still be renewing them (whichever host
         sweeps first deletes them, once) and tell the other hosts."""
-        ...
-
-    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
-        """:meth:`Store.recent`, off the event loop."""
         ...
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ UPDATED_AT = "CASE updated_at WHEN 0 THEN created_at ELSE updated_at END"
 ACCESSED_AT = f"CASE accessed_at WHEN 0 THEN {UPDATED_AT} ELSE accessed_at END"
 COLUMNS = f"key, value, context, created_at, {UPDATED_AT}, {ACCESSED_AT}, ttl, deadline, kind"
 _POINT = f"SELECT {COLUMNS} FROM sessions WHERE scan_hash = ? AND key = ?"
+_CHUNK = 65536  # rows of a whole-table scan between looks at whether to stop
 
 
 def stored(row: tuple[Any, ...]) -> tuple[bytes, Row]:
@@ -116,8 +118,11 @@ class TableReader:
                 ).fetchall()
         return [(h, bytes(k), d, kind) for h, k, d, kind in found if h < upper], upper
 
-    def recent(self, now: float, limit: int) -> list[tuple[bytes, Row]]:
-        """The ``limit`` most recently used live rows, most recent first.
+    def recent(
+        self, now: float, limit: int, stopped: Callable[[], bool] = lambda: False
+    ) -> list[tuple[bytes, Row]]:
+        """The ``limit`` most recently used live rows, most recent first
+        (none if ``stopped()`` turns true while the table is scanned).
 
         Two scans instead of ``ORDER BY accessed_at LIMIT n``: SQLite sorted
         whole rows and spilled them to temporary files (10 s for 300k rows
@@ -125,9 +130,13 @@ class TableReader:
         find the cut-off, the second reads only the rows above it."""
         db = self.db()
         live = "(deadline IS NULL OR deadline > ?)"
-        times = [
-            t for (t,) in db.execute(f"SELECT {ACCESSED_AT} FROM sessions WHERE {live}", (now,))
-        ]
+        times: list[float] = []
+        cursor = db.execute(f"SELECT {ACCESSED_AT} FROM sessions WHERE {live}", (now,))
+        while chunk := cursor.fetchmany(_CHUNK):
+            if stopped():
+                cursor.close()
+                return []
+            times.extend(t for (t,) in chunk)
         if not times or limit <= 0:
             return []
         if len(times) > limit:

@@ -109,7 +109,8 @@ class SQLiteStore:
     step, ``"load"`` on a reader thread after a read-through read and before
     its rows are returned, ``"whole-table"`` on the event loop when a
     whole-table read is handed to its thread and ``"scan"`` on that thread
-    before it reads. ``max_pages`` caps the database file and
+    before it reads, and ``"warm"`` on that thread after the warm start's
+    read and before its rows are returned. ``max_pages`` caps the database file and
     ``max_log_bytes`` the log (a full disk, for tests); after a failed commit
     the writer tries again every ``retry_interval``."""
 
@@ -765,14 +766,35 @@ class SQLiteStore:
             (k, r) for k, r in queued.items() if r is not None and fields_live(r, now)
         ]
         if len(live) < limit:
-            # A clean stop writes every session held in memory back to the
-            # log (their renewals), and those are the most recently used of
-            # all (LRU): when the log holds that many, the table need not be
-            # read. Scanning 1M rows for the cut-off took 2-3 s.
-            table = self.reader.recent(now, limit + len(queued)) if rows_valid else []
+            # The log holds the most recent writes (and the renewals a stop
+            # or an eviction wrote back): when it holds that many, the table
+            # need not be read. Scanning 1M rows for the cut-off took 2-3 s.
+            table = (
+                self.reader.recent(now, limit + len(queued), lambda: self._stopping)
+                if rows_valid
+                else []
+            )
             live.extend((k, r) for k, r in table if k not in queued)
         live.sort(key=lambda item: item[1][ACCESSED_AT], reverse=True)
         return [(k, tuple.__new__(Row, r)) for k, r in live[:limit]]
+
+    async def recent_rows(self, limit: int) -> list[tuple[bytes, Row]]:
+        """:meth:`recent` on the whole-table thread (the warm start, while
+        clients are served). A stop that comes meanwhile cuts the table's
+        scan short rather than wait for it."""
+        loop = asyncio.get_running_loop()
+
+        def read() -> list[tuple[bytes, Row]]:
+            rows = self.recent(limit)
+            self._hook("warm")
+            return rows
+
+        try:
+            return await loop.run_in_executor(self._scanner, read)
+        except sqlite3.Error as exc:
+            self.stats.error("load")
+            log.error("store_error", operation="warm", error=str(exc))
+            raise StoreError(f"store read failed: {exc}") from None
 
     # ---------------------------------------------------------- metrics
 
