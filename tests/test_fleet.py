@@ -643,6 +643,9 @@ def test_lost_mid_run_refuses_writes_with_misconf_then_recovers_without_restart(
     pg.start()
     eventually(lambda: _writes(r), 20, "writes to resume")
     assert r.get("before") == b"1"
+    # The LISTEN connection reconnects on its own backoff (up to 2 s), maybe
+    # after the writer: under load, after the writes resumed.
+    a.wait_for_event("listen_restored", timeout=20)
     events = {e["event"] for e in a.events()}
     assert {"store_error", "store_recovered", "listen_lost", "listen_restored"} <= events
     assert "Traceback" not in a.log_text()
