@@ -13,7 +13,9 @@ The lag of a write is from A's reply reaching its client to the first GET on B t
 returns the new value (both on CLOCK_MONOTONIC): the NOTIFY's delivery, B dropping
 its copy and B's read through. Negative lags (B saw the value before A's reply came
 back) count as 0; a write overwritten before B showed it counts until B showed a
-later one. It prints p50, p99 and max, and B's own
+later one. It prints p50, p99 and max; split at the moment a LISTEN client of
+the bench's own, which does nothing else, hears the write's notification
+(PostgreSQL's delivery, against B's own part after it); and B's own
 ``sessiond_store_invalidation_lag_seconds`` (from the start of A's commit, so it
 includes the commit itself, to B's receipt; bucket bounds only) beside it.
 
@@ -39,6 +41,7 @@ from contextlib import ExitStack
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import psycopg
 import redis
 import yaml
 
@@ -46,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg import PgCluster
 from pg_probe import redis_tcp
 from resp_bench import free_port, running
+from sessiond.store import pgsql
 
 HOT_KEYS = 10_000
 
@@ -78,6 +82,23 @@ def poll(sock: str, stop_at: int, out: Connection) -> None:
             last = current
     out.send(seen)
     r.close()
+
+
+def listen(dsn: str, count: int, out: Connection) -> None:
+    """LISTEN beside the hosts: when each of host A's first ``count``
+    notifications reaches a client of PostgreSQL's that does nothing else
+    (CLOCK_MONOTONIC), to tell PostgreSQL's delivery from B's own part."""
+    heard: list[float] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {pgsql.CHANNEL}")
+        out.send("listening")
+        for notify in conn.notifies():
+            payload = pgsql.parse(notify.payload)
+            if payload is not None and b"lag" in payload.keys:
+                heard.append(time.monotonic())
+                if len(heard) >= count:
+                    break
+    out.send(heard)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -135,6 +156,10 @@ def main() -> int:
         stack.enter_context(running(cmd_a, sock_a, work))
         stack.enter_context(running(cmd_b, sock_b, work))
         a = redis.Redis(unix_socket_path=str(sock_a))
+        heard_in, heard_out = mp.Pipe(duplex=False)
+        listener = mp.Process(target=listen, args=(dsn, args.writes + 1, heard_out))
+        listener.start()
+        heard_in.recv()
         a.set("lag", "0")
         receive, send = mp.Pipe(duplex=False)
         poller = mp.Process(target=poll, args=(str(sock_b), args.writes, send))
@@ -147,6 +172,9 @@ def main() -> int:
             time.sleep(args.pace)
         seen: list[tuple[int, float]] = receive.recv()
         poller.join()
+        # The i-th notification of "lag" is write i's (write 0 set it first).
+        heard: list[float] = heard_in.recv()[1:]
+        listener.join()
         with urllib.request.urlopen(f"http://127.0.0.1:{port_b}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
         if not args.no_reads:
@@ -162,6 +190,8 @@ def main() -> int:
     for i, at in acked.items():
         shown = next(t for value, t in seen if value >= i)
         lags.append(max(0.0, shown - at) * 1000)
+    delivery = [(t - acked[i]) * 1000 for i, t in enumerate(heard, 1)]
+    shown = [max(0.0, lag - max(0.0, d)) for lag, d in zip(lags, delivery, strict=True)]
     skipped = len(acked) - len({value for value, _ in seen} & set(acked))
     print(
         f"write on A, read on B (durability: always), {len(lags)} writes every "
@@ -171,6 +201,13 @@ def main() -> int:
         f"lag from A's reply to B serving the value: p50 {pct(lags, 0.5):.2f} ms, "
         f"p99 {pct(lags, 0.99):.2f} ms, max {max(lags):.2f} ms, "
         f"mean {statistics.fmean(lags):.2f} ms"
+    )
+    print(
+        f"of which: notification reaching a bare LISTEN client after A's reply: "
+        f"p50 {pct(delivery, 0.5):.2f} ms, p99 {pct(delivery, 0.99):.2f} ms, "
+        f"max {max(delivery):.2f} ms; "
+        f"B serving it after that: p50 {pct(shown, 0.5):.2f} ms, "
+        f"p99 {pct(shown, 0.99):.2f} ms, max {max(shown):.2f} ms"
     )
     print(
         "B's sessiond_store_invalidation_lag_seconds (A's commit start to receipt): "

@@ -4,6 +4,8 @@
     .venv/bin/python bench/instructions.py              # GET/SET at -P 1 and -P 16
     .venv/bin/python bench/instructions.py --durable    # SET with durability: always, -c 50
     .venv/bin/python bench/instructions.py --top 20     # and the costliest functions per run
+    .venv/bin/python bench/instructions.py --shared     # GET: the shared store's near cache
+                                                        # beside SQLite and memory only
 
 Needs valgrind and redis-benchmark (Debian: valgrind, redis-tools). Takes about 8
 minutes (3 per sessiond configuration, 1 for the baseline server); --durable 3.
@@ -40,6 +42,17 @@ own load before its measured runs (CPython specializes hot code after a few
 executions).
 ``PYTHONHASHSEED=0`` keeps dict layouts the same from run to run.
 
+``--shared``: GET at -P 1 and -P 16 (every GET a memory hit) on sessiond in
+memory only, on SQLite and on the PostgreSQL shared store (a cluster of its own,
+tests/pg.py; both stores with ``durability: always``, PostgreSQL's heartbeat and
+timeout at 300 s, which valgrind's pace needs): what a near-cache hit costs
+beside a hit in the other modes. PostgreSQL's own processes are not counted (the
+sliding renewals the GETs make reach the database once a second, coalesced per
+key: collection stays on until the process is idle, as with ``--durable``, so
+that each run pays for the renewals of the sessions it read; with ``-r 100000``
+nearly every GET reads a session no other GET of its second read, so this is the
+most a renewal can cost per GET).
+
 ``--durable``: after the load the writer still commits and folds what it was
 given, so collection stays on until the process has used no CPU for 3 s (longer
 than the 1 s fold period). The fold runs every second of wall time: under
@@ -50,6 +63,7 @@ costs more per session, so the fold's share is larger here than in production.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -63,7 +77,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from resp_bench import sessiond, wait_idle
+from resp_bench import postgresql, sessiond, wait_idle
 
 HERE = Path(__file__).resolve().parent
 PING = b"*1\r\n$4\r\nPING\r\n"
@@ -321,20 +335,29 @@ def print_top(result: Result, n: int) -> None:
 # ----------------------------------------------------------------- servers
 
 SERVERS = ("sessiond", "sessiond-nometrics", "baseline")
+SHARED_SERVERS = ("sessiond", "sessiond-sqlite", "sessiond-shared")
 SCENARIOS = [Scenario(t, 50, p) for p in (1, 16) for t in ("get", "set")]
+SHARED_SCENARIOS = [Scenario("get", 50, p) for p in (1, 16)]
 
 
-def start(name: str, workdir: Path) -> Callgrind:
+def start(name: str, workdir: Path, dsn: str | None = None) -> Callgrind:
     sub = workdir / name
     sub.mkdir()
     if name == "baseline":
         sock = sub / "baseline.sock"
         cmd = [sys.executable, str(HERE / "baseline_server.py"), "--socket", str(sock)]
     else:
+        durable = name in ("sessiond-durable", "sessiond-sqlite", "sessiond-shared")
         cmd, sock = sessiond(
             sub,
             metrics=name != "sessiond-nometrics",
-            persistence="always" if name == "sessiond-durable" else None,
+            persistence="always" if durable else None,
+            dsn=dsn if name == "sessiond-shared" else None,
+            # Valgrind runs it ~50x slower: heartbeats and operations get the
+            # time they take there, or the host would think its LISTEN lost.
+            store={"heartbeat_interval": 300, "timeout": 300}
+            if name == "sessiond-shared"
+            else None,
         )
     server = Callgrind(name, cmd, sock, sub)
     try:
@@ -353,10 +376,16 @@ def main() -> int:
         help="-n of the long run (default 40000, --durable 20000); the short run is a quarter",
     )
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help=f"comma-separated, of {', '.join(SERVERS)}"
+        "--servers",
+        help=f"comma-separated, of {', '.join(SERVERS)} (--shared: {', '.join(SHARED_SERVERS)})",
     )
     parser.add_argument(
         "--durable", action="store_true", help="sessiond with durability: always, SET -c 50"
+    )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="GET on the PostgreSQL shared store's near cache, SQLite and memory only",
     )
     parser.add_argument(
         "--top", type=int, default=0, metavar="N", help="also print the N costliest functions"
@@ -372,25 +401,31 @@ def main() -> int:
         servers, scenarios = ["sessiond-durable"], [Scenario("set", 50, 1)]
         requests = args.requests or 20_000
     else:
-        servers, scenarios = args.servers.split(","), SCENARIOS
+        known = SHARED_SERVERS if args.shared else SERVERS
+        servers = args.servers.split(",") if args.servers else list(known)
+        scenarios = SHARED_SCENARIOS if args.shared else SCENARIOS
         requests = args.requests or 40_000
-        unknown = set(servers) - set(SERVERS)
+        unknown = set(servers) - set(known)
         if unknown:
             parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     results: list[Result] = []
     idle: dict[str, Idle] = {}
-    with tempfile.TemporaryDirectory(prefix="sessiond-instr-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sessiond-instr-"))
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        pg = stack.enter_context(postgresql()) if args.shared else None
         for name in servers:
-            server = start(name, work)
+            dsn = pg.dsn(pg.create_database()) if pg is not None else None
+            server = start(name, work, dsn)
             try:
                 fill(server.sock)
-                if args.durable:
+                if args.durable or args.shared:
                     server.settle()
                 idle[name] = idle_rate(server, args.idle_seconds)
                 for scenario in scenarios:
-                    result = measure(server, scenario, requests, idle[name], args.durable)
+                    settle = args.durable or args.shared
+                    result = measure(server, scenario, requests, idle[name], settle)
                     results.append(result)
                     progress = f"{result.per_request:,.0f} Ir/request"
                     progress += f" ({result.large.seconds:.0f} s for -n {requests})"

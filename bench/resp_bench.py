@@ -87,8 +87,16 @@ def running(cmd: list[str], sock: Path, cwd: Path) -> Iterator[subprocess.Popen[
 
 
 def sessiond(
-    workdir: Path, *, metrics: bool, persistence: str | None, dsn: str | None = None
+    workdir: Path,
+    *,
+    metrics: bool,
+    persistence: str | None,
+    dsn: str | None = None,
+    store: dict[str, Any] | None = None,
 ) -> tuple[list[str], Path]:
+    """sessiond's command line and socket: in memory only, or with ``persistence``
+    (its durability) on SQLite, or on PostgreSQL at ``dsn``; ``store``: more
+    ``persistence`` settings."""
     # The store lives apart from the config, as in production (/etc vs /var/lib):
     # the config watcher would otherwise wake on every write of the store's WAL.
     data = workdir / "data"
@@ -108,6 +116,8 @@ def sessiond(
         "limits": {"max_clients": 10000},
         "cache": {"max_sessions": 200_000},
     }
+    if store:
+        config["persistence"].update(store)
     path = workdir / "sessiond.yaml"
     path.write_text(yaml.safe_dump(config))
     return [sys.executable, "-m", "sessiond", "run", "--config", str(path)], sock

@@ -643,6 +643,9 @@ def test_lost_mid_run_refuses_writes_with_misconf_then_recovers_without_restart(
     pg.start()
     eventually(lambda: _writes(r), 20, "writes to resume")
     assert r.get("before") == b"1"
+    # The LISTEN connection reconnects on its own backoff (up to 2 s), maybe
+    # after the writer: under load, after the writes resumed.
+    a.wait_for_event("listen_restored", timeout=20)
     events = {e["event"] for e in a.events()}
     assert {"store_error", "store_recovered", "listen_lost", "listen_restored"} <= events
     assert "Traceback" not in a.log_text()
@@ -695,11 +698,14 @@ def test_a_slow_database_times_out_and_queues_nothing_without_bound(
             # A lock held longer than the timeout: the daemon's decision waits on
             # it and is answered with the timeout's error, not left hanging.
             conn.execute("SELECT pg_advisory_lock(%s, %s)", (0x53455353, _lock_id(b"n")))
-            with pytest.raises(redis.ResponseError, match="store decid") as timed_out:
+            with pytest.raises(redis.ResponseError, match="store deci") as timed_out:
                 r.incr("n")
-            assert "lock timeout" in str(timed_out.value) or "no answer within 0.5s" in str(
-                timed_out.value
-            )
+            # Three bounds of 500 ms race (the lock's, the statement's, the
+            # client's): whichever comes first is named.
+            assert any(
+                why in str(timed_out.value)
+                for why in ("lock timeout", "statement timeout", "no answer within 0.5s")
+            ), timed_out.value
             conn.execute("SELECT pg_advisory_unlock_all()")
         pg.set_commit_delay(0)
         assert r.incr("n") == 2
@@ -876,7 +882,8 @@ def test_kill_9_of_a_host_under_load_loses_no_acknowledged_write(
     writers = [Writer(a, f"w{i}") for i in range(4)]
     for w in writers:
         w.start()
-    time.sleep(1.0)
+    # Under load, not after a fixed time: a busy machine acknowledges fewer.
+    eventually(lambda: sum(len(w.acked) for w in writers) > 100, 30, "100 acknowledged writes")
     a.kill()
     for w in writers:
         w.stopping.set()

@@ -220,6 +220,20 @@ class SharedKeyspace(Keyspace):
 
     # ------------------------------------------------- before a command runs
 
+    def serves(self, keys: list[bytes]) -> bool:
+        """Whether memory may answer a command that reads ``keys`` and decides
+        nothing, now: the store hears every change, no decision of this host
+        holds a key, and memory holds each of them live."""
+        if self.holds:
+            return False
+        shared = self.shared
+        if shared is None or not shared.coherent:
+            return False
+        cache = self.cache
+        find = cache.find
+        now = cache.clock()
+        return all(not _stale(find(key), now) for key in keys)
+
     def prepare_shared(
         self,
         keys: list[bytes],

@@ -67,18 +67,21 @@ READ_VERSION = f"SELECT max(version) FROM {VERSION_TABLE}"
 SCHEMA_LOCK = f"SELECT pg_advisory_lock({LOCK_CLASS}, 0)"
 SCHEMA_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_CLASS}, 0)"
 
-LOCK_KEYS = "SELECT pg_advisory_xact_lock(%s, h) FROM unnest(%s::int4[]) AS h"
-SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%s)"
+# Arrays go in binary (``%b``): psycopg dumps a text array element by element,
+# quoting each with regular expressions, at about five times the CPU of binary
+# (3.8 against 0.7 us per row of a renewal's four arrays, psycopg 3.3 here).
+LOCK_KEYS = "SELECT pg_advisory_xact_lock(%s, h) FROM unnest(%b::int4[]) AS h"
+SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SELECT_LOCKED = SELECT_ROWS + " FOR UPDATE"
 UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
-SELECT * FROM unnest(%s::bytea[], %s::int8[], %s::bytea[], %s::text[], %s::float8[],
-                     %s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::int2[])
+SELECT * FROM unnest(%b::bytea[], %b::int8[], %b::bytea[], %b::text[], %b::float8[],
+                     %b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::int2[])
 ON CONFLICT (key) DO UPDATE SET
     value = excluded.value, context = excluded.context, created_at = excluded.created_at,
     updated_at = excluded.updated_at, accessed_at = excluded.accessed_at,
     ttl = excluded.ttl, deadline = excluded.deadline, kind = excluded.kind,
     version = s.version + 1"""
-DELETE = f"DELETE FROM {TABLE} WHERE key = ANY(%s)"
+DELETE = f"DELETE FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 DELETE_ALL = f"DELETE FROM {TABLE}"
 # A renewal only moves a deadline later, and only while the row still slides
 # by the TTL this host renewed: a row another host deleted stays deleted, and
@@ -86,10 +89,10 @@ DELETE_ALL = f"DELETE FROM {TABLE}"
 RENEW = f"""UPDATE {TABLE} AS s
 SET deadline = greatest(s.deadline, r.deadline),
     accessed_at = greatest(s.accessed_at, r.accessed)
-FROM unnest(%s::bytea[], %s::float8[], %s::float8[], %s::float8[])
+FROM unnest(%b::bytea[], %b::float8[], %b::float8[], %b::float8[])
     AS r(key, ttl, deadline, accessed)
 WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL"""
-NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
+NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%b::text[]) AS p"
 # Last before COMMIT: fails (division by zero) once the database's clock is
 # past the given unix time, so that a commit that reaches the server after its
 # client was told it failed (a link that went silent, then healed) rolls back
@@ -110,7 +113,7 @@ EXPIRE = f"""WITH due AS MATERIALIZED (
 )
 DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine) RETURNING key"""
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
-COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%s)"
+COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SLICE = (
     f"SELECT scan_hash, key, deadline, kind FROM {TABLE} WHERE scan_hash >= %s ORDER BY scan_hash"
 )
