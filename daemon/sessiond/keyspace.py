@@ -46,7 +46,7 @@ from .store import (
     TableSlice,
     scan_hash,
 )
-from .store.api import DEADLINE, KIND
+from .store.api import KIND
 from .store.api import live as live_fields
 from .values import Value
 
@@ -451,7 +451,7 @@ class Keyspace:
                 expiring += held.deadline is not None
             elif change is not None:
                 total += 1
-                expiring += change[DEADLINE] is not None
+                expiring += change  # whether it has a deadline
         return total, expiring
 
     def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:

@@ -65,6 +65,7 @@ from .api import (
     StoreError,
     TableCounts,
     TableSlice,
+    counted,
     scan_hash,
 )
 from .overlay import Overlay
@@ -980,7 +981,9 @@ class PostgresStore:
         return found.get(key)
 
     def count_rows(self) -> TableCounts:
-        queued, rows_valid = self.overlay.queued()
+        merged, rows_valid = self.overlay.queued()
+        queued = counted(merged)
+        del merged  # walked by every collection while it lives: see counted()
         total = expiring = 0
         if rows_valid:
             keys = list(queued)

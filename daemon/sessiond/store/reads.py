@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from .api import HASH_SPACE, Kept, Row, scan_hash
+from .api import HASH_SPACE, Row, scan_hash
 from .files import connect
 
 # Schema 4 stores updated_at and accessed_at as 0 where they equal the column
@@ -66,7 +66,7 @@ class TableReader:
                 found[key] = stored(row)[1]
         return found
 
-    def counts(self, overlay: dict[bytes, Kept]) -> tuple[int, int]:
+    def counts(self, overlay: Collection[bytes]) -> tuple[int, int]:
         """Rows, and rows with a deadline, that no key of ``overlay`` names."""
         db = self.db()
         # One read transaction: every query sees the same table, whatever the

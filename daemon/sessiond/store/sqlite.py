@@ -40,7 +40,17 @@ import structlog
 
 from ..stats import StoreStats
 from . import log as wal
-from .api import ACCESSED_AT, Change, Fields, Hook, Row, StoreError, TableCounts, TableSlice
+from .api import (
+    ACCESSED_AT,
+    Change,
+    Fields,
+    Hook,
+    Row,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    counted,
+)
 from .api import live as fields_live
 from .compactd import CompactorProcess
 from .compactor import Compaction, Compactor
@@ -702,11 +712,13 @@ class SQLiteStore:
 
     def count_rows(self) -> TableCounts:
         """Counted in SQL plus the queued changes, not by reading every row."""
-        overlay, rows_valid = self.overlay.queued()
+        merged, rows_valid = self.overlay.queued()
+        queued = counted(merged)
+        del merged  # walked by every collection while it lives: see counted()
         total = expiring = 0
         if rows_valid:
-            total, expiring = self.reader.counts(overlay)
-        return TableCounts(overlay, total, expiring)
+            total, expiring = self.reader.counts(queued)
+        return TableCounts(queued, total, expiring)
 
     def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
         """Rows with ``scan_hash >= cursor``: about ``count`` of them, whole
