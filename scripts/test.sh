@@ -4,7 +4,8 @@
 # ./.venv from the project's `test` extra, reinstalled only when pyproject.toml changes.
 #
 # The suite runs twice: against the pure-Python package (the editable install in ./.venv)
-# and against the mypyc-compiled build (a wheel in ./.venv-mypyc, rebuilt each run).
+# and against the mypyc-compiled build (a wheel in ./.venv-mypyc, rebuilt each run while
+# the first run goes on), each over SESSIOND_TEST_WORKERS (3) pytest-xdist workers.
 # SESSIOND_TEST_BUILDS=pure (or compiled) runs one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,28 +70,82 @@ if ! command -v redis-server >/dev/null 2>&1; then
     trap - EXIT
   fi
 fi
-for build in ${SESSIOND_TEST_BUILDS:-pure compiled}; do
+builds=${SESSIOND_TEST_BUILDS:-pure compiled}
+for build in $builds; do
   case $build in
-    pure)
-      ensure_venv
-      install_sessiond test
-      say "running the tests against the pure-Python build"
-      SESSIOND_EXPECT_BUILD=pure .venv/bin/python -m pytest "$@"
-      ;;
-    compiled)
-      if ! .venv-mypyc/bin/python -c '' 2>/dev/null; then
-        python3 -m venv --clear .venv-mypyc
-      fi
-      say "building sessiond with mypyc into .venv-mypyc (about 2 minutes)"
-      rm -rf build
-      SESSIOND_MYPYC=1 .venv-mypyc/bin/pip install -q '.[test]'
-      rm -rf build
-      say "running the tests against the mypyc-compiled build"
-      SESSIOND_EXPECT_BUILD=compiled .venv-mypyc/bin/python -m pytest "$@"
-      ;;
+    pure | compiled) ;;
     *)
       say "SESSIOND_TEST_BUILDS: unknown build '$build' (pure, compiled)"
       exit 2
       ;;
   esac
 done
+# Most tests wait on the daemons, PostgreSQL or Node they start, not on the CPU: each
+# build's run spreads its tests over this many pytest-xdist workers (`-n 0` among the
+# arguments runs them in this process).
+workers=${SESSIOND_TEST_WORKERS:-3}
+
+build_compiled() {
+  if ! .venv-mypyc/bin/python -c '' 2>/dev/null; then
+    python3 -m venv --clear .venv-mypyc
+  fi
+  rm -rf build
+  SESSIOND_MYPYC=1 nice .venv-mypyc/bin/pip install -q '.[test]'
+  rm -rf build
+}
+
+test_pure() {
+  say "running the tests against the pure-Python build"
+  SESSIOND_EXPECT_BUILD=pure .venv/bin/python -m pytest -n "$workers" "$@"
+}
+
+test_compiled() {
+  say "running the tests against the mypyc-compiled build"
+  SESSIOND_EXPECT_BUILD=compiled .venv-mypyc/bin/python -m pytest -n "$workers" "$@"
+}
+
+pure=false compiled=false
+for build in $builds; do
+  case $build in
+    pure) pure=true ;;
+    compiled) compiled=true ;;
+  esac
+done
+if $pure; then
+  ensure_venv
+  install_sessiond test
+fi
+if ! $compiled; then
+  test_pure "$@"
+elif ! $pure; then
+  say "building sessiond with mypyc into .venv-mypyc (about 2 minutes)"
+  build_compiled
+  test_compiled "$@"
+else
+  # Both: the mypyc build (2 minutes of gcc, niced so that the tests keep the CPU they
+  # wait for) goes on in the background while the pure-Python run goes on here; the
+  # compiled run follows it. The runs themselves go one after the other: both at once
+  # left too little CPU on 2 cores for tests that wait for a reply within seconds.
+  # The pure install comes first: both installs write daemon/sessiond.egg-info.
+  build_log=$(mktemp -t sessiond-mypyc-build.XXXXXX)
+  trap 'rm -f "$build_log"' EXIT
+  say "building sessiond with mypyc into .venv-mypyc in the background (about 2 minutes)"
+  (build_compiled) >"$build_log" 2>&1 </dev/null &
+  build_pid=$!
+  pure_status=0
+  test_pure "$@" || pure_status=$?
+  build_status=0
+  wait "$build_pid" || build_status=$?
+  cat "$build_log" >&2
+  if ((build_status)); then
+    say "the mypyc build failed (exit $build_status)"
+    exit 1
+  fi
+  compiled_status=0
+  test_compiled "$@" || compiled_status=$?
+  if ((pure_status || compiled_status)); then
+    say "failed: the pure-Python run exited $pure_status, the mypyc-compiled run" \
+      "$compiled_status"
+    exit 1
+  fi
+fi

@@ -21,8 +21,10 @@ leave slack for a slow machine; nothing asserts how long anything took.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -558,15 +560,23 @@ def node_modules() -> Path:
     modules = NODE_DIR / "node_modules"
     installed = modules / ".package-lock.json"  # npm writes it on every install
     lock = NODE_DIR / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        proc = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"npm ci failed:\n{proc.stdout}\n{proc.stderr}"
+    # Test processes running at once (pytest -n, both builds) share tests/node: `npm ci`
+    # deletes node_modules first, so one installs while the others wait on a lock
+    # (flock on the directory itself: no lock file left in the checkout).
+    fd = os.open(NODE_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+            proc = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert proc.returncode == 0, f"npm ci failed:\n{proc.stdout}\n{proc.stderr}"
+    finally:
+        os.close(fd)  # releases the lock
     return modules
 
 
