@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable
 from typing import cast
 
-from .api import Change, Fields, Kept, Row, as_row
+from .api import Change, Fields, Kept, Row, as_row, counted
 
 
 class Layer:
@@ -196,6 +196,12 @@ class Overlay:
                     rows_valid = False
                 merged.update(changes)
             return merged, rows_valid
+
+    def queued_counts(self) -> tuple[dict[bytes, bool | None], bool]:
+        """:meth:`queued` as a count needs it (:func:`~.api.counted`): the
+        merged rows are dropped at once, not kept while the table is counted."""
+        merged, rows_valid = self.queued()
+        return counted(merged), rows_valid
 
     def backlog(self) -> int:
         """Changes logged but not compacted (an upper bound on distinct keys)."""

@@ -65,7 +65,6 @@ from .api import (
     StoreError,
     TableCounts,
     TableSlice,
-    counted,
     scan_hash,
 )
 from .overlay import Overlay
@@ -981,9 +980,7 @@ class PostgresStore:
         return found.get(key)
 
     def count_rows(self) -> TableCounts:
-        merged, rows_valid = self.overlay.queued()
-        queued = counted(merged)
-        del merged  # walked by every collection while it lives: see counted()
+        queued, rows_valid = self.overlay.queued_counts()
         total = expiring = 0
         if rows_valid:
             keys = list(queued)

@@ -49,7 +49,6 @@ from .api import (
     StoreError,
     TableCounts,
     TableSlice,
-    counted,
 )
 from .api import live as fields_live
 from .compactd import CompactorProcess
@@ -712,9 +711,7 @@ class SQLiteStore:
 
     def count_rows(self) -> TableCounts:
         """Counted in SQL plus the queued changes, not by reading every row."""
-        merged, rows_valid = self.overlay.queued()
-        queued = counted(merged)
-        del merged  # walked by every collection while it lives: see counted()
+        queued, rows_valid = self.overlay.queued_counts()
         total = expiring = 0
         if rows_valid:
             total, expiring = self.reader.counts(queued)
