@@ -120,6 +120,16 @@ def _copy(entry: Entry[Value]) -> Entry[Value]:
     )
 
 
+def _read_since_written(entry: Entry[Value]) -> bool:
+    """Whether a read renewed ``entry`` after its last write (a write sets both
+    times): only then does memory know something the store does not, its TTL
+    renewal. Saving every other session again when it leaves memory doubled
+    the log and the compaction of a load of new sessions into a full cache
+    (each evicts one), and a clean stop put 100k rows (27 MB) in the log
+    (issue 18)."""
+    return entry.accessed_at != entry.updated_at
+
+
 def _entry(row: Row) -> Entry[Value]:
     return Entry(
         values.decode(row.kind, row.value) if row.kind else row.value,
@@ -160,9 +170,8 @@ class Keyspace:
         self.store = store
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
-        self.warming = False  # whether the warm start is still loading
-        # While warming: the keys commands changed since it began (their
-        # stored rows read for the warm start may be older). None otherwise.
+        # While the warm start loads: the keys commands changed since it
+        # began (their stored rows read for it may be older). None otherwise.
         self._changed: set[bytes] | None = None
         # Reads that memory missed and the store's copy served (INFO's
         # keyspace_hits counts them as hits; the cache's own counters do not).
@@ -277,11 +286,7 @@ class Keyspace:
     def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
-        # Only if a read touched it after its last write (a write sets both
-        # times): a session written and never read since is stored as it is,
-        # and saving it again doubled the log and the compaction of a load of
-        # new sessions into a full cache (each evicts one; issue 18).
-        if entry.accessed_at != entry.updated_at:
+        if _read_since_written(entry):
             self.save(key, entry)
             return
         current = self.current
@@ -592,7 +597,6 @@ class Keyspace:
         start evicts nothing. FLUSHDB ends it."""
         changed: set[bytes] = set()
         self._changed = changed
-        self.warming = True
         self.warmed = 0
         return self._warm(limit, step, changed)
 
@@ -621,7 +625,11 @@ class Keyspace:
         finally:
             if self._changed is changed:
                 self._changed = None
-            self.warming = False
+
+    @property
+    def warming(self) -> bool:
+        """Whether the warm start is still loading (FLUSHDB or its end stops it)."""
+        return self._changed is not None
 
     def flushed(self) -> None:
         """Every session was deleted (FLUSHDB): a warm start still loading stops."""
@@ -632,16 +640,14 @@ class Keyspace:
         and access times of reads), then close the store.
 
         Only sessions read since their last write, as an eviction does
-        (:meth:`on_evict`): the store holds every other one as memory does.
-        Writing back every session held put 100k rows (27 MB) in the log at
-        each clean stop after a write load, kept until compacted, only so
-        that the next warm start would find them there (issue 18); it now
-        finds them in the table, off the event loop while serving."""
+        (:func:`_read_since_written`): the store holds every other one as
+        memory does. The next warm start finds them in the table, off the
+        event loop while serving."""
         store = self.store
         if store is None:
             return
         for key, entry in self.cache.items():
-            if entry.accessed_at != entry.updated_at:
+            if _read_since_written(entry):
                 store.record(key, _row(entry))
         store.close()
 
