@@ -732,15 +732,19 @@ class SQLiteStore:
         """Run ``read`` on the whole-table thread: it reads every row or joins
         every queued change (KEYS read 80k rows in 250 ms, measured), and no
         other client should wait for that."""
-        loop = asyncio.get_running_loop()
         self._hook("whole-table")
 
         def hooked() -> T:
             self._hook("scan")
             return read()
 
+        return await self._on_scanner(hooked, operation)
+
+    async def _on_scanner(self, read: Callable[[], T], operation: str) -> T:
+        """``read`` on the whole-table thread; a database error is a
+        StoreError, counted and logged as ``operation``'s."""
         try:
-            return await loop.run_in_executor(self._scanner, hooked)
+            return await asyncio.get_running_loop().run_in_executor(self._scanner, read)
         except sqlite3.Error as exc:
             self.stats.error("load")
             log.error("store_error", operation=operation, error=str(exc))
@@ -791,19 +795,13 @@ class SQLiteStore:
         """:meth:`recent` on the whole-table thread (the warm start, while
         clients are served). A stop that comes meanwhile cuts the table's
         scan short rather than wait for it."""
-        loop = asyncio.get_running_loop()
 
         def read() -> list[tuple[bytes, Row]]:
             rows = self.recent(limit)
             self._hook("warm")
             return rows
 
-        try:
-            return await loop.run_in_executor(self._scanner, read)
-        except sqlite3.Error as exc:
-            self.stats.error("load")
-            log.error("store_error", operation="warm", error=str(exc))
-            raise StoreError(f"store read failed: {exc}") from None
+        return await self._on_scanner(read, "warm")
 
     # ---------------------------------------------------------- metrics
 
