@@ -70,10 +70,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
     trap - EXIT
   fi
 fi
-builds=${SESSIOND_TEST_BUILDS:-pure compiled}
-for build in $builds; do
+pure=false compiled=false
+for build in ${SESSIOND_TEST_BUILDS:-pure compiled}; do
   case $build in
-    pure | compiled) ;;
+    pure) pure=true ;;
+    compiled) compiled=true ;;
     *)
       say "SESSIOND_TEST_BUILDS: unknown build '$build' (pure, compiled)"
       exit 2
@@ -104,13 +105,6 @@ test_compiled() {
   SESSIOND_EXPECT_BUILD=compiled .venv-mypyc/bin/python -m pytest -n "$workers" "$@"
 }
 
-pure=false compiled=false
-for build in $builds; do
-  case $build in
-    pure) pure=true ;;
-    compiled) compiled=true ;;
-  esac
-done
 if $pure; then
   ensure_venv
   install_sessiond test
@@ -128,24 +122,25 @@ else
   # left too little CPU on 2 cores for tests that wait for a reply within seconds.
   # The pure install comes first: both installs write daemon/sessiond.egg-info.
   build_log=$(mktemp -t sessiond-mypyc-build.XXXXXX)
-  trap 'rm -f "$build_log"' EXIT
   say "building sessiond with mypyc into .venv-mypyc in the background (about 2 minutes)"
   (build_compiled) >"$build_log" 2>&1 </dev/null &
   build_pid=$!
+  # Interrupted or failed before the build ends: it ends too (its pip and gcc with it).
+  trap 'pkill -TERM -P "$build_pid" 2>/dev/null; kill "$build_pid" 2>/dev/null; rm -f "$build_log"' EXIT
   pure_status=0
   test_pure "$@" || pure_status=$?
   build_status=0
   wait "$build_pid" || build_status=$?
   cat "$build_log" >&2
   if ((build_status)); then
-    say "the mypyc build failed (exit $build_status)"
-    exit 1
+    say "the mypyc build failed (exit $build_status); the pure-Python run exited $pure_status"
+    exit "$build_status"
   fi
   compiled_status=0
   test_compiled "$@" || compiled_status=$?
   if ((pure_status || compiled_status)); then
     say "failed: the pure-Python run exited $pure_status, the mypyc-compiled run" \
       "$compiled_status"
-    exit 1
+    exit $((pure_status ? pure_status : compiled_status))  # pytest's own code, as one build gives
   fi
 fi
