@@ -126,11 +126,13 @@ class Server:
     def loaded(self) -> float:
         """Seconds from the last start until INFO persistence says that
         nothing is loading (Redis' ``loading``, sessiond's warm start)."""
-        while True:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
             info = command(self.sock, "INFO", "persistence")
             if b"loading:1" not in info and b"warm_start_in_progress:1" not in info:
                 return time.monotonic() - self.started_at
             time.sleep(0.005)
+        raise RuntimeError(f"{self.name}: still loading after 600 s")
 
     def stop(self) -> float:
         """SIGTERM; seconds until the process exited."""

@@ -96,14 +96,6 @@ def poll(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) ->
     return check()
 
 
-def restart(d: Daemon, env: dict[str, str] | None = None) -> None:
-    """Start ``d`` again and wait for *this* run's ``started`` event and warm
-    start (the log accumulates across runs, and a SIGKILLed daemon leaves its
-    socket behind)."""
-    d.start(wait=False, env=env)
-    d.wait_ready()  # this run's "started", and its warm start done
-
-
 def last_event(d: Daemon, name: str) -> dict[str, Any]:
     found = [e for e in d.events() if e.get("event") == name]
     assert found, f"no {name!r} in log:\n{d.log_text()}"
@@ -181,7 +173,7 @@ def test_kill9_durability_always_keeps_every_acknowledged_write(daemon_factory: 
     acked, last, _ = _hammer(d, writers=8, run_for=1.5)
     total = sum(len(a) for a in acked)
     assert total > 100, "the writers barely ran"
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     with d.client() as r:
         expected = {k: v for per in acked for k, (v, _) in per.items()}
         wrong = _check_present(r, expected)
@@ -206,7 +198,7 @@ def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: F
     cutoff = killed_at - flush - margin
     old = {k: v for per in acked for k, (v, at) in per.items() if at < cutoff}
     assert len(old) > 100, "too few writes before the loss window to test anything"
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     with d.client() as r:
         wrong = _check_present(r, old)
         assert not wrong, (
@@ -243,7 +235,7 @@ def test_read_through_and_deletes_reach_the_store(daemon_factory: Factory) -> No
     assert len(rows) == 296
     assert not {b"s0", b"s1", b"s2", b"s299"} & rows.keys()
 
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     with d.client() as r:
         for key in ("s0", "s1", "s2", "s299"):
             assert r.get(key) is None, key
@@ -255,7 +247,7 @@ def test_read_through_and_deletes_reach_the_store(daemon_factory: Factory) -> No
     assert d.stop() == 0
     assert store_rows(d) == {}
 
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     with d.client() as r:
         assert r.dbsize() == 0
         assert r.get("s3") is None
@@ -414,7 +406,7 @@ def test_warm_restart_restores_recent_sessions_with_their_ttls(daemon_factory: F
         assert mru[:5] == [b"s4", b"s3", b"s2", b"s1", b"s0"]
     assert d.stop() == 0
 
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     with d.client() as r:
         assert r.info("persistence")["warm_start_sessions"] == 10
         assert last_event(d, "warm_start")["sessions"] == 10
@@ -474,7 +466,7 @@ def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> Non
     assert d.stop() == 0
     assert sorted(store_rows(d)) == [b"keep", b"pad0", b"pad1", b"pad2"]
 
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     with d.client() as r:
         assert r.dbsize() == 4
         for key in ("short0", "short1", "evicted"):
@@ -946,8 +938,12 @@ def _gated_warm_start(
                 await during(r)
             finally:
                 gate.set()
-            while (await r.info("persistence"))["warm_start_in_progress"]:
-                await asyncio.sleep(0.01)  # a condition, not a timing
+            for _ in range(3000):  # a condition polled (30 s at most), not a timing
+                if not (await r.info("persistence"))["warm_start_in_progress"]:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the warm start never finished")
             seen["after"] = await r.info("persistence")
             seen["list"] = await r.execute_command("SESSION.LIST")
             seen["values"] = [
@@ -1049,8 +1045,9 @@ def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
     def open_gate_once_cancelled(app: Any) -> None:
         # The stop cancels the warm start before it closes the store, which
         # waits for the store's thread: only then is the held read let go.
-        while app.keyspace.warming:
-            time.sleep(0.005)  # a condition polled, not a timing asserted
+        # A condition polled, not a timing asserted; a stop that never cancels
+        # the warm start fails the test below (gate never set) instead of hanging.
+        poll(lambda: not app.keyspace.warming, timeout=30.0, step=0.005)
         gate.set()
 
     async def stop_while_held(sock: str, app: Any) -> None:
@@ -1422,7 +1419,7 @@ def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
     assert partly > 0, "no compaction had started"
     assert not [e for e in killed if e.get("event") == "store_compacted"
                 and e.get("segment") == first_left]  # fmt: skip
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     assert last_event(d, "store_log_replayed")["segments"] >= 2
     with d.client() as r:
         expected = {k: v for per in acked for k, (v, _) in per.items()}
@@ -1448,7 +1445,7 @@ def test_a_torn_log_tail_is_dropped_at_start_and_nothing_acknowledged_is_lost(
     newest = sorted(d.workdir.glob("sessions.db-log.*"))[-1]
     with newest.open("ab") as f:
         f.write(b"\x40\x00\x00\x00\x12\x34\x56\x78" + b"half a frame")
-    restart(d)
+    d.start()  # waits for this run\'s "started" and its warm start
     dropped = last_event(d, "store_log_tail_dropped")
     assert dropped["segment"] == str(newest) and dropped["reason"] == "torn frame"
     with d.client() as r:
