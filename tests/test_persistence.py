@@ -905,6 +905,24 @@ def _store_sessions(tmp_path: Path, before: Callable[[redis.Redis], None], extra
         assert first.wait(20) == 0
 
 
+class Gate:
+    """A store test hook that holds the store's thread at ``point`` (the first
+    time only, with ``once``) until the gate is opened. ``reached`` is set
+    when the thread gets there; ``opened`` when the gate is (or, for the
+    hook's caller: ``wait``, ``is_set``)."""
+
+    def __init__(self, point: str, *, once: bool = False) -> None:
+        self.point = point
+        self.once = once
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, point: str) -> None:
+        if point == self.point and not (self.once and self.reached.is_set()):
+            self.reached.set()
+            self.opened.wait(10)
+
+
 def _gated_warm_start(
     tmp_path: Path,
     before: Callable[[redis.Redis], None],
@@ -918,13 +936,7 @@ def _gated_warm_start(
     import redis.asyncio as aredis
 
     _store_sessions(tmp_path, before, extra)
-    held = threading.Event()
-    gate = threading.Event()
-
-    def hold_warm_start(point: str) -> None:
-        if point == "warm":  # on the store's thread, the warm rows read
-            held.set()
-            gate.wait(10)
+    gate = Gate("warm")  # on the store's thread, the warm rows read
 
     seen: dict[str, Any] = {}
 
@@ -932,12 +944,12 @@ def _gated_warm_start(
         loop = asyncio.get_running_loop()
         async with aredis.Redis(unix_socket_path=sock) as r:
             try:
-                seen["held"] = await loop.run_in_executor(None, held.wait, 10)
+                seen["held"] = await loop.run_in_executor(None, gate.reached.wait, 10)
                 seen["ping"] = await r.ping()
                 seen["during"] = await r.info("persistence")
                 await during(r)
             finally:
-                gate.set()
+                gate.opened.set()
             for _ in range(3000):  # a condition polled (30 s at most), not a timing
                 if not (await r.info("persistence"))["warm_start_in_progress"]:
                     break
@@ -953,7 +965,7 @@ def _gated_warm_start(
                 await r.get("old0"),
             ]
 
-    _run_in_process(tmp_path, body, extra=extra, hook=hold_warm_start)
+    _run_in_process(tmp_path, body, extra=extra, hook=gate)
     assert seen["held"] and seen["ping"] is True
     assert seen["during"]["warm_start_in_progress"] == 1
     assert seen["during"]["warm_start_sessions"] == 0
@@ -1032,13 +1044,7 @@ def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
             assert r.set(f"s{i}", f"v{i}")
 
     _store_sessions(tmp_path, before, "")
-    held = threading.Event()
-    gate = threading.Event()
-
-    def hold_warm_start(point: str) -> None:
-        if point == "warm":
-            held.set()
-            gate.wait(10)
+    gate = Gate("warm")
 
     seen: dict[str, Any] = {}
 
@@ -1048,23 +1054,23 @@ def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
         # A condition polled, not a timing asserted; a stop that never cancels
         # the warm start fails the test below (gate never set) instead of hanging.
         poll(lambda: not app.keyspace.warming, timeout=30.0, step=0.005)
-        gate.set()
+        gate.opened.set()
 
     async def stop_while_held(sock: str, app: Any) -> None:
         loop = asyncio.get_running_loop()
         async with aredis.Redis(unix_socket_path=sock) as r:
-            seen["held"] = await loop.run_in_executor(None, held.wait, 10)
+            seen["held"] = await loop.run_in_executor(None, gate.reached.wait, 10)
             seen["during"] = await r.info("persistence")
         seen["app"] = app
         threading.Thread(target=open_gate_once_cancelled, args=(app,), daemon=True).start()
 
-    _run_in_process(tmp_path, stop_while_held, hook=hold_warm_start)  # exits 0
+    _run_in_process(tmp_path, stop_while_held, hook=gate)  # exits 0
     said = capfd.readouterr()
     assert "warm_start_stopped" in said.out + said.err
     assert seen["held"] and seen["during"]["warm_start_in_progress"] == 1
     app = seen["app"]
     assert not app.keyspace.warming and app.keyspace.warmed == 0 and len(app.cache) == 0
-    assert gate.is_set()
+    assert gate.opened.is_set()
 
     async def read_back(sock: str, app: Any) -> None:
         async with aredis.Redis(unix_socket_path=sock) as r:
@@ -1081,13 +1087,7 @@ def test_reading_the_whole_store_holds_up_no_other_client(tmp_path: Path, comman
     the event loop serves everyone else."""
     import redis.asyncio as aredis
 
-    reading = threading.Event()
-    gate = threading.Event()
-
-    def gated_read(point: str) -> None:
-        if point == "scan":  # on the whole-table thread, before it reads
-            reading.set()
-            gate.wait(10)
+    gate = Gate("scan")  # on the whole-table thread, before it reads
 
     seen: dict[str, Any] = {}
 
@@ -1102,18 +1102,18 @@ def test_reading_the_whole_store_holds_up_no_other_client(tmp_path: Path, comman
             await other.set("x", "v")
             asked = reader.dbsize() if command == "DBSIZE" else reader.keys("k*")
             answer = asyncio.ensure_future(asked)
-            seen["reading"] = await loop.run_in_executor(None, reading.wait, 10)
+            seen["reading"] = await loop.run_in_executor(None, gate.reached.wait, 10)
             # The read is parked at the gate; the other client is served.
             seen["ping"] = await other.ping()
             seen["get"] = await other.get("k1")
             seen["set"] = await other.set("k3", "v")
             seen["waiting"] = not answer.done()
-            gate.set()
+            gate.opened.set()
             seen["answer"] = await answer
             seen["keyspace"] = (await reader.info("keyspace"))["db0"]["keys"]
             seen["in_multi"] = await reader.pipeline(transaction=True).keys("k*").execute()
 
-    _run_in_process(tmp_path, body, hook=gated_read)
+    _run_in_process(tmp_path, body, hook=gate)
     assert seen["reading"] and seen["waiting"]
     assert seen["ping"] is True and seen["get"] == b"v" and seen["set"] is True
     # Read once the gate opened: k3 is in.
@@ -1182,13 +1182,7 @@ def test_messages_reach_a_subscriber_whose_request_waits_on_a_store_read(
     messages back), and the GET is answered when the read ends."""
     import redis.asyncio as aredis
 
-    reading = threading.Event()
-    gate = threading.Event()
-
-    def gated_read(point: str) -> None:
-        if point == "load" and not reading.is_set():
-            reading.set()
-            gate.wait(10)
+    gate = Gate("load", once=True)
 
     seen: dict[str, Any] = {}
 
@@ -1199,17 +1193,17 @@ def test_messages_reach_a_subscriber_whose_request_waits_on_a_store_read(
         await reader.readuntil(b"proto\r\n:3\r\n")  # HELLO's map, up to the protocol
         await reader.readuntil(b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
         writer.write(b"GET only-in-the-store\r\n")
-        seen["reading"] = await loop.run_in_executor(None, reading.wait, 10)
+        seen["reading"] = await loop.run_in_executor(None, gate.reached.wait, 10)
         async with aredis.Redis(unix_socket_path=sock) as other:
             seen["receivers"] = await other.publish("ch", "hello")
         message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
         seen["message"] = await asyncio.wait_for(reader.readexactly(len(message)), 10)
-        seen["parked"] = not gate.is_set()
-        gate.set()
+        seen["parked"] = not gate.opened.is_set()
+        gate.opened.set()
         seen["get"] = await asyncio.wait_for(reader.readexactly(3), 10)
         writer.close()
 
-    _run_in_process(tmp_path, body, hook=gated_read)
+    _run_in_process(tmp_path, body, hook=gate)
     assert seen["reading"] and seen["receivers"] == 1 and seen["parked"]
     assert seen["message"] == b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
     assert seen["get"] == b"_\r\n"  # RESP3 null
