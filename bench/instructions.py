@@ -353,8 +353,10 @@ def start(name: str, workdir: Path, dsn: str | None = None) -> Callgrind:
             metrics=name != "sessiond-nometrics",
             persistence="always" if durable else None,
             dsn=dsn if name == "sessiond-shared" else None,
-            # Valgrind runs it ~50x slower: heartbeats and operations get the
-            # time they take there, or the host would think its LISTEN lost.
+            # Under valgrind the daemon runs tens of times slower (a rough
+            # figure: the wall time of a measured run against a native one):
+            # heartbeats and operations get the time they take there, or the
+            # host would think its LISTEN lost.
             store={"heartbeat_interval": 300, "timeout": 300}
             if name == "sessiond-shared"
             else None,

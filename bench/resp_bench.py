@@ -15,8 +15,11 @@
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 Prints requests/s, p99 and max latency for both servers, and each server's CPU time per request
-(user + system, from /proc), and the ratios sessiond / redis; CPU per request is the steadier
-measure when other work shares the machine.
+(user + system, from /proc), and the ratios sessiond / redis. When other work shares the
+machine, CPU per request is the steadier of the two: in one run of 3 repetitions at load
+average 10-15 (2026-12-05, README "Where the -P 16 gap goes") the requests/s ratios of one
+row spread as wide as 0.28-1.61 while the CPU ratios of most rows stayed within about
+10% (the widest: 1.59-2.04).
 Quote ratios from one run; absolute numbers vary with the machine's load.
 """
 
@@ -201,9 +204,8 @@ def interleaved(
     scenario (label, clients, pipeline, requests) run on each server in ``order``
     back to back, so the two sides of a ratio are measured minutes apart at most.
     Each test is a redis-benchmark run of its own, so that the server's CPU time
-    around it is that test's: CPU per request moves far less than requests/s
-    when other work shares the machine (it still moves with contention for the
-    caches)."""
+    around it is that test's (see the module's docstring for how much steadier
+    that is on a shared machine; it still moves with contention for the caches)."""
     results: dict[str, dict[str, dict[str, Result]]] = {name: {} for name in servers}
     with ExitStack() as stack:
         procs = {}
