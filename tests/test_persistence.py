@@ -1031,6 +1031,43 @@ def test_the_warm_start_evicts_nothing_and_stops_at_flushdb(tmp_path: Path) -> N
     assert seen["list"] == []
 
 
+def test_a_failed_warm_start_read_leaves_the_daemon_serving_from_the_store(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The warm start's read of the table fails (a disk error): the daemon,
+    serving already, says so and goes on; nothing is warm, and every session
+    is still read through from the store."""
+
+    def before(r: redis.Redis) -> None:
+        for i in range(20):
+            assert r.set(f"s{i}", f"v{i}")
+
+    _store_sessions(tmp_path, before, "")
+
+    def broken_warm_read(point: str) -> None:
+        if point == "warm":
+            raise sqlite3.OperationalError("disk I/O error")
+
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        import redis.asyncio as aredis
+
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            for _ in range(3000):  # a condition polled (30 s at most), not a timing
+                if not app.keyspace.warming:
+                    break
+                await asyncio.sleep(0.01)
+            seen["info"] = await r.info("persistence")
+            seen["values"] = [await r.get(f"s{i}") for i in range(20)]
+
+    _run_in_process(tmp_path, body, hook=broken_warm_read)
+    said = capfd.readouterr()
+    assert "warm_start_failed" in said.out + said.err
+    assert seen["info"]["warm_start_in_progress"] == 0
+    assert seen["values"] == [f"v{i}".encode() for i in range(20)]
+
+
 def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
