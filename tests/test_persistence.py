@@ -905,6 +905,16 @@ def _store_sessions(tmp_path: Path, before: Callable[[redis.Redis], None], extra
         assert first.wait(20) == 0
 
 
+async def warm_start_done(app: Any) -> None:
+    """Wait for ``app``'s warm start to end: a condition polled on its event
+    loop (30 s at most), not a timing."""
+    for _ in range(3000):
+        if not app.keyspace.warming:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the warm start never finished")
+
+
 class Gate:
     """A store test hook that holds the store's thread at ``point`` (the first
     time only, with ``once``) until the gate is opened. ``reached`` is set
@@ -950,12 +960,7 @@ def _gated_warm_start(
                 await during(r)
             finally:
                 gate.opened.set()
-            for _ in range(3000):  # a condition polled (30 s at most), not a timing
-                if not (await r.info("persistence"))["warm_start_in_progress"]:
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("the warm start never finished")
+            await warm_start_done(app)
             seen["after"] = await r.info("persistence")
             seen["list"] = await r.execute_command("SESSION.LIST")
             seen["values"] = [
@@ -1054,10 +1059,7 @@ def test_a_failed_warm_start_read_leaves_the_daemon_serving_from_the_store(
         import redis.asyncio as aredis
 
         async with aredis.Redis(unix_socket_path=sock) as r:
-            for _ in range(3000):  # a condition polled (30 s at most), not a timing
-                if not app.keyspace.warming:
-                    break
-                await asyncio.sleep(0.01)
+            await warm_start_done(app)
             seen["info"] = await r.info("persistence")
             seen["values"] = [await r.get(f"s{i}") for i in range(20)]
 
