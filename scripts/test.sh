@@ -126,7 +126,10 @@ else
   (build_compiled) >"$build_log" 2>&1 </dev/null &
   build_pid=$!
   # Interrupted or failed before the build ends: it ends too (its pip and gcc with it).
-  trap 'pkill -TERM -P "$build_pid" 2>/dev/null; kill "$build_pid" 2>/dev/null; rm -f "$build_log"' EXIT
+  # (set -e holds in the trap too: a build already over is not an error.)
+  trap 'pkill -TERM -P "$build_pid" 2>/dev/null || true
+        kill "$build_pid" 2>/dev/null || true
+        rm -f "$build_log"' EXIT
   pure_status=0
   test_pure "$@" || pure_status=$?
   build_status=0
