@@ -48,6 +48,19 @@ SHUTDOWN_GRACE = 10.0  # seconds to let in-flight commands finish
 PROBE_INTERVAL = 0.1  # the loop-lag probe's timer, and INFO's instantaneous_* samples
 COUNT_INTERVAL = 15.0  # seconds between counts of the sessions in memory and store
 SWEEP_CHUNK = 1000  # heap records per sweep step before yielding to clients
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits for it (CPython's default
+is 0.005).
+
+The event loop gives the GIL up at every system call (each socket read and write).
+A background thread that wants it back at once, as the store's count does binding
+100k queued keys into SQLite row by row, takes it each time, and the loop then waits
+out the whole interval before it gets it back: at 5 ms, one event-loop iteration
+of 50 connections stretched to 35-240 ms while a count ran (``perf sched`` on the
+million-SET load of ``bench/scale.py``: the main thread asleep 4-5 ms at a time,
+running for well under a millisecond in between). At 0.5 ms the longest PING
+during that load was 37-67 ms in 4 runs against 55-90 ms at 5 ms, with the same
+write rate."""
 GC_THRESHOLDS = (2000, 1, 10)
 """The cyclic collector's thresholds (CPython's default is (700, 10, 10)).
 
@@ -175,6 +188,7 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        sys.setswitchinterval(SWITCH_INTERVAL)
         identity = self.predecessor.socket_identity if self.predecessor is not None else None
         try:
             await self.server.start(self.listener, identity)
