@@ -478,6 +478,33 @@ def test_a_load_of_sessions_written_once_leaves_no_stale_expiry_records() -> Non
     assert cache.expiry_index_size == 0
 
 
+def test_an_eviction_refiles_a_few_slid_records_not_all() -> None:
+    """When every session was read since it was filed, every record at the top
+    of the expiry index has slid. An eviction re-files a few of them (the sweep
+    re-files the rest when they come due), not all at once in one write."""
+    clock = FakeClock()
+    cache: SessionCache[str, int] = SessionCache(1000, clock=clock, default_ttl=60.0)
+    for i in range(1000):
+        cache.insert(f"s{i}", i)
+    clock.advance(10)
+    for i in range(1000):
+        assert cache.get(f"s{i}") == i  # slides every deadline; no record moves
+
+    def filed_as(key: str) -> int:  # the sequence number of the key's record
+        entry = cache.find(key)
+        assert entry is not None and entry.record is not None
+        return int(entry.record[1])
+
+    filed = {f"s{i}": filed_as(f"s{i}") for i in range(1000)}
+    cache.insert("new", 0)  # evicts s0
+    moved = sum(1 for key, seq in filed.items() if key in cache and filed_as(key) != seq)
+    assert 1 <= moved <= 3  # with s0's stale record dropped: four looked at
+    assert cache.expiry_index_size == len(cache)
+    clock.advance(61)
+    assert cache.cleanup_expired() == 1000
+    assert cache.expiry_index_size == 0
+
+
 def test_defect_e_evictions_during_load_counted_once() -> None:
     """Evictions caused by a read-through load were lost or counted twice."""
     cache, _, listener, store = make(3)

@@ -77,6 +77,7 @@ DEFAULT: Final = _Default()
 
 
 _TIDY_STEP = 16  # expiry index records moved per write while it is tidied
+_SETTLE_STEP = 4  # records at the top of the expiry index looked at per eviction
 
 _Record = tuple[Any, ...]
 """An expiry-heap record ``(deadline, seq, key)``: a float, an int and the key.
@@ -842,17 +843,21 @@ class SessionCache(Generic[K, V]):
         heapq.heappush(self._heap, fresh)
         self._keep_bounded()
 
-    def _settle_root(self) -> None:
+    def _settle_root(self, limit: int) -> None:
         """Drop the stale records at the top of the expiry index and re-file
         the slid ones there, as :meth:`sweep` does when they come due, until a
-        current record is on top. The session evicted is usually the next due
-        too (sessions written once with one TTL), so its record leaves the
-        index with it instead of waiting for a tidy: a tidy moved 32 records
-        per write for thousands of writes, event-loop iterations of 30-80 ms
-        under sustained writes (issue 18). Each record is dropped or re-filed
-        here at most once, as the sweep would have done anyway."""
+        current record is on top or ``limit`` records were looked at. The
+        session evicted is usually the next due too (sessions written once
+        with one TTL), so its record leaves the index with it instead of
+        waiting for a tidy: a tidy moved 32 records per write for thousands of
+        writes, event-loop iterations of 30-80 ms under sustained writes
+        (issue 18). The limit keeps a top of slid records (every session read
+        since it was filed) from being re-filed all in one write; an eviction
+        leaves at most one stale record, so a few per call keep up."""
         heap, data = self._heap, self._data
-        while heap:
+        for _ in range(limit):
+            if not heap:
+                return
             record = heap[0]
             key: K = record[2]
             entry = data.get(key)
@@ -971,7 +976,7 @@ class SessionCache(Generic[K, V]):
                 cause, why = Cause.EVICTED, reason
             if self.listener is not None:
                 self.listener(key, entry, cause, why)
-        self._settle_root()
+        self._settle_root(_SETTLE_STEP)
         self._keep_bounded()
 
     def _remove(
