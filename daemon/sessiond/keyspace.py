@@ -260,6 +260,14 @@ class Keyspace:
     # ------------------------------------------------------ the cache's hook
 
     def save(self, key: bytes, entry: Entry[Value]) -> None:
+        self._record(key, entry, _row(entry))
+
+    def delete(self, key: bytes) -> None:
+        self._record(key, None, None)
+
+    def _record(self, key: bytes, entry: Entry[Value] | None, row: Row | None) -> None:
+        """Write-through of a change: seen by the command running, kept from
+        the warm start's older row, recorded in the store."""
         current = self.current
         if current is not None:
             current.seen(key, entry)
@@ -267,17 +275,7 @@ class Keyspace:
         if changed is not None:
             changed.add(key)
         assert self.store is not None
-        self.store.record(key, _row(entry))
-
-    def delete(self, key: bytes) -> None:
-        current = self.current
-        if current is not None:
-            current.seen(key, None)
-        changed = self._changed
-        if changed is not None:
-            changed.add(key)
-        assert self.store is not None
-        self.store.record(key, None)
+        self.store.record(key, row)
 
     def expire(self, key: bytes) -> None:
         # Memory found the session past its deadline: so would the store.
