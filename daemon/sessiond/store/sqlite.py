@@ -40,16 +40,7 @@ import structlog
 
 from ..stats import StoreStats
 from . import log as wal
-from .api import (
-    ACCESSED_AT,
-    Change,
-    Fields,
-    Hook,
-    Row,
-    StoreError,
-    TableCounts,
-    TableSlice,
-)
+from .api import ACCESSED_AT, Change, Fields, Hook, Row, StoreError, TableCounts, TableSlice
 from .api import live as fields_live
 from .compactd import CompactorProcess
 from .compactor import Compaction, Compactor
