@@ -9,6 +9,7 @@ with ``sqlite3`` directly once the daemon is stopped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import subprocess
@@ -851,6 +852,38 @@ def test_info_keyspace_counts_store_sessions_and_their_expiry(daemon_factory: Fa
         assert r.dbsize() == 15
 
 
+def disk_error_at(point: str) -> Callable[[str], None]:
+    """A store hook that fails the store's work at ``point`` as a failing disk does."""
+
+    def hook(at: str) -> None:
+        if at == point:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    return hook
+
+
+def test_the_daemon_tunes_the_collector_and_the_gil_before_it_serves(tmp_path: Path) -> None:
+    """The collector's thresholds and the GIL's switch interval that the
+    stall measurements of issue 18 chose (app.GC_THRESHOLDS, app.SWITCH_INTERVAL)
+    are what the daemon runs with."""
+    from sessiond import app as app_module
+
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        seen["thresholds"] = gc.get_threshold()
+        seen["switch"] = sys.getswitchinterval()
+
+    switch, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    try:
+        _run_in_process(tmp_path, body)
+    finally:
+        sys.setswitchinterval(switch)
+        gc.set_threshold(*thresholds)
+    assert seen["thresholds"] == app_module.GC_THRESHOLDS
+    assert seen["switch"] == pytest.approx(app_module.SWITCH_INTERVAL)
+
+
 def _run_in_process(
     tmp_path: Path,
     body: Callable[[str, Any], Any],
@@ -1049,10 +1082,6 @@ def test_a_failed_warm_start_read_leaves_the_daemon_serving_from_the_store(
 
     _store_sessions(tmp_path, before, "")
 
-    def broken_warm_read(point: str) -> None:
-        if point == "warm":
-            raise sqlite3.OperationalError("disk I/O error")
-
     seen: dict[str, Any] = {}
 
     async def body(sock: str, app: Any) -> None:
@@ -1063,7 +1092,7 @@ def test_a_failed_warm_start_read_leaves_the_daemon_serving_from_the_store(
             seen["info"] = await r.info("persistence")
             seen["values"] = [await r.get(f"s{i}") for i in range(20)]
 
-    _run_in_process(tmp_path, body, hook=broken_warm_read)
+    _run_in_process(tmp_path, body, hook=disk_error_at("warm"))
     said = capfd.readouterr()
     assert "warm_start_failed" in said.out + said.err
     assert seen["info"]["warm_start_in_progress"] == 0
@@ -1254,10 +1283,6 @@ def test_a_failed_whole_store_read_answers_that_request_with_an_error(
 ) -> None:
     import redis.asyncio as aredis
 
-    def broken_read(point: str) -> None:
-        if point == "scan":
-            raise sqlite3.OperationalError("disk I/O error")
-
     seen: dict[str, Any] = {}
 
     async def body(sock: str, app: Any) -> None:
@@ -1268,7 +1293,7 @@ def test_a_failed_whole_store_read_answers_that_request_with_an_error(
             seen["replies"] = await pipe.execute(raise_on_error=False)
             seen["ping"] = await r.ping()
 
-    _run_in_process(tmp_path, body, hook=broken_read)
+    _run_in_process(tmp_path, body, hook=disk_error_at("scan"))
     error, value = seen["replies"]
     assert isinstance(error, redis.ResponseError)
     assert str(error) == "store read failed: disk I/O error"
