@@ -336,7 +336,7 @@ def test_warm_start_and_close_go_through_rows() -> None:
         d.store.record(b"w%d" % i, row(b"v%d" % i, d.clock.now - 10 + i, ttl=3600))
 
     async def warm() -> int:
-        return await d.keyspace.warm(3)
+        return await d.keyspace.warm(3)()
 
     assert asyncio.run(warm()) == 3
     assert sorted(k for k, _ in d.cache.items()) == [b"w2", b"w3", b"w4"]

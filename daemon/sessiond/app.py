@@ -170,7 +170,7 @@ class App:
         loop = asyncio.get_running_loop()
         config = self.config
         warmed = 0
-        warming: Awaitable[int] | None = None
+        warming: Callable[[], Awaitable[int]] | None = None
         if config.persistence.backend == "sqlite":
             try:
                 warming = self._open_store(loop)
@@ -266,7 +266,7 @@ class App:
         await self.shutdown_event.wait()
         return await self._shutdown()
 
-    def _open_store(self, loop: asyncio.AbstractEventLoop) -> Awaitable[int] | None:
+    def _open_store(self, loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[int]] | None:
         """Open the SQLite store and attach it to the keyspace; the warm start
         to run once serving (``None`` if it is off)."""
         p = self.config.persistence
@@ -302,11 +302,11 @@ class App:
         # keeps what clients change from being overwritten by the warm rows.
         return self.keyspace.warm(self.cache.max_sessions)
 
-    async def _warm_start(self, warming: Awaitable[int]) -> None:
+    async def _warm_start(self, warming: Callable[[], Awaitable[int]]) -> None:
         """The warm start, while serving (Keyspace.warm); cancelled by a stop."""
         started = time.monotonic()
         try:
-            warmed = await warming
+            warmed = await warming()
         except StoreError as exc:
             log.warning("warm_start_failed", error=str(exc))
             return

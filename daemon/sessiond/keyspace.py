@@ -579,12 +579,14 @@ class Keyspace:
         cache.expirations += deleted
         return deleted
 
-    def warm(self, limit: int, step: int = WARM_STEP) -> Awaitable[int]:
+    def warm(self, limit: int, step: int = WARM_STEP) -> Callable[[], Awaitable[int]]:
         """The warm start, run while clients are served: load up to ``limit``
         of the most recently used stored sessions into memory (a restart is
-        not an access: their deadlines and LRU order stay). The awaitable
-        reads them off the event loop, then admits ``step`` at a time,
-        yielding to clients between steps; it gives how many it loaded.
+        not an access: their deadlines and LRU order stay). What it returns
+        starts the load (once serving): it reads them off the event loop,
+        then admits ``step`` at a time, yielding to clients between steps,
+        and gives how many it loaded. A function, not a coroutine made now:
+        a stop before it starts leaves no coroutine never awaited.
 
         From this call on (before serving starts) every key a command writes,
         deletes or expires is remembered, and the warm start leaves it alone:
@@ -596,7 +598,7 @@ class Keyspace:
         changed: set[bytes] = set()
         self._changed = changed
         self.warmed = 0
-        return self._warm(limit, step, changed)
+        return lambda: self._warm(limit, step, changed)
 
     async def _warm(self, limit: int, step: int, changed: set[bytes]) -> int:
         try:
