@@ -185,7 +185,8 @@ def _conf_value(value: str | int) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _pids_with_parent(ppid: int) -> list[int]:
+def pids_with_parent(ppid: int) -> list[int]:
+    """The pids of the running processes whose parent is ``ppid``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -201,7 +202,7 @@ def _pids_with_parent(ppid: int) -> list[int]:
     return found
 
 
-def _state(pid: int) -> str:
+def process_state(pid: int) -> str:
     """The process state letter from /proc (R, S, T, Z, ...), "" when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -459,9 +460,9 @@ class PgCluster:
         if self.proc.poll() is None:
             # Freeze the postmaster so it forks nothing while its children are listed.
             os.kill(pid, signal.SIGSTOP)
-            while _state(pid) not in ("T", "Z", ""):
+            while process_state(pid) not in ("T", "Z", ""):
                 time.sleep(0.001)
-            children = _pids_with_parent(pid)
+            children = pids_with_parent(pid)
             # Adopt the orphans and reap them, rather than leave zombies to a pid 1
             # that may not reap (as in some containers).
             _set_child_subreaper(True)

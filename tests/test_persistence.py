@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from pg import pids_with_parent, process_state
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -107,13 +109,18 @@ def last_event(d: Daemon, name: str) -> dict[str, Any]:
 
 
 def _hammer(
-    d: Daemon, writers: int, run_for: float, until: Callable[[], bool] | None = None
+    d: Daemon,
+    writers: int,
+    run_for: float,
+    until: Callable[[], bool] | None = None,
+    kill: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, tuple[str, float]]], list[int], float]:
     """``writers`` threads, each with its own client, SET distinct keys (and
-    overwrite one ``last:<t>`` counter) until the daemon is SIGKILLed after
-    ``run_for`` seconds, and once ``until()`` holds (if given; a loaded machine
-    may take longer to get there). Returns per thread {key: (value, ack
-    time)}, the last acknowledged counter per thread, and the time of the kill."""
+    overwrite one ``last:<t>`` counter) until the daemon is SIGKILLed (by
+    ``kill`` if given) after ``run_for`` seconds, and once ``until()`` holds
+    (if given; a loaded machine may take longer to get there). Returns per
+    thread {key: (value, ack time)}, the last acknowledged counter per thread,
+    and the time of the kill."""
     acked: list[dict[str, tuple[str, float]]] = [{} for _ in range(writers)]
     last: list[int] = [-1] * writers
     started = threading.Barrier(writers + 1)
@@ -149,7 +156,7 @@ def _hammer(
     if until is not None:
         assert poll(until, timeout=60.0, step=0.05), "the state to kill in was never reached"
     killed_at = time.monotonic()
-    d.kill()
+    (kill or d.kill)()
     for th in threads:
         th.join(10)
         assert not th.is_alive()
@@ -1455,12 +1462,42 @@ def test_kill9_in_the_middle_of_a_compaction_loses_no_acknowledged_write(
     daemon_factory: Factory,
 ) -> None:
     """Compaction slowed down (a pause between its steps) so that the kill
-    lands inside one, under load from 8 writers: every acknowledged write is
-    there after the restart, and the log says the killed run had started a
-    compaction it never finished."""
+    lands inside one, under load from 8 writers; the daemon and its compactor
+    process are killed together, as a crash of the host or the unit would:
+    every acknowledged write is there after the restart, and the log says the
+    killed run had started a compaction it never finished."""
     d = daemon_factory(sqlite_config(persistence={"durability": "always"}), start=False)
     d.start(env={"SESSIOND_STORE_COMPACT_PAUSE": "0.3", "SESSIOND_STORE_COMPACT_ROWS": "256"})
-    acked, last, _ = _hammer(d, writers=8, run_for=2.5, until=lambda: _compacting(d))
+    assert d.proc is not None
+    daemon = d.proc.pid
+
+    def frozen_mid_compaction() -> bool:
+        # The compactor is a child process that finishes its step after the
+        # daemon dies: it is frozen while it is looked at, and stays frozen
+        # (to be killed with the daemon) once it is caught mid-compaction.
+        # Killed apart, the daemon's death gave it time to finish the segment.
+        children = pids_with_parent(daemon)
+        for child in children:
+            os.kill(child, signal.SIGSTOP)
+        while any(process_state(child) not in ("T", "Z", "") for child in children):
+            time.sleep(0.001)
+        if children and _compacting(d):
+            held.extend(children)
+            return True
+        for child in children:
+            os.kill(child, signal.SIGCONT)
+        return False
+
+    def kill_both() -> None:
+        os.kill(daemon, signal.SIGSTOP)  # it starts no new compactor meanwhile
+        for child in held:
+            os.kill(child, signal.SIGKILL)
+        d.kill()
+        while any(process_state(child) not in ("Z", "") for child in held):
+            time.sleep(0.001)
+
+    held: list[int] = []
+    acked, last, _ = _hammer(d, writers=8, run_for=2.5, until=frozen_mid_compaction, kill=kill_both)
     total = sum(len(a) for a in acked)
     assert total > 100, "the writers barely ran"
     killed = d.events()
