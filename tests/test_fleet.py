@@ -951,6 +951,15 @@ def test_the_shared_store_s_metrics(
     assert host_a.metric("sessiond_store_pool_connections_max") == 8
     assert host_a.metric("sessiond_store_pool_connections") >= 1
     assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 0
+    # A hears its own commits back on the channel too, and counts none of them:
+    # once B's next write reached A (after A's own, in commit order), A has
+    # received exactly one more notification.
+    heard = host_a.metric("sessiond_store_notifications_received_total")
+    for i in range(3):
+        assert a.set(f"own{i}", "x")
+    b.set("k", "3")
+    eventually(lambda: a.get("k") == b"3")
+    assert host_a.metric("sessiond_store_notifications_received_total") == heard + 1
     flushes = host_a.metric("sessiond_store_memory_flushes_total")
     pg_db.cluster.terminate_backends(application_name="host0:listen")
     host_a.wait_for_event("listen_restored", timeout=10)

@@ -368,6 +368,7 @@ class PostgresStore:
         self._sweeping = False
         self._stopping = False
         self._heartbeat_channel = f"{pgsql.CHANNEL}_{self.host_id}"
+        self._own_payloads = f"{self.host_id} "  # how this host's payloads start
         self._heartbeat_seen = 0
         # Decisions waiting to hear their own barrier notification back.
         self._barriers: dict[str, asyncio.Future[None]] = {}
@@ -1140,8 +1141,10 @@ class PostgresStore:
             with contextlib.suppress(ValueError):
                 self._heartbeat_seen = max(self._heartbeat_seen, int(notify.payload))
             return
+        if notify.payload.startswith(self._own_payloads):
+            return  # this host's own commit heard back (checked before parsing it whole)
         payload = pgsql.parse(notify.payload)
-        if payload is None or payload.host == self.host_id:
+        if payload is None:
             return
         stats = self.shared_stats
         stats.notifications_received += 1
