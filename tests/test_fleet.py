@@ -83,6 +83,40 @@ def eventually(check: Callable[[], bool], timeout: float = 2.0, what: str = "") 
     return time.monotonic() - started
 
 
+def on_every_host(
+    hosts: list[Daemon], clients: int, work: Callable[[redis.Redis, str], None]
+) -> None:
+    """``work(client, name)`` in ``clients`` threads per host at once, each
+    with a client of its own named ``h<host>c<client>``; the first errors
+    are reported once every thread is done."""
+    errors: list[BaseException] = []
+
+    def run(d: Daemon, name: str) -> None:
+        try:
+            with d.client() as r:
+                work(r, name)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(d, f"h{h}c{c}"))
+        for h, d in enumerate(hosts)
+        for c in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+
+
+def every_host_agrees(hosts: list[Daemon], key: str, value: bytes) -> None:
+    for d in hosts:
+        with d.client() as r:
+            # a plain read: the last changes may reach this host within the lag
+            eventually(lambda r=r: r.get(key) == value, what="every host to agree")
+
+
 def table_rows(db: PgDatabase) -> dict[bytes, tuple[Any, ...]]:
     with db.admin() as conn:
         rows = conn.execute(
@@ -170,26 +204,13 @@ def test_expired_rows_are_deleted_once_whichever_host_sweeps(
 
 def test_incr_from_three_hosts_and_eight_clients_each_counts_exactly(fleet: Fleet) -> None:
     hosts = fleet(3)
-    errors: list[BaseException] = []
 
-    def work(d: Daemon) -> None:
-        try:
-            with d.client() as r:
-                for _ in range(1000):
-                    r.incr("counter")
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def work(r: redis.Redis, _: str) -> None:
+        for _ in range(1000):
+            r.incr("counter")
 
-    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
-    for d in hosts:
-        with d.client() as r:
-            # a plain read: the last changes may reach this host within the lag
-            eventually(lambda r=r: r.get("counter") == b"24000", what="every host to agree")
+    on_every_host(hosts, 8, work)
+    every_host_agrees(hosts, "counter", b"24000")
 
 
 def test_set_nx_lock_has_exactly_one_winner_per_round(fleet: Fleet) -> None:
@@ -197,29 +218,18 @@ def test_set_nx_lock_has_exactly_one_winner_per_round(fleet: Fleet) -> None:
     rounds = 30
     barrier = threading.Barrier(len(hosts) * 8)
     wins: list[list[str]] = [[] for _ in range(rounds)]
-    errors: list[BaseException] = []
 
-    def contend(d: Daemon, name: str) -> None:
+    def contend(r: redis.Redis, name: str) -> None:
         try:
-            with d.client() as r:
-                for i in range(rounds):
-                    barrier.wait(30)
-                    if r.set(f"lock:{i}", name, nx=True, px=60_000):
-                        wins[i].append(name)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-            barrier.abort()
+            for i in range(rounds):
+                barrier.wait(30)
+                if r.set(f"lock:{i}", name, nx=True, px=60_000):
+                    wins[i].append(name)
+        except BaseException:
+            barrier.abort()  # the others stop waiting for this one
+            raise
 
-    threads = [
-        threading.Thread(target=contend, args=(d, f"h{h}c{c}"))
-        for h, d in enumerate(hosts)
-        for c in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
+    on_every_host(hosts, 8, contend)
     assert [len(w) for w in wins] == [1] * rounds
     with hosts[2].client() as r:
         for i in range(rounds):
@@ -288,32 +298,18 @@ def test_read_modify_write_commands_from_two_hosts_lose_nothing(fleet: Fleet) ->
     """APPEND, INCRBYFLOAT, HINCRBYFLOAT, GETSET and RENAME read the key's
     current value: the database decides them, as INCR."""
     hosts = fleet(2)
-    errors: list[BaseException] = []
     taken: list[bytes] = []
 
-    def work(d: Daemon, name: str) -> None:
-        try:
-            with d.client() as r:
-                for i in range(100):
-                    r.append("appended", "x")
-                    r.incrbyfloat("float", 0.5)
-                    r.hincrbyfloat("hash", "f", 0.25)
-                    old = r.getset("token", f"{name}:{i}")
-                    if old is not None:
-                        taken.append(old)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def work(r: redis.Redis, name: str) -> None:
+        for i in range(100):
+            r.append("appended", "x")
+            r.incrbyfloat("float", 0.5)
+            r.hincrbyfloat("hash", "f", 0.25)
+            old = r.getset("token", f"{name}:{i}")
+            if old is not None:
+                taken.append(old)
 
-    threads = [
-        threading.Thread(target=work, args=(d, f"h{h}c{c}"))
-        for h, d in enumerate(hosts)
-        for c in range(4)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
+    on_every_host(hosts, 4, work)
     with hosts[1].client() as r:
         assert r.strlen("appended") == 800
         assert float(r.get("float") or 0) == 400.0
@@ -366,37 +362,24 @@ def test_exec_aborts_when_another_host_changed_a_watched_key(fleet: Fleet, clien
 
 def test_optimistic_increments_with_watch_from_two_hosts_count_exactly(fleet: Fleet) -> None:
     hosts = fleet(2)
-    errors: list[BaseException] = []
     retries: list[int] = []
 
-    def work(d: Daemon) -> None:
-        try:
-            with d.client() as r:
-                for _ in range(50):
-                    while True:
-                        with r.pipeline() as p:
-                            try:
-                                p.watch("opt")
-                                value = int(p.get("opt") or 0)
-                                p.multi()
-                                p.set("opt", value + 1)
-                                p.execute()
-                                break
-                            except redis.WatchError:
-                                retries.append(1)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def work(r: redis.Redis, _: str) -> None:
+        for _ in range(50):
+            while True:
+                with r.pipeline() as p:
+                    try:
+                        p.watch("opt")
+                        value = int(p.get("opt") or 0)
+                        p.multi()
+                        p.set("opt", value + 1)
+                        p.execute()
+                        break
+                    except redis.WatchError:
+                        retries.append(1)
 
-    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
-    for d in hosts:
-        with d.client() as r:
-            # a plain read: the last changes may reach this host within the lag
-            eventually(lambda r=r: r.get("opt") == b"400", what="every host to agree")
+    on_every_host(hosts, 4, work)
+    every_host_agrees(hosts, "opt", b"400")
     assert retries  # they did contend
 
 
@@ -405,26 +388,13 @@ INCR_SCRIPT = "return redis.call('SET', KEYS[1], (tonumber(redis.call('GET', KEY
 
 def test_scripts_from_two_hosts_decide_on_their_declared_keys(fleet: Fleet) -> None:
     hosts = fleet(2)
-    errors: list[BaseException] = []
 
-    def work(d: Daemon) -> None:
-        try:
-            with d.client() as r:
-                for _ in range(200):
-                    r.eval(INCR_SCRIPT, 1, "scripted")
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def work(r: redis.Redis, _: str) -> None:
+        for _ in range(200):
+            r.eval(INCR_SCRIPT, 1, "scripted")
 
-    threads = [threading.Thread(target=work, args=(d,)) for d in hosts for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
-    for d in hosts:
-        with d.client() as r:
-            # a plain read: the last changes may reach this host within the lag
-            eventually(lambda r=r: r.get("scripted") == b"1600", what="every host to agree")
+    on_every_host(hosts, 4, work)
+    every_host_agrees(hosts, "scripted", b"1600")
 
 
 def test_redis_py_locks_guard_a_session_across_hosts(fleet: Fleet) -> None:
@@ -432,30 +402,18 @@ def test_redis_py_locks_guard_a_session_across_hosts(fleet: Fleet) -> None:
     release it): eight workers on two hosts update one session under its
     lock, and no update is lost."""
     hosts = fleet(2)
-    errors: list[BaseException] = []
 
-    def worker(d: Daemon) -> None:
-        try:
-            with d.client() as c:
-                for _ in range(10):
-                    with c.lock(
-                        "session:s:lock", timeout=5, sleep=0.001, blocking_timeout=60
-                    ) as lk:
-                        value = int(c.get("session:s") or 0)
-                        assert lk.extend(5)
-                        c.set("session:s", str(value + 1))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def worker(c: redis.Redis, _: str) -> None:
+        for _ in range(10):
+            with c.lock("session:s:lock", timeout=5, sleep=0.001, blocking_timeout=60) as lk:
+                value = int(c.get("session:s") or 0)
+                assert lk.extend(5)
+                c.set("session:s", str(value + 1))
 
-    threads = [threading.Thread(target=worker, args=(d,)) for d in hosts for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
+    on_every_host(hosts, 4, worker)
+    every_host_agrees(hosts, "session:s", b"80")
     for d in hosts:
         with d.client() as r:
-            eventually(lambda r=r: r.get("session:s") == b"80", what="every host to agree")
             assert r.exists("session:s:lock") == 0
 
 
