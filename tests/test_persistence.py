@@ -1354,6 +1354,64 @@ def test_writer_thread_survives_a_bug(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_durable_commits_run_on_the_event_loop_until_one_is_slow(tmp_path: Path) -> None:
+    """In-process: under ``always`` the writes of one event-loop iteration are
+    committed on the loop's own thread, and their replies released at once
+    (no hand-over to the writer thread and back). A commit slower than
+    ``_INLINE_SLOW`` (a slow disk) sends the next ones to the writer thread, so
+    that the loop keeps answering while the disk catches up: a timer on the
+    loop fires during such a commit."""
+    from sessiond.store import SQLiteStore, sqlite
+
+    delay = [0.0]
+    threads: list[str] = []
+
+    def disk(point: str) -> None:
+        if point == "commit":
+            threads.append(threading.current_thread().name)
+            time.sleep(delay[0])
+
+    # flush_interval: the writer thread's idle rounds once a second only, so
+    # that none takes a write before its own iteration's commit does.
+    store = SQLiteStore(tmp_path / "inline.db", durability="always", flush_interval=10, hook=disk)
+
+    async def main() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+        ticked = []
+
+        async def commit(key: bytes) -> None:
+            done: asyncio.Future[Any] = loop.create_future()
+            store.record(key, _row(b"v", time.time()))
+            store.after_commit(done.set_result)
+            assert await asyncio.wait_for(done, 10) is None
+
+        def tick() -> None:
+            ticked.append(True)
+
+        await commit(b"fast")
+        delay[0] = 2 * sqlite._INLINE_SLOW
+        await commit(b"slow")
+        delay[0] = 0.3
+        loop.call_later(0.1, tick)
+        await commit(b"after")
+        return ticked
+
+    try:
+        ticked = asyncio.run(main())
+    finally:
+        store.close()
+    # Only the commits that had a write in them (the writer thread's idle
+    # rounds find nothing pending and call no hook).
+    assert threads[:3] == ["MainThread", "MainThread", "sessiond-store"], threads
+    assert ticked == [True]  # the loop ran during the writer thread's commit
+    reopened = SQLiteStore(tmp_path / "inline.db")
+    try:
+        assert all(reopened.load(k) is not None for k in (b"fast", b"slow", b"after"))
+    finally:
+        reopened.close()
+
+
 def test_batch_writer_lagging_is_visible(tmp_path: Path) -> None:
     """In-process: while a commit runs longer than flush_interval the store says
     it lags (the server then holds write replies until their commit, so a slow

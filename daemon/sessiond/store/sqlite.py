@@ -70,6 +70,11 @@ _BACKPRESSURE_MAX = 1.0
 # once per transaction. A step then takes tens of milliseconds in the
 # compactor process, which holds nothing the event loop needs.
 _COMPACT_ROWS = 2048
+# A commit on the event loop's thread that took longer than this (a slow or
+# failing disk) sends the next ones to the writer thread for _INLINE_BACKOFF
+# seconds, so that reads and PINGs are answered while the disk catches up.
+_INLINE_SLOW = 0.01
+_INLINE_BACKOFF = 5.0
 _CHECK_INTERVAL = 1.0  # seconds between checks that the store's files are ours
 _CLOSE_BUDGET = 0.5  # seconds a clean stop spends compacting
 _LIVE_INTERVAL = 60.0  # seconds between samples of the live bytes
@@ -169,6 +174,12 @@ class SQLiteStore:
         self._layer: Layer | None = None
         self._segment_opened = time.monotonic()
         self._wake = _Wake()
+        # Held by whoever appends to the log: the writer thread, or the event
+        # loop's thread committing its own iteration's writes (_commit_here).
+        self._commit_lock = threading.Lock()
+        self._commit_scheduled = False  # _commit_here is due in this loop iteration
+        self._inline_after = 0.0  # monotonic time before which commits go to the thread
+        self._loop_thread = 0
         self._busy_since = 0.0  # when the writer started its current commit, 0 if idle
         self._backlog = sum(size for _, size in self._sealed)
         self._committed_seq = 0
@@ -239,6 +250,7 @@ class SQLiteStore:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self._writer_thread = threading.Thread(
             target=self._writer, name="sessiond-store", daemon=True
         )
@@ -266,7 +278,50 @@ class SQLiteStore:
             callback(None)
             return
         self._waiters.append((seq, callback))
-        self._wake.set()
+        if self._commit_scheduled:
+            return
+        loop = self._loop
+        if (
+            loop is not None
+            and self.durability == "always"
+            and threading.get_ident() == self._loop_thread
+        ):
+            self._commit_scheduled = True
+            loop.call_soon(self._commit_here)
+        else:
+            self._wake.set()
+
+    def _commit_here(self) -> None:
+        """The group commit of the writes this event-loop iteration made, on
+        the loop's own thread once the iteration's reads are handled, and the
+        replies released at once, as Redis does under ``appendfsync always``:
+        no hand-over to the writer thread and back, whose wake-ups took longer
+        than the fdatasync itself. The loop waits for the disk meanwhile, so a
+        commit slower than _INLINE_SLOW sends the next ones to the writer thread
+        for a while; so do a backlog past its bound (the writer applies the
+        backpressure), a failing store (the writer retries) and a stop."""
+        self._commit_scheduled = False
+        if (
+            self._stopping
+            or self.failure is not None
+            or self._backlog > self.backlog_bytes
+            or time.monotonic() < self._inline_after
+            or not self._commit_lock.acquire(blocking=False)
+        ):
+            self._wake.set()
+            return
+        started = time.monotonic()
+        try:
+            done = self._commit_pending()
+        except Exception as exc:
+            self._writer_failed(exc)
+            done = -1
+        finally:
+            self._commit_lock.release()
+        if done < 0:
+            self._wake.set()  # the writer thread retries, at its pace
+        elif time.monotonic() - started > _INLINE_SLOW:
+            self._inline_after = time.monotonic() + _INLINE_BACKOFF
 
     def lagging(self) -> bool:
         """Whether commits run behind: the writer busy with one commit for
@@ -291,11 +346,15 @@ class SQLiteStore:
                 self._write_loop()
                 return
             except Exception as exc:
-                log.exception("store_writer_failed")
-                self.overlay.put_back()
-                self.failure = StoreError(f"store writer failed: {exc}")
-                self._committed(self.overlay.op_seq, self.failure)
+                self._writer_failed(exc)
                 time.sleep(self.retry_interval)
+
+    def _writer_failed(self, exc: Exception) -> None:
+        """A bug in a commit: log it, put its batch back, fail the waiting writes."""
+        log.exception("store_writer_failed", exc_info=exc)
+        self.overlay.put_back()
+        self.failure = StoreError(f"store writer failed: {exc}")
+        self._committed(self.overlay.op_seq, self.failure)
 
     def _write_loop(self) -> None:
         last_batch = 0
@@ -315,19 +374,21 @@ class SQLiteStore:
             last_start = now
             if last_batch > 1 and not self._stopping:
                 self._linger()
-            last_batch = self._commit_pending()
+            with self._commit_lock:
+                last_batch = self._commit_pending()
+                if last_batch >= 0:
+                    self._housekeeping(time.monotonic())
+                    if self._stopping:
+                        with self.overlay.lock:
+                            idle_now = not self.overlay.pending and not self.overlay.pending_cleared
+                        if idle_now:
+                            self._seal()
+                            return
             if last_batch < 0:
                 if self._stopping:
                     return
                 time.sleep(self.retry_interval)
                 continue
-            self._housekeeping(time.monotonic())
-            if self._stopping:
-                with self.overlay.lock:
-                    idle_now = not self.overlay.pending and not self.overlay.pending_cleared
-                if idle_now:
-                    self._seal()
-                    return
             self._backpressure()
 
     def _linger(self) -> None:
@@ -482,6 +543,9 @@ class SQLiteStore:
         return self._backlog + max(current, 0)
 
     def _committed(self, seq: int, error: StoreError | None) -> None:
+        if threading.get_ident() == self._loop_thread:  # a commit of _commit_here
+            self._resolve(seq, error)
+            return
         loop = self._loop
         if loop is None or loop.is_closed():
             if error is None:
