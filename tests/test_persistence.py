@@ -1360,54 +1360,75 @@ def test_durable_commits_run_on_the_event_loop_until_one_is_slow(tmp_path: Path)
     (no hand-over to the writer thread and back). A commit slower than
     ``_INLINE_SLOW`` (a slow disk) sends the next ones to the writer thread, so
     that the loop keeps answering while the disk catches up: a timer on the
-    loop fires during such a commit."""
+    loop fires during such a commit. What the released replies go on to do
+    is not counted as the disk's time. A bug in the writer thread's commit
+    fails its write and puts it back (under the commit lock, so that the
+    loop cannot take the pending changes meanwhile)."""
     from sessiond.store import SQLiteStore, sqlite
 
     delay = [0.0]
     threads: list[str] = []
+    bug = threading.Event()
 
     def disk(point: str) -> None:
         if point == "commit":
             threads.append(threading.current_thread().name)
             time.sleep(delay[0])
+            if bug.is_set():
+                bug.clear()
+                raise RuntimeError("injected bug")
 
     # flush_interval: the writer thread's idle rounds once a second only, so
     # that none takes a write before its own iteration's commit does.
     store = SQLiteStore(tmp_path / "inline.db", durability="always", flush_interval=10, hook=disk)
 
-    async def main() -> list[bool]:
+    async def main() -> tuple[list[bool], Any]:
         loop = asyncio.get_running_loop()
         store.start(loop)
         ticked = []
 
-        async def commit(key: bytes) -> None:
+        async def commit(key: bytes, busy: float = 0.0) -> Any:
             done: asyncio.Future[Any] = loop.create_future()
+
+            def answered(error: Any) -> None:
+                time.sleep(busy)  # what a reply's client goes on to run
+                done.set_result(error)
+
             store.record(key, _row(b"v", time.time()))
-            store.after_commit(done.set_result)
-            assert await asyncio.wait_for(done, 10) is None
+            store.after_commit(answered)
+            return await asyncio.wait_for(done, 10)
 
         def tick() -> None:
             ticked.append(True)
 
-        await commit(b"fast")
+        # A reply that takes long to handle does not make the disk look slow.
+        assert await commit(b"fast", busy=2 * sqlite._INLINE_SLOW) is None
         delay[0] = 2 * sqlite._INLINE_SLOW
-        await commit(b"slow")
+        assert await commit(b"slow") is None
         delay[0] = 0.3
         loop.call_later(0.1, tick)
-        await commit(b"after")
-        return ticked
+        assert await commit(b"after") is None
+        # A bug in the writer thread's commit: the write gets the error, stays
+        # pending and lands with the next commit.
+        delay[0] = 0.0
+        bug.set()
+        failed = await commit(b"bug")
+        assert await commit(b"next") is None
+        return ticked, failed
 
     try:
-        ticked = asyncio.run(main())
+        ticked, failed = asyncio.run(main())
     finally:
         store.close()
     # Only the commits that had a write in them (the writer thread's idle
     # rounds find nothing pending and call no hook).
-    assert threads[:3] == ["MainThread", "MainThread", "sessiond-store"], threads
+    assert threads[:4] == ["MainThread", "MainThread", "sessiond-store", "sessiond-store"]
     assert ticked == [True]  # the loop ran during the writer thread's commit
+    assert "injected bug" in str(failed)
     reopened = SQLiteStore(tmp_path / "inline.db")
     try:
-        assert all(reopened.load(k) is not None for k in (b"fast", b"slow", b"after"))
+        keys = (b"fast", b"slow", b"after", b"bug", b"next")
+        assert all(reopened.load(k) is not None for k in keys)
     finally:
         reopened.close()
 

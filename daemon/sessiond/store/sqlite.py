@@ -6,11 +6,14 @@
 * :mod:`.compactor` — a sealed log segment into the table, in small steps;
 * :mod:`.reads` — the table's SELECTs.
 
-This module owns the scheduling: the *log writer* thread takes the pending
-changes as one group commit, appends them as one frame with one ``write``
-and one ``fdatasync``, and only then releases the replies waiting in
-:meth:`SQLiteStore.after_commit` (under ``durability: batch`` it commits every
-``flush_interval``). Every ``fold_interval`` (or ``segment_bytes``) it seals the
+This module owns the scheduling: a group commit takes the pending changes,
+appends them as one frame with one ``write`` and one ``fdatasync``, and only
+then releases the replies waiting in :meth:`SQLiteStore.after_commit`. Under
+``durability: always`` the event loop's thread commits the writes of each of
+its iterations itself (:meth:`SQLiteStore._commit_here`); the *log writer*
+thread commits under ``batch`` (every ``flush_interval``) and whenever the loop
+should not wait for the disk. Every ``fold_interval`` (or ``segment_bytes``) the
+writer thread seals the
 segment and starts the next; the *compactor* thread writes each sealed
 segment into the table and deletes it. A clean stop commits what is pending
 and compacts only as much as ``close_budget`` allows: the log is already
@@ -178,6 +181,10 @@ class SQLiteStore:
         # loop's thread committing its own iteration's writes (_commit_here).
         self._commit_lock = threading.Lock()
         self._commit_scheduled = False  # _commit_here is due in this loop iteration
+        # While _commit_here holds the lock: what its commit resolved, (seq,
+        # error), for it to release once it has let go of the lock.
+        self._committing_here = False
+        self._resolved_here: list[tuple[int, StoreError | None]] = []
         self._inline_after = 0.0  # monotonic time before which commits go to the thread
         self._loop_thread = 0
         self._busy_since = 0.0  # when the writer started its current commit, 0 if idle
@@ -249,8 +256,15 @@ class SQLiteStore:
         return last
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the threads. Called on ``loop``'s thread (as the daemon does),
+        durable commits are made there; called elsewhere, all on the writer
+        thread."""
         self._loop = loop
-        self._loop_thread = threading.get_ident()
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        self._loop_thread = threading.get_ident() if on_loop else 0
         self._writer_thread = threading.Thread(
             target=self._writer, name="sessiond-store", daemon=True
         )
@@ -311,17 +325,24 @@ class SQLiteStore:
             self._wake.set()
             return
         started = time.monotonic()
+        self._committing_here = True
         try:
             done = self._commit_pending()
         except Exception as exc:
             self._writer_failed(exc)
             done = -1
         finally:
+            self._committing_here = False
             self._commit_lock.release()
+        # Timed before any reply is released: what the replies' callbacks go
+        # on to do (the clients' next commands) is not the disk's time.
         if done < 0:
             self._wake.set()  # the writer thread retries, at its pace
         elif time.monotonic() - started > _INLINE_SLOW:
             self._inline_after = time.monotonic() + _INLINE_BACKOFF
+        resolved, self._resolved_here = self._resolved_here, []
+        for seq, error in resolved:
+            self._resolve(seq, error)
 
     def lagging(self) -> bool:
         """Whether commits run behind: the writer busy with one commit for
@@ -346,15 +367,18 @@ class SQLiteStore:
                 self._write_loop()
                 return
             except Exception as exc:
-                self._writer_failed(exc)
+                with self._commit_lock:
+                    self._writer_failed(exc)
                 time.sleep(self.retry_interval)
 
     def _writer_failed(self, exc: Exception) -> None:
-        """A bug in a commit: log it, put its batch back, fail the waiting writes."""
-        log.exception("store_writer_failed", exc_info=exc)
+        """A bug in a commit: put its batch back, fail the waiting writes, log
+        it. Called holding the commit lock: the other committer must not take
+        the pending changes before the batch is back among them."""
         self.overlay.put_back()
         self.failure = StoreError(f"store writer failed: {exc}")
         self._committed(self.overlay.op_seq, self.failure)
+        log.exception("store_writer_failed", exc_info=exc)
 
     def _write_loop(self) -> None:
         last_batch = 0
@@ -375,21 +399,27 @@ class SQLiteStore:
             if last_batch > 1 and not self._stopping:
                 self._linger()
             with self._commit_lock:
-                last_batch = self._commit_pending()
-                if last_batch >= 0:
-                    self._housekeeping(time.monotonic())
-                    if self._stopping:
-                        with self.overlay.lock:
-                            idle_now = not self.overlay.pending and not self.overlay.pending_cleared
-                        if idle_now:
+                try:
+                    last_batch = self._commit_pending()
+                    if last_batch >= 0:
+                        self._housekeeping(time.monotonic())
+                        if self._stopping and self._drained():
                             self._seal()
                             return
+                except Exception as exc:  # still holding the lock: see _writer_failed
+                    self._writer_failed(exc)
+                    last_batch = -1
             if last_batch < 0:
                 if self._stopping:
                     return
                 time.sleep(self.retry_interval)
                 continue
             self._backpressure()
+
+    def _drained(self) -> bool:
+        """Nothing is pending (a stop may seal the last segment)."""
+        with self.overlay.lock:
+            return not self.overlay.pending and not self.overlay.pending_cleared
 
     def _linger(self) -> None:
         """Wait briefly while writes keep arriving, so that the clients whose
@@ -543,8 +573,8 @@ class SQLiteStore:
         return self._backlog + max(current, 0)
 
     def _committed(self, seq: int, error: StoreError | None) -> None:
-        if threading.get_ident() == self._loop_thread:  # a commit of _commit_here
-            self._resolve(seq, error)
+        if self._committing_here and threading.get_ident() == self._loop_thread:
+            self._resolved_here.append((seq, error))  # _commit_here releases them
             return
         loop = self._loop
         if loop is None or loop.is_closed():
