@@ -29,6 +29,10 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # One write() per event, newline included: print() wrote the event and
+        # its newline apart, and a line of another process sharing the stream
+        # (the successor of a SIGUSR2 hand-over, or the test reaper) could land
+        # between them, leaving two events on one line (JSON no parser reads).
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
