@@ -181,12 +181,10 @@ class SQLiteStore:
         # loop's thread committing its own iteration's writes (_commit_here).
         self._commit_lock = threading.Lock()
         self._commit_scheduled = False  # _commit_here is due in this loop iteration
-        # While _commit_here holds the lock: what its commit resolved, (seq,
-        # error), for it to release once it has let go of the lock.
-        self._committing_here = False
-        self._resolved_here: list[tuple[int, StoreError | None]] = []
         self._inline_after = 0.0  # monotonic time before which commits go to the thread
-        self._loop_thread = 0
+        # The thread that commits its own writes (_commit_here): the event
+        # loop's under "always" once started on it; 0, none.
+        self._inline_thread = 0
         self._busy_since = 0.0  # when the writer started its current commit, 0 if idle
         self._backlog = sum(size for _, size in self._sealed)
         self._committed_seq = 0
@@ -264,7 +262,8 @@ class SQLiteStore:
             on_loop = asyncio.get_running_loop() is loop
         except RuntimeError:
             on_loop = False
-        self._loop_thread = threading.get_ident() if on_loop else 0
+        if on_loop and self.durability == "always":
+            self._inline_thread = threading.get_ident()
         self._writer_thread = threading.Thread(
             target=self._writer, name="sessiond-store", daemon=True
         )
@@ -294,12 +293,9 @@ class SQLiteStore:
         self._waiters.append((seq, callback))
         if self._commit_scheduled:
             return
-        loop = self._loop
-        if (
-            loop is not None
-            and self.durability == "always"
-            and threading.get_ident() == self._loop_thread
-        ):
+        if threading.get_ident() == self._inline_thread:
+            loop = self._loop
+            assert loop is not None
             self._commit_scheduled = True
             loop.call_soon(self._commit_here)
         else:
@@ -325,14 +321,9 @@ class SQLiteStore:
             self._wake.set()
             return
         started = time.monotonic()
-        self._committing_here = True
         try:
-            done = self._commit_pending()
-        except Exception as exc:
-            self._writer_failed(exc)
-            done = -1
+            done, seq, error = self._commit_locked()
         finally:
-            self._committing_here = False
             self._commit_lock.release()
         # Timed before any reply is released: what the replies' callbacks go
         # on to do (the clients' next commands) is not the disk's time.
@@ -340,9 +331,7 @@ class SQLiteStore:
             self._wake.set()  # the writer thread retries, at its pace
         elif time.monotonic() - started > _INLINE_SLOW:
             self._inline_after = time.monotonic() + _INLINE_BACKOFF
-        resolved, self._resolved_here = self._resolved_here, []
-        for seq, error in resolved:
-            self._resolve(seq, error)
+        self._resolve(seq, error)
 
     def lagging(self) -> bool:
         """Whether commits run behind: the writer busy with one commit for
@@ -368,17 +357,28 @@ class SQLiteStore:
                 return
             except Exception as exc:
                 with self._commit_lock:
-                    self._writer_failed(exc)
+                    seq, error = self._writer_failed(exc)
+                self._committed(seq, error)
                 time.sleep(self.retry_interval)
 
-    def _writer_failed(self, exc: Exception) -> None:
-        """A bug in a commit: put its batch back, fail the waiting writes, log
-        it. Called holding the commit lock: the other committer must not take
-        the pending changes before the batch is back among them."""
+    def _writer_failed(self, exc: Exception) -> tuple[int, StoreError]:
+        """A bug in a commit: put its batch back and log it; what the waiting
+        writes get (up to which sequence number, which error). Called holding
+        the commit lock: the other committer must not take the pending changes
+        before the batch is back among them."""
         self.overlay.put_back()
         self.failure = StoreError(f"store writer failed: {exc}")
-        self._committed(self.overlay.op_seq, self.failure)
         log.exception("store_writer_failed", exc_info=exc)
+        return self.overlay.op_seq, self.failure
+
+    def _commit_locked(self) -> tuple[int, int, StoreError | None]:
+        """:meth:`_commit_pending` by whoever holds the commit lock, a bug in
+        it included (-1, with the error). The caller releases the waiters."""
+        try:
+            return self._commit_pending()
+        except Exception as exc:
+            seq, error = self._writer_failed(exc)
+            return -1, seq, error
 
     def _write_loop(self) -> None:
         last_batch = 0
@@ -399,16 +399,13 @@ class SQLiteStore:
             if last_batch > 1 and not self._stopping:
                 self._linger()
             with self._commit_lock:
-                try:
-                    last_batch = self._commit_pending()
-                    if last_batch >= 0:
-                        self._housekeeping(time.monotonic())
-                        if self._stopping and self._drained():
-                            self._seal()
-                            return
-                except Exception as exc:  # still holding the lock: see _writer_failed
-                    self._writer_failed(exc)
-                    last_batch = -1
+                last_batch, seq, error = self._commit_locked()
+                self._committed(seq, error)  # on the loop, later: it does not wait
+                if last_batch >= 0:
+                    self._housekeeping(time.monotonic())
+                    if self._stopping and self._drained():
+                        self._seal()
+                        return
             if last_batch < 0:
                 if self._stopping:
                     return
@@ -436,13 +433,14 @@ class SQLiteStore:
             seen = now
             time.sleep(_LINGER_STEP)
 
-    def _commit_pending(self) -> int:
+    def _commit_pending(self) -> tuple[int, int, StoreError | None]:
         """One group commit of everything pending: the number of changes, or
-        -1 if it failed (they are pending again and the waiters got the error)."""
+        -1 if it failed (they are pending again); the sequence number of the
+        last change it settles; the error its waiters get, if it failed. The
+        caller releases the waiters (:meth:`_committed`, :meth:`_resolve`)."""
         batch, cleared, seq = self.overlay.take()
         if not batch and not cleared:
-            self._committed(seq, None)
-            return 0
+            return 0, seq, None
         started = time.perf_counter()
         frame = wal.encode(batch, cleared)
         try:
@@ -461,8 +459,7 @@ class SQLiteStore:
         except _Removed as exc:
             self.overlay.put_back()
             self._store_removed(str(exc))
-            self._committed(seq, self.failure)
-            return -1
+            return -1, seq, self.failure
         except OSError as error:  # not "exc" again: compiled, one name has one type
             self.overlay.put_back()
             if self._segment is not None and self._segment.damaged:
@@ -475,8 +472,7 @@ class SQLiteStore:
                 sessions=len(batch),
             )
             self.failure = StoreError(f"store write failed: {error.strerror or error}")
-            self._committed(seq, self.failure)
-            return -1
+            return -1, seq, self.failure
         self.overlay.logged(layer)
         if self.failure is not None:
             log.info("store_recovered")
@@ -484,8 +480,7 @@ class SQLiteStore:
         deletes = sum(1 for change in batch.values() if change is None)
         self.stats.writes += len(batch) - deletes
         self.stats.commit_duration.observe(time.perf_counter() - started)
-        self._committed(seq, None)
-        return len(batch)
+        return len(batch), seq, None
 
     def _current(self) -> tuple[wal.Segment, Layer]:
         """The segment being appended to, created on first use."""
@@ -573,9 +568,7 @@ class SQLiteStore:
         return self._backlog + max(current, 0)
 
     def _committed(self, seq: int, error: StoreError | None) -> None:
-        if self._committing_here and threading.get_ident() == self._loop_thread:
-            self._resolved_here.append((seq, error))  # _commit_here releases them
-            return
+        """Release the waiters up to ``seq`` on the event loop, from another thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
             if error is None:
@@ -913,8 +906,11 @@ class SQLiteStore:
             self._cond.notify()
         if self._writer_thread is not None:
             self._writer_thread.join(timeout=30)
-        elif self._commit_pending() >= 0:
-            self._seal()
+        else:
+            done, seq, error = self._commit_pending()
+            self._committed(seq, error)
+            if done >= 0:
+                self._seal()
         with self._cond:
             self._written = True
             self._cond.notify()
