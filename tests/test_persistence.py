@@ -1433,6 +1433,69 @@ def test_durable_commits_run_on_the_event_loop_until_one_is_slow(tmp_path: Path)
         reopened.close()
 
 
+def test_a_log_past_its_backlog_bound_holds_durable_commits_back(tmp_path: Path) -> None:
+    """In-process: with compaction held at a gate, the log grows past
+    ``backlog_bytes``; the store then says it lags, and durable commits leave
+    the event loop for the writer thread, which holds each back
+    (backpressure) before the next: writers slow down instead of the log
+    growing without bound. Once compaction resumes, the lag ends."""
+    from sessiond.store import SQLiteStore
+
+    gate = threading.Event()
+    threads: list[str] = []
+
+    def hook(point: str) -> None:
+        if point == "compact":
+            gate.wait(10)
+        elif point == "commit":
+            threads.append(threading.current_thread().name)
+
+    store = SQLiteStore(
+        tmp_path / "bp.db",
+        durability="always",
+        segment_bytes=1024,
+        backlog_bytes=2048,
+        compact_in="thread",
+        hook=hook,
+    )
+
+    async def main() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+
+        async def commit(i: int) -> None:
+            done: asyncio.Future[Any] = loop.create_future()
+            store.record(f"k{i}".encode(), _row(b"x" * 500, time.time()))
+            store.after_commit(done.set_result)
+            assert await asyncio.wait_for(done, 10) is None
+
+        i = 0
+        deadline = time.monotonic() + 10
+        while not store.lagging() and time.monotonic() < deadline:
+            await commit(i)  # sealed by the writer thread every flush_interval
+            i += 1
+            await asyncio.sleep(0.02)
+        lagged = store.lagging()
+        threads.clear()
+        for _ in range(2):
+            await commit(i)
+            i += 1
+        gate.set()
+        deadline = time.monotonic() + 10
+        while store.lagging() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return lagged, store.lagging()
+
+    try:
+        lagged, after = asyncio.run(main())
+    finally:
+        gate.set()
+        store.close()
+    assert lagged and not after
+    assert threads == ["sessiond-store", "sessiond-store"]
+    assert store.stats.backpressure_seconds > 0
+
+
 def test_batch_writer_lagging_is_visible(tmp_path: Path) -> None:
     """In-process: while a commit runs longer than flush_interval the store says
     it lags (the server then holds write replies until their commit, so a slow
