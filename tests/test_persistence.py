@@ -1713,15 +1713,22 @@ def test_a_failing_disk_refuses_writes_then_recovers(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         store.start(loop)
 
+        reported: list[StoreError | None] = []
+
         async def commit() -> StoreError | None:
             done: asyncio.Future[StoreError | None] = loop.create_future()
-            store.after_commit(done.set_result)
+
+            def answered(error: StoreError | None) -> None:
+                reported.append(store.failure)  # what the server sees as it answers
+                done.set_result(error)
+
+            store.after_commit(answered)
             return await asyncio.wait_for(done, 10)
 
         full.set()
         store.record(b"k", _row(b"v", time.time()))
         failed = await commit()
-        failure = store.failure
+        failure = reported[0]
         full.clear()
         deadline = time.monotonic() + 10
         while store.failure is not None and time.monotonic() < deadline:

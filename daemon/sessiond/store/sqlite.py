@@ -326,10 +326,10 @@ class SQLiteStore:
         finally:
             self._commit_lock.release()
         # Timed before any reply is released: what the replies' callbacks go
-        # on to do (the clients' next commands) is not the disk's time.
-        if done < 0:
-            self._wake.set()  # the writer thread retries, at its pace
-        elif time.monotonic() - started > _INLINE_SLOW:
+        # on to do (the clients' next commands) is not the disk's time. After
+        # a failure the writer thread retries on its own round, at its pace
+        # (woken at once, it retried before the failed writes were answered).
+        if done >= 0 and time.monotonic() - started > _INLINE_SLOW:
             self._inline_after = time.monotonic() + _INLINE_BACKOFF
         self._resolve(seq, error)
 
