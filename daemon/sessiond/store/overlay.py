@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable
 from typing import cast
 
-from .api import Change, Fields, Kept, Row, as_row, counted
+from .api import Change, Kept, Row, as_row, counted
 
 
 class Layer:
@@ -48,7 +48,9 @@ class Layer:
             self.cleared = True
         changes = self.changes
         for key, row in batch.items():
-            changes[key] = None if row is None else cast(Fields, tuple(row))
+            # Cast to Kept, not Fields: compiled code would unbox the floats of
+            # a Fields and box them again to store it.
+            changes[key] = None if row is None else cast(Kept, tuple(row))
 
 
 class Overlay:
