@@ -24,7 +24,8 @@ from sessiond.keyspace import Context, Keyspace, Prepared
 from sessiond.protocol import NIL_ARRAY, OK, QUEUED, Error
 from sessiond.scripting import ScriptEngine
 from sessiond.stats import Stats
-from sessiond.store import HASH_SPACE, Change, Row, StoreError, TableCounts, TableSlice, scan_hash
+from sessiond.store import HASH_SPACE, Row, StoreError, TableCounts, TableSlice, scan_hash
+from sessiond.store.api import Kept
 
 T = TypeVar("T")
 
@@ -51,11 +52,11 @@ class StoreDouble:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         return None
 
-    def record(self, key: bytes, change: Change) -> None:
+    def record(self, key: bytes, change: Kept) -> None:
         if change is None:
             self.rows.pop(key, None)
         else:
-            self.rows[key] = change
+            self.rows[key] = Row(*change)  # read back as a Row, as a store does
 
     def clear(self) -> None:
         self.rows.clear()

@@ -37,6 +37,7 @@ from sessiond.store import (
     TableSlice,
     scan_hash,
 )
+from sessiond.store.api import Kept, as_row
 from test_handlers import Clock
 
 T = TypeVar("T")
@@ -110,8 +111,8 @@ class StoreDouble:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         return None
 
-    def record(self, key: bytes, change: Change) -> None:
-        self.db.commit(self, {key: change})
+    def record(self, key: bytes, change: Kept) -> None:
+        self.db.commit(self, {key: as_row(change)})  # the database reads back Rows
 
     def clear(self) -> None:
         self.db.rows.clear()

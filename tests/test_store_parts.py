@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from sessiond.cache import Entry
+from sessiond.keyspace import row_of
 from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, scan_hash
 from sessiond.store import log as wal
 from sessiond.store.compactor import Compaction, Compactor
@@ -129,13 +131,15 @@ def test_changes_waiting_for_compaction_are_not_walked_by_the_collector(tmp_path
     """A logged change lives until its segment is compacted: up to the log's
     bound of them at once. Python's cyclic collector walks every object it
     tracks on each full collection, and it never stops tracking a NamedTuple:
-    the overlay keeps plain tuples, which it stops tracking once it has looked
-    at them (issue 18: full collections paused the event loop 80-450 ms)."""
+    the keyspace records plain tuples, and the overlay keeps them as they are;
+    the collector stops tracking them once it has looked at them (issue 18:
+    full collections paused the event loop 80-450 ms)."""
     o = Overlay()
     layer = Layer(1)
     o.add_layer(layer)
     for i in range(100):
-        o.record(b"k%d" % i, row(b"v%d" % i, context="c", ttl=5.0, deadline=9.0))
+        entry = Entry(b"v%d" % i, context_id="c", created_at=1.0, ttl=5.0, deadline=9.0)
+        o.record(b"k%d" % i, row_of(entry))  # what the keyspace records for a write
     o.record(b"gone", None)
     o.take()
     o.logged(layer)

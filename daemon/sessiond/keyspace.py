@@ -46,7 +46,7 @@ from .store import (
     TableSlice,
     scan_hash,
 )
-from .store.api import KIND
+from .store.api import KIND, Fields
 from .store.api import live as live_fields
 from .values import Value
 
@@ -78,26 +78,23 @@ class Prepared:
         self.forget = forget
 
 
-def _row(entry: Entry[Value]) -> Row:
+def _row(entry: Entry[Value]) -> Fields:
+    """What a write records: the row's fields as a plain tuple (see
+    :data:`~sessiond.store.api.Fields`)."""
     value = entry.value
     if isinstance(value, bytes):
         kind, data = values.STRING, value
     else:
         kind, data = values.encode(value)
-    # tuple.__new__, not Row(...): a NamedTuple's own __new__ is interpreted
-    # Python, run on every write.
-    return tuple.__new__(
-        Row,
-        (
-            data,
-            entry.context_id,
-            entry.created_at,
-            entry.updated_at,
-            entry.accessed_at,
-            entry.ttl,
-            entry.deadline,
-            kind,
-        ),
+    return (
+        data,
+        entry.context_id,
+        entry.created_at,
+        entry.updated_at,
+        entry.accessed_at,
+        entry.ttl,
+        entry.deadline,
+        kind,
     )
 
 
@@ -265,7 +262,7 @@ class Keyspace:
     def delete(self, key: bytes) -> None:
         self._record(key, None, None)
 
-    def _record(self, key: bytes, entry: Entry[Value] | None, row: Row | None) -> None:
+    def _record(self, key: bytes, entry: Entry[Value] | None, row: Fields | None) -> None:
         """Write-through of a change: seen by the command running, kept from
         the warm start's older row, recorded in the store."""
         current = self.current

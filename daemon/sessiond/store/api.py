@@ -53,20 +53,22 @@ class Row(NamedTuple):
 
 
 Change = Row | None
-"""What a write leaves: the new row, or ``None`` for a delete."""
+"""What a read finds: the newest row, or ``None`` for a deleted session."""
 
 Fields = tuple[bytes, str | None, float, float, float, float | None, float | None, int]
 """A row's columns as a plain tuple, in :class:`Row`'s order (a ``Row`` is one).
 
-What the overlay keeps for a change waiting for compaction: Python's cyclic
-garbage collector stops tracking a plain tuple that holds only bytes, strings,
-numbers and ``None`` the first time it looks at it, but never a ``NamedTuple``
-(only exact tuples are untracked). Kept as ``Row`` objects, the up to 250k
-changes of a full log were walked by every full collection: 80-450 ms pauses of
-the event loop under sustained writes (gc.callbacks, issue 18)."""
+What the keyspace records for a write and the overlay keeps until compaction:
+Python's cyclic garbage collector stops tracking a plain tuple that holds only
+bytes, strings, numbers and ``None`` the first time it looks at it, but never a
+``NamedTuple`` (only exact tuples are untracked). Kept as ``Row`` objects, the
+up to 250k changes of a full log were walked by every full collection: 80-450 ms
+pauses of the event loop under sustained writes (gc.callbacks, issue 18). And a
+plain tuple is built in one step, where a ``Row`` took a call to
+``tuple.__new__`` per write and a copy back to a plain tuple per commit."""
 
 Kept = Fields | None
-"""A change as the overlay keeps it: a row's fields, or ``None`` for a delete."""
+"""What a write leaves: the row's fields, or ``None`` for a delete."""
 
 DEADLINE: Final = 6
 """Index of ``deadline`` in :data:`Fields`."""
@@ -84,8 +86,10 @@ def live(fields: Fields, now: float) -> bool:
 
 def as_row(kept: Kept) -> Change:
     """The :class:`Row` of kept fields (``None`` stays ``None``)."""
+    if kept is None or isinstance(kept, Row):
+        return kept
     # tuple.__new__, not Row(...): a NamedTuple's own __new__ is interpreted Python.
-    return None if kept is None or isinstance(kept, Row) else tuple.__new__(Row, kept)
+    return tuple.__new__(Row, kept)
 
 
 class StoreError(Exception):
@@ -140,9 +144,9 @@ class Store(Protocol):
         """Start the background work; commits are reported on ``loop``."""
         ...
 
-    def record(self, key: bytes, change: Change) -> None:
+    def record(self, key: bytes, change: Kept) -> None:
         """Write-through: ``change`` is the session's new state (queued for
-        the next commit; reads see it at once)."""
+        the next commit; reads see it at once, as a :class:`Row`)."""
         ...
 
     def clear(self) -> None:

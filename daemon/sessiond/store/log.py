@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from .api import Change, Fields, Kept
+from .api import Fields, Kept
 
 MAGIC = b"SESSLOG1"
 OP_ROW: Final = 1
@@ -53,7 +53,7 @@ class Corrupt(Exception):
     """A segment whose header is not a log segment's."""
 
 
-def encode(batch: dict[bytes, Change], cleared: bool) -> bytearray:
+def encode(batch: dict[bytes, Kept], cleared: bool) -> bytearray:
     """One frame: a FLUSH first if ``cleared``, then each change of ``batch``."""
     # The frame's header is filled in once the payload after it is known.
     parts: list[bytes] = [_NO_HEADER, _FLUSH] if cleared else [_NO_HEADER]

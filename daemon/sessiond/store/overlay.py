@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import cast
 
 from .api import Change, Kept, Row, as_row, counted
 
@@ -42,15 +41,11 @@ class Layer:
         self.changes: dict[bytes, Kept] = {} if changes is None else changes
         self.cleared = False
 
-    def apply(self, batch: dict[bytes, Change], cleared: bool) -> None:
+    def apply(self, batch: dict[bytes, Kept], cleared: bool) -> None:
         if cleared:
             self.changes = {}
             self.cleared = True
-        changes = self.changes
-        for key, row in batch.items():
-            # Cast to Kept, not Fields: compiled code would unbox the floats of
-            # a Fields and box them again to store it.
-            changes[key] = None if row is None else cast(Kept, tuple(row))
+        self.changes.update(batch)
 
 
 class Overlay:
@@ -59,9 +54,9 @@ class Overlay:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.pending: dict[bytes, Change] = {}
+        self.pending: dict[bytes, Kept] = {}
         self.pending_cleared = False
-        self.inflight: dict[bytes, Change] = {}
+        self.inflight: dict[bytes, Kept] = {}
         self.inflight_cleared = False
         self.layers: list[Layer] = []  # oldest first; the last one is being appended to
         self.op_seq = 0  # changes recorded so far
@@ -69,7 +64,7 @@ class Overlay:
 
     # ----------------------------------------------------------- changes
 
-    def record(self, key: bytes, change: Change) -> None:
+    def record(self, key: bytes, change: Kept) -> None:
         with self.lock:
             self.pending[key] = change
             self.op_seq += 1
@@ -80,7 +75,7 @@ class Overlay:
             self.pending_cleared = True
             self.op_seq += 1
 
-    def take(self) -> tuple[dict[bytes, Change], bool, int]:
+    def take(self) -> tuple[dict[bytes, Kept], bool, int]:
         """Move the pending changes in flight: the batch, whether it starts
         with a FLUSH, and the sequence number of its last change."""
         with self.lock:
@@ -139,11 +134,11 @@ class Overlay:
         layers = self.layers[::-1]
         for key in keys:
             if key in pending:
-                found[key] = pending[key]
+                found[key] = as_row(pending[key])
             elif self.pending_cleared:
                 found[key] = None
             elif key in inflight:
-                found[key] = inflight[key]
+                found[key] = as_row(inflight[key])
             elif self.inflight_cleared:
                 found[key] = None
             else:
@@ -188,8 +183,8 @@ class Overlay:
             sources: list[tuple[dict[bytes, Kept], bool]] = [
                 (layer.changes, layer.cleared) for layer in self.layers
             ]
-            sources.append((cast("dict[bytes, Kept]", self.inflight), self.inflight_cleared))
-            sources.append((cast("dict[bytes, Kept]", self.pending), self.pending_cleared))
+            sources.append((self.inflight, self.inflight_cleared))
+            sources.append((self.pending, self.pending_cleared))
             merged: dict[bytes, Kept] = {}
             rows_valid = True
             for changes, cleared in sources:

@@ -41,7 +41,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, TypeVar
@@ -60,6 +60,7 @@ from .api import (
     Coherence,
     Decision,
     Hook,
+    Kept,
     Renewal,
     Row,
     StoreError,
@@ -583,7 +584,7 @@ class PostgresStore:
 
     # ------------------------------------------------------------ writes
 
-    def record(self, key: bytes, change: Change) -> None:
+    def record(self, key: bytes, change: Kept) -> None:
         self.overlay.record(key, change)
 
     def clear(self) -> None:
@@ -796,7 +797,7 @@ class PostgresStore:
     async def _write(
         self,
         conn: Conn,
-        batch: dict[bytes, Change],
+        batch: dict[bytes, Kept],
         cleared: bool,
         renewals: dict[bytes, Renewal],
         fence: float,
@@ -1214,25 +1215,17 @@ async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
 # ------------------------------------------------------------ the statements
 
 
-async def _write_changes(conn: Conn, changes: dict[bytes, Change]) -> None:
+async def _write_changes(conn: Conn, changes: Mapping[bytes, Kept]) -> None:
     """The upserts and deletes of ``changes`` (in a transaction holding their locks)."""
     upserts = [(key, row) for key, row in changes.items() if row is not None]
     deletes = [key for key, row in changes.items() if row is None]
     if upserts:
+        # One array per column, in Row's order: value, context, created_at,
+        # updated_at, accessed_at, ttl, deadline, kind (pgsql.UPSERT's after key, scan_hash).
+        columns = [list(column) for column in zip(*(row for _, row in upserts), strict=True)]
         await conn.execute(
             pgsql.UPSERT,
-            (
-                [key for key, _ in upserts],
-                [scan_hash(key) for key, _ in upserts],
-                [row.value for _, row in upserts],
-                [row.context for _, row in upserts],
-                [row.created_at for _, row in upserts],
-                [row.updated_at for _, row in upserts],
-                [row.accessed_at for _, row in upserts],
-                [row.ttl for _, row in upserts],
-                [row.deadline for _, row in upserts],
-                [row.kind for _, row in upserts],
-            ),
+            ([key for key, _ in upserts], [scan_hash(key) for key, _ in upserts], *columns),
         )
     if deletes:
         await conn.execute(pgsql.DELETE, (deletes,))

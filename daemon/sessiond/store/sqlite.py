@@ -43,7 +43,7 @@ import structlog
 
 from ..stats import StoreStats
 from . import log as wal
-from .api import ACCESSED_AT, Change, Fields, Hook, Row, StoreError, TableCounts, TableSlice
+from .api import ACCESSED_AT, Fields, Hook, Kept, Row, StoreError, TableCounts, TableSlice
 from .api import live as fields_live
 from .compactd import CompactorProcess
 from .compactor import Compaction, Compactor
@@ -275,7 +275,7 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ writes
 
-    def record(self, key: bytes, change: Change) -> None:
+    def record(self, key: bytes, change: Kept) -> None:
         self.overlay.record(key, change)
 
     def clear(self) -> None:
