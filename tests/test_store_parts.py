@@ -44,7 +44,7 @@ def test_records_round_trip_every_field() -> None:
         b"": row(b""),
     }
     frame = wal.encode(batch, cleared=True)
-    records = list(wal.decode(frame[8:]))  # past the frame's length and checksum
+    records = list(wal.decode(bytes(frame[8:])))  # past the frame's length and checksum
     assert records[0] is None  # the FLUSH comes first
     assert dict(r for r in records[1:] if r is not None) == batch
 
