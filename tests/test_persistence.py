@@ -1354,13 +1354,14 @@ def test_writer_thread_survives_a_bug(tmp_path: Path) -> None:
         reopened.close()
 
 
-def test_durable_commits_run_on_the_event_loop_until_one_is_slow(tmp_path: Path) -> None:
+def test_durable_commits_run_on_the_event_loop_until_one_stalls(tmp_path: Path) -> None:
     """In-process: under ``always`` the writes of one event-loop iteration are
     committed on the loop's own thread, and their replies released at once
-    (no hand-over to the writer thread and back). A commit slower than
-    ``_INLINE_SLOW`` (a slow disk) sends the next ones to the writer thread, so
-    that the loop keeps answering while the disk catches up: a timer on the
-    loop fires during such a commit. What the released replies go on to do
+    (no hand-over to the writer thread and back). One commit slower than
+    ``_INLINE_SLOW`` (a hiccup of the disk) changes nothing; one ten times
+    slower (a stalled disk) sends the next ones to the writer thread, so that
+    the loop keeps answering while the disk catches up: a timer on the loop
+    fires during such a commit. What the released replies go on to do
     is not counted as the disk's time. A bug in the writer thread's commit
     fails its write and puts it back (under the commit lock, so that the
     loop cannot take the pending changes meanwhile)."""
@@ -1402,9 +1403,11 @@ def test_durable_commits_run_on_the_event_loop_until_one_is_slow(tmp_path: Path)
             ticked.append(True)
 
         # A reply that takes long to handle does not make the disk look slow.
-        assert await commit(b"fast", busy=2 * sqlite._INLINE_SLOW) is None
+        assert await commit(b"fast", busy=10 * sqlite._INLINE_SLOW) is None
         delay[0] = 2 * sqlite._INLINE_SLOW
-        assert await commit(b"slow") is None
+        assert await commit(b"hiccup") is None
+        delay[0] = 10 * sqlite._INLINE_SLOW
+        assert await commit(b"stall") is None
         delay[0] = 0.3
         loop.call_later(0.1, tick)
         assert await commit(b"after") is None
@@ -1422,15 +1425,51 @@ def test_durable_commits_run_on_the_event_loop_until_one_is_slow(tmp_path: Path)
         store.close()
     # Only the commits that had a write in them (the writer thread's idle
     # rounds find nothing pending and call no hook).
-    assert threads[:4] == ["MainThread", "MainThread", "sessiond-store", "sessiond-store"]
+    on_loop = ["MainThread"] * 3
+    assert threads[:5] == [*on_loop, "sessiond-store", "sessiond-store"]
     assert ticked == [True]  # the loop ran during the writer thread's commit
     assert "injected bug" in str(failed)
     reopened = SQLiteStore(tmp_path / "inline.db")
     try:
-        keys = (b"fast", b"slow", b"after", b"bug", b"next")
+        keys = (b"fast", b"hiccup", b"stall", b"after", b"bug", b"next")
         assert all(reopened.load(k) is not None for k in keys)
     finally:
         reopened.close()
+
+
+def test_a_disk_that_stays_slow_sends_durable_commits_to_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    """In-process: commits on the event loop that each take longer than
+    ``_INLINE_SLOW`` (a disk slow for a while, none stalled) go on on the loop
+    for a few commits, then leave it for the writer thread, where they stay."""
+    from sessiond.store import SQLiteStore, sqlite
+
+    threads: list[str] = []
+
+    def disk(point: str) -> None:
+        if point == "commit":
+            threads.append(threading.current_thread().name)
+            time.sleep(2 * sqlite._INLINE_SLOW)
+
+    store = SQLiteStore(tmp_path / "slow.db", durability="always", flush_interval=10, hook=disk)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+        for i in range(16):
+            done: asyncio.Future[Any] = loop.create_future()
+            store.record(b"k%d" % i, _row(b"v", time.time()))
+            store.after_commit(done.set_result)
+            assert await asyncio.wait_for(done, 10) is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    moved = threads.index("sessiond-store")
+    assert 1 < moved <= 12, threads  # not at the first slow commit, within a handful
+    assert set(threads[moved:16]) == {"sessiond-store"}, threads
 
 
 def test_a_log_past_its_backlog_bound_holds_durable_commits_back(tmp_path: Path) -> None:
