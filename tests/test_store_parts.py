@@ -13,13 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from sessiond.cache import Entry
-from sessiond.keyspace import row_of
+from sessiond.cache import Entry, SessionCache
+from sessiond.keyspace import Keyspace, row_of
 from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, scan_hash
 from sessiond.store import log as wal
+from sessiond.store.api import Kept
 from sessiond.store.compactor import Compaction, Compactor
 from sessiond.store.files import StoreFiles, connect
 from sessiond.store.overlay import Layer, Overlay
+from sessiond.values import Value
 
 
 def row(value: bytes, *, kind: int = 0, **fields: float | str | None) -> Row:
@@ -47,6 +49,24 @@ def test_records_round_trip_every_field() -> None:
     records = list(wal.decode(bytes(frame[8:])))  # past the frame's length and checksum
     assert records[0] is None  # the FLUSH comes first
     assert dict(r for r in records[1:] if r is not None) == batch
+
+
+def test_the_frame_format_is_pinned() -> None:
+    """A newer sessiond replays the segments an older one wrote: the bytes of
+    a frame are pinned, not only their round trip (an encoder and a decoder
+    changed together would pass that). Written by the encoder of 6f91240."""
+    batch: dict[bytes, Kept] = {
+        b"k": (b"v", "c", 1.0, 2.0, 3.0, 4.0, 5.0, 1),
+        b"d": None,
+        b"p": (b"", None, 1.5, 1.5, 1.5, None, None, 0),
+    }
+    assert bytes(wal.encode(batch, cleared=True)) == bytes.fromhex(
+        "75000000b4ef49c4030101070100000001000000010000000000"
+        "0000f03f00000000000000400000000000000840000000000000"
+        "104000000000000014406b766302010000006401000001000000"
+        "000000000000000000000000f83f000000000000f83f00000000"
+        "0000f83f0000000000000000000000000000000070"
+    )
 
 
 def _segment(path: Path, frames: list[bytes]) -> None:
@@ -154,6 +174,32 @@ def test_changes_waiting_for_compaction_are_not_walked_by_the_collector(tmp_path
     found, _ = o.lookup([b"k7"])
     assert isinstance(found[b"k7"], Row) and found[b"k7"].value == b"v7"
     assert replayed.changes[b"k7"] == row(b"v7", context="c")
+
+
+def test_the_keyspace_records_plain_tuples(tmp_path: Path) -> None:
+    """The overlay keeps a change as it was recorded until compaction (the
+    test above): so a string, a hash and the write-back of an evicted session
+    that a read renewed must each reach the store as an exact tuple, which the
+    collector stops tracking, and never as a Row."""
+    store = SQLiteStore(tmp_path / "k.db")
+    try:
+        now = [1_700_000_000.0]
+        cache: SessionCache[bytes, Value] = SessionCache(2, clock=lambda: now[0])
+        Keyspace(cache, store)
+        cache.insert(b"s", b"1")
+        cache.insert(b"h", {b"field": b"v"})
+        now[0] += 1
+        cache.get(b"s")  # read: its TTL slides
+        cache.get(b"h")  # read last: "s" is now the least recently used
+        store.overlay.take()  # the writes so far are in flight
+        cache.insert(b"new", b"2")  # evicts "s", whose renewal is written back
+        changes = store.overlay.pending
+        assert set(changes) == {b"s", b"new"}
+        assert set(store.overlay.inflight) == {b"s", b"h"}
+        for change in (*changes.values(), *store.overlay.inflight.values()):
+            assert type(change) is tuple, change
+    finally:
+        store.close()
 
 
 def test_a_count_of_queued_changes_is_not_walked_by_the_collector(tmp_path: Path) -> None:

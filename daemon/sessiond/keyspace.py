@@ -10,7 +10,7 @@ Handlers and the server touch sessions only through this module. It owns:
   handler may do. It exists for one command, which runs synchronously: the
   keyspace holds one current context at a time and asserts it;
 * **write-through**: it is the cache's persistence hook and hands the store a
-  :class:`~sessiond.store.Row` snapshot of every change (and keeps the running
+  snapshot of every change, the row's fields as a plain tuple (and keeps the running
   command's view of its keys current, so a command that deletes, rewrites or
   evicts one of its keys reads that change back, not the copy it loaded);
 * **merges** of memory and store for DBSIZE, INFO keyspace, SCAN and KEYS, and
@@ -46,7 +46,7 @@ from .store import (
     TableSlice,
     scan_hash,
 )
-from .store.api import KIND, Fields
+from .store.api import KIND, Kept
 from .store.api import live as live_fields
 from .values import Value
 
@@ -78,9 +78,12 @@ class Prepared:
         self.forget = forget
 
 
-def _row(entry: Entry[Value]) -> Fields:
+def _row(entry: Entry[Value]) -> Kept:
     """What a write records: the row's fields as a plain tuple (see
-    :data:`~sessiond.store.api.Fields`)."""
+    :data:`~sessiond.store.api.Fields`). Never ``None``; typed :data:`Kept`,
+    as the store takes it, so that compiled code keeps it one tuple object
+    (as :data:`Fields` it would be unpacked into a C struct at each caller
+    and built again)."""
     value = entry.value
     if isinstance(value, bytes):
         kind, data = values.STRING, value
@@ -262,7 +265,7 @@ class Keyspace:
     def delete(self, key: bytes) -> None:
         self._record(key, None, None)
 
-    def _record(self, key: bytes, entry: Entry[Value] | None, row: Fields | None) -> None:
+    def _record(self, key: bytes, entry: Entry[Value] | None, row: Kept) -> None:
         """Write-through of a change: seen by the command running, kept from
         the warm start's older row, recorded in the store."""
         current = self.current

@@ -31,7 +31,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .api import Fields, Kept
 
@@ -59,14 +59,15 @@ def encode(batch: dict[bytes, Kept], cleared: bool) -> bytearray:
     parts: list[bytes] = [_NO_HEADER, _FLUSH] if cleared else [_NO_HEADER]
     pack_row = _ROW.pack
     pack_key = _KEY.pack
-    for key, row in batch.items():
-        if row is None:
+    # The rows as tuples of objects: typed as Fields, the compiled build would
+    # convert each into a C struct (unboxing its floats) only to box them again
+    # for pack().
+    rows = cast("dict[bytes, tuple[Any, ...] | None]", batch)
+    for key, fields in rows.items():
+        if fields is None:
             parts.append(pack_key(OP_DELETE, len(key)))
             parts.append(key)
             continue
-        # The columns as objects: typed, the compiled build would unbox each
-        # float only to box it again for pack().
-        fields: tuple[Any, ...] = row
         value: bytes = fields[0]
         context: str | None = fields[1]
         ttl = fields[5]

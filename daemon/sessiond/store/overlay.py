@@ -31,8 +31,9 @@ class Layer:
     segment holds a FLUSH before them, so older layers and the table are gone.
 
     A layer lives until its segment is compacted (seconds, up to the log's
-    bound of changes), so it keeps each row as plain :data:`~.api.Fields`,
-    which the cyclic garbage collector stops tracking (docs/persistence.md)."""
+    bound of changes), so its rows must be plain :data:`~.api.Fields`, which
+    the cyclic garbage collector stops tracking (docs/persistence.md): it keeps
+    them as recorded, and the keyspace records plain tuples."""
 
     __slots__ = ("changes", "cleared", "segment")
 

@@ -75,7 +75,7 @@ _BACKPRESSURE_MAX = 1.0
 _COMPACT_ROWS = 2048
 # Commits on the event loop's thread that take longer than _INLINE_SLOW on
 # average, weighted _INLINE_WEIGHT to the newest (a slow or failing disk: a run
-# of slow commits, or one of 80 ms or more), send the next ones to the writer
+# of slow commits, or one of more than 80 ms), send the next ones to the writer
 # thread for _INLINE_BACKOFF seconds, so that reads and PINGs are answered
 # while the disk catches up. Not one commit past _INLINE_SLOW: under a
 # sustained load the compactor's writes to the same disk made a commit of
@@ -337,7 +337,7 @@ class SQLiteStore:
         # on to do (the clients' next commands) is not the disk's time. After
         # a failure the writer thread retries on its own round, at its pace
         # (woken at once, it retried before the failed writes were answered).
-        if done >= 0:
+        if done > 0:  # a commit that found nothing pending says nothing of the disk
             took = time.monotonic() - started
             self._inline_average += (took - self._inline_average) * _INLINE_WEIGHT
             if self._inline_average > _INLINE_SLOW:
