@@ -76,8 +76,8 @@ _COMPACT_ROWS = 2048
 # Commits on the event loop's thread that take longer than _INLINE_SLOW on
 # average, weighted _INLINE_WEIGHT to the newest (a slow or failing disk: a run
 # of slow commits, or one of more than 80 ms), send the next ones to the writer
-# thread for _INLINE_BACKOFF seconds, so that reads and PINGs are answered
-# while the disk catches up. Not one commit past _INLINE_SLOW: under a
+# thread for _INLINE_BACKOFF seconds (SQLiteStore's inline_backoff), so that
+# reads and PINGs are answered while the disk catches up. Not one commit past _INLINE_SLOW: under a
 # sustained load the compactor's writes to the same disk made a commit of
 # 10-13 ms every few seconds, and each sent 5 s of commits to the thread
 # (4 in 30 s: two thirds of the time).
@@ -126,7 +126,8 @@ class SQLiteStore:
     before it reads, and ``"warm"`` on that thread after the warm start's
     read and before its rows are returned. ``max_pages`` caps the database file and
     ``max_log_bytes`` the log (a full disk, for tests); after a failed commit
-    the writer tries again every ``retry_interval``."""
+    the writer tries again every ``retry_interval``; a disk that turns slow
+    sends durable commits to the writer thread for ``inline_backoff`` seconds."""
 
     def __init__(
         self,
@@ -145,6 +146,7 @@ class SQLiteStore:
         compact_pause: float = 0.0,
         close_budget: float = _CLOSE_BUDGET,
         compact_in: str = "thread",
+        inline_backoff: float = _INLINE_BACKOFF,
         hook: Hook | None = None,
     ) -> None:
         self.path = path
@@ -160,6 +162,7 @@ class SQLiteStore:
         self.compact_pause = compact_pause
         self.close_budget = close_budget
         self.compact_in = compact_in
+        self.inline_backoff = inline_backoff
         self.hook = hook
         # The error of the last commit if it failed (cleared by the next one
         # that succeeds): while set, the server refuses writes up front.
@@ -341,7 +344,7 @@ class SQLiteStore:
             took = time.monotonic() - started
             self._inline_average += (took - self._inline_average) * _INLINE_WEIGHT
             if self._inline_average > _INLINE_SLOW:
-                self._inline_after = time.monotonic() + _INLINE_BACKOFF
+                self._inline_after = time.monotonic() + self.inline_backoff
                 self._inline_average = 0.0  # back on the loop, the disk is judged afresh
         self._resolve(seq, error)
 
