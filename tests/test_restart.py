@@ -17,6 +17,7 @@ same store.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -159,8 +160,10 @@ def test_sigusr2_hands_over_on_the_shared_store(daemon_factory: Factory, pg_db: 
 
 
 def _hand_over_under_load(d: Daemon) -> None:
-    # The reaper keeps each successor its descendant, to see how each ended.
-    d.start(prefix=[sys.executable, str(TOOLS / "reaper.py"), "--"])
+    # The reaper keeps each successor its descendant, to see how each ended,
+    # in a file of its own (in the daemons' log, a line of its once went missing).
+    reaped = d.log_path.parent / "reaped.jsonl"
+    d.start(prefix=[sys.executable, str(TOOLS / "reaper.py"), "--events", str(reaped), "--"])
     pids = [started(d)[-1]["pid"]]
     load = Load(d.socket_path, CLIENTS).start()
     windows = Windows(load)
@@ -184,8 +187,9 @@ def _hand_over_under_load(d: Daemon) -> None:
     assert len(set(pids)) == RESTARTS + 1
     assert d.proc is not None
     assert d.proc.wait(60) == 0  # the reaper: every descendant has exited
-    exits = {e["pid"]: e["status"] for e in d.events() if e.get("event") == "process_exited"}
-    assert [exits.get(pid) for pid in pids] == [0] * (RESTARTS + 1), exits
+    lines = reaped.read_text().splitlines()
+    exits = {e["pid"]: e["status"] for e in map(json.loads, lines)}
+    assert [exits.get(pid) for pid in pids] == [0] * (RESTARTS + 1), (pids, lines)
     assert [e["socket_from"] for e in started(d)] == ["bound"] + ["predecessor"] * RESTARTS
     # Each successor warmed (or was handed over while warming: it stopped then).
     warms = [e for e in d.events() if e.get("event") in ("warm_start", "warm_start_stopped")]

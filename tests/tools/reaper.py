@@ -2,11 +2,13 @@
 (SIGUSR2: each daemon starts its successor and exits) stay descendants of this
 one, and report how each of them ended:
 
-    python reaper.py -- COMMAND...
+    python reaper.py [--events FILE] -- COMMAND...
 
-Each exit is printed as a JSON line (``process_exited``, with ``pid`` and
-``status``: the exit code, or minus the signal). It exits 0 once every
-descendant has exited.
+Each exit is a JSON line (``process_exited``, with ``pid`` and ``status``:
+the exit code, or minus the signal), appended to FILE in one write, or
+printed. It exits 0 once every descendant has exited. A file of its own
+keeps the lines whole whatever the command's processes write to the output
+they share with this one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ def main(argv: list[str]) -> int:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print(f"reaper.py: prctl: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
         return 2
-    command = argv[argv.index("--") + 1 :]
+    split = argv.index("--")
+    options, command = argv[1:split], argv[split + 1 :]
+    out = 1
+    if options[:1] == ["--events"]:
+        out = os.open(options[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     _child = subprocess.Popen(command)  # reaped below, with the others
     while True:
         try:
@@ -33,9 +39,8 @@ def main(argv: list[str]) -> int:
         except ChildProcessError:
             return 0
         exit_status = os.waitstatus_to_exitcode(status)
-        print(
-            json.dumps({"event": "process_exited", "pid": pid, "status": exit_status}), flush=True
-        )
+        line = json.dumps({"event": "process_exited", "pid": pid, "status": exit_status})
+        os.write(out, line.encode() + b"\n")
 
 
 if __name__ == "__main__":
