@@ -82,8 +82,8 @@ class DecisionDouble:
         self.error: StoreError | None = None
         self.locks: list[asyncio.Lock] = []
 
-    def record(self, key: bytes, change: Change) -> None:
-        self.changes[key] = change
+    def record(self, key: bytes, change: Kept) -> None:
+        self.changes[key] = as_row(change)
 
 
 class StoreDouble:

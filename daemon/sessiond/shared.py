@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable
 from .cache import Cause, Entry, SessionCache
 from .keyspace import Context, Keyspace, Prepared, entry_of, row_of
 from .store import Decision, Renewal, SharedStore, StoreError, scan_hash
-from .store.api import as_row
 from .values import Value
 
 # Commands of this host that may decide in one transaction, one after the
@@ -171,7 +170,7 @@ class SharedKeyspace(Keyspace):
         row = row_of(entry)
         deciding = self.deciding
         if deciding is not None and key in deciding.keys:
-            deciding.record(key, as_row(row))  # read back by the next command deciding
+            deciding.record(key, row)
         else:
             assert self.store is not None
             self.store.record(key, row)

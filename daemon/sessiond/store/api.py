@@ -216,8 +216,10 @@ class Decision(Protocol):
     changes: dict[bytes, Change]
     error: StoreError | None
 
-    def record(self, key: bytes, change: Change) -> None:
-        """A change the command made to one of ``keys``."""
+    def record(self, key: bytes, change: Kept) -> None:
+        """A change the command made to one of ``keys``, as a store's
+        :meth:`Store.record` takes it; kept in :attr:`changes` as a
+        :class:`Row` (the next command deciding on the key reads it back)."""
         ...
 
 

@@ -66,6 +66,7 @@ from .api import (
     StoreError,
     TableCounts,
     TableSlice,
+    as_row,
     scan_hash,
 )
 from .overlay import Overlay
@@ -163,8 +164,8 @@ class PgDecision:
         self.error: StoreError | None = None
         self.started = perf_counter()
 
-    def record(self, key: bytes, change: Change) -> None:
-        self.changes[key] = change
+    def record(self, key: bytes, change: Kept) -> None:
+        self.changes[key] = as_row(change)
 
 
 class _Waiter:

@@ -77,10 +77,10 @@ _COMPACT_ROWS = 2048
 # average, weighted _INLINE_WEIGHT to the newest (a slow or failing disk: a run
 # of slow commits, or one of more than 80 ms), send the next ones to the writer
 # thread for _INLINE_BACKOFF seconds (SQLiteStore's inline_backoff), so that
-# reads and PINGs are answered while the disk catches up. Not one commit past _INLINE_SLOW: under a
-# sustained load the compactor's writes to the same disk made a commit of
-# 10-13 ms every few seconds, and each sent 5 s of commits to the thread
-# (4 in 30 s: two thirds of the time).
+# reads and PINGs are answered while the disk catches up. Not one commit past
+# _INLINE_SLOW: under a sustained load the compactor's writes to the same disk
+# made a commit of 10-13 ms every few seconds, and each sent 5 s of commits to
+# the thread (4 in 30 s: two thirds of the time).
 _INLINE_SLOW = 0.01
 _INLINE_WEIGHT = 0.125
 _INLINE_BACKOFF = 5.0
