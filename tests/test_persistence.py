@@ -781,13 +781,29 @@ def _row(value: bytes, now: float, **fields: Any) -> Any:
     return Row(value, None, now, now, now, fields.get("ttl"), fields.get("deadline"))
 
 
+async def _committed(store: Any, answered: Callable[[Any], None] | None = None) -> Any:
+    """In-process, on the store's loop: wait for the commit of everything
+    ``store`` has recorded so far, and return what its waiter gets (``None``:
+    durable). ``answered`` runs as the reply is released (what a client goes
+    on to do, or what the server reads as it answers)."""
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def release(error: Any) -> None:
+        if answered is not None:
+            answered(error)
+        done.set_result(error)
+
+    store.after_commit(release)
+    return await asyncio.wait_for(done, 10)
+
+
 @pytest.mark.parametrize("change", ["delete", "rewrite", "clear"])
 def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: str) -> None:
     """In-process (the race cannot be timed from outside): a read-through read
     whose snapshot predates a commit that finishes before the read returns must
     answer with that commit's state, not the snapshot's (an acknowledged DEL
     would otherwise come back to life in memory, and then in the store)."""
-    from sessiond.store import SQLiteStore, StoreError
+    from sessiond.store import SQLiteStore
 
     read_done = threading.Event()
     release = threading.Event()
@@ -805,11 +821,6 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
         loop = asyncio.get_running_loop()
         store.start(loop)
 
-        async def committed() -> None:
-            done: asyncio.Future[StoreError | None] = loop.create_future()
-            store.after_commit(done.set_result)
-            assert await done is None
-
         async def folded() -> None:
             # Committed writes are served from memory until the writer folds
             # them into the table (fold_interval above): then nothing is queued.
@@ -820,7 +831,7 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
 
         now = time.time()
         store.record(b"k", _row(b"old", now))
-        await committed()
+        assert await _committed(store) is None
         await folded()  # k is now only in the table: the read must go to SQLite
         armed.set()
         load = asyncio.ensure_future(store.load_many([b"k"]))
@@ -831,7 +842,7 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
             store.record(b"k", _row(b"new", now))
         else:
             store.clear()
-        await committed()
+        assert await _committed(store) is None
         await folded()  # committed, folded, and gone from every overlay
         release.set()
         return (await load)[b"k"]
@@ -1329,15 +1340,10 @@ def test_writer_thread_survives_a_bug(tmp_path: Path) -> None:
         loop = asyncio.get_running_loop()
         store.start(loop)
 
-        async def commit() -> StoreError | None:
-            done: asyncio.Future[StoreError | None] = loop.create_future()
-            store.after_commit(done.set_result)
-            return await asyncio.wait_for(done, 10)
-
         store.record(b"k", _row(b"v", time.time()))
-        first = await commit()
+        first = await _committed(store)
         store.record(b"k2", _row(b"v2", time.time()))
-        second = await commit()
+        second = await _committed(store)
         return first, second
 
     try:
@@ -1389,15 +1395,9 @@ def test_durable_commits_run_on_the_event_loop_until_one_stalls(tmp_path: Path) 
         ticked = []
 
         async def commit(key: bytes, busy: float = 0.0) -> Any:
-            done: asyncio.Future[Any] = loop.create_future()
-
-            def answered(error: Any) -> None:
-                time.sleep(busy)  # what a reply's client goes on to run
-                done.set_result(error)
-
             store.record(key, _row(b"v", time.time()))
-            store.after_commit(answered)
-            return await asyncio.wait_for(done, 10)
+            # What a reply's client goes on to run:
+            return await _committed(store, lambda _: time.sleep(busy))
 
         def tick() -> None:
             ticked.append(True)
@@ -1463,10 +1463,8 @@ def test_a_disk_that_stays_slow_sends_durable_commits_to_the_writer_thread(
         store.start(loop)
 
         async def commit(key: bytes) -> None:
-            done: asyncio.Future[Any] = loop.create_future()
             store.record(key, _row(b"v", time.time()))
-            store.after_commit(done.set_result)
-            assert await asyncio.wait_for(done, 10) is None
+            assert await _committed(store) is None
 
         for i in range(16):
             await commit(b"k%d" % i)
@@ -1517,10 +1515,8 @@ def test_a_log_past_its_backlog_bound_holds_durable_commits_back(tmp_path: Path)
         store.start(loop)
 
         async def commit(i: int) -> None:
-            done: asyncio.Future[Any] = loop.create_future()
             store.record(f"k{i}".encode(), _row(b"x" * 500, time.time()))
-            store.after_commit(done.set_result)
-            assert await asyncio.wait_for(done, 10) is None
+            assert await _committed(store) is None
 
         i = 0
         deadline = time.monotonic() + 10
@@ -1769,14 +1765,8 @@ def test_a_failing_disk_refuses_writes_then_recovers(tmp_path: Path) -> None:
         reported: list[StoreError | None] = []
 
         async def commit() -> StoreError | None:
-            done: asyncio.Future[StoreError | None] = loop.create_future()
-
-            def answered(error: StoreError | None) -> None:
-                reported.append(store.failure)  # what the server sees as it answers
-                done.set_result(error)
-
-            store.after_commit(answered)
-            return await asyncio.wait_for(done, 10)
+            # What the server sees as it answers:
+            return await _committed(store, lambda _: reported.append(store.failure))
 
         full.set()
         store.record(b"k", _row(b"v", time.time()))
@@ -1807,7 +1797,7 @@ def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Pat
     """The table's copy of k has expired, k was renewed (acknowledged) and
     then left memory, and the compaction that carries the renewal is held
     before its first step: the sweep must not delete k."""
-    from sessiond.store import SQLiteStore, StoreError
+    from sessiond.store import SQLiteStore
 
     hold = threading.Event()
     held = threading.Event()
@@ -1824,11 +1814,6 @@ def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Pat
         loop = asyncio.get_running_loop()
         store.start(loop)
 
-        async def committed() -> None:
-            done: asyncio.Future[StoreError | None] = loop.create_future()
-            store.after_commit(done.set_result)
-            assert await done is None
-
         async def compacted() -> None:
             deadline = time.monotonic() + 10
             while store.count_rows().queued and time.monotonic() < deadline:
@@ -1837,11 +1822,11 @@ def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Pat
 
         now = time.time()
         store.record(b"k", _row(b"old", now - 100, ttl=10.0, deadline=now - 1))
-        await committed()
+        assert await _committed(store) is None
         await compacted()
         hold.set()
         store.record(b"k", _row(b"new", now, ttl=3600.0, deadline=now + 3600))
-        await committed()
+        assert await _committed(store) is None
         assert await loop.run_in_executor(None, held.wait, 10)
         due = store.due(time.time(), 1000)  # k's segment is sealed, not compacted
         hold.clear()
