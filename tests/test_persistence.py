@@ -1484,6 +1484,42 @@ def test_a_disk_that_stays_slow_sends_durable_commits_to_the_writer_thread(
     assert threads[moved:] == ["sessiond-store", "sessiond-store", "MainThread"], threads
 
 
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_a_log_segment_taken_away_refuses_the_next_commit(tmp_path: Path, how: str) -> None:
+    """In-process: the segment being appended to is checked by its name
+    before each commit; once it is removed or moved, the next write is
+    refused (its acknowledgement would point at a file the next start does
+    not read), and so is every one after it."""
+    from sessiond.store import SQLiteStore
+
+    # fold_interval: the segment is not sealed (and a new one started) meanwhile.
+    store = SQLiteStore(
+        tmp_path / "gone.db", durability="always", flush_interval=10, fold_interval=3600
+    )
+
+    async def main() -> list[Any]:
+        store.start(asyncio.get_running_loop())
+        store.record(b"before", _row(b"v", time.time()))
+        assert await _committed(store) is None
+        ((_, segment),) = store.files.segments()
+        if how == "removed":
+            segment.unlink()
+        else:
+            segment.rename(tmp_path / "elsewhere")
+        errors = []
+        for key in (b"after", b"again"):
+            store.record(key, _row(b"v", time.time()))
+            errors.append(await _committed(store))
+        return errors
+
+    try:
+        errors = asyncio.run(main())
+    finally:
+        store.close()
+    assert all(e is not None and "removed or replaced" in str(e) for e in errors), errors
+    assert "log segment" in str(errors[0]), errors
+
+
 def test_a_log_past_its_backlog_bound_holds_durable_commits_back(tmp_path: Path) -> None:
     """In-process: with compaction held at a gate, the log grows past
     ``backlog_bytes``; the store then says it lags, and durable commits leave

@@ -159,6 +159,10 @@ class StoreFiles:
         self.marker = self.directory / f".{path.name}-store"
         self._lock_fd: int | None = None
         self._identity: Identity | None = None
+        # check()'s common case: the path as a str (no conversion per call)
+        # and the database file's identity as plain ints.
+        self._path_str = str(path)
+        self._database_dev = self._database_ino = -1
 
     @property
     def lock_fd(self) -> int:
@@ -318,6 +322,7 @@ class StoreFiles:
             if created:
                 log.info("store_created", store=str(path), marker=str(self.marker))
         self._identity = self._current_identity()
+        self._database_dev, self._database_ino = self._identity.database
         return through
 
     def _probe(self) -> None:
@@ -380,8 +385,21 @@ class StoreFiles:
 
     def check(self) -> str | None:
         """Why the files are no longer the store we opened (removed, moved,
-        replaced), or ``None`` while they are. Two stats and an fstat."""
+        replaced), or ``None`` while they are.
+
+        This runs before every commit, so the common case is one ``stat`` of
+        the database's path: the inode we opened found there is linked, and
+        in a directory holding it under that name (the directory we opened,
+        unless someone hard-linked our file into a replacement). Only a
+        difference pays for the full comparison that says what changed. Two
+        stats, an fstat and the comparison of two identities took about 30k
+        instructions a commit (callgrind), a third of the event loop's work
+        per durable SET at ``-c 1``."""
         assert self._identity is not None and self._lock_fd is not None
+        with contextlib.suppress(OSError):
+            st = os.stat(self._path_str)
+            if st.st_ino == self._database_ino and st.st_dev == self._database_dev:
+                return None
         try:
             if os.fstat(self._lock_fd).st_nlink == 0:
                 return f"{self.path} was removed"

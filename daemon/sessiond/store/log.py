@@ -35,18 +35,22 @@ from typing import Any, Final, cast
 
 from .api import Fields, Kept
 
-MAGIC = b"SESSLOG1"
+# Final: compiled, a module's Final names are C globals; the others are
+# looked up in the module's dict at each use (a frame's encode used seven).
+MAGIC: Final = b"SESSLOG1"
 OP_ROW: Final = 1
 OP_DELETE: Final = 2
 OP_FLUSH: Final = 3
-_FRAME = struct.Struct("<II")
-_ROW = struct.Struct("<BBBIIHddddd")
-_KEY = struct.Struct("<BI")
-_FLUSH = bytes([OP_FLUSH])
-_NO_HEADER = bytes(_FRAME.size)
+_FRAME: Final = struct.Struct("<II")
+_ROW: Final = struct.Struct("<BBBIIHddddd")
+_KEY: Final = struct.Struct("<BI")
+_FLUSH: Final = bytes([OP_FLUSH])
+_NO_HEADER: Final = bytes(_FRAME.size)
+_HEADER_SIZE: Final = _FRAME.size
+_crc32: Final = zlib.crc32
 # A frame longer than this is taken for garbage (a commit holds at most every
 # session once; 1 GiB is far beyond any this daemon writes).
-_MAX_FRAME = 1 << 30
+_MAX_FRAME: Final = 1 << 30
 
 
 class Corrupt(Exception):
@@ -97,8 +101,8 @@ def encode(batch: dict[bytes, Kept], cleared: bool) -> bytearray:
         if context is not None:
             parts.append(ctx)
     frame = bytearray().join(parts)
-    size = len(frame) - _FRAME.size
-    _FRAME.pack_into(frame, 0, size, zlib.crc32(memoryview(frame)[_FRAME.size :]))
+    size = len(frame) - _HEADER_SIZE
+    _FRAME.pack_into(frame, 0, size, _crc32(memoryview(frame)[_HEADER_SIZE:]))
     return frame
 
 
@@ -162,7 +166,7 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
     frames: list[bytes] = []
     pos = len(MAGIC)
     end = len(data)
-    header = _FRAME.size
+    header = _HEADER_SIZE
     while pos < end:
         if end - pos < header:
             return frames, pos, "torn frame header"
@@ -170,7 +174,7 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
         if length > _MAX_FRAME or end - pos - header < length:
             return frames, pos, "torn frame"
         payload = data[pos + header : pos + header + length]
-        if zlib.crc32(payload) != crc:
+        if _crc32(payload) != crc:
             return frames, pos, "checksum mismatch"
         frames.append(payload)
         pos += header + length
@@ -180,9 +184,10 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
 class Segment:
     """An open segment being appended to."""
 
-    def __init__(self, number: int, fd: int) -> None:
+    def __init__(self, number: int, fd: int, path: str) -> None:
         self.number = number
         self.fd = fd
+        self.path = path
         self.size = 0  # bytes known durable
         self.records = 0
 
@@ -208,8 +213,10 @@ class Segment:
         return self.size < 0
 
     def linked(self) -> bool:
-        """Whether the file still has a name (``rm`` of it or its directory unlinks it)."""
-        return os.fstat(self.fd).st_nlink > 0
+        """Whether the file is still at its name (``rm`` or ``mv`` of it or its
+        directory takes it away). Asked before every commit: ``access`` builds
+        no stat result, where ``fstat`` cost 6.4k instructions a commit."""
+        return os.access(self.path, os.F_OK)
 
     def close(self) -> None:
         os.close(self.fd)

@@ -327,7 +327,7 @@ class SQLiteStore:
             or self.failure is not None
             or self._backlog > self.backlog_bytes
             or time.monotonic() < self._inline_after
-            or not self._commit_lock.acquire(blocking=False)
+            or not self._commit_lock.acquire(False)  # a keyword would be parsed through a dict
         ):
             self._wake.set()
             return
@@ -503,7 +503,7 @@ class SQLiteStore:
             number = self._next_segment
             fd = self.files.new_segment(number)
             self._next_segment += 1
-            self._segment = wal.Segment(number, fd)
+            self._segment = wal.Segment(number, fd, str(self.files.segment_path(number)))
             self._layer = Layer(number)
             self.overlay.add_layer(self._layer)
         return self._segment, self._layer
