@@ -1484,6 +1484,46 @@ def test_a_disk_that_stays_slow_sends_durable_commits_to_the_writer_thread(
     assert threads[moved:] == ["sessiond-store", "sessiond-store", "MainThread"], threads
 
 
+def test_the_next_log_segment_is_made_ahead_off_the_event_loop(tmp_path: Path) -> None:
+    """In-process: once the writer thread seals a segment, it creates the
+    next one, so that the first commit after a seal (on the event loop under
+    ``always``) appends without a create and a directory fsync; a stop
+    removes the one made ahead and never written, and the next start finds
+    nothing to replay."""
+    from sessiond.store import SQLiteStore
+
+    path = tmp_path / "next.db"
+    store = SQLiteStore(path, durability="always", fold_interval=0.05)
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        store.record(b"a", _row(b"v", time.time()))
+        assert await _committed(store) is None
+        ((first, _),) = store.files.segments()
+        deadline = time.monotonic() + 10
+        while not any(n > first for n, _ in store.files.segments()):
+            assert time.monotonic() < deadline, "no segment made ahead after a seal"
+            await asyncio.sleep(0.01)
+        ahead = max(n for n, _ in store.files.segments())
+        assert store.files.segment_path(ahead).stat().st_size == 0  # made, not yet written
+        store.record(b"b", _row(b"v", time.time()))
+        assert await _committed(store) is None
+        assert store.files.segment_path(ahead).stat().st_size > 0  # the commit went there
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+    # The commit after it may have been sealed and compacted meanwhile, and
+    # another made ahead: at the stop, whatever is left unwritten goes.
+    assert all(p.stat().st_size > 0 for _, p in store.files.segments())
+    again = SQLiteStore(path, durability="always")
+    try:
+        assert again.load(b"a") is not None and again.load(b"b") is not None
+    finally:
+        again.close()
+
+
 @pytest.mark.parametrize("how", ["removed", "moved"])
 def test_a_log_segment_taken_away_refuses_the_next_commit(tmp_path: Path, how: str) -> None:
     """In-process: the segment being appended to is checked by its name
