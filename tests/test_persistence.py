@@ -483,50 +483,75 @@ def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> Non
     assert d.stop() == 0
 
 
-def expiry_row(d: Daemon, key: bytes) -> tuple[float | None, float | None] | None:
-    """(deadline, expire_at) of ``key``'s row in the SQLite file."""
-    rows = read_store(d, "SELECT deadline, expire_at FROM sessions WHERE key = ?", key)
-    return (rows[0][0], rows[0][1]) if rows else None
-
-
-def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(
-    daemon_factory: Factory,
-) -> None:
+def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(tmp_path: Path) -> None:
     """A rewrite that pushes a stored deadline later leaves the row's expiry
     index entry (expire_at) where it was: moving it costs a random index page
     per write. When that entry comes due, expiry must see the later deadline,
-    keep the session and re-file it; at the real deadline the session goes."""
-    d = daemon_factory(
-        sqlite_config(cache={"sweep_interval": "100ms", "max_sessions": 2, "default_ttl": 0})
-    )
-    with d.client() as r:
-        # Deadlines leave room for the writer's folds (one a second): both
-        # writes must be folded before the first deadline comes due.
-        assert r.set("k", "v1", px=3000)
-        assert poll(lambda: expiry_row(d, b"k") is not None, timeout=2.0)  # folded
-        first = expiry_row(d, b"k")
-        assert first is not None and first[0] == first[1]
-        assert r.set("k", "v2", px=6000)
-        # Evicted at once, so that no later write of k (an eviction saves its
-        # TTL renewals) reaches the table: expiry alone must handle the row.
-        assert r.set("pad0", "p") and r.set("pad1", "p")
-        assert where(r, "k") == "store"
-        assert poll(lambda: (expiry_row(d, b"k") or (0.0,))[0] != first[0], timeout=2.0)
-        deadline, expire_at = expiry_row(d, b"k") or (None, None)
-        assert deadline is not None and expire_at == first[1] < deadline
-        assert time.time() < first[0]
+    keep the session and re-file it; at the real deadline the session goes.
+
+    In-process, the real store (its writer and compactor threads, a SQLite
+    file) under a keyspace whose clock the test moves. The clock starts far
+    ahead of real time: compaction re-files an entry whose time has passed by
+    the real clock, which must not happen on its own here."""
+    from sessiond.cache import SessionCache
+    from sessiond.keyspace import Keyspace
+    from sessiond.store import SQLiteStore
+    from sessiond.values import Value
+
+    path = tmp_path / "refile.db"
+    now = [time.time() + 100_000.0]
+    store = SQLiteStore(path, durability="always", fold_interval=0.05)
+    cache: SessionCache[bytes, Value] = SessionCache(2, default_ttl=None, clock=lambda: now[0])
+    keyspace = Keyspace(cache, store)
+
+    def stored() -> tuple[float | None, float | None] | None:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT deadline, expire_at FROM sessions WHERE key = ?", (b"k",)
+            ).fetchall()
+        finally:
+            db.close()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not check():
+            assert time.monotonic() < deadline, f"{what}: {stored()}"
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        first = now[0] + 3
+        cache.insert(b"k", b"v1", 3.0)
+        assert await _committed(store) is None
+        await until(lambda: stored() == (first, first), "first write compacted")
+        later = now[0] + 6
+        cache.insert(b"k", b"v2", 6.0)
+        # Evicted at once (two sessions at most), so that no later write of k
+        # reaches the table: expiry alone must handle the row.
+        cache.insert(b"pad0", b"p")
+        cache.insert(b"pad1", b"p")
+        assert cache.find(b"k") is None
+        assert await _committed(store) is None
+        await until(lambda: stored() == (later, first), "rewrite compacted, entry left")
 
         # The old entry comes due: the row is re-filed under its deadline, kept.
-        assert poll(lambda: expiry_row(d, b"k") == (deadline, deadline), timeout=5.0), expiry_row(
-            d, b"k"
-        )
-        assert time.time() < deadline
-        assert r.exists("k") == 1 and r.info("stats")["expired_keys"] == 0
+        now[0] = first + 1
+        assert keyspace.expire_store(100) == 0
+        await until(lambda: stored() == (later, later), "re-filed")
+        assert keyspace.expire_store(100) == 0  # nothing due any more
         # At the real deadline it expires, from the store too.
-        assert poll(lambda: expiry_row(d, b"k") is None, timeout=5.0)
-        assert time.time() >= deadline
-        assert r.exists("k") == 0 and r.info("stats")["expired_keys"] == 1
-    assert d.stop() == 0
+        now[0] = later + 1
+        assert keyspace.expire_store(100) == 1
+        assert await _committed(store) is None
+        await until(lambda: stored() is None, "expired from the store")
+        assert cache.expirations == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
 
 
 _V1_SCHEMA = """
