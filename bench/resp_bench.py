@@ -15,11 +15,11 @@
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 Prints requests/s, p99 and max latency for both servers, and each server's CPU time per request
-(user + system, from /proc), and the ratios sessiond / redis. When other work shares the
-machine, CPU per request is the steadier of the two: in one run of 3 repetitions at load
-average 10-15 (2026-12-05, README "Where the -P 16 gap goes") the requests/s ratios of one
-row spread as wide as 0.28-1.61 while the CPU ratios of most rows stayed within about
-10% (the widest: 1.59-2.04).
+(user + system, from /proc, its child processes included: sessiond's compactor), and the
+ratios sessiond / redis. When other work shares the machine, CPU per request is the steadier
+of the two: in one run of 3 repetitions at load average 10-15 (2026-12-05, README "Where
+the -P 16 gap goes") the requests/s ratios of one row spread as wide as 0.28-1.61 while
+the CPU ratios of most rows stayed within about 10% (the widest: 1.59-2.04).
 Quote ratios from one run; absolute numbers vary with the machine's load.
 """
 
@@ -147,9 +147,32 @@ class Result(NamedTuple):
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process ``pid`` has used, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time process ``pid`` has used, all its threads, and
+    its descendants': sessiond's compactor is a child process (its CPU time was
+    left out until 2026-12-05), Redis forks to rewrite its AOF (counted once
+    reaped, in the parent's children's times)."""
+    children: dict[int, list[int]] = {}
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        if int(entry) == pid:
+            ticks += int(fields[13]) + int(fields[14])  # reaped children
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        todo.extend(children.get(current, []))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def benchmark(
