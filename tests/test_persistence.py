@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -1517,19 +1518,28 @@ def test_the_next_log_segment_is_made_ahead_off_the_event_loop(tmp_path: Path) -
     nothing to replay."""
     from sessiond.store import SQLiteStore
 
+    gate = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "compact":
+            gate.wait(10)  # sealed segments stay on disk while the test looks
+
     path = tmp_path / "next.db"
-    store = SQLiteStore(path, durability="always", fold_interval=0.05)
+    store = SQLiteStore(path, durability="always", fold_interval=0.05, hook=hook)
+
+    def numbers() -> list[int]:
+        return [n for n, _ in store.files.segments()]
 
     async def main() -> None:
         store.start(asyncio.get_running_loop())
         store.record(b"a", _row(b"v", time.time()))
         assert await _committed(store) is None
-        ((first, _),) = store.files.segments()
+        first = min(numbers())
         deadline = time.monotonic() + 10
-        while not any(n > first for n, _ in store.files.segments()):
+        while max(numbers()) == first:
             assert time.monotonic() < deadline, "no segment made ahead after a seal"
             await asyncio.sleep(0.01)
-        ahead = max(n for n, _ in store.files.segments())
+        ahead = max(numbers())
         assert store.files.segment_path(ahead).stat().st_size == 0  # made, not yet written
         store.record(b"b", _row(b"v", time.time()))
         assert await _committed(store) is None
@@ -1538,9 +1548,10 @@ def test_the_next_log_segment_is_made_ahead_off_the_event_loop(tmp_path: Path) -
     try:
         asyncio.run(main())
     finally:
+        gate.set()
         store.close()
-    # The commit after it may have been sealed and compacted meanwhile, and
-    # another made ahead: at the stop, whatever is left unwritten goes.
+    # Another may have been made ahead after the second commit's seal: at the
+    # stop, whatever is left unwritten goes.
     assert all(p.stat().st_size > 0 for _, p in store.files.segments())
     again = SQLiteStore(path, durability="always")
     try:
@@ -1549,12 +1560,12 @@ def test_the_next_log_segment_is_made_ahead_off_the_event_loop(tmp_path: Path) -
         again.close()
 
 
-@pytest.mark.parametrize("how", ["removed", "moved"])
+@pytest.mark.parametrize("how", ["removed", "moved", "replaced"])
 def test_a_log_segment_taken_away_refuses_the_next_commit(tmp_path: Path, how: str) -> None:
     """In-process: the segment being appended to is checked by its name
-    before each commit; once it is removed or moved, the next write is
-    refused (its acknowledgement would point at a file the next start does
-    not read), and so is every one after it."""
+    before each commit; once it is removed, moved or replaced by a copy, the
+    next write is refused (its acknowledgement would point at a file the
+    next start does not read), and so is every one after it."""
     from sessiond.store import SQLiteStore
 
     # fold_interval: the segment is not sealed (and a new one started) meanwhile.
@@ -1569,8 +1580,11 @@ def test_a_log_segment_taken_away_refuses_the_next_commit(tmp_path: Path, how: s
         ((_, segment),) = store.files.segments()
         if how == "removed":
             segment.unlink()
-        else:
+        elif how == "moved":
             segment.rename(tmp_path / "elsewhere")
+        else:  # a restore, or an editor writing a new file
+            shutil.copy(segment, tmp_path / "copy")
+            os.replace(tmp_path / "copy", segment)
         errors = []
         for key in (b"after", b"again"):
             store.record(key, _row(b"v", time.time()))
@@ -1583,6 +1597,45 @@ def test_a_log_segment_taken_away_refuses_the_next_commit(tmp_path: Path, how: s
         store.close()
     assert all(e is not None and "removed or replaced" in str(e) for e in errors), errors
     assert "log segment" in str(errors[0]), errors
+
+
+def test_a_store_moved_into_a_replacement_directory_is_refused_within_a_second(
+    tmp_path: Path,
+) -> None:
+    """In-process: the check before each commit looks at the database and
+    the segment by their names (a stat each), so the store's files moved
+    into a new directory at the same path pass it; the writer's full check,
+    once a second, compares the directory too and catches it, and writes are
+    refused from then on."""
+    from sessiond.store import SQLiteStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SQLiteStore(data / "s.db", durability="always", fold_interval=3600)
+
+    async def main() -> Any:
+        store.start(asyncio.get_running_loop())
+        store.record(b"before", _row(b"v", time.time()))
+        assert await _committed(store) is None
+        data.rename(tmp_path / "old")
+        data.mkdir()
+        for moved in (tmp_path / "old").iterdir():
+            moved.rename(data / moved.name)
+        deadline = time.monotonic() + 10
+        i = 0
+        while True:
+            store.record(b"after%d" % i, _row(b"v", time.time()))
+            error = await _committed(store)
+            if error is not None or time.monotonic() > deadline:
+                return error
+            i += 1
+            await asyncio.sleep(0.05)
+
+    try:
+        error = asyncio.run(main())
+    finally:
+        store.close()
+    assert error is not None and f"directory {data} was replaced" in str(error), error
 
 
 def test_a_log_past_its_backlog_bound_holds_durable_commits_back(tmp_path: Path) -> None:

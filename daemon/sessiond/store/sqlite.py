@@ -574,7 +574,7 @@ class SQLiteStore:
         if now - self._last_check >= _CHECK_INTERVAL:
             self._last_check = now
             if self._removed is None:  # idle too: refuse the next write up front
-                problem = self.files.check()
+                problem = self.files.check(full=True)
                 if problem is not None:
                     self._store_removed(problem)
             self._update_disk_stats()
