@@ -36,6 +36,7 @@ from pathlib import Path
 import structlog
 
 from .api import StoreError
+from .log import Pinned
 
 log = structlog.get_logger("sessiond.store")
 
@@ -159,10 +160,7 @@ class StoreFiles:
         self.marker = self.directory / f".{path.name}-store"
         self._lock_fd: int | None = None
         self._identity: Identity | None = None
-        # check()'s common case: the path as a str (no conversion per call)
-        # and the database file's identity as plain ints.
-        self._path_str = str(path)
-        self._database_dev = self._database_ino = -1
+        self._database: Pinned | None = None  # check()'s common case
 
     @property
     def lock_fd(self) -> int:
@@ -322,7 +320,7 @@ class StoreFiles:
             if created:
                 log.info("store_created", store=str(path), marker=str(self.marker))
         self._identity = self._current_identity()
-        self._database_dev, self._database_ino = self._identity.database
+        self._database = Pinned(str(path), self.lock_fd)  # the lock is on the database file
         return through
 
     def _probe(self) -> None:
@@ -388,21 +386,17 @@ class StoreFiles:
         replaced), or ``None`` while they are.
 
         This runs before every commit, so unless ``full`` the common case is
-        one ``stat`` of the database's path: the inode we opened found there
-        is linked, and in a directory holding it under that name. That is the
-        directory we opened unless our file was hard-linked or moved into a
-        replacement directory, which only the full check (the directory's
-        identity too) sees: the writer runs it every second. A difference
-        pays for the full check, which says what changed. Two stats, an
-        fstat and the comparison of two identities before every commit took
-        about 30k instructions (callgrind), a third of the event loop's work
-        per durable SET at ``-c 1``."""
-        assert self._identity is not None and self._lock_fd is not None
-        if not full:
-            with contextlib.suppress(OSError):
-                st = os.stat(self._path_str)
-                if st.st_ino == self._database_ino and st.st_dev == self._database_dev:
-                    return None
+        one ``stat`` of the database's path (:class:`~.log.Pinned`): the inode
+        we opened found there is linked, and in a directory holding it under
+        that name. That is the directory we opened unless our file was
+        hard-linked or moved into a replacement directory, which only the
+        full check (the directory's identity too) sees: the writer runs it
+        every second. A difference pays for the full check, which says what
+        changed."""
+        assert self._identity is not None and self._database is not None
+        if not full and self._database.here():
+            return None
+        assert self._lock_fd is not None
         try:
             if os.fstat(self._lock_fd).st_nlink == 0:
                 return f"{self.path} was removed"
