@@ -515,18 +515,12 @@ def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(tmp_path: 
             db.close()
         return (rows[0][0], rows[0][1]) if rows else None
 
-    async def until(check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 10
-        while not check():
-            assert time.monotonic() < deadline, f"{what}: {stored()}"
-            await asyncio.sleep(0.01)
-
     async def main() -> None:
         store.start(asyncio.get_running_loop())
         first = now[0] + 3
         cache.insert(b"k", b"v1", 3.0)
         assert await _committed(store) is None
-        await until(lambda: stored() == (first, first), "first write compacted")
+        await _until(lambda: stored() == (first, first), stored)  # compacted
         later = now[0] + 6
         cache.insert(b"k", b"v2", 6.0)
         # Evicted at once (two sessions at most), so that no later write of k
@@ -535,18 +529,18 @@ def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(tmp_path: 
         cache.insert(b"pad1", b"p")
         assert cache.find(b"k") is None
         assert await _committed(store) is None
-        await until(lambda: stored() == (later, first), "rewrite compacted, entry left")
+        await _until(lambda: stored() == (later, first), stored)  # compacted, entry left
 
         # The old entry comes due: the row is re-filed under its deadline, kept.
         now[0] = first + 1
         assert keyspace.expire_store(100) == 0
-        await until(lambda: stored() == (later, later), "re-filed")
+        await _until(lambda: stored() == (later, later), stored)  # re-filed
         assert keyspace.expire_store(100) == 0  # nothing due any more
         # At the real deadline it expires, from the store too.
         now[0] = later + 1
         assert keyspace.expire_store(100) == 1
         assert await _committed(store) is None
-        await until(lambda: stored() is None, "expired from the store")
+        await _until(lambda: stored() is None, stored)  # expired from the store too
         assert cache.expirations == 1
 
     try:
@@ -823,6 +817,16 @@ async def _committed(store: Any, answered: Callable[[Any], None] | None = None) 
     return await asyncio.wait_for(done, 10)
 
 
+async def _until(check: Callable[[], bool], what: Callable[[], object] = str) -> None:
+    """In-process, on the loop: wait until ``check()`` holds, 10 s at most
+    (the async twin of :func:`poll`, failing with ``what()`` when it never
+    does)."""
+    deadline = time.monotonic() + 10
+    while not check():
+        assert time.monotonic() < deadline, what()
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("change", ["delete", "rewrite", "clear"])
 def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: str) -> None:
     """In-process (the race cannot be timed from outside): a read-through read
@@ -850,10 +854,7 @@ def test_read_through_racing_a_commit_sees_the_commit(tmp_path: Path, change: st
         async def folded() -> None:
             # Committed writes are served from memory until the writer folds
             # them into the table (fold_interval above): then nothing is queued.
-            deadline = time.monotonic() + 10
-            while store.count_rows().queued and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not store.count_rows().queued
+            await _until(lambda: not store.count_rows().queued)
 
         now = time.time()
         store.record(b"k", _row(b"old", now))
@@ -1535,10 +1536,7 @@ def test_the_next_log_segment_is_made_ahead_off_the_event_loop(tmp_path: Path) -
         store.record(b"a", _row(b"v", time.time()))
         assert await _committed(store) is None
         first = min(numbers())
-        deadline = time.monotonic() + 10
-        while max(numbers()) == first:
-            assert time.monotonic() < deadline, "no segment made ahead after a seal"
-            await asyncio.sleep(0.01)
+        await _until(lambda: max(numbers()) > first, lambda: "no segment made ahead after a seal")
         ahead = max(numbers())
         assert store.files.segment_path(ahead).stat().st_size == 0  # made, not yet written
         store.record(b"b", _row(b"v", time.time()))
@@ -1969,10 +1967,7 @@ def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Pat
         store.start(loop)
 
         async def compacted() -> None:
-            deadline = time.monotonic() + 10
-            while store.count_rows().queued and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not store.count_rows().queued
+            await _until(lambda: not store.count_rows().queued)
 
         now = time.time()
         store.record(b"k", _row(b"old", now - 100, ttl=10.0, deadline=now - 1))
