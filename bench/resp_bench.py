@@ -152,6 +152,7 @@ def cpu_seconds(pid: int) -> float:
     left out until 2026-12-05), Redis forks to rewrite its AOF (counted once
     reaped, in the parent's children's times)."""
     children: dict[int, list[int]] = {}
+    own: dict[int, int] = {}  # each process's user + system ticks
     ticks = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -161,16 +162,13 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue  # exited meanwhile
         children.setdefault(int(fields[1]), []).append(int(entry))
+        own[int(entry)] = int(fields[11]) + int(fields[12])
         if int(entry) == pid:
             ticks += int(fields[13]) + int(fields[14])  # reaped children
     todo = [pid]
     while todo:
         current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
+        ticks += own.get(current, 0)
         todo.extend(children.get(current, []))
     return ticks / os.sysconf("SC_CLK_TCK")
 
