@@ -516,7 +516,7 @@ class SQLiteStore:
     def _prepare_next(self) -> None:
         """Create the next segment's file now, on the writer thread: the first
         commit after a seal runs on the event loop under ``always``, and the
-        create and its directory fsync (0.3-0.5 ms here) would hold every
+        create and its directory fsync (0.3-0.5 ms in strace here) would hold every
         client meanwhile. If it fails, that commit creates the file itself and
         reports what goes wrong as a commit error."""
         if self._next_fd is not None or self._stopping or self._removed is not None:
