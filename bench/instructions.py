@@ -6,6 +6,7 @@
     .venv/bin/python bench/instructions.py --top 20     # and the costliest functions per run
     .venv/bin/python bench/instructions.py --shared     # GET: the shared store's near cache
                                                         # beside SQLite and memory only
+    .venv/bin/python bench/instructions.py --cache-sim  # and simulated data-cache misses
 
 Needs valgrind and redis-benchmark (Debian: valgrind, redis-tools). Takes about 8
 minutes (3 per sessiond configuration, 1 for the baseline server); --durable 3.
@@ -52,6 +53,16 @@ key: collection stays on until the process is idle, as with ``--durable``, so
 that each run pays for the renewals of the sessions it read; with ``-r 100000``
 nearly every GET reads a session no other GET of its second read, so this is the
 most a renewal can cost per GET).
+
+``--cache-sim``: callgrind also simulates the caches (``--cache-sim=yes``, the
+sizes valgrind reads from this CPU: 64 KiB L1 data, the 32 MiB L3 as its last
+level) and prints data-cache misses per request, first level (reads and writes)
+and last level, computed as the instructions are. Instruction counts miss what
+costs time in memory traffic: a server that executes as many instructions as
+another can still wait twice as long on memory (README, "Where the -P 16 gap
+goes"). A simulated miss is as deterministic as an instruction, so a change in
+memory traffic too small to see in requests/s shows here. It runs about twice
+as slowly; the instruction counts are the same.
 
 ``--durable``: after the load the writer still commits and folds what it was
 given, so collection stays on until the process has used no CPU for 3 s (longer
@@ -105,6 +116,8 @@ class Sample:
     seconds: float
     ir: int
     loop_ir: int
+    d1_misses: int  # data reads and writes missing the first-level cache (--cache-sim)
+    ll_misses: int  # data reads and writes missing the last level
     dumps: list[Path]
 
 
@@ -112,6 +125,8 @@ class Sample:
 class Idle:
     ir_per_second: float
     loop_ir_per_second: float
+    d1_per_second: float
+    ll_per_second: float
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,8 @@ class Result:
     scenario: Scenario
     per_request: float
     loop_per_request: float
+    d1_per_request: float
+    ll_per_request: float
     idle_share: float  # of the instructions the two runs differ by
     small: Sample
     large: Sample
@@ -132,7 +149,9 @@ class Result:
 class Callgrind:
     """A server process running under callgrind, driven with callgrind_control."""
 
-    def __init__(self, name: str, cmd: list[str], sock: Path, workdir: Path) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], sock: Path, workdir: Path, cache_sim: bool = False
+    ) -> None:
         self.name = name
         self.sock = sock
         self.out = workdir / f"{name}.callgrind"
@@ -140,6 +159,7 @@ class Callgrind:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         self.proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+             f"--cache-sim={'yes' if cache_sim else 'no'}",
              f"--callgrind-out-file={self.out}", *cmd],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
         )  # fmt: skip
@@ -184,9 +204,16 @@ class Callgrind:
         self.control("-d", f"{self.name}-{self.dumps}")
         # One file per thread: <out>.<dump>-<thread>, thread 01 is the main thread.
         dumps = sorted(self.out.parent.glob(f"{self.out.name}.{self.dumps}-*"))
-        totals = {dump: total_ir(dump) for dump in dumps}
-        loop = next((ir for dump, ir in totals.items() if dump.name.endswith("-01")), 0)
-        return Sample(requests, seconds, sum(totals.values()), loop, dumps)
+        totals = {dump: events(dump) for dump in dumps}
+        loop = next((t["Ir"] for dump, t in totals.items() if dump.name.endswith("-01")), 0)
+
+        def total(*names: str) -> int:
+            return sum(t.get(name, 0) for t in totals.values() for name in names)
+
+        return Sample(
+            requests, seconds, total("Ir"), loop,
+            total("D1mr", "D1mw"), total("DLmr", "DLmw"), dumps,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -198,10 +225,15 @@ class Callgrind:
         self.log.close()
 
 
-def total_ir(dump: Path) -> int:
+def events(dump: Path) -> dict[str, int]:
+    """A dump's totals by event name (``Ir``; with the cache simulated also
+    ``D1mr``, ``DLmw`` and the rest)."""
+    names: list[str] = []
     for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("totals:"):
+            return dict(zip(names, map(int, line.split()[1:]), strict=False))
     raise RuntimeError(f"no totals in {dump}")
 
 
@@ -243,7 +275,12 @@ def fill(sock: Path) -> None:
 
 def idle_rate(server: Callgrind, seconds: float) -> Idle:
     sample = server.collect(lambda: time.sleep(seconds))
-    return Idle(sample.ir / sample.seconds, sample.loop_ir / sample.seconds)
+    return Idle(
+        sample.ir / sample.seconds,
+        sample.loop_ir / sample.seconds,
+        sample.d1_misses / sample.seconds,
+        sample.ll_misses / sample.seconds,
+    )
 
 
 def measure(
@@ -266,8 +303,10 @@ def measure(
     n = large.requests - small.requests
     per_request = (large.ir - small.ir - idle_ir) / n
     loop = (large.loop_ir - small.loop_ir - idle.loop_ir_per_second * seconds) / n
+    d1 = (large.d1_misses - small.d1_misses - idle.d1_per_second * seconds) / n
+    ll = (large.ll_misses - small.ll_misses - idle.ll_per_second * seconds) / n
     share = idle_ir / (large.ir - small.ir)
-    return Result(server.name, scenario, per_request, loop, share, small, large)
+    return Result(server.name, scenario, per_request, loop, d1, ll, share, small, large)
 
 
 # ----------------------------------------------------------------- profiles
@@ -286,7 +325,7 @@ def functions(dumps: list[Path], inclusive: bool) -> dict[str, int]:
     costs: dict[str, int] = {}
     for dump in dumps:
         out = subprocess.run(
-            ["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+            ["callgrind_annotate", "--show=Ir", f"--inclusive={'yes' if inclusive else 'no'}",
              "--threshold=100", str(dump)],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
@@ -340,7 +379,7 @@ SCENARIOS = [Scenario(t, 50, p) for p in (1, 16) for t in ("get", "set")]
 SHARED_SCENARIOS = [Scenario("get", 50, p) for p in (1, 16)]
 
 
-def start(name: str, workdir: Path, dsn: str | None = None) -> Callgrind:
+def start(name: str, workdir: Path, dsn: str | None = None, cache_sim: bool = False) -> Callgrind:
     sub = workdir / name
     sub.mkdir()
     if name == "baseline":
@@ -361,7 +400,7 @@ def start(name: str, workdir: Path, dsn: str | None = None) -> Callgrind:
             if name == "sessiond-shared"
             else None,
         )
-    server = Callgrind(name, cmd, sock, sub)
+    server = Callgrind(name, cmd, sock, sub, cache_sim)
     try:
         server.wait_ready()
     except BaseException:
@@ -392,6 +431,9 @@ def main() -> int:
     parser.add_argument(
         "--top", type=int, default=0, metavar="N", help="also print the N costliest functions"
     )
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="also count simulated data-cache misses"
+    )
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the callgrind dumps in DIR")
     args = parser.parse_args()
@@ -419,7 +461,7 @@ def main() -> int:
         pg = stack.enter_context(postgresql()) if args.shared else None
         for name in servers:
             dsn = pg.dsn(pg.create_database()) if pg is not None else None
-            server = start(name, work, dsn)
+            server = start(name, work, dsn, args.cache_sim)
             try:
                 fill(server.sock)
                 if args.durable or args.shared:
@@ -440,11 +482,16 @@ def main() -> int:
         f"\ninstructions per request: callgrind Ir (user space) of redis-benchmark "
         f"-n {requests} minus -n {requests // 4}, -d 200 -r {KEYS}, less the idle rate"
     )
-    print(f"{'server':<20} {'scenario':<18} {'Ir/request':>11} {'loop thread':>11} {'idle':>6}")
+    misses = f" {'D1 misses':>10} {'LL misses':>10}" if args.cache_sim else ""
+    print(
+        f"{'server':<20} {'scenario':<18} {'Ir/request':>11} {'loop thread':>11} {'idle':>6}"
+        + misses
+    )
     for r in results:
+        misses = f" {r.d1_per_request:>10,.1f} {r.ll_per_request:>10,.2f}" if args.cache_sim else ""
         print(
             f"{r.server:<20} {r.scenario.label:<18} {r.per_request:>11,.0f} "
-            f"{r.loop_per_request:>11,.0f} {r.idle_share:>6.1%}"
+            f"{r.loop_per_request:>11,.0f} {r.idle_share:>6.1%}" + misses
         )
     print("idle Ir/s: " + ", ".join(f"{k} {v.ir_per_second:,.0f}" for k, v in idle.items()))
     return 0
