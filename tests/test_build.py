@@ -23,7 +23,11 @@ is pinned here, so that it fails in the compiled run if it comes back:
   clear them when an instance is freed, and the dangling reference crashes
   the process when it is freed in turn (the property tests of
   tests/test_scripting_engine.py segfaulted so in the compiled run; since
-  ``protocol.Error`` is a plain Python class, they pass).
+  ``protocol.Error`` is a plain Python class, they pass);
+- unboxed floats: a ``float`` attribute of a native class is a C double in the
+  object, a ``float | None`` one a separate object (the cache keeps an entry's
+  deadline and TTL as plain floats for that, with ``None`` given out by
+  properties).
 """
 
 from __future__ import annotations
@@ -113,6 +117,29 @@ def test_a_slid_entry_is_refiled_by_the_sweep_not_dropped() -> None:
     now[0] += 5  # 1016
     assert cache.sweep() == 1
     assert cache.find(b"k") is None
+
+
+def test_an_entry_keeps_its_deadline_and_ttl_inside_it() -> None:
+    """The compiled build keeps an entry's deadline and sliding TTL as C
+    doubles in the entry, not as float objects beside it (a sliding read
+    would touch two more objects and allocate one); both builds give them out
+    as ``None`` when there is none. A TTL given as an int is taken as its
+    float (compiled code converts it on the way in)."""
+    now = [1000.0]
+    cache: SessionCache[bytes, bytes] = SessionCache(clock=lambda: now[0], default_ttl=None)
+    cache.insert(b"slides", b"v", 10)
+    cache.insert(b"never", b"v")
+    cache.insert(b"fixed", b"v", deadline=1500)
+    slides, never, fixed = (cache.get_entry(k) for k in (b"slides", b"never", b"fixed"))
+    assert slides is not None and never is not None and fixed is not None
+    assert (slides.ttl, slides.deadline) == (10.0, 1010.0)
+    assert (never.ttl, never.deadline, never.remaining(now[0])) == (None, None, None)
+    assert (fixed.ttl, fixed.deadline, fixed.remaining(now[0])) == (None, 1500.0, 500.0)
+    slides.deadline = None
+    slides.ttl = None
+    assert (slides.ttl, slides.deadline) == (None, None)
+    if _compiled("sessiond.cache"):
+        assert not [r for r in gc.get_referents(fixed) if isinstance(r, float)]
 
 
 def test_two_daemons_in_one_process_share_no_counters_or_ids() -> None:
