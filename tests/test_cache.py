@@ -492,8 +492,8 @@ def test_an_eviction_refiles_a_few_slid_records_not_all() -> None:
 
     def filed_as(key: str) -> int:  # the sequence number of the key's record
         entry = cache.find(key)
-        assert entry is not None and entry.record is not None
-        return int(entry.record[1])
+        assert entry is not None and entry._filed != float("inf")
+        return entry._seq
 
     filed = {f"s{i}": filed_as(f"s{i}") for i in range(1000)}
     cache.insert("new", 0)  # evicts s0

@@ -82,8 +82,8 @@ _SETTLE_STEP = 4  # records at the top of the expiry index looked at per evictio
 
 _Record = tuple[Any, ...]
 """An expiry-heap record ``(deadline, seq, key)``: a float, an int and the key.
-``seq`` is unique: a record is an entry's current one if it has the seq of
-``Entry.record``.
+``seq`` is unique: a record is an entry's current one if the entry is filed
+(``Entry._filed`` is a deadline) under that seq (``Entry._seq``).
 
 Typed as a tuple of any length, not ``tuple[float, int, K]``, for mypyc: it
 keeps a fixed-length tuple unboxed in a C struct, and every time one went back
@@ -121,11 +121,12 @@ class Entry(Generic[V]):
 
     __slots__ = (
         "_deadline",
+        "_filed",
+        "_seq",
         "_ttl",
         "accessed_at",
         "context_id",
         "created_at",
-        "record",
         "size",
         "updated_at",
         "value",
@@ -144,21 +145,27 @@ class Entry(Generic[V]):
         size: int = 0,
     ) -> None:
         # The compiled build lays the attributes out in the order they are
-        # first assigned here. A read touches only these four, which then share
-        # the object's first 64-byte cache line with its reference count (an
-        # entry is 104 bytes and starts on a line: a 128-byte allocator block
-        # after the 48-byte pool header and the 16-byte GC header); after the
-        # rest, they were on a second line, one more cache miss per GET.
+        # first assigned here: what a read touches first (the value, the
+        # deadline, the TTL and the access time, which then share a cache
+        # line with the reference count more often), then what a write adds,
+        # then the rest. An entry starts at any multiple of 16 bytes, so each
+        # line it spans that an access touches is a cache miss when the entry
+        # was not used lately (bench/instructions.py --cache-sim).
         self.value = value
         self._deadline: float = _NEVER if deadline is None else deadline
         self._ttl: float = ttl or 0.0
         updated = created_at if updated_at is None else updated_at
         self.accessed_at = updated if accessed_at is None else accessed_at
-        self.context_id = context_id
-        self.created_at = created_at
         self.updated_at = updated
         self.size = size
-        self.record: _Record | None = None
+        # The expiry record it is filed under: that record's deadline
+        # (_NEVER: not filed) and seq. Kept here, not as a reference to the
+        # record, so that a write tells whether to file again without
+        # reading the record and its float (two more cache misses per SET).
+        self._filed: float = _NEVER
+        self._seq = 0
+        self.context_id = context_id
+        self.created_at = created_at
 
     @property
     def ttl(self) -> float | None:
@@ -235,6 +242,12 @@ Sizer = Callable[[K, V], int]
 
 
 _SIZED = (bytes, str, bytearray)
+
+
+def _current(entry: Entry[Any], record: _Record) -> bool:
+    """Whether ``record`` is the expiry record ``entry`` is filed under (if
+    not, it is stale: the entry was filed anew or left the index)."""
+    return entry._filed != _NEVER and entry._seq == record[1]
 
 
 def _copy_entry(entry: Entry[V]) -> Entry[V]:
@@ -454,8 +467,7 @@ class SessionCache(Generic[K, V]):
             record = heap[n] if n < len(heap) else old[n - len(heap)]
             key: K = record[2]
             entry = data.get(key)
-            current = None if entry is None else entry.record
-            if entry is None or current is None or current[1] != record[1]:
+            if entry is None or not _current(entry, record):
                 continue  # a stale record
             if entry._deadline != _NEVER:
                 found.append(entry._deadline)
@@ -540,8 +552,7 @@ class SessionCache(Generic[K, V]):
             self.memory += size - old.size
             old.size = size
             data.move_to_end(key)
-            record = old.record
-            if new_deadline != _NEVER and (record is None or record[0] > new_deadline):
+            if new_deadline < old._filed:  # also when not filed (_NEVER)
                 self._file(key, old)
             if self._persisting:
                 self._persistence.save(key, old)
@@ -598,8 +609,8 @@ class SessionCache(Generic[K, V]):
         if old is not None:
             self.memory -= old.size
             self.expiring -= old._deadline != _NEVER
-            old.record = None
-        entry.record = None
+            old._filed = _NEVER
+        entry._filed = _NEVER
         entry.size = self.sizer(key, entry.value)
         if touch:
             entry.accessed_at = now
@@ -630,7 +641,7 @@ class SessionCache(Generic[K, V]):
         max_memory = self.max_memory
         if len(data) >= self.max_sessions or (max_memory and self.memory + size > max_memory):
             return False
-        entry.record = None
+        entry._filed = _NEVER
         entry.size = size
         data[key] = entry
         data.move_to_end(key, last=False)
@@ -697,7 +708,7 @@ class SessionCache(Generic[K, V]):
             self.persistence.delete(key)
             return
         if deadline == _NEVER:
-            entry.record = None
+            entry._filed = _NEVER
         else:
             self._file(key, entry)
         self.persistence.save(key, entry)
@@ -733,7 +744,7 @@ class SessionCache(Generic[K, V]):
             return False
         self.memory -= entry.size
         self.expiring -= entry._deadline != _NEVER
-        entry.record = None
+        entry._filed = _NEVER
         return True
 
     def drop_all(self) -> int:
@@ -812,20 +823,16 @@ class SessionCache(Generic[K, V]):
             heappop(source)
             key: K = record[2]
             entry = data.get(key)
-            current = None if entry is None else entry.record
-            if current is None or current[1] != record[1]:
+            if entry is None or not _current(entry, record):
                 continue  # stale: its entry is gone or filed anew
-            assert entry is not None
-            entry.record = None
+            entry._filed = _NEVER
             deadline = entry._deadline
             if deadline == _NEVER:
                 continue
             if deadline > now:
                 # Slid since it was filed: re-file under the current deadline
                 # (one record out, one in: the index does not grow).
-                fresh: _Record = (deadline, next(self._seq), key)  # one object (see _Record)
-                entry.record = fresh
-                heappush(self._heap, fresh)
+                heappush(self._heap, self._record(key, entry, deadline))
                 continue
             # Expired: _remove inlined (this loop is the active-expiry hot path).
             del data[key]
@@ -869,16 +876,21 @@ class SessionCache(Generic[K, V]):
         return len(self._heap) + len(self._old)
 
     def _file(self, key: K, entry: Entry[V]) -> None:
-        record = entry.record
         deadline = entry._deadline
         assert deadline != _NEVER
-        if record is not None and record[0] <= deadline:
+        if entry._filed <= deadline:
             return  # surfaces early and is re-filed by sweep
-        # Annotated, so that mypyc makes one tuple for both places (see _Record).
-        fresh: _Record = (deadline, next(self._seq), key)
-        entry.record = fresh
-        heapq.heappush(self._heap, fresh)
+        heapq.heappush(self._heap, self._record(key, entry, deadline))
         self._keep_bounded()
+
+    def _record(self, key: K, entry: Entry[V], deadline: float) -> _Record:
+        """A new expiry record for ``entry`` at ``deadline``, now its current one."""
+        seq = next(self._seq)
+        entry._filed = deadline
+        entry._seq = seq
+        # Annotated, so that mypyc makes one tuple for every place it goes (see _Record).
+        record: _Record = (deadline, seq, key)
+        return record
 
     def _settle_root(self, limit: int) -> None:
         """Drop the stale records at the top of the expiry index and re-file
@@ -898,19 +910,15 @@ class SessionCache(Generic[K, V]):
             record = heap[0]
             key: K = record[2]
             entry = data.get(key)
-            current = None if entry is None else entry.record
-            if current is None or current[1] != record[1]:
+            if entry is None or not _current(entry, record):
                 heapq.heappop(heap)  # stale: its entry is gone or filed anew
                 continue
-            assert entry is not None
             deadline = entry._deadline
             if deadline == _NEVER:
                 heapq.heappop(heap)
-                entry.record = None
+                entry._filed = _NEVER
             elif deadline > record[0]:
-                fresh: _Record = (deadline, next(self._seq), key)  # one object (see _Record)
-                entry.record = fresh
-                heapq.heapreplace(heap, fresh)
+                heapq.heapreplace(heap, self._record(key, entry, deadline))
             else:
                 return
 
@@ -948,11 +956,10 @@ class SessionCache(Generic[K, V]):
             record = old.pop()
             key: K = record[2]
             entry = data.get(key)
-            current = None if entry is None else entry.record
-            if entry is None or current is None or current[1] != record[1]:
+            if entry is None or not _current(entry, record):
                 continue  # stale: its entry is gone or filed anew
             if entry._deadline == _NEVER:
-                entry.record = None
+                entry._filed = _NEVER
                 continue
             heapq.heappush(heap, record)
 
@@ -961,16 +968,14 @@ class SessionCache(Generic[K, V]):
         heap: list[_Record] = []
         append = heap.append
         for key, entry in self._data.items():
-            record = entry.record
             if entry._deadline == _NEVER:
-                entry.record = None
-            elif record is not None:
+                entry._filed = _NEVER
+            elif entry._filed != _NEVER:
                 # Filed at or before its deadline (sweep re-files it): keep it.
+                record: _Record = (entry._filed, entry._seq, key)  # see _Record
                 append(record)
             else:
-                fresh: _Record = (entry._deadline, next(self._seq), key)  # see _Record
-                entry.record = fresh
-                append(fresh)
+                append(self._record(key, entry, entry._deadline))
         heapq.heapify(heap)
         self._heap = heap
 
@@ -996,7 +1001,7 @@ class SessionCache(Generic[K, V]):
             key, entry = data.popitem(last=False)
             self.memory -= entry.size
             self.expiring -= entry._deadline != _NEVER
-            entry.record = None
+            entry._filed = _NEVER
             if entry._deadline <= now:
                 # Already past its deadline: it expires (and leaves the store) rather
                 # than being evicted (which would keep it in the store for good).
@@ -1039,7 +1044,7 @@ class SessionCache(Generic[K, V]):
     ) -> None:
         self.memory -= entry.size
         self.expiring -= entry._deadline != _NEVER
-        entry.record = None
+        entry._filed = _NEVER
         if store:
             if cause is Cause.EVICTED:
                 self.persistence.on_evict(key, entry, cause)
