@@ -12,6 +12,11 @@
     python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py)
     python bench/resp_bench.py --floor-lru     # and that server keeping exact LRU order (--lru)
     python bench/resp_bench.py --json out.json # also write every result (bench/plot.py draws them)
+    python bench/resp_bench.py --against OTHER/bin/python
+                                               # and the sessiond another interpreter has (a
+                                               # venv of the commit before, say) in the same
+                                               # rounds: rows "... vs before" are this / that
+                                               # (its figures in the columns headed redis)
 
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 Prints requests/s, p99 and max latency for both servers, and each server's CPU time per request
@@ -20,7 +25,10 @@ ratios sessiond / redis. When other work shares the machine, CPU per request is 
 of the two: in one run of 3 repetitions at load average 10-15 (2026-12-05, README "Where
 the -P 16 gap goes") the requests/s ratios of one row spread as wide as 0.28-1.61 while
 the CPU ratios of most rows stayed within about 10% (the widest: 1.59-2.04).
-Quote ratios from one run; absolute numbers vary with the machine's load.
+Quote ratios from one run; absolute numbers vary with the machine's load. Two builds
+of sessiond compare only the same way, interleaved in one run (``--against``): runs
+made apart moved the unchanged minimal server's ratios by up to a fifth
+(README, "Measured").
 """
 
 from __future__ import annotations
@@ -247,11 +255,36 @@ def interleaved(
     return results
 
 
+def before(
+    work: Path, against: str, metrics: bool, persistence: str | None, dsn: str | None = None
+) -> tuple[list[str], Path]:
+    """The sessiond that interpreter ``against`` runs (another build), set up as
+    :func:`sessiond` sets up this one, in a directory of its own."""
+    (work / "before").mkdir()
+    cmd, sock = sessiond(work / "before", metrics=metrics, persistence=persistence, dsn=dsn)
+    return [against, *cmd[1:]], sock
+
+
+def with_before(order: list[str], sessiond_first: bool) -> list[str]:
+    """``order`` with the other build beside this one: after it in the rounds
+    where it goes first, before it in the others."""
+    at = order.index("sessiond") + sessiond_first
+    return [*order[:at], "before", *order[at:]]
+
+
 def run_persistence(
-    work: Path, n: int, metrics: bool, sessiond_first: bool, dsn: str | None = None
+    work: Path,
+    n: int,
+    metrics: bool,
+    sessiond_first: bool,
+    dsn: str | None = None,
+    against: str | None = None,
+    against_dsn: str | None = None,
 ) -> list[Row]:
     """SET with sessiond ``durability: always`` (on SQLite, or the PostgreSQL store at
-    ``dsn``) against redis AOF ``always`` and ``everysec``."""
+    ``dsn``) against redis AOF ``always`` and ``everysec``; with ``against``, also
+    against the sessiond that interpreter runs (on the PostgreSQL store: at
+    ``against_dsn``)."""
     runs = [("SET c=50", 50, 1, n), ("SET c=1", 1, 1, n // 10)]
     baselines = ["always", "everysec"]
     servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always", dsn=dsn)}
@@ -259,24 +292,35 @@ def run_persistence(
         (work / fsync).mkdir()
         servers[fsync] = redis(work / fsync, fsync)
     order = ["sessiond", *baselines] if sessiond_first else [*baselines, "sessiond"]
+    if against:
+        servers["before"] = before(work, against, metrics, "always", against_dsn)
+        order = with_before(order, sessiond_first)
     results = interleaved(servers, work, runs, "set", order)
+    names = [*baselines, *(["before"] if against else [])]
     return [
-        (label, f"redis {name}", results["sessiond"][label]["SET"], results[name][label]["SET"])
-        for name in baselines
+        (label, f"redis {name}" if name in baselines else "vs before",
+         results["sessiond"][label]["SET"], results[name][label]["SET"])
+        for name in names
         for label, _, _, _ in runs
-    ]
+    ]  # fmt: skip
 
 
 FLOORS = {"floor": [], "floor-lru": ["--lru"]}  # baseline_server.py's row suffix: its flags
 
 
 def run_memory(
-    work: Path, n: int, metrics: bool, sessiond_first: bool, floors: tuple[str, ...] = ()
+    work: Path,
+    n: int,
+    metrics: bool,
+    sessiond_first: bool,
+    floors: tuple[str, ...] = (),
+    against: str | None = None,
 ) -> list[Row]:
     """SET and GET at -c 50 -P 1, -c 50 -P 16 and -c 1, sessiond against
     redis-server; with ``floors`` also bench/baseline_server.py (rows whose test
     ends in "floor" or "floor-lru": that server, plain or with --lru, in
-    sessiond's column)."""
+    sessiond's column); with ``against``, also the sessiond that interpreter
+    runs (rows whose test ends in "vs before": it in redis-server's column)."""
     runs = [("-c 50 -P 1", 50, 1, n), ("-c 50 -P 16", 50, 16, n), ("-c 1 -P 1", 1, 1, n)]
     servers = {
         "sessiond": sessiond(work, metrics=metrics, persistence=None),
@@ -289,15 +333,26 @@ def run_memory(
         cmd = [sys.executable, str(BASELINE), "--socket", str(sock), *FLOORS[floor]]
         servers[floor] = (cmd, sock)
         order.append(floor)
+    if against:
+        servers["before"] = before(work, against, metrics, None)
+        order = with_before(order, sessiond_first)
     results = interleaved(servers, work, runs, "set,get", order)
     names = ["sessiond", *floors]
-    return [
+    rows = [
         (label, test + ("" if name == "sessiond" else f" {name}"), results[name][label][test],
          results["redis"][label][test])
         for label, _, _, _ in runs
         for name in names
         for test in ("SET", "GET")
     ]  # fmt: skip
+    if against:
+        rows += [
+            (label, f"{test} vs before", results["sessiond"][label][test],
+             results["before"][label][test])
+            for label, _, _, _ in runs
+            for test in ("SET", "GET")
+        ]  # fmt: skip
+    return rows
 
 
 def print_table(rows: list[Row]) -> None:
@@ -362,6 +417,13 @@ def main() -> int:
         "exact LRU order, as sessiond's): rows 'SET floor-lru'/'GET floor-lru'",
     )
     parser.add_argument(
+        "--against",
+        metavar="PYTHON",
+        help="also run the sessiond this interpreter has installed (another build: a venv "
+        "of the commit before, say) in the same rounds; rows '... vs before' give this "
+        "build's figures over that one's",
+    )
+    parser.add_argument(
         "--reps",
         type=int,
         default=1,
@@ -392,10 +454,17 @@ def main() -> int:
                     floors = tuple(
                         f for f, on in (("floor", args.floor), ("floor-lru", args.floor_lru)) if on
                     )
-                    rows = run_memory(Path(tmp), n, not args.metrics_off, first, floors)
+                    rows = run_memory(
+                        Path(tmp), n, not args.metrics_off, first, floors, args.against
+                    )
                 else:
-                    dsn = pg.dsn(pg.create_database()) if pg is not None else None
-                    rows = run_persistence(Path(tmp), n, not args.metrics_off, first, dsn)
+                    dsn = other = None
+                    if pg is not None:
+                        dsn = pg.dsn(pg.create_database())
+                        other = pg.dsn(pg.create_database()) if args.against else None
+                    rows = run_persistence(
+                        Path(tmp), n, not args.metrics_off, first, dsn, args.against, other
+                    )
                 reps.append(rows)
             print_progress(args.reps, rep)
     store = f", store {args.store}" if args.persistence else ""
