@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1889,6 +1889,81 @@ def test_a_torn_log_tail_is_dropped_at_start_and_nothing_acknowledged_is_lost(
     with d.client() as r:
         assert r.mget([f"k{i}" for i in range(300)]) == [f"v{i}".encode() for i in range(300)]
         assert r.set("after", "the restart")
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 1 MiB of its own (a disk that fills up for real; it can be
+    grown while mounted), unmounted after the test. Mounting needs root,
+    which the test command has."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_refuses_writes_loses_none_and_recovers_without_a_restart(
+    daemon_factory: Factory, small_disk: Path
+) -> None:
+    """The daemon's store on a disk that really fills up (no hook): writes are
+    refused with MISCONF once it is full, reads go on, no acknowledged write is
+    lost; once the disk has room again, writes are taken again without a
+    restart, and a restart finds every acknowledged write."""
+    d = daemon_factory(
+        sqlite_config(persistence={"path": str(small_disk / "sessions.db")}),
+    )
+    value = "v" * 4000
+    acknowledged: dict[str, str] = {}
+    refused = []
+    with no_retry_client(d) as r:
+        for i in range(2000):
+            try:
+                r.set(f"k{i}", f"{i}:{value}")
+            except redis.ResponseError as exc:
+                refused.append(str(exc))
+                if len(refused) >= 20:
+                    break
+            else:
+                acknowledged[f"k{i}"] = f"{i}:{value}"
+        assert refused, "the disk never filled up"
+        # The writes whose commit hit the full disk get its error (ERR, which
+        # redis-py leaves out of the message); the ones after, MISCONF.
+        assert all(e.startswith(("store write failed", "MISCONF")) for e in refused), refused[:3]
+        assert any(e.startswith("MISCONF") for e in refused)
+        assert len(acknowledged) > 50  # it took writes until the disk was full
+        assert r.ping()
+        for key in list(acknowledged)[:: max(1, len(acknowledged) // 50)]:
+            assert r.get(key) == acknowledged[key].encode()
+        subprocess.run(
+            ["mount", "-o", "remount,size=64m", str(small_disk)], check=True, capture_output=True
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert r.set("after", "room again")
+                break
+            except redis.ResponseError as exc:
+                assert str(exc).startswith("MISCONF")
+                assert time.monotonic() < deadline, f"still refused: {exc}"
+                time.sleep(0.1)
+        acknowledged["after"] = "room again"
+    assert d.stop() == 0
+    d.start()
+    with d.client() as r:
+        keys = list(acknowledged)
+        got = r.mget(keys)
+        lost = [k for k, v in zip(keys, got, strict=True) if v != acknowledged[k].encode()]
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
     assert d.stop() == 0
 
 
