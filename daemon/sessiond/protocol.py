@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from mypy_extensions import mypyc_attr
+from mypy_extensions import i64, mypyc_attr
 
 
 # str subclasses cannot be native (compiled) classes.
@@ -397,15 +397,20 @@ def _canonical(data: bytes, out: list[list[bytes]], max_args: int, max_size: int
     types it reads differently from Redis and for counts it would allocate
     for, and the size of what it took): 9x less time for one GET, 2x less for
     16 pipelined SETs. Interpreted, it is slower than hiredis (2x for a GET):
-    the fallback build pays that."""
-    n = len(data)
-    pos = 0
+    the fallback build pays that.
+
+    Offsets, counts and sizes are ``i64``: native integers in the compiled
+    build, where ``int`` arithmetic checks for overflow into a long at every
+    step; interpreted, ``i64`` is ``int``. Reading digits stops after one more
+    than a count or a size may have (which is refused), so none overflows."""
+    n: i64 = len(data)
+    pos: i64 = 0
     while pos < n:
         if data[pos] != 42:  # not '*': inline, or not a request
             return pos
-        i = pos + 1
-        count = 0
-        while i < n:
+        i: i64 = pos + 1
+        count: i64 = 0
+        while i < n and i - pos <= 10:  # 10 digits are enough to refuse
             c = data[i]
             if c < 48 or c > 57:
                 break
@@ -421,9 +426,9 @@ def _canonical(data: bytes, out: list[list[bytes]], max_args: int, max_size: int
         while count:
             if i >= n or data[i] != 36:  # '$'
                 return pos
-            j = i + 1
-            size = 0
-            while j < n:
+            j: i64 = i + 1
+            size: i64 = 0
+            while j < n and j - i <= 11:  # as are 11 here
                 c = data[j]
                 if c < 48 or c > 57:
                     break
