@@ -244,10 +244,13 @@ Sizer = Callable[[K, V], int]
 _SIZED = (bytes, str, bytearray)
 
 
-def _current(entry: Entry[Any], record: _Record) -> bool:
-    """Whether ``record`` is the expiry record ``entry`` is filed under (if
-    not, it is stale: the entry was filed anew or left the index)."""
-    return entry._filed != _NEVER and entry._seq == record[1]
+def _filed_entry(data: OrderedDict[Any, Entry[V]], record: _Record) -> Entry[V] | None:
+    """The entry ``record`` is the current expiry record of, or ``None`` if
+    the record is stale (its entry left memory, or was filed anew or not at all)."""
+    entry = data.get(record[2])
+    if entry is None or entry._filed == _NEVER or entry._seq != record[1]:
+        return None
+    return entry
 
 
 def _copy_entry(entry: Entry[V]) -> Entry[V]:
@@ -465,9 +468,8 @@ class SessionCache(Generic[K, V]):
         for _ in range(4 * count):
             n = random.randrange(size)
             record = heap[n] if n < len(heap) else old[n - len(heap)]
-            key: K = record[2]
-            entry = data.get(key)
-            if entry is None or not _current(entry, record):
+            entry = _filed_entry(data, record)
+            if entry is None:
                 continue  # a stale record
             if entry._deadline != _NEVER:
                 found.append(entry._deadline)
@@ -821,10 +823,10 @@ class SessionCache(Generic[K, V]):
                 break
             work += 1
             heappop(source)
-            key: K = record[2]
-            entry = data.get(key)
-            if entry is None or not _current(entry, record):
+            entry = _filed_entry(data, record)
+            if entry is None:
                 continue  # stale: its entry is gone or filed anew
+            key: K = record[2]
             entry._filed = _NEVER
             deadline = entry._deadline
             if deadline == _NEVER:
@@ -908,11 +910,11 @@ class SessionCache(Generic[K, V]):
             if not heap:
                 return
             record = heap[0]
-            key: K = record[2]
-            entry = data.get(key)
-            if entry is None or not _current(entry, record):
+            entry = _filed_entry(data, record)
+            if entry is None:
                 heapq.heappop(heap)  # stale: its entry is gone or filed anew
                 continue
+            key: K = record[2]
             deadline = entry._deadline
             if deadline == _NEVER:
                 heapq.heappop(heap)
@@ -954,9 +956,8 @@ class SessionCache(Generic[K, V]):
         old, heap, data = self._old, self._heap, self._data
         for _ in range(min(count, len(old))):
             record = old.pop()
-            key: K = record[2]
-            entry = data.get(key)
-            if entry is None or not _current(entry, record):
+            entry = _filed_entry(data, record)
+            if entry is None:
                 continue  # stale: its entry is gone or filed anew
             if entry._deadline == _NEVER:
                 entry._filed = _NEVER
