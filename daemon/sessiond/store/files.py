@@ -30,7 +30,6 @@ import fcntl
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -136,14 +135,6 @@ def lock_holder(fd: int) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class Identity:
-    """What the files were when opened: a removed or replaced file differs."""
-
-    directory: tuple[int, int]
-    database: tuple[int, int]
-
-
 class StoreFiles:
     """The files of one store, locked for this process while open.
 
@@ -159,8 +150,8 @@ class StoreFiles:
         self.max_pages = max_pages
         self.marker = self.directory / f".{path.name}-store"
         self._lock_fd: int | None = None
-        self._identity: Identity | None = None
-        self._database: Pinned | None = None  # check()'s common case
+        self._directory_id: tuple[int, int] | None = None  # (st_dev, st_ino) when opened
+        self._database: Pinned | None = None  # the database file opened, by its name
 
     @property
     def lock_fd(self) -> int:
@@ -319,7 +310,8 @@ class StoreFiles:
             self._write_marker()
             if created:
                 log.info("store_created", store=str(path), marker=str(self.marker))
-        self._identity = self._current_identity()
+        d = os.stat(self.directory)
+        self._directory_id = (d.st_dev, d.st_ino)
         self._database = Pinned(str(path), self.lock_fd)  # the lock is on the database file
         return through
 
@@ -376,11 +368,6 @@ class StoreFiles:
 
     # ----------------------------------------------------------- running
 
-    def _current_identity(self) -> Identity:
-        d = os.stat(self.directory)
-        f = os.stat(self.path)
-        return Identity((d.st_dev, d.st_ino), (f.st_dev, f.st_ino))
-
     def check(self, *, full: bool = False) -> str | None:
         """Why the files are no longer the store we opened (removed, moved,
         replaced), or ``None`` while they are.
@@ -393,21 +380,23 @@ class StoreFiles:
         full check (the directory's identity too) sees: the writer runs it
         every second. A difference pays for the full check, which says what
         changed."""
-        assert self._identity is not None and self._database is not None
-        if not full and self._database.here():
+        database = self._database
+        assert database is not None and self._directory_id is not None
+        if not full and database.here():
             return None
         assert self._lock_fd is not None
         try:
             if os.fstat(self._lock_fd).st_nlink == 0:
                 return f"{self.path} was removed"
-            now = self._current_identity()
+            d = os.stat(self.directory)
+            f = os.stat(self.path)
         except FileNotFoundError:
             return f"{self.path} or its directory was removed"
         except OSError as exc:
             return f"{self.path} cannot be checked: {exc.strerror}"
-        if now.directory != self._identity.directory:
+        if (d.st_dev, d.st_ino) != self._directory_id:
             return f"directory {self.directory} was replaced"
-        if now.database != self._identity.database:
+        if not database.matches(f):
             return f"{self.path} was replaced by another file"
         return None
 

@@ -205,6 +205,10 @@ class Pinned:
             st = os.stat(self.path)
         except OSError:
             return False
+        return self.matches(st)
+
+    def matches(self, st: os.stat_result) -> bool:
+        """Whether ``st`` (a ``stat`` of some name) is of the file opened."""
         return st.st_ino == self.ino and st.st_dev == self.dev
 
 
