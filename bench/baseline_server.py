@@ -13,6 +13,13 @@ request next to sessiond's.
 ``--lru`` keeps the dict in exact LRU order as sessiond's core does (an
 ``OrderedDict``, ``move_to_end`` on every hit and write): the same floor plus
 what exact LRU alone costs (``resp_bench.py --floor-lru``).
+
+``--aof PATH`` makes SETs durable as Redis' ``appendfsync always`` does: each
+SET is appended to PATH as its RESP request, and once per event-loop
+iteration that has any, the appended requests are written with one ``write``
+and one ``fdatasync``, and only then are the replies of the connections that
+wrote sent: the floor for sessiond's ``durability: always``
+(``resp_bench.py --persistence --floor``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ Handler = Callable[[list[Any]], bytes]
 DATA: OrderedDict[bytes, bytes] | dict[bytes, bytes] = {}
 LRU: Callable[[bytes], None] | None = None  # --lru: OrderedDict.move_to_end
 CONFIG = {b"save": b"", b"appendonly": b"no"}
+AOF: Aof | None = None  # --aof
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
 
@@ -66,6 +74,10 @@ def set_(args: list[Any]) -> bytes:
     DATA[key] = value
     if LRU is not None:
         LRU(key)
+    if AOF is not None:
+        AOF.log += b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(key), key, len(value), value,
+        )  # fmt: skip
     return OK
 
 
@@ -85,10 +97,41 @@ def config(args: list[Any]) -> bytes:
 COMMANDS: dict[bytes, Handler] = {b"GET": get, b"SET": set_, b"PING": ping, b"CONFIG": config}
 
 
+class Aof:
+    """The append-only file: SETs appended since the last commit, and the
+    replies held until it (in order, per connection)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        self.log = bytearray()
+        self.held: list[tuple[RespProtocol, bytes]] = []
+        self.scheduled = False
+
+    def hold(self, conn: RespProtocol, replies: bytes) -> None:
+        self.held.append((conn, replies))
+        conn.holding += 1
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.commit)
+
+    def commit(self) -> None:
+        self.scheduled = False
+        if self.log:
+            os.write(self.fd, self.log)
+            os.fdatasync(self.fd)
+            self.log.clear()
+        held, self.held = self.held, []
+        for conn, replies in held:
+            conn.holding -= 1
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.write(replies)
+
+
 class RespProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
+        self.holding = 0  # batches of replies waiting for the AOF's commit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
@@ -96,6 +139,7 @@ class RespProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         out: list[bytes] = []
+        logged = len(AOF.log) if AOF is not None else 0
         try:
             reader.feed(data)
             while (request := reader.gets()) is not False:
@@ -114,9 +158,13 @@ class RespProtocol(asyncio.Protocol):
             self.transport.write(b"".join(out))
             self.transport.close()
             return
-        if out:
-            assert self.transport is not None
-            self.transport.write(b"".join(out))
+        if not out:
+            return
+        if AOF is not None and (self.holding or len(AOF.log) != logged):
+            AOF.hold(self, b"".join(out))  # after the commit, behind any held before
+            return
+        assert self.transport is not None
+        self.transport.write(b"".join(out))
 
 
 async def serve(path: Path) -> None:
@@ -137,7 +185,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
     parser.add_argument("--lru", action="store_true", help="keep the keys in exact LRU order")
+    parser.add_argument(
+        "--aof", type=Path, metavar="PATH", help="SETs durable in PATH before their reply"
+    )
     args = parser.parse_args()
+    if args.aof:
+        global AOF
+        AOF = Aof(args.aof)
     if args.lru:
         global DATA, LRU
         DATA = OrderedDict()

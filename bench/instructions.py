@@ -2,7 +2,8 @@
 """Instructions per request (valgrind callgrind) for sessiond and the baseline server.
 
     .venv/bin/python bench/instructions.py              # GET/SET at -P 1 and -P 16
-    .venv/bin/python bench/instructions.py --durable    # SET with durability: always, -c 50
+    .venv/bin/python bench/instructions.py --durable    # SET with durability: always, -c 50,
+                                                        # and the baseline with an AOF
     .venv/bin/python bench/instructions.py --top 20     # and the costliest functions per run
     .venv/bin/python bench/instructions.py --shared     # GET: the shared store's near cache
                                                         # beside SQLite and memory only
@@ -64,11 +65,15 @@ goes"). A simulated miss is as deterministic as an instruction, so a change in
 memory traffic too small to see in requests/s shows here. It runs about twice
 as slowly; the instruction counts are the same.
 
-``--durable``: after the load the writer still commits and folds what it was
-given, so collection stays on until the process has used no CPU for 3 s (longer
-than the 1 s fold period). The fold runs every second of wall time: under
-valgrind a fold holds ~50x fewer sessions than at native speed, and a small fold
-costs more per session, so the fold's share is larger here than in production.
+``--durable``: SET on sessiond with ``durability: always`` and on the baseline
+server with ``--aof`` (each SET appended to a file, one ``write`` and one
+``fdatasync`` per event-loop iteration before the replies: Redis' ``appendfsync
+always``, the floor for a durable SET in Python). After the load sessiond's
+writer still commits and folds what it was given, so collection stays on until
+the process has used no CPU for 3 s (longer than the 1 s fold period). The fold
+runs every second of wall time: under valgrind a fold holds ~50x fewer sessions
+than at native speed, and a small fold costs more per session, so the fold's
+share is larger here than in production.
 """
 
 from __future__ import annotations
@@ -375,6 +380,7 @@ def print_top(result: Result, n: int) -> None:
 
 SERVERS = ("sessiond", "sessiond-nometrics", "baseline")
 SHARED_SERVERS = ("sessiond", "sessiond-sqlite", "sessiond-shared")
+DURABLE_SERVERS = ("sessiond-durable", "baseline-aof")
 SCENARIOS = [Scenario(t, 50, p) for p in (1, 16) for t in ("get", "set")]
 SHARED_SCENARIOS = [Scenario("get", 50, p) for p in (1, 16)]
 
@@ -382,9 +388,11 @@ SHARED_SCENARIOS = [Scenario("get", 50, p) for p in (1, 16)]
 def start(name: str, workdir: Path, dsn: str | None = None, cache_sim: bool = False) -> Callgrind:
     sub = workdir / name
     sub.mkdir()
-    if name == "baseline":
+    if name in ("baseline", "baseline-aof"):
         sock = sub / "baseline.sock"
         cmd = [sys.executable, str(HERE / "baseline_server.py"), "--socket", str(sock)]
+        if name == "baseline-aof":
+            cmd += ["--aof", str(sub / "appendonly.aof")]
     else:
         durable = name in ("sessiond-durable", "sessiond-sqlite", "sessiond-shared")
         cmd, sock = sessiond(
@@ -418,10 +426,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--servers",
-        help=f"comma-separated, of {', '.join(SERVERS)} (--shared: {', '.join(SHARED_SERVERS)})",
+        help=f"comma-separated, of {', '.join(SERVERS)} (--shared: {', '.join(SHARED_SERVERS)}; "
+        f"--durable: {', '.join(DURABLE_SERVERS)})",
     )
     parser.add_argument(
-        "--durable", action="store_true", help="sessiond with durability: always, SET -c 50"
+        "--durable",
+        action="store_true",
+        help="SET -c 50 on sessiond with durability: always and the baseline server with --aof",
     )
     parser.add_argument(
         "--shared",
@@ -441,17 +452,18 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found: apt-get install valgrind redis-tools", file=sys.stderr)
             return 2
+    known: tuple[str, ...]
     if args.durable:
-        servers, scenarios = ["sessiond-durable"], [Scenario("set", 50, 1)]
+        known, scenarios = DURABLE_SERVERS, [Scenario("set", 50, 1)]
         requests = args.requests or 20_000
     else:
         known = SHARED_SERVERS if args.shared else SERVERS
-        servers = args.servers.split(",") if args.servers else list(known)
         scenarios = SHARED_SCENARIOS if args.shared else SCENARIOS
         requests = args.requests or 40_000
-        unknown = set(servers) - set(known)
-        if unknown:
-            parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    servers = args.servers.split(",") if args.servers else list(known)
+    unknown = set(servers) - set(known)
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     results: list[Result] = []
     idle: dict[str, Idle] = {}
     with contextlib.ExitStack() as stack:

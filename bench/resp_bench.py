@@ -9,7 +9,8 @@
                                                # loopback, fsync and synchronous_commit on
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
-    python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py)
+    python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py;
+                                               # with --persistence, with its --aof)
     python bench/resp_bench.py --floor-lru     # and that server keeping exact LRU order (--lru)
     python bench/resp_bench.py --json out.json # also write every result (bench/plot.py draws them)
     python bench/resp_bench.py --against OTHER/bin/python
@@ -280,11 +281,13 @@ def run_persistence(
     dsn: str | None = None,
     against: str | None = None,
     against_dsn: str | None = None,
+    floor: bool = False,
 ) -> list[Row]:
     """SET with sessiond ``durability: always`` (on SQLite, or the PostgreSQL store at
     ``dsn``) against redis AOF ``always`` and ``everysec``; with ``against``, also
     against the sessiond that interpreter runs (on the PostgreSQL store: at
-    ``against_dsn``)."""
+    ``against_dsn``); with ``floor``, also bench/baseline_server.py ``--aof`` (rows
+    "floor vs redis always": it in sessiond's column)."""
     runs = [("SET c=50", 50, 1, n), ("SET c=1", 1, 1, n // 10)]
     baselines = ["always", "everysec"]
     servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always", dsn=dsn)}
@@ -295,14 +298,30 @@ def run_persistence(
     if against:
         servers["before"] = before(work, against, metrics, "always", against_dsn)
         order = with_before(order, sessiond_first)
+    if floor:
+        (work / "floor").mkdir()
+        sock = work / "floor" / "baseline.sock"
+        aof = work / "floor" / "appendonly.aof"
+        servers["floor"] = (
+            [sys.executable, str(BASELINE), "--socket", str(sock), "--aof", str(aof)],
+            sock,
+        )
+        order.append("floor")
     results = interleaved(servers, work, runs, "set", order)
     names = [*baselines, *(["before"] if against else [])]
-    return [
+    rows = [
         (label, f"redis {name}" if name in baselines else "vs before",
          results["sessiond"][label]["SET"], results[name][label]["SET"])
         for name in names
         for label, _, _, _ in runs
     ]  # fmt: skip
+    if floor:
+        rows += [
+            (label, "floor vs redis always", results["floor"][label]["SET"],
+             results["always"][label]["SET"])
+            for label, _, _, _ in runs
+        ]  # fmt: skip
+    return rows
 
 
 FLOORS = {"floor": [], "floor-lru": ["--lru"]}  # baseline_server.py's row suffix: its flags
@@ -407,8 +426,10 @@ def main() -> int:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="in memory, also run bench/baseline_server.py (asyncio + uvloop + hiredis and a "
-        "dict): rows 'SET floor'/'GET floor' are what a minimal Python server reaches",
+        help="also run bench/baseline_server.py (asyncio + uvloop + hiredis and a dict): in "
+        "memory, rows 'SET floor'/'GET floor' are what a minimal Python server reaches; with "
+        "--persistence, with --aof (its SETs durable before their replies, as Redis' "
+        "appendfsync always): rows 'floor vs redis always'",
     )
     parser.add_argument(
         "--floor-lru",
@@ -463,8 +484,9 @@ def main() -> int:
                         dsn = pg.dsn(pg.create_database())
                         other = pg.dsn(pg.create_database()) if args.against else None
                     rows = run_persistence(
-                        Path(tmp), n, not args.metrics_off, first, dsn, args.against, other
-                    )
+                        Path(tmp), n, not args.metrics_off, first, dsn, args.against, other,
+                        args.floor,
+                    )  # fmt: skip
                 reps.append(rows)
             print_progress(args.reps, rep)
     store = f", store {args.store}" if args.persistence else ""
