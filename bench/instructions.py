@@ -4,6 +4,7 @@
     .venv/bin/python bench/instructions.py              # GET/SET at -P 1 and -P 16
     .venv/bin/python bench/instructions.py --durable    # SET with durability: always, -c 50,
                                                         # and the baseline with an AOF
+    .venv/bin/python bench/instructions.py --durable --clients 1,50
     .venv/bin/python bench/instructions.py --top 20     # and the costliest functions per run
     .venv/bin/python bench/instructions.py --shared     # GET: the shared store's near cache
                                                         # beside SQLite and memory only
@@ -435,6 +436,14 @@ def main() -> int:
         help="SET -c 50 on sessiond with durability: always and the baseline server with --aof",
     )
     parser.add_argument(
+        "--clients",
+        type=lambda text: [int(c) for c in text.split(",")],
+        default=[50],
+        metavar="N[,N]",
+        help="--durable: redis-benchmark -c, one scenario each (default 50; 1 makes every "
+        "SET a commit of its own, so a commit's fixed costs show)",
+    )
+    parser.add_argument(
         "--shared",
         action="store_true",
         help="GET on the PostgreSQL shared store's near cache, SQLite and memory only",
@@ -454,7 +463,7 @@ def main() -> int:
             return 2
     known: tuple[str, ...]
     if args.durable:
-        known, scenarios = DURABLE_SERVERS, [Scenario("set", 50, 1)]
+        known, scenarios = DURABLE_SERVERS, [Scenario("set", c, 1) for c in args.clients]
         requests = args.requests or 20_000
     else:
         known = SHARED_SERVERS if args.shared else SERVERS
