@@ -1916,6 +1916,33 @@ def _remount(disk: Path, options: str) -> None:
     )
 
 
+def _until_writes_taken(r: redis.Redis, acknowledged: dict[str, str]) -> None:
+    """Once the disk has room again, writes are taken again without a
+    restart (refused with MISCONF until the writer's retry succeeds); the
+    one taken is added to ``acknowledged``."""
+
+    def taken() -> bool:
+        try:
+            return bool(r.set("after", "room again"))
+        except redis.ResponseError as exc:
+            assert str(exc).startswith("MISCONF"), exc
+            return False
+
+    assert poll(taken, timeout=20, step=0.1), "writes still refused with room again"
+    acknowledged["after"] = "room again"
+
+
+def _none_lost_after_a_restart(d: Daemon, acknowledged: dict[str, str]) -> None:
+    assert d.stop() == 0
+    d.start()
+    with d.client() as r:
+        keys = list(acknowledged)
+        got = r.mget(keys)
+        lost = [k for k, v in zip(keys, got, strict=True) if v != acknowledged[k].encode()]
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    assert d.stop() == 0
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of 1 MiB."""
@@ -1961,24 +1988,8 @@ def test_a_full_disk_refuses_writes_loses_none_and_recovers_without_a_restart(
         for key in list(acknowledged)[:: max(1, len(acknowledged) // 50)]:
             assert r.get(key) == acknowledged[key].encode()
         _remount(small_disk, "size=64m")
-
-        def taken() -> bool:
-            try:
-                return bool(r.set("after", "room again"))
-            except redis.ResponseError as exc:
-                assert str(exc).startswith("MISCONF"), exc
-                return False
-
-        assert poll(taken, timeout=20, step=0.1), "writes still refused after the disk grew"
-        acknowledged["after"] = "room again"
-    assert d.stop() == 0
-    d.start()
-    with d.client() as r:
-        keys = list(acknowledged)
-        got = r.mget(keys)
-        lost = [k for k, v in zip(keys, got, strict=True) if v != acknowledged[k].encode()]
-        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
-    assert d.stop() == 0
+        _until_writes_taken(r, acknowledged)
+    _none_lost_after_a_restart(d, acknowledged)
 
 
 def test_a_disk_out_of_inodes_refuses_writes_loses_none_and_recovers(
@@ -2013,16 +2024,7 @@ def test_a_disk_out_of_inodes_refuses_writes_loses_none_and_recovers(
         # unknown until the store recovers (docs/persistence.md).
         assert r.ping() and r.mget([f"first{i}" for i in range(1, 5)]) == [None] * 4
         _remount(inode_disk, "nr_inodes=10000")
-
-        def taken() -> bool:
-            try:
-                return bool(r.set("after", "inodes again"))
-            except redis.ResponseError as exc:
-                assert str(exc).startswith("MISCONF"), exc
-                return False
-
-        assert poll(taken, timeout=20, step=0.1), "writes still refused with inodes again"
-        acknowledged["after"] = "inodes again"
+        _until_writes_taken(r, acknowledged)
         acknowledged["first0"] = "v"  # went to disk with the commit that recovered
 
         cap()
@@ -2042,15 +2044,8 @@ def test_a_disk_out_of_inodes_refuses_writes_loses_none_and_recovers(
             time.sleep(0.002)
         assert answers["ok"] > 0, answers
         _remount(inode_disk, "nr_inodes=10000")
-        assert poll(taken, timeout=20, step=0.1), "writes still refused with inodes again"
-    assert d.stop() == 0
-    d.start()
-    with d.client() as r:
-        keys = list(acknowledged)
-        got = r.mget(keys)
-        lost = [k for k, v in zip(keys, got, strict=True) if v != acknowledged[k].encode()]
-        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
-    assert d.stop() == 0
+        _until_writes_taken(r, acknowledged)
+    _none_lost_after_a_restart(d, acknowledged)
 
 
 def test_a_failing_disk_refuses_writes_then_recovers(tmp_path: Path) -> None:
