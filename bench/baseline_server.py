@@ -20,6 +20,13 @@ iteration that has any, the appended requests are written with one ``write``
 and one ``fdatasync``, and only then are the replies of the connections that
 wrote sent: the floor for sessiond's ``durability: always``
 (``resp_bench.py --persistence --floor``).
+
+``--pg DSN`` makes them durable in PostgreSQL instead, as sessiond's shared
+store groups its commits: the SETs since the last commit go in one upsert of
+two arrays (its own transaction, committed with ``synchronous_commit`` as the
+server has it), one commit in flight at a time, and the replies wait for it
+(``resp_bench.py --persistence --store postgresql --floor``). No locks,
+notifications or fence: the floor a Python server reaches with psycopg here.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ Handler = Callable[[list[Any]], bytes]
 DATA: OrderedDict[bytes, bytes] | dict[bytes, bytes] = {}
 LRU: Callable[[bytes], None] | None = None  # --lru: OrderedDict.move_to_end
 CONFIG = {b"save": b"", b"appendonly": b"no"}
-AOF: Aof | None = None  # --aof
+DURABLE: Durable | None = None  # --aof or --pg
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
 
@@ -74,10 +81,8 @@ def set_(args: list[Any]) -> bytes:
     DATA[key] = value
     if LRU is not None:
         LRU(key)
-    if AOF is not None:
-        AOF.log += b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            len(key), key, len(value), value,
-        )  # fmt: skip
+    if DURABLE is not None:
+        DURABLE.note(key, value)
     return OK
 
 
@@ -97,19 +102,47 @@ def config(args: list[Any]) -> bytes:
 COMMANDS: dict[bytes, Handler] = {b"GET": get, b"SET": set_, b"PING": ping, b"CONFIG": config}
 
 
-class Aof:
-    """The append-only file: SETs appended since the last commit, and the
-    replies held until it (in order, per connection)."""
+class Durable:
+    """SETs made durable before their replies: ``writes`` counts them, and
+    the replies of a batch that wrote are held until the commit that holds
+    its SETs (in order, per connection)."""
 
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
-        self.log = bytearray()
+    def __init__(self) -> None:
+        self.writes = 0
         self.held: list[tuple[RespProtocol, bytes]] = []
-        self.scheduled = False
+
+    def note(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
 
     def hold(self, conn: RespProtocol, replies: bytes) -> None:
         self.held.append((conn, replies))
         conn.holding += 1
+
+    def release(self, held: list[tuple[RespProtocol, bytes]]) -> None:
+        for conn, replies in held:
+            conn.holding -= 1
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.write(replies)
+
+
+class Aof(Durable):
+    """--aof: one ``write`` and one ``fdatasync`` at the end of each event-loop
+    iteration that wrote."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        self.log = bytearray()
+        self.scheduled = False
+
+    def note(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
+        self.log += b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(key), key, len(value), value,
+        )  # fmt: skip
+
+    def hold(self, conn: RespProtocol, replies: bytes) -> None:
+        super().hold(conn, replies)
         if not self.scheduled:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self.commit)
@@ -121,17 +154,55 @@ class Aof:
             os.fdatasync(self.fd)
             self.log.clear()
         held, self.held = self.held, []
-        for conn, replies in held:
-            conn.holding -= 1
-            if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.write(replies)
+        self.release(held)
+
+
+PG_TABLE = "CREATE TABLE IF NOT EXISTS floor_sessions (key bytea PRIMARY KEY, value bytea NOT NULL)"
+PG_UPSERT = (
+    "INSERT INTO floor_sessions (key, value) SELECT * FROM unnest(%s::bytea[], %s::bytea[]) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+class PgLog(Durable):
+    """--pg: one upsert of the SETs since the last commit, one commit in
+    flight at a time."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__()
+        self.conn = conn
+        self.pending: dict[bytes, bytes] = {}
+        self.running = False
+
+    def note(self, key: bytes, value: bytes) -> None:
+        self.writes += 1
+        self.pending[key] = value
+
+    def hold(self, conn: RespProtocol, replies: bytes) -> None:
+        super().hold(conn, replies)
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self.commit())
+
+    async def commit(self) -> None:
+        try:
+            while self.held:
+                batch, self.pending = self.pending, {}
+                held, self.held = self.held, []
+                if batch:
+                    await self.conn.execute(
+                        PG_UPSERT, (list(batch), list(batch.values())), binary=True
+                    )
+                self.release(held)
+        finally:
+            self.running = False
 
 
 class RespProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.holding = 0  # batches of replies waiting for the AOF's commit
+        self.holding = 0  # batches of replies waiting for a commit (--aof, --pg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
@@ -139,7 +210,7 @@ class RespProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         out: list[bytes] = []
-        logged = len(AOF.log) if AOF is not None else 0
+        writes = DURABLE.writes if DURABLE is not None else 0
         try:
             reader.feed(data)
             while (request := reader.gets()) is not False:
@@ -160,16 +231,23 @@ class RespProtocol(asyncio.Protocol):
             return
         if not out:
             return
-        if AOF is not None and (self.holding or len(AOF.log) != logged):
-            AOF.hold(self, b"".join(out))  # after the commit, behind any held before
+        if DURABLE is not None and (self.holding or DURABLE.writes != writes):
+            DURABLE.hold(self, b"".join(out))  # after the commit, behind any held before
             return
         assert self.transport is not None
         self.transport.write(b"".join(out))
 
 
-async def serve(path: Path) -> None:
+async def serve(path: Path, pg: str | None) -> None:
     path.unlink(missing_ok=True)
     loop = asyncio.get_running_loop()
+    if pg is not None:
+        import psycopg
+
+        global DURABLE
+        conn = await psycopg.AsyncConnection.connect(pg, autocommit=True)
+        await conn.execute(PG_TABLE)
+        DURABLE = PgLog(conn)
     server = await loop.create_unix_server(RespProtocol, str(path))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,19 +263,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", type=Path, required=True, help="Unix socket to listen on")
     parser.add_argument("--lru", action="store_true", help="keep the keys in exact LRU order")
-    parser.add_argument(
+    durable = parser.add_mutually_exclusive_group()
+    durable.add_argument(
         "--aof", type=Path, metavar="PATH", help="SETs durable in PATH before their reply"
+    )
+    durable.add_argument(
+        "--pg", metavar="DSN", help="SETs durable in this PostgreSQL before their reply"
     )
     args = parser.parse_args()
     if args.aof:
-        global AOF
-        AOF = Aof(args.aof)
+        global DURABLE
+        DURABLE = Aof(args.aof)
     if args.lru:
         global DATA, LRU
         DATA = OrderedDict()
         LRU = DATA.move_to_end
     print(f"baseline server pid {os.getpid()} on {args.socket}", flush=True)
-    uvloop.run(serve(args.socket))
+    uvloop.run(serve(args.socket, args.pg))
 
 
 if __name__ == "__main__":

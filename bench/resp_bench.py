@@ -282,12 +282,14 @@ def run_persistence(
     against: str | None = None,
     against_dsn: str | None = None,
     floor: bool = False,
+    floor_dsn: str | None = None,
 ) -> list[Row]:
     """SET with sessiond ``durability: always`` (on SQLite, or the PostgreSQL store at
     ``dsn``) against redis AOF ``always`` and ``everysec``; with ``against``, also
     against the sessiond that interpreter runs (on the PostgreSQL store: at
     ``against_dsn``); with ``floor``, also bench/baseline_server.py ``--aof`` (rows
-    "floor vs redis always": it in sessiond's column)."""
+    "floor vs redis always": it in sessiond's column), or ``--pg floor_dsn`` if
+    given (sessiond on the PostgreSQL store)."""
     runs = [("SET c=50", 50, 1, n), ("SET c=1", 1, 1, n // 10)]
     baselines = ["always", "everysec"]
     servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always", dsn=dsn)}
@@ -301,11 +303,8 @@ def run_persistence(
     if floor:
         (work / "floor").mkdir()
         sock = work / "floor" / "baseline.sock"
-        aof = work / "floor" / "appendonly.aof"
-        servers["floor"] = (
-            [sys.executable, str(BASELINE), "--socket", str(sock), "--aof", str(aof)],
-            sock,
-        )
+        durable = ["--pg", floor_dsn] if floor_dsn else ["--aof", str(work / "floor" / "aof")]
+        servers["floor"] = ([sys.executable, str(BASELINE), "--socket", str(sock), *durable], sock)
         order.append("floor")
     results = interleaved(servers, work, runs, "set", order)
     names = [*baselines, *(["before"] if against else [])]
@@ -429,7 +428,8 @@ def main() -> int:
         help="also run bench/baseline_server.py (asyncio + uvloop + hiredis and a dict): in "
         "memory, rows 'SET floor'/'GET floor' are what a minimal Python server reaches; with "
         "--persistence, with --aof (its SETs durable before their replies, as Redis' "
-        "appendfsync always): rows 'floor vs redis always'",
+        "appendfsync always; with --store postgresql, --pg on a database of its own): rows "
+        "'floor vs redis always'",
     )
     parser.add_argument(
         "--floor-lru",
@@ -479,13 +479,14 @@ def main() -> int:
                         Path(tmp), n, not args.metrics_off, first, floors, args.against
                     )
                 else:
-                    dsn = other = None
+                    dsn = other = floor_dsn = None
                     if pg is not None:
                         dsn = pg.dsn(pg.create_database())
                         other = pg.dsn(pg.create_database()) if args.against else None
+                        floor_dsn = pg.dsn(pg.create_database()) if args.floor else None
                     rows = run_persistence(
                         Path(tmp), n, not args.metrics_off, first, dsn, args.against, other,
-                        args.floor,
+                        args.floor, floor_dsn,
                     )  # fmt: skip
                 reps.append(rows)
             print_progress(args.reps, rep)
