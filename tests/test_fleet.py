@@ -510,6 +510,27 @@ def test_the_schema_is_created_once_and_a_newer_one_is_refused(
     assert "Traceback" not in late.log_text()
 
 
+def test_a_store_made_before_the_commit_function_gets_it_and_takes_writes(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A store made by a sessiond from before the one-statement group commit
+    (the same tables, no function) is given the function at the next start,
+    by the one host that starts first, and takes writes through it."""
+    config = fleet_config(pg_db.dsn())
+    first = daemon_factory(config)
+    first.stop()
+    with pg_db.admin() as conn:
+        conn.execute("DROP FUNCTION sessiond_commit_v1")
+    hosts = [daemon_factory(config) for _ in range(2)]
+    made = [e for d in hosts for e in d.events() if e.get("event") == "store_function_created"]
+    assert len(made) == 1, made
+    with hosts[0].client() as r:
+        assert r.set("k", "v")
+    with hosts[1].client() as r:
+        assert r.get("k") == b"v"
+    assert table_rows(pg_db)[b"k"][0] == b"v"
+
+
 def test_a_table_not_made_by_sessiond_is_refused(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:

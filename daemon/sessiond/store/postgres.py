@@ -501,6 +501,10 @@ class PostgresStore:
                     f"persistence.dsn: the store's schema is version {version}, newer than "
                     f"this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
                 )
+            found = await (await conn.execute(pgsql.FIND_FUNCTION)).fetchone()
+            if not found or found[0] is None:  # made by a sessiond from before it
+                await conn.execute(pgsql.COMMIT_FUNCTION)
+                log.info("store_function_created", function=pgsql.FUNCTION)
         finally:
             if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
                 await conn.execute(pgsql.SCHEMA_UNLOCK)
@@ -803,34 +807,37 @@ class PostgresStore:
         renewals: dict[bytes, Renewal],
         fence: float,
     ) -> int:
-        """One transaction (one round trip): the locks, the flush if any, the
-        upserts, the deletes, the renewals, the notifications, the fence
-        (:data:`.pgsql.FENCE`). Returns how many notifications it sent."""
+        """One transaction, one statement (:data:`.pgsql.COMMIT_FUNCTION`): the
+        locks, the flush if any, the upserts, the deletes, the renewals, the
+        notifications, the fence. Returns how many notifications it sent."""
         changed = list(batch)
         notices = pgsql.payloads(self.host_id, time.time(), changed, cleared)
-        async with conn.pipeline():
-            await conn.execute("BEGIN")
-            locks = pgsql.lock_ids([*changed, *renewals])
-            if locks:
-                await conn.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, locks))
-            if cleared:
-                await conn.execute(pgsql.DELETE_ALL)
-            await _write_changes(conn, batch)
-            if renewals:
-                keys = list(renewals)
-                await conn.execute(
-                    pgsql.RENEW,
-                    (
-                        keys,
-                        [renewals[k].ttl for k in keys],
-                        [renewals[k].deadline for k in keys],
-                        [renewals[k].accessed_at for k in keys],
-                    ),
-                )
-            if notices:
-                await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
-            await conn.execute(pgsql.FENCE, (fence,))
-            await conn.execute("COMMIT")
+        upserts = [(key, row) for key, row in batch.items() if row is not None]
+        # One array per column, in Row's order: value, context, created_at,
+        # updated_at, accessed_at, ttl, deadline, kind.
+        columns: list[list[Any]] = (
+            [list(column) for column in zip(*(row for _, row in upserts), strict=True)]
+            if upserts
+            else [[] for _ in range(8)]
+        )
+        keys = list(renewals)
+        await conn.execute(
+            pgsql.COMMIT,
+            (
+                pgsql.lock_ids([*changed, *keys]),
+                cleared,
+                [key for key, _ in upserts],
+                [scan_hash(key) for key, _ in upserts],
+                *columns,
+                [key for key, row in batch.items() if row is None],
+                keys,
+                [renewals[k].ttl for k in keys],
+                [renewals[k].deadline for k in keys],
+                [renewals[k].accessed_at for k in keys],
+                notices,
+                fence,
+            ),
+        )
         return len(notices)
 
     # --------------------------------------------------------- decisions
