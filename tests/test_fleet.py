@@ -531,6 +531,27 @@ def test_a_store_made_before_the_commit_function_gets_it_and_takes_writes(
     assert table_rows(pg_db)[b"k"][0] == b"v"
 
 
+def test_a_role_that_may_not_create_the_commit_function_is_told_what_to_do(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The tables exist but the function is missing, and the daemon's role may
+    no longer create in their schema: start-up fails with exit 1 and a
+    message that names the function and the fix, no traceback."""
+    config = fleet_config(pg_db.dsn())
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        conn.execute("DROP FUNCTION sessiond_commit_v1")
+        conn.execute("ALTER SCHEMA public OWNER TO postgres")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    d = daemon_factory(config, start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    error = d.wait_for_event("startup_failed")[0]["error"]
+    assert "cannot create the function sessiond_commit_v1" in error, error
+    assert "permission denied" in error, error
+    assert "Traceback" not in d.log_text()
+
+
 def test_a_table_not_made_by_sessiond_is_refused(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:

@@ -503,7 +503,14 @@ class PostgresStore:
                 )
             found = await (await conn.execute(pgsql.FIND_FUNCTION)).fetchone()
             if not found or found[0] is None:  # made by a sessiond from before it
-                await conn.execute(pgsql.COMMIT_FUNCTION)
+                try:
+                    await conn.execute(pgsql.COMMIT_FUNCTION)
+                except pg_errors.InsufficientPrivilege as exc:
+                    raise StoreError(
+                        f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
+                        f"({_why(exc)}): let this role create in the schema of "
+                        f"{pgsql.TABLE}, or start sessiond once as a role that may"
+                    ) from None
                 log.info("store_function_created", function=pgsql.FUNCTION)
         finally:
             if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
