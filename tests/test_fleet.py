@@ -531,6 +531,44 @@ def test_a_store_made_before_the_commit_function_gets_it_and_takes_writes(
     assert table_rows(pg_db)[b"k"][0] == b"v"
 
 
+def test_a_commit_function_gone_while_running_is_made_again_without_a_restart(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The function dropped under a running host (a restore of the tables
+    alone, say): the commit that finds it gone fails with a clear error,
+    writes are refused meanwhile, and the writer's reconnect makes it again."""
+    d = daemon_factory(fleet_config(pg_db.dsn()))
+    r = d.client()
+    assert r.set("k", "before")
+    with pg_db.admin() as conn:
+        conn.execute("DROP FUNCTION sessiond_commit_v1")
+    with pytest.raises(redis.ResponseError) as refused:
+        r.set("k", "lost")
+    assert "sessiond_commit_v1" in str(refused.value) and "CONTEXT" not in str(refused.value)
+    eventually(lambda: _writes(r), 10, "writes after the function is made again")
+    assert r.set("k", "after")
+    assert table_rows(pg_db)[b"k"][0] == b"after"
+    made = [e for e in d.events() if e.get("event") == "store_function_created"]
+    assert len(made) == 2, made  # at the start, and again
+    r.close()
+
+
+def test_a_store_reset_by_dropping_its_tables_starts_again(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """Dropping the tables and leaving the function (a reset by hand): the
+    next start makes the tables and keeps the function it finds."""
+    config = fleet_config(pg_db.dsn())
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        conn.execute("DROP TABLE sessiond_sessions, sessiond_schema")
+    d = daemon_factory(config)
+    with d.client() as r:
+        assert r.set("k", "v") and r.get("k") == b"v"
+    assert [e for e in d.events() if e.get("event") == "store_schema_created"]
+    assert not [e for e in d.events() if e.get("event") == "store_function_created"]
+
+
 def test_a_role_that_may_not_create_the_commit_function_is_told_what_to_do(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:

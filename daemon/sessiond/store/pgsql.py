@@ -49,14 +49,15 @@ COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadli
 # prepare, bind and read back instead of seven (BEGIN and COMMIT included)
 # (README, "The PostgreSQL floor"). Called outside a transaction (the
 # writer's connection is in autocommit), the call is the transaction.
-# The function is named by its own version and only added (FIND_FUNCTION), so
-# it leaves the tables' schema version alone: hosts of the version before,
-# which do not call it, go on working beside it in a rolling upgrade, and a
-# later version adds a function of another name instead of replacing this one
-# under hosts that still call it. A renewal only moves a deadline later, and
-# only while the row still slides by the TTL this host renewed: a row another
-# host deleted stays deleted, and one it gave another TTL (EXPIRE, PERSIST, a
-# new SET ... EX) keeps it.
+# The function is named by its own version and only added where it is missing
+# (FIND_FUNCTION: at start, and at the writer's reconnect after a failed
+# commit, so that a table-only restore heals), so it leaves the tables' schema
+# version alone: hosts of the version before, which do not call it, go on
+# working beside it in a rolling upgrade, and a later version adds a function
+# of another name instead of replacing this one under hosts that still call it.
+# A renewal only moves a deadline later, and only while the row still slides by
+# the TTL this host renewed: a row another host deleted stays deleted, and one
+# it gave another TTL (EXPIRE, PERSIST, a new SET ... EX) keeps it.
 FUNCTION = "sessiond_commit_v1"
 FIND_FUNCTION = f"SELECT to_regproc('{FUNCTION}')::text"
 COMMIT_FUNCTION = f"""CREATE FUNCTION {FUNCTION}(
@@ -118,7 +119,6 @@ CREATE = (
     f"CREATE INDEX {TABLE}_deadline ON {TABLE} (deadline) WHERE deadline IS NOT NULL",
     f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)",
     f"INSERT INTO {VERSION_TABLE} VALUES ({SCHEMA_VERSION})",
-    COMMIT_FUNCTION,
 )
 
 # What exists: (the schema table, the sessions table), as regclass or NULL.

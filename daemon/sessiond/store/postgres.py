@@ -90,8 +90,12 @@ _CONNECTION_ERRORS = (
 
 
 def _why(exc: BaseException) -> str:
-    """An error as one line for a log or a reply (libpq's are several)."""
-    text = str(exc).strip() or type(exc).__name__
+    """An error as one line for a log or a reply (libpq's are several). A
+    server's error gives its primary message alone: the rest of its text is
+    the CONTEXT of the statement that failed, which inside the commit's
+    function (pgsql.COMMIT_FUNCTION) is a line of PL/pgSQL and its signature."""
+    primary = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
+    text = (primary or str(exc)).strip() or type(exc).__name__
     return " ".join(text.split())
 
 
@@ -493,25 +497,22 @@ class PostgresStore:
                     for statement in pgsql.CREATE:
                         await conn.execute(statement)
                 log.info("store_schema_created", version=pgsql.SCHEMA_VERSION)
-                return
-            row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
-            version = row[0] if row else None
-            if version is None or version > pgsql.SCHEMA_VERSION:
-                raise StoreError(
-                    f"persistence.dsn: the store's schema is version {version}, newer than "
-                    f"this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
-                )
-            found = await (await conn.execute(pgsql.FIND_FUNCTION)).fetchone()
-            if not found or found[0] is None:  # made by a sessiond from before it
-                try:
-                    await conn.execute(pgsql.COMMIT_FUNCTION)
-                except pg_errors.InsufficientPrivilege as exc:
+            else:
+                row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
+                version = row[0] if row else None
+                if version is None or version > pgsql.SCHEMA_VERSION:
                     raise StoreError(
-                        f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
-                        f"({_why(exc)}): let this role create in the schema of "
-                        f"{pgsql.TABLE}, or start sessiond once as a role that may"
-                    ) from None
-                log.info("store_function_created", function=pgsql.FUNCTION)
+                        f"persistence.dsn: the store's schema is version {version}, newer "
+                        f"than this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
+                    )
+            try:
+                await _ensure_function(conn)
+            except pg_errors.InsufficientPrivilege as exc:
+                raise StoreError(
+                    f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
+                    f"({_why(exc)}): let this role create in the schema of "
+                    f"{pgsql.TABLE}, or start sessiond once as a role that may"
+                ) from None
         finally:
             if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
                 await conn.execute(pgsql.SCHEMA_UNLOCK)
@@ -768,6 +769,10 @@ class PostgresStore:
             self._writer_conn = conn
             self.server = f"{conn.info.host}:{conn.info.port}"
             await self._measure_clock(conn)
+            # A commit fails for good without its function: one dropped while
+            # running, or a restore of the tables alone, is made again here,
+            # at the reconnect that follows the failed commit.
+            await self._bounded(conn, _ensure_function(conn), "schema")
             self.shared_stats.reconnect("writer")
             log.info("store_reconnected", connection="writer", server=self.server)
         return conn
@@ -1228,6 +1233,20 @@ async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
 
 
 # ------------------------------------------------------------ the statements
+
+
+async def _ensure_function(conn: Conn) -> None:
+    """Create the group commit's function (pgsql.COMMIT_FUNCTION) where it is
+    missing: a new store, one made by a sessiond from before it, or one whose
+    function went away. Another host making it at the same moment is fine."""
+    found = await (await conn.execute(pgsql.FIND_FUNCTION)).fetchone()
+    if found and found[0] is not None:
+        return
+    try:
+        await conn.execute(pgsql.COMMIT_FUNCTION)
+    except (pg_errors.DuplicateFunction, pg_errors.UniqueViolation):
+        return
+    log.info("store_function_created", function=pgsql.FUNCTION)
 
 
 async def _write_changes(conn: Conn, changes: Mapping[bytes, Kept]) -> None:
