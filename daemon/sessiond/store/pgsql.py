@@ -41,66 +41,6 @@ _FULL = 2**32
 
 COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline, kind"
 
-# A group commit is one call of this function: its statements in their order
-# (the key locks, the flush, the upserts as UPSERT, the deletes as DELETE, the
-# renewals, the notifications, the fence as FENCE below), each on a snapshot of
-# its own taken after the locks, as in a transaction of separate statements
-# (READ COMMITTED), but one statement for the client to send and psycopg to
-# prepare, bind and read back instead of seven (BEGIN and COMMIT included)
-# (README, "The PostgreSQL floor"). Called outside a transaction (the
-# writer's connection is in autocommit), the call is the transaction.
-# The function is named by its own version and only added where it is missing
-# (FIND_FUNCTION: at start, and at the writer's reconnect after a failed
-# commit, so that a table-only restore heals), so it leaves the tables' schema
-# version alone: hosts of the version before, which do not call it, go on
-# working beside it in a rolling upgrade, and a later version adds a function
-# of another name instead of replacing this one under hosts that still call it.
-# A renewal only moves a deadline later, and only while the row still slides by
-# the TTL this host renewed: a row another host deleted stays deleted, and one
-# it gave another TTL (EXPIRE, PERSIST, a new SET ... EX) keeps it.
-FUNCTION = "sessiond_commit_v1"
-FIND_FUNCTION = f"SELECT to_regproc('{FUNCTION}')::text"
-COMMIT_FUNCTION = f"""CREATE FUNCTION {FUNCTION}(
-    p_locks int4[], p_cleared boolean,
-    p_keys bytea[], p_hashes int8[], p_values bytea[], p_contexts text[],
-    p_created float8[], p_updated float8[], p_accessed float8[], p_ttls float8[],
-    p_deadlines float8[], p_kinds int2[],
-    p_deletes bytea[],
-    p_renew_keys bytea[], p_renew_ttls float8[], p_renew_deadlines float8[],
-    p_renew_accessed float8[],
-    p_notices text[], p_fence float8
-) RETURNS void LANGUAGE plpgsql AS $fn$
-BEGIN
-    PERFORM pg_advisory_xact_lock({LOCK_CLASS}, h) FROM unnest(p_locks) AS h;
-    IF p_cleared THEN
-        DELETE FROM {TABLE};
-    END IF;
-    INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
-    SELECT * FROM unnest(p_keys, p_hashes, p_values, p_contexts, p_created, p_updated,
-                         p_accessed, p_ttls, p_deadlines, p_kinds)
-    ON CONFLICT (key) DO UPDATE SET
-        value = excluded.value, context = excluded.context,
-        created_at = excluded.created_at, updated_at = excluded.updated_at,
-        accessed_at = excluded.accessed_at, ttl = excluded.ttl,
-        deadline = excluded.deadline, kind = excluded.kind, version = s.version + 1;
-    DELETE FROM {TABLE} WHERE key = ANY(p_deletes);
-    UPDATE {TABLE} AS s
-    SET deadline = greatest(s.deadline, r.deadline),
-        accessed_at = greatest(s.accessed_at, r.accessed)
-    FROM unnest(p_renew_keys, p_renew_ttls, p_renew_deadlines, p_renew_accessed)
-        AS r(key, ttl, deadline, accessed)
-    WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL;
-    PERFORM pg_notify('{CHANNEL}', n) FROM unnest(p_notices) AS n;
-    PERFORM 1 / (clock_timestamp() <= to_timestamp(p_fence))::int;
-END
-$fn$"""
-COMMIT = (
-    f"SELECT {FUNCTION}(%b::int4[], %b::boolean, %b::bytea[], %b::int8[], %b::bytea[], "
-    "%b::text[], %b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::float8[], "
-    "%b::int2[], %b::bytea[], %b::bytea[], %b::float8[], %b::float8[], %b::float8[], "
-    "%b::text[], %b::float8)"
-)
-
 CREATE = (
     f"""CREATE TABLE {TABLE} (
     key bytea PRIMARY KEY,
@@ -132,26 +72,94 @@ SCHEMA_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_CLASS}, 0)"
 # (3.8 against 0.7 us per row of a renewal's four arrays, psycopg 3.3 here, a timing;
 # counted, a near-cache GET that renews went from 105k to 44k instructions with it:
 # bench/instructions.py --shared).
-LOCK_KEYS = "SELECT pg_advisory_xact_lock(%s, h) FROM unnest(%b::int4[]) AS h"
-SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%b::bytea[])"
-SELECT_LOCKED = SELECT_ROWS + " FOR UPDATE"
-UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
-SELECT * FROM unnest(%b::bytea[], %b::int8[], %b::bytea[], %b::text[], %b::float8[],
-                     %b::float8[], %b::float8[], %b::float8[], %b::float8[], %b::int2[])
+# Each write statement is written once, with its arguments as ``{}``: the
+# decisions send it with psycopg's parameters, and the group commit's function
+# (COMMIT_FUNCTION below) runs it on the function's own arguments.
+_LOCK_KEYS = "pg_advisory_xact_lock({}, h) FROM unnest({}) AS h"
+_UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
+SELECT * FROM unnest({{}})
 ON CONFLICT (key) DO UPDATE SET
     value = excluded.value, context = excluded.context, created_at = excluded.created_at,
     updated_at = excluded.updated_at, accessed_at = excluded.accessed_at,
     ttl = excluded.ttl, deadline = excluded.deadline, kind = excluded.kind,
     version = s.version + 1"""
-DELETE = f"DELETE FROM {TABLE} WHERE key = ANY(%b::bytea[])"
-NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%b::text[]) AS p"
+_DELETE = f"DELETE FROM {TABLE} WHERE key = ANY({{}})"
+_NOTIFY = "pg_notify({}, n) FROM unnest({}) AS n"
 # Last before COMMIT: fails (division by zero) once the database's clock is
 # past the given unix time, so that a commit that reaches the server after its
 # client was told it failed (a link that went silent, then healed) rolls back
 # instead of landing over what other hosts wrote meanwhile. clock_timestamp()
 # is volatile: evaluated when the statement runs, never folded into the plan.
-FENCE = "SELECT 1 / (clock_timestamp() <= to_timestamp(%s))::int"
+_FENCE = "1 / (clock_timestamp() <= to_timestamp({}))::int"
+# The upsert's arrays after key and scan_hash, one per column in Row's order.
+_ROW_ARRAYS = "%b::bytea[], %b::text[], %b::float8[], %b::float8[], %b::float8[], " + (
+    "%b::float8[], %b::float8[], %b::int2[]"
+)
+
+LOCK_KEYS = "SELECT " + _LOCK_KEYS.format("%s", "%b::int4[]")
+SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%b::bytea[])"
+SELECT_LOCKED = SELECT_ROWS + " FOR UPDATE"
+UPSERT = _UPSERT.format(f"%b::bytea[], %b::int8[], {_ROW_ARRAYS}")
+DELETE = _DELETE.format("%b::bytea[]")
+NOTIFY = "SELECT " + _NOTIFY.format("%s", "%b::text[]")
+FENCE = "SELECT " + _FENCE.format("%s")
 DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+# A group commit is one call of this function: its statements in their order
+# (the key locks, the flush, the upserts, the deletes, the renewals, the
+# notifications, the fence: the statements above), each on a snapshot of
+# its own taken after the locks, as in a transaction of separate statements
+# (READ COMMITTED), but one statement for the client to send and psycopg to
+# prepare, bind and read back instead of seven (BEGIN and COMMIT included)
+# (README, "The PostgreSQL floor"). Called outside a transaction (the
+# writer's connection is in autocommit), the call is the transaction.
+# The function is named by its own version and only added where it is missing
+# (FIND_FUNCTION: at start, and at the writer's reconnect after a failed
+# commit, so that a table-only restore heals), so it leaves the tables' schema
+# version alone: hosts of the version before, which do not call it, go on
+# working beside it in a rolling upgrade, and a later version adds a function
+# of another name instead of replacing this one under hosts that still call it.
+# A renewal only moves a deadline later, and only while the row still slides by
+# the TTL this host renewed: a row another host deleted stays deleted, and one
+# it gave another TTL (EXPIRE, PERSIST, a new SET ... EX) keeps it.
+FUNCTION = "sessiond_commit_v1"
+_UPSERT_PARAMS = (
+    "p_keys, p_hashes, p_values, p_contexts, p_created, p_updated, p_accessed, p_ttls, "
+    "p_deadlines, p_kinds"
+)
+FIND_FUNCTION = f"SELECT to_regproc('{FUNCTION}')::text"
+COMMIT_FUNCTION = f"""CREATE FUNCTION {FUNCTION}(
+    p_locks int4[], p_cleared boolean,
+    p_keys bytea[], p_hashes int8[], p_values bytea[], p_contexts text[],
+    p_created float8[], p_updated float8[], p_accessed float8[], p_ttls float8[],
+    p_deadlines float8[], p_kinds int2[],
+    p_deletes bytea[],
+    p_renew_keys bytea[], p_renew_ttls float8[], p_renew_deadlines float8[],
+    p_renew_accessed float8[],
+    p_notices text[], p_fence float8
+) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM {_LOCK_KEYS.format(LOCK_CLASS, "p_locks")};
+    IF p_cleared THEN
+        DELETE FROM {TABLE};
+    END IF;
+    {_UPSERT.format(_UPSERT_PARAMS)};
+    {_DELETE.format("p_deletes")};
+    UPDATE {TABLE} AS s
+    SET deadline = greatest(s.deadline, r.deadline),
+        accessed_at = greatest(s.accessed_at, r.accessed)
+    FROM unnest(p_renew_keys, p_renew_ttls, p_renew_deadlines, p_renew_accessed)
+        AS r(key, ttl, deadline, accessed)
+    WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL;
+    PERFORM {_NOTIFY.format(f"'{CHANNEL}'", "p_notices")};
+    PERFORM {_FENCE.format("p_fence")};
+END
+$fn$"""
+COMMIT = (
+    f"SELECT {FUNCTION}(%b::int4[], %b::boolean, %b::bytea[], %b::int8[], {_ROW_ARRAYS}, "
+    "%b::bytea[], %b::bytea[], %b::float8[], %b::float8[], %b::float8[], %b::text[], "
+    "%b::float8)"
+)
 
 # Rows past their deadline (minus a grace the caller gives), a chunk at a time:
 # rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of

@@ -432,7 +432,7 @@ class PostgresStore:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
         try:
-            await self._bounded(conn, self._schema(conn), "schema")
+            await self._bounded(conn, _schema_locked(conn, self._schema), "schema")
         except psycopg.Error as exc:
             await conn.close()
             raise StoreError(f"persistence.dsn: cannot use the database: {_why(exc)}") from None
@@ -481,41 +481,37 @@ class PostgresStore:
         return conn
 
     async def _schema(self, conn: Conn) -> None:
-        """Create the tables if there are none; refuse what is not ours or
-        newer. Hosts starting together take turns (an advisory lock)."""
-        await conn.execute(pgsql.SCHEMA_LOCK)
-        try:
-            found = await (await conn.execute(pgsql.FIND_TABLES)).fetchone()
-            schema_table, sessions_table = found if found else (None, None)
-            if schema_table is None:
-                if sessions_table is not None:
-                    raise StoreError(
-                        f"persistence.dsn: table {pgsql.TABLE} exists but was not made by "
-                        f"sessiond (no {pgsql.VERSION_TABLE} table); refusing to use it"
-                    )
-                async with conn.transaction():
-                    for statement in pgsql.CREATE:
-                        await conn.execute(statement)
-                log.info("store_schema_created", version=pgsql.SCHEMA_VERSION)
-            else:
-                row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
-                version = row[0] if row else None
-                if version is None or version > pgsql.SCHEMA_VERSION:
-                    raise StoreError(
-                        f"persistence.dsn: the store's schema is version {version}, newer "
-                        f"than this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
-                    )
-            try:
-                await _ensure_function(conn)
-            except pg_errors.InsufficientPrivilege as exc:
+        """Create the tables and the commit's function where missing; refuse
+        what is not ours or newer. Run holding the schema lock
+        (:func:`_schema_locked`): hosts starting together take turns."""
+        found = await (await conn.execute(pgsql.FIND_TABLES)).fetchone()
+        schema_table, sessions_table = found if found else (None, None)
+        if schema_table is None:
+            if sessions_table is not None:
                 raise StoreError(
-                    f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
-                    f"({_why(exc)}): let this role create in the schema of "
-                    f"{pgsql.TABLE}, or start sessiond once as a role that may"
-                ) from None
-        finally:
-            if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
-                await conn.execute(pgsql.SCHEMA_UNLOCK)
+                    f"persistence.dsn: table {pgsql.TABLE} exists but was not made by "
+                    f"sessiond (no {pgsql.VERSION_TABLE} table); refusing to use it"
+                )
+            async with conn.transaction():
+                for statement in pgsql.CREATE:
+                    await conn.execute(statement)
+            log.info("store_schema_created", version=pgsql.SCHEMA_VERSION)
+        else:
+            row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
+            version = row[0] if row else None
+            if version is None or version > pgsql.SCHEMA_VERSION:
+                raise StoreError(
+                    f"persistence.dsn: the store's schema is version {version}, newer "
+                    f"than this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
+                )
+        try:
+            await _ensure_function(conn)
+        except pg_errors.InsufficientPrivilege as exc:
+            raise StoreError(
+                f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
+                f"({_why(exc)}): let this role create in the schema of "
+                f"{pgsql.TABLE}, or start sessiond once as a role that may"
+            ) from None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Nothing to start: :meth:`open` did (it has to wait, this may not)."""
@@ -772,7 +768,7 @@ class PostgresStore:
             # A commit fails for good without its function: one dropped while
             # running, or a restore of the tables alone, is made again here,
             # at the reconnect that follows the failed commit.
-            await self._bounded(conn, _ensure_function(conn), "schema")
+            await self._bounded(conn, _schema_locked(conn, _ensure_function), "schema")
             self.shared_stats.reconnect("writer")
             log.info("store_reconnected", connection="writer", server=self.server)
         return conn
@@ -824,24 +820,15 @@ class PostgresStore:
         notifications, the fence. Returns how many notifications it sent."""
         changed = list(batch)
         notices = pgsql.payloads(self.host_id, time.time(), changed, cleared)
-        upserts = [(key, row) for key, row in batch.items() if row is not None]
-        # One array per column, in Row's order: value, context, created_at,
-        # updated_at, accessed_at, ttl, deadline, kind.
-        columns: list[list[Any]] = (
-            [list(column) for column in zip(*(row for _, row in upserts), strict=True)]
-            if upserts
-            else [[] for _ in range(8)]
-        )
+        upserts, deletes = _change_arrays(batch)
         keys = list(renewals)
         await conn.execute(
             pgsql.COMMIT,
             (
                 pgsql.lock_ids([*changed, *keys]),
                 cleared,
-                [key for key, _ in upserts],
-                [scan_hash(key) for key, _ in upserts],
-                *columns,
-                [key for key, row in batch.items() if row is None],
+                *upserts,
+                deletes,
                 keys,
                 [renewals[k].ttl for k in keys],
                 [renewals[k].deadline for k in keys],
@@ -1235,32 +1222,51 @@ async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
 # ------------------------------------------------------------ the statements
 
 
+async def _schema_locked(conn: Conn, work: Callable[[Conn], Awaitable[None]]) -> None:
+    """``work`` on ``conn`` holding the schema lock (a session-level advisory
+    lock): hosts that create or change the schema take turns."""
+    await conn.execute(pgsql.SCHEMA_LOCK)
+    try:
+        await work(conn)
+    finally:
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+            await conn.execute(pgsql.SCHEMA_UNLOCK)
+
+
 async def _ensure_function(conn: Conn) -> None:
     """Create the group commit's function (pgsql.COMMIT_FUNCTION) where it is
     missing: a new store, one made by a sessiond from before it, or one whose
-    function went away. Another host making it at the same moment is fine."""
+    function went away. Under the schema lock (:func:`_schema_locked`)."""
     found = await (await conn.execute(pgsql.FIND_FUNCTION)).fetchone()
     if found and found[0] is not None:
         return
-    try:
-        await conn.execute(pgsql.COMMIT_FUNCTION)
-    except (pg_errors.DuplicateFunction, pg_errors.UniqueViolation):
-        return
+    await conn.execute(pgsql.COMMIT_FUNCTION)
     log.info("store_function_created", function=pgsql.FUNCTION)
+
+
+# The upsert's arrays after key and scan_hash: one per column, in Row's order.
+_ROW_COLUMNS = len(pgsql.COLUMNS.split(", ")) - 1
+
+
+def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list[bytes]]:
+    """``changes`` as the upsert's arrays (keys, scan hashes, then one per
+    column in Row's order: pgsql.UPSERT's and the commit function's) and the
+    keys deleted."""
+    upserts = [(key, row) for key, row in changes.items() if row is not None]
+    deletes = [key for key, row in changes.items() if row is None]
+    columns = [list(column) for column in zip(*(row for _, row in upserts), strict=True)]
+    return [
+        [key for key, _ in upserts],
+        [scan_hash(key) for key, _ in upserts],
+        *(columns or [[] for _ in range(_ROW_COLUMNS)]),
+    ], deletes
 
 
 async def _write_changes(conn: Conn, changes: Mapping[bytes, Kept]) -> None:
     """The upserts and deletes of ``changes`` (in a transaction holding their locks)."""
-    upserts = [(key, row) for key, row in changes.items() if row is not None]
-    deletes = [key for key, row in changes.items() if row is None]
-    if upserts:
-        # One array per column, in Row's order: value, context, created_at,
-        # updated_at, accessed_at, ttl, deadline, kind (pgsql.UPSERT's after key, scan_hash).
-        columns = [list(column) for column in zip(*(row for _, row in upserts), strict=True)]
-        await conn.execute(
-            pgsql.UPSERT,
-            ([key for key, _ in upserts], [scan_hash(key) for key, _ in upserts], *columns),
-        )
+    upserts, deletes = _change_arrays(changes)
+    if upserts[0]:
+        await conn.execute(pgsql.UPSERT, upserts)
     if deletes:
         await conn.execute(pgsql.DELETE, (deletes,))
 
