@@ -136,7 +136,7 @@ class Aof(Durable):
         self.scheduled = False
 
     def note(self, key: bytes, value: bytes) -> None:
-        self.writes += 1
+        super().note(key, value)
         self.log += b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             len(key), key, len(value), value,
         )  # fmt: skip
@@ -175,7 +175,7 @@ class PgLog(Durable):
         self.running = False
 
     def note(self, key: bytes, value: bytes) -> None:
-        self.writes += 1
+        super().note(key, value)
         self.pending[key] = value
 
     def hold(self, conn: RespProtocol, replies: bytes) -> None:
