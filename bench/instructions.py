@@ -66,8 +66,9 @@ goes"). A simulated miss is as deterministic as an instruction, so a change in
 memory traffic too small to see in requests/s shows here. It runs about twice
 as slowly; the instruction counts are the same.
 
-``--durable``: SET on sessiond with ``durability: always`` and on the baseline
-server with ``--aof`` (each SET appended to a file, one ``write`` and one
+``--durable``: SET on sessiond with ``durability: always`` (``--servers
+sessiond-shared``: on the PostgreSQL store, its own processes not counted) and
+on the baseline server with ``--aof`` (each SET appended to a file, one ``write`` and one
 ``fdatasync`` per event-loop iteration before the replies: Redis' ``appendfsync
 always``, the floor for a durable SET in Python). After the load sessiond's
 writer still commits and folds what it was given, so collection stays on until
@@ -381,7 +382,8 @@ def print_top(result: Result, n: int) -> None:
 
 SERVERS = ("sessiond", "sessiond-nometrics", "baseline")
 SHARED_SERVERS = ("sessiond", "sessiond-sqlite", "sessiond-shared")
-DURABLE_SERVERS = ("sessiond-durable", "baseline-aof")
+# sessiond-shared (the PostgreSQL store) only when named in --servers.
+DURABLE_SERVERS = ("sessiond-durable", "baseline-aof", "sessiond-shared")
 SCENARIOS = [Scenario(t, 50, p) for p in (1, 16) for t in ("get", "set")]
 SHARED_SCENARIOS = [Scenario("get", 50, p) for p in (1, 16)]
 
@@ -464,12 +466,14 @@ def main() -> int:
     known: tuple[str, ...]
     if args.durable:
         known, scenarios = DURABLE_SERVERS, [Scenario("set", c, 1) for c in args.clients]
+        default = [name for name in known if name != "sessiond-shared"]
         requests = args.requests or 20_000
     else:
         known = SHARED_SERVERS if args.shared else SERVERS
         scenarios = SHARED_SCENARIOS if args.shared else SCENARIOS
         requests = args.requests or 40_000
-    servers = args.servers.split(",") if args.servers else list(known)
+        default = list(known)
+    servers = args.servers.split(",") if args.servers else default
     unknown = set(servers) - set(known)
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
@@ -479,7 +483,7 @@ def main() -> int:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sessiond-instr-"))
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        pg = stack.enter_context(postgresql()) if args.shared else None
+        pg = stack.enter_context(postgresql()) if "sessiond-shared" in servers else None
         for name in servers:
             dsn = pg.dsn(pg.create_database()) if pg is not None else None
             server = start(name, work, dsn, args.cache_sim)
