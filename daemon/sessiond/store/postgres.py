@@ -10,8 +10,9 @@ helper thread's own loop and connection, never on the event loop's. Its parts:
   makes is recorded in the overlay's *pending* map (as on SQLite); one writer
   takes the whole map and commits it in one transaction on a connection of its
   own (advisory locks on its keys, one ``unnest`` upsert, one delete, the
-  sliding-TTL renewals, the notifications of what changed, COMMIT: one round
-  trip in pipeline mode). Replies waiting in :meth:`after_commit` are released
+  sliding-TTL renewals, the notifications of what changed: one call of
+  :data:`.pgsql.COMMIT_FUNCTION`, its arrays typed by :mod:`.pgarrays`, on a
+  cursor kept for it). Replies waiting in :meth:`after_commit` are released
   when it returns. One commit at a time, so two changes to a key commit in
   the order memory made them;
 * **decisions** (:meth:`decide`, :meth:`finish`): a command whose outcome
@@ -70,6 +71,7 @@ from .api import (
     scan_hash,
 )
 from .overlay import Overlay
+from .pgarrays import ADAPTERS, Bytea, Float8, Int2, Int4, Int8, Text
 
 log = structlog.get_logger("sessiond.store")
 
@@ -365,6 +367,10 @@ class PostgresStore:
         self._loop_thread = 0
         self._pool = _Pool(lambda: self._connect("pool"), pool_size, self.shared_stats)
         self._writer_conn: Conn | None = None
+        # The group commit's cursor on the writer's connection: psycopg keeps
+        # a cursor's adapters (dumpers found, their instances) while it runs
+        # the same statement, a new cursor finds them again each time.
+        self._commit_cursor: psycopg.AsyncCursor[tuple[Any, ...]] | None = None
         self._wake = asyncio.Event()
         self._committed_seq = 0
         self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
@@ -477,7 +483,9 @@ class PostgresStore:
 
     async def _connect(self, role: str) -> Conn:
         params = connection_params(self.dsn, self.password, self.timeout, role)
-        conn = await psycopg.AsyncConnection.connect(make_conninfo(**params), autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(
+            make_conninfo(**params), autocommit=True, context=ADAPTERS
+        )
         return conn
 
     async def _schema(self, conn: Conn) -> None:
@@ -822,18 +830,21 @@ class PostgresStore:
         notices = pgsql.payloads(self.host_id, time.time(), changed, cleared)
         upserts, deletes = _change_arrays(batch)
         keys = list(renewals)
-        await conn.execute(
+        cursor = self._commit_cursor
+        if cursor is None or cursor.connection is not conn:
+            cursor = self._commit_cursor = conn.cursor()
+        await cursor.execute(
             pgsql.COMMIT,
             (
-                pgsql.lock_ids([*changed, *keys]),
+                Int4(pgsql.lock_ids([*changed, *keys])),
                 cleared,
                 *upserts,
                 deletes,
-                keys,
-                [renewals[k].ttl for k in keys],
-                [renewals[k].deadline for k in keys],
-                [renewals[k].accessed_at for k in keys],
-                notices,
+                Bytea(keys),
+                Float8(renewals[k].ttl for k in keys),
+                Float8(renewals[k].deadline for k in keys),
+                Float8(renewals[k].accessed_at for k in keys),
+                Text(notices),
                 fence,
             ),
         )
@@ -1052,7 +1063,7 @@ class PostgresStore:
             deleted = [bytes(key) for (key,) in await cur.fetchall()]
             notices = pgsql.payloads(self.host_id, time.time(), deleted, False)
             if notices:
-                await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+                await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, Text(notices)))
         return deleted
 
     # ------------------------------------------------------ notifications
@@ -1244,8 +1255,9 @@ async def _ensure_function(conn: Conn) -> None:
     log.info("store_function_created", function=pgsql.FUNCTION)
 
 
-# The upsert's arrays after key and scan_hash: one per column, in Row's order.
-_ROW_COLUMNS = len(pgsql.COLUMNS.split(", ")) - 1
+# The upsert's arrays after key and scan_hash: one per column, in Row's order
+# (pgsql._ROW_ARRAYS).
+_ROW_ARRAYS = (Bytea, Text, Float8, Float8, Float8, Float8, Float8, Int2)
 
 
 def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list[bytes]]:
@@ -1253,12 +1265,12 @@ def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list
     column in Row's order: pgsql.UPSERT's and the commit function's) and the
     keys deleted."""
     upserts = [(key, row) for key, row in changes.items() if row is not None]
-    deletes = [key for key, row in changes.items() if row is None]
-    columns = [list(column) for column in zip(*(row for _, row in upserts), strict=True)]
+    deletes = Bytea(key for key, row in changes.items() if row is None)
+    columns = zip(*(row for _, row in upserts), strict=True) if upserts else [()] * len(_ROW_ARRAYS)
     return [
-        [key for key, _ in upserts],
-        [scan_hash(key) for key, _ in upserts],
-        *(columns or [[] for _ in range(_ROW_COLUMNS)]),
+        Bytea(key for key, _ in upserts),
+        Int8(scan_hash(key) for key, _ in upserts),
+        *(array(column) for array, column in zip(_ROW_ARRAYS, columns, strict=True)),
     ], deletes
 
 
@@ -1276,8 +1288,8 @@ async def _open_decision(
 ) -> tuple[dict[bytes, Row | None], dict[bytes, int]]:
     async with conn.pipeline():
         await conn.execute("BEGIN")
-        await conn.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, pgsql.lock_ids(keys)))
-        cur = await conn.execute(pgsql.SELECT_LOCKED, (keys,))
+        await conn.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, Int4(pgsql.lock_ids(keys))))
+        cur = await conn.execute(pgsql.SELECT_LOCKED, (Bytea(keys),))
     rows: dict[bytes, Row | None] = dict.fromkeys(keys)
     versions: dict[bytes, int] = {}
     for fields in await cur.fetchall():
@@ -1301,7 +1313,7 @@ async def _commit_decision(
         if changes:
             await _write_changes(conn, changes)
         if notices:
-            await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, notices))
+            await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, Text(notices)))
         await conn.execute("SELECT pg_notify(%s, %s)", barrier)
         if changes:
             await conn.execute(pgsql.FENCE, (fence,))
@@ -1313,7 +1325,7 @@ async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
 
 
 async def _select(conn: Conn, keys: list[bytes]) -> dict[bytes, Row | None]:
-    cur = await conn.execute(pgsql.SELECT_ROWS, (keys,))
+    cur = await conn.execute(pgsql.SELECT_ROWS, (Bytea(keys),))
     found: dict[bytes, Row | None] = dict.fromkeys(keys)
     for fields in await cur.fetchall():
         found[bytes(fields[0])] = _row(fields[1:9])
@@ -1325,7 +1337,7 @@ async def _count(conn: Conn, queued: list[bytes]) -> tuple[int, int]:
         total, expiring = await (await conn.execute(pgsql.COUNT)).fetchone() or (0, 0)
         if queued:
             named, named_expiring = await (
-                await conn.execute(pgsql.COUNT_KEYS, (queued,))
+                await conn.execute(pgsql.COUNT_KEYS, (Bytea(queued),))
             ).fetchone() or (0, 0)
             total -= named
             expiring -= named_expiring
