@@ -24,6 +24,7 @@ import pytest
 import redis
 from conftest import Daemon, deep_merge, wait_until
 from pg import PgCluster, PgDatabase
+from sessiond.store.pgsql import FUNCTION
 
 pytestmark = pytest.mark.fleet
 
@@ -520,7 +521,7 @@ def test_a_store_made_before_the_commit_function_gets_it_and_takes_writes(
     first = daemon_factory(config)
     first.stop()
     with pg_db.admin() as conn:
-        conn.execute("DROP FUNCTION sessiond_commit_v1")
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
     hosts = [daemon_factory(config) for _ in range(2)]
     made = [e for d in hosts for e in d.events() if e.get("event") == "store_function_created"]
     assert len(made) == 1, made
@@ -541,10 +542,10 @@ def test_a_commit_function_gone_while_running_is_made_again_without_a_restart(
     r = d.client()
     assert r.set("k", "before")
     with pg_db.admin() as conn:
-        conn.execute("DROP FUNCTION sessiond_commit_v1")
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
     with pytest.raises(redis.ResponseError) as refused:
         r.set("k", "lost")
-    assert "sessiond_commit_v1" in str(refused.value) and "CONTEXT" not in str(refused.value)
+    assert FUNCTION in str(refused.value) and "CONTEXT" not in str(refused.value)
     eventually(lambda: _writes(r), 10, "writes after the function is made again")
     assert r.set("k", "after")
     assert table_rows(pg_db)[b"k"][0] == b"after"
@@ -578,14 +579,14 @@ def test_a_role_that_may_not_create_the_commit_function_is_told_what_to_do(
     config = fleet_config(pg_db.dsn())
     daemon_factory(config).stop()
     with pg_db.admin() as conn:
-        conn.execute("DROP FUNCTION sessiond_commit_v1")
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
         conn.execute("ALTER SCHEMA public OWNER TO postgres")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     d = daemon_factory(config, start=False)
     d.start(wait=False)
     assert d.proc is not None and d.proc.wait(30) == 1
     error = d.wait_for_event("startup_failed")[0]["error"]
-    assert "cannot create the function sessiond_commit_v1" in error, error
+    assert f"cannot create the function {FUNCTION}" in error, error
     assert "permission denied" in error, error
     assert "Traceback" not in d.log_text()
 

@@ -122,7 +122,13 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # A renewal only moves a deadline later, and only while the row still slides by
 # the TTL this host renewed: a row another host deleted stays deleted, and one
 # it gave another TTL (EXPIRE, PERSIST, a new SET ... EX) keeps it.
-FUNCTION = "sessiond_commit_v1"
+# A statement whose arrays are empty (no deletes, no renewals: most commits)
+# is skipped, not run on nothing: run, the delete and the renewals' update
+# cost about 100 us of the server's CPU per commit between them (a loop of
+# calls inside the server, 166 against 64 us a call; the server's planning,
+# by the look of it), as much as the rest of the function.
+# Version 1 ran every statement every time.
+FUNCTION = "sessiond_commit_v2"
 _UPSERT_PARAMS = (
     "p_keys, p_hashes, p_values, p_contexts, p_created, p_updated, p_accessed, p_ttls, "
     "p_deadlines, p_kinds"
@@ -143,15 +149,23 @@ BEGIN
     IF p_cleared THEN
         DELETE FROM {TABLE};
     END IF;
-    {_UPSERT.format(_UPSERT_PARAMS)};
-    {_DELETE.format("p_deletes")};
-    UPDATE {TABLE} AS s
-    SET deadline = greatest(s.deadline, r.deadline),
-        accessed_at = greatest(s.accessed_at, r.accessed)
-    FROM unnest(p_renew_keys, p_renew_ttls, p_renew_deadlines, p_renew_accessed)
-        AS r(key, ttl, deadline, accessed)
-    WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL;
-    PERFORM {_NOTIFY.format(f"'{CHANNEL}'", "p_notices")};
+    IF cardinality(p_keys) > 0 THEN
+        {_UPSERT.format(_UPSERT_PARAMS)};
+    END IF;
+    IF cardinality(p_deletes) > 0 THEN
+        {_DELETE.format("p_deletes")};
+    END IF;
+    IF cardinality(p_renew_keys) > 0 THEN
+        UPDATE {TABLE} AS s
+        SET deadline = greatest(s.deadline, r.deadline),
+            accessed_at = greatest(s.accessed_at, r.accessed)
+        FROM unnest(p_renew_keys, p_renew_ttls, p_renew_deadlines, p_renew_accessed)
+            AS r(key, ttl, deadline, accessed)
+        WHERE s.key = r.key AND s.ttl = r.ttl AND s.deadline IS NOT NULL;
+    END IF;
+    IF cardinality(p_notices) > 0 THEN
+        PERFORM {_NOTIFY.format(f"'{CHANNEL}'", "p_notices")};
+    END IF;
     PERFORM {_FENCE.format("p_fence")};
 END
 $fn$"""
