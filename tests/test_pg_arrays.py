@@ -1,6 +1,7 @@
 """The shared store's array dumper (sessiond.store.pgarrays) against a real
 PostgreSQL: every list of each element type, NULLs and empty lists included,
-arrives as the array psycopg's own (generic) dumper sends for it."""
+arrives as the array psycopg's own (generic) dumper sends for it, and text
+arrives as written in a database of another encoding too."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg import PgDatabase
+from pg import PgCluster, PgDatabase
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from sessiond.store import pgarrays
+from sessiond.store.postgres import connection_params
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"))
 _FLOAT = st.floats(allow_nan=False)
@@ -54,3 +58,52 @@ def test_arrays_arrive_as_psycopg_sends_them(
             assert got is not None and got[1] == len(items)
 
         check()
+
+
+def test_text_arrives_as_written_whatever_the_encodings(pg_cluster: PgCluster) -> None:
+    """The dumper sends text as UTF-8, so the store's connections speak UTF-8
+    even to a LATIN1 database and when the DSN asks for LATIN1: a non-ASCII
+    context is stored as the client wrote it, not as its UTF-8 bytes read as
+    LATIN1 ('\u00e9' arriving as '\u00c3\u00a9')."""
+    name = "latin1_" + pg_cluster.create_database().removeprefix("t_")
+    with pg_cluster.admin() as admin:
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} OWNER {} ENCODING 'LATIN1' TEMPLATE template0 "
+                "LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name), sql.Identifier(pg_cluster.app_role))
+        )
+    try:
+        for dsn in (pg_cluster.dsn(name), pg_cluster.dsn(name, client_encoding="LATIN1")):
+            params = connection_params(dsn, None, 5.0, "test")
+            with psycopg.connect(make_conninfo(**params), context=pgarrays.ADAPTERS) as conn:
+                got = conn.execute(
+                    "SELECT (%b::text[])[1], octet_length(convert_to((%b::text[])[1], 'LATIN1'))",
+                    (pgarrays.Text(["caf\u00e9"]), pgarrays.Text(["caf\u00e9"])),
+                ).fetchone()
+            assert got == ("caf\u00e9", 4), (dsn, got)
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.mark.parametrize(
+    ("array", "items"),
+    [
+        (pgarrays.Int2, [2**15]),
+        (pgarrays.Float8, ["1.0"]),
+        (pgarrays.Bytea, [1]),
+        (pgarrays.Text, ["\udc80"]),
+    ],
+    ids=["int2 out of range", "float8 of a str", "bytea of an int", "text with a lone surrogate"],
+)
+def test_what_cannot_be_sent_fails_as_psycopg_fails(
+    pg_db: PgDatabase, array: type[list[Any]], items: list[Any]
+) -> None:
+    """A value the dumper cannot send raises psycopg.DataError, as psycopg's own
+    dumpers do, which the store turns into a refused write (not an exception
+    that would end its writer)."""
+    with (
+        psycopg.connect(pg_db.dsn(), context=pgarrays.ADAPTERS) as conn,
+        pytest.raises(psycopg.DataError),
+    ):
+        conn.execute("SELECT %b", (array(items),))

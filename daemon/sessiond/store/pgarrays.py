@@ -49,11 +49,15 @@ class _ArrayDumper(Dumper):
     def dump(self, obj: list[Any]) -> bytes:
         if not obj:
             return _EMPTY(0, 0, self.element_oid)
-        if None in obj:
-            one = self.one
-            body = b"".join([_NULL if item is None else one(item) for item in obj])
-            return _HEAD(1, 1, self.element_oid, len(obj), 1) + body
-        return _HEAD(1, 0, self.element_oid, len(obj), 1) + b"".join(self.many(obj))
+        try:
+            if None in obj:
+                one = self.one
+                body = b"".join([_NULL if item is None else one(item) for item in obj])
+                return _HEAD(1, 1, self.element_oid, len(obj), 1) + body
+            return _HEAD(1, 0, self.element_oid, len(obj), 1) + b"".join(self.many(obj))
+        except (struct.error, TypeError, UnicodeError) as exc:
+            # As psycopg's own dumpers fail: the store handles psycopg.Error.
+            raise psycopg.DataError(f"cannot send {type(self).__name__}: {exc}") from None
 
 
 def _array(

@@ -115,12 +115,15 @@ def connection_params(dsn: str, password: str | None, timeout: float, role: str)
     unless the DSN says otherwise, what failures need: a read-write server
     among several hosts (failover), TCP keepalives, and server-side bounds on
     statements, lock waits and transactions left open (a host that hangs
-    mid-decision must not hold its locks forever)."""
+    mid-decision must not hold its locks forever). Always UTF-8 on the wire,
+    whatever the DSN or the database says: :mod:`.pgarrays` sends text as
+    UTF-8, and the server converts it to the database's encoding."""
     params: dict[str, Any] = conninfo_to_dict(dsn)
     if password is not None:
         params["password"] = password
     base = params.get("application_name") or "sessiond"
     params["application_name"] = f"{base}:{role}"
+    params["client_encoding"] = "UTF8"
     params.setdefault("connect_timeout", str(max(2, math.ceil(timeout))))
     hosts = str(params.get("host", "")) + str(params.get("hostaddr", ""))
     if "," in hosts:
