@@ -5,6 +5,7 @@
     .venv/bin/python bench/instructions.py --durable    # SET with durability: always, -c 50,
                                                         # and the baseline with an AOF
     .venv/bin/python bench/instructions.py --durable --clients 1,50
+    .venv/bin/python bench/instructions.py --durable --decide --servers sessiond-shared
     .venv/bin/python bench/instructions.py --top 20     # and the costliest functions per run
     .venv/bin/python bench/instructions.py --shared     # GET: the shared store's near cache
                                                         # beside SQLite and memory only
@@ -75,7 +76,10 @@ writer still commits and folds what it was given, so collection stays on until
 the process has used no CPU for 3 s (longer than the 1 s fold period). The fold
 runs every second of wall time: under valgrind a fold holds ~50x fewer sessions
 than at native speed, and a small fold costs more per session, so the fold's
-share is larger here than in production.
+share is larger here than in production. ``--durable --decide`` runs INCR
+instead of SET: on the PostgreSQL store every INCR of a key no other command
+is waiting for is a decision, a database transaction of its own (on SQLite
+and the baseline server it is a plain write).
 """
 
 from __future__ import annotations
@@ -446,6 +450,12 @@ def main() -> int:
         "SET a commit of its own, so a commit's fixed costs show)",
     )
     parser.add_argument(
+        "--decide",
+        action="store_true",
+        help="--durable: INCR of random keys instead of SET (on sessiond-shared, a "
+        'decision each: docs/shared-store.md, "What a decision costs")',
+    )
+    parser.add_argument(
         "--shared",
         action="store_true",
         help="GET on the PostgreSQL shared store's near cache, SQLite and memory only",
@@ -465,8 +475,13 @@ def main() -> int:
             return 2
     known: tuple[str, ...]
     if args.durable:
-        known, scenarios = DURABLE_SERVERS, [Scenario("set", c, 1) for c in args.clients]
-        default = [name for name in known if name != "sessiond-shared"]
+        test = "incr" if args.decide else "set"
+        known, scenarios = DURABLE_SERVERS, [Scenario(test, c, 1) for c in args.clients]
+        default = (
+            ["sessiond-shared"]
+            if args.decide
+            else [name for name in known if name != "sessiond-shared"]
+        )
         requests = args.requests or 20_000
     else:
         known = SHARED_SERVERS if args.shared else SERVERS
@@ -477,6 +492,8 @@ def main() -> int:
     unknown = set(servers) - set(known)
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if args.decide and (not args.durable or "baseline-aof" in servers):
+        parser.error("--decide goes with --durable, on sessiond only (the baseline has no INCR)")
     results: list[Result] = []
     idle: dict[str, Idle] = {}
     with contextlib.ExitStack() as stack:
