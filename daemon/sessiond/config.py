@@ -594,7 +594,8 @@ SCHEMA: dict[str, Section] = {
                 _dsn,
                 "libpq string | null",
                 "postgresql: libpq connection string, one host or several (failover); "
-                "shown without its password",
+                "shown without its password; the connections always use client_encoding "
+                "UTF8",
                 restart=True,
             ),
             "password_file": Key(
