@@ -108,3 +108,13 @@ Float8 = _fixed("float8", "d")
 Int2 = _fixed("int2", "h")
 Int4 = _fixed("int4", "i")
 Int8 = _fixed("int8", "q")
+
+# The classes by PostgreSQL element type (pgsql.ROW_TYPES names them so).
+BY_TYPE: dict[str, type[list[Any]]] = {
+    "bytea": Bytea,
+    "text": Text,
+    "float8": Float8,
+    "int2": Int2,
+    "int4": Int4,
+    "int8": Int8,
+}

@@ -91,10 +91,11 @@ _NOTIFY = "pg_notify({}, n) FROM unnest({}) AS n"
 # instead of landing over what other hosts wrote meanwhile. clock_timestamp()
 # is volatile: evaluated when the statement runs, never folded into the plan.
 _FENCE = "1 / (clock_timestamp() <= to_timestamp({}))::int"
-# The upsert's arrays after key and scan_hash, one per column in Row's order.
-_ROW_ARRAYS = "%b::bytea[], %b::text[], %b::float8[], %b::float8[], %b::float8[], " + (
-    "%b::float8[], %b::float8[], %b::int2[]"
-)
+# The upsert's columns after key and scan_hash, in Row's order, by type: the
+# statements' array placeholders and the commit function's parameters are
+# made from it, and postgres.py picks the arrays' list classes by it.
+ROW_TYPES = ("bytea", "text", "float8", "float8", "float8", "float8", "float8", "int2")
+_ROW_ARRAYS = ", ".join(f"%b::{kind}[]" for kind in ROW_TYPES)
 
 LOCK_KEYS = "SELECT " + _LOCK_KEYS.format("%s", "%b::int4[]")
 SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%b::bytea[])"
@@ -129,20 +130,33 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # generic plans took back three quarters of it), as much as the rest.
 # Version 1 ran every statement every time.
 FUNCTION = "sessiond_commit_v2"
+# The function's parameters, written once: its signature and the call's
+# placeholders (COMMIT) are both made from them.
 _UPSERT_PARAMS = (
-    "p_keys, p_hashes, p_values, p_contexts, p_created, p_updated, p_accessed, p_ttls, "
-    "p_deadlines, p_kinds"
+    ("p_keys", "bytea[]"),
+    ("p_hashes", "int8[]"),
+    *zip(
+        ("p_values", "p_contexts", "p_created", "p_updated", "p_accessed", "p_ttls",
+         "p_deadlines", "p_kinds"),
+        (f"{kind}[]" for kind in ROW_TYPES),
+        strict=True,
+    ),
+)  # fmt: skip
+_COMMIT_PARAMS = (
+    ("p_locks", "int4[]"),
+    ("p_cleared", "boolean"),
+    *_UPSERT_PARAMS,
+    ("p_deletes", "bytea[]"),
+    ("p_renew_keys", "bytea[]"),
+    ("p_renew_ttls", "float8[]"),
+    ("p_renew_deadlines", "float8[]"),
+    ("p_renew_accessed", "float8[]"),
+    ("p_notices", "text[]"),
+    ("p_fence", "float8"),
 )
 FIND_FUNCTION = f"SELECT to_regproc('{FUNCTION}')::text"
 COMMIT_FUNCTION = f"""CREATE FUNCTION {FUNCTION}(
-    p_locks int4[], p_cleared boolean,
-    p_keys bytea[], p_hashes int8[], p_values bytea[], p_contexts text[],
-    p_created float8[], p_updated float8[], p_accessed float8[], p_ttls float8[],
-    p_deadlines float8[], p_kinds int2[],
-    p_deletes bytea[],
-    p_renew_keys bytea[], p_renew_ttls float8[], p_renew_deadlines float8[],
-    p_renew_accessed float8[],
-    p_notices text[], p_fence float8
+    {", ".join(f"{name} {kind}" for name, kind in _COMMIT_PARAMS)}
 ) RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM {_LOCK_KEYS.format(LOCK_CLASS, "p_locks")};
@@ -150,7 +164,7 @@ BEGIN
         DELETE FROM {TABLE};
     END IF;
     IF cardinality(p_keys) > 0 THEN
-        {_UPSERT.format(_UPSERT_PARAMS)};
+        {_UPSERT.format(", ".join(name for name, _ in _UPSERT_PARAMS))};
     END IF;
     IF cardinality(p_deletes) > 0 THEN
         {_DELETE.format("p_deletes")};
@@ -169,11 +183,7 @@ BEGIN
     PERFORM {_FENCE.format("p_fence")};
 END
 $fn$"""
-COMMIT = (
-    f"SELECT {FUNCTION}(%b::int4[], %b::boolean, %b::bytea[], %b::int8[], {_ROW_ARRAYS}, "
-    "%b::bytea[], %b::bytea[], %b::float8[], %b::float8[], %b::float8[], %b::text[], "
-    "%b::float8)"
-)
+COMMIT = f"SELECT {FUNCTION}({', '.join(f'%b::{kind}' for _, kind in _COMMIT_PARAMS)})"
 
 # Rows past their deadline (minus a grace the caller gives), a chunk at a time:
 # rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of

@@ -71,7 +71,7 @@ from .api import (
     scan_hash,
 )
 from .overlay import Overlay
-from .pgarrays import ADAPTERS, Bytea, Float8, Int2, Int4, Int8, Text
+from .pgarrays import ADAPTERS, BY_TYPE, Bytea, Float8, Int4, Int8, Text
 
 log = structlog.get_logger("sessiond.store")
 
@@ -1258,9 +1258,8 @@ async def _ensure_function(conn: Conn) -> None:
     log.info("store_function_created", function=pgsql.FUNCTION)
 
 
-# The upsert's arrays after key and scan_hash: one per column, in Row's order
-# (pgsql._ROW_ARRAYS).
-_ROW_ARRAYS = (Bytea, Text, Float8, Float8, Float8, Float8, Float8, Int2)
+# The upsert's arrays after key and scan_hash: one per column, in Row's order.
+_ROW_ARRAYS = tuple(BY_TYPE[kind] for kind in pgsql.ROW_TYPES)
 
 
 def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list[bytes]]:
