@@ -554,6 +554,28 @@ def test_a_commit_function_gone_while_running_is_made_again_without_a_restart(
     r.close()
 
 
+def test_a_host_of_a_new_version_adds_its_function_beside_the_old_one(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A rolling upgrade: the database holds the commit function of the version
+    before (here a stand-in of that name, sessiond_commit_v1) and not this
+    version's. A host of this version makes its own, commits through it, and
+    leaves the old one in place for the hosts that still call it."""
+    config = fleet_config(pg_db.dsn())
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
+        conn.execute("CREATE FUNCTION sessiond_commit_v1() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    d = daemon_factory(config)
+    assert [e for e in d.events() if e.get("event") == "store_function_created"]
+    with d.client() as r:
+        assert r.set("k", "v")
+    assert table_rows(pg_db)[b"k"][0] == b"v"
+    with pg_db.admin() as conn:
+        assert conn.execute("SELECT sessiond_commit_v1()").fetchone() == (1,)
+        assert conn.execute(f"SELECT to_regproc('{FUNCTION}')").fetchone() != (None,)
+
+
 def test_a_store_reset_by_dropping_its_tables_starts_again(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:
