@@ -7,6 +7,9 @@
                                                # the same, sessiond on the shared store: a
                                                # PostgreSQL of its own (tests/pg.py) over TCP
                                                # loopback, fsync and synchronous_commit on
+    python bench/resp_bench.py --persistence --decide
+                                               # INCR of random keys instead of SET: on the
+                                               # shared store each is decided by the database
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
     python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py;
@@ -283,14 +286,15 @@ def run_persistence(
     against_dsn: str | None = None,
     floor: bool = False,
     floor_dsn: str | None = None,
+    test: str = "SET",
 ) -> list[Row]:
-    """SET with sessiond ``durability: always`` (on SQLite, or the PostgreSQL store at
-    ``dsn``) against redis AOF ``always`` and ``everysec``; with ``against``, also
-    against the sessiond that interpreter runs (on the PostgreSQL store: at
-    ``against_dsn``); with ``floor``, also bench/baseline_server.py ``--aof`` (rows
-    "floor vs redis always": it in sessiond's column), or ``--pg floor_dsn`` if
-    given (sessiond on the PostgreSQL store)."""
-    runs = [("SET c=50", 50, 1, n), ("SET c=1", 1, 1, n // 10)]
+    """``test`` (SET, or INCR of random keys) with sessiond ``durability: always`` (on
+    SQLite, or the PostgreSQL store at ``dsn``) against redis AOF ``always`` and
+    ``everysec``; with ``against``, also against the sessiond that interpreter runs (on
+    the PostgreSQL store: at ``against_dsn``); with ``floor``, also
+    bench/baseline_server.py ``--aof`` (rows "floor vs redis always": it in sessiond's
+    column), or ``--pg floor_dsn`` if given (sessiond on the PostgreSQL store)."""
+    runs = [(f"{test} c=50", 50, 1, n), (f"{test} c=1", 1, 1, n // 10)]
     baselines = ["always", "everysec"]
     servers = {"sessiond": sessiond(work, metrics=metrics, persistence="always", dsn=dsn)}
     for fsync in baselines:
@@ -306,18 +310,18 @@ def run_persistence(
         durable = ["--pg", floor_dsn] if floor_dsn else ["--aof", str(work / "floor" / "aof")]
         servers["floor"] = ([sys.executable, str(BASELINE), "--socket", str(sock), *durable], sock)
         order.append("floor")
-    results = interleaved(servers, work, runs, "set", order)
+    results = interleaved(servers, work, runs, test.lower(), order)
     names = [*baselines, *(["before"] if against else [])]
     rows = [
         (label, f"redis {name}" if name in baselines else "vs before",
-         results["sessiond"][label]["SET"], results[name][label]["SET"])
+         results["sessiond"][label][test], results[name][label][test])
         for name in names
         for label, _, _, _ in runs
     ]  # fmt: skip
     if floor:
         rows += [
-            (label, "floor vs redis always", results["floor"][label]["SET"],
-             results["always"][label]["SET"])
+            (label, "floor vs redis always", results["floor"][label][test],
+             results["always"][label][test])
             for label, _, _, _ in runs
         ]  # fmt: skip
     return rows
@@ -421,6 +425,12 @@ def main() -> int:
         help="sessiond's store with --persistence; postgresql starts a cluster of its own "
         "(tests/pg.py, Debian's postgresql) and gives each repetition a fresh database",
     )
+    parser.add_argument(
+        "--decide",
+        action="store_true",
+        help="with --persistence, INCR of random keys (redis-benchmark's counter:__rand_int__) "
+        "instead of SET: on the shared store, a command the database decides",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument(
         "--floor",
@@ -462,6 +472,8 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} not found: apt-get install redis-server redis-tools", file=sys.stderr)
             return 2
+    if args.decide and (not args.persistence or args.floor):
+        parser.error("--decide goes with --persistence, without --floor (the floor has no INCR)")
     n = 20_000 if args.quick else args.requests
     reps: list[list[Row]] = []
     with ExitStack() as stack:
@@ -486,7 +498,7 @@ def main() -> int:
                         floor_dsn = pg.dsn(pg.create_database()) if args.floor else None
                     rows = run_persistence(
                         Path(tmp), n, not args.metrics_off, first, dsn, args.against, other,
-                        args.floor, floor_dsn,
+                        args.floor, floor_dsn, "INCR" if args.decide else "SET",
                     )  # fmt: skip
                 reps.append(rows)
             print_progress(args.reps, rep)
