@@ -347,8 +347,14 @@ def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "sessiond_store_decisions",
-        "Transactions opened for commands decided by the database (SET NX, INCR, ...).",
+        "Commands decided by the database (SET NX, INCR, ...), each in a transaction "
+        "holding its keys.",
         value=shared.decisions,
+    )
+    yield CounterMetricFamily(
+        "sessiond_store_decision_transactions",
+        "Transactions the decisions ran in: those asked for while a connection was busy share one.",
+        value=shared.decision_transactions,
     )
     yield CounterMetricFamily(
         "sessiond_store_decision_errors",

@@ -152,6 +152,7 @@ class SharedStats:
 
     __slots__ = (
         "decision_errors",
+        "decision_transactions",
         "decisions",
         "expired",
         "invalidation_lag",
@@ -179,6 +180,7 @@ class SharedStats:
         self.listening = 0
         self.memory_flushes = 0
         self.decisions = 0
+        self.decision_transactions = 0
         self.decision_errors = 0
         self.renewals = 0
         self.expired = 0

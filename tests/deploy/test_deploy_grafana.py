@@ -80,6 +80,7 @@ SHARED_STORE_METRICS: dict[str, str] = {
     "sessiond_store_notifications_received_total": "counter",
     "sessiond_store_invalidation_lag_seconds": "histogram",
     "sessiond_store_decisions_total": "counter",
+    "sessiond_store_decision_transactions_total": "counter",
     "sessiond_store_decision_errors_total": "counter",
     "sessiond_store_renewals_total": "counter",
     "sessiond_store_expired_rows_total": "counter",

@@ -18,7 +18,9 @@ helper thread's own loop and connection, never on the event loop's. Its parts:
 * **decisions** (:meth:`decide`, :meth:`finish`): a command whose outcome
   depends on a key's current value runs inside a transaction that holds its
   keys' advisory locks and row locks, opened with their rows as the database
-  has them (:mod:`.pgsql` says why both locks);
+  has them (:mod:`.pgsql` says why both locks). The decisions asked for
+  until a pooled connection is free to open them share one transaction
+  (:class:`_Batch`), committed when the last of them is finished;
 * **notifications** (:meth:`_listen_forever`): a connection of its own
   LISTENs for other hosts' changes and tells the keyspace
   (:class:`~.api.Coherence`). It sends itself a heartbeat every
@@ -83,6 +85,7 @@ _RETRY_AFTER_FAILURE = 1.0
 _CHECK_INTERVAL = 1.0
 _PENDING_BOUND = 100_000  # changes pending before writers are held back (lagging)
 _EXPIRE_CHUNK = 500  # rows a sweep deletes per transaction
+_BATCH_LIMIT = 64  # decisions one transaction opens at most (_open_batch)
 _WAIT_LOG_EVERY = 5.0  # seconds between start-up's "still waiting" lines
 _CONNECTION_ERRORS = (
     psycopg.OperationalError,
@@ -146,35 +149,63 @@ def connection_params(dsn: str, password: str | None, timeout: float, role: str)
     return params
 
 
+def _ignore(error: StoreError | None) -> None:
+    """What a decision nobody waits for is done with."""
+
+
 def _row(fields: tuple[Any, ...]) -> Row:
     """A :class:`Row` from ``value, context, ..., kind`` as the table has them."""
     value, context, created, updated, accessed, ttl, deadline, kind = fields
     return Row(bytes(value), context, created, updated, accessed, ttl, deadline, int(kind))
 
 
-class PgDecision:
-    """An open decision (:class:`~.api.Decision`): its connection, inside a
-    transaction holding ``keys``."""
+class _Batch:
+    """One transaction, on one pooled connection, holding the keys of the
+    decisions asked for while it waited for the connection (disjoint: the
+    keyspace holds a key for one decision at a time). It commits once the last
+    of them is finished, their changes together."""
 
-    __slots__ = ("changes", "conn", "error", "keys", "rows", "started", "versions")
+    __slots__ = ("conn", "decisions", "unfinished")
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.decisions: list[PgDecision] = []
+        self.unfinished = 0
+
+
+class PgDecision:
+    """An open decision (:class:`~.api.Decision`): its keys, inside the
+    transaction of its batch; ``done`` once it is finished."""
+
+    __slots__ = ("batch", "changes", "done", "error", "keys", "rows", "versions")
 
     def __init__(
         self,
-        conn: Conn,
+        batch: _Batch,
         keys: frozenset[bytes],
         rows: dict[bytes, Row | None],
         versions: dict[bytes, int],
     ) -> None:
-        self.conn = conn
+        self.batch = batch
         self.keys = keys
         self.rows = rows
         self.versions = versions
         self.changes: dict[bytes, Change] = {}
         self.error: StoreError | None = None
-        self.started = perf_counter()
+        self.done: Callable[[StoreError | None], None] | None = None
 
     def record(self, key: bytes, change: Kept) -> None:
         self.changes[key] = as_row(change)
+
+
+class _Ask:
+    """A decision asked for, waiting for a batch to open it."""
+
+    __slots__ = ("future", "keys")
+
+    def __init__(self, keys: frozenset[bytes], future: asyncio.Future[PgDecision]) -> None:
+        self.keys = keys
+        self.future = future
 
 
 class _Waiter:
@@ -379,6 +410,10 @@ class PostgresStore:
         self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
         self._waiters: list[_Waiter] = []
         self._open: set[Decision] = set()  # decided, not yet committed
+        # Decisions asked for and not yet taken by a batch, and whether a task
+        # that will take them (_open_batch) is waiting for a connection.
+        self._asked: list[_Ask] = []
+        self._opening = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeping = False
         self._stopping = False
@@ -861,47 +896,145 @@ class PostgresStore:
         if found or self.overlay.pending_cleared or self.overlay.inflight_cleared:
             await self._flush()  # read your writes: this host's own go first
         self._hook("decide")
-        ordered = sorted(wanted)
-        for attempt in (0, 1):
-            started = perf_counter()
-            try:
-                conn, fresh = await asyncio.wait_for(self._pool.acquire(), self.timeout + 1)
-            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
-                raise StoreError(f"store decision failed: {_why(exc)}") from None
-            try:
-                rows, versions = await self._bounded(conn, _open_decision(conn, ordered), "decide")
-            except StoreError:
-                self._pool.discard(conn)
+        future: asyncio.Future[PgDecision] = asyncio.get_running_loop().create_future()
+        self._asked.append(_Ask(wanted, future))
+        if not self._opening:
+            self._opening = True
+            self._spawn(self._open_batch())
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # Opened for a caller that left meanwhile: it decides nothing.
+                self.finish(future.result(), _ignore)
+            raise
+
+    def _take_asks(self) -> tuple[list[_Ask], set[bytes]]:
+        """The decisions asked for so far, for the batch about to open, and
+        their keys. One that names a key another of them does waits for a
+        later batch (in one transaction it would not see the other's
+        change), as do those past :data:`_BATCH_LIMIT`."""
+        taken: list[_Ask] = []
+        later: list[_Ask] = []
+        keys: set[bytes] = set()
+        for ask in self._asked:
+            if ask.future.done():
+                continue
+            if len(taken) < _BATCH_LIMIT and keys.isdisjoint(ask.keys):
+                taken.append(ask)
+                keys.update(ask.keys)
+            else:
+                later.append(ask)
+        self._asked = later
+        if later:
+            self._spawn(self._open_batch())
+        else:
+            self._opening = False
+        return taken, keys
+
+    async def _open_batch(self) -> None:
+        """Open one transaction for the decisions asked for until a pooled
+        connection is free: a busy host puts the decisions of a round trip's
+        time in one, as the group commit does with plain writes (it costs
+        about what one decision alone does). Their keys are locked in one
+        statement, in the order every transaction takes them, so batches of
+        several hosts cannot deadlock; a key another host holds delays the
+        whole batch until that host commits."""
+        asks: list[_Ask] | None = None
+        keys: set[bytes] = set()
+        try:
+            for attempt in (0, 1):
+                started = perf_counter()
+                try:
+                    conn, fresh = await asyncio.wait_for(self._pool.acquire(), self.timeout + 1)
+                except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                    raise StoreError(f"store decision failed: {_why(exc)}") from None
+                if asks is None:
+                    asks, keys = self._take_asks()
+                if not asks:
+                    self._pool.release(conn)
+                    return
+                try:
+                    rows, versions = await self._bounded(
+                        conn, _open_decision(conn, sorted(keys)), "decide"
+                    )
+                except StoreError:
+                    self._pool.discard(conn)
+                    raise
+                except _CONNECTION_ERRORS as exc:
+                    # Nothing was decided yet: a connection that idled through a
+                    # server restart is worth one more try on a new one.
+                    self._pool.discard(conn)
+                    if attempt == 0 and not fresh:
+                        continue
+                    raise StoreError(f"store decision failed: {_why(exc)}") from None
+                except psycopg.Error as exc:
+                    self._pool.discard(conn)
+                    raise StoreError(f"store decision failed: {_why(exc)}") from None
+                except BaseException:
+                    self._pool.discard(conn)
+                    raise
+                self.shared_stats.round_trip("decide", perf_counter() - started)
+                self._opened(_Batch(conn), asks, rows, versions)
+                return
+        except BaseException as exc:
+            if asks is None:
+                asks, _ = self._take_asks()
+            error = exc if isinstance(exc, StoreError) else StoreError("store decision failed")
+            for ask in asks:
+                if not ask.future.done():
+                    ask.future.set_exception(error)
+            if not isinstance(exc, Exception):
                 raise
-            except _CONNECTION_ERRORS as exc:
-                # Nothing was decided yet: a connection that idled through a
-                # server restart is worth one more try on a new one.
-                self._pool.discard(conn)
-                if attempt == 0 and not fresh:
-                    continue
-                raise StoreError(f"store decision failed: {_why(exc)}") from None
-            except psycopg.Error as exc:
-                self._pool.discard(conn)
-                raise StoreError(f"store decision failed: {_why(exc)}") from None
-            except BaseException:
-                self._pool.discard(conn)
-                raise
-            self.shared_stats.decisions += 1
-            self.shared_stats.round_trip("decide", perf_counter() - started)
-            decision = PgDecision(conn, wanted, rows, versions)
+
+    def _opened(
+        self,
+        batch: _Batch,
+        asks: list[_Ask],
+        rows: dict[bytes, Row | None],
+        versions: dict[bytes, int],
+    ) -> None:
+        """Hand each decision of ``batch`` to its caller."""
+        stats = self.shared_stats
+        stats.decisions += len(asks)
+        stats.decision_transactions += 1
+        for ask in asks:
+            keys = ask.keys
+            decision = PgDecision(
+                batch,
+                keys,
+                {key: rows[key] for key in keys},
+                {key: versions[key] for key in keys if key in versions},
+            )
+            batch.decisions.append(decision)
             self._open.add(decision)
-            return decision
-        raise AssertionError("unreachable")
+            if ask.future.done():  # its caller left while the batch opened
+                decision.done = _ignore
+            else:
+                batch.unfinished += 1
+                ask.future.set_result(decision)
+        if not batch.unfinished:
+            self._spawn(self._finish(batch))
 
     def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
         assert isinstance(decision, PgDecision)  # only this store opens them
-        self._spawn(self._finish(decision, done))
+        if decision.done is not None:
+            return
+        decision.done = done
+        batch = decision.batch
+        batch.unfinished -= 1
+        if not batch.unfinished:
+            self._spawn(self._finish(batch))
 
-    async def _finish(
-        self, decision: PgDecision, done: Callable[[StoreError | None], None]
-    ) -> None:
-        conn = decision.conn
-        changes = decision.changes
+    async def _finish(self, batch: _Batch) -> None:
+        """Commit ``batch``: its decisions' changes, their notifications, the
+        barrier they wait to hear back, the fence; then call each one's
+        ``done``."""
+        conn = batch.conn
+        decisions = batch.decisions
+        changes: dict[bytes, Change] = {}
+        for decision in decisions:
+            changes.update(decision.changes)
         started = perf_counter()
         notices: list[str] = []
         barrier = self._barrier()
@@ -920,10 +1053,17 @@ class PostgresStore:
                 if isinstance(exc, StoreError)
                 else StoreError(f"store write failed: {_commit_failure(exc)}")
             )
-            decision.error = error
-            self.shared_stats.decision_errors += 1
+            for decision in decisions:
+                decision.error = error
+            self.shared_stats.decision_errors += len(decisions)
             self.stats.error("commit")
-            log.error("store_error", operation="decide", error=str(error), keys=len(decision.keys))
+            log.error(
+                "store_error",
+                operation="decide",
+                error=str(error),
+                decisions=len(decisions),
+                keys=sum(len(decision.keys) for decision in decisions),
+            )
             self._pool.discard(conn)
         else:
             self._pool.release(conn)
@@ -935,10 +1075,12 @@ class PostgresStore:
             self.shared_stats.notifications_sent += len(notices)
             await self._heard_up_to(barrier[1])
         finally:
-            self._open.discard(decision)
-            done(decision.error)
+            for decision in decisions:
+                self._open.discard(decision)
+                if decision.done is not None:
+                    decision.done(decision.error)
             self._resolve()
-        if decision.error is None and changes and self._listener is not None:
+        if changes and decisions[0].error is None and self._listener is not None:
             self._listener.committed(list(changes))
 
     def _barrier(self) -> tuple[str, str]:
@@ -1208,10 +1350,13 @@ class PostgresStore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._drop_writer()
         self._pool.reset()
-        for decision in list(self._open):
-            if isinstance(decision, PgDecision):
-                with contextlib.suppress(Exception):
-                    await decision.conn.close()
+        for ask in self._asked:
+            if not ask.future.done():
+                ask.future.set_exception(StoreError("the store is closed"))
+        self._asked = []
+        for conn in {d.batch.conn for d in self._open if isinstance(d, PgDecision)}:
+            with contextlib.suppress(Exception):
+                await conn.close()
         if self._helper is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._helper.close)
             self._helper = None

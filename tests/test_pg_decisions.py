@@ -1,0 +1,174 @@
+"""Decisions on the PostgreSQL store, in process against a real PostgreSQL: the
+decisions a host asks for while its connections are busy share one transaction
+(docs/shared-store.md, "What a decision costs"), and that sharing changes
+nothing a decision promises: each sees and changes its own keys, a caller that
+leaves frees its keys, and a failed commit fails every decision in it and
+changes nothing. tests/test_fleet.py holds decisions across real daemons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import psycopg
+from pg import PgDatabase
+from sessiond.store import StoreError, pgsql
+from sessiond.store.postgres import PostgresStore
+
+Scenario = Callable[[PostgresStore], Coroutine[Any, Any, None]]
+
+
+def run(pg_db: PgDatabase, scenario: Scenario, **options: Any) -> None:
+    async def main() -> None:
+        store = PostgresStore(pg_db.dsn(), timeout=5.0, **options)
+        await store.open(10.0)
+        try:
+            await scenario(store)
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+def fields(value: bytes) -> tuple[bytes, None, float, float, float, None, None, int]:
+    """A plain string session, as a write records it."""
+    return (value, None, 1.0, 1.0, 1.0, None, None, 0)
+
+
+async def finished(store: PostgresStore, decisions: list[Any]) -> list[StoreError | None]:
+    """Finish every decision; what each one's ``done`` is called with."""
+    results: list[StoreError | None] = []
+    all_done = asyncio.Event()
+
+    def done(error: StoreError | None) -> None:
+        results.append(error)
+        if len(results) == len(decisions):
+            all_done.set()
+
+    for decision in decisions:
+        store.finish(decision, done)
+    await asyncio.wait_for(all_done.wait(), 30)
+    return results
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(600):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def stored(pg_db: PgDatabase) -> dict[bytes, bytes]:
+    with pg_db.connect() as conn:
+        rows = conn.execute(f"SELECT key, value FROM {pgsql.TABLE}").fetchall()
+    return {bytes(key): bytes(value) for key, value in rows}
+
+
+def test_decisions_asked_for_at_once_share_one_transaction(pg_db: PgDatabase) -> None:
+    keys = [b"k%d" % i for i in range(10)]
+
+    async def scenario(store: PostgresStore) -> None:
+        # Asked for in one iteration of the loop, taken by one batch.
+        decisions = await asyncio.gather(*(store.decide([key]) for key in keys))
+        assert store.shared_stats.decisions == 10
+        assert store.shared_stats.decision_transactions == 1
+        assert len({id(decision.batch) for decision in decisions}) == 1
+        for key, decision in zip(keys, decisions, strict=True):
+            # each sees its own key, and records its own change
+            assert decision.keys == frozenset([key])
+            assert decision.rows == {key: None}
+            decision.record(key, fields(b"v-" + key))
+        assert await finished(store, decisions) == [None] * 10
+        assert store.stats.writes == 10
+
+        # The next round reads back what the batch committed.
+        again = await asyncio.gather(*(store.decide([key]) for key in keys))
+        assert store.shared_stats.decision_transactions == 2
+        assert [d.rows[key].value for key, d in zip(keys, again, strict=True)] == [  # type: ignore[union-attr]
+            b"v-" + key for key in keys
+        ]
+        assert await finished(store, again) == [None] * 10
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == {key: b"v-" + key for key in keys}
+
+
+def test_decisions_asked_for_at_once_on_one_key_each_see_the_other(
+    pg_db: PgDatabase,
+) -> None:
+    async def scenario(store: PostgresStore) -> None:
+        first = asyncio.ensure_future(store.decide([b"n", b"a"]))
+        second = asyncio.ensure_future(store.decide([b"n"]))
+        third = asyncio.ensure_future(store.decide([b"b"]))
+        decision = await first
+        # In one transaction the second would not see the first's change: it
+        # waits for a transaction of its own; the third shares the first's.
+        assert (await third).batch is decision.batch
+        assert not second.done()
+        decision.record(b"n", fields(b"1"))
+        assert await finished(store, [decision, await third]) == [None, None]
+        later = await asyncio.wait_for(second, 30)
+        assert later.rows[b"n"] is not None and later.rows[b"n"].value == b"1"
+        assert await finished(store, [later]) == [None]
+        assert store.shared_stats.decision_transactions == 2
+
+    run(pg_db, scenario)
+
+
+def test_a_decision_whose_caller_left_while_it_opened_frees_its_keys(
+    pg_db: PgDatabase,
+) -> None:
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
+            # Another host holds the key: the batch waits for its lock.
+            lock = (pgsql.LOCK_CLASS, pgsql.lock_id(b"k"))
+            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+            asked = asyncio.ensure_future(store.decide([b"k"]))
+
+            async def waiting() -> bool:
+                cur = await other.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                row = await cur.fetchone()
+                return row is not None and row[0] == 1
+
+            await until(waiting, "the batch to wait for the key's lock")
+            asked.cancel()  # the client went away
+            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+        # The abandoned decision commits nothing and lets the key go.
+        decision = await asyncio.wait_for(store.decide([b"k"]), 30)
+        decision.record(b"k", fields(b"after"))
+        assert await finished(store, [decision]) == [None]
+        assert store.shared_stats.decisions == 2
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == {b"k": b"after"}
+
+
+def test_a_failed_commit_fails_every_decision_of_its_batch_and_changes_nothing(
+    pg_db: PgDatabase,
+) -> None:
+    keys = [b"k%d" % i for i in range(5)]
+
+    async def scenario(store: PostgresStore) -> None:
+        decisions = await asyncio.gather(*(store.decide([key]) for key in keys))
+        assert len({id(decision.batch) for decision in decisions}) == 1
+        for key, decision in zip(keys, decisions, strict=True):
+            decision.record(key, fields(b"lost"))
+        with pg_db.admin() as admin:  # the database drops the batch's connection
+            pid = decisions[0].batch.conn.info.backend_pid
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        errors = await finished(store, decisions)
+        assert all(isinstance(error, StoreError) for error in errors), errors
+        assert len({id(error) for error in errors}) == 1
+        assert store.shared_stats.decision_errors == 5
+        # The store goes on deciding on a new connection.
+        decision = await asyncio.wait_for(store.decide([b"k0"]), 30)
+        assert decision.rows == {b"k0": None}
+        assert await finished(store, [decision]) == [None]
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == {}
