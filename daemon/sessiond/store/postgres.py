@@ -659,8 +659,13 @@ class PostgresStore:
         seq = self.overlay.op_seq
         open_ = self._open
         waiting = tuple(d for d in decisions if d in open_)
-        if self._committed_seq >= seq and not waiting:
-            callback(next((d.error for d in decisions if d.error is not None), None))
+        if self._committed_seq >= seq:
+            if not waiting:
+                callback(next((d.error for d in decisions if d.error is not None), None))
+                return
+            # Its writes are committed: its decisions' commits call it back
+            # (_finish), the writer has nothing to do for it.
+            self._waiters.append(_Waiter(seq, waiting, callback))
             return
         self._waiters.append(_Waiter(seq, waiting, callback))
         self._wake.set()
