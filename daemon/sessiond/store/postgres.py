@@ -79,6 +79,7 @@ log = structlog.get_logger("sessiond.store")
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
 Work = Callable[[Conn], Coroutine[Any, Any, T]]
 
 _RETRY_AFTER_FAILURE = 1.0
@@ -165,10 +166,11 @@ class _Batch:
     keyspace holds a key for one decision at a time). It commits once the last
     of them is finished, their changes together."""
 
-    __slots__ = ("conn", "decisions", "unfinished")
+    __slots__ = ("conn", "cursor", "decisions", "unfinished")
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, cursor: Cursor) -> None:
         self.conn = conn
+        self.cursor = cursor
         self.decisions: list[PgDecision] = []
         self.unfinished = 0
 
@@ -404,7 +406,7 @@ class PostgresStore:
         # The group commit's cursor on the writer's connection: psycopg keeps
         # a cursor's adapters (dumpers found, their instances) while it runs
         # the same statement, a new cursor finds them again each time.
-        self._commit_cursor: psycopg.AsyncCursor[tuple[Any, ...]] | None = None
+        self._commit_cursor: Cursor | None = None
         self._wake = asyncio.Event()
         self._committed_seq = 0
         self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
@@ -959,9 +961,10 @@ class PostgresStore:
                 if not asks:
                     self._pool.release(conn)
                     return
+                cursor = conn.cursor()
                 try:
                     rows, versions = await self._bounded(
-                        conn, _open_decision(conn, sorted(keys)), "decide"
+                        conn, _open_decision(conn, cursor, sorted(keys)), "decide"
                     )
                 except StoreError:
                     self._pool.discard(conn)
@@ -980,7 +983,7 @@ class PostgresStore:
                     self._pool.discard(conn)
                     raise
                 self.shared_stats.round_trip("decide", perf_counter() - started)
-                self._opened(_Batch(conn), asks, rows, versions)
+                self._opened(_Batch(conn, cursor), asks, rows, versions)
                 return
         except BaseException as exc:
             if asks is None:
@@ -1048,7 +1051,7 @@ class PostgresStore:
                 notices = pgsql.payloads(self.host_id, time.time(), list(changes), False)
             await self._bounded(
                 conn,
-                _commit_decision(conn, changes, notices, self._fence(), barrier),
+                _commit_decision(conn, batch.cursor, changes, notices, self._fence(), barrier),
                 "commit",
             )
         except (StoreError, psycopg.Error, OSError) as exc:
@@ -1426,22 +1429,17 @@ def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list
     ], deletes
 
 
-async def _write_changes(conn: Conn, changes: Mapping[bytes, Kept]) -> None:
-    """The upserts and deletes of ``changes`` (in a transaction holding their locks)."""
-    upserts, deletes = _change_arrays(changes)
-    if upserts[0]:
-        await conn.execute(pgsql.UPSERT, upserts)
-    if deletes:
-        await conn.execute(pgsql.DELETE, (deletes,))
-
-
 async def _open_decision(
-    conn: Conn, keys: list[bytes]
+    conn: Conn, cur: Cursor, keys: list[bytes]
 ) -> tuple[dict[bytes, Row | None], dict[bytes, int]]:
+    """Open a decision's transaction on ``conn``, through ``cur`` (one cursor
+    for all a transaction's statements: psycopg makes a new one, with its own
+    copy of the adapters, for each :meth:`~psycopg.AsyncConnection.execute`);
+    ``keys``' rows and versions."""
     async with conn.pipeline():
-        await conn.execute("BEGIN")
-        await conn.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, Int4(pgsql.lock_ids(keys))))
-        cur = await conn.execute(pgsql.SELECT_LOCKED, (Bytea(keys),))
+        await cur.execute("BEGIN")
+        await cur.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, Int4(pgsql.lock_ids(keys))))
+        await cur.execute(pgsql.SELECT_LOCKED, (Bytea(keys),))
     rows: dict[bytes, Row | None] = dict.fromkeys(keys)
     versions: dict[bytes, int] = {}
     for fields in await cur.fetchall():
@@ -1453,6 +1451,7 @@ async def _open_decision(
 
 async def _commit_decision(
     conn: Conn,
+    cur: Cursor,
     changes: dict[bytes, Change],
     notices: list[str],
     fence: float,
@@ -1463,13 +1462,17 @@ async def _commit_decision(
     too, for its barrier)."""
     async with conn.pipeline():
         if changes:
-            await _write_changes(conn, changes)
+            upserts, deletes = _change_arrays(changes)
+            if upserts[0]:
+                await cur.execute(pgsql.UPSERT, upserts)
+            if deletes:
+                await cur.execute(pgsql.DELETE, (deletes,))
         if notices:
-            await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, Text(notices)))
-        await conn.execute("SELECT pg_notify(%s, %s)", barrier)
+            await cur.execute(pgsql.NOTIFY, (pgsql.CHANNEL, Text(notices)))
+        await cur.execute("SELECT pg_notify(%s, %s)", barrier)
         if changes:
-            await conn.execute(pgsql.FENCE, (fence,))
-        await conn.execute("COMMIT")
+            await cur.execute(pgsql.FENCE, (fence,))
+        await cur.execute("COMMIT")
 
 
 async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
