@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -220,15 +221,18 @@ def test_decisions_on_overlapping_keys_from_three_hosts_count_exactly(fleet: Fle
     neither deadlock nor lose an increment."""
     hosts = fleet(3, metrics={"enabled": True})
 
-    def work(r: redis.Redis, name: str) -> None:
+    def keys(name: str) -> list[str]:
         start = sum(map(ord, name))
-        for i in range(300):
-            r.incr(f"c:{(start + i * 7) % 20}")
+        return [f"c:{(start + i * 7) % 20}" for i in range(300)]
+
+    def work(r: redis.Redis, name: str) -> None:
+        for key in keys(name):
+            r.incr(key)
 
     on_every_host(hosts, 8, work)
+    want = Counter(key for h in range(3) for c in range(8) for key in keys(f"h{h}c{c}"))
     with hosts[0].client() as r:
-        counts = [int(r.get(f"c:{k}") or 0) for k in range(20)]
-    assert sum(counts) == 3 * 8 * 300
+        assert {key: int(r.get(key) or 0) for key in want} == want
     for host in hosts:
         # (commands waiting for a key of a decision of their host join it)
         decisions = host.metric("sessiond_store_decisions_total")
@@ -838,6 +842,35 @@ def test_a_slow_link_holds_connections_to_the_pool_size(
     assert not errors, errors[:3]
     assert seen and max(seen) <= 3 + 3, seen
     assert "Traceback" not in d.log_text()
+
+
+def test_a_decision_held_by_client_pause_lets_its_keys_go_meanwhile(
+    pg_db: PgDatabase, fleet: Fleet
+) -> None:
+    """A command whose decision opened as CLIENT PAUSE began does not keep the
+    decision (its keys, its transaction) for the pause: it decides again after."""
+    host, other = fleet(2)
+    paused: list[int] = []
+    with pg_db.admin() as conn, host.client() as r, host.client() as admin:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (0x53455353, _lock_id(b"n")))
+        incr = threading.Thread(target=lambda: paused.append(int(r.incr("n"))))
+        incr.start()
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()
+                == (1,)
+            ),
+            what="the decision to wait for the key",
+        )
+        assert admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        with other.client() as elsewhere:
+            assert elsewhere.incr("n") == 1  # the paused host does not hold the key
+        assert admin.execute_command("CLIENT", "UNPAUSE")
+        incr.join(30)
+    assert paused == [2]
 
 
 def _lock_id(key: bytes) -> int:

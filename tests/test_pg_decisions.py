@@ -118,6 +118,35 @@ def test_decisions_asked_for_at_once_on_one_key_each_see_the_other(
     run(pg_db, scenario)
 
 
+def test_a_key_another_host_holds_delays_only_its_own_decision(pg_db: PgDatabase) -> None:
+    others = [b"k%d" % i for i in range(5)]
+
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
+            lock = (pgsql.LOCK_CLASS, pgsql.lock_id(b"hot"))
+            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+            hot = asyncio.ensure_future(store.decide([b"hot"]))
+            asked = [asyncio.ensure_future(store.decide([key])) for key in others]
+            # The batch takes the keys it can and opens without the held one:
+            # its decisions commit while that key is still held elsewhere.
+            decisions = [await asyncio.wait_for(task, 30) for task in asked]
+            assert len({id(decision.batch) for decision in decisions}) == 1
+            for key, decision in zip(others, decisions, strict=True):
+                decision.record(key, fields(b"done"))
+            assert await finished(store, decisions) == [None] * 5
+            assert not hot.done()
+            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+        # The held key's decision had a transaction of its own, which waited.
+        decision = await asyncio.wait_for(hot, 30)
+        decision.record(b"hot", fields(b"done"))
+        assert await finished(store, [decision]) == [None]
+        assert store.shared_stats.decisions == 6
+        assert store.shared_stats.decision_transactions == 2
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == dict.fromkeys([b"hot", *others], b"done")
+
+
 def test_a_decision_whose_caller_left_while_it_opened_frees_its_keys(
     pg_db: PgDatabase,
 ) -> None:

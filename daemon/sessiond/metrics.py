@@ -347,8 +347,8 @@ def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "sessiond_store_decisions",
-        "Commands decided by the database (SET NX, INCR, ...), each in a transaction "
-        "holding its keys.",
+        "Decisions opened for commands the database decides (SET NX, INCR, ...); "
+        "commands waiting for a key of one run in it and are not counted again.",
         value=shared.decisions,
     )
     yield CounterMetricFamily(

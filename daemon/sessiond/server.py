@@ -398,6 +398,10 @@ class Connection(asyncio.Protocol):
             if state.pause_end and cmd is not None and self._held(cmd, args):
                 if self.write_slots:
                     break  # what was written is acknowledged first, then back here
+                # What was prepared for it is given up (a shared store's
+                # decision holds its keys, and the commits of the decisions
+                # sharing its transaction): it prepares again after the pause.
+                self._discard_prepared()
                 self._count_loop_time(perf_counter(), last)
                 self.flush(last)
                 self.busy = True

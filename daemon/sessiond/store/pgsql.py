@@ -197,6 +197,23 @@ EXPIRE = f"""WITH due AS MATERIALIZED (
     SELECT key FROM due WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, {_LOCK_ID})
 )
 DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine) RETURNING key"""
+# A batch of decisions (postgres._open_batch) never waits for a lock while it
+# holds others: it tries each key's lock, and gets back the lock ids another
+# transaction holds (their decisions then open a transaction of their own,
+# which waits). Its rows are those of the keys whose lock it holds: the
+# try-lock is true for a lock the transaction holds, false for one another
+# holds, so no row another host's decision holds is waited for (a sweep's
+# row lock, held for one statement, may be). The CASE keeps the try-lock to
+# the wanted keys whatever order the planner puts the filters in.
+TRY_LOCK_KEYS = (
+    "SELECT coalesce(array_agg(h), '{}') FROM unnest(%b::int4[]) AS h "
+    "WHERE NOT pg_try_advisory_xact_lock(%s, h)"
+)
+SELECT_TRIED = (
+    SELECT_ROWS
+    + f" AND CASE WHEN key = ANY(%b::bytea[]) THEN pg_try_advisory_xact_lock({LOCK_CLASS}, "
+    + f"{_LOCK_ID}) END FOR UPDATE"
+)
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SLICE = (

@@ -903,6 +903,8 @@ class PostgresStore:
         if found or self.overlay.pending_cleared or self.overlay.inflight_cleared:
             await self._flush()  # read your writes: this host's own go first
         self._hook("decide")
+        if self._stopping:
+            raise StoreError("store decision failed: the store is closed")
         future: asyncio.Future[PgDecision] = asyncio.get_running_loop().create_future()
         self._asked.append(_Ask(wanted, future))
         if not self._opening:
@@ -933,22 +935,25 @@ class PostgresStore:
             else:
                 later.append(ask)
         self._asked = later
-        if later:
+        if later and not self._stopping:
             self._spawn(self._open_batch())
         else:
             self._opening = False
         return taken, keys
 
-    async def _open_batch(self) -> None:
+    async def _open_batch(self, alone: _Ask | None = None) -> None:
         """Open one transaction for the decisions asked for until a pooled
-        connection is free: a busy host puts the decisions of a round trip's
-        time in one, as the group commit does with plain writes (it costs
-        about what one decision alone does). Their keys are locked in one
-        statement, in the order every transaction takes them, so batches of
-        several hosts cannot deadlock; a key another host holds delays the
-        whole batch until that host commits."""
-        asks: list[_Ask] | None = None
-        keys: set[bytes] = set()
+        connection is free (or for ``alone``): a busy host puts the decisions
+        of a round trip's time in one, as the group commit does with plain
+        writes (it costs about what one decision alone does).
+
+        A transaction of several decisions never waits for a lock: a decision
+        with a key another transaction holds goes to a transaction of its own,
+        which waits for it (as does one alone), so that a contended key holds
+        up no other decision and no other host (every transaction takes its
+        locks in ascending order: none can deadlock)."""
+        asks: list[_Ask] | None = None if alone is None else [alone]
+        keys: set[bytes] = set() if alone is None else set(alone.keys)
         try:
             for attempt in (0, 1):
                 started = perf_counter()
@@ -963,8 +968,8 @@ class PostgresStore:
                     return
                 cursor = conn.cursor()
                 try:
-                    rows, versions = await self._bounded(
-                        conn, _open_decision(conn, cursor, sorted(keys)), "decide"
+                    rows, versions, held = await self._bounded(
+                        conn, _open_decision(conn, cursor, sorted(keys), len(asks) == 1), "decide"
                     )
                 except StoreError:
                     self._pool.discard(conn)
@@ -983,17 +988,34 @@ class PostgresStore:
                     self._pool.discard(conn)
                     raise
                 self.shared_stats.round_trip("decide", perf_counter() - started)
+                if held:
+                    asks = self._without_held(asks, held)
                 self._opened(_Batch(conn, cursor), asks, rows, versions)
                 return
         except BaseException as exc:
-            if asks is None:
-                asks, _ = self._take_asks()
+            if asks is None:  # no connection: every decision asked for fails now
+                asks = self._asked
+                self._asked = []
+                self._opening = False
             error = exc if isinstance(exc, StoreError) else StoreError("store decision failed")
             for ask in asks:
                 if not ask.future.done():
                     ask.future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
+
+    def _without_held(self, asks: list[_Ask], held: set[int]) -> list[_Ask]:
+        """``asks`` but those with a key whose lock id is in ``held``: each of
+        those opens a transaction of its own, which waits for its keys."""
+        lock_id = pgsql.lock_id
+        kept: list[_Ask] = []
+        for ask in asks:
+            if any(lock_id(key) in held for key in ask.keys):
+                if not self._stopping:
+                    self._spawn(self._open_batch(ask))
+            else:
+                kept.append(ask)
+        return kept
 
     def _opened(
         self,
@@ -1005,7 +1027,7 @@ class PostgresStore:
         """Hand each decision of ``batch`` to its caller."""
         stats = self.shared_stats
         stats.decisions += len(asks)
-        stats.decision_transactions += 1
+        stats.decision_transactions += 1 if asks else 0
         for ask in asks:
             keys = ask.keys
             decision = PgDecision(
@@ -1360,8 +1382,9 @@ class PostgresStore:
         self._pool.reset()
         for ask in self._asked:
             if not ask.future.done():
-                ask.future.set_exception(StoreError("the store is closed"))
+                ask.future.set_exception(StoreError("store decision failed: the store is closed"))
         self._asked = []
+        self._opening = False
         for conn in {d.batch.conn for d in self._open if isinstance(d, PgDecision)}:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -1430,23 +1453,37 @@ def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list
 
 
 async def _open_decision(
-    conn: Conn, cur: Cursor, keys: list[bytes]
-) -> tuple[dict[bytes, Row | None], dict[bytes, int]]:
+    conn: Conn, cur: Cursor, keys: list[bytes], wait: bool
+) -> tuple[dict[bytes, Row | None], dict[bytes, int], set[int]]:
     """Open a decision's transaction on ``conn``, through ``cur`` (one cursor
     for all a transaction's statements: psycopg makes a new one, with its own
-    copy of the adapters, for each :meth:`~psycopg.AsyncConnection.execute`);
-    ``keys``' rows and versions."""
+    copy of the adapters, for each :meth:`~psycopg.AsyncConnection.execute`):
+    ``keys``' rows and versions, and the lock ids it could not take. It waits
+    for every key's lock if ``wait``, else it takes those it can
+    (:data:`.pgsql.TRY_LOCK_KEYS`) and reads their rows."""
+    ids = Int4(pgsql.lock_ids(keys))
+    tried = None
     async with conn.pipeline():
         await cur.execute("BEGIN")
-        await cur.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, Int4(pgsql.lock_ids(keys))))
-        await cur.execute(pgsql.SELECT_LOCKED, (Bytea(keys),))
+        if wait:
+            await cur.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, ids))
+            await cur.execute(pgsql.SELECT_LOCKED, (Bytea(keys),))
+        else:
+            tried = conn.cursor()
+            await tried.execute(pgsql.TRY_LOCK_KEYS, (ids, pgsql.LOCK_CLASS))
+            await cur.execute(pgsql.SELECT_TRIED, (Bytea(keys), Bytea(keys)))
+    held: set[int] = set()
+    if tried is not None:
+        found = await tried.fetchone()
+        if found is not None:
+            held.update(found[0])
     rows: dict[bytes, Row | None] = dict.fromkeys(keys)
     versions: dict[bytes, int] = {}
     for fields in await cur.fetchall():
         key = bytes(fields[0])
         rows[key] = _row(fields[1:9])
         versions[key] = int(fields[9])
-    return rows, versions
+    return rows, versions, held
 
 
 async def _commit_decision(
