@@ -80,6 +80,9 @@ log = structlog.get_logger("sessiond.store")
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
+# An opened decision transaction: its keys' rows and versions, and the lock ids
+# other transactions held (a batch's, which does not wait for them).
+Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int]]
 Work = Callable[[Conn], Coroutine[Any, Any, T]]
 
 _RETRY_AFTER_FAILURE = 1.0
@@ -600,8 +603,16 @@ class PostgresStore:
         raise StoreError(f"store {operation} failed: no answer within {timeout:g}s")
 
     async def _run(self, operation: str, work: Work[T], *, retry: bool = True) -> T:
-        """``work`` on a pooled connection, timed and bounded. A connection
-        that idled in the pool and fails is retried once on a new one."""
+        """``work`` on a pooled connection, timed and bounded (see :meth:`_pooled`)."""
+        conn, result = await self._pooled(operation, work, retry=retry)
+        self._pool.release(conn)
+        return result
+
+    async def _pooled(self, operation: str, work: Work[T], *, retry: bool = True) -> tuple[Conn, T]:
+        """``work`` on a pooled connection, timed and bounded, and that
+        connection, which the caller gives back. A connection that idled in
+        the pool and fails is retried once on a new one (nothing was done on
+        it yet)."""
         for attempt in (0, 1):
             started = perf_counter()
             try:
@@ -624,9 +635,8 @@ class PostgresStore:
             except BaseException:
                 self._pool.discard(conn)
                 raise
-            self._pool.release(conn)
             self.shared_stats.round_trip(operation, perf_counter() - started)
-            return result
+            return conn, result
         raise AssertionError("unreachable")
 
     def _blocking(self, operation: str, work: Work[T]) -> T:
@@ -904,7 +914,7 @@ class PostgresStore:
             await self._flush()  # read your writes: this host's own go first
         self._hook("decide")
         if self._stopping:
-            raise StoreError("store decision failed: the store is closed")
+            raise StoreError("store decide failed: the store is closed")
         future: asyncio.Future[PgDecision] = asyncio.get_running_loop().create_future()
         self._asked.append(_Ask(wanted, future))
         if not self._opening:
@@ -954,55 +964,38 @@ class PostgresStore:
         locks in ascending order: none can deadlock)."""
         asks: list[_Ask] | None = None if alone is None else [alone]
         keys: set[bytes] = set() if alone is None else set(alone.keys)
+
+        async def open_(conn: Conn) -> tuple[Cursor, Opened] | None:
+            # The decisions asked for until now (a retry keeps them).
+            nonlocal asks, keys
+            if asks is None:
+                asks, keys = self._take_asks()
+            if not asks:
+                return None
+            cursor = conn.cursor()
+            return cursor, await _open_decision(conn, cursor, sorted(keys), len(asks) == 1)
+
         try:
-            for attempt in (0, 1):
-                started = perf_counter()
-                try:
-                    conn, fresh = await asyncio.wait_for(self._pool.acquire(), self.timeout + 1)
-                except (TimeoutError, *_CONNECTION_ERRORS) as exc:
-                    raise StoreError(f"store decision failed: {_why(exc)}") from None
-                if asks is None:
-                    asks, keys = self._take_asks()
-                if not asks:
-                    self._pool.release(conn)
-                    return
-                cursor = conn.cursor()
-                try:
-                    rows, versions, held = await self._bounded(
-                        conn, _open_decision(conn, cursor, sorted(keys), len(asks) == 1), "decide"
-                    )
-                except StoreError:
-                    self._pool.discard(conn)
-                    raise
-                except _CONNECTION_ERRORS as exc:
-                    # Nothing was decided yet: a connection that idled through a
-                    # server restart is worth one more try on a new one.
-                    self._pool.discard(conn)
-                    if attempt == 0 and not fresh:
-                        continue
-                    raise StoreError(f"store decision failed: {_why(exc)}") from None
-                except psycopg.Error as exc:
-                    self._pool.discard(conn)
-                    raise StoreError(f"store decision failed: {_why(exc)}") from None
-                except BaseException:
-                    self._pool.discard(conn)
-                    raise
-                self.shared_stats.round_trip("decide", perf_counter() - started)
-                if held:
-                    asks = self._without_held(asks, held)
-                self._opened(_Batch(conn, cursor), asks, rows, versions)
-                return
+            conn, opened = await self._pooled("decide", open_)
         except BaseException as exc:
             if asks is None:  # no connection: every decision asked for fails now
                 asks = self._asked
                 self._asked = []
                 self._opening = False
-            error = exc if isinstance(exc, StoreError) else StoreError("store decision failed")
+            error = exc if isinstance(exc, StoreError) else StoreError("store decide failed")
             for ask in asks:
                 if not ask.future.done():
                     ask.future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
+            return
+        if opened is None or asks is None:
+            self._pool.release(conn)
+            return
+        cursor, (rows, versions, held) = opened
+        if held:
+            asks = self._without_held(asks, held)
+        self._opened(_Batch(conn, cursor), asks, rows, versions)
 
     def _without_held(self, asks: list[_Ask], held: set[int]) -> list[_Ask]:
         """``asks`` but those with a key whose lock id is in ``held``: each of
@@ -1382,7 +1375,7 @@ class PostgresStore:
         self._pool.reset()
         for ask in self._asked:
             if not ask.future.done():
-                ask.future.set_exception(StoreError("store decision failed: the store is closed"))
+                ask.future.set_exception(StoreError("store decide failed: the store is closed"))
         self._asked = []
         self._opening = False
         for conn in {d.batch.conn for d in self._open if isinstance(d, PgDecision)}:
@@ -1452,9 +1445,7 @@ def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list
     ], deletes
 
 
-async def _open_decision(
-    conn: Conn, cur: Cursor, keys: list[bytes], wait: bool
-) -> tuple[dict[bytes, Row | None], dict[bytes, int], set[int]]:
+async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool) -> Opened:
     """Open a decision's transaction on ``conn``, through ``cur`` (one cursor
     for all a transaction's statements: psycopg makes a new one, with its own
     copy of the adapters, for each :meth:`~psycopg.AsyncConnection.execute`):
