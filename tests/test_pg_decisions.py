@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import psycopg
+import pytest
 from pg import PgDatabase
 from sessiond.store import StoreError, pgsql
 from sessiond.store.postgres import PostgresStore
@@ -22,7 +23,7 @@ Scenario = Callable[[PostgresStore], Coroutine[Any, Any, None]]
 
 def run(pg_db: PgDatabase, scenario: Scenario, **options: Any) -> None:
     async def main() -> None:
-        store = PostgresStore(pg_db.dsn(), timeout=5.0, **options)
+        store = PostgresStore(pg_db.dsn(), **{"timeout": 5.0, **options})
         await store.open(10.0)
         try:
             await scenario(store)
@@ -201,3 +202,66 @@ def test_a_failed_commit_fails_every_decision_of_its_batch_and_changes_nothing(
 
     run(pg_db, scenario)
     assert stored(pg_db) == {}
+
+
+def test_decisions_whose_keys_are_all_held_elsewhere_wait_each_on_its_own(
+    pg_db: PgDatabase,
+) -> None:
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
+            await other.execute(
+                "SELECT pg_advisory_lock(%s, h) FROM unnest(%s::int4[]) AS h",
+                (pgsql.LOCK_CLASS, [pgsql.lock_id(b"a"), pgsql.lock_id(b"b")]),
+            )
+            # One with two keys, one of them held; one with a held key alone.
+            asked = [
+                asyncio.ensure_future(store.decide([b"a", b"free"])),
+                asyncio.ensure_future(store.decide([b"b"])),
+            ]
+
+            async def both_wait() -> bool:
+                cur = await other.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )
+                row = await cur.fetchone()
+                return row is not None and row[0] == 2
+
+            # The batch kept neither and ended at once: each waits in a
+            # transaction of its own, holding nothing the other needs.
+            await until(both_wait, "both decisions to wait for their keys")
+            assert store.shared_stats.decision_transactions == 0
+            await other.execute("SELECT pg_advisory_unlock_all()")
+        decisions = [await asyncio.wait_for(task, 30) for task in asked]
+        assert decisions[0].keys == {b"a", b"free"} and decisions[0].batch is not decisions[1].batch
+        decisions[0].record(b"free", fields(b"1"))
+        assert await finished(store, decisions) == [None, None]
+        assert store.shared_stats.decision_transactions == 2
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == {b"free": b"1"}
+
+
+def test_without_a_connection_every_decision_asked_for_fails_at_once(
+    pg_db: PgDatabase,
+) -> None:
+    async def scenario(store: PostgresStore) -> None:
+        first = await store.decide([b"k"])  # holds the pool's one connection
+        asked = [asyncio.ensure_future(store.decide([b"k%d" % i])) for i in range(70)]
+        results = await asyncio.wait_for(asyncio.gather(*asked, return_exceptions=True), 60)
+        assert all(isinstance(result, StoreError) for result in results), results
+        assert await finished(store, [first]) == [None]
+        again = await asyncio.wait_for(store.decide([b"k1"]), 30)  # the store goes on
+        assert await finished(store, [again]) == [None]
+
+    run(pg_db, scenario, pool_size=1, timeout=0.5)
+
+
+def test_a_closed_store_takes_no_decision(pg_db: PgDatabase) -> None:
+    async def main() -> None:
+        store = PostgresStore(pg_db.dsn(), timeout=5.0)
+        await store.open(10.0)
+        await store.aclose()
+        with pytest.raises(StoreError, match="closed"):
+            await store.decide([b"k"])
+
+    asyncio.run(main())

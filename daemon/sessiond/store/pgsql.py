@@ -188,7 +188,9 @@ COMMIT = f"SELECT {FUNCTION}({', '.join(f'%b::{kind}' for _, kind in _COMMIT_PAR
 # Rows past their deadline (minus a grace the caller gives), a chunk at a time:
 # rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of
 # the key's advisory lock, which a decision or a commit holds), so sweeping
-# never waits and two hosts sweeping at once delete each row once.
+# never waits and two hosts sweeping at once delete each row once. The rows
+# it locked and skipped stay locked until its transaction ends (after its
+# notifications: a few round trips).
 _LOCK_ID = f"(CASE WHEN scan_hash >= {_HALF} THEN scan_hash - {_FULL} ELSE scan_hash END)::int4"
 EXPIRE = f"""WITH due AS MATERIALIZED (
     SELECT key, scan_hash FROM {TABLE} WHERE deadline < %s
@@ -197,22 +199,22 @@ EXPIRE = f"""WITH due AS MATERIALIZED (
     SELECT key FROM due WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, {_LOCK_ID})
 )
 DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine) RETURNING key"""
-# A batch of decisions (postgres._open_batch) never waits for a lock while it
-# holds others: it tries each key's lock, and gets back the lock ids another
-# transaction holds (their decisions then open a transaction of their own,
-# which waits). Its rows are those of the keys whose lock it holds: the
-# try-lock is true for a lock the transaction holds, false for one another
-# holds, so no row another host's decision holds is waited for (a sweep's
-# row lock, held for one statement, may be). The CASE keeps the try-lock to
-# the wanted keys whatever order the planner puts the filters in.
+# A batch of decisions (postgres._open_batch) never waits for a key's lock
+# while it holds others: it tries each key's lock, and gets back the lock ids
+# another transaction holds (their decisions then open a transaction of their
+# own, which waits), which it also keeps for the rest of the transaction
+# (set_config, local to it). Its rows are those of the keys whose lock it got:
+# trying a lock again there could take one that was freed meanwhile, for a
+# decision that has gone to a transaction of its own. A row lock it may still
+# wait for: a sweep's (EXPIRE, which never waits) or a FLUSHDB's.
+HELD_SETTING = "sessiond.held"
 TRY_LOCK_KEYS = (
-    "SELECT coalesce(array_agg(h), '{}') FROM unnest(%b::int4[]) AS h "
-    "WHERE NOT pg_try_advisory_xact_lock(%s, h)"
+    "SELECT held, set_config('" + HELD_SETTING + "', held::text, true) FROM ("
+    "SELECT coalesce(array_agg(h), '{}') AS held FROM unnest(%b::int4[]) AS h "
+    "WHERE NOT pg_try_advisory_xact_lock(%s, h)) AS tried"
 )
 SELECT_TRIED = (
-    SELECT_ROWS
-    + f" AND CASE WHEN key = ANY(%b::bytea[]) THEN pg_try_advisory_xact_lock({LOCK_CLASS}, "
-    + f"{_LOCK_ID}) END FOR UPDATE"
+    SELECT_ROWS + f" AND {_LOCK_ID} <> ALL(current_setting('{HELD_SETTING}')::int4[]) FOR UPDATE"
 )
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"

@@ -995,7 +995,19 @@ class PostgresStore:
         cursor, (rows, versions, held) = opened
         if held:
             asks = self._without_held(asks, held)
+            if not asks:  # every one went to a transaction of its own
+                self._spawn(self._roll_back(conn, cursor))
+                return
         self._opened(_Batch(conn, cursor), asks, rows, versions)
+
+    async def _roll_back(self, conn: Conn, cursor: Cursor) -> None:
+        """End a batch that kept no decision: its locks go at once."""
+        try:
+            await self._bounded(conn, cursor.execute("ROLLBACK"), "decide")
+        except (StoreError, psycopg.Error, OSError):
+            self._pool.discard(conn)
+        else:
+            self._pool.release(conn)
 
     def _without_held(self, asks: list[_Ask], held: set[int]) -> list[_Ask]:
         """``asks`` but those with a key whose lock id is in ``held``: each of
@@ -1003,11 +1015,12 @@ class PostgresStore:
         lock_id = pgsql.lock_id
         kept: list[_Ask] = []
         for ask in asks:
-            if any(lock_id(key) in held for key in ask.keys):
-                if not self._stopping:
-                    self._spawn(self._open_batch(ask))
-            else:
+            if not any(lock_id(key) in held for key in ask.keys):
                 kept.append(ask)
+            elif self._stopping:
+                ask.future.set_exception(StoreError("store decide failed: the store is closed"))
+            else:
+                self._spawn(self._open_batch(ask))
         return kept
 
     def _opened(
@@ -1020,7 +1033,7 @@ class PostgresStore:
         """Hand each decision of ``batch`` to its caller."""
         stats = self.shared_stats
         stats.decisions += len(asks)
-        stats.decision_transactions += 1 if asks else 0
+        stats.decision_transactions += 1
         for ask in asks:
             keys = ask.keys
             decision = PgDecision(
@@ -1462,7 +1475,7 @@ async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool)
         else:
             tried = conn.cursor()
             await tried.execute(pgsql.TRY_LOCK_KEYS, (ids, pgsql.LOCK_CLASS))
-            await cur.execute(pgsql.SELECT_TRIED, (Bytea(keys), Bytea(keys)))
+            await cur.execute(pgsql.SELECT_TRIED, (Bytea(keys),))
     held: set[int] = set()
     if tried is not None:
         found = await tried.fetchone()
