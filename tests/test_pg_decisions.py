@@ -265,3 +265,27 @@ def test_a_closed_store_takes_no_decision(pg_db: PgDatabase) -> None:
             await store.decide([b"k"])
 
     asyncio.run(main())
+
+
+def test_a_batch_on_a_connection_that_died_idle_is_opened_again_with_all_its_decisions(
+    pg_db: PgDatabase,
+) -> None:
+    async def scenario(store: PostgresStore) -> None:
+        first = await store.decide([b"k"])
+        pid = first.batch.conn.info.backend_pid
+        assert await finished(store, [first]) == [None]  # its connection idles in the pool
+        with pg_db.admin() as admin:  # a server restart, as the idle connection sees it
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        keys = [b"k%d" % i for i in range(5)]
+        decisions = await asyncio.wait_for(
+            asyncio.gather(*(store.decide([key]) for key in keys)), 30
+        )
+        assert len({id(decision.batch) for decision in decisions}) == 1
+        assert decisions[0].batch.conn.info.backend_pid != pid
+        for key, decision in zip(keys, decisions, strict=True):
+            decision.record(key, fields(b"v"))
+        assert await finished(store, decisions) == [None] * 5
+        assert store.shared_stats.decision_transactions == 2
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == dict.fromkeys([b"k%d" % i for i in range(5)], b"v")
