@@ -289,3 +289,32 @@ def test_a_batch_on_a_connection_that_died_idle_is_opened_again_with_all_its_dec
 
     run(pg_db, scenario)
     assert stored(pg_db) == dict.fromkeys([b"k%d" % i for i in range(5)], b"v")
+
+
+def test_a_decision_that_left_a_batch_for_one_key_waits_for_it_without_a_connection(
+    pg_db: PgDatabase,
+) -> None:
+    """A decision whose key another host holds leaves the batch, which has
+    already locked its other keys: it opens once the batch has ended, holding
+    no pooled connection and none of its keys meanwhile."""
+
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
+            lock = (pgsql.LOCK_CLASS, pgsql.lock_id(b"a"))
+            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+            moved = asyncio.ensure_future(store.decide([b"a", b"free"]))
+            kept = await asyncio.wait_for(store.decide([b"c"]), 30)
+            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+        # The pool's second connection is free for another decision while the
+        # batch (the first) is open.
+        alone = await asyncio.wait_for(store.decide([b"d"]), 30)
+        assert not moved.done()
+        assert await finished(store, [alone]) == [None]
+        kept.record(b"c", fields(b"1"))
+        assert await finished(store, [kept]) == [None]
+        decision = await asyncio.wait_for(moved, 30)
+        decision.record(b"free", fields(b"2"))
+        assert await finished(store, [decision]) == [None]
+
+    run(pg_db, scenario, pool_size=2)
+    assert stored(pg_db) == {b"c": b"1", b"free": b"2"}

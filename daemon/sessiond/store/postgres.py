@@ -169,13 +169,17 @@ class _Batch:
     keyspace holds a key for one decision at a time). It commits once the last
     of them is finished, their changes together."""
 
-    __slots__ = ("conn", "cursor", "decisions", "unfinished")
+    __slots__ = ("conn", "cursor", "decisions", "later", "unfinished")
 
-    def __init__(self, conn: Conn, cursor: Cursor) -> None:
+    def __init__(self, conn: Conn, cursor: Cursor, later: list[_Ask]) -> None:
         self.conn = conn
         self.cursor = cursor
         self.decisions: list[PgDecision] = []
         self.unfinished = 0
+        # Decisions it did not keep but holds a key of (a lock it took before
+        # finding another of their keys held elsewhere, which it cannot give
+        # back before it ends): they open once it has ended.
+        self.later = later
 
 
 class PgDecision:
@@ -993,35 +997,54 @@ class PostgresStore:
             self._pool.release(conn)
             return
         cursor, (rows, versions, held) = opened
+        later: list[_Ask] = []
         if held:
-            asks = self._without_held(asks, held)
-            if not asks:  # every one went to a transaction of its own
-                self._spawn(self._roll_back(conn, cursor))
-                return
-        self._opened(_Batch(conn, cursor), asks, rows, versions)
+            asks, later = self._without_held(asks, held)
+        batch = _Batch(conn, cursor, later)
+        if not asks:  # every one went to a transaction of its own
+            self._spawn(self._roll_back(batch))
+            return
+        self._opened(batch, asks, rows, versions)
 
-    async def _roll_back(self, conn: Conn, cursor: Cursor) -> None:
+    async def _roll_back(self, batch: _Batch) -> None:
         """End a batch that kept no decision: its locks go at once."""
+        conn = batch.conn
         try:
-            await self._bounded(conn, cursor.execute("ROLLBACK"), "decide")
+            await self._bounded(conn, batch.cursor.execute("ROLLBACK"), "decide")
         except (StoreError, psycopg.Error, OSError):
             self._pool.discard(conn)
         else:
             self._pool.release(conn)
+        self._open_alone(batch.later)
 
-    def _without_held(self, asks: list[_Ask], held: set[int]) -> list[_Ask]:
+    def _without_held(self, asks: list[_Ask], held: set[int]) -> tuple[list[_Ask], list[_Ask]]:
         """``asks`` but those with a key whose lock id is in ``held``: each of
-        those opens a transaction of its own, which waits for its keys."""
+        those opens a transaction of its own, which waits for its keys. One
+        whose other keys the batch locked waits for the batch to end first
+        (returned second): it would wait for those locks, holding a pooled
+        connection and the keys it got before them."""
         lock_id = pgsql.lock_id
         kept: list[_Ask] = []
+        later: list[_Ask] = []
         for ask in asks:
-            if not any(lock_id(key) in held for key in ask.keys):
+            ids = [lock_id(key) in held for key in ask.keys]
+            if not any(ids):
                 kept.append(ask)
-            elif self._stopping:
+            elif all(ids):
+                self._open_alone([ask])
+            else:
+                later.append(ask)
+        return kept, later
+
+    def _open_alone(self, asks: list[_Ask]) -> None:
+        """A transaction of its own for each of ``asks`` that still waits."""
+        for ask in asks:
+            if ask.future.done():
+                continue  # its caller left: nothing to open
+            if self._stopping:
                 ask.future.set_exception(StoreError("store decide failed: the store is closed"))
             else:
                 self._spawn(self._open_batch(ask))
-        return kept
 
     def _opened(
         self,
@@ -1116,6 +1139,7 @@ class PostgresStore:
                 if decision.done is not None:
                     decision.done(decision.error)
             self._resolve()
+            self._open_alone(batch.later)
         if changes and decisions[0].error is None and self._listener is not None:
             self._listener.committed(list(changes))
 
