@@ -62,6 +62,19 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"gave up waiting for {what}")
 
 
+def waiting(conn: psycopg.AsyncConnection[Any], count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether ``count`` advisory locks are waited for now (seen from ``conn``)."""
+
+    async def check() -> bool:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        row = await cur.fetchone()
+        return row is not None and row[0] == count
+
+    return check
+
+
 def stored(pg_db: PgDatabase) -> dict[bytes, bytes]:
     with pg_db.connect() as conn:
         rows = conn.execute(f"SELECT key, value FROM {pgsql.TABLE}").fetchall()
@@ -158,14 +171,7 @@ def test_a_decision_whose_caller_left_while_it_opened_frees_its_keys(
             await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
             asked = asyncio.ensure_future(store.decide([b"k"]))
 
-            async def waiting() -> bool:
-                cur = await other.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                )
-                row = await cur.fetchone()
-                return row is not None and row[0] == 1
-
-            await until(waiting, "the batch to wait for the key's lock")
+            await until(waiting(other, 1), "the batch to wait for the key's lock")
             asked.cancel()  # the client went away
             await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
         # The abandoned decision commits nothing and lets the key go.
@@ -218,17 +224,9 @@ def test_decisions_whose_keys_are_all_held_elsewhere_wait_each_on_its_own(
                 asyncio.ensure_future(store.decide([b"a", b"free"])),
                 asyncio.ensure_future(store.decide([b"b"])),
             ]
-
-            async def both_wait() -> bool:
-                cur = await other.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                )
-                row = await cur.fetchone()
-                return row is not None and row[0] == 2
-
             # The batch kept neither and ended at once: each waits in a
             # transaction of its own, holding nothing the other needs.
-            await until(both_wait, "both decisions to wait for their keys")
+            await until(waiting(other, 2), "both decisions to wait for their keys")
             assert store.shared_stats.decision_transactions == 0
             await other.execute("SELECT pg_advisory_unlock_all()")
         decisions = [await asyncio.wait_for(task, 30) for task in asked]
