@@ -316,3 +316,20 @@ def test_a_decision_that_left_a_batch_for_one_key_waits_for_it_without_a_connect
 
     run(pg_db, scenario, pool_size=2)
     assert stored(pg_db) == {b"c": b"1", b"free": b"2"}
+
+
+def test_past_64_decisions_asked_for_at_once_the_rest_share_another_transaction(
+    pg_db: PgDatabase,
+) -> None:
+    keys = [b"k%d" % i for i in range(70)]
+
+    async def scenario(store: PostgresStore) -> None:
+        decisions = await asyncio.gather(*(store.decide([key]) for key in keys))
+        batches = [decision.batch for decision in decisions]
+        assert sorted(batches.count(batch) for batch in set(batches)) == [6, 64]
+        for key, decision in zip(keys, decisions, strict=True):
+            decision.record(key, fields(b"v"))
+        assert await finished(store, decisions) == [None] * 70
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == dict.fromkeys(keys, b"v")
