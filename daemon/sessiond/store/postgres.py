@@ -1015,7 +1015,12 @@ class PostgresStore:
             self._pool.discard(conn)
         else:
             self._pool.release(conn)
-        self._open_alone(batch.later)
+        self._open_later(batch)
+
+    def _open_later(self, batch: _Batch) -> None:
+        """The decisions waiting for ``batch`` to end (once)."""
+        later, batch.later = batch.later, []
+        self._open_alone(later)
 
     def _without_held(self, asks: list[_Ask], held: set[int]) -> tuple[list[_Ask], list[_Ask]]:
         """``asks`` but those with a key whose lock id is in ``held``: each of
@@ -1132,6 +1137,7 @@ class PostgresStore:
             self.stats.writes += len(changes) - deletes
             self.shared_stats.invalidations_sent += len(changes)
             self.shared_stats.notifications_sent += len(notices)
+            self._open_later(batch)  # its locks are gone: no need to wait for the barrier
             await self._heard_up_to(barrier[1])
         finally:
             for decision in decisions:
@@ -1139,7 +1145,7 @@ class PostgresStore:
                 if decision.done is not None:
                     decision.done(decision.error)
             self._resolve()
-            self._open_alone(batch.later)
+            self._open_later(batch)
         if changes and decisions[0].error is None and self._listener is not None:
             self._listener.committed(list(changes))
 
