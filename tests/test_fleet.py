@@ -25,7 +25,7 @@ import pytest
 import redis
 from conftest import Daemon, deep_merge, wait_until
 from pg import PgCluster, PgDatabase
-from sessiond.store.pgsql import FUNCTION
+from sessiond.store.pgsql import FUNCTION, LOCK_CLASS, lock_id
 
 pytestmark = pytest.mark.fleet
 
@@ -785,7 +785,7 @@ def test_a_slow_database_times_out_and_queues_nothing_without_bound(
         with pg.admin("sessiond") as conn:
             # A lock held longer than the timeout: the daemon's decision waits on
             # it and is answered with the timeout's error, not left hanging.
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (0x53455353, _lock_id(b"n")))
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, lock_id(b"n")))
             with pytest.raises(redis.ResponseError, match="store deci") as timed_out:
                 r.incr("n")
             # Three bounds of 500 ms race (the lock's, the statement's, the
@@ -852,7 +852,7 @@ def test_a_decision_held_by_client_pause_lets_its_keys_go_meanwhile(
     host, other = fleet(2)
     paused: list[int] = []
     with pg_db.admin() as conn, host.client() as r, host.client() as admin:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", (0x53455353, _lock_id(b"n")))
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, lock_id(b"n")))
         incr = threading.Thread(target=lambda: paused.append(int(r.incr("n"))))
         incr.start()
         wait_until(
@@ -871,13 +871,6 @@ def test_a_decision_held_by_client_pause_lets_its_keys_go_meanwhile(
         assert admin.execute_command("CLIENT", "UNPAUSE")
         incr.join(30)
     assert paused == [2]
-
-
-def _lock_id(key: bytes) -> int:
-    import zlib
-
-    h = zlib.crc32(key)
-    return h - 2**32 if h >= 2**31 else h
 
 
 def test_failover_to_a_promoted_replica_through_a_multi_host_dsn(

@@ -9,13 +9,17 @@ changes nothing. tests/test_fleet.py holds decisions across real daemons.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import contextlib
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pg import PgDatabase
-from sessiond.store import StoreError, pgsql
+from sessiond.store import StoreError, pgsql, scan_hash
 from sessiond.store.postgres import PostgresStore
 
 Scenario = Callable[[PostgresStore], Coroutine[Any, Any, None]]
@@ -62,17 +66,39 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def waiting(conn: psycopg.AsyncConnection[Any], count: int) -> Callable[[], Awaitable[bool]]:
-    """Whether ``count`` advisory locks are waited for now (seen from ``conn``)."""
+class OtherHost:
+    """A connection of another host's, which takes keys' locks as its
+    decisions do and sees who waits for them."""
 
-    async def check() -> bool:
-        cur = await conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def hold(self, *keys: bytes) -> None:
+        await self.conn.execute(
+            "SELECT pg_advisory_lock(%s, h) FROM unnest(%s::int4[]) AS h",
+            (pgsql.LOCK_CLASS, [pgsql.lock_id(key) for key in keys]),
         )
-        row = await cur.fetchone()
-        return row is not None and row[0] == count
 
-    return check
+    async def release(self) -> None:
+        await self.conn.execute("SELECT pg_advisory_unlock_all()")
+
+    def waiting(self, count: int) -> Callable[[], Awaitable[bool]]:
+        """Whether ``count`` advisory locks are waited for now."""
+
+        async def check() -> bool:
+            cur = await self.conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] == count
+
+        return check
+
+
+@contextlib.asynccontextmanager
+async def other_host(pg_db: PgDatabase) -> AsyncIterator[OtherHost]:
+    async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as conn:
+        yield OtherHost(conn)
 
 
 def stored(pg_db: PgDatabase) -> dict[bytes, bytes]:
@@ -136,9 +162,8 @@ def test_a_key_another_host_holds_delays_only_its_own_decision(pg_db: PgDatabase
     others = [b"k%d" % i for i in range(5)]
 
     async def scenario(store: PostgresStore) -> None:
-        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
-            lock = (pgsql.LOCK_CLASS, pgsql.lock_id(b"hot"))
-            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+        async with other_host(pg_db) as other:
+            await other.hold(b"hot")
             hot = asyncio.ensure_future(store.decide([b"hot"]))
             asked = [asyncio.ensure_future(store.decide([key])) for key in others]
             # The batch takes the keys it can and opens without the held one:
@@ -149,7 +174,7 @@ def test_a_key_another_host_holds_delays_only_its_own_decision(pg_db: PgDatabase
                 decision.record(key, fields(b"done"))
             assert await finished(store, decisions) == [None] * 5
             assert not hot.done()
-            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+            await other.release()
         # The held key's decision had a transaction of its own, which waited.
         decision = await asyncio.wait_for(hot, 30)
         decision.record(b"hot", fields(b"done"))
@@ -165,15 +190,14 @@ def test_a_decision_whose_caller_left_while_it_opened_frees_its_keys(
     pg_db: PgDatabase,
 ) -> None:
     async def scenario(store: PostgresStore) -> None:
-        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
+        async with other_host(pg_db) as other:
             # Another host holds the key: the batch waits for its lock.
-            lock = (pgsql.LOCK_CLASS, pgsql.lock_id(b"k"))
-            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+            await other.hold(b"k")
             asked = asyncio.ensure_future(store.decide([b"k"]))
 
-            await until(waiting(other, 1), "the batch to wait for the key's lock")
+            await until(other.waiting(1), "the batch to wait for the key's lock")
             asked.cancel()  # the client went away
-            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+            await other.release()
         # The abandoned decision commits nothing and lets the key go.
         decision = await asyncio.wait_for(store.decide([b"k"]), 30)
         decision.record(b"k", fields(b"after"))
@@ -214,11 +238,8 @@ def test_decisions_whose_keys_are_all_held_elsewhere_wait_each_on_its_own(
     pg_db: PgDatabase,
 ) -> None:
     async def scenario(store: PostgresStore) -> None:
-        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
-            await other.execute(
-                "SELECT pg_advisory_lock(%s, h) FROM unnest(%s::int4[]) AS h",
-                (pgsql.LOCK_CLASS, [pgsql.lock_id(b"a"), pgsql.lock_id(b"b")]),
-            )
+        async with other_host(pg_db) as other:
+            await other.hold(b"a", b"b")
             # One with two keys, one of them held; one with a held key alone.
             asked = [
                 asyncio.ensure_future(store.decide([b"a", b"free"])),
@@ -226,9 +247,9 @@ def test_decisions_whose_keys_are_all_held_elsewhere_wait_each_on_its_own(
             ]
             # The batch kept neither and ended at once: each waits in a
             # transaction of its own, holding nothing the other needs.
-            await until(waiting(other, 2), "both decisions to wait for their keys")
+            await until(other.waiting(2), "both decisions to wait for their keys")
             assert store.shared_stats.decision_transactions == 0
-            await other.execute("SELECT pg_advisory_unlock_all()")
+            await other.release()
         decisions = [await asyncio.wait_for(task, 30) for task in asked]
         assert decisions[0].keys == {b"a", b"free"} and decisions[0].batch is not decisions[1].batch
         decisions[0].record(b"free", fields(b"1"))
@@ -297,12 +318,11 @@ def test_a_decision_that_left_a_batch_for_one_key_waits_for_it_without_a_connect
     no pooled connection and none of its keys meanwhile."""
 
     async def scenario(store: PostgresStore) -> None:
-        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as other:
-            lock = (pgsql.LOCK_CLASS, pgsql.lock_id(b"a"))
-            await other.execute("SELECT pg_advisory_lock(%s, %s)", lock)
+        async with other_host(pg_db) as other:
+            await other.hold(b"a")
             moved = asyncio.ensure_future(store.decide([b"a", b"free"]))
             kept = await asyncio.wait_for(store.decide([b"c"]), 30)
-            await other.execute("SELECT pg_advisory_unlock(%s, %s)", lock)
+            await other.release()
         # The pool's second connection is free for another decision while the
         # batch (the first) is open.
         alone = await asyncio.wait_for(store.decide([b"d"]), 30)
@@ -333,3 +353,23 @@ def test_past_64_decisions_asked_for_at_once_the_rest_share_another_transaction(
 
     run(pg_db, scenario)
     assert stored(pg_db) == dict.fromkeys(keys, b"v")
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=50))
+def test_a_row_s_lock_id_in_sql_is_its_key_s_lock_id(pg_db: PgDatabase, keys: list[bytes]) -> None:
+    """Decisions lock keys by :func:`pgsql.lock_id`; the batch's row read and the
+    sweep find a row's lock id from its scan_hash in SQL: the two must agree for
+    every key (and stay CRC-32 as a signed int: hosts of every version agree)."""
+    with pg_db.connect() as conn:
+        row = conn.execute(
+            f"SELECT array_agg({pgsql._LOCK_ID} ORDER BY n) "
+            "FROM unnest(%s::int8[]) WITH ORDINALITY AS t(scan_hash, n)",
+            ([scan_hash(key) for key in keys],),
+        ).fetchone()
+    crc = [zlib.crc32(key) for key in keys]
+    signed = [h - 2**32 if h >= 2**31 else h for h in crc]
+    assert row is not None
+    assert row[0] == [pgsql.lock_id(key) for key in keys] == signed
