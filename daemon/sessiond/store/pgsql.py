@@ -207,14 +207,14 @@ DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine) RETURNING key"""
 # trying a lock again there could take one that was freed meanwhile, for a
 # decision that has gone to a transaction of its own. A row lock it may still
 # wait for: a sweep's (EXPIRE, which never waits) or a FLUSHDB's.
-HELD_SETTING = "sessiond.held"
+_HELD_SETTING = "sessiond.held"
 TRY_LOCK_KEYS = (
-    "SELECT held, set_config('" + HELD_SETTING + "', held::text, true) FROM ("
+    "SELECT held, set_config('" + _HELD_SETTING + "', held::text, true) FROM ("
     "SELECT coalesce(array_agg(h), '{}') AS held FROM unnest(%b::int4[]) AS h "
     "WHERE NOT pg_try_advisory_xact_lock(%s, h)) AS tried"
 )
 SELECT_TRIED = (
-    SELECT_ROWS + f" AND {_LOCK_ID} <> ALL(current_setting('{HELD_SETTING}')::int4[]) FOR UPDATE"
+    SELECT_ROWS + f" AND {_LOCK_ID} <> ALL(current_setting('{_HELD_SETTING}')::int4[]) FOR UPDATE"
 )
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"

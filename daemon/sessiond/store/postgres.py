@@ -157,6 +157,17 @@ def _ignore(error: StoreError | None) -> None:
     """What a decision nobody waits for is done with."""
 
 
+_CLOSED = "store decide failed: the store is closed"
+
+
+def _fail(asks: list[_Ask], error: StoreError | str) -> None:
+    """Answer the decisions asked for that still wait with ``error``."""
+    exc = error if isinstance(error, StoreError) else StoreError(error)
+    for ask in asks:
+        if not ask.future.done():
+            ask.future.set_exception(exc)
+
+
 def _row(fields: tuple[Any, ...]) -> Row:
     """A :class:`Row` from ``value, context, ..., kind`` as the table has them."""
     value, context, created, updated, accessed, ttl, deadline, kind = fields
@@ -918,7 +929,7 @@ class PostgresStore:
             await self._flush()  # read your writes: this host's own go first
         self._hook("decide")
         if self._stopping:
-            raise StoreError("store decide failed: the store is closed")
+            raise StoreError(_CLOSED)
         future: asyncio.Future[PgDecision] = asyncio.get_running_loop().create_future()
         self._asked.append(_Ask(wanted, future))
         if not self._opening:
@@ -986,10 +997,7 @@ class PostgresStore:
                 asks = self._asked
                 self._asked = []
                 self._opening = False
-            error = exc if isinstance(exc, StoreError) else StoreError("store decide failed")
-            for ask in asks:
-                if not ask.future.done():
-                    ask.future.set_exception(error)
+            _fail(asks, exc if isinstance(exc, StoreError) else "store decide failed")
             if not isinstance(exc, Exception):
                 raise
             return
@@ -1032,10 +1040,10 @@ class PostgresStore:
         kept: list[_Ask] = []
         later: list[_Ask] = []
         for ask in asks:
-            ids = [lock_id(key) in held for key in ask.keys]
-            if not any(ids):
+            held_elsewhere = [lock_id(key) in held for key in ask.keys]
+            if not any(held_elsewhere):
                 kept.append(ask)
-            elif all(ids):
+            elif all(held_elsewhere):
                 self._open_alone([ask])
             else:
                 later.append(ask)
@@ -1043,12 +1051,11 @@ class PostgresStore:
 
     def _open_alone(self, asks: list[_Ask]) -> None:
         """A transaction of its own for each of ``asks`` that still waits."""
+        if self._stopping:
+            _fail(asks, _CLOSED)
+            return
         for ask in asks:
-            if ask.future.done():
-                continue  # its caller left: nothing to open
-            if self._stopping:
-                ask.future.set_exception(StoreError("store decide failed: the store is closed"))
-            else:
+            if not ask.future.done():  # else its caller left: nothing to open
                 self._spawn(self._open_batch(ask))
 
     def _opened(
@@ -1416,9 +1423,7 @@ class PostgresStore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._drop_writer()
         self._pool.reset()
-        for ask in self._asked:
-            if not ask.future.done():
-                ask.future.set_exception(StoreError("store decide failed: the store is closed"))
+        _fail(self._asked, _CLOSED)
         self._asked = []
         self._opening = False
         for conn in {d.batch.conn for d in self._open if isinstance(d, PgDecision)}:
