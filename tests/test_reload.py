@@ -589,11 +589,20 @@ def test_unreadable_config_is_reported_once_and_recovers(
     with d.client() as r:
         r.set("kept", "v")
         break_file(d.config_path)
-        wait_failures(d, 1)
-        (ev,) = events(d, "config_reload_failed")
+        expected = [f"{d.config_path}: cannot read config: {problem}"]
+        # A breakage of two steps (unlink, then mkdir) can reach the watcher as
+        # two batches on a loaded machine: the missing file is then a problem of
+        # its own, reported before the one this case is about.
+        wait_until(
+            lambda: any(e["problems"] == expected for e in events(d, "config_reload_failed")),
+            what=f"the reload to fail with {expected}\n{d.log_text()}",
+        )
+        reported = events(d, "config_reload_failed")
+        assert len(reported) <= 2, d.log_text()
+        ev = reported[-1]
         assert ev["level"] == "error"
         assert ev["trigger"] == "file_changed"
-        assert ev["problems"] == [f"{d.config_path}: cannot read config: {problem}"]
+        assert ev["problems"] == expected
         assert d.metric("sessiond_config_last_reload_successful") == 0
         assert r.get("kept") == b"v"
         # More watcher events while it stays broken the same way: reported once.
@@ -602,11 +611,11 @@ def test_unreadable_config_is_reported_once_and_recovers(
                 again(d.config_path)
                 time.sleep(0.3)  # past the watcher's debounce: separate events
         time.sleep(QUIET)
-        assert failures(d) == 1, d.log_text()
-        assert len(events(d, "config_reload_failed")) == 1
+        assert failures(d) == len(reported), d.log_text()
+        assert len(events(d, "config_reload_failed")) == len(reported)
         # SIGHUP asks again, and hears about it again.
         d.signal(signal.SIGHUP)
-        wait_failures(d, 2)
+        wait_failures(d, len(reported) + 1)
         assert events(d, "config_reload_failed")[-1]["trigger"] == "SIGHUP"
         assert d.metric("sessiond_config_last_reload_successful") == 0
         # A good file again: the same config as before, so nothing changes, but
