@@ -752,7 +752,7 @@ def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
     ra, rb = a.client(socket_timeout=30), b.client()
     assert ra.set("k", "first")
     link.partition()
-    with pytest.raises(redis.ResponseError, match="store commit failed"):
+    with pytest.raises(redis.ResponseError, match="store commit failed: no answer within"):
         ra.set("k", "failed on A")
     assert rb.set("k", "acknowledged on B")
     link.heal()

@@ -42,6 +42,7 @@ import contextlib
 import logging
 import math
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -372,6 +373,28 @@ class _Helper:
         self.thread.join(5)
 
 
+class _Cut:
+    """Cuts an operation short by shutting its connection's socket down: the
+    wait psycopg is in wakes at once and fails with the connection lost
+    (:meth:`PostgresStore._bounded_here`). ``reason`` says why, once cut."""
+
+    __slots__ = ("conn", "reason")
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.reason = ""
+
+    def fire(self, reason: str) -> None:
+        self.reason = reason
+        # A duplicate of the descriptor: shutting the socket down acts on the
+        # connection, and closing the duplicate leaves libpq's descriptor alone.
+        with (
+            contextlib.suppress(OSError, psycopg.Error),
+            socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class _Hearing:
     """The notification connection of one :meth:`PostgresStore._receive`:
     the heartbeat it waits for (``seq``, ``back``) and whether the
@@ -473,6 +496,7 @@ class PostgresStore:
         self._asked: list[_Ask] = []
         self._opening = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cuts: set[_Cut] = set()  # operations under way in _bounded_here
         self._sweeping = False
         self._stopping = False
         self._heartbeat_channel = f"{pgsql.CHANNEL}_{self.host_id}"
@@ -654,6 +678,33 @@ class PostgresStore:
         await _kill(task, conn)
         raise StoreError(f"store {operation} failed: no answer within {timeout:g}s")
 
+    async def _bounded_here(self, conn: Conn, work: Awaitable[T], operation: str) -> T:
+        """``work`` on ``conn`` within the store's timeout, as :meth:`_bounded`
+        does, but awaited by the calling task itself: no task of its own to
+        start and wait for, two turns of the event loop fewer per group commit
+        (with the writer's wake: 494k -> 447k instructions per durable SET at
+        ``-c 1``, ``bench/instructions.py``). When time is up the connection's
+        socket is shut down (:class:`_Cut`) and :class:`StoreError` raised;
+        the caller closes the connection. Only for a task that is not
+        cancelled while it works (a cancellation makes psycopg ask the server
+        to cancel the statement, and wait): the writer's, which
+        :meth:`aclose` cuts short instead."""
+        cut = _Cut(conn)
+        timeout = self.timeout
+        handle = asyncio.get_running_loop().call_later(
+            timeout, cut.fire, f"no answer within {timeout:g}s"
+        )
+        self._cuts.add(cut)
+        try:
+            return await work
+        except (psycopg.Error, OSError):
+            if cut.reason:
+                raise StoreError(f"store {operation} failed: {cut.reason}") from None
+            raise
+        finally:
+            handle.cancel()
+            self._cuts.discard(cut)
+
     async def _run(self, operation: str, work: Work[T], *, retry: bool = True) -> T:
         """``work`` on a pooled connection, timed and bounded (see :meth:`_pooled`)."""
         conn, result = await self._pooled(operation, work, retry=retry)
@@ -795,8 +846,10 @@ class PostgresStore:
                 idle = _CHECK_INTERVAL
             else:
                 idle = max(0.0, last_start + self.flush_interval - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(idle):
+                        await self._wake.wait()
             self._wake.clear()
             last_start = time.monotonic()
             if not await self._commit_pending():
@@ -820,7 +873,7 @@ class PostgresStore:
         try:
             self._hook("commit")
             conn = await self._writer()
-            notices = await self._bounded(
+            notices = await self._bounded_here(
                 conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
             )
         except (StoreError, psycopg.Error, OSError) as exc:
@@ -1472,6 +1525,8 @@ class PostgresStore:
                 await self._commit_pending()
         self._stopping = True
         self._wake.set()
+        for cut in list(self._cuts):
+            cut.fire("the store is closing")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
