@@ -554,21 +554,26 @@ def test_other_clients_wait_at_most_the_limit(limited: Daemon, lr: redis.Redis) 
     """The loop is busy with the script, so others wait; once it is stopped
     they are served, in order."""
     answered: list[float] = []
-    ready = threading.Event()
+    sent = threading.Event()
 
     def other() -> None:
         with limited.client() as c:
             c.ping()
-            ready.set()
-            time.sleep(0.1)  # the script has started by now
+            assert sent.wait(10)  # the script's EVAL went first, however late
             c.set("other", "1")
             answered.append(time.monotonic())
 
     thread = threading.Thread(target=other)
     thread.start()
-    assert ready.wait(10)
+    script = Wire(limited.raw())
     started = time.monotonic()
-    assert "scripting.time_limit" in error_text(lambda: lr.eval("while true do end", 0))
+    script.send("EVAL", "while true do end", "0")
+    # The SET goes after the EVAL has had time to be read: sent together, the
+    # daemon could read the SET's connection first.
+    time.sleep(0.05)
+    sent.set()
+    assert b"scripting.time_limit" in script.read()
+    script.sock.close()
     ended = time.monotonic()
     thread.join(10)
     assert answered and started + 0.4 < answered[0] < ended + 1.0

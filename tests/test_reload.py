@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import os
 import shutil
 import signal
@@ -382,6 +383,7 @@ def test_logging_level_and_format_change_apply(daemon_factory: Factory) -> None:
 def test_fifty_rapid_saves_coalesce_and_end_in_last_state(daemon_factory: Factory) -> None:
     d = daemon_factory(METRICS)
     last = 0
+    saved: list[float] = []
     for i in range(50):
         last = 1000 + i
         text = yaml.safe_dump(edited(d, cache={"max_sessions": last}))
@@ -391,6 +393,7 @@ def test_fifty_rapid_saves_coalesce_and_end_in_last_state(daemon_factory: Factor
             tmp = d.config_path.with_name(f".sessiond.yaml.{i}")
             tmp.write_text(text)
             tmp.replace(d.config_path)
+        saved.append(time.monotonic())
         time.sleep(0.005)
     with d.client() as r:
         wait_until(
@@ -400,7 +403,12 @@ def test_fifty_rapid_saves_coalesce_and_end_in_last_state(daemon_factory: Factor
     # Let any straggler land, then count.
     time.sleep(QUIET)
     count = successes(d)
-    assert 1 <= count <= 10, count
+    # The watcher ends a batch after 50 ms without a change, or 200 ms into one: a
+    # loaded machine that stalls this loop that long splits the saves into more
+    # batches, one reload each at most (the gap is counted generously, from 30 ms).
+    stalls = sum(1 for a, b in itertools.pairwise(saved) if b - a > 0.03)
+    batches = 1 + stalls + int((saved[-1] - saved[0]) / 0.2)
+    assert 1 <= count <= max(10, batches), (count, batches)
     assert failures(d) == 0, d.log_text()
     assert len(events(d, "config_reloaded")) == count
     assert d.metric("sessiond_cache_max_sessions") == last
