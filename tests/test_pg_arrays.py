@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import PgCluster, PgDatabase
 from psycopg import sql
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
-from sessiond.store import pgarrays
+from sessiond.store import pgarrays, pgwire
 from sessiond.store.postgres import connection_params
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"))
@@ -107,3 +108,17 @@ def test_what_cannot_be_sent_fails_as_psycopg_fails(
         pytest.raises(psycopg.DataError),
     ):
         conn.execute("SELECT %b", (array(items),))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.booleans()
+    | _FLOAT
+    | st.one_of([st.lists(elements, max_size=8).map(array) for array, _, elements in CASES])
+)
+def test_the_commit_s_parameters_are_dumped_as_psycopg_dumps_them(value: Any) -> None:
+    """The group commit sends its parameters without psycopg (pgwire.py):
+    each must be the bytes psycopg's binary dumper gives for it."""
+    transformer = Transformer(pgarrays.ADAPTERS)
+    want = transformer.get_dumper(value, PyFormat.BINARY).dump(value)
+    assert pgwire.binary(value) == bytes(want)

@@ -61,6 +61,15 @@ class _ArrayDumper(Dumper):
             raise psycopg.DataError(f"cannot send {type(self).__name__}: {exc}") from None
 
 
+_DUMPERS: dict[type, _ArrayDumper] = {}
+
+
+def binary_array(value: list[Any]) -> bytes:
+    """``value``, a list of one of the classes below, in binary: what its
+    dumper gives psycopg (for a statement sent without psycopg: pgwire.py)."""
+    return _DUMPERS[type(value)].dump(value)
+
+
 def _array(
     name: str, one: Callable[[Any], bytes], many: Callable[[list[Any]], Iterable[bytes]]
 ) -> type[list[Any]]:
@@ -77,6 +86,7 @@ def _array(
         },
     )
     ADAPTERS.register_dumper(cls, dumper)
+    _DUMPERS[cls] = dumper(cls)
     return cls
 
 

@@ -131,7 +131,7 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # Version 1 ran every statement every time.
 FUNCTION = "sessiond_commit_v2"
 # The function's parameters, written once: its signature and the call's
-# placeholders (COMMIT) are both made from them.
+# placeholders (COMMIT_PREPARED) are both made from them.
 _UPSERT_PARAMS = (
     ("p_keys", "bytea[]"),
     ("p_hashes", "int8[]"),
@@ -183,7 +183,12 @@ BEGIN
     PERFORM {_FENCE.format("p_fence")};
 END
 $fn$"""
-COMMIT = f"SELECT {FUNCTION}({', '.join(f'%b::{kind}' for _, kind in _COMMIT_PARAMS)})"
+# The call, prepared once on the writer's connection under COMMIT_STATEMENT's
+# name and sent through libpq directly (pgwire.py).
+COMMIT_STATEMENT = "sessiond_commit"
+COMMIT_PREPARED = "SELECT {}({})".format(
+    FUNCTION, ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1))
+)
 
 # Rows past their deadline (minus a grace the caller gives), a chunk at a time:
 # rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of

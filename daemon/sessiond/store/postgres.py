@@ -11,10 +11,11 @@ helper thread's own loop and connection, never on the event loop's. Its parts:
   takes the whole map and commits it in one transaction on a connection of its
   own (advisory locks on its keys, one ``unnest`` upsert, one delete, the
   sliding-TTL renewals, the notifications of what changed: one call of
-  :data:`.pgsql.COMMIT_FUNCTION`, its arrays typed by :mod:`.pgarrays`, on a
-  cursor kept for it). Replies waiting in :meth:`after_commit` are released
-  when it returns. One commit at a time, so two changes to a key commit in
-  the order memory made them;
+  :data:`.pgsql.COMMIT_FUNCTION`, its arrays typed by :mod:`.pgarrays`,
+  prepared once per connection and sent through libpq directly by
+  :mod:`.pgwire`). Replies waiting in :meth:`after_commit` are released when
+  it returns. One commit at a time, so two changes to a key commit in the
+  order memory made them;
 * **decisions** (:meth:`decide`, :meth:`finish`): a command whose outcome
   depends on a key's current value runs inside a transaction that holds its
   keys' advisory locks and row locks, opened with their rows as the database
@@ -57,7 +58,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
 from ..stats import SharedStats, StoreStats
-from . import pgsql
+from . import pgsql, pgwire
 from .api import (
     HASH_SPACE,
     Change,
@@ -91,6 +92,7 @@ _CHECK_INTERVAL = 1.0
 _PENDING_BOUND = 100_000  # changes pending before writers are held back (lagging)
 _EXPIRE_CHUNK = 500  # rows a sweep deletes per transaction
 _BATCH_LIMIT = 64  # decisions one transaction opens at most (_open_batch)
+_COMMIT_STATEMENT = pgsql.COMMIT_STATEMENT.encode()
 _WAIT_LOG_EVERY = 5.0  # seconds between start-up's "still waiting" lines
 _CONNECTION_ERRORS = (
     psycopg.OperationalError,
@@ -482,10 +484,6 @@ class PostgresStore:
         self._loop_thread = 0
         self._pool = _Pool(lambda: self._connect("pool"), pool_size, self.shared_stats)
         self._writer_conn: Conn | None = None
-        # The group commit's cursor on the writer's connection: psycopg keeps
-        # a cursor's adapters (dumpers found, their instances) while it runs
-        # the same statement, a new cursor finds them again each time.
-        self._commit_cursor: Cursor | None = None
         self._wake = asyncio.Event()
         self._committed_seq = 0
         self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
@@ -558,6 +556,7 @@ class PostgresStore:
                 pause = min(pause * 2, 2.0)
         try:
             await self._bounded(conn, _schema_locked(conn, self._schema), "schema")
+            await self._prepare_commit(conn)
         except psycopg.Error as exc:
             await conn.close()
             raise StoreError(f"persistence.dsn: cannot use the database: {_why(exc)}") from None
@@ -937,9 +936,16 @@ class PostgresStore:
             # running, or a restore of the tables alone, is made again here,
             # at the reconnect that follows the failed commit.
             await self._bounded(conn, _schema_locked(conn, _ensure_function), "schema")
+            await self._prepare_commit(conn)
             self.shared_stats.reconnect("writer")
             log.info("store_reconnected", connection="writer", server=self.server)
         return conn
+
+    async def _prepare_commit(self, conn: Conn) -> None:
+        """The group commit's statement, prepared on the writer's new connection."""
+        await self._bounded(
+            conn, pgwire.prepare(conn, pgsql.COMMIT_STATEMENT, pgsql.COMMIT_PREPARED), "schema"
+        )
 
     async def _measure_clock(self, conn: Conn) -> None:
         """The database's clock against this host's monotonic one (which no
@@ -983,18 +989,17 @@ class PostgresStore:
         renewals: dict[bytes, Renewal],
         fence: float,
     ) -> int:
-        """One transaction, one statement (:data:`.pgsql.COMMIT_FUNCTION`): the
+        """One transaction, one statement (:data:`.pgsql.COMMIT_FUNCTION`,
+        prepared when the writer connected, sent by :mod:`.pgwire`): the
         locks, the flush if any, the upserts, the deletes, the renewals, the
         notifications, the fence. Returns how many notifications it sent."""
         changed = list(batch)
         notices = pgsql.payloads(self.host_id, time.time(), changed, cleared)
         upserts, deletes = _change_arrays(batch)
         keys = list(renewals)
-        cursor = self._commit_cursor
-        if cursor is None or cursor.connection is not conn:
-            cursor = self._commit_cursor = conn.cursor()
-        await cursor.execute(
-            pgsql.COMMIT,
+        await pgwire.run(
+            conn,
+            _COMMIT_STATEMENT,
             (
                 Int4(pgsql.lock_ids([*changed, *keys])),
                 cleared,
