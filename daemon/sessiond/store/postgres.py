@@ -681,13 +681,13 @@ class PostgresStore:
         """``work`` on ``conn`` within the store's timeout, as :meth:`_bounded`
         does, but awaited by the calling task itself: no task of its own to
         start and wait for, two turns of the event loop fewer per group commit
-        (with the writer's wake: 494k -> 447k instructions per durable SET at
+        (with the writer's wake: 494k -> 459k instructions per durable SET at
         ``-c 1``, ``bench/instructions.py``). When time is up the connection's
         socket is shut down (:class:`_Cut`) and :class:`StoreError` raised;
         the caller closes the connection. Only for a task that is not
         cancelled while it works (a cancellation makes psycopg ask the server
-        to cancel the statement, and wait): the writer's, which
-        :meth:`aclose` cuts short instead."""
+        to cancel the statement, and wait): the writer's and the decision
+        transactions' tasks, which :meth:`aclose` cuts short instead."""
         cut = _Cut(conn)
         timeout = self.timeout
         handle = asyncio.get_running_loop().call_later(
@@ -710,11 +710,14 @@ class PostgresStore:
         self._pool.release(conn)
         return result
 
-    async def _pooled(self, operation: str, work: Work[T], *, retry: bool = True) -> tuple[Conn, T]:
+    async def _pooled(
+        self, operation: str, work: Work[T], *, retry: bool = True, here: bool = False
+    ) -> tuple[Conn, T]:
         """``work`` on a pooled connection, timed and bounded, and that
         connection, which the caller gives back. A connection that idled in
         the pool and fails is retried once on a new one (nothing was done on
-        it yet)."""
+        it yet). ``here``: bounded by :meth:`_bounded_here` (for a task of the
+        store's own, which only :meth:`aclose` stops)."""
         for attempt in (0, 1):
             started = perf_counter()
             try:
@@ -722,7 +725,10 @@ class PostgresStore:
             except (TimeoutError, *_CONNECTION_ERRORS) as exc:
                 raise StoreError(f"store {operation} failed: {_why(exc)}") from None
             try:
-                result = await self._bounded(conn, work(conn), operation)
+                if here:
+                    result = await self._bounded_here(conn, work(conn), operation)
+                else:
+                    result = await self._bounded(conn, work(conn), operation)
             except StoreError:
                 self._pool.discard(conn)
                 raise
@@ -1086,7 +1092,7 @@ class PostgresStore:
             return cursor, await _open_decision(conn, cursor, sorted(keys), len(asks) == 1)
 
         try:
-            conn, opened = await self._pooled("decide", open_)
+            conn, opened = await self._pooled("decide", open_, here=True)
         except BaseException as exc:
             if asks is None:  # no connection: every decision asked for fails now
                 asks = self._asked
@@ -1207,7 +1213,7 @@ class PostgresStore:
         try:
             if changes:
                 notices = pgsql.payloads(self.host_id, time.time(), list(changes), False)
-            await self._bounded(
+            await self._bounded_here(
                 conn,
                 _commit_decision(conn, batch.cursor, changes, notices, self._fence(), barrier),
                 "commit",
@@ -1272,7 +1278,8 @@ class PostgresStore:
         if future is None:
             return  # not listening: memory is not trusted anyway
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.heartbeat_interval)
+            async with asyncio.timeout(self.heartbeat_interval):
+                await future
         except TimeoutError:
             if self._barriers.pop(payload, None) is not None and self.coherent:
                 self.shared_stats.memory_flushes += 1
