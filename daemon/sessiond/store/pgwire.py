@@ -32,6 +32,7 @@ from psycopg.pq import ExecStatus, Format
 from .pgarrays import binary_array
 
 _FLOAT8 = struct.Struct("!d").pack
+_OK = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK)
 _TRUE = b"\x01"
 _FALSE = b"\x00"
 
@@ -62,34 +63,44 @@ async def run(conn: psycopg.AsyncConnection[Any], name: bytes, params: Sequence[
             name, dumped, param_formats=[Format.BINARY] * len(dumped), result_format=Format.BINARY
         )
         fd = pgconn.socket
+        # As libpq asks: while the statement is not all sent, wait until the
+        # socket can take more or has something to read, and read that.
         while pgconn.flush():
             await _ready(loop, fd, write=True)
-        pgconn.consume_input()
-        while pgconn.is_busy():
-            await _ready(loop, fd, write=False)
             pgconn.consume_input()
         error: psycopg.Error | None = None
-        while (result := pgconn.get_result()) is not None:
-            if result.status == ExecStatus.FATAL_ERROR and error is None:
-                error = pg_errors.error_from_result(result, encoding=conn.info.encoding)
+        while True:
+            # get_result() blocks in libpq while a result is incomplete: wait
+            # on the loop first, every time (the last message can come late).
+            while pgconn.is_busy():
+                await _ready(loop, fd)
+                pgconn.consume_input()
+            if (result := pgconn.get_result()) is None:
+                break
+            status = result.status
+            if status == ExecStatus.FATAL_ERROR:
+                # Read on to the end, so that the connection is idle again.
+                if error is None:
+                    error = pg_errors.error_from_result(result, encoding=conn.info.encoding)
+            elif status not in _OK:
+                # Nothing this statement can give (a COPY, say): the caller drops the connection.
+                raise psycopg.InterfaceError(f"unexpected result: {ExecStatus(status).name}")
         if error is not None:
             raise error
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
-    """Until ``fd`` is writable (``write``) or readable."""
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool = False) -> None:
+    """Until ``fd`` is readable (or, with ``write``, writable or readable)."""
     future: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _wake, future)
     if write:
         loop.add_writer(fd, _wake, future)
-    else:
-        loop.add_reader(fd, _wake, future)
     try:
         await future
     finally:
+        loop.remove_reader(fd)
         if write:
             loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
