@@ -373,3 +373,57 @@ def test_a_row_s_lock_id_in_sql_is_its_key_s_lock_id(pg_db: PgDatabase, keys: li
     signed = [h - 2**32 if h >= 2**31 else h for h in crc]
     assert row is not None
     assert row[0] == [pgsql.lock_id(key) for key in keys] == signed
+
+
+def test_a_commit_under_way_when_the_store_closes_is_never_reported_landed(
+    pg_db: PgDatabase,
+) -> None:
+    """Closing used to run its own last commit beside the writer's: with the
+    writer's commit still waiting for a key's lock, the close found nothing
+    pending and told the write it had landed. It never did."""
+
+    async def scenario(store: PostgresStore) -> None:
+        told: list[StoreError | None] = []
+        async with other_host(pg_db) as other:
+            await other.hold(b"k")
+            store.record(b"k", fields(b"v"))
+            store.after_commit(told.append)
+            await until(other.waiting(1), "the commit to wait for the key's lock")
+            await store.aclose()
+            assert len(told) == 1 and told[0] is not None, told
+            await other.release()
+
+    run(pg_db, scenario, timeout=1.0)
+    assert b"k" not in stored(pg_db)
+
+
+def test_odd_notifications_on_the_heartbeat_channel_leave_the_host_listening(
+    pg_db: PgDatabase,
+) -> None:
+    """A payload that looks like a heartbeat's number and is not one ('²' is a
+    digit to str.isdigit, 5,000 digits are past int()'s limit) must not stop
+    the host hearing the others, nor leave it coherent without a listener."""
+
+    async def scenario(store: PostgresStore) -> None:
+        odd = ["\u00b2", "7" * 5000, "b", ""]
+        async with other_host(pg_db) as other:
+            for _ in range(20):  # both while a heartbeat's statement runs and between
+                for payload in odd:
+                    await other.conn.execute(
+                        "SELECT pg_notify(%s, %s)", (store._heartbeat_channel, payload)
+                    )
+                await asyncio.sleep(0.02)
+            before = store.shared_stats.notifications_received
+            await other.conn.execute(
+                "SELECT pg_notify(%s, n) FROM unnest(%s::text[]) AS n",
+                (pgsql.CHANNEL, pgsql.payloads("elsewhere", 0.0, [b"k"], False)),
+            )
+
+            async def heard() -> bool:
+                return store.shared_stats.notifications_received > before
+
+            await until(heard, "another host's change to be heard")
+            await asyncio.sleep(0.5)  # a heartbeat or two more
+            assert store.coherent
+
+    run(pg_db, scenario, heartbeat_interval=0.1)

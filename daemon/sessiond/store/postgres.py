@@ -388,13 +388,18 @@ class _Cut:
 
     def fire(self, reason: str) -> None:
         self.reason = reason
-        # A duplicate of the descriptor: shutting the socket down acts on the
-        # connection, and closing the duplicate leaves libpq's descriptor alone.
-        with (
-            contextlib.suppress(OSError, psycopg.Error),
-            socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
-        ):
+        try:
+            sock = socket.socket(fileno=self.conn.fileno())
+        except (OSError, psycopg.Error):
+            return  # closed already
+        # Not a duplicate of the descriptor (which could fail at the process's
+        # limit of open files): shut libpq's own down, then let go of it.
+        try:
             sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
 
 
 class _Hearing:
@@ -423,13 +428,18 @@ class _Hearing:
             if not self.lost.done():
                 self.lost.set_result(_why(exc))
             return
-        while (n := pgconn.notifies()) is not None:
-            self.heard(n.relname.decode(), n.extra.decode())
+        try:
+            while (n := pgconn.notifies()) is not None:
+                self.heard(n.relname.decode(), n.extra.decode())
+        except Exception as exc:  # a notification not handled: not coherent
+            asyncio.get_running_loop().remove_reader(self.fd)
+            if not self.lost.done():
+                self.lost.set_result(f"a notification could not be handled: {exc!r}")
 
     def heard(self, channel: str, payload: str) -> None:
         # A heartbeat's payload is its number; a barrier's starts with "b".
-        if channel == self.channel and payload.isdigit():
-            if int(payload) >= self.seq and not self.back.done():
+        if channel == self.channel and payload.isascii() and payload.isdigit():
+            if len(payload) < 20 and int(payload) >= self.seq and not self.back.done():
                 self.back.set_result(None)
             return
         self.store._heard(channel, payload)
@@ -485,6 +495,7 @@ class PostgresStore:
         self._pool = _Pool(lambda: self._connect("pool"), pool_size, self.shared_stats)
         self._writer_conn: Conn | None = None
         self._wake = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
         self._committed_seq = 0
         self._commit_started = 0.0  # perf_counter of the commit running, 0 if none
         self._waiters: list[_Waiter] = []
@@ -695,7 +706,7 @@ class PostgresStore:
         )
         self._cuts.add(cut)
         try:
-            return await work
+            result = await work
         except (psycopg.Error, OSError):
             if cut.reason:
                 raise StoreError(f"store {operation} failed: {cut.reason}") from None
@@ -703,6 +714,9 @@ class PostgresStore:
         finally:
             handle.cancel()
             self._cuts.discard(cut)
+        if cut.reason:  # cut as the answer came: the answer stands, the socket is gone
+            await conn.close()
+        return result
 
     async def _run(self, operation: str, work: Work[T], *, retry: bool = True) -> T:
         """``work`` on a pooled connection, timed and bounded (see :meth:`_pooled`)."""
@@ -862,7 +876,12 @@ class PostgresStore:
 
     async def _commit_pending(self) -> bool:
         """One group commit of everything pending (and the renewals); with
-        nothing pending while failing, a probe. False if it failed."""
+        nothing pending while failing, a probe. False if it failed. One at a
+        time: aclose's last commit waits for the writer's."""
+        async with self._commit_lock:
+            return await self._commit_taken()
+
+    async def _commit_taken(self) -> bool:
         batch, cleared, seq = self.overlay.take()
         renewals, self._renewals = self._renewals, {}
         if not batch and not cleared and not renewals:
@@ -882,33 +901,21 @@ class PostgresStore:
                 conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
             )
         except (StoreError, psycopg.Error, OSError) as exc:
-            self._commit_started = 0.0
-            await self._drop_writer()
-            if self.durability == "always":
-                # Every change in the batch has a reply waiting for it, and
-                # gets this error: none was acknowledged. Kept pending, it
-                # would land when the database is back, over what other hosts
-                # wrote meanwhile (acknowledged writes); forgotten, memory
-                # drops its copies and reads the database's values again.
-                self.overlay.landed()
-                if self._listener is not None and batch:
-                    self._listener.invalidated(list(batch))
-            else:
-                # Under batch the changes were acknowledged: commit them later.
-                self.overlay.put_back()
-            for key, renewal in renewals.items():
-                self._renewals.setdefault(key, renewal)
             error = (
                 exc
                 if isinstance(exc, StoreError)
                 else StoreError(f"store write failed: {_commit_failure(exc)}")
             )
-            if self.failure is None:
-                log.error("store_error", operation="commit", error=str(error), sessions=len(batch))
-            self.failure = StoreError(str(error).removeprefix("store "))
-            self.stats.error("commit")
-            self._failed(seq, error)
+            self._commit_failed(batch, renewals, seq, error)
+            await self._drop_writer()
             return False
+        except asyncio.CancelledError:
+            # Stopped mid-commit (aclose): its outcome is unknown, and its
+            # replies are told it failed, never that it landed.
+            self._commit_failed(
+                batch, renewals, seq, StoreError("store commit failed: the store is closing")
+            )
+            raise
         self._commit_started = 0.0
         self.overlay.landed()
         if self.failure is not None:
@@ -927,6 +934,32 @@ class PostgresStore:
         if self._listener is not None and batch:
             self._listener.committed(list(batch))
         return True
+
+    def _commit_failed(
+        self, batch: dict[bytes, Kept], renewals: dict[bytes, Renewal], seq: int, error: StoreError
+    ) -> None:
+        """A group commit failed: its waiters get ``error``, and its changes
+        are forgotten (``always``) or pending again (``batch``)."""
+        self._commit_started = 0.0
+        if self.durability == "always":
+            # Every change in the batch has a reply waiting for it, and
+            # gets this error: none was acknowledged. Kept pending, it
+            # would land when the database is back, over what other hosts
+            # wrote meanwhile (acknowledged writes); forgotten, memory
+            # drops its copies and reads the database's values again.
+            self.overlay.landed()
+            if self._listener is not None and batch:
+                self._listener.invalidated(list(batch))
+        else:
+            # Under batch the changes were acknowledged: commit them later.
+            self.overlay.put_back()
+        for key, renewal in renewals.items():
+            self._renewals.setdefault(key, renewal)
+        if self.failure is None:
+            log.error("store_error", operation="commit", error=str(error), sessions=len(batch))
+        self.failure = StoreError(str(error).removeprefix("store "))
+        self.stats.error("commit")
+        self._failed(seq, error)
 
     async def _writer(self) -> Conn:
         conn = self._writer_conn
@@ -950,7 +983,7 @@ class PostgresStore:
     async def _prepare_commit(self, conn: Conn) -> None:
         """The group commit's statement, prepared on the writer's new connection."""
         await self._bounded(
-            conn, pgwire.prepare(conn, pgsql.COMMIT_STATEMENT, pgsql.COMMIT_PREPARED), "schema"
+            conn, pgwire.prepare(conn, pgsql.COMMIT_STATEMENT, pgsql.COMMIT_PREPARED), "prepare"
         )
 
     async def _measure_clock(self, conn: Conn) -> None:
@@ -1218,6 +1251,12 @@ class PostgresStore:
                 _commit_decision(conn, batch.cursor, changes, notices, self._fence(), barrier),
                 "commit",
             )
+        except asyncio.CancelledError:
+            # Stopped mid-commit (aclose): told it failed, never that it landed.
+            self._barriers.pop(barrier[1], None)
+            for decision in decisions:
+                decision.error = StoreError(_CLOSED)
+            raise
         except (StoreError, psycopg.Error, OSError) as exc:
             self._barriers.pop(barrier[1], None)
             error = (
@@ -1425,6 +1464,8 @@ class PostgresStore:
                 reason = _why(exc)
             except StoreError as exc:
                 reason = str(exc)
+            except Exception as exc:  # a notification not handled: not coherent
+                reason = f"a notification could not be handled: {exc!r}"
             self._listen_up.clear()
             if not self._stopping:
                 self._coherent(False, reason)
@@ -1470,7 +1511,7 @@ class PostgresStore:
                 "heartbeat",
                 interval,
             )
-            loop.add_reader(conn.fileno(), hearing.readable)
+            loop.add_reader(hearing.fd, hearing.readable)
             try:
                 hearing.readable()  # what libpq read along with the statement's result
                 left = sent + interval - time.monotonic()
@@ -1487,7 +1528,10 @@ class PostgresStore:
                 if hearing.lost.done():
                     return hearing.lost.result()
             finally:
-                loop.remove_reader(conn.fileno())
+                # Once lost, readable() took its reader away, and the descriptor
+                # may already be another connection's.
+                if not hearing.lost.done():
+                    loop.remove_reader(hearing.fd)
         return "stopping"
 
     def _heard(self, channel: str, payload: str) -> None:
