@@ -424,17 +424,18 @@ class _Hearing:
         try:
             pgconn.consume_input()
         except psycopg.OperationalError as exc:
-            asyncio.get_running_loop().remove_reader(self.fd)
-            if not self.lost.done():
-                self.lost.set_result(_why(exc))
+            self._lose(_why(exc))
             return
         try:
             while (n := pgconn.notifies()) is not None:
                 self.heard(n.relname.decode(), n.extra.decode())
         except Exception as exc:  # a notification not handled: not coherent
-            asyncio.get_running_loop().remove_reader(self.fd)
-            if not self.lost.done():
-                self.lost.set_result(f"a notification could not be handled: {exc!r}")
+            self._lose(f"a notification could not be handled: {exc!r}")
+
+    def _lose(self, reason: str) -> None:
+        asyncio.get_running_loop().remove_reader(self.fd)
+        if not self.lost.done():
+            self.lost.set_result(reason)
 
     def heard(self, channel: str, payload: str) -> None:
         # A heartbeat's payload is its number; a barrier's starts with "b".
@@ -1497,7 +1498,10 @@ class PostgresStore:
         interval = self.heartbeat_interval
         loop = asyncio.get_running_loop()
         hearing = _Hearing(self, conn, loop)
-        # Notifications read while psycopg runs the heartbeat's statement.
+        # Notifications read while psycopg runs the heartbeat's statement:
+        # every heartbeat among them (PostgreSQL hands a session its own
+        # notification as its statement ends), so any test that stays
+        # listening goes through here.
         conn.add_notify_handler(lambda n: hearing.heard(n.channel, n.payload))
         while not self._stopping:
             hearing.seq += 1
