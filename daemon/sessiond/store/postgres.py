@@ -880,61 +880,58 @@ class PostgresStore:
         nothing pending while failing, a probe. False if it failed. One at a
         time: aclose's last commit waits for the writer's."""
         async with self._commit_lock:
-            return await self._commit_taken()
-
-    async def _commit_taken(self) -> bool:
-        batch, cleared, seq = self.overlay.take()
-        renewals, self._renewals = self._renewals, {}
-        if not batch and not cleared and not renewals:
-            self.overlay.landed()
-            if self.failure is not None and not await self._probe():
+            batch, cleared, seq = self.overlay.take()
+            renewals, self._renewals = self._renewals, {}
+            if not batch and not cleared and not renewals:
+                self.overlay.landed()
+                if self.failure is not None and not await self._probe():
+                    return False
+                self._committed_seq = max(self._committed_seq, seq)
+                self._resolve()
+                return True
+            started = perf_counter()
+            self._commit_started = started
+            notices = 0
+            try:
+                self._hook("commit")
+                conn = await self._writer()
+                notices = await self._bounded_here(
+                    conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
+                )
+            except (StoreError, psycopg.Error, OSError) as exc:
+                error = (
+                    exc
+                    if isinstance(exc, StoreError)
+                    else StoreError(f"store write failed: {_commit_failure(exc)}")
+                )
+                self._commit_failed(batch, renewals, seq, error)
+                await self._drop_writer()
                 return False
+            except asyncio.CancelledError:
+                # Stopped mid-commit (aclose): its outcome is unknown, and its
+                # replies are told it failed, never that it landed.
+                self._commit_failed(
+                    batch, renewals, seq, StoreError("store commit failed: the store is closing")
+                )
+                raise
+            self._commit_started = 0.0
+            self.overlay.landed()
+            if self.failure is not None:
+                log.info("store_recovered", server=self.server)
+                self.failure = None
+            elapsed = perf_counter() - started
+            self.stats.commit_duration.observe(elapsed)
+            self.shared_stats.round_trip("commit", elapsed)
+            deletes = sum(1 for change in batch.values() if change is None)
+            self.stats.writes += len(batch) - deletes
+            self.shared_stats.renewals += len(renewals)
+            self.shared_stats.notifications_sent += notices
+            self.shared_stats.invalidations_sent += len(batch) + cleared
             self._committed_seq = max(self._committed_seq, seq)
             self._resolve()
+            if self._listener is not None and batch:
+                self._listener.committed(list(batch))
             return True
-        started = perf_counter()
-        self._commit_started = started
-        notices = 0
-        try:
-            self._hook("commit")
-            conn = await self._writer()
-            notices = await self._bounded_here(
-                conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
-            )
-        except (StoreError, psycopg.Error, OSError) as exc:
-            error = (
-                exc
-                if isinstance(exc, StoreError)
-                else StoreError(f"store write failed: {_commit_failure(exc)}")
-            )
-            self._commit_failed(batch, renewals, seq, error)
-            await self._drop_writer()
-            return False
-        except asyncio.CancelledError:
-            # Stopped mid-commit (aclose): its outcome is unknown, and its
-            # replies are told it failed, never that it landed.
-            self._commit_failed(
-                batch, renewals, seq, StoreError("store commit failed: the store is closing")
-            )
-            raise
-        self._commit_started = 0.0
-        self.overlay.landed()
-        if self.failure is not None:
-            log.info("store_recovered", server=self.server)
-            self.failure = None
-        elapsed = perf_counter() - started
-        self.stats.commit_duration.observe(elapsed)
-        self.shared_stats.round_trip("commit", elapsed)
-        deletes = sum(1 for change in batch.values() if change is None)
-        self.stats.writes += len(batch) - deletes
-        self.shared_stats.renewals += len(renewals)
-        self.shared_stats.notifications_sent += notices
-        self.shared_stats.invalidations_sent += len(batch) + cleared
-        self._committed_seq = max(self._committed_seq, seq)
-        self._resolve()
-        if self._listener is not None and batch:
-            self._listener.committed(list(batch))
-        return True
 
     def _commit_failed(
         self, batch: dict[bytes, Kept], renewals: dict[bytes, Renewal], seq: int, error: StoreError
