@@ -9,6 +9,8 @@
   replicate (``create_replica()``) and promote; it has the database ``sessiond``.
 - ``pg_cluster_factory``: ``make(settings={...})`` for more clusters of the test's own.
 - ``tcp_proxy``: ``tcp_proxy(port)`` a started ``TcpProxy`` to that port, closed after.
+- ``fields(value)``: a plain string session's row, as a write records it in the store
+  (for tests that drive ``PostgresStore`` in process).
 
 Tests using them skip, with the reason, only when the PostgreSQL server programs are not
 installed (``bash scripts/test.sh`` installs them).
@@ -22,6 +24,11 @@ from typing import Any
 import pytest
 from pg import PgCluster, PgDatabase, PgUnavailable
 from tcp_proxy import TcpProxy
+
+
+def fields(value: bytes) -> tuple[bytes, None, float, float, float, None, None, int]:
+    """A plain string session, as a write records it."""
+    return (value, None, 1.0, 1.0, 1.0, None, None, 0)
 
 
 def _create_or_skip(**kwargs: Any) -> PgCluster:

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import PgDatabase
+from pg_fixtures import fields
 from sessiond.store import StoreError, pgsql, scan_hash
 from sessiond.store.postgres import PostgresStore
 
@@ -35,11 +36,6 @@ def run(pg_db: PgDatabase, scenario: Scenario, **options: Any) -> None:
             await store.aclose()
 
     asyncio.run(main())
-
-
-def fields(value: bytes) -> tuple[bytes, None, float, float, float, None, None, int]:
-    """A plain string session, as a write records it."""
-    return (value, None, 1.0, 1.0, 1.0, None, None, 0)
 
 
 async def finished(store: PostgresStore, decisions: list[Any]) -> list[StoreError | None]:

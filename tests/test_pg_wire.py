@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 
 from pg import PgDatabase
+from pg_fixtures import fields
 from sessiond.store import StoreError
 from sessiond.store.postgres import PostgresStore
-
-
-def fields(value: bytes) -> tuple[bytes, None, float, float, float, None, None, int]:
-    return (value, None, 1.0, 1.0, 1.0, None, None, 0)
 
 
 def test_a_reply_whose_end_comes_late_is_cut_at_the_timeout_and_the_loop_runs_on(
