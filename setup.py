@@ -37,6 +37,11 @@ HOT = [
     "daemon/sessiond/store/overlay.py",
     "daemon/sessiond/store/log.py",
     "daemon/sessiond/store/sqlite.py",
+    # On the shared store each durable SET at -c 1 is a commit of its own:
+    # its parameters' dumping, its sending, its notification payloads.
+    "daemon/sessiond/store/pgarrays.py",
+    "daemon/sessiond/store/pgsql.py",
+    "daemon/sessiond/store/pgwire.py",
     *sorted(str(p) for p in Path("daemon/sessiond/commands").glob("*.py")),
 ]
 

@@ -24,6 +24,12 @@ is pinned here, so that it fails in the compiled run if it comes back:
   the process when it is freed in turn (the property tests of
   tests/test_scripting_engine.py segfaulted so in the compiled run; since
   ``protocol.Error`` is a plain Python class, they pass);
+- a compiled method checks that its ``self`` is of exactly the class it was
+  compiled in, even for a non-native class (``mypyc_attr(native_class=False)``):
+  a subclass made at run time with ``type()`` fails at its first call
+  ("_ArrayDumper object expected; got abc.ByteaArrayDumper": the shared
+  store's array dumpers were made so, one per list class, before their module
+  was compiled);
 - unboxed floats: a ``float`` attribute of a native class is a C double in the
   object, a ``float | None`` one a separate object (the cache keeps an entry's
   deadline and TTL as plain floats for that, with ``None`` given out by
@@ -57,6 +63,9 @@ HOT = [
     "sessiond.server",
     "sessiond.shared",
     "sessiond.store.sqlite",
+    "sessiond.store.pgarrays",
+    "sessiond.store.pgsql",
+    "sessiond.store.pgwire",
     "sessiond.commands.dispatch",
     "sessiond.commands.shared",
     "sessiond.commands.strings",
@@ -100,6 +109,26 @@ def test_no_compiled_function_binds_one_exception_name_to_two_types() -> None:
                 f"{path.name}:{fn.name} {n}: {sorted(t)}" for n, t in names.items() if len(t) > 1
             ]
     assert not clashes
+
+
+def test_every_array_class_dumps_through_psycopg_s_dumper_as_without_it() -> None:
+    """psycopg instantiates the dumper registered for a list class and calls
+    it: that dumper must be one whose compiled methods accept it."""
+    from psycopg.adapt import PyFormat
+    from sessiond.store import pgarrays
+
+    values = {
+        pgarrays.Bytea: [b"k", None],
+        pgarrays.Text: ["t"],
+        pgarrays.Float8: [1.5, None],
+        pgarrays.Int2: [2],
+        pgarrays.Int4: [4],
+        pgarrays.Int8: [8],
+    }
+    for cls, items in values.items():
+        value = cls(items)
+        dumper = pgarrays.ADAPTERS.get_dumper(cls, PyFormat.BINARY)(cls)
+        assert dumper.dump(value) == pgarrays.binary_array(value), cls.__name__
 
 
 def test_a_slid_entry_is_refiled_by_the_sweep_not_dropped() -> None:
