@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Durable SET on the shared store against a central Redis over TCP, as #15 compares them.
 
-    .venv-mypyc/bin/python bench/shared_vs_tcp_redis.py [--reps 3]
+    .venv-mypyc/bin/python bench/shared_vs_tcp_redis.py [--reps 3] [--floor]
 
 What a team running a central redis-server with ``appendonly yes`` and
 ``appendfsync always`` on another port of the same machine would see:
@@ -10,7 +10,11 @@ tests/pg.py, over TCP loopback), answered on its Unix socket, against that
 redis-server over TCP loopback. ``redis-benchmark -t set -d 200 -r 100000`` at
 ``-c 50`` and ``-c 1``, the two servers alternating in each repetition, the
 order turning each time; prints each repetition and the median and range of
-sessiond's rate over Redis'. Measures the sessiond of the interpreter that
+sessiond's rate over Redis', and the CPU each server and PostgreSQL's
+processes used per SET. ``--floor`` adds bench/baseline_server.py ``--pg`` (a
+minimal Python server that makes each round's SETs durable with one upsert, on
+a database of its own): what a Python server reaches here with nothing of
+sessiond's coherence, and what PostgreSQL spends on a plain upsert. Measures the sessiond of the interpreter that
 runs it (run it with the compiled build). Needs redis-server and
 redis-benchmark (Debian: redis-server, redis-tools) and PostgreSQL
 (Debian: postgresql); about 3 minutes.
@@ -26,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resp_bench import free_port, postgresql, sessiond
+from resp_bench import BASELINE, cpu_seconds, free_port, postgresql, sessiond
 
 SCENARIOS = ((50, 60_000), (1, 6_000))  # clients, requests
 
@@ -45,50 +49,80 @@ def rate(target: list[str], clients: int, requests: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also bench/baseline_server.py --pg on a database of its own: what a minimal "
+        "Python server that only upserts its SETs reaches against the same Redis",
+    )
     args = parser.parse_args()
-    ratios: dict[int, list[float]] = {}
+    # name -> clients -> per repetition: (SETs/s, server CPU us/SET, PostgreSQL CPU us/SET)
+    runs: dict[str, dict[int, list[tuple[float, float, float]]]] = {}
     with postgresql() as pg, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cmd, sock = sessiond(
             work, metrics=True, persistence="always", dsn=pg.dsn(pg.create_database())
         )
         port = free_port()
-        servers = [
-            subprocess.Popen(cmd),
-            subprocess.Popen(
+        servers = {
+            "sessiond": subprocess.Popen(cmd),
+            "redis": subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                  "--dir", str(work), "--appendonly", "yes", "--appendfsync", "always"],
                 stdout=subprocess.DEVNULL,
             ),
-        ]  # fmt: skip
+        }  # fmt: skip
+        targets = {"sessiond": ["-s", str(sock)], "redis": ["-h", "127.0.0.1", "-p", str(port)]}
+        if args.floor:
+            floor_sock = work / "floor.sock"
+            servers["floor"] = subprocess.Popen(
+                [sys.executable, str(BASELINE), "--socket", str(floor_sock),
+                 "--pg", pg.dsn(pg.create_database())],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            targets["floor"] = ["-s", str(floor_sock)]
         try:
             deadline = time.monotonic() + 30
-            while not sock.exists():
+            while not sock.exists() or (args.floor and not floor_sock.exists()):
                 if time.monotonic() > deadline:
-                    raise SystemExit("sessiond did not start")
+                    raise SystemExit("sessiond or the floor server did not start")
                 time.sleep(0.1)
             time.sleep(1.5)
-            targets = {"sessiond": ["-s", str(sock)], "redis": ["-h", "127.0.0.1", "-p", str(port)]}
+            assert pg.proc is not None
             for rep in range(args.reps):
                 for clients, requests in SCENARIOS:
                     order = list(targets) if rep % 2 == 0 else list(reversed(targets))
-                    got = {name: rate(targets[name], clients, requests) for name in order}
-                    ratio = got["sessiond"] / got["redis"]
-                    ratios.setdefault(clients, []).append(ratio)
+                    for name in order:
+                        pid = servers[name].pid
+                        own, db = cpu_seconds(pid), cpu_seconds(pg.proc.pid)
+                        got = rate(targets[name], clients, requests)
+                        own = (cpu_seconds(pid) - own) / requests * 1e6
+                        db = (cpu_seconds(pg.proc.pid) - db) / requests * 1e6
+                        runs.setdefault(name, {}).setdefault(clients, []).append((got, own, db))
                     print(
-                        f"rep {rep + 1} -c {clients}: sessiond {got['sessiond']:,.0f}/s, "
-                        f"redis {got['redis']:,.0f}/s, {ratio:.2f}",
+                        f"rep {rep + 1} -c {clients}: "
+                        + ", ".join(
+                            f"{name} {runs[name][clients][-1][0]:,.0f}/s" for name in targets
+                        ),
                         flush=True,
                     )
         finally:
-            for server in servers:
+            for server in servers.values():
                 server.terminate()
                 server.wait()
-    for clients, values in ratios.items():
-        print(
-            f"-c {clients}: sessiond / redis (TCP, appendfsync always): "
-            f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
-        )
+    print("median [range] of each repetition's rate over Redis' (TCP, appendfsync always);")
+    print("CPU per SET: the server's (all threads and child processes), PostgreSQL's (all its")
+    print("processes), medians in us")
+    for name in targets:
+        for clients, _ in SCENARIOS:
+            mine, theirs = runs[name][clients], runs["redis"][clients]
+            ratios = [a[0] / b[0] for a, b in zip(mine, theirs, strict=True)]
+            print(
+                f"-c {clients:<2} {name:>8}: {statistics.median(ratios):.2f} "
+                f"[{min(ratios):.2f}-{max(ratios):.2f}], "
+                f"CPU/SET {statistics.median(r[1] for r in mine):.0f} us, "
+                f"PostgreSQL {statistics.median(r[2] for r in mine):.0f} us"
+            )
     return 0
 
 
