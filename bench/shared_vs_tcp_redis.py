@@ -14,10 +14,10 @@ sessiond's rate over Redis', and the CPU each server and PostgreSQL's
 processes used per SET. ``--floor`` adds bench/baseline_server.py ``--pg`` (a
 minimal Python server that makes each round's SETs durable with one upsert, on
 a database of its own): what a Python server reaches here with nothing of
-sessiond's coherence, and what PostgreSQL spends on a plain upsert. Measures the sessiond of the interpreter that
-runs it (run it with the compiled build). Needs redis-server and
-redis-benchmark (Debian: redis-server, redis-tools) and PostgreSQL
-(Debian: postgresql); about 3 minutes.
+sessiond's coherence, and what PostgreSQL spends on a plain upsert. Measures
+the sessiond of the interpreter that runs it (run it with the compiled build).
+Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and
+PostgreSQL (Debian: postgresql); about 3 minutes, 5 with ``--floor``.
 """
 
 from __future__ import annotations
