@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""What PostgreSQL spends on the shared store's group commit, and on its NOTIFY.
+
+    .venv-mypyc/bin/python bench/pg_commit_cost.py [--rows 1] [--commits 3000]
+
+Starts a PostgreSQL of its own (tests/pg.py: fsync and synchronous_commit on),
+makes the store's table and commit function (store/pgsql.py) and a minimal
+two-column table beside them, then commits batches of ``--rows`` random keys
+(200-byte values, 100,000 keys) from one connection, the way each variant says,
+and prints the CPU time PostgreSQL's processes used per commit (all of them, from
+/proc: the committing backend, the listening ones, the WAL writer) and the wall
+time per commit:
+
+- ``floor``: bench/baseline_server.py's upsert of two arrays into the minimal table;
+- ``upsert``: the store's upsert alone (its arrays, its table and indexes), in a
+  transaction of its own (three statements, where the function is one);
+- ``function``: the commit function as the daemon calls it, without notifications;
+- ``function + NOTIFY``: with the payloads a commit of those keys sends.
+
+The notifying variants run with 0, 1, 2 and 4 other connections LISTENing on the
+store's channel (threads of this process reading them, as each host's LISTEN
+connection does), and once with the committing connection itself listening and no
+other. Variants alternate within each of three rounds; medians and ranges. The CPU
+is counted in clock ticks (10 ms here): use enough commits for the differences to
+be many ticks. About 3 minutes with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from pg import PgCluster
+from resp_bench import cpu_seconds
+from sessiond.store import pgsql
+from sessiond.store.api import scan_hash
+from sessiond.store.pgarrays import ADAPTERS, Bytea, Float8, Int2, Int4, Int8, Text
+
+KEYS = 100_000
+VALUE = b"v" * 200
+FLOOR_TABLE = "CREATE TABLE floor_sessions (key bytea PRIMARY KEY, value bytea NOT NULL)"
+FLOOR_UPSERT = (
+    "INSERT INTO floor_sessions (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+# The commit function's call with psycopg's placeholders, every array in binary.
+CALL = "SELECT {}({}, %s)".format(pgsql.FUNCTION, ", ".join(["%b"] * 18))
+
+Commit = Callable[[list[bytes]], None]
+
+
+def upsert_arrays(keys: list[bytes], now: float) -> list[list[Any]]:
+    """The upsert's arrays for ``keys``, as the store sends a write without a TTL."""
+    n = len(keys)
+    return [
+        Bytea(keys), Int8([scan_hash(k) for k in keys]), Bytea([VALUE] * n), Text([None] * n),
+        Float8([now] * n), Float8([now] * n), Float8([now] * n), Float8([None] * n),
+        Float8([None] * n), Int2([0] * n),
+    ]  # fmt: skip
+
+
+def variants(conn: psycopg.Connection[Any]) -> dict[str, Commit]:
+    def floor(keys: list[bytes]) -> None:
+        conn.execute(FLOOR_UPSERT, (Bytea(keys), Bytea([VALUE] * len(keys))), prepare=True)
+
+    def upsert(keys: list[bytes]) -> None:
+        with conn.transaction():
+            conn.execute(pgsql.UPSERT, upsert_arrays(keys, time.time()), prepare=True)
+
+    def function(keys: list[bytes], notify: bool) -> None:
+        now = time.time()
+        notices = pgsql.payloads("bench", now, keys, False) if notify else []
+        empty: list[list[Any]] = [Bytea(), Bytea(), Float8(), Float8(), Float8()]
+        conn.execute(
+            CALL,
+            [
+                Int4(pgsql.lock_ids(keys)), False, *upsert_arrays(keys, now), *empty,
+                Text(notices), now + 60,
+            ],
+            prepare=True,
+        )  # fmt: skip
+
+    return {
+        "floor": floor,
+        "upsert (BEGIN, upsert, COMMIT)": upsert,
+        "function": lambda keys: function(keys, False),
+        "function + NOTIFY": lambda keys: function(keys, True),
+    }
+
+
+def listen(dsn: str) -> None:
+    """A LISTEN connection that reads every notification until the server goes."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {pgsql.CHANNEL}")
+        try:
+            for _ in conn.notifies():
+                pass
+        except psycopg.OperationalError:
+            return
+
+
+def measure(pg: PgCluster, commit: Commit, batches: list[list[bytes]]) -> tuple[float, float]:
+    """PostgreSQL's CPU (us) and the wall time (us) per commit of ``batches``."""
+    assert pg.proc is not None
+    used = cpu_seconds(pg.proc.pid)
+    started = time.perf_counter()
+    for keys in batches:
+        commit(keys)
+    elapsed = time.perf_counter() - started
+    time.sleep(0.2)  # the listeners' last deliveries
+    used = cpu_seconds(pg.proc.pid) - used
+    return used / len(batches) * 1e6, elapsed / len(batches) * 1e6
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} [{min(values):.0f}-{max(values):.0f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1, help="keys per commit (default 1)")
+    parser.add_argument("--commits", type=int, default=3000, help="commits per measurement")
+    args = parser.parse_args()
+    rng = random.Random(1)
+
+    def batch() -> list[bytes]:
+        return sorted({b"session:%d" % rng.randrange(KEYS) for _ in range(args.rows)})
+
+    # (listening connections besides the committer, whether the committer listens)
+    setups = [(0, False), (1, False), (2, False), (4, False), (0, True)]
+    results: dict[str, list[tuple[float, float]]] = {}
+    with PgCluster.create(name="commitcost") as pg:
+        for others, itself in setups:
+            dsn = pg.dsn(pg.create_database())
+            with psycopg.connect(dsn, autocommit=True, context=ADAPTERS) as conn:
+                for statement in pgsql.CREATE:
+                    conn.execute(statement)
+                conn.execute(pgsql.COMMIT_FUNCTION)
+                conn.execute(FLOOR_TABLE)
+                if itself:
+                    conn.execute(f"LISTEN {pgsql.CHANNEL}")
+                for _ in range(others):
+                    threading.Thread(target=listen, args=(dsn,), daemon=True).start()
+                chosen = variants(conn)
+                if others or itself:  # the rest do not notify: measured once, alone
+                    chosen = {"function + NOTIFY": chosen["function + NOTIFY"]}
+                where = "the committer listening" if itself else f"{others} listening"
+                for commit in chosen.values():
+                    for _ in range(200):  # the tables and plans warm
+                        commit(batch())
+                for rep in range(3):
+                    names = list(chosen) if rep % 2 == 0 else list(reversed(chosen))
+                    for name in names:
+                        label = f"{name}, {where}" if name == "function + NOTIFY" else name
+                        batches = [batch() for _ in range(args.commits)]
+                        results.setdefault(label, []).append(measure(pg, chosen[name], batches))
+            print(f"done: {where}", file=sys.stderr, flush=True)
+    print(
+        f"{args.rows} key(s) a commit, {args.commits} commits a measurement, 3 rounds: "
+        "median [range]"
+    )
+    print(f"| {'commit':<44} | {'PostgreSQL CPU us/commit':>24} | {'wall us/commit':>18} |")
+    print(f"|{'-' * 46}|{'-' * 26}|{'-' * 20}|")
+    for label, runs in results.items():
+        cpu = spread([r[0] for r in runs])
+        wall = spread([r[1] for r in runs])
+        print(f"| {label:<44} | {cpu:>24} | {wall:>18} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
