@@ -30,6 +30,15 @@ is pinned here, so that it fails in the compiled run if it comes back:
   ("_ArrayDumper object expected; got abc.ByteaArrayDumper": the shared
   store's array dumpers were made so, one per list class, before their module
   was compiled);
+- a compiled coroutine has no exception state of its own (the thread's stands
+  in for it): after an ``await`` inside an ``except`` block, other coroutines
+  have run, and a bare ``raise`` there re-raises what they left, often nothing
+  ("invalid exception object"), and the task never ends; an ``await`` in a
+  ``finally`` block loses the exception it was propagating the same way. The
+  shared store's postgres.py, compiled for a try, hung and crashed so (its
+  closing cancels tasks mid-``await``); it stays interpreted, and no compiled
+  module may do either (checked below). ``async with`` is the same shape: its
+  exit may only be one that never suspends (an ``asyncio.Lock``'s);
 - unboxed floats: a ``float`` attribute of a native class is a C double in the
   object, a ``float | None`` one a separate object (the cache keeps an entry's
   deadline and TTL as plain floats for that, with ``None`` given out by
@@ -109,6 +118,36 @@ def test_no_compiled_function_binds_one_exception_name_to_two_types() -> None:
                 f"{path.name}:{fn.name} {n}: {sorted(t)}" for n, t in names.items() if len(t) > 1
             ]
     assert not clashes
+
+
+def _awaits(nodes: list[ast.stmt]) -> bool:
+    """Whether ``nodes`` await, not counting functions defined in them."""
+    todo: list[ast.AST] = list(nodes)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Await | ast.AsyncWith | ast.AsyncFor):
+            return True
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def test_no_compiled_coroutine_awaits_where_it_would_lose_its_exception() -> None:
+    found = []
+    for path in _compiled_sources():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.Try | ast.TryStar):
+                    continue
+                for handler in node.handlers:
+                    raises = [n for n in ast.walk(handler) if isinstance(n, ast.Raise)]
+                    if any(r.exc is None for r in raises) and _awaits(handler.body):
+                        found.append(f"{path.name}:{handler.lineno} {fn.name}: await, then raise")
+                if _awaits(node.finalbody):
+                    found.append(f"{path.name}:{node.lineno} {fn.name}: await in finally")
+    assert not found
 
 
 def test_every_array_class_dumps_through_psycopg_s_dumper_as_without_it() -> None:
