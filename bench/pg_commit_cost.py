@@ -12,9 +12,9 @@ and prints the CPU time PostgreSQL's processes used per commit (all of them, fro
 time per commit:
 
 - ``floor``: bench/baseline_server.py's upsert of two arrays into the minimal table;
-- ``upsert``: the store's upsert alone (its arrays, its table and indexes), in a
-  transaction of its own (three statements, where the function is one);
-- ``function``: the commit function as the daemon calls it, without notifications;
+- ``function``: the commit function as the daemon calls it (its parameters from
+  ``postgres.commit_params``, its prepared statement, binary through libpq),
+  without notifications;
 - ``function + NOTIFY``: with the payloads a commit of those keys sends.
 
 The notifying variants run with 0, 1, 2 and 4 other connections LISTENing on the
@@ -38,61 +38,48 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.pq import ExecStatus, Format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg import PgCluster
 from resp_bench import cpu_seconds
-from sessiond.store import pgsql
-from sessiond.store.api import scan_hash
-from sessiond.store.pgarrays import ADAPTERS, Bytea, Float8, Int2, Int4, Int8, Text
+from sessiond.store import pgsql, pgwire
+from sessiond.store.pgarrays import ADAPTERS, Bytea, Text
+from sessiond.store.postgres import commit_params
 
 KEYS = 100_000
 VALUE = b"v" * 200
 FLOOR_TABLE = "CREATE TABLE floor_sessions (key bytea PRIMARY KEY, value bytea NOT NULL)"
+STATEMENT = pgsql.COMMIT_STATEMENT.encode()
 FLOOR_UPSERT = (
     "INSERT INTO floor_sessions (key, value) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-# The commit function's call with psycopg's placeholders, every array in binary.
-CALL = "SELECT {}({}, %s)".format(pgsql.FUNCTION, ", ".join(["%b"] * 18))
 
 Commit = Callable[[list[bytes]], None]
-
-
-def upsert_arrays(keys: list[bytes], now: float) -> list[list[Any]]:
-    """The upsert's arrays for ``keys``, as the store sends a write without a TTL."""
-    n = len(keys)
-    return [
-        Bytea(keys), Int8([scan_hash(k) for k in keys]), Bytea([VALUE] * n), Text([None] * n),
-        Float8([now] * n), Float8([now] * n), Float8([now] * n), Float8([None] * n),
-        Float8([None] * n), Int2([0] * n),
-    ]  # fmt: skip
 
 
 def variants(conn: psycopg.Connection[Any]) -> dict[str, Commit]:
     def floor(keys: list[bytes]) -> None:
         conn.execute(FLOOR_UPSERT, (Bytea(keys), Bytea([VALUE] * len(keys))), prepare=True)
 
-    def upsert(keys: list[bytes]) -> None:
-        with conn.transaction():
-            conn.execute(pgsql.UPSERT, upsert_arrays(keys, time.time()), prepare=True)
-
     def function(keys: list[bytes], notify: bool) -> None:
+        """The daemon's own call: its parameters (a write without a TTL of
+        each key), its prepared statement, sent through libpq in binary."""
         now = time.time()
-        notices = pgsql.payloads("bench", now, keys, False) if notify else []
-        empty: list[list[Any]] = [Bytea(), Bytea(), Float8(), Float8(), Float8()]
-        conn.execute(
-            CALL,
-            [
-                Int4(pgsql.lock_ids(keys)), False, *upsert_arrays(keys, now), *empty,
-                Text(notices), now + 60,
-            ],
-            prepare=True,
-        )  # fmt: skip
+        row = (VALUE, None, now, now, now, None, None, 0)
+        params, _ = commit_params("bench", dict.fromkeys(keys, row), False, {}, now + 60)
+        if not notify:  # the notifications' array is the second to last parameter
+            params = (*params[:-2], Text(), params[-1])
+        dumped = [pgwire.binary(value) for value in params]
+        result = conn.pgconn.exec_prepared(
+            STATEMENT, dumped, param_formats=[Format.BINARY] * len(dumped)
+        )
+        if result.status != ExecStatus.TUPLES_OK:
+            raise SystemExit(f"the commit failed: {result.error_message.decode()}")
 
     return {
         "floor": floor,
-        "upsert (BEGIN, upsert, COMMIT)": upsert,
         "function": lambda keys: function(keys, False),
         "function + NOTIFY": lambda keys: function(keys, True),
     }
@@ -146,6 +133,7 @@ def main() -> int:
                 for statement in pgsql.CREATE:
                     conn.execute(statement)
                 conn.execute(pgsql.COMMIT_FUNCTION)
+                conn.execute(f"PREPARE {pgsql.COMMIT_STATEMENT} AS {pgsql.COMMIT_PREPARED}")
                 conn.execute(FLOOR_TABLE)
                 if itself:
                     conn.execute(f"LISTEN {pgsql.CHANNEL}")
