@@ -41,8 +41,9 @@ _EMPTY = struct.Struct("!iii").pack
 _LENGTH = struct.Struct("!i").pack
 _NULL = _LENGTH(-1)
 # Up to this many elements, a loop: the iterators of ``many`` cost more to set
-# up than they save (compiled, a one-element bytea 1.2 -> 0.45 us, text 1.3 ->
-# 0.43 us; at 50 elements the two ways take the same time).
+# up than they save. Compiled, instructions per dump (callgrind, 20,000 dumps,
+# the calling loop included): a one-element bytea 11,497 -> 5,393, text
+# 14,368 -> 6,083, float8 5,555 -> 4,572; 50 elements 102,187 either way.
 _FEW = 8
 
 
