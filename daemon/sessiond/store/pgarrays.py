@@ -50,12 +50,16 @@ _FEW = 8
 class _Kind(NamedTuple):
     """One list class's element type: the array's and the element's oid;
     ``one``, a non-NULL element's length and bytes; ``many``, those of a list
-    without NULLs."""
+    without NULLs; the header of an empty array (``empty``: the whole array)
+    and of one without NULLs of one element (``single``), made once: most of
+    a one-SET commit's sixteen arrays are one or the other."""
 
     array_oid: int
     element_oid: int
     one: Callable[[Any], bytes]
     many: Callable[[list[Any]], Iterable[bytes]]
+    empty: bytes
+    single: bytes
 
 
 _KINDS: dict[type, _Kind] = {}
@@ -64,8 +68,10 @@ _KINDS: dict[type, _Kind] = {}
 def _dump(kind: _Kind, obj: list[Any]) -> bytes:
     count = len(obj)
     if not count:
-        return _EMPTY(0, 0, kind.element_oid)
+        return kind.empty
     try:
+        if count == 1 and (item := obj[0]) is not None:
+            return kind.single + kind.one(item)
         nulls = None in obj
         if nulls or count <= _FEW:
             one = kind.one
@@ -106,7 +112,9 @@ def _array(
 ) -> type[list[Any]]:
     info = psycopg.adapters.types[name]
     cls: type[list[Any]] = type(f"{name.title()}Array", (list,), {"__slots__": ()})
-    _KINDS[cls] = _Kind(info.array_oid, info.oid, one, many)
+    _KINDS[cls] = _Kind(
+        info.array_oid, info.oid, one, many, _EMPTY(0, 0, info.oid), _HEAD(1, 0, info.oid, 1, 1)
+    )
     ADAPTERS.register_dumper(cls, _ArrayDumper)
     return cls
 
