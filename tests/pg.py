@@ -5,6 +5,12 @@ once per process) and starts ``postgres`` on 127.0.0.1 (a free port) and on a Un
 socket in that dir. The postmaster is a child of this process (not daemonized by
 ``pg_ctl``), so ``kill()`` can SIGKILL it and reap it.
 
+A process that dies without cleaning up (a segfault, SIGKILL, a CI job cut
+short) leaves nothing running: its postmasters get SIGQUIT (immediate
+shutdown) when it dies (``setpriv --pdeathsig``), and the next process that
+creates a cluster deletes the dirs of clusters whose creator is gone (each
+holds ``owner.lock``, an ``flock`` the kernel releases with its process).
+
 PostgreSQL refuses to run as root. As root (CI), the server runs as the system user
 ``sessiond-test``, created on first use, through ``setpriv``; otherwise as the current
 user. The temp dir is that user's, mode 0700, so only it and root reach the socket.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import itertools
 import os
 import pwd
@@ -44,6 +51,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 SERVER_USER = "sessiond-test"
+DIR_PREFIX = "sessiond-pg-"
+OWNER_LOCK = "owner.lock"
 SUPERUSER = "postgres"
 APP_ROLE = "sessiond"
 APP_DB = "sessiond"
@@ -125,18 +134,19 @@ class ServerUser:
     uid: int
     gid: int
 
-    def wrap(self, cmd: Sequence[str | os.PathLike[str]]) -> list[str]:
+    def wrap(
+        self, cmd: Sequence[str | os.PathLike[str]], pdeathsig: signal.Signals | None = None
+    ) -> list[str]:
+        """``cmd`` as this user; with ``pdeathsig``, it gets that signal when the
+        thread that starts it ends (the process, for the main thread)."""
         args = [os.fspath(c) for c in cmd]
-        if self.uid == os.geteuid():
-            return args
-        return [
-            "setpriv",
-            f"--reuid={self.uid}",
-            f"--regid={self.gid}",
-            "--clear-groups",
-            "--",
-            *args,
-        ]
+        prefix = ["setpriv"]
+        if pdeathsig is not None:
+            # Set after the change of user, which would clear it.
+            prefix.append(f"--pdeathsig={pdeathsig.name}")
+        if self.uid != os.geteuid():
+            prefix += [f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        return args if prefix == ["setpriv"] else [*prefix, "--", *args]
 
     def own(self, path: Path) -> None:
         if self.uid != os.geteuid():
@@ -250,6 +260,7 @@ class PgCluster:
         self.proc: subprocess.Popen[bytes] | None = None
         self.replicas: list[PgCluster] = []
         self._started_once = False
+        self._owner = -1  # the descriptor holding base/owner.lock (empty())
 
     # ----------------------------------------------------------------- creation
 
@@ -298,9 +309,11 @@ class PgCluster:
     ) -> PgCluster:
         """A cluster object on a new temp dir without a data dir (yet); with ``like``,
         its passwords (for a copy or a standby of that cluster)."""
-        base = Path(tempfile.mkdtemp(prefix="sessiond-pg-"))
+        _sweep_orphans()
+        base = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+        owner = _own_dir(base)
         user.own(base)
-        return cls(
+        cluster = cls(
             base,
             bindir=bindir,
             user=user,
@@ -309,6 +322,8 @@ class PgCluster:
             password=like.password if like else secrets.token_urlsafe(16),
             name=name or f"pg{next(cls._names)}",
         )
+        cluster._owner = owner
+        return cluster
 
     def _run_as_server(self, cmd: Sequence[str | os.PathLike[str]], what: str) -> None:
         done = subprocess.run(
@@ -405,7 +420,9 @@ class PgCluster:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.user.wrap([self.bindir / "postgres", "-D", self.datadir]),
+                self.user.wrap(
+                    [self.bindir / "postgres", "-D", self.datadir], pdeathsig=signal.SIGQUIT
+                ),
                 cwd=self.base,
                 env=self._env(),
                 stdin=subprocess.DEVNULL,
@@ -547,6 +564,9 @@ class PgCluster:
         with contextlib.suppress(PgError):
             self.kill()
         shutil.rmtree(self.base, ignore_errors=True)
+        if self._owner >= 0:
+            os.close(self._owner)
+            self._owner = -1
 
     def __enter__(self) -> PgCluster:
         return self
@@ -676,6 +696,58 @@ class PgCluster:
 
 
 _PRISTINE: dict[tuple[Path, int], PgCluster] = {}
+
+
+def _own_dir(base: Path) -> int:
+    """Hold ``base``'s owner lock for as long as this process lives (the
+    descriptor is not inherited: no server keeps it)."""
+    fd = os.open(base / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+_SWEPT = False
+
+
+def _sweep_orphans() -> None:
+    global _SWEPT
+    if not _SWEPT:
+        _SWEPT = True
+        sweep_orphans()
+
+
+def sweep_orphans() -> None:
+    """Delete the cluster dirs whose creating process died without deleting
+    them (their owner lock is free), after stopping any server still running
+    on one; ``PgCluster.empty()`` does it once per process. Dirs without the
+    lock (being made right now, or older than it) are left alone."""
+    for base in Path(tempfile.gettempdir()).glob(DIR_PREFIX + "*"):
+        try:
+            fd = os.open(base / OWNER_LOCK, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its owner lives
+        try:
+            _stop_orphan(base / "data")
+            shutil.rmtree(base, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def _stop_orphan(datadir: Path) -> None:
+    """SIGKILL the postmaster of ``datadir`` if one still runs there."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if os.fsencode(datadir) in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _pristine(bindir: Path, user: ServerUser) -> PgCluster:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg import SERVER_USER, PgCluster, PgDatabase, multi_host_dsn
+from pg import SERVER_USER, PgCluster, PgDatabase, multi_host_dsn, process_state, sweep_orphans
 from psycopg import errors
 from tcp_proxy import TcpProxy
 
@@ -186,6 +189,37 @@ def test_kill_and_start_keep_committed_data(pg_own_cluster: PgCluster) -> None:
     with pg.connect() as conn:
         assert conn.execute("SELECT k, v FROM s").fetchall() == [("committed", "yes")]
     assert "database system was interrupted" in pg.log_tail(limit=100_000)
+
+
+def test_a_cluster_outlives_no_test_process_that_dies_uncleanly(tmp_path: Path) -> None:
+    # A test process that dies without its atexit handlers (a segfault, SIGKILL):
+    # its servers stop with it, and the next process to make a cluster deletes
+    # its dirs, and only those whose creator is gone.
+    script = tmp_path / "dies.py"
+    script.write_text(
+        "import os, signal, pg\n"
+        "cluster = pg.PgCluster.create()\n"
+        "pristine = next(iter(pg._PRISTINE.values()))\n"
+        "print(cluster.base, pristine.base, cluster.proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, script],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    base, pristine_base, pid = done.stdout.split()
+    deadline = time.monotonic() + 60
+    while process_state(int(pid)) not in ("", "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state(int(pid)) in ("", "Z"), "the dead process's postmaster still runs"
+    assert Path(base).is_dir() and Path(pristine_base).is_dir()
+    with PgCluster.create(start=False) as alive:
+        sweep_orphans()
+        assert not Path(base).exists() and not Path(pristine_base).exists()
+        assert alive.base.is_dir()  # its creator (this process) lives
 
 
 @pytest.mark.parametrize("mode", ["smart", "fast", "immediate"])
