@@ -13,7 +13,7 @@ time per commit:
 
 - ``floor``: bench/baseline_server.py's upsert of two arrays into the minimal table;
 - ``function``: the commit function as the daemon calls it (its parameters from
-  ``postgres.commit_params``, its prepared statement, binary through libpq),
+  ``pgsql.commit_params``, its prepared statement, binary through libpq),
   without notifications;
 - ``function + NOTIFY``: with the payloads a commit of those keys sends.
 
@@ -43,9 +43,8 @@ from psycopg.pq import ExecStatus, Format
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg import PgCluster
 from resp_bench import cpu_seconds
-from sessiond.store import pgsql, pgwire
-from sessiond.store.pgarrays import ADAPTERS, Bytea, Text
-from sessiond.store.postgres import commit_params
+from sessiond.store import pgsql
+from sessiond.store.pgarrays import ADAPTERS, Bytea, dump
 
 KEYS = 100_000
 VALUE = b"v" * 200
@@ -68,12 +67,11 @@ def variants(conn: psycopg.Connection[Any]) -> dict[str, Commit]:
         each key), its prepared statement, sent through libpq in binary."""
         now = time.time()
         row = (VALUE, None, now, now, now, None, None, 0)
-        params, _ = commit_params("bench", dict.fromkeys(keys, row), False, {}, now + 60)
+        params, _ = pgsql.commit_params("bench", now, dict.fromkeys(keys, row), False, {}, now + 60)
         if not notify:  # the notifications' array is the second to last parameter
-            params = (*params[:-2], Text(), params[-1])
-        dumped = [pgwire.binary(value) for value in params]
+            params[-2] = dump("text", [])
         result = conn.pgconn.exec_prepared(
-            STATEMENT, dumped, param_formats=[Format.BINARY] * len(dumped)
+            STATEMENT, params, param_formats=[Format.BINARY] * len(params)
         )
         if result.status != ExecStatus.TUPLES_OK:
             raise SystemExit(f"the commit failed: {result.error_message.decode()}")

@@ -15,7 +15,8 @@ from pg import PgCluster, PgDatabase
 from psycopg import sql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
-from sessiond.store import pgarrays, pgwire
+from sessiond.store import pgarrays, pgsql
+from sessiond.store.api import Renewal, scan_hash
 from sessiond.store.postgres import connection_params
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"))
@@ -110,15 +111,55 @@ def test_what_cannot_be_sent_fails_as_psycopg_fails(
         conn.execute("SELECT %b", (array(items),))
 
 
+_FIELDS = st.tuples(
+    st.binary(max_size=300),
+    st.none() | _TEXT,
+    _FLOAT,
+    _FLOAT,
+    _FLOAT,
+    st.none() | _FLOAT,
+    st.none() | _FLOAT,
+    st.integers(0, 2**15 - 1),
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    st.booleans()
-    | _FLOAT
-    | st.one_of([st.lists(elements, max_size=8).map(array) for array, _, elements in CASES])
+    batch=st.dictionaries(st.binary(min_size=1, max_size=40), st.none() | _FIELDS, max_size=12),
+    renewals=st.dictionaries(
+        st.binary(min_size=1, max_size=40), st.builds(Renewal, _FLOAT, _FLOAT, _FLOAT), max_size=4
+    ),
+    cleared=st.booleans(),
+    fence=_FLOAT,
 )
-def test_the_commit_s_parameters_are_dumped_as_psycopg_dumps_them(value: Any) -> None:
-    """The group commit sends its parameters without psycopg (pgwire.py):
-    each must be the bytes psycopg's binary dumper gives for it."""
+def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
+    batch: dict[bytes, Any], renewals: dict[bytes, Renewal], cleared: bool, fence: float
+) -> None:
+    """The group commit makes its parameters in binary from plain lists
+    (pgsql.commit_params) and sends them without psycopg (pgwire.py): each
+    must be the bytes psycopg dumps for the typed array, the bool or the
+    float it stands for, in the commit function's order."""
+    params, notices = pgsql.commit_params("host", 1.5, batch, cleared, renewals, fence)
+    upserts = [(key, fields) for key, fields in batch.items() if fields is not None]
+    texts = pgsql.payloads("host", 1.5, list(batch), cleared)
+    values = [
+        pgarrays.Int4(pgsql.lock_ids([*batch, *renewals])),
+        cleared,
+        pgarrays.Bytea(key for key, _ in upserts),
+        pgarrays.Int8(scan_hash(key) for key, _ in upserts),
+        *(
+            pgarrays.BY_TYPE[kind](fields[i] for _, fields in upserts)
+            for i, kind in enumerate(pgsql.ROW_TYPES)
+        ),
+        pgarrays.Bytea(key for key, fields in batch.items() if fields is None),
+        pgarrays.Bytea(renewals),
+        pgarrays.Float8(renewal.ttl for renewal in renewals.values()),
+        pgarrays.Float8(renewal.deadline for renewal in renewals.values()),
+        pgarrays.Float8(renewal.accessed_at for renewal in renewals.values()),
+        pgarrays.Text(texts),
+        fence,
+    ]
     transformer = Transformer(pgarrays.ADAPTERS)
-    want = transformer.get_dumper(value, PyFormat.BINARY).dump(value)
-    assert pgwire.binary(value) == bytes(want)
+    want = [bytes(transformer.get_dumper(v, PyFormat.BINARY).dump(v)) for v in values]
+    assert params == want
+    assert notices == len(texts)

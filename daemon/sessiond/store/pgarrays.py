@@ -12,8 +12,10 @@ list class per element type (:data:`Bytea`, :data:`Text`, :data:`Float8`,
 writes PostgreSQL's binary array format (``array_send``: a header, one
 dimension, then each element as a length and its bytes, -1 for NULL): a few
 elements in a loop, more with calls that iterate in C (``map``, ``struct``,
-``bytes.join``). The module is compiled (setup.py): at ``-c 1`` every SET
-is a commit of some sixteen arrays.
+``bytes.join``). :func:`dump` writes the same from a plain list, for the
+group commit, which sends its arrays without psycopg. The module is
+compiled (setup.py): at ``-c 1`` every SET is a commit of some sixteen
+arrays.
 
 Only :data:`ADAPTERS` knows these dumpers: connections made with it as their
 context use them; psycopg's global adapters are left alone.
@@ -42,8 +44,9 @@ _LENGTH = struct.Struct("!i").pack
 _NULL = _LENGTH(-1)
 # Up to this many elements, a loop: the iterators of ``many`` cost more to set
 # up than they save. Compiled, instructions per dump (callgrind, 20,000 dumps,
-# the calling loop included): a one-element bytea 11,497 -> 5,393, text
-# 14,368 -> 6,083, float8 5,555 -> 4,572; 50 elements 102,187 either way.
+# the calling loop included), before one element had a way of its own: a
+# one-element bytea 11,497 -> 5,393, text 14,368 -> 6,083, float8 5,555 ->
+# 4,572; 50 elements 102,187 either way.
 _FEW = 8
 
 
@@ -101,10 +104,11 @@ class _ArrayDumper(Dumper):
         return _dump(self.kind, obj)
 
 
-def binary_array(value: list[Any]) -> bytes:
-    """``value``, a list of one of the classes below, in binary: what its
-    dumper gives psycopg (for a statement sent without psycopg: pgwire.py)."""
-    return _dump(_KINDS[type(value)], value)
+def dump(element: str, items: list[Any]) -> bytes:
+    """``items``, a plain list, in binary as an array of ``element`` (a key of
+    :data:`BY_TYPE`): for a statement sent without psycopg (pgwire.py), with
+    no list of a class below to make first."""
+    return _dump(_KINDS[BY_TYPE[element]], items)
 
 
 def _array(

@@ -24,9 +24,13 @@ commit of many keys sends several.
 from __future__ import annotations
 
 import binascii
+import struct
 import zlib
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, NamedTuple
+
+from .api import Renewal, scan_hash
+from .pgarrays import dump
 
 SCHEMA_VERSION = 1
 TABLE = "sessiond_sessions"
@@ -189,6 +193,63 @@ COMMIT_STATEMENT = "sessiond_commit"
 COMMIT_PREPARED = "SELECT {}({})".format(
     FUNCTION, ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1))
 )
+_COLUMNS: Final = len(ROW_TYPES)
+_TRUE: Final = b"\x01"
+_FALSE: Final = b"\x00"
+_FLOAT8 = struct.Struct("!d").pack
+
+
+def commit_params(
+    host_id: str,
+    now: float,
+    batch: Mapping[bytes, tuple[Any, ...] | None],
+    cleared: bool,
+    renewals: Mapping[bytes, Renewal],
+    fence: float,
+) -> tuple[list[bytes], int]:
+    """The group commit's parameters (:data:`COMMIT_PREPARED`'s, in order, in
+    PostgreSQL's binary format) for ``batch`` (each key's fields, in
+    :class:`~.api.Row`'s order, or ``None``: deleted), a flush if
+    ``cleared``, ``renewals`` and ``fence``, announced as sent at ``now``;
+    and how many notifications they send. Plain lists, dumped as they are:
+    making a typed list (pgarrays) per array cost more than the dumping at
+    one SET a commit."""
+    changed = list(batch)
+    notices = payloads(host_id, now, changed, cleared)
+    keys: list[bytes] = []
+    hashes: list[int] = []
+    deletes: list[bytes] = []
+    columns: list[list[Any]] = [[] for _ in range(_COLUMNS)]
+    for key, fields in batch.items():
+        if fields is None:
+            deletes.append(key)
+            continue
+        keys.append(key)
+        hashes.append(scan_hash(key))
+        for i in range(_COLUMNS):
+            columns[i].append(fields[i])
+    renewed = list(renewals)
+    ttls: list[float] = []
+    deadlines: list[float] = []
+    accessed: list[float] = []
+    for renewal in renewals.values():
+        ttls.append(renewal.ttl)
+        deadlines.append(renewal.deadline)
+        accessed.append(renewal.accessed_at)
+    params = [dump("int4", lock_ids(changed + renewed)), _TRUE if cleared else _FALSE]
+    params.append(dump("bytea", keys))
+    params.append(dump("int8", hashes))
+    for i in range(_COLUMNS):
+        params.append(dump(ROW_TYPES[i], columns[i]))
+    params.append(dump("bytea", deletes))
+    params.append(dump("bytea", renewed))
+    params.append(dump("float8", ttls))
+    params.append(dump("float8", deadlines))
+    params.append(dump("float8", accessed))
+    params.append(dump("text", notices))
+    params.append(_FLOAT8(fence))
+    return params, len(notices)
+
 
 # Rows past their deadline (minus a grace the caller gives), a chunk at a time:
 # rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of

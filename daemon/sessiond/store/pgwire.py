@@ -7,12 +7,11 @@ prepared-statement cache at every execute. Sent as here, a durable SET at
 ``-c 1`` took 7% fewer of the daemon's instructions (459k -> 427k,
 ``bench/instructions.py --durable --servers sessiond-shared --clients 1``;
 a throwaway loop of bare commits counted 264k against 199k a commit). Here the
-statement is
-``PREPARE``\\d once when the connection opens (:func:`prepare`), its
-parameters are dumped in binary by :mod:`.pgarrays`' dumpers (:func:`binary`),
-and :func:`run` sends it with psycopg's libpq wrapper (``psycopg.pq``), waits on
-the event loop for the socket and reads the results: psycopg's connection
-object stays in charge of everything else on the connection, and its lock
+statement is ``PREPARE``\\d once when the connection opens (:func:`prepare`),
+its parameters come in binary (:func:`.pgsql.commit_params`), and :func:`run`
+sends it with psycopg's libpq wrapper (``psycopg.pq``), waits on the event loop
+for the socket and reads the results: psycopg's connection object stays in
+charge of everything else on the connection, and its lock
 keeps it off the connection meanwhile.
 
 Failures are psycopg's own exceptions: the server's error as psycopg makes it
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,22 +30,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import ExecStatus, Format
 
-from .pgarrays import binary_array
-
-_FLOAT8 = struct.Struct("!d").pack
 _OK = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK)
-_TRUE = b"\x01"
-_FALSE = b"\x00"
-
-
-def binary(value: Any) -> bytes:
-    """``value`` in PostgreSQL's binary format: a typed list of
-    :mod:`.pgarrays`, a bool or a float (float8)."""
-    if isinstance(value, bool):
-        return _TRUE if value else _FALSE
-    if isinstance(value, float):
-        return _FLOAT8(value)
-    return binary_array(value)
 
 
 async def prepare(conn: psycopg.AsyncConnection[Any], name: str, sql: str) -> None:
@@ -55,10 +38,10 @@ async def prepare(conn: psycopg.AsyncConnection[Any], name: str, sql: str) -> No
     await conn.execute(f"PREPARE {name} AS {sql}")
 
 
-async def run(conn: psycopg.AsyncConnection[Any], name: bytes, params: Sequence[Any]) -> None:
-    """Run the prepared statement ``name`` with ``params`` on ``conn`` (idle,
-    in autocommit) and read its results; raise the first error."""
-    dumped = [binary(value) for value in params]
+async def run(conn: psycopg.AsyncConnection[Any], name: bytes, dumped: Sequence[bytes]) -> None:
+    """Run the prepared statement ``name`` with ``dumped`` (its parameters in
+    binary) on ``conn`` (idle, in autocommit) and read its results; raise the
+    first error."""
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     async with conn.lock:

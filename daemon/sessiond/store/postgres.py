@@ -75,7 +75,7 @@ from .api import (
     scan_hash,
 )
 from .overlay import Overlay
-from .pgarrays import ADAPTERS, BY_TYPE, Bytea, Float8, Int4, Int8, Text
+from .pgarrays import ADAPTERS, BY_TYPE, Bytea, Int4, Int8, Text
 
 log = structlog.get_logger("sessiond.store")
 
@@ -1030,7 +1030,9 @@ class PostgresStore:
         prepared when the writer connected, sent by :mod:`.pgwire`): the
         locks, the flush if any, the upserts, the deletes, the renewals, the
         notifications, the fence. Returns how many notifications it sent."""
-        params, notices = commit_params(self.host_id, batch, cleared, renewals, fence)
+        params, notices = pgsql.commit_params(
+            self.host_id, time.time(), batch, cleared, renewals, fence
+        )
         await pgwire.run(conn, _COMMIT_STATEMENT, params)
         return notices
 
@@ -1639,35 +1641,6 @@ def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list
         Int8(scan_hash(key) for key, _ in upserts),
         *(array(column) for array, column in zip(_ROW_ARRAYS, columns, strict=True)),
     ], deletes
-
-
-def commit_params(
-    host_id: str,
-    batch: Mapping[bytes, Kept],
-    cleared: bool,
-    renewals: Mapping[bytes, Renewal],
-    fence: float,
-) -> tuple[tuple[Any, ...], int]:
-    """The group commit's parameters (:data:`.pgsql.COMMIT_PREPARED`'s, in
-    order) for ``batch``, a flush if ``cleared``, ``renewals`` and ``fence``,
-    and how many notifications they send (bench/pg_commit_cost.py sends them too)."""
-    changed = list(batch)
-    notices = pgsql.payloads(host_id, time.time(), changed, cleared)
-    upserts, deletes = _change_arrays(batch)
-    keys = list(renewals)
-    params = (
-        Int4(pgsql.lock_ids([*changed, *keys])),
-        cleared,
-        *upserts,
-        deletes,
-        Bytea(keys),
-        Float8(renewals[k].ttl for k in keys),
-        Float8(renewals[k].deadline for k in keys),
-        Float8(renewals[k].accessed_at for k in keys),
-        Text(notices),
-        fence,
-    )
-    return params, len(notices)
 
 
 async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool) -> Opened:
