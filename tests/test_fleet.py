@@ -581,6 +581,35 @@ def test_a_commit_function_gone_while_running_is_made_again_without_a_restart(
     r.close()
 
 
+def test_a_commit_function_gone_while_running_is_made_again_for_decisions_alone(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """Decisions commit through the same function. A host that only decides
+    (INCR here) never reconnects its writer, yet gets the function back: the
+    decision that finds it gone fails with a clear error, and it is made
+    again without a plain write or a restart."""
+    d = daemon_factory(fleet_config(pg_db.dsn()))
+    r = d.client()
+    assert r.incr("n") == 1
+    with pg_db.admin() as conn:
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
+    with pytest.raises(redis.ResponseError) as refused:
+        r.incr("n")
+    assert FUNCTION in str(refused.value) and "CONTEXT" not in str(refused.value)
+
+    def counted() -> bool:
+        try:
+            return r.incr("n") > 0
+        except redis.ResponseError:
+            return False
+
+    eventually(counted, 10, "an INCR after the function is made again")
+    assert int(table_rows(pg_db)[b"n"][0]) >= 2
+    made = [e for e in d.events() if e.get("event") == "store_function_created"]
+    assert len(made) == 2, made  # at the start, and again
+    r.close()
+
+
 def test_a_host_of_a_new_version_adds_its_function_beside_the_old_one(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:

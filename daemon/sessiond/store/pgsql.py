@@ -77,8 +77,9 @@ SCHEMA_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_CLASS}, 0)"
 # counted, a near-cache GET that renews went from 105k to 44k instructions with it:
 # bench/instructions.py --shared).
 # Each write statement is written once, with its arguments as ``{}``: the
-# decisions send it with psycopg's parameters, and the group commit's function
-# (COMMIT_FUNCTION below) runs it on the function's own arguments.
+# group commit's function (COMMIT_FUNCTION below) runs it on the function's
+# own arguments, and where a statement is sent on its own (the key locks, the
+# notifications) psycopg's parameters take their place.
 _LOCK_KEYS = "pg_advisory_xact_lock({}, h) FROM unnest({}) AS h"
 _UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
 SELECT * FROM unnest({{}})
@@ -96,18 +97,14 @@ _NOTIFY = "pg_notify({}, n) FROM unnest({}) AS n"
 # is volatile: evaluated when the statement runs, never folded into the plan.
 _FENCE = "1 / (clock_timestamp() <= to_timestamp({}))::int"
 # The upsert's columns after key and scan_hash, in Row's order, by type: the
-# statements' array placeholders and the commit function's parameters are
-# made from it, and postgres.py picks the arrays' list classes by it.
+# commit function's parameters are made from it, and postgres.py picks the
+# arrays' list classes by it.
 ROW_TYPES = ("bytea", "text", "float8", "float8", "float8", "float8", "float8", "int2")
-_ROW_ARRAYS = ", ".join(f"%b::{kind}[]" for kind in ROW_TYPES)
 
 LOCK_KEYS = "SELECT " + _LOCK_KEYS.format("%s", "%b::int4[]")
 SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SELECT_LOCKED = SELECT_ROWS + " FOR UPDATE"
-UPSERT = _UPSERT.format(f"%b::bytea[], %b::int8[], {_ROW_ARRAYS}")
-DELETE = _DELETE.format("%b::bytea[]")
 NOTIFY = "SELECT " + _NOTIFY.format("%s", "%b::text[]")
-FENCE = "SELECT " + _FENCE.format("%s")
 DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 # A group commit is one call of this function: its statements in their order
@@ -192,6 +189,12 @@ $fn$"""
 COMMIT_STATEMENT = "sessiond_commit"
 COMMIT_PREPARED = "SELECT {}({})".format(
     FUNCTION, ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1))
+)
+# The same call as psycopg sends it, with its parameters (typed lists of
+# pgarrays, a bool, a float): a decision's writes, in the decision's own
+# transaction (postgres._commit_decision).
+COMMIT_CALL = "SELECT {}({})".format(
+    FUNCTION, ", ".join(f"%b::{kind}" for _, kind in _COMMIT_PARAMS)
 )
 _COLUMNS: Final = len(ROW_TYPES)
 _TRUE: Final = b"\x01"

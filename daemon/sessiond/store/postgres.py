@@ -75,7 +75,7 @@ from .api import (
     scan_hash,
 )
 from .overlay import Overlay
-from .pgarrays import ADAPTERS, BY_TYPE, Bytea, Int4, Int8, Text
+from .pgarrays import ADAPTERS, BY_TYPE, Bytea, Float8, Int4, Int8, Text
 
 log = structlog.get_logger("sessiond.store")
 
@@ -113,7 +113,7 @@ def _why(exc: BaseException) -> str:
 
 def _commit_failure(exc: BaseException) -> str:
     """Why a commit failed, for the reply and the log."""
-    if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.FENCE)
+    if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.COMMIT_FUNCTION's)
         return "it reached the database after its timeout and was rolled back"
     return _why(exc)
 
@@ -1203,6 +1203,14 @@ class PostgresStore:
         if not batch.unfinished:
             self._spawn(self._finish(batch))
 
+    async def _remake_function(self) -> None:
+        """Make the commit function where it is missing; failing, the next
+        decision that finds it gone tries again."""
+        try:
+            await self._run("schema", lambda conn: _schema_locked(conn, _ensure_function))
+        except StoreError as exc:
+            log.error("store_error", operation="schema", error=str(exc))
+
     def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
         assert isinstance(decision, PgDecision)  # only this store opens them
         if decision.done is not None:
@@ -1248,6 +1256,11 @@ class PostgresStore:
             )
             for decision in decisions:
                 decision.error = error
+            if isinstance(exc, pg_errors.UndefinedFunction):
+                # The commit function went away (a restore of the tables
+                # alone): made again now, not at the writer's next reconnect,
+                # which a host that only decides would not reach.
+                self._spawn(self._remake_function())
             self.shared_stats.decision_errors += len(decisions)
             self.stats.error("commit")
             log.error(
@@ -1627,11 +1640,13 @@ async def _ensure_function(conn: Conn) -> None:
 
 # The upsert's arrays after key and scan_hash: one per column, in Row's order.
 _ROW_ARRAYS = tuple(BY_TYPE[kind] for kind in pgsql.ROW_TYPES)
+# The commit function's renewal arrays for a decision, which renews nothing.
+_NO_RENEWALS = (Bytea(), Float8(), Float8(), Float8())
 
 
 def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list[bytes]]:
     """``changes`` as the upsert's arrays (keys, scan hashes, then one per
-    column in Row's order: pgsql.UPSERT's and the commit function's) and the
+    column in Row's order: the commit function's) and the
     keys deleted."""
     upserts = [(key, row) for key, row in changes.items() if row is not None]
     deletes = Bytea(key for key, row in changes.items() if row is None)
@@ -1683,21 +1698,18 @@ async def _commit_decision(
     fence: float,
     barrier: tuple[str, str],
 ) -> None:
-    """Commit a decision: its changes, their notifications, the barrier it
-    waits to hear back, the fence (a decision that changed nothing commits
-    too, for its barrier)."""
+    """Commit a decision: its changes, their notifications and the fence
+    (one call of the group commit's function, whose key locks the decision
+    holds already), the barrier it waits to hear back (a decision that
+    changed nothing commits too, for its barrier). One statement for the
+    changes where there were four, each a turn of psycopg's pipeline:
+    instructions per INCR in bench/instructions.py --durable --decide."""
     async with conn.pipeline():
         if changes:
             upserts, deletes = _change_arrays(changes)
-            if upserts[0]:
-                await cur.execute(pgsql.UPSERT, upserts)
-            if deletes:
-                await cur.execute(pgsql.DELETE, (deletes,))
-        if notices:
-            await cur.execute(pgsql.NOTIFY, (pgsql.CHANNEL, Text(notices)))
+            params = (Int4(), False, *upserts, deletes, *_NO_RENEWALS, Text(notices), fence)
+            await cur.execute(pgsql.COMMIT_CALL, params, prepare=True)
         await cur.execute("SELECT pg_notify(%s, %s)", barrier)
-        if changes:
-            await cur.execute(pgsql.FENCE, (fence,))
         await cur.execute("COMMIT")
 
 
