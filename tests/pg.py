@@ -6,8 +6,8 @@ socket in that dir. The postmaster is a child of this process (not daemonized by
 ``pg_ctl``), so ``kill()`` can SIGKILL it and reap it.
 
 A process that dies without cleaning up (a segfault, SIGKILL, a CI job cut
-short) leaves nothing running: its postmasters get SIGQUIT (immediate
-shutdown) when it dies (``setpriv --pdeathsig``), and the next process that
+short) leaves nothing running: the postmasters its main thread started get
+SIGQUIT (immediate shutdown) when it dies (``setpriv --pdeathsig``), and the next process that
 creates a cluster deletes the dirs of clusters whose creator is gone (each
 holds ``owner.lock``, an ``flock`` the kernel releases with its process).
 
@@ -40,6 +40,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -418,10 +419,15 @@ class PgCluster:
 
     def _start_once(self, timeout: float) -> None:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # The death signal comes when the starting thread ends: only the main
+        # thread's end is the process's (bench/pg_probe.py starts a server from
+        # a worker thread, which ends before the server should).
+        main_thread = threading.current_thread() is threading.main_thread()
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.user.wrap(
-                    [self.bindir / "postgres", "-D", self.datadir], pdeathsig=signal.SIGQUIT
+                    [self.bindir / "postgres", "-D", self.datadir],
+                    pdeathsig=signal.SIGQUIT if main_thread else None,
                 ),
                 cwd=self.base,
                 env=self._env(),
@@ -700,9 +706,13 @@ _PRISTINE: dict[tuple[Path, int], PgCluster] = {}
 
 def _own_dir(base: Path) -> int:
     """Hold ``base``'s owner lock for as long as this process lives (the
-    descriptor is not inherited: no server keeps it)."""
-    fd = os.open(base / OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor is not inherited: no server keeps it). Locked under another
+    name first: a sweep that opened the lock between its creation and its
+    flock would find it free."""
+    making = base / (OWNER_LOCK + ".new")
+    fd = os.open(making, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    making.rename(base / OWNER_LOCK)
     return fd
 
 

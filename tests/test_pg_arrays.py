@@ -5,6 +5,7 @@ arrives as written in a database of another encoding too."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -12,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import PgCluster, PgDatabase
+from pg_fixtures import fields
 from psycopg import sql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
-from sessiond.store import pgarrays, pgsql
+from sessiond.store import StoreError, pgarrays, pgsql
 from sessiond.store.api import Renewal, scan_hash
-from sessiond.store.postgres import connection_params
+from sessiond.store.postgres import PostgresStore, connection_params
 
 _TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"))
 _FLOAT = st.floats(allow_nan=False)
@@ -109,6 +111,92 @@ def test_what_cannot_be_sent_fails_as_psycopg_fails(
         pytest.raises(psycopg.DataError),
     ):
         conn.execute("SELECT %b", (array(items),))
+
+
+@pytest.mark.parametrize(
+    ("element", "items"),
+    [
+        ("int2", [2**20]),
+        ("float8", ["x"]),
+        ("bytea", [1]),
+        ("text", [b"bytes"]),
+        ("text", [b"b"] * 9),
+    ],
+    ids=["int2 out of range", "float8 of a str", "bytea of an int", "text of bytes", "nine"],
+)
+def test_what_a_plain_list_cannot_send_fails_as_psycopg_fails(
+    element: str, items: list[Any]
+) -> None:
+    """The group commit dumps plain lists (pgarrays.dump): the same refusal,
+    psycopg.DataError, for one element, a few, or many, in both builds."""
+    with pytest.raises(psycopg.DataError):
+        pgarrays.dump(element, items)
+
+
+def test_a_commit_that_cannot_be_sent_is_refused_and_the_writer_goes_on(pg_db: PgDatabase) -> None:
+    """A change the commit's parameters cannot carry (here a kind out of
+    int2's range, which no command makes) fails its write with an error; the
+    writer lives on and commits the next write."""
+
+    async def main() -> tuple[StoreError | None, StoreError | None]:
+        store = PostgresStore(pg_db.dsn())
+        await store.open(10.0)
+        try:
+            loop = asyncio.get_running_loop()
+            bad: asyncio.Future[StoreError | None] = loop.create_future()
+            store.record(b"bad", (*fields(b"v")[:7], 2**20))
+            store.after_commit(bad.set_result)
+            refused = await asyncio.wait_for(bad, 30)
+            good: asyncio.Future[StoreError | None] = loop.create_future()
+            while store.failure is not None:  # refused until the writer's probe
+                await asyncio.sleep(0.05)
+            store.record(b"k", fields(b"v"))
+            store.after_commit(good.set_result)
+            return refused, await asyncio.wait_for(good, 30)
+        finally:
+            await store.aclose()
+
+    refused, landed = asyncio.run(main())
+    assert refused is not None and "cannot send" in str(refused), refused
+    assert landed is None
+    with pg_db.connect() as conn:
+        assert conn.execute("SELECT value FROM sessiond_sessions").fetchall() == [(b"v",)]
+
+
+def test_a_change_of_the_wrong_type_never_ends_the_writer(pg_db: PgDatabase) -> None:
+    """A key that is not bytes (no command makes one): compiled, the overlay
+    refuses it as it is recorded; interpreted, it reaches the commit's
+    parameters, whose failure outside the dumpers is a refused write too,
+    not an exception that ends the writer (every later write would wait)."""
+
+    async def main() -> tuple[str, StoreError | None]:
+        store = PostgresStore(pg_db.dsn())
+        await store.open(10.0)
+        try:
+            loop = asyncio.get_running_loop()
+            outcome = "refused when recorded"
+            try:
+                store.record("not bytes", fields(b"v"))  # type: ignore[arg-type]
+            except TypeError:
+                pass
+            else:
+                bad: asyncio.Future[StoreError | None] = loop.create_future()
+                store.after_commit(bad.set_result)
+                outcome = str(await asyncio.wait_for(bad, 30))
+            while store.failure is not None:  # refused until the writer's probe
+                await asyncio.sleep(0.05)
+            good: asyncio.Future[StoreError | None] = loop.create_future()
+            store.record(b"k", fields(b"w"))
+            store.after_commit(good.set_result)
+            return outcome, await asyncio.wait_for(good, 30)
+        finally:
+            await store.aclose()
+
+    outcome, landed = asyncio.run(main())
+    assert outcome == "refused when recorded" or "cannot send the commit" in outcome, outcome
+    assert landed is None
+    with pg_db.connect() as conn:
+        assert conn.execute("SELECT key, value FROM sessiond_sessions").fetchall() == [(b"k", b"w")]
 
 
 _FIELDS = st.tuples(

@@ -138,7 +138,9 @@ def _many_bytes(items: list[bytes]) -> Iterable[bytes]:
 
 
 def _one_text(text: str) -> bytes:
-    return _one_bytes(text.encode())
+    # str.encode, not text.encode: anything but a str fails with TypeError
+    # (DataError for the store), as in _many_text, and not AttributeError.
+    return _one_bytes(str.encode(text))
 
 
 def _many_text(items: list[str]) -> Iterable[bytes]:

@@ -216,11 +216,13 @@ def commit_params(
     ``cleared``, ``renewals`` and ``fence``, announced as sent at ``now``;
     and how many notifications they send. Plain lists, dumped as they are:
     making a typed list (pgarrays) per array cost more than the dumping at
-    one SET a commit."""
+    one SET a commit. Lists of ``Any``: compiled, a ``list[float]`` would
+    unbox and box each value again, and fail on a bad one outside the
+    dumper, which turns it into :class:`psycopg.DataError`."""
     changed = list(batch)
     notices = payloads(host_id, now, changed, cleared)
     keys: list[bytes] = []
-    hashes: list[int] = []
+    hashes: list[Any] = []
     deletes: list[bytes] = []
     columns: list[list[Any]] = [[] for _ in range(_COLUMNS)]
     for key, fields in batch.items():
@@ -232,9 +234,9 @@ def commit_params(
         for i in range(_COLUMNS):
             columns[i].append(fields[i])
     renewed = list(renewals)
-    ttls: list[float] = []
-    deadlines: list[float] = []
-    accessed: list[float] = []
+    ttls: list[Any] = []
+    deadlines: list[Any] = []
+    accessed: list[Any] = []
     for renewal in renewals.values():
         ttls.append(renewal.ttl)
         deadlines.append(renewal.deadline)

@@ -508,6 +508,7 @@ class PostgresStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cuts: set[_Cut] = set()  # operations under way in _bounded_here
         self._sweeping = False
+        self._remaking = False  # a decision found the commit function gone: making it
         self._stopping = False
         self._heartbeat_channel = f"{pgsql.CHANNEL}_{self.host_id}"
         self._own_payloads = f"{self.host_id} "  # how this host's payloads start
@@ -1030,9 +1031,14 @@ class PostgresStore:
         prepared when the writer connected, sent by :mod:`.pgwire`): the
         locks, the flush if any, the upserts, the deletes, the renewals, the
         notifications, the fence. Returns how many notifications it sent."""
-        params, notices = pgsql.commit_params(
-            self.host_id, time.time(), batch, cleared, renewals, fence
-        )
+        try:
+            params, notices = pgsql.commit_params(
+                self.host_id, time.time(), batch, cleared, renewals, fence
+            )
+        except psycopg.Error:
+            raise
+        except Exception as exc:  # a change it cannot send: refused, and the writer lives on
+            raise psycopg.DataError(f"cannot send the commit: {exc!r}") from None
         await pgwire.run(conn, _COMMIT_STATEMENT, params)
         return notices
 
@@ -1210,6 +1216,8 @@ class PostgresStore:
             await self._run("schema", lambda conn: _schema_locked(conn, _ensure_function))
         except StoreError as exc:
             log.error("store_error", operation="schema", error=str(exc))
+        finally:
+            self._remaking = False
 
     def finish(self, decision: Decision, done: Callable[[StoreError | None], None]) -> None:
         assert isinstance(decision, PgDecision)  # only this store opens them
@@ -1256,10 +1264,13 @@ class PostgresStore:
             )
             for decision in decisions:
                 decision.error = error
-            if isinstance(exc, pg_errors.UndefinedFunction):
+            if isinstance(exc, pg_errors.UndefinedFunction) and not (
+                self._remaking or self._stopping
+            ):
                 # The commit function went away (a restore of the tables
                 # alone): made again now, not at the writer's next reconnect,
                 # which a host that only decides would not reach.
+                self._remaking = True
                 self._spawn(self._remake_function())
             self.shared_stats.decision_errors += len(decisions)
             self.stats.error("commit")
