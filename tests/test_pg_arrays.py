@@ -133,34 +133,45 @@ def test_what_a_plain_list_cannot_send_fails_as_psycopg_fails(
         pgarrays.dump(element, items)
 
 
+async def _committed(store: PostgresStore, key: Any, change: Any) -> StoreError | None:
+    """Record one change and wait for its commit: None, or why it failed."""
+    told: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+    store.record(key, change)
+    store.after_commit(told.set_result)
+    return await asyncio.wait_for(told, 30)
+
+
+def _refused_then_landed(pg_db: PgDatabase, key: Any, change: Any) -> tuple[str, StoreError | None]:
+    """A store given a change its commit cannot carry, then a good one (once
+    the writer is back): why the first was refused ("refused when recorded"
+    if recording it raised TypeError), and how the second's commit ended."""
+
+    async def main() -> tuple[str, StoreError | None]:
+        store = PostgresStore(pg_db.dsn())
+        await store.open(10.0)
+        try:
+            try:
+                outcome = str(await _committed(store, key, change))
+            except TypeError:
+                outcome = "refused when recorded"
+            while store.failure is not None:  # refused until the writer's probe
+                await asyncio.sleep(0.05)
+            return outcome, await _committed(store, b"k", fields(b"w"))
+        finally:
+            await store.aclose()
+
+    return asyncio.run(main())
+
+
 def test_a_commit_that_cannot_be_sent_is_refused_and_the_writer_goes_on(pg_db: PgDatabase) -> None:
     """A change the commit's parameters cannot carry (here a kind out of
     int2's range, which no command makes) fails its write with an error; the
     writer lives on and commits the next write."""
-
-    async def main() -> tuple[StoreError | None, StoreError | None]:
-        store = PostgresStore(pg_db.dsn())
-        await store.open(10.0)
-        try:
-            loop = asyncio.get_running_loop()
-            bad: asyncio.Future[StoreError | None] = loop.create_future()
-            store.record(b"bad", (*fields(b"v")[:7], 2**20))
-            store.after_commit(bad.set_result)
-            refused = await asyncio.wait_for(bad, 30)
-            good: asyncio.Future[StoreError | None] = loop.create_future()
-            while store.failure is not None:  # refused until the writer's probe
-                await asyncio.sleep(0.05)
-            store.record(b"k", fields(b"v"))
-            store.after_commit(good.set_result)
-            return refused, await asyncio.wait_for(good, 30)
-        finally:
-            await store.aclose()
-
-    refused, landed = asyncio.run(main())
-    assert refused is not None and "cannot send" in str(refused), refused
+    refused, landed = _refused_then_landed(pg_db, b"bad", (*fields(b"v")[:7], 2**20))
+    assert "cannot send" in refused, refused
     assert landed is None
     with pg_db.connect() as conn:
-        assert conn.execute("SELECT value FROM sessiond_sessions").fetchall() == [(b"v",)]
+        assert conn.execute("SELECT key, value FROM sessiond_sessions").fetchall() == [(b"k", b"w")]
 
 
 def test_a_change_of_the_wrong_type_never_ends_the_writer(pg_db: PgDatabase) -> None:
@@ -168,35 +179,9 @@ def test_a_change_of_the_wrong_type_never_ends_the_writer(pg_db: PgDatabase) -> 
     refuses it as it is recorded; interpreted, it reaches the commit's
     parameters, whose failure outside the dumpers is a refused write too,
     not an exception that ends the writer (every later write would wait)."""
-
-    async def main() -> tuple[str, StoreError | None]:
-        store = PostgresStore(pg_db.dsn())
-        await store.open(10.0)
-        try:
-            loop = asyncio.get_running_loop()
-            outcome = "refused when recorded"
-            try:
-                store.record("not bytes", fields(b"v"))  # type: ignore[arg-type]
-            except TypeError:
-                pass
-            else:
-                bad: asyncio.Future[StoreError | None] = loop.create_future()
-                store.after_commit(bad.set_result)
-                outcome = str(await asyncio.wait_for(bad, 30))
-            while store.failure is not None:  # refused until the writer's probe
-                await asyncio.sleep(0.05)
-            good: asyncio.Future[StoreError | None] = loop.create_future()
-            store.record(b"k", fields(b"w"))
-            store.after_commit(good.set_result)
-            return outcome, await asyncio.wait_for(good, 30)
-        finally:
-            await store.aclose()
-
-    outcome, landed = asyncio.run(main())
+    outcome, landed = _refused_then_landed(pg_db, "not bytes", fields(b"v"))
     assert outcome == "refused when recorded" or "cannot send the commit" in outcome, outcome
     assert landed is None
-    with pg_db.connect() as conn:
-        assert conn.execute("SELECT key, value FROM sessiond_sessions").fetchall() == [(b"k", b"w")]
 
 
 _FIELDS = st.tuples(
