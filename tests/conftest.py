@@ -28,6 +28,14 @@ pytest_plugins = ["pg_fixtures"]
 STARTUP_TIMEOUT = 20.0
 
 
+def tied(cmd: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """``cmd`` killed when this process dies: a test process that crashes or
+    is killed leaves no daemon, redis-server or prometheus running (its
+    cleanup never runs). Start it from the main thread: the signal comes
+    when the starting thread ends."""
+    return ["setpriv", "--pdeathsig=SIGKILL", "--", *(os.fspath(c) for c in cmd)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,7 +115,7 @@ class Daemon:
         self._warms_seen = self._count_warmed()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "sessiond", "run", "--config", str(self.config_path)],
+            tied([*prefix, sys.executable, "-m", "sessiond", "run", "--config", self.config_path]),
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -293,11 +301,11 @@ class RedisServer:
         self.socket_path = workdir / "redis.sock"
         self.log_path = workdir / "redis.log"
         self.proc = subprocess.Popen(
-            [
+            tied([
                 exe, "--port", "0", "--unixsocket", str(self.socket_path),
                 "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
                 "--dir", str(workdir), "--logfile", str(self.log_path),
-            ],
+            ]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """The real-PostgreSQL test infrastructure itself (tests/pg.py, tests/tcp_proxy.py):
 the throwaway cluster, its roles and authentication, LISTEN/NOTIFY from asyncio
 psycopg, crash and restart, a promoted replica behind a multi-host DSN, and the proxy's
-delay, partition and cut. The PostgreSQL store's own tests build on these."""
+delay, partition and cut; and that no server a test process started outlives it. The
+PostgreSQL store's own tests build on these."""
 
 from __future__ import annotations
 
@@ -220,6 +221,30 @@ def test_a_cluster_outlives_no_test_process_that_dies_uncleanly(tmp_path: Path) 
         sweep_orphans()
         assert not Path(base).exists() and not Path(pristine_base).exists()
         assert alive.base.is_dir()  # its creator (this process) lives
+
+
+def test_a_server_a_test_starts_dies_with_its_test_process(tmp_path: Path) -> None:
+    # conftest.tied: the daemons and redis-servers the tests start go with a
+    # test process that dies without its cleanup.
+    script = tmp_path / "dies.py"
+    script.write_text(
+        "import os, signal, subprocess, conftest\n"
+        "proc = subprocess.Popen(conftest.tied(['sleep', '300']))\n"
+        "print(proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, script],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 60
+    while process_state(pid) not in ("", "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state(pid) in ("", "Z"), "the dead test process's server still runs"
 
 
 @pytest.mark.parametrize("mode", ["smart", "fast", "immediate"])

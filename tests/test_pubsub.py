@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Daemon, wait_until
+from conftest import Daemon, tied, wait_until
 from test_frameworks import NODE_DIR, node_modules, scenario_results  # noqa: F401
 from test_protocol import RawClient, RawError, read_to_eof, rss_kib
 
@@ -43,9 +43,9 @@ class RedisServer:
         workdir.mkdir(parents=True, exist_ok=True)
         self.socket_path = workdir / "redis.sock"
         self.proc = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket_path),
-             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+            tied([binary, "--port", "0", "--unixsocket", str(self.socket_path),
+                  "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                  "--dir", str(workdir), "--logfile", str(workdir / "redis.log")]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
