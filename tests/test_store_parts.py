@@ -514,6 +514,39 @@ def test_a_stop_cuts_the_warm_start_s_table_scan_short(tmp_path: Path) -> None:
         reader.close()
 
 
+def test_the_table_is_counted_again_only_once_another_connection_changed_it(
+    tmp_path: Path,
+) -> None:
+    """DBSIZE and the session gauge (every 15 s) count the table: a scan of
+    every row. An unchanged table keeps its count (an idle store of a
+    million sessions was scanned for about 160 ms every 15 s); a compaction
+    through another connection makes the next count scan again, and right."""
+    from sessiond.store.reads import TableReader
+
+    path = tmp_path / "s.db"
+    files, db = _open(path)
+    reader = TableReader(path)
+    try:
+        compactor = Compactor(db)
+        assert compactor.step(Compaction(Layer(1, {b"a": row(b"v"), b"b": row(b"v")})), 10)
+        statements: list[str] = []
+        reader.db().set_trace_callback(statements.append)
+
+        def scans() -> int:
+            return sum("COUNT(deadline) FROM sessions" in s for s in statements)
+
+        assert reader.counts([]) == (2, 0)
+        assert reader.counts([b"a"]) == (1, 0)  # the queued key is not the table's
+        assert scans() == 1
+        assert compactor.step(Compaction(Layer(2, {b"c": row(b"v"), b"a": None})), 10)
+        assert reader.counts([]) == (2, 0)
+        assert scans() == 2
+    finally:
+        reader.close()
+        db.close()
+        files.close()
+
+
 def test_every_page_is_checked_when_the_last_stop_was_not_clean(tmp_path: Path) -> None:
     """A clean stop deletes SQLite's -wal file; one left over means the last
     process did not close the store, and start-up then checks every page

@@ -206,6 +206,9 @@ class SQLiteStore:
         self._stop_at = 0.0
         self._last_check = time.monotonic()
         self._live_at = 0.0
+        # Whether the table may have changed since the live bytes were last
+        # sampled (a full scan): an idle store is not scanned every minute.
+        self._table_changed = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer_thread: threading.Thread | None = None
         self._compactor_thread: threading.Thread | None = None
@@ -675,6 +678,7 @@ class SQLiteStore:
         while (work := self._next_work()) is not None:
             refile, layer = work
             if layer is None:
+                self._table_changed |= bool(refile)
                 try:
                     compactor.refile(refile)
                 except sqlite3.Error as exc:
@@ -722,6 +726,7 @@ class SQLiteStore:
             started = time.perf_counter()
             try:
                 if refile:
+                    self._table_changed = True
                     child.send("refile " + " ".join(key.hex() for key in refile))
                 if layer is None:
                     if not self._live_due():
@@ -768,9 +773,10 @@ class SQLiteStore:
         """Whether to sample the live bytes (a full scan: 10M rows take
         seconds, off the event loop) now: at most every minute, while idle."""
         now = time.monotonic()
-        if self._stopping or now - self._live_at < _LIVE_INTERVAL:
+        if self._stopping or not self._table_changed or now - self._live_at < _LIVE_INTERVAL:
             return False
         self._live_at = now
+        self._table_changed = False  # before the scan: a change during it counts again
         return True
 
     def _past_budget(self) -> bool:
@@ -782,6 +788,7 @@ class SQLiteStore:
         the segment is then the only copy of its changes."""
         if self._removed is not None:
             return
+        self._table_changed = True
         with self._cond:
             oldest, size = self._sealed.pop(0)
             self._backlog -= size
