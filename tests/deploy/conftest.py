@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import tied
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -104,13 +105,15 @@ def run_prometheus(prometheus_bin: Path, config_text: str) -> Iterator[Prometheu
             url = f"http://127.0.0.1:{port}"
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
-                    [
-                        str(prometheus_bin),
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={Path(tmp) / 'data'}",
-                        f"--web.listen-address=127.0.0.1:{port}",
-                        "--log.level=warn",
-                    ],
+                    tied(
+                        [
+                            str(prometheus_bin),
+                            f"--config.file={config}",
+                            f"--storage.tsdb.path={Path(tmp) / 'data'}",
+                            f"--web.listen-address=127.0.0.1:{port}",
+                            "--log.level=warn",
+                        ]
+                    ),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -246,7 +249,7 @@ def daemon_launcher(daemon_env: dict[str, str]) -> DaemonLauncher:
             command = [sys.executable, "-m", "sessiond", "run", "--config", str(config)]
             with log_path.open("wb") as log:
                 proc = subprocess.Popen(
-                    [*(wrapper or []), *command],
+                    tied([*(wrapper or []), *command]),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
