@@ -192,18 +192,12 @@ def test_kill_and_start_keep_committed_data(pg_own_cluster: PgCluster) -> None:
     assert "database system was interrupted" in pg.log_tail(limit=100_000)
 
 
-def test_a_cluster_outlives_no_test_process_that_dies_uncleanly(tmp_path: Path) -> None:
-    # A test process that dies without its atexit handlers (a segfault, SIGKILL):
-    # its servers stop with it, and the next process to make a cluster deletes
-    # its dirs, and only those whose creator is gone.
+def _dies_after(tmp_path: Path, body: str) -> list[str]:
+    """What a Python process (the tests' modules importable) that runs
+    ``body`` and then SIGKILLs itself printed: a test process that dies
+    without its cleanup, as a segfault or a cut CI job leaves one."""
     script = tmp_path / "dies.py"
-    script.write_text(
-        "import os, signal, pg\n"
-        "cluster = pg.PgCluster.create()\n"
-        "pristine = next(iter(pg._PRISTINE.values()))\n"
-        "print(cluster.base, pristine.base, cluster.proc.pid, flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
+    script.write_text(f"{body}\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
     done = subprocess.run(
         [sys.executable, script],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
@@ -211,11 +205,28 @@ def test_a_cluster_outlives_no_test_process_that_dies_uncleanly(tmp_path: Path) 
         text=True,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr
-    base, pristine_base, pid = done.stdout.split()
+    return done.stdout.split()
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` ends (or is a zombie) within a minute."""
     deadline = time.monotonic() + 60
-    while process_state(int(pid)) not in ("", "Z") and time.monotonic() < deadline:
+    while process_state(pid) not in ("", "Z") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert process_state(int(pid)) in ("", "Z"), "the dead process's postmaster still runs"
+    return process_state(pid) in ("", "Z")
+
+
+def test_a_cluster_outlives_no_test_process_that_dies_uncleanly(tmp_path: Path) -> None:
+    # Its servers stop with it, and the next process to make a cluster deletes
+    # its dirs, and only those whose creator is gone.
+    base, pristine_base, pid = _dies_after(
+        tmp_path,
+        "import pg\n"
+        "cluster = pg.PgCluster.create()\n"
+        "pristine = next(iter(pg._PRISTINE.values()))\n"
+        "print(cluster.base, pristine.base, cluster.proc.pid, flush=True)",
+    )
+    assert _gone(int(pid)), "the dead process's postmaster still runs"
     assert Path(base).is_dir() and Path(pristine_base).is_dir()
     with PgCluster.create(start=False) as alive:
         sweep_orphans()
@@ -224,27 +235,14 @@ def test_a_cluster_outlives_no_test_process_that_dies_uncleanly(tmp_path: Path) 
 
 
 def test_a_server_a_test_starts_dies_with_its_test_process(tmp_path: Path) -> None:
-    # conftest.tied: the daemons and redis-servers the tests start go with a
-    # test process that dies without its cleanup.
-    script = tmp_path / "dies.py"
-    script.write_text(
-        "import os, signal, subprocess, conftest\n"
+    # conftest.tied: the daemons, redis-servers and prometheus the tests start.
+    (pid,) = _dies_after(
+        tmp_path,
+        "import subprocess, conftest\n"
         "proc = subprocess.Popen(conftest.tied(['sleep', '300']))\n"
-        "print(proc.pid, flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
+        "print(proc.pid, flush=True)",
     )
-    done = subprocess.run(
-        [sys.executable, script],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    pid = int(done.stdout)
-    deadline = time.monotonic() + 60
-    while process_state(pid) not in ("", "Z") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process_state(pid) in ("", "Z"), "the dead test process's server still runs"
+    assert _gone(int(pid)), "the dead test process's server still runs"
 
 
 @pytest.mark.parametrize("mode", ["smart", "fast", "immediate"])
