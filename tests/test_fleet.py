@@ -596,14 +596,7 @@ def test_a_commit_function_gone_while_running_is_made_again_for_decisions_alone(
     with pytest.raises(redis.ResponseError) as refused:
         r.incr("n")
     assert FUNCTION in str(refused.value) and "CONTEXT" not in str(refused.value)
-
-    def counted() -> bool:
-        try:
-            return r.incr("n") > 0
-        except redis.ResponseError:
-            return False
-
-    eventually(counted, 10, "an INCR after the function is made again")
+    eventually(lambda: _answers(lambda: r.incr("n")), 10, "an INCR after it is made again")
     assert int(table_rows(pg_db)[b"n"][0]) >= 2
     made = [e for e in d.events() if e.get("event") == "store_function_created"]
     assert len(made) == 2, made  # at the start, and again
@@ -794,11 +787,16 @@ def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
     rb.close()
 
 
-def _writes(r: redis.Redis) -> bool:
+def _answers(command: Callable[[], object]) -> bool:
+    """Whether ``command`` is answered without an error reply."""
     try:
-        return bool(r.set("after", "1"))
+        return bool(command())
     except redis.ResponseError:
         return False
+
+
+def _writes(r: redis.Redis) -> bool:
+    return _answers(lambda: r.set("after", "1"))
 
 
 def test_a_slow_database_times_out_and_queues_nothing_without_bound(

@@ -204,19 +204,26 @@ _FIELDS = st.tuples(
     ),
     cleared=st.booleans(),
     fence=_FLOAT,
+    lock=st.booleans(),
 )
 def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
-    batch: dict[bytes, Any], renewals: dict[bytes, Renewal], cleared: bool, fence: float
+    batch: dict[bytes, Any],
+    renewals: dict[bytes, Renewal],
+    cleared: bool,
+    fence: float,
+    lock: bool,
 ) -> None:
-    """The group commit makes its parameters in binary from plain lists
-    (pgsql.commit_params) and sends them without psycopg (pgwire.py): each
-    must be the bytes psycopg dumps for the typed array, the bool or the
-    float it stands for, in the commit function's order."""
-    params, notices = pgsql.commit_params("host", 1.5, batch, cleared, renewals, fence)
+    """The commit function's parameters are made in binary from plain lists
+    (pgsql.commit_params), for the group commit, which sends them without
+    psycopg (pgwire.py), and for a decision, which sends them through
+    psycopg as they are (pgarrays.Dumped) and holds its keys' locks already:
+    each must be the bytes psycopg dumps for the typed array, the bool or
+    the float it stands for, in the function's order."""
+    params, notices = pgsql.commit_params("host", 1.5, batch, cleared, renewals, fence, lock=lock)
     upserts = [(key, fields) for key, fields in batch.items() if fields is not None]
     texts = pgsql.payloads("host", 1.5, list(batch), cleared)
     values = [
-        pgarrays.Int4(pgsql.lock_ids([*batch, *renewals])),
+        pgarrays.Int4(pgsql.lock_ids([*batch, *renewals]) if lock else []),
         cleared,
         pgarrays.Bytea(key for key, _ in upserts),
         pgarrays.Int8(scan_hash(key) for key, _ in upserts),
@@ -236,3 +243,5 @@ def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
     want = [bytes(transformer.get_dumper(v, PyFormat.BINARY).dump(v)) for v in values]
     assert params == want
     assert notices == len(texts)
+    as_they_are = [pgarrays.Dumped(p) for p in params]
+    assert [transformer.get_dumper(v, PyFormat.BINARY).dump(v) for v in as_they_are] == want

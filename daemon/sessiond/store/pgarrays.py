@@ -66,6 +66,7 @@ class _Kind(NamedTuple):
 
 
 _KINDS: dict[type, _Kind] = {}
+_NAMED: dict[str, _Kind] = {}  # the same by element type name, for dump()
 
 
 def _dump(kind: _Kind, obj: list[Any]) -> bytes:
@@ -106,9 +107,27 @@ class _ArrayDumper(Dumper):
 
 def dump(element: str, items: list[Any]) -> bytes:
     """``items``, a plain list, in binary as an array of ``element`` (a key of
-    :data:`BY_TYPE`): for a statement sent without psycopg (pgwire.py), with
-    no list of a class below to make first."""
-    return _dump(_KINDS[BY_TYPE[element]], items)
+    :data:`BY_TYPE`), with no list of a class below to make first: the group
+    commit's parameters (pgsql.commit_params)."""
+    return _dump(_NAMED[element], items)
+
+
+@mypyc_attr(native_class=False)
+class Dumped(bytes):
+    """A parameter already in PostgreSQL's binary format (:func:`dump`), for
+    psycopg to send as it is. It goes without a type: the statement casts
+    its placeholder (``%b::int4[]``), which gives the server the type."""
+
+
+@mypyc_attr(native_class=False)
+class _AsDumped(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: bytes) -> bytes:
+        return obj
+
+
+ADAPTERS.register_dumper(Dumped, _AsDumped)
 
 
 def _array(
@@ -116,7 +135,7 @@ def _array(
 ) -> type[list[Any]]:
     info = psycopg.adapters.types[name]
     cls: type[list[Any]] = type(f"{name.title()}Array", (list,), {"__slots__": ()})
-    _KINDS[cls] = _Kind(
+    _KINDS[cls] = _NAMED[name] = _Kind(
         info.array_oid, info.oid, one, many, _EMPTY(0, 0, info.oid), _HEAD(1, 0, info.oid, 1, 1)
     )
     ADAPTERS.register_dumper(cls, _ArrayDumper)

@@ -29,6 +29,8 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
+import psycopg
+
 from .api import Renewal, scan_hash
 from .pgarrays import dump
 
@@ -190,9 +192,9 @@ COMMIT_STATEMENT = "sessiond_commit"
 COMMIT_PREPARED = "SELECT {}({})".format(
     FUNCTION, ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1))
 )
-# The same call as psycopg sends it, with its parameters (typed lists of
-# pgarrays, a bool, a float): a decision's writes, in the decision's own
-# transaction (postgres._commit_decision).
+# The same call as psycopg sends it, with commit_params' parameters (as
+# pgarrays.Dumped): a decision's writes, in the decision's own transaction
+# (postgres._commit_decision).
 COMMIT_CALL = "SELECT {}({})".format(
     FUNCTION, ", ".join(f"%b::{kind}" for _, kind in _COMMIT_PARAMS)
 )
@@ -209,16 +211,38 @@ def commit_params(
     cleared: bool,
     renewals: Mapping[bytes, Renewal],
     fence: float,
+    *,
+    lock: bool = True,
 ) -> tuple[list[bytes], int]:
-    """The group commit's parameters (:data:`COMMIT_PREPARED`'s, in order, in
-    PostgreSQL's binary format) for ``batch`` (each key's fields, in
-    :class:`~.api.Row`'s order, or ``None``: deleted), a flush if
-    ``cleared``, ``renewals`` and ``fence``, announced as sent at ``now``;
-    and how many notifications they send. Plain lists, dumped as they are:
-    making a typed list (pgarrays) per array cost more than the dumping at
-    one SET a commit. Lists of ``Any``: compiled, a ``list[float]`` would
-    unbox and box each value again, and fail on a bad one outside the
-    dumper, which turns it into :class:`psycopg.DataError`."""
+    """The commit function's parameters (:data:`COMMIT_PREPARED`'s and
+    :data:`COMMIT_CALL`'s, in order, in PostgreSQL's binary format) for
+    ``batch`` (each key's fields, in :class:`~.api.Row`'s order, or
+    ``None``: deleted), a flush if ``cleared``, ``renewals`` and ``fence``,
+    announced as sent at ``now``, with the keys' locks unless ``lock`` is
+    false (a decision holds them already); and how many notifications they
+    send. A change it cannot carry raises :class:`psycopg.DataError`, which
+    the store answers as a refused write: its writer and its decisions go
+    on."""
+    try:
+        return _commit_params(host_id, now, batch, cleared, renewals, fence, lock)
+    except psycopg.Error:
+        raise
+    except Exception as exc:  # outside the dumpers: a key that is not bytes, say
+        raise psycopg.DataError(f"cannot send the commit: {exc!r}") from None
+
+
+def _commit_params(
+    host_id: str,
+    now: float,
+    batch: Mapping[bytes, tuple[Any, ...] | None],
+    cleared: bool,
+    renewals: Mapping[bytes, Renewal],
+    fence: float,
+    lock: bool,
+) -> tuple[list[bytes], int]:
+    # Plain lists, dumped as they are: making a typed list (pgarrays) per
+    # array cost more than the dumping at one SET a commit. Lists of Any:
+    # compiled, a list[float] would unbox and box each value again.
     changed = list(batch)
     notices = payloads(host_id, now, changed, cleared)
     keys: list[bytes] = []
@@ -241,7 +265,8 @@ def commit_params(
         ttls.append(renewal.ttl)
         deadlines.append(renewal.deadline)
         accessed.append(renewal.accessed_at)
-    params = [dump("int4", lock_ids(changed + renewed)), _TRUE if cleared else _FALSE]
+    locks = lock_ids(changed + renewed) if lock else []
+    params = [dump("int4", locks), _TRUE if cleared else _FALSE]
     params.append(dump("bytea", keys))
     params.append(dump("int8", hashes))
     for i in range(_COLUMNS):

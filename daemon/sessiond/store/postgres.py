@@ -46,7 +46,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, TypeVar
@@ -72,10 +72,9 @@ from .api import (
     TableCounts,
     TableSlice,
     as_row,
-    scan_hash,
 )
 from .overlay import Overlay
-from .pgarrays import ADAPTERS, BY_TYPE, Bytea, Float8, Int4, Int8, Text
+from .pgarrays import ADAPTERS, Bytea, Dumped, Int4, Text
 
 log = structlog.get_logger("sessiond.store")
 
@@ -1031,14 +1030,9 @@ class PostgresStore:
         prepared when the writer connected, sent by :mod:`.pgwire`): the
         locks, the flush if any, the upserts, the deletes, the renewals, the
         notifications, the fence. Returns how many notifications it sent."""
-        try:
-            params, notices = pgsql.commit_params(
-                self.host_id, time.time(), batch, cleared, renewals, fence
-            )
-        except psycopg.Error:
-            raise
-        except Exception as exc:  # a change it cannot send: refused, and the writer lives on
-            raise psycopg.DataError(f"cannot send the commit: {exc!r}") from None
+        params, notices = pgsql.commit_params(
+            self.host_id, time.time(), batch, cleared, renewals, fence
+        )
         await pgwire.run(conn, _COMMIT_STATEMENT, params)
         return notices
 
@@ -1239,15 +1233,16 @@ class PostgresStore:
         for decision in decisions:
             changes.update(decision.changes)
         started = perf_counter()
-        notices: list[str] = []
+        params: list[bytes] | None = None
+        notices = 0
         barrier = self._barrier()
         try:
             if changes:
-                notices = pgsql.payloads(self.host_id, time.time(), list(changes), False)
+                params, notices = pgsql.commit_params(
+                    self.host_id, time.time(), changes, False, {}, self._fence(), lock=False
+                )
             await self._bounded_here(
-                conn,
-                _commit_decision(conn, batch.cursor, changes, notices, self._fence(), barrier),
-                "commit",
+                conn, _commit_decision(conn, batch.cursor, params, barrier), "commit"
             )
         except asyncio.CancelledError:
             # Stopped mid-commit (aclose): told it failed, never that it landed.
@@ -1289,7 +1284,7 @@ class PostgresStore:
             deletes = sum(1 for change in changes.values() if change is None)
             self.stats.writes += len(changes) - deletes
             self.shared_stats.invalidations_sent += len(changes)
-            self.shared_stats.notifications_sent += len(notices)
+            self.shared_stats.notifications_sent += notices
             self._open_later(batch)  # its locks are gone: no need to wait for the barrier
             await self._heard_up_to(barrier[1])
         finally:
@@ -1649,26 +1644,6 @@ async def _ensure_function(conn: Conn) -> None:
     log.info("store_function_created", function=pgsql.FUNCTION)
 
 
-# The upsert's arrays after key and scan_hash: one per column, in Row's order.
-_ROW_ARRAYS = tuple(BY_TYPE[kind] for kind in pgsql.ROW_TYPES)
-# The commit function's renewal arrays for a decision, which renews nothing.
-_NO_RENEWALS = (Bytea(), Float8(), Float8(), Float8())
-
-
-def _change_arrays(changes: Mapping[bytes, Kept]) -> tuple[list[list[Any]], list[bytes]]:
-    """``changes`` as the upsert's arrays (keys, scan hashes, then one per
-    column in Row's order: the commit function's) and the
-    keys deleted."""
-    upserts = [(key, row) for key, row in changes.items() if row is not None]
-    deletes = Bytea(key for key, row in changes.items() if row is None)
-    columns = zip(*(row for _, row in upserts), strict=True) if upserts else [()] * len(_ROW_ARRAYS)
-    return [
-        Bytea(key for key, _ in upserts),
-        Int8(scan_hash(key) for key, _ in upserts),
-        *(array(column) for array, column in zip(_ROW_ARRAYS, columns, strict=True)),
-    ], deletes
-
-
 async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool) -> Opened:
     """Open a decision's transaction on ``conn``, through ``cur`` (one cursor
     for all a transaction's statements: psycopg makes a new one, with its own
@@ -1702,24 +1677,18 @@ async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool)
 
 
 async def _commit_decision(
-    conn: Conn,
-    cur: Cursor,
-    changes: dict[bytes, Change],
-    notices: list[str],
-    fence: float,
-    barrier: tuple[str, str],
+    conn: Conn, cur: Cursor, params: list[bytes] | None, barrier: tuple[str, str]
 ) -> None:
     """Commit a decision: its changes, their notifications and the fence
-    (one call of the group commit's function, whose key locks the decision
+    (``params``: one call of the group commit's function, made by
+    :func:`.pgsql.commit_params` without the key locks, which the decision
     holds already), the barrier it waits to hear back (a decision that
     changed nothing commits too, for its barrier). One statement for the
     changes where there were four, each a turn of psycopg's pipeline:
     instructions per INCR in bench/instructions.py --durable --decide."""
     async with conn.pipeline():
-        if changes:
-            upserts, deletes = _change_arrays(changes)
-            params = (Int4(), False, *upserts, deletes, *_NO_RENEWALS, Text(notices), fence)
-            await cur.execute(pgsql.COMMIT_CALL, params, prepare=True)
+        if params is not None:
+            await cur.execute(pgsql.COMMIT_CALL, [Dumped(p) for p in params], prepare=True)
         await cur.execute("SELECT pg_notify(%s, %s)", barrier)
         await cur.execute("COMMIT")
 
