@@ -25,7 +25,15 @@ import pytest
 import redis
 from conftest import Daemon, deep_merge, wait_until
 from pg import PgCluster, PgDatabase
-from sessiond.store.pgsql import FUNCTION, LOCK_CLASS, lock_id
+from sessiond.store.pgarrays import ADAPTERS, Dumped
+from sessiond.store.pgsql import (
+    COMMIT_CALL,
+    FUNCTION,
+    LOCK_CLASS,
+    PREVIOUS_FUNCTION,
+    commit_params,
+    lock_id,
+)
 
 pytestmark = pytest.mark.fleet
 
@@ -623,6 +631,120 @@ def test_a_host_of_a_new_version_adds_its_function_beside_the_old_one(
     with pg_db.admin() as conn:
         assert conn.execute("SELECT sessiond_commit_v1()").fetchone() == (1,)
         assert conn.execute(f"SELECT to_regproc('{FUNCTION}')").fetchone() != (None,)
+
+
+def _filing(db: PgDatabase) -> dict[bytes, tuple[Any, Any]]:
+    """Each row's (deadline, expire_at)."""
+    with db.admin() as conn:
+        rows = conn.execute("SELECT key, deadline, expire_at FROM sessiond_sessions").fetchall()
+    return {bytes(r[0]): (r[1], r[2]) for r in rows}
+
+
+def _indexes(db: PgDatabase) -> set[str]:
+    with db.admin() as conn:
+        found = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'sessiond_sessions'"
+        ).fetchall()
+    return {name for (name,) in found}
+
+
+def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_beside_it(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """Schema 1 indexed the deadline; schema 2 files rows by expire_at. A store
+    of schema 1 (made here by undoing the migration on a new one) is migrated
+    at the next start: its rows keep their sessions and expire as before, and
+    the version before's commit function, which its hosts go on calling until
+    they are restarted, writes expire_at too (here a stand-in of it that does
+    nothing: the migration gives it this version's body). The migration of
+    its 300,000 sessions takes longer than the store's timeout, which bounds
+    every other statement: it is not cut short."""
+    config = fleet_config(pg_db.dsn(), persistence={"timeout": "500ms"})
+    daemon_factory(config).stop()
+    now = time.time()
+    with pg_db.admin() as conn:
+        (signature,) = conn.execute(
+            f"SELECT pg_get_function_arguments('{FUNCTION}'::regproc)"
+        ).fetchone()
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
+        conn.execute("ALTER TABLE sessiond_sessions DROP COLUMN expire_at")
+        conn.execute(
+            "CREATE INDEX sessiond_sessions_deadline ON sessiond_sessions (deadline) "
+            "WHERE deadline IS NOT NULL"
+        )
+        conn.execute("UPDATE sessiond_schema SET version = 1")
+        for key, ttl, deadline in (
+            (b"gone", 10.0, now - 100),
+            (b"kept", 3600.0, now + 3600),
+            (b"forever", None, None),
+        ):
+            conn.execute(
+                "INSERT INTO sessiond_sessions (key, scan_hash, value, created_at, "
+                "updated_at, accessed_at, ttl, deadline) VALUES (%s, 0, %s, %s, %s, %s, %s, %s)",
+                (key, b"v", now, now, now, ttl, deadline),
+            )
+        conn.execute(
+            "INSERT INTO sessiond_sessions (key, scan_hash, value, created_at, updated_at, "
+            "accessed_at, ttl, deadline) SELECT ('s:' || i)::bytea, i, %s, %s, %s, %s, 3600, %s "
+            "FROM generate_series(1, 300000) AS i",
+            (b"v" * 200, now, now, now, now + 3600),
+        )
+    with pg_db.connect(autocommit=True) as conn:  # as the hosts' role, as they made it
+        conn.execute(
+            f"CREATE FUNCTION {PREVIOUS_FUNCTION}({signature}) RETURNS void "
+            "LANGUAGE sql AS 'SELECT NULL'"
+        )
+    d = daemon_factory(config)
+    migrated = d.wait_for_event("store_migrated")[0]
+    assert (migrated["from_version"], migrated["to_version"]) == (1, 2)
+    assert migrated["seconds"] > 0.5, migrated  # longer than the timeout: not cut short
+    assert "sessiond_sessions_deadline" not in _indexes(pg_db)
+    assert "sessiond_sessions_expire_at" in _indexes(pg_db)
+    filing = _filing(pg_db)
+    assert filing[b"s:300000"] == filing[b"kept"] == (now + 3600, now + 3600)
+    assert filing[b"forever"] == (None, None)
+    eventually(lambda: b"gone" not in _filing(pg_db), 15, "the sweep of a migrated row")
+    with d.client() as r:
+        assert r.get("kept") == b"v" and r.get("forever") == b"v"
+    # A host of the version before commits through its own function.
+    row = (b"v", None, now, now, now, 10.0, now - 100, 0)
+    batch = {b"old-gone": row, b"old-kept": (*row[:5], 3600.0, now + 3600, 0)}
+    params, _ = commit_params("old-host", now, batch, False, {}, now + 60)
+    with pg_db.connect(autocommit=True, context=ADAPTERS) as conn:
+        conn.execute(COMMIT_CALL.replace(FUNCTION, PREVIOUS_FUNCTION), [Dumped(p) for p in params])
+    assert _filing(pg_db)[b"old-kept"] == (now + 3600, now + 3600)
+    eventually(lambda: b"old-gone" not in _filing(pg_db), 15, "the sweep of its write")
+
+
+def test_a_row_renewed_past_its_filing_is_filed_again_not_expired(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A sliding renewal moves a row's deadline but not when expiry looks at it
+    (expire_at: moving that index at every renewal is what schema 2 saves). A
+    row whose expire_at comes due with its deadline still ahead is filed again
+    at its deadline, and stays; one whose TTL was taken away is unfiled."""
+    d = daemon_factory(fleet_config(pg_db.dsn()))
+    with d.client() as r:
+        assert r.set("slid", "v", ex=3600)
+        assert r.set("persisted", "v", ex=3600)
+        assert r.persist("persisted")
+    deadline = _filing(pg_db)[b"slid"][0]
+    assert _filing(pg_db)[b"persisted"] == (None, None)
+    with pg_db.admin() as conn:
+        conn.execute(
+            "UPDATE sessiond_sessions SET expire_at = %s WHERE key = 'slid'", (time.time() - 100,)
+        )
+        conn.execute(
+            "UPDATE sessiond_sessions SET expire_at = %s WHERE key = 'persisted'",
+            (time.time() - 100,),
+        )
+    eventually(
+        lambda: _filing(pg_db) == {b"slid": (deadline, deadline), b"persisted": (None, None)},
+        15,
+        "the sweep to file both again",
+    )
+    with d.client() as r:
+        assert r.get("slid") == b"v" and r.ttl("slid") > 3000
 
 
 def test_a_store_reset_by_dropping_its_tables_starts_again(

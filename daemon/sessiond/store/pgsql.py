@@ -34,7 +34,7 @@ import psycopg
 from .api import Renewal, scan_hash
 from .pgarrays import dump
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TABLE = "sessiond_sessions"
 VERSION_TABLE = "sessiond_schema"
 CHANNEL = "sessiond_changes"
@@ -47,6 +47,18 @@ _FULL = 2**32
 
 COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadline, kind"
 
+# expire_at is when expiry should next look at a row, as in the SQLite store
+# (files.py): never later than its deadline, so that no expired row is missed,
+# but not moved when a write or a renewal only pushes the deadline later. An
+# index on the deadline itself made every write of a session with a TTL (every
+# SET, with the default TTL) a change of an indexed column: PostgreSQL then
+# writes a new entry into every index of the table, not only the deadline's.
+# PostgreSQL's CPU per durable SET at -c 50 went to 0.63x with it, and SETs/s
+# 1.27x (bench/shared_vs_tcp_redis.py --against the build before; README,
+# "The sessions table files rows by expire_at").
+# Expiry re-files a row whose expire_at comes due while its deadline lies
+# further on (once per TTL at most). Schema 1 had the deadline's index
+# (MIGRATE_TO_2).
 CREATE = (
     f"""CREATE TABLE {TABLE} (
     key bytea PRIMARY KEY,
@@ -59,10 +71,11 @@ CREATE = (
     ttl double precision,
     deadline double precision,
     kind smallint NOT NULL DEFAULT 0,
-    version bigint NOT NULL DEFAULT 1
+    version bigint NOT NULL DEFAULT 1,
+    expire_at double precision
 )""",
     f"CREATE INDEX {TABLE}_scan ON {TABLE} (scan_hash)",
-    f"CREATE INDEX {TABLE}_deadline ON {TABLE} (deadline) WHERE deadline IS NOT NULL",
+    f"CREATE INDEX {TABLE}_expire_at ON {TABLE} (expire_at) WHERE expire_at IS NOT NULL",
     f"CREATE TABLE {VERSION_TABLE} (version integer NOT NULL)",
     f"INSERT INTO {VERSION_TABLE} VALUES ({SCHEMA_VERSION})",
 )
@@ -83,13 +96,19 @@ SCHEMA_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_CLASS}, 0)"
 # own arguments, and where a statement is sent on its own (the key locks, the
 # notifications) psycopg's parameters take their place.
 _LOCK_KEYS = "pg_advisory_xact_lock({}, h) FROM unnest({}) AS h"
-_UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")})
-SELECT * FROM unnest({{}})
+_UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")}, expire_at)
+SELECT *, u.deadline FROM unnest({{}})
+    AS u(key, scan_hash, {COLUMNS.removeprefix("key, ")})
 ON CONFLICT (key) DO UPDATE SET
     value = excluded.value, context = excluded.context, created_at = excluded.created_at,
     updated_at = excluded.updated_at, accessed_at = excluded.accessed_at,
     ttl = excluded.ttl, deadline = excluded.deadline, kind = excluded.kind,
-    version = s.version + 1"""
+    version = s.version + 1,
+    expire_at = CASE
+        WHEN excluded.deadline IS NULL THEN NULL
+        WHEN s.expire_at IS NULL OR excluded.deadline < s.expire_at THEN excluded.deadline
+        ELSE s.expire_at
+    END"""
 _DELETE = f"DELETE FROM {TABLE} WHERE key = ANY({{}})"
 _NOTIFY = "pg_notify({}, n) FROM unnest({}) AS n"
 # Last before COMMIT: fails (division by zero) once the database's clock is
@@ -131,8 +150,10 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # cost about 100 us of the server's CPU per commit between them (a loop of
 # calls inside the server, 166 against 64 us a call; mostly planning: forcing
 # generic plans took back three quarters of it), as much as the rest.
-# Version 1 ran every statement every time.
-FUNCTION = "sessiond_commit_v2"
+# Version 1 ran every statement every time; version 2 wrote no expire_at
+# (schema 1): the migration to schema 2 gives it version 3's body, for the
+# hosts of the version before that still call it (MIGRATE_TO_2).
+FUNCTION = "sessiond_commit_v3"
 # The function's parameters, written once: its signature and the call's
 # placeholders (COMMIT_PREPARED) are both made from them.
 _UPSERT_PARAMS = (
@@ -158,8 +179,12 @@ _COMMIT_PARAMS = (
     ("p_fence", "float8"),
 )
 FIND_FUNCTION = f"SELECT to_regproc('{FUNCTION}')::text"
-COMMIT_FUNCTION = f"""CREATE FUNCTION {FUNCTION}(
-    {", ".join(f"{name} {kind}" for name, kind in _COMMIT_PARAMS)}
+
+
+def _commit_function(name: str, how: str) -> str:
+    """``how`` (CREATE, or CREATE OR REPLACE) the commit function as ``name``."""
+    return f"""{how} FUNCTION {name}(
+    {", ".join(f"{param} {kind}" for param, kind in _COMMIT_PARAMS)}
 ) RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM {_LOCK_KEYS.format(LOCK_CLASS, "p_locks")};
@@ -167,7 +192,7 @@ BEGIN
         DELETE FROM {TABLE};
     END IF;
     IF cardinality(p_keys) > 0 THEN
-        {_UPSERT.format(", ".join(name for name, _ in _UPSERT_PARAMS))};
+        {_UPSERT.format(", ".join(param for param, _ in _UPSERT_PARAMS))};
     END IF;
     IF cardinality(p_deletes) > 0 THEN
         {_DELETE.format("p_deletes")};
@@ -186,6 +211,29 @@ BEGIN
     PERFORM {_FENCE.format("p_fence")};
 END
 $fn$"""
+
+
+COMMIT_FUNCTION = _commit_function(FUNCTION, "CREATE")
+# Schema 1 -> 2, in one transaction under the schema lock: the column, filled
+# from the deadlines, its index in place of the deadline's, and the commit
+# function of the version before (sessiond_commit_v2, same signature) given
+# this version's body where it exists, so that hosts of that version, which go
+# on running until they are restarted, write expire_at too. Their expiry sweep
+# finds rows by deadline, now without an index: each of their sweeps reads the
+# whole table until they run this version. ALTER TABLE locks the table for the
+# transaction: every host's reads and writes wait for it (7 s for a million
+# sessions here; 12 s with the deadline's index dropped last, which the
+# UPDATE then wrote into).
+PREVIOUS_FUNCTION = "sessiond_commit_v2"
+MIGRATE_TO_2 = (
+    f"DROP INDEX IF EXISTS {TABLE}_deadline",
+    f"ALTER TABLE {TABLE} ADD COLUMN expire_at double precision",
+    f"UPDATE {TABLE} SET expire_at = deadline WHERE deadline IS NOT NULL",
+    f"CREATE INDEX {TABLE}_expire_at ON {TABLE} (expire_at) WHERE expire_at IS NOT NULL",
+    f"UPDATE {VERSION_TABLE} SET version = 2",
+)
+FIND_PREVIOUS_FUNCTION = f"SELECT to_regproc('{PREVIOUS_FUNCTION}')::text"
+REPLACE_PREVIOUS_FUNCTION = _commit_function(PREVIOUS_FUNCTION, "CREATE OR REPLACE")
 # The call, prepared once on the writer's connection under COMMIT_STATEMENT's
 # name and sent through libpq directly (pgwire.py).
 COMMIT_STATEMENT = "sessiond_commit"
@@ -281,20 +329,30 @@ def _commit_params(
     return params, len(notices)
 
 
-# Rows past their deadline (minus a grace the caller gives), a chunk at a time:
-# rows another transaction holds are skipped (SKIP LOCKED, and a try-lock of
-# the key's advisory lock, which a decision or a commit holds), so sweeping
-# never waits and two hosts sweeping at once delete each row once. The rows
-# it locked and skipped stay locked until its transaction ends (after its
-# notifications: a few round trips).
+# Rows whose expire_at has come (before a cutoff: now minus a grace the
+# caller gives), a chunk at a time: those past their deadline are deleted and
+# returned, the others (renewed since they were filed, or made persistent)
+# re-filed at their deadline. Rows another transaction holds are skipped (SKIP
+# LOCKED, and a try-lock of the key's advisory lock, which a decision or a
+# commit holds), so sweeping never waits and two hosts sweeping at once delete
+# each row once. The rows it locked and skipped stay locked until its
+# transaction ends (after its notifications: a few round trips). Its one row:
+# how many rows it took (fewer than the chunk: nothing more is due now) and
+# the keys it deleted.
 _LOCK_ID = f"(CASE WHEN scan_hash >= {_HALF} THEN scan_hash - {_FULL} ELSE scan_hash END)::int4"
 EXPIRE = f"""WITH due AS MATERIALIZED (
-    SELECT key, scan_hash FROM {TABLE} WHERE deadline < %s
-    ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED
+    SELECT key, scan_hash, deadline FROM {TABLE} WHERE expire_at < %(cutoff)s
+    ORDER BY expire_at LIMIT %(chunk)s FOR UPDATE SKIP LOCKED
 ), mine AS MATERIALIZED (
-    SELECT key FROM due WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, {_LOCK_ID})
+    SELECT key, deadline FROM due WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, {_LOCK_ID})
+), refiled AS (
+    UPDATE {TABLE} AS s SET expire_at = mine.deadline FROM mine
+    WHERE s.key = mine.key AND (mine.deadline IS NULL OR mine.deadline >= %(cutoff)s)
+), gone AS (
+    DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine WHERE deadline < %(cutoff)s)
+    RETURNING key
 )
-DELETE FROM {TABLE} WHERE key IN (SELECT key FROM mine) RETURNING key"""
+SELECT (SELECT count(*) FROM mine), coalesce((SELECT array_agg(key) FROM gone), '{{}}')"""
 # A batch of decisions (postgres._open_batch) never waits for a key's lock
 # while it holds others: it tries each key's lock, and gets back the lock ids
 # another transaction holds (their decisions then open a transaction of their

@@ -89,7 +89,7 @@ Work = Callable[[Conn], Coroutine[Any, Any, T]]
 _RETRY_AFTER_FAILURE = 1.0
 _CHECK_INTERVAL = 1.0
 _PENDING_BOUND = 100_000  # changes pending before writers are held back (lagging)
-_EXPIRE_CHUNK = 500  # rows a sweep deletes per transaction
+_EXPIRE_CHUNK = 500  # due rows a sweep takes per transaction
 _BATCH_LIMIT = 64  # decisions one transaction opens at most (_open_batch)
 _COMMIT_STATEMENT = pgsql.COMMIT_STATEMENT.encode()
 _WAIT_LOG_EVERY = 5.0  # seconds between start-up's "still waiting" lines
@@ -567,7 +567,13 @@ class PostgresStore:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
         try:
-            await self._bounded(conn, _schema_locked(conn, self._schema), "schema")
+            version = await self._bounded(conn, _schema_locked(conn, _schema), "schema")
+            if version < pgsql.SCHEMA_VERSION:
+                # Not bounded by the store's timeout: a migration takes seconds a
+                # million sessions. The server bounds its wait for the table's
+                # lock (lock_timeout), TCP keepalives a server that went away.
+                await _schema_locked(conn, _migrate)
+            await self._bounded(conn, _schema_locked(conn, _function_at_start), "schema")
             await self._prepare_commit(conn)
         except psycopg.Error as exc:
             await conn.close()
@@ -617,39 +623,6 @@ class PostgresStore:
             make_conninfo(**params), autocommit=True, context=ADAPTERS
         )
         return conn
-
-    async def _schema(self, conn: Conn) -> None:
-        """Create the tables and the commit's function where missing; refuse
-        what is not ours or newer. Run holding the schema lock
-        (:func:`_schema_locked`): hosts starting together take turns."""
-        found = await (await conn.execute(pgsql.FIND_TABLES)).fetchone()
-        schema_table, sessions_table = found if found else (None, None)
-        if schema_table is None:
-            if sessions_table is not None:
-                raise StoreError(
-                    f"persistence.dsn: table {pgsql.TABLE} exists but was not made by "
-                    f"sessiond (no {pgsql.VERSION_TABLE} table); refusing to use it"
-                )
-            async with conn.transaction():
-                for statement in pgsql.CREATE:
-                    await conn.execute(statement)
-            log.info("store_schema_created", version=pgsql.SCHEMA_VERSION)
-        else:
-            row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
-            version = row[0] if row else None
-            if version is None or version > pgsql.SCHEMA_VERSION:
-                raise StoreError(
-                    f"persistence.dsn: the store's schema is version {version}, newer "
-                    f"than this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
-                )
-        try:
-            await _ensure_function(conn)
-        except pg_errors.InsufficientPrivilege as exc:
-            raise StoreError(
-                f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
-                f"({_why(exc)}): let this role create in the schema of "
-                f"{pgsql.TABLE}, or start sessiond once as a role that may"
-            ) from None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Nothing to start: :meth:`open` did (it has to wait, this may not)."""
@@ -1404,12 +1377,14 @@ class PostgresStore:
     async def _expire(self, cutoff: float) -> None:
         try:
             while True:
-                deleted = await self._run("expire", lambda conn: self._expire_chunk(conn, cutoff))
+                taken, deleted = await self._run(
+                    "expire", lambda conn: self._expire_chunk(conn, cutoff)
+                )
                 if deleted:
                     self.shared_stats.expired += len(deleted)
                     if self._listener is not None:
                         self._listener.invalidated(deleted)
-                if len(deleted) < _EXPIRE_CHUNK:
+                if taken < _EXPIRE_CHUNK:
                     return
         except StoreError as exc:
             self.stats.error("expire")
@@ -1417,14 +1392,18 @@ class PostgresStore:
         finally:
             self._sweeping = False
 
-    async def _expire_chunk(self, conn: Conn, cutoff: float) -> list[bytes]:
+    async def _expire_chunk(self, conn: Conn, cutoff: float) -> tuple[int, list[bytes]]:
+        """How many due rows one chunk took (deleted or re-filed), and the
+        keys it deleted."""
         async with conn.transaction():
-            cur = await conn.execute(pgsql.EXPIRE, (cutoff, _EXPIRE_CHUNK))
-            deleted = [bytes(key) for (key,) in await cur.fetchall()]
+            cur = await conn.execute(pgsql.EXPIRE, {"cutoff": cutoff, "chunk": _EXPIRE_CHUNK})
+            row = await cur.fetchone()
+            taken, keys = row if row else (0, [])
+            deleted = [bytes(key) for key in keys]
             notices = pgsql.payloads(self.host_id, time.time(), deleted, False)
             if notices:
                 await conn.execute(pgsql.NOTIFY, (pgsql.CHANNEL, Text(notices)))
-        return deleted
+        return taken, deleted
 
     # ------------------------------------------------------ notifications
 
@@ -1622,15 +1601,90 @@ async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
 # ------------------------------------------------------------ the statements
 
 
-async def _schema_locked(conn: Conn, work: Callable[[Conn], Awaitable[None]]) -> None:
+async def _schema_locked(conn: Conn, work: Callable[[Conn], Awaitable[T]]) -> T:
     """``work`` on ``conn`` holding the schema lock (a session-level advisory
     lock): hosts that create or change the schema take turns."""
     await conn.execute(pgsql.SCHEMA_LOCK)
     try:
-        await work(conn)
+        return await work(conn)
     finally:
         if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
             await conn.execute(pgsql.SCHEMA_UNLOCK)
+
+
+async def _version(conn: Conn) -> int:
+    """The store's schema version; a newer one than this sessiond's is refused."""
+    row = await (await conn.execute(pgsql.READ_VERSION)).fetchone()
+    version = row[0] if row else None
+    if version is None or version > pgsql.SCHEMA_VERSION:
+        raise StoreError(
+            f"persistence.dsn: the store's schema is version {version}, newer "
+            f"than this sessiond's ({pgsql.SCHEMA_VERSION}); refusing to use it"
+        )
+    return int(version)
+
+
+async def _schema(conn: Conn) -> int:
+    """Create the tables where missing, refuse what is not ours or newer; the
+    schema's version. Under the schema lock: hosts starting together take
+    turns."""
+    found = await (await conn.execute(pgsql.FIND_TABLES)).fetchone()
+    schema_table, sessions_table = found if found else (None, None)
+    if schema_table is not None:
+        return await _version(conn)
+    if sessions_table is not None:
+        raise StoreError(
+            f"persistence.dsn: table {pgsql.TABLE} exists but was not made by "
+            f"sessiond (no {pgsql.VERSION_TABLE} table); refusing to use it"
+        )
+    async with conn.transaction():
+        for statement in pgsql.CREATE:
+            await conn.execute(statement)
+    log.info("store_schema_created", version=pgsql.SCHEMA_VERSION)
+    return pgsql.SCHEMA_VERSION
+
+
+async def _migrate(conn: Conn) -> None:
+    """Bring an older schema to this one's, in one transaction (a failure
+    leaves it as it was, and the start fails), unless another host did while
+    this one waited for the schema lock."""
+    version = await _version(conn)
+    if version == pgsql.SCHEMA_VERSION:
+        return
+    log.info("store_migrating", from_version=version, to_version=pgsql.SCHEMA_VERSION)
+    started = time.monotonic()
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = 0")
+            for statement in pgsql.MIGRATE_TO_2:
+                await conn.execute(statement)
+            found = await (await conn.execute(pgsql.FIND_PREVIOUS_FUNCTION)).fetchone()
+            if found and found[0] is not None:
+                await conn.execute(pgsql.REPLACE_PREVIOUS_FUNCTION)
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"persistence.dsn: cannot migrate the store's schema from version {version} "
+            f"to {pgsql.SCHEMA_VERSION}: {_why(exc)}"
+        ) from None
+    log.info(
+        "store_migrated",
+        from_version=version,
+        to_version=pgsql.SCHEMA_VERSION,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+async def _function_at_start(conn: Conn) -> None:
+    """:func:`_ensure_function`, refused with what to do about it where this
+    role may not create it."""
+    try:
+        await _ensure_function(conn)
+    except pg_errors.InsufficientPrivilege as exc:
+        raise StoreError(
+            f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
+            f"({_why(exc)}): let this role create in the schema of "
+            f"{pgsql.TABLE}, or start sessiond once as a role that may"
+        ) from None
 
 
 async def _ensure_function(conn: Conn) -> None:
