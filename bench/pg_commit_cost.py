@@ -5,11 +5,12 @@
 
 Starts a PostgreSQL of its own (tests/pg.py: fsync and synchronous_commit on),
 makes the store's table and commit function (store/pgsql.py) and a minimal
-two-column table beside them, then commits batches of ``--rows`` random keys
-(200-byte values, 100,000 keys) from one connection, the way each variant says,
-and prints the CPU time PostgreSQL's processes used per commit (all of them, from
-/proc: the committing backend, the listening ones, the WAL writer) and the wall
-time per commit:
+two-column table beside them, fills both with 100,000 sessions (so that each
+SET updates one, as in a session store past its first minutes), then commits
+batches of ``--rows`` random keys (200-byte values) from one connection, the
+way each variant says, and prints the CPU time PostgreSQL's processes used per
+commit (all of them, from /proc: the committing backend, the listening ones,
+the WAL writer) and the wall time per commit:
 
 - ``floor``: bench/baseline_server.py's upsert of two arrays into the minimal table;
 - ``function``: the commit function as the daemon calls it (its parameters from
@@ -63,10 +64,11 @@ def variants(conn: psycopg.Connection[Any]) -> dict[str, Commit]:
         conn.execute(FLOOR_UPSERT, (Bytea(keys), Bytea([VALUE] * len(keys))), prepare=True)
 
     def function(keys: list[bytes], notify: bool) -> None:
-        """The daemon's own call: its parameters (a write without a TTL of
-        each key), its prepared statement, sent through libpq in binary."""
+        """The daemon's own call: its parameters (a SET of each key with the
+        shipped config's default TTL of an hour, so each moves the row's
+        deadline), its prepared statement, sent through libpq in binary."""
         now = time.time()
-        row = (VALUE, None, now, now, now, None, None, 0)
+        row = (VALUE, None, now, now, now, 3600.0, now + 3600, 0)
         params, _ = pgsql.commit_params("bench", now, dict.fromkeys(keys, row), False, {}, now + 60)
         if not notify:  # the notifications' array is the second to last parameter
             params[-2] = dump("text", [])
@@ -138,6 +140,11 @@ def main() -> int:
                 for _ in range(others):
                     threading.Thread(target=listen, args=(dsn,), daemon=True).start()
                 chosen = variants(conn)
+                every = [b"session:%d" % i for i in range(KEYS)]
+                for start in range(0, KEYS, 1000):  # every session there: SETs update
+                    chosen["floor"](every[start : start + 1000])
+                    chosen["function"](every[start : start + 1000])
+                conn.execute("VACUUM ANALYZE")
                 if others or itself:  # the rest do not notify: measured once, alone
                     chosen = {"function + NOTIFY": chosen["function + NOTIFY"]}
                 where = "the committer listening" if itself else f"{others} listening"

@@ -15,7 +15,12 @@ processes used per SET. ``--floor`` adds bench/baseline_server.py ``--pg`` (a
 minimal Python server that makes each round's SETs durable with one upsert, on
 a database of its own): what a Python server reaches here with nothing of
 sessiond's coherence, and what PostgreSQL spends on a plain upsert. Measures
-the sessiond of the interpreter that runs it (run it with the compiled build).
+the sessiond of the interpreter that runs it (run it with the compiled build);
+``--against OTHER/bin/python`` adds the sessiond that interpreter has installed
+(another build, on a database of its own) to the same repetitions, as "before".
+Before the first repetition every server is given all 100,000 keys once, so
+that each SET measured replaces a session, as in a session store past its first
+minutes (with ``--no-fill``, most of the first repetition's SETs insert).
 Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and
 PostgreSQL (Debian: postgresql); about 3 minutes, 5 with ``--floor``.
 """
@@ -30,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from resp_bench import BASELINE, cpu_seconds, free_port, postgresql, sessiond
+import redis
+from resp_bench import BASELINE, before, cpu_seconds, free_port, postgresql, sessiond
 
 SCENARIOS = ((50, 60_000), (1, 6_000))  # clients, requests
 
@@ -46,6 +52,22 @@ def rate(target: list[str], clients: int, requests: int) -> float:
     return float(line.split(",")[1].strip('"'))
 
 
+def fill(target: list[str]) -> None:
+    """Every key redis-benchmark's ``-r 100000`` names, written once through ``target``."""
+    client = (
+        redis.Redis(unix_socket_path=target[1], protocol=2)
+        if target[0] == "-s"
+        else redis.Redis(host=target[1], port=int(target[3]), protocol=2)
+    )
+    value = b"x" * 200
+    with client:
+        for start in range(0, 100_000, 1000):
+            with client.pipeline(transaction=False) as pipe:
+                for i in range(start, start + 1000):
+                    pipe.set(b"key:%012d" % i, value)
+                pipe.execute()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -54,6 +76,15 @@ def main() -> int:
         action="store_true",
         help="also bench/baseline_server.py --pg on a database of its own: what a minimal "
         "Python server that only upserts its SETs reaches against the same Redis",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="PYTHON",
+        help="also run the sessiond this interpreter has installed (another build), on a "
+        "database of its own, in the same repetitions",
+    )
+    parser.add_argument(
+        "--no-fill", action="store_true", help="start from empty stores, not from 100,000 keys"
     )
     args = parser.parse_args()
     # name -> clients -> per repetition: (SETs/s, server CPU us/SET, PostgreSQL CPU us/SET)
@@ -73,6 +104,14 @@ def main() -> int:
             ),
         }  # fmt: skip
         targets = {"sessiond": ["-s", str(sock)], "redis": ["-h", "127.0.0.1", "-p", str(port)]}
+        socks = [sock]
+        if args.against:
+            other, other_sock = before(
+                work, args.against, True, "always", pg.dsn(pg.create_database())
+            )
+            servers["before"] = subprocess.Popen(other)
+            targets["before"] = ["-s", str(other_sock)]
+            socks.append(other_sock)
         if args.floor:
             floor_sock = work / "floor.sock"
             servers["floor"] = subprocess.Popen(
@@ -83,11 +122,17 @@ def main() -> int:
             targets["floor"] = ["-s", str(floor_sock)]
         try:
             deadline = time.monotonic() + 30
-            while not sock.exists() or (args.floor and not floor_sock.exists()):
+            while not all(path.exists() for path in socks) or (
+                args.floor and not floor_sock.exists()
+            ):
                 if time.monotonic() > deadline:
                     raise SystemExit("sessiond or the floor server did not start")
                 time.sleep(0.1)
             time.sleep(1.5)
+            if not args.no_fill:
+                for target in targets.values():
+                    fill(target)
+                time.sleep(2)  # the fills' last commits and renewals
             assert pg.proc is not None
             for rep in range(args.reps):
                 for clients, requests in SCENARIOS:
@@ -123,6 +168,16 @@ def main() -> int:
                 f"CPU/SET {statistics.median(r[1] for r in mine):.0f} us, "
                 f"PostgreSQL {statistics.median(r[2] for r in mine):.0f} us"
             )
+    if args.against:
+        print("this build over the other (--against), per repetition: median [range]")
+        for clients, _ in SCENARIOS:
+            pairs = list(zip(runs["sessiond"][clients], runs["before"][clients], strict=True))
+            for what, i in (("SETs/s", 0), ("CPU/SET", 1), ("PostgreSQL CPU/SET", 2)):
+                ratios = [a[i] / b[i] for a, b in pairs]
+                print(
+                    f"-c {clients:<2} {what}: {statistics.median(ratios):.2f} "
+                    f"[{min(ratios):.2f}-{max(ratios):.2f}]"
+                )
     return 0
 
 
