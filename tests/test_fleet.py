@@ -714,6 +714,14 @@ def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_besi
         conn.execute(COMMIT_CALL.replace(FUNCTION, PREVIOUS_FUNCTION), [Dumped(p) for p in params])
     assert _filing(pg_db)[b"old-kept"] == (now + 3600, now + 3600)
     eventually(lambda: b"old-gone" not in _filing(pg_db), 15, "the sweep of its write")
+    # A write that does not keep expire_at (a call that began under the old
+    # body, an older build) is refused, not left to never expire.
+    with pg_db.connect(autocommit=True) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO sessiond_sessions (key, scan_hash, value, created_at, updated_at, "
+            "accessed_at, ttl, deadline) VALUES ('unfiled', 0, 'v', 0, 0, 0, 10, %s)",
+            (now + 10,),
+        )
 
 
 def test_a_row_renewed_past_its_filing_is_filed_again_not_expired(
@@ -745,6 +753,54 @@ def test_a_row_renewed_past_its_filing_is_filed_again_not_expired(
     )
     with d.client() as r:
         assert r.get("slid") == b"v" and r.ttl("slid") > 3000
+
+
+def test_a_write_or_renewal_that_pushes_the_deadline_later_leaves_the_filing_alone(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """What schema 2 saves: expire_at, the indexed column, moves only when the
+    deadline comes before it (a shorter TTL), not when a SET or a sliding
+    renewal pushes the deadline later."""
+    d = daemon_factory(fleet_config(pg_db.dsn()))
+    r = d.client()
+    assert r.set("k", "v", ex=100)
+    first, filed = _filing(pg_db)[b"k"]
+    assert filed == first
+    assert r.set("k", "w", ex=3600)  # later: the filing stays
+    deadline, filed = _filing(pg_db)[b"k"]
+    assert deadline > first + 3000 and filed == first
+    time.sleep(0.05)
+    assert r.get("k") == b"w"  # a sliding renewal, written back within renew_interval
+    eventually(lambda: _filing(pg_db)[b"k"][0] > deadline, 5, "the renewal's write-back")
+    assert _filing(pg_db)[b"k"][1] == first
+    assert r.expire("k", 10)  # earlier than the filing: it moves with the deadline
+    deadline, filed = _filing(pg_db)[b"k"]
+    assert deadline < first and filed == deadline
+    assert r.persist("k")
+    assert _filing(pg_db)[b"k"] == (None, None)
+    r.close()
+
+
+def test_a_host_starting_while_another_holds_the_schema_lock_waits_for_it(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A host that starts while another creates or migrates the schema (which
+    takes seconds a million sessions) waits for it, says so and who holds it,
+    and starts once it is free, instead of failing after its timeout."""
+    config = fleet_config(pg_db.dsn())
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_CLASS,))
+        d = daemon_factory(config, start=False)
+        d.start(wait=False)
+        busy = d.wait_for_event("store_schema_busy")[0]
+        assert busy["holder_pid"] == conn.info.backend_pid, busy
+        time.sleep(3)  # past the store's timeout (2s): still waiting
+        assert d.proc is not None and d.proc.poll() is None
+        conn.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_CLASS,))
+    d.wait_ready()
+    with d.client() as r:
+        assert r.set("k", "v") and r.get("k") == b"v"
 
 
 def test_a_store_reset_by_dropping_its_tables_starts_again(

@@ -58,7 +58,15 @@ COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadli
 # "The sessions table files rows by expire_at").
 # Expiry re-files a row whose expire_at comes due while its deadline lies
 # further on (once per TTL at most). Schema 1 had the deadline's index
-# (MIGRATE_TO_2).
+# (MIGRATE_TO_2). The table refuses a row that expiry would look at too late or
+# never: a write by code that does not keep expire_at (a host of a version
+# before schema 2 still running, or a call of its commit function that began
+# before the migration replaced its body) fails, and is refused to its client,
+# rather than leaving a session that never expires.
+_FILED = (
+    f"CONSTRAINT {TABLE}_filed "
+    "CHECK (deadline IS NULL OR (expire_at IS NOT NULL AND expire_at <= deadline))"
+)
 CREATE = (
     f"""CREATE TABLE {TABLE} (
     key bytea PRIMARY KEY,
@@ -72,7 +80,8 @@ CREATE = (
     deadline double precision,
     kind smallint NOT NULL DEFAULT 0,
     version bigint NOT NULL DEFAULT 1,
-    expire_at double precision
+    expire_at double precision,
+    {_FILED}
 )""",
     f"CREATE INDEX {TABLE}_scan ON {TABLE} (scan_hash)",
     f"CREATE INDEX {TABLE}_expire_at ON {TABLE} (expire_at) WHERE expire_at IS NOT NULL",
@@ -85,6 +94,13 @@ FIND_TABLES = f"SELECT to_regclass('{VERSION_TABLE}')::text, to_regclass('{TABLE
 READ_VERSION = f"SELECT max(version) FROM {VERSION_TABLE}"
 SCHEMA_LOCK = f"SELECT pg_advisory_lock({LOCK_CLASS}, 0)"
 SCHEMA_UNLOCK = f"SELECT pg_advisory_unlock({LOCK_CLASS}, 0)"
+SCHEMA_TRY_LOCK = f"SELECT pg_try_advisory_lock({LOCK_CLASS}, 0)"
+# Who holds the schema lock, for the log of a host waiting for it.
+SCHEMA_HOLDER = (
+    "SELECT a.pid, a.application_name, a.client_addr::text FROM pg_locks AS l "
+    "JOIN pg_stat_activity AS a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+    f"AND l.classid = {LOCK_CLASS} AND l.objid = 0 AND l.objsubid = 2 AND l.granted"
+)
 
 # Arrays go in binary (``%b``): psycopg dumps a text array element by element,
 # quoting each with regular expressions, at about five times the CPU of binary
@@ -214,22 +230,25 @@ $fn$"""
 
 
 COMMIT_FUNCTION = _commit_function(FUNCTION, "CREATE")
-# Schema 1 -> 2, in one transaction under the schema lock: the column, filled
-# from the deadlines, its index in place of the deadline's, and the commit
-# function of the version before (sessiond_commit_v2, same signature) given
-# this version's body where it exists, so that hosts of that version, which go
-# on running until they are restarted, write expire_at too. Their expiry sweep
-# finds rows by deadline, now without an index: each of their sweeps reads the
-# whole table until they run this version. ALTER TABLE locks the table for the
-# transaction: every host's reads and writes wait for it (7 s for a million
-# sessions here; 12 s with the deadline's index dropped last, which the
-# UPDATE then wrote into).
+# Schema 1 -> 2, in one transaction under the schema lock (postgres._migrate):
+# the commit function of the version before (sessiond_commit_v2, same
+# signature) given this version's body where it exists, so that hosts of that
+# version, which go on running until they are restarted, write expire_at too
+# (a call of theirs that began under the old body is refused by the table's
+# check); then the column, filled from the deadlines, its index in place of
+# the deadline's, and the check. Their expiry sweep finds rows by deadline,
+# now without an index: each of their sweeps reads the whole table until they
+# run this version. ALTER TABLE locks the table for the transaction: every
+# host's reads and writes wait for it, up to their timeout (7.5 s for a
+# million sessions here; 12 s with the deadline's index dropped last, which
+# the UPDATE then wrote into).
 PREVIOUS_FUNCTION = "sessiond_commit_v2"
 MIGRATE_TO_2 = (
     f"DROP INDEX IF EXISTS {TABLE}_deadline",
     f"ALTER TABLE {TABLE} ADD COLUMN expire_at double precision",
     f"UPDATE {TABLE} SET expire_at = deadline WHERE deadline IS NOT NULL",
     f"CREATE INDEX {TABLE}_expire_at ON {TABLE} (expire_at) WHERE expire_at IS NOT NULL",
+    f"ALTER TABLE {TABLE} ADD {_FILED}",
     f"UPDATE {VERSION_TABLE} SET version = 2",
 )
 FIND_PREVIOUS_FUNCTION = f"SELECT to_regproc('{PREVIOUS_FUNCTION}')::text"

@@ -89,6 +89,7 @@ Work = Callable[[Conn], Coroutine[Any, Any, T]]
 _RETRY_AFTER_FAILURE = 1.0
 _CHECK_INTERVAL = 1.0
 _PENDING_BOUND = 100_000  # changes pending before writers are held back (lagging)
+_SCHEMA_RETRY = 0.5  # seconds between tries of the schema lock at start
 _EXPIRE_CHUNK = 500  # due rows a sweep takes per transaction
 _BATCH_LIMIT = 64  # decisions one transaction opens at most (_open_batch)
 _COMMIT_STATEMENT = pgsql.COMMIT_STATEMENT.encode()
@@ -567,13 +568,17 @@ class PostgresStore:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
         try:
-            version = await self._bounded(conn, _schema_locked(conn, _schema), "schema")
-            if version < pgsql.SCHEMA_VERSION:
-                # Not bounded by the store's timeout: a migration takes seconds a
-                # million sessions. The server bounds its wait for the table's
-                # lock (lock_timeout), TCP keepalives a server that went away.
-                await _schema_locked(conn, _migrate)
-            await self._bounded(conn, _schema_locked(conn, _function_at_start), "schema")
+            await self._lock_schema(conn, max(started + connect_timeout, time.monotonic() + 5))
+            try:
+                version = await self._bounded(conn, _schema(conn), "schema")
+                if version < pgsql.SCHEMA_VERSION:
+                    # Not bounded by the store's timeout: a migration takes seconds
+                    # a million sessions. The server bounds its wait for the
+                    # table's lock (lock_timeout), TCP keepalives a lost server.
+                    await _migrate(conn, version)
+                await self._bounded(conn, _function_at_start(conn), "schema")
+            finally:
+                await _unlock_schema(conn)
             await self._prepare_commit(conn)
         except psycopg.Error as exc:
             await conn.close()
@@ -623,6 +628,29 @@ class PostgresStore:
             make_conninfo(**params), autocommit=True, context=ADAPTERS
         )
         return conn
+
+    async def _lock_schema(self, conn: Conn, until: float) -> None:
+        """Take the schema lock at start, waiting (and saying so, once) while
+        another host holds it: one creating the schema, or migrating it, which
+        takes seconds a million sessions. Past ``until``, :class:`StoreError`."""
+        said = False
+        while True:
+            row = await self._bounded(conn, _fetch_one(conn, pgsql.SCHEMA_TRY_LOCK), "schema")
+            if row is not None and row[0]:
+                return
+            if time.monotonic() + _SCHEMA_RETRY > until:
+                raise StoreError(
+                    "persistence.dsn: another host held the store's schema lock (creating "
+                    "or migrating the schema) past persistence.connect_timeout"
+                )
+            if not said:
+                said = True
+                holder = await self._bounded(conn, _fetch_one(conn, pgsql.SCHEMA_HOLDER), "schema")
+                pid, name, address = holder if holder is not None else (None, None, None)
+                log.warning(
+                    "store_schema_busy", holder_pid=pid, holder=name, holder_address=address
+                )
+            await asyncio.sleep(_SCHEMA_RETRY)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Nothing to start: :meth:`open` did (it has to wait, this may not)."""
@@ -1601,15 +1629,22 @@ async def _kill(task: asyncio.Future[Any], conn: Conn) -> None:
 # ------------------------------------------------------------ the statements
 
 
-async def _schema_locked(conn: Conn, work: Callable[[Conn], Awaitable[T]]) -> T:
+async def _schema_locked(conn: Conn, work: Callable[[Conn], Awaitable[None]]) -> None:
     """``work`` on ``conn`` holding the schema lock (a session-level advisory
-    lock): hosts that create or change the schema take turns."""
+    lock): hosts that create or change the schema take turns. The wait for it
+    is bounded by the statement and lock timeouts of the connection."""
     await conn.execute(pgsql.SCHEMA_LOCK)
     try:
-        return await work(conn)
+        await work(conn)
     finally:
-        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
-            await conn.execute(pgsql.SCHEMA_UNLOCK)
+        await _unlock_schema(conn)
+
+
+async def _unlock_schema(conn: Conn) -> None:
+    """Release the schema lock, unless the connection went away (and with it
+    the lock) or is left in a failed transaction (the caller closes it)."""
+    if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+        await conn.execute(pgsql.SCHEMA_UNLOCK)
 
 
 async def _version(conn: Conn) -> int:
@@ -1644,23 +1679,28 @@ async def _schema(conn: Conn) -> int:
     return pgsql.SCHEMA_VERSION
 
 
-async def _migrate(conn: Conn) -> None:
-    """Bring an older schema to this one's, in one transaction (a failure
-    leaves it as it was, and the start fails), unless another host did while
-    this one waited for the schema lock."""
-    version = await _version(conn)
-    if version == pgsql.SCHEMA_VERSION:
-        return
+async def _migrate(conn: Conn, version: int) -> None:
+    """Bring a store of schema ``version`` to this one's, in one transaction
+    (a failure leaves it as it was, and the start fails). Holding the schema
+    lock. The version before's function is replaced first: the step most
+    likely to be refused (it belongs to whichever role made it) fails before
+    the table is locked for long."""
     log.info("store_migrating", from_version=version, to_version=pgsql.SCHEMA_VERSION)
     started = time.monotonic()
     try:
         async with conn.transaction():
             await conn.execute("SET LOCAL statement_timeout = 0")
-            for statement in pgsql.MIGRATE_TO_2:
-                await conn.execute(statement)
             found = await (await conn.execute(pgsql.FIND_PREVIOUS_FUNCTION)).fetchone()
             if found and found[0] is not None:
                 await conn.execute(pgsql.REPLACE_PREVIOUS_FUNCTION)
+            for statement in pgsql.MIGRATE_TO_2:
+                await conn.execute(statement)
+    except pg_errors.InsufficientPrivilege as exc:
+        raise StoreError(
+            f"persistence.dsn: cannot migrate the store's schema from version {version} "
+            f"to {pgsql.SCHEMA_VERSION} ({_why(exc)}): start this host once as the role "
+            f"that owns {pgsql.TABLE} and {pgsql.PREVIOUS_FUNCTION}"
+        ) from None
     except psycopg.Error as exc:
         raise StoreError(
             f"persistence.dsn: cannot migrate the store's schema from version {version} "
