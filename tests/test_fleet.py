@@ -25,15 +25,9 @@ import pytest
 import redis
 from conftest import Daemon, deep_merge, wait_until
 from pg import PgCluster, PgDatabase
-from sessiond.store.pgarrays import ADAPTERS, Dumped
-from sessiond.store.pgsql import (
-    COMMIT_CALL,
-    FUNCTION,
-    LOCK_CLASS,
-    PREVIOUS_FUNCTION,
-    commit_params,
-    lock_id,
-)
+from psycopg.pq import ExecStatus
+from sessiond.store import pgsql
+from sessiond.store.pgsql import FUNCTION, LOCK_CLASS, PREVIOUS_FUNCTION, commit_params, lock_id
 
 pytestmark = pytest.mark.fleet
 
@@ -710,8 +704,10 @@ def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_besi
     row = (b"v", None, now, now, now, 10.0, now - 100, 0)
     batch = {b"old-gone": row, b"old-kept": (*row[:5], 3600.0, now + 3600, 0)}
     params, _ = commit_params("old-host", now, batch, False, {}, now + 60)
-    with pg_db.connect(autocommit=True, context=ADAPTERS) as conn:
-        conn.execute(COMMIT_CALL.replace(FUNCTION, PREVIOUS_FUNCTION), [Dumped(p) for p in params])
+    call = pgsql.COMMIT_PREPARED.replace(FUNCTION, PREVIOUS_FUNCTION).encode()
+    with pg_db.connect(autocommit=True) as conn:
+        result = conn.pgconn.exec_params(call, params, param_formats=[1] * len(params))
+        assert result.status == ExecStatus.TUPLES_OK, result.error_message
     assert _filing(pg_db)[b"old-kept"] == (now + 3600, now + 3600)
     eventually(lambda: b"old-gone" not in _filing(pg_db), 15, "the sweep of its write")
     # A write that does not keep expire_at (a call that began under the old

@@ -214,9 +214,8 @@ def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
     lock: bool,
 ) -> None:
     """The commit function's parameters are made in binary from plain lists
-    (pgsql.commit_params), for the group commit, which sends them without
-    psycopg (pgwire.py), and for a decision, which sends them through
-    psycopg as they are (pgarrays.Dumped) and holds its keys' locks already:
+    (pgsql.commit_params), for the group commit and for a decision (which
+    holds its keys' locks already), both sent without psycopg (pgwire.py):
     each must be the bytes psycopg dumps for the typed array, the bool or
     the float it stands for, in the function's order."""
     params, notices = pgsql.commit_params("host", 1.5, batch, cleared, renewals, fence, lock=lock)
@@ -243,5 +242,3 @@ def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
     want = [bytes(transformer.get_dumper(v, PyFormat.BINARY).dump(v)) for v in values]
     assert params == want
     assert notices == len(texts)
-    as_they_are = [pgarrays.Dumped(p) for p in params]
-    assert [transformer.get_dumper(v, PyFormat.BINARY).dump(v) for v in as_they_are] == want

@@ -1,18 +1,23 @@
-"""The group commit sent through libpq directly (sessiond.store.pgwire), in
-process against a real PostgreSQL behind a proxy that holds the server's
-reply back in the middle (tests/hold_proxy.py)."""
+"""Statements sent through libpq directly (sessiond.store.pgwire), in process
+against a real PostgreSQL: the group commit behind a proxy that holds the
+server's reply back in the middle (tests/hold_proxy.py), and the pipeline of a
+decision's commit."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+import pytest
 from pg import PgDatabase
 from pg_fixtures import fields
-from sessiond.store import StoreError
+from psycopg.pq import TransactionStatus
+from sessiond.store import StoreError, pgwire
 from sessiond.store.postgres import PostgresStore
 
 
@@ -65,3 +70,39 @@ def test_a_reply_whose_end_comes_late_is_cut_at_the_timeout_and_the_loop_runs_on
     # Cut by its timeout, not answered "landed" once the held message came.
     assert outcome == "store commit failed: no answer within 1s", outcome
     assert ticks > 0  # the loop ran other work while the commit waited
+
+
+def test_a_pipeline_runs_its_statements_in_one_go_and_stops_at_the_first_error(
+    pg_db: PgDatabase,
+) -> None:
+    """pgwire.pipeline, as a decision's commit uses it: statements prepared,
+    called with binary parameters and a last one, read back in one round trip.
+    A failing call raises the server's own error and the rest of the pipeline
+    (here its COMMIT) is skipped, so nothing of the transaction lands; the
+    statements prepared before it stay for the next pipeline."""
+
+    async def main() -> tuple[list[tuple[int, ...]], str]:
+        conn = await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True)
+        try:
+            await conn.execute("CREATE TABLE t (n int4)")
+            add = (b"add", b"INSERT INTO t VALUES ($1::int4)")
+            fence = (b"fence", b"SELECT 1 / $1::int4")  # fails as a commit's fence does
+            one, zero = struct.pack("!i", 1), struct.pack("!i", 0)
+            await conn.execute("BEGIN")
+            await pgwire.pipeline(conn, (add, fence), ((b"add", [one]),), b"COMMIT")
+            await conn.execute("BEGIN")
+            with pytest.raises(psycopg.errors.DivisionByZero) as failed:
+                calls = ((b"add", [one]), (b"fence", [zero]), (b"add", [one]))
+                await pgwire.pipeline(conn, (), calls, b"COMMIT")
+            assert conn.pgconn.transaction_status == TransactionStatus.INERROR
+            await conn.execute("ROLLBACK")
+            await conn.execute("BEGIN")
+            await pgwire.pipeline(conn, (), ((b"add", [one]),), b"COMMIT")
+            rows = await (await conn.execute("SELECT n FROM t")).fetchall()
+            return rows, str(failed.value)
+        finally:
+            await conn.close()
+
+    rows, error = asyncio.run(main())
+    assert rows == [(1,), (1,)]
+    assert "division by zero" in error, error

@@ -112,24 +112,6 @@ def dump(element: str, items: list[Any]) -> bytes:
     return _dump(_NAMED[element], items)
 
 
-@mypyc_attr(native_class=False)
-class Dumped(bytes):
-    """A parameter already in PostgreSQL's binary format (:func:`dump`), for
-    psycopg to send as it is. It goes without a type: the statement casts
-    its placeholder (``%b::int4[]``), which gives the server the type."""
-
-
-@mypyc_attr(native_class=False)
-class _AsDumped(Dumper):
-    format = Format.BINARY
-
-    def dump(self, obj: bytes) -> bytes:
-        return obj
-
-
-ADAPTERS.register_dumper(Dumped, _AsDumped)
-
-
 def _array(
     name: str, one: Callable[[Any], bytes], many: Callable[[list[Any]], Iterable[bytes]]
 ) -> type[list[Any]]:

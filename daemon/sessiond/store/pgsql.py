@@ -259,12 +259,21 @@ COMMIT_STATEMENT = "sessiond_commit"
 COMMIT_PREPARED = "SELECT {}({})".format(
     FUNCTION, ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1))
 )
-# The same call as psycopg sends it, with commit_params' parameters (as
-# pgarrays.Dumped): a decision's writes, in the decision's own transaction
-# (postgres._commit_decision).
-COMMIT_CALL = "SELECT {}({})".format(
-    FUNCTION, ", ".join(f"%b::{kind}" for _, kind in _COMMIT_PARAMS)
+# A decision's commit (postgres._commit_decision), in its own transaction: its
+# changes through the same function (commit_params' parameters, without the
+# key locks, which the decision holds) and its barrier (a notification on this
+# host's own channel), in one statement; or the barrier alone, for a decision
+# that changed nothing. Prepared on each pooled connection by its first
+# decision, sent through libpq in one pipeline with COMMIT.
+DECIDED_STATEMENT = "sessiond_decided"
+DECIDED_PREPARED = "SELECT {}({}), pg_notify(${}::text, ${}::text)".format(
+    FUNCTION,
+    ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1)),
+    len(_COMMIT_PARAMS) + 1,
+    len(_COMMIT_PARAMS) + 2,
 )
+BARRIER_STATEMENT = "sessiond_barrier"
+BARRIER_PREPARED = "SELECT pg_notify($1::text, $2::text)"
 _COLUMNS: Final = len(ROW_TYPES)
 _TRUE: Final = b"\x01"
 _FALSE: Final = b"\x00"
@@ -282,7 +291,7 @@ def commit_params(
     lock: bool = True,
 ) -> tuple[list[bytes], int]:
     """The commit function's parameters (:data:`COMMIT_PREPARED`'s and
-    :data:`COMMIT_CALL`'s, in order, in PostgreSQL's binary format) for
+    :data:`DECIDED_PREPARED`'s first ones, in order, in PostgreSQL's binary format) for
     ``batch`` (each key's fields, in :class:`~.api.Row`'s order, or
     ``None``: deleted), a flush if ``cleared``, ``renewals`` and ``fence``,
     announced as sent at ``now``, with the keys' locks unless ``lock`` is

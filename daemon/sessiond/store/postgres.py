@@ -46,6 +46,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
@@ -74,13 +75,12 @@ from .api import (
     as_row,
 )
 from .overlay import Overlay
-from .pgarrays import ADAPTERS, Bytea, Dumped, Int4, Text
+from .pgarrays import ADAPTERS, Bytea, Int4, Text
 
 log = structlog.get_logger("sessiond.store")
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
-Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
 # An opened decision transaction: its keys' rows and versions, and the lock ids
 # other transactions held (a batch's, which does not wait for them).
 Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int]]
@@ -93,6 +93,14 @@ _SCHEMA_RETRY = 0.5  # seconds between tries of the schema lock at start
 _EXPIRE_CHUNK = 500  # due rows a sweep takes per transaction
 _BATCH_LIMIT = 64  # decisions one transaction opens at most (_open_batch)
 _COMMIT_STATEMENT = pgsql.COMMIT_STATEMENT.encode()
+_DECIDED = pgsql.DECIDED_STATEMENT.encode()
+_BARRIER = pgsql.BARRIER_STATEMENT.encode()
+# Each pooled connection's first decision prepares both (in its commit's round trip).
+_PREPARE_DECIDED = (
+    (_DECIDED, pgsql.DECIDED_PREPARED.encode()),
+    (_BARRIER, pgsql.BARRIER_PREPARED.encode()),
+)
+_COMMIT = b"COMMIT"
 _WAIT_LOG_EVERY = 5.0  # seconds between start-up's "still waiting" lines
 _CONNECTION_ERRORS = (
     psycopg.OperationalError,
@@ -183,11 +191,10 @@ class _Batch:
     keyspace holds a key for one decision at a time). It commits once the last
     of them is finished, their changes together."""
 
-    __slots__ = ("conn", "cursor", "decisions", "later", "unfinished")
+    __slots__ = ("conn", "decisions", "later", "unfinished")
 
-    def __init__(self, conn: Conn, cursor: Cursor, later: list[_Ask]) -> None:
+    def __init__(self, conn: Conn, later: list[_Ask]) -> None:
         self.conn = conn
-        self.cursor = cursor
         self.decisions: list[PgDecision] = []
         self.unfinished = 0
         # Decisions it did not keep but holds a key of (a lock it took before
@@ -494,6 +501,8 @@ class PostgresStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._pool = _Pool(lambda: self._connect("pool"), pool_size, self.shared_stats)
+        # The pooled connections on which a decision's statements are prepared.
+        self._decided_on: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._writer_conn: Conn | None = None
         self._wake = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -1097,15 +1106,14 @@ class PostgresStore:
         asks: list[_Ask] | None = None if alone is None else [alone]
         keys: set[bytes] = set() if alone is None else set(alone.keys)
 
-        async def open_(conn: Conn) -> tuple[Cursor, Opened] | None:
+        async def open_(conn: Conn) -> Opened | None:
             # The decisions asked for until now (a retry keeps them).
             nonlocal asks, keys
             if asks is None:
                 asks, keys = self._take_asks()
             if not asks:
                 return None
-            cursor = conn.cursor()
-            return cursor, await _open_decision(conn, cursor, sorted(keys), len(asks) == 1)
+            return await _open_decision(conn, sorted(keys), len(asks) == 1)
 
         try:
             conn, opened = await self._pooled("decide", open_, here=True)
@@ -1121,21 +1129,24 @@ class PostgresStore:
         if opened is None or asks is None:
             self._pool.release(conn)
             return
-        cursor, (rows, versions, held) = opened
+        rows, versions, held = opened
         later: list[_Ask] = []
         if held:
             asks, later = self._without_held(asks, held)
-        batch = _Batch(conn, cursor, later)
+        batch = _Batch(conn, later)
         if not asks:  # every one went to a transaction of its own
             self._spawn(self._roll_back(batch))
             return
         self._opened(batch, asks, rows, versions)
 
     async def _roll_back(self, batch: _Batch) -> None:
-        """End a batch that kept no decision: its locks go at once."""
+        """End a batch that kept no decision: its locks go at once. Not sent
+        through psycopg, which answers a ROLLBACK it sees on a connection where
+        it prepared statements with DEALLOCATE ALL: that would take the
+        decisions' own prepared statements too (:func:`_commit_decision`)."""
         conn = batch.conn
         try:
-            await self._bounded(conn, batch.cursor.execute("ROLLBACK"), "decide")
+            await self._bounded(conn, pgwire.pipeline(conn, (), (), b"ROLLBACK"), "decide")
         except (StoreError, psycopg.Error, OSError):
             self._pool.discard(conn)
         else:
@@ -1242,9 +1253,11 @@ class PostgresStore:
                 params, notices = pgsql.commit_params(
                     self.host_id, time.time(), changes, False, {}, self._fence(), lock=False
                 )
+            prepared = conn in self._decided_on
             await self._bounded_here(
-                conn, _commit_decision(conn, batch.cursor, params, barrier), "commit"
+                conn, _commit_decision(conn, prepared, params, barrier), "commit"
             )
+            self._decided_on.add(conn)
         except asyncio.CancelledError:
             # Stopped mid-commit (aclose): told it failed, never that it landed.
             self._barriers.pop(barrier[1], None)
@@ -1738,13 +1751,14 @@ async def _ensure_function(conn: Conn) -> None:
     log.info("store_function_created", function=pgsql.FUNCTION)
 
 
-async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool) -> Opened:
-    """Open a decision's transaction on ``conn``, through ``cur`` (one cursor
-    for all a transaction's statements: psycopg makes a new one, with its own
-    copy of the adapters, for each :meth:`~psycopg.AsyncConnection.execute`):
-    ``keys``' rows and versions, and the lock ids it could not take. It waits
-    for every key's lock if ``wait``, else it takes those it can
-    (:data:`.pgsql.TRY_LOCK_KEYS`) and reads their rows."""
+async def _open_decision(conn: Conn, keys: list[bytes], wait: bool) -> Opened:
+    """Open a decision's transaction on ``conn`` (through one cursor for its
+    statements: psycopg makes a new one, with its own copy of the adapters,
+    for each :meth:`~psycopg.AsyncConnection.execute`): ``keys``' rows and
+    versions, and the lock ids it could not take. It waits for every key's
+    lock if ``wait``, else it takes those it can (:data:`.pgsql.TRY_LOCK_KEYS`)
+    and reads their rows."""
+    cur = conn.cursor()
     ids = Int4(pgsql.lock_ids(keys))
     tried = None
     async with conn.pipeline():
@@ -1771,20 +1785,20 @@ async def _open_decision(conn: Conn, cur: Cursor, keys: list[bytes], wait: bool)
 
 
 async def _commit_decision(
-    conn: Conn, cur: Cursor, params: list[bytes] | None, barrier: tuple[str, str]
+    conn: Conn, prepared: bool, params: list[bytes] | None, barrier: tuple[str, str]
 ) -> None:
     """Commit a decision: its changes, their notifications and the fence
     (``params``: one call of the group commit's function, made by
     :func:`.pgsql.commit_params` without the key locks, which the decision
-    holds already), the barrier it waits to hear back (a decision that
-    changed nothing commits too, for its barrier). One statement for the
-    changes where there were four, each a turn of psycopg's pipeline:
-    instructions per INCR in bench/instructions.py --durable --decide."""
-    async with conn.pipeline():
-        if params is not None:
-            await cur.execute(pgsql.COMMIT_CALL, [Dumped(p) for p in params], prepare=True)
-        await cur.execute("SELECT pg_notify(%s, %s)", barrier)
-        await cur.execute("COMMIT")
+    holds already), and the barrier it waits to hear back (a decision that
+    changed nothing commits too, for its barrier); its statements prepared
+    first unless they are on ``conn`` already. One round trip, through
+    libpq (:func:`.pgwire.pipeline`): psycopg's pipeline mode cost a decision
+    about a quarter of its instructions (bench/instructions.py --durable
+    --decide)."""
+    notify = [barrier[0].encode(), barrier[1].encode()]
+    call = (_BARRIER, notify) if params is None else (_DECIDED, [*params, *notify])
+    await pgwire.pipeline(conn, () if prepared else _PREPARE_DECIDED, (call,), _COMMIT)
 
 
 async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
