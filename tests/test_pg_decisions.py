@@ -423,3 +423,35 @@ def test_odd_notifications_on_the_heartbeat_channel_leave_the_host_listening(
             assert store.coherent
 
     run(pg_db, scenario, heartbeat_interval=0.1)
+
+
+def test_a_batch_rolled_back_keeps_the_decisions_statements_prepared(pg_db: PgDatabase) -> None:
+    """A batch whose decisions all went to transactions of their own ends with
+    a ROLLBACK. Sent through psycopg on a connection where psycopg had
+    prepared statements of its own (it does after a few decisions), that
+    ROLLBACK made psycopg send DEALLOCATE ALL, which took the statements the
+    decisions commit with too: the next decision on the connection failed
+    with 'prepared statement "sessiond_barrier" does not exist'."""
+
+    async def scenario(store: PostgresStore) -> None:
+        for i in range(8):  # psycopg prepares the statements that open decisions
+            decision = await store.decide([b"k"])
+            decision.record(b"k", fields(b"%d" % i))
+            assert await finished(store, [decision]) == [None]
+        async with other_host(pg_db) as other:
+            await other.hold(b"a", b"b")
+            asked = [asyncio.ensure_future(store.decide([key])) for key in (b"a", b"b")]
+            await until(other.waiting(2), "both decisions to wait for their keys")
+            await other.release()
+            decisions = [await asyncio.wait_for(ask, 30) for ask in asked]
+        assert await finished(store, decisions) == [None, None]
+        assert store.shared_stats.decision_errors == 0
+        # The connection that rolled back, and any other, still has them.
+        marked = [conn for conn in store._pool.idle if conn in store._decided_on]
+        assert marked
+        for conn in marked:
+            cur = await conn.execute("SELECT name FROM pg_prepared_statements")
+            names = {name for (name,) in await cur.fetchall()}
+            assert {pgsql.DECIDED_STATEMENT, pgsql.BARRIER_STATEMENT} <= names, names
+
+    run(pg_db, scenario, pool_size=2)

@@ -6,16 +6,21 @@ decision's commit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
 import pytest
 from pg import PgDatabase
 from pg_fixtures import fields
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from sessiond.store import StoreError, pgwire
 from sessiond.store.postgres import PostgresStore
@@ -106,3 +111,55 @@ def test_a_pipeline_runs_its_statements_in_one_go_and_stops_at_the_first_error(
     rows, error = asyncio.run(main())
     assert rows == [(1,), (1,)]
     assert "division by zero" in error, error
+
+
+def test_a_pipeline_whose_server_speaks_nonsense_fails_instead_of_spinning(
+    pg_db: PgDatabase,
+) -> None:
+    """Past a message it cannot parse, libpq gives up on the connection and
+    answers every later get_result() with nothing, and no sync ever comes:
+    pgwire.pipeline, which reads on to the sync, asked forever without
+    yielding, and the event loop (with every timeout on it) stopped. A proxy
+    here turns the server's replies into a malformed message."""
+    poison = threading.Event()
+    target = int(conninfo_to_dict(pg_db.dsn())["port"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        client, _ = listener.accept()
+        server = socket.create_connection(("127.0.0.1", target))
+
+        def pump(src: socket.socket, dst: socket.socket, poisoned: bool) -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    dst.sendall(b"\x01\x00\x00\x00\x02" if poisoned and poison.is_set() else data)
+
+        threading.Thread(target=pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=pump, args=(server, client, True), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> BaseException | None:
+        conn = await psycopg.AsyncConnection.connect(pg_db.dsn(port=port), autocommit=True)
+        try:
+            await conn.execute("BEGIN")
+            poison.set()
+            try:
+                prepare = ((b"one", b"SELECT 1"),)
+                await asyncio.wait_for(
+                    pgwire.pipeline(conn, prepare, ((b"one", []),), b"COMMIT"), 10
+                )
+            except (psycopg.Error, TimeoutError) as exc:
+                return exc
+            return None
+        finally:
+            await conn.close()
+
+    faulthandler.dump_traceback_later(60, exit=True)  # a spinning loop: end the worker
+    try:
+        failed = asyncio.run(main())
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        listener.close()
+    assert isinstance(failed, psycopg.OperationalError), failed

@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.pq import ExecStatus, Format
+from psycopg.pq import ConnStatus, ExecStatus, Format
 
 _OK = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK)
 
@@ -119,6 +119,10 @@ async def pipeline(
                 pgconn.consume_input()
             # None ends one statement's results; the sync's result ends them all.
             if (result := pgconn.get_result()) is None:
+                if pgconn.status != ConnStatus.OK:
+                    # libpq gave up on the connection (it lost the protocol's
+                    # thread): no sync will come, and asking again would spin.
+                    raise psycopg.OperationalError(pgconn.get_error_message())
                 continue
             status = result.status
             if status == ExecStatus.PIPELINE_SYNC:

@@ -1263,6 +1263,7 @@ class PostgresStore:
             self._barriers.pop(barrier[1], None)
             for decision in decisions:
                 decision.error = StoreError(_CLOSED)
+            self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
             raise
         except (StoreError, psycopg.Error, OSError) as exc:
             self._barriers.pop(barrier[1], None)
