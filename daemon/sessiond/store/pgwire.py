@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import ConnStatus, ExecStatus, Format
+from psycopg.pq.abc import PGconn, PGresult
 
 _OK = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK)
 
@@ -53,29 +54,11 @@ async def run(conn: psycopg.AsyncConnection[Any], name: bytes, dumped: Sequence[
         pgconn.send_query_prepared(
             name, dumped, param_formats=_binary_formats(len(dumped)), result_format=Format.BINARY
         )
-        fd = pgconn.socket
-        # As libpq asks: while the statement is not all sent, wait until the
-        # socket can take more or has something to read, and read that.
-        while pgconn.flush():
-            await _ready(loop, fd, write=True)
-            pgconn.consume_input()
+        await _flush(loop, pgconn)
         error: psycopg.Error | None = None
-        while True:
-            # get_result() blocks in libpq while a result is incomplete: wait
-            # on the loop first, every time (the last message can come late).
-            while pgconn.is_busy():
-                await _ready(loop, fd)
-                pgconn.consume_input()
-            if (result := pgconn.get_result()) is None:
-                break
-            status = result.status
-            if status == ExecStatus.FATAL_ERROR:
-                # Read on to the end, so that the connection is idle again.
-                if error is None:
-                    error = pg_errors.error_from_result(result, encoding=conn.info.encoding)
-            elif status not in _OK:
-                # Nothing this statement can give (a COPY, say): the caller drops the connection.
-                raise psycopg.InterfaceError(f"unexpected result: {ExecStatus(status).name}")
+        # Read on to the end after an error, so that the connection is idle again.
+        while (result := await _result(loop, pgconn)) is not None:
+            error = _first_error(conn, result, error)
         if error is not None:
             raise error
 
@@ -108,33 +91,55 @@ async def pipeline(
             )
         pgconn.send_query_params(last, None)
         pgconn.pipeline_sync()
-        fd = pgconn.socket
-        while pgconn.flush():
-            await _ready(loop, fd, write=True)
-            pgconn.consume_input()
+        await _flush(loop, pgconn)
         error: psycopg.Error | None = None
         while True:
-            while pgconn.is_busy():
-                await _ready(loop, fd)
-                pgconn.consume_input()
             # None ends one statement's results; the sync's result ends them all.
-            if (result := pgconn.get_result()) is None:
+            if (result := await _result(loop, pgconn)) is None:
                 if pgconn.status != ConnStatus.OK:
                     # libpq gave up on the connection (it lost the protocol's
                     # thread): no sync will come, and asking again would spin.
                     raise psycopg.OperationalError(pgconn.get_error_message())
                 continue
-            status = result.status
-            if status == ExecStatus.PIPELINE_SYNC:
+            if result.status == ExecStatus.PIPELINE_SYNC:
                 break
-            if status == ExecStatus.FATAL_ERROR:
-                if error is None:
-                    error = pg_errors.error_from_result(result, encoding=conn.info.encoding)
-            elif status != ExecStatus.PIPELINE_ABORTED and status not in _OK:
-                raise psycopg.InterfaceError(f"unexpected result: {ExecStatus(status).name}")
+            error = _first_error(conn, result, error)
         pgconn.exit_pipeline_mode()
         if error is not None:
             raise error
+
+
+async def _flush(loop: asyncio.AbstractEventLoop, pgconn: PGconn) -> None:
+    """As libpq asks: while what was sent is not all out, wait until the
+    socket can take more or has something to read, and read that."""
+    while pgconn.flush():
+        await _ready(loop, pgconn.socket, write=True)
+        pgconn.consume_input()
+
+
+async def _result(loop: asyncio.AbstractEventLoop, pgconn: PGconn) -> PGresult | None:
+    """The next result (``None``: the end of a statement's). get_result()
+    blocks in libpq while a result is incomplete: wait on the loop first,
+    every time (the last message can come late)."""
+    while pgconn.is_busy():
+        await _ready(loop, pgconn.socket)
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def _first_error(
+    conn: psycopg.AsyncConnection[Any], result: PGresult, error: psycopg.Error | None
+) -> psycopg.Error | None:
+    """``error``, or the server's error ``result`` carries if it is the first.
+    A result none of these statements can give (a COPY, say) raises: the
+    caller drops the connection."""
+    status = result.status
+    if status == ExecStatus.FATAL_ERROR:
+        if error is None:
+            return pg_errors.error_from_result(result, encoding=conn.info.encoding)
+    elif status not in _OK and status != ExecStatus.PIPELINE_ABORTED:
+        raise psycopg.InterfaceError(f"unexpected result: {ExecStatus(status).name}")
+    return error
 
 
 @functools.cache
