@@ -242,3 +242,10 @@ def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
     want = [bytes(transformer.get_dumper(v, PyFormat.BINARY).dump(v)) for v in values]
     assert params == want
     assert notices == len(texts)
+
+
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=40))
+def test_an_int4_array_comes_back_as_it_was_sent(ids: list[int]) -> None:
+    """pgarrays.load_int4 reads a decision's lock ids (pgsql.TRY_LOCK_KEYS'
+    int4[], in binary) as pgarrays.dump writes them, the empty array too."""
+    assert pgarrays.load_int4(pgarrays.dump("int4", ids)) == ids

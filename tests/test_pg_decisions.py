@@ -455,3 +455,33 @@ def test_a_batch_rolled_back_keeps_the_decisions_statements_prepared(pg_db: PgDa
             assert {pgsql.DECIDED_STATEMENT, pgsql.BARRIER_STATEMENT} <= names, names
 
     run(pg_db, scenario, pool_size=2)
+
+
+def test_a_decision_reads_each_row_as_a_plain_read_does(pg_db: PgDatabase) -> None:
+    """A decision reads its rows in binary through libpq, a plain read through
+    psycopg's loaders: the same Row and version for every kind of column
+    (no TTL, a TTL, a non-ASCII context, a kind other than a string's, a
+    version moved by writes), alone (waiting for the locks) and in a batch
+    (trying them)."""
+
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO sessiond_sessions (key, scan_hash, value, context, created_at, "
+                "updated_at, accessed_at, ttl, deadline, kind, version, expire_at) VALUES "
+                "('plain', 1, 'v', NULL, 1.5, 2.5, 3.5, NULL, NULL, 0, 1, NULL), ('ttl', 2, "
+                "'\\x00ff'::bytea, 'caf\u00e9', 1.25, 1.25, 1.25, 60, 61.25, 2, 7, 61.25)"
+            )
+        keys = [b"plain", b"ttl", b"absent"]
+        want = await store.load_many(keys)
+        assert want[b"ttl"] is not None and want[b"ttl"].context == "caf\u00e9"
+        alone = await store.decide(keys)
+        assert alone.rows == want, (alone.rows, want)
+        assert alone.versions == {b"plain": 1, b"ttl": 7}
+        assert await finished(store, [alone]) == [None]
+        together = [asyncio.ensure_future(store.decide([key])) for key in keys]
+        batched = [await asyncio.wait_for(ask, 30) for ask in together]
+        assert {key: d.rows[key] for d in batched for key in d.rows} == want
+        assert await finished(store, batched) == [None] * 3
+
+    run(pg_db, scenario)

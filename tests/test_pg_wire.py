@@ -94,15 +94,15 @@ def test_a_pipeline_runs_its_statements_in_one_go_and_stops_at_the_first_error(
             fence = (b"fence", b"SELECT 1 / $1::int4")  # fails as a commit's fence does
             one, zero = struct.pack("!i", 1), struct.pack("!i", 0)
             await conn.execute("BEGIN")
-            await pgwire.pipeline(conn, (add, fence), ((b"add", [one]),), b"COMMIT")
+            await pgwire.pipeline(conn, (add, fence), ((b"add", [one]),), after=b"COMMIT")
             await conn.execute("BEGIN")
             with pytest.raises(psycopg.errors.DivisionByZero) as failed:
                 calls = ((b"add", [one]), (b"fence", [zero]), (b"add", [one]))
-                await pgwire.pipeline(conn, (), calls, b"COMMIT")
+                await pgwire.pipeline(conn, (), calls, after=b"COMMIT")
             assert conn.pgconn.transaction_status == TransactionStatus.INERROR
             await conn.execute("ROLLBACK")
             await conn.execute("BEGIN")
-            await pgwire.pipeline(conn, (), ((b"add", [one]),), b"COMMIT")
+            await pgwire.pipeline(conn, (), ((b"add", [one]),), after=b"COMMIT")
             rows = await (await conn.execute("SELECT n FROM t")).fetchall()
             return rows, str(failed.value)
         finally:
@@ -148,7 +148,7 @@ def test_a_pipeline_whose_server_speaks_nonsense_fails_instead_of_spinning(
             try:
                 prepare = ((b"one", b"SELECT 1"),)
                 await asyncio.wait_for(
-                    pgwire.pipeline(conn, prepare, ((b"one", []),), b"COMMIT"), 10
+                    pgwire.pipeline(conn, prepare, ((b"one", []),), after=b"COMMIT"), 10
                 )
             except (psycopg.Error, TimeoutError) as exc:
                 return exc

@@ -112,6 +112,21 @@ def dump(element: str, items: list[Any]) -> bytes:
     return _dump(_NAMED[element], items)
 
 
+_HEADER = struct.Struct("!iii")  # dimensions, has nulls, element type
+_DIMENSION = struct.Struct("!ii")  # length, lower bound
+_INT4 = struct.Struct("!ii")  # an element's size, its value
+
+
+def load_int4(data: bytes) -> list[int]:
+    """A one-dimensional int4 array without nulls, from PostgreSQL's binary
+    format (a decision's lock ids: pgsql.TRY_LOCK_KEYS)."""
+    if not data or _HEADER.unpack_from(data)[0] == 0:
+        return []
+    count = _DIMENSION.unpack_from(data, _HEADER.size)[0]
+    start = _HEADER.size + _DIMENSION.size
+    return [_INT4.unpack_from(data, start + 8 * i)[1] for i in range(count)]
+
+
 def _array(
     name: str, one: Callable[[Any], bytes], many: Callable[[list[Any]], Iterable[bytes]]
 ) -> type[list[Any]]:

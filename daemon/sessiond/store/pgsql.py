@@ -138,9 +138,8 @@ _FENCE = "1 / (clock_timestamp() <= to_timestamp({}))::int"
 # arrays' list classes by it.
 ROW_TYPES = ("bytea", "text", "float8", "float8", "float8", "float8", "float8", "int2")
 
-LOCK_KEYS = "SELECT " + _LOCK_KEYS.format("%s", "%b::int4[]")
-SELECT_ROWS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY(%b::bytea[])"
-SELECT_LOCKED = SELECT_ROWS + " FOR UPDATE"
+_SELECT_KEYS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY({{}}::bytea[])"
+SELECT_ROWS = _SELECT_KEYS.format("%b")
 NOTIFY = "SELECT " + _NOTIFY.format("%s", "%b::text[]")
 DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
@@ -389,14 +388,31 @@ SELECT (SELECT count(*) FROM mine), coalesce((SELECT array_agg(key) FROM gone), 
 # trying a lock again there could take one that was freed meanwhile, for a
 # decision that has gone to a transaction of its own. A row lock it may still
 # wait for: a sweep's (EXPIRE, which never waits) or a FLUSHDB's.
+# The statements that open a decision's transaction, prepared on each pooled
+# connection by its first decision (postgres._open_decision), each taking the
+# lock ids ($1, int4[]) or the keys ($1, bytea[]); their rows come back in
+# binary: the key, the Row's columns (COLUMNS), the version. LOCK_KEYS waits
+# for every key's lock (a decision alone); TRY_LOCK_KEYS and SELECT_TRIED are
+# a batch's.
 _HELD_SETTING = "sessiond.held"
-TRY_LOCK_KEYS = (
-    "SELECT held, set_config('" + _HELD_SETTING + "', held::text, true) FROM ("
-    "SELECT coalesce(array_agg(h), '{}') AS held FROM unnest(%b::int4[]) AS h "
-    "WHERE NOT pg_try_advisory_xact_lock(%s, h)) AS tried"
-)
-SELECT_TRIED = (
-    SELECT_ROWS + f" AND {_LOCK_ID} <> ALL(current_setting('{_HELD_SETTING}')::int4[]) FOR UPDATE"
+LOCK_KEYS = "sessiond_lock_keys"
+SELECT_LOCKED = "sessiond_select_locked"
+TRY_LOCK_KEYS = "sessiond_try_lock_keys"
+SELECT_TRIED = "sessiond_select_tried"
+OPEN_PREPARED = (
+    (LOCK_KEYS, "SELECT " + _LOCK_KEYS.format(LOCK_CLASS, "$1::int4[]")),
+    (SELECT_LOCKED, _SELECT_KEYS.format("$1") + " FOR UPDATE"),
+    (
+        TRY_LOCK_KEYS,
+        f"SELECT held, set_config('{_HELD_SETTING}', held::text, true) FROM ("
+        "SELECT coalesce(array_agg(h), '{}') AS held FROM unnest($1::int4[]) AS h "
+        f"WHERE NOT pg_try_advisory_xact_lock({LOCK_CLASS}, h)) AS tried",
+    ),
+    (
+        SELECT_TRIED,
+        _SELECT_KEYS.format("$1")
+        + f" AND {_LOCK_ID} <> ALL(current_setting('{_HELD_SETTING}')::int4[]) FOR UPDATE",
+    ),
 )
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"

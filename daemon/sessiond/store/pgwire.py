@@ -67,19 +67,24 @@ async def pipeline(
     conn: psycopg.AsyncConnection[Any],
     prepare: Sequence[tuple[bytes, bytes]],
     calls: Sequence[tuple[bytes, Sequence[bytes]]],
-    last: bytes,
-) -> None:
-    """In one of libpq's pipelines, one round trip: ``PREPARE`` each of
-    ``prepare`` (name, statement), run each of ``calls`` (a prepared
-    statement's name, its parameters in binary), then the statement ``last``
-    (``COMMIT``, say); read every result and raise the first error (the
-    statements after it are skipped by the server). On an error or an
-    exception the caller drops the connection: it may be in a failed
-    transaction, or still in pipeline mode."""
+    *,
+    before: bytes = b"",
+    after: bytes = b"",
+) -> list[PGresult]:
+    """In one of libpq's pipelines, one round trip: the statement ``before``
+    (``BEGIN``, say), ``PREPARE`` each of ``prepare`` (name, statement), run
+    each of ``calls`` (a prepared statement's name, its parameters in
+    binary, its rows asked for in binary), then the statement ``after``
+    (``COMMIT``, say); read every result, raise the first error (the
+    statements after it are skipped by the server), and return the calls'
+    results, in order. On an error or an exception the caller drops the
+    connection: it may be in a failed transaction, or still in pipeline mode."""
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     async with conn.lock:
         pgconn.enter_pipeline_mode()
+        if before:
+            pgconn.send_query_params(before, None)
         for name, sql in prepare:
             pgconn.send_prepare(name, sql)
         for name, dumped in calls:
@@ -89,9 +94,11 @@ async def pipeline(
                 param_formats=_binary_formats(len(dumped)),
                 result_format=Format.BINARY,
             )
-        pgconn.send_query_params(last, None)
+        if after:
+            pgconn.send_query_params(after, None)
         pgconn.pipeline_sync()
         await _flush(loop, pgconn)
+        results: list[PGresult] = []
         error: psycopg.Error | None = None
         while True:
             # None ends one statement's results; the sync's result ends them all.
@@ -104,9 +111,12 @@ async def pipeline(
             if result.status == ExecStatus.PIPELINE_SYNC:
                 break
             error = _first_error(conn, result, error)
+            results.append(result)
         pgconn.exit_pipeline_mode()
         if error is not None:
             raise error
+        first = bool(before) + len(prepare)
+        return results[first : first + len(calls)]
 
 
 async def _flush(loop: asyncio.AbstractEventLoop, pgconn: PGconn) -> None:

@@ -44,6 +44,7 @@ import logging
 import math
 import secrets
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -57,6 +58,7 @@ import structlog
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
+from psycopg.pq.abc import PGresult
 
 from ..stats import SharedStats, StoreStats
 from . import pgsql, pgwire
@@ -75,7 +77,7 @@ from .api import (
     as_row,
 )
 from .overlay import Overlay
-from .pgarrays import ADAPTERS, Bytea, Int4, Text
+from .pgarrays import ADAPTERS, Bytea, Text, dump, load_int4
 
 log = structlog.get_logger("sessiond.store")
 
@@ -95,12 +97,20 @@ _BATCH_LIMIT = 64  # decisions one transaction opens at most (_open_batch)
 _COMMIT_STATEMENT = pgsql.COMMIT_STATEMENT.encode()
 _DECIDED = pgsql.DECIDED_STATEMENT.encode()
 _BARRIER = pgsql.BARRIER_STATEMENT.encode()
-# Each pooled connection's first decision prepares both (in its commit's round trip).
-_PREPARE_DECIDED = (
+_LOCK_KEYS = pgsql.LOCK_KEYS.encode()
+_SELECT_LOCKED = pgsql.SELECT_LOCKED.encode()
+_TRY_LOCK_KEYS = pgsql.TRY_LOCK_KEYS.encode()
+_SELECT_TRIED = pgsql.SELECT_TRIED.encode()
+# Each pooled connection's first decision prepares them all, in the round trip
+# that opens its transaction.
+_PREPARE_DECISIONS = (
+    *((name.encode(), sql.encode()) for name, sql in pgsql.OPEN_PREPARED),
     (_DECIDED, pgsql.DECIDED_PREPARED.encode()),
     (_BARRIER, pgsql.BARRIER_PREPARED.encode()),
 )
-_COMMIT = b"COMMIT"
+_F8 = struct.Struct("!d").unpack
+_I2 = struct.Struct("!h").unpack
+_I8 = struct.Struct("!q").unpack
 _WAIT_LOG_EVERY = 5.0  # seconds between start-up's "still waiting" lines
 _CONNECTION_ERRORS = (
     psycopg.OperationalError,
@@ -1113,7 +1123,10 @@ class PostgresStore:
                 asks, keys = self._take_asks()
             if not asks:
                 return None
-            return await _open_decision(conn, sorted(keys), len(asks) == 1)
+            prepared = conn in self._decided_on
+            opened = await _open_decision(conn, prepared, sorted(keys), len(asks) == 1)
+            self._decided_on.add(conn)
+            return opened
 
         try:
             conn, opened = await self._pooled("decide", open_, here=True)
@@ -1146,7 +1159,7 @@ class PostgresStore:
         decisions' own prepared statements too (:func:`_commit_decision`)."""
         conn = batch.conn
         try:
-            await self._bounded(conn, pgwire.pipeline(conn, (), (), b"ROLLBACK"), "decide")
+            await self._bounded(conn, pgwire.pipeline(conn, (), (), after=b"ROLLBACK"), "decide")
         except (StoreError, psycopg.Error, OSError):
             self._pool.discard(conn)
         else:
@@ -1253,11 +1266,7 @@ class PostgresStore:
                 params, notices = pgsql.commit_params(
                     self.host_id, time.time(), changes, False, {}, self._fence(), lock=False
                 )
-            prepared = conn in self._decided_on
-            await self._bounded_here(
-                conn, _commit_decision(conn, prepared, params, barrier), "commit"
-            )
-            self._decided_on.add(conn)
+            await self._bounded_here(conn, _commit_decision(conn, params, barrier), "commit")
         except asyncio.CancelledError:
             # Stopped mid-commit (aclose): told it failed, never that it landed.
             self._barriers.pop(barrier[1], None)
@@ -1752,54 +1761,65 @@ async def _ensure_function(conn: Conn) -> None:
     log.info("store_function_created", function=pgsql.FUNCTION)
 
 
-async def _open_decision(conn: Conn, keys: list[bytes], wait: bool) -> Opened:
-    """Open a decision's transaction on ``conn`` (through one cursor for its
-    statements: psycopg makes a new one, with its own copy of the adapters,
-    for each :meth:`~psycopg.AsyncConnection.execute`): ``keys``' rows and
-    versions, and the lock ids it could not take. It waits for every key's
-    lock if ``wait``, else it takes those it can (:data:`.pgsql.TRY_LOCK_KEYS`)
-    and reads their rows."""
-    cur = conn.cursor()
-    ids = Int4(pgsql.lock_ids(keys))
-    tried = None
-    async with conn.pipeline():
-        await cur.execute("BEGIN")
-        if wait:
-            await cur.execute(pgsql.LOCK_KEYS, (pgsql.LOCK_CLASS, ids))
-            await cur.execute(pgsql.SELECT_LOCKED, (Bytea(keys),))
-        else:
-            tried = conn.cursor()
-            await tried.execute(pgsql.TRY_LOCK_KEYS, (ids, pgsql.LOCK_CLASS))
-            await cur.execute(pgsql.SELECT_TRIED, (Bytea(keys),))
+async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bool) -> Opened:
+    """Open a decision's transaction on ``conn``, in one round trip through
+    libpq (:func:`.pgwire.pipeline`), its statements prepared first unless
+    they are on ``conn`` already: ``keys``' rows and versions, and the lock
+    ids it could not take. It waits for every key's lock if ``wait``, else it
+    takes those it can (:data:`.pgsql.TRY_LOCK_KEYS`) and reads their rows."""
+    ids = dump("int4", pgsql.lock_ids(keys))
+    wanted = dump("bytea", keys)
+    if wait:
+        calls = ((_LOCK_KEYS, [ids]), (_SELECT_LOCKED, [wanted]))
+    else:
+        calls = ((_TRY_LOCK_KEYS, [ids]), (_SELECT_TRIED, [wanted]))
+    prepare = () if prepared else _PREPARE_DECISIONS
+    locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
     held: set[int] = set()
-    if tried is not None:
-        found = await tried.fetchone()
-        if found is not None:
-            held.update(found[0])
+    if not wait:
+        held.update(load_int4(locked.get_value(0, 0) or b""))
     rows: dict[bytes, Row | None] = dict.fromkeys(keys)
     versions: dict[bytes, int] = {}
-    for fields in await cur.fetchall():
-        key = bytes(fields[0])
-        rows[key] = _row(fields[1:9])
-        versions[key] = int(fields[9])
+    for i in range(found.ntuples):
+        key = bytes(found.get_value(i, 0) or b"")
+        rows[key] = _binary_row(found, i)
+        versions[key] = _I8(found.get_value(i, 9) or b"")[0]
     return rows, versions, held
 
 
+def _binary_row(result: PGresult, i: int) -> Row:
+    """The :class:`Row` in row ``i`` of a decision's rows, in binary (its
+    columns after the key in :data:`.pgsql.COLUMNS`' order; text in UTF-8,
+    which the store's connections speak: :func:`connection_params`)."""
+    value, context, created, updated, accessed, ttl, deadline, kind = (
+        result.get_value(i, column) for column in range(1, 9)
+    )
+    return Row(
+        bytes(value or b""),
+        None if context is None else bytes(context).decode(),
+        _F8(created or b"")[0],
+        _F8(updated or b"")[0],
+        _F8(accessed or b"")[0],
+        None if ttl is None else _F8(ttl)[0],
+        None if deadline is None else _F8(deadline)[0],
+        _I2(kind or b"")[0],
+    )
+
+
 async def _commit_decision(
-    conn: Conn, prepared: bool, params: list[bytes] | None, barrier: tuple[str, str]
+    conn: Conn, params: list[bytes] | None, barrier: tuple[str, str]
 ) -> None:
     """Commit a decision: its changes, their notifications and the fence
     (``params``: one call of the group commit's function, made by
     :func:`.pgsql.commit_params` without the key locks, which the decision
     holds already), and the barrier it waits to hear back (a decision that
-    changed nothing commits too, for its barrier); its statements prepared
-    first unless they are on ``conn`` already. One round trip, through
-    libpq (:func:`.pgwire.pipeline`): psycopg's pipeline mode cost a decision
-    about a quarter of its instructions (bench/instructions.py --durable
-    --decide)."""
+    changed nothing commits too, for its barrier). One round trip, through
+    libpq (:func:`.pgwire.pipeline`; the statements were prepared when the
+    transaction opened): psycopg's pipeline mode cost a decision about a
+    quarter of its instructions (bench/instructions.py --durable --decide)."""
     notify = [barrier[0].encode(), barrier[1].encode()]
     call = (_BARRIER, notify) if params is None else (_DECIDED, [*params, *notify])
-    await pgwire.pipeline(conn, () if prepared else _PREPARE_DECIDED, (call,), _COMMIT)
+    await pgwire.pipeline(conn, (), (call,), after=b"COMMIT")
 
 
 async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
