@@ -109,8 +109,9 @@ SCHEMA_HOLDER = (
 # bench/instructions.py --shared).
 # Each write statement is written once, with its arguments as ``{}``: the
 # group commit's function (COMMIT_FUNCTION below) runs it on the function's
-# own arguments, and where a statement is sent on its own (the key locks, the
-# notifications) psycopg's parameters take their place.
+# own arguments, and where a statement is sent on its own its placeholders
+# take their place (a decision's key locks, prepared: OPEN_PREPARED; a sweep's
+# notifications, through psycopg: NOTIFY).
 _LOCK_KEYS = "pg_advisory_xact_lock({}, h) FROM unnest({}) AS h"
 _UPSERT = f"""INSERT INTO {TABLE} AS s (key, scan_hash, {COLUMNS.removeprefix("key, ")}, expire_at)
 SELECT *, u.deadline FROM unnest({{}})
@@ -255,9 +256,10 @@ REPLACE_PREVIOUS_FUNCTION = _commit_function(PREVIOUS_FUNCTION, "CREATE OR REPLA
 # The call, prepared once on the writer's connection under COMMIT_STATEMENT's
 # name and sent through libpq directly (pgwire.py).
 COMMIT_STATEMENT = "sessiond_commit"
-COMMIT_PREPARED = "SELECT {}({})".format(
+_CALL = "{}({})".format(
     FUNCTION, ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1))
 )
+COMMIT_PREPARED = f"SELECT {_CALL}"
 # A decision's commit (postgres._commit_decision), in its own transaction: its
 # changes through the same function (commit_params' parameters, without the
 # key locks, which the decision holds) and its barrier (a notification on this
@@ -265,12 +267,8 @@ COMMIT_PREPARED = "SELECT {}({})".format(
 # that changed nothing. Prepared on each pooled connection by its first
 # decision, sent through libpq in one pipeline with COMMIT.
 DECIDED_STATEMENT = "sessiond_decided"
-DECIDED_PREPARED = "SELECT {}({}), pg_notify(${}::text, ${}::text)".format(
-    FUNCTION,
-    ", ".join(f"${i}::{kind}" for i, (_, kind) in enumerate(_COMMIT_PARAMS, 1)),
-    len(_COMMIT_PARAMS) + 1,
-    len(_COMMIT_PARAMS) + 2,
-)
+_AFTER = len(_COMMIT_PARAMS)
+DECIDED_PREPARED = f"SELECT {_CALL}, pg_notify(${_AFTER + 1}::text, ${_AFTER + 2}::text)"
 BARRIER_STATEMENT = "sessiond_barrier"
 BARRIER_PREPARED = "SELECT pg_notify($1::text, $2::text)"
 _COLUMNS: Final = len(ROW_TYPES)
@@ -299,61 +297,49 @@ def commit_params(
     the store answers as a refused write: its writer and its decisions go
     on."""
     try:
-        return _commit_params(host_id, now, batch, cleared, renewals, fence, lock)
+        # Plain lists, dumped as they are: making a typed list (pgarrays) per
+        # array cost more than the dumping at one SET a commit. Lists of Any:
+        # compiled, a list[float] would unbox and box each value again.
+        changed = list(batch)
+        notices = payloads(host_id, now, changed, cleared)
+        keys: list[bytes] = []
+        hashes: list[Any] = []
+        deletes: list[bytes] = []
+        columns: list[list[Any]] = [[] for _ in range(_COLUMNS)]
+        for key, fields in batch.items():
+            if fields is None:
+                deletes.append(key)
+                continue
+            keys.append(key)
+            hashes.append(scan_hash(key))
+            for i in range(_COLUMNS):
+                columns[i].append(fields[i])
+        renewed = list(renewals)
+        ttls: list[Any] = []
+        deadlines: list[Any] = []
+        accessed: list[Any] = []
+        for renewal in renewals.values():
+            ttls.append(renewal.ttl)
+            deadlines.append(renewal.deadline)
+            accessed.append(renewal.accessed_at)
+        locks = lock_ids(changed + renewed) if lock else []
+        params = [dump("int4", locks), _TRUE if cleared else _FALSE]
+        params.append(dump("bytea", keys))
+        params.append(dump("int8", hashes))
+        for i in range(_COLUMNS):
+            params.append(dump(ROW_TYPES[i], columns[i]))
+        params.append(dump("bytea", deletes))
+        params.append(dump("bytea", renewed))
+        params.append(dump("float8", ttls))
+        params.append(dump("float8", deadlines))
+        params.append(dump("float8", accessed))
+        params.append(dump("text", notices))
+        params.append(_FLOAT8(fence))
+        return params, len(notices)
     except psycopg.Error:
         raise
     except Exception as exc:  # outside the dumpers: a key that is not bytes, say
         raise psycopg.DataError(f"cannot send the commit: {exc!r}") from None
-
-
-def _commit_params(
-    host_id: str,
-    now: float,
-    batch: Mapping[bytes, tuple[Any, ...] | None],
-    cleared: bool,
-    renewals: Mapping[bytes, Renewal],
-    fence: float,
-    lock: bool,
-) -> tuple[list[bytes], int]:
-    # Plain lists, dumped as they are: making a typed list (pgarrays) per
-    # array cost more than the dumping at one SET a commit. Lists of Any:
-    # compiled, a list[float] would unbox and box each value again.
-    changed = list(batch)
-    notices = payloads(host_id, now, changed, cleared)
-    keys: list[bytes] = []
-    hashes: list[Any] = []
-    deletes: list[bytes] = []
-    columns: list[list[Any]] = [[] for _ in range(_COLUMNS)]
-    for key, fields in batch.items():
-        if fields is None:
-            deletes.append(key)
-            continue
-        keys.append(key)
-        hashes.append(scan_hash(key))
-        for i in range(_COLUMNS):
-            columns[i].append(fields[i])
-    renewed = list(renewals)
-    ttls: list[Any] = []
-    deadlines: list[Any] = []
-    accessed: list[Any] = []
-    for renewal in renewals.values():
-        ttls.append(renewal.ttl)
-        deadlines.append(renewal.deadline)
-        accessed.append(renewal.accessed_at)
-    locks = lock_ids(changed + renewed) if lock else []
-    params = [dump("int4", locks), _TRUE if cleared else _FALSE]
-    params.append(dump("bytea", keys))
-    params.append(dump("int8", hashes))
-    for i in range(_COLUMNS):
-        params.append(dump(ROW_TYPES[i], columns[i]))
-    params.append(dump("bytea", deletes))
-    params.append(dump("bytea", renewed))
-    params.append(dump("float8", ttls))
-    params.append(dump("float8", deadlines))
-    params.append(dump("float8", accessed))
-    params.append(dump("text", notices))
-    params.append(_FLOAT8(fence))
-    return params, len(notices)
 
 
 # Rows whose expire_at has come (before a cutoff: now minus a grace the

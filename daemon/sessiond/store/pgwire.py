@@ -14,10 +14,12 @@ for the socket and reads the results: psycopg's connection object stays in
 charge of everything else on the connection, and its lock
 keeps it off the connection meanwhile.
 
-A decision's commit is a few statements in one round trip (:func:`pipeline`:
-its changes and barrier, prepared on the connection's first decision, then
-``COMMIT``), sent the same way instead of through psycopg's pipeline mode,
-whose async generators cost a decision about a quarter of its instructions.
+A decision's transaction is two round trips of a few statements each
+(:func:`pipeline`: ``BEGIN``, the keys' locks and rows; then its changes and
+barrier and ``COMMIT``), their statements prepared by the connection's first
+decision, sent the same way instead of through psycopg's pipeline mode and
+cursor: 1,253,061 -> 572,469 instructions per INCR at ``-c 1``
+(bench/instructions.py --durable --decide).
 
 Failures are psycopg's own exceptions: the server's error as psycopg makes it
 (``psycopg.errors.error_from_result``, so a fence's ``DivisionByZero`` is one),

@@ -512,6 +512,8 @@ class PostgresStore:
         self._loop_thread = 0
         self._pool = _Pool(lambda: self._connect("pool"), pool_size, self.shared_stats)
         # The pooled connections on which a decision's statements are prepared.
+        # Only true while psycopg runs no ROLLBACK, DROP or ALTER on one that it
+        # keeps (it would deallocate them): a decision's own go through libpq.
         self._decided_on: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._writer_conn: Conn | None = None
         self._wake = asyncio.Event()
@@ -530,6 +532,7 @@ class PostgresStore:
         self._remaking = False  # a decision found the commit function gone: making it
         self._stopping = False
         self._heartbeat_channel = f"{pgsql.CHANNEL}_{self.host_id}"
+        self._barrier_channel = self._heartbeat_channel.encode()  # a decision's barrier's
         self._own_payloads = f"{self.host_id} "  # how this host's payloads start
         # Decisions waiting to hear their own barrier notification back.
         self._barriers: dict[str, asyncio.Future[None]] = {}
@@ -1153,10 +1156,11 @@ class PostgresStore:
         self._opened(batch, asks, rows, versions)
 
     async def _roll_back(self, batch: _Batch) -> None:
-        """End a batch that kept no decision: its locks go at once. Not sent
-        through psycopg, which answers a ROLLBACK it sees on a connection where
-        it prepared statements with DEALLOCATE ALL: that would take the
-        decisions' own prepared statements too (:func:`_commit_decision`)."""
+        """End a batch that kept no decision: its locks go at once. Through
+        libpq, as the rest of a decision's transaction: psycopg answers a
+        ROLLBACK it sees on a connection where it prepared statements of its
+        own (for reads) with DEALLOCATE ALL, which would take the decisions'
+        prepared statements too (``_decided_on`` would then be wrong)."""
         conn = batch.conn
         try:
             await self._bounded(conn, pgwire.pipeline(conn, (), (), after=b"ROLLBACK"), "decide")
@@ -1266,16 +1270,17 @@ class PostgresStore:
                 params, notices = pgsql.commit_params(
                     self.host_id, time.time(), changes, False, {}, self._fence(), lock=False
                 )
-            await self._bounded_here(conn, _commit_decision(conn, params, barrier), "commit")
+            notify = [self._barrier_channel, barrier.encode()]
+            await self._bounded_here(conn, _commit_decision(conn, params, notify), "commit")
         except asyncio.CancelledError:
             # Stopped mid-commit (aclose): told it failed, never that it landed.
-            self._barriers.pop(barrier[1], None)
+            self._barriers.pop(barrier, None)
             for decision in decisions:
                 decision.error = StoreError(_CLOSED)
             self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
             raise
         except (StoreError, psycopg.Error, OSError) as exc:
-            self._barriers.pop(barrier[1], None)
+            self._barriers.pop(barrier, None)
             error = (
                 exc
                 if isinstance(exc, StoreError)
@@ -1310,7 +1315,7 @@ class PostgresStore:
             self.shared_stats.invalidations_sent += len(changes)
             self.shared_stats.notifications_sent += notices
             self._open_later(batch)  # its locks are gone: no need to wait for the barrier
-            await self._heard_up_to(barrier[1])
+            await self._heard_up_to(barrier)
         finally:
             for decision in decisions:
                 self._open.discard(decision)
@@ -1321,9 +1326,9 @@ class PostgresStore:
         if changes and decisions[0].error is None and self._listener is not None:
             self._listener.committed(list(changes))
 
-    def _barrier(self) -> tuple[str, str]:
-        """A notification a decision sends itself in its transaction: (the
-        channel, the payload). PostgreSQL delivers notifications in commit
+    def _barrier(self) -> str:
+        """The payload of a notification a decision sends itself in its
+        transaction, on this host's own channel. PostgreSQL delivers notifications in commit
         order, so once this host hears it back it has heard every change
         committed before the decision saw its keys (a lock another host
         released after writing the session, say)."""
@@ -1331,7 +1336,7 @@ class PostgresStore:
         payload = f"b{self._barrier_seq}"
         if self.coherent:
             self._barriers[payload] = asyncio.get_running_loop().create_future()
-        return self._heartbeat_channel, payload
+        return payload
 
     async def _heard_up_to(self, payload: str) -> None:
         """Wait (at most ``heartbeat_interval``) until the barrier ``payload``
@@ -1806,18 +1811,16 @@ def _binary_row(result: PGresult, i: int) -> Row:
     )
 
 
-async def _commit_decision(
-    conn: Conn, params: list[bytes] | None, barrier: tuple[str, str]
-) -> None:
+async def _commit_decision(conn: Conn, params: list[bytes] | None, notify: list[bytes]) -> None:
     """Commit a decision: its changes, their notifications and the fence
     (``params``: one call of the group commit's function, made by
     :func:`.pgsql.commit_params` without the key locks, which the decision
-    holds already), and the barrier it waits to hear back (a decision that
-    changed nothing commits too, for its barrier). One round trip, through
+    holds already), and the barrier it waits to hear back (``notify``: its
+    channel and payload; a decision that changed nothing commits too, for its
+    barrier). One round trip, through
     libpq (:func:`.pgwire.pipeline`; the statements were prepared when the
     transaction opened): psycopg's pipeline mode cost a decision about a
     quarter of its instructions (bench/instructions.py --durable --decide)."""
-    notify = [barrier[0].encode(), barrier[1].encode()]
     call = (_BARRIER, notify) if params is None else (_DECIDED, [*params, *notify])
     await pgwire.pipeline(conn, (), (call,), after=b"COMMIT")
 
