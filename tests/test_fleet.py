@@ -720,6 +720,44 @@ def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_besi
         )
 
 
+def test_a_migration_this_role_may_not_make_fails_before_it_changes_anything(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The version before's commit function belongs to another role (one that
+    made the store once, say): the migration, which must replace it, fails
+    with exit 1 and a message that says which role to start as, and leaves
+    the store at schema 1. (It tries that step first, so that it fails before
+    the table's long lock; the order is the code's, not proved here.)"""
+    config = fleet_config(pg_db.dsn())
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        (signature,) = conn.execute(
+            f"SELECT pg_get_function_arguments('{FUNCTION}'::regproc)"
+        ).fetchone()
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
+        conn.execute("DROP INDEX sessiond_sessions_expire_at")
+        conn.execute("ALTER TABLE sessiond_sessions DROP COLUMN expire_at")
+        conn.execute("UPDATE sessiond_schema SET version = 1")
+        conn.execute(  # made by the superuser: the hosts' role may not replace it
+            f"CREATE FUNCTION {PREVIOUS_FUNCTION}({signature}) RETURNS void "
+            "LANGUAGE sql AS 'SELECT NULL'"
+        )
+    d = daemon_factory(config, start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    error = d.wait_for_event("startup_failed")[0]["error"]
+    assert "cannot migrate the store's schema from version 1 to 2" in error, error
+    assert f"the role that owns sessiond_sessions and {PREVIOUS_FUNCTION}" in error, error
+    assert "Traceback" not in d.log_text()
+    with pg_db.admin() as conn:
+        assert conn.execute("SELECT version FROM sessiond_schema").fetchone() == (1,)
+        found = conn.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'sessiond_sessions' AND column_name = 'expire_at'"
+        ).fetchone()
+        assert found == (0,)
+
+
 def test_a_row_renewed_past_its_filing_is_filed_again_not_expired(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:
@@ -797,6 +835,25 @@ def test_a_host_starting_while_another_holds_the_schema_lock_waits_for_it(
     d.wait_ready()
     with d.client() as r:
         assert r.set("k", "v") and r.get("k") == b"v"
+
+
+def test_a_host_gives_up_on_a_schema_lock_held_past_its_connect_timeout(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """Held past ``persistence.connect_timeout`` (here 1 s; never less than
+    5 s of waiting), the schema lock makes a starting host exit 1 and say
+    why, for its service manager to start it again."""
+    config = fleet_config(pg_db.dsn(), persistence={"connect_timeout": "1s"})
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_CLASS,))
+        d = daemon_factory(config, start=False)
+        d.start(wait=False)
+        assert d.proc is not None and d.proc.wait(30) == 1
+    error = d.wait_for_event("startup_failed")[0]["error"]
+    assert "another host held the store's schema lock" in error, error
+    assert d.wait_for_event("store_schema_busy")
+    assert "Traceback" not in d.log_text()
 
 
 def test_a_store_reset_by_dropping_its_tables_starts_again(
