@@ -239,9 +239,9 @@ COMMIT_FUNCTION = _commit_function(FUNCTION, "CREATE")
 # the deadline's, and the check. Their expiry sweep finds rows by deadline,
 # now without an index: each of their sweeps reads the whole table until they
 # run this version. ALTER TABLE locks the table for the transaction: every
-# host's reads and writes wait for it, up to their timeout (7.5 s for a
-# million sessions here; 12 s with the deadline's index dropped last, which
-# the UPDATE then wrote into).
+# host's reads and writes wait for it, up to their timeout (6.6-7.3 s for a
+# million sessions here, bench/pg_migrate.py; 12 s in one run with the
+# deadline's index dropped last, which the UPDATE then wrote into).
 PREVIOUS_FUNCTION = "sessiond_commit_v2"
 MIGRATE_TO_2 = (
     f"DROP INDEX IF EXISTS {TABLE}_deadline",
