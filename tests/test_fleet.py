@@ -52,6 +52,18 @@ def fleet_config(dsn: str, **extra: Any) -> dict[str, Any]:
     )
 
 
+def refused_start(
+    daemon_factory: Callable[..., Daemon], config: dict[str, Any]
+) -> tuple[Daemon, str]:
+    """A daemon on ``config`` that must not start: it exits 1 with no traceback;
+    it and its ``startup_failed`` error."""
+    d = daemon_factory(config, start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    assert "Traceback" not in d.log_text()
+    return d, d.wait_for_event("startup_failed")[0]["error"]
+
+
 @pytest.fixture
 def fleet(pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]) -> Fleet:
     """``fleet(n, **config)``: ``n`` started daemons on one fresh database; host
@@ -532,12 +544,8 @@ def test_the_schema_is_created_once_and_a_newer_one_is_refused(
     second.stop()
     with pg_db.admin() as conn:
         conn.execute("UPDATE sessiond_schema SET version = 99")
-    late = daemon_factory(config, start=False)
-    late.start(wait=False)
-    assert late.proc is not None and late.proc.wait(30) == 1
-    failed = late.wait_for_event("startup_failed")[0]
-    assert "schema is version 99" in failed["error"]
-    assert "Traceback" not in late.log_text()
+    _, error = refused_start(daemon_factory, config)
+    assert "schema is version 99" in error, error
 
 
 def test_a_store_made_before_the_commit_function_gets_it_and_takes_writes(
@@ -742,13 +750,9 @@ def test_a_migration_this_role_may_not_make_fails_before_it_changes_anything(
             f"CREATE FUNCTION {PREVIOUS_FUNCTION}({signature}) RETURNS void "
             "LANGUAGE sql AS 'SELECT NULL'"
         )
-    d = daemon_factory(config, start=False)
-    d.start(wait=False)
-    assert d.proc is not None and d.proc.wait(30) == 1
-    error = d.wait_for_event("startup_failed")[0]["error"]
+    _, error = refused_start(daemon_factory, config)
     assert "cannot migrate the store's schema from version 1 to 2" in error, error
     assert f"the role that owns sessiond_sessions and {PREVIOUS_FUNCTION}" in error, error
-    assert "Traceback" not in d.log_text()
     with pg_db.admin() as conn:
         assert conn.execute("SELECT version FROM sessiond_schema").fetchone() == (1,)
         found = conn.execute(
@@ -847,13 +851,9 @@ def test_a_host_gives_up_on_a_schema_lock_held_past_its_connect_timeout(
     daemon_factory(config).stop()
     with pg_db.admin() as conn:
         conn.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_CLASS,))
-        d = daemon_factory(config, start=False)
-        d.start(wait=False)
-        assert d.proc is not None and d.proc.wait(30) == 1
-    error = d.wait_for_event("startup_failed")[0]["error"]
+        d, error = refused_start(daemon_factory, config)
     assert "another host held the store's schema lock" in error, error
     assert d.wait_for_event("store_schema_busy")
-    assert "Traceback" not in d.log_text()
 
 
 def test_a_store_reset_by_dropping_its_tables_starts_again(
@@ -884,13 +884,9 @@ def test_a_role_that_may_not_create_the_commit_function_is_told_what_to_do(
         conn.execute(f"DROP FUNCTION {FUNCTION}")
         conn.execute("ALTER SCHEMA public OWNER TO postgres")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-    d = daemon_factory(config, start=False)
-    d.start(wait=False)
-    assert d.proc is not None and d.proc.wait(30) == 1
-    error = d.wait_for_event("startup_failed")[0]["error"]
+    _, error = refused_start(daemon_factory, config)
     assert f"cannot create the function {FUNCTION}" in error, error
     assert "permission denied" in error, error
-    assert "Traceback" not in d.log_text()
 
 
 def test_a_table_not_made_by_sessiond_is_refused(
@@ -899,10 +895,8 @@ def test_a_table_not_made_by_sessiond_is_refused(
     with pg_db.connect() as conn:
         conn.execute("CREATE TABLE sessiond_sessions (id int)")
         conn.commit()
-    d = daemon_factory(fleet_config(pg_db.dsn()), start=False)
-    d.start(wait=False)
-    assert d.proc is not None and d.proc.wait(30) == 1
-    assert "was not made by sessiond" in d.wait_for_event("startup_failed")[0]["error"]
+    _, error = refused_start(daemon_factory, fleet_config(pg_db.dsn()))
+    assert "was not made by sessiond" in error, error
 
 
 def test_the_password_is_never_logged_and_may_come_from_a_file(
@@ -924,16 +918,13 @@ def test_the_password_is_never_logged_and_may_come_from_a_file(
     with_file.stop()
     assert secret not in with_file.log_text()
     pwfile.write_text("wrong\n")
-    wrong = daemon_factory(
+    wrong, error = refused_start(
+        daemon_factory,
         fleet_config(
             pg_db.dsn(password=""),
             persistence={"password_file": str(pwfile), "connect_timeout": "1s"},
         ),
-        start=False,
     )
-    wrong.start(wait=False)
-    assert wrong.proc is not None and wrong.proc.wait(30) == 1
-    error = wrong.wait_for_event("startup_failed")[0]["error"]
     assert "password authentication failed" in error
     assert "wrong" not in wrong.log_text().replace("wrong\\n", "")
 
@@ -946,15 +937,12 @@ def test_unreachable_at_start_waits_then_exits_1(
 ) -> None:
     pg = pg_own_cluster
     pg.stop()
-    d = daemon_factory(fleet_config(pg.dsn(), persistence={"connect_timeout": "2s"}), start=False)
-    d.start(wait=False)
-    assert d.proc is not None and d.proc.wait(30) == 1
+    config = fleet_config(pg.dsn(), persistence={"connect_timeout": "2s"})
+    d, error = refused_start(daemon_factory, config)
     waiting = d.wait_for_event("store_waiting")[0]
     assert waiting["gives_up_after"] == 2 and "password" not in str(waiting)
-    failed = d.wait_for_event("startup_failed")[0]
-    assert "within persistence.connect_timeout (2s)" in failed["error"]
-    assert f"127.0.0.1:{pg.port}" in failed["error"]
-    assert "Traceback" not in d.log_text()
+    assert "within persistence.connect_timeout (2s)" in error, error
+    assert f"127.0.0.1:{pg.port}" in error, error
     # Started while the database is down, it serves once the database comes up.
     late = daemon_factory(fleet_config(pg.dsn()), start=False)
     late.start(wait=False)
