@@ -485,3 +485,28 @@ def test_a_decision_reads_each_row_as_a_plain_read_does(pg_db: PgDatabase) -> No
         assert await finished(store, batched) == [None] * 3
 
     run(pg_db, scenario)
+
+
+def test_a_decision_whose_statements_were_deallocated_prepares_them_again(
+    pg_db: PgDatabase,
+) -> None:
+    """The store keeps which pooled connections hold a decision's prepared
+    statements. If they go behind its back (psycopg deallocates its own and
+    everyone's after a ROLLBACK, DROP or ALTER it runs), the next decision
+    on that connection prepares them again instead of failing."""
+
+    async def scenario(store: PostgresStore) -> None:
+        first = await store.decide([b"k"])
+        conn = first.batch.conn
+        first.record(b"k", fields(b"1"))
+        assert await finished(store, [first]) == [None]
+        assert conn in store._decided_on
+        await conn.execute("DEALLOCATE ALL")
+        second = await store.decide([b"k"])
+        assert second.batch.conn is conn
+        second.record(b"k", fields(b"2"))
+        assert await finished(store, [second]) == [None]
+        assert store.shared_stats.decision_errors == 0
+
+    run(pg_db, scenario, pool_size=1)
+    assert stored(pg_db) == {b"k": b"2"}

@@ -514,6 +514,7 @@ class PostgresStore:
         # The pooled connections on which a decision's statements are prepared.
         # Only true while psycopg runs no ROLLBACK, DROP or ALTER on one that it
         # keeps (it would deallocate them): a decision's own go through libpq.
+        # A decision that finds them gone all the same prepares them again.
         self._decided_on: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._writer_conn: Conn | None = None
         self._wake = asyncio.Event()
@@ -1127,7 +1128,17 @@ class PostgresStore:
             if not asks:
                 return None
             prepared = conn in self._decided_on
-            opened = await _open_decision(conn, prepared, sorted(keys), len(asks) == 1)
+            wanted, wait = sorted(keys), len(asks) == 1
+            try:
+                opened = await _open_decision(conn, prepared, wanted, wait)
+            except pg_errors.InvalidSqlStatementName:
+                if not prepared:
+                    raise
+                # Something deallocated them (the invariant at _decided_on
+                # broke): end the failed transaction and prepare them again.
+                log.warning("store_statements_prepared_again", pid=conn.info.backend_pid)
+                await pgwire.pipeline(conn, (), (), after=b"ROLLBACK")
+                opened = await _open_decision(conn, False, wanted, wait)
             self._decided_on.add(conn)
             return opened
 
