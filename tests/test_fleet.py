@@ -650,6 +650,40 @@ def _indexes(db: PgDatabase) -> set[str]:
     return {name for (name,) in found}
 
 
+def _back_to_schema_1(db: PgDatabase, *, old_function_by_admin: bool = False) -> None:
+    """Undo the migration on a new store: schema 1's deadline index, no
+    expire_at, and in place of this version's commit function a stand-in of
+    the version before's that does nothing, made by the hosts' role (as they
+    made it) or by the superuser (a role they may not replace it as)."""
+    with db.admin() as conn:
+        (signature,) = conn.execute(
+            f"SELECT pg_get_function_arguments('{FUNCTION}'::regproc)"
+        ).fetchone()
+        conn.execute(f"DROP FUNCTION {FUNCTION}")
+        conn.execute("ALTER TABLE sessiond_sessions DROP COLUMN expire_at")
+        conn.execute(
+            "CREATE INDEX sessiond_sessions_deadline ON sessiond_sessions (deadline) "
+            "WHERE deadline IS NOT NULL"
+        )
+        conn.execute("UPDATE sessiond_schema SET version = 1")
+    stand_in = (
+        f"CREATE FUNCTION {PREVIOUS_FUNCTION}({signature}) RETURNS void "
+        "LANGUAGE sql AS 'SELECT NULL'"
+    )
+    if old_function_by_admin:
+        with db.admin() as conn:
+            conn.execute(stand_in)
+    else:
+        with db.connect(autocommit=True) as conn:
+            conn.execute(stand_in)
+
+
+def _schema_version(db: PgDatabase) -> int:
+    with db.admin() as conn:
+        (version,) = conn.execute("SELECT version FROM sessiond_schema").fetchone()
+    return int(version)
+
+
 def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_beside_it(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:
@@ -663,18 +697,9 @@ def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_besi
     every other statement: it is not cut short."""
     config = fleet_config(pg_db.dsn(), persistence={"timeout": "500ms"})
     daemon_factory(config).stop()
+    _back_to_schema_1(pg_db)
     now = time.time()
     with pg_db.admin() as conn:
-        (signature,) = conn.execute(
-            f"SELECT pg_get_function_arguments('{FUNCTION}'::regproc)"
-        ).fetchone()
-        conn.execute(f"DROP FUNCTION {FUNCTION}")
-        conn.execute("ALTER TABLE sessiond_sessions DROP COLUMN expire_at")
-        conn.execute(
-            "CREATE INDEX sessiond_sessions_deadline ON sessiond_sessions (deadline) "
-            "WHERE deadline IS NOT NULL"
-        )
-        conn.execute("UPDATE sessiond_schema SET version = 1")
         for key, ttl, deadline in (
             (b"gone", 10.0, now - 100),
             (b"kept", 3600.0, now + 3600),
@@ -690,11 +715,6 @@ def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_besi
             "accessed_at, ttl, deadline) SELECT ('s:' || i)::bytea, i, %s, %s, %s, %s, 3600, %s "
             "FROM generate_series(1, 300000) AS i",
             (b"v" * 200, now, now, now, now + 3600),
-        )
-    with pg_db.connect(autocommit=True) as conn:  # as the hosts' role, as they made it
-        conn.execute(
-            f"CREATE FUNCTION {PREVIOUS_FUNCTION}({signature}) RETURNS void "
-            "LANGUAGE sql AS 'SELECT NULL'"
         )
     d = daemon_factory(config)
     migrated = d.wait_for_event("store_migrated")[0]
@@ -734,32 +754,51 @@ def test_a_migration_this_role_may_not_make_fails_before_it_changes_anything(
     """The version before's commit function belongs to another role (one that
     made the store once, say): the migration, which must replace it, fails
     with exit 1 and a message that says which role to start as, and leaves
-    the store at schema 1. (It tries that step first, so that it fails before
-    the table's long lock; the order is the code's, not proved here.)"""
+    the store at schema 1. It tries that step first, so that it fails before
+    it waits for the table's lock: here a reader's transaction holds the table
+    throughout, and the start is refused with that message all the same (the
+    other order would wait for that reader's lock, then fail on the lock
+    timeout without saying which role to start as)."""
     config = fleet_config(pg_db.dsn())
     daemon_factory(config).stop()
-    with pg_db.admin() as conn:
-        (signature,) = conn.execute(
-            f"SELECT pg_get_function_arguments('{FUNCTION}'::regproc)"
-        ).fetchone()
-        conn.execute(f"DROP FUNCTION {FUNCTION}")
-        conn.execute("DROP INDEX sessiond_sessions_expire_at")
-        conn.execute("ALTER TABLE sessiond_sessions DROP COLUMN expire_at")
-        conn.execute("UPDATE sessiond_schema SET version = 1")
-        conn.execute(  # made by the superuser: the hosts' role may not replace it
-            f"CREATE FUNCTION {PREVIOUS_FUNCTION}({signature}) RETURNS void "
-            "LANGUAGE sql AS 'SELECT NULL'"
-        )
-    _, error = refused_start(daemon_factory, config)
+    _back_to_schema_1(pg_db, old_function_by_admin=True)
+    with pg_db.admin() as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sessiond_sessions")
+        _, error = refused_start(daemon_factory, config)
+        reader.execute("ROLLBACK")
     assert "cannot migrate the store's schema from version 1 to 2" in error, error
     assert f"the role that owns sessiond_sessions and {PREVIOUS_FUNCTION}" in error, error
+    assert _schema_version(pg_db) == 1
     with pg_db.admin() as conn:
-        assert conn.execute("SELECT version FROM sessiond_schema").fetchone() == (1,)
         found = conn.execute(
             "SELECT count(*) FROM information_schema.columns "
             "WHERE table_name = 'sessiond_sessions' AND column_name = 'expire_at'"
         ).fetchone()
         assert found == (0,)
+
+
+def test_a_migration_that_waits_past_the_timeout_for_the_table_fails_and_is_tried_again(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The migration has no statement timeout, but waits for the table's lock
+    no longer than ``persistence.timeout`` (the other hosts' writes queue
+    behind it meanwhile): a transaction holding the table past it fails the
+    start, exit 1, and leaves schema 1. Once it ends, the next start migrates."""
+    config = fleet_config(pg_db.dsn(), persistence={"timeout": "500ms"})
+    daemon_factory(config).stop()
+    _back_to_schema_1(pg_db)
+    with pg_db.admin() as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sessiond_sessions")
+        _, error = refused_start(daemon_factory, config)
+        reader.execute("ROLLBACK")
+    assert "cannot migrate the store's schema from version 1 to 2" in error, error
+    assert "lock timeout" in error, error
+    assert _schema_version(pg_db) == 1
+    d = daemon_factory(config)
+    assert d.wait_for_event("store_migrated")[0]["to_version"] == 2
+    assert _schema_version(pg_db) == 2
 
 
 def test_a_row_renewed_past_its_filing_is_filed_again_not_expired(
