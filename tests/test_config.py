@@ -504,6 +504,10 @@ def _lost_before_main(output: str) -> bool:
     )
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(
         "socket:\n  path: s.sock\npersistence:\n  backend: none\nmetrics:\n  enabled: false\n"
@@ -514,6 +518,10 @@ def test_ctrl_c_at_any_moment_of_start_up_is_not_a_crash(tmp_path: Path) -> None
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            # As from a terminal: a test run started in the background (`&` in a
+            # script) ignores SIGINT, and Python keeps an ignored SIGINT ignored
+            # until sessiond's main() takes it, so an early one would be lost.
+            preexec_fn=_sigint_default,
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
