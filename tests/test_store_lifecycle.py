@@ -26,8 +26,9 @@ def store_config(path: str = "data/sessions.db", **persistence: Any) -> dict[str
 
 
 def with_data_dir(factory: Factory, config: dict[str, Any]) -> Daemon:
+    """A daemon started on ``config``, whose store's directory it is given."""
     d = factory(config, start=False)
-    (d.workdir / "data").mkdir()
+    (d.workdir / config["persistence"]["path"]).parent.mkdir(parents=True)
     d.start()
     return d
 
@@ -97,18 +98,38 @@ def test_a_second_daemon_waits_for_the_store_and_touches_nothing(
 # ------------------------------------------------ a store that disappears
 
 
-@pytest.mark.parametrize("how", ["directory removed", "file replaced"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "directory removed",
+        "file replaced",
+        "file moved away",
+        "log removed",
+        "directory moved",
+        "a parent directory moved",
+    ],
+)
 def test_a_store_removed_while_running_refuses_writes(daemon_factory: Factory, how: str) -> None:
-    d = with_data_dir(daemon_factory, store_config())
-    data = d.workdir / "data"
+    d = with_data_dir(daemon_factory, store_config("top/data/sessions.db"))
+    top = d.workdir / "top"
+    data = top / "data"
+    store = data / "sessions.db"
     with d.client() as r:
         assert r.set("before", "kept in memory")
         if how == "directory removed":
             shutil.rmtree(data)
-        else:
-            store = data / "sessions.db"
+        elif how == "file replaced":
             shutil.copy(store, data / "copy")
             os.replace(data / "copy", store)
+        elif how == "file moved away":
+            store.rename(data / "elsewhere.db")
+        elif how == "log removed":
+            for segment in data.glob("sessions.db-log.*"):
+                segment.unlink()
+        elif how == "directory moved":
+            data.rename(top / "moved")
+        else:
+            top.rename(d.workdir / "moved")
         acknowledged = []
         refused = []
         deadline = time.monotonic() + 10
