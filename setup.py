@@ -37,6 +37,7 @@ HOT = [
     "daemon/sessiond/store/overlay.py",
     "daemon/sessiond/store/log.py",
     "daemon/sessiond/store/sqlite.py",
+    "daemon/sessiond/store/watch.py",
     # On the shared store each durable SET at -c 1 is a commit of its own:
     # its parameters' dumping, its sending, its notification payloads.
     "daemon/sessiond/store/pgarrays.py",

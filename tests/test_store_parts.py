@@ -21,6 +21,7 @@ from sessiond.store.api import Kept
 from sessiond.store.compactor import Compaction, Compactor
 from sessiond.store.files import StoreFiles, connect
 from sessiond.store.overlay import Layer, Overlay
+from sessiond.store.watch import DirectoryWatch
 from sessiond.values import Value
 
 
@@ -571,3 +572,72 @@ def test_every_page_is_checked_when_the_last_stop_was_not_clean(tmp_path: Path) 
     Path(f"{path}-wal").touch()  # as a crash leaves it
     with pytest.raises(StoreError, match="is corrupt"):
         StoreFiles(path).open()
+
+
+# ------------------------------------------------------------- the files
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "file removed",
+        "file replaced",
+        "file moved away",
+        "a name created",
+        "directory moved",
+        "a parent directory moved",
+        "a symlink on the path repointed",
+    ],
+)
+def test_the_watch_fires_for_every_change_of_a_name_on_the_store_s_path(
+    tmp_path: Path, how: str
+) -> None:
+    """A commit checks the store's files only once the watch fired: it must
+    fire for each way of taking the files away, and stay quiet while they are
+    only written to (every commit appends to the log)."""
+    real = tmp_path / "real"
+    data = real / "top" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    store = data / "s.db"
+    store.write_bytes(b"x")
+    (data / "s.db-wal").write_bytes(b"x")
+    watch = DirectoryWatch(tmp_path / "link" / "top" / "data")
+    try:
+        assert _quiet_while_written(watch, store, data / "s.db-wal")
+        if how == "file removed":
+            store.unlink()
+        elif how == "file replaced":
+            (data / "copy").write_bytes(b"x")
+            (data / "copy").replace(store)
+        elif how == "file moved away":
+            store.rename(data / "elsewhere")
+        elif how == "a name created":
+            (data / "s.db-log.000000000002").write_bytes(b"")
+        elif how == "directory moved":
+            data.rename(data.parent / "moved")
+        elif how == "a parent directory moved":
+            (real / "top").rename(real / "moved")
+        else:
+            (tmp_path / "other").mkdir()
+            (tmp_path / "link").unlink()
+            (tmp_path / "link").symlink_to(tmp_path / "other")
+        assert watch.fired()
+        assert not watch.fired()  # read: quiet until the next change
+    finally:
+        watch.close()
+
+
+def _quiet_while_written(watch: DirectoryWatch, *files: Path) -> bool:
+    """Whether ``watch`` stays quiet while ``files`` are appended to and
+    rewritten in place. Names created in the directories above (/tmp, pytest's
+    own) by anything else fire it too: quiet once in five tries is enough."""
+    for _ in range(5):
+        watch.fired()
+        for file in files:
+            with file.open("ab") as appended:
+                appended.write(b"more")
+            file.write_bytes(b"rewritten")
+        if not watch.fired():
+            return True
+    return False

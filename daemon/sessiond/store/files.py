@@ -36,6 +36,7 @@ import structlog
 
 from .api import StoreError
 from .log import Pinned
+from .watch import DirectoryWatch
 
 log = structlog.get_logger("sessiond.store")
 
@@ -152,6 +153,8 @@ class StoreFiles:
         self._lock_fd: int | None = None
         self._directory_id: tuple[int, int] | None = None  # (st_dev, st_ino) when opened
         self._database: Pinned | None = None  # the database file opened, by its name
+        # Whether a name on the store's path changed (None: inotify was refused).
+        self.watch: DirectoryWatch | None = None
 
     @property
     def lock_fd(self) -> int:
@@ -310,10 +313,22 @@ class StoreFiles:
             self._write_marker()
             if created:
                 log.info("store_created", store=str(path), marker=str(self.marker))
+        # Watching first, then pinning: a change after the pin is an event.
+        self._watch()
         d = os.stat(self.directory)
         self._directory_id = (d.st_dev, d.st_ino)
         self._database = Pinned(str(path), self.lock_fd)  # the lock is on the database file
         return through
+
+    def _watch(self) -> None:
+        try:
+            self.watch = DirectoryWatch(self.directory)
+        except OSError as exc:
+            log.info(
+                "store_watch_unavailable",
+                error=exc.strerror or str(exc),
+                consequence="each commit checks the store's files with a stat",
+            )
 
     def _probe(self) -> None:
         """Refuse a file that is not a sessiond store or is damaged; read-only.
@@ -372,7 +387,8 @@ class StoreFiles:
         """Why the files are no longer the store we opened (removed, moved,
         replaced), or ``None`` while they are.
 
-        This runs before every commit, so unless ``full`` the common case is
+        A commit runs it when :attr:`watch` fired (or without a watch), so
+        unless ``full`` the common case is
         one ``stat`` of the database's path (:class:`~.log.Pinned`): the inode
         we opened found there is linked, and in a directory holding it under
         that name. That is the directory we opened unless our file was
@@ -421,6 +437,9 @@ class StoreFiles:
     def close(self) -> None:
         """Release the lock (last: closing any fd of the file drops SQLite's
         POSIX locks in this process, so every connection must be closed first)."""
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -467,11 +467,14 @@ class SQLiteStore:
             self._hook("commit")
             # Before each commit, not only every second: a second of commits
             # acknowledged into replaced files was measured at 1,300 writes.
-            problem = self._removed or self.files.check()
+            # The stats only once a name on the store's path changed.
+            watch = self.files.watch
+            changed = watch is None or watch.fired()
+            problem = self._removed or (self.files.check() if changed else None)
             if problem is not None:
                 raise _Removed(problem)
             segment, layer = self._current()
-            if not segment.linked():
+            if changed and not segment.linked():
                 raise _Removed(f"log segment {self.files.segment_path(segment.number)} was removed")
             if self.max_log_bytes and self._log_bytes() + len(frame) > self.max_log_bytes:
                 raise OSError(errno.ENOSPC, "database or disk is full (log)")
