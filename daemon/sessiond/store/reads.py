@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from .api import HASH_SPACE, Row, scan_hash
+from .api import HASH_SPACE, Row, table_key
 from .files import connect
 
 # Schema 4 stores updated_at and accessed_at as 0 where they equal the column
@@ -61,7 +61,7 @@ class TableReader:
         db = self.db()
         found: dict[bytes, Row | None] = dict.fromkeys(keys)
         for key in keys:
-            row = db.execute(_POINT, (scan_hash(key), key)).fetchone()
+            row = db.execute(_POINT, table_key(key)).fetchone()
             if row is not None:
                 found[key] = stored(row)[1]
         return found
@@ -93,9 +93,7 @@ class TableReader:
                 # against a temporary table, not a lookup per key.
                 db.execute("CREATE TEMP TABLE IF NOT EXISTS probe (h INTEGER, k BLOB)")
                 db.execute("DELETE FROM probe")
-                db.executemany(
-                    "INSERT INTO probe VALUES (?, ?)", ((scan_hash(k), k) for k in overlay)
-                )
+                db.executemany("INSERT INTO probe VALUES (?, ?)", map(table_key, overlay))
                 n, e = db.execute(
                     "SELECT COUNT(*), COUNT(s.deadline) FROM probe AS p "
                     "JOIN sessions AS s ON s.scan_hash = p.h AND s.key = p.k"
