@@ -30,6 +30,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from os import fdatasync, write
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -227,10 +228,10 @@ class Segment:
         segment is cut back to its last durable byte, if it can be."""
         data = frame if self.size else MAGIC + frame
         try:
-            written = os.write(self.fd, data)
+            written = write(self.fd, data)
             if written != len(data):
                 raise OSError(28, "No space left on device (short write)")
-            os.fdatasync(self.fd)
+            fdatasync(self.fd)
         except OSError:
             try:
                 os.ftruncate(self.fd, self.size)

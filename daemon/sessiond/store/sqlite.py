@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from time import monotonic, perf_counter
 from typing import TypeVar
 
 import structlog
@@ -186,7 +187,7 @@ class SQLiteStore:
         self._segment: wal.Segment | None = None
         self._layer: Layer | None = None
         self._next_fd: int | None = None  # segment _next_segment, made ahead (_prepare_next)
-        self._segment_opened = time.monotonic()
+        self._segment_opened = monotonic()
         self._wake = _Wake()
         # Held by whoever appends to the log: the writer thread, or the event
         # loop's thread committing its own iteration's writes (_commit_here).
@@ -204,7 +205,7 @@ class SQLiteStore:
         self._stopping = False
         self._written = False  # the writer has stopped: nothing more gets sealed
         self._stop_at = 0.0
-        self._last_check = time.monotonic()
+        self._last_check = monotonic()
         self._live_at = 0.0
         # Whether the table may have changed since the live bytes were last
         # sampled (a full scan): an idle store is not scanned every minute.
@@ -230,7 +231,7 @@ class SQLiteStore:
         the table already holds. The last segment number seen."""
         last = through
         replayed = 0
-        started = time.monotonic()
+        started = monotonic()
         for number, segment in self.files.segments():
             last = max(last, number)
             if number <= through:
@@ -264,7 +265,7 @@ class SQLiteStore:
                 "store_log_replayed",
                 segments=len(self._sealed),
                 changes=replayed,
-                seconds=round(time.monotonic() - started, 3),
+                seconds=round(monotonic() - started, 3),
             )
         return last
 
@@ -331,12 +332,12 @@ class SQLiteStore:
             self._stopping
             or self.failure is not None
             or self._backlog > self.backlog_bytes
-            or time.monotonic() < self._inline_after
+            or monotonic() < self._inline_after
             or not self._commit_lock.acquire(False)  # a keyword would be parsed through a dict
         ):
             self._wake.set()
             return
-        started = time.monotonic()
+        started = monotonic()
         try:
             done, seq, error = self._commit_locked()
         finally:
@@ -346,10 +347,10 @@ class SQLiteStore:
         # a failure the writer thread retries on its own round, at its pace
         # (woken at once, it retried before the failed writes were answered).
         if done > 0:  # a commit that found nothing pending says nothing of the disk
-            took = time.monotonic() - started
+            took = monotonic() - started
             self._inline_average += (took - self._inline_average) * _INLINE_WEIGHT
             if self._inline_average > _INLINE_SLOW:
-                self._inline_after = time.monotonic() + self.inline_backoff
+                self._inline_after = monotonic() + self.inline_backoff
                 self._inline_average = 0.0  # back on the loop, the disk is judged afresh
         self._resolve(seq, error)
 
@@ -361,7 +362,7 @@ class SQLiteStore:
         ``always``: writers slow down instead of widening what a crash can
         lose or growing the log without bound."""
         since = self._busy_since
-        if since > 0.0 and time.monotonic() - since > self.flush_interval:
+        if since > 0.0 and monotonic() - since > self.flush_interval:
             return True
         return self._backlog > self.backlog_bytes
 
@@ -402,18 +403,18 @@ class SQLiteStore:
 
     def _write_loop(self) -> None:
         last_batch = 0
-        last_start = time.monotonic()
+        last_start = monotonic()
         while True:
             # Under "always" a reply waiting in after_commit() wakes us at
             # once; operations that arrive meanwhile share the next commit.
             # Under "batch" a commit starts every flush_interval (counted from
             # the last start, not the last end): a crash loses at most
             # flush_interval plus one commit.
-            idle = max(0.0, last_start + self.flush_interval - time.monotonic())
+            idle = max(0.0, last_start + self.flush_interval - monotonic())
             self._busy_since = 0.0
             self._wake.wait(min(idle, _CHECK_INTERVAL))
             self._wake.clear()
-            now = time.monotonic()
+            now = monotonic()
             self._busy_since = now
             last_start = now
             if last_batch > 1 and not self._stopping:
@@ -422,7 +423,7 @@ class SQLiteStore:
                 last_batch, seq, error = self._commit_locked()
                 self._committed(seq, error)  # on the loop, later: it does not wait
                 if last_batch >= 0:
-                    self._housekeeping(time.monotonic())
+                    self._housekeeping(monotonic())
                     if self._stopping and self._drained():
                         self._seal()
                         return
@@ -443,10 +444,10 @@ class SQLiteStore:
         replies the last commit released join the next one (group commit works
         on whole groups instead of alternating halves). Only after a commit of
         several writes: a lone client never waits."""
-        deadline = time.monotonic() + _LINGER_MAX
+        deadline = monotonic() + _LINGER_MAX
         seen = len(self.overlay.pending)
         time.sleep(_LINGER_STEP)
-        while time.monotonic() < deadline:
+        while monotonic() < deadline:
             now = len(self.overlay.pending)
             if now == seen:
                 return
@@ -461,7 +462,7 @@ class SQLiteStore:
         batch, cleared, seq = self.overlay.take()
         if not batch and not cleared:
             return 0, seq, None
-        started = time.perf_counter()
+        started = perf_counter()
         frame = wal.encode(batch, cleared)
         try:
             self._hook("commit")
@@ -502,7 +503,7 @@ class SQLiteStore:
             self.failure = None
         deletes = sum(1 for change in batch.values() if change is None)
         self.stats.writes += len(batch) - deletes
-        self.stats.commit_duration.observe(time.perf_counter() - started)
+        self.stats.commit_duration.observe(perf_counter() - started)
         return len(batch), seq, None
 
     def _current(self) -> tuple[wal.Segment, Layer]:
@@ -555,7 +556,7 @@ class SQLiteStore:
         self._layer = None
         # Sealed on a clock, not by a segment's age: a change waits at most
         # fold_interval to reach the table, half of it on average.
-        self._segment_opened = time.monotonic()
+        self._segment_opened = monotonic()
         size = max(segment.size, 0)
         with contextlib.suppress(OSError):
             segment.close()
@@ -694,7 +695,7 @@ class SQLiteStore:
                         log.error("store_error", operation="compact", error=str(exc))
                 continue
             job = Compaction(layer)
-            started = time.perf_counter()
+            started = perf_counter()
             while True:
                 if (self._stopping and self._past_budget()) or self._removed is not None:
                     return
@@ -719,14 +720,14 @@ class SQLiteStore:
                     break
                 if self.compact_pause:
                     time.sleep(self.compact_pause)
-            self._compacted(layer, job.written, time.perf_counter() - started)
+            self._compacted(layer, job.written, perf_counter() - started)
 
     def _compact_loop_process(self, child: CompactorProcess) -> None:
         """The compactor in a child process: this thread hands it segments."""
         failing = False
         while (work := self._next_work()) is not None:
             refile, layer = work
-            started = time.perf_counter()
+            started = perf_counter()
             try:
                 if refile:
                     self._table_changed = True
@@ -755,7 +756,7 @@ class SQLiteStore:
                 if failing:
                     log.info("store_compaction_recovered")
                     failing = False
-                self._compacted(layer, int(rest.split()[1]), time.perf_counter() - started)
+                self._compacted(layer, int(rest.split()[1]), perf_counter() - started)
             else:
                 if not failing:
                     log.error("store_error", operation="compact", error=rest)
@@ -775,7 +776,7 @@ class SQLiteStore:
     def _live_due(self) -> bool:
         """Whether to sample the live bytes (a full scan: 10M rows take
         seconds, off the event loop) now: at most every minute, while idle."""
-        now = time.monotonic()
+        now = monotonic()
         if self._stopping or not self._table_changed or now - self._live_at < _LIVE_INTERVAL:
             return False
         self._live_at = now
@@ -783,7 +784,7 @@ class SQLiteStore:
         return True
 
     def _past_budget(self) -> bool:
-        return time.monotonic() >= self._stop_at
+        return monotonic() >= self._stop_at
 
     def _compacted(self, layer: Layer, written: int, seconds: float) -> None:
         """``layer``'s segment is in the table (durably): drop it. Not if the
@@ -952,7 +953,7 @@ class SQLiteStore:
     def close(self) -> None:
         """Commit everything pending, compact what ``close_budget`` allows,
         and release the store."""
-        self._stop_at = time.monotonic() + self.close_budget
+        self._stop_at = monotonic() + self.close_budget
         self._stopping = True
         self._wake.set()
         with self._cond:
