@@ -7,15 +7,19 @@ tests/test_store_lifecycle.py.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+import shutil
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from sessiond.cache import Entry, SessionCache
 from sessiond.keyspace import Keyspace, row_of
-from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, scan_hash
+from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, files, scan_hash
 from sessiond.store import log as wal
 from sessiond.store.api import Kept
 from sessiond.store.compactor import Compaction, Compactor
@@ -641,3 +645,101 @@ def _quiet_while_written(watch: DirectoryWatch, *files: Path) -> bool:
         if not watch.fired():
             return True
     return False
+
+
+def _acknowledged(
+    store: SQLiteStore, count: int, changes: Sequence[Callable[[], None]] = ()
+) -> list[StoreError | None]:
+    """``count`` writes, each a commit of its own, ``changes[i]`` made before
+    write ``i + 1``: what each commit answered."""
+
+    async def main() -> list[StoreError | None]:
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+        answers: list[StoreError | None] = []
+        for i in range(count):
+            if 0 < i <= len(changes):
+                changes[i - 1]()
+            store.record(b"k%d" % i, row(b"v"))
+            done: asyncio.Future[StoreError | None] = loop.create_future()
+            store.after_commit(done.set_result)
+            answers.append(await asyncio.wait_for(done, 10))
+        return answers
+
+    try:
+        return asyncio.run(main())
+    finally:
+        store.close()
+
+
+def _refused(answer: StoreError | None) -> bool:
+    return answer is not None and "removed or replaced" in str(answer)
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_store_changed_while_it_opened_is_refused_from_the_first_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The database is pinned by the file the lock opened, before the watch
+    exists; an operator's change while the store opens (a migration, the
+    page check after an unclean stop: seconds) fires nothing the watch
+    hears, so the first commit always checks."""
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    migrate = files.migrate
+
+    def migrate_then_changed(db: sqlite3.Connection) -> None:
+        migrate(db)
+        if how == "replaced":
+            shutil.copy(path, tmp_path / "copy")
+            os.replace(tmp_path / "copy", path)
+        else:
+            path.unlink()
+
+    monkeypatch.setattr(files, "migrate", migrate_then_changed)
+    store = SQLiteStore(path, durability="always", fold_interval=3600)
+    monkeypatch.setattr(files, "migrate", migrate)
+    answers = _acknowledged(store, 2)
+    assert all(map(_refused, answers)), answers
+
+
+def test_a_store_moved_under_other_directories_is_watched_there(tmp_path: Path) -> None:
+    """The store's directory moved under directories the watch never saw,
+    with a symlink left at its name: the same files, so writes go on; and the
+    watch follows, so replacing the store there is refused at once."""
+    old = tmp_path / "a" / "data"
+    old.mkdir(parents=True)
+    deep = tmp_path / "other" / "deep"
+    deep.mkdir(parents=True)
+    store = SQLiteStore(old / "s.db", durability="always", fold_interval=3600)
+
+    def moved() -> None:
+        old.rename(deep / "data")
+        old.symlink_to(deep / "data")
+
+    def replaced() -> None:
+        deep.rename(tmp_path / "other" / "deep.old")
+        shutil.copytree(tmp_path / "other" / "deep.old", deep, symlinks=True)
+
+    answers = _acknowledged(store, 3, [moved, replaced])
+    assert answers[:2] == [None, None], answers
+    assert _refused(answers[2]), answers
+
+
+def test_a_filesystem_that_others_change_is_not_watched() -> None:
+    """inotify hears only what this kernel does: on a filesystem another
+    machine changes (here /proc's, which no list of local ones names) the
+    watch is refused and every commit checks with stat."""
+    with pytest.raises(OSError, match="filesystem"):
+        DirectoryWatch(Path("/proc/self"))
+
+
+def test_without_a_watch_every_commit_checks_the_files(tmp_path: Path) -> None:
+    """Where inotify is refused (its limits reached, a network filesystem),
+    the store has no watch and stats its files before every commit."""
+    store = SQLiteStore(tmp_path / "s.db", durability="always", fold_interval=3600)
+    assert store.files.watch is not None
+    store.files.watch.close()
+    store.files.watch = None  # as when DirectoryWatch was refused at open
+    answers = _acknowledged(store, 2, [(tmp_path / "s.db").unlink])
+    assert answers[0] is None and _refused(answers[1]), answers

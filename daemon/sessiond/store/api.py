@@ -40,7 +40,7 @@ def table_key(key: bytes) -> tuple[int, bytearray]:
     """``key``'s primary key in the SQLite table, as parameters to bind: the
     key as a bytearray, which sqlite3 binds as the same BLOB as bytes but
     without first trying (and failing, at about 2k instructions) to adapt it."""
-    return zlib.crc32(key), bytearray(key)
+    return scan_hash(key), bytearray(key)
 
 
 class Row(NamedTuple):

@@ -474,8 +474,11 @@ class SQLiteStore:
             problem = self._removed or (self.files.check() if changed else None)
             if problem is not None:
                 raise _Removed(problem)
+            # A segment opened now is checked after it is: its creation (here
+            # or on the writer thread) may have raced an rm the poll missed.
+            fresh = self._segment is None
             segment, layer = self._current()
-            if changed and not segment.linked():
+            if (changed or fresh) and not segment.linked():
                 raise _Removed(f"log segment {self.files.segment_path(segment.number)} was removed")
             if self.max_log_bytes and self._log_bytes() + len(frame) > self.max_log_bytes:
                 raise OSError(errno.ENOSPC, "database or disk is full (log)")

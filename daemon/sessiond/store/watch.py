@@ -8,20 +8,26 @@ The kernel queues an event before the ``unlink`` or ``rename`` that causes it
 returns, so a commit that finds none knows that no name on the store's path
 changed since the last look; one that finds some makes the exact check
 (:meth:`.files.StoreFiles.check`), which tells our own changes (a new log
-segment, one the compactor removed) from a removal. watchfiles, the watcher
-the config reload uses, reads its events on a thread of its own: it could not
-say "nothing happened" at a given moment, which is the whole question here.
+segment, one the compactor removed) from a removal. The first look always
+finds one: the files were opened before the watch existed. watchfiles, the
+watcher the config reload uses, reads its events on a thread of its own: it
+could not say "nothing happened" at a given moment, which is the whole
+question here.
 
 Watched: the store's directory and each directory above it, both along the
 configured path and along the path it resolves to (a symlink on the way may
 be repointed), for names created, removed and renamed in them and for the
-directory itself moved or removed. Events this never sees (a bind mount put
-over the directory, say) are left to the full check every second, as
-before."""
+directory itself moved or removed; after each event the watches are laid
+again along the path as it is then. Only on a local filesystem: inotify
+does not hear what another machine does to a network or shared one, so
+there every commit checks with ``stat`` (:class:`DirectoryWatch` refuses).
+What no local event announces either (a mount put over the directory) is
+left to the full check every second."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 from pathlib import Path
@@ -43,24 +49,54 @@ _MASK = (
     | _IN_MOVE_SELF
     | _IN_ONLYDIR
 )
+# statfs(2)'s f_type of the filesystems whose every change is made through this
+# kernel (<linux/magic.h>): ext2/3/4, XFS, Btrfs, tmpfs, ramfs, F2FS, ZFS,
+# overlay (a container's root), bcachefs.
+_LOCAL_FILESYSTEMS = frozenset(
+    {
+        0xEF53,
+        0x58465342,
+        0x9123683E,
+        0x01021994,
+        0x858458F6,
+        0xF2F52010,
+        0x2FC12FC1,
+        0x794C7630,
+        0xCA451A4E,
+    }
+)
 
 
 class DirectoryWatch:
     """An inotify descriptor watching ``directory`` and the directories above
     it. :meth:`fired`: whether anything happened to a name in them since the
-    last call. Raises ``OSError`` where inotify cannot be had (no more
-    instances or watches for this user, a directory it may not read)."""
+    last call (the first call: yes). Raises ``OSError`` where inotify cannot
+    be had or cannot be trusted (no more instances or watches for this user,
+    a directory it may not read, a filesystem other machines change)."""
 
     def __init__(self, directory: Path) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            init, add, statfs = libc.inotify_init1, libc.inotify_add_watch, libc.statfs
+        except (OSError, AttributeError) as exc:  # not Linux
+            raise OSError(errno.ENOSYS, f"no inotify here: {exc}") from None
+        kind = _filesystem(statfs, directory)
+        if kind not in _LOCAL_FILESYSTEMS:
+            raise OSError(
+                errno.EOPNOTSUPP,
+                f"{directory} is on a filesystem (type {kind:#x}) whose changes made "
+                "elsewhere inotify does not report",
+            )
+        fd = int(init(os.O_NONBLOCK | os.O_CLOEXEC))
         if fd < 0:
             error = ctypes.get_errno()
             raise OSError(error, f"inotify_init1: {os.strerror(error)}")
         self._fd = fd
+        self._add = add
+        self._directory = directory
         try:
             for watched in _ancestors(directory):
-                wd = int(libc.inotify_add_watch(fd, os.fsencode(watched), _MASK))
+                wd = int(add(fd, os.fsencode(watched), _MASK))
                 if wd < 0:
                     error = ctypes.get_errno()
                     raise OSError(error, f"inotify_add_watch {watched}: {os.strerror(error)}")
@@ -69,23 +105,41 @@ class DirectoryWatch:
             raise
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
+        self._first = True
 
     def fired(self) -> bool:
         """Whether any event came since the last call (they are read and
         dropped: the caller checks the files themselves)."""
-        if not self._poll.poll(0):
+        if self._first:
+            self._first = False
+        elif not self._poll.poll(0):
             return False
         try:
             while os.read(self._fd, 65536):
                 pass
         except BlockingIOError:
             pass
+        # The path may lead through other directories now (one moved and a
+        # symlink left in its place): watch those too. One that is gone
+        # cannot be watched, and the caller's check says so.
+        fd, add = self._fd, self._add
+        for watched in _ancestors(self._directory):
+            add(fd, os.fsencode(watched), _MASK)
         return True
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _filesystem(statfs: ctypes._NamedFuncPointer, directory: Path) -> int:
+    """``directory``'s filesystem type (statfs(2)'s ``f_type``, its first field)."""
+    buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on x86-64
+    if int(statfs(os.fsencode(directory), buf)) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"statfs {directory}: {os.strerror(error)}")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def _ancestors(directory: Path) -> list[str]:
