@@ -678,6 +678,20 @@ def _back_to_schema_1(db: PgDatabase, *, old_function_by_admin: bool = False) ->
             conn.execute(stand_in)
 
 
+def _refused_while_read(
+    db: PgDatabase, daemon_factory: Callable[..., Daemon], config: dict[str, Any]
+) -> str:
+    """The error of a start on a store of schema 1 that must fail to migrate
+    while a reader's transaction holds the sessions table."""
+    with db.admin() as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sessiond_sessions")
+        _, error = refused_start(daemon_factory, config)
+        reader.execute("ROLLBACK")
+    assert "cannot migrate the store's schema from version 1 to 2" in error, error
+    return error
+
+
 def _schema_version(db: PgDatabase) -> int:
     with db.admin() as conn:
         (version,) = conn.execute("SELECT version FROM sessiond_schema").fetchone()
@@ -762,12 +776,7 @@ def test_a_migration_this_role_may_not_make_fails_before_it_changes_anything(
     config = fleet_config(pg_db.dsn())
     daemon_factory(config).stop()
     _back_to_schema_1(pg_db, old_function_by_admin=True)
-    with pg_db.admin() as reader:
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM sessiond_sessions")
-        _, error = refused_start(daemon_factory, config)
-        reader.execute("ROLLBACK")
-    assert "cannot migrate the store's schema from version 1 to 2" in error, error
+    error = _refused_while_read(pg_db, daemon_factory, config)
     assert f"the role that owns sessiond_sessions and {PREVIOUS_FUNCTION}" in error, error
     assert _schema_version(pg_db) == 1
     with pg_db.admin() as conn:
@@ -788,12 +797,7 @@ def test_a_migration_that_waits_past_the_timeout_for_the_table_fails_and_is_trie
     config = fleet_config(pg_db.dsn(), persistence={"timeout": "500ms"})
     daemon_factory(config).stop()
     _back_to_schema_1(pg_db)
-    with pg_db.admin() as reader:
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM sessiond_sessions")
-        _, error = refused_start(daemon_factory, config)
-        reader.execute("ROLLBACK")
-    assert "cannot migrate the store's schema from version 1 to 2" in error, error
+    error = _refused_while_read(pg_db, daemon_factory, config)
     assert "lock timeout" in error, error
     assert _schema_version(pg_db) == 1
     d = daemon_factory(config)
