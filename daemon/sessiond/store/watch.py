@@ -89,23 +89,28 @@ class DirectoryWatch:
             )
         fd = int(init(os.O_NONBLOCK | os.O_CLOEXEC))
         if fd < 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"inotify_init1: {os.strerror(error)}")
+            raise _failed("inotify_init1")
         self._fd = fd
         self._add = add
         self._directory = directory
         try:
-            for watched in _ancestors(directory):
-                wd = int(add(fd, os.fsencode(watched), _MASK))
-                if wd < 0:
-                    error = ctypes.get_errno()
-                    raise OSError(error, f"inotify_add_watch {watched}: {os.strerror(error)}")
+            self._lay(strict=True)
         except BaseException:
             os.close(fd)
             raise
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._first = True
+
+    def _lay(self, *, strict: bool) -> None:
+        """Watch every directory on the path as it is now (inotify keeps one
+        watch per directory: laying one again only renews it). ``strict``: a
+        directory that cannot be watched raises, else it is skipped (one that
+        is gone: the caller's check says so)."""
+        fd, add = self._fd, self._add
+        for watched in _ancestors(self._directory):
+            if int(add(fd, os.fsencode(watched), _MASK)) < 0 and strict:
+                raise _failed(f"inotify_add_watch {watched}")
 
     def fired(self) -> bool:
         """Whether any event came since the last call (they are read and
@@ -120,11 +125,8 @@ class DirectoryWatch:
         except BlockingIOError:
             pass
         # The path may lead through other directories now (one moved and a
-        # symlink left in its place): watch those too. One that is gone
-        # cannot be watched, and the caller's check says so.
-        fd, add = self._fd, self._add
-        for watched in _ancestors(self._directory):
-            add(fd, os.fsencode(watched), _MASK)
+        # symlink left in its place): watch those too.
+        self._lay(strict=False)
         return True
 
     def close(self) -> None:
@@ -137,9 +139,14 @@ def _filesystem(statfs: ctypes._NamedFuncPointer, directory: Path) -> int:
     """``directory``'s filesystem type (statfs(2)'s ``f_type``, its first field)."""
     buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on x86-64
     if int(statfs(os.fsencode(directory), buf)) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"statfs {directory}: {os.strerror(error)}")
+        raise _failed(f"statfs {directory}")
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _failed(call: str) -> OSError:
+    """The error of the libc ``call`` that just failed (its errno)."""
+    error = ctypes.get_errno()
+    return OSError(error, f"{call}: {os.strerror(error)}")
 
 
 def _ancestors(directory: Path) -> list[str]:
