@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
-from typing import cast
 
 from .api import HASH_SPACE, Hook, Kept, scan_hash, table_key
 from .overlay import Layer
@@ -54,15 +53,6 @@ UPSERT = (
 )
 _DELETE = "DELETE FROM sessions WHERE scan_hash = ? AND key = ?"
 _REFILE = "UPDATE sessions SET expire_at = deadline WHERE scan_hash = ? AND key = ?"
-# sqlite3 (CPython 3.11 at least) binds an int, float, str or bytearray as it
-# is, but first tries to adapt anything else: for bytes and None it looks up a
-# registered adapter, then fails two attribute lookups whose AttributeError
-# messages it formats and drops: 8.9k of the 35.9k instructions an upserted
-# row cost (callgrind, 10k updates of a 20k-row table). So keys and values are
-# bound as bytearrays (the same BLOBs: .api.table_key), and None has an
-# adapter that gives it back as it is (a dict's get: a C call, no error). A
-# step's updated row: 39.9k -> 33.6k.
-sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 # A segment is put in table order one part of the hash space at a time: a sort
 # of 20k sessions at once held the GIL, and so the event loop, for 10-20 ms.
 _BUCKET_BITS = 8
@@ -144,6 +134,8 @@ class Compactor:
                 if job.layer.cleared and not job.started:
                     db.execute("DELETE FROM sessions")
                 # Each key occurs once in a segment: deletes and upserts may go apart.
+                # Keys and values as bytearrays (files.py, above connect: sqlite3
+                # adapts bytes first, at a cost); an updated row 39.9k -> 33.6k.
                 db.executemany(
                     _DELETE, [(h, bytearray(key)) for h, key, change in chunk if change is None]
                 )
