@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import PgDatabase
@@ -502,7 +503,9 @@ def test_a_decision_whose_statements_were_deallocated_prepares_them_again(
         assert await finished(store, [first]) == [None]
         assert conn in store._decided_on
         await conn.execute("DEALLOCATE ALL")
-        second = await store.decide([b"k"])
+        with structlog.testing.capture_logs() as logged:
+            second = await store.decide([b"k"])
+        assert [e["event"] for e in logged] == ["store_statements_prepared_again"], logged
         assert second.batch.conn is conn
         second.record(b"k", fields(b"2"))
         assert await finished(store, [second]) == [None]

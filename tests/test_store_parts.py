@@ -8,6 +8,7 @@ tests/test_store_lifecycle.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import shutil
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from sessiond.cache import Entry, SessionCache
 from sessiond.keyspace import Keyspace, row_of
 from sessiond.store import SCHEMA_VERSION, Change, Row, SQLiteStore, StoreError, files, scan_hash
@@ -734,12 +736,21 @@ def test_a_filesystem_that_others_change_is_not_watched() -> None:
         DirectoryWatch(Path("/proc/self"))
 
 
-def test_without_a_watch_every_commit_checks_the_files(tmp_path: Path) -> None:
+def test_without_a_watch_every_commit_checks_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Where inotify is refused (its limits reached, a network filesystem),
-    the store has no watch and stats its files before every commit."""
-    store = SQLiteStore(tmp_path / "s.db", durability="always", fold_interval=3600)
-    assert store.files.watch is not None
-    store.files.watch.close()
-    store.files.watch = None  # as when DirectoryWatch was refused at open
+    the store says so and stats its files before every commit. The refusal
+    is the kernel's EMFILE, injected: this machine grants inotify."""
+
+    def refused(directory: Path) -> DirectoryWatch:
+        raise OSError(errno.EMFILE, "inotify_init1: Too many open files")
+
+    monkeypatch.setattr(files, "DirectoryWatch", refused)
+    with structlog.testing.capture_logs() as logged:
+        store = SQLiteStore(tmp_path / "s.db", durability="always", fold_interval=3600)
+    assert store.files.watch is None
+    (said,) = [e for e in logged if e["event"] == "store_watch_unavailable"]
+    assert said["error"] == "inotify_init1: Too many open files", said
     answers = _acknowledged(store, 2, [(tmp_path / "s.db").unlink])
     assert answers[0] is None and _refused(answers[1]), answers
