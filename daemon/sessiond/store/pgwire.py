@@ -79,8 +79,11 @@ async def pipeline(
     binary, its rows asked for in binary), then the statement ``after``
     (``COMMIT``, say); read every result, raise the first error (the
     statements after it are skipped by the server), and return the calls'
-    results, in order. On an error or an exception the caller drops the
-    connection: it may be in a failed transaction, or still in pipeline mode."""
+    results, in order. A server's error is raised once every result is read
+    and pipeline mode is left: the connection may be in a failed transaction,
+    which the caller rolls back (postgres: a decision whose statements went
+    missing) or drops. After any other exception it may still be in pipeline
+    mode: the caller drops it."""
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     async with conn.lock:
