@@ -101,6 +101,47 @@ def test_a_torn_or_corrupt_tail_is_dropped_and_said(tmp_path: Path) -> None:
     assert len(got) == 1 and why == "checksum mismatch"  # nothing after it is trusted
 
 
+def test_a_segment_allocated_ahead_ends_at_its_zeros(tmp_path: Path) -> None:
+    """A segment is allocated ahead and written in place: its unwritten rest
+    reads as zeros, which end its frames without a torn tail; something
+    other than zeros there (a frame whose header never reached the disk) is
+    a torn one; zeros from the start are a segment never written."""
+    frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(2)]
+    payloads = [frame[8:] for frame in frames]  # after each one's length and checksum
+    written = len(wal.MAGIC) + sum(map(len, frames))
+    path = tmp_path / "seg"
+    path.write_bytes(wal.MAGIC + b"".join(frames) + bytes(4096))
+    assert wal.read_frames(path) == (payloads, written, None)
+    path.write_bytes(wal.MAGIC + b"".join(frames) + bytes(4096) + payloads[0])
+    assert wal.read_frames(path) == (payloads, written, "torn frame")
+    path.write_bytes(bytes(4096))
+    assert wal.read_frames(path) == ([], 0, None)
+    path.write_bytes(bytes(4096) + wal.MAGIC + frames[0])
+    assert wal.read_frames(path) == ([], 0, "torn header")
+
+
+def test_a_segment_is_written_in_place_over_its_allocation(tmp_path: Path) -> None:
+    """Segments are made allocated (where the filesystem can): the first
+    commits write over the zeros, each read back whole and in order."""
+    from sessiond.store.files import StoreFiles
+
+    files = StoreFiles(tmp_path / "s.db")
+    files.open()
+    try:
+        fd = files.new_segment(1, allocate=65536)
+        path = files.segment_path(1)
+        assert path.stat().st_size == 65536
+        segment = wal.Segment(1, fd, str(path))
+        frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(3)]
+        for frame in frames:
+            segment.append(frame)
+        segment.close()
+        assert path.stat().st_size == 65536
+        assert wal.read_frames(path) == ([f[8:] for f in frames], segment.size, None)
+    finally:
+        files.close()
+
+
 def test_a_file_that_is_no_segment_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "seg"
     path.write_bytes(b"not a log at all")

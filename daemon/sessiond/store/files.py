@@ -133,6 +133,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the empty file ``fd``. A filesystem that
+    cannot (or a disk too full for it) leaves the file to grow as it is
+    written: allocating only makes its commits faster. Not synced here: on
+    ext4 the directory's fsync that follows commits the allocation too (as
+    fast a first commit after it as with an fdatasync of its own, measured),
+    and where it does not, the first commit's ``fdatasync`` does."""
+    with contextlib.suppress(OSError):
+        os.posix_fallocate(fd, 0, size)
+
+
 def lock_holder(fd: int) -> int | None:
     """The pid holding a flock on ``fd``'s file, from /proc/locks (Linux), if known."""
     ino = os.fstat(fd).st_ino
@@ -431,14 +442,17 @@ class StoreFiles:
             return f"{self.path} was replaced by another file"
         return None
 
-    def new_segment(self, number: int) -> int:
-        """Create log segment ``number`` (0600, durable in its directory); its fd."""
+    def new_segment(self, number: int, allocate: int = 0) -> int:
+        """Create log segment ``number`` (0600, durable in its directory); its
+        fd. With ``allocate``, its first bytes are allocated now (where the
+        filesystem can), so that its commits' ``fdatasync`` has only their
+        data to write (:meth:`.log.Segment.append`)."""
         segment = self.segment_path(number)
-        fd = os.open(
-            segment, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE
-        )
+        fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
+            if allocate:
+                _allocate(fd, allocate)
             _fsync_dir(self.directory)
         except BaseException:
             os.close(fd)

@@ -62,6 +62,9 @@ _LINGER_STEP = 0.0002  # seconds between looks at the pending writes
 _LINGER_MAX = 0.001  # never hold a commit back longer than this
 _FOLD_INTERVAL = 1.0  # seal the segment being appended to after this many seconds
 _SEGMENT_BYTES = 16 * 1024 * 1024  # ... or once it holds this many bytes
+# A new segment is allocated ahead (files.new_segment) for a quarter more than
+# the last one took, at least this much: its commits then write in place.
+_ALLOCATE_MIN = 1024 * 1024
 # Log bytes not yet compacted beyond which writers are slowed (backpressure):
 # this bounds the log on disk and the replay at the next start.
 _BACKLOG_BYTES = 32 * 1024 * 1024
@@ -187,6 +190,7 @@ class SQLiteStore:
         self._segment: wal.Segment | None = None
         self._layer: Layer | None = None
         self._next_fd: int | None = None  # segment _next_segment, made ahead (_prepare_next)
+        self._allocate = min(_ALLOCATE_MIN, segment_bytes)  # bytes a new segment gets ahead
         self._segment_opened = monotonic()
         self._wake = _Wake()
         # Held by whoever appends to the log: the writer thread, or the event
@@ -515,7 +519,7 @@ class SQLiteStore:
             number = self._next_segment
             fd = self._next_fd
             if fd is None:
-                fd = self.files.new_segment(number)
+                fd = self.files.new_segment(number, self._allocate)
             self._next_fd = None
             self._next_segment += 1
             self._segment = wal.Segment(number, fd, str(self.files.segment_path(number)))
@@ -532,7 +536,7 @@ class SQLiteStore:
         if self._next_fd is not None or self._stopping or self._removed is not None:
             return
         with contextlib.suppress(OSError):
-            self._next_fd = self.files.new_segment(self._next_segment)
+            self._next_fd = self.files.new_segment(self._next_segment, self._allocate)
 
     def _discard_next(self) -> None:
         """Remove the segment made ahead and never written (at a stop)."""
@@ -561,6 +565,7 @@ class SQLiteStore:
         # fold_interval to reach the table, half of it on average.
         self._segment_opened = monotonic()
         size = max(segment.size, 0)
+        self._allocate = min(max(_ALLOCATE_MIN, size + size // 4), self.segment_bytes)
         with contextlib.suppress(OSError):
             segment.close()
         with self._cond:
