@@ -241,9 +241,6 @@ RemovalListener = Callable[[K, Entry[V], Cause, EvictionReason | None], None]
 Sizer = Callable[[K, V], int]
 
 
-_SIZED = (bytes, str, bytearray)
-
-
 def _filed_entry(data: OrderedDict[Any, Entry[V]], record: _Record) -> Entry[V] | None:
     """The entry ``record`` is the current expiry record of, or ``None`` if
     the record is stale (its entry left memory, or was filed anew or not at all)."""
@@ -269,7 +266,7 @@ def _copy_entry(entry: Entry[V]) -> Entry[V]:
 def _size(item: object) -> int:
     """Bytes of a str/bytes item, or of a container's items (a hash's fields
     and values, a set's members); other types count as zero."""
-    if isinstance(item, _SIZED):
+    if isinstance(item, (bytes, str, bytearray)):
         return len(item)
     if isinstance(item, dict):
         return sum([_size(k) + _size(v) for k, v in item.items()])

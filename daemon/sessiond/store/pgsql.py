@@ -137,7 +137,10 @@ _FENCE = "1 / (clock_timestamp() <= to_timestamp({}))::int"
 # The upsert's columns after key and scan_hash, in Row's order, by type: the
 # commit function's parameters are made from it, and postgres.py picks the
 # arrays' list classes by it.
-ROW_TYPES = ("bytea", "text", "float8", "float8", "float8", "float8", "float8", "int2")
+# Of any length: see stats.Bounds (compiled, indexing a tuple of eight made one).
+ROW_TYPES: Final[tuple[str, ...]] = (
+    "bytea", "text", "float8", "float8", "float8", "float8", "float8", "int2",
+)  # fmt: skip
 
 _SELECT_KEYS = f"SELECT {COLUMNS}, version FROM {TABLE} WHERE key = ANY({{}}::bytea[])"
 SELECT_ROWS = _SELECT_KEYS.format("%b")

@@ -31,14 +31,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import ConnStatus, ExecStatus, Format
 from psycopg.pq.abc import PGconn, PGresult
 
-_OK = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK)
+_OK: Final[tuple[int, ...]] = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK)  # see stats.Bounds
 
 
 async def prepare(conn: psycopg.AsyncConnection[Any], name: str, sql: str) -> None:
