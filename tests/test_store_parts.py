@@ -105,7 +105,8 @@ def test_a_segment_allocated_ahead_ends_at_its_zeros(tmp_path: Path) -> None:
     """A segment is allocated ahead and written in place: its unwritten rest
     reads as zeros, which end its frames without a torn tail; something
     other than zeros there (a frame whose header never reached the disk) is
-    a torn one; zeros from the start are a segment never written."""
+    a torn one; zeros from the start are a segment never written, and
+    anything after such zeros is not a segment (refused, as before)."""
     frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(2)]
     payloads = [frame[8:] for frame in frames]  # after each one's length and checksum
     written = len(wal.MAGIC) + sum(map(len, frames))
@@ -114,23 +115,41 @@ def test_a_segment_allocated_ahead_ends_at_its_zeros(tmp_path: Path) -> None:
     assert wal.read_frames(path) == (payloads, written, None)
     path.write_bytes(wal.MAGIC + b"".join(frames) + bytes(4096) + payloads[0])
     assert wal.read_frames(path) == (payloads, written, "torn frame")
-    path.write_bytes(bytes(4096))
+    path.write_bytes(bytes(4096))  # made, crashed before its magic was written
     assert wal.read_frames(path) == ([], 0, None)
-    path.write_bytes(bytes(4096) + wal.MAGIC + frames[0])
-    assert wal.read_frames(path) == ([], 0, "torn header")
+    path.write_bytes(bytes(4096) + wal.MAGIC + frames[0])  # its start lost: not a segment
+    with pytest.raises(wal.Corrupt):
+        wal.read_frames(path)
+
+
+def test_an_allocation_ending_within_a_frame_header_of_the_last_frame_is_no_torn_tail(
+    tmp_path: Path,
+) -> None:
+    """Fewer zeros left than a frame header takes: the end, not a torn header."""
+    frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(2)]
+    written = len(wal.MAGIC) + sum(map(len, frames))
+    path = tmp_path / "seg"
+    for rest in range(1, 8):
+        path.write_bytes(wal.MAGIC + b"".join(frames) + bytes(rest))
+        assert wal.read_frames(path) == ([f[8:] for f in frames], written, None), rest
+    path.write_bytes(wal.MAGIC + b"".join(frames) + b"\x01")
+    assert wal.read_frames(path) == ([f[8:] for f in frames], written, "torn frame header")
 
 
 def test_a_segment_is_written_in_place_over_its_allocation(tmp_path: Path) -> None:
-    """Segments are made allocated (where the filesystem can): the first
-    commits write over the zeros, each read back whole and in order."""
-    from sessiond.store.files import StoreFiles
-
+    """Segments are made allocated, their magic in place (where the
+    filesystem can; this one can): the first commits write over the zeros,
+    each read back whole and in order, and a sessiond from before allocation
+    reads one never written as a segment (each zero header an empty frame),
+    not as a file of zeros it would refuse."""
     files = StoreFiles(tmp_path / "s.db")
     files.open()
     try:
         fd = files.new_segment(1, allocate=65536)
         path = files.segment_path(1)
         assert path.stat().st_size == 65536
+        assert path.read_bytes() == wal.MAGIC + bytes(65536 - len(wal.MAGIC))
+        assert wal.read_frames(path) == ([], len(wal.MAGIC), None)
         segment = wal.Segment(1, fd, str(path))
         frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(3)]
         for frame in frames:
@@ -140,6 +159,50 @@ def test_a_segment_is_written_in_place_over_its_allocation(tmp_path: Path) -> No
         assert wal.read_frames(path) == ([f[8:] for f in frames], segment.size, None)
     finally:
         files.close()
+
+
+def test_a_failed_append_to_an_allocated_segment_is_cut_back_and_the_next_follows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit whose fdatasync fails is cut back (the allocation with it),
+    and the next is written right after the last durable frame, not where
+    the failed one left the file's offset; a segment that cannot be cut
+    back is damaged and still reads back every acknowledged frame."""
+    if str(wal.__file__).endswith(".so"):
+        pytest.skip("faults injected by patching the log module: the pure build's run")
+    store_files = StoreFiles(tmp_path / "s.db")
+    store_files.open()
+    try:
+        frames = [wal.encode({b"k%d" % i: row(b"v%d" % i * 100)}, False) for i in range(3)]
+        fd = store_files.new_segment(1, allocate=65536)
+        path = store_files.segment_path(1)
+        segment = wal.Segment(1, fd, str(path))
+        segment.append(frames[0])
+        durable = segment.size
+
+        def failing(*args: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(wal, "fdatasync", failing)
+        with pytest.raises(OSError):
+            segment.append(frames[1])
+        monkeypatch.undo()
+        assert segment.size == durable and not segment.damaged
+        assert path.stat().st_size == durable
+        segment.append(frames[2])
+        assert wal.read_frames(path) == ([frames[0][8:], frames[2][8:]], segment.size, None)
+        monkeypatch.setattr(wal, "fdatasync", failing)
+        monkeypatch.setattr(wal.os, "ftruncate", failing)
+        acknowledged = segment.size
+        with pytest.raises(OSError):
+            segment.append(frames[1])
+        monkeypatch.undo()
+        assert segment.damaged
+        segment.close()
+        got, end, _ = wal.read_frames(path)
+        assert got[:2] == [frames[0][8:], frames[2][8:]] and end >= acknowledged
+    finally:
+        store_files.close()
 
 
 def test_a_file_that_is_no_segment_is_refused(tmp_path: Path) -> None:

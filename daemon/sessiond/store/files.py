@@ -26,6 +26,7 @@ The files of a store at ``PATH``:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import sqlite3
@@ -37,7 +38,7 @@ from typing import cast
 import structlog
 
 from .api import StoreError
-from .log import Pinned
+from .log import MAGIC, Pinned
 from .watch import DirectoryWatch
 
 log = structlog.get_logger("sessiond.store")
@@ -133,15 +134,35 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's fallocate(2), which fails where the filesystem cannot allocate
+    (``posix_fallocate`` would write a zero into every block instead)."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).fallocate
+    except (AttributeError, OSError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", call)
+
+
+_FALLOCATE = _fallocate()
+
+
 def _allocate(fd: int, size: int) -> None:
-    """Allocate ``size`` bytes of the empty file ``fd``. A filesystem that
-    cannot (or a disk too full for it) leaves the file to grow as it is
-    written: allocating only makes its commits faster. Not synced here: on
-    ext4 the directory's fsync that follows commits the allocation too (as
-    fast a first commit after it as with an fdatasync of its own, measured),
-    and where it does not, the first commit's ``fdatasync`` does."""
+    """Allocate ``size`` bytes of the new segment ``fd`` and write its magic
+    at its start, where the filesystem can allocate: else (or on a disk too
+    full for it) the file stays empty and grows as it is written; allocating
+    only makes its commits faster. Not synced here: on ext4 the directory's
+    fsync that follows commits the allocation too (as fast a first commit
+    after it as with an fdatasync of its own, measured), and where it does
+    not, the first commit's ``fdatasync`` does. The magic, which the first
+    commit writes again, makes the zeros a segment that a sessiond from
+    before allocation reads as one (it refuses a file of zeros)."""
+    if _FALLOCATE is None or _FALLOCATE(fd, 0, 0, size) != 0:
+        return
     with contextlib.suppress(OSError):
-        os.posix_fallocate(fd, 0, size)
+        os.pwrite(fd, MAGIC, 0)
 
 
 def lock_holder(fd: int) -> int | None:

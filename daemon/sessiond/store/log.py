@@ -16,8 +16,10 @@ commit::
            | FLUSH  u8 3                       (every session before it is gone)
 
 little-endian; ``flags`` says which of context (1), ttl (2) and deadline (4)
-are present. A segment may be allocated ahead (``posix_fallocate``): its
-unwritten rest reads as zeros, where a zero frame header ends the frames. A
+are present. A segment may be allocated ahead (``fallocate``, its magic
+written): its unwritten rest reads as zeros, where a zero frame header ends
+the frames (a sessiond before allocation took each such header for an empty
+frame, so it reads these segments too). A
 frame is acknowledged only after its ``fdatasync`` returned,
 so a frame cut short by a crash (short, or its checksum wrong) was never
 acknowledged: reading stops there, and what follows in that segment is not
@@ -162,10 +164,10 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
     reading stopped early (a torn or corrupt tail), if it did."""
     with open(path, "rb") as f:
         data = f.read()
-    if len(data) < len(MAGIC) or not any(data[: len(MAGIC)]):
-        # A segment is created and fsynced empty (or allocated: zeros), then
-        # gets its magic with the first commit: a crash in between leaves a
-        # short file, or zeros.
+    if len(data) < len(MAGIC) or _zeros_from(data, 0):
+        # A segment is created and fsynced empty (allocated ahead: its magic
+        # and zeros), and gets its magic with the first commit: a crash in
+        # between leaves a short file, or zeros.
         return [], 0, None if _zeros_from(data, 0) else "torn header"
     if data[: len(MAGIC)] != MAGIC:
         raise Corrupt(f"{path} is not a sessiond log segment")
@@ -175,7 +177,8 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
     header = _HEADER_SIZE
     while pos < end:
         if end - pos < header:
-            return frames, pos, "torn frame header"
+            # Zeros: the end of an allocation too short for another header.
+            return frames, pos, None if _zeros_from(data, pos) else "torn frame header"
         length, crc = _FRAME.unpack_from(data, pos)
         if not length:
             # No frame is empty: the segment's allocated, never written rest
