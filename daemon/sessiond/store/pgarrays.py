@@ -27,7 +27,7 @@ import struct
 from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import psycopg
 from mypy_extensions import mypyc_attr
@@ -50,23 +50,35 @@ _NULL = _LENGTH(-1)
 _FEW = 8
 
 
-class _Kind(NamedTuple):
+class _Kind:
     """One list class's element type: the array's and the element's oid;
     ``one``, a non-NULL element's length and bytes; ``many``, those of a list
     without NULLs; the header of an empty array (``empty``: the whole array)
     and of one without NULLs of one element (``single``), made once: most of
-    a one-SET commit's sixteen arrays are one or the other."""
+    a one-SET commit's sixteen arrays are one or the other. A class, not a
+    NamedTuple: compiled, its fields are read from a C struct, where a
+    NamedTuple's went through Python attribute lookups (``kind.one(item)``
+    was a method call looked up by name), about 5k instructions a commit."""
 
-    array_oid: int
-    element_oid: int
-    one: Callable[[Any], bytes]
-    many: Callable[[list[Any]], Iterable[bytes]]
-    empty: bytes
-    single: bytes
+    __slots__ = ("array_oid", "element_oid", "empty", "many", "one", "single")
+
+    def __init__(
+        self,
+        array_oid: int,
+        element_oid: int,
+        one: Callable[[Any], bytes],
+        many: Callable[[list[Any]], Iterable[bytes]],
+    ) -> None:
+        self.array_oid = array_oid
+        self.element_oid = element_oid
+        self.one = one
+        self.many = many
+        self.empty = _EMPTY(0, 0, element_oid)
+        self.single = _HEAD(1, 0, element_oid, 1, 1)
 
 
-_KINDS: dict[type, _Kind] = {}
-_NAMED: dict[str, _Kind] = {}  # the same by element type name, for dump()
+_KINDS: Final[dict[type, _Kind]] = {}
+_NAMED: Final[dict[str, _Kind]] = {}  # the same by element type name, for dump()
 
 
 def _dump(kind: _Kind, obj: list[Any]) -> bytes:
@@ -132,9 +144,7 @@ def _array(
 ) -> type[list[Any]]:
     info = psycopg.adapters.types[name]
     cls: type[list[Any]] = type(f"{name.title()}Array", (list,), {"__slots__": ()})
-    _KINDS[cls] = _NAMED[name] = _Kind(
-        info.array_oid, info.oid, one, many, _EMPTY(0, 0, info.oid), _HEAD(1, 0, info.oid, 1, 1)
-    )
+    _KINDS[cls] = _NAMED[name] = _Kind(info.array_oid, info.oid, one, many)
     ADAPTERS.register_dumper(cls, _ArrayDumper)
     return cls
 
