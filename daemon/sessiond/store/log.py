@@ -19,13 +19,12 @@ little-endian; ``flags`` says which of context (1), ttl (2) and deadline (4)
 are present. A segment may be allocated ahead (``fallocate``, its magic
 written): its unwritten rest reads as zeros, where a zero frame header ends
 the frames (a sessiond before allocation took each such header for an empty
-frame, so it reads these segments too). A
-frame is acknowledged only after its ``fdatasync`` returned,
-so a frame cut short by a crash (short, or its checksum wrong) was never
-acknowledged: reading stops there, and what follows in that segment is not
-trusted either. One checksum per frame, not per record: the checksum of a
-whole commit is one C call (``zlib.crc32``), per record it cost a Python call
-each.
+frame, so it reads these segments too). A frame is acknowledged only after
+its ``fdatasync`` returned, so a frame cut short by a crash (short, or its
+checksum wrong) was never acknowledged: reading stops there, and what follows
+in that segment is not trusted either. One checksum per frame, not per record:
+the checksum of a whole commit is one C call (``zlib.crc32``), per record it
+cost a Python call each.
 """
 
 from __future__ import annotations
