@@ -1984,7 +1984,7 @@ def test_a_torn_log_tail_is_dropped_at_start_and_nothing_acknowledged_is_lost(
         f.write(b"\x40\x00\x00\x00\x12\x34\x56\x78" + b"half a frame")
     d.start()  # waits for this run\'s "started" and its warm start
     dropped = last_event(d, "store_log_tail_dropped")
-    assert dropped["segment"] == str(newest)
+    assert dropped["segment"] == str(newest) and dropped["bytes"] == 20  # not the zeros after
     # Its 64 bytes are there in a segment allocated ahead (zeros after the
     # half written), cut short where the filesystem cannot allocate.
     assert dropped["reason"] in ("checksum mismatch", "torn frame")

@@ -193,6 +193,14 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
     return frames, pos, None
 
 
+def written_after(path: Path, offset: int) -> int:
+    """Bytes from ``offset`` to the last one not zero in segment ``path``
+    (what a dropped tail held, without the allocation's zeros after it)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return len(f.read().rstrip(b"\0"))
+
+
 def _zeros_from(data: bytes, pos: int) -> bool:
     """Whether ``data`` holds only zeros from ``pos`` on."""
     return data.count(0, pos) == len(data) - pos

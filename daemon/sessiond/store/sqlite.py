@@ -256,7 +256,7 @@ class SQLiteStore:
                     "store_log_tail_dropped",
                     segment=str(segment),
                     offset=found.end,
-                    bytes=segment.stat().st_size - found.end,
+                    bytes=wal.written_after(segment, found.end),
                     reason=found.torn,
                 )
             layer = Layer(number, found.changes)
