@@ -65,10 +65,19 @@ class Overlay:
 
     # ----------------------------------------------------------- changes
 
+    # record(), take() and logged() run at every durable write or commit:
+    # they take the lock with acquire() and release(), two method calls,
+    # where compiled ``with`` looks up __enter__ and __exit__ and calls them
+    # (callgrind, per call: 1,528 -> 1,222, 1,377 -> 1,070, 1,801 -> 1,436).
+
     def record(self, key: bytes, change: Kept) -> None:
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             self.pending[key] = change
             self.op_seq += 1
+        finally:
+            lock.release()
 
     def clear(self) -> None:
         with self.lock:
@@ -79,19 +88,27 @@ class Overlay:
     def take(self) -> tuple[dict[bytes, Kept], bool, int]:
         """Move the pending changes in flight: the batch, whether it starts
         with a FLUSH, and the sequence number of its last change."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             batch, self.pending = self.pending, {}
             cleared, self.pending_cleared = self.pending_cleared, False
             self.inflight = batch
             self.inflight_cleared = cleared
             return batch, cleared, self.op_seq
+        finally:
+            lock.release()
 
     def logged(self, layer: Layer) -> None:
         """The batch in flight is durable in ``layer``'s segment."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             layer.apply(self.inflight, self.inflight_cleared)
             self.inflight = {}
             self.inflight_cleared = False
+        finally:
+            lock.release()
 
     def landed(self) -> None:
         """The batch in flight is in the table itself (a store without a log:
