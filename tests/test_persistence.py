@@ -1889,6 +1889,7 @@ import asyncio, os, signal, sys, time
 from pathlib import Path
 from sessiond.store import Row, SQLiteStore
 path, count, size, fold = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+acks = os.fdopen(int(sys.argv[5]), "w", buffering=1)  # not stdout: the store logs there
 store = SQLiteStore(path, durability="always", fold_interval=fold)
 async def main() -> None:
     loop = asyncio.get_running_loop(); store.start(loop); i = 0
@@ -1897,7 +1898,7 @@ async def main() -> None:
         store.record(b"k%d" % i, Row(b"%d:" % i + b"v" * size, None, now, now, now, None, None))
         done = loop.create_future(); store.after_commit(done.set_result)
         assert await done is None
-        print("ack", i, flush=True); i += 1
+        print("ack", i, file=acks, flush=True); i += 1
     os.kill(os.getpid(), signal.SIGKILL)
 asyncio.run(main())
 """
@@ -1923,16 +1924,20 @@ def test_kill9_with_allocated_segments_loses_no_acknowledged_write(
     from sessiond.store import log as wal
 
     path = tmp_path / "s.db"
+    # The acknowledgements on a pipe of their own: on stdout a log line of
+    # the store's threads could land inside one ("ack 5776" + "2026-12-06 ...").
+    read_end, write_end = os.pipe()
     child = subprocess.Popen(
-        [sys.executable, "-c", _ALLOCATED_WRITER, str(path), str(count), str(size), str(fold)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
+        [sys.executable, "-c", _ALLOCATED_WRITER, str(path), str(count), str(size), str(fold),
+         str(write_end)],
+        stdout=subprocess.DEVNULL,
+        pass_fds=(write_end,),
+    )  # fmt: skip
+    os.close(write_end)
     acknowledged: list[int] = []
     started = time.monotonic()
-    for line in child.stdout:
-        if line.startswith("ack "):
+    with os.fdopen(read_end) as acks:
+        for line in acks:
             acknowledged.append(int(line.split()[1]))
             if count < 0 and time.monotonic() > started + 3 and len(acknowledged) > 300:
                 child.kill()
