@@ -463,17 +463,16 @@ class StoreFiles:
             return f"{self.path} was replaced by another file"
         return None
 
-    def new_segment(self, number: int, allocate: int = 0) -> int:
+    def new_segment(self, number: int, allocate: int) -> int:
         """Create log segment ``number`` (0600, durable in its directory); its
-        fd. With ``allocate``, its first bytes are allocated now (where the
+        fd. Its first ``allocate`` bytes are allocated now (where the
         filesystem can), so that its commits' ``fdatasync`` has only their
         data to write (:meth:`.log.Segment.append`)."""
         segment = self.segment_path(number)
         fd = os.open(segment, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
-            if allocate:
-                _allocate(fd, allocate)
+            _allocate(fd, allocate)
             _fsync_dir(self.directory)
         except BaseException:
             os.close(fd)

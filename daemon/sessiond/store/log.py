@@ -163,11 +163,13 @@ def read_frames(path: Path) -> tuple[list[bytes], int, str | None]:
     reading stopped early (a torn or corrupt tail), if it did."""
     with open(path, "rb") as f:
         data = f.read()
-    if len(data) < len(MAGIC) or _zeros_from(data, 0):
-        # A segment is created and fsynced empty (allocated ahead: its magic
-        # and zeros), and gets its magic with the first commit: a crash in
-        # between leaves a short file, or zeros.
-        return [], 0, None if _zeros_from(data, 0) else "torn header"
+    if _zeros_from(data, 0):
+        # Empty or zeros: a segment is created empty (allocated: zeros, then
+        # its magic) and gets its magic with the first commit, a crash in
+        # between leaves it so.
+        return [], 0, None
+    if len(data) < len(MAGIC):
+        return [], 0, "torn header"
     if data[: len(MAGIC)] != MAGIC:
         raise Corrupt(f"{path} is not a sessiond log segment")
     frames: list[bytes] = []
