@@ -58,7 +58,8 @@ class _Kind:
     a one-SET commit's sixteen arrays are one or the other. A class, not a
     NamedTuple: compiled, its fields are read from a C struct, where a
     NamedTuple's went through Python attribute lookups (``kind.one(item)``
-    was a method call looked up by name), about 5k instructions a commit."""
+    was a method call looked up by name): with the tables below Final, a
+    one-SET commit's dumps 20,989 -> 17,222 instructions (callgrind)."""
 
     __slots__ = ("array_oid", "element_oid", "empty", "many", "one", "single")
 
