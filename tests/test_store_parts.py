@@ -13,7 +13,9 @@ import gc
 import os
 import shutil
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -150,6 +152,9 @@ def test_a_segment_is_written_in_place_over_its_allocation(tmp_path: Path) -> No
         assert path.stat().st_size == 65536
         assert path.read_bytes() == wal.MAGIC + bytes(65536 - len(wal.MAGIC))
         assert wal.read_frames(path) == ([], len(wal.MAGIC), None)
+        # What an older sessiond's reader relies on to read it (docs/persistence.md):
+        # a zero frame header is a whole empty frame, its checksum right.
+        assert struct.unpack("<II", bytes(8)) == (0, zlib.crc32(b""))
         segment = wal.Segment(1, fd, str(path))
         frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(3)]
         for frame in frames:
@@ -159,6 +164,31 @@ def test_a_segment_is_written_in_place_over_its_allocation(tmp_path: Path) -> No
         assert wal.read_frames(path) == ([f[8:] for f in frames], segment.size, None)
     finally:
         files.close()
+
+
+def test_a_filesystem_that_cannot_allocate_leaves_the_segment_to_grow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where fallocate(2) fails (NFS, some FUSE filesystems; here faked) or
+    libc has none, a segment is made empty, without its magic, and grows
+    as commits are appended, read back whole (docs/persistence.md)."""
+    frames = [wal.encode({b"k%d" % i: row(b"v%d" % i)}, False) for i in range(2)]
+    for fallocate in (lambda fd, mode, offset, size: -1, None):
+        monkeypatch.setattr(files, "_FALLOCATE", fallocate)
+        store_files = StoreFiles(tmp_path / "s.db")
+        store_files.open()
+        try:
+            number = len(list(tmp_path.glob("s.db-log.*"))) + 1
+            segment = wal.Segment(number, store_files.new_segment(number, 65536), "")
+            path = store_files.segment_path(number)
+            assert path.stat().st_size == 0
+            for frame in frames:
+                segment.append(frame)
+            segment.close()
+            assert path.stat().st_size == segment.size
+            assert wal.read_frames(path) == ([f[8:] for f in frames], segment.size, None)
+        finally:
+            store_files.close()
 
 
 def test_a_failed_append_to_an_allocated_segment_is_cut_back_and_the_next_follows_it(
