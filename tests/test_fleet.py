@@ -199,6 +199,25 @@ def test_sliding_renewals_on_one_host_keep_the_session_alive_for_all(
     assert table_rows(pg_db)[b"busy"][2] > first_deadline + 2
 
 
+def test_renewals_held_back_on_one_host_are_written_when_it_stops(
+    fleet: Fleet, clients: Any, pg_db: PgDatabase
+) -> None:
+    """Reads on B for a second move a 60 s session's deadline by less than a
+    tenth of its TTL: B holds the renewals back (it writes none, the row
+    keeps A's deadline) and writes them when it stops."""
+    hosts = fleet(2, metrics={"enabled": True})
+    a, b = (clients(d) for d in hosts)
+    assert a.set("s", "v", ex=60)
+    written = table_rows(pg_db)[b"s"][2]
+    for _ in range(10):  # over several of B's write-back rounds (every 200 ms)
+        assert b.get("s") == b"v"
+        time.sleep(0.1)
+    assert hosts[1].metric("sessiond_store_renewals_total") == 0
+    assert table_rows(pg_db)[b"s"][2] == written
+    assert hosts[1].stop() == 0
+    assert table_rows(pg_db)[b"s"][2] > written + 0.5  # B's last read + 60 s
+
+
 def test_expired_rows_are_deleted_once_whichever_host_sweeps(
     fleet: Fleet, pg_db: PgDatabase
 ) -> None:
@@ -851,9 +870,12 @@ def test_a_write_or_renewal_that_pushes_the_deadline_later_leaves_the_filing_alo
     deadline, filed = _filing(pg_db)[b"k"]
     assert deadline > first + 3000 and filed == first
     time.sleep(0.05)
-    assert r.get("k") == b"w"  # a sliding renewal, written back within renew_interval
-    eventually(lambda: _filing(pg_db)[b"k"][0] > deadline, 5, "the renewal's write-back")
+    assert r.get("k") == b"w"  # a sliding renewal: held back (it moves an hour by 50 ms)
+    r.close()
+    assert d.stop() == 0  # and written back at the stop
+    assert _filing(pg_db)[b"k"][0] > deadline
     assert _filing(pg_db)[b"k"][1] == first
+    r = daemon_factory(fleet_config(pg_db.dsn())).client()
     assert r.expire("k", 10)  # earlier than the filing: it moves with the deadline
     deadline, filed = _filing(pg_db)[b"k"]
     assert deadline < first and filed == deadline

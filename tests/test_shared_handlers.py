@@ -553,7 +553,7 @@ def test_renewals_are_those_of_sessions_read_since_the_last_write_back() -> None
         await a("PEXPIREAT", "fixed", str(int((a.clock.now + 100) * 1000)))
         a.keyspace.renew_due()
         assert a.store.renewed == {}  # nothing was read
-        a.clock.now += 5
+        a.clock.now += 10  # a tenth of the TTL: worth writing back at once
         await a("GET", "read")
         await a("GET", "fixed")  # an absolute deadline does not slide
         await a("SET", "written", "w", "EX", "100")
@@ -562,12 +562,115 @@ def test_renewals_are_those_of_sessions_read_since_the_last_write_back() -> None
         a.store.renewed.clear()
         a.clock.now += 5
         await a("GET", "read")
-        await a("SET", "x", "1")  # evicts "read" (LRU) before any write-back
+        assert a.keyspace.renew_due() == 0  # held back: it moves the deadline by 5 s
+        a.clock.now += 1
+        await a("SET", "x", "1")  # evicts "read" (LRU) with its renewal held back
         await a("SET", "y", "1")
         await a("SET", "z", "1")
         assert a.cache.find(b"read") is None
         assert a.keyspace.renew_due() == 1
-        assert a.store.renewed[b"read"].deadline == a.clock.now + 100
+        assert a.store.renewed[b"read"].deadline == a.clock.now - 1 + 100
+
+    run(scenario)
+
+
+async def _read_every_second(host: Host, key: str, seconds: int) -> list[int]:
+    """Read ``key`` on ``host`` once a second for ``seconds``, with a
+    write-back round after each read; how many renewals each round wrote."""
+    written = []
+    for _ in range(seconds):
+        host.clock.now += 1
+        assert await host("GET", key) == b"v"
+        written.append(host.keyspace.renew_due())
+    return written
+
+
+def test_a_session_read_all_the_time_is_written_back_once_a_tenth_of_its_ttl() -> None:
+    """Each read renews a session in memory; the database's deadline moves
+    only once memory's is a tenth of the TTL past it: a session read every
+    second costs the database a write every 10 s at a TTL of 100 s, where it
+    cost one a second."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        await a("SET", "s", "v", "EX", "100")
+        written = await _read_every_second(a, "s", 30)
+        assert written == ([0] * 9 + [1]) * 3, written
+        assert a.store.renewed[b"s"].deadline == a.clock.now + 100
+
+    run(scenario)
+
+
+def test_a_renewal_held_back_is_written_before_the_databases_deadline_comes_near() -> None:
+    """A session read a little and then left alone: its last renewal is held
+    back (it moved the deadline by less than a tenth of the TTL), and written
+    once the database's deadline comes within ``renew_margin``, so that no
+    host's sweep deletes the row while memory here still holds it alive."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        a.keyspace.renew_margin = 3.0
+        start = a.clock.now
+        await a("SET", "s", "v", "EX", "100")  # the database's deadline: start + 100
+        assert await _read_every_second(a, "s", 5) == [0] * 5
+        while a.clock.now < start + 96:
+            a.clock.now += 1
+            assert a.keyspace.renew_due() == 0
+        a.clock.now += 1  # start + 97: the deadline is 3 s away
+        assert a.keyspace.renew_due() == 1
+        assert a.store.renewed == {b"s": Renewal(100.0, start + 105, start + 5)}
+        a.store.renewed.clear()
+        a.clock.now += 1
+        assert a.keyspace.renew_due() == 0  # written: nothing held back any more
+
+    run(scenario)
+
+
+def test_a_stop_writes_every_renewal_held_back() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        await a("SET", "s", "v", "EX", "100")
+        await a("SET", "t", "v", "EX", "100")
+        assert await _read_every_second(a, "s", 3) == [0] * 3
+        await a.keyspace.shutdown()
+        assert a.store.renewed == {b"s": Renewal(100.0, a.clock.now + 100, a.clock.now)}
+
+    run(scenario)
+
+
+def test_a_renewal_held_back_goes_with_a_write_or_another_hosts_change() -> None:
+    """A held-back renewal is of the session as memory had it: a write here
+    (which files its own deadline) or another host's change (heard as an
+    invalidation) replaces it, and the database's deadline this host knew
+    no longer holds: a shorter TTL written since is not taken for the old,
+    longer one."""
+
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        a.keyspace.renew_margin = 3.0
+        start = a.clock.now
+        await a("SET", "mine", "v", "EX", "100")
+        await a("SET", "theirs", "v", "EX", "100")
+        assert await a("GET", "theirs") == b"v"
+        assert await _read_every_second(a, "mine", 5) == [0] * 5
+        await a("SET", "mine", "w", "EX", "20")  # its deadline is now + 20, written
+        await b("SET", "theirs", "w", "EX", "100")
+        db.deliver()
+        assert a.cache.find(b"theirs") is None
+        a.clock.now += 1
+        assert await a("GET", "mine") == b"w"
+        assert a.keyspace.renew_due() == 0  # 1 s of 20: held back
+        while a.clock.now < start + 21:
+            a.clock.now += 1
+            assert a.keyspace.renew_due() == 0
+        # Written as the 20 s deadline of its write comes near (start + 25),
+        # not held until the 100 s one the old renewal knew of.
+        a.clock.now += 1
+        assert a.keyspace.renew_due() == 1
+        assert a.store.renewed == {b"mine": Renewal(20.0, start + 26, start + 6)}
+        while a.clock.now < start + 100:
+            a.clock.now += 1
+            assert a.keyspace.renew_due() == 0  # nor is the other's old renewal written
 
     run(scenario)
 

@@ -357,6 +357,9 @@ class App:
             hook=self.store_hook,
         )
         keyspace.attach_shared(store)
+        # A renewal held back is written while a write-back round and its
+        # commit still land before the database's deadline.
+        keyspace.renew_margin = p.renew_interval + p.timeout
         log.info("store_connecting", dsn=redact_dsn(p.dsn), timeout=p.connect_timeout)
         await store.open(p.connect_timeout)
         if not p.warm_start:

@@ -632,7 +632,8 @@ SCHEMA: dict[str, Section] = {
             "renew_interval": Key(
                 _positive_duration,
                 "duration",
-                "postgresql: how often TTLs renewed by reads are written back",
+                "postgresql: how often TTLs renewed by reads are looked at (each is "
+                "written back once it moves the database's deadline by a tenth of the TTL)",
                 restart=True,
             ),
         },

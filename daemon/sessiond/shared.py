@@ -23,10 +23,17 @@ memory, and the database holds them all. What it adds to the keyspace
 * **expiry**: memory finding a session past its deadline forgets it (another
   host may have renewed it); rows are deleted by the database sweep, by
   whichever host runs it first;
-* **sliding renewals**: reads renew a session in memory; the renewed
-  deadlines are written back every ``renew_interval`` (the most recently used
-  end of memory, so the cost is what was used since) and when memory evicts a
-  session, so that a session busy on one host does not expire on another.
+* **sliding renewals**: reads renew a session in memory; every
+  ``renew_interval`` the renewals since (the most recently used end of
+  memory, so the cost is what was used since) are looked at, and one is
+  written back once it moves the database's deadline by a tenth of the TTL
+  (:data:`RENEW_SLACK`), once that deadline comes within ``renew_margin``, and
+  when memory evicts the session or the daemon stops: a session busy on one
+  host does not expire on another, and a session read all day costs the
+  database a write per tenth of its TTL, not one a second. A host that dies
+  with renewals held back shortens those sessions' lives by at most that
+  tenth (as a crash does on the SQLite store, whose renewals are written
+  lazily too).
 
 It never does I/O itself; the store does, on the event loop.
 """
@@ -34,6 +41,7 @@ It never does I/O itself; the store does, on the event loop.
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Awaitable, Callable
 
 from .cache import Cause, Entry, SessionCache
@@ -50,6 +58,27 @@ CHAIN_LIMIT = 16
 # decision held it (the store could not open one).
 Token = tuple[int, float] | None | str
 UNKNOWN: Token = "unknown"
+
+# A renewal is written back once it moves the database's deadline by this
+# part of the session's TTL (or that deadline comes near): what a host that
+# dies with renewals held back can take off a session's life.
+RENEW_SLACK = 0.1
+
+
+class _Stored:
+    """What this host knows of a session's deadline in the database, from its
+    last write-back of a renewal (valid while memory's copy keeps the write
+    time and TTL it had then), and the renewal held back since, if any (due
+    for writing at ``due``, when the database's deadline comes near)."""
+
+    __slots__ = ("deadline", "due", "held", "ttl", "updated_at")
+
+    def __init__(self, updated_at: float, ttl: float, deadline: float) -> None:
+        self.updated_at = updated_at
+        self.ttl = ttl
+        self.deadline = deadline
+        self.held: Renewal | None = None
+        self.due = 0.0
 
 
 class _Wait:
@@ -124,6 +153,14 @@ class SharedKeyspace(Keyspace):
         # Renewals of sessions memory evicted since the last write-back.
         self.evicted: dict[bytes, Renewal] = {}
         self.renewed_through = cache.clock()
+        # Renewals are written back before the database's deadline comes
+        # within this (app: renew_interval + the store's timeout), and what
+        # this host knows of the database's deadlines, with the renewals held
+        # back (in ``due``, by when they must be written: stale items stay
+        # until they come up, and are skipped).
+        self.renew_margin = 3.0
+        self.stored: dict[bytes, _Stored] = {}
+        self.due: list[tuple[float, bytes]] = []
 
     def attach_shared(self, store: SharedStore) -> None:
         """Write through to ``store``, read through from it, and hear from it
@@ -200,7 +237,11 @@ class SharedKeyspace(Keyspace):
         current = self.current
         if current is not None:
             current.seen(key, entry)
-        renewal = self._renewal(entry, self.renewed_through)
+        known = self.stored.pop(key, None)
+        # A renewal held back is in memory's copy still (a write since would
+        # have replaced it and the held one with it).
+        since = self.renewed_through if known is None or known.held is None else 0.0
+        renewal = self._renewal(entry, since)
         if renewal is not None:
             self.evicted[key] = renewal
 
@@ -487,8 +528,10 @@ class SharedKeyspace(Keyspace):
 
     def invalidated(self, keys: list[bytes]) -> None:
         drop = self.cache.drop
+        forget = self.stored.pop
         for key in keys:
             drop(key)
+            forget(key, None)  # another host wrote it: a held renewal is of the old
         for read in self.reads:
             read.heard(keys)
         if self.watching:
@@ -517,22 +560,72 @@ class SharedKeyspace(Keyspace):
 
     # ---------------------------------------------------- background duties
 
-    def renew_due(self) -> int:
-        """Hand the store the sliding renewals made since the last call (and
-        those of evicted sessions); how many."""
+    def renew_due(self, *, everything: bool = False) -> int:
+        """Hand the store the sliding renewals worth writing back now (module
+        docstring: those of evicted sessions, those that move the database's
+        deadline by a tenth of the TTL, those held back whose database
+        deadline comes near; ``everything``, at a stop: every one held back
+        too); how many."""
         shared = self.shared
         if shared is None:
             return 0
+        cache = self.cache
         since = self.renewed_through
-        self.renewed_through = self.cache.clock()
+        now = self.renewed_through = cache.clock()
         renewals, self.evicted = self.evicted, {}
-        for key, entry in self.cache.touched_since(since):
+        stored = self.stored
+        margin = self.renew_margin
+        for key, entry in cache.touched_since(since):
             renewal = self._renewal(entry, since)
-            if renewal is not None:
+            if renewal is None:
+                continue
+            known = stored.get(key)
+            if known is None or known.updated_at != entry.updated_at or known.ttl != renewal.ttl:
+                # Its last write (this host's or the one it read) filed at
+                # least this deadline; nothing of it written back since.
+                known = _Stored(entry.updated_at, renewal.ttl, entry.updated_at + renewal.ttl)
+                stored[key] = known
+            if (
+                renewal.deadline - known.deadline >= renewal.ttl * RENEW_SLACK
+                or known.deadline - now <= margin
+            ):
                 renewals[key] = renewal
+                known.deadline = renewal.deadline
+                known.held = None
+            elif known.held is None:
+                known.held = renewal
+                known.due = known.deadline - margin
+                heapq.heappush(self.due, (known.due, key))
+            else:
+                known.held = renewal
+        due = self.due
+        while due and (everything or due[0][0] <= now):
+            when, key = heapq.heappop(due)
+            known = stored.get(key)
+            if known is None or known.held is None or known.due != when:
+                continue  # written, replaced or forgotten since it was held back
+            held = cache.find(key)
+            if held is not None and held.updated_at != known.updated_at:
+                continue  # written since, with its deadline
+            renewals[key] = known.held
+            known.deadline = known.held.deadline
+            known.held = None
+        if len(stored) > 2 * len(cache) + 1024:
+            self._forget_stored()
         if renewals:
             shared.renew(renewals)
         return len(renewals)
+
+    def _forget_stored(self) -> None:
+        """Drop what is known of sessions no longer in memory, but for the
+        renewals held back (written when due): the table stays about as large
+        as memory."""
+        find = self.cache.find
+        self.stored = {
+            key: known
+            for key, known in self.stored.items()
+            if known.held is not None or find(key) is not None
+        }
 
     def expire_store(self, limit: int) -> int:
         # The database deletes due rows, in the background (whichever host
@@ -570,7 +663,7 @@ class SharedKeyspace(Keyspace):
         shared = self.shared
         if shared is None:
             return
-        self.renew_due()
+        self.renew_due(everything=True)
         await shared.aclose()
 
 
