@@ -62,7 +62,7 @@ sizes valgrind reads from this CPU: 64 KiB L1 data, the 32 MiB L3 as its last
 level) and prints data-cache misses per request, first level (reads and writes)
 and last level, computed as the instructions are. Instruction counts miss what
 costs time in memory traffic: a server that executes as many instructions as
-another can still wait twice as long on memory (README, "Where the -P 16 gap
+another can still wait twice as long on memory (bench/RESULTS.md, "Where the -P 16 gap
 goes"). A simulated miss is as deterministic as an instruction, so a change in
 memory traffic too small to see in requests/s shows here. It runs about twice
 as slowly; the instruction counts are the same.

@@ -26,13 +26,13 @@ Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 Prints requests/s, p99 and max latency for both servers, and each server's CPU time per request
 (user + system, from /proc, its child processes included: sessiond's compactor), and the
 ratios sessiond / redis. When other work shares the machine, CPU per request is the steadier
-of the two: in one run of 3 repetitions at load average 10-15 (2026-12-05, README "Where
+of the two: in one run of 3 repetitions at load average 10-15 (2026-12-05, bench/RESULTS.md "Where
 the -P 16 gap goes") the requests/s ratios of one row spread as wide as 0.28-1.61 while
 the CPU ratios of most rows stayed within about 10% (the widest: 1.59-2.04).
 Quote ratios from one run; absolute numbers vary with the machine's load. Two builds
 of sessiond compare only the same way, interleaved in one run (``--against``): runs
 made apart moved the unchanged minimal server's ratios by up to a fifth
-(README, "Measured").
+(bench/RESULTS.md, "Measured").
 """
 
 from __future__ import annotations

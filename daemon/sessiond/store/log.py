@@ -256,7 +256,7 @@ class Segment:
         Written in place (``pwrite``), over the zeros of a segment allocated
         ahead: its ``fdatasync`` then has no file size or block allocation to
         commit, only the frame's data. Interleaved against appending
-        (bench/resp_bench.py --against, README "Log segments allocated
+        (bench/resp_bench.py --against, bench/RESULTS.md "Log segments allocated
         ahead"): 1.11x and 1.17x the durable SETs a second at -c 1."""
         data = frame if self.size else MAGIC + frame
         try:

@@ -54,7 +54,7 @@ COLUMNS = "key, value, context, created_at, updated_at, accessed_at, ttl, deadli
 # SET, with the default TTL) a change of an indexed column: PostgreSQL then
 # writes a new entry into every index of the table, not only the deadline's.
 # PostgreSQL's CPU per durable SET at -c 50 went to 0.63x with it, and SETs/s
-# 1.27x (bench/shared_vs_tcp_redis.py --against the build before; README,
+# 1.27x (bench/shared_vs_tcp_redis.py --against the build before; bench/RESULTS.md,
 # "The sessions table files rows by expire_at").
 # Expiry re-files a row whose expire_at comes due while its deadline lies
 # further on (once per TTL at most). Schema 1 had the deadline's index
@@ -153,7 +153,7 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # its own taken after the locks, as in a transaction of separate statements
 # (READ COMMITTED), but one statement for the client to send and psycopg to
 # prepare, bind and read back instead of seven (BEGIN and COMMIT included)
-# (README, "The PostgreSQL floor"). Called outside a transaction (the
+# (bench/RESULTS.md, "The PostgreSQL floor"). Called outside a transaction (the
 # writer's connection is in autocommit), the call is the transaction.
 # The function is named by its own version and only added where it is missing
 # (FIND_FUNCTION: at start, and at the writer's reconnect after a failed

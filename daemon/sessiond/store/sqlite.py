@@ -22,7 +22,7 @@ durable, so what is left is replayed into the overlay at the next start.
 Why threads and not a compactor process: the log writer spends its time in
 ``write``/``fdatasync`` (the GIL released); the compactor in ``sqlite3_step``
 (released too); what they hold the GIL for is the Python around each row
-(README, "Performance" has the measurements).
+(bench/RESULTS.md, "Performance" has the measurements).
 """
 
 from __future__ import annotations
