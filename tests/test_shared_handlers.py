@@ -675,6 +675,27 @@ def test_a_renewal_held_back_goes_with_a_write_or_another_hosts_change() -> None
     run(scenario)
 
 
+def test_what_a_host_keeps_of_renewals_held_back_stays_bounded() -> None:
+    """A session another host writes every second and this one reads every
+    second: each write here replaces the renewal held back (and its place in
+    the queue of those due): after an hour of that, the queue holds about as
+    many items as there are sessions, not one per second."""
+
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        for _ in range(3600):
+            a.clock.now += 0.5
+            await a("SET", "s", "v", "EX", "1800")
+            db.deliver()
+            a.clock.now += 0.5
+            assert await b("GET", "s") == b"v"
+            assert b.keyspace.renew_due() == 0  # held back
+        assert len(b.keyspace.stored) <= 1
+        assert len(b.keyspace.due) <= 2 * 1 + 1024
+
+    run(scenario)
+
+
 def test_a_whole_flush_elsewhere_empties_memory() -> None:
     async def scenario() -> None:
         _db, (a, b) = fleet()

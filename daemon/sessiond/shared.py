@@ -156,8 +156,8 @@ class SharedKeyspace(Keyspace):
         # Renewals are written back before the database's deadline comes
         # within this (app: renew_interval + the store's timeout), and what
         # this host knows of the database's deadlines, with the renewals held
-        # back (in ``due``, by when they must be written: stale items stay
-        # until they come up, and are skipped).
+        # back (in ``due``, by when they must be written: stale items are
+        # skipped when they come up, and dropped when they outnumber the rest).
         self.renew_margin = 3.0
         self.stored: dict[bytes, _Stored] = {}
         self.due: list[tuple[float, bytes]] = []
@@ -612,6 +612,11 @@ class SharedKeyspace(Keyspace):
             known.held = None
         if len(stored) > 2 * len(cache) + 1024:
             self._forget_stored()
+        if len(due) > 2 * len(self.stored) + 1024:
+            # Items of renewals written, replaced or forgotten since they were
+            # held back: built again from those held, at most one a key.
+            self.due = [(k.due, key) for key, k in self.stored.items() if k.held is not None]
+            heapq.heapify(self.due)
         if renewals:
             shared.renew(renewals)
         return len(renewals)
