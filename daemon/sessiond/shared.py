@@ -68,16 +68,19 @@ RENEW_SLACK = 0.1
 class _Stored:
     """What this host knows of a session's deadline in the database, from its
     last write-back of a renewal (valid while memory's copy keeps the write
-    time and TTL it had then), and the renewal held back since, if any (due
-    for writing at ``due``, when the database's deadline comes near)."""
+    time and TTL it had then), and the renewal held back since, if any: its
+    deadline (``held``, 0 for none) and access time, due for writing at
+    ``due``, when the database's deadline comes near. Floats, not a
+    :class:`Renewal`: one is made only for a renewal written."""
 
-    __slots__ = ("deadline", "due", "held", "ttl", "updated_at")
+    __slots__ = ("accessed", "deadline", "due", "held", "ttl", "updated_at")
 
     def __init__(self, updated_at: float, ttl: float, deadline: float) -> None:
         self.updated_at = updated_at
         self.ttl = ttl
         self.deadline = deadline
-        self.held: Renewal | None = None
+        self.held = 0.0
+        self.accessed = 0.0
         self.due = 0.0
 
 
@@ -240,7 +243,7 @@ class SharedKeyspace(Keyspace):
         known = self.stored.pop(key, None)
         # A renewal held back is in memory's copy still (a write since would
         # have replaced it and the held one with it).
-        since = self.renewed_through if known is None or known.held is None else 0.0
+        since = self.renewed_through if known is None or not known.held else 0.0
         renewal = self._renewal(entry, since)
         if renewal is not None:
             self.evicted[key] = renewal
@@ -575,47 +578,49 @@ class SharedKeyspace(Keyspace):
         renewals, self.evicted = self.evicted, {}
         stored = self.stored
         margin = self.renew_margin
-        for key, entry in cache.touched_since(since):
-            renewal = self._renewal(entry, since)
-            if renewal is None:
+        # As _renewal, inline: a GET's renewal is looked at in every round
+        # until it is written, and most are held back.
+        for key, entry in cache.touched_since(since) if cache.sliding else ():
+            ttl = entry.ttl
+            deadline = entry.deadline
+            accessed = entry.accessed_at
+            updated = entry.updated_at
+            if ttl is None or deadline is None or accessed <= updated:
                 continue
             known = stored.get(key)
-            if known is None or known.updated_at != entry.updated_at or known.ttl != renewal.ttl:
+            if known is None or known.updated_at != updated or known.ttl != ttl:
                 # Its last write (this host's or the one it read) filed at
                 # least this deadline; nothing of it written back since.
-                known = _Stored(entry.updated_at, renewal.ttl, entry.updated_at + renewal.ttl)
+                known = _Stored(updated, ttl, updated + ttl)
                 stored[key] = known
-            if (
-                renewal.deadline - known.deadline >= renewal.ttl * RENEW_SLACK
-                or known.deadline - now <= margin
-            ):
-                renewals[key] = renewal
-                known.deadline = renewal.deadline
-                known.held = None
-            elif known.held is None:
-                known.held = renewal
+            if deadline - known.deadline >= ttl * RENEW_SLACK or known.deadline - now <= margin:
+                renewals[key] = Renewal(ttl, deadline, accessed)
+                known.deadline = deadline
+                known.held = 0.0
+                continue
+            if not known.held:
                 known.due = known.deadline - margin
                 heapq.heappush(self.due, (known.due, key))
-            else:
-                known.held = renewal
+            known.held = deadline
+            known.accessed = accessed
         due = self.due
         while due and (everything or due[0][0] <= now):
             when, key = heapq.heappop(due)
             known = stored.get(key)
-            if known is None or known.held is None or known.due != when:
+            if known is None or not known.held or known.due != when:
                 continue  # written, replaced or forgotten since it was held back
             held = cache.find(key)
             if held is not None and held.updated_at != known.updated_at:
                 continue  # written since, with its deadline
-            renewals[key] = known.held
-            known.deadline = known.held.deadline
-            known.held = None
+            renewals[key] = Renewal(known.ttl, known.held, known.accessed)
+            known.deadline = known.held
+            known.held = 0.0
         if len(stored) > 2 * len(cache) + 1024:
             self._forget_stored()
         if len(due) > 2 * len(self.stored) + 1024:
             # Items of renewals written, replaced or forgotten since they were
             # held back: built again from those held, at most one a key.
-            self.due = [(k.due, key) for key, k in self.stored.items() if k.held is not None]
+            self.due = [(k.due, key) for key, k in self.stored.items() if k.held]
             heapq.heapify(self.due)
         if renewals:
             shared.renew(renewals)
@@ -627,9 +632,7 @@ class SharedKeyspace(Keyspace):
         as memory."""
         find = self.cache.find
         self.stored = {
-            key: known
-            for key, known in self.stored.items()
-            if known.held is not None or find(key) is not None
+            key: known for key, known in self.stored.items() if known.held or find(key) is not None
         }
 
     def expire_store(self, limit: int) -> int:
