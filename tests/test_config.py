@@ -266,6 +266,29 @@ def test_invalid_yaml_names_the_line(tmp_path: Path, text: str, where: str) -> N
     assert lines[0].startswith(f"{tmp_path / 'sessiond.yaml'}: invalid YAML at {where}, column ")
 
 
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ("cache:\n  max_sessions: 5\ncache:\n  max_sessions: 6\n", 3, "cache"),
+        ("cache:\n  max_sessions: 5\n  default_ttl: 1h\n  max_sessions: 6\n", 4, "max_sessions"),
+    ],
+)
+def test_a_key_written_twice_is_refused(tmp_path: Path, text: str, line: int, key: str) -> None:
+    """PyYAML keeps the last of two equal keys without a word: a second
+    ``cache:`` section appended by a config manager would silently drop the
+    first. Refused, with both lines."""
+    (problem,) = problems(check(tmp_path, text))
+    assert problem.startswith(f"{tmp_path / 'sessiond.yaml'}: invalid YAML at line {line}, ")
+    assert f"duplicate key {key!r} (first at line {1 if key == 'cache' else 2})" in problem
+
+
+def test_a_merge_may_still_be_overridden(tmp_path: Path) -> None:
+    text = "x-base: &base\n  max_sessions: 5\ncache:\n  <<: *base\n  max_sessions: 7\n"
+    proc = check(tmp_path, text)
+    # x-base is an unknown section (refused on its own); the merge itself is fine.
+    assert "duplicate key" not in proc.stdout + proc.stderr
+
+
 def test_python_tags_are_refused(tmp_path: Path) -> None:
     lines = problems(check(tmp_path, "cache: !!python/object/apply:os.system ['true']\n"))
     assert "invalid YAML" in lines[0]

@@ -362,6 +362,29 @@ class _Loader(yaml.SafeLoader):
         self._sizes[id(node)] = self._nodes - before + 1
         return node
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A mapping, refusing a key written twice in it (PyYAML keeps the last
+        silently: a config manager appending a second ``cache:`` section
+        would drop the first without a word). Keys a merge (``<<``) brings in
+        may be overridden, as YAML says."""
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = key_node.value
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {seen[key]}): "
+                    "the later one would replace it",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
     def _count(self, nodes: int, mark: Any) -> None:
         self._nodes += nodes
         if self._nodes > MAX_YAML_NODES:
