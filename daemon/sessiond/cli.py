@@ -44,8 +44,9 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "run",
         "run the daemon in the foreground",
         "Run the daemon in the foreground until SIGTERM or SIGINT. It listens on the socket "
-        "once the store is open and the most recently used sessions are loaded, and then "
-        "tells systemd READY=1. It serves the socket systemd passes (socket activation) "
+        "once the store is open, tells systemd READY=1, and loads the most recently used "
+        "sessions into memory while it serves (a session not loaded yet is read through from "
+        "the store). It serves the socket systemd passes (socket activation) "
         "instead of binding its own. SIGHUP, or saving the config file, reloads the config; "
         "SIGUSR2 hands the socket and the store over to a new process running the code "
         "installed now.",
