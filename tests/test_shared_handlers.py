@@ -732,3 +732,163 @@ def test_replies_of_writes_wait_for_their_own_decisions_only() -> None:
         assert await slow == 1
 
     run(scenario)
+
+
+# ------------------------------------------- renewals held back: the database
+
+
+def _write_back(db: Database, host: Host) -> None:
+    """Apply the renewals ``host`` handed its store as the commit function
+    does: only while the row slides by the renewal's TTL, and only later."""
+    for key, renewal in host.store.renewed.items():
+        row = db.rows.get(key)
+        if row is None or row.ttl != renewal.ttl or row.deadline is None:
+            continue
+        db.rows[key] = row._replace(
+            deadline=max(row.deadline, renewal.deadline),
+            accessed_at=max(row.accessed_at, renewal.accessed_at),
+        )
+    host.store.renewed.clear()
+
+
+def _sweep(db: Database, now: float, grace: float = 5.0) -> list[bytes]:
+    """The database sweep as a host with clock ``now`` runs it: rows past
+    their deadline by more than ``grace`` are deleted, and every host that
+    listens hears of it."""
+    gone = [k for k, r in db.rows.items() if r.deadline is not None and r.deadline < now - grace]
+    for key in gone:
+        del db.rows[key]
+        db.versions.pop(key, None)
+    for host in db.hosts:
+        if gone and host.listener is not None and host.coherent:
+            host.listener.invalidated(gone)
+    return gone
+
+
+def test_a_renewal_held_back_then_replaced_by_a_write_is_not_kept_for_ever() -> None:
+    """A session read (its renewal held back), then written and never read
+    again: the write replaces the held renewal, which renew_due skips when
+    it comes due, but the host's record keeps it marked as held, and
+    _forget_stored keeps every record marked held. Once the sessions have
+    left memory, what the host keeps of them must go too, else ``stored``
+    grows with every session used so, and each round past the bound scans
+    all of it."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1, max_sessions=10_000)
+        n = 3000
+        keys = [f"s{i}" for i in range(n)]
+        for key in keys:
+            await a("SET", key, "v", "EX", "100")
+        a.clock.now += 1
+        for key in keys:
+            assert await a("GET", key) == b"v"
+        assert a.keyspace.renew_due() == 0  # 1 s of 100: held back
+        for key in keys:
+            await a("SET", key, "w", "EX", "100")  # the write replaces what was held
+        scans = 0
+        forget = a.keyspace._forget_stored
+
+        def counted() -> None:
+            nonlocal scans
+            scans += 1
+            forget()
+
+        a.keyspace._forget_stored = counted  # type: ignore[method-assign]
+        for _ in range(300):
+            a.clock.now += 1
+            a.cache.sweep(100_000)
+            a.keyspace.renew_due()
+        assert len(a.cache) == 0  # every session expired from memory long ago
+        assert len(a.keyspace.stored) <= 1024, len(a.keyspace.stored)
+        assert scans <= 2, f"{scans} rounds scanned all of stored"
+
+    run(scenario)
+
+
+def test_reads_while_notifications_are_lost_renew_the_session_in_the_database() -> None:
+    """B cannot hear other hosts: every command reads its keys from the
+    database and memory forgets them after it (cache.drop, which tells
+    nobody). A session B reads every second must stay alive all the same;
+    its renewals never reach the database: renew_due looks only at what
+    memory holds."""
+
+    async def scenario() -> None:
+        db, (a, b) = fleet()
+        await a("SET", "s", "v", "EX", "100")
+        b.store.coherent = False
+        b.keyspace.invalidated_all("notifications lost")
+        for second in range(200):
+            b.clock.now += 1
+            assert await b("GET", "s") == b"v", f"gone after {second + 1} s of reads"
+            b.keyspace.renew_due()
+            _write_back(db, b)
+            _sweep(db, b.clock.now)
+
+    run(scenario)
+
+
+def test_a_deadline_set_on_another_clock_is_not_taken_for_the_write_time_plus_ttl() -> None:
+    """renew_due takes ``updated_at + ttl`` for a lower bound of the row's
+    deadline. EXPIRE keeps ``updated_at`` and sets the deadline from the
+    clock of the host that runs it: after a write by a host whose clock is
+    20 s ahead, B's EXPIRE 100 leaves a row whose deadline is 19 s before
+    ``updated_at + ttl``. B reads the session for 9 s: each renewal is held
+    back (it moves the deadline B believes by less than a tenth), due 3 s
+    before that believed deadline, and the sweep deletes the row first. The
+    session goes 23 s before B's last read + TTL, more than the tenth a
+    crash may take, with no crash; writing every renewal (as before) kept
+    it."""
+
+    async def scenario() -> None:
+        db = Database()
+        real = Clock()
+        start = real.now
+        ahead = Clock(start + 20)
+        a = Host(db, ahead)
+        b = Host(db, real)
+        b.keyspace.renew_margin = 3.0
+        await a("SET", "s", "v", "EX", "100")  # updated_at start + 20 (A's clock)
+        db.deliver()
+        for clock in (real, ahead):
+            clock.now += 1
+        assert await b("EXPIRE", "s", "100") == 1  # deadline start + 101 (B's clock)
+        db.deliver()
+        assert db.rows[b"s"].deadline == start + 101
+        while real.now < start + 120:
+            for clock in (real, ahead):
+                clock.now += 1
+            if start + 21 <= real.now <= start + 29:
+                assert await b("GET", "s") == b"v"  # the last read: start + 29
+            b.keyspace.renew_due()
+            _write_back(db, b)
+            _sweep(db, real.now)
+        # B's last read was at start + 29 with a TTL of 100 s.
+        assert await b("GET", "s") == b"v"
+
+    run(scenario)
+
+
+def test_a_decision_on_this_hosts_session_sees_its_renewal_held_back() -> None:
+    """B reads a session (its renewal held back: the database's deadline
+    stays 5 s behind memory's) and asks TTL: 99 s, from memory. EXPIRE 97
+    GT must not apply (97 is not greater than 99), but the decision reads
+    the row as the database has it, without this host's own renewal, and
+    shortens the session. Before renewals were held back the database was
+    at most a round (1 s) behind."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        start = a.clock.now
+        await a("SET", "s", "v", "EX", "100")
+        a.clock.now += 5
+        assert await a("GET", "s") == b"v"
+        a.keyspace.renew_due()
+        _write_back(db, a)
+        a.clock.now += 1
+        assert await a("TTL", "s") == 99
+        assert await a("EXPIRE", "s", "97", "GT") == 0
+        # Not shortened: the EXPIRE's own access slid it to now + 100.
+        assert await a("PEXPIRETIME", "s") == int((start + 106) * 1000)
+
+    run(scenario)
