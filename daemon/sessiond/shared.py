@@ -611,7 +611,10 @@ class SharedKeyspace(Keyspace):
                 continue  # written, replaced or forgotten since it was held back
             held = cache.find(key)
             if held is not None and held.updated_at != known.updated_at:
-                continue  # written since, with its deadline
+                # Written since, with its deadline: nothing is held any more
+                # (else the record would be kept for good, _forget_stored).
+                known.held = 0.0
+                continue
             renewals[key] = Renewal(known.ttl, known.held, known.accessed)
             known.deadline = known.held
             known.held = 0.0
