@@ -487,7 +487,17 @@ class SharedKeyspace(Keyspace):
         cache = self.cache
         prepared = context.prepared
         if prepared is not None and prepared.forget:
+            evicted = self.evicted
+            since = self.renewed_through
             for key in prepared.forget:
+                # The copy goes, its renewal by this command's read must not
+                # (while notifications are lost, every read is one of these):
+                # written back with the next round, as an eviction's.
+                entry = cache.find(key)
+                if entry is not None:
+                    renewal = self._renewal(entry, since)
+                    if renewal is not None:
+                        evicted[key] = renewal
                 cache.drop(key)
         written = self.written
         if written is not None:
