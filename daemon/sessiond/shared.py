@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable
 
 from .cache import Cause, Entry, SessionCache
 from .keyspace import Context, Keyspace, Prepared, entry_of, row_of
-from .store import Decision, Renewal, SharedStore, StoreError, scan_hash
+from .store import Decision, Renewal, Row, SharedStore, StoreError, scan_hash
 from .values import Value
 
 # Commands of this host that may decide in one transaction, one after the
@@ -371,7 +371,7 @@ class SharedKeyspace(Keyspace):
             if fresh or _stale(held, now):
                 if held is not None:
                     cache.drop(key)
-                loaded[key] = None if row is None else entry_of(row)
+                loaded[key] = None if row is None else self._entry_of(key, row)
             # else a write while we read: memory's copy is newer
         after = list(forget) if forget is not None else []
         if ticket.everything:
@@ -415,8 +415,27 @@ class SharedKeyspace(Keyspace):
             # read-through: the command's first access admits them).
             cache.drop(key)
             row = decision.rows.get(key)
-            loaded[key] = None if row is None else entry_of(row)
+            loaded[key] = None if row is None else self._entry_of(key, row)
         return Prepared(loaded, None, decision, None if self.coherent else list(hold.keys))
+
+    def _entry_of(self, key: bytes, row: Row) -> Entry[Value]:
+        """The row as memory takes it, with this host's own renewal of it
+        held back, if any (the database's deadline lags it by up to a
+        tenth of the TTL): what this host answered for the session before
+        memory let go of its copy stays what it answers, and decides on."""
+        entry = entry_of(row)
+        known = self.stored.get(key)
+        if (
+            known is not None
+            and known.held
+            and known.updated_at == row.updated_at
+            and known.ttl == row.ttl
+            and row.deadline is not None
+            and known.held > row.deadline
+        ):
+            entry.deadline = known.held
+            entry.accessed_at = max(entry.accessed_at, known.accessed)
+        return entry
 
     def _handed(self, decision: Decision) -> Prepared:
         """What the next command deciding in ``decision`` gets: the keys as
@@ -426,8 +445,12 @@ class SharedKeyspace(Keyspace):
         loaded: dict[bytes, Entry[Value] | None] = {}
         changes = decision.changes
         for key in decision.keys:
-            row = changes[key] if key in changes else decision.rows.get(key)
-            loaded[key] = None if row is None else entry_of(row)
+            if key in changes:
+                row = changes[key]
+                loaded[key] = None if row is None else entry_of(row)
+            else:
+                row = decision.rows.get(key)
+                loaded[key] = None if row is None else self._entry_of(key, row)
         return Prepared(loaded, None, decision, None if self.coherent else list(decision.keys))
 
     def _next(self, decision: Decision) -> None:
