@@ -892,3 +892,54 @@ def test_a_decision_on_this_hosts_session_sees_its_renewal_held_back() -> None:
         assert await a("PEXPIRETIME", "s") == int((start + 106) * 1000)
 
     run(scenario)
+
+
+async def _idle_until(db: Database, host: Host, until: float) -> None:
+    """Write-back rounds and sweeps, a second apart, until ``until``."""
+    while host.clock.now < until:
+        host.clock.now += 1
+        host.keyspace.renew_due()
+        _write_back(db, host)
+        _sweep(db, host.clock.now)
+
+
+def test_a_decision_that_only_looks_keeps_the_renewal_of_a_read_before_it() -> None:
+    """GET renews the session in memory; WATCH, in the same write-back
+    round, decides on the row as the database has it, and memory drops its
+    copy first (cache.drop, which tells nobody). WATCH only looks: nothing
+    admits the key again, and the GET's renewal, which no round had seen,
+    is gone: the row keeps its old deadline and is swept 85 s after the
+    last read of a session with a TTL of 100 s."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        start = a.clock.now
+        await a("SET", "s", "v", "EX", "100")
+        await _idle_until(db, a, start + 90)
+        assert await a("GET", "s") == b"v"  # alive until start + 190
+        assert await a("WATCH", "s") == OK
+        await _idle_until(db, a, start + 150)
+        assert await a("GET", "s") == b"v"
+
+    run(scenario)
+
+
+def test_a_read_just_before_notifications_are_lost_keeps_its_renewal() -> None:
+    """As above with the memory emptied when the notifications are lost
+    (cache.drop_all): the renewal of a read no round had seen yet goes with
+    it."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        start = a.clock.now
+        await a("SET", "s", "v", "EX", "100")
+        await _idle_until(db, a, start + 90)
+        assert await a("GET", "s") == b"v"  # alive until start + 190
+        a.store.coherent = False
+        a.keyspace.invalidated_all("notifications lost")
+        a.store.coherent = True
+        a.keyspace.invalidated_all("notifications restored")
+        await _idle_until(db, a, start + 150)
+        assert await a("GET", "s") == b"v"
+
+    run(scenario)

@@ -248,6 +248,19 @@ class SharedKeyspace(Keyspace):
         if renewal is not None:
             self.evicted[key] = renewal
 
+    def _let_go(self, key: bytes) -> None:
+        """Memory forgets its copy of ``key`` (cache.drop, which tells
+        nobody) but not its renewal by a read no write-back round has seen
+        yet: that goes with the next round, as an eviction's."""
+        cache = self.cache
+        entry = cache.find(key)
+        if entry is None:
+            return
+        renewal = self._renewal(entry, self.renewed_through)
+        if renewal is not None:
+            self.evicted[key] = renewal
+        cache.drop(key)
+
     def _renewal(self, entry: Entry[Value], since: float) -> Renewal | None:
         ttl = entry.ttl
         deadline = entry.deadline
@@ -408,12 +421,11 @@ class SharedKeyspace(Keyspace):
             raise
         hold.decision = decision
         self.hold_of[decision] = hold
-        cache = self.cache
         loaded: dict[bytes, Entry[Value] | None] = {}
         for key in hold.keys:
             # The database's rows replace memory's copies (read like a
             # read-through: the command's first access admits them).
-            cache.drop(key)
+            self._let_go(key)
             row = decision.rows.get(key)
             loaded[key] = None if row is None else self._entry_of(key, row)
         return Prepared(loaded, None, decision, None if self.coherent else list(hold.keys))
@@ -510,18 +522,9 @@ class SharedKeyspace(Keyspace):
         cache = self.cache
         prepared = context.prepared
         if prepared is not None and prepared.forget:
-            evicted = self.evicted
-            since = self.renewed_through
+            # While notifications are lost, every read is one of these.
             for key in prepared.forget:
-                # The copy goes, its renewal by this command's read must not
-                # (while notifications are lost, every read is one of these):
-                # written back with the next round, as an eviction's.
-                entry = cache.find(key)
-                if entry is not None:
-                    renewal = self._renewal(entry, since)
-                    if renewal is not None:
-                        evicted[key] = renewal
-                cache.drop(key)
+                self._let_go(key)
         written = self.written
         if written is not None:
             self.written = None
@@ -584,7 +587,17 @@ class SharedKeyspace(Keyspace):
                 read.heard([key for key in read.keys if scan_hash(key) in wanted])
 
     def invalidated_all(self, reason: str) -> None:
-        self.cache.drop_all()
+        cache = self.cache
+        if self.shared is not None and cache.sliding:
+            # The renewals of reads no write-back round has seen yet (the
+            # database keeps a row only while its ttl is the renewal's).
+            since = self.renewed_through
+            evicted = self.evicted
+            for key, entry in cache.touched_since(since):
+                renewal = self._renewal(entry, since)
+                if renewal is not None:
+                    evicted[key] = renewal
+        cache.drop_all()
         for read in self.reads:
             read.everything = True
         if self.watching:
