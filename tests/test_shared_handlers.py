@@ -943,3 +943,40 @@ def test_a_read_just_before_notifications_are_lost_keeps_its_renewal() -> None:
         assert await a("GET", "s") == b"v"
 
     run(scenario)
+
+
+def test_renewals_held_back_when_memory_is_emptied_are_not_scanned_every_round() -> None:
+    """Memory is emptied (notifications lost, or restored) with 3,000
+    renewals held back: their records stay (written when due, up to a TTL
+    later) and outnumber twice memory plus 1024, so each write-back round
+    rebuilt the whole table to drop none of them, every second until they
+    came due: a scan of every session read lately, a second, on the event
+    loop. A scan that drops nothing need not run again until the table has
+    grown."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1, max_sessions=10_000)
+        keys = [f"s{i}" for i in range(3000)]
+        for key in keys:
+            await a("SET", key, "v", "EX", "100")
+        a.clock.now += 1
+        for key in keys:
+            assert await a("GET", key) == b"v"
+        assert a.keyspace.renew_due() == 0  # all held back
+        a.keyspace.invalidated_all("notifications restored")
+        scans = 0
+        forget = a.keyspace._forget_stored
+
+        def counted() -> None:
+            nonlocal scans
+            scans += 1
+            forget()
+
+        a.keyspace._forget_stored = counted  # type: ignore[method-assign]
+        for _ in range(90):
+            a.clock.now += 1
+            a.keyspace.renew_due()
+        assert len(a.keyspace.stored) == 3000  # still held: not due yet
+        assert scans <= 2, f"{scans} rounds scanned all of stored"
+
+    run(scenario)

@@ -164,6 +164,11 @@ class SharedKeyspace(Keyspace):
         self.renew_margin = 3.0
         self.stored: dict[bytes, _Stored] = {}
         self.due: list[tuple[float, bytes]] = []
+        # How many records the last _forget_stored kept (those holding a
+        # renewal, or of sessions in memory): the next one waits until the
+        # table is twice as large, so that records it cannot drop (renewals
+        # held back while memory was emptied) are not scanned every round.
+        self.stored_kept = 0
 
     def attach_shared(self, store: SharedStore) -> None:
         """Write through to ``store``, read through from it, and hear from it
@@ -664,7 +669,7 @@ class SharedKeyspace(Keyspace):
             renewals[key] = Renewal(known.ttl, known.held, known.accessed)
             known.deadline = known.held
             known.held = 0.0
-        if len(stored) > 2 * len(cache) + 1024:
+        if len(stored) > 2 * max(len(cache), self.stored_kept) + 1024:
             self._forget_stored()
         if len(due) > 2 * len(self.stored) + 1024:
             # Items of renewals written, replaced or forgotten since they were
@@ -683,6 +688,7 @@ class SharedKeyspace(Keyspace):
         self.stored = {
             key: known for key, known in self.stored.items() if known.held or find(key) is not None
         }
+        self.stored_kept = len(self.stored)
 
     def expire_store(self, limit: int) -> int:
         # The database deletes due rows, in the background (whichever host
