@@ -213,6 +213,12 @@ class SharedKeyspace(Keyspace):
         if current is not None:
             current.seen(key, entry)
         row = row_of(entry)
+        ttl = entry.ttl
+        deadline = entry.deadline
+        if ttl is not None and deadline is not None and deadline < entry.updated_at + ttl:
+            # Set on a clock other than the write's (EXPIRE keeps the write
+            # time): renew_due's lower bound for it would be too high.
+            self.stored[key] = _Stored(entry.updated_at, ttl, deadline)
         deciding = self.deciding
         if deciding is not None and key in deciding.keys:
             deciding.record(key, row)
@@ -441,17 +447,20 @@ class SharedKeyspace(Keyspace):
         tenth of the TTL): what this host answered for the session before
         memory let go of its copy stays what it answers, and decides on."""
         entry = entry_of(row)
+        ttl = row.ttl
+        deadline = row.deadline
+        if ttl is None or deadline is None:
+            return entry
         known = self.stored.get(key)
-        if (
-            known is not None
-            and known.held
-            and known.updated_at == row.updated_at
-            and known.ttl == row.ttl
-            and row.deadline is not None
-            and known.held > row.deadline
-        ):
-            entry.deadline = known.held
-            entry.accessed_at = max(entry.accessed_at, known.accessed)
+        if known is not None and known.updated_at == row.updated_at and known.ttl == ttl:
+            known.deadline = deadline  # the database's, exactly
+            if known.held > deadline:
+                entry.deadline = known.held
+                entry.accessed_at = max(entry.accessed_at, known.accessed)
+        elif deadline < row.updated_at + ttl:
+            # Set on another clock than the write's (an EXPIRE elsewhere):
+            # renew_due's lower bound for it would be too high.
+            self.stored[key] = _Stored(row.updated_at, ttl, deadline)
         return entry
 
     def _handed(self, decision: Decision) -> Prepared:
@@ -540,8 +549,10 @@ class SharedKeyspace(Keyspace):
         """``decision`` is committed, or failed: then memory's copies of its
         keys hold changes the database may not have, and are forgotten."""
         if error is not None:
+            forget = self.stored.pop
             for key in decision.keys:
                 self.cache.drop(key)
+                forget(key, None)  # what it knew of the row may be the failed write's
         hold = self.hold_of.pop(decision, None)
         if hold is not None:
             self._release(hold)
