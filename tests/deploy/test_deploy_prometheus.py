@@ -1,6 +1,6 @@
 """deploy/prometheus: the scrape config and the alert rules pass promtool, the promtool unit
-tests pass and cover every alert firing and not firing, and every alert carries a severity
-and a runbook."""
+tests pass and cover every alert firing and not firing, every alert carries a severity
+and a runbook, and deploy/README.md counts the rules and describes each."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
+GUIDE = REPO_ROOT / "deploy" / "README.md"
 
 REQUIRED_ALERTS = {
     "SessiondDown",
@@ -19,6 +20,7 @@ REQUIRED_ALERTS = {
     "SessiondConfigReloadFailed",
     "SessiondStoreErrors",
     "SessiondClientsNearLimit",
+    "SessiondClientsRejected",
     "SessiondLatencyHigh",
     "SessiondWritesRefused",
     "SessiondStoreDiskGrowing",
@@ -44,9 +46,36 @@ def test_promtool_check_config(promtool: Path) -> None:
     assert "1 rule files found" in proc.stdout
 
 
+def alert_severities() -> dict[str, str]:
+    """alertname -> severity, from alerts.yml (line-based: no YAML parser)."""
+    text = (PROM_DIR / "alerts.yml").read_text()
+    return dict(
+        re.findall(r"^\s+- alert: (\w+)\n(?:\s+(?!- alert:).*\n)*?\s+severity: (\w+)$", text, re.M)
+    )
+
+
 def test_promtool_check_rules(promtool: Path) -> None:
     proc = promtool_run(promtool, "check", "rules", "alerts.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(alert_severities())} rules found" in proc.stdout
+
+
+def test_the_guide_counts_and_describes_every_alert_rule() -> None:
+    """deploy/README.md gives the number of rules in alerts.yml (its table of files, and
+    what promtool prints for them), and has a row of its alert table and a section with
+    the right severity for each."""
+    alerts = alert_severities()
+    text = (PROM_DIR / "alerts.yml").read_text()
+    assert len(alerts) == len(re.findall(r"^\s+- alert: ", text, re.M))
+    guide = GUIDE.read_text()
+    count = str(len(alerts))
+    files_row = r"^\| `deploy/prometheus/alerts\.yml` \| (\d+) alert rules"
+    assert re.findall(files_row, guide, re.M) == [count]
+    assert re.findall(r"# SUCCESS: (\d+) rules found", guide) == [count]
+    rows = re.findall(r"^\| (Sessiond\w+) \| (critical|warning) \|", guide, re.M)
+    assert sorted(rows) == sorted(alerts.items())
+    sections = re.findall(r"^### (Sessiond\w+) \((critical|warning)\b", guide, re.M)
+    assert sorted(sections) == sorted(alerts.items())
 
 
 def test_promtool_test_rules(promtool: Path) -> None:
