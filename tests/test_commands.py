@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Daemon, wait_until
+from conftest import Daemon, RedisServer, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sessiond import REDIS_COMPAT_VERSION, __version__
@@ -599,11 +599,71 @@ def test_scan_match_count_type(r: redis.Redis) -> None:
 
 def test_scan_errors(r: redis.Redis) -> None:
     assert error_of(r, "SCAN", "abc") == "invalid cursor"
-    assert error_of(r, "SCAN", "-1") == "invalid cursor"
+    assert error_of(r, "SCAN", str(2**64)) == "invalid cursor"
     assert error_of(r, "SCAN", "0", "COUNT", "0") == "syntax error"
     assert error_of(r, "SCAN", "0", "COUNT", "x") == "value is not an integer or out of range"
     assert error_of(r, "SCAN", "0", "MATCH") == "syntax error"
     assert error_of(r, "SCAN", "0", "FOO", "bar") == "syntax error"
+
+
+# Redis 7.2 reads a cursor with strtoul: any unsigned 64-bit number, a sign
+# wrapping around as in C, leading zeros, nothing else.
+SCAN_CURSORS = [
+    "0",
+    "",
+    "007",
+    "+5",
+    "-0",
+    str(2**32),
+    str(2**63 - 1),
+    str(2**63),
+    str(2**64 - 1),
+    str(2**64),
+    "99999999999999999999",
+    "-1",
+    str(-(2**63)),
+    str(-(2**64)),
+    " 1",
+    "1 ",
+    "0x10",
+    "1_0",
+    "abc",
+    "-",
+]
+
+
+@pytest.mark.parametrize("backend", ["none", "sqlite"])
+def test_scan_cursor_and_count_read_as_redis_reads_them(
+    daemon_factory: Factory, redis_server: RedisServer, backend: str
+) -> None:
+    """Any unsigned 64-bit cursor is one (past the last key the scan is
+    over), anything else is an invalid cursor, and a huge COUNT is only a
+    hint: redis-server's replies on an empty keyspace; then over keys in
+    memory and in the store, never an internal error (the SQLite store
+    overflowed on cursors from 2^63 and on COUNT 2^63 - 1)."""
+    d = daemon_factory({"persistence": {"backend": backend}, "cache": {"max_sessions": 5}})
+    requests = [
+        *(("SCAN", cursor) for cursor in SCAN_CURSORS),
+        *(("HSCAN", "nokey", cursor) for cursor in SCAN_CURSORS),
+        *(("SSCAN", "nokey", cursor) for cursor in SCAN_CURSORS),
+        *(("SCAN", "0", "COUNT", n) for n in (str(2**63 - 1), str(2**63), "0", "-1")),
+        ("SCAN", str(2**63), "COUNT", str(2**63 - 1), "MATCH", "*", "TYPE", "string"),
+    ]
+    with redis_server.client() as r:
+        r.flushall()
+    with RawClient(redis_server) as theirs, RawClient(d) as ours:
+        for request in requests:
+            assert ours(*request) == theirs(*request), request
+    with d.client() as r:
+        r.mset({f"k{i}": "v" for i in range(20)})  # with the store, 15 are only there
+        keys = sorted(r.keys())
+        assert len(keys) == (20 if backend == "sqlite" else 5)
+        for cursor in (2**32, 2**63 - 1, 2**63, 2**64 - 1):
+            assert r.scan(cursor) == (0, [])
+        cursor, found = r.scan(0, count=2**63 - 1)
+        assert (cursor, sorted(found)) == (0, keys)
+    assert not [e for e in d.events() if e.get("event") == "command_failed"]
+    assert "Traceback" not in d.log_text()
 
 
 def test_scan_complete_while_keys_are_added(cmd_daemon: Daemon, r: redis.Redis) -> None:

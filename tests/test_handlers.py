@@ -24,7 +24,16 @@ from sessiond.keyspace import Context, Keyspace, Prepared
 from sessiond.protocol import NIL_ARRAY, OK, QUEUED, Error
 from sessiond.scripting import ScriptEngine
 from sessiond.stats import Stats
-from sessiond.store import HASH_SPACE, Row, StoreError, TableCounts, TableSlice, scan_hash
+from sessiond.store import (
+    HASH_SPACE,
+    Row,
+    SQLiteStore,
+    Store,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    scan_hash,
+)
 from sessiond.store.api import Kept
 
 T = TypeVar("T")
@@ -112,14 +121,16 @@ class Daemon:
         store: bool = True,
         max_sessions: int = 100,
         scripts: ScriptEngine | None = None,
+        backend: Store | None = None,
         **cache: Any,
     ) -> None:
+        """A store double if ``store``, or the real ``backend`` given."""
         self.clock = Clock()
         self.cache: SessionCache[bytes, bytes] = SessionCache(
             max_sessions, clock=self.clock, **cache
         )
-        self.store = StoreDouble(self.clock) if store else None
-        self.keyspace = Keyspace(self.cache, self.store)
+        self.store = StoreDouble(self.clock) if store and backend is None else None
+        self.keyspace = Keyspace(self.cache, backend or self.store)
         self.state = ServerState(Config(), Stats())
         self.dispatcher = Dispatcher(self.keyspace, self.state, scripts=scripts)
         self.client = self.new_client()
@@ -301,6 +312,56 @@ def test_dbsize_scan_and_keys_merge_memory_and_store() -> None:
         if cursor == b"0":
             break
     assert sorted(seen) == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+
+
+# SCAN reads its cursor as Redis 7.2 does (strtoul): any unsigned 64-bit
+# number, a sign wrapping around as in C. Checked against redis-server in
+# test_commands.py.
+CURSORS_PAST_THE_END = [
+    str(HASH_SPACE),
+    str(2**63 - 1),
+    str(2**63),
+    str(2**64 - 1),
+    "-1",  # 2^64 - 1
+    str(-(2**63)),  # 2^63
+]
+NOT_CURSORS = [str(2**64), "99999999999999999999", str(-(2**64)), " 1", "1 ", "0x1", "1_0", "-"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "store double", "sqlite"])
+def test_scan_takes_any_64_bit_cursor_and_count(backend: str, tmp_path: Any) -> None:
+    """A cursor past the last key ends the scan, a huge COUNT is only a hint,
+    whether the keys are in memory or in the store: the SQLite store binds
+    both as 64-bit SQL integers, which 2^63 and COUNT + 1 overflowed."""
+    sqlite = SQLiteStore(tmp_path / "scan.db") if backend == "sqlite" else None
+    d = Daemon(store=backend == "store double", backend=sqlite, max_sessions=10)
+    try:
+        for i in range(30):
+            d("SET", f"k{i}", "v")
+        keys = set(d("KEYS", "*"))  # with a store, 20 of them are only there
+        assert len(keys) == (10 if backend == "memory" else 30)
+        for cursor in CURSORS_PAST_THE_END:
+            assert d("SCAN", cursor) == [b"0", []], cursor
+            assert d("SCAN", cursor, "COUNT", str(2**63 - 1), "MATCH", "k*") == [b"0", []]
+        for cursor in NOT_CURSORS:
+            for words in (("SCAN", cursor), ("HSCAN", "h", cursor), ("SSCAN", "s", cursor)):
+                assert message(d(*words)) == "ERR invalid cursor", words
+        for count in (str(HASH_SPACE), str(2**63 - 1)):
+            cursor, found = d("SCAN", "0", "COUNT", count)
+            assert (cursor, sorted(found)) == (b"0", sorted(keys)), count
+        assert message(d("SCAN", "0", "COUNT", str(2**63))) == (
+            "ERR value is not an integer or out of range"
+        )
+        assert message(d("SCAN", "0", "COUNT", "0")) == "ERR syntax error"
+        for zero in ("", "000", "-0", "+0"):
+            cursor, found = d("SCAN", zero, "COUNT", "1000")
+            assert (cursor, sorted(found)) == (b"0", sorted(keys)), zero
+        d("HSET", "h", "f", "v")
+        assert d("HSCAN", "h", str(2**64 - 1)) == [b"0", [b"f", b"v"]]
+        assert d("SSCAN", "nokey", str(2**63)) == [b"0", []]
+    finally:
+        if sqlite is not None:
+            sqlite.close()
 
 
 def test_store_expiry_spares_what_memory_renewed() -> None:

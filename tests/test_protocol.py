@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sessiond.protocol import ExactParser, ProtocolError, RequestParser, split_inline
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from conftest import Daemon, RedisServer
 
 Factory = Callable[..., "Daemon"]
 
@@ -112,7 +112,7 @@ class RawClient:
     """A minimal RESP client on one raw connection: no reply callbacks, so
     replies are exactly what the daemon sent (errors as :class:`RawError`)."""
 
-    def __init__(self, d: Daemon) -> None:
+    def __init__(self, d: Daemon | RedisServer) -> None:
         self.sock = d.raw()
         self.reader = hiredis.Reader(replyError=RawError)
 

@@ -696,6 +696,31 @@ def test_what_a_host_keeps_of_renewals_held_back_stays_bounded() -> None:
     run(scenario)
 
 
+def test_scan_hands_the_database_only_a_cursor_and_count_it_can_bind() -> None:
+    """PostgreSQL binds SCAN's cursor and COUNT + 1 (its LIMIT) as bigint: a
+    client's cursor of 2^63 or more, or COUNT 2^63 - 1, must not reach it."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        for i in range(5):
+            await a("SET", f"k{i}", "v")
+        asked: list[tuple[int, int | None]] = []
+        scan_rows = a.store.scan_rows
+
+        def recording(cursor: int, count: int | None) -> TableSlice:
+            asked.append((cursor, count))
+            return scan_rows(cursor, count)
+
+        a.store.scan_rows = recording  # type: ignore[method-assign]
+        for cursor in (HASH_SPACE, 2**63, 2**64 - 1):
+            assert await a("SCAN", str(cursor), "COUNT", str(2**63 - 1)) == [b"0", []]
+        cursor, keys = await a("SCAN", "0", "COUNT", str(2**63 - 1))
+        assert (cursor, sorted(keys)) == (b"0", [f"k{i}".encode() for i in range(5)])
+        assert asked == [(0, HASH_SPACE)]
+
+    run(scenario)
+
+
 def test_a_whole_flush_elsewhere_empties_memory() -> None:
     async def scenario() -> None:
         _db, (a, b) = fleet()

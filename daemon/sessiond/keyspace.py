@@ -460,7 +460,15 @@ class Keyspace:
     def scan(self, cursor: int, count: int, kind: int | None = None) -> tuple[list[bytes], int]:
         """One SCAN step in stable hash order: every key present for the whole
         iteration is returned exactly once, however LRU order changes. With
-        ``kind``, only keys of that type (values.STRING, HASH, SET)."""
+        ``kind``, only keys of that type (values.STRING, HASH, SET).
+
+        ``cursor`` and ``count`` are what the client sent (any unsigned 64-bit
+        cursor, any positive 64-bit count): a cursor past the last hash ends
+        the scan, and a count beyond the hash space asks for no more than it
+        (the store binds both as 64-bit SQL integers)."""
+        if cursor >= HASH_SPACE:
+            return [], 0
+        count = min(count, HASH_SPACE)
         if self.store is None:
             now = self.cache.clock()
             candidates = sorted(

@@ -26,6 +26,7 @@ from .util import (
     hash_of,
     int_arg,
     options,
+    parse_cursor,
     parse_int64,
     parse_long_double,
 )
@@ -377,8 +378,7 @@ def cmd_hscan(cx: Call, args: Args) -> Reply:
 
 
 def _cursor(arg: bytes) -> None:
-    value = parse_int64(arg)
-    if value is None or value < 0:
+    if parse_cursor(arg) is None:
         raise Error(errors.INVALID_CURSOR)
 
 

@@ -16,7 +16,15 @@ from ..protocol import OK, Error, Status
 from ..values import Value, type_name
 from . import errors
 from .registry import KEYSPACE, SERVER, Args, Call, Reply, command
-from .util import glob_to_regex, help_reply, int_arg, options, parse_int64, subcommand
+from .util import (
+    glob_to_regex,
+    help_reply,
+    int_arg,
+    options,
+    parse_cursor,
+    parse_int64,
+    subcommand,
+)
 
 _KINDS = {b"string": values.STRING, b"hash": values.HASH, b"set": values.SET}
 
@@ -129,13 +137,15 @@ def _scan_options(args: Args, start: int) -> tuple[int, re.Pattern[bytes] | None
 def _scan_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     # Only a store across the network reads ahead (Keyspace.scan_ahead); a
     # request the handler will refuse reads nothing.
+    cursor = parse_cursor(args[1])
+    if cursor is None:
+        return None
     try:
-        cursor = int(args[1])
         count, _, type_name = _scan_options(args, 2)
-    except (ValueError, Error):
+    except Error:
         return None
     kind = None if type_name is None else _KINDS.get(type_name)
-    if cursor < 0 or (type_name is not None and kind is None):
+    if type_name is not None and kind is None:
         return None
     return keyspace.scan_ahead(cursor, count, kind)
 
@@ -150,11 +160,8 @@ def _scan_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     ahead=_scan_ahead,
 )
 def cmd_scan(cx: Call, args: Args) -> Reply:
-    try:
-        cursor = int(args[1])
-    except ValueError:
-        raise Error(errors.INVALID_CURSOR) from None
-    if cursor < 0:
+    cursor = parse_cursor(args[1])
+    if cursor is None:
         raise Error(errors.INVALID_CURSOR)
     count, pattern, type_name = _scan_options(args, 2)
     kind = None

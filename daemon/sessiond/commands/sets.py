@@ -15,7 +15,7 @@ from ..protocol import Error
 from ..values import Members, Value
 from . import errors
 from .registry import SET, Args, Call, Reply, command
-from .util import glob_to_regex, int_arg, members_of, options, parse_int64
+from .util import glob_to_regex, int_arg, members_of, options, parse_cursor, parse_int64
 
 
 def _read(cx: Call, key: bytes) -> Members | None:
@@ -231,8 +231,7 @@ def cmd_srandmember(cx: Call, args: Args) -> Reply:
     syntax="key cursor [MATCH pattern] [COUNT count]",
 )
 def cmd_sscan(cx: Call, args: Args) -> Reply:
-    cursor = parse_int64(args[2])
-    if cursor is None or cursor < 0:
+    if parse_cursor(args[2]) is None:
         raise Error(errors.INVALID_CURSOR)
     pattern = None
     for opt, value in options(args, 3):

@@ -14,9 +14,11 @@ Args = list[bytes]
 
 MAX_INT64 = 2**63 - 1
 MIN_INT64 = -(2**63)
+UINT64_SPAN = 2**64
 EXPIRY_UNITS = (b"EX", b"PX", b"EXAT", b"PXAT")
 
 _INT64 = re.compile(rb"(?:0|-?[1-9][0-9]{0,18})\Z")
+_CURSOR = re.compile(rb"([+-]?)([0-9]*)\Z")
 
 
 def parse_int64(data: bytes) -> int | None:
@@ -26,6 +28,26 @@ def parse_int64(data: bytes) -> int | None:
         return None
     value = int(data)
     return value if MIN_INT64 <= value <= MAX_INT64 else None
+
+
+def parse_cursor(data: bytes) -> int | None:
+    """A SCAN, HSCAN or SSCAN cursor as Redis 7.2 reads it (``strtoul``): any
+    unsigned 64-bit number, with an optional sign (``-n`` wraps around to
+    2^64 - n, as in C) and leading zeros, nothing else (no spaces); the empty
+    string is 0. ``None`` (``ERR invalid cursor``) if it is not one."""
+    m = _CURSOR.match(data)
+    if m is None:
+        return None
+    sign, digits = m.groups()
+    if not digits:
+        return None if sign else 0
+    digits = digits.lstrip(b"0")
+    if len(digits) > 20:  # (int() refuses more than 4300 digits)
+        return None
+    value = int(digits or b"0")
+    if value >= UINT64_SPAN:
+        return None
+    return (UINT64_SPAN - value) % UINT64_SPAN if sign == b"-" else value
 
 
 def int_arg(arg: bytes, message: str = errors.NOT_INT) -> int:

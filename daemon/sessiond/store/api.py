@@ -173,7 +173,9 @@ class Store(Protocol):
         ...
 
     def scan_rows(self, cursor: int, count: int | None) -> TableSlice:
-        """Blocking: about ``count`` table rows from ``cursor`` (all if ``None``)."""
+        """Blocking: about ``count`` table rows from ``cursor`` (all if ``None``);
+        ``cursor`` is below :data:`HASH_SPACE` and ``count`` at most that
+        (:meth:`Keyspace.scan` sees to it)."""
         ...
 
     def whole_table(self, read: Callable[[], T], operation: str) -> Awaitable[T]:
