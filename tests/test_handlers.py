@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 from sessiond.cache import SessionCache
-from sessiond.commands import Client, Dispatcher, ServerState
+from sessiond.commands import REGISTRY, Client, Dispatcher, ServerState
 from sessiond.commands.scripting import TIME_LIMIT_ERROR
 from sessiond.config import Config
 from sessiond.keyspace import Context, Keyspace, Prepared
@@ -947,6 +947,46 @@ def test_object_and_memory_usage() -> None:
     assert d("OBJECT", "ENCODING", "short") == "embstr"  # read through from the store
     assert d("MEMORY", "USAGE", "short") == small
     assert d.cache.find(b"short") is None  # inspected, not admitted
+
+
+# ------------------------------------------------------- server commands
+
+
+@pytest.mark.parametrize("container", ["CONFIG", "COMMAND"])
+def test_config_and_command_help_list_the_subcommands_they_take(container: str) -> None:
+    """Their errors say "Try CONFIG HELP." (COMMAND HELP): HELP lists, in
+    Redis' frame, exactly the subcommands declared (which COMMAND DOCS shows)."""
+    d = Daemon(store=False)
+    lines = d(container, "HELP")
+    assert lines[0] == f"{container} <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+    assert lines[-2:] == ["HELP", "    Print this help."]
+    named = {line.split()[0] for line in lines[1:] if line[0] not in " ("}
+    assert named == set(REGISTRY[container].subcommands)
+    for sub in named:
+        reply = d(container, sub)
+        assert not (isinstance(reply, Error) and "unknown subcommand" in reply.message), sub
+    assert message(d(container, "HELP", "x")) == (
+        f"ERR wrong number of arguments for '{container.lower()}|help' command"
+    )
+    assert message(d(container, "NOPE")) == (
+        f"ERR unknown subcommand 'NOPE'. Try {container} HELP."
+    )
+
+
+def test_config_errors_are_redis_7s() -> None:
+    d = Daemon(store=False)
+    assert message(d("CONFIG", "GET")) == "ERR wrong number of arguments for 'config|get' command"
+    assert message(d("CONFIG", "SET", "a")) == (
+        "ERR wrong number of arguments for 'config|set' command"
+    )
+    assert message(d("CONFIG", "SET", "a", "b", "c")) == "ERR syntax error"
+    assert message(d("CONFIG", "RESETSTAT", "x")) == (
+        "ERR wrong number of arguments for 'config|resetstat' command"
+    )
+    # sessiond never rewrites its config file: not a subcommand it has
+    assert message(d("CONFIG", "REWRITE")) == "ERR unknown subcommand 'REWRITE'. Try CONFIG HELP."
+    assert d("CONFIG", "GET", "maxmemory") == {"maxmemory": "0"}
+    assert d("CONFIG", "RESETSTAT") is OK
 
 
 # ------------------------------------------------ with hashes and sets

@@ -16,7 +16,7 @@ from . import errors
 from .docs import doc_fields
 from .info import info_text, reset_stats, wanted_sections
 from .registry import REGISTRY, SERVER, Args, Call, Command, Reply, command
-from .util import glob_to_regex, text
+from .util import glob_to_regex, help_reply, subcommand, text
 
 log = structlog.get_logger("sessiond.commands")
 
@@ -88,8 +88,8 @@ _SETTABLE = (b"notify-keyspace-events", b"pubsub.notify_keyspace_events")
 
 
 def _config_set(cx: Call, args: Args) -> Reply:
-    if len(args) < 4 or len(args) % 2:
-        raise errors.wrong_arity("config|set")
+    if len(args) % 2:  # not name-value pairs (at least one: CONFIG SET's arity)
+        raise errors.syntax()
     pairs = [(args[i].lower(), args[i + 1]) for i in range(2, len(args), 2)]
     for name, _ in pairs:
         if name not in _SETTABLE:
@@ -132,6 +132,21 @@ def _config_value(value: Any) -> str:
     return str(value)
 
 
+# Redis 7.2's arity of each subcommand sessiond has (REWRITE it has not: the
+# config file is the operator's, and a reload applies it).
+_CONFIG_ARITY = {b"GET": -3, b"SET": -4, b"RESETSTAT": 2, b"HELP": 2}
+
+_CONFIG_HELP = [
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "SET notify-keyspace-events <value>",
+    "    Set the keyspace events notified, the one parameter CONFIG SET changes;",
+    "    edit the config file for the others: the daemon reloads it.",
+    "RESETSTAT",
+    "    Reset statistics reported by the INFO command.",
+]
+
+
 @command(
     "CONFIG",
     -2,
@@ -142,11 +157,12 @@ def _config_value(value: Any) -> str:
         "GET": ("parameter ...", "The effective value of config parameters"),
         "SET": ("parameter value", "Set notify-keyspace-events, the one parameter it sets"),
         "RESETSTAT": ("", "Reset INFO's counters (Prometheus' keep counting)"),
+        "HELP": ("", "Show this help"),
     },
 )
 def cmd_config(cx: Call, args: Args) -> Reply:
-    sub = args[1].upper()
-    if sub == b"GET" and len(args) >= 3:
+    sub = subcommand(args, _CONFIG_ARITY, "CONFIG")
+    if sub == b"GET":
         flat = {**flatten(cx.state.config), **_redis_config(cx)}
         out: dict[str, Any] = {}
         for pattern in args[2:]:
@@ -157,10 +173,10 @@ def cmd_config(cx: Call, args: Args) -> Reply:
         return out
     if sub == b"SET":
         return _config_set(cx, args)
-    if sub == b"RESETSTAT" and len(args) == 2:
+    if sub == b"RESETSTAT":
         reset_stats(cx)
         return OK
-    raise errors.unknown_subcommand(text(args[1]), "CONFIG")
+    return help_reply("CONFIG", _CONFIG_HELP)
 
 
 # ---------------------------------------------------------------- COMMAND
@@ -185,6 +201,36 @@ def _declared(name: bytes) -> Command | None:
     return REGISTRY.get(name.decode("utf-8", "replace").upper())
 
 
+# Redis 7.2's arity of each subcommand sessiond has (not GETKEYSANDFLAGS).
+_COMMAND_ARITY = {
+    b"COUNT": 2,
+    b"DOCS": -2,
+    b"INFO": -2,
+    b"LIST": -2,
+    b"GETKEYS": -3,
+    b"HELP": 2,
+}
+
+_COMMAND_HELP = [
+    "(no subcommand)",
+    "    Return details about all commands.",
+    "COUNT",
+    "    Return the total number of commands in this server.",
+    "LIST",
+    "    Return a list of all commands in this server.",
+    "INFO [<command-name> ...]",
+    "    Return details about multiple commands.",
+    "    If no command names are given, documentation details for all",
+    "    commands are returned.",
+    "DOCS [<command-name> ...]",
+    "    Return documentation details about multiple commands.",
+    "    If no command names are given, documentation details for all",
+    "    commands are returned.",
+    "GETKEYS <full-command>",
+    "    Return the keys from a full command.",
+]
+
+
 @command(
     "COMMAND",
     -1,
@@ -196,12 +242,13 @@ def _declared(name: bytes) -> Command | None:
         "INFO": ("[command-name ...]", "Information about commands"),
         "LIST": ("", "Names of all commands"),
         "GETKEYS": ("command [arg ...]", "The keys of a full command"),
+        "HELP": ("", "Show this help"),
     },
 )
 def cmd_command(cx: Call, args: Args) -> Reply:
     if len(args) == 1:
         return [_command_info(c) for c in REGISTRY.values()]
-    sub = args[1].upper()
+    sub = subcommand(args, _COMMAND_ARITY, "COMMAND")
     if sub == b"COUNT":
         return len(REGISTRY)
     if sub == b"INFO":
@@ -223,12 +270,12 @@ def cmd_command(cx: Call, args: Args) -> Reply:
         }
     if sub == b"LIST":
         return [c.name.lower() for c in REGISTRY.values()]
-    if sub == b"GETKEYS" and len(args) > 2:
+    if sub == b"GETKEYS":
         target = _declared(args[2])
         if target is None:
             raise Error("ERR Invalid command specified")
         return target.keys(args[2:])
-    raise errors.unknown_subcommand(text(args[1]), "COMMAND")
+    return help_reply("COMMAND", _COMMAND_HELP)
 
 
 # ------------------------------------------------------------ the keyspace
