@@ -869,6 +869,58 @@ def test_command_count_info_docs(r: redis.Redis, raw: RawClient) -> None:
     assert len(as_dict(raw("COMMAND", "DOCS"))) == count
 
 
+def test_command_list_filterby_and_categories_as_redis(
+    cmd_daemon: Daemon, redis_server: RedisServer
+) -> None:
+    """COMMAND LIST FILTERBY lists what redis-server lists, of the commands
+    sessiond has (its COMMAND LIST has no ``parent|sub`` entries), with Redis'
+    syntax errors; COMMAND INFO's ACL categories are Redis' (but for container
+    commands: Redis gives the container itself only @slow)."""
+    with RawClient(redis_server) as theirs, RawClient(cmd_daemon) as ours:
+        everything = ours("COMMAND", "LIST")
+        assert len(everything) == ours("COMMAND", "COUNT") == len(set(everything))
+        known = set(theirs("COMMAND", "LIST"))
+        for kind, value in (
+            ("PATTERN", "hg*"),
+            ("PATTERN", "*SCAN"),
+            ("PATTERN", "[gs]et"),
+            ("PATTERN", "client*"),
+            ("ACLCAT", "hash"),
+            ("ACLCAT", "HASH"),
+            ("ACLCAT", "set"),
+            ("ACLCAT", "string"),
+            ("ACLCAT", "write"),
+            ("ACLCAT", "fast"),
+            ("ACLCAT", "transaction"),
+            ("ACLCAT", "@hash"),
+            ("ACLCAT", "nosuch"),
+            ("MODULE", "x"),
+        ):
+            request = ("COMMAND", "LIST", "FILTERBY", kind, value)
+            got = ours(*request)
+            assert len(set(got)) == len(got) and set(got) <= set(everything), request
+            assert set(got) & known == set(theirs(*request)) & set(everything), request
+        assert ours("COMMAND", "LIST", "FILTERBY", "PATTERN", "hg*") == [b"hget", b"hgetall"]
+        assert b"session.create" in ours("COMMAND", "LIST", "FILTERBY", "ACLCAT", "session")
+        for request in (
+            ("COMMAND", "LIST", "foo"),
+            ("COMMAND", "LIST", "FILTERBY"),
+            ("COMMAND", "LIST", "FILTERBY", "PATTERN"),
+            ("COMMAND", "LIST", "FILTERBY", "foo", "x"),
+            ("COMMAND", "LIST", "FILTERBY", "PATTERN", "a", "b"),
+            ("COMMAND", "LIST", "FILTERBY", "PATTERN", "a", "FILTERBY", "ACLCAT", "hash"),
+        ):
+            expected = theirs(*request)
+            assert isinstance(expected, RawError), request
+            assert ours(*request) == expected, request
+        names = [n.decode() for n in everything]
+        for mine, redis_info in zip(
+            ours("COMMAND", "INFO", *names), theirs("COMMAND", "INFO", *names), strict=True
+        ):
+            if redis_info is not None and not redis_info[9]:  # in Redis, not a container
+                assert sorted(mine[6]) == sorted(redis_info[6]), mine[0]
+
+
 def test_command_arity_matches_behaviour(r: redis.Redis) -> None:
     """The arity COMMAND reports is the one enforced."""
     for name, spec in r.command().items():

@@ -973,6 +973,29 @@ def test_config_and_command_help_list_the_subcommands_they_take(container: str) 
     )
 
 
+def test_command_list_filterby() -> None:
+    d = Daemon(store=False)
+    everything = d("COMMAND", "LIST")
+    assert len(everything) == d("COMMAND", "COUNT")
+    assert d("COMMAND", "LIST", "filterby", "pattern", "HG*") == ["hget", "hgetall"]
+    assert d("COMMAND", "LIST", "FILTERBY", "PATTERN", "session.*") == [
+        "session.create",
+        "session.info",
+        "session.invalidate",
+        "session.list",
+    ]
+    hashes = d("COMMAND", "LIST", "FILTERBY", "ACLCAT", "Hash")
+    assert "hset" in hashes and "hrandfield" in hashes and "get" not in hashes
+    writes = set(d("COMMAND", "LIST", "FILTERBY", "ACLCAT", "write"))
+    assert {"set", "del", "hset", "sadd", "flushdb", "session.create"} <= writes
+    assert not writes & {"get", "scan", "ping"}
+    assert {"slowlog", "latency"} <= set(d("COMMAND", "LIST", "FILTERBY", "ACLCAT", "admin"))
+    assert d("COMMAND", "LIST", "FILTERBY", "ACLCAT", "@hash") == []
+    assert d("COMMAND", "LIST", "FILTERBY", "MODULE", "anything") == []
+    for words in (("foo",), ("FILTERBY", "PATTERN"), ("FILTERBY", "NAME", "x"), ("x", "y", "z")):
+        assert message(d("COMMAND", "LIST", *words)) == "ERR syntax error", words
+
+
 def test_config_errors_are_redis_7s() -> None:
     d = Daemon(store=False)
     assert message(d("CONFIG", "GET")) == "ERR wrong number of arguments for 'config|get' command"

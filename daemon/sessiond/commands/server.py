@@ -15,7 +15,24 @@ from ..protocol import OK, Error, Status, Verbatim
 from . import errors
 from .docs import doc_fields
 from .info import info_text, reset_stats, wanted_sections
-from .registry import REGISTRY, SERVER, Args, Call, Command, Reply, command
+from .registry import (
+    CONNECTION,
+    HASH,
+    KEYSPACE,
+    PUBSUB,
+    REGISTRY,
+    SCRIPTING,
+    SERVER,
+    SESSION,
+    SET,
+    STRING,
+    TRANSACTIONS,
+    Args,
+    Call,
+    Command,
+    Reply,
+    command,
+)
 from .util import glob_to_regex, help_reply, subcommand, text
 
 log = structlog.get_logger("sessiond.commands")
@@ -182,6 +199,51 @@ def cmd_config(cx: Call, args: Args) -> Reply:
 # ---------------------------------------------------------------- COMMAND
 
 
+# The ACL category of each group's commands, as Redis names it (server
+# commands have none of their own; sessiond's are @session).
+_GROUP_CATEGORY = {
+    CONNECTION: "connection",
+    STRING: "string",
+    KEYSPACE: "keyspace",
+    HASH: "hash",
+    SET: "set",
+    TRANSACTIONS: "transaction",
+    PUBSUB: "pubsub",
+    SCRIPTING: "scripting",
+    SESSION: "session",
+}
+# Redis 7.2's categories of a command beyond its group's and its flags'.
+_MORE_CATEGORIES = {
+    "INFO": ("dangerous",),
+    "COMMAND": ("connection",),
+    "DBSIZE": ("keyspace",),
+    "FLUSHDB": ("keyspace", "dangerous"),
+    "FLUSHALL": ("keyspace", "dangerous"),
+    "KEYS": ("dangerous",),
+}
+
+
+def acl_categories(cmd: Command) -> list[str]:
+    """``cmd``'s ACL categories (COMMAND INFO, COMMAND LIST FILTERBY ACLCAT):
+    its group's and those Redis adds, then those its flags imply, as Redis'
+    setImplicitACLCategories derives them. A container command (CLIENT,
+    OBJECT...) gets them like any other: Redis gives the container only
+    @slow and its ``parent|sub`` entries theirs, which COMMAND does not list."""
+    found = [_GROUP_CATEGORY[cmd.group]] if cmd.group in _GROUP_CATEGORY else []
+    found += _MORE_CATEGORIES.get(cmd.name, ())
+    flags = cmd.flags
+    if "write" in flags:
+        found.append("write")
+    if "readonly" in flags and cmd.group != SCRIPTING:
+        found.append("read")
+    if "admin" in flags:
+        found += ("admin", "dangerous")
+    if "pubsub" in flags and "pubsub" not in found:
+        found.append("pubsub")
+    found.append("fast" if "fast" in flags else "slow")
+    return found
+
+
 def _command_info(cmd: Command) -> list[Any]:
     return [
         cmd.name.lower(),
@@ -190,11 +252,33 @@ def _command_info(cmd: Command) -> list[Any]:
         cmd.first_key,
         cmd.last_key,
         cmd.step,
-        {Status(f"@{cmd.group}")},
+        {Status(f"@{c}") for c in acl_categories(cmd)},
         [],
         [],
         [],
     ]
+
+
+def _command_list(args: Args) -> list[str]:
+    """COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN pattern],
+    with Redis' syntax: one filter, last. Its names are COMMAND's (no
+    ``parent|sub`` entries: COMMAND lists no subcommands)."""
+    names = [c.name.lower() for c in REGISTRY.values()]
+    if len(args) == 2:
+        return names
+    if len(args) != 5 or args[2].upper() != b"FILTERBY":
+        raise errors.syntax()
+    kind, value = args[3].upper(), args[4]
+    if kind == b"MODULE":
+        return []  # sessiond loads no modules
+    if kind == b"ACLCAT":
+        category = text(value).lower()
+        return [c.name.lower() for c in REGISTRY.values() if category in acl_categories(c)]
+    if kind == b"PATTERN":
+        # Redis matches without case (stringmatchlen's nocase); names are lower case.
+        rx = glob_to_regex(value.lower())
+        return [name for name in names if rx.match(name.encode())]
+    raise errors.syntax()
 
 
 def _declared(name: bytes) -> Command | None:
@@ -216,8 +300,9 @@ _COMMAND_HELP = [
     "    Return details about all commands.",
     "COUNT",
     "    Return the total number of commands in this server.",
-    "LIST",
-    "    Return a list of all commands in this server.",
+    "LIST [FILTERBY (MODULE <module-name>|ACLCAT <category>|PATTERN <pattern>)]",
+    "    Return a list of all commands in this server, or of those that match",
+    "    the filter.",
     "INFO [<command-name> ...]",
     "    Return details about multiple commands.",
     "    If no command names are given, documentation details for all",
@@ -240,7 +325,10 @@ _COMMAND_HELP = [
         "COUNT": ("", "Number of commands"),
         "DOCS": ("[command-name ...]", "Documentary information about commands"),
         "INFO": ("[command-name ...]", "Information about commands"),
-        "LIST": ("", "Names of all commands"),
+        "LIST": (
+            "[FILTERBY (MODULE module-name | ACLCAT category | PATTERN pattern)]",
+            "Names of all commands, or of those that match a filter",
+        ),
         "GETKEYS": ("command [arg ...]", "The keys of a full command"),
         "HELP": ("", "Show this help"),
     },
@@ -269,7 +357,7 @@ def cmd_command(cx: Call, args: Args) -> Reply:
             if c is not None
         }
     if sub == b"LIST":
-        return [c.name.lower() for c in REGISTRY.values()]
+        return _command_list(args)
     if sub == b"GETKEYS":
         target = _declared(args[2])
         if target is None:
