@@ -172,6 +172,16 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", "redis.setresp(3) return redis.call('GET', 'missing') == nil", "0"),
     ("EVAL", "return redis.call('EXPIRE', 'a', '100')", "0"),
     ("EVAL", "return redis.call('TTL', 'a')", "0"),
+    # HRANDFIELD ... WITHVALUES: flat in RESP2, pairs in RESP3 (the script's
+    # protocol, whatever its caller speaks); one field, so nothing is random.
+    ("HSET", "h1", "f", "v"),
+    ("EVAL", "return redis.call('HRANDFIELD', 'h1', -2, 'WITHVALUES')", "0"),
+    ("EVAL", "redis.setresp(3) return redis.call('HRANDFIELD', 'h1', -2, 'WITHVALUES')", "0"),
+    (
+        "EVAL",
+        "redis.setresp(3) return type(redis.call('HRANDFIELD', 'h1', 1, 'WITHVALUES')[1])",
+        "0",
+    ),
     # Errors, and where they happened.
     ("EVAL", "error('boom')", "0"),
     ("EVAL", "error({err='ERR raised table'})", "0"),

@@ -18,7 +18,14 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sessiond.protocol import ExactParser, ProtocolError, RequestParser, split_inline
+from sessiond.protocol import (
+    ExactParser,
+    Pairs,
+    ProtocolError,
+    RequestParser,
+    encode,
+    split_inline,
+)
 
 if TYPE_CHECKING:
     from conftest import Daemon, RedisServer
@@ -351,6 +358,15 @@ def test_resp3_reply_types_on_the_wire(daemon: Daemon) -> None:
         assert s.recv(65536).startswith(b"*")
         s.sendall(encode_request("GET", "missing"))
         assert read_until(s, b"$-1\r\n") == b"$-1\r\n"
+
+
+def test_pairs_are_flat_in_resp2_and_pairs_in_resp3() -> None:
+    pairs = Pairs([(b"f", b"v"), (b"f", b"v")])  # may repeat: not a map
+    assert encode(pairs, False) == b"*4\r\n$1\r\nf\r\n$1\r\nv\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    assert encode(pairs, True) == (
+        b"*2\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    )
+    assert encode(Pairs(), True) == encode(Pairs(), False) == b"*0\r\n"
 
 
 # ------------------------------------------------- malformed and oversized

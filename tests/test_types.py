@@ -62,6 +62,14 @@ SCENARIO: list[tuple[str, ...]] = [
     ("HGETALL", "h"),
     ("HSET", "h", "f1"),
     ("HSET", "h"),
+    # HRANDFIELD of a hash of one field: nothing random. WITHVALUES is a flat
+    # array in RESP2, an array of [field, value] pairs in RESP3.
+    ("HSET", "one", "f", "v"),
+    ("HRANDFIELD", "one", "1", "WITHVALUES"),
+    ("HRANDFIELD", "one", "-3", "WITHVALUES"),
+    ("HRANDFIELD", "one", "-2"),
+    ("HRANDFIELD", "one", "0", "WITHVALUES"),
+    ("HRANDFIELD", "nokey", "2", "WITHVALUES"),
     ("SADD", "s", "a", "b", "c", "a"),
     ("SADD", "s", "c", "d"),
     ("SISMEMBER", "s", "a"),
@@ -218,6 +226,11 @@ def test_resp3_replies_are_maps_and_sets(daemon: Daemon) -> None:
     r.sadd("s", "m")
     assert r.hgetall("h") == {b"f": b"v"}
     assert r.smembers("s") == {b"m"}
+    # pairs, as Redis 7 replies in RESP3 (a flat array in RESP2)
+    assert r.hrandfield("h", 1, withvalues=True) == [[b"f", b"v"]]
+    assert r.hrandfield("h", -2, withvalues=True) == [[b"f", b"v"], [b"f", b"v"]]
+    with daemon.client(protocol=2) as r2:
+        assert r2.hrandfield("h", -2, withvalues=True) == [b"f", b"v", b"f", b"v"]
     with pytest.raises(redis.ResponseError, match=r"^WRONGTYPE"):
         r.get("h")
 

@@ -18,13 +18,16 @@ value                  RESP2                RESP3
 ``dict``               flat array           map
 ``Verbatim``           bulk string          verbatim string
 ``Push``               array                push (``>``)
+``Pairs``              flat array           array of 2-arrays
 ``Replies``            each item in turn    each item in turn
 =====================  ===================  =====================
 
 A ``Push`` is what Redis sends out of band in RESP3 (pub/sub messages and
 subscription confirmations); in RESP2 it is the plain array Redis sends.
 ``Replies`` is several replies to one request, one after the other (SUBSCRIBE
-of two channels answers two confirmations).
+of two channels answers two confirmations). ``Pairs`` holds ``(field, value)``
+tuples that may repeat (HRANDFIELD with a negative count), so not a map: Redis 7
+nests each pair in RESP3 and flattens them in RESP2.
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ class Verbatim(str):
 @mypyc_attr(native_class=False)
 class Push(list[Any]):
     """A push message (RESP3 ``>``; an array in RESP2)."""
+
+    __slots__ = ()
+
+
+@mypyc_attr(native_class=False)
+class Pairs(list[tuple[Any, Any]]):
+    """Field-value pairs: a flat array in RESP2, an array of pairs in RESP3."""
 
     __slots__ = ()
 
@@ -606,6 +616,18 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
     elif t is Replies:
         for item in value:
             _encode_into(item, resp3, out)
+    elif t is Pairs:
+        if resp3:
+            out.append(b"*%d\r\n" % len(value))
+            for first, second in value:
+                out.append(b"*2\r\n")
+                _encode_into(first, resp3, out)
+                _encode_into(second, resp3, out)
+        else:
+            out.append(b"*%d\r\n" % (2 * len(value)))
+            for first, second in value:
+                _encode_into(first, resp3, out)
+                _encode_into(second, resp3, out)
     elif isinstance(value, Status):
         out.append(b"+%b\r\n" % value.encode())
     elif isinstance(value, str):

@@ -111,7 +111,7 @@ from typing import Any, Final
 # lupa ships no type information; everything it returns is typed Any here.
 import lupa.lua51 as lua51  # type: ignore[import-untyped]
 
-from sessiond.protocol import NIL_ARRAY, Error, Status, Verbatim
+from sessiond.protocol import NIL_ARRAY, Error, Pairs, Status, Verbatim
 
 __all__ = [
     "BUSY_ERROR",
@@ -1745,6 +1745,16 @@ class ScriptEngine:
             return self._error_table(_error_text(value.message), command_error=True)
         if t is list or t is tuple:
             return self._lua.table_from([self._to_lua(item) for item in value])
+        if t is Pairs:
+            if resp3:
+                return self._lua.table_from(
+                    [self._lua.table_from([self._to_lua(a), self._to_lua(b)]) for a, b in value]
+                )
+            flat = []
+            for a, b in value:
+                flat.append(self._to_lua(a))
+                flat.append(self._to_lua(b))
+            return self._lua.table_from(flat)
         if t is dict:
             if not resp3:
                 flat = []

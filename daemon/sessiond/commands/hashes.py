@@ -13,7 +13,7 @@ import random
 import re
 
 from ..keyevents import NOTIFY_GENERIC, NOTIFY_HASH, NOTIFY_KEY_MISS
-from ..protocol import OK, Error
+from ..protocol import OK, Error, Pairs
 from ..values import Hash, Value
 from . import errors
 from .registry import HASH, Args, Call, Reply, command
@@ -421,7 +421,5 @@ def cmd_hrandfield(cx: Call, args: Args) -> Reply:
         chosen = [random.choice(names) for _ in range(-count)]
     if not withvalues:
         return chosen
-    out: list[bytes] = []
-    for name in chosen:
-        out += [name, fields[name]]
-    return out
+    # Flat in RESP2, a pair per field in RESP3 (the caller's, or a script's).
+    return Pairs([(name, fields[name]) for name in chosen])
