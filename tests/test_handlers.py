@@ -996,6 +996,28 @@ def test_command_list_filterby() -> None:
         assert message(d("COMMAND", "LIST", *words)) == "ERR syntax error", words
 
 
+def test_command_getkeys_checks_as_redis_7_2() -> None:
+    d = Daemon(store=False)
+    assert d("COMMAND", "GETKEYS", "GET", "k") == [b"k"]
+    assert d("COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2") == [b"a", b"b"]
+    assert d("COMMAND", "GETKEYS", "OBJECT", "ENCODING", "k") == [b"k"]
+    assert d("COMMAND", "GETKEYS", "EVAL", "return 1", "0") == []  # keys are optional
+    assert d("COMMAND", "GETKEYS", "SESSION.INFO", "id") == [b"id"]
+    for words, error in (
+        (("NOSUCH",), "ERR Invalid command specified"),
+        (("OBJECT", "NOPE", "k"), "ERR Invalid command specified"),
+        (("PING", "x"), "ERR The command has no key arguments"),
+        (("CLIENT", "LIST"), "ERR The command has no key arguments"),
+        (("OBJECT",), "ERR The command has no key arguments"),
+        (("OBJECT", "HELP"), "ERR The command has no key arguments"),
+        (("GET",), "ERR Invalid number of arguments specified for command"),
+        (("GET", "a", "b"), "ERR Invalid number of arguments specified for command"),
+        (("MSET", "a"), "ERR Invalid number of arguments specified for command"),
+        (("MEMORY", "USAGE"), "ERR Invalid number of arguments specified for command"),
+    ):
+        assert message(d("COMMAND", "GETKEYS", *words)) == error, words
+
+
 def test_config_errors_are_redis_7s() -> None:
     d = Daemon(store=False)
     assert message(d("CONFIG", "GET")) == "ERR wrong number of arguments for 'config|get' command"

@@ -359,11 +359,41 @@ def cmd_command(cx: Call, args: Args) -> Reply:
     if sub == b"LIST":
         return _command_list(args)
     if sub == b"GETKEYS":
-        target = _declared(args[2])
-        if target is None:
-            raise Error("ERR Invalid command specified")
-        return target.keys(args[2:])
+        return _getkeys(args[2:])
     return help_reply("COMMAND", _COMMAND_HELP)
+
+
+_NO_KEYS = "ERR The command has no key arguments"
+
+
+def _getkeys(words: Args) -> list[bytes]:
+    """COMMAND GETKEYS: the keys of the command ``words``, with Redis 7.2's
+    checks in its order: the command (a container's subcommand) exists, has
+    key arguments, is given a number of arguments its arity allows."""
+    target = _declared(words[0])
+    if target is None:
+        raise Error("ERR Invalid command specified")
+    syntax: str | None = None  # a container's subcommand's
+    if target.subcommands:
+        if len(words) == 1:
+            raise Error(_NO_KEYS)  # the container itself has none
+        declared = target.subcommands.get(text(words[1]).upper())
+        if declared is None:
+            raise Error("ERR Invalid command specified")
+        syntax = declared[0]
+    if target.first_key == 0 and target.load is None:
+        raise Error(_NO_KEYS)
+    arity = target.arity
+    n = len(words)
+    if (arity > 0 and n != arity) or n < -arity:
+        raise Error("ERR Invalid number of arguments specified for command")
+    keys = target.keys(words)
+    if not keys and syntax is not None:
+        # A subcommand without keys (OBJECT HELP), or one whose key is missing.
+        if syntax.split(" ", 1)[0] == "key":
+            raise Error("ERR Invalid number of arguments specified for command")
+        raise Error(_NO_KEYS)
+    return keys
 
 
 # ------------------------------------------------------------ the keyspace
