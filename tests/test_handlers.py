@@ -1086,6 +1086,31 @@ def test_copy_of_a_hash_is_a_copy_and_rename_moves_it() -> None:
     assert d("TYPE", "moved") == "hash"
 
 
+def test_random_counts_out_of_range_are_refused() -> None:
+    """-2^63 has no negation in 64 bits: Redis refuses it (it answered an
+    empty array for a missing key, and ran out of memory for one that exists)."""
+    d = Daemon()
+    d("HSET", "h", "f", "v")
+    d("SADD", "s", "m")
+    most = 2**63 - 1
+    out_of_range = f"ERR value is out of range, value must between {-most} and {most}"
+    for key in ("nokey", "h"):
+        assert message(d("HRANDFIELD", key, str(-(2**63)))) == out_of_range
+        assert message(d("HRANDFIELD", key, str(2**62), "WITHVALUES")) == (
+            "ERR value is out of range"
+        )
+    for key in ("nokey", "s"):
+        assert message(d("SRANDMEMBER", key, str(-(2**63)))) == out_of_range
+    assert d("HRANDFIELD", "nokey", str(2**62 - 1), "WITHVALUES") == []
+    assert d("HRANDFIELD", "h", str(2**63 - 1)) == [b"f"]
+    assert d("SRANDMEMBER", "s", str(2**63 - 1)) == [b"m"]
+    # the count is read before the rest, as Redis does
+    assert message(d("HRANDFIELD", "h", "x", "nope")) == (
+        "ERR value is not an integer or out of range"
+    )
+    assert message(d("HRANDFIELD", "h", "1", "nope")) == "ERR syntax error"
+
+
 def test_object_encoding_and_memory_usage_of_containers() -> None:
     d = Daemon()
     d("HSET", "small", "f", "v")

@@ -33,6 +33,11 @@ SCRIPT_UNDECLARED_KEY = (
 SCRIPT_RO_WITH_WRITES = "ERR Can not execute a script with write flag using *_ro command."
 
 
+def out_of_range(low: int, high: int) -> Error:
+    """Redis 7.2's getRangeLongFromObjectOrReply, its words (and its typo)."""
+    return Error(f"ERR value is out of range, value must between {low} and {high}")
+
+
 def syntax() -> Error:
     return Error(SYNTAX)
 

@@ -21,6 +21,7 @@ from .util import (
     MAX_INT64,
     MIN_INT64,
     add_long_double,
+    count_arg,
     format_long_double,
     glob_to_regex,
     hash_of,
@@ -405,13 +406,17 @@ def _match(args: Args, start: int) -> re.Pattern[bytes] | None:
     syntax="key [count [WITHVALUES]]",
 )
 def cmd_hrandfield(cx: Call, args: Args) -> Reply:
+    # Redis' order: the count, the syntax, the count's range with WITHVALUES
+    # (twice as many replies), then the key.
+    count = count_arg(args[2]) if len(args) > 2 else None
     if len(args) > 4 or (len(args) == 4 and args[3].upper() != b"WITHVALUES"):
         raise errors.syntax()
-    count = int_arg(args[2]) if len(args) > 2 else None
+    withvalues = len(args) == 4
+    if withvalues and count is not None and abs(count) > MAX_INT64 // 2:
+        raise Error("ERR value is out of range")
     fields = _missed(cx, args[1], _read(cx, args[1]))
     if count is None:
         return None if not fields else random.choice(list(fields))
-    withvalues = len(args) == 4
     if not fields:
         return []
     names = list(fields)

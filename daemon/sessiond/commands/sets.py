@@ -15,7 +15,15 @@ from ..protocol import Error
 from ..values import Members, Value
 from . import errors
 from .registry import SET, Args, Call, Reply, command
-from .util import glob_to_regex, int_arg, members_of, options, parse_cursor, parse_int64
+from .util import (
+    count_arg,
+    glob_to_regex,
+    int_arg,
+    members_of,
+    options,
+    parse_cursor,
+    parse_int64,
+)
 
 
 def _read(cx: Call, key: bytes) -> Members | None:
@@ -209,7 +217,7 @@ def _count(arg: bytes) -> int:
 def cmd_srandmember(cx: Call, args: Args) -> Reply:
     if len(args) > 3:
         raise errors.syntax()
-    count = int_arg(args[2]) if len(args) == 3 else None
+    count = count_arg(args[2]) if len(args) == 3 else None
     current = _lookup(cx, args[1])
     if count is None:
         return None if not current else random.choice(sorted(current))

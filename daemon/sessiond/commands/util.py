@@ -57,6 +57,15 @@ def int_arg(arg: bytes, message: str = errors.NOT_INT) -> int:
     return value
 
 
+def count_arg(arg: bytes) -> int:
+    """The count of SRANDMEMBER and HRANDFIELD, as Redis reads it: a 64-bit
+    integer whose negation is one too (-2^63 is out of range)."""
+    count = int_arg(arg)
+    if count == MIN_INT64:
+        raise errors.out_of_range(-MAX_INT64, MAX_INT64)
+    return count
+
+
 def text(arg: bytes) -> str:
     return arg.decode("utf-8", "replace")
 
