@@ -812,6 +812,33 @@ def test_getset_append_getrange_setrange() -> None:
     assert message(d("APPEND", "pad", "123456")).startswith("ERR value of 10 bytes exceeds")
 
 
+def test_the_size_error_names_a_key_as_a_key() -> None:
+    """limits.max_value_size bounds keys too: the error says which it refused."""
+    d = Daemon()
+    d.keyspace.max_value_size = 8
+    long, short = "k" * 9, "v"
+    for words in (
+        ("SET", long, short),
+        ("SETEX", long, "10", short),
+        ("SETNX", long, short),
+        ("GETSET", long, short),
+        ("MSET", "a", short, long, short),
+        ("APPEND", long, short),
+        ("SETRANGE", long, "0", short),
+        ("INCRBYFLOAT", long, "1"),
+    ):
+        assert message(d(*words)) == (
+            "ERR key of 9 bytes exceeds limits.max_value_size (8 bytes)"
+        ), words
+    d("SET", "a", "v")
+    assert message(d("RENAME", "a", long)).startswith("ERR key of 9 bytes exceeds")
+    assert message(d("COPY", "a", long)).startswith("ERR key of 9 bytes exceeds")
+    assert message(d("SET", "a", long)).startswith("ERR value of 9 bytes exceeds")
+    assert message(d("HSET", "h", long, "v")).startswith("ERR field of 9 bytes exceeds")
+    assert message(d("HSET", "h", "f", long)).startswith("ERR value of 9 bytes exceeds")
+    assert message(d("SADD", "s", long)).startswith("ERR member of 9 bytes exceeds")
+
+
 def test_incrbyfloat_computes_as_redis_long_double() -> None:
     d = Daemon()
     d("SET", "f", "10.50", "EX", "100")

@@ -802,26 +802,27 @@ class Context:
 
     # ------------------------------------------------------------ writes
 
-    def check_size(self, data: bytes) -> None:
-        """Refuse a key or value over ``limits.max_value_size``, or one larger
-        than the whole memory bound (it would be evicted as soon as written,
-        an acknowledged write that no GET could see)."""
+    def check_size(self, data: bytes, what: str = "value") -> None:
+        """Refuse a key or value over ``limits.max_value_size`` (the bound of
+        both), or one larger than the whole memory bound (it would be evicted
+        as soon as written, an acknowledged write that no GET could see).
+        ``what`` it is names it in the error: ``key``, ``value``, ``field``..."""
         size = len(data)
         max_memory = self.cache.max_memory
         if size > self.keyspace.max_value_size or (max_memory and size > max_memory):
-            self.check_length(size)  # says which bound
+            self.check_length(size, what)  # says which bound
 
-    def check_length(self, size: int) -> None:
+    def check_length(self, size: int, what: str = "value") -> None:
         """:meth:`check_size` for a value of ``size`` bytes not built yet
         (SETRANGE, APPEND: refused before it is)."""
         if size > self.keyspace.max_value_size:
             raise Error(
-                f"ERR value of {size} bytes exceeds limits.max_value_size "
+                f"ERR {what} of {size} bytes exceeds limits.max_value_size "
                 f"({self.keyspace.max_value_size} bytes)"
             )
         max_memory = self.cache.max_memory
         if max_memory and size > max_memory:
-            raise Error(f"ERR value of {size} bytes exceeds cache.max_memory ({max_memory} bytes)")
+            raise Error(f"ERR {what} of {size} bytes exceeds cache.max_memory ({max_memory} bytes)")
 
     def set(
         self,

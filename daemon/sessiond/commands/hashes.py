@@ -63,7 +63,7 @@ def _write(cx: Call, key: bytes, pairs: list[tuple[bytes, bytes]], only_new: boo
     """Set ``pairs`` in the hash at ``key`` (created if missing); how many
     fields were new. With ``only_new`` an existing field keeps its value."""
     for field, value in pairs:
-        cx.check_size(field)
+        cx.check_size(field, "field")
         cx.check_size(value)
     current = _read(cx, key)
     if current is None:

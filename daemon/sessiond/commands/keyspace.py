@@ -231,7 +231,7 @@ def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
     exists = cx.peek(target) is not None
     if nx and exists:
         return 0
-    cx.check_size(target)
+    cx.check_size(target, "key")
     if exists:
         cx.remove(target)  # as Redis: deleted, then made anew (a "new" event)
     _place(cx, target, entry, entry.value)  # moved: the source goes
@@ -306,7 +306,7 @@ def cmd_copy(cx: Call, args: Args) -> Reply:
     exists = cx.peek(target) is not None
     if exists and not replace:
         return 0
-    cx.check_size(target)
+    cx.check_size(target, "key")
     if exists:
         cx.remove(target)  # as Redis: deleted, then made anew (a "new" event)
     _place(cx, target, entry, _duplicate(entry.value))

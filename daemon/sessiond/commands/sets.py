@@ -42,7 +42,7 @@ def _lookup(cx: Call, key: bytes) -> Members | None:
 
 def _add(cx: Call, key: bytes, members: list[bytes]) -> int:
     for member in members:
-        cx.check_size(member)
+        cx.check_size(member, "member")
     current = _read(cx, key)
     if current is None:
         fresh = set(members)

@@ -77,7 +77,7 @@ def _set_decides(args: Args) -> bool:
 )
 def cmd_set(cx: Call, args: Args) -> Reply:
     key, value = args[1], args[2]
-    cx.check_size(key)
+    cx.check_size(key, "key")
     cx.check_size(value)
     if len(args) == 3:
         cx.set(key, value)
@@ -150,7 +150,7 @@ def _set_in_the_past(cx: Call, key: bytes) -> None:
 
 def _setex(cx: Call, args: Args) -> Reply:
     unit = b"EX" if args[0].upper() == b"SETEX" else b"PX"
-    cx.check_size(args[1])
+    cx.check_size(args[1], "key")
     cx.check_size(args[3])
     ttl, _ = deadline_from(unit, int_arg(args[2]), cx.now(), text(args[0]).lower())
     cx.set(args[1], args[3], ttl)
@@ -193,7 +193,7 @@ command(
     decides=True,
 )
 def cmd_setnx(cx: Call, args: Args) -> Reply:
-    cx.check_size(args[1])
+    cx.check_size(args[1], "key")
     cx.check_size(args[2])
     if cx.lookup(args[1]) is not None:
         return 0
@@ -238,7 +238,7 @@ def cmd_getdel(cx: Call, args: Args) -> Reply:
 )
 def cmd_getset(cx: Call, args: Args) -> Reply:
     key, value = args[1], args[2]
-    cx.check_size(key)
+    cx.check_size(key, "key")
     cx.check_size(value)
     entry = cx.lookup(key)
     old = None if entry is None else string(entry.value)  # WRONGTYPE, nothing set
@@ -336,7 +336,7 @@ def cmd_mset(cx: Call, args: Args) -> Reply:
     if len(args) % 2 == 0:
         raise errors.wrong_arity("mset")
     for i in range(1, len(args), 2):
-        cx.check_size(args[i])
+        cx.check_size(args[i], "key")
         cx.check_size(args[i + 1])
     for i in range(1, len(args), 2):
         cx.set(args[i], args[i + 1])
@@ -359,7 +359,7 @@ def cmd_msetnx(cx: Call, args: Args) -> Reply:
     if len(args) % 2 == 0:
         raise errors.wrong_arity("msetnx")
     for i in range(1, len(args), 2):
-        cx.check_size(args[i])
+        cx.check_size(args[i], "key")
         cx.check_size(args[i + 1])
     if any(cx.peek(args[i]) is not None for i in range(1, len(args), 2)):
         return 0
@@ -383,7 +383,7 @@ def cmd_msetnx(cx: Call, args: Args) -> Reply:
 )
 def cmd_append(cx: Call, args: Args) -> Reply:
     key, tail = args[1], args[2]
-    cx.check_size(key)
+    cx.check_size(key, "key")
     entry = cx.lookup(key)
     if entry is None:
         cx.check_size(tail)
@@ -448,7 +448,7 @@ def cmd_setrange(cx: Call, args: Args) -> Reply:
     offset = int_arg(args[2])
     if offset < 0:
         raise Error("ERR offset is out of range")
-    cx.check_size(key)
+    cx.check_size(key, "key")
     entry = cx.lookup(key)
     if entry is None:
         if not piece:
@@ -580,7 +580,7 @@ def cmd_incrbyfloat(cx: Call, args: Args) -> Reply:
         raise Error("ERR increment would produce NaN or Infinity")
     encoded = format_long_double(result)
     if entry is None:
-        cx.check_size(key)
+        cx.check_size(key, "key")
         cx.set(key, encoded)
     else:
         cx.update(key, lambda _old: encoded)
