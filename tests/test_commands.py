@@ -845,6 +845,52 @@ def test_client_list_parses_as_key_value_pairs(raw: RawClient) -> None:
         assert {"id", "addr", "fd", "name", "age", "idle", "flags", "db", "cmd"} <= set(fields)
 
 
+def test_client_list_flags_and_command_are_redis_s(
+    cmd_daemon: Daemon, redis_server: RedisServer
+) -> None:
+    """flags= (U for a Unix socket's client, P, x, d) and cmd= (the full name,
+    client|list; NULL for what the server does not have) as redis-server shows
+    them, each client named after what it did."""
+
+    def shown(server: Daemon | RedisServer) -> dict[str, tuple[str, str]]:
+        clients: list[RawClient] = []
+
+        def client(name: str, *requests: tuple[str, ...]) -> RawClient:
+            c = RawClient(server)
+            clients.append(c)
+            c("CLIENT", "SETNAME", name)
+            for request in requests:
+                c(*request)
+            return c
+
+        try:
+            client("config", ("CONFIG", "GET", "maxmemory"))
+            client("badarity", ("GET",))
+            client("unknownsub", ("CLIENT", "NOPE"))
+            client("unknown", ("NOSUCH",))
+            client("queued", ("MULTI",), ("GET", "x"))
+            client("exec", ("MULTI",), ("GET", "x"), ("EXEC",))
+            client("eval", ("EVAL", "return redis.call('GET', 'x')", "0"))
+            client("subscribed", ("SUBSCRIBE", "ch"))
+            client("dirty", ("WATCH", "w"))("SET", "w", "1")  # (then it set it itself)
+            client("watching", ("WATCH", "w"))
+            client("set")("SET", "w", "2")
+            lines = client("list")("CLIENT", "LIST").decode().splitlines()
+        finally:
+            for c in clients:
+                c.sock.close()
+        out = {}
+        for line in lines:
+            fields = dict(field.split("=", 1) for field in line.split(" ") if "=" in field)
+            if fields["name"]:
+                out[fields["name"]] = (fields["flags"], fields["cmd"])
+        return out
+
+    expected = shown(redis_server)
+    assert expected["list"] == ("U", "client|list")
+    assert shown(cmd_daemon) == expected
+
+
 # ---------------------------------------------------------------- COMMAND
 
 

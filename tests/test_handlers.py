@@ -1023,6 +1023,40 @@ def test_command_list_filterby() -> None:
         assert message(d("COMMAND", "LIST", *words)) == "ERR syntax error", words
 
 
+def test_client_list_flags_and_command_as_redis_shows_them() -> None:
+    d = Daemon(store=False)
+    other = d.new_client()
+
+    def shown() -> tuple[str, str]:
+        line = other.info_line("/run/s.sock")
+        fields = dict(field.split("=", 1) for field in line.split(" "))
+        return fields["flags"], fields["cmd"]
+
+    assert shown() == ("U", "NULL")  # nothing yet: every client is a Unix socket's
+    d("CLIENT", "SETNAME", "x", client=other)
+    assert shown() == ("U", "client|setname")
+    d("CONFIG", "GET", "maxmemory", client=other)
+    assert shown() == ("U", "config|get")
+    d("CLIENT", "NOPE", client=other)
+    assert shown() == ("U", "NULL")  # Redis' lookup finds no such command
+    d("NOSUCH", client=other)
+    assert shown() == ("U", "NULL")
+    d("GET", client=other)  # refused (arity), but it was the command
+    assert shown() == ("U", "get")
+    d("WATCH", "w", client=other)
+    d("SET", "w", "1")
+    assert shown() == ("dU", "watch")
+    d("MULTI", client=other)
+    d("GET", "w", client=other)
+    assert shown() == ("xdU", "get")  # queued
+    d("EXEC", client=other)
+    assert shown() == ("U", "exec")  # not what it ran
+    d("EVAL", "return redis.call('GET', 'w')", "0", client=other)
+    assert shown() == ("U", "eval")
+    d("SUBSCRIBE", "ch", client=other)
+    assert shown() == ("PU", "subscribe")
+
+
 def test_command_getkeys_checks_as_redis_7_2() -> None:
     d = Daemon(store=False)
     assert d("COMMAND", "GETKEYS", "GET", "k") == [b"k"]

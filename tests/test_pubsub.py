@@ -184,7 +184,7 @@ def test_client_list_and_info_count_subscriptions(daemon: Daemon) -> None:
         p.psubscribe("c*")
         confirmations(p, 3)
         mine = [c for c in other.client_list() if c["sub"] == "2"]
-        assert len(mine) == 1 and mine[0]["psub"] == "1" and mine[0]["flags"] == "P"
+        assert len(mine) == 1 and mine[0]["psub"] == "1" and mine[0]["flags"] == "PU"
         stats = other.info("stats")
         assert stats["pubsub_channels"] == 2 and stats["pubsub_patterns"] == 1
         p.close()

@@ -552,7 +552,7 @@ def test_client_list_shows_subscriptions() -> None:
     listener("SUBSCRIBE", "a", "b")
     listener("PSUBSCRIBE", "c*")
     line = listener.client.info_line()  # CLIENT LIST's line
-    assert " flags=P " in line and " sub=2 psub=1 " in line
+    assert " flags=PU " in line and " sub=2 psub=1 " in line
 
 
 def test_subscribing_client_objects_hold_no_shared_state() -> None:

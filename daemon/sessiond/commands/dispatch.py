@@ -37,6 +37,16 @@ SUBSCRIBED_MODE = frozenset(
 )
 
 
+def full_name(cmd: Command, args: Args) -> str:
+    """The name Redis gives the command ``args`` runs, upper case: a
+    container's subcommand is ``CLIENT|LIST``, one it does not have ``NULL``
+    (Redis' lookup finds no command), a container alone its own name."""
+    if len(args) < 2 or not cmd.subcommands:
+        return cmd.name
+    sub = args[1].decode("utf-8", "replace").upper()
+    return f"{cmd.name}|{sub}" if sub in cmd.subcommands else "NULL"
+
+
 def subscribed_mode_refuses(client: Client, cmd: Command) -> bool:
     """Whether ``client``, a RESP2 client with a subscription, may not send
     ``cmd`` (Redis' subscribed mode; RESP3 lifts it)."""
@@ -117,10 +127,14 @@ class Dispatcher:
     ) -> Any:
         """Run one request with every check; its reply value."""
         if cmd is None:
+            client.last_command = "NULL"  # as Redis shows a command it has not
             self.unknown.calls += 1
             if client.multi is not None:
                 client.multi_error = True
             return self.rejected(self.unknown, errors.unknown_command(args))
+        # What CLIENT LIST shows as cmd=: set for the request, whatever
+        # becomes of it (queued, refused), not by what it runs (EXEC, EVAL).
+        client.last_command = full_name(cmd, args) if cmd.subcommands else cmd.name
         if not client.authenticated and not cmd.noauth:
             counter = self.counters[cmd.index]
             counter.calls += 1
@@ -156,7 +170,6 @@ class Dispatcher:
         n = len(args)
         if (arity > 0 and n != arity) or n < -arity:
             return self.rejected(counter, errors.wrong_arity(cmd.name))
-        cx.client.last_command = cmd.name
         try:
             reply = cmd.handler(cx, args)
         except Error as exc:

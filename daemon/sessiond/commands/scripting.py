@@ -169,7 +169,6 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
             raise Error(errors.SCRIPT_RO_WITH_WRITES)
     read_only = read_only or (flags is not None and "no-writes" in flags)
     client = cx.client
-    name = client.last_command
     keys = args[3 : 3 + numkeys]
     argv = args[3 + numkeys :]
     cx.enter_script()
@@ -196,7 +195,6 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
         # What it published and the events of its writes go out with them,
         # or not at all.
         pubsub.release(deliver=not timed_out)
-        client.last_command = name
     return reply
 
 

@@ -95,7 +95,19 @@ class Client:
         ``peer-pid`` / ``peer-uid`` fields. No value may hold a space or ``=``:
         clients split the line on both."""
         now = time.perf_counter()
-        flags = "x" if self.multi is not None else "P" if self.subscriptions else "N"
+        # Redis' letters in Redis' order; every client here came through the
+        # Unix socket (U), so none is without a flag (N).
+        flags = (
+            ("P" if self.subscriptions else "")
+            + ("x" if self.multi is not None else "")
+            + ("d" if self.watch_dirty else "")
+            + ("c" if self.close_after_reply else "")
+            + "U"
+        )
+        # The command's full name (client|list) as Redis shows it; NULL before
+        # the first, and for a command or subcommand it does not have.
+        last = self.last_command
+        cmd = last if last == "NULL" else last.lower()
         peer = "".join(f" peer-{field}" for field in self.peer.split(",") if "=" in field)
         return (
             f"id={self.id} addr={socket_path}:0 laddr={socket_path}:0 fd={self.fd} "
@@ -104,7 +116,7 @@ class Client:
             f"db=0 sub={len(self.channels)} psub={len(self.patterns)} ssub=0 "
             f"multi={-1 if self.multi is None else len(self.multi)} "
             f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
-            f"tot-mem=0 events=r cmd={self.last_command.lower()} user=default redir=-1 "
+            f"tot-mem=0 events=r cmd={cmd} user=default redir=-1 "
             f"resp={3 if self.resp3 else 2} lib-name={self.lib_name} lib-ver={self.lib_ver}"
             f"{peer}"
         )
