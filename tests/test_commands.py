@@ -1094,7 +1094,7 @@ def test_config_set_and_errors(r: redis.Redis) -> None:
 
 
 # Requests whose error replies are Redis 7.2's words (checked on redis-server).
-SERVER_COMMAND_ERRORS = [
+CONTAINER_ERRORS = [
     ("CONFIG", "FOO"),
     ("CONFIG", "GET"),
     ("CONFIG", "SET"),
@@ -1118,14 +1118,26 @@ SERVER_COMMAND_ERRORS = [
     ("COMMAND", "GETKEYS", "CLIENT", "LIST"),
     ("COMMAND", "GETKEYS", "SCRIPT", "LOAD"),
     ("COMMAND", "GETKEYS", "NOSUCH", "a"),
+    ("SLOWLOG", "FOO"),
+    ("SLOWLOG", "GET", "1", "2"),
+    ("SLOWLOG", "GET", "x"),
+    ("SLOWLOG", "GET", "-2"),
+    ("SLOWLOG", "LEN", "x"),
+    ("LATENCY", "FOO"),
+    ("LATENCY", "HISTORY"),
+    ("LATENCY", "LATEST", "x"),
+    ("PUBSUB", "FOO"),
+    ("PUBSUB", "NUMPAT", "x"),
+    ("PUBSUB", "CHANNELS", "a", "b"),
+    ("PUBSUB", "HELP", "x"),
 ]
 
 
-def test_config_and_command_replies_are_redis_7s(
+def test_container_command_replies_are_redis_7s(
     cmd_daemon: Daemon, redis_server: RedisServer
 ) -> None:
     with RawClient(redis_server) as theirs, RawClient(cmd_daemon) as ours:
-        for request in SERVER_COMMAND_ERRORS:
+        for request in CONTAINER_ERRORS:
             expected = theirs(*request)
             assert isinstance(expected, RawError), request
             assert ours(*request) == expected, request

@@ -179,10 +179,10 @@ def test_pubsub_help_and_errors() -> None:
     assert help_lines[-2:] == ["HELP", "    Print this help."]
     reply = d("PUBSUB", "nope")
     assert isinstance(reply, Error)
-    assert reply.message == (
-        "ERR unknown subcommand or wrong number of arguments for 'nope'. Try PUBSUB HELP."
-    )
-    assert isinstance(d("PUBSUB", "NUMPAT", "x"), Error)
+    assert reply.message == "ERR unknown subcommand 'nope'. Try PUBSUB HELP."
+    reply = d("PUBSUB", "NUMPAT", "x")
+    assert isinstance(reply, Error)
+    assert reply.message == "ERR wrong number of arguments for 'pubsub|numpat' command"
 
 
 # ------------------------------------------------------- subscribed mode

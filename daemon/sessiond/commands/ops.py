@@ -13,7 +13,12 @@ from typing import Any
 from ..protocol import OK, Error, Status, Verbatim
 from . import errors
 from .registry import SERVER, Args, Call, Reply, command
-from .util import int_arg, text
+from .util import int_arg, subcommand, text
+
+# Redis 7.2's arity of each subcommand (checked before the handler runs).
+_SLOWLOG_ARITY = {b"GET": -2, b"LEN": 2, b"RESET": 2, b"HELP": 2}
+_SLOWLOG_COUNT = "ERR count should be greater than or equal to -1"
+_LATENCY_ARITY = {b"LATEST": 2, b"HISTORY": 3, b"RESET": -2, b"DOCTOR": 2, b"HELP": 2}
 
 _SLOWLOG_HELP = [
     "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -46,13 +51,15 @@ _SLOWLOG_HELP = [
 )
 def cmd_slowlog(cx: Call, args: Args) -> Reply:
     slowlog = cx.state.stats.slowlog
-    sub = args[1].upper()
-    if sub == b"GET" and len(args) <= 3:
+    sub = subcommand(args, _SLOWLOG_ARITY, "SLOWLOG")
+    if sub == b"GET":
+        if len(args) > 3:  # Redis' handler's own check, in its words
+            raise errors.unknown_subcommand(text(args[1]), "SLOWLOG")
         count = 10
         if len(args) == 3:
-            count = int_arg(args[2])
+            count = int_arg(args[2], _SLOWLOG_COUNT)  # Redis' one text for both
             if count < -1:
-                raise Error("ERR count should be greater than or equal to -1")
+                raise Error(_SLOWLOG_COUNT)
             if count == -1:
                 count = len(slowlog.entries)
         entries = list(slowlog.entries)[:count]
@@ -60,14 +67,12 @@ def cmd_slowlog(cx: Call, args: Args) -> Reply:
             [e.id, e.time, e.micros, list(e.args), e.addr.encode(), e.name.encode()]
             for e in entries
         ]
-    if sub == b"LEN" and len(args) == 2:
+    if sub == b"LEN":
         return len(slowlog.entries)
-    if sub == b"RESET" and len(args) == 2:
+    if sub == b"RESET":
         slowlog.reset()
         return OK
-    if sub == b"HELP" and len(args) == 2:
-        return [Status(line) for line in _SLOWLOG_HELP]
-    raise errors.unknown_subcommand(text(args[1]), "SLOWLOG")
+    return [Status(line) for line in _SLOWLOG_HELP]
 
 
 _LATENCY_HELP = [
@@ -160,22 +165,20 @@ def doctor_report(cx: Call) -> str:
 )
 def cmd_latency(cx: Call, args: Args) -> Reply:
     monitor = cx.state.stats.latency
-    sub = args[1].upper()
-    if sub == b"LATEST" and len(args) == 2:
+    sub = subcommand(args, _LATENCY_ARITY, "LATENCY")
+    if sub == b"LATEST":
         latest: list[Any] = []
         for name, event in sorted(monitor.events.items()):
             if event.samples:
                 when, ms = event.samples[-1]
                 latest.append([name.encode(), when, ms, event.max_ms])
         return latest
-    if sub == b"HISTORY" and len(args) == 3:
+    if sub == b"HISTORY":
         found = monitor.events.get(text(args[2]))
         return [] if found is None else [[when, ms] for when, ms in found.samples]
     if sub == b"RESET":
         names = None if len(args) == 2 else [text(a) for a in args[2:]]
         return monitor.reset(names)
-    if sub == b"DOCTOR" and len(args) == 2:
+    if sub == b"DOCTOR":
         return Verbatim(doctor_report(cx))
-    if sub == b"HELP" and len(args) == 2:
-        return [Status(line) for line in _LATENCY_HELP]
-    raise errors.unknown_subcommand(text(args[1]), "LATENCY")
+    return [Status(line) for line in _LATENCY_HELP]

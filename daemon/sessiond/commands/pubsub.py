@@ -13,7 +13,7 @@ from typing import Any
 from ..protocol import Push, Replies, Status
 from . import errors
 from .registry import PUBSUB, Args, Call, Reply, command
-from .util import glob_to_regex, text
+from .util import glob_to_regex, subcommand, text
 
 
 def _replies(replies: list[Push]) -> Reply:
@@ -110,6 +110,9 @@ def cmd_publish(cx: Call, args: Args) -> Reply:
     return cx.state.pubsub.publish(args[1], args[2])
 
 
+# Redis 7.2's arity of each subcommand (checked before the handler runs).
+_ARITY = {b"CHANNELS": -2, b"NUMSUB": -2, b"NUMPAT": 2, b"HELP": 2}
+
 _HELP = (
     "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "CHANNELS [<pattern>]",
@@ -138,10 +141,12 @@ _HELP = (
 )
 def cmd_pubsub(cx: Call, args: Args) -> Reply:
     hub = cx.state.pubsub
-    sub = args[1].upper()
-    if sub == b"HELP" and len(args) == 2:
+    sub = subcommand(args, _ARITY, "PUBSUB")
+    if sub == b"HELP":
         return [Status(line) for line in _HELP]
-    if sub == b"CHANNELS" and len(args) <= 3:
+    if sub == b"CHANNELS":
+        if len(args) > 3:  # Redis' handler's own check, in its words
+            raise errors.unknown_subcommand(text(args[1]), "PUBSUB")
         return hub.active(glob_to_regex(args[2]) if len(args) == 3 else None)
     if sub == b"NUMSUB":
         out: list[Any] = []
@@ -149,6 +154,4 @@ def cmd_pubsub(cx: Call, args: Args) -> Reply:
             out.append(channel)
             out.append(hub.subscribers(channel))
         return out
-    if sub == b"NUMPAT" and len(args) == 2:
-        return len(hub.patterns)
-    raise errors.unknown_subcommand(text(args[1]), "PUBSUB")
+    return len(hub.patterns)  # NUMPAT
