@@ -1172,6 +1172,29 @@ def test_random_counts_out_of_range_are_refused() -> None:
     assert message(d("HRANDFIELD", "h", "1", "nope")) == "ERR syntax error"
 
 
+def test_a_repeating_count_whose_reply_passes_the_output_limit_is_refused() -> None:
+    """A negative count asks for that many elements, repeats allowed, built
+    whole before the reply leaves: -2^62 took the daemon to 11 GB (and
+    Redis, which builds it too, was killed at 23 GB), for a reply its client
+    would be dropped for at limits.max_output_buffer anyway. A count whose
+    reply cannot be smaller than that limit is refused; one within it runs."""
+    d = Daemon()
+    d("HSET", "h", "f", "v")
+    d("SADD", "s", "m")
+    limit = 64 * 1024 * 1024  # the default
+    fits = -(limit // 6)  # six bytes at least an element ("$0\r\n\r\n")
+    for words in (("SRANDMEMBER", "s"), ("HRANDFIELD", "h")):
+        refused = message(d(*words, str(fits - 1)))
+        assert refused.startswith(f"ERR a count of {fits - 1} makes a reply of at least "), refused
+        assert refused.endswith(f"over limits.max_output_buffer ({limit} bytes)")
+        assert message(d(*words, str(-(2**62)))).startswith("ERR a count of")
+        assert d(*words, "-3") == [b"m" if words[0] == "SRANDMEMBER" else b"f"] * 3
+    assert message(d("HRANDFIELD", "h", str(fits // 2 - 1), "WITHVALUES")).startswith(
+        "ERR a count of"
+    )
+    assert d("SRANDMEMBER", "nokey", str(-(2**62))) == []  # nothing to repeat
+
+
 def test_object_encoding_and_memory_usage_of_containers() -> None:
     d = Daemon()
     d("HSET", "small", "f", "v")

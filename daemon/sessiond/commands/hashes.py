@@ -21,6 +21,7 @@ from .util import (
     MAX_INT64,
     MIN_INT64,
     add_long_double,
+    check_repeats,
     count_arg,
     format_long_double,
     glob_to_regex,
@@ -419,6 +420,7 @@ def cmd_hrandfield(cx: Call, args: Args) -> Reply:
         return None if not fields else random.choice(list(fields))
     if not fields:
         return []
+    check_repeats(cx.state.config.limits.max_output_buffer, count, 2 if withvalues else 1)
     names = list(fields)
     if count >= 0:
         chosen = random.sample(names, min(count, len(names)))

@@ -16,6 +16,7 @@ from ..values import Members, Value
 from . import errors
 from .registry import SET, Args, Call, Reply, command
 from .util import (
+    check_repeats,
     count_arg,
     glob_to_regex,
     int_arg,
@@ -223,6 +224,7 @@ def cmd_srandmember(cx: Call, args: Args) -> Reply:
         return None if not current else random.choice(sorted(current))
     if not current:
         return []
+    check_repeats(cx.state.config.limits.max_output_buffer, count)
     members = sorted(current)
     if count >= 0:
         return random.sample(members, min(count, len(members)))

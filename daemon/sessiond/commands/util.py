@@ -66,6 +66,24 @@ def count_arg(arg: bytes) -> int:
     return count
 
 
+# The fewest bytes a reply's element takes on the wire (an empty bulk string).
+_LEAST_ELEMENT = len(b"$0\r\n\r\n")
+
+
+def check_repeats(limit: int, count: int, per: int = 1) -> None:
+    """Refuse a negative count (SRANDMEMBER, HRANDFIELD: that many elements,
+    repeats allowed, ``per`` each) whose reply could not be smaller than
+    ``limit`` (limits.max_output_buffer): built whole on the event loop, a
+    count of -2^62 took the daemon to 11 GB before it was killed, for a
+    reply its client would have been dropped for anyway. Redis builds it."""
+    if count < 0 and -count * per * _LEAST_ELEMENT > limit:
+        raise Error(
+            f"ERR a count of {count} makes a reply of at least "
+            f"{-count * per * _LEAST_ELEMENT} bytes, over limits.max_output_buffer "
+            f"({limit} bytes)"
+        )
+
+
 def text(arg: bytes) -> str:
     return arg.decode("utf-8", "replace")
 
