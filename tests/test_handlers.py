@@ -826,6 +826,12 @@ def test_the_size_error_names_a_key_as_a_key() -> None:
         ("APPEND", long, short),
         ("SETRANGE", long, "0", short),
         ("INCRBYFLOAT", long, "1"),
+        ("INCR", long),
+        ("DECRBY", long, "2"),
+        ("HSET", long, "f", short),
+        ("HSETNX", long, "f", short),
+        ("HINCRBY", long, "f", "1"),
+        ("SADD", long, "m"),
     ):
         assert message(d(*words)) == (
             "ERR key of 9 bytes exceeds limits.max_value_size (8 bytes)"
@@ -837,6 +843,10 @@ def test_the_size_error_names_a_key_as_a_key() -> None:
     assert message(d("HSET", "h", long, "v")).startswith("ERR field of 9 bytes exceeds")
     assert message(d("HSET", "h", "f", long)).startswith("ERR value of 9 bytes exceeds")
     assert message(d("SADD", "s", long)).startswith("ERR member of 9 bytes exceeds")
+    d("SADD", "s", "m")
+    assert message(d("SMOVE", "s", long, "m")).startswith("ERR key of 9 bytes exceeds")
+    assert d("SMEMBERS", "s") == {b"m"}  # refused before anything moved
+    assert d("EXISTS", long) == 0
 
 
 def test_incrbyfloat_computes_as_redis_long_double() -> None:

@@ -63,6 +63,7 @@ def _hset(cx: Call, key: bytes) -> None:
 def _write(cx: Call, key: bytes, pairs: list[tuple[bytes, bytes]], only_new: bool = False) -> int:
     """Set ``pairs`` in the hash at ``key`` (created if missing); how many
     fields were new. With ``only_new`` an existing field keeps its value."""
+    cx.check_size(key, "key")
     for field, value in pairs:
         cx.check_size(field, "field")
         cx.check_size(value)

@@ -42,6 +42,7 @@ def _lookup(cx: Call, key: bytes) -> Members | None:
 
 
 def _add(cx: Call, key: bytes, members: list[bytes]) -> int:
+    cx.check_size(key, "key")
     for member in members:
         cx.check_size(member, "member")
     current = _read(cx, key)
@@ -316,6 +317,7 @@ def cmd_smove(cx: Call, args: Args) -> Reply:
     source, destination, member = args[1], args[2], args[3]
     current = _read(cx, source)
     target = _read(cx, destination)  # WRONGTYPE before anything moves
+    cx.check_size(destination, "key")  # and a key too large for it
     if current is None or member not in current:
         return 0
     if source == destination:

@@ -506,6 +506,7 @@ def _incr_by(cx: Call, key: bytes, delta: int) -> int:
         raise Error(errors.OVERFLOW)
     encoded = str(result).encode()
     if entry is None:
+        cx.check_size(key, "key")
         cx.set(key, encoded)
     else:
         cx.update(key, lambda _old: encoded)
