@@ -849,6 +849,16 @@ def test_the_size_error_names_a_key_as_a_key() -> None:
     assert d("EXISTS", long) == 0
 
 
+def test_role_and_lastsave_answer_as_a_lone_redis() -> None:
+    """Clients and tools ask ROLE before they trust a connection with writes,
+    and LASTSAVE for the last save: a primary with no replicas, and the
+    start (every write is in the store when acknowledged), as INFO says."""
+    d = Daemon()
+    assert d("ROLE") == [b"master", 0, []]
+    assert d("LASTSAVE") == int(d.state.started_at)
+    assert message(d("ROLE", "x")) == "ERR wrong number of arguments for 'role' command"
+
+
 def test_incrbyfloat_computes_as_redis_long_double() -> None:
     d = Daemon()
     d("SET", "f", "10.50", "EX", "100")

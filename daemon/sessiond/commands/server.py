@@ -220,6 +220,8 @@ _MORE_CATEGORIES = {
     "FLUSHDB": ("keyspace", "dangerous"),
     "FLUSHALL": ("keyspace", "dangerous"),
     "KEYS": ("dangerous",),
+    "ROLE": ("admin", "dangerous"),
+    "LASTSAVE": ("admin", "dangerous"),
 }
 
 
@@ -443,3 +445,17 @@ def cmd_time(cx: Call, args: Args) -> Reply:
     now = time.time()
     seconds = int(now)
     return [str(seconds).encode(), str(int((now - seconds) * 1_000_000)).encode()]
+
+
+@command("ROLE", 1, "noscript loading stale fast", group=SERVER, summary="Replication role")
+def cmd_role(cx: Call, args: Args) -> Reply:
+    # A primary with no replicas, as a lone Redis answers (clients and
+    # tools ask before they trust a connection with writes).
+    return [b"master", 0, []]
+
+
+@command("LASTSAVE", 1, "loading stale fast", group=SERVER, summary="Time of the last save")
+def cmd_lastsave(cx: Call, args: Args) -> Reply:
+    # Every write is in the store when it is acknowledged; the start, as
+    # INFO's rdb_last_save_time says.
+    return int(cx.state.started_at)
