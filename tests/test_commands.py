@@ -10,6 +10,7 @@ tests that need another config start their own daemon.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1457,3 +1458,101 @@ def test_keys_are_binary_safe(r: redis.Redis) -> None:
     assert key in r.keys("*")
     assert r.exists(key) == 1
     assert r.delete(key) == 1
+
+
+# ---------------------------------------------------------------- MONITOR
+
+
+def _monitored(
+    server: Daemon | RedisServer, requests: list[tuple[str | bytes, ...]]
+) -> list[bytes]:
+    """The MONITOR lines ``server`` streamed while ``requests`` ran on another
+    connection (errors included), each after its timestamp, the socket's
+    path replaced by ``S``."""
+    mon = server.raw()
+    try:
+        mon.sendall(b"MONITOR\r\n")
+        data = b""
+        while not data.startswith(b"+OK\r\n"):
+            data += mon.recv(65536)
+        data = data[len(b"+OK\r\n") :]
+        with RawClient(server) as c:
+            for request in requests:
+                with contextlib.suppress(RawError):
+                    c(*request)
+            c("ECHO", "end of requests")
+        while b'"end of requests"\r\n' not in data:
+            chunk = mon.recv(65536)
+            assert chunk, "monitor closed"
+            data += chunk
+    finally:
+        mon.close()
+    path = str(server.socket_path).encode()
+    lines = data.split(b"\r\n")[:-1]
+    assert all(line.startswith(b"+") for line in lines), lines
+    return [line.split(b" ", 1)[1].replace(path, b"S") for line in lines[:-1]]
+
+
+def test_monitor_streams_requests_as_redis_does(
+    cmd_daemon: Daemon, redis_server: RedisServer
+) -> None:
+    """MONITOR shows each request as it arrives, in Redis' format: the time,
+    ``[0 unix:<socket>]`` (``[0 lua]`` for a script's calls), each argument
+    quoted with Redis' escapes, a password redacted, administrative commands
+    (CONFIG, CLIENT LIST) not at all; line for line what redis-server
+    streams for the same requests."""
+    requests: list[tuple[str | bytes, ...]] = [
+        ("SET", b'a"b\\c', b"\x00\n\xff t\r\x07\x08\x09 ~\xc3\xa9"),
+        ("GET", "k"),
+        ("CONFIG", "GET", "maxmemory"),
+        ("CLIENT", "SETNAME", "me"),
+        ("CLIENT", "LIST"),
+        ("MULTI",),
+        ("SET", "x", "1"),
+        ("GET", "x"),
+        ("EXEC",),
+        ("EVAL", "return redis.call('get', KEYS[1])", "1", "x"),
+        ("AUTH", "not-the-password"),
+        ("NOSUCHCOMMAND", "x"),
+    ]
+    ours = _monitored(cmd_daemon, requests)
+    theirs = _monitored(redis_server, requests)
+    assert ours == theirs, (ours, theirs)
+    assert any(line.endswith(b'"AUTH" "(redacted)"') for line in ours)
+    assert b"not-the-password" not in b"".join(ours)
+    assert b'[0 lua] "get" "x"' in ours
+
+
+def test_monitor_ends_with_reset_or_the_connection(cmd_daemon: Daemon) -> None:
+    """A monitoring client shows flag O in CLIENT LIST; RESET (as in Redis)
+    or closing the connection stops the stream."""
+    mon = cmd_daemon.raw()
+    try:
+        mon.sendall(b"MONITOR\r\n")
+        data = b""
+        while b"+OK\r\n" not in data:
+            data += mon.recv(65536)
+        with RawClient(cmd_daemon) as other:
+            assert b"flags=OU" in other("CLIENT", "LIST")
+            mon.sendall(b"RESET\r\n")
+            while b"+RESET\r\n" not in data:
+                data += mon.recv(65536)
+            assert other("SET", "after-reset", "1") == b"OK"
+            mon.sendall(b"PING\r\n")
+            assert mon.recv(65536) == b"+PONG\r\n"  # no line for the SET before it
+            assert b"flags=OU" not in other("CLIENT", "LIST")
+            mon.sendall(b"MONITOR\r\n")
+            assert mon.recv(65536) == b"+OK\r\n"
+    finally:
+        mon.close()
+    with RawClient(cmd_daemon) as other:
+        wait_until(lambda: b"flags=OU" not in other("CLIENT", "LIST"), 10)
+
+
+def test_a_monitor_line_redacts_hellos_password() -> None:
+    from sessiond.commands.server import monitor_line
+
+    line = monitor_line(b"lua", [b"HELLO", b"3", b"AUTH", b"user", b"pw", b"SETNAME", b"n"], 1.5)
+    assert line == (
+        b'+1.500000 [0 lua] "HELLO" "3" "AUTH" "(redacted)" "(redacted)" "SETNAME" "n"\r\n'
+    )

@@ -196,6 +196,8 @@ class Connection(asyncio.Protocol):
         self.server.forget(self)
         if client.subscriptions:
             self.server.state.pubsub.drop(client)
+        if client.monitoring:
+            self.server.state.monitors.pop(client.id, None)
         client.push = None
         self._abandon()
 

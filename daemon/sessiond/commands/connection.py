@@ -142,6 +142,9 @@ def cmd_reset(cx: Call, args: Args) -> Reply:
     client.multi_error = False
     cx.state.pubsub.drop(client)
     cx.dispatcher.watches.unwatch(client)
+    if client.monitoring:  # RESET ends MONITOR, as in Redis
+        client.monitoring = False
+        cx.state.monitors.pop(client.id, None)
     client.reply_mode = REPLY_ON
     client.resp3 = False
     client.name = None

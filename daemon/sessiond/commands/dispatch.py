@@ -25,6 +25,7 @@ from ..stats import CommandStats
 from . import errors
 from .registry import REGISTRY, SCRIPTING, Args, Call, Command
 from .scripting import new_engine, script_may_write
+from .server import feed_monitors
 from .state import Client, ServerState
 from .transactions import Watches
 
@@ -139,6 +140,8 @@ class Dispatcher:
             counter = self.counters[cmd.index]
             counter.calls += 1
             return self.rejected(counter, Error(errors.NOAUTH))
+        if self.state.monitors:  # one test when no client monitors
+            feed_monitors(self.state, cmd, args)
         if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
             return self._refuse_subscribed(client, cmd, args)
         multi = client.multi

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -33,6 +34,7 @@ from .registry import (
     Reply,
     command,
 )
+from .state import ServerState
 from .util import glob_to_regex, help_reply, subcommand, text
 
 log = structlog.get_logger("sessiond.commands")
@@ -459,3 +461,86 @@ def cmd_lastsave(cx: Call, args: Args) -> Reply:
     # Every write is in the store when it is acknowledged; the start, as
     # INFO's rdb_last_save_time says.
     return int(cx.state.started_at)
+
+
+@command(
+    "MONITOR",
+    1,
+    "admin noscript loading stale",
+    group=SERVER,
+    summary="Stream every command the daemon receives",
+)
+def cmd_monitor(cx: Call, args: Args) -> Reply:
+    # Until the connection closes or RESET: each request any client sends is
+    # written to this one as it arrives (monitor_line), in Redis' format.
+    client = cx.client
+    client.monitoring = True
+    cx.state.monitors[client.id] = client
+    return OK
+
+
+# What a byte of an argument becomes in a MONITOR line: as Redis' sdscatrepr
+# writes it (printable ASCII as it is, the usual escapes, else \xHH).
+_ESCAPES = {
+    ord("\\"): b"\\\\",
+    ord('"'): b'\\"',
+    10: b"\\n",
+    13: b"\\r",
+    9: b"\\t",
+    7: b"\\a",
+    8: b"\\b",
+}
+_REPR: Final[tuple[bytes, ...]] = tuple(
+    _ESCAPES.get(i, bytes([i]) if 0x20 <= i < 0x7F else b"\\x%02x" % i) for i in range(256)
+)
+_PLAIN = re.compile(rb"[ !#-\[\]-~]*\Z")
+# Arguments Redis shows as "(redacted)": AUTH's, and HELLO's after AUTH.
+_REDACTED = b'"(redacted)"'
+
+
+def _quoted(arg: bytes) -> bytes:
+    if _PLAIN.match(arg):
+        return b'"' + arg + b'"'
+    return b'"' + b"".join([_REPR[c] for c in arg]) + b'"'
+
+
+def monitor_line(source: bytes, args: Args, now: float) -> bytes:
+    """One MONITOR line for a request with ``args``: the time, the database
+    and where it came from (``source``: ``unix:`` and the socket's path, as
+    Redis shows a Unix-socket client, or ``lua``), each argument quoted,
+    passwords redacted."""
+    name = args[0].upper()
+    words = [_quoted(args[0])]
+    if name == b"AUTH":
+        words += [_REDACTED] * (len(args) - 1)
+    else:
+        hidden = -1
+        if name == b"HELLO":
+            upper = [a.upper() for a in args]
+            hidden = upper.index(b"AUTH") if b"AUTH" in upper else -1
+        for i, arg in enumerate(args[1:], 1):
+            words.append(_REDACTED if hidden > 0 and hidden < i <= hidden + 2 else _quoted(arg))
+    head = b"+%.6f [0 %s] " % (now, source)
+    return head + b" ".join(words) + b"\r\n"
+
+
+# What Redis does not show, being administrative: these containers whole,
+# and these CLIENT subcommands.
+_UNSHOWN = frozenset({"CONFIG", "SLOWLOG", "LATENCY"})
+_UNSHOWN_CLIENT = frozenset({b"KILL", b"LIST", b"PAUSE", b"UNPAUSE", b"NO-EVICT"})
+
+
+def feed_monitors(state: ServerState, cmd: Command, args: Args, *, lua: bool = False) -> None:
+    """Write the request to every MONITOR client (dispatch, for any request
+    once a client monitors; ``lua``: a script's redis.call, as it runs), but
+    for the administrative ones Redis hides."""
+    if "admin" in cmd.flags or cmd.name in _UNSHOWN:
+        return
+    if cmd.name == "CLIENT" and len(args) > 1 and args[1].upper() in _UNSHOWN_CLIENT:
+        return
+    source = b"lua" if lua else b"unix:" + state.socket_path.encode()
+    line = monitor_line(source, args, time.time())
+    for client in list(state.monitors.values()):
+        push = client.push
+        if push is not None:
+            push(line)

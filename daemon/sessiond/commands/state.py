@@ -42,6 +42,7 @@ class Client:
         "last_command",
         "lib_name",
         "lib_ver",
+        "monitoring",
         "multi",
         "multi_error",
         "name",
@@ -66,6 +67,7 @@ class Client:
         self.lib_ver = ""
         self.multi: list[tuple[Command, Args]] | None = None
         self.multi_error = False
+        self.monitoring = False  # MONITOR: in ServerState.monitors
         self.close_after_reply = False
         # perf_counter: the server reads that clock once per read anyway.
         self.created_at = time.perf_counter()
@@ -98,7 +100,8 @@ class Client:
         # Redis' letters in Redis' order; every client here came through the
         # Unix socket (U), so none is without a flag (N).
         flags = (
-            ("P" if self.subscriptions else "")
+            ("O" if self.monitoring else "")
+            + ("P" if self.subscriptions else "")
             + ("x" if self.multi is not None else "")
             + ("d" if self.watch_dirty else "")
             + ("c" if self.close_after_reply else "")
@@ -148,6 +151,7 @@ class ServerState:
         "baseline",
         "clients",
         "config",
+        "monitors",
         "on_unpause",
         "pause_all",
         "pause_end",
@@ -166,6 +170,8 @@ class ServerState:
         self.stats = stats
         self.pubsub = PubSub() if pubsub is None else pubsub
         self.clients: dict[int, Client] = {}
+        # MONITOR: the clients every command is streamed to (by id).
+        self.monitors: dict[int, Client] = {}
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self._ids = itertools.count(1)
