@@ -1514,6 +1514,17 @@ def test_monitor_streams_requests_as_redis_does(
         ("EVAL", "return redis.call('get', KEYS[1])", "1", "x"),
         ("AUTH", "not-the-password"),
         ("NOSUCHCOMMAND", "x"),
+        ("GET",),  # refused for its arity: not shown
+        ("MULTI",),
+        ("SET", "discarded", "1"),  # never runs
+        ("DISCARD",),
+        ("MULTI",),
+        ("SET", "a"),
+        ("SET", "b", "2"),
+        ("EXEC",),  # EXECABORT: neither SET runs
+        ("MULTI",),
+        ("EVAL", "return redis.call('set', KEYS[1], '1')", "1", "q"),
+        ("EXEC",),  # the script's line, then its call's, inside
     ]
     ours = _monitored(cmd_daemon, requests)
     theirs = _monitored(redis_server, requests)
@@ -1556,3 +1567,31 @@ def test_a_monitor_line_redacts_hellos_password() -> None:
     assert line == (
         b'+1.500000 [0 lua] "HELLO" "3" "AUTH" "(redacted)" "(redacted)" "SETNAME" "n"\r\n'
     )
+    # An option's value may be the word AUTH; every AUTH pair is hidden.
+    for words, shown in (
+        (
+            [b"HELLO", b"3", b"SETNAME", b"auth", b"AUTH", b"default", b"sekrit"],
+            b'"HELLO" "3" "SETNAME" "auth" "AUTH" "(redacted)" "(redacted)"',
+        ),
+        (
+            [b"HELLO", b"3", b"AUTH", b"u", b"x", b"AUTH", b"default", b"sekrit2"],
+            b'"HELLO" "3" "AUTH" "(redacted)" "(redacted)" "AUTH" "(redacted)" "(redacted)"',
+        ),
+        ([b"HELLO", b"AUTH", b"u", b"pw"], b'"HELLO" "AUTH" "(redacted)" "(redacted)"'),
+    ):
+        assert monitor_line(b"lua", words, 1.5) == b"+1.500000 [0 lua] " + shown + b"\r\n"
+
+
+def test_monitor_in_a_transaction_is_refused_when_exec_runs_it(
+    cmd_daemon: Daemon, redis_server: RedisServer
+) -> None:
+    for server in (cmd_daemon, redis_server):
+        with RawClient(server) as c:
+            assert c("MULTI") == b"OK"
+            assert c("MONITOR") == b"QUEUED"
+            (refused,) = c("EXEC")
+            assert str(refused).endswith("MONITOR isn't allowed for DENY BLOCKING client"), (
+                server,
+                refused,
+            )
+            assert c("PING") == b"PONG"  # not a monitor

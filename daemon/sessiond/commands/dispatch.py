@@ -140,8 +140,6 @@ class Dispatcher:
             counter = self.counters[cmd.index]
             counter.calls += 1
             return self.rejected(counter, Error(errors.NOAUTH))
-        if self.state.monitors:  # one test when no client monitors
-            feed_monitors(self.state, cmd, args)
         if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
             return self._refuse_subscribed(client, cmd, args)
         multi = client.multi
@@ -165,14 +163,21 @@ class Dispatcher:
         finally:
             keyspace.leave(cx)
 
-    def call(self, cx: Call, cmd: Command, args: Args) -> Any:
-        """Run ``cmd`` in ``cx`` (EXEC runs each queued command through here)."""
+    def call(self, cx: Call, cmd: Command, args: Args, *, script: bool = False) -> Any:
+        """Run ``cmd`` in ``cx`` (EXEC runs each queued command through here,
+        and a script's redis.call, ``script``). MONITOR sees it as Redis shows
+        it: once it runs (not refused, queued or discarded), a script's own
+        line before its calls' and the others' after the command (a RESET
+        that ends monitoring is not shown to its monitor)."""
         counter = self.counters[cmd.index]
         counter.calls += 1
         arity = cmd.arity
         n = len(args)
         if (arity > 0 and n != arity) or n < -arity:
             return self.rejected(counter, errors.wrong_arity(cmd.name))
+        state = self.state
+        if state.monitors and cmd.group == SCRIPTING:
+            feed_monitors(state, cmd, args, lua=script)
         try:
             reply = cmd.handler(cx, args)
         except Error as exc:
@@ -186,6 +191,8 @@ class Dispatcher:
             reply = errors.internal(cmd.name)
             counter.errors += 1
             self.server_stats.error_reply(reply.message)
+        if state.monitors and cmd.group != SCRIPTING:  # one test when nobody monitors
+            feed_monitors(state, cmd, args, lua=script)
         return reply
 
     def rejected(self, counter: CommandStats, error: Error) -> Error:

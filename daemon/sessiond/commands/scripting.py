@@ -35,7 +35,6 @@ from ..protocol import OK, Error
 from ..scripting import NOSCRIPT_ERROR, ScriptEngine, shebang_flags
 from . import errors
 from .registry import SCRIPTING, Args, Call, Command, Reply, command
-from .server import feed_monitors
 from .util import help_reply, parse_int64, subcommand, text
 
 # What a script killed by the time limit replies ({limit} is the limit, such
@@ -138,9 +137,7 @@ def _caller(
         if cmd.write:
             engine.mark_write()  # raises ScriptKilled once the time limit hit
             wrote = True
-        if cx.state.monitors:
-            feed_monitors(cx.state, cmd, args, lua=True)
-        return dispatcher.call(cx, cmd, args)
+        return dispatcher.call(cx, cmd, args, script=True)
 
     return call
 

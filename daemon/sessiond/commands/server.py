@@ -510,16 +510,21 @@ def monitor_line(source: bytes, args: Args, now: float) -> bytes:
     Redis shows a Unix-socket client, or ``lua``), each argument quoted,
     passwords redacted."""
     name = args[0].upper()
-    words = [_quoted(args[0])]
     if name == b"AUTH":
-        words += [_REDACTED] * (len(args) - 1)
+        words = [_quoted(args[0])] + [_REDACTED] * (len(args) - 1)
     else:
-        hidden = -1
+        words = [_quoted(arg) for arg in args]
         if name == b"HELLO":
-            upper = [a.upper() for a in args]
-            hidden = upper.index(b"AUTH") if b"AUTH" in upper else -1
-        for i, arg in enumerate(args[1:], 1):
-            words.append(_REDACTED if hidden > 0 and hidden < i <= hidden + 2 else _quoted(arg))
+            # Its options as HELLO reads them, in pairs after the version: an
+            # option's value may itself be the word AUTH.
+            i = 2 if len(args) > 1 and args[1].isdigit() else 1
+            while i < len(args):
+                option = args[i].upper()
+                if option == b"AUTH":
+                    words[i + 1 : i + 3] = [_REDACTED] * len(words[i + 1 : i + 3])
+                    i += 3
+                else:
+                    i += 2 if option == b"SETNAME" else 1
     head = b"+%.6f [0 %s] " % (now, source)
     return head + b" ".join(words) + b"\r\n"
 

@@ -23,6 +23,9 @@ from . import errors
 from .registry import TRANSACTIONS, Args, Call, Reply, command
 from .state import Client
 
+# MONITOR queued in a transaction is refused when EXEC runs it, as Redis does.
+_DENIED_IN_EXEC = "ERR MONITOR isn't allowed for DENY BLOCKING client"
+
 
 class Watches:
     """Which clients watch which key; told of changes while any does."""
@@ -148,7 +151,10 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
         if dirty:
             return NIL_ARRAY
     call = cx.dispatcher.call
-    return [call(cx, cmd, queued_args) for cmd, queued_args in queued]
+    return [
+        Error(_DENIED_IN_EXEC) if cmd.name == "MONITOR" else call(cx, cmd, queued_args)
+        for cmd, queued_args in queued
+    ]
 
 
 @command(
