@@ -11,6 +11,7 @@ tests that need another config start their own daemon.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1595,3 +1596,27 @@ def test_monitor_in_a_transaction_is_refused_when_exec_runs_it(
                 refused,
             )
             assert c("PING") == b"PONG"  # not a monitor
+
+
+def test_a_monitor_that_never_reads_is_dropped_and_nobody_waits(daemon_factory: Factory) -> None:
+    """docs/commands.md: a monitor that does not read is dropped at
+    limits.max_output_buffer, as any client; the writers it watched go on."""
+    d = daemon_factory({"limits": {"max_output_buffer": "256KiB"}})
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(str(d.socket_path))
+    try:
+        slow.sendall(b"MONITOR\r\n")
+        with d.client() as r:
+            wait_until(lambda: b"flags=OU" in r.execute_command("CLIENT", "LIST"))
+            for i in range(100):  # a 64 KiB line each: 6.4 MB for a 256 KiB allowance
+                assert r.set(f"k{i}", "v" * 65536)
+            wait_until(
+                lambda: r.info("stats")["client_output_buffer_limit_disconnections"] == 1,
+                what="the monitor dropped",
+            )
+            assert b"flags=OU" not in r.execute_command("CLIENT", "LIST")
+            assert r.set("after", "1")  # nothing left to feed, nobody waits
+    finally:
+        slow.close()
+    assert "Traceback" not in d.log_text()
