@@ -922,6 +922,24 @@ async def _idle_until(db: Database, host: Host, until: float) -> None:
         _sweep(db, host.clock.now)
 
 
+def _read_then(then: Callable[[Host], Coroutine[Any, Any, None]]) -> None:
+    """A session with a TTL of 100 s, read 90 s after its write (alive until
+    write + 190), then ``then`` in the same write-back round: 150 s after the
+    write it must still be there (not swept for the read's lost renewal)."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        start = a.clock.now
+        await a("SET", "s", "v", "EX", "100")
+        await _idle_until(db, a, start + 90)
+        assert await a("GET", "s") == b"v"
+        await then(a)
+        await _idle_until(db, a, start + 150)
+        assert await a("GET", "s") == b"v"
+
+    run(scenario)
+
+
 def test_a_decision_that_only_looks_keeps_the_renewal_of_a_read_before_it() -> None:
     """GET renews the session in memory; WATCH, in the same write-back
     round, decides on the row as the database has it, and memory drops its
@@ -930,17 +948,10 @@ def test_a_decision_that_only_looks_keeps_the_renewal_of_a_read_before_it() -> N
     is gone: the row keeps its old deadline and is swept 85 s after the
     last read of a session with a TTL of 100 s."""
 
-    async def scenario() -> None:
-        db, (a,) = fleet(1)
-        start = a.clock.now
-        await a("SET", "s", "v", "EX", "100")
-        await _idle_until(db, a, start + 90)
-        assert await a("GET", "s") == b"v"  # alive until start + 190
+    async def watch(a: Host) -> None:
         assert await a("WATCH", "s") == OK
-        await _idle_until(db, a, start + 150)
-        assert await a("GET", "s") == b"v"
 
-    run(scenario)
+    _read_then(watch)
 
 
 def test_a_read_just_before_notifications_are_lost_keeps_its_renewal() -> None:
@@ -948,20 +959,13 @@ def test_a_read_just_before_notifications_are_lost_keeps_its_renewal() -> None:
     (cache.drop_all): the renewal of a read no round had seen yet goes with
     it."""
 
-    async def scenario() -> None:
-        db, (a,) = fleet(1)
-        start = a.clock.now
-        await a("SET", "s", "v", "EX", "100")
-        await _idle_until(db, a, start + 90)
-        assert await a("GET", "s") == b"v"  # alive until start + 190
+    async def lose_notifications(a: Host) -> None:
         a.store.coherent = False
         a.keyspace.invalidated_all("notifications lost")
         a.store.coherent = True
         a.keyspace.invalidated_all("notifications restored")
-        await _idle_until(db, a, start + 150)
-        assert await a("GET", "s") == b"v"
 
-    run(scenario)
+    _read_then(lose_notifications)
 
 
 def test_renewals_held_back_when_memory_is_emptied_are_not_scanned_every_round() -> None:
