@@ -1506,6 +1506,8 @@ def test_monitor_streams_requests_as_redis_does(
         ("SET", b'a"b\\c', b"\x00\n\xff t\r\x07\x08\x09 ~\xc3\xa9"),
         ("GET", "k"),
         ("CONFIG", "GET", "maxmemory"),
+        ("SLOWLOG", "LEN"),
+        ("LATENCY", "LATEST"),
         ("CLIENT", "SETNAME", "me"),
         ("CLIENT", "LIST"),
         ("MULTI",),

@@ -529,9 +529,12 @@ def monitor_line(source: bytes, args: Args, now: float) -> bytes:
     return head + b" ".join(words) + b"\r\n"
 
 
-# What Redis does not show, being administrative: these containers whole,
-# and these CLIENT subcommands.
-_UNSHOWN = frozenset({"CONFIG", "SLOWLOG", "LATENCY"})
+# What Redis does not show, being administrative, that no ``admin`` flag
+# here says: CONFIG (every subcommand of it is admin in Redis; the container
+# is declared without the flag, which would change its ACL categories), and
+# these CLIENT subcommands (CLIENT itself is not admin). SLOWLOG and LATENCY
+# carry the flag.
+_UNSHOWN = frozenset({"CONFIG"})
 _UNSHOWN_CLIENT = frozenset({b"KILL", b"LIST", b"PAUSE", b"UNPAUSE", b"NO-EVICT"})
 
 
