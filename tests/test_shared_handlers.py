@@ -997,3 +997,26 @@ def test_renewals_held_back_when_memory_is_emptied_are_not_scanned_every_round()
         assert scans <= 2, f"{scans} rounds scanned all of stored"
 
     run(scenario)
+
+
+def test_a_host_that_dies_takes_at_most_a_tenth_of_the_ttl_and_a_round() -> None:
+    """docs/shared-store.md: a host that dies with renewals held back shortens
+    the sessions only it was reading by at most a tenth of their TTL and one
+    renew_interval. Read every second for 37 s at a TTL of 100 s, then the
+    host is gone (no stop, no write-back): the database's deadline is within
+    that bound of the last read's, and any moment of the reads gives the same."""
+
+    async def scenario() -> None:
+        for reads in range(1, 38):
+            db, (a,) = fleet(1)
+            await a("SET", "s", "v", "EX", "100")
+            for _ in range(reads):
+                a.clock.now += 1
+                assert await a("GET", "s") == b"v"
+                a.keyspace.renew_due()
+                _write_back(db, a)
+            # Died here: what memory held (the last read's deadline) is lost.
+            held = a.clock.now + 100
+            assert db.rows[b"s"].deadline >= held - 100 * 0.1 - 1, reads
+
+    run(scenario)
