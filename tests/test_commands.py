@@ -969,6 +969,72 @@ def test_command_list_filterby_and_categories_as_redis(
                 assert sorted(mine[6]) == sorted(redis_info[6]), mine[0]
 
 
+def test_wait_acl_and_shutdown_answer_as_a_lone_redis(
+    cmd_daemon: Daemon, redis_server: RedisServer
+) -> None:
+    """WAIT with no replicas, ACL's reading subcommands for the one user, and
+    every SHUTDOWN that Redis refuses, answered as redis-server answers them
+    (none of these requests stops either server)."""
+    with RawClient(redis_server) as theirs, RawClient(cmd_daemon) as ours:
+        for request in (
+            ("WAIT", "0", "0"),
+            ("WAIT", "-1", "10"),
+            ("WAIT", "x", "0"),
+            ("WAIT", "0", "x"),
+            ("WAIT", "0", "-1"),
+            ("WAIT", "0"),
+            ("ACL", "WHOAMI"),
+            ("ACL", "USERS"),
+            ("ACL", "WHOAMI", "x"),
+            ("ACL", "CAT", "nosuch"),
+            ("ACL", "CAT", "hash", "x"),
+            ("ACL", "nosuch"),
+            ("ACL",),
+            ("SHUTDOWN", "ABORT"),
+            ("SHUTDOWN", "abort", "NOW"),
+            ("SHUTDOWN", "SAVE", "NOSAVE"),
+            ("SHUTDOWN", "nosuch"),
+            ("MULTI",),
+            ("SHUTDOWN",),
+            ("EXEC",),
+            ("EVAL", "return redis.call('shutdown')", "0"),
+            ("EVAL", "return redis.call('wait', '0', '0')", "0"),
+        ):
+            assert ours(*request) == theirs(*request), request
+        # Redis' categories, then sessiond's own; a category's commands are
+        # those of Redis' that sessiond has (it lists no parent|sub entries).
+        assert ours("ACL", "CAT") == [*theirs("ACL", "CAT"), b"session"]
+        assert b"session.create" in ours("ACL", "CAT", "session")
+        names = ours("COMMAND", "LIST")
+        # Containers (CLIENT, COMMAND...) have categories of their own here
+        # and in Redis, not the same ones.
+        containers = {
+            name
+            for name, info in zip(names, theirs("COMMAND", "INFO", *names), strict=True)
+            if info is not None and info[9]
+        }
+        for category in (b"hash", b"connection", b"admin", b"dangerous"):
+            mine = set(ours("ACL", "CAT", category)) - containers
+            assert mine == set(theirs("ACL", "CAT", category)) & set(names) - containers, category
+        assert ours("WAIT", "1", "0") == 0  # nobody to wait for: at once
+
+
+def test_shutdown_stops_the_daemon_as_sigterm_does(daemon_factory: Factory) -> None:
+    """SHUTDOWN is the clean stop SIGTERM makes: no reply (redis-py takes the
+    closed connection as success), exit status 0, who asked in the log, and
+    every acknowledged write there at the next start."""
+    d = daemon_factory({"persistence": {"backend": "sqlite"}})
+    client = d.client(client_name="ops")
+    client.set("kept", "v")
+    client.shutdown()  # raises if a reply came
+    assert d.proc is not None and d.proc.wait(30) == 0
+    asked = [e for e in d.events() if e.get("event") == "shutdown_requested"]
+    assert [(e["command"], e["client_name"]) for e in asked] == [("SHUTDOWN", "ops")]
+    d.start()
+    assert d.client().get("kept") == b"v"
+    d.stop()
+
+
 def test_command_arity_matches_behaviour(r: redis.Redis) -> None:
     """The arity COMMAND reports is the one enforced."""
     for name, spec in r.command().items():

@@ -26,7 +26,7 @@ import structlog
 from . import __version__, logs
 from .activation import ActivationError, inherited_listener
 from .cache import SessionCache
-from .commands import Dispatcher, ServerState
+from .commands import Client, Dispatcher, ServerState
 from .commands.channels import PubSub
 from .commands.scripting import new_engine
 from .commands.shared import SharedDispatcher
@@ -213,6 +213,7 @@ class App:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
         loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
+        self.state.on_shutdown = self._shutdown_command
         gc.callbacks.append(self._gc_phase)  # removed by _shutdown
         if warming is not None:
             self._spawn(self._warm_start(warming))
@@ -389,8 +390,17 @@ class App:
             self.keyspace.close()
 
     def _request_shutdown(self, signame: str) -> None:
+        self._stop(signal=signame)
+
+    def _shutdown_command(self, client: Client) -> None:
+        """SHUTDOWN from a client: the stop SIGTERM makes, logged with who asked."""
+        self._stop(
+            command="SHUTDOWN", client_id=client.id, client_name=client.name, lib=client.lib_name
+        )
+
+    def _stop(self, **why: object) -> None:
         if not self.shutdown_event.is_set():
-            log.info("shutdown_requested", signal=signame)
+            log.info("shutdown_requested", **why)
             self.shutdown_event.set()
 
     def _request_upgrade(self) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import time
 
 from .. import REDIS_COMPAT_VERSION, __version__
 from ..protocol import OK, PONG, Error, Status, Verbatim
 from . import errors
 from .registry import CONNECTION, Args, Call, Reply, command
 from .state import REPLY_OFF, REPLY_ON, REPLY_SKIP_ASKED, Client, ServerState
-from .util import MAX_INT64, help_reply, int_arg, parse_int64, subcommand, text
+from .util import MAX_INT64, help_reply, int_arg, parse_int64, subcommand, text, timeout_ms
 
 
 @command("PING", -1, "fast", group=CONNECTION, summary="Ping the server", syntax="[message]")
@@ -150,6 +149,23 @@ def cmd_reset(cx: Call, args: Args) -> Reply:
     client.name = None
     client.authenticated = cx.state.password is None
     return Status("RESET")
+
+
+@command(
+    "WAIT",
+    3,
+    "noscript",
+    group=CONNECTION,
+    summary="Wait for replicas: there are none, 0 at once",
+    syntax="numreplicas timeout",
+)
+def cmd_wait(cx: Call, args: Args) -> Reply:
+    # No replica will ever acknowledge: Redis would answer 0 once the timeout
+    # ran out (never, for 0); the answer cannot change, so it is given now.
+    if parse_int64(args[1]) is None:
+        raise Error(errors.NOT_INT)
+    timeout_ms(args[2])
+    return 0
 
 
 @command("SELECT", 2, "fast", group=CONNECTION, summary="Select database 0", syntax="index")
@@ -411,12 +427,5 @@ def _client_pause(cx: Call, args: Args) -> Reply:
             raise Error("ERR CLIENT PAUSE mode must be WRITE or ALL")
     elif len(args) > 4:
         raise errors.syntax()
-    ms = parse_int64(args[2])
-    if ms is None:
-        raise Error("ERR timeout is not an integer or out of range")
-    if ms < 0:
-        raise Error("ERR timeout is negative")
-    if ms > MAX_INT64 - int(time.time() * 1000):
-        raise Error("ERR timeout is out of range")
-    cx.state.pause(ms / 1000.0, every_command=every_command)
+    cx.state.pause(timeout_ms(args[2]) / 1000.0, every_command=every_command)
     return OK

@@ -250,5 +250,10 @@ class Dispatcher:
             counter.calls += 1
             client.multi_error = True
             return self.rejected(counter, errors.wrong_arity(cmd.name))
+        if "no_multi" in cmd.flags:  # SHUTDOWN: refused when queued, as Redis does
+            counter = self.counters[cmd.index]
+            counter.calls += 1
+            client.multi_error = True
+            return self.rejected(counter, Error(errors.NOT_IN_MULTI))
         multi.append((cmd, args))
         return QUEUED

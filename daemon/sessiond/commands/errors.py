@@ -6,6 +6,7 @@ from ..protocol import Error
 
 SYNTAX = "ERR syntax error"
 NOT_INT = "ERR value is not an integer or out of range"
+NOT_IN_MULTI = "ERR Command not allowed inside a transaction"
 NOAUTH = "NOAUTH Authentication required."
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"

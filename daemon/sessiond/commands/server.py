@@ -1,4 +1,5 @@
-"""Server commands: INFO CONFIG COMMAND DBSIZE FLUSHDB FLUSHALL TIME."""
+"""Server commands: INFO CONFIG COMMAND DBSIZE FLUSHDB FLUSHALL TIME ROLE LASTSAVE
+MONITOR SHUTDOWN ACL."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from .registry import (
     Reply,
     command,
 )
-from .state import ServerState
+from .state import REPLY_OFF, ServerState
 from .util import glob_to_regex, help_reply, subcommand, text
 
 log = structlog.get_logger("sessiond.commands")
@@ -552,3 +553,113 @@ def feed_monitors(state: ServerState, cmd: Command, args: Args, *, lua: bool = F
         push = client.push
         if push is not None:
             push(line)
+
+
+@command(
+    "SHUTDOWN",
+    -1,
+    "admin noscript loading stale no_multi allow_busy",
+    group=SERVER,
+    summary="Stop the daemon, as SIGTERM does",
+    syntax="[NOSAVE | SAVE] [NOW] [FORCE] [ABORT]",
+)
+def cmd_shutdown(cx: Call, args: Args) -> Reply:
+    # Every write is in the store when it is acknowledged and every stop is
+    # the clean one SIGTERM makes: SAVE, NOSAVE, NOW and FORCE change nothing,
+    # and no shutdown waits to be aborted. Checked as Redis 7.0 checks them.
+    words = [arg.upper() for arg in args[1:]]
+    if any(w not in _SHUTDOWN_OPTIONS for w in words):
+        raise errors.syntax()
+    if (b"ABORT" in words and len(words) > 1) or (b"SAVE" in words and b"NOSAVE" in words):
+        raise errors.syntax()
+    if words == [b"ABORT"]:
+        raise Error("ERR No shutdown in progress.")
+    stop = cx.state.on_shutdown
+    if stop is None:
+        raise Error("ERR Errors trying to SHUTDOWN. Check logs.")
+    stop(cx.client)
+    # As Redis: no reply, the connection closes (redis-py and redis-cli take
+    # that as success).
+    cx.client.reply_mode = REPLY_OFF
+    cx.client.close_after_reply = True
+    return OK
+
+
+_SHUTDOWN_OPTIONS = frozenset((b"NOSAVE", b"SAVE", b"NOW", b"FORCE", b"ABORT"))
+
+# ---------------------------------------------------------------------- ACL
+
+# Redis 7.0's ACL categories in ACL CAT's order, and sessiond's own.
+_CATEGORIES = [
+    "keyspace",
+    "read",
+    "write",
+    "set",
+    "sortedset",
+    "list",
+    "hash",
+    "string",
+    "bitmap",
+    "hyperloglog",
+    "geo",
+    "stream",
+    "pubsub",
+    "admin",
+    "fast",
+    "slow",
+    "blocking",
+    "dangerous",
+    "connection",
+    "transaction",
+    "scripting",
+    "session",
+]
+
+_ACL_ARITY = {b"CAT": -2, b"USERS": 2, b"WHOAMI": 2, b"HELP": 2}
+
+_ACL_HELP = [
+    "CAT [<category>]",
+    "    List all commands that belong to <category>, or all command categories",
+    "    when no category is specified.",
+    "USERS",
+    "    List all the registered usernames.",
+    "WHOAMI",
+    "    Return the current connection username.",
+]
+
+
+@command(
+    "ACL",
+    -2,
+    "noscript loading stale",
+    group=SERVER,
+    summary="Access control: the one user there is",
+    subcommands={
+        "CAT": ("[category]", "The ACL categories, or a category's commands"),
+        "USERS": ("", "The users: default"),
+        "WHOAMI": ("", "The connection's user: default"),
+        "HELP": ("", "Show this help"),
+    },
+)
+def cmd_acl(cx: Call, args: Args) -> Reply:
+    # One user, "default", whom security.password (AUTH) admits to every
+    # command: the subcommands that read users and categories answer; those
+    # that would change users are unknown (docs/commands.md).
+    sub = subcommand(args, _ACL_ARITY, "ACL")
+    if sub == b"WHOAMI":
+        return b"default"
+    if sub == b"USERS":
+        return [b"default"]
+    if sub == b"CAT":
+        if len(args) == 2:
+            return _CATEGORIES
+        if len(args) > 3:
+            raise Error(
+                f"ERR unknown subcommand or wrong number of arguments for '{text(args[1])}'. "
+                "Try ACL HELP."
+            )
+        category = text(args[2]).lower()
+        if category not in _CATEGORIES:
+            raise Error(f"ERR Unknown category '{text(args[2])}'")
+        return [c.name.lower() for c in REGISTRY.values() if category in acl_categories(c)]
+    return help_reply("ACL", _ACL_HELP)

@@ -152,6 +152,7 @@ class ServerState:
         "clients",
         "config",
         "monitors",
+        "on_shutdown",
         "on_unpause",
         "pause_all",
         "pause_end",
@@ -184,6 +185,9 @@ class ServerState:
         self.pause_end = 0.0
         self.pause_all = False
         self.on_unpause: Callable[[], None] | None = None
+        # SHUTDOWN: what stops the daemon as SIGTERM does (the app sets it),
+        # told who asked.
+        self.on_shutdown: Callable[[Client], None] | None = None
 
     def pause(self, seconds: float, *, every_command: bool) -> None:
         """CLIENT PAUSE, as Redis combines pauses: the later end and the

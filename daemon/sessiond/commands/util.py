@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 
@@ -28,6 +29,20 @@ def parse_int64(data: bytes) -> int | None:
         return None
     value = int(data)
     return value if MIN_INT64 <= value <= MAX_INT64 else None
+
+
+def timeout_ms(arg: bytes) -> int:
+    """A timeout in milliseconds as Redis' getTimeoutFromObjectOrReply reads
+    it (CLIENT PAUSE, WAIT): a 64-bit integer, not negative, whose deadline
+    from now is still one."""
+    ms = parse_int64(arg)
+    if ms is None:
+        raise Error("ERR timeout is not an integer or out of range")
+    if ms < 0:
+        raise Error("ERR timeout is negative")
+    if ms > MAX_INT64 - int(time.time() * 1000):
+        raise Error("ERR timeout is out of range")
+    return ms
 
 
 def parse_cursor(data: bytes) -> int | None:
