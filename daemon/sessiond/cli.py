@@ -24,8 +24,8 @@ DESCRIPTION = "Session-cache daemon speaking the Redis protocol on a Unix socket
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (
         0,
-        "clean shutdown (SIGTERM or SIGINT), or handed over to a new process (SIGUSR2), or "
-        "check-config found the config valid",
+        "clean shutdown (SIGTERM, SIGINT or a client's SHUTDOWN), or handed over to a new "
+        "process (SIGUSR2), or check-config found the config valid",
     ),
     (
         1,
