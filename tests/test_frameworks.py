@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Daemon
+from conftest import Daemon, RedisServer
 
 NODE_DIR = Path(__file__).parent / "node"
 MAX_SESSIONS = 50
@@ -587,11 +587,13 @@ def node_results(node_modules: Path, fw_daemon: Daemon) -> dict[str, Any]:
     return scenario_results([node, str(NODE_DIR / "session_store.mjs")], fw_daemon, NODE_DIR)
 
 
-def scenario_results(command: list[str], daemon: Daemon, cwd: Path | None = None) -> Any:
-    """Run a framework scenario script against ``daemon``'s socket; the JSON
+def scenario_results(
+    command: list[str], server: Daemon | RedisServer, cwd: Path | None = None
+) -> Any:
+    """Run a framework scenario script against ``server``'s socket; the JSON
     object of observations it prints."""
     proc = subprocess.run(
-        [*command, str(daemon.socket_path)],
+        [*command, str(server.socket_path)],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -496,7 +496,7 @@ def test_node_redis_pubsub_resp2_and_resp3(
     d = daemon_factory({**REDIS_LIKE, **STORED})
     command = [node, str(NODE_DIR / "pubsub.mjs")]
     ours = scenario_results(command, d, NODE_DIR)
-    theirs = scenario_results(command, redis_server, NODE_DIR)  # type: ignore[arg-type]
+    theirs = scenario_results(command, redis_server, NODE_DIR)
     assert ours == theirs
     for mode in ("resp2", "resp3"):
         result = ours[mode]
