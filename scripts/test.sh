@@ -26,6 +26,9 @@ need "command -v redis-server" redis-server "the scripting tests, which run the 
 need "command -v php" php-cli "the PHP session handler tests"
 need "php -r 'exit(extension_loaded(\"redis\") ? 0 : 1);'" php-redis "phpredis' session handler, with and without locking"
 need "test -e /usr/share/php/Predis/Autoloader.php" php-predis "predis' session handler"
+need "command -v go" golang-go "to build the Go redistore session store test"
+need "test -d /usr/share/gocode/src/github.com/boj/redistore" golang-github-boj-redistore-dev \
+  "redistore with redigo and gorilla/sessions, the Go session store test's sources"
 need "command -v gcc" gcc "to compile sessiond's hot modules with mypyc"
 need "test -e /usr/include/python3.11/Python.h -o -e $(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))')/Python.h" \
   python3-dev "Python's headers, to compile sessiond's hot modules with mypyc"
