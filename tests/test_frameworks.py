@@ -8,7 +8,10 @@
   driven through ``tests/node/session_store.mjs``;
 - Rails: redis-rb, ``ActionDispatch::Session::CacheStore`` on ActiveSupport's
   ``RedisCacheStore``, and redis-actionpack's ``RedisStore`` where installed, in a
-  Rack stack driven through ``tests/ruby/session_store.rb``.
+  Rack stack driven through ``tests/ruby/session_store.rb``;
+- Go: redistore (gorilla/sessions on redigo) through httptest requests and their
+  cookies, driven through ``tests/go/session_store.go``, built on Debian's packaged
+  sources; its checks also run against a real redis-server.
 
 The tests share one daemon per durability mode with the product's defaults (SQLite
 write-through, ``default_ttl: 1h``, sliding TTL) except a small ``max_sessions``, so
@@ -722,3 +725,177 @@ def test_rails_session_store(
     assert raw_redis.exists(old) == 0
     assert 60 <= raw_redis.ttl(new) <= 90
     assert [k.decode() for k in raw_redis.scan_iter(match=key_prefix + "*")] == [new]
+
+
+# --------------------------------------------------------------- Go redistore
+
+GO_PROGRAM = Path(__file__).parent / "go" / "session_store.go"
+# Where Debian's golang-*-dev packages put their sources (a GOPATH).
+DEBIAN_GOPATH = Path("/usr/share/gocode")
+
+
+@pytest.fixture(scope="session")
+def go_session_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/go/session_store.go built once per test process, in GOPATH mode on
+    Debian's packaged sources of redistore, redigo and gorilla/sessions: nothing
+    is downloaded (GOPROXY=off)."""
+    go = shutil.which("go")
+    if go is None or not (DEBIAN_GOPATH / "src/github.com/boj/redistore").is_dir():
+        pytest.fail(
+            "go and redistore's sources are required for the Go session store test "
+            "(Debian: apt-get install golang-go golang-github-boj-redistore-dev; "
+            "scripts/test.sh installs them)"
+        )
+    out = tmp_path_factory.mktemp("go")
+    binary = out / "session_store"
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": str(DEBIAN_GOPATH),
+        "GOCACHE": str(out / "cache"),
+        "GOPROXY": "off",
+        "GOFLAGS": "",
+    }
+    proc = subprocess.run(
+        [go, "build", "-o", str(binary), str(GO_PROGRAM)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"go build failed:\n{proc.stdout}\n{proc.stderr}"
+    return binary
+
+
+@pytest.fixture(scope="module")
+def go_results(go_session_store: Path, fw_daemon: Daemon) -> dict[str, Any]:
+    return scenario_results([str(go_session_store), "scenarios"], fw_daemon)
+
+
+def check_redistore_gob(flow: dict[str, Any], r: redis.Redis) -> None:
+    """A session saved through one store instance, its cookie carried by the next
+    request to another; updated there; deleted by saving it with MaxAge -1."""
+    values = {"user": "alice", "cart": [1, 2, 3], "profile": {"Name": "Zoë ✓", "Roles": ["admin"]}}
+    assert flow["is_new"] is True
+    assert flow["cookie_max_age"] == 600
+    assert (flow["other_store_is_new"], flow["other_store_values"]) == (False, values)
+    assert flow["after_update"] == {**values, "visits": 2}
+    assert flow["stranger_is_new"] is True
+    assert (flow["logout_cookie_max_age"], flow["logout_cookie_value"]) == (-1, "")
+    assert (flow["after_logout_is_new"], flow["after_logout_values"]) == (True, {})
+    assert r.exists(flow["key"]) == 0
+    # The session left in place: under redistore's own key, with the TTL it asked for
+    # (SETEX with the session's MaxAge), and its gob encoding stored byte for byte.
+    assert flow["kept_key"].startswith("session_")
+    assert 590 <= r.ttl(flow["kept_key"]) <= 600
+    stored = r.get(flow["kept_key"])
+    assert stored is not None and b"\x04kept" in stored
+
+
+def check_redistore_json(flow: dict[str, Any], r: redis.Redis) -> None:
+    """redistore.JSONSerializer: the stored value is the session's JSON, updated."""
+    assert flow["loaded"] == {"user": "bob", "n": 2}
+    assert 290 <= r.ttl(flow["key"]) <= 300
+    stored = r.get(flow["key"])
+    assert stored is not None and json.loads(stored) == {"user": "bob", "n": 2}
+
+
+def check_redistore_defaults(flow: dict[str, Any], r: redis.Redis) -> None:
+    """NewRediStore's own pool and options: SETEX for redistore's 30 days, which
+    sessiond keeps (default_ttl only applies to writes without a TTL); and
+    NewRediStoreWithDB's SELECT 0 on every new connection."""
+    thirty_days = 30 * 86400
+    assert flow["cookie_max_age"] == thirty_days
+    assert flow["loaded"] == {"user": "carol"}
+    assert thirty_days - 60 <= r.ttl(flow["key"]) <= thirty_days
+    assert flow["db0_loaded"] == {"user": "dave"}
+
+
+def check_redistore_big(flow: dict[str, Any], r: redis.Redis) -> None:
+    """64 KiB of random bytes: refused by redistore's default 4096-byte limit, then
+    stored and read back intact once SetMaxLength(0) lifts it."""
+    assert flow["over_default_limit"] == "SessionStore: the value to store is too big"
+    assert flow["roundtrip"] is True
+
+
+def check_redistore_many(flow: dict[str, Any], r: redis.Redis) -> None:
+    """More sessions than max_sessions, each read back after all were written."""
+    assert flow["saved"] > MAX_SESSIONS
+    assert flow["intact"] == flow["saved"]
+
+
+def check_redistore_expiry(flow: dict[str, Any], r: redis.Redis) -> None:
+    """A session saved with MaxAge 1 expires (polled with EXISTS in the program):
+    the next request with its cookie gets a new, empty session."""
+    assert flow["pttl"] == -2 or 0 <= flow["pttl"] <= 1000  # -2: expired already
+    assert (flow["after_expiry_is_new"], flow["after_expiry_values"]) == (True, {})
+
+
+REDISTORE_CHECKS: dict[str, Callable[[dict[str, Any], redis.Redis], None]] = {
+    "gob": check_redistore_gob,
+    "json": check_redistore_json,
+    "defaults": check_redistore_defaults,
+    "big": check_redistore_big,
+    "many": check_redistore_many,
+    "expiry": check_redistore_expiry,
+}
+
+
+def test_redistore_ping(go_results: dict[str, Any]) -> None:
+    """redistore's ping compares the reply with "PONG": a status reply, which
+    redigo hands over as a Go string (a bulk reply would be []byte)."""
+    assert go_results["go"].startswith("go1.")
+    assert go_results["ping"] == "string PONG"
+
+
+@pytest.mark.parametrize("flow", REDISTORE_CHECKS)
+def test_redistore_session_store(
+    go_results: dict[str, Any], raw_redis: redis.Redis, flow: str
+) -> None:
+    REDISTORE_CHECKS[flow](go_results[flow], raw_redis)
+
+
+def test_redistore_expectations_hold_on_redis(
+    go_session_store: Path, redis_server: RedisServer
+) -> None:
+    """The same program and checks against a real Redis: the expectations are
+    Redis', not sessiond's (where sessiond differs on purpose, no check looks)."""
+    results = scenario_results([str(go_session_store), "scenarios"], redis_server)
+    assert results["ping"] == "string PONG"
+    with redis_server.client() as r:
+        for flow, check in REDISTORE_CHECKS.items():
+            check(results[flow], r)
+
+
+def test_redistore_session_survives_restart(
+    go_session_store: Path, fw_daemon: Daemon, raw_redis: redis.Redis
+) -> None:
+    """A Go app keeps running while sessiond restarts: its pool's idle connection
+    died with the daemon, the PING on borrow replaces it, and the session is
+    still there (SQLite store, warm start)."""
+    app = subprocess.Popen(
+        [str(go_session_store), "restart", str(fw_daemon.socket_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stdout is not None
+        saved = json.loads(app.stdout.readline())
+        assert "error" not in saved, saved
+        assert raw_redis.exists(saved["key"]) == 1
+        assert fw_daemon.stop() == 0
+        fw_daemon.start()
+        out, err = app.communicate("restarted\n", timeout=60)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    assert app.returncode == 0, f"{out}\n{err}"
+    assert json.loads(out) == {
+        "is_new": False,
+        "values": {"user": "frank"},
+        "stale_connections": 1,
+    }
+    assert 590 <= raw_redis.ttl(saved["key"]) <= 600
