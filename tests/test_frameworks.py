@@ -11,7 +11,8 @@
   Rack stack driven through ``tests/ruby/session_store.rb``;
 - Go: redistore (gorilla/sessions on redigo) through httptest requests and their
   cookies, driven through ``tests/go/session_store.go``, built on Debian's packaged
-  sources; its checks also run against a real redis-server.
+  sources, with a lock taken through redigo alone; its checks also run against a
+  real redis-server.
 
 The tests share one daemon per durability mode with the product's defaults (SQLite
 write-through, ``default_ttl: 1h``, sliding TTL) except a small ``max_sessions``, so
@@ -841,6 +842,17 @@ REDISTORE_CHECKS: dict[str, Callable[[dict[str, Any], redis.Redis], None]] = {
 }
 
 
+def check_redigo_lock(flow: dict[str, Any], r: redis.Redis) -> None:
+    """SET NX PX takes the lock once; the compare-and-delete under WATCH leaves a
+    lock held by another token, deletes its own, and then finds none."""
+    assert (flow["acquire"], flow["acquire_taken"]) == ("OK", None)
+    assert 0 < flow["pttl"] <= 30000
+    assert flow["release_with_other_token"] is False
+    assert (flow["release"], flow["release_again"]) == (True, False)
+    assert flow["acquire_after_release"] == "OK"
+    assert r.get(flow["key"]) == b"theirs"
+
+
 def test_redistore_ping(go_results: dict[str, Any]) -> None:
     """redistore's ping compares the reply with "PONG": a status reply, which
     redigo hands over as a Go string (a bulk reply would be []byte)."""
@@ -855,6 +867,10 @@ def test_redistore_session_store(
     REDISTORE_CHECKS[flow](go_results[flow], raw_redis)
 
 
+def test_redigo_lock(go_results: dict[str, Any], raw_redis: redis.Redis) -> None:
+    check_redigo_lock(go_results["lock"], raw_redis)
+
+
 def test_redistore_expectations_hold_on_redis(
     go_session_store: Path, redis_server: RedisServer
 ) -> None:
@@ -865,6 +881,7 @@ def test_redistore_expectations_hold_on_redis(
     with redis_server.client() as r:
         for flow, check in REDISTORE_CHECKS.items():
             check(results[flow], r)
+        check_redigo_lock(results["lock"], r)
 
 
 def test_redistore_session_survives_restart(

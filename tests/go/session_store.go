@@ -1,7 +1,8 @@
 // redistore (the gorilla/sessions store on redigo) against a real sessiond, as a Go web
 // app on the same host would use it: a redigo pool dialing the daemon's Unix socket,
 // sessions saved into an httptest response and loaded back by a new request that
-// carries its Set-Cookie.
+// carries its Set-Cookie. Also a lock taken with redigo alone (SET NX PX, released
+// by compare-and-delete under WATCH).
 //
 //	session_store scenarios <socket path>
 //	    runs every scenario and prints one JSON object of observations;
@@ -290,6 +291,59 @@ func expiryFlow(socket string) map[string]interface{} {
 	return out
 }
 
+// lockFlow: a lock taken with redigo alone, as Go apps do without a lock library:
+// SET NX PX with a token, released by compare-and-delete in a WATCH transaction.
+func lockFlow(socket string) map[string]interface{} {
+	out := map[string]interface{}{}
+	pool := newPool(socket)
+	defer pool.Close()
+	conn := pool.Get()
+	defer conn.Close()
+	suffix := make([]byte, 8)
+	_, err := rand.Read(suffix)
+	check(err)
+	lock := fmt.Sprintf("lock_%x", suffix)
+	acquire := func(token string) interface{} {
+		reply, err := redis.String(conn.Do("SET", lock, token, "NX", "PX", 30000))
+		if err == redis.ErrNil {
+			return nil
+		}
+		check(err)
+		return reply
+	}
+	out["key"] = lock
+	out["acquire"] = acquire("mine")
+	out["acquire_taken"] = acquire("theirs")
+	out["pttl"], err = redis.Int(conn.Do("PTTL", lock))
+	check(err)
+	out["release_with_other_token"] = release(conn, lock, "theirs")
+	out["release"] = release(conn, lock, "mine")
+	out["release_again"] = release(conn, lock, "mine")
+	out["acquire_after_release"] = acquire("theirs")
+	return out
+}
+
+// release deletes lock if it still holds token; false if it holds another or none.
+func release(conn redis.Conn, lock, token string) bool {
+	_, err := conn.Do("WATCH", lock)
+	check(err)
+	current, err := redis.String(conn.Do("GET", lock))
+	if err == redis.ErrNil || (err == nil && current != token) {
+		_, err = conn.Do("UNWATCH")
+		check(err)
+		return false
+	}
+	check(err)
+	check(conn.Send("MULTI"))
+	check(conn.Send("DEL", lock))
+	deleted, err := redis.Ints(conn.Do("EXEC"))
+	if err == redis.ErrNil {
+		return false // the lock changed since WATCH: not ours to delete any more
+	}
+	check(err)
+	return len(deleted) == 1 && deleted[0] == 1
+}
+
 // pingReply: the reply redistore's ping compares with "PONG", with its Go type.
 func pingReply(socket string) string {
 	conn, err := redis.Dial("unix", socket)
@@ -364,6 +418,7 @@ func main() {
 			"big":      bigFlow(socket),
 			"many":     manyFlow(socket, 120),
 			"expiry":   expiryFlow(socket),
+			"lock":     lockFlow(socket),
 		})
 	case "restart":
 		restart(socket)
