@@ -41,6 +41,7 @@ install_needed() {
   say "installing $(join_and "${_reasons[@]}") with apt-get"
   apt_update_once
   as_root apt-get install -y -qq "${_packages[@]}" >/dev/null
+  _packages=() _reasons=()
 }
 
 apt_update_once() {

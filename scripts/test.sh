@@ -22,7 +22,6 @@ need "command -v nroff" groff-base "nroff, which man renders with"
 need "command -v zsh" zsh "the zsh completion test"
 need "command -v prometheus-redis-exporter" prometheus-redis-exporter \
   "redis_exporter and its Grafana dashboard, run against the daemon by the tests"
-need "command -v redis-server" redis-server "the scripting tests, which run the same scripts against a real Redis"
 need "command -v php" php-cli "the PHP session handler tests"
 need "php -r 'exit(extension_loaded(\"redis\") ? 0 : 1);'" php-redis "phpredis' session handler, with and without locking"
 need "test -e /usr/share/php/Predis/Autoloader.php" php-predis "predis' session handler"
@@ -50,12 +49,12 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   as_root rm -f "$no_main_cluster"
   trap - EXIT
 fi
-# Debian's redis-server: the pub/sub tests run their scenarios against a real Redis too,
-# started by the test on a socket of its own. The package would also start and enable a
+# Debian's redis-server: the pub/sub, scripting and client tests run their scenarios
+# against a real Redis too, started by the test on a socket of its own. The package would also start and enable a
 # system Redis on port 6379: a policy-rc.d keeps it from starting during this install,
 # and the unit is disabled after it.
 if ! command -v redis-server >/dev/null 2>&1; then
-  say "installing redis-server (the pub/sub tests compare sessiond with Redis) with" \
+  say "installing redis-server (tests compare sessiond with a real Redis) with" \
     "apt-get, without starting or enabling its system service"
   policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then  # one is there already: it decides
@@ -73,6 +72,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
     trap - EXIT
   fi
 fi
+# redis-actionpack, Rails' :redis_store: Debian's package depends on redis-server, so it
+# comes after the install above, which keeps that system Redis from starting.
+need "ruby -e 'exit(Gem::Specification.find_all_by_name(\"redis-actionpack\").any?)'" ruby-redis-actionpack "the Rails :redis_store session store test"
+install_needed
 pure=false compiled=false
 for build in ${SESSIOND_TEST_BUILDS:-pure compiled}; do
   case $build in

@@ -712,8 +712,8 @@ def test_rails_session_store(
     flow = ruby_results[store]
     if flow is None:
         pytest.skip(
-            "redis-actionpack is not installed (Debian's ruby-redis-actionpack pulls in "
-            "redis-server, so scripts/test.sh does not install it)"
+            "redis-actionpack is not installed (scripts/test.sh installs Debian's "
+            "ruby-redis-actionpack)"
         )
     assert (flow["set"], flow["mine"], flow["other"]) == ("hello", "hello", None)
     assert (flow["update"], flow["mine_after_update"]) == ("again", "again")

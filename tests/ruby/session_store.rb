@@ -26,8 +26,8 @@ require "rack/mock"
 begin
   require "redis-actionpack"
 rescue LoadError
-  # Optional: Debian's ruby-redis-actionpack depends on redis-server, which the test
-  # command does not install on a developer's machine. Reported as null.
+  # Optional outside the test command (which installs Debian's ruby-redis-actionpack):
+  # reported as null, and the test says it skipped.
 end
 
 socket_path = ARGV.fetch(0) { abort "usage: ruby session_store.rb <socket path>" }
