@@ -162,6 +162,24 @@ def test_a_write_on_one_host_is_read_on_the_others(fleet: Fleet, clients: Any) -
     eventually(lambda: c.hget("h:1", "n") == b"2" and a.hget("h:1", "n") == b"2")
 
 
+def test_waitaof_answers_once_batch_writes_are_in_the_database(
+    fleet: Fleet, pg_db: PgDatabase
+) -> None:
+    """Under durability: batch with a minute between commits, WAITAOF 1 0 0
+    answers [1, 0] once the writes before it are committed: their rows are in
+    PostgreSQL when it answers."""
+    (a,) = fleet(1, persistence={"durability": "batch", "flush_interval": "60s"})
+    with a.client() as r:
+        pipe = r.pipeline(transaction=False)
+        for i in range(20):
+            pipe.set(f"w{i}", i)
+        pipe.execute_command("WAITAOF", 1, 0, 0)
+        assert pipe.execute()[-1] == [1, 0]
+    with pg_db.connect() as conn:
+        rows = conn.execute(f"SELECT key FROM {pgsql.TABLE}").fetchall()
+    assert {bytes(key) for (key,) in rows} == {b"w%d" % i for i in range(20)}
+
+
 def test_deletes_and_expiry_on_one_host_are_gone_on_the_others(
     fleet: Fleet, clients: Any, pg_db: PgDatabase
 ) -> None:

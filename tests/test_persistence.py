@@ -218,6 +218,31 @@ def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: F
     assert d.stop() == 0
 
 
+def test_waitaof_makes_batch_writes_durable_before_it_answers(daemon_factory: Factory) -> None:
+    """Under durability: batch with a minute between commits, WAITAOF 1 0 0
+    answers [1, 0] once the writes before it are committed: a kill -9 right
+    after its reply loses none of them (without it, all would be lost)."""
+    d = daemon_factory(sqlite_config(persistence={"durability": "batch", "flush_interval": "60s"}))
+    with d.client() as r:
+        pipe = r.pipeline(transaction=False)
+        for i in range(50):
+            pipe.set(f"k{i}", i)
+        pipe.execute_command("WAITAOF", 1, 0, 0)
+        assert pipe.execute()[-1] == [1, 0]
+    d.kill()
+    d.start()
+    with d.client() as r:
+        assert r.mget([f"k{i}" for i in range(50)]) == [str(i).encode() for i in range(50)]
+        assert r.waitaof(1, 0, 100) == [1, 0]  # nothing new: at once
+        pipe = r.pipeline(transaction=True)
+        pipe.set("in-multi", "1")
+        pipe.execute_command("WAITAOF", 1, 0, 0)
+        assert pipe.execute()[-1] == [0, 0]  # inside MULTI nothing waits
+        with pytest.raises(redis.ResponseError, match="not allowed from script"):
+            r.eval("return redis.call('waitaof', 1, 0, 0)", 0)
+    assert d.stop() == 0
+
+
 # ------------------------------------------------------- eviction + store
 
 

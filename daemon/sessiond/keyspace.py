@@ -407,6 +407,21 @@ class Keyspace:
         else:
             self.store.after_commit(callback)
 
+    async def durable(self, timeout: float | None) -> int:
+        """1 once every change made so far is durable (WAITAOF), 0 if their
+        commit failed or ``timeout`` seconds passed first (``None``: no limit)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def committed(error: StoreError | None) -> None:
+            if not future.done():
+                future.set_result(0 if error is not None else 1)
+
+        self.after_commit(committed)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return 0
+
     def lagging(self) -> bool:
         """Whether the store's commits run behind their schedule."""
         return self.store is not None and self.store.lagging()

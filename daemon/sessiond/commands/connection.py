@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable
 
 from .. import REDIS_COMPAT_VERSION, __version__
+from ..keyspace import Keyspace
 from ..protocol import OK, PONG, Error, Status, Verbatim
 from . import errors
 from .registry import CONNECTION, Args, Call, Reply, command
@@ -166,6 +168,58 @@ def cmd_wait(cx: Call, args: Args) -> Reply:
         raise Error(errors.NOT_INT)
     timeout_ms(args[2])
     return 0
+
+
+def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
+    """WAITAOF's wait for the commit of every change made before it (of this
+    client's and the others'), once its arguments are good (else the handler
+    answers their error at once)."""
+    if not keyspace.persistent or len(args) != 4:
+        return None
+    try:
+        _positive(args[1]), _positive(args[2])
+        ms = timeout_ms(args[3])
+    except Error:
+        return None
+    return keyspace.durable(ms / 1000 if ms else None)
+
+
+def _positive(arg: bytes) -> int:
+    """A count as Redis' getPositiveLongFromObjectOrReply reads it."""
+    value = parse_int64(arg)
+    if value is None:
+        raise Error(errors.NOT_INT)
+    if value < 0:
+        raise Error("ERR value is out of range, must be positive")
+    return value
+
+
+@command(
+    "WAITAOF",
+    4,
+    "noscript",
+    group=CONNECTION,
+    summary="Wait until this client's writes are durable in the store",
+    syntax="numlocal numreplicas timeout",
+    ahead=_waitaof_ahead,
+)
+def cmd_waitaof(cx: Call, args: Args) -> Reply:
+    # [1, 0] once every write made before it is committed to the store (at
+    # once under durability: always, where each write's reply already waited
+    # for that); [0, 0] if the commit failed or the timeout came first, and
+    # inside MULTI, where nothing can wait. No replica ever acknowledges: a
+    # numreplicas above 0 does not make it wait longer (as WAIT).
+    numlocal = _positive(args[1])
+    _positive(args[2])
+    timeout_ms(args[3])
+    if not cx.keyspace.persistent:
+        if numlocal:
+            raise Error(
+                "ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled."
+            )
+        return [0, 0]
+    durable = cx.ahead
+    return [durable if isinstance(durable, int) else 0, 0]
 
 
 @command("SELECT", 2, "fast", group=CONNECTION, summary="Select database 0", syntax="index")
