@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 from conftest import Daemon, deep_merge, wait_until
-from pg import PgCluster, PgDatabase
+from pg import APP_DB, PgCluster, PgDatabase
 from psycopg.pq import ExecStatus
 from sessiond.store import pgsql
 from sessiond.store.pgsql import FUNCTION, LOCK_CLASS, PREVIOUS_FUNCTION, commit_params, lock_id
@@ -178,6 +178,33 @@ def test_waitaof_answers_once_batch_writes_are_in_the_database(
     with pg_db.connect() as conn:
         rows = conn.execute(f"SELECT key FROM {pgsql.TABLE}").fetchall()
     assert {bytes(key) for (key,) in rows} == {b"w%d" % i for i in range(20)}
+
+
+def test_a_waitaof_that_times_out_leaves_the_writes_before_it_waiting_for_their_commit(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A write a decision commits (INCR) holds its reply until that commit,
+    with a WAITAOF after it in the same pipeline as without: a WAITAOF whose
+    timeout runs out first answers [0, 0], and the INCR's reply still waits
+    for the commit (its row is in PostgreSQL when the replies come)."""
+    pg = pg_own_cluster
+    d = daemon_factory(fleet_config(pg.dsn()))
+    with d.client() as r:
+        assert r.set("warm", "1")
+        pg.set_commit_delay(0.1)  # every commit takes 100 ms
+        for i in range(3):
+            pipe = r.pipeline(transaction=False)
+            pipe.incr(f"n{i}")
+            pipe.execute_command("WAITAOF", 1, 0, 1)
+            assert pipe.execute() == [1, [0, 0]]
+            rows = pg.query(
+                "SELECT key FROM sessiond_sessions WHERE key = %s",
+                (f"n{i}".encode(),),
+                dbname=APP_DB,
+            )
+            assert len(rows) == 1, f"n{i} acknowledged before its commit"
+        pg.set_commit_delay(0)
+    assert "Traceback" not in d.log_text()
 
 
 def test_deletes_and_expiry_on_one_host_are_gone_on_the_others(

@@ -407,6 +407,12 @@ class Keyspace:
         else:
             self.store.after_commit(callback)
 
+    def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        """:meth:`after_commit` for every change made so far, whichever
+        connection made it, taking nothing a waiting reply is owed (WAITAOF's
+        barrier): the same here, one commit sequence holds them all."""
+        self.after_commit(callback)
+
     async def durable(self, timeout: float | None) -> int:
         """1 once every change made so far is durable (WAITAOF), 0 if their
         commit failed or ``timeout`` seconds passed first (``None``: no limit)."""
@@ -416,7 +422,7 @@ class Keyspace:
             if not future.done():
                 future.set_result(0 if error is not None else 1)
 
-        self.after_commit(committed)
+        self.after_every_commit(committed)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

@@ -565,6 +565,16 @@ class SharedKeyspace(Keyspace):
         decisions, self.decisions = self.decisions, []
         shared.after_commit_for(callback, decisions)
 
+    def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+        # Every decision of this host not yet committed, left in
+        # ``decisions``: a write's reply held for its decision's commit is
+        # released by its own connection's after_commit, which must still
+        # find it there (taken, a WAITAOF that timed out would let that reply
+        # go before the commit, and as OK if the commit failed).
+        shared = self.shared
+        assert shared is not None
+        shared.after_commit_for(callback, list(self.hold_of))
+
     def lagging(self) -> bool:
         # The command that just decided holds its reply until the commit,
         # under durability: batch as well.
