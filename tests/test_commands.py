@@ -1615,12 +1615,23 @@ def test_monitor_streams_requests_as_redis_does(
         ("MULTI",),
         ("EVAL", "return redis.call('set', KEYS[1], '1')", "1", "q"),
         ("EXEC",),  # the script's line, then its call's, inside
+        # ACL: what is not administrative is shown; what is (USERS, and the
+        # subcommands that change users, unknown here) is not, nor its password.
+        ("ACL", "WHOAMI"),
+        ("ACL", "CAT", "hash"),
+        ("ACL", "USERS"),
+        ("ACL", "SETUSER", "monitor-test", "on", ">acl-secret"),
+        ("ACL", "GETUSER", "monitor-test"),
+        ("ACL", "DELUSER", "monitor-test"),
+        ("WAIT", "0", "0"),
+        ("SHUTDOWN", "ABORT"),
     ]
     ours = _monitored(cmd_daemon, requests)
     theirs = _monitored(redis_server, requests)
     assert ours == theirs, (ours, theirs)
     assert any(line.endswith(b'"AUTH" "(redacted)"') for line in ours)
     assert b"not-the-password" not in b"".join(ours)
+    assert b"acl-secret" not in b"".join(ours)
     assert b'[0 lua] "get" "x"' in ours
 
 
