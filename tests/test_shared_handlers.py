@@ -242,7 +242,7 @@ class Host:
             committed: asyncio.Future[StoreError | None] = (
                 asyncio.get_running_loop().create_future()
             )
-            self.keyspace.after_commit(committed.set_result)
+            self.keyspace.after_commit(committed.set_result, who)
             error = await committed
             if error is not None:
                 return Error(f"ERR {error}")
@@ -374,6 +374,52 @@ def test_a_failed_decision_answers_an_error_and_forgets_its_keys() -> None:
         assert a.cache.find(b"n") is None  # memory's 6 never committed
         assert await a("GET", "n") == b"5"
         assert not a.keyspace.holds
+
+    run(scenario)
+
+
+def test_a_held_reply_waits_for_its_own_decisions_whoever_asks_for_a_commit_first() -> None:
+    """A connection whose pipeline waits for its next decision to open has
+    its earlier reply held for the commit of the decision before it. Another
+    connection asking for its own commit meanwhile must not take that
+    decision: the first connection's reply would then wait for nothing and
+    say OK for a write whose commit failed (and the other's would carry an
+    error that is not its own)."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        first, second = a.client(), a.client()
+        cmd = a.dispatcher.resolve(b"INCR")
+        args = [b"INCR", b"x"]
+        prepared: Prepared | None = None
+        while (work := a.dispatcher.prepare(first, cmd, args, prepared)) is not None:
+            prepared = await work
+        a.store.fail_commit = True  # the commit of this decision fails
+        assert a.dispatcher.execute(first, cmd, args, prepared) == 1  # its reply is held
+        # Before the first connection asks for its commit, the second writes
+        # and asks for its own.
+        assert await a("INCR", "y", client=second) == 1
+        committed: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+        a.keyspace.after_commit(committed.set_result, first)
+        error = await committed
+        assert error is not None and "connection lost" in str(error)
+
+    run(scenario)
+
+
+def test_what_a_closed_connection_decided_is_not_kept_for_it() -> None:
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        client = a.client()
+        cmd = a.dispatcher.resolve(b"INCR")
+        args = [b"INCR", b"x"]
+        prepared: Prepared | None = None
+        while (work := a.dispatcher.prepare(client, cmd, args, prepared)) is not None:
+            prepared = await work
+        a.dispatcher.execute(client, cmd, args, prepared)
+        assert client in a.keyspace.decisions
+        a.dispatcher.forget(client)  # its connection closed before it asked
+        assert client not in a.keyspace.decisions
 
     run(scenario)
 

@@ -399,9 +399,13 @@ class Keyspace:
         """Why writes are refused (the store cannot commit), else ``None``."""
         return None if self.store is None else self.store.failure
 
-    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
+    def after_commit(
+        self, callback: Callable[[StoreError | None], None], owner: object = None
+    ) -> None:
         """Call ``callback`` once every change made so far is durable (at once
-        without a store), with the error if its commit failed."""
+        without a store), with the error if its commit failed: the changes
+        of every command run since ``owner``'s last call (:attr:`Context.owner`)
+        included, whoever else asks meanwhile."""
         if self.store is None:
             callback(None)
         else:
@@ -427,6 +431,10 @@ class Keyspace:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return 0
+
+    def owner_gone(self, owner: object) -> None:
+        """``owner`` will not call :meth:`after_commit` again (its connection
+        closed): forget what was kept for it."""
 
     def lagging(self) -> bool:
         """Whether the store's commits run behind their schedule."""
@@ -699,12 +707,16 @@ class Context:
     by its time limit leaves the keyspace as it found it. Outside scripts
     neither costs more than one attribute test per write."""
 
-    __slots__ = ("ahead", "cache", "keyspace", "loaded", "prepared", "undo")
+    __slots__ = ("ahead", "cache", "keyspace", "loaded", "owner", "prepared", "undo")
 
-    def __init__(self, keyspace: Keyspace, prepared: Prepared | None) -> None:
+    def __init__(self, keyspace: Keyspace, prepared: Prepared | None, owner: object = None) -> None:
         self.keyspace = keyspace
         self.cache = keyspace.cache
         self.prepared = prepared
+        # Whom the command runs for (a client's connection): the replies
+        # :meth:`Keyspace.after_commit` releases for that owner wait for the
+        # commits of its commands.
+        self.owner = owner
         # The undo log while a script runs (key -> its entry before the
         # script changed it, None if there was none); None otherwise.
         self.undo: dict[bytes, Entry[Value] | None] | None = None

@@ -437,7 +437,7 @@ class Connection(asyncio.Protocol):
         if self.write_slots:
             self._count_loop_time(perf_counter(), last)
             self.busy = True
-            self.keyspace.after_commit(self._durable)
+            self.keyspace.after_commit(self._durable, self.client)
             return
         self.flush(last)
 

@@ -145,10 +145,13 @@ class SharedKeyspace(Keyspace):
         self.hold_of: dict[Decision, _Hold] = {}
         # The decision the running command decides in, whether the last
         # command decided (its reply waits for the commit, see lagging()),
-        # and the decisions commands decided in since the last after_commit.
+        # and by owner (Context.owner) the decisions its commands decided in
+        # since its last after_commit: a connection whose batch waited for a
+        # decision to open meanwhile must not find its earlier ones taken by
+        # another's after_commit (its reply would not wait for their commit).
         self.deciding: Decision | None = None
         self.decided = False
-        self.decisions: list[Decision] = []
+        self.decisions: dict[object, list[Decision]] = {}
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
         # (forgotten after it), else None.
@@ -531,7 +534,11 @@ class SharedKeyspace(Keyspace):
         if decision is not None:
             self.deciding = None
             self.decided = True
-            self.decisions.append(decision)
+            owned = self.decisions.get(context.owner)
+            if owned is None:
+                self.decisions[context.owner] = [decision]
+            else:
+                owned.append(decision)
             self._next(decision)
         cache = self.cache
         prepared = context.prepared
@@ -557,13 +564,17 @@ class SharedKeyspace(Keyspace):
         if hold is not None:
             self._release(hold)
 
-    def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
-        # Wait for the decisions the commands since the last call decided in
-        # (the running connection's), not for every open one.
+    def after_commit(
+        self, callback: Callable[[StoreError | None], None], owner: object = None
+    ) -> None:
+        # Wait for the decisions ``owner``'s commands decided in since its
+        # last call, not for every open one.
         shared = self.shared
         assert shared is not None
-        decisions, self.decisions = self.decisions, []
-        shared.after_commit_for(callback, decisions)
+        shared.after_commit_for(callback, self.decisions.pop(owner, []))
+
+    def owner_gone(self, owner: object) -> None:
+        self.decisions.pop(owner, None)
 
     def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         # Every decision of this host not yet committed, left in

@@ -238,8 +238,10 @@ class Dispatcher:
         return False
 
     def forget(self, client: Client) -> None:
-        """``client`` is gone: drop what the dispatcher kept for it (its WATCHes)."""
+        """``client`` is gone: drop what the dispatcher and the keyspace kept
+        for it (its WATCHes, its decisions no reply waits for)."""
         self.watches.unwatch(client)
+        self.keyspace.owner_gone(client)
 
     def _queue(
         self, client: Client, cmd: Command, args: Args, multi: list[tuple[Command, Args]]

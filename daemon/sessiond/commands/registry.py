@@ -67,7 +67,7 @@ class Call(Context):
         state: ServerState,
         dispatcher: Dispatcher,
     ) -> None:
-        Context.__init__(self, keyspace, prepared)
+        Context.__init__(self, keyspace, prepared, client)
         self.client = client
         self.state = state
         self.dispatcher = dispatcher
