@@ -992,6 +992,8 @@ def test_wait_acl_and_shutdown_answer_as_a_lone_redis(
             ("ACL",),
             ("SHUTDOWN", "ABORT"),
             ("SHUTDOWN", "abort", "NOW"),
+            ("SHUTDOWN", "ABORT", "abort"),
+            ("SHUTDOWN", "SAVE", "ABORT", "ABORT"),
             ("SHUTDOWN", "SAVE", "NOSAVE"),
             ("SHUTDOWN", "nosuch"),
             ("MULTI",),

@@ -573,12 +573,13 @@ def cmd_shutdown(cx: Call, args: Args) -> Reply:
     # Every write is in the store when it is acknowledged and every stop is
     # the clean one SIGTERM makes: SAVE, NOSAVE, NOW and FORCE change nothing,
     # and no shutdown waits to be aborted. Checked as Redis 7.0 checks them.
-    words = [arg.upper() for arg in args[1:]]
-    if any(w not in _SHUTDOWN_OPTIONS for w in words):
+    words = {arg.upper() for arg in args[1:]}
+    if not words <= _SHUTDOWN_OPTIONS:
         raise errors.syntax()
-    if (b"ABORT" in words and len(words) > 1) or (b"SAVE" in words and b"NOSAVE" in words):
+    abort = b"ABORT" in words
+    if (abort and len(words) > 1) or {b"SAVE", b"NOSAVE"} <= words:
         raise errors.syntax()
-    if words == [b"ABORT"]:
+    if abort:
         raise Error("ERR No shutdown in progress.")
     stop = cx.state.on_shutdown
     if stop is None:
