@@ -398,12 +398,15 @@ class Connection(asyncio.Protocol):
             args = pending[0]
             cmd = dispatcher.resolve(args[0])
             if state.pause_end and cmd is not None and self._held(cmd, args):
-                if self.write_slots:
-                    break  # what was written is acknowledged first, then back here
                 # What was prepared for it is given up (a shared store's
                 # decision holds its keys, and the commits of the decisions
                 # sharing its transaction): it prepares again after the pause.
+                # Before the held replies wait for their commits too: the
+                # decision may be theirs, handed along a chain of commands
+                # on its keys (it would commit only once this request runs).
                 self._discard_prepared()
+                if self.write_slots:
+                    break  # what was written is acknowledged first, then back here
                 self._count_loop_time(perf_counter(), last)
                 self.flush(last)
                 self.busy = True

@@ -1,0 +1,126 @@
+"""The server's connections over the in-memory double of the shared store
+(tests/test_shared_handlers.py): what a connection's pipeline does with held
+replies, CLIENT PAUSE and its decisions, request by request, without a socket
+or a database."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sessiond.server import Connection, Server
+from test_shared_handlers import Host, fleet, run, settle
+
+
+class Wire:
+    """The transport a connection writes its replies to."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+        self.conn: Connection | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            conn = self.conn
+            if conn is not None:
+                asyncio.get_running_loop().call_soon(conn.connection_lost, None)
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+
+def encode(*commands: tuple[str, ...]) -> bytes:
+    out = bytearray()
+    for words in commands:
+        out += b"*%d\r\n" % len(words)
+        for word in words:
+            w = word.encode()
+            out += b"$%d\r\n%b\r\n" % (len(w), w)
+    return bytes(out)
+
+
+class Served:
+    """A host's server, its connections driven by hand."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.server = Server(host.dispatcher, host.keyspace, host.state, durable_replies=True)
+
+    def connect(self) -> tuple[Connection, Wire]:
+        conn = Connection(self.server)
+        wire = Wire()
+        wire.conn = conn
+        conn.connection_made(wire)  # type: ignore[arg-type]
+        return conn, wire
+
+
+def test_a_pause_with_replies_held_gives_up_a_decision_handed_to_the_next_request() -> None:
+    """A decision handed along a chain (INCR, another connection's INCR, then
+    the first one's next INCR) reaches a request that CLIENT PAUSE WRITE now
+    holds, while its connection still owes the reply of its first INCR. That
+    reply waits for the decision's commit, which waits for the held request to
+    run: the decision must be given up, not kept, or both connections (and
+    every command on the key, and a WAITAOF anywhere) wait for ever, after
+    the pause too."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        served = Served(a)
+        first, first_wire = served.connect()
+        second, second_wire = served.connect()
+        gate = asyncio.Event()
+        a.store.gate = gate
+        first.data_received(encode(("INCR", "k"), ("INCR", "k")))
+        await settle()
+        second.data_received(encode(("INCR", "k")))
+        await settle()
+        handed = a.keyspace._handed
+        count = 0
+
+        def hand(decision: Any) -> Any:
+            nonlocal count
+            count += 1
+            if count == 2:  # to the first connection's second INCR: a pause begins
+                a.state.pause(3600, every_command=False)
+            return handed(decision)
+
+        a.keyspace._handed = hand  # type: ignore[method-assign]
+        gate.set()
+        await settle()
+        assert count == 2
+        # The decision commits while the pause lasts: a WAITAOF without a
+        # timeout (not held by a pause of writes) waits for nothing else.
+        third, third_wire = served.connect()
+        third.data_received(encode(("WAITAOF", "1", "0", "0")))
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert bytes(third_wire.data) == b"*2\r\n:1\r\n:0\r\n"
+        assert bytes(second_wire.data) == b":2\r\n"
+        a.state.unpause()  # the pause ends: everything goes on
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert bytes(second_wire.data) == b":2\r\n"
+        assert bytes(first_wire.data) == b":1\r\n:3\r\n"
+        assert db.rows[b"k"].value == b"3"
+        assert not a.keyspace.holds
+
+    run(scenario)
