@@ -124,3 +124,40 @@ def test_a_pause_with_replies_held_gives_up_a_decision_handed_to_the_next_reques
         assert not a.keyspace.holds
 
     run(scenario)
+
+
+def test_decisions_no_reply_waits_for_are_not_kept_for_the_connection() -> None:
+    """WATCH, an error that changed nothing, a reply CLIENT REPLY OFF does not
+    send: each decides, and no reply waits for its commit. Kept for the
+    connection until a reply of its does wait, they would pile up on one
+    that never writes, and a commit of theirs that failed would make that
+    later reply an error, for a write that was committed."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        served = Served(a)
+        conn, wire = served.connect()
+        conn.data_received(encode(("SET", "s", "text")))
+        await settle()
+        assert bytes(wire.data) == b"+OK\r\n"
+        del wire.data[:]
+        for _ in range(5):
+            conn.data_received(encode(("WATCH", "w"), ("UNWATCH",)))
+            await settle()
+        assert bytes(wire.data) == b"+OK\r\n" * 10
+        del wire.data[:]
+        conn.data_received(encode(("CLIENT", "REPLY", "OFF"), ("INCR", "n")))
+        await settle()
+        assert not a.keyspace.decisions
+        a.store.fail_commit = True  # the commit of the next decision fails
+        conn.data_received(encode(("CLIENT", "REPLY", "ON"), ("INCR", "s")))
+        await settle()
+        assert bytes(wire.data).startswith(b"+OK\r\n-ERR value is not an integer")
+        assert not a.store.fail_commit and not a.keyspace.decisions
+        del wire.data[:]
+        conn.data_received(encode(("SET", "x", "1")))
+        await settle()
+        assert bytes(wire.data) == b"+OK\r\n"  # committed: not the INCR's failure
+        assert db.rows[b"x"].value == b"1" and db.rows[b"n"].value == b"1"
+
+    run(scenario)

@@ -436,6 +436,11 @@ class Keyspace:
         """``owner`` will not call :meth:`after_commit` again (its connection
         closed): forget what was kept for it."""
 
+    def unheld(self, owner: object) -> None:
+        """The reply of the command just run for ``owner`` waits for no commit
+        (an error that changed nothing, a reply not sent, a command that
+        writes nothing): forget what was kept for that command's reply."""
+
     def lagging(self) -> bool:
         """Whether the store's commits run behind their schedule."""
         return self.store is not None and self.store.lagging()

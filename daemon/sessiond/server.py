@@ -318,6 +318,8 @@ class Connection(asyncio.Protocol):
             # AUTH, HELLO or RESET changed who this is: so does the request limit.
             self.parser.set_limit(self.request_limit())
         if client.reply_mode:  # not REPLY_ON: CLIENT REPLY OFF or SKIP
+            if self.persistent:
+                self.keyspace.unheld(client)
             silenced = self._silenced(client)
             # (P)(UN)SUBSCRIBE confirmations are pushes: sent all the same, as
             # Redis sends them.
@@ -332,6 +334,9 @@ class Connection(asyncio.Protocol):
             and (cmd.may_write or not isinstance(reply, Error))
         ):
             self.write_slots.append(len(self.out))
+        elif self.persistent:
+            # No reply waits for what it decided: nothing is kept for one.
+            self.keyspace.unheld(client)
         return data
 
     @staticmethod

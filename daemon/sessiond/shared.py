@@ -576,6 +576,18 @@ class SharedKeyspace(Keyspace):
     def owner_gone(self, owner: object) -> None:
         self.decisions.pop(owner, None)
 
+    def unheld(self, owner: object) -> None:
+        # The decision the command just run appended for its owner, if it
+        # decided (``decided`` is cleared before every request): no reply
+        # waits for its commit, nor carries its error.
+        if self.decided:
+            self.decided = False
+            owned = self.decisions.get(owner)
+            if owned:
+                owned.pop()
+                if not owned:
+                    del self.decisions[owner]
+
     def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         # Every decision of this host not yet committed, left in
         # ``decisions``: a write's reply held for its decision's commit is

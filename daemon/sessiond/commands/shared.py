@@ -129,6 +129,10 @@ class SharedDispatcher(Dispatcher):
     def execute(
         self, client: Client, cmd: Command | None, args: Args, prepared: Prepared | None
     ) -> Any:
+        # Set again only if this request decides (a request refused before it
+        # runs does not enter the keyspace): what the server asks of it after
+        # the reply (lagging, unheld) is of this request's decision.
+        self.shared.decided = False
         try:
             return Dispatcher.execute(self, client, cmd, args, prepared)
         finally:
