@@ -6,6 +6,7 @@ or a database."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sessiond.server import Connection, Server
@@ -19,6 +20,7 @@ class Wire:
         self.data = bytearray()
         self.closed = False
         self.conn: Connection | None = None
+        self.on_write: Callable[[bytes], object] | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -28,6 +30,8 @@ class Wire:
 
     def write(self, data: bytes) -> None:
         self.data += data
+        if self.on_write is not None:
+            self.on_write(data)
 
     def is_closing(self) -> bool:
         return self.closed
@@ -74,8 +78,8 @@ class Served:
 
 
 def test_a_pause_with_replies_held_gives_up_a_decision_handed_to_the_next_request() -> None:
-    """A decision handed along a chain (INCR, another connection's INCR, then
-    the first one's next INCR) reaches a request that CLIENT PAUSE WRITE now
+    """A decision handed along a chain (INCR, then another connection's INCR
+    or the first one's next INCR) reaches a request that CLIENT PAUSE WRITE
     holds, while its connection still owes the reply of its first INCR. That
     reply waits for the decision's commit, which waits for the held request to
     run: the decision must be given up, not kept, or both connections (and
@@ -87,26 +91,26 @@ def test_a_pause_with_replies_held_gives_up_a_decision_handed_to_the_next_reques
         served = Served(a)
         first, first_wire = served.connect()
         second, second_wire = served.connect()
+        # A monitor sees the first connection's first INCR as it runs: the
+        # pause begins there, before the decision reaches the next INCR.
+        monitor, monitor_wire = served.connect()
+        monitor.data_received(encode(("MONITOR",)))
+        await settle()
+
+        def pause_at_the_first_incr(data: bytes) -> None:
+            if b'"INCR"' in data:
+                monitor_wire.on_write = None  # once
+                a.state.pause(3600, every_command=False)
+
+        monitor_wire.on_write = pause_at_the_first_incr
         gate = asyncio.Event()
         a.store.gate = gate
         first.data_received(encode(("INCR", "k"), ("INCR", "k")))
         await settle()
         second.data_received(encode(("INCR", "k")))
         await settle()
-        handed = a.keyspace._handed
-        count = 0
-
-        def hand(decision: Any) -> Any:
-            nonlocal count
-            count += 1
-            if count == 2:  # to the first connection's second INCR: a pause begins
-                a.state.pause(3600, every_command=False)
-            return handed(decision)
-
-        a.keyspace._handed = hand  # type: ignore[method-assign]
         gate.set()
         await settle()
-        assert count == 2
         # The decision commits while the pause lasts: a WAITAOF without a
         # timeout (not held by a pause of writes) waits for nothing else.
         third, third_wire = served.connect()
@@ -114,12 +118,13 @@ def test_a_pause_with_replies_held_gives_up_a_decision_handed_to_the_next_reques
         for _ in range(200):
             await asyncio.sleep(0)
         assert bytes(third_wire.data) == b"*2\r\n:1\r\n:0\r\n"
-        assert bytes(second_wire.data) == b":2\r\n"
+        assert bytes(first_wire.data) == b":1\r\n"  # acknowledged once committed
+        assert bytes(second_wire.data) == b""  # held by the pause
         a.state.unpause()  # the pause ends: everything goes on
         for _ in range(200):
             await asyncio.sleep(0)
-        assert bytes(second_wire.data) == b":2\r\n"
-        assert bytes(first_wire.data) == b":1\r\n:3\r\n"
+        replies = {bytes(second_wire.data), bytes(first_wire.data)[len(b":1\r\n") :]}
+        assert replies == {b":2\r\n", b":3\r\n"}
         assert db.rows[b"k"].value == b"3"
         assert not a.keyspace.holds
 
