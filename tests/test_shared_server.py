@@ -166,3 +166,34 @@ def test_decisions_no_reply_waits_for_are_not_kept_for_the_connection() -> None:
         assert db.rows[b"x"].value == b"1" and db.rows[b"n"].value == b"1"
 
     run(scenario)
+
+
+def test_an_error_decided_on_a_change_not_yet_committed_waits_for_its_commit() -> None:
+    """A decision handed on from a command that changed its key: the next
+    command's error (INCR of the value the first one set) was decided on a
+    change not yet committed. If that commit fails the value never existed,
+    so the error must not have gone out: it waits, and carries the failure."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        served = Served(a)
+        setter, setter_wire = served.connect()
+        counter, counter_wire = served.connect()
+        setter.data_received(encode(("SET", "k", "5")))
+        await settle()
+        gate = asyncio.Event()
+        a.store.gate = gate
+        setter.data_received(encode(("SET", "k", "abc", "XX")))  # decides: XX
+        await settle()
+        counter.data_received(encode(("INCR", "k")))  # waits for the same key
+        await settle()
+        a.store.fail_commit = True  # the decision both commands share fails
+        gate.set()
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert bytes(setter_wire.data) == b"+OK\r\n-ERR store write failed: connection lost\r\n"
+        assert bytes(counter_wire.data) == b"-ERR store write failed: connection lost\r\n"
+        assert db.rows[b"k"].value == b"5"
+        assert not a.keyspace.decisions
+
+    run(scenario)

@@ -436,6 +436,13 @@ class Keyspace:
         """``owner`` will not call :meth:`after_commit` again (its connection
         closed): forget what was kept for it."""
 
+    def read_uncommitted(self) -> bool:
+        """Whether the command just run read changes not yet committed (on a
+        shared store, a decision handed on from a command that changed its
+        keys): its reply, an error that changed nothing too, must wait for
+        their commit, since it was decided on them."""
+        return False
+
     def unheld(self, owner: object) -> None:
         """The reply of the command just run for ``owner`` waits for no commit
         (an error that changed nothing, a reply not sent, a command that

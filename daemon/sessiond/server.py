@@ -325,13 +325,14 @@ class Connection(asyncio.Protocol):
             # Redis sends them.
             return data if isinstance(reply, (Push, Replies)) else silenced
         # An error reply changed nothing: it need not wait for a commit; but a
-        # script that fails may have written first (Redis keeps those writes).
+        # script that fails may have written first (Redis keeps those writes),
+        # and one decided on changes not yet committed waits for them.
         if (
             self.persistent
             and cmd is not None
             and cmd.waits_for_commit
             and (self.durable or self.keyspace.lagging())
-            and (cmd.may_write or not isinstance(reply, Error))
+            and (cmd.may_write or not isinstance(reply, Error) or self.keyspace.read_uncommitted())
         ):
             self.write_slots.append(len(self.out))
         elif self.persistent:

@@ -151,6 +151,7 @@ class SharedKeyspace(Keyspace):
         # another's after_commit (its reply would not wait for their commit).
         self.deciding: Decision | None = None
         self.decided = False
+        self.uncommitted_read = False
         self.decisions: dict[object, list[Decision]] = {}
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
@@ -523,8 +524,13 @@ class SharedKeyspace(Keyspace):
         self.decided = False
         prepared = context.prepared
         if prepared is not None and prepared.decision is not None:
-            self.deciding = prepared.decision
+            self.deciding = decision = prepared.decision
             prepared.decision = None  # taken: committed after the command
+            # Handed on from a command that changed its keys: this one reads
+            # those changes before they are committed.
+            self.uncommitted_read = bool(decision.changes)
+        else:
+            self.uncommitted_read = False
         if not self.coherent:
             self.written = []
 
@@ -575,6 +581,9 @@ class SharedKeyspace(Keyspace):
 
     def owner_gone(self, owner: object) -> None:
         self.decisions.pop(owner, None)
+
+    def read_uncommitted(self) -> bool:
+        return self.uncommitted_read
 
     def unheld(self, owner: object) -> None:
         # The decision the command just run appended for its owner, if it
