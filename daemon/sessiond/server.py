@@ -543,7 +543,10 @@ class Connection(asyncio.Protocol):
         if self.paused and len(self.pending) <= _PENDING_PAUSE and not self.server.closing:
             self.paused = False
             self.transport.resume_reading()
-        if self.pending:
+        # A store read that failed answers its request at once: replies
+        # before it may still wait for a commit (drained with nothing queued,
+        # they wait for it; flushed, they would be acknowledged before it).
+        if self.pending or self.write_slots:
             self.drain()
             # The queue was too long to resume above, and the drain answered all
             # of it without waiting for a commit: nothing else would resume

@@ -1,0 +1,95 @@
+"""The server's connections over the real SQLite store, driven by hand (the
+transport of tests/test_shared_server.py): what happens to replies held for a
+commit when something else goes wrong meanwhile, request by request."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from sessiond.cache import SessionCache
+from sessiond.commands import Dispatcher, ServerState
+from sessiond.config import Config
+from sessiond.keyspace import Keyspace
+from sessiond.server import Connection, Server
+from sessiond.stats import Stats
+from sessiond.store import SQLiteStore
+from sessiond.values import Value
+from test_shared_server import Wire, encode
+
+
+class Rig:
+    """A server over a SQLite store under ``durability: always``, its
+    connections driven by hand."""
+
+    def __init__(self, path: Path, **store: Any) -> None:
+        self.store = SQLiteStore(path, durability="always", **store)
+        self.cache: SessionCache[bytes, Value] = SessionCache(1000)
+        self.keyspace = Keyspace(self.cache)
+        self.keyspace.attach(self.store)
+        self.state = ServerState(Config(), Stats())
+        self.dispatcher = Dispatcher(self.keyspace, self.state)
+        self.server = Server(self.dispatcher, self.keyspace, self.state, durable_replies=True)
+
+    def connect(self) -> tuple[Connection, Wire]:
+        conn = Connection(self.server)
+        wire = Wire()
+        wire.conn = conn
+        conn.connection_made(wire)  # type: ignore[arg-type]
+        return conn, wire
+
+
+def run(path: Path, scenario: Callable[[Rig], Coroutine[Any, Any, None]], **store: Any) -> None:
+    rig = Rig(path, **store)
+
+    async def main() -> None:
+        rig.store.start(asyncio.get_running_loop())
+        try:
+            await scenario(rig)
+        finally:
+            rig.store.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_store_read_after_a_write_does_not_release_its_held_reply(
+    tmp_path: Path,
+) -> None:
+    """A write, then a read through that fails, ending the pipeline: the read
+    is answered with the error, and the write's reply still waits for its
+    commit. It was sent at once, before any commit, and its slot was left
+    behind for the next batch."""
+    commits: list[int] = []
+
+    def hook(point: str) -> None:
+        if point == "load":
+            raise sqlite3.OperationalError("disk I/O error")
+        if point == "commit":
+            commits.append(1)
+
+    async def scenario(rig: Rig) -> None:
+        conn, wire = rig.connect()
+
+        early: list[bytes] = []
+
+        def sent(data: bytes) -> None:
+            if b"+OK" in data and not commits:
+                early.append(data)  # acknowledged before its commit
+
+        wire.on_write = sent
+        conn.data_received(encode(("SET", "k", "v"), ("GET", "absent")))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if wire.data:
+                break
+        assert bytes(wire.data) == b"+OK\r\n-ERR store read failed: disk I/O error\r\n"
+        assert not early
+        assert not conn.write_slots and not conn.busy
+        conn.data_received(encode(("GET", "k")))
+        await asyncio.sleep(0.05)
+        assert bytes(wire.data).endswith(b"\r\n$1\r\nv\r\n")
+
+    run(tmp_path / "s.db", scenario, hook=hook)
