@@ -93,3 +93,29 @@ def test_a_failed_store_read_after_a_write_does_not_release_its_held_reply(
         assert bytes(wire.data).endswith(b"\r\n$1\r\nv\r\n")
 
     run(tmp_path / "s.db", scenario, hook=hook)
+
+
+def test_a_protocol_error_with_a_reply_held_does_not_strand_the_others_of_its_commit(
+    tmp_path: Path,
+) -> None:
+    """A write, then bytes that break the protocol: the connection is closed
+    without its held reply (the replies before it are sent). When the commit it shared with another
+    connection's write fails, that other write is answered with the error;
+    the closed connection's callback indexed the replies it had cleared,
+    raised, and the other connection was never answered."""
+
+    async def scenario(rig: Rig) -> None:
+        first, first_wire = rig.connect()
+        second, second_wire = rig.connect()
+        first.data_received(encode(("PING",), ("SET", "k0", "x" * 200)) + b"*1\r\n$x\r\n")
+        second.data_received(encode(("SET", "k1", "v")))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if second_wire.data:
+                break
+        assert bytes(first_wire.data) == b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
+        assert first_wire.closed
+        assert bytes(second_wire.data).startswith(b"-ERR store write failed")
+        assert not second.busy
+
+    run(tmp_path / "s.db", scenario, max_log_bytes=100)

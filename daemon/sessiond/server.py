@@ -211,6 +211,17 @@ class Connection(asyncio.Protocol):
             self.task.cancel()
         self._discard_prepared()
 
+    def _drop_held(self) -> None:
+        """The connection closes before the commit its held replies wait for:
+        never acknowledge those writes (nor send what was answered after
+        them); the replies before the first are sent. The slots go too: the
+        commit's callback must not write an error into replies no longer
+        there (it raised, and the other replies of that commit were lost)."""
+        slots = self.write_slots
+        if slots:
+            del self.out[slots[0] :]
+            slots.clear()
+
     def _discard_prepared(self) -> None:
         # What was read for a request that will never run (a shared store's
         # decision holds keys until it is given up).
@@ -281,8 +292,7 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         log.info("protocol_error", client_id=self.client.id, error=message)
-        if self.write_slots:
-            self.out.clear()  # never acknowledge writes whose commit is still pending
+        self._drop_held()
         self.flush()
         reply = b"-ERR Protocol error: %b\r\n" % message.encode()
         self.server.net.error_reply("ERR")
