@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,25 @@ class Rig:
         return conn, wire
 
 
-def run(path: Path, scenario: Callable[[Rig], Coroutine[Any, Any, None]], **store: Any) -> None:
+def run(
+    path: Path,
+    scenario: Callable[[Rig], Coroutine[Any, Any, None]],
+    *,
+    on_loop: bool = True,
+    **store: Any,
+) -> None:
+    """Run ``scenario``; the store commits on the event loop's thread, or
+    only on its writer thread if not ``on_loop`` (as after a slow commit)."""
     rig = Rig(path, **store)
 
     async def main() -> None:
-        rig.store.start(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if on_loop:
+            rig.store.start(loop)
+        else:
+            starter = threading.Thread(target=rig.store.start, args=(loop,))
+            starter.start()
+            starter.join()
         try:
             await scenario(rig)
         finally:
@@ -119,3 +134,31 @@ def test_a_protocol_error_with_a_reply_held_does_not_strand_the_others_of_its_co
         assert not second.busy
 
     run(tmp_path / "s.db", scenario, max_log_bytes=100)
+
+
+def test_a_stop_past_its_grace_does_not_acknowledge_a_write_not_yet_committed(
+    tmp_path: Path,
+) -> None:
+    """The daemon stops while a commit is stuck on the disk past the grace:
+    the connection is closed with the replies answered before the held
+    write, not with its +OK (nor the replies after it): the commit may still
+    fail, or the process be killed before it ends."""
+    disk = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "commit":
+            disk.wait(10)
+
+    async def scenario(rig: Rig) -> None:
+        conn, wire = rig.connect()
+        conn.data_received(encode(("GET", "x"), ("SET", "k", "v"), ("GET", "k")))
+        await asyncio.sleep(0.05)
+        assert conn.busy and bytes(wire.data) == b""
+        try:
+            await rig.server.shutdown(0.1, unlink=False)
+        finally:
+            disk.set()
+        assert wire.closed
+        assert bytes(wire.data) == b"$-1\r\n"
+
+    run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)

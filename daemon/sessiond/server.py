@@ -944,6 +944,9 @@ class Server:
         while any(c.busy for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
+            # Past the grace, a reply still waiting for its commit is not sent:
+            # that commit may yet fail, or the process be killed first.
+            conn._drop_held()
             conn.flush()
             if conn.transport is not None:
                 conn.transport.close()
