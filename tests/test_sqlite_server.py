@@ -162,3 +162,34 @@ def test_a_stop_past_its_grace_does_not_acknowledge_a_write_not_yet_committed(
         assert bytes(wire.data) == b"$-1\r\n"
 
     run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)
+
+
+def test_a_pause_begun_again_as_the_last_one_ends_releases_its_held_writes_at_its_end(
+    tmp_path: Path,
+) -> None:
+    """A write held by a long CLIENT PAUSE; CLIENT UNPAUSE and a short pause
+    in one pipeline: the release the unpause scheduled finds the new pause
+    on and leaves the write held, and must go when the new pause ends. The
+    timer was still the long pause's: with no other request coming, the
+    write waited for the hour it was armed for."""
+
+    async def scenario(rig: Rig) -> None:
+        writer, writer_wire = rig.connect()
+        admin, admin_wire = rig.connect()
+        admin.data_received(encode(("CLIENT", "PAUSE", "100000", "WRITE")))
+        await asyncio.sleep(0.01)
+        writer.data_received(encode(("SET", "k", "v")))
+        await asyncio.sleep(0.01)
+        assert writer in rig.server.held
+        pauses = (("CLIENT", "UNPAUSE"), ("CLIENT", "PAUSE", "50", "WRITE"))
+        admin.data_received(encode(*pauses))
+        await asyncio.sleep(0.01)
+        assert bytes(writer_wire.data) == b""  # the short pause holds it
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if writer_wire.data:
+                break
+        assert bytes(writer_wire.data) == b"+OK\r\n"
+        assert bytes(admin_wire.data) == b"+OK\r\n" * 3
+
+    run(tmp_path / "s.db", scenario)

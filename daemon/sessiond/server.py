@@ -909,11 +909,15 @@ class Server:
             asyncio.get_running_loop().call_soon(self._release)
 
     def _release(self) -> None:
-        if self.state.paused():
-            return  # paused again meanwhile: they stay held
         if self._pause_timer is not None:
             self._pause_timer.cancel()
             self._pause_timer = None
+        if self.state.paused():
+            # Paused again meanwhile: they stay held, until the new pause's
+            # end (the timer was the old one's, which may be an hour away).
+            if self.held:
+                self._arm_pause_timer()
+            return
         held, self.held = self.held, []
         for conn in held:
             conn.busy = False
