@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import structlog.testing
 from sessiond.cache import SessionCache
 from sessiond.commands import Dispatcher, ServerState
 from sessiond.config import Config
@@ -191,5 +192,32 @@ def test_a_pause_begun_again_as_the_last_one_ends_releases_its_held_writes_at_it
                 break
         assert bytes(writer_wire.data) == b"+OK\r\n"
         assert bytes(admin_wire.data) == b"+OK\r\n" * 3
+
+    run(tmp_path / "s.db", scenario)
+
+
+def test_a_commit_waiter_that_raises_does_not_keep_the_others_from_being_told(
+    tmp_path: Path,
+) -> None:
+    """A bug in one waiter of a commit (an exception from its callback) is
+    logged; the commit's other waiters, other clients' held replies, are
+    told all the same."""
+
+    async def scenario(rig: Rig) -> None:
+        told: list[object] = []
+
+        def broken(error: object) -> None:
+            raise IndexError("a waiter's bug")
+
+        with structlog.testing.capture_logs() as logs:
+            rig.keyspace.cache.insert(b"k", b"v")  # a change for the commit to carry
+            rig.store.after_commit(broken)
+            rig.store.after_commit(told.append)
+            for _ in range(200):
+                if told:
+                    break
+                await asyncio.sleep(0.01)
+        assert told == [None]
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["commit_waiter_failed"]
 
     run(tmp_path / "s.db", scenario)

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol, TypeVar
 
+import structlog
+
 T = TypeVar("T")
 
 HASH_SPACE = 2**32
@@ -101,6 +103,16 @@ def as_row(kept: Kept) -> Change:
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says what and where."""
+
+
+def call_waiter(callback: Callable[[StoreError | None], None], error: StoreError | None) -> None:
+    """Tell one waiter of a commit how it went. An exception from it (a bug
+    in the waiter) is logged and goes no further: it must not keep the same
+    commit's other waiters, other clients' replies, from being told."""
+    try:
+        callback(error)
+    except Exception:
+        structlog.get_logger("sessiond.store").exception("commit_waiter_failed")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ from .api import (
     TableCounts,
     TableSlice,
     as_row,
+    call_waiter,
 )
 from .overlay import Overlay
 from .pgarrays import ADAPTERS, Bytea, Text, dump, load_int4
@@ -870,18 +871,15 @@ class PostgresStore:
             error = waiter.error
             if error is None:
                 error = next((d.error for d in waiter.decisions if d.error is not None), None)
-            waiter.callback(error)
+            call_waiter(waiter.callback, error)
 
     def _failed(self, seq: int, error: StoreError) -> None:
         """The commit of the changes up to ``seq`` failed: their waiters get
         the error (they are pending again, and committed when it works)."""
-        still: list[_Waiter] = []
-        for waiter in self._waiters:
-            if waiter.seq <= seq:
-                waiter.callback(error)
-            else:
-                still.append(waiter)
-        self._waiters = still
+        due = [waiter for waiter in self._waiters if waiter.seq <= seq]
+        self._waiters = [waiter for waiter in self._waiters if waiter.seq > seq]
+        for waiter in due:
+            call_waiter(waiter.callback, error)
 
     async def _write_forever(self) -> None:
         last_start = time.monotonic()

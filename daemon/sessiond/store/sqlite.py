@@ -45,7 +45,17 @@ import structlog
 
 from ..stats import StoreStats
 from . import log as wal
-from .api import ACCESSED_AT, Fields, Hook, Kept, Row, StoreError, TableCounts, TableSlice
+from .api import (
+    ACCESSED_AT,
+    Fields,
+    Hook,
+    Kept,
+    Row,
+    StoreError,
+    TableCounts,
+    TableSlice,
+    call_waiter,
+)
 from .api import live as fields_live
 from .compactd import CompactorProcess
 from .compactor import Compaction, Compactor
@@ -642,7 +652,7 @@ class SQLiteStore:
         if due:
             self._waiters = [(w, cb) for w, cb in self._waiters if w > seq]
             for callback in due:
-                callback(error)
+                call_waiter(callback, error)
 
     # -------------------------------------------------------- compactor
 
