@@ -1404,7 +1404,10 @@ def test_kill_9_of_postgresql_under_load_loses_no_acknowledged_write(
 def test_the_shared_store_s_metrics(
     fleet: Fleet, pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
 ) -> None:
-    host_a, host_b = fleet(2, metrics={"enabled": True})
+    # A heartbeat late by more than its interval counts as a lost listener:
+    # a second, not the fleet tests' quarter, so that a loaded machine does
+    # not reconnect it in the middle of the counts below.
+    host_a, host_b = fleet(2, metrics={"enabled": True}, persistence={"heartbeat_interval": "1s"})
     a, b = host_a.client(), host_b.client()
     assert host_a.metric("sessiond_store_listening") == 1
     b.set("k", "1")
@@ -1421,7 +1424,8 @@ def test_the_shared_store_s_metrics(
     assert host_a.metric("sessiond_store_round_trip_seconds_count", operation="heartbeat") >= 1
     assert host_a.metric("sessiond_store_pool_connections_max") == 8
     assert host_a.metric("sessiond_store_pool_connections") >= 1
-    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 0
+    # Exported from the start (how many: what the machine's load made of it).
+    assert 'sessiond_store_reconnects_total{connection="listen"}' in host_a.scrape()
     # A hears its own commits back on the channel too, and counts none of them:
     # once B's next write reached A (after A's own, in commit order), A has
     # received exactly one more notification.
@@ -1432,9 +1436,11 @@ def test_the_shared_store_s_metrics(
     eventually(lambda: a.get("k") == b"3")
     assert host_a.metric("sessiond_store_notifications_received_total") == heard + 1
     flushes = host_a.metric("sessiond_store_memory_flushes_total")
+    reconnects = host_a.metric("sessiond_store_reconnects_total", connection="listen")
+    restored = len([e for e in host_a.events() if e.get("event") == "listen_restored"])
     pg_db.cluster.terminate_backends(application_name="host0:listen")
-    host_a.wait_for_event("listen_restored", timeout=10)
-    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == 1
+    host_a.wait_for_event("listen_restored", count=restored + 1, timeout=10)
+    assert host_a.metric("sessiond_store_reconnects_total", connection="listen") == reconnects + 1
     assert host_a.metric("sessiond_store_memory_flushes_total") == flushes + 2
     assert host_a.metric("sessiond_store_listening") == 1
     a.close()
