@@ -11,7 +11,16 @@ from ..protocol import OK, PONG, Error, Status, Verbatim
 from . import errors
 from .registry import CONNECTION, Args, Call, Reply, command
 from .state import REPLY_OFF, REPLY_ON, REPLY_SKIP_ASKED, Client, ServerState
-from .util import MAX_INT64, help_reply, int_arg, parse_int64, subcommand, text, timeout_ms
+from .util import (
+    MAX_INT64,
+    help_reply,
+    int_arg,
+    parse_int64,
+    positive_arg,
+    subcommand,
+    text,
+    timeout_ms,
+)
 
 
 @command("PING", -1, "fast", group=CONNECTION, summary="Ping the server", syntax="[message]")
@@ -177,21 +186,11 @@ def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     if not keyspace.persistent or len(args) != 4:
         return None
     try:
-        _positive(args[1]), _positive(args[2])
+        positive_arg(args[1]), positive_arg(args[2])
         ms = timeout_ms(args[3])
     except Error:
         return None
     return keyspace.durable(ms / 1000 if ms else None)
-
-
-def _positive(arg: bytes) -> int:
-    """A count as Redis' getPositiveLongFromObjectOrReply reads it."""
-    value = parse_int64(arg)
-    if value is None:
-        raise Error(errors.NOT_INT)
-    if value < 0:
-        raise Error("ERR value is out of range, must be positive")
-    return value
 
 
 @command(
@@ -209,8 +208,8 @@ def cmd_waitaof(cx: Call, args: Args) -> Reply:
     # for that); [0, 0] if the commit failed or the timeout came first, and
     # inside MULTI, where nothing can wait. No replica ever acknowledges: a
     # numreplicas above 0 does not make it wait longer (as WAIT).
-    numlocal = _positive(args[1])
-    _positive(args[2])
+    numlocal = positive_arg(args[1])
+    positive_arg(args[2])
     timeout_ms(args[3])
     if not cx.keyspace.persistent:
         if numlocal:

@@ -23,8 +23,11 @@ from .util import (
     members_of,
     options,
     parse_cursor,
-    parse_int64,
+    positive_arg,
 )
+
+# SPOP's count: Redis gives this error for a non-integer too.
+_MUST_BE_POSITIVE = "ERR value is out of range, must be positive"
 
 
 def _read(cx: Call, key: bytes) -> Members | None:
@@ -190,7 +193,7 @@ def cmd_scard(cx: Call, args: Args) -> Reply:
 def cmd_spop(cx: Call, args: Args) -> Reply:
     if len(args) > 3:
         raise errors.syntax()
-    count = _count(args[2]) if len(args) == 3 else None
+    count = positive_arg(args[2], _MUST_BE_POSITIVE) if len(args) == 3 else None
     current = _read(cx, args[1])
     if not current:
         return None if count is None else set()
@@ -198,13 +201,6 @@ def cmd_spop(cx: Call, args: Args) -> Reply:
     if chosen:
         _remove(cx, args[1], current, set(chosen), b"spop")
     return chosen[0] if count is None else set(chosen)
-
-
-def _count(arg: bytes) -> int:
-    count = parse_int64(arg)
-    if count is None or count < 0:
-        raise Error("ERR value is out of range, must be positive")
-    return count
 
 
 @command(

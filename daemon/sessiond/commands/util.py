@@ -72,6 +72,15 @@ def int_arg(arg: bytes, message: str = errors.NOT_INT) -> int:
     return value
 
 
+def positive_arg(arg: bytes, message: str = errors.NOT_INT) -> int:
+    """A count as Redis' getPositiveLongFromObjectOrReply reads it: ``message``
+    if it is not an integer, Redis' own error if it is negative."""
+    value = int_arg(arg, message)
+    if value < 0:
+        raise Error("ERR value is out of range, must be positive")
+    return value
+
+
 def count_arg(arg: bytes) -> int:
     """The count of SRANDMEMBER and HRANDFIELD, as Redis reads it: a 64-bit
     integer whose negation is one too (-2^63 is out of range)."""
