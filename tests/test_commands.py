@@ -1722,3 +1722,19 @@ def test_a_monitor_that_never_reads_is_dropped_and_nobody_waits(daemon_factory: 
     finally:
         slow.close()
     assert "Traceback" not in d.log_text()
+
+
+def test_spop_count_errors_as_redis(cmd_daemon: Daemon, redis_server: RedisServer) -> None:
+    """SPOP reads its count as WAITAOF its counts (util.positive_arg), with
+    its own message for a non-integer: as redis-server answers."""
+    with RawClient(redis_server) as theirs, RawClient(cmd_daemon) as ours:
+        for client in (theirs, ours):
+            client("DEL", "spop-s")
+            client("SADD", "spop-s", "a", "b")
+        for request in (
+            ("SPOP", "spop-s", "x"),
+            ("SPOP", "spop-s", "-1"),
+            ("SPOP", "spop-s", "1.5"),
+            ("SPOP", "spop-s", "0"),
+        ):
+            assert ours(*request) == theirs(*request), request
