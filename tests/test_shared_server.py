@@ -62,6 +62,15 @@ def encode(*commands: tuple[str, ...]) -> bytes:
     return bytes(out)
 
 
+def connect(server: Server) -> tuple[Connection, Wire]:
+    """A connection to ``server`` over a :class:`Wire`, driven by hand."""
+    conn = Connection(server)
+    wire = Wire()
+    wire.conn = conn
+    conn.connection_made(wire)  # type: ignore[arg-type]
+    return conn, wire
+
+
 class Served:
     """A host's server, its connections driven by hand."""
 
@@ -70,11 +79,7 @@ class Served:
         self.server = Server(host.dispatcher, host.keyspace, host.state, durable_replies=True)
 
     def connect(self) -> tuple[Connection, Wire]:
-        conn = Connection(self.server)
-        wire = Wire()
-        wire.conn = conn
-        conn.connection_made(wire)  # type: ignore[arg-type]
-        return conn, wire
+        return connect(self.server)
 
 
 def test_a_pause_with_replies_held_gives_up_a_decision_handed_to_the_next_request() -> None:

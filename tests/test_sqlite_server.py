@@ -20,7 +20,7 @@ from sessiond.server import Connection, Server
 from sessiond.stats import Stats
 from sessiond.store import SQLiteStore
 from sessiond.values import Value
-from test_shared_server import Wire, encode
+from test_shared_server import Wire, connect, encode
 
 
 class Rig:
@@ -37,11 +37,7 @@ class Rig:
         self.server = Server(self.dispatcher, self.keyspace, self.state, durable_replies=True)
 
     def connect(self) -> tuple[Connection, Wire]:
-        conn = Connection(self.server)
-        wire = Wire()
-        wire.conn = conn
-        conn.connection_made(wire)  # type: ignore[arg-type]
-        return conn, wire
+        return connect(self.server)
 
 
 def run(
@@ -221,3 +217,22 @@ def test_a_commit_waiter_that_raises_does_not_keep_the_others_from_being_told(
         assert [e["event"] for e in logs if e["log_level"] == "error"] == ["commit_waiter_failed"]
 
     run(tmp_path / "s.db", scenario)
+
+
+def test_waitaof_answers_0_when_the_commit_of_the_writes_before_it_fails(
+    tmp_path: Path,
+) -> None:
+    """docs/commands.md: WAITAOF answers [0, 0] if the commit of the writes
+    made before it failed (a full log here), after the write's own error."""
+
+    async def scenario(rig: Rig) -> None:
+        conn, wire = rig.connect()
+        conn.data_received(encode(("SET", "k", "v" * 200), ("WAITAOF", "1", "0", "0")))
+        for _ in range(200):
+            if wire.data.endswith(b":0\r\n"):
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(wire.data).startswith(b"-ERR store write failed")
+        assert bytes(wire.data).endswith(b"\r\n*2\r\n:0\r\n:0\r\n")
+
+    run(tmp_path / "s.db", scenario, max_log_bytes=100)
