@@ -583,6 +583,119 @@ def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(tmp_path: 
         store.close()
 
 
+def test_a_failed_re_filing_in_the_compactor_process_leaves_no_answer_behind(
+    tmp_path: Path,
+) -> None:
+    """The compactor process answers every command, a failed re-filing too,
+    and the daemon reads each answer as the one to what it asked. An
+    unanswered error left in the pipe once made every later answer the one
+    to the command before: a "done" for segment N taken for N + 1, whose file
+    was deleted and whose changes dropped from the overlay before the table
+    held them (acknowledged writes lost).
+
+    In-process with the real compactor process; the disk fails by making
+    SQLite's WAL immutable (``chattr +i``: refused even to root), so that
+    the re-filing's write fails while the log, in other files, takes
+    writes."""
+    from sessiond.cache import SessionCache
+    from sessiond.keyspace import Keyspace
+    from sessiond.store import SQLiteStore
+    from sessiond.values import Value
+
+    path = tmp_path / "answers.db"
+    wal_file = Path(f"{path}-wal")
+    now = [time.time() + 100_000.0]
+    store = SQLiteStore(
+        path, durability="always", fold_interval=0.05, retry_interval=0.05, compact_in="process"
+    )
+    cache: SessionCache[bytes, Value] = SessionCache(2, default_ttl=None, clock=lambda: now[0])
+    keyspace = Keyspace(cache, store)
+
+    def table() -> dict[bytes, tuple[float | None, float | None]]:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT key, deadline, expire_at FROM sessions").fetchall()
+        finally:
+            db.close()
+        return {key: (deadline, expire_at) for key, deadline, expire_at in rows}
+
+    def immutable(on: bool) -> bool:
+        flag = "+i" if on else "-i"
+        done = subprocess.run(["chattr", flag, str(wal_file)], capture_output=True, check=False)
+        return done.returncode == 0
+
+    async def compacted(key: bytes) -> None:
+        cache.insert(key, b"v")
+        assert await _committed(store) is None
+        await _until(lambda: key in table(), table)
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        first = now[0] + 3
+        cache.insert(b"k", b"v1", 3.0)
+        assert await _committed(store) is None
+        await _until(lambda: table().get(b"k") == (first, first), table)
+        # Renewed and evicted: its index entry stays at `first` (see the test above).
+        cache.insert(b"k", b"v2", 6.0)
+        cache.insert(b"pad0", b"p")
+        cache.insert(b"pad1", b"p")
+        assert await _committed(store) is None
+        await _until(lambda: table().get(b"k", (0, 0))[0] == now[0] + 6, table)
+
+        if not immutable(True):
+            pytest.skip("chattr +i is not available on this filesystem")
+        try:
+            now[0] = first + 1
+            assert keyspace.expire_store(100) == 0  # due, renewed: to be re-filed
+            await _until(lambda: store.stats.errors.get("expire", 0) >= 1, store.stats.errors.copy)
+        finally:
+            assert immutable(False)
+        # Three sessions, each through a compaction of its own: each answer
+        # must be its own segment's.
+        for key in (b"x1", b"x2", b"x3"):
+            await compacted(key)
+        assert all(store.load(key) is not None for key in (b"x1", b"x2", b"x3"))
+        assert store.stats.errors == {"expire": 1}  # no answer taken for another's
+
+    try:
+        asyncio.run(main())
+    finally:
+        subprocess.run(["chattr", "-i", str(wal_file)], capture_output=True, check=False)
+        store.close()
+    store = SQLiteStore(path, durability="always")  # nothing lost across a restart either
+    try:
+        assert all(store.load(key) is not None for key in (b"x1", b"x2", b"x3"))
+    finally:
+        store.close()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_compactor_thread_waits_out_a_store_it_cannot_open(tmp_path: Path) -> None:
+    """The in-process compactor opens its own connection when the store
+    starts; if that fails (here the store's directory is gone), it logs the
+    error and tries again until the store stops, instead of dying with a
+    traceback and leaving the log to grow."""
+    from sessiond.store import SQLiteStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SQLiteStore(data / "gone.db", retry_interval=0.05)
+    shutil.rmtree(data)
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        await _until(lambda: store.stats.errors.get("compact", 0) >= 2, store.stats.errors.copy)
+
+    with structlog.testing.capture_logs() as logged:
+        try:
+            asyncio.run(main())
+        finally:
+            store.close()
+    failures = [e for e in logged if e["event"] == "store_error" and e["operation"] == "compact"]
+    assert len(failures) == 1, logged  # logged once while it keeps failing
+    assert "unable to open" in failures[0]["error"], failures
+
+
 _V1_SCHEMA = """
 CREATE TABLE sessions (
     scan_hash INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, context TEXT,

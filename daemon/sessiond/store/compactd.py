@@ -13,8 +13,9 @@ The child inherits the store's lock (the same open file, so the same
 between two steps once its parent is gone (a kill -9 of the daemon), and
 never deletes a file.
 
-Protocol, one line each way: ``compact N`` -> ``done N`` or ``error TEXT``;
-``refile HEX...`` (no answer); ``live`` -> ``live BYTES``.
+Protocol, one line each way, every command answered (``error TEXT`` if it
+failed): ``compact N`` -> ``done N ROWS``; ``refile HEX...`` -> ``ok``;
+``live`` -> ``live BYTES``.
 """
 
 from __future__ import annotations
@@ -53,13 +54,17 @@ def serve(path: Path, max_pages: int, rows: int, pause: float) -> int:
     import time
 
     parent = os.getppid()
-    db = connect(path, max_pages=max_pages)
-    db.execute("PRAGMA cache_size=-32768")
-    compactor = Compactor(db)
+    compactor: Compactor | None = None
     out = sys.stdout
     for line in sys.stdin:
         command, _, rest = line.strip().partition(" ")
         try:
+            if compactor is None:
+                # Opened at the first command, and again at the next one while
+                # it fails (a failing disk): each answered with the error.
+                db = connect(path, max_pages=max_pages)
+                db.execute("PRAGMA cache_size=-32768")
+                compactor = Compactor(db)
             if command == "compact":
                 number = int(rest)
                 found = wal.replay(_segment_path(path, number))
@@ -74,7 +79,7 @@ def serve(path: Path, max_pages: int, rows: int, pause: float) -> int:
                 out.write(f"done {number} {job.written}\n")
             elif command == "refile":
                 compactor.refile(bytes.fromhex(k) for k in rest.split())
-                continue
+                out.write("ok\n")
             elif command == "live":
                 out.write(f"live {compactor.live_bytes()}\n")
             else:
@@ -82,7 +87,8 @@ def serve(path: Path, max_pages: int, rows: int, pause: float) -> int:
         except (sqlite3.Error, OSError, wal.Corrupt, ValueError) as exc:
             out.write(f"error {str(exc).replace(chr(10), ' ')}\n")
         out.flush()
-    db.close()
+    if compactor is not None:
+        compactor.db.close()
     return 0
 
 

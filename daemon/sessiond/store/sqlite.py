@@ -670,14 +670,40 @@ class SQLiteStore:
             finally:
                 child.stop(now=self._past_budget() or self._removed is not None)
             return
-        db = connect(self.path, max_pages=self.max_pages)
-        # Compaction rewrites pages all over the table: keep them in SQLite's
-        # cache rather than reading them back from the file (negative: KiB).
-        db.execute("PRAGMA cache_size=-32768")
+        db = self._compactor_connection()
+        if db is None:
+            return
         try:
             self._compact_loop(Compactor(db, hook=self.hook))
         finally:
             db.close()
+
+    def _compactor_connection(self) -> sqlite3.Connection | None:
+        """The in-process compactor's connection, retried every
+        ``retry_interval`` while the store's file cannot be opened (a failing
+        disk): writers wait behind the backlog bound meanwhile, as they do
+        while a step fails. ``None`` once the store is stopping or its files
+        are gone."""
+        failing = False
+        while self._removed is None:
+            try:
+                db = connect(self.path, max_pages=self.max_pages)
+                # Compaction rewrites pages all over the table: keep them in
+                # SQLite's cache rather than reading them back (negative: KiB).
+                db.execute("PRAGMA cache_size=-32768")
+            except sqlite3.Error as exc:
+                if not failing:
+                    log.error("store_error", operation="compact", error=str(exc))
+                    failing = True
+                self.stats.error("compact")
+                if self._stopping:
+                    return None  # the log keeps it all: the next start replays it
+                time.sleep(self.retry_interval)
+                continue
+            if failing:
+                log.info("store_compaction_recovered")
+            return db
+        return None
 
     def _next_work(self) -> tuple[set[bytes], Layer | None] | None:
         """What the compactor does next: rows to re-file and the oldest sealed
@@ -750,6 +776,15 @@ class SQLiteStore:
                 if refile:
                     self._table_changed = True
                     child.send("refile " + " ".join(key.hex() for key in refile))
+                    answer = self._answer(child)
+                    if answer is None:
+                        return  # stopping, past the budget
+                    if answer.startswith("error "):
+                        # Unfiled rows stay where they were: the next sweep finds them.
+                        self.stats.error("expire")
+                        log.error("store_error", operation="expire", error=answer[6:])
+                    elif answer != "ok":
+                        raise EOFError(f"answered {answer!r} out of turn")
                 if layer is None:
                     if not self._live_due():
                         continue
@@ -759,6 +794,12 @@ class SQLiteStore:
                 answer = self._answer(child)
                 if answer is None:
                     return  # stopping, past the budget
+                kind, _, rest = answer.partition(" ")
+                expected = "live" if layer is None else f"done {layer.segment} "
+                if kind != "error" and not answer.startswith(expected):
+                    # Never take one segment's answer for another's: that
+                    # would delete a segment the table does not hold yet.
+                    raise EOFError(f"answered {answer!r} out of turn")
             except (EOFError, OSError) as exc:
                 # The child died (or could not start): a new one takes over
                 # with the same segment, which was not recorded as compacted.
@@ -767,10 +808,9 @@ class SQLiteStore:
                 child.stop(now=True)
                 time.sleep(self.retry_interval)
                 continue
-            kind, _, rest = answer.partition(" ")
             if kind == "live":
                 self.stats.live_bytes = int(rest)
-            elif kind == "done" and layer is not None:
+            elif layer is not None and kind == "done":
                 if failing:
                     log.info("store_compaction_recovered")
                     failing = False
