@@ -175,9 +175,14 @@ def test_waitaof_answers_once_batch_writes_are_in_the_database(
             pipe.set(f"w{i}", i)
         pipe.execute_command("WAITAOF", 1, 0, 0)
         assert pipe.execute()[-1] == [1, 0]
+        assert r.waitaof(0, 0, 0) == [1, 0]  # numlocal 0: what holds, at once
     with pg_db.connect() as conn:
         rows = conn.execute(f"SELECT key FROM {pgsql.TABLE}").fetchall()
     assert {bytes(key) for (key,) in rows} == {b"w%d" % i for i in range(20)}
+    with a.client() as r:
+        r.set("uncommitted", "1")  # the next commit is a minute away
+        assert r.waitaof(0, 0, 0) == [0, 0]
+        assert r.waitaof(1, 0, 0) == [1, 0]
 
 
 def test_a_waitaof_that_times_out_leaves_the_writes_before_it_waiting_for_their_commit(

@@ -221,7 +221,8 @@ def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: F
 def test_waitaof_makes_batch_writes_durable_before_it_answers(daemon_factory: Factory) -> None:
     """Under durability: batch with a minute between commits, WAITAOF 1 0 0
     answers [1, 0] once the writes before it are committed: a kill -9 right
-    after its reply loses none of them (without it, all would be lost)."""
+    after its reply loses none of them (without it, all would be lost);
+    WAITAOF 0 0 0 does not wait."""
     d = daemon_factory(sqlite_config(persistence={"durability": "batch", "flush_interval": "60s"}))
     with d.client() as r:
         pipe = r.pipeline(transaction=False)
@@ -234,6 +235,11 @@ def test_waitaof_makes_batch_writes_durable_before_it_answers(daemon_factory: Fa
     with d.client() as r:
         assert r.mget([f"k{i}" for i in range(50)]) == [str(i).encode() for i in range(50)]
         assert r.waitaof(1, 0, 100) == [1, 0]  # nothing new: at once
+        # numlocal 0 asks for nothing: it answers at once what holds (Redis too).
+        r.set("uncommitted", "1")  # the next commit is a minute away
+        assert r.waitaof(0, 0, 0) == [0, 0]
+        assert r.waitaof(1, 0, 0) == [1, 0]
+        assert r.waitaof(0, 0, 0) == [1, 0]
         pipe = r.pipeline(transaction=True)
         pipe.set("in-multi", "1")
         pipe.execute_command("WAITAOF", 1, 0, 0)

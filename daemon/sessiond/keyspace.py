@@ -419,7 +419,8 @@ class Keyspace:
 
     async def durable(self, timeout: float | None) -> int:
         """1 once every change made so far is durable (WAITAOF), 0 if their
-        commit failed or ``timeout`` seconds passed first (``None``: no limit)."""
+        commit failed or ``timeout`` seconds passed first (``None``: no limit;
+        0: whether they are durable already)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def committed(error: StoreError | None) -> None:

@@ -186,10 +186,13 @@ def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     if not keyspace.persistent or len(args) != 4:
         return None
     try:
-        positive_arg(args[1]), positive_arg(args[2])
+        numlocal = positive_arg(args[1])
+        positive_arg(args[2])
         ms = timeout_ms(args[3])
     except Error:
         return None
+    if not numlocal:
+        return keyspace.durable(0.0)  # nothing asked for: what holds now, as Redis
     return keyspace.durable(ms / 1000 if ms else None)
 
 
@@ -206,8 +209,10 @@ def cmd_waitaof(cx: Call, args: Args) -> Reply:
     # [1, 0] once every write made before it is committed to the store (at
     # once under durability: always, where each write's reply already waited
     # for that); [0, 0] if the commit failed or the timeout came first, and
-    # inside MULTI, where nothing can wait. No replica ever acknowledges: a
-    # numreplicas above 0 does not make it wait longer (as WAIT).
+    # inside MULTI, where nothing can wait. numlocal 0 waits for nothing and
+    # answers whether that holds already (Redis answers at once whatever it
+    # was not asked to wait for). No replica ever acknowledges: a numreplicas
+    # above 0 does not make it wait longer (as WAIT).
     numlocal = positive_arg(args[1])
     positive_arg(args[2])
     timeout_ms(args[3])
