@@ -967,6 +967,12 @@ def test_command_list_filterby_and_categories_as_redis(
         ):
             if redis_info is not None and not redis_info[9]:  # in Redis, not a container
                 assert sorted(mine[6]) == sorted(redis_info[6]), mine[0]
+        # COMMAND DOCS files each command in Redis' group (redis-cli's `help @generic`).
+        mine_docs = as_dict(ours("COMMAND", "DOCS", *names))
+        redis_docs = as_dict(theirs("COMMAND", "DOCS", *names))
+        for name, doc in redis_docs.items():
+            assert as_dict(mine_docs[name])["group"] == as_dict(doc)["group"], name
+        assert as_dict(mine_docs["session.create"])["group"] == b"session"
 
 
 def test_wait_acl_and_shutdown_answer_as_a_lone_redis(

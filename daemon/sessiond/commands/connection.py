@@ -9,7 +9,7 @@ from .. import REDIS_COMPAT_VERSION, __version__
 from ..keyspace import Keyspace
 from ..protocol import OK, PONG, Error, Status, Verbatim
 from . import errors
-from .registry import CONNECTION, Args, Call, Reply, command
+from .registry import CONNECTION, GENERIC, Args, Call, Reply, command
 from .state import REPLY_OFF, REPLY_ON, REPLY_SKIP_ASKED, Client, ServerState
 from .util import (
     MAX_INT64,
@@ -166,7 +166,7 @@ def cmd_reset(cx: Call, args: Args) -> Reply:
     "WAIT",
     3,
     "noscript",
-    group=CONNECTION,
+    group=GENERIC,
     summary="Wait for replicas: there are none, 0 at once",
     syntax="numreplicas timeout",
 )
@@ -200,7 +200,7 @@ def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     "WAITAOF",
     4,
     "noscript",
-    group=CONNECTION,
+    group=GENERIC,
     summary="Wait until this client's writes are durable in the store",
     syntax="numlocal numreplicas timeout",
     ahead=_waitaof_ahead,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..keyevents import NOTIFY_GENERIC, NOTIFY_KEY_MISS
 from ..protocol import Error
 from . import errors
-from .registry import KEYSPACE, Args, Call, Reply, command
+from .registry import GENERIC, Args, Call, Reply, command
 from .util import MAX_INT64, int_arg, text
 
 _CONDITIONS = "[NX | XX | GT | LT]"
@@ -67,7 +67,7 @@ def _expire(cx: Call, args: Args, *, ms: bool, absolute: bool) -> int:
     -3,
     "write fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Set TTL",
     syntax=f"key seconds {_CONDITIONS}",
     decides=True,
@@ -81,7 +81,7 @@ def cmd_expire(cx: Call, args: Args) -> Reply:
     -3,
     "write fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Set ms TTL",
     syntax=f"key milliseconds {_CONDITIONS}",
     decides=True,
@@ -95,7 +95,7 @@ def cmd_pexpire(cx: Call, args: Args) -> Reply:
     -3,
     "write fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Set deadline",
     syntax=f"key unix-time-seconds {_CONDITIONS}",
     decides=True,
@@ -109,7 +109,7 @@ def cmd_expireat(cx: Call, args: Args) -> Reply:
     -3,
     "write fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Set ms deadline",
     syntax=f"key unix-time-milliseconds {_CONDITIONS}",
     decides=True,
@@ -134,7 +134,7 @@ def _remaining_ms(cx: Call, key: bytes) -> int:
 
 
 @command(
-    "TTL", 2, "readonly fast", keys=(1, 1, 1), group=KEYSPACE, summary="Remaining TTL", syntax="key"
+    "TTL", 2, "readonly fast", keys=(1, 1, 1), group=GENERIC, summary="Remaining TTL", syntax="key"
 )
 def cmd_ttl(cx: Call, args: Args) -> Reply:
     ms = _remaining_ms(cx, args[1])
@@ -146,7 +146,7 @@ def cmd_ttl(cx: Call, args: Args) -> Reply:
     2,
     "readonly fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Remaining ms TTL",
     syntax="key",
 )
@@ -169,7 +169,7 @@ def _expiretime(cx: Call, key: bytes) -> float | int:
     2,
     "readonly fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Deadline",
     syntax="key",
 )
@@ -183,7 +183,7 @@ def cmd_expiretime(cx: Call, args: Args) -> Reply:
     2,
     "readonly fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Deadline in ms",
     syntax="key",
 )
@@ -197,7 +197,7 @@ def cmd_pexpiretime(cx: Call, args: Args) -> Reply:
     2,
     "write fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Remove TTL",
     syntax="key",
     decides=True,

@@ -15,7 +15,7 @@ from ..keyspace import Keyspace
 from ..protocol import OK, Error, Status
 from ..values import Value, type_name
 from . import errors
-from .registry import KEYSPACE, SERVER, Args, Call, Reply, command
+from .registry import GENERIC, SERVER, Args, Call, Reply, command
 from .util import (
     glob_to_regex,
     help_reply,
@@ -45,7 +45,7 @@ command(
     -2,
     "write",
     keys=(1, -1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Delete keys",
     syntax="key ...",
 )(_delete)
@@ -54,7 +54,7 @@ command(
     -2,
     "write fast",
     keys=(1, -1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Delete keys",
     syntax="key ...",
 )(_delete)
@@ -65,7 +65,7 @@ command(
     -2,
     "readonly fast",
     keys=(1, -1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Count existing keys",
     syntax="key ...",
 )
@@ -84,7 +84,7 @@ def cmd_exists(cx: Call, args: Args) -> Reply:
     -2,
     "readonly fast",
     keys=(1, -1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Touch keys",
     syntax="key ...",
 )
@@ -103,7 +103,7 @@ def cmd_touch(cx: Call, args: Args) -> Reply:
     2,
     "readonly fast",
     keys=(1, 1, 1),
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Type of a key",
     syntax="key",
 )
@@ -154,7 +154,7 @@ def _scan_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     "SCAN",
     -2,
     "readonly",
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Iterate keys",
     syntax="cursor [MATCH pattern] [COUNT count] [TYPE type]",
     ahead=_scan_ahead,
@@ -187,7 +187,7 @@ def _keys_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     "KEYS",
     2,
     "readonly",
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Keys matching a pattern",
     syntax="pattern",
     ahead=_keys_ahead,
@@ -248,7 +248,7 @@ def _rename(cx: Call, args: Args, *, nx: bool) -> Reply:
     "write",
     keys=(1, 2, 1),
     decides=True,
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Rename a key",
     syntax="key newkey",
 )
@@ -262,7 +262,7 @@ def cmd_rename(cx: Call, args: Args) -> Reply:
     "write fast",
     keys=(1, 2, 1),
     decides=True,
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Rename a key if the new name is free",
     syntax="key newkey",
 )
@@ -276,7 +276,7 @@ def cmd_renamenx(cx: Call, args: Args) -> Reply:
     "write",
     keys=(1, 2, 1),
     decides=True,
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Copy a key",
     syntax="source destination [DB destination-db] [REPLACE]",
 )
@@ -319,7 +319,7 @@ def cmd_copy(cx: Call, args: Args) -> Reply:
     "RANDOMKEY",
     1,
     "readonly",
-    group=KEYSPACE,
+    group=GENERIC,
     summary="A random key",
 )
 def cmd_randomkey(cx: Call, args: Args) -> Reply:
@@ -388,7 +388,7 @@ def _encoding(value: Value) -> str:
     "OBJECT",
     -2,
     "readonly",
-    group=KEYSPACE,
+    group=GENERIC,
     summary="Inspect a key's internals",
     subcommands={
         "ENCODING": ("key", "The encoding of a key's value"),

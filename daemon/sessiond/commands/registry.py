@@ -42,7 +42,7 @@ AheadOf = Callable[[Keyspace, Args], Awaitable[object] | None]
 # Groups, as COMMAND reports them (@group).
 CONNECTION = "connection"
 STRING = "string"
-KEYSPACE = "keyspace"
+GENERIC = "generic"
 SERVER = "server"
 SESSION = "session"
 HASH = "hash"

@@ -19,8 +19,8 @@ from .docs import doc_fields
 from .info import info_text, reset_stats, wanted_sections
 from .registry import (
     CONNECTION,
+    GENERIC,
     HASH,
-    KEYSPACE,
     PUBSUB,
     REGISTRY,
     SCRIPTING,
@@ -207,7 +207,7 @@ def cmd_config(cx: Call, args: Args) -> Reply:
 _GROUP_CATEGORY = {
     CONNECTION: "connection",
     STRING: "string",
-    KEYSPACE: "keyspace",
+    GENERIC: "keyspace",
     HASH: "hash",
     SET: "set",
     TRANSACTIONS: "transaction",
@@ -215,6 +215,9 @@ _GROUP_CATEGORY = {
     SCRIPTING: "scripting",
     SESSION: "session",
 }
+# Commands whose category is not their group's (Redis files WAIT and WAITAOF
+# under "generic" and gives them @connection).
+_OWN_CATEGORY = {"WAIT": "connection", "WAITAOF": "connection"}
 # Redis 7.2's categories of a command beyond its group's and its flags'.
 _MORE_CATEGORIES = {
     "INFO": ("dangerous",),
@@ -234,7 +237,8 @@ def acl_categories(cmd: Command) -> list[str]:
     setImplicitACLCategories derives them. A container command (CLIENT,
     OBJECT...) gets them like any other: Redis gives the container only
     @slow and its ``parent|sub`` entries theirs, which COMMAND does not list."""
-    found = [_GROUP_CATEGORY[cmd.group]] if cmd.group in _GROUP_CATEGORY else []
+    own = _OWN_CATEGORY.get(cmd.name) or _GROUP_CATEGORY.get(cmd.group)
+    found = [own] if own else []
     found += _MORE_CATEGORIES.get(cmd.name, ())
     flags = cmd.flags
     if "write" in flags:
