@@ -1633,6 +1633,14 @@ def test_monitor_streams_requests_as_redis_does(
         ("ACL", "DELUSER", "monitor-test"),
         ("WAIT", "0", "0"),
         ("SHUTDOWN", "ABORT"),
+        # A container's subcommands each as Redis flags them; one it does not
+        # have never runs, so it is not shown either.
+        ("CONFIG", "HELP"),
+        ("CLIENT", "INFO"),
+        ("CLIENT", "NO-EVICT", "on"),
+        ("CLIENT", "NOSUCH"),
+        ("OBJECT", "NOSUCH", "k"),
+        ("COMMAND", "COUNT"),
     ]
     ours = _monitored(cmd_daemon, requests)
     theirs = _monitored(redis_server, requests)

@@ -314,6 +314,7 @@ def _client_type(client: Client) -> bytes:
     "noscript",
     group=CONNECTION,
     summary="Client connection commands",
+    admin_subcommands="KILL LIST PAUSE UNPAUSE NO-EVICT",
     subcommands={
         "SETNAME": ("connection-name", "Set the current connection name"),
         "GETNAME": ("", "Return the name of the current connection"),

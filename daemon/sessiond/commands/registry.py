@@ -88,6 +88,9 @@ class Command:
     summary: str
     syntax: str
     subcommands: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The subcommands Redis flags ``admin`` (upper case), where the container
+    # is not: MONITOR does not show them.
+    admin_subcommands: frozenset[bytes] = frozenset()
     # The keys to read from the store before the command runs (None: none).
     load: KeysOf | None = None
     # A whole-table read the command needs first (DBSIZE, INFO keyspace, KEYS),
@@ -158,6 +161,7 @@ def command(
     summary: str,
     syntax: str = "",
     subcommands: dict[str, tuple[str, str]] | None = None,
+    admin_subcommands: str = "",
     load: KeysOf | bool = True,
     ahead: AheadOf | None = None,
     decides: bool | DecidesOf = False,
@@ -174,7 +178,8 @@ def command(
     on the current values of the keys (``True``, or a function of the
     arguments): on a store several hosts share, the database decides it.
     ``subcommands`` maps each subcommand of a container command to its
-    (syntax, summary)."""
+    (syntax, summary); ``admin_subcommands`` names those of them Redis
+    flags ``admin``."""
     flag_tuple = tuple(flags.split())
     loader: KeysOf | None
     if load is True:
@@ -206,6 +211,7 @@ def command(
             summary=summary,
             syntax=syntax,
             subcommands=subcommands or {},
+            admin_subcommands=frozenset(sub.encode() for sub in admin_subcommands.split()),
             load=loader,
             ahead=ahead,
             decides=decider,

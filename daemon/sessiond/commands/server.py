@@ -173,6 +173,7 @@ _CONFIG_HELP = [
     "noscript",
     group=SERVER,
     summary="Read the effective config",
+    admin_subcommands="GET SET RESETSTAT",
     subcommands={
         "GET": ("parameter ...", "The effective value of config parameters"),
         "SET": ("parameter value", "Set notify-keyspace-events, the one parameter it sets"),
@@ -534,29 +535,17 @@ def monitor_line(source: bytes, args: Args, now: float) -> bytes:
     return head + b" ".join(words) + b"\r\n"
 
 
-# What Redis does not show, being administrative, that no ``admin`` flag
-# here says: CONFIG (every subcommand of it is admin in Redis; the container
-# is declared without the flag, which would change its ACL categories), and
-# these CLIENT subcommands (CLIENT itself is not admin). SLOWLOG and LATENCY
-# carry the flag.
-_UNSHOWN = frozenset({"CONFIG"})
-_UNSHOWN_CLIENT = frozenset({b"KILL", b"LIST", b"PAUSE", b"UNPAUSE", b"NO-EVICT"})
-# ACL shows only its subcommands Redis does not flag admin: USERS is, and so
-# are those that change users (SETUSER >password...), unknown here, which
-# Redis never runs (nor shows) with an unknown subcommand either.
-_SHOWN_ACL = frozenset({b"CAT", b"WHOAMI", b"HELP", b"GENPASS"})
-
-
 def feed_monitors(state: ServerState, cmd: Command, args: Args, *, lua: bool = False) -> None:
     """Write the request to every MONITOR client (dispatch, for any request
     once a client monitors; ``lua``: a script's redis.call, as it runs), but
-    for the administrative ones Redis hides."""
-    if "admin" in cmd.flags or cmd.name in _UNSHOWN:
+    for the administrative ones Redis hides, and a container's subcommand it
+    does not have, which Redis never runs (nor shows)."""
+    if "admin" in cmd.flags:
         return
-    if cmd.name == "CLIENT" and len(args) > 1 and args[1].upper() in _UNSHOWN_CLIENT:
-        return
-    if cmd.name == "ACL" and (len(args) < 2 or args[1].upper() not in _SHOWN_ACL):
-        return
+    if cmd.subcommands:
+        sub = args[1].upper() if len(args) > 1 else b""
+        if sub in cmd.admin_subcommands or sub.decode("utf-8", "replace") not in cmd.subcommands:
+            return
     source = b"lua" if lua else b"unix:" + state.socket_path.encode()
     line = monitor_line(source, args, time.time())
     for client in list(state.monitors.values()):
@@ -645,6 +634,7 @@ _ACL_HELP = [
     "noscript loading stale",
     group=SERVER,
     summary="Access control: the one user there is",
+    admin_subcommands="USERS",
     subcommands={
         "CAT": ("[category]", "The ACL categories, or a category's commands"),
         "USERS": ("", "The users: default"),
