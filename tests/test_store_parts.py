@@ -537,6 +537,114 @@ PRAGMA user_version = 2;
 """
 
 
+# Schemas 3 and 4: the table keyed by (scan_hash, key); set user_version after.
+V4_SCHEMA = """
+CREATE TABLE sessions (
+    scan_hash INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, context TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, accessed_at REAL NOT NULL,
+    ttl REAL, deadline REAL, expire_at REAL, kind INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scan_hash, key)
+) WITHOUT ROWID;
+CREATE INDEX sessions_expire_at ON sessions(expire_at) WHERE expire_at IS NOT NULL;
+CREATE TABLE store_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), compacted_through INTEGER NOT NULL
+);
+INSERT INTO store_state VALUES (1, 7);
+PRAGMA application_id = 1397052243;
+"""
+
+
+def test_a_version_4_store_is_rebuilt_as_a_rowid_table_with_its_rows_as_they_were(
+    tmp_path: Path,
+) -> None:
+    """Schema 5 keeps the rows in a rowid table, in the order they were first
+    written, with a unique index on (scan_hash, key) (docs/persistence.md):
+    a version 4 store is rebuilt so in one transaction at start-up, every
+    column of every row kept, the segment compacted through kept, and the
+    table then takes upserts, deletes and expiry's reads as before."""
+    path = tmp_path / "v4.db"
+    now = time.time()
+    db = sqlite3.connect(path)
+    db.executescript(V4_SCHEMA)
+    db.execute("PRAGMA user_version = 4")
+    rows = {
+        b"a": (b"va", "ctx", now, 0.0, 0.0, 60.0, now + 60, now + 30, 0),
+        b"b": (b"vb", None, now, now + 1, now + 2, None, None, None, 2),
+        b"c": (b"vc", None, now, 0.0, 0.0, 5.0, now - 1, now - 1, 0),
+    }
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(scan_hash(k), k, *r) for k, r in rows.items()],
+    )
+    db.commit()
+    db.close()
+    with structlog.testing.capture_logs() as logged:
+        files = StoreFiles(path)
+        through = files.open()
+    try:
+        assert through == 7
+        migrated = [e for e in logged if e["event"] == "store_migrated"]
+        assert migrated and migrated[0]["from_version"] == 4 and migrated[0]["sessions"] == 3
+        db = connect(path)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+        kept = {
+            bytes(k): (bytes(v), *rest)
+            for k, v, *rest in db.execute(
+                "SELECT key, value, context, created_at, updated_at, accessed_at, ttl, "
+                "deadline, expire_at, kind FROM sessions"
+            )
+        }
+        assert kept == rows
+        indexes = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"sessions_key", "sessions_expire_at"} <= indexes
+        assert [i for (i,) in db.execute("SELECT id FROM sessions ORDER BY id")] == [1, 2, 3]
+        # The unique index answers upserts: a rewrite stays one row, in place.
+        assert Compactor(db).step(
+            Compaction(
+                Layer(8, {b"a": Row(b"new", None, now, now, now, None, None, 0), b"b": None})
+            ),
+            10,
+        )
+        assert _table(db) == {b"a": b"new", b"c": b"vc"}
+        assert db.execute("SELECT id FROM sessions WHERE key = ?", (b"a",)).fetchone() is not None
+        db.close()
+    finally:
+        files.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.due(now, 10) == [b"c"]  # expiry finds it through the expire_at index
+        found = store.load(b"a")
+        assert found is not None and found.value == b"new"
+    finally:
+        store.close()
+
+
+def test_a_migration_reports_its_progress_as_it_starts_and_while_it_runs(
+    tmp_path: Path,
+) -> None:
+    """The daemon extends systemd's start timeout from these reports, so a
+    large store's migration is not killed (and rolled back) at every start."""
+    path = tmp_path / "v4.db"
+    now = time.time()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(V4_SCHEMA)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
+        [(scan_hash(b"k%d" % i), b"k%d" % i, b"v", now) for i in range(5000)],
+    )
+    db.execute("COMMIT")
+    heard: list[str] = []
+    files.migrate(db, heard.append, every=0.0)
+    assert len(heard) >= 2, heard  # as it starts, and while it copies
+    assert set(heard) == {"migrating the store from schema 4 to 5"}
+    assert db.execute("SELECT count(*) FROM sessions").fetchone() == (5000,)
+    files.migrate(db, heard.append, every=0.0)  # nothing left to do: nothing said
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
+
+
 def test_a_version_2_store_is_migrated_with_what_its_journal_held(tmp_path: Path) -> None:
     """Schema 2 kept unfolded writes in a journal table: a store that crashed
     with rows there opens with them applied, in order, and every row gets
@@ -586,13 +694,10 @@ def test_a_version_3_store_reads_its_rows_as_they_were_and_writes_times_smaller(
     column before them (a 0 takes no bytes in a record). Rows that schema 3
     wrote, with every time in full, read back unchanged; so do new ones,
     written either way, and warm start still finds the most recent."""
-    from sessiond.store.files import SCHEMA
-
     path = tmp_path / "v3.db"
     now = time.time()
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA)
-    db.execute("PRAGMA application_id = 1397052243")
+    db.executescript(V4_SCHEMA)
     db.execute("PRAGMA user_version = 3")
     for key, times in ((b"v3-read", (now, now + 1, now + 2)), (b"v3-same", (now, now, now))):
         db.execute(
@@ -603,7 +708,7 @@ def test_a_version_3_store_reads_its_rows_as_they_were_and_writes_times_smaller(
     db.close()
     files, db = _open(path)  # migrates
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         written = {
             b"v4-same": Row(b"new", None, now + 3, now + 3, now + 3, None, None, 0),
             b"v4-read": Row(b"new", None, now + 3, now + 4, now + 5, 60.0, now + 65, 0),

@@ -44,12 +44,22 @@ from .watch import DirectoryWatch
 log = structlog.get_logger("sessiond.store")
 
 APPLICATION_ID = 0x53455353  # "SESS"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 FILE_MODE = 0o600
 
-# One B-tree keyed by (scan_hash, key) serves point lookups (the hash is
-# computed from the key) and SCAN order alike; the only secondary index is on
-# expire_at, for expiry. Fewer B-trees means fewer pages per compaction step.
+# The rows sit in a rowid table, in the order they were first written, and a
+# unique index on (scan_hash, key) serves point lookups (the hash is computed
+# from the key), upserts and SCAN order (schema 5). A new session is then
+# appended to the table's last page and adds one small entry (its key and
+# rowid, about 30 bytes) to the index, where the table keyed by (scan_hash,
+# key) of schemas 1-4 put each new session's whole row at a random place:
+# once the table had many more pages than a compaction step has sessions,
+# every new session dirtied a 4 KiB page of its own (WAL write, then
+# checkpoint), and the write rate fell as the table grew (issue 18: 23k
+# SETs/s at ten million against 53k at one). The index is about a tenth of
+# the table's size, so a step's sessions go on sharing its pages in a store
+# ten times as large (bench/RESULTS.md, "A rowid table"). A rewrite updates its row in place (the rowid, and so the index entry,
+# stays). The other index is on expire_at, for expiry.
 #
 # expire_at is when expiry should next look at a row: never later than its
 # deadline (so no expired row is missed), but not moved when a write only
@@ -67,8 +77,8 @@ FILE_MODE = 0o600
 # store_state.compacted_through is the last log segment whose every change is
 # in the sessions table: it moves in the same transaction as that segment's
 # last rows, so a segment is either replayed at start or wholly in the table.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
+_SESSIONS_COLUMNS = """(
+    id INTEGER PRIMARY KEY,
     scan_hash INTEGER NOT NULL,
     key BLOB NOT NULL,
     value BLOB NOT NULL,
@@ -79,10 +89,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     ttl REAL,
     deadline REAL,
     expire_at REAL,
-    kind INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (scan_hash, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sessions_expire_at ON sessions(expire_at) WHERE expire_at IS NOT NULL;
+    kind INTEGER NOT NULL DEFAULT 0
+)"""
+_EXPIRE_AT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS sessions_expire_at ON sessions(expire_at) "
+    "WHERE expire_at IS NOT NULL"
+)
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS sessions {_SESSIONS_COLUMNS};
+CREATE UNIQUE INDEX IF NOT EXISTS sessions_key ON sessions(scan_hash, key);
+{_EXPIRE_AT_INDEX};
 CREATE TABLE IF NOT EXISTS store_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     compacted_through INTEGER NOT NULL
@@ -100,6 +116,8 @@ _UPSERT_V2 = (
     "ttl = excluded.ttl, deadline = excluded.deadline"
 )
 _LOCK_LOG_EVERY = 10.0  # seconds between "still waiting for the lock" lines
+_PROGRESS_EVERY = 5.0  # seconds between two progress reports of a migration
+_PROGRESS_STEPS = 100_000  # SQLite instructions between two looks at the clock
 
 
 # sqlite3 (CPython 3.11 at least) binds an int, float, str or bytearray as it
@@ -190,12 +208,17 @@ class StoreFiles:
     refuses a file that is not a usable store (leaving no file of ours
     behind), creates a store only where none was ever created, migrates an
     older schema, and returns the last segment the table holds entirely.
-    ``max_pages`` caps the database file (a full disk, for tests)."""
+    ``max_pages`` caps the database file (a full disk, for tests);
+    ``progress`` is told what a long step of opening is doing, when it
+    starts and every few seconds while it lasts (:func:`migrate`)."""
 
-    def __init__(self, path: Path, *, max_pages: int = 0) -> None:
+    def __init__(
+        self, path: Path, *, max_pages: int = 0, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.directory = path.parent
         self.max_pages = max_pages
+        self.progress = progress
         self.marker = self.directory / f".{path.name}-store"
         self._lock_fd: int | None = None
         self._directory_id: tuple[int, int] | None = None  # (st_dev, st_ino) when opened
@@ -344,7 +367,7 @@ class StoreFiles:
                 self._probe()
             db = connect(path, max_pages=self.max_pages)
             try:
-                migrate(db)
+                migrate(db, self.progress)
                 db.executescript(SCHEMA)
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -495,12 +518,36 @@ class StoreFiles:
             self._lock_fd = None
 
 
-def migrate(db: sqlite3.Connection) -> None:
+def migrate(
+    db: sqlite3.Connection,
+    progress: Callable[[str], None] | None = None,
+    *,
+    every: float = _PROGRESS_EVERY,
+) -> None:
     """Bring a store of an older schema to this one, in one transaction (a
-    crash midway leaves the old schema, migrated again at the next start)."""
+    crash midway leaves the old schema, migrated again at the next start).
+    ``progress`` hears what it does as it starts and every ``every`` seconds
+    while it runs: the daemon extends systemd's start timeout with it, so
+    that a large store's migration is not killed and rolled back at every
+    start (5 s per million sessions for schema 5 on the test machine)."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == 0 or version >= SCHEMA_VERSION:
         return
+    log.info("store_migrating", from_version=version, to_version=SCHEMA_VERSION)
+    started = time.monotonic()
+    if progress is not None:
+        what = f"migrating the store from schema {version} to {SCHEMA_VERSION}"
+        progress(what)
+        told = [started]
+
+        def still_going() -> int:
+            now = time.monotonic()
+            if now - told[0] >= every:
+                told[0] = now
+                progress(what)
+            return 0  # go on
+
+        db.set_progress_handler(still_going, _PROGRESS_STEPS)
     db.execute("BEGIN IMMEDIATE")
     replayed = 0
     try:
@@ -508,15 +555,43 @@ def migrate(db: sqlite3.Connection) -> None:
             replayed = _migrate_to_3(db, version)
         # 3 -> 4: times equal to the column before them are written as 0 from
         # now on; the rows already there read back as they are.
+        rows = _migrate_to_5(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
+    finally:
+        db.set_progress_handler(None, 0)
     log.info(
-        "store_migrated", from_version=version, to_version=SCHEMA_VERSION, journal_replayed=replayed
+        "store_migrated",
+        from_version=version,
+        to_version=SCHEMA_VERSION,
+        journal_replayed=replayed,
+        sessions=rows,
+        seconds=round(time.monotonic() - started, 3),
     )
+
+
+def _migrate_to_5(db: sqlite3.Connection) -> int:
+    """Schemas 1-4 (a table keyed by (scan_hash, key)) to 5 (a rowid table and
+    a unique index on them), inside the caller's transaction: the rows copied
+    in key order, so that the new index is built by appending; how many.
+    The old table's pages go to SQLite's free list, which the next
+    writes use before the file grows."""
+    db.execute(f"CREATE TABLE sessions_5 {_SESSIONS_COLUMNS}")
+    db.execute("CREATE UNIQUE INDEX sessions_key ON sessions_5(scan_hash, key)")
+    copied = db.execute(
+        "INSERT INTO sessions_5 (scan_hash, key, value, context, created_at, updated_at, "
+        "accessed_at, ttl, deadline, expire_at, kind) SELECT scan_hash, key, value, context, "
+        "created_at, updated_at, accessed_at, ttl, deadline, expire_at, kind FROM sessions "
+        "ORDER BY scan_hash, key"
+    ).rowcount
+    db.execute("DROP TABLE sessions")  # and its expire_at index
+    db.execute("ALTER TABLE sessions_5 RENAME TO sessions")
+    db.execute(_EXPIRE_AT_INDEX)
+    return int(copied)
 
 
 def _migrate_to_3(db: sqlite3.Connection, version: int) -> int:
