@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Daemon
+from sessiond.store import scan_hash
+from test_store_parts import V4_SCHEMA
 
 
 @pytest.fixture
@@ -60,6 +63,33 @@ def test_ready_watchdog_stopping(
     assert "STOPPING=1" in _messages(sock, "STOPPING=1")
     assert d.proc is not None
     assert d.proc.wait(20) == 0
+
+
+def test_a_migration_extends_the_start_timeout(
+    daemon_factory: Callable[..., Daemon], notify_socket: tuple[socket.socket, Path]
+) -> None:
+    """A store of an older schema is migrated before READY=1; meanwhile the
+    daemon moves systemd's start timeout on (EXTEND_TIMEOUT_USEC) and says
+    why (STATUS), so that TimeoutStartSec does not kill a long migration."""
+    sock, path = notify_socket
+    d = daemon_factory({"persistence": {"backend": "sqlite", "path": "v4.db"}}, start=False)
+    db = sqlite3.connect(d.workdir / "v4.db")
+    db.executescript(V4_SCHEMA)
+    db.execute("PRAGMA user_version = 4")
+    db.execute(
+        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
+        (scan_hash(b"old"), b"old", b"kept", time.time()),
+    )
+    db.commit()
+    db.close()
+    d.start(wait=False, env={"NOTIFY_SOCKET": str(path)})
+    messages = _messages(sock, "READY=1")
+    ready = messages.index("READY=1")
+    assert "EXTEND_TIMEOUT_USEC=60000000" in messages[:ready], messages
+    assert "STATUS=migrating the store from schema 4 to 5" in messages[:ready], messages
+    with d.client() as r:
+        assert r.get("old") == b"kept"
+    assert d.stop() == 0
 
 
 def test_abstract_notify_socket(daemon_factory: Callable[..., Daemon]) -> None:

@@ -76,6 +76,11 @@ in all, against 25-40 ms and 0.9-1.1 s at (7000, 10, 10) (``time.thread_time()``
 in ``gc.callbacks``; 3 and 2 runs on a loaded machine)."""
 
 
+# How far each progress report of a long start-up step moves systemd's start
+# timeout (TimeoutStartSec); reports come every few seconds.
+_START_EXTENSION_USEC = 60_000_000
+
+
 def build_cache(config: Config) -> SessionCache[bytes, Value]:
     c = config.cache
     return SessionCache(
@@ -105,6 +110,14 @@ def freeze_survivors(generation: int) -> None:
     ``gc_frozen_objects`` shows the count to watch."""
     if generation == 1:
         gc.freeze()
+
+
+def _still_starting(what: str) -> None:
+    """Tell systemd that start-up is busy with ``what`` (a store's schema
+    migration, reported every few seconds while it runs): the start timeout
+    moves to a minute from now, so a large store is not killed mid-way and
+    rolled back at every start."""
+    notify(f"EXTEND_TIMEOUT_USEC={_START_EXTENSION_USEC}\nSTATUS={what}")
 
 
 class App:
@@ -292,6 +305,7 @@ class App:
             # 201k with a compactor thread (callgrind, -c 50; docs/persistence.md).
             compact_in="process",
             hook=self.store_hook,
+            progress=_still_starting,
             **steps,
         )
         self.store = store

@@ -142,7 +142,9 @@ class SQLiteStore:
     read and before its rows are returned. ``max_pages`` caps the database file and
     ``max_log_bytes`` the log (a full disk, for tests); after a failed commit
     the writer tries again every ``retry_interval``; a disk that turns slow
-    sends durable commits to the writer thread for ``inline_backoff`` seconds."""
+    sends durable commits to the writer thread for ``inline_backoff`` seconds;
+    ``progress`` hears about a long step of opening the store (a migration:
+    :class:`~.files.StoreFiles`)."""
 
     def __init__(
         self,
@@ -163,6 +165,7 @@ class SQLiteStore:
         compact_in: str = "thread",
         inline_backoff: float = _INLINE_BACKOFF,
         hook: Hook | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
         self.durability = durability
@@ -183,7 +186,7 @@ class SQLiteStore:
         # that succeeds): while set, the server refuses writes up front.
         self.failure: StoreError | None = None
         self._removed: str | None = None  # the files are gone: no commit again
-        self.files = StoreFiles(path, max_pages=max_pages)
+        self.files = StoreFiles(path, max_pages=max_pages, progress=progress)
         self.max_pages = max_pages
         through = self.files.open()
         try:
