@@ -645,6 +645,39 @@ def test_a_migration_reports_its_progress_as_it_starts_and_while_it_runs(
     db.close()
 
 
+def test_a_migration_without_room_to_copy_refuses_to_start_and_leaves_the_store(
+    tmp_path: Path,
+) -> None:
+    """Schema 5 copies the sessions: on a disk without room for the copy the
+    start fails with what is needed, and the store stays at schema 4 with
+    every session, ready to migrate once there is room."""
+    path = tmp_path / "v4.db"
+    now = time.time()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(V4_SCHEMA)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
+        [(scan_hash(b"k%d" % i), b"k%d" % i, b"v" * 200, now) for i in range(2000)],
+    )
+    db.execute("COMMIT")
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    with pytest.raises(StoreError, match="needs free disk about the size of the store"):
+        StoreFiles(path, max_pages=pages + 20).open()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    assert db.execute("SELECT count(*) FROM sessions").fetchone() == (2000,)
+    db.close()
+    store = SQLiteStore(path)  # room again: migrated, nothing lost
+    try:
+        found = store.load(b"k1999")
+        assert found is not None and found.value == b"v" * 200
+    finally:
+        store.close()
+
+
 def test_a_version_2_store_is_migrated_with_what_its_journal_held(tmp_path: Path) -> None:
     """Schema 2 kept unfolded writes in a journal table: a store that crashed
     with rows there opens with them applied, in order, and every row gets

@@ -57,9 +57,12 @@ FILE_MODE = 0o600
 # every new session dirtied a 4 KiB page of its own (WAL write, then
 # checkpoint), and the write rate fell as the table grew (issue 18: 23k
 # SETs/s at ten million against 53k at one). The index is about a tenth of
-# the table's size, so a step's sessions go on sharing its pages in a store
-# ten times as large (bench/RESULTS.md, "A rowid table"). A rewrite updates its row in place (the rowid, and so the index entry,
-# stays). The other index is on expire_at, for expiry.
+# the table's size: a step's new sessions share its pages up to a few
+# million sessions; past that each still dirties an index page of its own,
+# for about half the bytes written per session of the old layout
+# (bench/RESULTS.md, "A rowid table": 1.4x the write rate at ten million,
+# still not linear). A rewrite updates its row in place (the
+# rowid, and so the index entry, stays). The other index is on expire_at.
 #
 # expire_at is when expiry should next look at a row: never later than its
 # deadline (so no expired row is missed), but not moved when a write only
@@ -558,9 +561,22 @@ def migrate(
         rows = _migrate_to_5(db)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
+        if (
+            isinstance(exc, sqlite3.OperationalError)
+            and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+        ):
+            pages, page_size = (
+                db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size")
+            )
+            raise StoreError(
+                f"persistence.path: migrating the store from schema {version} to "
+                f"{SCHEMA_VERSION} needs free disk about the size of the store "
+                f"({pages * page_size // 2**20} MiB) to copy its sessions: {exc}; "
+                "the store is left as it was"
+            ) from None
         raise
     finally:
         db.set_progress_handler(None, 0)
