@@ -554,6 +554,21 @@ PRAGMA application_id = 1397052243;
 """
 
 
+def v4_store(path: Path, sessions: int, value: bytes = b"v") -> sqlite3.Connection:
+    """A store of schema 4 at ``path`` holding ``sessions`` sessions k0, k1...
+    of ``value``; the connection to it (autocommit)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(V4_SCHEMA)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
+        [(scan_hash(b"k%d" % i), b"k%d" % i, value, time.time()) for i in range(sessions)],
+    )
+    db.execute("COMMIT")
+    return db
+
+
 def test_a_version_4_store_is_rebuilt_as_a_rowid_table_with_its_rows_as_they_were(
     tmp_path: Path,
 ) -> None:
@@ -624,17 +639,7 @@ def test_a_migration_reports_its_progress_as_it_starts_and_while_it_runs(
 ) -> None:
     """The daemon extends systemd's start timeout from these reports, so a
     large store's migration is not killed (and rolled back) at every start."""
-    path = tmp_path / "v4.db"
-    now = time.time()
-    db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(V4_SCHEMA)
-    db.execute("PRAGMA user_version = 4")
-    db.execute("BEGIN")
-    db.executemany(
-        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
-        [(scan_hash(b"k%d" % i), b"k%d" % i, b"v", now) for i in range(5000)],
-    )
-    db.execute("COMMIT")
+    db = v4_store(tmp_path / "v4.db", 5000)
     heard: list[str] = []
     files.migrate(db, heard.append, every=0.0)
     assert len(heard) >= 2, heard  # as it starts, and while it copies
@@ -652,16 +657,7 @@ def test_a_migration_without_room_to_copy_refuses_to_start_and_leaves_the_store(
     start fails with what is needed, and the store stays at schema 4 with
     every session, ready to migrate once there is room."""
     path = tmp_path / "v4.db"
-    now = time.time()
-    db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(V4_SCHEMA)
-    db.execute("PRAGMA user_version = 4")
-    db.execute("BEGIN")
-    db.executemany(
-        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
-        [(scan_hash(b"k%d" % i), b"k%d" % i, b"v" * 200, now) for i in range(2000)],
-    )
-    db.execute("COMMIT")
+    db = v4_store(path, 2000, b"v" * 200)
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.close()
     with pytest.raises(StoreError, match="needs free disk about the size of the store"):

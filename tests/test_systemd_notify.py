@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Daemon
-from sessiond.store import scan_hash
-from test_store_parts import V4_SCHEMA
+from test_store_parts import v4_store
 
 
 @pytest.fixture
@@ -73,22 +71,14 @@ def test_a_migration_extends_the_start_timeout(
     why (STATUS), so that TimeoutStartSec does not kill a long migration."""
     sock, path = notify_socket
     d = daemon_factory({"persistence": {"backend": "sqlite", "path": "v4.db"}}, start=False)
-    db = sqlite3.connect(d.workdir / "v4.db")
-    db.executescript(V4_SCHEMA)
-    db.execute("PRAGMA user_version = 4")
-    db.execute(
-        "INSERT INTO sessions VALUES (?, ?, ?, NULL, ?, 0, 0, NULL, NULL, NULL, 0)",
-        (scan_hash(b"old"), b"old", b"kept", time.time()),
-    )
-    db.commit()
-    db.close()
+    v4_store(d.workdir / "v4.db", 1, b"kept").close()
     d.start(wait=False, env={"NOTIFY_SOCKET": str(path)})
     messages = _messages(sock, "READY=1")
     ready = messages.index("READY=1")
     assert "EXTEND_TIMEOUT_USEC=60000000" in messages[:ready], messages
     assert "STATUS=migrating the store from schema 4 to 5" in messages[:ready], messages
     with d.client() as r:
-        assert r.get("old") == b"kept"
+        assert r.get("k0") == b"kept"
     assert d.stop() == 0
 
 
