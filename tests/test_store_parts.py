@@ -519,6 +519,36 @@ def test_kind_is_kept_through_the_log_and_the_table(tmp_path: Path) -> None:
         again.close()
 
 
+def test_a_compactor_process_that_dies_before_it_answers_is_reported_gone(
+    tmp_path: Path,
+) -> None:
+    """The daemon waits for the answer to each command it sent the compactor
+    process (``reply`` every 50 ms until one comes). A child that died first
+    (killed mid-command: OOM, a kill -9) must be reported gone, so that a
+    new one is given the segment again; a new child started in its place by
+    the wait itself never heard the command, and the wait for its answer,
+    with compaction, never ended."""
+    from sessiond.store.compactd import CompactorProcess
+
+    path = tmp_path / "c.db"
+    store_files = StoreFiles(path)
+    store_files.open()
+    child = CompactorProcess(path, store_files.lock_fd, 0, 100, 0.0)
+    try:
+        child.send("live")
+        died = child.proc
+        assert died is not None
+        died.kill()  # before the interpreter has even started: no answer
+        died.wait()
+        with pytest.raises(EOFError):
+            for _ in range(40):  # two seconds of the daemon's wait
+                assert child.reply(0.05) is None
+        assert child.proc is died  # gone, not silently replaced
+    finally:
+        child.stop(now=True)
+        store_files.close()
+
+
 # --------------------------------------------------------------- migration
 
 _V2_SCHEMA = """

@@ -126,9 +126,12 @@ class CompactorProcess:
 
     def reply(self, timeout: float) -> str | None:
         """The next line from the child, ``None`` if none came in ``timeout``
-        seconds. Raises :class:`EOFError` if the child is gone."""
-        proc = self.running()
-        assert proc.stdout is not None
+        seconds. Raises :class:`EOFError` if the child is gone: never starts
+        one, which would not have heard the command this answers (a child
+        killed mid-command would then be waited for forever)."""
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            raise EOFError("the compactor process is not running")
         readable, _, _ = select.select([proc.stdout], [], [], timeout)
         if not readable:
             return None
