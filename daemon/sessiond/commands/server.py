@@ -542,8 +542,8 @@ def feed_monitors(state: ServerState, cmd: Command, args: Args, *, lua: bool = F
     does not have, which Redis never runs (nor shows)."""
     if "admin" in cmd.flags:
         return
-    if cmd.subcommands:
-        sub = args[1].upper() if len(args) > 1 else b""
+    if cmd.subcommands and len(args) > 1:  # alone (COMMAND) the container itself ran
+        sub = args[1].upper()
         if sub in cmd.admin_subcommands or sub.decode("utf-8", "replace") not in cmd.subcommands:
             return
     source = b"lua" if lua else b"unix:" + state.socket_path.encode()
