@@ -571,11 +571,12 @@ def migrate(
             pages, page_size = (
                 db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size")
             )
+            size = pages * page_size // 2**20
             raise StoreError(
                 f"persistence.path: migrating the store from schema {version} to "
-                f"{SCHEMA_VERSION} needs free disk about the size of the store "
-                f"({pages * page_size // 2**20} MiB) to copy its sessions: {exc}; "
-                "the store is left as it was"
+                f"{SCHEMA_VERSION} copies its sessions and needs two to three times "
+                f"the store's size ({size} MiB) free on its disk: {exc}; the store "
+                "is left as it was"
             ) from None
         raise
     finally:
