@@ -493,7 +493,7 @@ def test_redis_cli_command_docs(cli: Callable[..., str]) -> None:
     assert "summary: Set a value" in help_set
     assert "CLIENT SETNAME connection-name" in plain.sub("", cli("help", "CLIENT"))
     assert "SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]" in plain.sub(
-        "", cli("help", "@keyspace")
+        "", cli("help", "@generic")
     )
 
 

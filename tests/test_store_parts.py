@@ -1030,8 +1030,10 @@ def test_a_store_changed_while_it_opened_is_refused_from_the_first_commit(
     SQLiteStore(path).close()
     migrate = files.migrate
 
-    def migrate_then_changed(db: sqlite3.Connection) -> None:
-        migrate(db)
+    def migrate_then_changed(
+        db: sqlite3.Connection, progress: Callable[[str], None] | None = None
+    ) -> None:
+        migrate(db, progress)
         if how == "replaced":
             shutil.copy(path, tmp_path / "copy")
             os.replace(tmp_path / "copy", path)
