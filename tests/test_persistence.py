@@ -244,6 +244,10 @@ def test_waitaof_makes_batch_writes_durable_before_it_answers(daemon_factory: Fa
         pipe.set("in-multi", "1")
         pipe.execute_command("WAITAOF", 1, 0, 0)
         assert pipe.execute()[-1] == [0, 0]  # inside MULTI nothing waits
+        r.waitaof(1, 0, 0)
+        pipe = r.pipeline(transaction=True)
+        pipe.execute_command("WAITAOF", 1, 0, 0)
+        assert pipe.execute()[-1] == [1, 0]  # ... but what holds already is said, as Redis
         with pytest.raises(redis.ResponseError, match="not allowed from script"):
             r.eval("return redis.call('waitaof', 1, 0, 0)", 0)
     assert d.stop() == 0

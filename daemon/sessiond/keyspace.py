@@ -417,6 +417,13 @@ class Keyspace:
         barrier): the same here, one commit sequence holds them all."""
         self.after_commit(callback)
 
+    def durable_now(self) -> bool:
+        """Whether every change made so far is durable already (WAITAOF where
+        it cannot wait: inside MULTI)."""
+        done: list[bool] = []
+        self.after_every_commit(lambda error: done.append(error is None))
+        return bool(done) and done[0]
+
     async def durable(self, timeout: float | None) -> int:
         """1 once every change made so far is durable (WAITAOF), 0 if their
         commit failed or ``timeout`` seconds passed first (``None``: no limit;

@@ -208,8 +208,10 @@ def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
 def cmd_waitaof(cx: Call, args: Args) -> Reply:
     # [1, 0] once every write made before it is committed to the store (at
     # once under durability: always, where each write's reply already waited
-    # for that); [0, 0] if the commit failed or the timeout came first, and
-    # inside MULTI, where nothing can wait. numlocal 0 waits for nothing and
+    # for that); [0, 0] if the commit failed or the timeout came first.
+    # Inside MULTI, where nothing can wait, it answers at once whether that
+    # holds already, as Redis does (so not for the transaction's own writes
+    # before it, not yet committed). numlocal 0 waits for nothing and
     # answers whether that holds already (Redis answers at once whatever it
     # was not asked to wait for). No replica ever acknowledges: a numreplicas
     # above 0 does not make it wait longer (as WAIT).
@@ -222,8 +224,8 @@ def cmd_waitaof(cx: Call, args: Args) -> Reply:
                 "ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled."
             )
         return [0, 0]
-    durable = cx.ahead
-    return [durable if isinstance(durable, int) else 0, 0]
+    durable = cx.ahead  # None inside MULTI, where nothing is read ahead
+    return [durable if isinstance(durable, int) else int(cx.keyspace.durable_now()), 0]
 
 
 @command("SELECT", 2, "fast", group=CONNECTION, summary="Select database 0", syntax="index")
