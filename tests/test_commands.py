@@ -1639,6 +1639,8 @@ def test_monitor_streams_requests_as_redis_does(
         ("CLIENT", "INFO"),
         ("CLIENT", "NO-EVICT", "on"),
         ("CLIENT", "NOSUCH"),
+        ("CLIENT", "SETNAME"),  # refused for its arity: not shown
+        ("OBJECT", "ENCODING", "k", "extra"),
         ("OBJECT", "NOSUCH", "k"),
         ("COMMAND", "COUNT"),
         ("COMMAND",),  # the container alone runs (every command's info): shown

@@ -9,7 +9,7 @@ from .. import REDIS_COMPAT_VERSION, __version__
 from ..keyspace import Keyspace
 from ..protocol import OK, PONG, Error, Status, Verbatim
 from . import errors
-from .registry import CONNECTION, GENERIC, Args, Call, Reply, command
+from .registry import CONNECTION, GENERIC, Args, Call, Reply, command, subcommand
 from .state import REPLY_OFF, REPLY_ON, REPLY_SKIP_ASKED, Client, ServerState
 from .util import (
     MAX_INT64,
@@ -17,7 +17,6 @@ from .util import (
     int_arg,
     parse_int64,
     positive_arg,
-    subcommand,
     text,
     timeout_ms,
 )
@@ -241,22 +240,6 @@ def _client_name(arg: bytes) -> str:
     return text(arg)
 
 
-_CLIENT_ARITY = {
-    b"SETNAME": 3,
-    b"GETNAME": 2,
-    b"ID": 2,
-    b"INFO": 2,
-    b"LIST": -2,
-    b"SETINFO": 4,
-    b"NO-EVICT": 3,
-    b"NO-TOUCH": 3,
-    b"KILL": -3,
-    b"PAUSE": -3,
-    b"UNPAUSE": 2,
-    b"REPLY": 3,
-    b"HELP": 2,
-}
-
 _CLIENT_HELP = [
     "GETNAME",
     "    Return the name of the current connection.",
@@ -318,28 +301,29 @@ def _client_type(client: Client) -> bytes:
     summary="Client connection commands",
     admin_subcommands="KILL LIST PAUSE UNPAUSE NO-EVICT",
     subcommands={
-        "SETNAME": ("connection-name", "Set the current connection name"),
-        "GETNAME": ("", "Return the name of the current connection"),
-        "ID": ("", "Return the client ID of the current connection"),
-        "INFO": ("", "Information about the current connection"),
-        "LIST": ("[TYPE NORMAL] [ID client-id ...]", "The list of client connections"),
-        "SETINFO": ("LIB-NAME libname | LIB-VER libver", "Set client library name or version"),
-        "NO-EVICT": ("ON | OFF", "Accepted and ignored"),
-        "NO-TOUCH": ("ON | OFF", "Accepted and ignored"),
+        "SETNAME": (3, "connection-name", "Set the current connection name"),
+        "GETNAME": (2, "", "Return the name of the current connection"),
+        "ID": (2, "", "Return the client ID of the current connection"),
+        "INFO": (2, "", "Information about the current connection"),
+        "LIST": (-2, "[TYPE NORMAL] [ID client-id ...]", "The list of client connections"),
+        "SETINFO": (4, "LIB-NAME libname | LIB-VER libver", "Set client library name or version"),
+        "NO-EVICT": (3, "ON | OFF", "Accepted and ignored"),
+        "NO-TOUCH": (3, "ON | OFF", "Accepted and ignored"),
         "KILL": (
+            -3,
             "addr | (ID client-id | TYPE type | ADDR addr | LADDR laddr | USER username "
             "| SKIPME skipme) ...",
             "Close client connections",
         ),
-        "PAUSE": ("timeout [WRITE | ALL]", "Hold clients' commands for a while"),
-        "UNPAUSE": ("", "End a CLIENT PAUSE"),
-        "REPLY": ("ON | OFF | SKIP", "Whether replies are sent to this connection"),
-        "HELP": ("", "Show this help"),
+        "PAUSE": (-3, "timeout [WRITE | ALL]", "Hold clients' commands for a while"),
+        "UNPAUSE": (2, "", "End a CLIENT PAUSE"),
+        "REPLY": (3, "ON | OFF | SKIP", "Whether replies are sent to this connection"),
+        "HELP": (2, "", "Show this help"),
     },
 )
 def cmd_client(cx: Call, args: Args) -> Reply:
     client = cx.client
-    sub = subcommand(args, _CLIENT_ARITY, "CLIENT")
+    sub = subcommand(args, "CLIENT")
     if sub == b"SETNAME":
         client.name = _client_name(args[2]) or None
         return OK

@@ -15,7 +15,7 @@ from ..keyspace import Keyspace
 from ..protocol import OK, Error, Status
 from ..values import Value, type_name
 from . import errors
-from .registry import GENERIC, SERVER, Args, Call, Reply, command
+from .registry import GENERIC, SERVER, Args, Call, Reply, command, subcommand
 from .util import (
     glob_to_regex,
     help_reply,
@@ -23,7 +23,6 @@ from .util import (
     options,
     parse_cursor,
     parse_int64,
-    subcommand,
 )
 
 _KINDS = {b"string": values.STRING, b"hash": values.HASH, b"set": values.SET}
@@ -334,8 +333,6 @@ def _subcommand_key(args: Args) -> list[bytes]:
     return args[2:3] if len(args) > 2 and args[1].upper() != b"HELP" else []
 
 
-_OBJECT_ARITY = {b"ENCODING": 3, b"FREQ": 3, b"IDLETIME": 3, b"REFCOUNT": 3, b"HELP": 2}
-
 _OBJECT_HELP = [
     "ENCODING <key>",
     "    Return the kind of internal representation used in order to store the value",
@@ -391,16 +388,16 @@ def _encoding(value: Value) -> str:
     group=GENERIC,
     summary="Inspect a key's internals",
     subcommands={
-        "ENCODING": ("key", "The encoding of a key's value"),
-        "FREQ": ("key", "Access frequency (LFU policies only: an error here)"),
-        "IDLETIME": ("key", "Seconds since the key was last read or written"),
-        "REFCOUNT": ("key", "References to the key's value"),
-        "HELP": ("", "Show this help"),
+        "ENCODING": (3, "key", "The encoding of a key's value"),
+        "FREQ": (3, "key", "Access frequency (LFU policies only: an error here)"),
+        "IDLETIME": (3, "key", "Seconds since the key was last read or written"),
+        "REFCOUNT": (3, "key", "References to the key's value"),
+        "HELP": (2, "", "Show this help"),
     },
     load=_subcommand_key,
 )
 def cmd_object(cx: Call, args: Args) -> Reply:
-    sub = subcommand(args, _OBJECT_ARITY, "OBJECT")
+    sub = subcommand(args, "OBJECT")
     if sub == b"HELP":
         return help_reply("OBJECT", _OBJECT_HELP)
     entry = cx.peek(args[2])  # an inspection: the key is not touched
@@ -422,8 +419,6 @@ def cmd_object(cx: Call, args: Args) -> Reply:
         return _SHARED_REFCOUNT
     return 1
 
-
-_MEMORY_ARITY = {b"USAGE": -3, b"HELP": 2}
 
 _MEMORY_HELP = [
     "USAGE <key> [SAMPLES <count>]",
@@ -461,13 +456,13 @@ def _memory_usage(key: bytes, entry: Entry[Value]) -> int:
     group=SERVER,
     summary="Memory use",
     subcommands={
-        "USAGE": ("key [SAMPLES count]", "Bytes used by a key and its value"),
-        "HELP": ("", "Show this help"),
+        "USAGE": (-3, "key [SAMPLES count]", "Bytes used by a key and its value"),
+        "HELP": (2, "", "Show this help"),
     },
     load=_subcommand_key,
 )
 def cmd_memory(cx: Call, args: Args) -> Reply:
-    sub = subcommand(args, _MEMORY_ARITY, "MEMORY")
+    sub = subcommand(args, "MEMORY")
     if sub == b"HELP":
         return help_reply("MEMORY", _MEMORY_HELP)
     i = 3

@@ -12,14 +12,11 @@ from typing import Any
 
 from ..protocol import OK, Error, Status, Verbatim
 from . import errors
-from .registry import SERVER, Args, Call, Reply, command
-from .util import int_arg, subcommand, text
+from .registry import SERVER, Args, Call, Reply, command, subcommand
+from .util import int_arg, text
 
 # Redis 7.2's arity of each subcommand (checked before the handler runs).
-_SLOWLOG_ARITY = {b"GET": -2, b"LEN": 2, b"RESET": 2, b"HELP": 2}
 _SLOWLOG_COUNT = "ERR count should be greater than or equal to -1"
-_LATENCY_ARITY = {b"LATEST": 2, b"HISTORY": 3, b"RESET": -2, b"DOCTOR": 2, b"HELP": 2}
-
 _SLOWLOG_HELP = [
     "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "GET [<count>]",
@@ -43,15 +40,15 @@ _SLOWLOG_HELP = [
     group=SERVER,
     summary="The slow log: commands that held the event loop longest",
     subcommands={
-        "GET": ("[count]", "The newest entries of the slow log (default 10, -1 all)"),
-        "LEN": ("", "Number of entries in the slow log"),
-        "RESET": ("", "Clear the slow log"),
-        "HELP": ("", "Show helpful text about the different subcommands"),
+        "GET": (-2, "[count]", "The newest entries of the slow log (default 10, -1 all)"),
+        "LEN": (2, "", "Number of entries in the slow log"),
+        "RESET": (2, "", "Clear the slow log"),
+        "HELP": (2, "", "Show helpful text about the different subcommands"),
     },
 )
 def cmd_slowlog(cx: Call, args: Args) -> Reply:
     slowlog = cx.state.stats.slowlog
-    sub = subcommand(args, _SLOWLOG_ARITY, "SLOWLOG")
+    sub = subcommand(args, "SLOWLOG")
     if sub == b"GET":
         if len(args) > 3:  # Redis' handler's own check, in its words
             raise errors.unknown_subcommand(text(args[1]), "SLOWLOG")
@@ -156,16 +153,16 @@ def doctor_report(cx: Call) -> str:
     group=SERVER,
     summary="The latency monitor: event-loop stalls",
     subcommands={
-        "LATEST": ("", "The latest and worst stall of each event"),
-        "HISTORY": ("event", "Time and length of an event's stalls"),
-        "RESET": ("[event ...]", "Forget the stalls of some or every event"),
-        "DOCTOR": ("", "A human readable report of the stalls"),
-        "HELP": ("", "Show helpful text about the different subcommands"),
+        "LATEST": (2, "", "The latest and worst stall of each event"),
+        "HISTORY": (3, "event", "Time and length of an event's stalls"),
+        "RESET": (-2, "[event ...]", "Forget the stalls of some or every event"),
+        "DOCTOR": (2, "", "A human readable report of the stalls"),
+        "HELP": (2, "", "Show helpful text about the different subcommands"),
     },
 )
 def cmd_latency(cx: Call, args: Args) -> Reply:
     monitor = cx.state.stats.latency
-    sub = subcommand(args, _LATENCY_ARITY, "LATENCY")
+    sub = subcommand(args, "LATENCY")
     if sub == b"LATEST":
         latest: list[Any] = []
         for name, event in sorted(monitor.events.items()):

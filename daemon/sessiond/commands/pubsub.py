@@ -12,8 +12,8 @@ from typing import Any
 
 from ..protocol import Push, Replies, Status
 from . import errors
-from .registry import PUBSUB, Args, Call, Reply, command
-from .util import glob_to_regex, subcommand, text
+from .registry import PUBSUB, Args, Call, Reply, command, subcommand
+from .util import glob_to_regex, text
 
 
 def _replies(replies: list[Push]) -> Reply:
@@ -111,8 +111,6 @@ def cmd_publish(cx: Call, args: Args) -> Reply:
 
 
 # Redis 7.2's arity of each subcommand (checked before the handler runs).
-_ARITY = {b"CHANNELS": -2, b"NUMSUB": -2, b"NUMPAT": 2, b"HELP": 2}
-
 _HELP = (
     "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "CHANNELS [<pattern>]",
@@ -133,15 +131,15 @@ _HELP = (
     group=PUBSUB,
     summary="Pub/sub introspection",
     subcommands={
-        "CHANNELS": ("[pattern]", "The active channels, optionally matching a pattern"),
-        "NUMSUB": ("[channel ...]", "The subscriber count of channels"),
-        "NUMPAT": ("", "The number of distinct patterns subscribed to"),
-        "HELP": ("", "Show helpful text about the different subcommands"),
+        "CHANNELS": (-2, "[pattern]", "The active channels, optionally matching a pattern"),
+        "NUMSUB": (-2, "[channel ...]", "The subscriber count of channels"),
+        "NUMPAT": (2, "", "The number of distinct patterns subscribed to"),
+        "HELP": (2, "", "Show helpful text about the different subcommands"),
     },
 )
 def cmd_pubsub(cx: Call, args: Args) -> Reply:
     hub = cx.state.pubsub
-    sub = subcommand(args, _ARITY, "PUBSUB")
+    sub = subcommand(args, "PUBSUB")
     if sub == b"HELP":
         return [Status(line) for line in _HELP]
     if sub == b"CHANNELS":

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..keyspace import Context, Keyspace, Prepared
+from ..protocol import Error
+from . import errors
 from .state import Client, ServerState
+from .util import text
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
@@ -88,6 +91,8 @@ class Command:
     summary: str
     syntax: str
     subcommands: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Each subcommand's Redis arity (upper case; the container's name counted).
+    subcommand_arity: dict[bytes, int] = field(default_factory=dict)
     # The subcommands Redis flags ``admin`` (upper case), where the container
     # is not: MONITOR does not show them.
     admin_subcommands: frozenset[bytes] = frozenset()
@@ -160,7 +165,7 @@ def command(
     group: str,
     summary: str,
     syntax: str = "",
-    subcommands: dict[str, tuple[str, str]] | None = None,
+    subcommands: dict[str, tuple[int, str, str]] | None = None,
     admin_subcommands: str = "",
     load: KeysOf | bool = True,
     ahead: AheadOf | None = None,
@@ -178,8 +183,8 @@ def command(
     on the current values of the keys (``True``, or a function of the
     arguments): on a store several hosts share, the database decides it.
     ``subcommands`` maps each subcommand of a container command to its
-    (syntax, summary); ``admin_subcommands`` names those of them Redis
-    flags ``admin``."""
+    (arity, syntax, summary), the arity Redis' (:func:`subcommand` checks
+    it); ``admin_subcommands`` names those of them Redis flags ``admin``."""
     flag_tuple = tuple(flags.split())
     loader: KeysOf | None
     if load is True:
@@ -196,6 +201,8 @@ def command(
     else:
         decider = decides
 
+    declared = subcommands or {}
+
     def register(handler: Handler) -> Handler:
         if name in REGISTRY:
             raise ValueError(f"command {name} is declared twice")
@@ -210,7 +217,8 @@ def command(
             group=group,
             summary=summary,
             syntax=syntax,
-            subcommands=subcommands or {},
+            subcommands={sub: (syntax, doc) for sub, (_, syntax, doc) in declared.items()},
+            subcommand_arity={sub.encode(): n for sub, (n, _, _) in declared.items()},
             admin_subcommands=frozenset(sub.encode() for sub in admin_subcommands.split()),
             load=loader,
             ahead=ahead,
@@ -226,3 +234,27 @@ def command(
         return handler
 
     return register
+
+
+def subcommand_error(cmd: Command, args: Args) -> Error | None:
+    """Why Redis 7 refuses ``args`` before running container ``cmd``: a
+    subcommand it does not have, or a wrong number of arguments for it
+    (``None``: it runs)."""
+    sub = args[1].upper()
+    arity = cmd.subcommand_arity.get(sub)
+    if arity is None:
+        return errors.no_such_subcommand(text(args[1]), cmd.name)
+    n = len(args)
+    if (arity > 0 and n != arity) or n < -arity:
+        return errors.wrong_arity(f"{cmd.name}|{text(sub)}")
+    return None
+
+
+def subcommand(args: Args, container: str) -> bytes:
+    """The upper-case subcommand of container command ``container``
+    (``OBJECT ENCODING``), checked as Redis 7 checks it before the command
+    runs (:func:`subcommand_error`)."""
+    error = subcommand_error(REGISTRY[container], args)
+    if error is not None:
+        raise error
+    return args[1].upper()

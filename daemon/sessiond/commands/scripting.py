@@ -34,8 +34,8 @@ from ..config import Config
 from ..protocol import OK, Error
 from ..scripting import NOSCRIPT_ERROR, ScriptEngine, shebang_flags
 from . import errors
-from .registry import SCRIPTING, Args, Call, Command, Reply, command
-from .util import help_reply, parse_int64, subcommand, text
+from .registry import SCRIPTING, Args, Call, Command, Reply, command, subcommand
+from .util import help_reply, parse_int64, text
 
 # What a script killed by the time limit replies ({limit} is the limit, such
 # as 1s; where the script was follows).
@@ -254,15 +254,6 @@ def cmd_evalsha_ro(cx: Call, args: Args) -> Reply:
     return _evaluate(cx, args, by_sha=True, read_only=True)
 
 
-_SCRIPT_ARITY = {
-    b"LOAD": 3,
-    b"EXISTS": -3,
-    b"FLUSH": -2,
-    b"KILL": 2,
-    b"DEBUG": 3,
-    b"HELP": 2,
-}
-
 _SCRIPT_HELP = [
     "DEBUG (YES|SYNC|NO)",
     "    Set the debug mode for subsequent scripts executed (sessiond: NO only).",
@@ -285,17 +276,17 @@ _SCRIPT_HELP = [
     group=SCRIPTING,
     summary="Manage the script cache",
     subcommands={
-        "LOAD": ("script", "Load a script into the script cache"),
-        "EXISTS": ("sha1 ...", "Whether scripts are in the script cache"),
-        "FLUSH": ("[ASYNC | SYNC]", "Empty the script cache"),
-        "KILL": ("", "Kill the running script (never one: NOTBUSY)"),
-        "DEBUG": ("YES | SYNC | NO", "Only NO: the Lua debugger is not supported"),
-        "HELP": ("", "Show this help"),
+        "LOAD": (3, "script", "Load a script into the script cache"),
+        "EXISTS": (-3, "sha1 ...", "Whether scripts are in the script cache"),
+        "FLUSH": (-2, "[ASYNC | SYNC]", "Empty the script cache"),
+        "KILL": (2, "", "Kill the running script (never one: NOTBUSY)"),
+        "DEBUG": (3, "YES | SYNC | NO", "Only NO: the Lua debugger is not supported"),
+        "HELP": (2, "", "Show this help"),
     },
 )
 def cmd_script(cx: Call, args: Args) -> Reply:
     engine = cx.dispatcher.scripts
-    sub = subcommand(args, _SCRIPT_ARITY, "SCRIPT")
+    sub = subcommand(args, "SCRIPT")
     if sub == b"LOAD":
         return engine.load(args[2]).encode()
     if sub == b"EXISTS":

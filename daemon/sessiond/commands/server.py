@@ -34,9 +34,11 @@ from .registry import (
     Command,
     Reply,
     command,
+    subcommand,
+    subcommand_error,
 )
 from .state import REPLY_OFF, ServerState
-from .util import glob_to_regex, help_reply, subcommand, text
+from .util import glob_to_regex, help_reply, text
 
 log = structlog.get_logger("sessiond.commands")
 
@@ -154,8 +156,6 @@ def _config_value(value: Any) -> str:
 
 # Redis 7.2's arity of each subcommand sessiond has (REWRITE it has not: the
 # config file is the operator's, and a reload applies it).
-_CONFIG_ARITY = {b"GET": -3, b"SET": -4, b"RESETSTAT": 2, b"HELP": 2}
-
 _CONFIG_HELP = [
     "GET <pattern>",
     "    Return parameters matching the glob-like <pattern> and their values.",
@@ -175,14 +175,14 @@ _CONFIG_HELP = [
     summary="Read the effective config",
     admin_subcommands="GET SET RESETSTAT",
     subcommands={
-        "GET": ("parameter ...", "The effective value of config parameters"),
-        "SET": ("parameter value", "Set notify-keyspace-events, the one parameter it sets"),
-        "RESETSTAT": ("", "Reset INFO's counters (Prometheus' keep counting)"),
-        "HELP": ("", "Show this help"),
+        "GET": (-3, "parameter ...", "The effective value of config parameters"),
+        "SET": (-4, "parameter value", "Set notify-keyspace-events, the one parameter it sets"),
+        "RESETSTAT": (2, "", "Reset INFO's counters (Prometheus' keep counting)"),
+        "HELP": (2, "", "Show this help"),
     },
 )
 def cmd_config(cx: Call, args: Args) -> Reply:
-    sub = subcommand(args, _CONFIG_ARITY, "CONFIG")
+    sub = subcommand(args, "CONFIG")
     if sub == b"GET":
         flat = {**flatten(cx.state.config), **_redis_config(cx)}
         out: dict[str, Any] = {}
@@ -296,15 +296,6 @@ def _declared(name: bytes) -> Command | None:
 
 
 # Redis 7.2's arity of each subcommand sessiond has (not GETKEYSANDFLAGS).
-_COMMAND_ARITY = {
-    b"COUNT": 2,
-    b"DOCS": -2,
-    b"INFO": -2,
-    b"LIST": -2,
-    b"GETKEYS": -3,
-    b"HELP": 2,
-}
-
 _COMMAND_HELP = [
     "(no subcommand)",
     "    Return details about all commands.",
@@ -332,21 +323,22 @@ _COMMAND_HELP = [
     group=SERVER,
     summary="Command introspection",
     subcommands={
-        "COUNT": ("", "Number of commands"),
-        "DOCS": ("[command-name ...]", "Documentary information about commands"),
-        "INFO": ("[command-name ...]", "Information about commands"),
+        "COUNT": (2, "", "Number of commands"),
+        "DOCS": (-2, "[command-name ...]", "Documentary information about commands"),
+        "INFO": (-2, "[command-name ...]", "Information about commands"),
         "LIST": (
+            -2,
             "[FILTERBY (MODULE module-name | ACLCAT category | PATTERN pattern)]",
             "Names of all commands, or of those that match a filter",
         ),
-        "GETKEYS": ("command [arg ...]", "The keys of a full command"),
-        "HELP": ("", "Show this help"),
+        "GETKEYS": (-3, "command [arg ...]", "The keys of a full command"),
+        "HELP": (2, "", "Show this help"),
     },
 )
 def cmd_command(cx: Call, args: Args) -> Reply:
     if len(args) == 1:
         return [_command_info(c) for c in REGISTRY.values()]
-    sub = subcommand(args, _COMMAND_ARITY, "COMMAND")
+    sub = subcommand(args, "COMMAND")
     if sub == b"COUNT":
         return len(REGISTRY)
     if sub == b"INFO":
@@ -538,14 +530,18 @@ def monitor_line(source: bytes, args: Args, now: float) -> bytes:
 def feed_monitors(state: ServerState, cmd: Command, args: Args, *, lua: bool = False) -> None:
     """Write the request to every MONITOR client (dispatch, for any request
     once a client monitors; ``lua``: a script's redis.call, as it runs), but
-    for the administrative ones Redis hides, and a container's subcommand it
-    does not have, which Redis never runs (nor shows)."""
+    for the administrative ones Redis hides, and a container's subcommand
+    Redis refuses before running it (one the container does not have, or
+    with the wrong number of arguments), which it never shows."""
     if "admin" in cmd.flags:
         return
-    if cmd.subcommands and len(args) > 1:  # alone (COMMAND) the container itself ran
-        sub = args[1].upper()
-        if sub in cmd.admin_subcommands or sub.decode("utf-8", "replace") not in cmd.subcommands:
-            return
+    # Alone (COMMAND) the container itself runs.
+    if (
+        cmd.subcommands
+        and len(args) > 1
+        and (args[1].upper() in cmd.admin_subcommands or subcommand_error(cmd, args) is not None)
+    ):
+        return
     source = b"lua" if lua else b"unix:" + state.socket_path.encode()
     line = monitor_line(source, args, time.time())
     for client in list(state.monitors.values()):
@@ -615,8 +611,6 @@ _CATEGORIES = [
     "session",
 ]
 
-_ACL_ARITY = {b"CAT": -2, b"USERS": 2, b"WHOAMI": 2, b"HELP": 2}
-
 _ACL_HELP = [
     "CAT [<category>]",
     "    List all commands that belong to <category>, or all command categories",
@@ -636,17 +630,17 @@ _ACL_HELP = [
     summary="Access control: the one user there is",
     admin_subcommands="USERS",
     subcommands={
-        "CAT": ("[category]", "The ACL categories, or a category's commands"),
-        "USERS": ("", "The users: default"),
-        "WHOAMI": ("", "The connection's user: default"),
-        "HELP": ("", "Show this help"),
+        "CAT": (-2, "[category]", "The ACL categories, or a category's commands"),
+        "USERS": (2, "", "The users: default"),
+        "WHOAMI": (2, "", "The connection's user: default"),
+        "HELP": (2, "", "Show this help"),
     },
 )
 def cmd_acl(cx: Call, args: Args) -> Reply:
     # One user, "default", whom security.password (AUTH) admits to every
     # command: the subcommands that read users and categories answer; those
     # that would change users are unknown (docs/commands.md).
-    sub = subcommand(args, _ACL_ARITY, "ACL")
+    sub = subcommand(args, "ACL")
     if sub == b"WHOAMI":
         return b"default"
     if sub == b"USERS":

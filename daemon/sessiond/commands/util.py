@@ -133,21 +133,6 @@ def members_of(value: Value) -> Members:
     raise Error(errors.WRONGTYPE)
 
 
-def subcommand(args: Args, arities: dict[bytes, int], container: str) -> bytes:
-    """The upper-case subcommand of a container command (``OBJECT ENCODING``),
-    checked as Redis 7 checks it before the command runs: an unknown one and
-    a wrong number of arguments each have their error (``arities`` holds
-    each subcommand's Redis arity, the container's name included)."""
-    sub = args[1].upper()
-    arity = arities.get(sub)
-    if arity is None:
-        raise errors.no_such_subcommand(text(args[1]), container)
-    n = len(args)
-    if (arity > 0 and n != arity) or n < -arity:
-        raise errors.wrong_arity(f"{container}|{text(sub)}")
-    return sub
-
-
 def help_reply(container: str, lines: list[str]) -> list[Status]:
     """``<CONTAINER> HELP``: Redis' header, the lines, and its footer."""
     return [
