@@ -207,13 +207,11 @@ def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
 def cmd_waitaof(cx: Call, args: Args) -> Reply:
     # [1, 0] once every write made before it is committed to the store (at
     # once under durability: always, where each write's reply already waited
-    # for that); [0, 0] if the commit failed or the timeout came first.
-    # Inside MULTI, where nothing can wait, it answers at once whether that
-    # holds already, as Redis does (so not for the transaction's own writes
-    # before it, not yet committed). numlocal 0 waits for nothing and
-    # answers whether that holds already (Redis answers at once whatever it
-    # was not asked to wait for). No replica ever acknowledges: a numreplicas
-    # above 0 does not make it wait longer (as WAIT).
+    # for that); [0, 0] if the commit failed or the timeout came first. Where
+    # it cannot or need not wait (inside MULTI; numlocal 0) it answers at once
+    # whether that holds already, as Redis does: inside MULTI not for the
+    # transaction's own writes before it, not yet committed. No replica ever
+    # acknowledges: a numreplicas above 0 does not make it wait longer (as WAIT).
     numlocal = positive_arg(args[1])
     positive_arg(args[2])
     timeout_ms(args[3])
