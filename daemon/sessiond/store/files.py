@@ -551,9 +551,9 @@ def migrate(
             return 0  # go on
 
         db.set_progress_handler(still_going, _PROGRESS_STEPS)
-    db.execute("BEGIN IMMEDIATE")
     replayed = 0
     try:
+        db.execute("BEGIN IMMEDIATE")
         if version < 3:
             replayed = _migrate_to_3(db, version)
         # 3 -> 4: times equal to the column before them are written as 0 from
