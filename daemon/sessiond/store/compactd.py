@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +36,8 @@ from .compactor import Compaction, Compactor
 from .files import connect
 from .overlay import Layer
 
+# How each command's answer begins (``error TEXT`` aside); ``{}``: its argument.
+_ANSWERS = {"compact": "done {} ", "refile": "ok", "live": "live "}
 # Not ``-m sessiond.store.compactd``: the package imports this module first.
 _CHILD = "import sys; from sessiond.store.compactd import main; sys.exit(main(sys.argv[1:]))"
 
@@ -139,6 +142,24 @@ class CompactorProcess:
         if not line:
             raise EOFError("the compactor process exited")
         return line.strip()
+
+    def ask(self, command: str, give_up: Callable[[], bool]) -> str | None:
+        """Send ``command`` and return its answer (``error TEXT`` if it
+        failed), ``None`` if ``give_up()`` turned true first. Raises
+        :class:`EOFError` if the child is gone or answers another command
+        (never taken for this one's: a ``done`` for another segment would
+        have the daemon delete a segment the table does not hold yet)."""
+        self.send(command)
+        verb, _, argument = command.partition(" ")
+        expected = _ANSWERS[verb].format(argument)
+        while not give_up():
+            answer = self.reply(0.05)
+            if answer is None:
+                continue
+            if answer.startswith("error ") or answer.startswith(expected):
+                return answer
+            raise EOFError(f"answered {answer!r} to {verb}")
+        return None
 
     def running(self) -> subprocess.Popen[str]:
         if self.proc is None or self.proc.poll() is not None:

@@ -744,7 +744,7 @@ class SQLiteStore:
             job = Compaction(layer)
             started = perf_counter()
             while True:
-                if (self._stopping and self._past_budget()) or self._removed is not None:
+                if self._cut():
                     return
                 try:
                     done = compactor.step(job, self.compact_rows, refile)
@@ -778,31 +778,22 @@ class SQLiteStore:
             try:
                 if refile:
                     self._table_changed = True
-                    child.send("refile " + " ".join(key.hex() for key in refile))
-                    answer = self._answer(child)
-                    if answer is None:
+                    refiled = child.ask("refile " + " ".join(k.hex() for k in refile), self._cut)
+                    if refiled is None:
                         return  # stopping, past the budget
-                    if answer.startswith("error "):
+                    if refiled.startswith("error "):
                         # Unfiled rows stay where they were: the next sweep finds them.
                         self.stats.error("expire")
-                        log.error("store_error", operation="expire", error=answer[6:])
-                    elif answer != "ok":
-                        raise EOFError(f"answered {answer!r} out of turn")
+                        log.error("store_error", operation="expire", error=refiled[6:])
                 if layer is None:
                     if not self._live_due():
                         continue
-                    child.send("live")
+                    answer = child.ask("live", self._cut)
                 else:
-                    child.send(f"compact {layer.segment}")
-                answer = self._answer(child)
+                    answer = child.ask(f"compact {layer.segment}", self._cut)
                 if answer is None:
                     return  # stopping, past the budget
                 kind, _, rest = answer.partition(" ")
-                expected = "live" if layer is None else f"done {layer.segment} "
-                if kind != "error" and not answer.startswith(expected):
-                    # Never take one segment's answer for another's: that
-                    # would delete a segment the table does not hold yet.
-                    raise EOFError(f"answered {answer!r} out of turn")
             except (EOFError, OSError) as exc:
                 # The child died (or could not start): a new one takes over
                 # with the same segment, which was not recorded as compacted.
@@ -825,14 +816,10 @@ class SQLiteStore:
                 self.stats.error("compact")
                 time.sleep(self.retry_interval)
 
-    def _answer(self, child: CompactorProcess) -> str | None:
-        """The child's answer, ``None`` if the stop's budget ran out first."""
-        while True:
-            if (self._stopping and self._past_budget()) or self._removed is not None:
-                return None
-            answer = child.reply(0.05)
-            if answer is not None:
-                return answer
+    def _cut(self) -> bool:
+        """Whether the compactor stops waiting: the stop's budget ran out, or
+        the store's files are gone."""
+        return (self._stopping and self._past_budget()) or self._removed is not None
 
     def _live_due(self) -> bool:
         """Whether to sample the live bytes (a full scan: 10M rows take
