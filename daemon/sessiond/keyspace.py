@@ -419,15 +419,14 @@ class Keyspace:
 
     def durable_now(self) -> bool:
         """Whether every change made so far is durable already (WAITAOF where
-        it cannot wait: inside MULTI)."""
+        it need not or cannot wait: numlocal 0, inside MULTI)."""
         done: list[bool] = []
         self.after_every_commit(lambda error: done.append(error is None))
         return bool(done) and done[0]
 
     async def durable(self, timeout: float | None) -> int:
         """1 once every change made so far is durable (WAITAOF), 0 if their
-        commit failed or ``timeout`` seconds passed first (``None``: no limit;
-        0: whether they are durable already)."""
+        commit failed or ``timeout`` seconds passed first (``None``: no limit)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def committed(error: StoreError | None) -> None:

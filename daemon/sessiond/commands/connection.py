@@ -191,7 +191,7 @@ def _waitaof_ahead(keyspace: Keyspace, args: Args) -> Awaitable[object] | None:
     except Error:
         return None
     if not numlocal:
-        return keyspace.durable(0.0)  # nothing asked for: what holds now, as Redis
+        return None  # nothing to wait for: the handler says what holds now
     return keyspace.durable(ms / 1000 if ms else None)
 
 
@@ -221,7 +221,7 @@ def cmd_waitaof(cx: Call, args: Args) -> Reply:
                 "ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled."
             )
         return [0, 0]
-    durable = cx.ahead  # None inside MULTI, where nothing is read ahead
+    durable = cx.ahead  # None with numlocal 0, and inside MULTI (nothing read ahead)
     return [durable if isinstance(durable, int) else int(cx.keyspace.durable_now()), 0]
 
 
