@@ -22,6 +22,7 @@ NOT_FLOAT = "ERR value is not a valid float"
 WATCH_IN_MULTI = "ERR WATCH inside MULTI is not allowed"
 # Inside scripts (redis.call), in Redis 7.2's words.
 SCRIPT_UNKNOWN = "ERR Unknown Redis command called from script"
+MUST_BE_POSITIVE = "ERR value is out of range, must be positive"
 SCRIPT_ARITY = "ERR Wrong number of args calling Redis command from script"
 SCRIPT_REFUSED = "ERR This Redis command is not allowed from script"
 SCRIPT_READ_ONLY = "ERR Write commands are not allowed from read-only scripts."

@@ -26,9 +26,6 @@ from .util import (
     positive_arg,
 )
 
-# SPOP's count: Redis gives this error for a non-integer too.
-_MUST_BE_POSITIVE = "ERR value is out of range, must be positive"
-
 
 def _read(cx: Call, key: bytes) -> Members | None:
     entry = cx.lookup(key)
@@ -193,7 +190,8 @@ def cmd_scard(cx: Call, args: Args) -> Reply:
 def cmd_spop(cx: Call, args: Args) -> Reply:
     if len(args) > 3:
         raise errors.syntax()
-    count = positive_arg(args[2], _MUST_BE_POSITIVE) if len(args) == 3 else None
+    # Redis gives the negative count's error for a non-integer too.
+    count = positive_arg(args[2], errors.MUST_BE_POSITIVE) if len(args) == 3 else None
     current = _read(cx, args[1])
     if not current:
         return None if count is None else set()

@@ -77,7 +77,7 @@ def positive_arg(arg: bytes, message: str = errors.NOT_INT) -> int:
     if it is not an integer, Redis' own error if it is negative."""
     value = int_arg(arg, message)
     if value < 0:
-        raise Error("ERR value is out of range, must be positive")
+        raise Error(errors.MUST_BE_POSITIVE)
     return value
 
 
