@@ -60,8 +60,8 @@ FILE_MODE = 0o600
 # the table's size: a step's new sessions share its pages up to a few
 # million sessions; past that each still dirties an index page of its own,
 # for about half the bytes written per session of the old layout
-# (bench/RESULTS.md, "A rowid table": 1.4x the write rate at ten million,
-# still not linear). A rewrite updates its row in place (the
+# (bench/RESULTS.md, "A rowid table": 1.1-1.4x the write rate at ten
+# million, still not linear). A rewrite updates its row in place (the
 # rowid, and so the index entry, stays). The other index is on expire_at.
 #
 # expire_at is when expiry should next look at a row: never later than its
@@ -532,7 +532,7 @@ def migrate(
     ``progress`` hears what it does as it starts and every ``every`` seconds
     while it runs: the daemon extends systemd's start timeout with it, so
     that a large store's migration is not killed and rolled back at every
-    start (5 s per million sessions for schema 5 on the test machine)."""
+    start (5-6 s per million sessions for schema 5 on the test machine)."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version == 0 or version >= SCHEMA_VERSION:
         return
