@@ -203,6 +203,7 @@ def _dies_after(tmp_path: Path, body: str) -> list[str]:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
         capture_output=True,
         text=True,
+        timeout=120,  # a child that outlives it holds its pipes open
     )
     assert done.returncode == -signal.SIGKILL, done.stderr
     return done.stdout.split()
@@ -238,8 +239,13 @@ def test_a_server_a_test_starts_dies_with_its_test_process(tmp_path: Path) -> No
     # conftest.tied: the daemons, redis-servers and prometheus the tests start.
     (pid,) = _dies_after(
         tmp_path,
-        "import subprocess, conftest\n"
+        "import pathlib, subprocess, time, conftest\n"
         "proc = subprocess.Popen(conftest.tied(['sleep', '300']))\n"
+        # setpriv asks for the signal just before it runs the command: a parent
+        # that dies before that (a loaded machine) is a race no test starts.
+        "comm = pathlib.Path(f'/proc/{proc.pid}/comm')\n"
+        "while comm.read_text() != 'sleep\\n':\n"
+        "    time.sleep(0.001)\n"
         "print(proc.pid, flush=True)",
     )
     assert _gone(int(pid)), "the dead test process's server still runs"
