@@ -9,6 +9,7 @@ with ``sqlite3`` directly once the daemon is stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -704,6 +705,73 @@ def test_the_compactor_thread_waits_out_a_store_it_cannot_open(tmp_path: Path) -
     failures = [e for e in logged if e["event"] == "store_error" and e["operation"] == "compact"]
     assert len(failures) == 1, logged  # logged once while it keeps failing
     assert "unable to open" in failures[0]["error"], failures
+
+
+def test_a_compactor_process_that_keeps_dying_is_logged_once_until_it_recovers(
+    tmp_path: Path,
+) -> None:
+    """A compactor process killed again and again (as the OOM killer would)
+    is restarted each time with the same segment; each death is counted,
+    only the first logged, and the compaction that finally succeeds logs the
+    recovery. Nothing written is lost meanwhile."""
+    from sessiond.cache import SessionCache
+    from sessiond.keyspace import Keyspace
+    from sessiond.store import SQLiteStore
+    from sessiond.values import Value
+
+    store = SQLiteStore(
+        tmp_path / "dying.db",
+        durability="always",
+        fold_interval=0.05,
+        retry_interval=0.05,
+        compact_in="process",
+    )
+    killing = threading.Event()
+    killing.set()
+    killed: list[int] = []
+
+    def killer() -> None:
+        while killing.is_set():
+            for pid in pids_with_parent(os.getpid()):
+                if process_state(pid) not in ("", "Z"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+            time.sleep(0.002)
+
+    cache: SessionCache[bytes, Value] = SessionCache(10, default_ttl=None)
+    Keyspace(cache, store)
+
+    def compact_errors() -> int:
+        return store.stats.errors.get("compact", 0)
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            cache.insert(b"k", b"v")
+            assert await _committed(store) is None
+            await _until(lambda: compact_errors() >= 3, store.stats.errors.copy)
+        finally:
+            killing.clear()
+            thread.join()
+        await _until(lambda: store.stats.compactions >= 1, lambda: store.stats.errors)
+
+    with structlog.testing.capture_logs() as logged:
+        try:
+            asyncio.run(main())
+        finally:
+            store.close()
+    assert len(set(killed)) >= 3  # each restart was a new process
+    events = [e["event"] for e in logged if e["event"].startswith("store_")]
+    assert events.count("store_error") == 1, logged
+    assert "store_compaction_recovered" in events[events.index("store_error") :], logged
+    store = SQLiteStore(tmp_path / "dying.db", durability="always")
+    try:
+        assert store.load(b"k") is not None
+    finally:
+        store.close()
 
 
 _V1_SCHEMA = """

@@ -130,6 +130,30 @@ class _Wake:
                 self._queue.get_nowait()
 
 
+class _CompactionOutage:
+    """Compaction failing over and over (a failing disk, a compactor process
+    that dies or cannot start): each failure counted, the first logged, and
+    the first success after them, so that a failure repeated every
+    ``retry_interval`` does not flood the log."""
+
+    __slots__ = ("_failing", "_stats")
+
+    def __init__(self, stats: StoreStats) -> None:
+        self._stats = stats
+        self._failing = False
+
+    def failed(self, error: str) -> None:
+        self._stats.error("compact")
+        if not self._failing:
+            log.error("store_error", operation="compact", error=error)
+            self._failing = True
+
+    def over(self) -> None:
+        if self._failing:
+            log.info("store_compaction_recovered")
+            self._failing = False
+
+
 class SQLiteStore:
     """The store: log writer and compactor threads, group commit, overlay.
 
@@ -687,7 +711,7 @@ class SQLiteStore:
         disk): writers wait behind the backlog bound meanwhile, as they do
         while a step fails. ``None`` once the store is stopping or its files
         are gone."""
-        failing = False
+        outage = _CompactionOutage(self.stats)
         while self._removed is None:
             try:
                 db = connect(self.path, max_pages=self.max_pages)
@@ -695,16 +719,12 @@ class SQLiteStore:
                 # SQLite's cache rather than reading them back (negative: KiB).
                 db.execute("PRAGMA cache_size=-32768")
             except sqlite3.Error as exc:
-                if not failing:
-                    log.error("store_error", operation="compact", error=str(exc))
-                    failing = True
-                self.stats.error("compact")
+                outage.failed(str(exc))
                 if self._stopping:
                     return None  # the log keeps it all: the next start replays it
                 time.sleep(self.retry_interval)
                 continue
-            if failing:
-                log.info("store_compaction_recovered")
+            outage.over()
             return db
         return None
 
@@ -725,7 +745,7 @@ class SQLiteStore:
 
     def _compact_loop(self, compactor: Compactor) -> None:
         """The compactor on a thread of this process."""
-        failing = False
+        outage = _CompactionOutage(self.stats)
         while (work := self._next_work()) is not None:
             refile, layer = work
             if layer is None:
@@ -750,19 +770,14 @@ class SQLiteStore:
                     done = compactor.step(job, self.compact_rows, refile)
                     refile = set()
                 except sqlite3.Error as exc:
-                    if not failing:
-                        log.error("store_error", operation="compact", error=str(exc))
-                        failing = True
-                    self.stats.error("compact")
+                    outage.failed(str(exc))
                     time.sleep(self.retry_interval)
                     continue
                 except Exception:
                     log.exception("store_compactor_failed")
                     time.sleep(self.retry_interval)
                     continue
-                if failing:
-                    log.info("store_compaction_recovered")
-                    failing = False
+                outage.over()
                 if done:
                     break
                 if self.compact_pause:
@@ -771,7 +786,7 @@ class SQLiteStore:
 
     def _compact_loop_process(self, child: CompactorProcess) -> None:
         """The compactor in a child process: this thread hands it segments."""
-        failing = False
+        outage = _CompactionOutage(self.stats)
         while (work := self._next_work()) is not None:
             refile, layer = work
             started = perf_counter()
@@ -797,23 +812,17 @@ class SQLiteStore:
             except (EOFError, OSError) as exc:
                 # The child died (or could not start): a new one takes over
                 # with the same segment, which was not recorded as compacted.
-                log.error("store_error", operation="compact", error=f"compactor process: {exc}")
-                self.stats.error("compact")
+                outage.failed(f"compactor process: {exc}")
                 child.stop(now=True)
                 time.sleep(self.retry_interval)
                 continue
             if kind == "live":
                 self.stats.live_bytes = int(rest)
             elif layer is not None and kind == "done":
-                if failing:
-                    log.info("store_compaction_recovered")
-                    failing = False
+                outage.over()
                 self._compacted(layer, int(rest.split()[1]), perf_counter() - started)
             else:
-                if not failing:
-                    log.error("store_error", operation="compact", error=rest)
-                    failing = True
-                self.stats.error("compact")
+                outage.failed(rest)
                 time.sleep(self.retry_interval)
 
     def _cut(self) -> bool:
