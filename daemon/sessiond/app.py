@@ -287,10 +287,6 @@ class App:
         # Tests simulate a full disk with it: the database errors at this many
         # pages, and the log at as many bytes.
         max_pages = int(os.environ.get("SESSIOND_STORE_MAX_PAGES") or 0)
-        # ... and make compaction's steps smaller with it, to kill it between two.
-        steps: dict[str, int] = {}
-        if rows := int(os.environ.get("SESSIOND_STORE_COMPACT_ROWS") or 0):
-            steps["compact_rows"] = rows
         store = SQLiteStore(
             p.path,
             durability=p.durability,
@@ -298,6 +294,8 @@ class App:
             stats=self.stats.store,
             max_pages=max_pages,
             max_log_bytes=max_pages * 4096,
+            # ... and make compaction's steps smaller with it, to kill it between two.
+            compact_rows=int(os.environ.get("SESSIOND_STORE_COMPACT_ROWS") or 0) or None,
             # Tests slow compaction down with it, to crash the daemon mid-way.
             compact_pause=float(os.environ.get("SESSIOND_STORE_COMPACT_PAUSE") or 0),
             # Compaction's Python in a process of its own, off the GIL the event
@@ -306,7 +304,6 @@ class App:
             compact_in="process",
             hook=self.store_hook,
             progress=_still_starting,
-            **steps,
         )
         self.store = store
         self.keyspace.attach(store)

@@ -82,12 +82,20 @@ _BACKLOG_BYTES = 32 * 1024 * 1024
 # too gentle: 1M sessions at -P 16 grew the log to 67 segments (1.3M changes,
 # 9 s to replay).
 _BACKPRESSURE_MAX = 1.0
-# Sessions per compaction transaction. 2048 compacted a million-session
-# table's segments at 54k rows/s where 256 did 40k/s (the same two 100k-row
-# segments, alternated, twice): fewer commits, each page of the table written
-# once per transaction. A step then takes tens of milliseconds in the
-# compactor process, which holds nothing the event loop needs.
+# Sessions per compaction transaction on a compactor thread. 2048 compacted a
+# million-session table's segments at 54k rows/s where 256 did 40k/s (the
+# same two 100k-row segments, alternated, twice): fewer commits, each page of
+# the table written once per transaction. A larger step would hold the GIL
+# longer where it sorts its part of the segment.
 _COMPACT_ROWS = 2048
+# ... and in the compactor process, which holds nothing the event loop needs:
+# 16384, so that a page of the table (or of its key index) is written once
+# for the several sessions of the step it holds. A million new sessions went
+# in at 88-96k/s against 80-83k/s with 2048; whole segments did as well but
+# grew the WAL by a segment's pages (+35-45 MB on disk after the load); and
+# overwrites of a 100k-session table cost half the CPU a row (bench/RESULTS.md,
+# "Whole segments in one transaction").
+_COMPACT_ROWS_PROCESS = 16384
 # Commits on the event loop's thread that take longer than _INLINE_SLOW on
 # average, weighted _INLINE_WEIGHT to the newest (a slow or failing disk: a run
 # of slow commits, or one of more than 80 ms), send the next ones to the writer
@@ -183,7 +191,7 @@ class SQLiteStore:
         max_log_bytes: int = 0,
         segment_bytes: int = _SEGMENT_BYTES,
         backlog_bytes: int = _BACKLOG_BYTES,
-        compact_rows: int = _COMPACT_ROWS,
+        compact_rows: int | None = None,
         compact_pause: float = 0.0,
         close_budget: float = _CLOSE_BUDGET,
         compact_in: str = "thread",
@@ -200,7 +208,9 @@ class SQLiteStore:
         self.max_log_bytes = max_log_bytes
         self.segment_bytes = segment_bytes
         self.backlog_bytes = backlog_bytes
-        self.compact_rows = compact_rows
+        self.compact_rows = compact_rows or (
+            _COMPACT_ROWS_PROCESS if compact_in == "process" else _COMPACT_ROWS
+        )
         self.compact_pause = compact_pause
         self.close_budget = close_budget
         self.compact_in = compact_in
