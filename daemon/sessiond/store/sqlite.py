@@ -93,8 +93,9 @@ _COMPACT_ROWS = 2048
 # for the several sessions of the step it holds. A million new sessions went
 # in at 88-96k/s against 80-83k/s with 2048; whole segments did as well but
 # grew the WAL by a segment's pages (+35-45 MB on disk after the load); and
-# overwrites of a 100k-session table cost half the CPU a row (bench/RESULTS.md,
-# "Whole segments in one transaction").
+# overwrites of a 100k-session table cost half the CPU a row in one
+# transaction of 24,576 (bench/RESULTS.md, "Whole segments in one transaction").
+# The WAL holds up to a step's pages until the next step: 30-40 MB at a million.
 _COMPACT_ROWS_PROCESS = 16384
 # Commits on the event loop's thread that take longer than _INLINE_SLOW on
 # average, weighted _INLINE_WEIGHT to the newest (a slow or failing disk: a run
