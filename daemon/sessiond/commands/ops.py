@@ -15,7 +15,6 @@ from . import errors
 from .registry import SERVER, Args, Call, Reply, command, subcommand
 from .util import int_arg, text
 
-# Redis 7.2's arity of each subcommand (checked before the handler runs).
 _SLOWLOG_COUNT = "ERR count should be greater than or equal to -1"
 _SLOWLOG_HELP = [
     "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",

@@ -110,7 +110,6 @@ def cmd_publish(cx: Call, args: Args) -> Reply:
     return cx.state.pubsub.publish(args[1], args[2])
 
 
-# Redis 7.2's arity of each subcommand (checked before the handler runs).
 _HELP = (
     "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
     "CHANNELS [<pattern>]",

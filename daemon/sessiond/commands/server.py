@@ -154,8 +154,7 @@ def _config_value(value: Any) -> str:
     return str(value)
 
 
-# Redis 7.2's arity of each subcommand sessiond has (REWRITE it has not: the
-# config file is the operator's, and a reload applies it).
+# No REWRITE: the config file is the operator's, and a reload applies it.
 _CONFIG_HELP = [
     "GET <pattern>",
     "    Return parameters matching the glob-like <pattern> and their values.",
@@ -295,7 +294,6 @@ def _declared(name: bytes) -> Command | None:
     return REGISTRY.get(name.decode("utf-8", "replace").upper())
 
 
-# Redis 7.2's arity of each subcommand sessiond has (not GETKEYSANDFLAGS).
 _COMMAND_HELP = [
     "(no subcommand)",
     "    Return details about all commands.",

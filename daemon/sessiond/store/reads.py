@@ -115,7 +115,8 @@ class TableReader:
             # The whole rest of the table (KEYS): read in the table's own order
             # and sorted by SQLite. Through the index, in key order, each row is
             # a random page of the table (rows sit in the order they were
-            # written): 3.4 s for a million, 1.2-1.4 s so (bench/RESULTS.md).
+            # written): a million took 3.03-3.38 s so, 1.21-1.36 s this way
+            # (four alternated rounds; bench/RESULTS.md, "A rowid table").
             found = db.execute(
                 "SELECT scan_hash, key, deadline, kind FROM sessions NOT INDEXED "
                 "WHERE scan_hash >= ? ORDER BY scan_hash, key",
@@ -129,7 +130,7 @@ class TableReader:
         )
         found = rows.fetchall()
         upper = HASH_SPACE
-        if count is not None and len(found) > count:
+        if len(found) > count:
             upper = found[-1][0]
             if upper == cursor:
                 upper = cursor + 1
