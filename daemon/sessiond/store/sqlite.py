@@ -91,9 +91,10 @@ _COMPACT_ROWS = 2048
 # ... and in the compactor process, which holds nothing the event loop needs:
 # 16384, so that a page of the table (or of its key index) is written once
 # for the several sessions of the step it holds. A million new sessions went
-# in at 88-96k/s against 80-83k/s with 2048; whole segments did as well but
-# grew the WAL by a segment's pages (+35-45 MB on disk after the load); and
-# overwrites of a 100k-session table cost half the CPU a row in one
+# in at 88-96k/s against 80-83k/s with 2048 (two alternated runs each; the
+# durable benchmark, whose table is small, did not move). Whole segments did
+# as well but grew the WAL by a segment's pages (+35-45 MB on disk after the
+# load). Overwrites of a 100k-session table cost half the CPU a row in one
 # transaction of 24,576 (bench/RESULTS.md, "Whole segments in one transaction").
 # The WAL holds up to a step's pages until the next step: 30-40 MB at a million.
 _COMPACT_ROWS_PROCESS = 16384
