@@ -203,6 +203,18 @@ BAD: dict[str, tuple[str, str]] = {
     "padded-port": ("metrics:\n  listen: 127.0.0.1:0065536\n", "metrics.listen: must be host:port"),
     "empty-password": ("security:\n  password: ''\n", "security.password: must be a non-empty"),
     "bad-uids": ("security:\n  allowed_uids: [root]\n", "security.allowed_uids: must be a list"),
+    "unknown-command": (
+        "security:\n  disabled_commands: [FLUSHALL, FLUSHEVERYTHING]\n",
+        "security.disabled_commands: 'FLUSHEVERYTHING' is not a command sessiond has",
+    ),
+    "unknown-subcommand": (
+        "security:\n  disabled_commands: [config|rewrite]\n",
+        "security.disabled_commands: 'config|rewrite' is not a subcommand sessiond has",
+    ),
+    "commands-not-a-list": (
+        "security:\n  disabled_commands: FLUSHALL\n",
+        "security.disabled_commands: must be a list of command names",
+    ),
     "null-path": ("socket:\n  path:\n", "socket.path: must be a non-empty path, got None"),
     "value-over-request": (
         "limits:\n  max_value_size: 2MiB\n  max_request_size: 1MiB\n",
@@ -728,6 +740,15 @@ def test_load_config_raises_config_error_with_every_problem(tmp_path: Path) -> N
         "cache.sliding: must be true or false, got 1",
     ]
     assert exc.value.source == str(path)
+
+
+def test_disabled_commands_are_read_in_one_spelling() -> None:
+    """Any case, ACL's ``container|sub`` for a subcommand, a repeat dropped."""
+    security = parse_config(
+        {"security": {"disabled_commands": ["flushall", "FLUSHALL", "Config|Set", " shutdown "]}},
+        Path("."),
+    ).security
+    assert security.disabled_commands == ("FLUSHALL", "CONFIG|SET", "SHUTDOWN")
 
 
 def test_keyspace_events_are_redis_letters() -> None:

@@ -26,6 +26,7 @@ import yaml
 from conftest import Daemon, free_port
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from test_protocol import RawClient, RawError
 
 Factory = Callable[..., Daemon]
 
@@ -254,6 +255,53 @@ def test_new_default_ttl_and_limits_apply(daemon_factory: Factory) -> None:
         assert config_get(r, "limits.max_clients") == "7"
         assert d.metric("sessiond_max_clients") == 7
         assert r.info("clients")["maxclients"] == 7
+
+
+def test_disabled_commands_follow_a_reload_even_into_a_queued_transaction(
+    daemon_factory: Factory,
+) -> None:
+    """A reload that disables a command applies to the next request of every
+    connection; one queued before it answers -NOPERM inside EXEC, in Redis'
+    words for ACL rules changed since it was queued, and the rest of the
+    transaction runs. A name sessiond does not have rejects the file."""
+    d = daemon_factory(METRICS)
+    r = d.client()
+    r.set("session:1", "alive")
+    pipe = r.pipeline(transaction=True)
+    queued = RawClient(d)
+    assert [queued("MULTI"), queued("FLUSHALL"), queued("SET", "session:2", "queued")] == [
+        b"OK",
+        b"QUEUED",
+        b"QUEUED",
+    ]
+
+    d.write_config(edited(d, security={"disabled_commands": ["FLUSHALL"]}))
+    wait_successes(d, 1)
+    flushed, written = queued("EXEC")
+    assert isinstance(flushed, RawError)
+    assert str(flushed) == (
+        "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC "
+        "call. This command is no longer allowed for the following reason: User default has "
+        "no permissions to run the 'flushall' command"
+    )
+    assert written == b"OK"
+    with pytest.raises(redis.exceptions.NoPermissionError, match="'flushall' command"):
+        r.flushall()
+    assert r.mget("session:1", "session:2") == [b"alive", b"queued"]
+
+    d.write_config(edited(d, security={"disabled_commands": ["FLUSHALL", "FLUSHEVERYTHING"]}))
+    wait_failures(d, 1)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        r.flushall()
+    assert "security.disabled_commands: 'FLUSHEVERYTHING' is not a command" in d.log_text()
+
+    d.write_config(edited(d, security={"disabled_commands": []}))
+    wait_successes(d, 2)
+    pipe.flushall()
+    assert pipe.execute() == [True]
+    assert r.dbsize() == 0
+    r.close()
+    queued.sock.close()
 
 
 def test_password_change_refuses_new_unauthenticated_connections(

@@ -98,6 +98,68 @@ def as_info(text: bytes) -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------- disabled commands
+
+NOPERM_FLUSHALL = "NOPERM User default has no permissions to run the 'flushall' command"
+
+
+@pytest.mark.parametrize("backend", ["none", "sqlite"])
+def test_disabled_commands_are_refused_everywhere_and_change_nothing(
+    daemon_factory: Factory, backend: str
+) -> None:
+    """security.disabled_commands: the command, or the one subcommand, answers
+    -NOPERM in Redis' ACL words, at the top level, queued in MULTI (the
+    transaction is then aborted, as Redis does) and from a script; nothing it
+    would have done is done, and the rest of the command still works."""
+    d = daemon_factory(
+        {
+            "persistence": {"backend": backend},
+            "security": {"disabled_commands": ["flushall", "CONFIG|SET", "SHUTDOWN", "del"]},
+        }
+    )
+    with RawClient(d) as c:
+        assert c("SET", "session:1", "alive") == b"OK"
+        for request, name in (
+            (("FLUSHALL",), "flushall"),
+            (("flushall", "ASYNC"), "flushall"),
+            (("DEL", "session:1"), "del"),
+            (("config", "set", "notify-keyspace-events", "KEA"), "config|set"),
+            (("SHUTDOWN", "NOSAVE"), "shutdown"),
+        ):
+            reply = c(*request)
+            assert isinstance(reply, RawError), (request, reply)
+            assert str(reply) == (
+                f"NOPERM User default has no permissions to run the '{name}' command"
+            )
+        # The other subcommands of a container with one disabled still run.
+        assert c("CONFIG", "GET", "notify-keyspace-events") == [b"notify-keyspace-events", b""]
+        assert c("FLUSHDB") == b"OK"  # FLUSHDB was not named: it runs
+        assert c("SET", "session:1", "alive") == b"OK"
+
+        assert c("MULTI") == b"OK"
+        assert c("SET", "session:2", "queued") == b"QUEUED"
+        assert str(c("FLUSHALL")) == NOPERM_FLUSHALL
+        reply = c("EXEC")
+        assert isinstance(reply, RawError) and str(reply).startswith("EXECABORT")
+        assert c("EXISTS", "session:2") == 0
+
+        failed = c("EVAL", "return redis.call('flushall')", "0")
+        assert isinstance(failed, RawError)
+        assert str(failed).startswith(
+            "ERR ACL failure in script: User default has no permissions to run the "
+            "'flushall' command"
+        ), failed
+        assert c("EVAL", "return redis.pcall('del', KEYS[1])['err']", "1", "session:1") == (
+            b"ERR ACL failure in script: User default has no permissions to run the 'del' command"
+        )
+        assert c("GET", "session:1") == b"alive"
+        stats = c("INFO", "commandstats").decode().split()
+        flushall = next(line for line in stats if line.startswith("cmdstat_flushall:"))
+        assert "rejected_calls=3," in flushall, flushall
+    assert d.proc is not None and d.proc.poll() is None  # SHUTDOWN did not stop it
+    no_traceback(d)
+
+
 # ---------------------------------------------------------------- password
 
 

@@ -156,6 +156,8 @@ class SecurityConfig:
     password: str | None = field(default=None, repr=False)
     allowed_uids: tuple[int, ...] = ()
     allowed_gids: tuple[int, ...] = ()
+    # Upper case, ``NAME`` or ``NAME|SUBCOMMAND``, each a command sessiond has.
+    disabled_commands: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +508,30 @@ def _id_list(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _command_list(value: Any) -> tuple[str, ...]:
+    """Commands, or subcommands in ACL's ``container|sub`` form, that sessiond
+    has: a name it does not know (a typo, a command of a later Redis) would
+    otherwise disable nothing without a word."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"must be a list of command names, got {_show(value)}")
+    # Only a config that names commands needs their table (as a DSN needs libpq).
+    from .commands import REGISTRY
+
+    names: list[str] = []
+    for given in value:
+        name, bar, sub = given.strip().upper().partition("|")
+        cmd = REGISTRY.get(name)
+        if cmd is None or (bar and sub not in cmd.subcommands):
+            what = "subcommand" if cmd is not None else "command"
+            raise _Invalid(f"{_show(given)} is not a {what} sessiond has")
+        full = f"{name}|{sub}" if bar else name
+        if full not in names:
+            names.append(full)
+    return tuple(names)
+
+
 def _keyspace_events(value: Any) -> str:
     if value is None:
         return ""
@@ -748,7 +774,8 @@ SCHEMA: dict[str, Section] = {
     ),
     "security": Section(
         SecurityConfig,
-        "Who may connect: with both lists set, a peer needs its uid or one of its groups listed.",
+        "Who may connect, and what no client may run: with both id lists set, a peer needs "
+        "its uid or one of its groups listed.",
         {
             "password": Key(
                 _optional_password,
@@ -762,6 +789,12 @@ SCHEMA: dict[str, Section] = {
                 _id_list,
                 "list of gids",
                 "if non-empty, peers in these groups (primary or supplementary) may connect",
+            ),
+            "disabled_commands": Key(
+                _command_list,
+                "list of commands",
+                "commands no client may run, e.g. [FLUSHALL, SHUTDOWN, CONFIG|SET]: "
+                "each gets -NOPERM, as a command ACL denies",
             ),
         },
     ),

@@ -23,7 +23,7 @@ from ..protocol import QUEUED, Error
 from ..scripting import ScriptEngine
 from ..stats import CommandStats
 from . import errors
-from .registry import REGISTRY, SCRIPTING, Args, Call, Command
+from .registry import REGISTRY, SCRIPTING, Args, Call, Command, denied_name
 from .scripting import new_engine, script_may_write
 from .server import feed_monitors
 from .state import Client, ServerState
@@ -96,6 +96,8 @@ class Dispatcher:
         only EXEC reads, for every queued command at once."""
         if cmd is None or not client.authenticated:
             return None
+        if self.state.denied and denied_name(self.state.denied, cmd, args):
+            return None  # refused, and nothing read or held for it
         multi = client.multi
         if multi is not None:
             if not cmd.runs_queued:
@@ -142,6 +144,15 @@ class Dispatcher:
             return self.rejected(counter, Error(errors.NOAUTH))
         if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
             return self._refuse_subscribed(client, cmd, args)
+        denied = self.state.denied
+        if denied:  # one test while security.disabled_commands is empty
+            name = denied_name(denied, cmd, args)
+            if name:
+                counter = self.counters[cmd.index]
+                counter.calls += 1
+                if client.multi is not None:
+                    client.multi_error = True  # as Redis: EXEC then aborts
+                return self.rejected(counter, Error("NOPERM " + errors.denied(name)))
         multi = client.multi
         if multi is not None and not cmd.immediate:
             return self._queue(client, cmd, args, multi)

@@ -40,6 +40,12 @@ def out_of_range(low: int, high: int) -> Error:
     return Error(f"ERR value is out of range, value must between {low} and {high}")
 
 
+def denied(name: str) -> str:
+    """security.disabled_commands forbids ``name`` (``flushall``,
+    ``config|set``): what Redis 7.2 answers when an ACL denies a command."""
+    return f"User default has no permissions to run the '{name}' command"
+
+
 def syntax() -> Error:
     return Error(SYNTAX)
 

@@ -236,6 +236,21 @@ def command(
     return register
 
 
+def denied_name(denied: dict[str, frozenset[bytes] | None], cmd: Command, args: Args) -> str:
+    """The name security.disabled_commands forbids ``args`` under (``denied``:
+    ``ServerState.denied``), lower case as Redis' ACL shows it: ``flushall``,
+    ``config|set``; ``""`` if it does not."""
+    if cmd.name not in denied:
+        return ""
+    subs = denied[cmd.name]
+    sub = args[1].upper() if len(args) > 1 and cmd.subcommands else b""
+    if subs is not None and sub not in subs:
+        return ""
+    if sub and sub.decode("utf-8", "replace") in cmd.subcommands:
+        return f"{cmd.name}|{sub.decode()}".lower()
+    return cmd.name.lower()
+
+
 def subcommand_error(cmd: Command, args: Args) -> Error | None:
     """Why Redis 7 refuses ``args`` before running container ``cmd``: a
     subcommand it does not have, or a wrong number of arguments for it

@@ -34,7 +34,7 @@ from ..config import Config
 from ..protocol import OK, Error
 from ..scripting import NOSCRIPT_ERROR, ScriptEngine, shebang_flags
 from . import errors
-from .registry import SCRIPTING, Args, Call, Command, Reply, command, subcommand
+from .registry import SCRIPTING, Args, Call, Command, Reply, command, denied_name, subcommand
 from .util import help_reply, parse_int64, text
 
 # What a script killed by the time limit replies ({limit} is the limit, such
@@ -119,8 +119,11 @@ def _caller(
             raise Error(errors.SCRIPT_UNKNOWN)
         arity = cmd.arity
         refusal = None
+        denied = dispatcher.state.denied
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             refusal = errors.SCRIPT_ARITY
+        elif denied and (name := denied_name(denied, cmd, args)):
+            refusal = "ERR ACL failure in script: " + errors.denied(name)
         elif cmd.noscript:
             refusal = errors.SCRIPT_REFUSED
         elif read_only and (cmd.write or cmd.may_write):

@@ -139,9 +139,23 @@ class Baseline:
         self.commands: dict[str, tuple[int, int, int, float, list[int]]] = {}
 
 
+def _denied(config: Config) -> dict[str, frozenset[bytes] | None]:
+    """security.disabled_commands by command name: ``None`` for the whole
+    command, else the subcommands it names (upper case)."""
+    denied: dict[str, frozenset[bytes] | None] = {}
+    for full in config.security.disabled_commands:
+        name, _, sub = full.partition("|")
+        if not sub:
+            denied[name] = None
+        elif name not in denied or denied[name] is not None:
+            denied[name] = (denied.get(name) or frozenset()) | {sub.encode()}
+    return denied
+
+
 class ServerState:
     """What connection and server commands read besides sessions: the
-    effective config (pushed on reload, :meth:`configure`), the connected
+    effective config (pushed on reload, :meth:`configure`) and the commands
+    it disables (``denied``, by :func:`_denied`), the connected
     clients, the counters, the pub/sub channels, when the daemon started, its
     run id (INFO's ``run_id``: 40 random hex digits per start) and the
     RESETSTAT baseline."""
@@ -151,6 +165,7 @@ class ServerState:
         "baseline",
         "clients",
         "config",
+        "denied",
         "monitors",
         "on_shutdown",
         "on_unpause",
@@ -168,6 +183,7 @@ class ServerState:
         """``pubsub`` is the daemon's (the app wires it to the keyspace);
         without one the state has a hub of its own that sends no keyspace events."""
         self.config = config
+        self.denied = _denied(config)
         self.stats = stats
         self.pubsub = PubSub() if pubsub is None else pubsub
         self.clients: dict[int, Client] = {}
@@ -222,6 +238,7 @@ class ServerState:
 
     def configure(self, config: Config) -> None:
         self.config = config
+        self.denied = _denied(config)
 
     @property
     def password(self) -> str | None:

@@ -20,11 +20,15 @@ from __future__ import annotations
 from ..keyspace import Keyspace
 from ..protocol import NIL_ARRAY, OK, Error
 from . import errors
-from .registry import TRANSACTIONS, Args, Call, Reply, command
+from .registry import TRANSACTIONS, Args, Call, Reply, command, denied_name
 from .state import Client
 
 # MONITOR queued in a transaction is refused when EXEC runs it, as Redis does.
 _DENIED_IN_EXEC = "ERR MONITOR isn't allowed for DENY BLOCKING client"
+_DISABLED_SINCE_QUEUED = (
+    "NOPERM ACLs rules changed between the moment the transaction was accumulated "
+    "and the EXEC call. This command is no longer allowed for the following reason: "
+)
 
 
 class Watches:
@@ -150,11 +154,22 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
         watches.unwatch(client)  # before the queue runs: its own writes do not count
         if dirty:
             return NIL_ARRAY
-    call = cx.dispatcher.call
-    return [
-        Error(_DENIED_IN_EXEC) if cmd.name == "MONITOR" else call(cx, cmd, queued_args)
-        for cmd, queued_args in queued
-    ]
+    dispatcher = cx.dispatcher
+    denied = cx.state.denied
+    replies: list[Reply] = []
+    for cmd, queued_args in queued:
+        if cmd.name == "MONITOR":
+            replies.append(Error(_DENIED_IN_EXEC))
+        elif denied and (name := denied_name(denied, cmd, queued_args)):
+            # Disabled by a reload since it was queued: Redis checks its ACLs
+            # again at EXEC, and answers in these words.
+            counter = dispatcher.counters[cmd.index]
+            counter.calls += 1
+            reason = errors.denied(name)
+            replies.append(dispatcher.rejected(counter, Error(_DISABLED_SINCE_QUEUED + reason)))
+        else:
+            replies.append(dispatcher.call(cx, cmd, queued_args))
+    return replies
 
 
 @command(
