@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from . import log as wal
-from .compactor import Compaction, Compactor
-from .files import connect
+from .compactor import Compaction, Compactor, compactor_connection
 from .overlay import Layer
 
 # How each command's answer begins (``error TEXT`` aside); ``{}``: its argument.
@@ -65,9 +64,7 @@ def serve(path: Path, max_pages: int, rows: int, pause: float) -> int:
             if compactor is None:
                 # Opened at the first command, and again at the next one while
                 # it fails (a failing disk): each answered with the error.
-                db = connect(path, max_pages=max_pages)
-                db.execute("PRAGMA cache_size=-32768")
-                compactor = Compactor(db)
+                compactor = Compactor(compactor_connection(path, max_pages))
             if command == "compact":
                 number = int(rest)
                 found = wal.replay(_segment_path(path, number))

@@ -22,8 +22,10 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
+from pathlib import Path
 
 from .api import HASH_SPACE, Hook, Kept, scan_hash, table_key
+from .files import connect
 from .overlay import Layer
 
 # An update in place where the row exists (REPLACE would delete and insert it).
@@ -110,6 +112,15 @@ def _transaction(db: sqlite3.Connection, durable: bool) -> Iterator[None]:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise
+
+
+def compactor_connection(path: Path, max_pages: int) -> sqlite3.Connection:
+    """The compactor's connection (in its process or on its thread).
+    Compaction rewrites pages all over the table: it keeps them in SQLite's
+    cache rather than reading them back (negative: KiB)."""
+    db = connect(path, max_pages=max_pages)
+    db.execute("PRAGMA cache_size=-32768")
+    return db
 
 
 class Compactor:

@@ -58,8 +58,8 @@ from .api import (
 )
 from .api import live as fields_live
 from .compactd import CompactorProcess
-from .compactor import Compaction, Compactor
-from .files import StoreFiles, connect
+from .compactor import Compaction, Compactor, compactor_connection
+from .files import StoreFiles
 from .overlay import Layer, Overlay
 from .reads import TableReader
 
@@ -726,10 +726,7 @@ class SQLiteStore:
         outage = _CompactionOutage(self.stats)
         while self._removed is None:
             try:
-                db = connect(self.path, max_pages=self.max_pages)
-                # Compaction rewrites pages all over the table: keep them in
-                # SQLite's cache rather than reading them back (negative: KiB).
-                db.execute("PRAGMA cache_size=-32768")
+                db = compactor_connection(self.path, self.max_pages)
             except sqlite3.Error as exc:
                 outage.failed(str(exc))
                 if self._stopping:
