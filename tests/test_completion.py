@@ -61,10 +61,11 @@ def bash_complete(cwd: Path, words: list[str], cword: int | None = None) -> list
 @pytest.mark.parametrize(
     "words,expected",
     [
-        (["sessiond", ""], ["--help", "--version", "-h", "check-config", "run"]),
+        (["sessiond", ""], ["--help", "--version", "-h", "check-config", "import", "run"]),
         (["sessiond", "--v"], ["--version"]),
         (["sessiond", "ch"], ["check-config"]),
         (["sessiond", "run", "--"], ["--config", "--help"]),
+        (["sessiond", "import", "--"], ["--config", "--help", "--match"]),
         (["sessiond", "check-config", "--config", "x.yaml", "-"], ["--config", "--help", "-h"]),
         (["sessiond", "run", "--config", ""], ["conf.d", "local config.yaml", "other.txt"]),
         (["sessiond", "run", "--config", "lo"], ["local config.yaml"]),
@@ -103,7 +104,7 @@ def zsh_complete(cwd: Path, line: str) -> list[str]:
 @pytest.mark.parametrize(
     "line,expected",
     [
-        ("sessiond ", ["check-config", "run"]),
+        ("sessiond ", ["check-config", "import", "run"]),
         ("sessiond -", ["--help", "--version", "-h"]),
         ("sessiond run -", ["--config", "--help", "-h"]),
         # as inserted on the command line: the space quoted

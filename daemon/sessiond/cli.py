@@ -25,14 +25,15 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (
         0,
         "clean shutdown (SIGTERM, SIGINT or a client's SHUTDOWN), or handed over to a new "
-        "process (SIGUSR2), or check-config found the config valid",
+        "process (SIGUSR2), check-config found the config valid, or import copied every key",
     ),
     (
         1,
         "bad config, or a start-up failure (socket in use by a live daemon, store not "
         "sessiond's or corrupt, permission denied, a passed socket that is not a listening "
         "Unix stream socket), with one line per problem that says what and where; or an "
-        "upgrade whose new process exited after this one had let go",
+        "upgrade whose new process exited after this one had let go; or import left a key out "
+        "(printed) or could not reach a server",
     ),
     (2, "usage error: unknown command or option, or no command"),
     (130, "interrupted (SIGINT) while starting, before the daemon handles signals itself"),
@@ -58,6 +59,17 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "included, with the password redacted and each key's description as a comment. "
         "A config with problems prints one line per problem, each naming its key, and "
         "exits 1.",
+    ),
+    (
+        "import",
+        "copy the sessions of a Redis server into the running daemon",
+        "Copy every key of a Redis server (SOURCE: redis://[[user]:password@]host[:port][/db] "
+        "or unix:///path/to.sock[?db=N]; without a password in it, REDISCLI_AUTH is used) into "
+        "the daemon the config names, through its socket: strings, hashes and sets, each with "
+        "the TTL it has left (a key without one stays without). Keys of other types are "
+        "listed and left out. Run it before the applications switch to sessiond, so that "
+        "nobody is logged out. Prints what it copied; exits 1 if a key could not be copied "
+        "(the others are), or if either server cannot be reached.",
     ),
 )
 
@@ -97,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text, description in COMMANDS:
         p = sub.add_parser(name, help=text, description=description)
         p.add_argument("--config", type=Path, default=None, metavar="PATH", help=config_help())
+        if name == "import":
+            p.add_argument(
+                "--match",
+                default="*",
+                metavar="PATTERN",
+                help="copy only the keys matching this glob pattern (SCAN MATCH; default: all)",
+            )
+            p.add_argument("source", metavar="SOURCE", help="the Redis server to copy from")
     return parser
 
 
@@ -165,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args.config)
     if args.command == "check-config":
         return check_config(args.config)
+    if args.command == "import":
+        from .importer import run as copy_from
+
+        return copy_from(args.source, args.config, args.match)
     parser.print_help(sys.stderr)
     return 2
 

@@ -74,6 +74,8 @@ def _synopsis(parser: argparse.ArgumentParser) -> list[str]:
     out: list[str] = []
     for name, _help, sub in subcommands(parser):
         args = " ".join(f"[{_option_tag(a)}]" for a in options(sub) if a.dest != "help")
+        positional = [a for a in sub._actions if not a.option_strings]
+        args = " ".join([args, *(f"\\fI{roff(str(a.metavar or a.dest))}\\fR" for a in positional)])
         out += [f"\\fBsessiond {roff(name)}\\fR {args}".rstrip(), ".br"]
     for action in options(parser):
         if action.dest != "help":

@@ -19,13 +19,14 @@ _sessiond() {
     esac
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            run|check-config) command=${COMP_WORDS[i]}; break ;;
+            run|check-config|import) command=${COMP_WORDS[i]}; break ;;
         esac
     done
     case $command in
-        '') words='-h --help --version run check-config' ;;
+        '') words='-h --help --version run check-config import' ;;
         run) words='-h --help --config' ;;
         check-config) words='-h --help --config' ;;
+        import) words='-h --help --config --match' ;;
     esac
     mapfile -t COMPREPLY < <(compgen -W "$words" -- "$cur")
 }
