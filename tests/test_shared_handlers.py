@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sessiond.cache import SessionCache
 from sessiond.commands import Client, ServerState
 from sessiond.commands.shared import SharedDispatcher
-from sessiond.config import Config
+from sessiond.config import Config, parse_config
 from sessiond.keyspace import Prepared
 from sessiond.protocol import NIL_ARRAY, OK, Error
 from sessiond.shared import CHAIN_LIMIT, SharedKeyspace
@@ -104,6 +105,7 @@ class StoreDouble:
         self.renewed: dict[bytes, Renewal] = {}
         self.expired_at: list[float] = []
         self.loads: list[list[bytes]] = []
+        self.whole_reads = 0
 
     def subscribe(self, listener: Coherence) -> None:
         self.listener = listener
@@ -192,6 +194,7 @@ class StoreDouble:
         return TableSlice([r for r in rows if r[0] >= cursor], {}, True, HASH_SPACE)
 
     async def whole_table(self, read: Callable[[], T], operation: str) -> T:
+        self.whole_reads += 1
         return read()
 
     def due(self, now: float, limit: int) -> list[bytes]:
@@ -439,6 +442,40 @@ def test_a_decision_for_a_request_that_never_runs_is_passed_on() -> None:
         assert await waiting == 1
         await settle()
         assert not a.keyspace.holds and db.rows[b"n"].value == b"1"
+
+    run(scenario)
+
+
+def test_a_disabled_command_opens_no_decision_and_reads_nothing() -> None:
+    """security.disabled_commands on a shared store: the refused request
+    neither decides (a transaction holding its keys' locks) nor reads the
+    table (KEYS), nor waits for a decision holding its key: it is answered
+    -NOPERM at once, as on a store of one host."""
+
+    async def scenario() -> None:
+        db, (a,) = fleet(1)
+        disabled = {"security": {"disabled_commands": ["INCR", "KEYS", "GET"]}}
+        a.state.configure(parse_config(disabled, Path(".")))
+        await a("SET", "n", "1")
+        assert a.store.whole_reads == 0 and a.store.opened == 0
+        a.store.loads.clear()
+        for words in (("INCR", "n"), ("KEYS", "*"), ("GET", "cold")):
+            reply = await a(*words)
+            assert isinstance(reply, Error), (words, reply)
+            assert reply.message.startswith("NOPERM User default has no permissions"), reply
+        assert a.store.opened == 0 and a.store.whole_reads == 0 and a.store.loads == []
+        # A decision of another request holds the key: the refusal does not wait for it.
+        gate = asyncio.Event()
+        a.store.gate = gate
+        held = asyncio.ensure_future(a("SET", "n", "2", "XX"))
+        await settle()
+        assert a.keyspace.holds
+        client = a.client()
+        cmd = a.dispatcher.resolve(b"INCR")
+        assert a.dispatcher.prepare(client, cmd, [b"INCR", b"n"], None) is None
+        gate.set()
+        assert await held == OK
+        assert db.rows[b"n"].value == b"2"
 
     run(scenario)
 

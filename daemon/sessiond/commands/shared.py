@@ -4,8 +4,9 @@ It differs from :class:`~.dispatch.Dispatcher` only in what a request needs
 before it runs: every key it names (not only those it reads) may be held by
 a decision of this host and must wait for it, a command that ``decides``
 opens a decision of its own, and EXEC decides when any queued command does.
-A decision prepared for a request that is then refused (``MISCONF``) or
-never runs is given up, so that its keys are not held forever.
+A request security.disabled_commands refuses prepares nothing. A decision
+prepared for a request that is then refused (``MISCONF``, or a command a
+reload disabled meanwhile) or never runs is given up, so that its keys are not held forever.
 
 WATCH decides too: it notes each key's version as the database has it, and
 EXEC, a decision over its queue's keys and the watched ones, runs nothing (a
@@ -22,7 +23,7 @@ from ..keyspace import Prepared
 from ..scripting import ScriptEngine
 from ..shared import UNKNOWN, SharedKeyspace, Token
 from .dispatch import Dispatcher
-from .registry import Args, Call, Command
+from .registry import Args, Call, Command, denied_name
 from .state import Client, ServerState
 from .transactions import Watches
 
@@ -74,6 +75,9 @@ class SharedDispatcher(Dispatcher):
     ) -> Awaitable[Prepared] | None:
         if cmd is None or not client.authenticated:
             return None
+        denied = self.state.denied
+        if denied and denied_name(denied, cmd, args):
+            return None  # refused (NOPERM): nothing decided, read or waited for
         shared = self.shared
         multi = client.multi
         if (
