@@ -160,6 +160,40 @@ def test_disabled_commands_are_refused_everywhere_and_change_nothing(
     no_traceback(d)
 
 
+def test_a_disabled_command_is_refused_where_redis_checks_its_acl(
+    daemon_factory: Factory,
+) -> None:
+    """Redis looks a request's arity and subcommand up before its ACL, and its
+    ACL before subscribed mode: a disabled command sent with the wrong number
+    of arguments or an unknown subcommand gets that error, and one sent by a
+    RESP2 client in subscribed mode gets -NOPERM (redis-server 7 with
+    ``ACL SETUSER default -incr -client -config|set -flushall`` answers so)."""
+    d = daemon_factory(
+        {"security": {"disabled_commands": ["INCR", "CLIENT", "CONFIG|SET", "FLUSHALL"]}}
+    )
+    with RawClient(d) as c:
+        for request, error in (
+            (("INCR",), "ERR wrong number of arguments for 'incr' command"),
+            (("INCR", "a", "b"), "ERR wrong number of arguments for 'incr' command"),
+            (("CONFIG", "SET", "x"), "ERR wrong number of arguments for 'config|set' command"),
+            (("CLIENT", "FOO"), "ERR unknown subcommand 'FOO'. Try CLIENT HELP."),
+            (("INCR", "a"), "NOPERM User default has no permissions to run the 'incr' command"),
+            (
+                ("CLIENT", "ID"),
+                "NOPERM User default has no permissions to run the 'client|id' command",
+            ),
+        ):
+            reply = c(*request)
+            assert isinstance(reply, RawError) and str(reply) == error, (request, reply)
+        assert c("SUBSCRIBE", "ch") == [b"subscribe", b"ch", 1]
+        assert str(c("FLUSHALL")) == NOPERM_FLUSHALL
+        assert str(c("CONFIG", "SET", "a", "b")) == (
+            "NOPERM User default has no permissions to run the 'config|set' command"
+        )
+        assert str(c("INCR")) == "ERR wrong number of arguments for 'incr' command"
+    no_traceback(d)
+
+
 # ---------------------------------------------------------------- password
 
 

@@ -142,17 +142,17 @@ class Dispatcher:
             counter = self.counters[cmd.index]
             counter.calls += 1
             return self.rejected(counter, Error(errors.NOAUTH))
-        if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
-            return self._refuse_subscribed(client, cmd, args)
         denied = self.state.denied
         if denied:  # one test while security.disabled_commands is empty
             name = denied_name(denied, cmd, args)
-            if name:
+            if name:  # before subscribed mode, as Redis checks its ACL
                 counter = self.counters[cmd.index]
                 counter.calls += 1
                 if client.multi is not None:
                     client.multi_error = True  # as Redis: EXEC then aborts
                 return self.rejected(counter, Error("NOPERM " + errors.denied(name)))
+        if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
+            return self._refuse_subscribed(client, cmd, args)
         multi = client.multi
         if multi is not None and not cmd.immediate:
             return self._queue(client, cmd, args, multi)

@@ -239,16 +239,24 @@ def command(
 def denied_name(denied: dict[str, frozenset[bytes] | None], cmd: Command, args: Args) -> str:
     """The name security.disabled_commands forbids ``args`` under (``denied``:
     ``ServerState.denied``), lower case as Redis' ACL shows it: ``flushall``,
-    ``config|set``; ``""`` if it does not."""
+    ``config|set``; ``""`` if it does not. A request Redis refuses before
+    its ACL (a wrong number of arguments, an unknown subcommand) is not
+    forbidden here: it gets that error where it would without the list."""
     if cmd.name not in denied:
         return ""
+    n = len(args)
+    arity = cmd.arity
+    if (arity > 0 and n != arity) or n < -arity:
+        return ""
     subs = denied[cmd.name]
-    sub = args[1].upper() if len(args) > 1 and cmd.subcommands else b""
+    if n < 2 or not cmd.subcommands:
+        return cmd.name.lower() if subs is None else ""
+    if subcommand_error(cmd, args) is not None:
+        return ""
+    sub = args[1].upper()
     if subs is not None and sub not in subs:
         return ""
-    if sub and sub.decode("utf-8", "replace") in cmd.subcommands:
-        return f"{cmd.name}|{sub.decode()}".lower()
-    return cmd.name.lower()
+    return f"{cmd.name}|{sub.decode()}".lower()
 
 
 def subcommand_error(cmd: Command, args: Args) -> Error | None:
