@@ -194,6 +194,26 @@ def test_a_disabled_command_is_refused_where_redis_checks_its_acl(
     no_traceback(d)
 
 
+@pytest.mark.parametrize("backend", ["none", "sqlite"])
+def test_client_pause_does_not_hold_a_disabled_command(
+    daemon_factory: Factory, backend: str
+) -> None:
+    """Redis refuses a request its ACL denies before CLIENT PAUSE would
+    postpone it: a disabled write is answered -NOPERM during a pause of
+    writes, not held until the pause ends."""
+    d = daemon_factory(
+        {"persistence": {"backend": backend}, "security": {"disabled_commands": ["FLUSHALL"]}}
+    )
+    with RawClient(d) as pauser, RawClient(d) as c:
+        assert pauser("CLIENT", "PAUSE", "30000", "WRITE") == b"OK"
+        c.sock.settimeout(5)
+        started = time.monotonic()
+        assert str(c("FLUSHALL")) == NOPERM_FLUSHALL
+        assert time.monotonic() - started < 5
+        assert pauser("CLIENT", "UNPAUSE") == b"OK"
+    no_traceback(d)
+
+
 # ---------------------------------------------------------------- password
 
 

@@ -40,6 +40,7 @@ import structlog
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
 from .commands.dispatch import subscribed_mode_refuses
+from .commands.registry import denied_name
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
@@ -463,13 +464,16 @@ class Connection(asyncio.Protocol):
     def _held(self, cmd: Command, args: list[bytes]) -> bool:
         """Whether CLIENT PAUSE holds this request until it ends: every
         command under ALL, those that may write under WRITE; a request that
-        fails before it runs (authentication, arity) is answered at once."""
+        fails before it runs (authentication, arity, a disabled command) is
+        answered at once."""
         state = self.server.state
         if not state.paused():
             return False
         client = self.client
         if not client.authenticated and not cmd.noauth:
             return False
+        if state.denied and denied_name(state.denied, cmd, args):
+            return False  # -NOPERM, at once: Redis checks its ACL before a pause
         if subscribed_mode_refuses(client, cmd):
             return False  # refused in subscribed mode, at once
         arity = cmd.arity
