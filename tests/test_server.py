@@ -143,12 +143,16 @@ def test_disabled_commands_are_refused_everywhere_and_change_nothing(
         assert isinstance(reply, RawError) and str(reply).startswith("EXECABORT")
         assert c("EXISTS", "session:2") == 0
 
-        failed = c("EVAL", "return redis.call('flushall')", "0")
+        failed = c("EVAL", "return redis.call('del', KEYS[1])", "1", "session:1")
         assert isinstance(failed, RawError)
         assert str(failed).startswith(
-            "ERR ACL failure in script: User default has no permissions to run the "
-            "'flushall' command"
+            "ERR ACL failure in script: User default has no permissions to run the 'del' command"
         ), failed
+        # FLUSHALL may never run from a script: that is said first, as Redis
+        # says it of SHUTDOWN.
+        failed = c("EVAL", "return redis.call('flushall')", "0")
+        assert isinstance(failed, RawError)
+        assert str(failed).startswith("ERR This Redis command is not allowed from script"), failed
         assert c("EVAL", "return redis.pcall('del', KEYS[1])['err']", "1", "session:1") == (
             b"ERR ACL failure in script: User default has no permissions to run the 'del' command"
         )
@@ -212,6 +216,26 @@ def test_client_pause_does_not_hold_a_disabled_command(
         assert time.monotonic() - started < 5
         assert pauser("CLIENT", "UNPAUSE") == b"OK"
     no_traceback(d)
+
+
+def test_a_script_calling_a_disabled_command_scripts_may_not_run_is_told_that_first(
+    daemon_factory: Factory,
+) -> None:
+    """Redis refuses a command a script may never call (SHUTDOWN, CLIENT)
+    before it checks its ACL: disabling it does not change that error."""
+    d = daemon_factory({"security": {"disabled_commands": ["SHUTDOWN", "CLIENT", "INCR"]}})
+    with RawClient(d) as c:
+        for call, error in (
+            ("redis.call('shutdown')", "ERR This Redis command is not allowed from script"),
+            ("redis.call('client', 'id')", "ERR This Redis command is not allowed from script"),
+            (
+                "redis.call('incr', 'n')",
+                "ERR ACL failure in script: User default has no permissions to run the "
+                "'incr' command",
+            ),
+        ):
+            reply = c("EVAL", f"return {call}", "0")
+            assert isinstance(reply, RawError) and str(reply).startswith(error), (call, reply)
 
 
 # ---------------------------------------------------------------- password

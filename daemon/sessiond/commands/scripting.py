@@ -122,10 +122,10 @@ def _caller(
         denied = dispatcher.state.denied
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
             refusal = errors.SCRIPT_ARITY
+        elif cmd.noscript:  # before the ACL check, as Redis' scriptCall
+            refusal = errors.SCRIPT_REFUSED
         elif denied and (name := denied_name(denied, cmd, args)):
             refusal = "ERR ACL failure in script: " + errors.denied(name)
-        elif cmd.noscript:
-            refusal = errors.SCRIPT_REFUSED
         elif read_only and (cmd.write or cmd.may_write):
             refusal = errors.SCRIPT_READ_ONLY
         elif cmd.write and not wrote and keyspace.failure is not None:
