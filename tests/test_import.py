@@ -107,3 +107,35 @@ def test_import_logs_in_to_the_source_and_names_what_fails(
         "sessiond import: source 'http://example.invalid': expected "
         "redis://host[:port][/db] or unix:///path/to.sock[?db=N]",
     )
+
+
+def test_import_splits_what_one_request_could_not_carry_and_goes_on(
+    daemon_factory: Factory, redis_server: RedisServer, source: redis.Redis
+) -> None:
+    """A hash or set larger than limits.max_request_size (each field well
+    under max_value_size: sessiond holds it) is written in several requests;
+    a string too large for one request is named as not copied, and the keys
+    after it are still copied (the daemon closes a connection that sends a
+    request over the limit)."""
+    fields = {f"f{i}": os.urandom(1000) for i in range(200)}  # ~200 KB
+    members = {os.urandom(1000) for _ in range(300)}  # ~300 KB
+    source.hset("cart:big", mapping=fields)
+    source.expire("cart:big", 300)
+    source.sadd("flags:big", *members)
+    source.set("huge", b"x" * 200_000)
+    source.mset({f"session:{i}": f"v{i}" for i in range(50)})
+    d = daemon_factory({"limits": {"max_value_size": "64KiB", "max_request_size": "128KiB"}})
+
+    code, out, err = run_import(d, f"unix://{redis_server.socket_path}?db=3")
+
+    assert code == 1, (out, err)
+    assert out.splitlines()[0] == "copied 52 keys (1 hash, 1 set, 50 strings)", (out, err)
+    assert "not copied: huge: " in err and "max_request_size" in err, err
+    assert "closed the connection" not in err
+    with d.client() as r:
+        assert r.hgetall("cart:big") == {k.encode(): v for k, v in fields.items()}
+        assert 0 < r.ttl("cart:big") <= 300
+        assert r.smembers("flags:big") == members
+        assert r.ttl("flags:big") == -1
+        assert r.exists("huge") == 0
+        assert r.dbsize() == 52

@@ -201,7 +201,12 @@ def scan(source: Link, match: bytes) -> Iterator[list[bytes]]:
 _READ = {b"string": b"GET", b"hash": b"HGETALL", b"set": b"SMEMBERS"}
 
 
-def copy_batch(source: Link, target: Link, keys: list[bytes], tally: Tally) -> None:
+def copy_batch(
+    source: Link, target: Link, keys: list[bytes], tally: Tally, max_request: int
+) -> None:
+    """Copy ``keys``; no request sent to the daemon is larger than
+    ``max_request`` bytes (its limits.max_request_size: it closes the
+    connection of a client that sends one)."""
     types = source.pipeline([[b"TYPE", key] for key in keys])
     wanted: list[tuple[bytes, bytes]] = []
     for key, kind in zip(keys, types, strict=True):
@@ -230,7 +235,11 @@ def copy_batch(source: Link, target: Link, keys: list[bytes], tally: Tally) -> N
         if value is None or value == [] or ttl == -2:
             tally.gone += 1
             continue
-        commands = _writes(key, kind, value, ttl)
+        commands = _writes(key, kind, value, ttl, max_request)
+        if commands is None:
+            too_large = f"too large for one request (limits.max_request_size: {max_request} bytes)"
+            tally.failures.append((key, f"sessiond: {too_large}"))
+            continue
         writes += commands
         plans.append((key, kind, len(commands)))
     replies = target.pipeline(writes)
@@ -249,15 +258,46 @@ def copy_batch(source: Link, target: Link, keys: list[bytes], tally: Tally) -> N
             tally.copied[kind.decode()] += 1
 
 
-def _writes(key: bytes, kind: bytes, value: Any, ttl: int) -> list[list[bytes]]:
-    """What recreates ``key`` in sessiond, TTL included."""
+def _size(args: Sequence[bytes]) -> int:
+    """Bytes of ``args`` as one request on the wire, but its ``*<count>``
+    header (:data:`_HEADER` bytes at most)."""
+    return sum(len(b"$%d\r\n\r\n" % len(arg)) + len(arg) for arg in args)
+
+
+_HEADER = len(b"*%d\r\n" % (1 << 62))
+
+
+def _writes(
+    key: bytes, kind: bytes, value: Any, ttl: int, max_request: int
+) -> list[list[bytes]] | None:
+    """What recreates ``key`` in sessiond, TTL included, in requests of at
+    most ``max_request`` bytes: a hash or set takes as many HSET or SADD as
+    it needs. ``None`` if a string, or one field or member, cannot fit."""
     keep = [b"PERSIST", key] if ttl < 0 else [b"PEXPIRE", key, str(ttl).encode()]
+    room = max_request - _HEADER
     if kind == b"string":
-        if ttl < 0:
-            return [[b"SET", key, value], keep]
-        return [[b"SET", key, value, b"PX", str(ttl).encode()]]
-    fill = [b"HSET", key, *value] if kind == b"hash" else [b"SADD", key, *value]
-    return [[b"MULTI"], [b"DEL", key], fill, keep, [b"EXEC"]]
+        write = [b"SET", key, value] if ttl < 0 else [b"SET", key, value, b"PX", keep[2]]
+        if _size(write) > room:
+            return None
+        return [write, keep] if ttl < 0 else [write]
+    start = [b"HSET", key] if kind == b"hash" else [b"SADD", key]
+    step = 2 if kind == b"hash" else 1  # HGETALL's replies: field, value, field...
+    fills: list[list[bytes]] = []
+    fill, used = list(start), _size(start)
+    for i in range(0, len(value), step):
+        item = value[i : i + step]
+        size = _size(item)
+        if used + size > room:
+            if len(fill) == len(start):
+                return None  # the one field or member alone is too large
+            fills.append(fill)
+            fill, used = list(start), _size(start)
+            if used + size > room:
+                return None
+        fill += item
+        used += size
+    fills.append(fill)
+    return [[b"MULTI"], [b"DEL", key], *fills, keep, [b"EXEC"]]
 
 
 def run(source_url: str, config_path: Path | None, match: str) -> int:
@@ -279,7 +319,8 @@ def run(source_url: str, config_path: Path | None, match: str) -> int:
             links.callback(target.close)
             for page in scan(source, match.encode()):
                 for start in range(0, len(page), BATCH):
-                    copy_batch(source, target, page[start : start + BATCH], tally)
+                    batch = page[start : start + BATCH]
+                    copy_batch(source, target, batch, tally, config.limits.max_request_size)
     except CopyFailed as exc:
         tally.report(sys.stdout, sys.stderr)
         print(f"sessiond import: {exc}", file=sys.stderr)
