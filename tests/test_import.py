@@ -139,3 +139,35 @@ def test_import_splits_what_one_request_could_not_carry_and_goes_on(
         assert r.ttl("flags:big") == -1
         assert r.exists("huge") == 0
         assert r.dbsize() == 52
+
+
+class _FrozenSource:
+    """A source whose keys are read at the millisecond their TTL ends: PTTL
+    answers 0 (Redis does while the deadline is now: the key is not yet
+    expired, and is the next moment)."""
+
+    def pipeline(self, commands: list[list[bytes]]) -> list[object]:
+        replies: list[object] = []
+        for name, key, *_ in commands:
+            if name == b"TYPE":
+                replies.append(b"string" if key.startswith(b"s") else b"hash")
+            elif name == b"GET":
+                replies.append(b"value")
+            elif name == b"HGETALL":
+                replies.append([b"field", b"value"])
+            else:
+                assert name == b"PTTL"
+                replies.append(0)
+        return replies
+
+
+def test_import_counts_a_key_whose_ttl_ends_as_it_is_read_as_gone(daemon: Daemon) -> None:
+    from sessiond.importer import Endpoint, Link, Tally, copy_batch
+
+    target = Link(Endpoint(path=str(daemon.socket_path)), "sessiond")
+    tally = Tally()
+    copy_batch(_FrozenSource(), target, [b"session:1", b"cart:1"], tally, 1 << 20)  # type: ignore[arg-type]
+    target.close()
+    assert (tally.failures, tally.gone, sum(tally.copied.values())) == ([], 2, 0)
+    with daemon.client() as r:
+        assert r.exists("session:1", "cart:1") == 0

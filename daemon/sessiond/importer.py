@@ -232,7 +232,9 @@ def copy_batch(
         if problem is not None:  # the key changed type between TYPE and the read
             tally.failures.append((key, f"source: {problem}"))
             continue
-        if value is None or value == [] or ttl == -2:
+        # PTTL 0: the key's deadline is this millisecond, it expires the next
+        # (SET ... PX 0 is an error, PEXPIRE 0 a delete): gone.
+        if value is None or value == [] or ttl == -2 or ttl == 0:
             tally.gone += 1
             continue
         commands = _writes(key, kind, value, ttl, max_request)
