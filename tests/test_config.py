@@ -211,6 +211,10 @@ BAD: dict[str, tuple[str, str]] = {
         "security:\n  disabled_commands: [config|rewrite]\n",
         "security.disabled_commands: 'config|rewrite' is not a subcommand sessiond has",
     ),
+    "login-command": (
+        "security:\n  disabled_commands: [hello]\n",
+        "security.disabled_commands: 'hello' cannot be disabled: clients need it to log in",
+    ),
     "commands-not-a-list": (
         "security:\n  disabled_commands: FLUSHALL\n",
         "security.disabled_commands: must be a list of command names",

@@ -171,3 +171,14 @@ def test_import_counts_a_key_whose_ttl_ends_as_it_is_read_as_gone(daemon: Daemon
     assert (tally.failures, tally.gone, sum(tally.copied.values())) == ([], 2, 0)
     with daemon.client() as r:
         assert r.exists("session:1", "cart:1") == 0
+
+
+def test_import_from_the_daemon_itself_is_refused(daemon_factory: Factory) -> None:
+    """Copying the daemon onto itself would only overwrite what its clients
+    write meanwhile: told apart by INFO's run_id."""
+    d = daemon_factory()
+    with d.client() as r:
+        r.set("mine", "1")
+    code, out, err = run_import(d, f"unix://{d.socket_path}")
+    assert (code, out) == (1, "copied 0 keys\n")
+    assert f"sessiond import: the source is this daemon ({d.socket_path})" in err

@@ -508,6 +508,11 @@ def _id_list(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+# What a client needs to log in, start over and leave, which Redis runs whatever
+# its ACL says: disabled, a password would let nobody in.
+_ALWAYS_ALLOWED = frozenset({"AUTH", "HELLO", "RESET", "QUIT"})
+
+
 def _command_list(value: Any) -> tuple[str, ...]:
     """Commands, or subcommands in ACL's ``container|sub`` form, that sessiond
     has: a name it does not know (a typo, a command of a later Redis) would
@@ -526,6 +531,11 @@ def _command_list(value: Any) -> tuple[str, ...]:
         if cmd is None or (bar and sub not in cmd.subcommands):
             what = "subcommand" if cmd is not None else "command"
             raise _Invalid(f"{_show(given)} is not a {what} sessiond has")
+        if name in _ALWAYS_ALLOWED:
+            raise _Invalid(
+                f"{_show(given)} cannot be disabled: clients need it to log in or out "
+                "(Redis' ACL does not deny it either)"
+            )
         full = f"{name}|{sub}" if bar else name
         if full not in names:
             names.append(full)

@@ -302,6 +302,17 @@ def _writes(
     return [[b"MULTI"], [b"DEL", key], *fills, keep, [b"EXEC"]]
 
 
+def _run_id(link: Link) -> bytes:
+    """The server's ``run_id`` (INFO server; random per start, in Redis and
+    sessiond alike), or ``b""`` if it gives none."""
+    (reply,) = link.pipeline([[b"INFO", b"server"]])
+    if isinstance(reply, bytes):
+        for line in reply.splitlines():
+            if line.startswith(b"run_id:"):
+                return line[len(b"run_id:") :].strip()
+    return b""
+
+
 def run(source_url: str, config_path: Path | None, match: str) -> int:
     from .config import ConfigError, load_config
 
@@ -319,6 +330,9 @@ def run(source_url: str, config_path: Path | None, match: str) -> int:
             daemon = Endpoint(path=str(config.socket.path), password=config.security.password)
             target = Link(daemon, "sessiond")
             links.callback(target.close)
+            origin = _run_id(source)
+            if origin and origin == _run_id(target):
+                raise CopyFailed(f"the source is this daemon ({daemon.path}): nothing to copy")
             for page in scan(source, match.encode()):
                 for start in range(0, len(page), BATCH):
                     batch = page[start : start + BATCH]
