@@ -257,6 +257,18 @@ def test_getex_errors(r: redis.Redis) -> None:
     assert 99 <= r.ttl("k") <= 100  # untouched by the failed calls
 
 
+def test_getex_checks_the_amount_after_the_key(r: redis.Redis) -> None:
+    """As Redis: a missing key answers nil and a hash WRONGTYPE whatever the
+    amount; only the syntax is checked before the key is looked up."""
+    r.hset("h", "f", "v")
+    for amount in ("0", "-1", "ten", str(2**63 - 1)):
+        assert run(r, "GETEX", "missing", "EXAT", amount) is None
+        assert error_of(r, "GETEX", "h", "EX", amount).startswith("WRONGTYPE")
+    assert error_of(r, "GETEX", "missing", "EX") == "syntax error"
+    assert error_of(r, "GETEX", "missing", "KEEPTTL") == "syntax error"
+    assert r.exists("missing") == 0
+
+
 def test_getdel(r: redis.Redis) -> None:
     assert r.getdel("k") is None
     r.set("k", "v")

@@ -268,10 +268,10 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
     key = args[1]
     opt = args[2].upper() if len(args) > 2 else b""
     ttl = deadline = None
-    # Options are checked before the key is touched, as Redis does.
-    if opt in EXPIRY_UNITS and len(args) == 4:
-        ttl, deadline = deadline_from(opt, int_arg(args[3]), cx.now(), "getex")
-    elif len(args) > 2 and not (opt == b"PERSIST" and len(args) == 3):
+    # As Redis: the syntax is checked before the key is looked up, the amount
+    # after (a missing key answers nil, a hash WRONGTYPE, whatever the amount).
+    timed = opt in EXPIRY_UNITS and len(args) == 4
+    if len(args) > 2 and not timed and not (opt == b"PERSIST" and len(args) == 3):
         raise errors.syntax()
     entry = cx.lookup(key)
     if entry is None:
@@ -279,6 +279,8 @@ def cmd_getex(cx: Call, args: Args) -> Reply:
             cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         return None
     value = string(entry.value)
+    if timed:
+        ttl, deadline = deadline_from(opt, int_arg(args[3]), cx.now(), "getex")
     if opt == b"PERSIST":
         if cx.persist(key) and cx.keyspace.notifying:
             cx.notify(NOTIFY_GENERIC, b"persist", key)
