@@ -269,6 +269,18 @@ def test_getex_checks_the_amount_after_the_key(r: redis.Redis) -> None:
     assert r.exists("missing") == 0
 
 
+def test_getex_options_may_repeat(r: redis.Redis) -> None:
+    """As Redis' (and SET's) parser: the same option again is allowed, its
+    last amount counts; a conflicting one is a syntax error."""
+    r.set("k", "v")
+    assert run(r, "GETEX", "k", "EX", "10", "EX", "200") == b"v"
+    assert 199 <= r.ttl("k") <= 200
+    assert run(r, "GETEX", "k", "PERSIST", "PERSIST") == b"v"
+    assert r.ttl("k") == -1
+    assert error_of(r, "GETEX", "k", "EX", "10", "PERSIST") == "syntax error"
+    assert error_of(r, "GETEX", "k", "EX", "10", "EX") == "syntax error"
+
+
 def test_getdel(r: redis.Redis) -> None:
     assert r.getdel("k") is None
     r.set("k", "v")

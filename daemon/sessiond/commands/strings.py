@@ -266,21 +266,33 @@ def cmd_getset(cx: Call, args: Args) -> Reply:
 )
 def cmd_getex(cx: Call, args: Args) -> Reply:
     key = args[1]
-    opt = args[2].upper() if len(args) > 2 else b""
     ttl = deadline = None
     # As Redis: the syntax is checked before the key is looked up, the amount
     # after (a missing key answers nil, a hash WRONGTYPE, whatever the amount).
-    timed = opt in EXPIRY_UNITS and len(args) == 4
-    if len(args) > 2 and not timed and not (opt == b"PERSIST" and len(args) == 3):
-        raise errors.syntax()
+    # An option may repeat (the last amount counts) but not be combined with
+    # a conflicting one.
+    opt: bytes | None = None
+    amount = b""
+    i = 2
+    while i < len(args):
+        given = args[i].upper()
+        if given == b"PERSIST" and opt in (None, given):
+            opt = given
+        elif given in EXPIRY_UNITS and opt in (None, given) and i + 1 < len(args):
+            opt = given
+            i += 1
+            amount = args[i]
+        else:
+            raise errors.syntax()
+        i += 1
     entry = cx.lookup(key)
     if entry is None:
         if cx.keyspace.notifying:
             cx.notify(NOTIFY_KEY_MISS, b"keymiss", key)
         return None
     value = string(entry.value)
-    if timed:
-        ttl, deadline = deadline_from(opt, int_arg(args[3]), cx.now(), "getex")
+    if opt in EXPIRY_UNITS:
+        ttl, deadline = deadline_from(opt, int_arg(amount), cx.now(), "getex")
     if opt == b"PERSIST":
         if cx.persist(key) and cx.keyspace.notifying:
             cx.notify(NOTIFY_GENERIC, b"persist", key)
