@@ -111,6 +111,11 @@ SCENARIO: list[tuple[str, ...]] = [
     ("TYPE", "t"),
     ("SET", "str", "v"),
     ("TYPE", "str"),
+    # SMOVE: a missing source answers 0 whatever the destination is; else a
+    # destination of another type is WRONGTYPE, member or not.
+    ("SMOVE", "nokey", "str", "m"),
+    ("SMOVE", "t", "str", "nope"),
+    ("SMOVE", "str", "t", "b"),
     ("HSET", "h2", "f", "v"),
     ("TYPE", "h2"),
     ("HGET", "str", "f"),

@@ -310,9 +310,11 @@ def cmd_sdiff(cx: Call, args: Args) -> Reply:
 def cmd_smove(cx: Call, args: Args) -> Reply:
     source, destination, member = args[1], args[2], args[3]
     current = _read(cx, source)
+    if current is None:
+        return 0  # as Redis: whatever the destination holds
     target = _read(cx, destination)  # WRONGTYPE before anything moves
     cx.check_size(destination, "key")  # and a key too large for it
-    if current is None or member not in current:
+    if member not in current:
         return 0
     if source == destination:
         return 1
