@@ -253,6 +253,39 @@ def test_exec_and_discard_without_multi(daemon: Daemon) -> None:
         assert c("DISCARD") == RawError("ERR DISCARD without MULTI")
 
 
+def test_a_refused_exec_discards_the_transaction(daemon: Daemon, redis_server: RedisServer) -> None:
+    """As Redis' rejectCommand: an EXEC refused before it runs (wrong arity,
+    a RESP2 client in subscribed mode) answers EXECABORT with the reason,
+    and ends the transaction and the watches, in MULTI or not."""
+
+    def scenario(d: Daemon | RedisServer) -> list[Any]:
+        with RawClient(d) as c, RawClient(d) as other, RawClient(d) as subscriber:
+            c("FLUSHALL")
+            out = [c("EXEC", "x"), c("MULTI"), c("SET", "k", "1"), c("EXEC", "x")]
+            out += [c("EXEC"), c("GET", "k"), c("WATCH", "k"), c("EXEC", "x")]
+            out += [other("SET", "k", "2"), c("MULTI"), c("GET", "k"), c("EXEC")]
+            out += [subscriber("SUBSCRIBE", "ch"), subscriber("EXEC")]
+            return out
+
+    expected = scenario(redis_server)
+    assert expected[3] == RawError(
+        "EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command"
+    )
+    assert expected[-1] == RawError(
+        "EXECABORT Transaction discarded because of: Can't execute 'exec': only (P|S)SUBSCRIBE"
+        " / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+    )
+    assert scenario(daemon) == expected
+
+
+def test_exec_before_auth_is_an_execabort(daemon_factory: Factory) -> None:
+    d = daemon_factory({"security": {"password": "pw"}})
+    with RawClient(d) as c:
+        assert c("EXEC") == RawError(
+            "EXECABORT Transaction discarded because of: NOAUTH Authentication required."
+        )
+
+
 def test_discard_drops_the_queue(daemon: Daemon) -> None:
     with RawClient(daemon) as c:
         c("MULTI")

@@ -141,7 +141,7 @@ class Dispatcher:
         if not client.authenticated and not cmd.noauth:
             counter = self.counters[cmd.index]
             counter.calls += 1
-            return self.rejected(counter, Error(errors.NOAUTH))
+            return self.refused(client, cmd, counter, Error(errors.NOAUTH))
         denied = self.state.denied
         if denied:  # one test while security.disabled_commands is empty
             name = denied_name(denied, cmd, args)
@@ -150,7 +150,7 @@ class Dispatcher:
                 counter.calls += 1
                 if client.multi is not None:
                     client.multi_error = True  # as Redis: EXEC then aborts
-                return self.rejected(counter, Error("NOPERM " + errors.denied(name)))
+                return self.refused(client, cmd, counter, Error("NOPERM " + errors.denied(name)))
         if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
             return self._refuse_subscribed(client, cmd, args)
         multi = client.multi
@@ -162,10 +162,7 @@ class Dispatcher:
         ):
             counter = self.counters[cmd.index]
             counter.calls += 1
-            if cmd.runs_queued:
-                client.multi = None
-                self.watches.unwatch(client)
-            return self.rejected(counter, errors.misconf(failure))
+            return self.refused(client, cmd, counter, errors.misconf(failure))
         keyspace = self.keyspace
         cx = Call(keyspace, prepared, client, self.state, self)
         keyspace.enter(cx)
@@ -185,7 +182,7 @@ class Dispatcher:
         arity = cmd.arity
         n = len(args)
         if (arity > 0 and n != arity) or n < -arity:
-            return self.rejected(counter, errors.wrong_arity(cmd.name))
+            return self.refused(cx.client, cmd, counter, errors.wrong_arity(cmd.name))
         state = self.state
         if state.monitors and cmd.group == SCRIPTING:
             feed_monitors(state, cmd, args, lua=script)
@@ -213,6 +210,17 @@ class Dispatcher:
         self.server_stats.error_reply(error.message)
         return error
 
+    def refused(self, client: Client, cmd: Command, counter: CommandStats, error: Error) -> Error:
+        """``error`` as the reply to ``cmd``, refused before it ran. As Redis'
+        rejectCommand: a refused EXEC discards the transaction (and the
+        watches), in or out of MULTI, and says why in an EXECABORT."""
+        if cmd.runs_queued:
+            client.multi = None
+            client.multi_error = False
+            self.watches.unwatch(client)
+            error = errors.exec_aborted(error)
+        return self.rejected(counter, error)
+
     def failed(self, error: Error) -> Error:
         """Count an error reply the server makes itself (a store failure)."""
         self.server_stats.error_reply(error.message)
@@ -227,13 +235,13 @@ class Dispatcher:
             client.multi_error = True
         arity = cmd.arity
         if (arity > 0 and len(args) != arity) or len(args) < -arity:
-            return self.rejected(counter, errors.wrong_arity(cmd.name))
+            return self.refused(client, cmd, counter, errors.wrong_arity(cmd.name))
         name = cmd.name.lower()
         if cmd.subcommands and len(args) > 1:
             sub = args[1].decode("utf-8", "replace").upper()
             if sub in cmd.subcommands:
                 name += "|" + sub.lower()
-        return self.rejected(counter, errors.subscribed_mode(name))
+        return self.refused(client, cmd, counter, errors.subscribed_mode(name))
 
     def may_write(self, client: Client, cmd: Command, args: Args) -> bool:
         """Whether running ``args`` may change the keyspace (CLIENT PAUSE

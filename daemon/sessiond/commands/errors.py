@@ -54,6 +54,13 @@ def wrong_arity(name: str) -> Error:
     return Error(f"ERR wrong number of arguments for '{name.lower()}' command")
 
 
+def exec_aborted(refusal: Error) -> Error:
+    """EXEC refused before it runs (arity, NOAUTH, MISCONF...): Redis'
+    execCommandAbort, the refusal's text after its ``ERR`` (if it has one)."""
+    reason = refusal.message.removeprefix("ERR ")
+    return Error(f"EXECABORT Transaction discarded because of: {reason}")
+
+
 def invalid_expire(command: str) -> Error:
     return Error(f"ERR invalid expire time in '{command}' command")
 
