@@ -278,6 +278,26 @@ def test_a_refused_exec_discards_the_transaction(daemon: Daemon, redis_server: R
     assert scenario(daemon) == expected
 
 
+@pytest.mark.parametrize("bad", [("MULTI", "x"), ("DISCARD", "x"), ("RESET", "x"), ("WATCH",)])
+def test_a_refused_command_run_at_once_in_multi_aborts_exec(
+    daemon: Daemon, redis_server: RedisServer, bad: tuple[str, ...]
+) -> None:
+    """MULTI, DISCARD, RESET and WATCH are not queued, but refused (here for
+    their arity) they flag the transaction as any refused command does, as
+    Redis' rejectCommand does; WATCH inside MULTI does not (its own error)."""
+
+    def scenario(d: Daemon | RedisServer) -> list[Any]:
+        with RawClient(d) as c:
+            c("FLUSHALL")
+            out = [c("MULTI"), c("SET", "k", "1"), c(*bad), c("EXEC"), c("GET", "k")]
+            return [*out, c("MULTI"), c("WATCH", "k"), c("SET", "k", "2"), c("EXEC")]
+
+    expected = scenario(redis_server)
+    assert expected[3] == RawError("EXECABORT Transaction discarded because of previous errors.")
+    assert expected[-1] == [b"OK"]
+    assert scenario(daemon) == expected
+
+
 def test_exec_before_auth_is_an_execabort(daemon_factory: Factory) -> None:
     d = daemon_factory({"security": {"password": "pw"}})
     with RawClient(d) as c:

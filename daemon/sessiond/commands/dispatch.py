@@ -213,12 +213,16 @@ class Dispatcher:
     def refused(self, client: Client, cmd: Command, counter: CommandStats, error: Error) -> Error:
         """``error`` as the reply to ``cmd``, refused before it ran. As Redis'
         rejectCommand: a refused EXEC discards the transaction (and the
-        watches), in or out of MULTI, and says why in an EXECABORT."""
+        watches), in or out of MULTI, and says why in an EXECABORT; any other
+        refusal in MULTI (of a command it runs at once: MULTI, DISCARD, WATCH,
+        RESET... with a wrong number of arguments) makes EXEC abort."""
         if cmd.runs_queued:
             client.multi = None
             client.multi_error = False
             self.watches.unwatch(client)
             error = errors.exec_aborted(error)
+        elif client.multi is not None:
+            client.multi_error = True
         return self.rejected(counter, error)
 
     def failed(self, error: Error) -> Error:
