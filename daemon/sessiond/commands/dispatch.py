@@ -148,8 +148,6 @@ class Dispatcher:
             if name:  # before subscribed mode, as Redis checks its ACL
                 counter = self.counters[cmd.index]
                 counter.calls += 1
-                if client.multi is not None:
-                    client.multi_error = True  # as Redis: EXEC then aborts
                 return self.refused(client, cmd, counter, Error("NOPERM " + errors.denied(name)))
         if client.subscriptions and subscribed_mode_refuses(client, cmd):  # one test when not
             return self._refuse_subscribed(client, cmd, args)
