@@ -15,8 +15,12 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import REDIS_COMPAT_VERSION, __version__
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DESCRIPTION = "Session-cache daemon speaking the Redis protocol on a Unix socket."
 
@@ -136,14 +140,24 @@ def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
 
 
-def check_config(path: Path | None) -> int:
-    from .config import ConfigError, annotated_yaml, flatten, load_config
+def _config_or_problems(path: Path | None) -> Config | None:
+    """The config at ``path``, or ``None`` once its problems are printed, one
+    line each."""
+    from .config import ConfigError, load_config
 
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def check_config(path: Path | None) -> int:
+    from .config import annotated_yaml, flatten
+
+    config = _config_or_problems(path)
+    if config is None:
         return 1
     print(f"# effective config from {config.source}")
     print(annotated_yaml(flatten(config)), end="")
@@ -188,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "import":
         from .importer import run as copy_from
 
-        return copy_from(args.source, args.config, args.match)
+        config = _config_or_problems(args.config)
+        return 1 if config is None else copy_from(args.source, config, args.match)
     parser.print_help(sys.stderr)
     return 2
 

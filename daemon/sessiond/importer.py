@@ -24,11 +24,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # Keys read and written per round trip (each key is a few commands).
 BATCH = 500
@@ -313,15 +315,9 @@ def _run_id(link: Link) -> bytes:
     return b""
 
 
-def run(source_url: str, config_path: Path | None, match: str) -> int:
-    from .config import ConfigError, load_config
-
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+def run(source_url: str, config: Config, match: str) -> int:
+    """Copy ``source_url``'s keys into the daemon ``config`` describes; the
+    exit status."""
     tally = Tally()
     try:
         with contextlib.ExitStack() as links:
