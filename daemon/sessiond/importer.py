@@ -203,12 +203,12 @@ def scan(source: Link, match: bytes) -> Iterator[list[bytes]]:
 _READ = {b"string": b"GET", b"hash": b"HGETALL", b"set": b"SMEMBERS"}
 
 
-def copy_batch(
-    source: Link, target: Link, keys: list[bytes], tally: Tally, max_request: int
-) -> None:
-    """Copy ``keys``; no request sent to the daemon is larger than
-    ``max_request`` bytes (its limits.max_request_size: it closes the
-    connection of a client that sends one)."""
+def copy_batch(source: Link, target: Link, keys: list[bytes], tally: Tally, config: Config) -> None:
+    """Copy ``keys`` into the daemon ``config`` describes: no request sent to
+    it is larger than its limits.max_request_size (it closes the connection
+    of a client that sends one), and no key with a part it would refuse is
+    sent at all."""
+    max_request = config.limits.max_request_size
     types = source.pipeline([[b"TYPE", key] for key in keys])
     wanted: list[tuple[bytes, bytes]] = []
     for key, kind in zip(keys, types, strict=True):
@@ -239,6 +239,10 @@ def copy_batch(
         if value is None or value == [] or ttl == -2 or ttl == 0:
             tally.gone += 1
             continue
+        refusal = _refused_part(key, kind, value, config)
+        if refusal is not None:
+            tally.failures.append((key, f"sessiond: {refusal}"))
+            continue
         commands = _writes(key, kind, value, ttl, max_request)
         if commands is None:
             too_large = f"too large for one request (limits.max_request_size: {max_request} bytes)"
@@ -260,6 +264,23 @@ def copy_batch(
             tally.failures.append((key, f"sessiond: {problem}"))
         else:
             tally.copied[kind.decode()] += 1
+
+
+def _refused_part(key: bytes, kind: bytes, value: Any, config: Config) -> str | None:
+    """Why the daemon would refuse ``key``: a key, value, field or member over
+    limits.max_value_size or cache.max_memory, the bounds it checks each part
+    against. Checked before anything is sent: a hash or set is replaced in a
+    MULTI that deletes it first, and a refusal inside its EXEC would leave
+    the key deleted (a copy from an earlier import gone)."""
+    parts = [key, value] if kind == b"string" else [key, *value]
+    largest = max(len(part) for part in parts)
+    bounds = [("limits.max_value_size", config.limits.max_value_size)]
+    if config.cache.max_memory:
+        bounds.append(("cache.max_memory", config.cache.max_memory))
+    for name, bound in bounds:
+        if largest > bound:
+            return f"a part of {largest} bytes exceeds {name} ({bound} bytes)"
+    return None
 
 
 def _size(args: Sequence[bytes]) -> int:
@@ -332,7 +353,7 @@ def run(source_url: str, config: Config, match: str) -> int:
             for page in scan(source, match.encode()):
                 for start in range(0, len(page), BATCH):
                     batch = page[start : start + BATCH]
-                    copy_batch(source, target, batch, tally, config.limits.max_request_size)
+                    copy_batch(source, target, batch, tally, config)
     except CopyFailed as exc:
         tally.report(sys.stdout, sys.stderr)
         print(f"sessiond import: {exc}", file=sys.stderr)
