@@ -492,6 +492,31 @@ def test_a_watched_key_that_expires_aborts_exec() -> None:
     assert d("EXEC") is NIL_ARRAY
 
 
+def test_a_key_already_expired_when_watched_is_no_change_when_it_is_removed() -> None:
+    """As Redis 7 (multi.c, a watched key's ``expired`` flag): a key past its
+    deadline but not yet removed when WATCH runs does not exist for it, so
+    its removal by another client's read (or the sweep) changes nothing;
+    written again after that, it has changed. Found by the differential test
+    against redis-server."""
+    d = Daemon()
+    other = d.new_client()
+    d("SET", "k", "1", "PX", "500")
+    d.clock.now += 1  # expired, still in memory
+    d("WATCH", "k")
+    assert d("GET", "k", client=other) is None  # the read removes it
+    d("MULTI")
+    d("SET", "x", "1")
+    assert d("EXEC") == [OK]
+    d("SET", "k", "1", "PX", "500")
+    d.clock.now += 1
+    d("WATCH", "k")
+    d.cache.sweep()  # the sweep removes it: no change either
+    d("SET", "k", "2", client=other)  # but a write is
+    d("MULTI")
+    d("GET", "k")
+    assert d("EXEC") is NIL_ARRAY
+
+
 def test_watching_a_key_only_the_store_holds() -> None:
     d = Daemon()
     other = d.new_client()

@@ -180,7 +180,7 @@ class Keyspace:
         # Told of every change a command makes to a key (None: to every key)
         # and of every expiry: WATCH. ``watching`` says whether anyone listens
         # (a write checks it, and calls nobody when nobody does).
-        self.change_listeners: list[Callable[[bytes | None], None]] = []
+        self.change_listeners: list[Callable[[bytes | None, bool], None]] = []
         self.watching = False
         # Keyspace events (notify_keyspace_events): ``notifying`` says whether
         # one could reach a subscriber. A handler tests it before it calls
@@ -202,16 +202,17 @@ class Keyspace:
 
     # -------------------------------------------------------------- changes
 
-    def listen(self, listener: Callable[[bytes | None], None]) -> None:
-        """Call ``listener(key)`` whenever a command changes ``key`` or it
-        expires (``None``: every key changed, FLUSHDB). Called synchronously,
-        before the change; it must not change the keyspace."""
+    def listen(self, listener: Callable[[bytes | None, bool], None]) -> None:
+        """Call ``listener(key, expired)`` whenever a command changes ``key``
+        or it expires (``expired``; ``None``: every key changed, FLUSHDB).
+        Called synchronously, before the change; it must not change the
+        keyspace."""
         self.change_listeners.append(listener)
         self.watching = True
         # Only now: the core copies the entry it replaces for its listener.
         self.cache.listener = self._removed
 
-    def unlisten(self, listener: Callable[[bytes | None], None]) -> None:
+    def unlisten(self, listener: Callable[[bytes | None, bool], None]) -> None:
         """Stop calling ``listener``. With nobody left listening, a write
         calls nobody again and the core stops copying replaced entries."""
         self.change_listeners.remove(listener)
@@ -220,9 +221,9 @@ class Keyspace:
             # Keyspace events still need the core's word on expiries.
             self.cache.listener = self._removed if self.notifying else None
 
-    def modified(self, key: bytes | None) -> None:
+    def modified(self, key: bytes | None, expired: bool = False) -> None:
         for listener in self.change_listeners:
-            listener(key)
+            listener(key, expired)
 
     def announce(
         self, notifier: Callable[[int, bytes, bytes], None] | None, *, new: bool = False
@@ -251,7 +252,7 @@ class Keyspace:
         ``evicted``, as Redis says of a key its eviction deletes."""
         if cause is Cause.EXPIRED:
             if self.watching:
-                self.modified(key)
+                self.modified(key, True)
             if self.notifying:
                 self.notify(NOTIFY_EXPIRED, b"expired", key)
         elif cause is Cause.EVICTED and self.notifying and self.store is None:

@@ -87,13 +87,18 @@ class Watches:
             self.listening = False
             self.keyspace.unlisten(self.listener)
 
-    def changed(self, key: bytes | None) -> None:
+    def changed(self, key: bytes | None, expired: bool) -> None:
         """A command is about to change ``key`` (``None``: every key, a
-        FLUSHDB), or it expires."""
+        FLUSHDB), or it ``expired``. As Redis 7: a key that had already
+        expired when it was watched (so did not exist) is no change when
+        its removal comes (a read or the sweep notices it)."""
         if key is not None:
             clients = self.keys.get(key)
             if clients is not None:
                 for client in clients:
+                    watched = client.watched
+                    if expired and watched is not None and watched.get(key) is False:
+                        continue
                     client.watch_dirty = True
             return
         # A flush touches the watched keys that existed at WATCH (one created
