@@ -517,6 +517,45 @@ def test_a_key_already_expired_when_watched_is_no_change_when_it_is_removed() ->
     assert d("EXEC") is NIL_ARRAY
 
 
+class _Ticking(Clock):
+    """A clock that moves 0.1 s each time it is read, once ``ticking``."""
+
+    ticking = False
+
+    def __call__(self) -> float:
+        if self.ticking:
+            self.now += 0.1
+        return self.now
+
+
+@pytest.mark.parametrize("how", ["exec", "script"])
+def test_no_key_expires_in_the_middle_of_a_transaction_or_a_script(how: str) -> None:
+    """As Redis (the command time it caches for EXEC and scripts): every
+    command of a transaction or a script reads deadlines against the moment
+    it began, so a key alive then is alive to its end. Found by the
+    differential test against redis-server: a 1 ms TTL ran out between two
+    commands of one EXEC."""
+    d = Daemon()
+    clock = _Ticking()
+    d.cache.clock = d.clock = clock
+    d("SET", "k", "v", "PX", "250")
+    reads = [("GET", "k"), ("STRLEN", "k"), ("EXISTS", "k"), ("PTTL", "k"), ("GET", "k")]
+    clock.ticking = True
+    if how == "exec":
+        d("MULTI")
+        for words in reads:
+            d(*words)
+        replies = d("EXEC")
+    else:
+        calls = ", ".join("redis.call('" + "', '".join(words) + "')" for words in reads)
+        replies = d("EVAL", f"return {{{calls}}}", "0")
+    clock.ticking = False
+    assert replies[:3] == [b"v", 1, 1] and 0 < replies[3] <= 250 and replies[4] == b"v"
+    assert d.cache.clock is clock  # running again
+    d.clock.now += 1
+    assert d("GET", "k") is None
+
+
 def test_watching_a_key_only_the_store_holds() -> None:
     d = Daemon()
     other = d.new_client()

@@ -712,6 +712,18 @@ class Keyspace:
         return self.cache.stats()
 
 
+class _Moment:
+    """A clock that stands at one moment (:meth:`Context.hold_time`)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
 class Context:
     """The keyspace as one command sees it, for as long as it runs.
 
@@ -727,7 +739,7 @@ class Context:
     by its time limit leaves the keyspace as it found it. Outside scripts
     neither costs more than one attribute test per write."""
 
-    __slots__ = ("ahead", "cache", "keyspace", "loaded", "owner", "prepared", "undo")
+    __slots__ = ("ahead", "cache", "clock", "keyspace", "loaded", "owner", "prepared", "undo")
 
     def __init__(self, keyspace: Keyspace, prepared: Prepared | None, owner: object = None) -> None:
         self.keyspace = keyspace
@@ -740,6 +752,8 @@ class Context:
         # The undo log while a script runs (key -> its entry before the
         # script changed it, None if there was none); None otherwise.
         self.undo: dict[bytes, Entry[Value] | None] | None = None
+        # The running clock while :meth:`hold_time` stops it; None otherwise.
+        self.clock: Callable[[], float] | None = None
         if prepared is None:
             self.loaded: dict[bytes, Entry[Value] | None] | None = None
             self.ahead: object = None
@@ -759,16 +773,36 @@ class Context:
         """The keyspace's clock (unix seconds): deadlines are read against it."""
         return self.cache.clock()
 
+    def hold_time(self) -> None:
+        """Stop the keyspace's clock at this moment until :meth:`release_time`:
+        the commands of a transaction or a script read every deadline against
+        the moment it began, as Redis' do (its cached command time), so that a
+        key alive when it starts does not expire in its middle. Nested (a
+        script inside EXEC), the outer hold stands."""
+        cache = self.cache
+        if self.clock is None and not isinstance(cache.clock, _Moment):
+            self.clock = cache.clock
+            cache.clock = _Moment(cache.clock())
+
+    def release_time(self) -> None:
+        clock = self.clock
+        if clock is not None:
+            self.clock = None
+            self.cache.clock = clock
+
     # ------------------------------------------------------------ scripts
 
     def enter_script(self) -> None:
         """A script starts running in this context: read undeclared keys
-        through at once, and keep the undo log."""
+        through at once, keep the undo log, and hold the time
+        (:meth:`hold_time`)."""
         self.undo = {}
+        self.hold_time()
 
     def leave_script(self, *, roll_back: bool) -> None:
         """The script ended; with ``roll_back``, put every key it changed back
         as it was before (in memory and in the store)."""
+        self.release_time()
         undo = self.undo
         self.undo = None
         if not roll_back or not undo:

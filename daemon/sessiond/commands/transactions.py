@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..keyspace import Keyspace
 from ..protocol import NIL_ARRAY, OK, Error
 from . import errors
-from .registry import TRANSACTIONS, Args, Call, Reply, command, denied_name
+from .registry import TRANSACTIONS, Args, Call, Command, Reply, command, denied_name
 from .state import Client
 
 # MONITOR queued in a transaction is refused when EXEC runs it, as Redis does.
@@ -159,6 +159,15 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
         watches.unwatch(client)  # before the queue runs: its own writes do not count
         if dirty:
             return NIL_ARRAY
+    cx.hold_time()  # no key expires in the middle of the transaction
+    try:
+        return _run_queued(cx, queued)
+    finally:
+        cx.release_time()
+
+
+def _run_queued(cx: Call, queued: list[tuple[Command, Args]]) -> list[Reply]:
+    """EXEC's replies: each queued command run in turn."""
     dispatcher = cx.dispatcher
     denied = cx.state.denied
     replies: list[Reply] = []
