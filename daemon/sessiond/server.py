@@ -40,7 +40,7 @@ import structlog
 from .commands import Client, Command, Dispatcher, ServerState
 from .commands import errors as command_errors
 from .commands.dispatch import subscribed_mode_refuses
-from .commands.registry import denied_name
+from .commands.registry import arity_fits, denied_name
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
@@ -476,8 +476,7 @@ class Connection(asyncio.Protocol):
             return False  # -NOPERM, at once: Redis checks its ACL before a pause
         if subscribed_mode_refuses(client, cmd):
             return False  # refused in subscribed mode, at once
-        arity = cmd.arity
-        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+        if not arity_fits(cmd.arity, len(args)):
             return False
         return state.pause_all or self.dispatcher.may_write(client, cmd, args)
 

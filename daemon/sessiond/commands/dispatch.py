@@ -23,7 +23,7 @@ from ..protocol import QUEUED, Error
 from ..scripting import ScriptEngine
 from ..stats import CommandStats
 from . import errors
-from .registry import REGISTRY, SCRIPTING, Args, Call, Command, denied_name
+from .registry import REGISTRY, SCRIPTING, Args, Call, Command, arity_fits, denied_name
 from .scripting import new_engine, script_may_write
 from .server import feed_monitors
 from .state import Client, ServerState
@@ -179,6 +179,7 @@ class Dispatcher:
         counter.calls += 1
         arity = cmd.arity
         n = len(args)
+        # arity_fits, inlined: this runs for every request.
         if (arity > 0 and n != arity) or n < -arity:
             return self.refused(cx.client, cmd, counter, errors.wrong_arity(cmd.name))
         state = self.state
@@ -235,8 +236,7 @@ class Dispatcher:
         counter.calls += 1
         if client.multi is not None:
             client.multi_error = True
-        arity = cmd.arity
-        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+        if not arity_fits(cmd.arity, len(args)):
             return self.refused(client, cmd, counter, errors.wrong_arity(cmd.name))
         name = cmd.name.lower()
         if cmd.subcommands and len(args) > 1:
@@ -267,8 +267,7 @@ class Dispatcher:
     def _queue(
         self, client: Client, cmd: Command, args: Args, multi: list[tuple[Command, Args]]
     ) -> Any:
-        arity = cmd.arity
-        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+        if not arity_fits(cmd.arity, len(args)):
             counter = self.counters[cmd.index]
             counter.calls += 1
             client.multi_error = True

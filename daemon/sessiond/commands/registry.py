@@ -236,6 +236,12 @@ def command(
     return register
 
 
+def arity_fits(arity: int, n: int) -> bool:
+    """Whether ``n`` arguments (the command's name counted) suit a Redis
+    ``arity``: exactly that many when positive, at least ``-arity`` when not."""
+    return n == arity if arity > 0 else n >= -arity
+
+
 def denied_name(denied: dict[str, frozenset[bytes] | None], cmd: Command, args: Args) -> str:
     """The name security.disabled_commands forbids ``args`` under (``denied``:
     ``ServerState.denied``), lower case as Redis' ACL shows it: ``flushall``,
@@ -245,8 +251,7 @@ def denied_name(denied: dict[str, frozenset[bytes] | None], cmd: Command, args: 
     if cmd.name not in denied:
         return ""
     n = len(args)
-    arity = cmd.arity
-    if (arity > 0 and n != arity) or n < -arity:
+    if not arity_fits(cmd.arity, n):
         return ""
     subs = denied[cmd.name]
     if n < 2 or not cmd.subcommands:
@@ -267,8 +272,7 @@ def subcommand_error(cmd: Command, args: Args) -> Error | None:
     arity = cmd.subcommand_arity.get(sub)
     if arity is None:
         return errors.no_such_subcommand(text(args[1]), cmd.name)
-    n = len(args)
-    if (arity > 0 and n != arity) or n < -arity:
+    if not arity_fits(arity, len(args)):
         return errors.wrong_arity(f"{cmd.name}|{text(sub)}")
     return None
 

@@ -34,7 +34,17 @@ from ..config import Config
 from ..protocol import OK, Error
 from ..scripting import NOSCRIPT_ERROR, ScriptEngine, shebang_flags
 from . import errors
-from .registry import SCRIPTING, Args, Call, Command, Reply, command, denied_name, subcommand
+from .registry import (
+    SCRIPTING,
+    Args,
+    Call,
+    Command,
+    Reply,
+    arity_fits,
+    command,
+    denied_name,
+    subcommand,
+)
 from .util import help_reply, parse_int64, text
 
 # What a script killed by the time limit replies ({limit} is the limit, such
@@ -117,10 +127,9 @@ def _caller(
             unknown.calls += 1
             unknown.errors += 1
             raise Error(errors.SCRIPT_UNKNOWN)
-        arity = cmd.arity
         refusal = None
         denied = dispatcher.state.denied
-        if (arity > 0 and len(args) != arity) or len(args) < -arity:
+        if not arity_fits(cmd.arity, len(args)):
             refusal = errors.SCRIPT_ARITY
         elif cmd.noscript:  # before the ACL check, as Redis' scriptCall
             refusal = errors.SCRIPT_REFUSED

@@ -33,6 +33,7 @@ from .registry import (
     Call,
     Command,
     Reply,
+    arity_fits,
     command,
     subcommand,
     subcommand_error,
@@ -383,9 +384,7 @@ def _getkeys(words: Args) -> list[bytes]:
         syntax = declared[0]
     if target.first_key == 0 and target.load is None:
         raise Error(_NO_KEYS)
-    arity = target.arity
-    n = len(words)
-    if (arity > 0 and n != arity) or n < -arity:
+    if not arity_fits(target.arity, len(words)):
         raise Error("ERR Invalid number of arguments specified for command")
     keys = target.keys(words)
     if not keys and syntax is not None:
