@@ -177,6 +177,9 @@ class Keyspace:
         # keyspace_hits counts them as hits; the cache's own counters do not).
         self.store_hits = 0
         self.current: Context | None = None
+        # The keyspace's running clock while a transaction or a script holds
+        # the time (Context.hold_time); None otherwise.
+        self.held_clock: Callable[[], float] | None = None
         # Told of every change a command makes to a key (None: to every key)
         # and of every expiry: WATCH. ``watching`` says whether anyone listens
         # (a write checks it, and calls nobody when nobody does).
@@ -739,7 +742,7 @@ class Context:
     by its time limit leaves the keyspace as it found it. Outside scripts
     neither costs more than one attribute test per write."""
 
-    __slots__ = ("ahead", "cache", "clock", "keyspace", "loaded", "owner", "prepared", "undo")
+    __slots__ = ("ahead", "cache", "keyspace", "loaded", "owner", "prepared", "undo")
 
     def __init__(self, keyspace: Keyspace, prepared: Prepared | None, owner: object = None) -> None:
         self.keyspace = keyspace
@@ -752,8 +755,6 @@ class Context:
         # The undo log while a script runs (key -> its entry before the
         # script changed it, None if there was none); None otherwise.
         self.undo: dict[bytes, Entry[Value] | None] | None = None
-        # The running clock while :meth:`hold_time` stops it; None otherwise.
-        self.clock: Callable[[], float] | None = None
         if prepared is None:
             self.loaded: dict[bytes, Entry[Value] | None] | None = None
             self.ahead: object = None
@@ -773,36 +774,38 @@ class Context:
         """The keyspace's clock (unix seconds): deadlines are read against it."""
         return self.cache.clock()
 
-    def hold_time(self) -> None:
-        """Stop the keyspace's clock at this moment until :meth:`release_time`:
+    def hold_time(self) -> bool:
+        """Stop the keyspace's clock at this moment, until :meth:`release_time`:
         the commands of a transaction or a script read every deadline against
         the moment it began, as Redis' do (its cached command time), so that a
-        key alive when it starts does not expire in its middle. Nested (a
-        script inside EXEC), the outer hold stands."""
-        cache = self.cache
-        if self.clock is None and not isinstance(cache.clock, _Moment):
-            self.clock = cache.clock
-            cache.clock = _Moment(cache.clock())
+        key alive when it starts does not expire in its middle. ``False`` if
+        the time is held already (a script inside EXEC): the outer hold stands,
+        and only the caller that got ``True`` releases it."""
+        keyspace = self.keyspace
+        if keyspace.held_clock is not None:
+            return False
+        clock = self.cache.clock
+        keyspace.held_clock = clock
+        self.cache.clock = _Moment(clock())
+        return True
 
     def release_time(self) -> None:
-        clock = self.clock
+        keyspace = self.keyspace
+        clock = keyspace.held_clock
         if clock is not None:
-            self.clock = None
+            keyspace.held_clock = None
             self.cache.clock = clock
 
     # ------------------------------------------------------------ scripts
 
     def enter_script(self) -> None:
         """A script starts running in this context: read undeclared keys
-        through at once, keep the undo log, and hold the time
-        (:meth:`hold_time`)."""
+        through at once, and keep the undo log."""
         self.undo = {}
-        self.hold_time()
 
     def leave_script(self, *, roll_back: bool) -> None:
         """The script ended; with ``roll_back``, put every key it changed back
         as it was before (in memory and in the store)."""
-        self.release_time()
         undo = self.undo
         self.undo = None
         if not roll_back or not undo:

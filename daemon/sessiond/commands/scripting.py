@@ -184,6 +184,7 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     keys = args[3 : 3 + numkeys]
     argv = args[3 + numkeys :]
     cx.enter_script()
+    held = cx.hold_time()  # no key expires in the middle of the script
     pubsub = cx.state.pubsub
     pubsub.hold()
     timed_out = False
@@ -203,6 +204,8 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     finally:
         # Stopped by the time limit: every change it made is undone. An
         # error after writes keeps them, as in Redis.
+        if held:
+            cx.release_time()
         cx.leave_script(roll_back=timed_out)
         # What it published and the events of its writes go out with them,
         # or not at all.

@@ -159,11 +159,12 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
         watches.unwatch(client)  # before the queue runs: its own writes do not count
         if dirty:
             return NIL_ARRAY
-    cx.hold_time()  # no key expires in the middle of the transaction
+    held = cx.hold_time()  # no key expires in the middle of the transaction
     try:
         return _run_queued(cx, queued)
     finally:
-        cx.release_time()
+        if held:
+            cx.release_time()
 
 
 def _run_queued(cx: Call, queued: list[tuple[Command, Args]]) -> list[Reply]:
