@@ -550,6 +550,40 @@ def test_a_compactor_process_that_dies_before_it_answers_is_reported_gone(
         store_files.close()
 
 
+def test_the_compactor_process_compacts_several_segments_as_one(tmp_path: Path) -> None:
+    """``compact N...`` merges the segments, newest change per key (a FLUSH
+    in one clears the table and every older segment), writes each session
+    once, and records the last segment as compacted."""
+    from sessiond.store.compactd import CompactorProcess
+
+    path = tmp_path / "c.db"
+    store_files = StoreFiles(path)
+    store_files.open()
+
+    def segment(number: int, changes: dict[bytes, Kept], cleared: bool = False) -> None:
+        _segment(store_files.segment_path(number), [wal.encode(changes, cleared)])
+
+    child = CompactorProcess(path, store_files.lock_fd, 0, 100, 0.0)
+    db = connect(path)
+    try:
+        segment(3, {b"k1": row(b"a"), b"k2": row(b"a"), b"k3": row(b"a")})
+        segment(4, {b"k1": row(b"b"), b"k2": None})
+        segment(5, {b"k3": row(b"c")})
+        assert child.ask("compact 3 4 5", lambda: False) == "done 5 3"  # k1, k2, k3 once each
+        assert _table(db) == {b"k1": b"b", b"k3": b"c"}
+        assert db.execute("SELECT compacted_through FROM store_state").fetchone() == (5,)
+
+        segment(6, {b"k9": row(b"x")})
+        segment(7, {b"k5": row(b"y")}, cleared=True)
+        assert child.ask("compact 6 7", lambda: False) == "done 7 1"
+        assert _table(db) == {b"k5": b"y"}
+        assert db.execute("SELECT compacted_through FROM store_state").fetchone() == (7,)
+    finally:
+        db.close()
+        child.stop(now=False)
+        store_files.close()
+
+
 # --------------------------------------------------------------- migration
 
 _V2_SCHEMA = """

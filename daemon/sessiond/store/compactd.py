@@ -14,8 +14,11 @@ between two steps once its parent is gone (a kill -9 of the daemon), and
 never deletes a file.
 
 Protocol, one line each way, every command answered (``error TEXT`` if it
-failed): ``compact N`` -> ``done N ROWS``; ``refile HEX...`` -> ``ok``;
-``live`` -> ``live BYTES``.
+failed): ``compact N...`` (sealed segments, oldest first) -> ``done LAST
+ROWS``; ``refile HEX...`` -> ``ok``; ``live`` -> ``live BYTES``.
+
+Several segments compact as one: their changes merged, newest per key, so a
+session rewritten in each is written to the table once.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from . import log as wal
 from .compactor import Compaction, Compactor, compactor_connection
 from .overlay import Layer
 
-# How each command's answer begins (``error TEXT`` aside); ``{}``: its argument.
+# How each command's answer begins (``error TEXT`` aside); ``{}``: its last argument.
 _ANSWERS = {"compact": "done {} ", "refile": "ok", "live": "live "}
 # Not ``-m sessiond.store.compactd``: the package imports this module first.
 _CHILD = "import sys; from sessiond.store.compactd import main; sys.exit(main(sys.argv[1:]))"
@@ -66,17 +69,18 @@ def serve(path: Path, max_pages: int, rows: int, pause: float) -> int:
                 # it fails (a failing disk): each answered with the error.
                 compactor = Compactor(compactor_connection(path, max_pages))
             if command == "compact":
-                number = int(rest)
-                found = wal.replay(_segment_path(path, number))
-                layer = Layer(number, found.changes)
-                layer.cleared = found.cleared
+                numbers = [int(n) for n in rest.split()]
+                layer = Layer(numbers[-1])
+                for number in numbers:
+                    found = wal.replay(_segment_path(path, number))
+                    layer.apply(found.changes, found.cleared)
                 job = Compaction(layer)
                 while not compactor.step(job, rows):
                     if os.getppid() != parent or _closed(sys.stdin):
                         return 0  # the daemon is gone: its successor replays the rest
                     if pause:
                         time.sleep(pause)
-                out.write(f"done {number} {job.written}\n")
+                out.write(f"done {numbers[-1]} {job.written}\n")
             elif command == "refile":
                 compactor.refile(bytes.fromhex(k) for k in rest.split())
                 out.write("ok\n")
@@ -148,7 +152,7 @@ class CompactorProcess:
         have the daemon delete a segment the table does not hold yet)."""
         self.send(command)
         verb, _, argument = command.partition(" ")
-        expected = _ANSWERS[verb].format(argument)
+        expected = _ANSWERS[verb].format(argument.rpartition(" ")[2])
         while not give_up():
             answer = self.reply(0.05)
             if answer is None:
