@@ -149,7 +149,7 @@ class SessiondCollector(Collector):
         )
         yield CounterMetricFamily(
             "sessiond_store_compactions",
-            "Log segments compacted into the store's table.",
+            "Compactions into the store's table (each of one or more log segments).",
             value=store.compactions,
         )
         yield CounterMetricFamily(
