@@ -584,6 +584,53 @@ def test_the_compactor_process_compacts_several_segments_as_one(tmp_path: Path) 
         store_files.close()
 
 
+def test_a_merge_cut_short_is_retried_with_more_segments(tmp_path: Path) -> None:
+    """A compactor process killed in the middle of ``compact 3 4`` (some of
+    the merge already in the table, ``compacted_through`` not moved) is
+    retried with the segments sealed since, ``compact 3 4 5``: the table ends
+    as the newest change per key says, a FLUSH in the first segment of a
+    merge still clears what came before, and only the last is recorded."""
+    from sessiond.store.compactd import CompactorProcess
+
+    path = tmp_path / "c.db"
+    store_files = StoreFiles(path)
+    store_files.open()
+
+    def segment(number: int, changes: dict[bytes, Kept], cleared: bool = False) -> None:
+        _segment(store_files.segment_path(number), [wal.encode(changes, cleared)])
+
+    def through() -> int:
+        return int(db.execute("SELECT compacted_through FROM store_state").fetchone()[0])
+
+    db = connect(path)
+    child = CompactorProcess(path, store_files.lock_fd, 0, 100, 0.0)
+    try:
+        segment(2, {b"old": row(b"o")})
+        assert child.ask("compact 2", lambda: False) == "done 2 1"
+        child.stop(now=False)
+        # One row a step, a second between steps: killed after the first.
+        slow = CompactorProcess(path, store_files.lock_fd, 0, 1, 1.0)
+        segment(3, {b"k%d" % i: row(b"a") for i in range(5)}, cleared=True)
+        segment(4, {b"k%d" % i: row(b"b") for i in range(3)})
+        slow.send("compact 3 4")
+        deadline = time.monotonic() + 10
+        while not _table(db).keys() - {b"old"}:
+            assert time.monotonic() < deadline, _table(db)
+            time.sleep(0.01)
+        assert slow.proc is not None
+        slow.proc.kill()
+        slow.stop(now=True)
+        assert through() == 2  # cut short: not recorded
+        segment(5, {b"k0": None, b"k4": row(b"c")})
+        assert child.ask("compact 3 4 5", lambda: False) == "done 5 5"
+        assert _table(db) == {b"k1": b"b", b"k2": b"b", b"k3": b"a", b"k4": b"c"}
+        assert through() == 5
+    finally:
+        db.close()
+        child.stop(now=False)
+        store_files.close()
+
+
 # --------------------------------------------------------------- migration
 
 _V2_SCHEMA = """
