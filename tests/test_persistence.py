@@ -683,14 +683,15 @@ def test_a_failed_re_filing_in_the_compactor_process_leaves_no_answer_behind(
         store.close()
 
 
-def test_the_compactor_process_waits_and_compacts_the_sealed_segments_as_one(
+def test_sealed_segments_wait_for_the_compactor_process_and_a_stop_takes_them_in_turn(
     tmp_path: Path,
 ) -> None:
-    """The compactor process lets sealed segments wait (``compact_wait``),
-    then compacts all that wait as one: a session rewritten in each of them
-    is written to the table once. In-process with the real compactor
-    process; the wait is longer than the test, so that only the stop, which
-    compacts at once, ends it."""
+    """The compactor process lets sealed segments wait (``compact_wait``;
+    the test below has them merged once they waited). A stop ends the wait
+    and compacts them one at a time, the oldest first, so that the stop's
+    budget is spent on whole segments (a merge cut short rolls back whole).
+    In-process with the real compactor process; the wait is longer than
+    the test, so that only the stop ends it."""
     from sessiond.store import SQLiteStore
 
     path = tmp_path / "merged.db"
@@ -720,8 +721,8 @@ def test_the_compactor_process_waits_and_compacts_the_sealed_segments_as_one(
         assert store.stats.compactions == 0  # all three still wait
     finally:
         store.close()
-    assert store.stats.compactions == 1
-    assert store.stats.compacted_changes == 4  # k once, other0-2
+    assert store.stats.compactions == 3
+    assert store.stats.compacted_changes == 6  # each segment's k and other
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         table = dict(db.execute("SELECT key, value FROM sessions").fetchall())

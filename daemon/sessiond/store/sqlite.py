@@ -769,6 +769,11 @@ class SQLiteStore:
             refile, self._refile = self._refile, set()
             if self._due_in() > 0.0:
                 return refile, []
+            if self._stopping:
+                # One at a time within the stop's budget: a merge cut short
+                # rolls back whole, where the oldest segment alone may finish
+                # and leave the next start less to replay.
+                return refile, [self._sealed[0][0]]
             return refile, [layer for layer, _, _ in self._sealed]
 
     def _due_in(self) -> float:
