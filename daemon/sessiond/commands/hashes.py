@@ -370,9 +370,14 @@ def cmd_hincrbyfloat(cx: Call, args: Args) -> Reply:
 )
 def cmd_hscan(cx: Call, args: Args) -> Reply:
     _cursor(args[2])
+    # The key before the options, as Redis reads them: a missing key is an
+    # empty scan and another type WRONGTYPE, whatever options follow.
+    found = _missed(cx, args[1], _read(cx, args[1]))
+    if found is None:
+        return [b"0", []]
     pattern = _match(args, 3)
     out: list[bytes] = []
-    for field, value in (_missed(cx, args[1], _read(cx, args[1])) or {}).items():
+    for field, value in found.items():
         if pattern is None or pattern.match(field):
             out += [field, value]
     # A session's hash is small: one step returns all of it (cursor 0), as

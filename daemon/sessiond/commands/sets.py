@@ -238,6 +238,10 @@ def cmd_srandmember(cx: Call, args: Args) -> Reply:
 def cmd_sscan(cx: Call, args: Args) -> Reply:
     if parse_cursor(args[2]) is None:
         raise Error(errors.INVALID_CURSOR)
+    # The key before the options, as Redis reads them (see HSCAN).
+    found = _lookup(cx, args[1])
+    if found is None:
+        return [b"0", []]
     pattern = None
     for opt, value in options(args, 3):
         if opt == b"MATCH":
@@ -247,7 +251,6 @@ def cmd_sscan(cx: Call, args: Args) -> Reply:
                 raise errors.syntax()
         else:
             raise errors.syntax()
-    found = _lookup(cx, args[1]) or set()
     # One step returns the whole (small) set, cursor 0: see HSCAN.
     return [b"0", [m for m in found if pattern is None or pattern.match(m)]]
 
