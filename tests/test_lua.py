@@ -185,6 +185,10 @@ SCRIPTS: list[tuple[str, ...]] = [
     # Errors, and where they happened.
     ("EVAL", "error('boom')", "0"),
     ("EVAL", "error({err='ERR raised table'})", "0"),
+    # A number in err is its text (Redis reads it with lua_tostring).
+    ("EVAL", "error({err=42})", "0"),
+    ("EVAL", "error({err=1.5})", "0"),
+    ("EVAL", "error({err=2^63})", "0"),
     ("EVAL", "local x = nil\nreturn x.y", "0"),
     ("EVAL", "return redis.call('INCR', 'a')", "0"),
     ("EVAL", "return redis.pcall('INCR', 'a')", "0"),

@@ -143,6 +143,9 @@ def wire(
 
 # (script, expected reply); {sha} is the script's sha.
 ERRORS = [
+    # An error table's err may be a number: its text, as lua_tostring has it.
+    ("error({err=42})", "-42 script: {sha}, on @user_script:1."),
+    ("error({err=2^63})", "-9.2233720368548e+18 script: {sha}, on @user_script:1."),
     (
         "return x",
         "-ERR user_script:1: Script attempted to access nonexistent global variable 'x' "

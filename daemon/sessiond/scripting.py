@@ -1020,8 +1020,14 @@ local function handler(e)
   local info = user_frame(2)
   local text
   if type(e) == "table" then
+    -- Redis reads the field with lua_isstring/lua_tostring: a number is
+    -- its text, anything else no message.
     text = rawget(e, "err")
-    if type(text) ~= "string" then text = nil end
+    if type(text) == "number" then
+      text = tostring(text)
+    elseif type(text) ~= "string" then
+      text = nil
+    end
   else
     text = tostring(e)
     if info then
