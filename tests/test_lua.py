@@ -168,6 +168,11 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", "return cjson.decode('[1,2,{\"a\":3}]')[3].a", "0"),
     ("EVAL", "return redis.sha1hex('')", "0"),
     ("EVAL", "redis.setresp(3) return {double=3.5}", "0"),
+    # An integral double is written without a fraction, in RESP3 too.
+    ("EVAL", "return {double=0}", "0"),
+    ("EVAL", "return {double=100}", "0"),
+    ("EVAL", "return {double=2^53}", "0"),
+    ("EVAL", "return {double=-1/0}", "0"),
     ("EVAL", "redis.setresp(3) return true", "0"),
     ("EVAL", "redis.setresp(3) return redis.call('GET', 'missing') == nil", "0"),
     ("EVAL", "return redis.call('EXPIRE', 'a', '100')", "0"),

@@ -422,6 +422,24 @@ def test_pairs_are_flat_in_resp2_and_pairs_in_resp3() -> None:
     assert encode(Pairs(), True) == encode(Pairs(), False) == b"*0\r\n"
 
 
+def test_a_double_is_written_as_redis_writes_it() -> None:
+    """An integral double has no fraction (``,0``, not Python's ``0.0``), an
+    exponent no padding: Redis' d2string, in RESP3 and RESP2 alike."""
+    for value, text in [
+        (0.0, b"0"),
+        (-0.0, b"-0"),
+        (100.0, b"100"),
+        (2.0**53, b"9007199254740992"),
+        (3.5, b"3.5"),
+        (1e20, b"1e+20"),
+        (1e-7, b"1e-7"),
+        (float("-inf"), b"-inf"),
+        (float("nan"), b"nan"),
+    ]:
+        assert encode(value, True) == b",%b\r\n" % text
+        assert encode(value, False) == b"$%d\r\n%b\r\n" % (len(text), text)
+
+
 # ------------------------------------------------- malformed and oversized
 
 MALFORMED = {

@@ -32,6 +32,8 @@ nests each pair in RESP3 and flattens them in RESP2.
 
 from __future__ import annotations
 
+import math
+from decimal import Decimal
 from typing import Any, Final
 
 from mypy_extensions import i64, mypyc_attr
@@ -547,6 +549,57 @@ _CRLF: Final = b"\r\n"
 _OK_LINE: Final = b"+OK\r\n"
 
 
+# ------------------------------------------------------------------ doubles
+
+
+def _shortest_digits(value: float) -> tuple[str, int]:
+    """The shortest decimal digits that read back as ``abs(value)`` and the
+    power of ten of the last one (``1.5`` -> ``("15", -1)``)."""
+    _, digits, exponent = Decimal(repr(abs(value))).as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits)).lstrip("0") or "0"
+    stripped = text.rstrip("0")
+    return stripped, exponent + len(text) - len(stripped)
+
+
+def fpconv_dtoa(value: float) -> str:
+    """A double as Redis 7.2's ``fpconv_dtoa`` writes it: shortest digits,
+    plain up to 7 zeros either side, else ``d.ddde+N`` with no exponent padding."""
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    if math.isnan(value):
+        return sign + "nan"
+    if math.isinf(value):
+        return sign + "inf"
+    if value == 0:
+        return sign + "0"
+    digits, k = _shortest_digits(value)
+    ndigits = len(digits)
+    exp = abs(k + ndigits - 1)
+    if k >= 0 and exp < ndigits + 7:
+        return sign + digits + "0" * k
+    if k < 0 and (k > -7 or exp < 4):
+        offset = ndigits + k
+        if offset <= 0:
+            return sign + "0." + "0" * -offset + digits
+        return sign + digits[:offset] + "." + digits[offset:]
+    digits = digits[: 18 - len(sign)]
+    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return f"{sign}{mantissa}e{'-' if k + ndigits - 1 < 0 else '+'}{exp}"
+
+
+def d2string(value: float) -> bytes:
+    """A double reply's text (a bulk string in RESP2, a double in RESP3), as
+    Redis 7.2's ``d2string`` writes it."""
+    if math.isnan(value):
+        return b"nan"
+    if value == 0:
+        return b"-0" if math.copysign(1.0, value) < 0 else b"0"
+    # Integral and within what double2ll() accepts: its integer.
+    if math.isfinite(value) and value.is_integer() and abs(value) <= 2**62:
+        return b"%d" % int(value)
+    return fpconv_dtoa(value).encode()
+
+
 def encode(value: Any, resp3: bool) -> bytes:
     """Encode one reply value (see the module table)."""
     # The replies of GET and SET are answered here without building a list.
@@ -595,7 +648,7 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
         else:
             out.append(b":1\r\n" if value else b":0\r\n")
     elif t is float:
-        text = repr(value).encode() if value == value else b"nan"
+        text = d2string(value)  # Redis 7.2 writes a double reply so, in RESP2 and RESP3
         if resp3:
             out.append(b",%b\r\n" % text)
         else:

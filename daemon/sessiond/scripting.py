@@ -105,13 +105,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from decimal import Decimal
 from typing import Any, Final
 
 # lupa ships no type information; everything it returns is typed Any here.
 import lupa.lua51 as lua51  # type: ignore[import-untyped]
 
-from sessiond.protocol import NIL_ARRAY, Error, Pairs, Status, Verbatim
+from sessiond.protocol import NIL_ARRAY, Error, Pairs, Status, Verbatim, d2string, fpconv_dtoa
 
 __all__ = [
     "BUSY_ERROR",
@@ -157,52 +156,6 @@ class ScriptKilled(Exception):
 
 
 # ------------------------------------------------------------------ numbers
-
-
-def _shortest_digits(value: float) -> tuple[str, int]:
-    """The shortest decimal digits that read back as ``abs(value)`` and the
-    power of ten of the last one (``1.5`` -> ``("15", -1)``)."""
-    _, digits, exponent = Decimal(repr(abs(value))).as_tuple()
-    assert isinstance(exponent, int)
-    text = "".join(map(str, digits)).lstrip("0") or "0"
-    stripped = text.rstrip("0")
-    return stripped, exponent + len(text) - len(stripped)
-
-
-def fpconv_dtoa(value: float) -> str:
-    """A double as Redis 7.2's ``fpconv_dtoa`` writes it: shortest digits,
-    plain up to 7 zeros either side, else ``d.ddde+N`` with no exponent padding."""
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    if math.isnan(value):
-        return sign + "nan"
-    if math.isinf(value):
-        return sign + "inf"
-    if value == 0:
-        return sign + "0"
-    digits, k = _shortest_digits(value)
-    ndigits = len(digits)
-    exp = abs(k + ndigits - 1)
-    if k >= 0 and exp < ndigits + 7:
-        return sign + digits + "0" * k
-    if k < 0 and (k > -7 or exp < 4):
-        offset = ndigits + k
-        if offset <= 0:
-            return sign + "0." + "0" * -offset + digits
-        return sign + digits[:offset] + "." + digits[offset:]
-    digits = digits[: 18 - len(sign)]
-    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    return f"{sign}{mantissa}e{'-' if k + ndigits - 1 < 0 else '+'}{exp}"
-
-
-def d2string(value: float) -> bytes:
-    """A double reply's RESP2 text, as Redis 7.2's ``d2string``."""
-    if math.isnan(value):
-        return b"nan"
-    if value == 0:
-        return b"-0" if math.copysign(1.0, value) < 0 else b"0"
-    if math.isfinite(value) and value.is_integer() and abs(value) <= _HALF_LLONG:
-        return b"%d" % int(value)
-    return fpconv_dtoa(value).encode()
 
 
 def _c_long_long(value: float) -> int:
