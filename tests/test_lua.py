@@ -172,6 +172,7 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", "return {double=0}", "0"),
     ("EVAL", "return {double=100}", "0"),
     ("EVAL", "return {double=2^53}", "0"),
+    ("EVAL", "return {double=-0.0}", "0"),
     ("EVAL", "return {double=-1/0}", "0"),
     ("EVAL", "redis.setresp(3) return true", "0"),
     ("EVAL", "redis.setresp(3) return redis.call('GET', 'missing') == nil", "0"),

@@ -1074,7 +1074,8 @@ function HOST.classify(t)
   v = rawget(t, "ok")
   if type(v) == "string" then return "ok", v, nil, 0 end
   v = rawget(t, "double")
-  if type(v) == "number" then return "double", v, nil, 0 end
+  -- (lupa hands an integral number over as an int: -0 would lose its sign)
+  if type(v) == "number" then return "double", v, v == 0 and 1 / v < 0, 0 end
   v = rawget(t, "big_number")
   if type(v) == "string" then return "big_number", v, nil, 0 end
   v = rawget(t, "verbatim_string")
@@ -1766,7 +1767,7 @@ class ScriptEngine:
         if kind == b"ok":
             return Status(_text(a).replace("\r", " ").replace("\n", " "))
         if kind == b"double":
-            number = float(a)
+            number = -0.0 if b else float(a)
             return number if resp3 else d2string(number)
         if kind == b"big_number":
             return a.replace(b"\r", b" ").replace(b"\n", b" ")
