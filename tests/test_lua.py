@@ -168,6 +168,12 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", "return cjson.decode('[1,2,{\"a\":3}]')[3].a", "0"),
     ("EVAL", "return redis.sha1hex('')", "0"),
     ("EVAL", "redis.setresp(3) return {double=3.5}", "0"),
+    # Maps and sets in the order Lua walks the table, keys that convert
+    # alike (1.5 and 1.25 are both 1) repeated, a set member whatever its value.
+    ("EVAL", "return {set={f=true, g=true, h=false}}", "0"),
+    ("EVAL", "return {map={f=1, g=2, h='x'}}", "0"),
+    ("EVAL", "return {map={[1.5]='a', [1.25]='b'}}", "0"),
+    ("EVAL", "return {set={[1.5]=true, [1.25]=true, [true]=true}}", "0"),
     # An integral double is written without a fraction, in RESP3 too.
     ("EVAL", "return {double=0}", "0"),
     ("EVAL", "return {double=100}", "0"),

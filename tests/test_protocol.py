@@ -19,7 +19,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sessiond.protocol import (
+    Entries,
     ExactParser,
+    Members,
     Pairs,
     ProtocolError,
     RequestParser,
@@ -420,6 +422,15 @@ def test_pairs_are_flat_in_resp2_and_pairs_in_resp3() -> None:
         b"*2\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
     )
     assert encode(Pairs(), True) == encode(Pairs(), False) == b"*0\r\n"
+
+
+def test_members_and_entries_keep_their_order_and_repeats() -> None:
+    members = Members([b"g", b"f", 1, 1])
+    assert encode(members, True) == b"~4\r\n$1\r\ng\r\n$1\r\nf\r\n:1\r\n:1\r\n"
+    assert encode(members, False) == b"*4\r\n$1\r\ng\r\n$1\r\nf\r\n:1\r\n:1\r\n"
+    entries = Entries([(1, b"a"), (1, b"b")])
+    assert encode(entries, True) == b"%2\r\n:1\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n"
+    assert encode(entries, False) == b"*4\r\n:1\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n"
 
 
 def test_a_double_is_written_as_redis_writes_it() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sessiond.protocol import NIL_ARRAY, OK, Error, Status, Verbatim, encode
+from sessiond.protocol import NIL_ARRAY, OK, Entries, Error, Members, Status, Verbatim, encode
 from sessiond.scripting import (
     BUSY_ERROR,
     KILLED_ERROR,
@@ -1284,6 +1284,10 @@ def _shared_engine() -> ScriptEngine:
 
 def _normal(value: Any) -> Any:
     """Compare replies as values: sets and maps have no order in Lua."""
+    if isinstance(value, Entries):  # a map, in the order Lua walked it
+        return {k: _normal(v) for k, v in value}
+    if isinstance(value, Members):
+        return frozenset(value)
     if isinstance(value, list | tuple):
         return [_normal(v) for v in value]
     if isinstance(value, dict):

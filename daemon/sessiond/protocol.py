@@ -19,6 +19,8 @@ value                  RESP2                RESP3
 ``Verbatim``           bulk string          verbatim string
 ``Push``               array                push (``>``)
 ``Pairs``              flat array           array of 2-arrays
+``Members``            array                set, in its order
+``Entries``            flat array           map, in its order
 ``Replies``            each item in turn    each item in turn
 =====================  ===================  =====================
 
@@ -84,6 +86,23 @@ class Push(list[Any]):
 @mypyc_attr(native_class=False)
 class Pairs(list[tuple[Any, Any]]):
     """Field-value pairs: a flat array in RESP2, an array of pairs in RESP3."""
+
+    __slots__ = ()
+
+
+@mypyc_attr(native_class=False)
+class Members(list[Any]):
+    """A set reply's members in this order, repeats kept (a script's
+    ``{set=...}``, written as Redis walks the Lua table): RESP3 ``~``, an
+    array in RESP2."""
+
+    __slots__ = ()
+
+
+@mypyc_attr(native_class=False)
+class Entries(list[tuple[Any, Any]]):
+    """A map reply's entries in this order, repeats kept (a script's
+    ``{map=...}``): RESP3 ``%``, a flat array in RESP2."""
 
     __slots__ = ()
 
@@ -666,6 +685,15 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
         out.append((b">%d\r\n" if resp3 else b"*%d\r\n") % len(value))
         for item in value:
             _encode_into(item, resp3, out)
+    elif t is Members:
+        out.append((b"~%d\r\n" if resp3 else b"*%d\r\n") % len(value))
+        for item in value:
+            _encode_into(item, resp3, out)
+    elif t is Entries:
+        out.append((b"%%%d\r\n" if resp3 else b"*%d\r\n") % (len(value) * (1 if resp3 else 2)))
+        for first, second in value:
+            _encode_into(first, resp3, out)
+            _encode_into(second, resp3, out)
     elif t is Replies:
         for item in value:
             _encode_into(item, resp3, out)

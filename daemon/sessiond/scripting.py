@@ -110,7 +110,17 @@ from typing import Any, Final
 # lupa ships no type information; everything it returns is typed Any here.
 import lupa.lua51 as lua51  # type: ignore[import-untyped]
 
-from sessiond.protocol import NIL_ARRAY, Error, Pairs, Status, Verbatim, d2string, fpconv_dtoa
+from sessiond.protocol import (
+    NIL_ARRAY,
+    Entries,
+    Error,
+    Members,
+    Pairs,
+    Status,
+    Verbatim,
+    d2string,
+    fpconv_dtoa,
+)
 
 __all__ = [
     "BUSY_ERROR",
@@ -1778,24 +1788,14 @@ class ScriptEngine:
                 except UnicodeDecodeError:
                     return b
             return b
+        # A map or set is written in the order Lua walks the table, each key
+        # as it converts, repeats and all (two keys may convert alike: 1.5
+        # and 1.25 both become 1), as Redis writes them.
         if kind == b"map":
-            return {
-                _hashable(self._from_lua(a[i], resp3, depth + 1)): self._from_lua(
-                    b[i], resp3, depth + 1
-                )
+            return Entries(
+                (self._from_lua(a[i], resp3, depth + 1), self._from_lua(b[i], resp3, depth + 1))
                 for i in range(1, n + 1)
-            }
+            )
         if kind == b"set":
-            return {_hashable(self._from_lua(a[i], resp3, depth + 1)) for i in range(1, n + 1)}
+            return Members(self._from_lua(a[i], resp3, depth + 1) for i in range(1, n + 1))
         return [self._from_lua(a[i], resp3, depth + 1) for i in range(1, n + 1)]
-
-
-def _hashable(value: Any) -> Any:
-    """A reply value usable as a map key or set member (lists become tuples)."""
-    if isinstance(value, list | tuple):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(x for kv in value.items() for x in map(_hashable, kv))
-    if isinstance(value, set | frozenset):
-        return frozenset(_hashable(v) for v in value)
-    return value
