@@ -174,6 +174,10 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", "return {map={f=1, g=2, h='x'}}", "0"),
     ("EVAL", "return {map={[1.5]='a', [1.25]='b'}}", "0"),
     ("EVAL", "return {set={[1.5]=true, [1.25]=true, [true]=true}}", "0"),
+    # A big number is one in RESP3 (a bulk string in RESP2), whatever its text.
+    ("EVAL", "return {big_number='123456789012345678901234567890'}", "0"),
+    ("EVAL", "return {big_number='12a\\r\\nb'}", "0"),
+    ("EVAL", "return {big_number=''}", "0"),
     # An integral double is written without a fraction, in RESP3 too.
     ("EVAL", "return {double=0}", "0"),
     ("EVAL", "return {double=100}", "0"),

@@ -19,6 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sessiond.protocol import (
+    BigNumber,
     Entries,
     ExactParser,
     Members,
@@ -431,6 +432,11 @@ def test_members_and_entries_keep_their_order_and_repeats() -> None:
     entries = Entries([(1, b"a"), (1, b"b")])
     assert encode(entries, True) == b"%2\r\n:1\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n"
     assert encode(entries, False) == b"*4\r\n:1\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n"
+
+
+def test_a_big_number_is_one_in_resp3_only() -> None:
+    assert encode(BigNumber(b"12345678901234567890"), True) == b"(12345678901234567890\r\n"
+    assert encode(BigNumber(b"12a"), False) == b"$3\r\n12a\r\n"
 
 
 def test_a_double_is_written_as_redis_writes_it() -> None:

@@ -424,7 +424,7 @@ RETURNS = [
     ("return {double=1e20}", b"$5\r\n1e+20\r\n", b",1e+20\r\n"),
     ("return {double=123456789.125}", b"$13\r\n123456789.125\r\n", b",123456789.125\r\n"),
     ("return {big_number='123456789012345678901234567890'}",
-     b"$30\r\n123456789012345678901234567890\r\n", None),
+     b"$30\r\n123456789012345678901234567890\r\n", b"(123456789012345678901234567890\r\n"),
     ("return {verbatim_string={format='txt', string='hi'}}", b"$2\r\nhi\r\n", b"=6\r\ntxt:hi\r\n"),
     ("return {map={a=1}}", b"*2\r\n$1\r\na\r\n:1\r\n", b"%1\r\n$1\r\na\r\n:1\r\n"),
     ("return {map={[1]=2}}", b"*2\r\n:1\r\n:2\r\n", b"%1\r\n:1\r\n:2\r\n"),
@@ -451,7 +451,7 @@ def test_lua_to_reply(
 
 
 def test_double_reply_to_resp3_client_is_a_float(engine: ScriptEngine, redis: FakeRedis) -> None:
-    # Redis writes ",100"; the protocol layer writes a float its own way.
+    # A float, which the protocol layer writes ",100" as Redis does.
     assert run(engine, redis, "return {double=100}", resp3=True) == 100.0
     assert run(engine, redis, "return {double=100}") == b"100"
 

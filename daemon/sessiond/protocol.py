@@ -20,6 +20,7 @@ value                  RESP2                RESP3
 ``Push``               array                push (``>``)
 ``Pairs``              flat array           array of 2-arrays
 ``Members``            array                set, in its order
+``BigNumber``          bulk string          big number
 ``Entries``            flat array           map, in its order
 ``Replies``            each item in turn    each item in turn
 =====================  ===================  =====================
@@ -71,6 +72,14 @@ class Error(Exception):
 @mypyc_attr(native_class=False)
 class Verbatim(str):
     """A verbatim text reply (RESP3 ``=``), e.g. INFO and CLIENT INFO."""
+
+    __slots__ = ()
+
+
+@mypyc_attr(native_class=False)
+class BigNumber(bytes):
+    """A big number reply (RESP3 ``(``, a bulk string in RESP2), its text as
+    given: a script's ``{big_number=...}``."""
 
     __slots__ = ()
 
@@ -685,6 +694,11 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
         out.append((b">%d\r\n" if resp3 else b"*%d\r\n") % len(value))
         for item in value:
             _encode_into(item, resp3, out)
+    elif t is BigNumber:
+        if resp3:
+            out.append(b"(%b\r\n" % value)
+        else:
+            out.append(b"$%d\r\n%b\r\n" % (len(value), value))
     elif t is Members:
         out.append((b"~%d\r\n" if resp3 else b"*%d\r\n") % len(value))
         for item in value:

@@ -112,6 +112,7 @@ import lupa.lua51 as lua51  # type: ignore[import-untyped]
 
 from sessiond.protocol import (
     NIL_ARRAY,
+    BigNumber,
     Entries,
     Error,
     Members,
@@ -1780,7 +1781,7 @@ class ScriptEngine:
             number = -0.0 if b else float(a)
             return number if resp3 else d2string(number)
         if kind == b"big_number":
-            return a.replace(b"\r", b" ").replace(b"\n", b" ")
+            return BigNumber(a.replace(b"\r", b" ").replace(b"\n", b" "))
         if kind == b"verbatim":
             if resp3 and a == b"txt":
                 try:
