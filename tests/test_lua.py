@@ -178,6 +178,13 @@ SCRIPTS: list[tuple[str, ...]] = [
     ("EVAL", "return {big_number='123456789012345678901234567890'}", "0"),
     ("EVAL", "return {big_number='12a\\r\\nb'}", "0"),
     ("EVAL", "return {big_number=''}", "0"),
+    # A verbatim string in RESP3 has any format (three bytes, padded) and any
+    # text; a bulk string of the text in RESP2.
+    ("EVAL", "return {verbatim_string={format='mkd', string='hi'}}", "0"),
+    ("EVAL", "return {verbatim_string={format='markdown', string='a\\r\\nb'}}", "0"),
+    ("EVAL", "return {verbatim_string={format='', string='\\0\\255'}}", "0"),
+    ("EVAL", "return {verbatim_string={format='t\\0x', string='\\255'}}", "0"),
+    ("EVAL", "return {verbatim_string={format=1, string='x'}}", "0"),
     # An integral double is written without a fraction, in RESP3 too.
     ("EVAL", "return {double=0}", "0"),
     ("EVAL", "return {double=100}", "0"),

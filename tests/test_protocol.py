@@ -25,6 +25,7 @@ from sessiond.protocol import (
     Members,
     Pairs,
     ProtocolError,
+    RawVerbatim,
     RequestParser,
     encode,
     split_inline,
@@ -437,6 +438,11 @@ def test_members_and_entries_keep_their_order_and_repeats() -> None:
 def test_a_big_number_is_one_in_resp3_only() -> None:
     assert encode(BigNumber(b"12345678901234567890"), True) == b"(12345678901234567890\r\n"
     assert encode(BigNumber(b"12a"), False) == b"$3\r\n12a\r\n"
+
+
+def test_a_raw_verbatim_string_keeps_its_format_and_bytes() -> None:
+    assert encode(RawVerbatim(b"mkd:\x00\xff"), True) == b"=6\r\nmkd:\x00\xff\r\n"
+    assert encode(RawVerbatim(b"mkd:\x00\xff"), False) == b"$2\r\n\x00\xff\r\n"
 
 
 def test_a_double_is_written_as_redis_writes_it() -> None:

@@ -23,7 +23,17 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sessiond.protocol import NIL_ARRAY, OK, Entries, Error, Members, Status, Verbatim, encode
+from sessiond.protocol import (
+    NIL_ARRAY,
+    OK,
+    Entries,
+    Error,
+    Members,
+    RawVerbatim,
+    Status,
+    Verbatim,
+    encode,
+)
 from sessiond.scripting import (
     BUSY_ERROR,
     KILLED_ERROR,
@@ -1288,6 +1298,8 @@ def _normal(value: Any) -> Any:
         return {k: _normal(v) for k, v in value}
     if isinstance(value, Members):
         return frozenset(value)
+    if isinstance(value, RawVerbatim) and value.startswith(b"txt:"):
+        return ("Verbatim", value[4:].decode())
     if isinstance(value, list | tuple):
         return [_normal(v) for v in value]
     if isinstance(value, dict):

@@ -21,6 +21,7 @@ value                  RESP2                RESP3
 ``Pairs``              flat array           array of 2-arrays
 ``Members``            array                set, in its order
 ``BigNumber``          bulk string          big number
+``RawVerbatim``        bulk string          verbatim string
 ``Entries``            flat array           map, in its order
 ``Replies``            each item in turn    each item in turn
 =====================  ===================  =====================
@@ -80,6 +81,15 @@ class Verbatim(str):
 class BigNumber(bytes):
     """A big number reply (RESP3 ``(``, a bulk string in RESP2), its text as
     given: a script's ``{big_number=...}``."""
+
+    __slots__ = ()
+
+
+@mypyc_attr(native_class=False)
+class RawVerbatim(bytes):
+    """A verbatim string reply of any bytes, its three-byte format and ``:``
+    first (``b"mkd:text"``), as a script returns one: RESP3 ``=``, the text
+    as a bulk string in RESP2."""
 
     __slots__ = ()
 
@@ -699,6 +709,11 @@ def _encode_into(value: Any, resp3: bool, out: list[bytes]) -> None:
             out.append(b"(%b\r\n" % value)
         else:
             out.append(b"$%d\r\n%b\r\n" % (len(value), value))
+    elif t is RawVerbatim:
+        if resp3:
+            out.append(b"=%d\r\n%b\r\n" % (len(value), value))
+        else:
+            out.append(b"$%d\r\n%b\r\n" % (len(value) - 4, value[4:]))
     elif t is Members:
         out.append((b"~%d\r\n" if resp3 else b"*%d\r\n") % len(value))
         for item in value:

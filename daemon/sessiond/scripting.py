@@ -117,6 +117,7 @@ from sessiond.protocol import (
     Error,
     Members,
     Pairs,
+    RawVerbatim,
     Status,
     Verbatim,
     d2string,
@@ -1783,12 +1784,9 @@ class ScriptEngine:
         if kind == b"big_number":
             return BigNumber(a.replace(b"\r", b" ").replace(b"\n", b" "))
         if kind == b"verbatim":
-            if resp3 and a == b"txt":
-                try:
-                    return Verbatim(b.decode("utf-8"))
-                except UnicodeDecodeError:
-                    return b
-            return b
+            # Redis' addReplyVerbatim: the format's first three bytes (up to
+            # a NUL), padded with spaces; the text as it is.
+            return RawVerbatim(a.split(b"\0", 1)[0][:3].ljust(3) + b":" + b)
         # A map or set is written in the order Lua walks the table, each key
         # as it converts, repeats and all (two keys may convert alike: 1.5
         # and 1.25 both become 1), as Redis writes them.
