@@ -1,5 +1,6 @@
 """Differential test: random command sequences sent to a real redis-server and
-to sessiond must get the same replies, byte for byte, in RESP2 and RESP3.
+to sessiond must get the same replies, byte for byte, in RESP2 and RESP3,
+Lua scripts included.
 
 Each example is a sequence of requests over a small keyspace (four keys, one
 of them binary; values empty, numeric, binary), spread over two connections
@@ -45,13 +46,53 @@ difference left as it is, since no client matches on such bytes. Nor a hash
 value over 64 bytes: Redis' hash would become a hashtable, whose field order
 is its own.
 
+Scripts: ``EVAL`` (and ``EVAL_RO``) of Lua drawn from a small grammar, one
+statement a line so that error texts name lines: ``redis.call`` and
+``redis.pcall`` of the requests above (not ``MULTI``/``EXEC``/``WATCH``, but
+requests of random shape, which name them), their arguments as ``KEYS[i]``,
+``ARGV[i]``, string literals or Lua numbers, the command name in either case;
+calls Redis refuses before running a command (no name, an argument of the
+wrong type); then a return of nil, booleans, integers, floats Redis
+truncates, strings, nested tables and tables with holes, ``{err=}``,
+``{ok=}``, ``redis.error_reply``/``status_reply``, ``{double=}``, ``{map=}``,
+``{set=}``, ``{big_number=}``, ``{verbatim_string=}``, ``tonumber``/``tostring``
+conversions, ``pcall`` results, or an error (raised strings, tables and
+numbers, runtime errors, unknown commands, wrong arity, ``WRONGTYPE`` through
+call and pcall, a write to a global), maybe after ``redis.setresp(2|3)`` and a
+``#!lua`` shebang (``flags=no-writes``); then ``EVALSHA``/``EVALSHA_RO`` (sha in
+either case) of scripts sent earlier in the sequence with their keys and
+arguments, ``SCRIPT EXISTS``, ``SCRIPT LOAD`` and ``SCRIPT FLUSH``. Each example
+starts with ``SCRIPT FLUSH``. Script replies are compared exactly: a call whose
+reply is not deterministic goes through a Lua helper in the script itself
+(``pos``: a positive time is 1; ``size``: a list is its length, a member or key
+its type), as the normalising above does outside scripts.
+
+Not sent in scripts, each for its reason:
+
+- ``error({})``: a raised table with no ``err`` crashes Redis 7.0.15 (a NULL
+  message in ``luaCallFunction``); sessiond answers ``ERR unknown error``.
+- Numbers whose text differs between Redis 7.0 and 7.2, as ``redis.call``
+  arguments or in ``{double=}``: Redis 7.0 writes them with ``%.17g``
+  (``0.10000000000000001``, ``4.6116860184273879e+18``, ``-0`` as an
+  argument, ``-nan``), Redis 7.2 and sessiond with the shortest digits that
+  read back (``0.1``, ``4611686018427387904``, ``0``, ``nan``); both read back as
+  the same double. Only numbers both write alike are sent
+  (docs/commands.md).
+- A NUL or a byte that is not UTF-8 in an error or status text (``{err=}``,
+  ``{ok=}``, ``error_reply``, ``status_reply``): Redis cuts it at the NUL, as
+  for the quoted arguments below.
+- ``tostring`` of a table or function, and tables as ``{map=}``/``{set=}``
+  keys: they show or order by an address.
+
 ``SESSIOND_DIFF_EXAMPLES`` sets the number of examples per configuration
 with RESP2 (a third of it with RESP3): a longer search than CI's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -63,7 +104,7 @@ from conftest import Daemon, RedisServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("SESSIOND_DIFF_EXAMPLES", "600"))
+EXAMPLES = int(os.environ.get("SESSIOND_DIFF_EXAMPLES", "450"))
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "memory": {
@@ -170,7 +211,43 @@ class Soon:
         return b"1"
 
 
-Arg = bytes | Rel | Soon
+@dataclass(frozen=True)
+class Again:
+    """EVALSHA (or EVALSHA_RO) of the ``n``-th script sent earlier in the
+    sequence (counted modulo how many), with its keys and arguments; of a
+    script never sent if there is none. ``upper``: the sha in capitals."""
+
+    n: int
+    ro: bool
+    upper: bool
+
+
+@dataclass(frozen=True)
+class Sha:
+    """The sha1 of the ``n``-th script sent earlier (of one never sent if
+    there is none), as an argument of SCRIPT EXISTS."""
+
+    n: int
+
+    def of(self, scripts: list[Request]) -> bytes:
+        body = scripts[self.n % len(scripts)][1] if scripts else b"return 'never sent'"
+        assert isinstance(body, bytes)
+        return hashlib.sha1(body).hexdigest().encode()
+
+
+@dataclass(frozen=True)
+class Body:
+    """The source of the ``n``-th script sent earlier, for SCRIPT LOAD."""
+
+    n: int
+
+    def of(self, scripts: list[Request]) -> bytes:
+        body = scripts[self.n % len(scripts)][1] if scripts else b"return 'loaded'"
+        assert isinstance(body, bytes)
+        return body
+
+
+Arg = bytes | Rel | Soon | Sha | Body | Again
 
 KEYS = [b"a", b"b", b"c", b"k\x00\xff"]
 VALUES = [
@@ -361,8 +438,246 @@ soon = [
     req(b"GETEX", keys, b"PX", Soon()),
 ]
 
+# ------------------------------------------------------------- scripts
+
+# A script is drawn as Lua source plus the KEYS and ARGV it is sent with. Its
+# statements each take one line (error texts name lines): calls of the
+# requests above through redis.call or redis.pcall, their arguments as
+# KEYS[i], ARGV[i] or literals; then an error or a return of an expression
+# over the calls' results and Lua values of every type.
+
+
+def lua_string(value: bytes) -> str:
+    """``value`` as a Lua string literal, any byte escaped as ``\\ddd``."""
+    out = []
+    for b in value:
+        c = chr(b)
+        out.append(c if 32 <= b < 127 and c not in "'\\" else f"\\{b:03d}")
+    return "'" + "".join(out) + "'"
+
+
+class Builder:
+    """The KEYS and ARGV of a script being drawn, and its result variables."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.argv: list[Arg] = []
+        self.results = 0
+        self.helpers: set[str] = set()
+
+    def key(self, key: bytes) -> str:
+        if key not in self.keys:
+            self.keys.append(key)
+        return f"KEYS[{self.keys.index(key) + 1}]"
+
+    def arg(self, arg: Arg) -> str:
+        self.argv.append(arg)
+        return f"ARGV[{len(self.argv)}]"
+
+
+# Helpers that make a result whose value is not deterministic (a remaining
+# time, a random member, members in no defined order) comparable: a
+# positive time becomes 1, a list its length, anything else but an error or
+# a status its type.
+HELPERS = {
+    "pos": "local function pos(x) if type(x) == 'number' and x > 0 then return 1 end return x end",
+    "size": "local function size(x) if type(x) == 'table' then if x.err or x.ok then return x end"
+    " return #x end return type(x) end",
+}
+SIZED = {b"SMEMBERS", b"SINTER", b"SUNION", b"SDIFF", b"KEYS", b"SCAN", b"SSCAN", b"DBSIZE"}
+# The requests a script calls: all above but MULTI/EXEC/WATCH (shapeless
+# requests still name them, and scripts are refused them).
+inner_requests = st.one_of(*strings, *keyspace, *hashes, *sets, *soon, shapeless)
+LUA_INTS = ["0", "1", "-1", "42", "2^53", "2^62", "-2^63"]
+LUA_FLOATS = ["3.99", "-3.99", "0.5", "-0.5", "1e20", "-1e20", "2^63", "1/0", "-1/0", "0/0", "1e-3"]
+# Numbers as redis.call arguments, which it turns into strings, and as
+# doubles a script returns: only those Redis 7.0 and 7.2 write alike (the
+# module's docstring says why).
+LUA_NUMBERS = ["1e20", "2^53 + 1", "0.5", "-2.25", "1/0", "-1/0", "1e3"]
+INT15 = re.compile(rb"-?[0-9]{1,15}")
+DOUBLES = ["3.5", "-0.5", "0", "100", "1e20", "2^53", "1/0", "-1/0", "'2.5'", "'x'", "nil", "{}"]
+LUA_FIELDS = ["f", "g", "['1']", "[2]", "[1.5]", "[1.25]", "[true]"]
+LUA_STRINGS = [
+    b"", b"x", b"OK", b"ERR boom", b"MYERR thing went wrong", b"nospace", b"-ERR dash",
+    b"a\r\nb", b"10", b"3.5", b" 1", b"0x10", b"1e3", b"\x00\xff",
+]  # fmt: skip
+
+
+@st.composite
+def lua_call(draw: st.DrawFn, b: Builder) -> str:
+    """``redis.call(...)`` or ``redis.pcall(...)`` of a request, or a call
+    that Redis refuses before running a command."""
+    fn = draw(st.sampled_from(["redis.call", "redis.pcall"]))
+    odd = draw(st.sampled_from([None] * 12 + ["", "true", "nil", "{}", "1.5"]))
+    if odd is not None:  # no command name, or an argument of the wrong type
+        return f"{fn}({odd})" if odd in ("", "{}") else f"{fn}('GET', {odd})"
+    request = draw(inner_requests)
+    parts = []
+    for i, a in enumerate(request):
+        if i == 0:
+            name = a.decode() if isinstance(a, bytes) else "GET"
+            parts.append(lua_string((name.lower() if draw(st.booleans()) else name).encode()))
+        elif not isinstance(a, bytes):
+            parts.append(b.arg(a))
+        elif a in KEYS and draw(st.integers(0, 3)):
+            parts.append(b.key(a))
+        else:
+            how = draw(st.integers(0, 6))
+            if how == 0 and (a in (b"10.5", b"1.5", b"1e3", b"5.0e3") or re.fullmatch(INT15, a)):
+                parts.append(a.decode())  # a Lua number, converted back by redis.call
+            elif how == 0:
+                parts.append(draw(st.sampled_from(LUA_NUMBERS)))
+            elif how < 3:
+                parts.append(b.arg(a))
+            else:
+                parts.append(lua_string(a))
+    call = f"{fn}({', '.join(parts)})"
+    name = request[0].upper() if isinstance(request[0], bytes) else b""
+    if name in TIMES:
+        b.helpers.add("pos")
+        return f"pos({call})"
+    if name in SIZED or name in RANDOM:
+        b.helpers.add("size")
+        return f"size({call})"
+    return call
+
+
+@st.composite
+def lua_scalar(draw: st.DrawFn, b: Builder, depth: int = 0, text: bool = False) -> str:
+    """An expression of a Lua type other than a table (so ``tostring`` of it
+    never shows an address); with ``text``, never a string with a NUL or a
+    byte that is not UTF-8 (the module's docstring says why)."""
+    kind = draw(st.integers(0, 9 if depth < 2 else 5))
+    strings = [x for x in LUA_STRINGS + VALUES if not text or b"\x00" not in x]
+    if kind == 0:
+        return draw(st.sampled_from(["nil", "false", "true"]))
+    if kind == 1:
+        return draw(st.sampled_from(LUA_INTS))
+    if kind == 2:
+        return draw(st.sampled_from(LUA_FLOATS))
+    if kind == 3:
+        return lua_string(draw(st.sampled_from(strings)))
+    if kind == 4:
+        return b.arg(draw(st.sampled_from(strings)))
+    if kind == 5:
+        return draw(st.sampled_from(["#KEYS", "#ARGV", "ARGV[9]", "KEYS[1]"][: 3 if text else 4]))
+    if kind == 6:
+        return f"tonumber({draw(lua_scalar(b, depth + 1, text))})"
+    if kind == 7:
+        return f"tostring({draw(lua_scalar(b, depth + 1, text))})"
+    if kind == 8 and b.results:
+        r = f"r{draw(st.integers(1, b.results))}"
+        return draw(st.sampled_from([f"type({r})", f"tonumber({r})", f"({r} ~= nil)"]))
+    return f"(tonumber({draw(lua_scalar(b, depth + 1, text))}) or 0) + 0.5"
+
+
+@st.composite
+def lua_value(draw: st.DrawFn, b: Builder, depth: int = 0) -> str:
+    """An expression of any Lua type: what a script returns."""
+    kind = draw(st.integers(0, 11 if depth < 2 else 2))
+    if kind <= 1:
+        return draw(lua_scalar(b))
+    if kind == 2 and b.results:
+        return f"r{draw(st.integers(1, b.results))}"
+    if kind <= 4:  # an array, maybe with holes, maybe nested
+        items = draw(st.lists(lua_value(b, depth + 1), max_size=4))
+        return "{" + ", ".join(items) + "}"
+    if kind == 5:
+        field = draw(st.sampled_from(["err", "ok"]))
+        return f"{{{field}={draw(lua_scalar(b, depth + 1, text=True))}}}"
+    if kind == 6:
+        fn = draw(st.sampled_from(["redis.error_reply", "redis.status_reply"]))
+        return f"{fn}({draw(lua_scalar(b, depth + 1, text=True))})"
+    if kind == 7:
+        return f"{{double={draw(st.sampled_from(DOUBLES))}}}"
+    if kind == 8:  # RESP3 types (a RESP2 client gets them converted)
+        names = draw(st.lists(st.sampled_from(LUA_FIELDS), max_size=3))
+        if draw(st.booleans()):
+            entries = [f"{n}={draw(lua_value(b, depth + 1))}" for n in names]
+            return "{map={" + ", ".join(entries) + "}}"
+        return "{set={" + ", ".join(f"{n}=true" for n in names) + "}}"
+    if kind == 9:
+        return f"{{big_number={draw(lua_scalar(b, depth + 1))}}}"
+    if kind == 10:
+        fmt = draw(st.sampled_from(["'txt'", "'mkd'", "'x'", "'markdown'", "''", "1"]))
+        return f"{{verbatim_string={{format={fmt}, string={draw(lua_scalar(b, depth + 1))}}}}}"
+    if b.results:
+        return f"{{pcall(redis.call, 'INCR', {b.key(draw(keys))})}}"
+    return "{'no', 'results'}"
+
+
+LUA_ERRORS = [
+    "error('boom')",
+    "error({err='ERR raised table'})",
+    "error(redis.error_reply('MYERR raised reply'))",
+    "error(42)",
+    "error({err=42})",
+    "error({err='ERR a\\r\\nb'})",
+    "local t = nil; return t.field",
+    "return ARGV[1] + 0",
+    "return redis.call('NOSUCHCMD', 'x')",
+    "return redis.pcall('NOSUCHCMD', 'x')",
+    "return redis.call('GET')",
+    "return redis.pcall('SET', 'x')",
+    "return redis.call('EVAL', 'return 1', '0')",
+    "x_global = 1",
+]
+
+
+@st.composite
+def lua_script(draw: st.DrawFn) -> tuple[bytes, list[bytes], list[Arg]]:
+    b = Builder()
+    lines = []
+    for _ in range(draw(st.integers(0, 3))):
+        call = draw(lua_call(b))
+        b.results += 1
+        lines.append(f"local r{b.results} = {call}")
+    if draw(st.integers(0, 4)) == 0:
+        lines.append(draw(st.sampled_from(LUA_ERRORS)))
+    else:
+        lines.append(f"return {draw(lua_value(b))}")
+    head = [HELPERS[h] for h in sorted(b.helpers)]
+    resp = draw(st.sampled_from([None, None, None, 2, 3]))
+    if resp is not None:
+        head.insert(0, f"redis.setresp({resp})")
+    shebang = draw(st.sampled_from([None] * 8 + ["#!lua", "#!lua flags=no-writes"]))
+    if shebang is not None:
+        head.insert(0, shebang)
+    return "\n".join(head + lines).encode(), b.keys, b.argv
+
+
+def eval_request(script: tuple[bytes, list[bytes], list[Arg]], name: bytes) -> Request:
+    body, script_keys, argv = script
+    return (name, body, str(len(script_keys)).encode(), *script_keys, *argv)
+
+
+evals = st.builds(eval_request, lua_script(), st.sampled_from([b"EVAL"] * 5 + [b"EVAL_RO"]))
+script_requests = [
+    evals,
+    evals,
+    evals,
+    evals,
+    evals,
+    st.builds(Again, st.integers(0, 9), st.sampled_from([False] * 3 + [True]), st.booleans()).map(
+        lambda again: (again,)
+    ),
+    req(b"SCRIPT", b"EXISTS", some(st.builds(Sha, st.integers(0, 9)))),
+    req(
+        b"SCRIPT", b"LOAD", st.one_of(st.builds(Body, st.integers(0, 9)), evals.map(lambda r: r[1]))
+    ),
+    st.just((b"SCRIPT", b"FLUSH")),
+]
+
 requests = st.one_of(
-    *strings, *keyspace, *hashes, *sets, *transactions, *soon, shapeless, shapeless
+    *strings,
+    *keyspace,
+    *hashes,
+    *sets,
+    *transactions,
+    *soon,
+    shapeless,
+    shapeless,
+    *script_requests,
 )
 # Runs of requests, so that sequences are long on average yet shrink to one.
 steps = st.lists(
@@ -444,6 +759,26 @@ class Session:
         return soon
 
 
+def again(request: Request, scripts: list[Request]) -> Request:
+    """``request``, an :class:`Again` made the EVALSHA it stands for."""
+    if not request or not isinstance(request[0], Again):
+        return request
+    a = request[0]
+    earlier = scripts[a.n % len(scripts)] if scripts else (b"EVAL", b"return 'never sent'", b"0")
+    sha = Sha(a.n).of([earlier])
+    name = b"EVALSHA_RO" if a.ro else b"EVALSHA"
+    return (name, sha.upper() if a.upper else sha, *earlier[2:])
+
+
+def concrete(arg: Arg, step: int, scripts: list[Request]) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, Sha | Body):
+        return arg.of(scripts)
+    assert not isinstance(arg, Again)
+    return arg.at(step)
+
+
 # ------------------------------------------------------------- servers
 
 
@@ -486,12 +821,17 @@ def test_random_sequences_answer_as_redis_does(sessions: tuple[int, list[Session
                 if protocol == 3:
                     assert conn(b"HELLO", b"3")[0] == "%"
             s.queued, s.soon = None, False
-        assert conns[0].theirs(b"FLUSHALL") == conns[0].ours(b"FLUSHALL") == ("+", b"OK")
+        for command in [(b"FLUSHALL",), (b"SCRIPT", b"FLUSH")]:
+            assert conns[0].theirs(*command) == conns[0].ours(*command) == ("+", b"OK")
         history: list[str] = []
         expired = False
-        for step, (client, request) in enumerate(sequence):
-            args = tuple(a if isinstance(a, bytes) else a.at(step) for a in request)
+        scripts: list[Request] = []  # the EVAL requests sent so far
+        for step, (client, drawn) in enumerate(sequence):
+            request = again(drawn, scripts)
+            args = tuple(concrete(a, step, scripts) for a in request)
             name = args[0].upper()
+            if name in (b"EVAL", b"EVAL_RO"):
+                scripts.append(request)
             s = conns[client]
             theirs = s.theirs(*args)
             ours = s.ours(*args)
