@@ -704,20 +704,8 @@ def test_sealed_segments_wait_for_the_compactor_process_and_a_stop_takes_them_in
         close_budget=60.0,
     )
 
-    def segments() -> int:
-        return len(store.files.segments())
-
-    async def main() -> None:
-        store.start(asyncio.get_running_loop())
-        for i in range(3):
-            store.record(b"k", (b"v%d" % i, None, 1.0, 1.0, 1.0, None, None, 0))
-            store.record(b"other%d" % i, (b"o", None, 1.0, 1.0, 1.0, None, None, 0))
-            assert await _committed(store) is None
-            # Sealed: the segment and the next one, made ahead, are on disk.
-            await _until(lambda n=i + 2: segments() >= n, segments)
-
     try:
-        asyncio.run(main())
+        asyncio.run(_three_sealed_segments(store, b"other", b"o"))
         assert store.stats.compactions == 0  # all three still wait
     finally:
         store.close()
@@ -729,7 +717,23 @@ def test_sealed_segments_wait_for_the_compactor_process_and_a_stop_takes_them_in
     finally:
         db.close()
     assert table == {b"k": b"v2", b"other0": b"o", b"other1": b"o", b"other2": b"o"}
-    assert segments() == 0  # all compacted, none left to replay
+    assert not store.files.segments()  # all compacted, none left to replay
+
+
+async def _three_sealed_segments(store: Any, other: bytes, value: bytes) -> None:
+    """On the store's loop: start ``store``, then write ``k`` (v0, v1, v2)
+    and ``other`` 0-2 (``value``) into three segments, each sealed."""
+
+    def segments() -> int:
+        return len(store.files.segments())
+
+    store.start(asyncio.get_running_loop())
+    for i in range(3):
+        store.record(b"k", (b"v%d" % i, None, 1.0, 1.0, 1.0, None, None, 0))
+        store.record(other + b"%d" % i, (value, None, 1.0, 1.0, 1.0, None, None, 0))
+        assert await _committed(store) is None
+        # Sealed: the segment and the next one, made ahead, are on disk.
+        await _until(lambda n=i + 2: segments() >= n, segments)
 
 
 @pytest.mark.parametrize("trigger", ["wait", "half the bound"])
@@ -754,16 +758,8 @@ def test_the_compactor_process_compacts_what_waited_without_a_stop(
         backlog_bytes=32 << 20 if timer else 6000,
     )
 
-    def segments() -> int:
-        return len(store.files.segments())
-
     async def main() -> None:
-        store.start(asyncio.get_running_loop())
-        for i in range(3):
-            store.record(b"k", (b"v%d" % i, None, 1.0, 1.0, 1.0, None, None, 0))
-            store.record(b"pad%d" % i, (b"p" * 1000, None, 1.0, 1.0, 1.0, None, None, 0))
-            assert await _committed(store) is None
-            await _until(lambda n=i + 2: segments() >= n, segments)
+        await _three_sealed_segments(store, b"pad", b"p" * 1000)
         # All compacted, and no stop yet (the counters move after the layers go).
         stats = store.stats
         if timer:
