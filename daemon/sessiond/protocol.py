@@ -625,6 +625,10 @@ def fpconv_dtoa(value: float) -> str:
     return f"{sign}{mantissa}e{'-' if k + ndigits - 1 < 0 else '+'}{exp}"
 
 
+HALF_LLONG: Final = 2**62
+"""Redis' ``double2ll()`` takes a double as an integer up to ``(double)(LLONG_MAX / 2)``."""
+
+
 def d2string(value: float) -> bytes:
     """A double reply's text (a bulk string in RESP2, a double in RESP3), as
     Redis 7.2's ``d2string`` writes it."""
@@ -633,7 +637,7 @@ def d2string(value: float) -> bytes:
     if value == 0:
         return b"-0" if math.copysign(1.0, value) < 0 else b"0"
     # Integral and within what double2ll() accepts: its integer.
-    if math.isfinite(value) and value.is_integer() and abs(value) <= 2**62:
+    if math.isfinite(value) and value.is_integer() and abs(value) <= HALF_LLONG:
         return b"%d" % int(value)
     return fpconv_dtoa(value).encode()
 

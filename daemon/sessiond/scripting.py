@@ -111,6 +111,7 @@ from typing import Any, Final
 import lupa.lua51 as lua51  # type: ignore[import-untyped]
 
 from sessiond.protocol import (
+    HALF_LLONG,
     NIL_ARRAY,
     BigNumber,
     Entries,
@@ -154,7 +155,6 @@ SCRIPT_FLAGS: Final = frozenset(
 )
 
 _LLONG_MIN: Final = -(2**63)
-_HALF_LLONG: Final = 2**62  # double2ll() accepts |d| <= (double)(LLONG_MAX / 2)
 # Deeper Lua tables become an error element, as Redis does when its Lua stack
 # runs out (it gets about 8000 deep); lower here so that encoding the reply
 # stays well inside Python's recursion limit.
@@ -185,11 +185,11 @@ def _arg_bytes(value: Any) -> bytes | None:
     if t is bytes:
         return value  # type: ignore[no-any-return]
     if t is int:  # lupa hands integral Lua numbers over as int
-        if -_HALF_LLONG <= value <= _HALF_LLONG:
+        if -HALF_LLONG <= value <= HALF_LLONG:
             return b"%d" % value
         return fpconv_dtoa(float(value)).encode()
     if t is float:
-        if value.is_integer() and abs(value) <= _HALF_LLONG:
+        if value.is_integer() and abs(value) <= HALF_LLONG:
             return b"%d" % int(value)
         return fpconv_dtoa(value).encode()
     return None
