@@ -1948,6 +1948,55 @@ def test_a_log_segment_taken_away_refuses_the_next_commit(tmp_path: Path, how: s
     assert "log segment" in str(errors[0]), errors
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_store_replaced_while_a_compaction_runs_keeps_the_log_segment(
+    tmp_path: Path, how: str
+) -> None:
+    """In-process: the database taken away while a compaction writes to it
+    (the compactor's connection writes on into the old file) must not cost
+    the log segment, then the only copy of its changes where the next start
+    looks. The compactor checks the files itself before it deletes the
+    segment, rather than trusting the writer's check, which runs once a
+    second and would miss files replaced within that second."""
+    from sessiond.store import SQLiteStore
+
+    path = tmp_path / "s.db"
+    taken = threading.Event()
+
+    def hook(point: str) -> None:
+        if point == "compact" and not taken.is_set():
+            taken.set()
+            if how == "removed":
+                path.rename(tmp_path / "elsewhere.db")
+            else:  # a restore of an older copy over it
+                shutil.copy(path, tmp_path / "copy.db")
+                os.replace(tmp_path / "copy.db", path)
+
+    store = SQLiteStore(
+        path, durability="always", segment_bytes=1024, compact_in="thread", hook=hook
+    )
+
+    async def main() -> list[Path]:
+        store.start(asyncio.get_running_loop())
+        store.record(b"k", _row(b"v" * 2000, time.time()))  # past segment_bytes: sealed
+        assert await _committed(store) is None
+        segments = [p for _, p in store.files.segments()]
+        await _until(taken.is_set)
+        return segments
+
+    try:
+        segments = asyncio.run(main())
+        # The compactor stops once the files are gone; the segment it held stays.
+        assert store._compactor_thread is not None
+        store._compactor_thread.join(10)
+        assert not store._compactor_thread.is_alive()
+        assert store.stats.compactions == 0
+        assert segments and all(_frames(p) for p in segments[:1]), segments
+        assert store.failure is not None and "removed or replaced" in str(store.failure)
+    finally:
+        store.close()
+
+
 def test_a_store_moved_into_a_replacement_directory_is_refused_within_a_second(
     tmp_path: Path,
 ) -> None:

@@ -658,10 +658,14 @@ class SQLiteStore:
 
     def _store_removed(self, problem: str) -> None:
         """The files are not ours any more: refuse writes from now on (no
-        commit could make them durable where the next start looks)."""
+        commit could make them durable where the next start looks). The
+        writer and the compactor both check: the first to find it says so."""
         self.failure = StoreError(f"store files were removed or replaced: {problem}")
-        if self._removed is None:
-            self._removed = problem
+        with self._cond:
+            first = self._removed is None
+            if first:
+                self._removed = problem
+        if first:
             self.stats.error("commit")
             log.error(
                 "store_removed",
@@ -899,8 +903,14 @@ class SQLiteStore:
         """The segments of ``layers``, the oldest sealed ones, are in the table
         (durably): drop them. Not if the files were replaced: the table written
         may be an unlinked file, and the segments are then the only copy of
-        their changes."""
+        their changes. The files are checked here too, not only trusted to the
+        writer's check once a second: files replaced within that second would
+        otherwise lose the segments compacted into the replaced table."""
         if self._removed is not None:
+            return
+        problem = self.files.check(full=True)
+        if problem is not None:
+            self._store_removed(problem)
             return
         self._table_changed = True
         with self._cond:
