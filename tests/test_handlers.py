@@ -54,6 +54,7 @@ class StoreDouble:
         self.clock = clock
         self.rows: dict[bytes, Row] = {}
         self.failure: StoreError | None = None
+        self.table_lag = 0.0  # every change is in its table at once
         self.loads: list[list[bytes]] = []
         self.point_reads: list[bytes] = []  # blocking reads (a script's undeclared keys)
         self.closed = False
@@ -93,6 +94,9 @@ class StoreDouble:
     def due(self, now: float, limit: int) -> list[bytes]:
         due = [k for k, r in self.rows.items() if r.deadline is not None and r.deadline <= now]
         return due[:limit]
+
+    def evicted(self, key: bytes, deadline: float) -> None:
+        return None  # never called: table_lag is 0
 
     def recent(self, limit: int) -> list[tuple[bytes, Row]]:
         live = [(k, r) for k, r in self.rows.items() if r.live(self.clock())]

@@ -96,6 +96,7 @@ class StoreDouble:
         self.db = db
         db.hosts.append(self)
         self.failure: StoreError | None = None
+        self.table_lag = 0.0
         self.coherent = True
         self.listener: Coherence | None = None
         self.gate: asyncio.Event | None = None
@@ -199,6 +200,9 @@ class StoreDouble:
 
     def due(self, now: float, limit: int) -> list[bytes]:
         return []
+
+    def evicted(self, key: bytes, deadline: float) -> None:
+        return None
 
     def recent(self, limit: int) -> list[tuple[bytes, Row]]:
         return []

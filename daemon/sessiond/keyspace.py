@@ -290,10 +290,20 @@ class Keyspace:
         # renewals that reads made since, so the evicted session keeps its life.
         if _read_since_written(entry):
             self.save(key, entry)
-            return
-        current = self.current
-        if current is not None:
-            current.seen(key, entry)  # the running command still reads it
+            written = self.cache.clock()
+        else:
+            written = entry.updated_at
+            current = self.current
+            if current is not None:
+                current.seen(key, entry)  # the running command still reads it
+        # Due before its last write reaches the table, where the store's expiry
+        # sweep looks: the store watches for it (SQLiteStore.evicted).
+        deadline = entry.deadline
+        if deadline is not None:
+            store = self.store
+            assert store is not None
+            if deadline - written < store.table_lag:
+                store.evicted(key, deadline)
 
     def load(self, key: bytes) -> Entry[Value] | None:
         """Blocking read-through (the cache's ``get_or_load``, library use)."""

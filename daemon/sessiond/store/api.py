@@ -159,6 +159,12 @@ class Store(Protocol):
     # Set while the store cannot commit: writes are refused meanwhile.
     failure: StoreError | None
 
+    # Seconds a recorded change may take to reach the table that :meth:`due`
+    # reads (0: it is there once committed). A session evicted from memory
+    # whose deadline comes sooner than that after its last write is handed to
+    # :meth:`evicted`, so that it expires on time.
+    table_lag: float
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the background work; commits are reported on ``loop``."""
         ...
@@ -196,9 +202,16 @@ class Store(Protocol):
         ...
 
     def due(self, now: float, limit: int) -> list[bytes]:
-        """Keys whose stored copy has expired by ``now`` and that no queued
-        change names (at most ``limit``): the keyspace deletes them, or
-        records memory's renewed copy."""
+        """Keys whose stored copy has expired by ``now`` (at most about
+        ``limit``): the keyspace deletes them, or records memory's renewed
+        copy. The table's, except those a queued change names, and those
+        given to :meth:`evicted` whose newest change has expired."""
+        ...
+
+    def evicted(self, key: bytes, deadline: float) -> None:
+        """Memory evicted ``key``, whose newest change (not in the table yet,
+        see :attr:`table_lag`) ends at ``deadline``: :meth:`due` names it
+        then, though the table does not have it."""
         ...
 
     def recent(self, limit: int) -> list[tuple[bytes, Row]]:

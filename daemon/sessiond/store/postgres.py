@@ -505,6 +505,7 @@ class PostgresStore:
         self.host_id = host_id or secrets.token_hex(6)
         self.hook = hook
         self.failure: StoreError | None = None
+        self.table_lag = 0.0  # commits write the table itself
         self.coherent = False
         self.overlay = Overlay()
         self._renewals: dict[bytes, Renewal] = {}
@@ -1424,6 +1425,9 @@ class PostgresStore:
         """Not used: a shared store's sweep deletes in the database
         (:meth:`expire_due`), memory's expiry only forgets."""
         return []
+
+    def evicted(self, key: bytes, deadline: float) -> None:
+        """Not used either (:attr:`table_lag` is 0: a commit writes the table)."""
 
     def recent(self, limit: int) -> list[tuple[bytes, Row]]:
         return self._blocking("recent", lambda conn: _recent(conn, time.time(), limit))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import heapq
 import os
 import queue
 import sqlite3
@@ -114,6 +115,13 @@ _INLINE_BACKOFF = 5.0
 # and a compaction's cost is per session written: merging two seconds' worth
 # instead of one left 0.65 rows per SET instead of 0.79 (-r 100000 at -c 50).
 _COMPACT_WAIT = 2.0
+# A change reaches the table within fold_interval + compact_wait and a
+# compaction's time (about 3 s), later while compaction is behind. A session
+# evicted with a deadline sooner than this after its last write is watched by
+# the expiry sweep until then (SQLiteStore.evicted), at most _EVICTED_MAX of
+# them: past that, one expires when its write reaches the table.
+_TABLE_LAG = 60.0
+_EVICTED_MAX = 65536
 _CHECK_INTERVAL = 1.0  # seconds between checks that the store's files are ours
 _CLOSE_BUDGET = 0.5  # seconds a clean stop spends compacting
 _LIVE_INTERVAL = 60.0  # seconds between samples of the live bytes
@@ -245,6 +253,10 @@ class SQLiteStore:
             self._cond = threading.Condition()
             self._refile: set[bytes] = set()
             last = self._replay(through)
+            self.table_lag = _TABLE_LAG
+            # (deadline, key) of sessions evicted while their newest change
+            # was in the log (a heap; the event loop's only: see evicted())
+            self._evicted: list[tuple[float, bytes]] = []
         except BaseException:
             self.files.close()
             raise
@@ -1004,14 +1016,29 @@ class SQLiteStore:
             log.error("store_error", operation=operation, error=str(exc))
             raise StoreError(f"store read failed: {exc}") from None
 
+    def evicted(self, key: bytes, deadline: float) -> None:
+        if len(self._evicted) < _EVICTED_MAX:
+            heapq.heappush(self._evicted, (deadline, key))
+
     def due(self, now: float, limit: int) -> list[bytes]:
         """Stored sessions whose deadline has passed and that no queued change
-        names. A row found renewed since it was filed is re-filed instead."""
+        names. A row found renewed since it was filed is re-filed instead.
+        Then the evicted sessions due by now whose newest change, still in the
+        log, has expired: the table does not have that change yet."""
         rows = self.reader.due(now, limit)
-        if not rows:
+        watched = self._evicted
+        evicted: list[bytes] = []
+        while watched and watched[0][0] <= now and len(evicted) < limit:
+            evicted.append(heapq.heappop(watched)[1])
+        if not rows and not evicted:
             return []
-        newer, _ = self.overlay.lookup([key for key, _ in rows])
+        newer, _ = self.overlay.lookup([key for key, _ in rows] + evicted)
         keys: list[bytes] = []
+        for key in dict.fromkeys(evicted):
+            change = newer.get(key)
+            # Not there: compacted since, and the table's sweep has it.
+            if change is not None and change.deadline is not None and change.deadline <= now:
+                keys.append(key)
         with self._cond:
             for key, deadline in rows:
                 if key in newer or key in self._refile:
