@@ -648,6 +648,50 @@ def test_a_session_evicted_before_its_write_reaches_the_table_expires_at_its_dea
         store.close()
 
 
+def test_a_session_read_then_evicted_is_watched_from_its_eviction_not_its_last_write(
+    tmp_path: Path,
+) -> None:
+    """A session renewed by a read and then evicted is saved at its eviction
+    (the renewal): that save, not the session's last write, is what has to
+    reach the table. Its deadline is far from that write (a read slid it) and
+    near the save, so the store must watch it all the same, and drop it at its
+    deadline though the table never had it. Compaction is held off as in the
+    test above."""
+    from sessiond.cache import SessionCache
+    from sessiond.keyspace import Keyspace
+    from sessiond.store import SQLiteStore
+    from sessiond.values import Value
+
+    path = tmp_path / "read.db"
+    now = [time.time() + 100_000.0]
+    store = SQLiteStore(path, durability="always", compact_in="thread", compact_wait=3600)
+    cache: SessionCache[bytes, Value] = SessionCache(1, default_ttl=None, clock=lambda: now[0])
+    keyspace = Keyspace(cache, store)
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        start = now[0]
+        cache.insert(b"read", b"v", 50.0)  # written at start, sliding 50 s
+        now[0] = start + 40.0
+        assert cache.get_entry(b"read") is not None  # renewed: due at start + 90
+        cache.insert(b"pad", b"p")  # evicts it: saved with that deadline
+        assert cache.find(b"read") is None
+        assert await _committed(store) is None
+        assert store.reader.rows([b"read"]) == {b"read": None}
+
+        now[0] = start + 89.0
+        assert keyspace.expire_store(100) == 0
+        now[0] = start + 91.0
+        assert keyspace.expire_store(100) == 1
+        assert await _committed(store) is None
+        assert store.load(b"read") is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
 def test_a_failed_re_filing_in_the_compactor_process_leaves_no_answer_behind(
     tmp_path: Path,
 ) -> None:
