@@ -202,8 +202,8 @@ class Store(Protocol):
         ...
 
     def due(self, now: float, limit: int) -> list[bytes]:
-        """Keys whose stored copy has expired by ``now`` (at most about
-        ``limit``): the keyspace deletes them, or records memory's renewed
+        """Keys whose stored copy has expired by ``now`` (at most ``limit``):
+        the keyspace deletes them, or records memory's renewed
         copy. The table's, except those a queued change names, and those
         given to :meth:`evicted` whose newest change has expired."""
         ...

@@ -235,6 +235,11 @@ class StoreFiles:
         assert self._lock_fd is not None
         return self._lock_fd
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` released the store (another process may hold it now)."""
+        return self._lock_fd is None
+
     # ------------------------------------------------------------ naming
 
     def segment_path(self, number: int) -> Path:

@@ -917,8 +917,10 @@ class SQLiteStore:
         may be an unlinked file, and the segments are then the only copy of
         their changes. The files are checked here too, not only trusted to the
         writer's check once a second: files replaced within that second would
-        otherwise lose the segments compacted into the replaced table."""
-        if self._removed is not None:
+        otherwise lose the segments compacted into the replaced table. Nor
+        once the store is closed: a compactor that outlived :meth:`close`'s
+        wait deletes nothing another process may be replaying now."""
+        if self._removed is not None or self.files.closed:
             return
         problem = self.files.check(full=True)
         if problem is not None:
@@ -1028,7 +1030,7 @@ class SQLiteStore:
         rows = self.reader.due(now, limit)
         watched = self._evicted
         evicted: list[bytes] = []
-        while watched and watched[0][0] <= now and len(evicted) < limit:
+        while watched and watched[0][0] <= now and len(rows) + len(evicted) < limit:
             evicted.append(heapq.heappop(watched)[1])
         if not rows and not evicted:
             return []
