@@ -95,6 +95,43 @@ def test_a_second_daemon_waits_for_the_store_and_touches_nothing(
     assert second.stop() == 0
 
 
+def test_a_second_daemon_on_the_same_config_is_refused_at_once(
+    daemon_factory: Factory,
+) -> None:
+    """A second daemon started by hand on the running one's config (same
+    socket, same store) fails at once with the socket's message: it does not
+    wait for the store's lock, to take the socket over whenever the first one
+    stops."""
+    first = with_data_dir(daemon_factory, store_config())
+    store = first.workdir / "data" / "sessions.db"
+    with first.client() as r:
+        assert r.set("k", "first")
+    second = daemon_factory(
+        {**store_config(str(store)), "socket": {"path": str(first.socket_path)}}, start=False
+    )
+    event = fails_to_start(second)
+    assert event["error"] == (
+        f"socket.path: another daemon is already serving {first.socket_path}; stop it first"
+    )
+    assert not events(second, "store_locked_waiting")
+    with first.client() as r:
+        assert r.get("k") == b"first"
+    assert first.stop() == 0
+
+
+def test_a_start_refused_for_its_socket_directory_creates_no_store(
+    daemon_factory: Factory,
+) -> None:
+    """The socket's directory is checked before the store is opened: a
+    mistyped socket.path leaves no new store (nor its marker) behind."""
+    d = daemon_factory({**store_config(), "socket": {"path": "typo/sessiond.sock"}}, start=False)
+    (d.workdir / "data").mkdir()
+    event = fails_to_start(d)
+    assert event["error"].startswith(f"socket.path: directory {d.workdir / 'typo'} does not")
+    assert list((d.workdir / "data").iterdir()) == []
+    assert not events(d, "store_created")
+
+
 # ------------------------------------------------ a store that disappears
 
 

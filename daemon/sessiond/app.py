@@ -184,6 +184,12 @@ class App:
         config = self.config
         warmed = 0
         warming: Callable[[], Awaitable[int]] | None = None
+        if self.listener is None:
+            try:
+                self.server.preflight()
+            except StartupError as exc:
+                log.error("startup_failed", error=str(exc))
+                return 1
         if config.persistence.backend == "sqlite":
             try:
                 warming = self._open_store(loop)

@@ -819,8 +819,29 @@ class Server:
                 f"socket.path: cannot listen on {self.path}: {_reason(exc)}"
             ) from None
 
-    def _bind(self, path: Path) -> socket.socket:
-        """Bind and listen on ``path``, with ``socket.mode``."""
+    def preflight(self) -> None:
+        """Before the store is opened, for a daemon that will bind
+        ``socket.path``: refuse at once a path whose directory is missing or
+        that another live daemon serves. Checked again at the bind; checked
+        first because a second daemon started on the first one's config would
+        otherwise wait for its store (``store_locked_waiting``) instead of being
+        refused, and a mistyped path would create a store before failing."""
+        self._check_directory(self.path)
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(
+                f"socket.path: {self.path} exists and is not a socket; not replacing it"
+            )
+        if _served(self.path):
+            raise StartupError(
+                f"socket.path: another daemon is already serving {self.path}; stop it first"
+            )
+
+    @staticmethod
+    def _check_directory(path: Path) -> None:
         try:
             if not stat.S_ISDIR(os.stat(path.parent).st_mode):
                 raise StartupError(f"socket.path: {path.parent} is not a directory")
@@ -833,6 +854,10 @@ class Server:
             ) from None
         except OSError as exc:
             raise StartupError(f"socket.path: cannot use {path.parent}: {_reason(exc)}") from None
+
+    def _bind(self, path: Path) -> socket.socket:
+        """Bind and listen on ``path``, with ``socket.mode``."""
+        self._check_directory(path)
         self._claim_path(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -868,20 +893,13 @@ class Server:
             return
         if not stat.S_ISSOCK(st.st_mode):
             raise StartupError(f"socket.path: {path} exists and is not a socket; not replacing it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise StartupError(f"socket.path: cannot probe {path}: {exc.strerror}") from None
-            log.warning("stale_socket_replaced", path=str(path))
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return
-        finally:
-            probe.close()
-        raise StartupError(f"socket.path: another daemon is already serving {path}; stop it first")
+        if _served(path):
+            raise StartupError(
+                f"socket.path: another daemon is already serving {path}; stop it first"
+            )
+        log.warning("stale_socket_replaced", path=str(path))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     # ------------------------------------------------------------ CLIENT PAUSE
 
@@ -1057,6 +1075,22 @@ def _bound_path(sock: socket.socket) -> Path | None:
     if not isinstance(address, str) or not address or address.startswith("\0"):
         return None
     return Path(address)
+
+
+def _served(path: Path) -> bool:
+    """Whether a process accepts connections on the socket file ``path``
+    (``False``: a stale file left by a crash, or none)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise StartupError(f"socket.path: cannot probe {path}: {_reason(exc)}") from None
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _reason(exc: OSError) -> str:
