@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,6 +281,36 @@ def test_sigterm_while_a_successor_starts_stops_both(upgradable: Daemon) -> None
     assert said("upgraded") == attempt - 1
     assert not d.socket_path.exists()
     no_problems(d)
+
+
+def test_sigusr2_while_starting_is_ignored_then_too(daemon_factory: Factory) -> None:
+    """A SIGUSR2 that comes while the daemon starts (here: while it waits for
+    another daemon's store) is ignored, as the message it prints says, and not
+    carried out once the daemon serves (under uvloop the signal also reaches
+    the event loop, which would hand over as soon as it had a handler)."""
+    first = daemon_factory(DURABLE)
+    second = daemon_factory(
+        {
+            **DURABLE,
+            "persistence": {"backend": "sqlite", "path": str(first.workdir / "sessions.db")},
+        },
+        start=False,
+    )
+    second.start(wait=False)
+    second.wait_for_event("store_locked_waiting", timeout=30)
+    second.signal(signal.SIGUSR2)
+    wait_until(
+        lambda: "SIGUSR2 while starting: ignored" in second.log_text(),
+        timeout=10,
+        what="the daemon to say it ignored SIGUSR2",
+    )
+    assert first.stop() == 0
+    second.wait_ready()
+    with second.client() as c:
+        assert c.ping()
+    time.sleep(1.0)  # an upgrade would have started by now
+    assert not [e for e in second.events() if e.get("event", "").startswith("upgrade")]
+    assert second.stop() == 0
 
 
 def test_sigusr2_under_systemd_is_refused(daemon_factory: Factory, tmp_path: Path) -> None:

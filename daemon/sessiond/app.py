@@ -231,6 +231,11 @@ class App:
                 return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_shutdown, sig.name)
+        # A SIGUSR2 that came while starting was ignored (cli.py says so), but
+        # under uvloop it also left its number in the loop's wakeup socket,
+        # which the handler added below would read as a new one and upgrade:
+        # let the loop read it first, while SIGUSR2 has no handler of its own.
+        await asyncio.sleep(0)
         loop.add_signal_handler(signal.SIGUSR2, self._request_upgrade)
         self.state.on_shutdown = self._shutdown_command
         gc.callbacks.append(self._gc_phase)  # removed by _shutdown
