@@ -107,6 +107,13 @@ def test_import_logs_in_to_the_source_and_names_what_fails(
         "sessiond import: source 'http://example.invalid': expected "
         "redis://host[:port][/db] or unix:///path/to.sock[?db=N]",
     )
+    for url in ("redis://127.0.0.1:6379/abc", f"unix://{redis_server.socket_path}?db=x"):
+        code, out, err = run_import(d, url)
+        bad = url.rsplit("/", 1)[1] if url.startswith("redis") else "x"
+        assert (code, err.strip().splitlines()[-1]) == (
+            1,
+            f"sessiond import: source {url!r}: the database must be a number, got {bad!r}",
+        )
 
 
 def test_import_splits_what_one_request_could_not_carry_and_goes_on(

@@ -75,7 +75,7 @@ def parse_source(url: str) -> Endpoint:
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError("no socket path")
-            db = int(parse_qs(parts.query).get("db", ["0"])[0])
+            db = _db(parse_qs(parts.query).get("db", ["0"])[0])
             return Endpoint(path=parts.path, password=password, username=username, db=db)
         if parts.scheme == "redis":
             db_text = parts.path.strip("/")
@@ -84,13 +84,22 @@ def parse_source(url: str) -> Endpoint:
                 port=parts.port or 6379,
                 password=password,
                 username=username,
-                db=int(db_text) if db_text else 0,
+                db=_db(db_text) if db_text else 0,
             )
     except ValueError as exc:
         raise CopyFailed(f"source {url!r}: {exc}") from None
     raise CopyFailed(
         f"source {url!r}: expected redis://host[:port][/db] or unix:///path/to.sock[?db=N]"
     )
+
+
+def _db(text: str) -> int:
+    """A database number from a source URL (``int()``'s own message would
+    name neither the database nor what was wrong)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"the database must be a number, got {text!r}") from None
 
 
 class Link:
