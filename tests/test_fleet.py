@@ -14,10 +14,12 @@ all, and no failure makes a host serve a value it cannot know is current.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -1045,6 +1047,29 @@ def test_the_password_is_never_logged_and_may_come_from_a_file(
 
 
 # -------------------------------------------------------------- failures
+
+
+def test_an_unreachable_database_is_tried_for_the_whole_connect_timeout(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """Start-up gives up once ``persistence.connect_timeout`` has passed, not
+    a pause of its backoff earlier (with 3s it used to give up after 1.5 s)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = fleet_config(
+        f"host=127.0.0.1 port={port} dbname=sessions user=sessiond",
+        persistence={"connect_timeout": "3s"},
+    )
+    d, error = refused_start(daemon_factory, config)
+    assert "within persistence.connect_timeout (3s)" in error, error
+
+    def at(name: str) -> datetime:
+        (event,) = [e for e in d.events() if e.get("event") == name]
+        return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+
+    tried = (at("startup_failed") - at("store_connecting")).total_seconds()
+    assert 3.0 <= tried < 6.0, tried
 
 
 def test_unreachable_at_start_waits_then_exits_1(

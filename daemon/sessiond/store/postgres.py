@@ -576,7 +576,7 @@ class PostgresStore:
                 break
             except (TimeoutError, *_CONNECTION_ERRORS) as exc:
                 waited = time.monotonic() - started
-                if waited + pause > connect_timeout:
+                if waited >= connect_timeout:
                     raise StoreError(
                         f"persistence.dsn: cannot connect to PostgreSQL at {self.where()} "
                         f"within persistence.connect_timeout ({connect_timeout:g}s): {_why(exc)}"
@@ -590,7 +590,8 @@ class PostgresStore:
                         gives_up_after=connect_timeout,
                         error=_why(exc),
                     )
-                await asyncio.sleep(pause)
+                # The last try is at connect_timeout, not a whole pause before it.
+                await asyncio.sleep(min(pause, connect_timeout - waited))
                 pause = min(pause * 2, 2.0)
         try:
             await self._lock_schema(conn, max(started + connect_timeout, time.monotonic() + 5))
