@@ -182,7 +182,9 @@ def test_a_store_removed_while_running_refuses_writes(daemon_factory: Factory, h
         # commit, and every second besides.
         assert not acknowledged, f"{len(acknowledged)} writes acknowledged into a removed store"
         assert all("removed or replaced" in e for e in refused), refused[:3]
-        assert any(e.startswith("MISCONF") for e in refused), refused[:3]
+        # ... and they say what ends it: not the store recovering by itself.
+        restart = "writes are refused until sessiond is restarted with its store back in place"
+        assert any(e.startswith("MISCONF") and e.endswith(restart) for e in refused), refused[:3]
         assert r.get("before") == b"kept in memory"  # reads go on
     (event,) = events(d, "store_removed")  # one clear line, not one per write
     assert event["level"] == "error"

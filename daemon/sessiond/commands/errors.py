@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..protocol import Error
+from ..store.api import StoreError
 
 SYNTAX = "ERR syntax error"
 NOT_INT = "ERR value is not an integer or out of range"
@@ -100,15 +101,21 @@ def without_multi(name: str) -> Error:
     return Error(f"ERR {name} without MULTI")
 
 
-def misconf(failure: Exception) -> Error:
+def misconf(failure: StoreError) -> Error:
     """Like Redis when it cannot persist: writes are refused, reads served."""
-    return Error(f"MISCONF {failure}; writes are refused until the store recovers")
+    return Error(f"MISCONF {failure}; writes are refused until {_until(failure)}")
 
 
-def misconf_script(failure: Exception) -> Error:
+def _until(failure: StoreError) -> str:
+    if failure.lasting:  # the store's files are gone: it will not come back by itself
+        return "sessiond is restarted with its store back in place"
+    return "the store recovers"
+
+
+def misconf_script(failure: StoreError) -> Error:
     """A script that may write, refused before it runs while the store cannot commit."""
     return Error(
-        f"MISCONF {failure}; writable scripts are blocked until the store recovers. "
+        f"MISCONF {failure}; writable scripts are blocked until {_until(failure)}. "
         "Use 'no-writes' flag for read only scripts."
     )
 

@@ -102,7 +102,13 @@ def as_row(kept: Kept) -> Change:
 
 
 class StoreError(Exception):
-    """The store cannot be opened or used; the message says what and where."""
+    """The store cannot be opened or used; the message says what and where.
+    ``lasting``: it will not recover by itself (its files are gone); only a
+    restart with the store back in place ends it."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 def call_waiter(callback: Callable[[StoreError | None], None], error: StoreError | None) -> None:

@@ -672,7 +672,7 @@ class SQLiteStore:
         """The files are not ours any more: refuse writes from now on (no
         commit could make them durable where the next start looks). The
         writer and the compactor both check: the first to find it says so."""
-        self.failure = StoreError(f"store files were removed or replaced: {problem}")
+        self.failure = StoreError(f"store files were removed or replaced: {problem}", lasting=True)
         with self._cond:
             first = self._removed is None
             if first:
