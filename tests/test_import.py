@@ -70,7 +70,7 @@ def test_import_copies_every_session_with_the_time_it_has_left(
         assert r.dbsize() == 1203
 
     code, out, err = run_import(d, "--match", "cart:*", f"unix://{redis_server.socket_path}?db=3")
-    assert (code, out, err) == (0, "copied 1 keys (1 hash)\n", "")
+    assert (code, out, err) == (0, "copied 1 key (1 hash)\n", "")
 
 
 def test_import_logs_in_to_the_source_and_names_what_fails(
@@ -85,7 +85,7 @@ def test_import_logs_in_to_the_source_and_names_what_fails(
     code, _, err = run_import(d, where)
     assert code == 1
     assert "sessiond import: source: AUTH failed" not in err  # no password given: no AUTH
-    assert "NOAUTH" in err
+    assert "NOAUTH" in err and "give its password in the URL or in REDISCLI_AUTH" in err, err
 
     code, _, err = run_import(d, where, env={"REDISCLI_AUTH": "wrong"})
     assert code == 1
@@ -93,7 +93,7 @@ def test_import_logs_in_to_the_source_and_names_what_fails(
 
     code, out, err = run_import(d, where, env={"REDISCLI_AUTH": "src-pw"})
     assert code == 1
-    assert out == "copied 1 keys (1 string)\n"
+    assert out == "copied 1 key (1 string)\n"
     assert "not copied: big: sessiond: a part of 2048 bytes exceeds limits.max_value_size" in err
     with d.client() as r:
         assert (r.get("small"), r.exists("big")) == (b"ok", 0)
@@ -202,7 +202,7 @@ def test_a_key_the_daemon_would_refuse_is_not_sent_and_its_earlier_copy_stays(
     source.hset("cart:1", mapping={"sku": "42"})
     d = daemon_factory({"limits": {"max_value_size": 1024}})
     where = f"unix://{redis_server.socket_path}?db=3"
-    assert run_import(d, where)[:2] == (0, "copied 1 keys (1 hash)\n")
+    assert run_import(d, where)[:2] == (0, "copied 1 key (1 hash)\n")
 
     source.hset("cart:1", "note", "x" * 2048)
     code, out, err = run_import(d, where)

@@ -102,6 +102,15 @@ def _db(text: str) -> int:
         raise ValueError(f"the database must be a number, got {text!r}") from None
 
 
+def _failed(name: str, what: str, reply: hiredis.ReplyError) -> CopyFailed:
+    """``what`` refused by ``name``'s server; a source that wants a password
+    it was not given is told where one goes."""
+    hint = ""
+    if name == "source" and str(reply).startswith("NOAUTH"):
+        hint = " (give its password in the URL or in REDISCLI_AUTH)"
+    return CopyFailed(f"{name}: {what} failed: {reply}{hint}")
+
+
 class Link:
     """One connection, used one pipeline at a time: every command of a batch
     sent in one write, then its replies read in order (errors come back as
@@ -130,7 +139,7 @@ class Link:
     def expect_ok(self, command: list[bytes], what: str) -> None:
         (reply,) = self.pipeline([command])
         if isinstance(reply, hiredis.ReplyError):
-            raise CopyFailed(f"{self.name}: {what} failed: {reply}")
+            raise _failed(self.name, what, reply)
 
     def pipeline(self, commands: Sequence[Sequence[bytes]]) -> list[Any]:
         out = bytearray()
@@ -173,9 +182,11 @@ class Tally:
         kinds = ", ".join(
             f"{n} {_PLURALS[kind] if n != 1 else kind}" for kind, n in sorted(self.copied.items())
         )
-        print(f"copied {total} keys" + (f" ({kinds})" if kinds else ""), file=out)
+        copied = f"copied {total} key{'' if total == 1 else 's'}"
+        print(copied + (f" ({kinds})" if kinds else ""), file=out)
         if self.gone:
-            print(f"{self.gone} keys expired or were deleted on the source meanwhile", file=out)
+            gone = "1 key was" if self.gone == 1 else f"{self.gone} keys were"
+            print(f"{gone} expired or deleted on the source meanwhile", file=out)
         for key, problem in self.failures[:SHOWN_FAILURES]:
             print(f"not copied: {_show(key)}: {problem}", file=err)
         if len(self.failures) > SHOWN_FAILURES:
@@ -201,7 +212,7 @@ def scan(source: Link, match: bytes) -> Iterator[list[bytes]]:
     while True:
         (reply,) = source.pipeline([[b"SCAN", cursor, b"MATCH", match, b"COUNT", b"1000"]])
         if isinstance(reply, hiredis.ReplyError):
-            raise CopyFailed(f"source: SCAN failed: {reply}")
+            raise _failed("source", "SCAN", reply)
         cursor, keys = reply
         if keys:
             yield keys
