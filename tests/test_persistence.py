@@ -520,6 +520,25 @@ def test_expired_sessions_leave_memory_and_store(daemon_factory: Factory) -> Non
     assert d.stop() == 0
 
 
+def _keyspace_on(path: Path, sessions: int, **store_args: Any) -> tuple[Any, Any, Any, list[float]]:
+    """In-process: the real SQLite store at ``path`` (its writer and compactor,
+    ``store_args`` as given) under a keyspace of ``sessions`` in memory whose
+    clock the test moves: ``now[0]``, far ahead of real time, so that nothing
+    the store does by the real clock (re-filing an entry whose time has
+    passed) happens on its own. Returns the store, cache, keyspace and ``now``."""
+    from sessiond.cache import SessionCache
+    from sessiond.keyspace import Keyspace
+    from sessiond.store import SQLiteStore
+    from sessiond.values import Value
+
+    now = [time.time() + 100_000.0]
+    store = SQLiteStore(path, durability="always", **store_args)
+    cache: SessionCache[bytes, Value] = SessionCache(
+        sessions, default_ttl=None, clock=lambda: now[0]
+    )
+    return store, cache, Keyspace(cache, store), now
+
+
 def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(tmp_path: Path) -> None:
     """A rewrite that pushes a stored deadline later leaves the row's expiry
     index entry (expire_at) where it was: moving it costs a random index page
@@ -530,16 +549,8 @@ def test_a_stored_session_renewed_after_filing_is_refiled_not_deleted(tmp_path: 
     file) under a keyspace whose clock the test moves. The clock starts far
     ahead of real time: compaction re-files an entry whose time has passed by
     the real clock, which must not happen on its own here."""
-    from sessiond.cache import SessionCache
-    from sessiond.keyspace import Keyspace
-    from sessiond.store import SQLiteStore
-    from sessiond.values import Value
-
     path = tmp_path / "refile.db"
-    now = [time.time() + 100_000.0]
-    store = SQLiteStore(path, durability="always", fold_interval=0.05)
-    cache: SessionCache[bytes, Value] = SessionCache(2, default_ttl=None, clock=lambda: now[0])
-    keyspace = Keyspace(cache, store)
+    store, cache, keyspace, now = _keyspace_on(path, 2, fold_interval=0.05)
 
     def stored() -> tuple[float | None, float | None] | None:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -605,16 +616,9 @@ def test_a_session_evicted_before_its_write_reaches_the_table_expires_at_its_dea
     In-process, the real store under a keyspace whose clock the test moves;
     compaction is held off (``compact_wait``) so that the table never has the
     writes while the test runs."""
-    from sessiond.cache import SessionCache
-    from sessiond.keyspace import Keyspace
-    from sessiond.store import SQLiteStore
-    from sessiond.values import Value
-
-    path = tmp_path / "evicted.db"
-    now = [time.time() + 100_000.0]
-    store = SQLiteStore(path, durability="always", compact_in="thread", compact_wait=3600)
-    cache: SessionCache[bytes, Value] = SessionCache(2, default_ttl=None, clock=lambda: now[0])
-    keyspace = Keyspace(cache, store)
+    store, cache, keyspace, now = _keyspace_on(
+        tmp_path / "evicted.db", 2, compact_in="thread", compact_wait=3600
+    )
 
     async def main() -> None:
         store.start(asyncio.get_running_loop())
@@ -657,16 +661,9 @@ def test_a_session_read_then_evicted_is_watched_from_its_eviction_not_its_last_w
     near the save, so the store must watch it all the same, and drop it at its
     deadline though the table never had it. Compaction is held off as in the
     test above."""
-    from sessiond.cache import SessionCache
-    from sessiond.keyspace import Keyspace
-    from sessiond.store import SQLiteStore
-    from sessiond.values import Value
-
-    path = tmp_path / "read.db"
-    now = [time.time() + 100_000.0]
-    store = SQLiteStore(path, durability="always", compact_in="thread", compact_wait=3600)
-    cache: SessionCache[bytes, Value] = SessionCache(1, default_ttl=None, clock=lambda: now[0])
-    keyspace = Keyspace(cache, store)
+    store, cache, keyspace, now = _keyspace_on(
+        tmp_path / "read.db", 1, compact_in="thread", compact_wait=3600
+    )
 
     async def main() -> None:
         store.start(asyncio.get_running_loop())
@@ -706,24 +703,16 @@ def test_a_failed_re_filing_in_the_compactor_process_leaves_no_answer_behind(
     SQLite's WAL immutable (``chattr +i``: refused even to root), so that
     the re-filing's write fails while the log, in other files, takes
     writes."""
-    from sessiond.cache import SessionCache
-    from sessiond.keyspace import Keyspace
-    from sessiond.store import SQLiteStore
-    from sessiond.values import Value
-
     path = tmp_path / "answers.db"
     wal_file = Path(f"{path}-wal")
-    now = [time.time() + 100_000.0]
-    store = SQLiteStore(
+    store, cache, keyspace, now = _keyspace_on(
         path,
-        durability="always",
+        2,
         fold_interval=0.05,
         retry_interval=0.05,
         compact_in="process",
         compact_wait=0.0,  # each segment at once: five waits of 2 s took 10 of 11 s
     )
-    cache: SessionCache[bytes, Value] = SessionCache(2, default_ttl=None, clock=lambda: now[0])
-    keyspace = Keyspace(cache, store)
 
     def table() -> dict[bytes, tuple[float | None, float | None]]:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -776,6 +765,8 @@ def test_a_failed_re_filing_in_the_compactor_process_leaves_no_answer_behind(
     finally:
         subprocess.run(["chattr", "-i", str(wal_file)], capture_output=True, check=False)
         store.close()
+    from sessiond.store import SQLiteStore
+
     store = SQLiteStore(path, durability="always")  # nothing lost across a restart either
     try:
         assert all(store.load(key) is not None for key in (b"x1", b"x2", b"x3"))
