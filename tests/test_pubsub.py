@@ -610,3 +610,34 @@ def test_a_keyspace_event_subscriber_that_never_reads_is_dropped(daemon_factory:
         )
         assert r.pubsub_numsub("__keyevent@0__:set") == [(b"__keyevent@0__:set", 0)]
     slow.close()
+
+
+def _heard(server: Server, commands: list[tuple[str, ...]]) -> list[tuple[Any, ...]]:
+    """What a subscriber to every keyspace event (AKEmn) hears of ``commands``."""
+    with server.client() as r, server.client() as listener:
+        r.config_set("notify-keyspace-events", "AKEmn")
+        p = listener.pubsub()
+        p.psubscribe("__key*__:*")
+        p.subscribe("plain")
+        confirmations(p, 2)
+        for command in commands:
+            with contextlib.suppress(redis.ResponseError):
+                r.execute_command(*command)
+        r.publish("plain", "done")
+        got = messages_until(p, b"done")[:-1]
+        r.config_set("notify-keyspace-events", "")
+        p.close()
+    return got
+
+
+def test_copy_of_a_missing_key_tells_its_miss(
+    daemon_factory: Factory, redis_server: RedisServer
+) -> None:
+    # COPY reads its source as GET does: a source that is not there is a keymiss.
+    commands = [("COPY", "missing", "target"), ("SET", "target", "v"), ("COPY", "gone", "target")]
+    expected = _heard(redis_server, commands)
+    assert [m[3] for m in expected if m[2].startswith(b"__keyspace")] == [
+        b"keymiss", b"new", b"set", b"keymiss"
+    ]  # fmt: skip
+    assert _heard(daemon_factory(REDIS_LIKE), commands) == expected
+    assert _heard(daemon_factory({**REDIS_LIKE, **STORED}), commands) == expected

@@ -301,6 +301,8 @@ def cmd_copy(cx: Call, args: Args) -> Reply:
         raise Error(errors.SAME_OBJECT)
     entry = cx.lookup(source)
     if entry is None:
+        if cx.keyspace.notifying:  # Redis reads the source: its miss is told
+            cx.notify(NOTIFY_KEY_MISS, b"keymiss", source)
         return 0
     exists = cx.peek(target) is not None
     if exists and not replace:
