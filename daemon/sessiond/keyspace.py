@@ -159,6 +159,11 @@ def take_hash_groups(candidates: list[tuple[int, bytes]], count: int) -> tuple[l
 class Keyspace:
     """The cache and, if persistence is on, the store, as one keyspace."""
 
+    # Whether a command that finds the store's copy of a key past its
+    # deadline expires the session then (Context._expired_in_store); a shared
+    # store's database deletes due rows itself.
+    expires_on_access = True
+
     def __init__(
         self,
         cache: SessionCache[bytes, Value],
@@ -860,6 +865,29 @@ class Context:
 
     # ------------------------------------------------------------- reads
 
+    def _expired_in_store(self, key: bytes) -> None:
+        """If the store's copy of ``key`` read for this command is past its
+        deadline and memory holds none, the session expires now, as memory's
+        copy would on this access (and as Redis' key does when a command
+        finds it): deleted, counted, ``expired`` told. Else the sweep would
+        tell it later, or never, once this command had written the key anew."""
+        loaded = self.loaded
+        if not loaded or not self.keyspace.expires_on_access:
+            return
+        stored = loaded.get(key)
+        if stored is None or stored.deadline is None or stored.deadline > self.now():
+            return
+        if self.cache.find(key) is not None:
+            return
+        keyspace = self.keyspace
+        loaded[key] = None
+        keyspace.expire(key)
+        self.cache.expirations += 1
+        if keyspace.watching:
+            keyspace.modified(key, True)
+        if keyspace.notifying:
+            keyspace.notify(NOTIFY_EXPIRED, b"expired", key)
+
     def lookup(self, key: bytes) -> Entry[Value] | None:
         """An access: the live entry or ``None``. A session read from the
         store for this command is admitted to memory here (read-through)."""
@@ -867,6 +895,7 @@ class Context:
         if entry is None and self.undo is not None:
             self._read_now(key)
         if entry is None and self.loaded:
+            self._expired_in_store(key)
             stored = self.loaded.pop(key, None)
             if stored is not None:
                 entry = self.cache.admit(key, stored)
@@ -887,6 +916,7 @@ class Context:
         if entry is None and self.undo is not None:
             self._read_now(key)
         if entry is None and self.loaded:
+            self._expired_in_store(key)
             entry = self.loaded.get(key)
             if entry is not None and entry.deadline is not None and entry.deadline <= self.now():
                 return None
@@ -935,6 +965,8 @@ class Context:
         context_id: str | None = None,
     ) -> Entry[Value]:
         """Write ``key`` (``SessionCache.insert``'s TTL rules)."""
+        if self.loaded:
+            self._expired_in_store(key)
         if self.keyspace.watching:
             self.keyspace.modified(key)
         if self.undo is not None:
@@ -967,6 +999,8 @@ class Context:
 
     def remove(self, key: bytes) -> Value | None:
         """Delete ``key`` everywhere; its value if it was live in memory."""
+        if self.loaded:
+            self._expired_in_store(key)
         if self.keyspace.watching:
             self.keyspace.modified(key)
         if self.undo is not None:

@@ -133,6 +133,8 @@ class _Read:
 class SharedKeyspace(Keyspace):
     """The keyspace over a shared store (see the module docstring)."""
 
+    expires_on_access = False
+
     def __init__(
         self, cache: SessionCache[bytes, Value], *, max_value_size: int = 1024 * 1024
     ) -> None:
