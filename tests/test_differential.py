@@ -14,7 +14,44 @@ sessiond runs with ``cache: {sliding: false, default_ttl: 0}``, so expiry
 behaves as Redis' (sliding TTLs and the default TTL are documented
 differences), in two configurations: memory only, and SQLite with room for
 two sessions in memory, so that most keys are evicted to the store and read
-back through; both must behave as one Redis keyspace.
+back through; both must behave as one Redis keyspace. The SQLite one sweeps
+every 20 ms (``cache.sweep_interval``), so that an example waits little for
+the expiries only its store's sweep tells (below).
+
+Keyspace notifications: each example sets ``notify-keyspace-events`` on both
+servers to ``AKEmn`` (every event, keymiss and new included), ``Egx`` (Spring
+Session's) or ``K``, ``E`` or ``KE`` with classes at random (of ``g$shxemnA``,
+those docs/configuration.md lists). A third connection per server, in the
+example's protocol, is subscribed to ``__key*__:*`` throughout; after each
+step a ``PING`` on it is answered after every message the server had queued
+for it (both servers publish a command's events before its reply), so the
+messages before the answer are that step's events. They are compared as
+they came (pattern, channel, array or push), in order, but for:
+
+- ``expired``: Redis tells a key's expiry when a command finds it past its
+  deadline or when its active expiry's sampling does, which is timing (a
+  1 ms TTL, a past ``EXAT``/``PXAT`` it keeps until then); sessiond tells a
+  past ``SET … EXAT|PXAT`` at once and a session that expired only in its
+  store at its sweep, if no command finds it first (docs/commands.md). So
+  ``expired`` messages are compared per example, not per step: at the end
+  of an example in which a key may have expired, ``EXISTS`` of every key
+  makes Redis tell those it has not yet, sessiond's sweep is waited for (at
+  most five seconds), and each server must have told the same messages as
+  many times each.
+- ``del`` from Redis where sessiond tells ``expire`` (the same key, in the
+  same place), in a step that sets a 1 ms TTL: Redis' ``PEXPIRE`` reads its
+  clock once for the deadline and again to see whether it is already past;
+  when a millisecond turns in between, it deletes the key (``del``, and no
+  ``expired`` later). Taken as ``expire`` and an ``expired``.
+- ``keymiss`` in a step that may run ``SCAN … TYPE`` (itself, queued in the
+  ``EXEC`` that runs it, or called by a script whose source names a scan):
+  Redis 7.0 checks each key's type with a lookup that tells ``keymiss`` of a
+  key it finds expired (the ``expired`` timing again); Redis 7.2 no longer
+  does, nor does sessiond, which follows 7.2 (docs/commands.md).
+
+``evicted`` needs nothing: neither server sends it here, Redis having no
+``maxmemory`` and sessiond's memory configuration no bound, while its SQLite
+configuration evicts to the store, which is not an event (docs/commands.md).
 
 Time: relative TTLs in requests grow by one second per step, so ``GT``/``LT``
 never compare two deadlines set milliseconds apart, and none runs out during
@@ -95,6 +132,7 @@ import os
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +150,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "persistence": {"backend": "none"},
     },
     "sqlite": {
-        "cache": {"sliding": False, "default_ttl": 0, "max_sessions": 2},
+        "cache": {
+            "sliding": False,
+            "default_ttl": 0,
+            "max_sessions": 2,
+            "sweep_interval": "20ms",
+        },
         "persistence": {"backend": "sqlite"},
     },
 }
@@ -170,7 +213,13 @@ class Conn:
         self.buf = b""
 
     def __call__(self, *args: bytes) -> Node:
+        self.send(*args)
+        return self.read()
+
+    def send(self, *args: bytes) -> None:
         self.sock.sendall(encode(args))
+
+    def read(self) -> Node:
         while True:
             got = parse(self.buf) if self.buf else None
             if got is not None:
@@ -686,6 +735,19 @@ steps = st.lists(
     max_size=6,
 ).map(lambda runs: [step for run in runs for step in run])
 
+# Keyspace events each example turns on: everything (keymiss and new
+# included), Spring Session's choice, or classes and channel kinds at random.
+PATTERN = b"__key*__:*"
+notify_flags = st.one_of(
+    st.just(b"AKEmn"),
+    st.just(b"Egx"),
+    st.builds(
+        lambda kinds, classes: (kinds + classes).encode(),
+        st.sampled_from(["K", "E", "KE"]),
+        st.text(alphabet="g$shxemnA", min_size=1, max_size=5),
+    ),
+)
+
 # --------------------------------------------------------- normalising
 
 TIMES = {b"TTL": 2, b"EXPIRETIME": 2, b"PTTL": 2000, b"PEXPIRETIME": 2000}
@@ -734,7 +796,7 @@ class Session:
         self.theirs = theirs
         self.ours = ours
         self.queued: list[bytes] | None = None  # names queued since MULTI
-        self.soon = False  # whether a queued request sets a 1 ms TTL
+        self.marks: frozenset[str] = frozenset()  # those of the requests queued
 
     def normal(self, name: bytes, node: Node, expired: bool) -> Any:
         """As :func:`normal`, EXEC's replies each by the command it ran."""
@@ -743,20 +805,129 @@ class Session:
             return ("*", tuple(normal(n, r, expired) for n, r in replies))
         return normal(name, node, expired)
 
-    def follow(self, name: bytes, reply: Node, soon: bool) -> bool:
-        """Track MULTI from Redis' reply (the reference); whether a 1 ms TTL
-        was set, so that the next step must wait."""
+    def follow(self, name: bytes, reply: Node, marks: frozenset[str]) -> frozenset[str]:
+        """Track MULTI from Redis' reply (the reference); the marks of what
+        ran now (:func:`marks`): the request's, or those of the requests an
+        EXEC ran, or none for a request queued."""
         if name == b"MULTI" and reply == ("+", b"OK"):
             self.queued = []
         elif self.queued is not None:
             if name in (b"EXEC", b"DISCARD"):
                 self.queued = None
-                soon, self.soon = name == b"EXEC" and self.soon, False
+                ran = self.marks if name == b"EXEC" else frozenset()
+                self.marks = frozenset()
+                return ran
             elif reply == ("+", b"QUEUED"):
                 self.queued.append(name)
-                self.soon = self.soon or soon
-                return False
-        return soon
+                self.marks |= marks
+                return frozenset()
+        return marks
+
+
+def marks(request: Request, args: tuple[bytes, ...], scripts: list[Request]) -> frozenset[str]:
+    """What in a request the comparison must know of: ``soon``, it sets a
+    1 ms TTL; ``scan``, it may run ``SCAN`` with ``TYPE`` (a script whose
+    source names any scan may)."""
+    out = set()
+    if any(isinstance(a, Soon) for a in request):
+        out.add("soon")
+    name = args[0].upper()
+    if name == b"SCAN" and any(a.upper() == b"TYPE" for a in args):
+        out.add("scan")
+    if name.startswith(b"EVAL"):
+        body = args[1]
+        if name.startswith(b"EVALSHA"):
+            sent = [r[1] for r in scripts if isinstance(r[1], bytes)]
+            body = next(
+                (b for b in sent if hashlib.sha1(b).hexdigest().encode() == body.lower()), b""
+            )
+        if b"scan" in body.lower():
+            out.add("scan")
+    return frozenset(out)
+
+
+def is_event(node: Node) -> bool:
+    """Whether ``node`` is a pattern subscription's message (an array in
+    RESP2, a push in RESP3)."""
+    kind, payload = node
+    return kind in "*>" and bool(payload) and payload[0] == ("$", b"pmessage")
+
+
+def told(node: Node) -> tuple[bytes, bytes]:
+    """The event and key a keyspace event message tells, whichever channel
+    kind it came on."""
+    channel, data = node[1][2][1], node[1][3][1]
+    prefix, _, rest = channel.partition(b":")
+    return (data, rest) if prefix.startswith(b"__keyspace") else (rest, data)
+
+
+class Listener:
+    """A subscriber to every keyspace event on each server."""
+
+    def __init__(self, theirs: Conn, ours: Conn) -> None:
+        self.theirs = theirs
+        self.ours = ours
+
+    def subscribe(self, protocol: int) -> None:
+        for conn in (self.theirs, self.ours):
+            if protocol == 3:
+                assert conn(b"HELLO", b"3")[0] == "%"
+            assert conn(b"PSUBSCRIBE", PATTERN)[1][0] == ("$", b"psubscribe")
+
+    def heard(self) -> tuple[list[Node], list[Node]]:
+        """What each server has published since the last call: a PING on the
+        subscriber's own connection is answered after every message the server
+        had queued for it, and a server publishes a command's events before
+        it replies (sessiond before the end of its loop's iteration)."""
+        for conn in (self.theirs, self.ours):
+            conn.send(b"PING")
+        out: tuple[list[Node], list[Node]] = ([], [])
+        for conn, got in zip((self.theirs, self.ours), out, strict=True):
+            while is_event(node := conn.read()):
+                got.append(node)
+        return out
+
+
+def events(heard: list[Node], ran: frozenset[str]) -> list[Node]:
+    """The events of a step as they are compared: without ``expired``, nor
+    ``keymiss`` if the step may have run ``SCAN ... TYPE`` (``ran``: its
+    :func:`marks`)."""
+    dropped = {b"expired", b"keymiss"} if "scan" in ran else {b"expired"}
+    return [node for node in heard if told(node)[0] not in dropped]
+
+
+def excused(
+    theirs: list[Node],
+    ours: list[Node],
+    ran: frozenset[str],
+    expiries: tuple[Counter[Node], Counter[Node]],
+) -> list[Node]:
+    """Redis' events of a step, where a step that set a 1 ms TTL has Redis
+    tell ``del`` of a key and sessiond ``expire`` (the same key, channel kind
+    and place), Redis' taken as sessiond's, and as the ``expired`` sessiond
+    will tell: ``PEXPIRE`` reads Redis' clock twice, and if a millisecond
+    turns in between, the deadline is already past and the key deleted."""
+    if "soon" not in ran or len(theirs) != len(ours):
+        return theirs
+    out = []
+    for t, o in zip(theirs, ours, strict=True):
+        (event, key), (ours_event, ours_key) = told(t), told(o)
+        keyspace = t[1][2][1].startswith(b"__keyspace")
+        same_kind = keyspace == o[1][2][1].startswith(b"__keyspace")
+        if same_kind and (event, ours_event, key) == (b"del", b"expire", ours_key):
+            t = o
+            channel, data = (b"__keyspace@0__:" + key, b"expired")
+            if not keyspace:
+                channel, data = (b"__keyevent@0__:expired", key)
+            expiries[0][(("$", channel), ("$", data))] += 1
+        out.append(t)
+    return out
+
+
+def count_expiries(counts: tuple[Counter[Node], Counter[Node]], *heard: list[Node]) -> None:
+    """Add the ``expired`` events each server published to its count."""
+    for count, nodes in zip(counts, heard, strict=True):
+        count.update(n[1][2:] for n in nodes if told(n)[0] == b"expired")
 
 
 def again(request: Request, scripts: list[Request]) -> Request:
@@ -794,36 +965,46 @@ def sessiond(
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
 def sessions(
     request: pytest.FixtureRequest, sessiond: Daemon, redis_server: RedisServer
-) -> Iterator[tuple[int, list[Session]]]:
+) -> Iterator[tuple[int, list[Session], Listener]]:
     conns = [
         Session(Conn(str(redis_server.socket_path)), Conn(str(sessiond.socket_path)))
         for _ in range(2)
     ]
-    yield request.param, conns
-    for s in conns:
+    listener = Listener(Conn(str(redis_server.socket_path)), Conn(str(sessiond.socket_path)))
+    listener.subscribe(request.param)
+    yield request.param, conns, listener
+    for s in [*conns, listener]:
         s.theirs.close()
         s.ours.close()
+    with redis_server.client() as r:
+        r.config_set("notify-keyspace-events", "")
 
 
-def test_random_sequences_answer_as_redis_does(sessions: tuple[int, list[Session]]) -> None:
-    protocol, conns = sessions
+def test_random_sequences_answer_as_redis_does(
+    sessions: tuple[int, list[Session], Listener],
+) -> None:
+    protocol, conns, listener = sessions
 
     @settings(
         max_examples=EXAMPLES if protocol == 2 else EXAMPLES // 3,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(steps)
-    def check(sequence: list[tuple[int, Request]]) -> None:
+    @given(steps, notify_flags)
+    def check(sequence: list[tuple[int, Request]], flags: bytes) -> None:
         for s in conns:
             for conn in (s.theirs, s.ours):
                 assert conn(b"RESET") == ("+", b"RESET")
                 if protocol == 3:
                     assert conn(b"HELLO", b"3")[0] == "%"
-            s.queued, s.soon = None, False
+            s.queued, s.marks = None, frozenset()
         for command in [(b"FLUSHALL",), (b"SCRIPT", b"FLUSH")]:
             assert conns[0].theirs(*command) == conns[0].ours(*command) == ("+", b"OK")
+        config = (b"CONFIG", b"SET", b"notify-keyspace-events", flags)
+        assert conns[0].theirs(*config) == conns[0].ours(*config) == ("+", b"OK")
+        listener.heard()  # anything the previous example left
         history: list[str] = []
+        expiries: tuple[Counter[Node], Counter[Node]] = (Counter(), Counter())
         expired = False
         scripts: list[Request] = []  # the EVAL requests sent so far
         for step, (client, drawn) in enumerate(sequence):
@@ -839,11 +1020,40 @@ def test_random_sequences_answer_as_redis_does(sessions: tuple[int, list[Session
             assert s.normal(name, ours, expired) == s.normal(name, theirs, expired), "\n".join(
                 history
             )
+            ran = s.follow(name, theirs, marks(request, args, scripts))
+            heard_theirs, heard_ours = listener.heard()
+            count_expiries(expiries, heard_theirs, heard_ours)
+            if heard_theirs or heard_ours:
+                history.append(
+                    f"      events ({flags.decode()}):"
+                    f"\n      redis: {[told(n) for n in heard_theirs]}"
+                    f"\n   sessiond: {[told(n) for n in heard_ours]}"
+                )
+            theirs_events = excused(
+                events(heard_theirs, ran), events(heard_ours, ran), ran, expiries
+            )
+            assert events(heard_ours, ran) == theirs_events, "\n".join(history)
             # SET with a deadline already past leaves Redis a key it has not
             # noticed is expired yet.
             expired = expired or any(a.upper() in (b"EXAT", b"PXAT") for a in args)
-            if s.follow(name, theirs, any(isinstance(a, Soon) for a in request)):
+            if "soon" in ran:
                 time.sleep(0.005)
                 expired = True
+        if expired:
+            # Every expiry is told once, by the end: a read of each key makes
+            # Redis (and sessiond) tell those not told yet; sessiond's sweep
+            # may be telling one just now.
+            for conn in (conns[0].theirs, conns[0].ours):
+                assert conn(b"RESET") == ("+", b"RESET")
+                assert conn(b"EXISTS", *KEYS)[0] == ":"
+            deadline = time.monotonic() + 5
+            while True:
+                count_expiries(expiries, *listener.heard())
+                if expiries[0] == expiries[1] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            assert expiries[1] == expiries[0], "\n".join(
+                [*history, "expired: (redis, sessiond)", repr(expiries)]
+            )
 
     check()
