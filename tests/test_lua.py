@@ -499,6 +499,17 @@ def like_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d.stop()
 
 
+def _within_a_second(want: bytes, have: bytes) -> bool:
+    """Two TTL replies (``:N``) a second apart at most: the two servers read
+    the key at different moments, and a TTL rounds to the nearest second, so
+    half a second of a loaded machine between the write and the read turns 200
+    into 199 (a timing, not a difference)."""
+    if not (want.startswith(b":") and have.startswith(b":")):
+        return False
+    w, h = int(want[1:]), int(have[1:])
+    return w > 0 and h > 0 and abs(w - h) <= 1
+
+
 @pytest.mark.parametrize("resp3", [False, True], ids=["resp2", "resp3"])
 def test_same_replies_as_redis_server(
     like_redis: Daemon, redis_server: RedisServer, resp3: bool
@@ -507,6 +518,8 @@ def test_same_replies_as_redis_server(
     got = transcript(lambda: Wire(like_redis.raw()), resp3)
     assert len(got) == len(expected)
     for (request, want), (_, have) in zip(expected, got, strict=True):
+        if request[0] == "TTL" and _within_a_second(want, have):
+            continue
         assert have == want, f"{request!r}: redis-server {want!r}, sessiond {have!r}"
     assert redis_server.version.startswith("7.")
     assert "command_failed" not in like_redis.log_text()

@@ -1907,12 +1907,15 @@ def test_a_disk_that_stays_slow_sends_durable_commits_to_the_writer_thread(
     from sessiond.store import SQLiteStore, sqlite
 
     threads: list[str] = []
+    slept: list[float] = []
     delay = [2 * sqlite._INLINE_SLOW]
 
     def disk(point: str) -> None:
         if point == "commit":
             threads.append(threading.current_thread().name)
+            started = time.perf_counter()
             time.sleep(delay[0])
+            slept.append(time.perf_counter() - started)
 
     store = SQLiteStore(
         tmp_path / "slow.db", durability="always", flush_interval=10, inline_backoff=1.0, hook=disk
@@ -1940,7 +1943,10 @@ def test_a_disk_that_stays_slow_sends_durable_commits_to_the_writer_thread(
     finally:
         store.close()
     moved = threads.index("sessiond-store")
-    assert 1 < moved <= 12, threads  # not at the first slow commit, within a handful
+    # Not at the first slow commit, within a handful. A first commit of more
+    # than 80 ms moves at once by design (one stalled commit is enough), and a
+    # loaded machine can stretch the 20 ms sleep that far: then it may.
+    assert 1 < moved <= 12 or (moved == 1 and slept[0] > 0.05), (threads, slept)
     assert threads[moved:] == ["sessiond-store", "sessiond-store", "MainThread"], threads
 
 
