@@ -1026,7 +1026,15 @@ class SQLiteStore:
         """Stored sessions whose deadline has passed and that no queued change
         names. A row found renewed since it was filed is re-filed instead.
         Then the evicted sessions due by now whose newest change, still in the
-        log, has expired: the table does not have that change yet."""
+        log, has expired: the table does not have that change yet.
+
+        The table is read before the log's changes are looked at, so a
+        compaction that ends in between has taken the newer change out of the
+        log after the read saw the row it replaced: the rows of that read are
+        left to the next sweep (``Overlay.drops`` says a compaction ended),
+        never taken for expired (that deleted an acknowledged rewrite)."""
+        overlay = self.overlay
+        drops = overlay.drops
         rows = self.reader.due(now, limit)
         watched = self._evicted
         evicted: list[bytes] = []
@@ -1034,7 +1042,10 @@ class SQLiteStore:
             evicted.append(heapq.heappop(watched)[1])
         if not rows and not evicted:
             return []
-        newer, _ = self.overlay.lookup([key for key, _ in rows] + evicted)
+        with overlay.lock:
+            if overlay.drops != drops:
+                rows = []
+            newer, _ = overlay.lookup_locked([key for key, _ in rows] + evicted)
         keys: list[bytes] = []
         for key in dict.fromkeys(evicted):
             change = newer.get(key)
