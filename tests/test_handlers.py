@@ -109,6 +109,12 @@ class StoreDouble:
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         callback(self.failure)
 
+    def hold_commits(self) -> None:
+        return None  # every change is durable at once
+
+    def release_commits(self) -> None:
+        return None
+
     def lagging(self) -> bool:
         return False
 

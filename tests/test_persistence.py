@@ -219,6 +219,45 @@ def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: F
     assert d.stop() == 0
 
 
+@pytest.mark.parametrize("durability", ["always", "batch"])
+def test_kill9_in_the_middle_of_a_script_leaves_none_of_its_writes(
+    daemon_factory: Factory, durability: str
+) -> None:
+    """A script writes a, computes for seconds, then writes b. The log writer
+    thread commits on its own round while the script runs (every
+    flush_interval under batch, and its periodic round under always): it must
+    not take a without b. Killed in the middle, the daemon comes back with
+    neither (the script was never answered), never with half of it."""
+    d = daemon_factory(
+        sqlite_config(persistence={"durability": durability}, scripting={"time_limit": "60s"})
+    )
+    script = (
+        "redis.call('SET', KEYS[1], ARGV[1]) "
+        "local x = 0 for i = 1, tonumber(ARGV[2]) do x = x + i end "
+        "redis.call('SET', KEYS[2], ARGV[1]) return 1"
+    )
+    with d.client() as r:
+        r.mset({"a": "old", "b": "old"})
+        r.execute_command("WAITAOF", 1, 0, 0)
+    with no_retry_client(d) as r:
+        answered: list[object] = []
+
+        def run() -> None:
+            with contextlib.suppress(redis.ConnectionError):
+                answered.append(r.eval(script, 2, "a", "b", "new", 2_000_000_000))
+
+        client = threading.Thread(target=run)
+        client.start()
+        time.sleep(1.0)  # several rounds of the writer while the script runs
+        d.kill()
+        client.join(10)
+    assert not answered, "the script ended before the kill: make it longer"
+    d.start()
+    with d.client() as r:
+        assert r.mget(["a", "b"]) == [b"old", b"old"]
+    assert d.stop() == 0
+
+
 def test_waitaof_makes_batch_writes_durable_before_it_answers(daemon_factory: Factory) -> None:
     """Under durability: batch with a minute between commits, WAITAOF 1 0 0
     answers [1, 0] once the writes before it are committed: a kill -9 right

@@ -164,6 +164,12 @@ class StoreDouble:
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         self.after_commit_for(callback, [])
 
+    def hold_commits(self) -> None:
+        return None  # commits run on the loop, as PostgresStore's do
+
+    def release_commits(self) -> None:
+        return None
+
     def after_commit_for(
         self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
     ) -> None:

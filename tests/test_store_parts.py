@@ -1095,6 +1095,44 @@ def _acknowledged(
         store.close()
 
 
+def test_no_commit_takes_half_of_what_a_held_transaction_records(tmp_path: Path) -> None:
+    """While the event loop holds commits (a transaction or a script runs),
+    the writer thread's rounds (every flush_interval under batch) take none
+    of its changes; once released, all of them go in one frame."""
+    store = SQLiteStore(tmp_path / "s.db", durability="batch", flush_interval=0.01)
+
+    def frames() -> list[set[bytes]]:
+        out = []
+        for _, segment in store.files.segments():
+            for payload in wal.read_frames(segment)[0]:
+                out.append({r[0] for r in wal.decode(payload) if r is not None})
+        return out
+
+    async def main() -> tuple[list[set[bytes]], list[set[bytes]]]:
+        store.start(asyncio.get_running_loop())
+        store.hold_commits()
+        store.record(b"a", row(b"1"))
+        await asyncio.sleep(0.2)  # many rounds of the writer, which waits
+        store.hold_commits()  # nested (a script inside EXEC)
+        store.record(b"b", row(b"1"))
+        store.release_commits()
+        await asyncio.sleep(0.1)
+        held = frames()
+        store.record(b"c", row(b"1"))
+        store.release_commits()
+        done: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+        store.after_commit(done.set_result)
+        assert await asyncio.wait_for(done, 10) is None
+        return held, frames()
+
+    try:
+        held, after = asyncio.run(main())
+    finally:
+        store.close()
+    assert held == []
+    assert after == [{b"a", b"b", b"c"}]
+
+
 def _refused(answer: StoreError | None) -> bool:
     return answer is not None and "removed or replaced" in str(answer)
 

@@ -811,6 +811,19 @@ class Context:
             keyspace.held_clock = None
             self.cache.clock = clock
 
+    def hold_commits(self) -> None:
+        """A transaction or a script starts: its changes go to the store's
+        disk whole or not at all, until :meth:`release_commits` (calls nest:
+        a script inside EXEC)."""
+        store = self.keyspace.store
+        if store is not None:
+            store.hold_commits()
+
+    def release_commits(self) -> None:
+        store = self.keyspace.store
+        if store is not None:
+            store.release_commits()
+
     # ------------------------------------------------------------ scripts
 
     def enter_script(self) -> None:

@@ -188,6 +188,9 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
     pubsub = cx.state.pubsub
     pubsub.hold()
     timed_out = False
+    # No commit takes half of the script's writes: a kill -9 while it runs
+    # leaves none of them, nor the writes of a stopped script without their undo.
+    cx.hold_commits()
     try:
         reply = engine.run_sha(
             sha, keys, argv, _caller(cx, engine, read_only, keys), resp3=client.resp3
@@ -206,7 +209,10 @@ def _evaluate(cx: Call, args: Args, *, by_sha: bool, read_only: bool) -> Reply:
         # error after writes keeps them, as in Redis.
         if held:
             cx.release_time()
-        cx.leave_script(roll_back=timed_out)
+        try:
+            cx.leave_script(roll_back=timed_out)
+        finally:
+            cx.release_commits()  # after the undo: the script's writes and it, together
         # What it published and the events of its writes go out with them,
         # or not at all.
         pubsub.release(deliver=not timed_out)

@@ -160,9 +160,11 @@ def cmd_exec(cx: Call, args: Args) -> Reply:
         if dirty:
             return NIL_ARRAY
     held = cx.hold_time()  # no key expires in the middle of the transaction
+    cx.hold_commits()  # and no commit takes half of it
     try:
         return _run_queued(cx, queued)
     finally:
+        cx.release_commits()
         if held:
             cx.release_time()
 

@@ -233,6 +233,17 @@ class Store(Protocol):
         durable, with the error if its commit failed."""
         ...
 
+    def hold_commits(self) -> None:
+        """A transaction or a script starts running on the event loop: no
+        commit takes the changes it records until :meth:`release_commits`, so
+        that they reach the disk in one commit, whole, or not at all (a crash
+        in its middle must not leave half of it). Calls nest."""
+        ...
+
+    def release_commits(self) -> None:
+        """The transaction or script that :meth:`hold_commits` held has ended."""
+        ...
+
     def lagging(self) -> bool:
         """Whether commits run behind their schedule (replies then wait)."""
         ...

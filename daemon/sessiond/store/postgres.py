@@ -832,6 +832,13 @@ class PostgresStore:
         self._waiters.append(_Waiter(seq, waiting, callback))
         self._wake.set()
 
+    def hold_commits(self) -> None:
+        """Nothing to hold: commits run on the event loop, which a transaction
+        or a script keeps until it ends."""
+
+    def release_commits(self) -> None:
+        """See :meth:`hold_commits`."""
+
     def lagging(self) -> bool:
         started = self._commit_started
         if started and perf_counter() - started > self.flush_interval:

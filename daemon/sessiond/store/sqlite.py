@@ -270,6 +270,11 @@ class SQLiteStore:
         # Held by whoever appends to the log: the writer thread, or the event
         # loop's thread committing its own iteration's writes (_commit_here).
         self._commit_lock = threading.Lock()
+        # Held by the event loop while a transaction or a script runs
+        # (hold_commits): a commit takes the pending changes under it, so it
+        # never takes half of one. Only around the take, not the append: the
+        # loop then never waits for a disk, only for a take to end.
+        self._whole = threading.RLock()
         self._commit_scheduled = False  # _commit_here is due in this loop iteration
         self._inline_after = 0.0  # monotonic time before which commits go to the thread
         self._inline_average = 0.0  # seconds an inline commit takes, weighted to the newest
@@ -432,6 +437,19 @@ class SQLiteStore:
                 self._inline_average = 0.0  # back on the loop, the disk is judged afresh
         self._resolve(seq, error)
 
+    def hold_commits(self) -> None:
+        """No commit takes what is recorded from now until
+        :meth:`release_commits` (a transaction or a script runs: all of its
+        changes go in one commit). The log writer thread, which commits while
+        the loop runs (``batch``, its periodic round under ``always``), waits
+        for the end of it at its next take, at most a script's time limit: a
+        kill -9 in the middle of a script that had written used to leave its
+        first writes on disk and not the rest."""
+        self._whole.acquire()
+
+    def release_commits(self) -> None:
+        self._whole.release()
+
     def lagging(self) -> bool:
         """Whether commits run behind: the writer busy with one commit for
         longer than flush_interval (a slow disk), or the log holding more than
@@ -537,7 +555,8 @@ class SQLiteStore:
         -1 if it failed (they are pending again); the sequence number of the
         last change it settles; the error its waiters get, if it failed. The
         caller releases the waiters (:meth:`_committed`, :meth:`_resolve`)."""
-        batch, cleared, seq = self.overlay.take()
+        with self._whole:
+            batch, cleared, seq = self.overlay.take()
         if not batch and not cleared:
             return 0, seq, None
         started = perf_counter()
