@@ -2777,65 +2777,16 @@ def test_a_failing_disk_refuses_writes_then_recovers(tmp_path: Path) -> None:
         reopened.close()
 
 
-def test_expiry_spares_a_session_renewed_while_its_compaction_runs(tmp_path: Path) -> None:
-    """The table's copy of k has expired, k was renewed (acknowledged) and
-    then left memory, and the compaction that carries the renewal is held
-    before its first step: the sweep must not delete k."""
-    from sessiond.store import SQLiteStore
-
-    hold = threading.Event()
-    held = threading.Event()
-
-    def hook(point: str) -> None:
-        if point == "compact" and hold.is_set():
-            held.set()
-            while hold.is_set():  # the compactor's thread, held at the gate
-                time.sleep(0.01)
-
-    store = SQLiteStore(tmp_path / "s.db", fold_interval=0.05, hook=hook)
-
-    async def main() -> list[bytes]:
-        loop = asyncio.get_running_loop()
-        store.start(loop)
-
-        async def compacted() -> None:
-            await _until(lambda: not store.count_rows().queued)
-
-        now = time.time()
-        store.record(b"k", _row(b"old", now - 100, ttl=10.0, deadline=now - 1))
-        assert await _committed(store) is None
-        await compacted()
-        hold.set()
-        store.record(b"k", _row(b"new", now, ttl=3600.0, deadline=now + 3600))
-        assert await _committed(store) is None
-        assert await loop.run_in_executor(None, held.wait, 10)
-        due = store.due(time.time(), 1000)  # k's segment is sealed, not compacted
-        hold.clear()
-        await compacted()
-        return due
-
-    try:
-        due = asyncio.run(main())
-    finally:
-        hold.clear()
-        store.close()
-    assert due == []
-    again = SQLiteStore(tmp_path / "s.db")
-    try:
-        entry = again.load(b"k")
-        assert entry is not None and entry.value == b"new"
-    finally:
-        again.close()
-
-
-def test_expiry_spares_a_session_whose_renewal_is_compacted_while_the_sweep_reads(
-    tmp_path: Path,
+@pytest.mark.parametrize("when", ["held", "ending while the sweep reads"])
+def test_expiry_spares_a_session_renewed_while_its_compaction_runs(
+    tmp_path: Path, when: str
 ) -> None:
     """The table's copy of k has expired, k was renewed (acknowledged) and
-    left memory, and the compaction that carries the renewal ends while the
-    sweep reads the table: the sweep's row is then the old one, and the
-    renewal is no longer among the changes the table lacks, but k must not be
-    taken for expired (the sweep would delete an acknowledged write)."""
+    then left memory, and the compaction that carries the renewal is held
+    before its first step: the sweep must not delete k. Nor when that
+    compaction ends while the sweep reads the table: the sweep's row is then
+    the old one and the renewal no longer among the changes the table lacks
+    (the sweep deleted an acknowledged write that way)."""
     from sessiond.store import SQLiteStore
 
     hold = threading.Event()
@@ -2875,8 +2826,12 @@ def test_expiry_spares_a_session_whose_renewal_is_compacted_while_the_sweep_read
         store.record(b"k", _row(b"new", now, ttl=3600.0, deadline=now + 3600))
         assert await _committed(store) is None
         assert await loop.run_in_executor(None, held.wait, 10)
-        store.reader.due = due_then_compacted  # type: ignore[method-assign]
-        return store.due(time.time(), 1000)
+        if when != "held":
+            store.reader.due = due_then_compacted  # type: ignore[method-assign]
+        due = store.due(time.time(), 1000)  # k's segment is sealed, not compacted
+        hold.clear()
+        await compacted()
+        return due
 
     try:
         due = asyncio.run(main())
