@@ -827,18 +827,7 @@ class Server:
         otherwise wait for its store (``store_locked_waiting``) instead of being
         refused, and a mistyped path would create a store before failing."""
         self._check_directory(self.path)
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(
-                f"socket.path: {self.path} exists and is not a socket; not replacing it"
-            )
-        if _served(self.path):
-            raise StartupError(
-                f"socket.path: another daemon is already serving {self.path}; stop it first"
-            )
+        _stale_socket(self.path)
 
     @staticmethod
     def _check_directory(path: Path) -> None:
@@ -887,19 +876,10 @@ class Server:
 
     def _claim_path(self, path: Path) -> None:
         """Refuse to steal a live daemon's socket; replace a stale one."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"socket.path: {path} exists and is not a socket; not replacing it")
-        if _served(path):
-            raise StartupError(
-                f"socket.path: another daemon is already serving {path}; stop it first"
-            )
-        log.warning("stale_socket_replaced", path=str(path))
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        if _stale_socket(path):
+            log.warning("stale_socket_replaced", path=str(path))
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # ------------------------------------------------------------ CLIENT PAUSE
 
@@ -1075,6 +1055,21 @@ def _bound_path(sock: socket.socket) -> Path | None:
     if not isinstance(address, str) or not address or address.startswith("\0"):
         return None
     return Path(address)
+
+
+def _stale_socket(path: Path) -> bool:
+    """Whether ``path`` holds a socket file nobody serves (left by a crash);
+    ``False`` if nothing is there. Refused: anything else there, or a socket
+    another live daemon serves."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"socket.path: {path} exists and is not a socket; not replacing it")
+    if _served(path):
+        raise StartupError(f"socket.path: another daemon is already serving {path}; stop it first")
+    return True
 
 
 def _served(path: Path) -> bool:
