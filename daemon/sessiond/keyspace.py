@@ -173,6 +173,8 @@ class Keyspace:
     ) -> None:
         self.cache = cache
         self.store = store
+        # The store's table_lag, read once: every eviction compares with it.
+        self.table_lag = 0.0 if store is None else store.table_lag
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
         # While the warm start loads: the keys commands changed since it
@@ -206,6 +208,7 @@ class Keyspace:
         """Write through to ``store`` and read through from it from now on
         (at start-up, before any command runs)."""
         self.store = store
+        self.table_lag = store.table_lag
         self.cache.persistence = self
 
     # -------------------------------------------------------------- changes
@@ -304,11 +307,10 @@ class Keyspace:
         # Due before its last write reaches the table, where the store's expiry
         # sweep looks: the store watches for it (SQLiteStore.evicted).
         deadline = entry.deadline
-        if deadline is not None:
+        if deadline is not None and deadline - written < self.table_lag:
             store = self.store
             assert store is not None
-            if deadline - written < store.table_lag:
-                store.evicted(key, deadline)
+            store.evicted(key, deadline)
 
     def load(self, key: bytes) -> Entry[Value] | None:
         """Blocking read-through (the cache's ``get_or_load``, library use)."""
