@@ -691,6 +691,20 @@ def test_a_session_evicted_before_its_write_reaches_the_table_expires_at_its_dea
         store.close()
 
 
+def test_the_watched_evictions_are_bounded(tmp_path: Path) -> None:
+    """docs/persistence.md: at most 65,536 evicted sessions are watched at
+    once (about 10 MB); past that, one expires once its write is compacted."""
+    from sessiond.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "bound.db", durability="always")
+    try:
+        for i in range(65_536 + 10):
+            store.evicted(b"k%d" % i, 1.0 + i)
+        assert len(store._evicted) == 65_536
+    finally:
+        store.close()
+
+
 def test_a_session_read_then_evicted_is_watched_from_its_eviction_not_its_last_write(
     tmp_path: Path,
 ) -> None:
