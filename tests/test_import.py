@@ -182,6 +182,25 @@ def test_import_counts_a_key_whose_ttl_ends_as_it_is_read_as_gone(daemon: Daemon
         assert r.exists("session:1", "cart:1") == 0
 
 
+class _RehashingSource:
+    """A source whose SCAN returns some keys twice, as Redis' does when its
+    table is rehashed during the walk (SCAN guarantees every key at least
+    once, not at most once)."""
+
+    def pipeline(self, commands: list[list[bytes]]) -> list[object]:
+        ((name, cursor, *_),) = commands
+        assert name == b"SCAN"
+        pages = {b"0": [b"7", [b"a", b"b", b"b"]], b"7": [b"0", [b"b", b"c", b"a"]]}
+        return [pages[cursor]]
+
+
+def test_import_walks_each_key_once_when_scan_repeats_it() -> None:
+    from sessiond.importer import scan
+
+    pages = list(scan(_RehashingSource(), b"*"))  # type: ignore[arg-type]
+    assert pages == [[b"a", b"b"], [b"c"]]
+
+
 def test_import_from_the_daemon_itself_is_refused(daemon_factory: Factory) -> None:
     """Copying the daemon onto itself would only overwrite what its clients
     write meanwhile: told apart by INFO's run_id."""
