@@ -646,15 +646,26 @@ class Keyspace:
         for key in store.due(now, limit):
             held = cache.find(key)
             if held is None:
-                store.record(key, None)
+                self.expired_in_store(key)
                 deleted += 1
-                if self.notifying:
-                    self.notify(NOTIFY_EXPIRED, b"expired", key)
             elif held.deadline is None or held.deadline > now:
                 store.record(key, _row(held))
             # else expired in memory too: the cache's sweep deletes it
-        cache.expirations += deleted
         return deleted
+
+    def expired_in_store(self, key: bytes) -> None:
+        """``key``'s stored copy, which memory does not hold, is past its
+        deadline: the session expires now, as memory's copy would (deleted,
+        counted, WATCH touched, ``expired`` told), whether the sweep or a
+        command found it. The sweep touching WATCH changes no EXEC's outcome
+        (EXEC also checks that each key present at WATCH still is), but keeps
+        one account of an expiry."""
+        self.expire(key)
+        self.cache.expirations += 1
+        if self.watching:
+            self.modified(key, True)
+        if self.notifying:
+            self.notify(NOTIFY_EXPIRED, b"expired", key)
 
     def warm(self, limit: int, step: int = WARM_STEP) -> Callable[[], Awaitable[int]]:
         """The warm start, run while clients are served: load up to ``limit``
@@ -894,14 +905,8 @@ class Context:
             return
         if self.cache.find(key) is not None:
             return
-        keyspace = self.keyspace
         loaded[key] = None
-        keyspace.expire(key)
-        self.cache.expirations += 1
-        if keyspace.watching:
-            keyspace.modified(key, True)
-        if keyspace.notifying:
-            keyspace.notify(NOTIFY_EXPIRED, b"expired", key)
+        self.keyspace.expired_in_store(key)
 
     def lookup(self, key: bytes) -> Entry[Value] | None:
         """An access: the live entry or ``None``. A session read from the
