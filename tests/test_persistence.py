@@ -220,6 +220,45 @@ def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: F
 
 
 @pytest.mark.parametrize("durability", ["always", "batch"])
+def test_kill9_in_the_middle_of_an_exec_leaves_none_of_its_writes(
+    daemon_factory: Factory, durability: str
+) -> None:
+    """A transaction sets a, reads for seconds (KEYS over a few thousand
+    sessions, some hundred times: no script, which would hold the commits
+    itself), then sets b. The log writer thread commits on its own round
+    meanwhile: it must not take a without b. Killed in the middle, the
+    daemon comes back with neither (EXEC was never answered), never with a
+    alone."""
+    d = daemon_factory(sqlite_config(persistence={"durability": durability}))
+    with d.client() as r:
+        r.mset({"a": "old", "b": "old"})
+        r.mset({f"filler:{i}": "x" for i in range(5000)})
+        r.execute_command("WAITAOF", 1, 0, 0)
+    with no_retry_client(d) as r:
+        answered: list[object] = []
+
+        def run() -> None:
+            pipe = r.pipeline(transaction=True)
+            pipe.set("a", "new")
+            for _ in range(400):
+                pipe.keys("nothing-matches:*")
+            pipe.set("b", "new")
+            with contextlib.suppress(redis.ConnectionError):
+                answered.append(pipe.execute())
+
+        client = threading.Thread(target=run)
+        client.start()
+        time.sleep(1.0)  # several rounds of the writer while the transaction runs
+        d.kill()
+        client.join(10)
+    assert not answered, "the transaction ended before the kill: make it longer"
+    d.start()
+    with d.client() as r:
+        assert r.mget(["a", "b"]) == [b"old", b"old"]
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("durability", ["always", "batch"])
 def test_kill9_in_the_middle_of_a_script_leaves_none_of_its_writes(
     daemon_factory: Factory, durability: str
 ) -> None:
