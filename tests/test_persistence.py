@@ -219,17 +219,42 @@ def test_kill9_durability_batch_loses_at_most_the_flush_window(daemon_factory: F
     assert d.stop() == 0
 
 
+_BUSY_SCRIPT = (
+    "redis.call('SET', KEYS[1], ARGV[1]) "
+    "local x = 0 for i = 1, tonumber(ARGV[2]) do x = x + i end "
+    "redis.call('SET', KEYS[2], ARGV[1]) return 1"
+)
+
+
+def _busy_script(r: redis.Redis) -> object:
+    return r.eval(_BUSY_SCRIPT, 2, "a", "b", "new", 2_000_000_000)
+
+
+def _busy_exec(r: redis.Redis) -> object:
+    pipe = r.pipeline(transaction=True)
+    pipe.set("a", "new")
+    for _ in range(400):
+        pipe.keys("nothing-matches:*")
+    pipe.set("b", "new")
+    return pipe.execute()
+
+
 @pytest.mark.parametrize("durability", ["always", "batch"])
-def test_kill9_in_the_middle_of_an_exec_leaves_none_of_its_writes(
-    daemon_factory: Factory, durability: str
+@pytest.mark.parametrize("request_", [_busy_script, _busy_exec], ids=["script", "exec"])
+def test_kill9_in_the_middle_of_a_script_or_exec_leaves_none_of_its_writes(
+    daemon_factory: Factory, durability: str, request_: Callable[[redis.Redis], object]
 ) -> None:
-    """A transaction sets a, reads for seconds (KEYS over a few thousand
-    sessions, some hundred times: no script, which would hold the commits
-    itself), then sets b. The log writer thread commits on its own round
-    meanwhile: it must not take a without b. Killed in the middle, the
-    daemon comes back with neither (EXEC was never answered), never with a
+    """A script, or a transaction, writes a, works for seconds, then writes
+    b: the script computes, the transaction reads (KEYS over a few thousand
+    sessions, some hundred times: no script in it, which would hold the
+    commits itself). The log writer thread commits on its own round
+    meanwhile (every flush_interval under batch, its periodic round under
+    always): it must not take a without b. Killed in the middle, the daemon
+    comes back with neither (the request was never answered), never with a
     alone."""
-    d = daemon_factory(sqlite_config(persistence={"durability": durability}))
+    d = daemon_factory(
+        sqlite_config(persistence={"durability": durability}, scripting={"time_limit": "60s"})
+    )
     with d.client() as r:
         r.mset({"a": "old", "b": "old"})
         r.mset({f"filler:{i}": "x" for i in range(5000)})
@@ -238,59 +263,15 @@ def test_kill9_in_the_middle_of_an_exec_leaves_none_of_its_writes(
         answered: list[object] = []
 
         def run() -> None:
-            pipe = r.pipeline(transaction=True)
-            pipe.set("a", "new")
-            for _ in range(400):
-                pipe.keys("nothing-matches:*")
-            pipe.set("b", "new")
             with contextlib.suppress(redis.ConnectionError):
-                answered.append(pipe.execute())
+                answered.append(request_(r))
 
         client = threading.Thread(target=run)
         client.start()
-        time.sleep(1.0)  # several rounds of the writer while the transaction runs
+        time.sleep(1.0)  # several rounds of the writer while the request runs
         d.kill()
         client.join(10)
-    assert not answered, "the transaction ended before the kill: make it longer"
-    d.start()
-    with d.client() as r:
-        assert r.mget(["a", "b"]) == [b"old", b"old"]
-    assert d.stop() == 0
-
-
-@pytest.mark.parametrize("durability", ["always", "batch"])
-def test_kill9_in_the_middle_of_a_script_leaves_none_of_its_writes(
-    daemon_factory: Factory, durability: str
-) -> None:
-    """A script writes a, computes for seconds, then writes b. The log writer
-    thread commits on its own round while the script runs (every
-    flush_interval under batch, and its periodic round under always): it must
-    not take a without b. Killed in the middle, the daemon comes back with
-    neither (the script was never answered), never with half of it."""
-    d = daemon_factory(
-        sqlite_config(persistence={"durability": durability}, scripting={"time_limit": "60s"})
-    )
-    script = (
-        "redis.call('SET', KEYS[1], ARGV[1]) "
-        "local x = 0 for i = 1, tonumber(ARGV[2]) do x = x + i end "
-        "redis.call('SET', KEYS[2], ARGV[1]) return 1"
-    )
-    with d.client() as r:
-        r.mset({"a": "old", "b": "old"})
-        r.execute_command("WAITAOF", 1, 0, 0)
-    with no_retry_client(d) as r:
-        answered: list[object] = []
-
-        def run() -> None:
-            with contextlib.suppress(redis.ConnectionError):
-                answered.append(r.eval(script, 2, "a", "b", "new", 2_000_000_000))
-
-        client = threading.Thread(target=run)
-        client.start()
-        time.sleep(1.0)  # several rounds of the writer while the script runs
-        d.kill()
-        client.join(10)
-    assert not answered, "the script ended before the kill: make it longer"
+    assert not answered, "the request ended before the kill: make it longer"
     d.start()
     with d.client() as r:
         assert r.mget(["a", "b"]) == [b"old", b"old"]
