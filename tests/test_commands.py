@@ -941,6 +941,39 @@ def test_command_count_info_docs(r: redis.Redis, raw: RawClient) -> None:
     assert len(as_dict(raw("COMMAND", "DOCS"))) == count
 
 
+def test_command_info_and_docs_of_subcommands_as_redis(
+    cmd_daemon: Daemon, redis_server: RedisServer
+) -> None:
+    """COMMAND INFO and DOCS take ``parent|sub`` names and list a
+    container's subcommands, as Redis 7 does (redis-cli 7 reads the docs of
+    subcommands for its hints); COMMAND GETKEYS does not take that form.
+    Their flags and categories are the container's (with ``admin`` where
+    Redis has it): only names, arities, key positions and the summary's
+    presence are compared."""
+    names = ("config|get", "object|encoding", "client|list", "memory|usage", "config|nosuch")
+    with RawClient(redis_server) as theirs, RawClient(cmd_daemon) as ours:
+        for mine, redis_info in zip(
+            ours("COMMAND", "INFO", *names), theirs("COMMAND", "INFO", *names), strict=True
+        ):
+            if redis_info is None:
+                assert mine is None
+                continue
+            assert mine[:2] == redis_info[:2]
+            assert mine[3:6] == redis_info[3:6], mine[0]
+        (config,) = ours("COMMAND", "INFO", "config")
+        (redis_config,) = theirs("COMMAND", "INFO", "config")
+        subs = {sub[0]: sub[1] for sub in config[9]}
+        assert {sub[0]: sub[1] for sub in redis_config[9] if sub[0] in subs} == subs
+        assert {b"config|get", b"config|set", b"config|resetstat"} <= set(subs)
+        (get,) = ours("COMMAND", "INFO", "config|get")
+        assert b"admin" in get[2] and b"@admin" in get[6]
+        docs = as_dict(ours("COMMAND", "DOCS", "config|get", "config|nosuch"))
+        assert list(docs) == ["config|get"]
+        assert as_dict(docs["config|get"])["summary"]
+        for request in (("COMMAND", "GETKEYS", "object|encoding", "k"),):
+            assert ours(*request) == theirs(*request), request
+
+
 def test_command_list_filterby_and_categories_as_redis(
     cmd_daemon: Daemon, redis_server: RedisServer
 ) -> None:

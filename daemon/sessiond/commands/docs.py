@@ -22,7 +22,7 @@ from functools import cache
 from typing import Any
 
 from ..protocol import Status
-from .registry import REGISTRY
+from .registry import Command
 
 _INTEGER = {
     "seconds",
@@ -137,8 +137,10 @@ def _encode(arg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@cache
 def arguments(syntax: str) -> list[dict[str, Any]]:
-    """Redis' ``arguments`` list for a syntax line such as ``key [NX | XX]``."""
+    """Redis' ``arguments`` list for a syntax line such as ``key [NX | XX]``
+    (parsed once per line: the reply is only read)."""
     parser = _Parser(syntax)
     args = parser.alternatives(None)
     if parser.peek() is not None:
@@ -146,15 +148,13 @@ def arguments(syntax: str) -> list[dict[str, Any]]:
     return [_encode(a) for a in args]
 
 
-@cache
-def doc_fields(name: str) -> dict[str, Any]:
+def doc_fields(cmd: Command) -> dict[str, Any]:
     """``arguments`` (and ``subcommands`` for container commands) of one
     declared command, from the syntax on its declaration."""
-    cmd = REGISTRY[name]
     fields: dict[str, Any] = {"arguments": arguments(cmd.syntax)}
     if cmd.subcommands:
         fields["subcommands"] = {
-            f"{name.lower()}|{sub.lower()}": {
+            f"{cmd.name.lower()}|{sub.lower()}": {
                 "summary": summary,
                 "since": "1.0.0",
                 "group": cmd.group,

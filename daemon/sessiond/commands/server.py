@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any, Final
 
 import structlog
@@ -255,6 +256,8 @@ def acl_categories(cmd: Command) -> list[str]:
 
 
 def _command_info(cmd: Command) -> list[Any]:
+    """COMMAND INFO's entry for ``cmd``; a container's lists its
+    subcommands' entries last, as Redis 7 does."""
     return [
         cmd.name.lower(),
         cmd.arity,
@@ -265,8 +268,32 @@ def _command_info(cmd: Command) -> list[Any]:
         {Status(f"@{c}") for c in acl_categories(cmd)},
         [],
         [],
-        [],
+        [_command_info(_subcommand(cmd, sub)) for sub in cmd.subcommands],
     ]
+
+
+def _subcommand(cmd: Command, sub: str) -> Command:
+    """Subcommand ``sub`` (upper case) of container ``cmd`` as a command of
+    its own, named ``parent|sub`` as in Redis: its arity; the container's
+    flags, with ``admin`` where Redis flags the subcommand so; a key in
+    second place where its syntax starts with one (OBJECT ENCODING key)."""
+    syntax, summary = cmd.subcommands[sub]
+    flags = cmd.flags
+    if sub.encode() in cmd.admin_subcommands and "admin" not in flags:
+        flags = (*flags, "admin")
+    first = 2 if syntax.split(" ", 1)[0] == "key" else 0
+    return replace(
+        cmd,
+        name=f"{cmd.name}|{sub}",
+        arity=cmd.subcommand_arity[sub.encode()],
+        flags=flags,
+        first_key=first,
+        last_key=first,
+        step=1 if first else 0,
+        summary=summary,
+        syntax=syntax,
+        subcommands={},
+    )
 
 
 def _command_list(args: Args) -> list[str]:
@@ -292,7 +319,12 @@ def _command_list(args: Args) -> list[str]:
 
 
 def _declared(name: bytes) -> Command | None:
-    return REGISTRY.get(name.decode("utf-8", "replace").upper())
+    """The command named ``name``, or ``parent|sub`` a container's subcommand."""
+    parent, bar, sub = name.decode("utf-8", "replace").upper().partition("|")
+    cmd = REGISTRY.get(parent)
+    if not bar or cmd is None:
+        return cmd
+    return _subcommand(cmd, sub) if sub in cmd.subcommands else None
 
 
 _COMMAND_HELP = [
@@ -352,7 +384,7 @@ def cmd_command(cx: Call, args: Args) -> Reply:
                 "since": "1.0.0",
                 "group": c.group,
                 "complexity": "O(1)",
-                **doc_fields(c.name),
+                **doc_fields(c),
             }
             for c in found
             if c is not None
@@ -371,7 +403,7 @@ def _getkeys(words: Args) -> list[bytes]:
     """COMMAND GETKEYS: the keys of the command ``words``, with Redis 7.2's
     checks in its order: the command (a container's subcommand) exists, has
     key arguments, is given a number of arguments its arity allows."""
-    target = _declared(words[0])
+    target = REGISTRY.get(text(words[0]).upper())  # no parent|sub form here, as in Redis
     if target is None:
         raise Error("ERR Invalid command specified")
     syntax: str | None = None  # a container's subcommand's
