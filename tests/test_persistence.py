@@ -762,6 +762,41 @@ def test_a_session_read_then_evicted_is_watched_from_its_eviction_not_its_last_w
         store.close()
 
 
+def test_a_session_given_a_ttl_long_after_its_write_is_watched_when_evicted(
+    tmp_path: Path,
+) -> None:
+    """EXPIRE on a session written hours ago logs its new deadline without
+    a new write time. Evicted before that change reaches the table, the
+    session must still be dropped at its deadline: what decides whether the
+    store watches it is how close the deadline is, not how old the write.
+    Compaction is held off as in the tests above."""
+    store, cache, keyspace, now = _keyspace_on(
+        tmp_path / "expire.db", 1, compact_in="thread", compact_wait=3600
+    )
+
+    async def main() -> None:
+        store.start(asyncio.get_running_loop())
+        start = now[0]
+        cache.insert(b"old", b"v")  # no TTL
+        now[0] = start + 7200.0
+        assert cache.set_ttl(b"old", 5.0)  # due at start + 7205
+        cache.insert(b"pad", b"p")  # evicts it
+        assert cache.find(b"old") is None
+        assert await _committed(store) is None
+
+        now[0] = start + 7204.0
+        assert keyspace.expire_store(100) == 0
+        now[0] = start + 7206.0
+        assert keyspace.expire_store(100) == 1
+        assert await _committed(store) is None
+        assert store.load(b"old") is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
+
+
 def test_a_failed_re_filing_in_the_compactor_process_leaves_no_answer_behind(
     tmp_path: Path,
 ) -> None:

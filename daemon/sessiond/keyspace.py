@@ -298,16 +298,17 @@ class Keyspace:
         # renewals that reads made since, so the evicted session keeps its life.
         if _read_since_written(entry):
             self.save(key, entry)
-            written = self.cache.clock()
         else:
-            written = entry.updated_at
             current = self.current
             if current is not None:
                 current.seen(key, entry)  # the running command still reads it
-        # Due before its last write reaches the table, where the store's expiry
-        # sweep looks: the store watches for it (SQLiteStore.evicted).
+        # Due before its newest change can have reached the table, where the
+        # store's expiry sweep looks (a change takes up to table_lag to get
+        # there): the store watches for it (SQLiteStore.evicted). Judged from
+        # now, not from the last write: a save above, an EXPIRE or a script's
+        # rollback logs a change without a new write time.
         deadline = entry.deadline
-        if deadline is not None and deadline - written < self.table_lag:
+        if deadline is not None and deadline - self.cache.clock() < self.table_lag:
             store = self.store
             assert store is not None
             store.evicted(key, deadline)
