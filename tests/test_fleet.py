@@ -1187,6 +1187,34 @@ def test_a_slow_database_times_out_and_queues_nothing_without_bound(
     assert "Traceback" not in d.log_text()
 
 
+def test_a_read_or_decision_the_server_times_out_fails_once_naming_the_timeout(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A read or a decision that the server stops (its statement_timeout or
+    lock_timeout, which persistence.timeout sets) is answered then, naming the
+    timeout: it ran its time, so it is not tried again on another connection,
+    which doubled the wait. The DSN's options lower the server's bounds here
+    so that they, not the client's, come first."""
+    dsn = pg_db.dsn(options="-c statement_timeout=1000 -c lock_timeout=1000")
+    d = daemon_factory(fleet_config(dsn, persistence={"timeout": "5s"}))
+    with d.client() as r:
+        assert r.get("warm") is None  # the pool now holds an idle connection
+        assert r.incr("n") == 1
+        with pg_db.admin() as conn:
+            conn.execute("BEGIN")
+            conn.execute("LOCK TABLE sessiond_sessions IN ACCESS EXCLUSIVE MODE")
+            for command in (("GET", "absent"), ("INCR", "n")):
+                started = time.monotonic()
+                with pytest.raises(redis.ResponseError) as failed:
+                    r.execute_command(*command)
+                took = time.monotonic() - started
+                assert "no answer within 5s (canceling statement due to" in str(failed.value)
+                assert took < 1.7, (command, took, failed.value)
+            conn.execute("ROLLBACK")
+        assert r.incr("n") == 2
+    assert "Traceback" not in d.log_text()
+
+
 def test_a_slow_link_holds_connections_to_the_pool_size(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
 ) -> None:

@@ -130,10 +130,23 @@ def _why(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _commit_failure(exc: BaseException) -> str:
+# The server's own bounds, set from persistence.timeout (connection_params):
+# the statement ran for the whole timeout, its connection did not die idle.
+_SERVER_TIMEOUTS = (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)
+
+
+def _timed_out(exc: BaseException, timeout: float) -> str:
+    """A server-side timeout as the client-side one is told: naming the
+    timeout (persistence.timeout), with the server's words after it."""
+    return f"no answer within {timeout:g}s ({_why(exc)})"
+
+
+def _commit_failure(exc: BaseException, timeout: float) -> str:
     """Why a commit failed, for the reply and the log."""
     if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.COMMIT_FUNCTION's)
         return "it reached the database after its timeout and was rolled back"
+    if isinstance(exc, _SERVER_TIMEOUTS):
+        return _timed_out(exc, timeout)
     return _why(exc)
 
 
@@ -380,7 +393,8 @@ class _Helper:
             return await store._bounded(conn, work(conn), operation)
         except psycopg.Error as exc:
             await conn.close()
-            raise StoreError(f"store {operation} failed: {_why(exc)}") from None
+            why = _timed_out(exc, store.timeout) if isinstance(exc, _SERVER_TIMEOUTS) else _why(exc)
+            raise StoreError(f"store {operation} failed: {why}") from None
 
     def close(self) -> None:
         async def shut() -> None:
@@ -774,6 +788,13 @@ class PostgresStore:
             except StoreError:
                 self._pool.discard(conn)
                 raise
+            except _SERVER_TIMEOUTS as exc:
+                # Not a connection that died while it idled: the statement ran
+                # for the whole timeout, and a second try would double it.
+                self._pool.discard(conn)
+                raise StoreError(
+                    f"store {operation} failed: {_timed_out(exc, self.timeout)}"
+                ) from None
             except _CONNECTION_ERRORS as exc:
                 self._pool.discard(conn)
                 if attempt == 0 and retry and not fresh:
@@ -933,7 +954,7 @@ class PostgresStore:
                 error = (
                     exc
                     if isinstance(exc, StoreError)
-                    else StoreError(f"store write failed: {_commit_failure(exc)}")
+                    else StoreError(f"store write failed: {_commit_failure(exc, self.timeout)}")
                 )
                 self._commit_failed(batch, renewals, seq, error)
                 await self._drop_writer()
@@ -1302,7 +1323,7 @@ class PostgresStore:
             error = (
                 exc
                 if isinstance(exc, StoreError)
-                else StoreError(f"store write failed: {_commit_failure(exc)}")
+                else StoreError(f"store write failed: {_commit_failure(exc, self.timeout)}")
             )
             for decision in decisions:
                 decision.error = error
