@@ -1584,14 +1584,20 @@ class PostgresStore:
             hearing.seq += 1
             sent = time.monotonic()
             back = hearing.back = loop.create_future()
-            await self._bounded(
-                conn,
-                conn.execute(
-                    "SELECT pg_notify(%s, %s)", (self._heartbeat_channel, str(hearing.seq))
-                ),
-                "heartbeat",
-                interval,
-            )
+            try:
+                await self._bounded(
+                    conn,
+                    conn.execute(
+                        "SELECT pg_notify(%s, %s)", (self._heartbeat_channel, str(hearing.seq))
+                    ),
+                    "heartbeat",
+                    interval,
+                )
+            except StoreError:
+                # The heartbeat's own statement got no answer in time (a silent
+                # link): said as a heartbeat that does not come back is, the
+                # words the alerts' runbooks tell the operator to look for.
+                return f"no heartbeat back within {interval:g}s"
             loop.add_reader(hearing.fd, hearing.readable)
             try:
                 hearing.readable()  # what libpq read along with the statement's result
