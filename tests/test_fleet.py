@@ -1043,7 +1043,13 @@ def test_the_password_is_never_logged_and_may_come_from_a_file(
         ),
     )
     assert "password authentication failed" in error
+    assert "persistence.password_file" in error, error  # where a password goes
     assert "wrong" not in wrong.log_text().replace("wrong\\n", "")
+    _, error = refused_start(
+        daemon_factory,
+        fleet_config(pg_db.dsn(password=""), persistence={"connect_timeout": "1s"}),
+    )
+    assert "no password supplied (sessiond takes the role's password from " in error, error
 
 
 # -------------------------------------------------------------- failures

@@ -141,6 +141,17 @@ def _timed_out(exc: BaseException, timeout: float) -> str:
     return f"no answer within {timeout:g}s ({_why(exc)})"
 
 
+def _with_password_hint(why: str) -> str:
+    """libpq's refusal of a password, missing or wrong, with where sessiond
+    takes one from: libpq's words name none of those places."""
+    if "no password supplied" in why or "password authentication failed" in why:
+        return (
+            f"{why} (sessiond takes the role's password from persistence.password_file, "
+            "else the DSN's password, PGPASSWORD or PGPASSFILE)"
+        )
+    return why
+
+
 def _commit_failure(exc: BaseException, timeout: float) -> str:
     """Why a commit failed, for the reply and the log."""
     if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.COMMIT_FUNCTION's)
@@ -593,7 +604,8 @@ class PostgresStore:
                 if waited >= connect_timeout:
                     raise StoreError(
                         f"persistence.dsn: cannot connect to PostgreSQL at {self.where()} "
-                        f"within persistence.connect_timeout ({connect_timeout:g}s): {_why(exc)}"
+                        f"within persistence.connect_timeout ({connect_timeout:g}s): "
+                        f"{_with_password_hint(_why(exc))}"
                     ) from None
                 if time.monotonic() - last_said >= _WAIT_LOG_EVERY or last_said == started:
                     last_said = time.monotonic()
