@@ -667,7 +667,8 @@ SCHEMA: dict[str, Section] = {
             "pool_size": Key(
                 _positive_int,
                 "integer",
-                "postgresql: connections for reads and decisions (plus one writer, one listener)",
+                "postgresql: connections for reads and decisions; a host opens up to pool_size + 3 "
+                "(with the writer, the LISTEN connection and a helper's)",
                 restart=True,
             ),
             "timeout": Key(

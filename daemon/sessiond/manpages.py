@@ -104,9 +104,11 @@ def sessiond_8() -> str:
             roff(
                 "It keeps at most `cache.max_sessions` sessions in memory with exact LRU "
                 "eviction, expires idle sessions by sliding TTL, writes every session "
-                "through to an embedded SQLite store so that neither eviction nor a restart "
-                "loses one, reloads its YAML config when the file changes, and exports "
-                "Prometheus metrics. The config file is described in `sessiond.yaml`(5)."
+                "through to an embedded SQLite store (or to one PostgreSQL database that a "
+                "fleet of hosts shares: `persistence.backend: postgresql`) so that neither "
+                "eviction nor a restart loses one, reloads its YAML config when the file "
+                "changes, and exports Prometheus metrics. The config file is described in "
+                "`sessiond.yaml`(5)."
             ),
         ),
     ]
@@ -185,6 +187,14 @@ def sessiond_8() -> str:
         "\\fBWATCHDOG_USEC\\fR, \\fBWATCHDOG_PID\\fR",
         roff(
             "Set by systemd for `WatchdogSec=`: the daemon sends `WATCHDOG=1` at half the period."
+        ),
+        ".TP",
+        "\\fBPGPASSWORD\\fR, \\fBPGPASSFILE\\fR",
+        roff(
+            "With `persistence.backend: postgresql` and no `persistence.password_file` "
+            "nor a password in `persistence.dsn`: the database role's password, or the "
+            "file of passwords to take it from, as libpq reads them (libpq's other "
+            "`PG*` variables apply as well)."
         ),
     ]
     default = defaults()
