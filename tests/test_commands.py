@@ -414,6 +414,25 @@ def test_expire_family(r: redis.Redis) -> None:
 
 
 @pytest.mark.parametrize(
+    ("at_ms", "seconds"),
+    [
+        (4_000_000_000_500, 4_000_000_001),  # half a second rounds up, as Redis' (ms + 500) / 1000
+        (4_000_000_000_499, 4_000_000_000),
+        (2_197_815_942_279, 2_197_815_942),  # a double of seconds a hair under its millisecond
+        (9_223_372_036_854_775_807, 9_223_372_036_854_776),  # the largest: no reply over 2^63-1
+    ],
+)
+def test_expiretime_of_an_absolute_deadline_is_redis_own(
+    r: redis.Redis, at_ms: int, seconds: int
+) -> None:
+    # Redis 7.2 (and 7.0.15, checked) answers these; a deadline is kept in
+    # seconds as a double, which must come back as the millisecond it was given.
+    assert r.set("k", "v", pxat=at_ms)
+    assert r.pexpiretime("k") == at_ms
+    assert r.expiretime("k") == seconds
+
+
+@pytest.mark.parametrize(
     "cmd,amount",
     [("EXPIRE", "0"), ("EXPIRE", "-10"), ("PEXPIRE", "-1"), ("EXPIREAT", "1"), ("PEXPIREAT", "1")],
 )

@@ -154,14 +154,20 @@ def cmd_pttl(cx: Call, args: Args) -> Reply:
     return _remaining_ms(cx, args[1])
 
 
-def _expiretime(cx: Call, key: bytes) -> float | int:
+def _expiretime_ms(cx: Call, key: bytes) -> int:
+    """``key``'s deadline in unix milliseconds, or -2 (no key), -1 (none).
+
+    A deadline is kept as a double of seconds: the nearest millisecond is the
+    one it was given (truncating gave one less for about 1 in 200), and one past
+    2^63-1 is where PXAT 9223372036854775807 lands, which Redis answers as is
+    (and a reply over it is no RESP integer)."""
     entry = cx.peek(key)
     if entry is None:
         _missed(cx, key)
         return -2
     if entry.deadline is None:
         return -1
-    return entry.deadline
+    return min(round(entry.deadline * 1000), MAX_INT64)
 
 
 @command(
@@ -174,8 +180,8 @@ def _expiretime(cx: Call, key: bytes) -> float | int:
     syntax="key",
 )
 def cmd_expiretime(cx: Call, args: Args) -> Reply:
-    value = _expiretime(cx, args[1])
-    return value if isinstance(value, int) else int(value)
+    ms = _expiretime_ms(cx, args[1])
+    return ms if ms < 0 else (ms + 500) // 1000  # rounded, as Redis' (ms + 500) / 1000
 
 
 @command(
@@ -188,8 +194,7 @@ def cmd_expiretime(cx: Call, args: Args) -> Reply:
     syntax="key",
 )
 def cmd_pexpiretime(cx: Call, args: Args) -> Reply:
-    value = _expiretime(cx, args[1])
-    return value if isinstance(value, int) else int(value * 1000)
+    return _expiretime_ms(cx, args[1])
 
 
 @command(
