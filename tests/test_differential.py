@@ -83,6 +83,14 @@ difference left as it is, since no client matches on such bytes. Nor a hash
 value over 64 bytes: Redis' hash would become a hashtable, whose field order
 is its own.
 
+Nor ``GT``/``LT`` with a time whose deadline lies past 2^42 seconds (the year
+141,000; ``EXPIREAT k 9223372036854775``, ``PEXPIREAT k 9223372036854775807``,
+``PEXPIRE k 9223372036854775``): sessiond keeps a deadline as a double of
+seconds, whose steps there are over a millisecond, so it finds those two
+absolute deadlines 807 ms apart equal (docs/commands.md); and Redis compares
+two such relative deadlines by the milliseconds between the steps that set
+them, which is timing.
+
 Scripts: ``EVAL`` (and ``EVAL_RO``) of Lua drawn from a small grammar, one
 statement a line so that error texts name lines: ``redis.call`` and
 ``redis.pcall`` of the requests above (not ``MULTI``/``EXEC``/``WATCH``, but
@@ -382,6 +390,23 @@ set_options = options(
 )
 getex_options = options(*ttl_options, st.just([b"PERSIST"]), hi=2)
 expire_flags = options(st.sampled_from([[b"NX"], [b"XX"], [b"GT"], [b"LT"]]), hi=2)
+# Past 2^42 seconds (the year 141,000) a double of seconds, sessiond's
+# deadline, no longer holds every millisecond (the module's docstring).
+FAR = 2**42
+
+
+def expiring(name: bytes, times: st.SearchStrategy[Arg], ms: bool) -> st.SearchStrategy[Request]:
+    """``name`` with a key, a time and flags: not ``GT`` nor ``LT`` with a
+    time past :data:`FAR`."""
+
+    def with_flags(time: Arg) -> st.SearchStrategy[Request]:
+        far = isinstance(time, bytes) and time.isdigit() and int(time) >= FAR * (1000 if ms else 1)
+        flags = options(st.sampled_from([[b"NX"], [b"XX"]]), hi=2) if far else expire_flags
+        return req(name, keys, st.just(time), flags)
+
+    return times.flatmap(with_flags)
+
+
 pairs = some(st.tuples(keys, values), 1, 3)
 field_pairs = some(st.tuples(fields, values), 1, 3)
 
@@ -410,10 +435,10 @@ keyspace = [
     req(b"TYPE", keys),
     req(st.sampled_from([b"RENAME", b"RENAMENX"]), keys, keys),
     req(b"COPY", keys, keys, options(st.just([b"REPLACE"]), st.just([b"DB", b"0"]), hi=2)),
-    req(b"EXPIRE", keys, seconds, expire_flags),
-    req(b"PEXPIRE", keys, milliseconds, expire_flags),
-    req(b"EXPIREAT", keys, abs_seconds, expire_flags),
-    req(b"PEXPIREAT", keys, abs_ms, expire_flags),
+    expiring(b"EXPIRE", seconds, ms=False),
+    expiring(b"PEXPIRE", milliseconds, ms=True),
+    expiring(b"EXPIREAT", abs_seconds, ms=False),
+    expiring(b"PEXPIREAT", abs_ms, ms=True),
     req(b"PERSIST", keys),
     req(st.sampled_from([b"TTL", b"PTTL", b"EXPIRETIME", b"PEXPIRETIME"]), keys),
     req(b"DBSIZE"),
