@@ -57,7 +57,14 @@ Time: relative TTLs in requests grow by one second per step, so ``GT``/``LT``
 never compare two deadlines set milliseconds apart, and none runs out during
 a sequence; a request with a 1 ms TTL is followed by a 5 ms wait (after the
 ``EXEC`` that runs it, if queued), so the key has expired on both servers
-before the next step.
+before the next step. Nothing follows a 1 ms TTL in its transaction or script
+(a request queued after it is not sent, a script makes no call after it):
+Redis 7.0's ``PEXPIRE`` reads its clock twice and deletes the key when a
+millisecond turns in between, and its ``PTTL`` reads the clock, not the
+transaction's or script's time, so what comes after sees the key gone or its
+``PTTL`` 0 where Redis 7.2 and sessiond, whose time stands still there, see it
+(a fixed ``SET``, ``PEXPIRE k 1``, ``GET``, ``PTTL`` 20,000 times each in
+``MULTI`` and ``EVAL`` on a loaded machine: ``GET`` nil 9 times, ``PTTL`` 0 67).
 
 What is normalised, and why (nothing else is):
 
@@ -538,6 +545,7 @@ class Builder:
         self.argv: list[Arg] = []
         self.results = 0
         self.helpers: set[str] = set()
+        self.soon = False  # a call sets a 1 ms TTL: no call after it
 
     def key(self, key: bytes) -> str:
         if key not in self.keys:
@@ -586,6 +594,7 @@ def lua_call(draw: st.DrawFn, b: Builder) -> str:
     if odd is not None:  # no command name, or an argument of the wrong type
         return f"{fn}({odd})" if odd in ("", "{}") else f"{fn}('GET', {odd})"
     request = draw(inner_requests)
+    b.soon = b.soon or any(isinstance(a, Soon) for a in request)
     parts = []
     for i, a in enumerate(request):
         if i == 0:
@@ -675,7 +684,7 @@ def lua_value(draw: st.DrawFn, b: Builder, depth: int = 0) -> str:
     if kind == 10:
         fmt = draw(st.sampled_from(["'txt'", "'mkd'", "'x'", "'markdown'", "''", "1"]))
         return f"{{verbatim_string={{format={fmt}, string={draw(lua_scalar(b, depth + 1))}}}}}"
-    if b.results:
+    if b.results and not b.soon:
         return f"{{pcall(redis.call, 'INCR', {b.key(draw(keys))})}}"
     return "{'no', 'results'}"
 
@@ -703,6 +712,8 @@ def lua_script(draw: st.DrawFn) -> tuple[bytes, list[bytes], list[Arg]]:
     b = Builder()
     lines = []
     for _ in range(draw(st.integers(0, 3))):
+        if b.soon:
+            break
         call = draw(lua_call(b))
         b.results += 1
         lines.append(f"local r{b.results} = {call}")
@@ -1036,9 +1047,11 @@ def test_random_sequences_answer_as_redis_does(
             request = again(drawn, scripts)
             args = tuple(concrete(a, step, scripts) for a in request)
             name = args[0].upper()
+            s = conns[client]
+            if s.queued is not None and "soon" in s.marks and name not in (b"EXEC", b"DISCARD"):
+                continue  # nothing after a 1 ms TTL in its transaction (the docstring)
             if name in (b"EVAL", b"EVAL_RO"):
                 scripts.append(request)
-            s = conns[client]
             theirs = s.theirs(*args)
             ours = s.ours(*args)
             history.append(f"  [{client}] {args!r}\n      redis: {theirs!r}\n   sessiond: {ours!r}")
