@@ -1152,6 +1152,39 @@ def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
     rb.close()
 
 
+def test_a_write_whose_commit_failed_while_its_pipeline_waited_is_not_acknowledged(
+    fleet: Fleet, pg_db: PgDatabase
+) -> None:
+    """A pipeline's SET, then an INCR of the same key: the INCR's decision
+    commits the SET first (read your writes) while the SET's reply is held, on
+    a writer whose connection the database dropped. That commit fails and, under
+    durability: always, forgets the SET. The SET's reply did not wait for that
+    commit yet (the pipeline was parked on the INCR), so it waited for the next
+    one, and was answered OK once the writer's probe succeeded: the session was
+    acknowledged and gone."""
+    (a,) = fleet(1)
+    with a.client() as r:
+        assert r.set("warm", "1")
+        with pg_db.admin() as admin:
+            (gone,) = admin.execute(
+                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+                "WHERE application_name = 'host0:writer'"
+            ).fetchone() or (0,)
+        assert gone == 1
+        pipe = r.pipeline(transaction=False)
+        pipe.set("k", "1")
+        pipe.incr("k")
+        set_reply, incr_reply = pipe.execute(raise_on_error=False)
+        assert isinstance(incr_reply, redis.ResponseError), incr_reply
+        row = table_rows(pg_db).get(b"k")
+        if set_reply is True:
+            assert row is not None and row[0] == b"1", "SET k acknowledged, not stored"
+        else:
+            assert isinstance(set_reply, redis.ResponseError), set_reply
+            assert "store write failed" in str(set_reply)
+        assert r.get("k") == (row[0] if row is not None else None)
+
+
 def _answers(command: Callable[[], object]) -> bool:
     """Whether ``command`` is answered without an error reply."""
     try:

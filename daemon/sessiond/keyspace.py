@@ -433,6 +433,16 @@ class Keyspace:
         else:
             self.store.after_commit(callback)
 
+    def after_writes(self, callback: Callable[[StoreError | None], None]) -> None:
+        """Call ``callback`` once the plain writes made so far are committed
+        (with the error if that commit failed), waiting for no decision: what a
+        connection's held replies ask before it parks to wait for its next
+        request's read or decision (a commit meanwhile may take their writes)."""
+        if self.store is None:
+            callback(None)
+        else:
+            self.store.after_commit(callback)
+
     def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         """:meth:`after_commit` for every change made so far, whichever
         connection made it, taking nothing a waiting reply is owed (WAITAOF's

@@ -65,6 +65,10 @@ WRITE_HIGH_WATER = 64 * 1024
 BACKLOG = 1024
 
 
+def _settled(error: StoreError | None) -> None:
+    """What held replies answered with an error already wait for no more."""
+
+
 def batch_args(commands: list[CommandStats]) -> list[bytes]:
     """A slow log entry's arguments for a batch: how many commands, then each
     command's name and count, most frequent first."""
@@ -435,6 +439,8 @@ class Connection(asyncio.Protocol):
                 log.exception("request_failed", client_id=client.id)
                 work = None
             if work is not None:
+                if self.write_slots:
+                    self._held_writes_wait_now()
                 self._count_loop_time(perf_counter(), last)
                 self._wait_then_go_on(work)
                 return
@@ -535,6 +541,36 @@ class Connection(asyncio.Protocol):
             self.task = None
             self.busy = False
         self._go_on()
+
+    def _held_writes_wait_now(self) -> None:
+        """The replies held so far wait for their writes' commit from now on,
+        while the connection parks for its next request: a group commit
+        another connection (or that request's decision) starts meanwhile may
+        take their writes, and when it fails a shared store under
+        ``durability: always`` forgets them. Asked only after the queue is
+        drained, these replies then waited for a later commit and were
+        answered OK for writes that were gone. A failure answers them with
+        the error at once (they wait no more); success leaves them to the wait
+        at the end of the queue, which their decisions, if any, need."""
+        slots = list(self.write_slots)
+
+        def committed(error: StoreError | None) -> None:
+            held = self.write_slots  # cleared if the connection went meanwhile
+            if error is None or not held:
+                return
+            failure = command_errors.store_failed(error)
+            reply = encode(failure, self.client.resp3)
+            for slot in slots:
+                if slot in held:
+                    held.remove(slot)
+                    self.out[slot] = reply
+                    self.dispatcher.failed(failure)
+            if not held:
+                # No reply waits now: what their commands decided is let go
+                # of too, not left to the next reply's wait.
+                self.keyspace.after_commit(_settled, self.client)
+
+        self.keyspace.after_writes(committed)
 
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""
