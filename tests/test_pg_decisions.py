@@ -237,6 +237,32 @@ def test_a_failed_commit_fails_every_decision_of_its_batch_and_changes_nothing(
     assert stored(pg_db) == {}
 
 
+def test_a_reply_that_asks_after_a_decision_that_failed_is_told_it_failed(
+    pg_db: PgDatabase,
+) -> None:
+    """A pipeline's INCR decides, and its connection goes on to a request that
+    reads through; meanwhile the INCR's decision commits, and fails. Its reply
+    then asks to wait for that decision along with the plain writes made so far,
+    one of which is not committed yet: the decision, no longer open, was left
+    out of what the reply waited for, and the reply was told OK."""
+
+    async def scenario(store: PostgresStore) -> None:
+        decision = await store.decide([b"n"])
+        decision.record(b"n", fields(b"1"))
+        with pg_db.admin() as admin:  # the database drops the batch's connection
+            pid = decision.batch.conn.info.backend_pid
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        [error] = await finished(store, [decision])
+        assert isinstance(error, StoreError)
+        store.record(b"other", fields(b"v"))  # another write, still to commit
+        told: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+        store.after_commit_for(told.set_result, [decision])
+        assert isinstance(await asyncio.wait_for(told, 30), StoreError)
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == {b"other": b"v"}
+
+
 def test_decisions_whose_keys_are_all_held_elsewhere_wait_each_on_its_own(
     pg_db: PgDatabase,
 ) -> None:

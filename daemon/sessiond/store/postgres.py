@@ -854,15 +854,22 @@ class PostgresStore:
         seq = self.overlay.op_seq
         open_ = self._open
         waiting = tuple(d for d in decisions if d in open_)
+        # A decision finished already (while its connection waited for a read,
+        # say) is left out of what the waiter waits for, but not its outcome.
+        failed = next((d.error for d in decisions if d.error is not None), None)
         if self._committed_seq >= seq:
             if not waiting:
-                callback(next((d.error for d in decisions if d.error is not None), None))
+                callback(failed)
                 return
             # Its writes are committed: its decisions' commits call it back
             # (_finish), the writer has nothing to do for it.
-            self._waiters.append(_Waiter(seq, waiting, callback))
+            waiter = _Waiter(seq, waiting, callback)
+            waiter.error = failed
+            self._waiters.append(waiter)
             return
-        self._waiters.append(_Waiter(seq, waiting, callback))
+        waiter = _Waiter(seq, waiting, callback)
+        waiter.error = failed
+        self._waiters.append(waiter)
         self._wake.set()
 
     def hold_commits(self) -> None:
