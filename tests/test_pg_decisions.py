@@ -263,6 +263,35 @@ def test_a_reply_that_asks_after_a_decision_that_failed_is_told_it_failed(
     assert stored(pg_db) == {b"other": b"v"}
 
 
+def test_after_a_failed_commit_a_reply_waits_for_none_of_what_it_forgot(
+    pg_db: PgDatabase,
+) -> None:
+    """Under durability: always a failed group commit forgets its changes, and
+    every reply waiting for them is told it failed. A reply that asks to wait
+    afterwards with nothing recorded since (QUEUED inside MULTI, an EXEC of
+    reads) waited for the next commit to succeed, which came only once the
+    database was back: for as long as it was away, the client had no answer.
+    (The writer's retry is an hour away here: nothing else commits.)"""
+
+    async def scenario(store: PostgresStore) -> None:
+        with pg_db.admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                "WHERE application_name = 'sessiond:writer'"
+            )
+        store.record(b"k", fields(b"v"))
+        first: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+        store.after_commit(first.set_result)
+        assert isinstance(await asyncio.wait_for(first, 30), StoreError)
+        assert store.failure is not None
+        told: list[StoreError | None] = []
+        store.after_commit(told.append)
+        assert told == [None]
+
+    run(pg_db, scenario, retry_interval=3600.0)
+    assert stored(pg_db) == {}
+
+
 def test_decisions_whose_keys_are_all_held_elsewhere_wait_each_on_its_own(
     pg_db: PgDatabase,
 ) -> None:

@@ -1029,6 +1029,14 @@ class PostgresStore:
         self.failure = StoreError(str(error).removeprefix("store "))
         self.stats.error("commit")
         self._failed(seq, error)
+        if self.durability == "always":
+            # Forgotten, and every reply waiting for them told so: nothing up
+            # to ``seq`` is left to commit. A reply that asks to wait later
+            # with nothing recorded since (QUEUED inside MULTI, an EXEC of
+            # reads) waits for none of it, not for the database to come back.
+            # (A reply for one of these writes asks before they can be taken:
+            # the server registers it before its connection parks.)
+            self._committed_seq = max(self._committed_seq, seq)
 
     async def _writer(self) -> Conn:
         conn = self._writer_conn
