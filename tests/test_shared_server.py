@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sessiond.server import Connection, Server
+from sessiond.store import StoreError
 from test_shared_handlers import Host, fleet, run, settle
 
 
@@ -200,5 +201,36 @@ def test_an_error_decided_on_a_change_not_yet_committed_waits_for_its_commit() -
         assert bytes(counter_wire.data) == b"-ERR store write failed: connection lost\r\n"
         assert db.rows[b"k"].value == b"5"
         assert not a.keyspace.decisions
+
+    run(scenario)
+
+
+def test_an_exec_whose_decision_could_not_open_ends_the_transaction() -> None:
+    """EXEC decides on its queue's keys; when that decision cannot be opened
+    (the database did not answer within the timeout) EXEC is answered with the
+    error, and, as any EXEC that does not run, ends the transaction. It used
+    to leave it open: the connection's next commands were answered QUEUED (a
+    PING included), and ran at a later EXEC."""
+
+    async def scenario() -> None:
+        _db, (a,) = fleet(1)
+        served = Served(a)
+        conn, wire = served.connect()
+        store: Any = a.store
+        real = store.decide
+
+        async def fails(keys: list[bytes]) -> Any:
+            store.decide = real  # once
+            raise StoreError("store decide failed: no answer within 2s")
+
+        store.decide = fails
+        conn.data_received(
+            encode(("MULTI",), ("INCR", "n"), ("EXEC",), ("PING",), ("INCR", "n"), ("EXEC",))
+        )
+        await settle()
+        replies = bytes(wire.data).split(b"\r\n")
+        assert replies[:3] == [b"+OK", b"+QUEUED", b"-ERR store decide failed: no answer within 2s"]
+        assert replies[3:5] == [b"+PONG", b":1"], replies  # the failed EXEC ran nothing
+        assert replies[5].startswith(b"-ERR EXEC without MULTI"), replies
 
     run(scenario)

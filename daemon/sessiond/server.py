@@ -530,6 +530,13 @@ class Connection(asyncio.Protocol):
             # whatever went wrong, it is answered and the queue goes on.
             self.prepared = None
             args = self.pending.popleft()
+            dispatcher = self.dispatcher
+            cmd = dispatcher.resolve(args[0])
+            if cmd is not None and cmd.runs_queued:
+                # EXEC, whose decision could not open: it does not run, and
+                # ends the transaction as any EXEC does (left open, the next
+                # commands would be queued, a PING answered QUEUED).
+                dispatcher.end_transaction(self.client)
             if isinstance(exc, StoreError):
                 reply = command_errors.store_failed(exc)
             else:

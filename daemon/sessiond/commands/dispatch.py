@@ -224,6 +224,13 @@ class Dispatcher:
             client.multi_error = True
         return self.rejected(counter, error)
 
+    def end_transaction(self, client: Client) -> None:
+        """``client``'s MULTI, if any, is over without running (its EXEC
+        could not be prepared): its queue and watches go."""
+        client.multi = None
+        client.multi_error = False
+        self.watches.unwatch(client)
+
     def failed(self, error: Error) -> Error:
         """Count an error reply the server makes itself (a store failure)."""
         self.server_stats.error_reply(error.message)
