@@ -1185,6 +1185,31 @@ def test_a_write_whose_commit_failed_while_its_pipeline_waited_is_not_acknowledg
         assert r.get("k") == (row[0] if row is not None else None)
 
 
+def test_a_queued_command_is_not_told_that_a_commit_failed(fleet: Fleet, pg_db: PgDatabase) -> None:
+    """A command queued inside MULTI writes nothing until EXEC: its QUEUED
+    must not wait for a commit, nor be replaced by the error of one that
+    fails (here the commit of the SET before it, on a writer whose
+    connection the database dropped). Told "store write failed", a client
+    would take the command for refused, while EXEC still runs it."""
+    (a,) = fleet(1)
+    with a.client() as r:
+        assert r.set("warm", "1")
+        with pg_db.admin() as admin:
+            (gone,) = admin.execute(
+                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+                "WHERE application_name = 'host0:writer'"
+            ).fetchone() or (0,)
+        assert gone == 1
+        pipe = r.pipeline(transaction=False)
+        pipe.set("x", "1")
+        pipe.execute_command("MULTI")
+        pipe.execute_command("APPEND", "k", "v")  # no reply callback in redis-py
+        pipe.execute_command("DISCARD")
+        set_reply, multi, queued, discarded = pipe.execute(raise_on_error=False)
+        assert isinstance(set_reply, redis.ResponseError), set_reply
+        assert (multi, queued, discarded) == (b"OK", b"QUEUED", b"OK")
+
+
 def _answers(command: Callable[[], object]) -> bool:
     """Whether ``command`` is answered without an error reply."""
     try:

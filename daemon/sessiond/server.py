@@ -44,7 +44,7 @@ from .commands.registry import arity_fits, denied_name
 from .commands.state import REPLY_ON, REPLY_SKIP, REPLY_SKIP_ASKED
 from .config import Config
 from .keyspace import Keyspace, Prepared
-from .protocol import Error, ProtocolError, Push, Replies, RequestParser, encode
+from .protocol import QUEUED, Error, ProtocolError, Push, Replies, RequestParser, encode
 from .stats import LATENCY_BUCKETS, CommandStats, bucket, slowlog_args
 from .store import StoreError
 
@@ -341,11 +341,15 @@ class Connection(asyncio.Protocol):
             return data if isinstance(reply, (Push, Replies)) else silenced
         # An error reply changed nothing: it need not wait for a commit; but a
         # script that fails may have written first (Redis keeps those writes),
-        # and one decided on changes not yet committed waits for them.
+        # and one decided on changes not yet committed waits for them. Nor
+        # does QUEUED: the command has written nothing yet, and a failed
+        # commit's error in its place would tell the client it was refused
+        # while EXEC still runs it.
         if (
             self.persistent
             and cmd is not None
             and cmd.waits_for_commit
+            and reply is not QUEUED
             and (self.durable or self.keyspace.lagging())
             and (cmd.may_write or not isinstance(reply, Error) or self.keyspace.read_uncommitted())
         ):
