@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from conftest import Daemon, deep_merge, wait_until
+from conftest import Daemon, deep_merge, free_port, wait_until
 from pg import APP_DB, PgCluster, PgDatabase
 from psycopg.pq import ExecStatus
 from sessiond.store import pgsql
@@ -1097,6 +1097,18 @@ def test_unreachable_at_start_waits_then_exits_1(
     late.wait_ready()
     with late.client() as r:
         assert r.set("k", "v") and r.get("k") == b"v"
+
+
+def test_a_multi_host_dsn_is_named_host_by_host(daemon_factory: Callable[..., Daemon]) -> None:
+    """The servers of a DSN listing several (failover) are named as libpq
+    pairs them, each host with its port; they read
+    ``127.0.0.1,127.0.0.1:p1,p2``. Nothing listens on either port here."""
+    p1, p2 = free_port(), free_port()
+    dsn = f"host=127.0.0.1,127.0.0.1 port={p1},{p2} dbname=sessiond user=sessiond"
+    _, error = refused_start(
+        daemon_factory, fleet_config(dsn, persistence={"connect_timeout": "1s"})
+    )
+    assert f"at 127.0.0.1:{p1},127.0.0.1:{p2} " in error, error
 
 
 def test_lost_mid_run_refuses_writes_with_misconf_then_recovers_without_restart(

@@ -670,9 +670,15 @@ class PostgresStore:
             params = conninfo_to_dict(self.dsn)
         except psycopg.ProgrammingError:
             return "(unparsable DSN)"
-        host = params.get("host") or params.get("hostaddr") or "(libpq default)"
-        port = params.get("port")
-        return f"{host}:{port}" if port else str(host)
+        hosts = str(params.get("host") or params.get("hostaddr") or "(libpq default)").split(",")
+        ports = str(params.get("port") or "").split(",")
+        if len(ports) == 1:  # one port for every host (libpq's rule), or none
+            ports *= len(hosts)
+        # host=pg1,pg2 port=5432,5433: pg1:5432,pg2:5433, as libpq pairs them.
+        return ",".join(
+            f"{host}:{port}" if port else host
+            for host, port in zip(hosts, ports + [""] * len(hosts), strict=False)
+        )
 
     async def _connect(self, role: str) -> Conn:
         params = connection_params(self.dsn, self.password, self.timeout, role)
