@@ -1139,6 +1139,28 @@ def test_lost_mid_run_refuses_writes_with_misconf_then_recovers_without_restart(
     r.close()
 
 
+def test_an_expiry_sweep_failing_while_the_database_is_down_is_logged_once(
+    pg_own_cluster: PgCluster, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """The sweep runs every sweep_interval (100 ms here). With the database
+    down and nothing written, each sweep fails: every failure is counted,
+    only the first is logged, and the first sweep that succeeds after them
+    says so with how many failed (at 3 a.m. one line, not one a second)."""
+    pg = pg_own_cluster
+    a = daemon_factory(fleet_config(pg.dsn(), metrics={"enabled": True}))
+    pg.stop("immediate")
+    failures = 'sessiond_store_errors_total{operation="expire"}'
+    eventually(lambda: a.metric(failures) >= 5, 20, "five failed sweeps")
+    logged = [
+        e for e in a.events() if e["event"] == "store_error" and e.get("operation") == "expire"
+    ]
+    assert len(logged) == 1, logged
+    pg.start()
+    (recovered,) = a.wait_for_event("store_expiry_recovered", timeout=20)
+    assert recovered["failures"] >= 5, recovered
+    assert "Traceback" not in a.log_text()
+
+
 def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
 ) -> None:

@@ -38,7 +38,7 @@ from .reload import ConfigReloader
 from .server import Server, StartupError
 from .shared import SharedKeyspace
 from .stats import Stats
-from .store import Hook, SQLiteStore, StoreError
+from .store import Hook, Outage, SQLiteStore, StoreError
 from .upgrade import Predecessor, Successor, UpgradeError
 from .values import Value
 
@@ -531,6 +531,9 @@ class App:
     async def _sweep_forever(self) -> None:
         cache = self.cache
         latency = self.stats.latency
+        # A store failing at every sweep (a damaged file) is logged once, then
+        # its recovery: not every sweep_interval.
+        outage = Outage(self.stats.store, "expire", "store_expiry_recovered")
         while True:
             await asyncio.sleep(self.config.cache.sweep_interval)
             while True:
@@ -545,8 +548,9 @@ class App:
             try:
                 self.keyspace.expire_store(SWEEP_CHUNK)
             except sqlite3.Error as exc:
-                self.stats.store.error("expire")
-                log.error("store_error", operation="expire", error=str(exc))
+                outage.failed(str(exc))
+            else:
+                outage.over()
             latency.record("expire-cycle", time.perf_counter() - started)
 
     async def _renew_forever(self, keyspace: SharedKeyspace) -> None:

@@ -21,9 +21,14 @@ import asyncio
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, TypeVar
 
 import structlog
+
+if TYPE_CHECKING:
+    from ..stats import StoreStats
+
+_log = structlog.get_logger("sessiond.store")
 
 T = TypeVar("T")
 
@@ -111,6 +116,33 @@ class StoreError(Exception):
         self.lasting = lasting
 
 
+class Outage:
+    """One store operation failing over and over (a failing disk, a database
+    that is down, a compactor process that cannot start): every failure
+    counted under ``operation``, the first logged as ``store_error``, and the
+    first success after them as ``recovered`` with how many failed, so that
+    an operation retried every second does not log every second."""
+
+    __slots__ = ("_failures", "_operation", "_recovered", "_stats")
+
+    def __init__(self, stats: StoreStats, operation: str, recovered: str) -> None:
+        self._stats = stats
+        self._operation = operation
+        self._recovered = recovered
+        self._failures = 0
+
+    def failed(self, error: str) -> None:
+        self._stats.error(self._operation)
+        if not self._failures:
+            _log.error("store_error", operation=self._operation, error=error)
+        self._failures += 1
+
+    def over(self) -> None:
+        if self._failures:
+            _log.info(self._recovered, failures=self._failures)
+            self._failures = 0
+
+
 def call_waiter(callback: Callable[[StoreError | None], None], error: StoreError | None) -> None:
     """Tell one waiter of a commit how it went. An exception from it (a bug
     in the waiter) is logged and goes no further: it must not keep the same
@@ -118,7 +150,7 @@ def call_waiter(callback: Callable[[StoreError | None], None], error: StoreError
     try:
         callback(error)
     except Exception:
-        structlog.get_logger("sessiond.store").exception("commit_waiter_failed")
+        _log.exception("commit_waiter_failed")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from .api import (
     Decision,
     Hook,
     Kept,
+    Outage,
     Renewal,
     Row,
     StoreError,
@@ -527,6 +528,9 @@ class PostgresStore:
         self.retry_interval = retry_interval
         self.stats = stats or StoreStats()
         self.shared_stats = shared_stats or SharedStats()
+        # The sweep runs every sweep_interval: a database that is down would
+        # otherwise log its failure as often.
+        self._expiry_outage = Outage(self.stats, "expire", "store_expiry_recovered")
         self.host_id = host_id or secrets.token_hex(6)
         self.hook = hook
         self.failure: StoreError | None = None
@@ -1516,10 +1520,10 @@ class PostgresStore:
                     if self._listener is not None:
                         self._listener.invalidated(deleted)
                 if taken < _EXPIRE_CHUNK:
+                    self._expiry_outage.over()
                     return
         except StoreError as exc:
-            self.stats.error("expire")
-            log.error("store_error", operation="expire", error=str(exc))
+            self._expiry_outage.failed(str(exc))
         finally:
             self._sweeping = False
 

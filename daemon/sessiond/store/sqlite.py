@@ -49,6 +49,7 @@ from .api import (
     Fields,
     Hook,
     Kept,
+    Outage,
     Row,
     StoreError,
     TableCounts,
@@ -153,28 +154,8 @@ class _Wake:
                 self._queue.get_nowait()
 
 
-class _CompactionOutage:
-    """Compaction failing over and over (a failing disk, a compactor process
-    that dies or cannot start): each failure counted, the first logged, and
-    the first success after them, so that a failure repeated every
-    ``retry_interval`` does not flood the log."""
-
-    __slots__ = ("_failing", "_stats")
-
-    def __init__(self, stats: StoreStats) -> None:
-        self._stats = stats
-        self._failing = False
-
-    def failed(self, error: str) -> None:
-        self._stats.error("compact")
-        if not self._failing:
-            log.error("store_error", operation="compact", error=error)
-            self._failing = True
-
-    def over(self) -> None:
-        if self._failing:
-            log.info("store_compaction_recovered")
-            self._failing = False
+def _compaction_outage(stats: StoreStats) -> Outage:
+    return Outage(stats, "compact", "store_compaction_recovered")
 
 
 class SQLiteStore:
@@ -785,7 +766,7 @@ class SQLiteStore:
         disk): writers wait behind the backlog bound meanwhile, as they do
         while a step fails. ``None`` once the store is stopping or its files
         are gone."""
-        outage = _CompactionOutage(self.stats)
+        outage = _compaction_outage(self.stats)
         while self._removed is None:
             try:
                 db = compactor_connection(self.path, self.max_pages)
@@ -837,7 +818,7 @@ class SQLiteStore:
 
     def _compact_loop(self, compactor: Compactor) -> None:
         """The compactor on a thread of this process."""
-        outage = _CompactionOutage(self.stats)
+        outage = _compaction_outage(self.stats)
         while (work := self._next_work()) is not None:
             refile, layers = work
             if not layers:
@@ -881,7 +862,7 @@ class SQLiteStore:
 
     def _compact_loop_process(self, child: CompactorProcess) -> None:
         """The compactor in a child process: this thread hands it segments."""
-        outage = _CompactionOutage(self.stats)
+        outage = _compaction_outage(self.stats)
         while (work := self._next_work()) is not None:
             refile, layers = work
             started = perf_counter()
