@@ -163,6 +163,18 @@ def files(directory: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def _lock_holder(db: Path) -> int | None:
+    """The pid holding the store's flock, from /proc/locks, without trying
+    the lock (which would take it for a moment)."""
+    from sessiond.store.files import lock_holder
+
+    fd = os.open(db, os.O_RDONLY)
+    try:
+        return lock_holder(fd)
+    finally:
+        os.close(fd)
+
+
 def lock_is_free(db: Path) -> bool:
     """Whether no process (a daemon, its compactor) holds the store's flock."""
     return subprocess.run(["flock", "-n", str(db), "true"], check=False).returncode == 0
@@ -463,7 +475,11 @@ def test_a_sessiond_started_while_the_scripts_copy_waits_for_them(
         waits = len([e for e in d.events() if e.get("event") == "store_locked_waiting"])
         with ThreadPoolExecutor(1) as pool:
             script = pool.submit(run_guide, commands, paths, slow)
-            time.sleep(0.5)
+            # Started once the script holds the lock (it copies for 1.5 s and
+            # more then): a fixed half second lost that race under load. Seen
+            # in /proc/locks: trying the lock (flock -n) could take it from
+            # under the script, which would then back up as if sessiond ran.
+            wait_until(lambda: _lock_holder(d.workdir / "sessions.db") is not None, 30, "lock")
             d.start()  # returns once it serves, after the script
             script.result()
         assert len([e for e in d.events() if e.get("event") == "store_locked_waiting"]) > waits
