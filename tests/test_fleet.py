@@ -1186,6 +1186,18 @@ def test_a_write_answered_with_an_error_never_lands_over_a_later_one(
     rb.close()
 
 
+def _drop_the_writer(r: redis.Redis, pg_db: PgDatabase) -> None:
+    """Host 0's writer connection, once it has committed, dropped by the
+    database: its next commit fails."""
+    assert r.set("warm", "1")
+    with pg_db.admin() as admin:
+        (gone,) = admin.execute(
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+            "WHERE application_name = 'host0:writer'"
+        ).fetchone() or (0,)
+    assert gone == 1
+
+
 def test_a_write_whose_commit_failed_while_its_pipeline_waited_is_not_acknowledged(
     fleet: Fleet, pg_db: PgDatabase
 ) -> None:
@@ -1198,13 +1210,7 @@ def test_a_write_whose_commit_failed_while_its_pipeline_waited_is_not_acknowledg
     acknowledged and gone."""
     (a,) = fleet(1)
     with a.client() as r:
-        assert r.set("warm", "1")
-        with pg_db.admin() as admin:
-            (gone,) = admin.execute(
-                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
-                "WHERE application_name = 'host0:writer'"
-            ).fetchone() or (0,)
-        assert gone == 1
+        _drop_the_writer(r, pg_db)
         pipe = r.pipeline(transaction=False)
         pipe.set("k", "1")
         pipe.incr("k")
@@ -1227,13 +1233,7 @@ def test_a_queued_command_is_not_told_that_a_commit_failed(fleet: Fleet, pg_db: 
     would take the command for refused, while EXEC still runs it."""
     (a,) = fleet(1)
     with a.client() as r:
-        assert r.set("warm", "1")
-        with pg_db.admin() as admin:
-            (gone,) = admin.execute(
-                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
-                "WHERE application_name = 'host0:writer'"
-            ).fetchone() or (0,)
-        assert gone == 1
+        _drop_the_writer(r, pg_db)
         pipe = r.pipeline(transaction=False)
         pipe.set("x", "1")
         pipe.execute_command("MULTI")

@@ -725,6 +725,18 @@ def test_the_watched_evictions_are_bounded(tmp_path: Path) -> None:
         store.close()
 
 
+async def _swept_at(store: Any, keyspace: Any, now: list[float], key: bytes, due: float) -> None:
+    """The only session, ``key``, evicted with deadline ``due``: a second
+    before it the sweep deletes nothing, a second after it the session, from
+    the store too."""
+    now[0] = due - 1.0
+    assert keyspace.expire_store(100) == 0
+    now[0] = due + 1.0
+    assert keyspace.expire_store(100) == 1
+    assert await _committed(store) is None
+    assert store.load(key) is None
+
+
 def test_a_session_read_then_evicted_is_watched_from_its_eviction_not_its_last_write(
     tmp_path: Path,
 ) -> None:
@@ -749,12 +761,7 @@ def test_a_session_read_then_evicted_is_watched_from_its_eviction_not_its_last_w
         assert await _committed(store) is None
         assert store.reader.rows([b"read"]) == {b"read": None}
 
-        now[0] = start + 89.0
-        assert keyspace.expire_store(100) == 0
-        now[0] = start + 91.0
-        assert keyspace.expire_store(100) == 1
-        assert await _committed(store) is None
-        assert store.load(b"read") is None
+        await _swept_at(store, keyspace, now, b"read", start + 90.0)
 
     try:
         asyncio.run(main())
@@ -784,12 +791,7 @@ def test_a_session_given_a_ttl_long_after_its_write_is_watched_when_evicted(
         assert cache.find(b"old") is None
         assert await _committed(store) is None
 
-        now[0] = start + 7204.0
-        assert keyspace.expire_store(100) == 0
-        now[0] = start + 7206.0
-        assert keyspace.expire_store(100) == 1
-        assert await _committed(store) is None
-        assert store.load(b"old") is None
+        await _swept_at(store, keyspace, now, b"old", start + 7205.0)
 
     try:
         asyncio.run(main())
