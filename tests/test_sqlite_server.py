@@ -178,11 +178,13 @@ def test_a_pause_begun_again_as_the_last_one_ends_releases_its_held_writes_at_it
         writer.data_received(encode(("SET", "k", "v")))
         await asyncio.sleep(0.01)
         assert writer in rig.server.held
-        pauses = (("CLIENT", "UNPAUSE"), ("CLIENT", "PAUSE", "50", "WRITE"))
+        # The short pause is a second: long enough that the look right after
+        # it comes before its end even on a loaded machine (50 ms did not).
+        pauses = (("CLIENT", "UNPAUSE"), ("CLIENT", "PAUSE", "1000", "WRITE"))
         admin.data_received(encode(*pauses))
         await asyncio.sleep(0.01)
         assert bytes(writer_wire.data) == b""  # the short pause holds it
-        for _ in range(100):
+        for _ in range(1000):
             await asyncio.sleep(0.01)
             if writer_wire.data:
                 break
