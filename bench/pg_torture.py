@@ -670,6 +670,25 @@ class Worker(threading.Thread):
 
     # ------------------------------------------------------------ shared
 
+    def tracked(
+        self, h: int, table: dict[Any, str], v: Any, what: str, call: Any
+    ) -> tuple[Any, str | None]:
+        """Run ``call`` writing ``v``, recorded in ``table`` as pending, then
+        acked, refused or unknown; its reply, and ``None`` or the error's kind."""
+        sh = self.shared
+        with sh.lock:
+            table[v] = "pending"
+        try:
+            reply = call()
+        except Exception as exc:
+            kind = "refused" if self.error(h, exc, what) == "refused" else "unknown"
+            with sh.lock:
+                table[v] = kind
+            return None, kind
+        with sh.lock:
+            table[v] = "acked"
+        return reply, None
+
     def shared_op(self, h: int) -> None:
         sh = self.shared
         r = self.rng.random()
@@ -690,39 +709,25 @@ class Worker(threading.Thread):
         elif r < 0.75:
             i = self.rng.randrange(NGS)
             v = self.value()
-            with sh.lock:
-                sh.gs_written[i][v] = "pending"
-            try:
-                reply = c.getset(f"shared:gs:{i}", v)
-            except Exception as exc:
-                kind = self.error(h, exc, "shared GETSET")
-                with sh.lock:
-                    if kind == "refused":
-                        sh.gs_written[i][v] = "refused"
-                    else:
-                        sh.gs_written[i][v] = "unknown"
+            reply, kind = self.tracked(h, sh.gs_written[i], v, "shared GETSET",
+                                       lambda: c.getset(f"shared:gs:{i}", v))  # fmt: skip
+            if kind is not None:
+                if kind == "unknown":
+                    with sh.lock:
                         sh.gs_unknown[i] += 1
                 return
-            with sh.lock:
-                sh.gs_written[i][v] = "acked"
-                if reply is not None:
+            if reply is not None:
+                with sh.lock:
                     sh.gs_returned[i].append(reply)
         else:
             i = self.rng.randrange(NSET)
             m = self.value()
-            with sh.lock:
-                sh.set_members[i][m] = "pending"
-            try:
-                reply = c.sadd(f"shared:set:{i}", m)
-            except Exception as exc:
-                kind = self.error(h, exc, "shared SADD")
-                with sh.lock:
-                    sh.set_members[i][m] = "refused" if kind == "refused" else "unknown"
+            reply, kind = self.tracked(h, sh.set_members[i], m, "shared SADD",
+                                       lambda: c.sadd(f"shared:set:{i}", m))  # fmt: skip
+            if kind is not None:
                 return
-            with sh.lock:
-                sh.set_members[i][m] = "acked"
-                if reply != 1:
-                    problem(f"shared SADD of a new member {m!r} answered {reply!r}")
+            if reply != 1:
+                problem(f"shared SADD of a new member {m!r} answered {reply!r}")
         stats["ops"] += 1
         stats["shared_ops"] += 1
 
