@@ -428,16 +428,14 @@ class Keyspace:
         without a store), with the error if its commit failed: the changes
         of every command run since ``owner``'s last call (:attr:`Context.owner`)
         included, whoever else asks meanwhile."""
-        if self.store is None:
-            callback(None)
-        else:
-            self.store.after_commit(callback)
+        self.after_writes(callback)
 
     def after_writes(self, callback: Callable[[StoreError | None], None]) -> None:
         """Call ``callback`` once the plain writes made so far are committed
         (with the error if that commit failed), waiting for no decision: what a
         connection's held replies ask before it parks to wait for its next
-        request's read or decision (a commit meanwhile may take their writes)."""
+        request's read or decision (a commit meanwhile may take their writes).
+        Without decisions (a local store), that is :meth:`after_commit`."""
         if self.store is None:
             callback(None)
         else:
