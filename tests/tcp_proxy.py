@@ -12,6 +12,15 @@ and take effect before they return.
     proxy.cut()                 # RST every connection and refuse new ones ...
     proxy.heal()                # ... until healed
     proxy.retarget(other.port)  # new connections go elsewhere (a moved VIP / DNS name)
+    proxy.lose_commit_ack(b"host0:writer", then="cut")  # see below
+
+``lose_commit_ack`` speaks a little of PostgreSQL's protocol: the next ``COMMIT``
+the server acknowledges on a connection whose startup message names ``who``
+(its application_name, say) lands in the database, but the acknowledgement and
+everything after it never reach the client, whose connection is then reset
+(``then="cut"``) or stays silent (``then="silence"``), or the whole proxy goes
+silent as ``partition()`` makes it (``then="partition"``): a commit whose
+outcome the client cannot know.
 
 The proxy works above TCP: during a partition both kernels still acknowledge what they
 are sent, so TCP keepalives and libpq's ``tcp_user_timeout`` do not fire. To a client it
@@ -35,6 +44,10 @@ T = TypeVar("T")
 CHUNK = 65536
 
 
+# The server's CommandComplete for a COMMIT: type, length (itself and the tag), tag.
+COMMIT_ACK = b"C" + struct.pack("!i", 4 + len(b"COMMIT\0")) + b"COMMIT\0"
+
+
 class _Link:
     """One client connection and its upstream connection."""
 
@@ -42,6 +55,9 @@ class _Link:
         self.client = client
         self.upstream: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.startup = b""  # the client's first bytes: its startup message
+        self.deaf = False  # the server's bytes are dropped from now on
+        self.tail = b""  # the server's last bytes, for an acknowledgement cut in two
 
     def writers(self) -> list[asyncio.StreamWriter]:
         return [w for w in (self.client, self.upstream) if w is not None]
@@ -69,6 +85,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._flowing: asyncio.Event | None = None
+        self._lose: tuple[bytes, str] | None = None  # lose_commit_ack's, until it happens
+        self.commit_acks_lost = 0
 
     # ---------------------------------------------------------------- control
 
@@ -124,6 +142,15 @@ class TcpProxy:
     def retarget(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         """Send new connections to another server (open ones stay where they are)."""
         self.target = (target_host, target_port)
+
+    def lose_commit_ack(self, who: bytes, *, then: str) -> None:
+        """The next COMMIT acknowledged on a connection whose startup message
+        contains ``who`` lands, its acknowledgement is lost, and that
+        connection is then reset (``then="cut"``) or silent until closed
+        (``then="silence"``), or every connection is (``then="partition"``,
+        until ``heal()``); ``commit_acks_lost`` counts them."""
+        assert then in ("cut", "silence", "partition")
+        self._lose = (who, then)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
@@ -191,6 +218,31 @@ class TcpProxy:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
 
+    def _unless_lost(self, link: _Link, data: bytes) -> bytes:
+        """What of the server's ``data`` reaches the client: all of it, or, on the
+        link chosen by ``lose_commit_ack``, what comes before the COMMIT's
+        acknowledgement (which may be cut in two by the chunks: its first part
+        then reaches the client, and the rest does not: lost all the same)."""
+        if link.deaf:
+            return b""
+        if self._lose is None or self._lose[0] not in link.startup:
+            return data
+        seen = link.tail + data
+        link.tail = seen[-(len(COMMIT_ACK) - 1) :]
+        at = seen.find(COMMIT_ACK)
+        if at < 0:
+            return data
+        then = self._lose[1]
+        self._lose = None
+        self.commit_acks_lost += 1
+        link.deaf = True
+        if then == "cut":
+            self._loop.call_soon(self._reset, link)
+        elif then == "partition":
+            assert self._flowing is not None
+            self._flowing.clear()
+        return data[: max(0, at - (len(seen) - len(data)))]
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._flowing is not None
         self.connections_made += 1
@@ -208,8 +260,8 @@ class TcpProxy:
                 return
             link.upstream = up_writer
             link.tasks = [
-                asyncio.create_task(self._pump(reader, up_writer)),
-                asyncio.create_task(self._pump(up_reader, writer)),
+                asyncio.create_task(self._pump(reader, up_writer, link, up=True)),
+                asyncio.create_task(self._pump(up_reader, writer, link, up=False)),
             ]
             pending: set[asyncio.Task[None]] = set(link.tasks)
             while pending:
@@ -229,9 +281,11 @@ class TcpProxy:
                 for w in link.writers():
                     w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Copy one direction; each chunk waits out the delay and any partition. Raises
-        ConnectionError when either side fails."""
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, up: bool
+    ) -> None:
+        """Copy one direction (``up``: the client's bytes); each chunk waits out the
+        delay and any partition. Raises ConnectionError when either side fails."""
         assert self._flowing is not None
         queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
 
@@ -261,6 +315,10 @@ class TcpProxy:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return
+                if up and len(link.startup) < 1024:
+                    link.startup += data[: 1024 - len(link.startup)]
+                elif not up:
+                    data = self._unless_lost(link, data)
                 writer.write(data)
                 await writer.drain()
         finally:

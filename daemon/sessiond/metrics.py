@@ -275,6 +275,7 @@ class SessiondCollector(Collector):
 # reconnect: exported from the start, so that the first is an increase.
 SHARED_OPERATIONS = ("commit", "decide", "read", "heartbeat")
 SHARED_CONNECTIONS = ("listen", "writer")
+UNANSWERED_OUTCOMES = ("landed", "rolled back", "unknown")
 
 
 def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
@@ -360,6 +361,16 @@ def _shared_store(shared: SharedStats, pool_max: int) -> Iterator[Metric]:
         "sessiond_store_decision_errors",
         "Decisions whose commit failed (their commands were answered with an error).",
         value=shared.decision_errors,
+    )
+    yield _by_label(
+        CounterMetricFamily(
+            "sessiond_store_unanswered_commits",
+            "Commits whose answer was lost (connection dropped, or no answer within the "
+            "timeout), by what the database said of them afterwards.",
+            labels=["outcome"],
+        ),
+        shared.unanswered_commits,
+        UNANSWERED_OUTCOMES,
     )
     yield CounterMetricFamily(
         "sessiond_store_renewals",

@@ -175,10 +175,14 @@ class SharedStats:
         "reconnects",
         "renewals",
         "round_trips",
+        "unanswered_commits",
     )
 
     def __init__(self) -> None:
         self.round_trips: dict[str, DurationHistogram] = {}
+        # Commits whose answer never came, by what the database then said of
+        # them: "landed", "rolled back", "unknown" (it could not be asked).
+        self.unanswered_commits: dict[str, int] = {}
         self.invalidations_sent = 0
         self.invalidations_received = 0
         self.notifications_sent = 0
@@ -203,6 +207,9 @@ class SharedStats:
 
     def reconnect(self, connection: str) -> None:
         self.reconnects[connection] = self.reconnects.get(connection, 0) + 1
+
+    def unanswered(self, outcome: str) -> None:
+        self.unanswered_commits[outcome] = self.unanswered_commits.get(outcome, 0) + 1
 
 
 class ReloadStats:

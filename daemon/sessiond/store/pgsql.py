@@ -403,6 +403,14 @@ OPEN_PREPARED = (
         + f" AND {_LOCK_ID} <> ALL(current_setting('{_HELD_SETTING}')::int4[]) FOR UPDATE",
     ),
 )
+# Every commit's transaction asks for its id before it commits (the group
+# commit's and a decision's), so that a commit whose answer is lost (the
+# connection dropped, or no answer within the timeout) can be asked about on
+# another connection: committed, aborted or still in progress. PostgreSQL 13
+# or later (pg_current_xact_id, pg_xact_status).
+XACT_ID = "sessiond_xact_id"
+XACT_ID_PREPARED = "SELECT pg_current_xact_id()"
+XACT_STATUS = "SELECT pg_xact_status(%s::text::xid8)"
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SLICE = (

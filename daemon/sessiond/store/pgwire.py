@@ -1,6 +1,6 @@
 """Statements prepared once per connection, sent through libpq directly.
 
-The group commit sends one statement, the same each time, with parameters of
+The group commit calls one statement, the same each time, with parameters of
 the same types (:data:`.pgsql.COMMIT_PREPARED`). psycopg's cursor prepares,
 dumps, sends and reads it back through generators, its adapters and its
 prepared-statement cache at every execute. Sent as here, a durable SET at
@@ -8,14 +8,16 @@ prepared-statement cache at every execute. Sent as here, a durable SET at
 ``bench/instructions.py --durable --servers sessiond-shared --clients 1``;
 a throwaway loop of bare commits counted 264k against 199k a commit). Here the
 statement is ``PREPARE``\\d once when the connection opens (:func:`prepare`),
-its parameters come in binary (:func:`.pgsql.commit_params`), and :func:`run`
-sends it with psycopg's libpq wrapper (``psycopg.pq``), waits on the event loop
+its parameters come in binary (:func:`.pgsql.commit_params`), and
+:func:`pipeline` sends it, inside ``BEGIN`` and ``COMMIT`` after its
+transaction's id (:data:`.pgsql.XACT_ID`), with psycopg's libpq wrapper
+(``psycopg.pq``), waits on the event loop
 for the socket and reads the results: psycopg's connection object stays in
 charge of everything else on the connection, and its lock
 keeps it off the connection meanwhile.
 
 A decision's transaction is two round trips of a few statements each
-(:func:`pipeline`: ``BEGIN``, the keys' locks and rows; then its changes and
+(:func:`pipeline`: ``BEGIN``, its id, the keys' locks and rows; then its changes and
 barrier and ``COMMIT``), their statements prepared by the connection's first
 decision, sent the same way instead of through psycopg's pipeline mode and
 cursor: 1,253,061 -> 572,469 instructions per INCR at ``-c 1``
@@ -46,25 +48,6 @@ async def prepare(conn: psycopg.AsyncConnection[Any], name: str, sql: str) -> No
     await conn.execute(f"PREPARE {name} AS {sql}")
 
 
-async def run(conn: psycopg.AsyncConnection[Any], name: bytes, dumped: Sequence[bytes]) -> None:
-    """Run the prepared statement ``name`` with ``dumped`` (its parameters in
-    binary) on ``conn`` (idle, in autocommit) and read its results; raise the
-    first error."""
-    pgconn = conn.pgconn
-    loop = asyncio.get_running_loop()
-    async with conn.lock:
-        pgconn.send_query_prepared(
-            name, dumped, param_formats=_binary_formats(len(dumped)), result_format=Format.BINARY
-        )
-        await _flush(loop, pgconn)
-        error: psycopg.Error | None = None
-        # Read on to the end after an error, so that the connection is idle again.
-        while (result := await _result(loop, pgconn)) is not None:
-            error = _first_error(conn, result, error)
-        if error is not None:
-            raise error
-
-
 async def pipeline(
     conn: psycopg.AsyncConnection[Any],
     prepare: Sequence[tuple[bytes, bytes]],
@@ -72,6 +55,8 @@ async def pipeline(
     *,
     before: bytes = b"",
     after: bytes = b"",
+    flush_after: int = -1,
+    seen: list[PGresult] | None = None,
 ) -> list[PGresult]:
     """In one of libpq's pipelines, one round trip: the statement ``before``
     (``BEGIN``, say), ``PREPARE`` each of ``prepare`` (name, statement), run
@@ -83,7 +68,13 @@ async def pipeline(
     and pipeline mode is left: the connection may be in a failed transaction,
     which the caller rolls back (postgres: a decision whose statements went
     missing) or drops. After any other exception it may still be in pipeline
-    mode: the caller drops it."""
+    mode: the caller drops it.
+
+    ``flush_after``: the server sends the results up to the call of that
+    index as soon as it has them, not with the rest (a commit's transaction
+    id, which must reach the client before the commit may land); ``seen``:
+    a list every result is added to as it comes, the partial ones too when
+    the connection fails before the end."""
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     async with conn.lock:
@@ -92,18 +83,20 @@ async def pipeline(
             pgconn.send_query_params(before, None)
         for name, sql in prepare:
             pgconn.send_prepare(name, sql)
-        for name, dumped in calls:
+        for i, (name, dumped) in enumerate(calls):
             pgconn.send_query_prepared(
                 name,
                 dumped,
                 param_formats=_binary_formats(len(dumped)),
                 result_format=Format.BINARY,
             )
+            if i == flush_after:
+                pgconn.send_flush_request()
         if after:
             pgconn.send_query_params(after, None)
         pgconn.pipeline_sync()
         await _flush(loop, pgconn)
-        results: list[PGresult] = []
+        results: list[PGresult] = [] if seen is None else seen
         error: psycopg.Error | None = None
         while True:
             # None ends one statement's results; the sync's result ends them all.

@@ -57,7 +57,7 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from ..stats import SharedStats, StoreStats
@@ -85,9 +85,10 @@ log = structlog.get_logger("sessiond.store")
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
-# An opened decision transaction: its keys' rows and versions, and the lock ids
-# other transactions held (a batch's, which does not wait for them).
-Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int]]
+# A decision's transaction as opened: its keys' rows and versions, the lock
+# ids other transactions held (a batch's, which does not wait for them), its
+# transaction id.
+Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int], int]
 Work = Callable[[Conn], Coroutine[Any, Any, T]]
 
 _RETRY_AFTER_FAILURE = 1.0
@@ -103,12 +104,14 @@ _LOCK_KEYS = pgsql.LOCK_KEYS.encode()
 _SELECT_LOCKED = pgsql.SELECT_LOCKED.encode()
 _TRY_LOCK_KEYS = pgsql.TRY_LOCK_KEYS.encode()
 _SELECT_TRIED = pgsql.SELECT_TRIED.encode()
+_XACT_ID = pgsql.XACT_ID.encode()
 # Each pooled connection's first decision prepares them all, in the round trip
 # that opens its transaction.
 _PREPARE_DECISIONS = (
     *((name.encode(), sql.encode()) for name, sql in pgsql.OPEN_PREPARED),
     (_DECIDED, pgsql.DECIDED_PREPARED.encode()),
     (_BARRIER, pgsql.BARRIER_PREPARED.encode()),
+    (_XACT_ID, pgsql.XACT_ID_PREPARED.encode()),
 )
 _F8 = struct.Struct("!d").unpack
 _I2 = struct.Struct("!h").unpack
@@ -155,11 +158,45 @@ def _with_password_hint(why: str) -> str:
 
 def _commit_failure(exc: BaseException, timeout: float) -> str:
     """Why a commit failed, for the reply and the log."""
+    if isinstance(exc, StoreError):  # "store commit failed: <why>", made here
+        return str(exc).partition(": ")[2] or str(exc)
     if isinstance(exc, pg_errors.DivisionByZero):  # the fence (pgsql.COMMIT_FUNCTION's)
         return "it reached the database after its timeout and was rolled back"
     if isinstance(exc, _SERVER_TIMEOUTS):
         return _timed_out(exc, timeout)
     return _why(exc)
+
+
+def _in_doubt(exc: BaseException) -> bool:
+    """Whether a commit that failed with ``exc`` may have landed all the
+    same: its answer lost with its connection (libpq's error, or the
+    server's at shutdown: classes 08 and 57P) or not back within the
+    timeout, as opposed to a statement the server refused, which rolls the
+    transaction back."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        return exc.sqlstate.startswith(("08", "57P"))
+    return True
+
+
+def _sent_xid(answered: list[PGresult]) -> int | None:
+    """The transaction id among the first results of a group commit that
+    failed (``BEGIN``'s, then the id's, sent before the commit could land),
+    if it came: the connection may have failed before, or with an error of
+    the server's for the first result (an idle connection it had ended)."""
+    if (
+        len(answered) > 1
+        and answered[0].status == ExecStatus.COMMAND_OK
+        and answered[1].status == ExecStatus.TUPLES_OK
+        and answered[1].ntuples == 1
+    ):
+        return _xact_id(answered[1])
+    return None
+
+
+def _xact_id(result: PGresult) -> int:
+    """The transaction id in ``result`` (pg_current_xact_id's, in binary)."""
+    xid: int = _I8(result.get_value(0, 0) or b"")[0]
+    return xid
 
 
 def connection_params(dsn: str, password: str | None, timeout: float, role: str) -> dict[str, Any]:
@@ -227,10 +264,11 @@ class _Batch:
     keyspace holds a key for one decision at a time). It commits once the last
     of them is finished, their changes together."""
 
-    __slots__ = ("conn", "decisions", "later", "unfinished")
+    __slots__ = ("conn", "decisions", "later", "unfinished", "xid")
 
-    def __init__(self, conn: Conn, later: list[_Ask]) -> None:
+    def __init__(self, conn: Conn, xid: int, later: list[_Ask]) -> None:
         self.conn = conn
+        self.xid = xid  # its transaction's, to ask whether a commit without an answer landed
         self.decisions: list[PgDecision] = []
         self.unfinished = 0
         # Decisions it did not keep but holds a key of (a lock it took before
@@ -973,21 +1011,27 @@ class PostgresStore:
             started = perf_counter()
             self._commit_started = started
             notices = 0
+            answered: list[PGresult] = []  # its transaction id first, once it comes
+            conn: Conn | None = None
             try:
                 self._hook("commit")
                 conn = await self._writer()
                 notices = await self._bounded_here(
-                    conn, self._write(conn, batch, cleared, renewals, self._fence()), "commit"
+                    conn,
+                    self._write(conn, batch, cleared, renewals, self._fence(), answered),
+                    "commit",
                 )
             except (StoreError, psycopg.Error, OSError) as exc:
-                error = (
-                    exc
-                    if isinstance(exc, StoreError)
-                    else StoreError(f"store write failed: {_commit_failure(exc, self.timeout)}")
-                )
-                self._commit_failed(batch, renewals, seq, error)
                 await self._drop_writer()
-                return False
+                # Not sent, or the server ended it with an error before its
+                # id came: it never ran. Else, without its id, it may have.
+                heard = conn is None or any(
+                    result.status == ExecStatus.FATAL_ERROR for result in answered
+                )
+                error = await self._outcome(exc, _sent_xid(answered), "commit", heard=heard)
+                if error is not None:
+                    self._commit_failed(batch, renewals, seq, error)
+                    return False
             except asyncio.CancelledError:
                 # Stopped mid-commit (aclose): its outcome is unknown, and its
                 # replies are told it failed, never that it landed.
@@ -1068,10 +1112,64 @@ class PostgresStore:
         return conn
 
     async def _prepare_commit(self, conn: Conn) -> None:
-        """The group commit's statement, prepared on the writer's new connection."""
+        """The group commit's statements, prepared on the writer's new connection."""
         await self._bounded(
             conn, pgwire.prepare(conn, pgsql.COMMIT_STATEMENT, pgsql.COMMIT_PREPARED), "prepare"
         )
+        await self._bounded(
+            conn, pgwire.prepare(conn, pgsql.XACT_ID, pgsql.XACT_ID_PREPARED), "prepare"
+        )
+
+    async def _outcome(
+        self, exc: BaseException, xid: int | None, operation: str, *, heard: bool = True
+    ) -> StoreError | None:
+        """What a commit that failed with ``exc`` did: ``None`` if it landed
+        all the same (its answer was lost: the connection dropped after the
+        database committed, or the answer came after the timeout), else the
+        error its replies get. A commit in doubt (:func:`_in_doubt`) whose
+        transaction id ``xid`` came back before it is asked about on another
+        connection; one that cannot be asked about within the timeout, or
+        whose id never came and that may have run all the same (unless
+        ``heard``: it was never sent, or the server ended it with an error),
+        is answered as unknown, never as failed."""
+        why = _commit_failure(exc, self.timeout)
+        failed = exc if isinstance(exc, StoreError) else StoreError(f"store write failed: {why}")
+        if not _in_doubt(exc) or (xid is None and heard):
+            return failed
+        landed = None if xid is None else await self._landed(xid)
+        outcome = {True: "landed", False: "rolled back", None: "unknown"}[landed]
+        log.warning("store_commit_unanswered", operation=operation, error=why, outcome=outcome)
+        self.shared_stats.unanswered(outcome)
+        if landed:
+            return None
+        if landed is False:
+            return failed
+        if xid is None:
+            return StoreError(f"store commit outcome unknown: {why}")
+        return StoreError(
+            f"store commit outcome unknown: {why}, and the database could not be asked "
+            "whether it landed"
+        )
+
+    async def _landed(self, xid: int) -> bool | None:
+        """Whether the transaction ``xid``, whose commit's answer never came,
+        committed, as the database says on another connection once the
+        transaction is no longer in progress (its backend ends it when it
+        finds its client gone; a commit past its fence fails); ``None`` if
+        that cannot be known within the timeout."""
+
+        async def ask() -> bool | None:
+            while True:
+                status = await self._run("commit", lambda conn: _xact_status(conn, xid))
+                if status != "in progress":
+                    # None: too old to be known (it is seconds old at most)
+                    return None if status is None else status == "committed"
+                await asyncio.sleep(self.timeout / 20)
+
+        try:
+            return await asyncio.wait_for(ask(), self.timeout)
+        except (StoreError, TimeoutError):
+            return None
 
     async def _measure_clock(self, conn: Conn) -> None:
         """The database's clock against this host's monotonic one (which no
@@ -1114,15 +1212,26 @@ class PostgresStore:
         cleared: bool,
         renewals: dict[bytes, Renewal],
         fence: float,
+        answered: list[PGresult],
     ) -> int:
-        """One transaction, one statement (:data:`.pgsql.COMMIT_FUNCTION`,
-        prepared when the writer connected, sent by :mod:`.pgwire`): the
-        locks, the flush if any, the upserts, the deletes, the renewals, the
-        notifications, the fence. Returns how many notifications it sent."""
+        """One transaction, one call (:data:`.pgsql.COMMIT_FUNCTION`,
+        prepared when the writer connected, sent by :mod:`.pgwire` in one round
+        trip): the locks, the flush if any, the upserts, the deletes, the
+        renewals, the notifications, the fence. Its transaction id comes back
+        first, before the call runs, into ``answered`` (:meth:`_outcome`).
+        Returns how many notifications it sent."""
         params, notices = pgsql.commit_params(
             self.host_id, time.time(), batch, cleared, renewals, fence
         )
-        await pgwire.run(conn, _COMMIT_STATEMENT, params)
+        await pgwire.pipeline(
+            conn,
+            (),
+            ((_XACT_ID, ()), (_COMMIT_STATEMENT, params)),
+            before=b"BEGIN",
+            after=b"COMMIT",
+            flush_after=0,
+            seen=answered,
+        )
         return notices
 
     # --------------------------------------------------------- decisions
@@ -1221,11 +1330,11 @@ class PostgresStore:
         if opened is None or asks is None:
             self._pool.release(conn)
             return
-        rows, versions, held = opened
+        rows, versions, held, xid = opened
         later: list[_Ask] = []
         if held:
             asks, later = self._without_held(asks, held)
-        batch = _Batch(conn, later)
+        batch = _Batch(conn, xid, later)
         if not asks:  # every one went to a transaction of its own
             self._spawn(self._roll_back(batch))
             return
@@ -1356,12 +1465,12 @@ class PostgresStore:
             self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
             raise
         except (StoreError, psycopg.Error, OSError) as exc:
+            self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
+            error = await self._outcome(exc, batch.xid, "decide")
+            if error is None:  # it landed; its answer was lost
+                await self._decided(batch, changes, started, notices, barrier)
+                return
             self._barriers.pop(barrier, None)
-            error = (
-                exc
-                if isinstance(exc, StoreError)
-                else StoreError(f"store write failed: {_commit_failure(exc, self.timeout)}")
-            )
             for decision in decisions:
                 decision.error = error
             if isinstance(exc, pg_errors.UndefinedFunction) and not (
@@ -1381,17 +1490,9 @@ class PostgresStore:
                 decisions=len(decisions),
                 keys=sum(len(decision.keys) for decision in decisions),
             )
-            self._pool.discard(conn)
         else:
             self._pool.release(conn)
-            elapsed = perf_counter() - started
-            self.shared_stats.round_trip("commit", elapsed)
-            deletes = sum(1 for change in changes.values() if change is None)
-            self.stats.writes += len(changes) - deletes
-            self.shared_stats.invalidations_sent += len(changes)
-            self.shared_stats.notifications_sent += notices
-            self._open_later(batch)  # its locks are gone: no need to wait for the barrier
-            await self._heard_up_to(barrier)
+            await self._decided(batch, changes, started, notices, barrier)
         finally:
             for decision in decisions:
                 self._open.discard(decision)
@@ -1399,7 +1500,26 @@ class PostgresStore:
                     decision.done(decision.error)
             self._resolve()
             self._open_later(batch)
-        if changes and decisions[0].error is None and self._listener is not None:
+
+    async def _decided(
+        self,
+        batch: _Batch,
+        changes: dict[bytes, Change],
+        started: float,
+        notices: int,
+        barrier: str,
+    ) -> None:
+        """``batch`` committed: counted, the decisions waiting for it opened,
+        its barrier heard back, the other hosts told."""
+        elapsed = perf_counter() - started
+        self.shared_stats.round_trip("commit", elapsed)
+        deletes = sum(1 for change in changes.values() if change is None)
+        self.stats.writes += len(changes) - deletes
+        self.shared_stats.invalidations_sent += len(changes)
+        self.shared_stats.notifications_sent += notices
+        self._open_later(batch)  # its locks are gone: no need to wait for the barrier
+        await self._heard_up_to(barrier)
+        if changes and self._listener is not None:
             self._listener.committed(list(changes))
 
     def _barrier(self) -> str:
@@ -1860,11 +1980,11 @@ async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bo
     ids = dump("int4", pgsql.lock_ids(keys))
     wanted = dump("bytea", keys)
     if wait:
-        calls = ((_LOCK_KEYS, [ids]), (_SELECT_LOCKED, [wanted]))
+        calls = ((_XACT_ID, ()), (_LOCK_KEYS, [ids]), (_SELECT_LOCKED, [wanted]))
     else:
-        calls = ((_TRY_LOCK_KEYS, [ids]), (_SELECT_TRIED, [wanted]))
+        calls = ((_XACT_ID, ()), (_TRY_LOCK_KEYS, [ids]), (_SELECT_TRIED, [wanted]))
     prepare = () if prepared else _PREPARE_DECISIONS
-    locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
+    xid, locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
     held: set[int] = set()
     if not wait:
         held.update(load_int4(locked.get_value(0, 0) or b""))
@@ -1874,7 +1994,7 @@ async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bo
         key = bytes(found.get_value(i, 0) or b"")
         rows[key] = _binary_row(found, i)
         versions[key] = _I8(found.get_value(i, 9) or b"")[0]
-    return rows, versions, held
+    return rows, versions, held, _xact_id(xid)
 
 
 def _binary_row(result: PGresult, i: int) -> Row:
@@ -1912,6 +2032,11 @@ async def _commit_decision(conn: Conn, params: list[bytes] | None, notify: list[
 
 async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
     return await (await conn.execute(sql)).fetchone()
+
+
+async def _xact_status(conn: Conn, xid: int) -> str | None:
+    row = await (await conn.execute(pgsql.XACT_STATUS, (str(xid),))).fetchone()
+    return None if row is None else row[0]
 
 
 async def _select(conn: Conn, keys: list[bytes]) -> dict[bytes, Row | None]:
