@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -378,10 +379,12 @@ def classify(exc: BaseException) -> str:
         stats["exec_nil_unwatched"] += 1
         return "refused"
     if isinstance(exc, redis.ResponseError):
-        if text.startswith("MISCONF"):
-            return "refused"
-        if "store" in text or "LOADING" in text or "timed out" in text or "no answer" in text:
+        if "outcome unknown" in text or "LOADING" in text:
             return "unknown"
+        # A commit's error says it did not land, once the database was asked
+        # (docs/shared-store.md, "a commit whose answer is lost").
+        if text.startswith("MISCONF") or re.match(r"store \w+ failed", text):
+            return "refused"
         return "unknown:" + text[:80]
     if isinstance(exc, redis.TimeoutError):
         return "timeout"

@@ -242,6 +242,8 @@ def _ignore(error: StoreError | None) -> None:
 
 
 _CLOSED = "store decide failed: the store is closed"
+# A commit cut short by a stop (aclose): whether it landed is not asked.
+_CLOSING = "store commit outcome unknown: the store is closing"
 
 
 def _fail(asks: list[_Ask], error: StoreError | str) -> None:
@@ -1022,22 +1024,24 @@ class PostgresStore:
                     "commit",
                 )
             except (StoreError, psycopg.Error, OSError) as exc:
-                await self._drop_writer()
                 # Not sent, or the server ended it with an error before its
                 # id came: it never ran. Else, without its id, it may have.
                 heard = conn is None or any(
                     result.status == ExecStatus.FATAL_ERROR for result in answered
                 )
-                error = await self._outcome(exc, _sent_xid(answered), "commit", heard=heard)
+                try:
+                    error = await self._outcome(exc, _sent_xid(answered), "commit", heard=heard)
+                except asyncio.CancelledError:
+                    self._commit_failed(batch, renewals, seq, StoreError(_CLOSING))
+                    raise
+                await self._drop_writer()
                 if error is not None:
                     self._commit_failed(batch, renewals, seq, error)
                     return False
             except asyncio.CancelledError:
                 # Stopped mid-commit (aclose): its outcome is unknown, and its
-                # replies are told it failed, never that it landed.
-                self._commit_failed(
-                    batch, renewals, seq, StoreError("store commit failed: the store is closing")
-                )
+                # replies are told so, never that it landed.
+                self._commit_failed(batch, renewals, seq, StoreError(_CLOSING))
                 raise
             self._commit_started = 0.0
             self.overlay.landed()
@@ -1136,6 +1140,8 @@ class PostgresStore:
         failed = exc if isinstance(exc, StoreError) else StoreError(f"store write failed: {why}")
         if not _in_doubt(exc) or (xid is None and heard):
             return failed
+        if self._stopping:  # cut short by aclose: not asked
+            return StoreError(_CLOSING)
         landed = None if xid is None else await self._landed(xid)
         outcome = {True: "landed", False: "rolled back", None: "unknown"}[landed]
         log.warning("store_commit_unanswered", operation=operation, error=why, outcome=outcome)
@@ -1458,16 +1464,20 @@ class PostgresStore:
             notify = [self._barrier_channel, barrier.encode()]
             await self._bounded_here(conn, _commit_decision(conn, params, notify), "commit")
         except asyncio.CancelledError:
-            # Stopped mid-commit (aclose): told it failed, never that it landed.
+            # Stopped mid-commit (aclose): told so, never that it landed.
             self._barriers.pop(barrier, None)
             for decision in decisions:
-                decision.error = StoreError(_CLOSED)
+                decision.error = StoreError(_CLOSING)
             self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
             raise
         except (StoreError, psycopg.Error, OSError) as exc:
             self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
+            for decision in decisions:  # until known (a stop cuts the asking short)
+                decision.error = StoreError(_CLOSING)
             error = await self._outcome(exc, batch.xid, "decide")
             if error is None:  # it landed; its answer was lost
+                for decision in decisions:
+                    decision.error = None
                 await self._decided(batch, changes, started, notices, barrier)
                 return
             self._barriers.pop(barrier, None)
