@@ -436,6 +436,7 @@ class Worker(threading.Thread):
     def error(self, h: int, exc: BaseException, what: str) -> str:
         kind = classify(exc)
         stats["err:" + kind.split(":")[0]] += 1
+        stats[f"errmsg:{kind.split(':')[0]}:{str(exc)[:70]}"] += 1
         if kind == "timeout":
             problem(f"hang: worker {self.wid} host {h} {what}: no reply within 15 s ({exc})")
             kind = "unknown"
@@ -443,7 +444,6 @@ class Worker(threading.Thread):
             problem(f"unexpected exception on {what}: {kind}")
             kind = "unknown"
         elif kind.startswith("unknown:"):
-            stats["errmsg:" + kind[8:60]] += 1
             kind = "unknown"
         if not isinstance(exc, redis.ResponseError):
             self.drop(h)
@@ -940,7 +940,7 @@ def verify_shared(sh: Shared, verifier: Host, cluster: PgCluster, label: str) ->
                 if st == "acked" and m not in members:
                     problem(f"{label}: shared set {i} lost acknowledged member {m!r}")
                 if st == "refused" and m in members:
-                    problem(f"{label}: shared set {i} has member {m!r} refused with MISCONF")
+                    problem(f"{label}: shared set {i} has member {m!r} whose SADD was refused")
             for m in members:
                 if sh.set_members[i].get(m) not in ("acked", "unknown"):
                     problem(f"{label}: shared set {i} has {m!r}: {sh.set_members[i].get(m)}")

@@ -57,6 +57,7 @@ class _Link:
         self.tasks: list[asyncio.Task[None]] = []
         self.startup = b""  # the client's first bytes: its startup message
         self.deaf = False  # the server's bytes are dropped from now on
+        self.mute = False  # and the client's
         self.tail = b""  # the server's last bytes, for an acknowledgement cut in two
 
     def writers(self) -> list[asyncio.StreamWriter]:
@@ -86,6 +87,7 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._flowing: asyncio.Event | None = None
         self._lose: tuple[bytes, str] | None = None  # lose_commit_ack's, until it happens
+        self._silenced: list[bytes] = []  # silence()'s
         self.commit_acks_lost = 0
 
     # ---------------------------------------------------------------- control
@@ -152,6 +154,12 @@ class TcpProxy:
         assert then in ("cut", "silence", "partition")
         self._lose = (who, then)
 
+    def silence(self, who: bytes) -> None:
+        """Drop every byte, both ways, of the connections whose startup
+        message contains ``who``, open and new, without closing them (a
+        partition of those alone; ``heal()`` ends it for new connections)."""
+        self._silenced.append(who)
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
@@ -190,6 +198,7 @@ class TcpProxy:
             self._flowing.clear()
 
     async def _heal(self) -> None:
+        self._silenced.clear()
         await self._set_flowing(True)
         if self._server is None:
             await self._listen()
@@ -319,6 +328,10 @@ class TcpProxy:
                     link.startup += data[: 1024 - len(link.startup)]
                 elif not up:
                     data = self._unless_lost(link, data)
+                if any(who in link.startup for who in self._silenced):
+                    link.mute = link.deaf = True
+                if link.mute:
+                    continue
                 writer.write(data)
                 await writer.drain()
         finally:

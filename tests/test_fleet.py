@@ -1714,3 +1714,28 @@ def test_a_commit_that_cannot_be_asked_about_is_answered_as_unknown(
         assert r.get("k") == b"landed"
     (unanswered,) = a.wait_for_event("store_commit_unanswered")
     assert unanswered["outcome"] == "unknown"
+
+
+def test_a_failed_commit_of_one_connection_is_not_reported_to_another(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """A's SET waits for a group commit that cannot finish (the writer's link
+    is silent); B's INCR meanwhile is decided and committed on a pooled
+    connection. B's reply waited for every write the host had recorded, A's
+    too, and was told A's error for a count that had landed (the crash
+    torture saw this as counters one higher than their acknowledged
+    increments): now it waits for its own writes only."""
+    link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy)
+    with a.client(socket_timeout=30) as ra, a.client() as rb, a.client() as rc:
+        assert ra.set("x", "0") and rb.incr("n") == 1  # the writer and a pooled connection
+        link.silence(b"host0:writer")
+        answered: list[object] = []
+        setter = threading.Thread(target=lambda: answered.append(_reply(lambda: ra.set("x", "1"))))
+        setter.start()
+        eventually(lambda: rc.get("x") == b"1", what="A's SET to run")  # in memory, uncommitted
+        assert _reply(lambda: rb.incr("n")) == 2
+        setter.join(30)
+        assert table_rows(pg_db)[b"n"][0] == b"2"
+    (reply,) = answered
+    assert isinstance(reply, redis.ResponseError), reply
+    assert "store commit outcome unknown: no answer within 2s" in str(reply)

@@ -170,8 +170,14 @@ class StoreDouble:
     def release_commits(self) -> None:
         return None
 
+    def recorded(self) -> int:
+        return 0  # plain writes are durable at once: none waits
+
     def after_commit_for(
-        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+        self,
+        callback: Callable[[StoreError | None], None],
+        decisions: list[Decision],
+        through: int | None = None,
     ) -> None:
         async def wait() -> None:
             while any(d in self.open for d in decisions):

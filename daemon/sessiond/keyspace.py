@@ -430,12 +430,15 @@ class Keyspace:
         included, whoever else asks meanwhile."""
         self.after_writes(callback)
 
-    def after_writes(self, callback: Callable[[StoreError | None], None]) -> None:
-        """Call ``callback`` once the plain writes made so far are committed
-        (with the error if that commit failed), waiting for no decision: what a
-        connection's held replies ask before it parks to wait for its next
-        request's read or decision (a commit meanwhile may take their writes).
-        Without decisions (a local store), that is :meth:`after_commit`."""
+    def after_writes(
+        self, callback: Callable[[StoreError | None], None], owner: object = None
+    ) -> None:
+        """Call ``callback`` once the plain writes made so far (on a shared
+        store, ``owner``'s) are committed (with the error if that commit
+        failed), waiting for no decision: what a connection's held replies ask
+        before it parks to wait for its next request's read or decision (a
+        commit meanwhile may take their writes). Without decisions (a local
+        store), that is :meth:`after_commit`."""
         if self.store is None:
             callback(None)
         else:

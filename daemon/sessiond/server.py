@@ -581,7 +581,7 @@ class Connection(asyncio.Protocol):
                 # of too, not left to the next reply's wait.
                 self.keyspace.after_commit(_settled, self.client)
 
-        self.keyspace.after_writes(committed)
+        self.keyspace.after_writes(committed, self.client)
 
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""

@@ -155,6 +155,12 @@ class SharedKeyspace(Keyspace):
         self.decided = False
         self.uncommitted_read = False
         self.decisions: dict[object, list[Decision]] = {}
+        # By owner, how many plain writes the store had recorded after its
+        # last command that made one: its replies wait for the commit of no
+        # later ones (another connection's failed commit is not theirs to
+        # report), and whether the running command made one.
+        self.wrote: dict[object, int] = {}
+        self.recording = False
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
         # (forgotten after it), else None.
@@ -231,6 +237,7 @@ class SharedKeyspace(Keyspace):
         else:
             assert self.store is not None
             self.store.record(key, row)
+            self.recording = True
         written = self.written
         if written is not None:
             written.append(key)
@@ -245,6 +252,7 @@ class SharedKeyspace(Keyspace):
         else:
             assert self.store is not None
             self.store.record(key, None)
+            self.recording = True
 
     def expire(self, key: bytes) -> None:
         # Memory's copy ran out; another host may have renewed the session.
@@ -538,6 +546,11 @@ class SharedKeyspace(Keyspace):
 
     def leave(self, context: Context) -> None:
         Keyspace.leave(self, context)
+        if self.recording:
+            self.recording = False
+            shared = self.shared
+            assert shared is not None
+            self.wrote[context.owner] = shared.recorded()
         decision = self.deciding
         if decision is not None:
             self.deciding = None
@@ -579,10 +592,19 @@ class SharedKeyspace(Keyspace):
         # last call, not for every open one.
         shared = self.shared
         assert shared is not None
-        shared.after_commit_for(callback, self.decisions.pop(owner, []))
+        shared.after_commit_for(callback, self.decisions.pop(owner, []), self.wrote.pop(owner, 0))
+
+    def after_writes(
+        self, callback: Callable[[StoreError | None], None], owner: object = None
+    ) -> None:
+        # ``owner``'s plain writes only, kept for its after_commit.
+        shared = self.shared
+        assert shared is not None
+        shared.after_commit_for(callback, [], self.wrote.get(owner, 0))
 
     def owner_gone(self, owner: object) -> None:
         self.decisions.pop(owner, None)
+        self.wrote.pop(owner, None)
 
     def read_uncommitted(self) -> bool:
         return self.uncommitted_read

@@ -360,10 +360,18 @@ class SharedStore(Store, Protocol):
         ...
 
     def after_commit_for(
-        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+        self,
+        callback: Callable[[StoreError | None], None],
+        decisions: list[Decision],
+        through: int | None = None,
     ) -> None:
         """:meth:`Store.after_commit`, and once ``decisions`` are committed too
-        (the error of one that failed)."""
+        (the error of one that failed); with ``through``, for the changes
+        recorded up to that count only (:meth:`recorded`), not all of them."""
+        ...
+
+    def recorded(self) -> int:
+        """How many changes were recorded so far."""
         ...
 
     def renew(self, renewals: dict[bytes, Renewal]) -> None:

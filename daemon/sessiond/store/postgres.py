@@ -898,10 +898,16 @@ class PostgresStore:
     def after_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         self.after_commit_for(callback, [])
 
+    def recorded(self) -> int:
+        return self.overlay.op_seq
+
     def after_commit_for(
-        self, callback: Callable[[StoreError | None], None], decisions: list[Decision]
+        self,
+        callback: Callable[[StoreError | None], None],
+        decisions: list[Decision],
+        through: int | None = None,
     ) -> None:
-        seq = self.overlay.op_seq
+        seq = self.overlay.op_seq if through is None else through
         open_ = self._open
         waiting = tuple(d for d in decisions if d in open_)
         # A decision finished already (while its connection waited for a read,
@@ -974,9 +980,12 @@ class PostgresStore:
 
     def _failed(self, seq: int, error: StoreError) -> None:
         """The commit of the changes up to ``seq`` failed: their waiters get
-        the error (they are pending again, and committed when it works)."""
-        due = [waiter for waiter in self._waiters if waiter.seq <= seq]
-        self._waiters = [waiter for waiter in self._waiters if waiter.seq > seq]
+        the error (they are pending again, and committed when it works). A
+        waiter for changes committed before (one that waits for a decision)
+        is not theirs."""
+        since = self._committed_seq
+        due = [waiter for waiter in self._waiters if since < waiter.seq <= seq]
+        self._waiters = [waiter for waiter in self._waiters if not since < waiter.seq <= seq]
         for waiter in due:
             call_waiter(waiter.callback, error)
 
