@@ -383,7 +383,9 @@ def classify(exc: BaseException) -> str:
             return "unknown"
         # A commit's error says it did not land, once the database was asked
         # (docs/shared-store.md, "a commit whose answer is lost").
-        if text.startswith("MISCONF") or re.match(r"store \w+ failed", text):
+        if text.startswith(("MISCONF", "Transaction discarded because of")) or re.match(
+            r"store \w+ failed", text
+        ):
             return "refused"
         return "unknown:" + text[:80]
     if isinstance(exc, redis.TimeoutError):
