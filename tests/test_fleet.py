@@ -1739,3 +1739,27 @@ def test_a_failed_commit_of_one_connection_is_not_reported_to_another(
     (reply,) = answered
     assert isinstance(reply, redis.ResponseError), reply
     assert "store commit outcome unknown: no answer within 2s" in str(reply)
+
+
+def test_flushall_on_an_empty_memory_waits_for_its_commit(fleet: Fleet, pg_db: PgDatabase) -> None:
+    """FLUSHALL on a host whose memory holds no live session records the
+    clear (store.clear) but no delete: its reply must still wait for the
+    clear's commit, and be an error when that commit fails."""
+    a, b = fleet(2)
+    with a.client() as ra, b.client() as rb:
+        assert rb.set("s1", "kept?")
+        assert ra.set("warm", "1") and ra.delete("warm") == 1  # A's writer committed; memory empty
+        with pg_db.admin() as admin:
+            (gone,) = admin.execute(
+                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+                "WHERE application_name = 'host0:writer'"
+            ).fetchone() or (0,)
+        assert gone == 1
+        reply = _reply(lambda: ra.flushall())
+        if reply is True:
+            a.wait_for_event("store_error")  # the clear's commit failed (forgotten: always)
+            a.wait_for_event("store_recovered", timeout=20)
+            rows = table_rows(pg_db)
+            assert b"s1" not in rows, f"FLUSHALL acknowledged, but the table still has {rows}"
+        else:
+            assert isinstance(reply, redis.ResponseError), reply

@@ -574,3 +574,66 @@ def test_a_decision_whose_statements_were_deallocated_prepares_them_again(
 
     run(pg_db, scenario, pool_size=1)
     assert stored(pg_db) == {b"k": b"2"}
+
+
+def test_a_reply_that_asks_while_a_lost_commit_is_asked_about_is_told_it_landed(
+    pg_db: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision commits, its answer is lost (here: raised after the real
+    commit), and the store asks the database whether it landed. A reply that
+    asks to wait for that decision meanwhile (its connection's batch went on
+    after a read-through) must be told what the database says: it landed."""
+    from sessiond.store import postgres
+
+    real_commit = postgres._commit_decision
+
+    async def lossy(conn: Any, params: Any, notify: Any) -> None:
+        await real_commit(conn, params, notify)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(postgres, "_commit_decision", lossy)
+
+    async def scenario(store: PostgresStore) -> None:
+        asking, go_on = asyncio.Event(), asyncio.Event()
+        real_landed = store._landed
+
+        async def landed(xact: tuple[int, int]) -> bool | None:
+            asking.set()
+            await go_on.wait()
+            return await real_landed(xact)
+
+        store._landed = landed  # type: ignore[method-assign]
+        decision = await store.decide([b"n"])
+        decision.record(b"n", fields(b"1"))
+        done: list[StoreError | None] = []
+        store.finish(decision, done.append)
+        await asyncio.wait_for(asking.wait(), 30)
+        told: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+        store.after_commit_for(told.set_result, [decision])
+        go_on.set()
+        error = await asyncio.wait_for(told, 30)
+        assert done == [None]
+        assert error is None, f"landed, but the reply was told: {error}"
+
+    run(pg_db, scenario)
+    assert stored(pg_db) == {b"n": b"1"}
+
+
+def test_a_transaction_id_is_asked_about_only_on_the_server_that_gave_it(
+    pg_db: PgDatabase,
+) -> None:
+    """pg_xact_status answers for the server asked: a promoted standby, or the
+    same server restarted after a crash, may have handed the id of a commit
+    that never reached its WAL to another transaction since. An id is
+    trusted only with the start time of the server that gave it."""
+
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as conn:
+            # In autocommit the statement is its transaction: committed.
+            row = await (await conn.execute(pgsql.XACT_ID_PREPARED)).fetchone()
+            assert row is not None
+            xid, started = int(str(row[0])), int(row[1])
+        assert await store._landed((xid, started)) is True
+        assert await store._landed((xid, started + 1)) is None
+
+    run(pg_db, scenario)

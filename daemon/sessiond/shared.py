@@ -155,12 +155,13 @@ class SharedKeyspace(Keyspace):
         self.decided = False
         self.uncommitted_read = False
         self.decisions: dict[object, list[Decision]] = {}
-        # By owner, how many plain writes the store had recorded after its
+        # By owner, how many plain changes the store had recorded after its
         # last command that made one: its replies wait for the commit of no
         # later ones (another connection's failed commit is not theirs to
-        # report), and whether the running command made one.
+        # report); and how many it had when the running command entered (a
+        # command's changes are recorded by save, delete and flush alike).
         self.wrote: dict[object, int] = {}
-        self.recording = False
+        self.recorded_at_enter = 0
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
         # (forgotten after it), else None.
@@ -237,7 +238,6 @@ class SharedKeyspace(Keyspace):
         else:
             assert self.store is not None
             self.store.record(key, row)
-            self.recording = True
         written = self.written
         if written is not None:
             written.append(key)
@@ -252,7 +252,6 @@ class SharedKeyspace(Keyspace):
         else:
             assert self.store is not None
             self.store.record(key, None)
-            self.recording = True
 
     def expire(self, key: bytes) -> None:
         # Memory's copy ran out; another host may have renewed the session.
@@ -531,6 +530,8 @@ class SharedKeyspace(Keyspace):
 
     def enter(self, context: Context) -> None:
         Keyspace.enter(self, context)
+        shared = self.shared
+        self.recorded_at_enter = 0 if shared is None else shared.recorded()
         self.decided = False
         prepared = context.prepared
         if prepared is not None and prepared.decision is not None:
@@ -546,10 +547,8 @@ class SharedKeyspace(Keyspace):
 
     def leave(self, context: Context) -> None:
         Keyspace.leave(self, context)
-        if self.recording:
-            self.recording = False
-            shared = self.shared
-            assert shared is not None
+        shared = self.shared
+        if shared is not None and shared.recorded() != self.recorded_at_enter:
             self.wrote[context.owner] = shared.recorded()
         decision = self.deciding
         if decision is not None:

@@ -407,10 +407,14 @@ OPEN_PREPARED = (
 # commit's and a decision's), so that a commit whose answer is lost (the
 # connection dropped, or no answer within the timeout) can be asked about on
 # another connection: committed, aborted or still in progress. PostgreSQL 13
-# or later (pg_current_xact_id, pg_xact_status).
+# or later (pg_current_xact_id, pg_xact_status). With the server's start time
+# (microseconds): an id means nothing to another server (a promoted standby)
+# or to the same one restarted after a crash, which may hand out again the
+# ids whose transactions never reached its WAL.
+_STARTED = "(extract(epoch from pg_postmaster_start_time()) * 1000000)::int8"
 XACT_ID = "sessiond_xact_id"
-XACT_ID_PREPARED = "SELECT pg_current_xact_id()"
-XACT_STATUS = "SELECT pg_xact_status(%s::text::xid8)"
+XACT_ID_PREPARED = f"SELECT pg_current_xact_id(), {_STARTED}"
+XACT_STATUS = f"SELECT pg_xact_status(%s::text::xid8), {_STARTED}"
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SLICE = (

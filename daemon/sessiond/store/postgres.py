@@ -85,10 +85,11 @@ log = structlog.get_logger("sessiond.store")
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+# A transaction's id and its server's start time (pgsql.XACT_ID).
+Xact = tuple[int, int]
 # A decision's transaction as opened: its keys' rows and versions, the lock
-# ids other transactions held (a batch's, which does not wait for them), its
-# transaction id.
-Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int], int]
+# ids other transactions held (a batch's, which does not wait for them), its id.
+Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int], Xact]
 Work = Callable[[Conn], Coroutine[Any, Any, T]]
 
 _RETRY_AFTER_FAILURE = 1.0
@@ -178,7 +179,7 @@ def _in_doubt(exc: BaseException) -> bool:
     return True
 
 
-def _sent_xid(answered: list[PGresult]) -> int | None:
+def _sent_xact(answered: list[PGresult]) -> Xact | None:
     """The transaction id among the first results of a group commit that
     failed (``BEGIN``'s, then the id's, sent before the commit could land),
     if it came: the connection may have failed before, or with an error of
@@ -189,14 +190,15 @@ def _sent_xid(answered: list[PGresult]) -> int | None:
         and answered[1].status == ExecStatus.TUPLES_OK
         and answered[1].ntuples == 1
     ):
-        return _xact_id(answered[1])
+        return _xact(answered[1])
     return None
 
 
-def _xact_id(result: PGresult) -> int:
-    """The transaction id in ``result`` (pg_current_xact_id's, in binary)."""
+def _xact(result: PGresult) -> Xact:
+    """The transaction id and server start in ``result`` (pgsql.XACT_ID's, in binary)."""
     xid: int = _I8(result.get_value(0, 0) or b"")[0]
-    return xid
+    started: int = _I8(result.get_value(0, 1) or b"")[0]
+    return xid, started
 
 
 def connection_params(dsn: str, password: str | None, timeout: float, role: str) -> dict[str, Any]:
@@ -266,11 +268,11 @@ class _Batch:
     keyspace holds a key for one decision at a time). It commits once the last
     of them is finished, their changes together."""
 
-    __slots__ = ("conn", "decisions", "later", "unfinished", "xid")
+    __slots__ = ("conn", "decisions", "later", "unfinished", "xact")
 
-    def __init__(self, conn: Conn, xid: int, later: list[_Ask]) -> None:
+    def __init__(self, conn: Conn, xact: Xact, later: list[_Ask]) -> None:
         self.conn = conn
-        self.xid = xid  # its transaction's, to ask whether a commit without an answer landed
+        self.xact = xact  # to ask whether a commit without an answer landed
         self.decisions: list[PgDecision] = []
         self.unfinished = 0
         # Decisions it did not keep but holds a key of (a lock it took before
@@ -912,7 +914,7 @@ class PostgresStore:
         waiting = tuple(d for d in decisions if d in open_)
         # A decision finished already (while its connection waited for a read,
         # say) is left out of what the waiter waits for, but not its outcome.
-        failed = next((d.error for d in decisions if d.error is not None), None)
+        failed = next((d.error for d in decisions if d.error is not None and d not in open_), None)
         if self._committed_seq >= seq:
             if not waiting:
                 callback(failed)
@@ -1039,7 +1041,7 @@ class PostgresStore:
                     result.status == ExecStatus.FATAL_ERROR for result in answered
                 )
                 try:
-                    error = await self._outcome(exc, _sent_xid(answered), "commit", heard=heard)
+                    error = await self._outcome(exc, _sent_xact(answered), "commit", heard=heard)
                 except asyncio.CancelledError:
                     self._commit_failed(batch, renewals, seq, StoreError(_CLOSING))
                     raise
@@ -1134,24 +1136,24 @@ class PostgresStore:
         )
 
     async def _outcome(
-        self, exc: BaseException, xid: int | None, operation: str, *, heard: bool = True
+        self, exc: BaseException, xact: Xact | None, operation: str, *, heard: bool = True
     ) -> StoreError | None:
         """What a commit that failed with ``exc`` did: ``None`` if it landed
         all the same (its answer was lost: the connection dropped after the
         database committed, or the answer came after the timeout), else the
         error its replies get. A commit in doubt (:func:`_in_doubt`) whose
-        transaction id ``xid`` came back before it is asked about on another
+        transaction id ``xact`` came back before it is asked about on another
         connection; one that cannot be asked about within the timeout, or
         whose id never came and that may have run all the same (unless
         ``heard``: it was never sent, or the server ended it with an error),
         is answered as unknown, never as failed."""
         why = _commit_failure(exc, self.timeout)
         failed = exc if isinstance(exc, StoreError) else StoreError(f"store write failed: {why}")
-        if not _in_doubt(exc) or (xid is None and heard):
+        if not _in_doubt(exc) or (xact is None and heard):
             return failed
         if self._stopping:  # cut short by aclose: not asked
             return StoreError(_CLOSING)
-        landed = None if xid is None else await self._landed(xid)
+        landed = None if xact is None else await self._landed(xact)
         outcome = {True: "landed", False: "rolled back", None: "unknown"}[landed]
         log.warning("store_commit_unanswered", operation=operation, error=why, outcome=outcome)
         self.shared_stats.unanswered(outcome)
@@ -1159,23 +1161,29 @@ class PostgresStore:
             return None
         if landed is False:
             return failed
-        if xid is None:
+        if xact is None:
             return StoreError(f"store commit outcome unknown: {why}")
         return StoreError(
             f"store commit outcome unknown: {why}, and the database could not be asked "
             "whether it landed"
         )
 
-    async def _landed(self, xid: int) -> bool | None:
-        """Whether the transaction ``xid``, whose commit's answer never came,
+    async def _landed(self, xact: Xact) -> bool | None:
+        """Whether the transaction ``xact``, whose commit's answer never came,
         committed, as the database says on another connection once the
         transaction is no longer in progress (its backend ends it when it
         finds its client gone; a commit past its fence fails); ``None`` if
-        that cannot be known within the timeout."""
+        that cannot be known within the timeout, or if that connection
+        reached another server, or the same one restarted (pgsql.XACT_ID)."""
+        xid, started = xact
 
         async def ask() -> bool | None:
             while True:
-                status = await self._run("commit", lambda conn: _xact_status(conn, xid))
+                status, now_started = await self._run(
+                    "commit", lambda conn: _xact_status(conn, xid)
+                )
+                if now_started != started:
+                    return None
                 if status != "in progress":
                     # None: too old to be known (it is seconds old at most)
                     return None if status is None else status == "committed"
@@ -1345,11 +1353,11 @@ class PostgresStore:
         if opened is None or asks is None:
             self._pool.release(conn)
             return
-        rows, versions, held, xid = opened
+        rows, versions, held, xact = opened
         later: list[_Ask] = []
         if held:
             asks, later = self._without_held(asks, held)
-        batch = _Batch(conn, xid, later)
+        batch = _Batch(conn, xact, later)
         if not asks:  # every one went to a transaction of its own
             self._spawn(self._roll_back(batch))
             return
@@ -1481,12 +1489,15 @@ class PostgresStore:
             raise
         except (StoreError, psycopg.Error, OSError) as exc:
             self._pool.discard(conn)  # mid-pipeline, mid-transaction: closed
-            for decision in decisions:  # until known (a stop cuts the asking short)
-                decision.error = StoreError(_CLOSING)
-            error = await self._outcome(exc, batch.xid, "decide")
-            if error is None:  # it landed; its answer was lost
+            try:
+                # The decisions stay open meanwhile: a reply that asks after
+                # them waits for the answer.
+                error = await self._outcome(exc, batch.xact, "decide")
+            except asyncio.CancelledError:  # a stop cut the asking short
                 for decision in decisions:
-                    decision.error = None
+                    decision.error = StoreError(_CLOSING)
+                raise
+            if error is None:  # it landed; its answer was lost
                 await self._decided(batch, changes, started, notices, barrier)
                 return
             self._barriers.pop(barrier, None)
@@ -2003,7 +2014,7 @@ async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bo
     else:
         calls = ((_XACT_ID, ()), (_TRY_LOCK_KEYS, [ids]), (_SELECT_TRIED, [wanted]))
     prepare = () if prepared else _PREPARE_DECISIONS
-    xid, locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
+    xact, locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
     held: set[int] = set()
     if not wait:
         held.update(load_int4(locked.get_value(0, 0) or b""))
@@ -2013,7 +2024,7 @@ async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bo
         key = bytes(found.get_value(i, 0) or b"")
         rows[key] = _binary_row(found, i)
         versions[key] = _I8(found.get_value(i, 9) or b"")[0]
-    return rows, versions, held, _xact_id(xid)
+    return rows, versions, held, _xact(xact)
 
 
 def _binary_row(result: PGresult, i: int) -> Row:
@@ -2053,9 +2064,11 @@ async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
     return await (await conn.execute(sql)).fetchone()
 
 
-async def _xact_status(conn: Conn, xid: int) -> str | None:
+async def _xact_status(conn: Conn, xid: int) -> tuple[str | None, int]:
+    """Transaction ``xid``'s status (None: too old to know), and the start of the server asked."""
     row = await (await conn.execute(pgsql.XACT_STATUS, (str(xid),))).fetchone()
-    return None if row is None else row[0]
+    assert row is not None  # one row, always
+    return row[0], int(row[1])
 
 
 async def _select(conn: Conn, keys: list[bytes]) -> dict[bytes, Row | None]:
