@@ -14,13 +14,14 @@ and take effect before they return.
     proxy.retarget(other.port)  # new connections go elsewhere (a moved VIP / DNS name)
     proxy.lose_commit_ack(b"host0:writer", then="cut")  # see below
 
-``lose_commit_ack`` speaks a little of PostgreSQL's protocol: the next ``COMMIT``
-the server acknowledges on a connection whose startup message names ``who``
-(its application_name, say) lands in the database, but the acknowledgement and
-everything after it never reach the client, whose connection is then reset
-(``then="cut"``) or stays silent (``then="silence"``), or the whole proxy goes
-silent as ``partition()`` makes it (``then="partition"``): a commit whose
-outcome the client cannot know.
+``lose_commit_ack`` speaks a little of PostgreSQL's protocol: the next commit the
+server acknowledges on a connection whose startup message names ``who`` (its
+application_name, say), an explicit COMMIT or the sync that ends an implicit
+transaction, lands in the database, but the acknowledgement (the ReadyForQuery
+that says the server is idle again) and everything after it never reach the
+client, whose connection is then reset (``then="cut"``) or stays silent
+(``then="silence"``), or the whole proxy goes silent as ``partition()`` makes it
+(``then="partition"``): a commit whose outcome the client cannot know.
 
 The proxy works above TCP: during a partition both kernels still acknowledge what they
 are sent, so TCP keepalives and libpq's ``tcp_user_timeout`` do not fire. To a client it
@@ -44,8 +45,8 @@ T = TypeVar("T")
 CHUNK = 65536
 
 
-# The server's CommandComplete for a COMMIT: type, length (itself and the tag), tag.
-COMMIT_ACK = b"C" + struct.pack("!i", 4 + len(b"COMMIT\0")) + b"COMMIT\0"
+# The server's ReadyForQuery once a transaction ended: type, length, status idle.
+COMMIT_ACK = b"Z" + struct.pack("!i", 5) + b"I"
 
 
 class _Link:
@@ -146,7 +147,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
 
     def lose_commit_ack(self, who: bytes, *, then: str) -> None:
-        """The next COMMIT acknowledged on a connection whose startup message
+        """The next commit acknowledged on a connection whose startup message
         contains ``who`` lands, its acknowledgement is lost, and that
         connection is then reset (``then="cut"``) or silent until closed
         (``then="silence"``), or every connection is (``then="partition"``,
@@ -229,7 +230,7 @@ class TcpProxy:
 
     def _unless_lost(self, link: _Link, data: bytes) -> bytes:
         """What of the server's ``data`` reaches the client: all of it, or, on the
-        link chosen by ``lose_commit_ack``, what comes before the COMMIT's
+        link chosen by ``lose_commit_ack``, what comes before the commit's
         acknowledgement (which may be cut in two by the chunks: its first part
         then reaches the client, and the rest does not: lost all the same)."""
         if link.deaf:

@@ -9,8 +9,8 @@ prepared-statement cache at every execute. Sent as here, a durable SET at
 a throwaway loop of bare commits counted 264k against 199k a commit). Here the
 statement is ``PREPARE``\\d once when the connection opens (:func:`prepare`),
 its parameters come in binary (:func:`.pgsql.commit_params`), and
-:func:`pipeline` sends it, inside ``BEGIN`` and ``COMMIT`` after its
-transaction's id (:data:`.pgsql.XACT_ID`), with psycopg's libpq wrapper
+:func:`pipeline` sends it after its transaction's id (:data:`.pgsql.XACT_ID`),
+the two in one implicit transaction, with psycopg's libpq wrapper
 (``psycopg.pq``), waits on the event loop
 for the socket and reads the results: psycopg's connection object stays in
 charge of everything else on the connection, and its lock

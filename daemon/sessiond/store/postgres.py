@@ -180,17 +180,12 @@ def _in_doubt(exc: BaseException) -> bool:
 
 
 def _sent_xact(answered: list[PGresult]) -> Xact | None:
-    """The transaction id among the first results of a group commit that
-    failed (``BEGIN``'s, then the id's, sent before the commit could land),
-    if it came: the connection may have failed before, or with an error of
-    the server's for the first result (an idle connection it had ended)."""
-    if (
-        len(answered) > 1
-        and answered[0].status == ExecStatus.COMMAND_OK
-        and answered[1].status == ExecStatus.TUPLES_OK
-        and answered[1].ntuples == 1
-    ):
-        return _xact(answered[1])
+    """The transaction id, the first result of a group commit that failed
+    (sent before the commit could land), if it came: the connection may have
+    failed before, or with an error of the server's for the first result (an
+    idle connection it had ended)."""
+    if answered and answered[0].status == ExecStatus.TUPLES_OK and answered[0].ntuples == 1:
+        return _xact(answered[0])
     return None
 
 
@@ -1241,8 +1236,10 @@ class PostgresStore:
         prepared when the writer connected, sent by :mod:`.pgwire` in one round
         trip): the locks, the flush if any, the upserts, the deletes, the
         renewals, the notifications, the fence. Its transaction id comes back
-        first, before the call runs, into ``answered`` (:meth:`_outcome`).
-        Returns how many notifications it sent."""
+        first, before the call runs, into ``answered`` (:meth:`_outcome`): the
+        two statements, up to the pipeline's sync, are one implicit
+        transaction, committed at the sync (no BEGIN and COMMIT to send and
+        read back). Returns how many notifications it sent."""
         params, notices = pgsql.commit_params(
             self.host_id, time.time(), batch, cleared, renewals, fence
         )
@@ -1250,8 +1247,6 @@ class PostgresStore:
             conn,
             (),
             ((_XACT_ID, ()), (_COMMIT_STATEMENT, params)),
-            before=b"BEGIN",
-            after=b"COMMIT",
             flush_after=0,
             seen=answered,
         )
