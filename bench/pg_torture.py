@@ -379,13 +379,14 @@ def classify(exc: BaseException) -> str:
         stats["exec_nil_unwatched"] += 1
         return "refused"
     if isinstance(exc, redis.ResponseError):
+        # Refused before it ran, whatever failure the refusal names.
+        if text.startswith(("MISCONF", "Transaction discarded because of")):
+            return "refused"
         if "outcome unknown" in text or "LOADING" in text:
             return "unknown"
         # A commit's error says it did not land, once the database was asked
         # (docs/shared-store.md, "a commit whose answer is lost").
-        if text.startswith(("MISCONF", "Transaction discarded because of")) or re.match(
-            r"store \w+ failed", text
-        ):
+        if re.match(r"store \w+ failed", text):
             return "refused"
         return "unknown:" + text[:80]
     if isinstance(exc, redis.TimeoutError):
