@@ -158,10 +158,11 @@ class SharedKeyspace(Keyspace):
         # By owner, how many plain changes the store had recorded after its
         # last command that made one: its replies wait for the commit of no
         # later ones (another connection's failed commit is not theirs to
-        # report); and how many it had when the running command entered (a
-        # command's changes are recorded by save, delete and flush alike).
+        # report); and how many it had after the last command (a command's
+        # changes are what it moved: save, delete and flush record alike, and
+        # nothing records between commands).
         self.wrote: dict[object, int] = {}
-        self.recorded_at_enter = 0
+        self.recorded = 0
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
         # (forgotten after it), else None.
@@ -530,8 +531,6 @@ class SharedKeyspace(Keyspace):
 
     def enter(self, context: Context) -> None:
         Keyspace.enter(self, context)
-        shared = self.shared
-        self.recorded_at_enter = 0 if shared is None else shared.recorded()
         self.decided = False
         prepared = context.prepared
         if prepared is not None and prepared.decision is not None:
@@ -548,8 +547,10 @@ class SharedKeyspace(Keyspace):
     def leave(self, context: Context) -> None:
         Keyspace.leave(self, context)
         shared = self.shared
-        if shared is not None and shared.recorded() != self.recorded_at_enter:
-            self.wrote[context.owner] = shared.recorded()
+        if shared is not None:
+            recorded = shared.recorded()
+            if recorded != self.recorded:
+                self.recorded = self.wrote[context.owner] = recorded
         decision = self.deciding
         if decision is not None:
             self.deciding = None
