@@ -581,7 +581,11 @@ class Worker(threading.Thread):
             stats["refused"] += 1
             return  # not applied: nothing changes
         stats["uncertain"] += 1
-        opid = next_opid()
+        self.branch(km, fn, next_opid(), t0, t1)
+
+    def branch(self, km: KeyModel, fn: Any, opid: int, t0: float, t1: float) -> None:
+        """``km``'s states, each as it was and as op ``opid`` (``fn``) made it,
+        tagged with which; the key left alone while a late commit may land."""
         new = []
         for s in km.states:
             new.append(add_tag(s, (opid, False)))
@@ -640,11 +644,7 @@ class Worker(threading.Thread):
             replies = pipe.execute(raise_on_error=False)
         except Exception as exc:
             t1 = time.time()
-            kind = self.error(h, exc, "MULTI/EXEC")
-            if isinstance(exc, redis.ResponseError) and (
-                "EXECABORT" in str(exc) or str(exc).startswith("MISCONF")
-            ):
-                kind = "refused"
+            kind = self.error(h, exc, "MULTI/EXEC")  # EXECABORT, MISCONF: refused
             stats["multi_err:" + str(exc)[:50]] += 1
             if kind == "refused":
                 stats["refused"] += 1
@@ -652,13 +652,7 @@ class Worker(threading.Thread):
             stats["uncertain_multi"] += 1
             opid = next_opid()
             for km, _, _, fn in picks:
-                new = []
-                for s in km.states:
-                    new.append(add_tag(s, (opid, False)))
-                    for ns, _ in step(s, fn, t0, t1 + COOLDOWN):
-                        new.append(add_tag(ns, (opid, True)))
-                self.set_states(km, dedupe(new), t1)
-                km.cool_until = time.time() + COOLDOWN
+                self.branch(km, fn, opid, t0, t1)
             return
         t1 = time.time()
         if not isinstance(replies, list):
@@ -960,6 +954,17 @@ def pg_children(cluster: PgCluster) -> list[int]:
     return pids_with_parent(cluster.proc.pid)
 
 
+def paused(pids: list[int], rng: random.Random) -> None:
+    """SIGSTOP ``pids`` for 0.5-4 s, then SIGCONT them (those still there)."""
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGSTOP)
+    time.sleep(rng.uniform(0.5, 4.0))
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGCONT)
+
+
 def inject(kind: str, hosts: list[Host], cluster: PgCluster, rng: random.Random) -> None:
     h = rng.randrange(len(hosts))
     host = hosts[h]
@@ -992,33 +997,17 @@ def inject(kind: str, hosts: list[Host], cluster: PgCluster, rng: random.Random)
         cluster.start()
     elif kind == "pg_pause":
         assert cluster.proc
-        pids = [cluster.proc.pid, *pg_children(cluster)]
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGSTOP)
-        time.sleep(rng.uniform(0.5, 4.0))
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGCONT)
+        paused([cluster.proc.pid, *pg_children(cluster)], rng)
     elif kind == "pg_pause_backends":
         # only the client backends: the postmaster keeps accepting
         rows = cluster.query(
             "SELECT pid FROM pg_stat_activity WHERE datname = 'sessiond' "
             "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
-        pids = [r[0] for r in rows if rng.random() < 0.6]
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGSTOP)
-        time.sleep(rng.uniform(0.5, 4.0))
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGCONT)
+        paused([r[0] for r in rows if rng.random() < 0.6], rng)
     elif kind == "host_pause":
         assert host.proc
-        os.kill(host.proc.pid, signal.SIGSTOP)
-        time.sleep(rng.uniform(0.5, 4.0))
-        os.kill(host.proc.pid, signal.SIGCONT)
+        paused([host.proc.pid], rng)
     elif kind == "none":
         pass
     else:
