@@ -1664,13 +1664,16 @@ def test_a_write_whose_commit_landed_unacknowledged_is_answered_as_landed(
     with a.client() as r:
         assert r.set("k", "first")
         r.execute_command("WAITAOF", 1, 0, 0)
+        first = table_rows(pg_db)[b"k"][3]  # its version: every commit of it adds one
         link.lose_commit_ack(b"host0:writer", then=then)
         pipe = r.pipeline(transaction=False)
         pipe.set("k", "landed")
         pipe.execute_command("WAITAOF", 1, 0, 0)
         assert pipe.execute() == [True, [1, 0]]
         assert link.commit_acks_lost == 1
-        assert table_rows(pg_db)[b"k"][0] == b"landed"
+        assert r.set("other", "1") and r.execute_command("WAITAOF", 1, 0, 0) == [1, 0]
+        value, *_, version = table_rows(pg_db)[b"k"]
+        assert (value, version) == (b"landed", first + 1)  # committed once, not again
         assert r.get("k") == b"landed"
     (unanswered,) = a.wait_for_event("store_commit_unanswered")
     assert unanswered["outcome"] == "landed" and unanswered["operation"] == "commit"
