@@ -57,11 +57,15 @@ FLOOR_UPSERT = (
 )
 
 Commit = Callable[[list[bytes]], None]
+SLOT = 1  # the committer's slot for its tokens (pgsql.TOKENS)
 
 
 def variants(conn: psycopg.Connection[Any]) -> dict[str, Commit]:
     def floor(keys: list[bytes]) -> None:
         conn.execute(FLOOR_UPSERT, (Bytea(keys), Bytea([VALUE] * len(keys))), prepare=True)
+
+    tokens = iter(range(1, 2**62))
+    previous = [0]
 
     def function(keys: list[bytes], notify: bool) -> None:
         """The daemon's own call: its parameters (a SET of each key with the
@@ -69,9 +73,13 @@ def variants(conn: psycopg.Connection[Any]) -> dict[str, Commit]:
         deadline), its prepared statement, sent through libpq in binary."""
         now = time.time()
         row = (VALUE, None, now, now, now, 3600.0, now + 3600, 0)
-        params, _ = pgsql.commit_params("bench", now, dict.fromkeys(keys, row), False, {}, now + 60)
-        if not notify:  # the notifications' array is the second to last parameter
-            params[-2] = dump("text", [])
+        token = next(tokens)
+        params, _ = pgsql.commit_params(
+            "bench", now, dict.fromkeys(keys, row), False, {}, (SLOT, token, previous[0]), now + 60
+        )
+        previous[0] = token
+        if not notify:  # the notifications' array: before the slot, the tokens and the fence
+            params[-5] = dump("text", [])
         result = conn.pgconn.exec_prepared(
             STATEMENT, params, param_formats=[Format.BINARY] * len(params)
         )
@@ -132,6 +140,7 @@ def main() -> int:
             with psycopg.connect(dsn, autocommit=True, context=ADAPTERS) as conn:
                 for statement in pgsql.CREATE:
                     conn.execute(statement)
+                conn.execute(pgsql.CREATE_TOKENS)
                 conn.execute(pgsql.COMMIT_FUNCTION)
                 conn.execute(f"PREPARE {pgsql.COMMIT_STATEMENT} AS {pgsql.COMMIT_PREPARED}")
                 conn.execute(FLOOR_TABLE)

@@ -640,46 +640,61 @@ def test_a_store_made_before_the_commit_function_gets_it_and_takes_writes(
     assert table_rows(pg_db)[b"k"][0] == b"v"
 
 
+@pytest.mark.parametrize(
+    ("drop", "name", "event"),
+    [
+        ("FUNCTION", FUNCTION, "store_function_created"),
+        ("TABLE", pgsql.TOKENS, "store_table_created"),
+    ],
+)
 def test_a_commit_function_gone_while_running_is_made_again_without_a_restart(
-    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], drop: str, name: str, event: str
 ) -> None:
-    """The function dropped under a running host (a restore of the tables
-    alone, say): the commit that finds it gone fails with a clear error,
-    writes are refused meanwhile, and the writer's reconnect makes it again."""
+    """The function, or the table of its tokens, dropped under a running
+    host (a restore of the tables alone, say): the commit that finds it gone
+    fails with a clear error, writes are refused meanwhile, and the writer's
+    reconnect makes it again."""
     d = daemon_factory(fleet_config(pg_db.dsn()))
     r = d.client()
     assert r.set("k", "before")
     with pg_db.admin() as conn:
-        conn.execute(f"DROP FUNCTION {FUNCTION}")
+        conn.execute(f"DROP {drop} {name}")
     with pytest.raises(redis.ResponseError) as refused:
         r.set("k", "lost")
-    assert FUNCTION in str(refused.value) and "CONTEXT" not in str(refused.value)
-    eventually(lambda: _writes(r), 10, "writes after the function is made again")
+    assert name in str(refused.value) and "CONTEXT" not in str(refused.value)
+    eventually(lambda: _writes(r), 10, "writes after it is made again")
     assert r.set("k", "after")
     assert table_rows(pg_db)[b"k"][0] == b"after"
-    made = [e for e in d.events() if e.get("event") == "store_function_created"]
+    made = [e for e in d.events() if e.get("event") == event]
     assert len(made) == 2, made  # at the start, and again
     r.close()
 
 
+@pytest.mark.parametrize(
+    ("drop", "name", "event"),
+    [
+        ("FUNCTION", FUNCTION, "store_function_created"),
+        ("TABLE", pgsql.TOKENS, "store_table_created"),
+    ],
+)
 def test_a_commit_function_gone_while_running_is_made_again_for_decisions_alone(
-    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], drop: str, name: str, event: str
 ) -> None:
     """Decisions commit through the same function. A host that only decides
-    (INCR here) never reconnects its writer, yet gets the function back: the
-    decision that finds it gone fails with a clear error, and it is made
-    again without a plain write or a restart."""
+    (INCR here) never reconnects its writer, yet gets the function, or the
+    table of its tokens, back: the decision that finds it gone fails with a
+    clear error, and it is made again without a plain write or a restart."""
     d = daemon_factory(fleet_config(pg_db.dsn()))
     r = d.client()
     assert r.incr("n") == 1
     with pg_db.admin() as conn:
-        conn.execute(f"DROP FUNCTION {FUNCTION}")
+        conn.execute(f"DROP {drop} {name}")
     with pytest.raises(redis.ResponseError) as refused:
         r.incr("n")
-    assert FUNCTION in str(refused.value) and "CONTEXT" not in str(refused.value)
+    assert name in str(refused.value) and "CONTEXT" not in str(refused.value)
     eventually(lambda: _answers(lambda: r.incr("n")), 10, "an INCR after it is made again")
     assert int(table_rows(pg_db)[b"n"][0]) >= 2
-    made = [e for e in d.events() if e.get("event") == "store_function_created"]
+    made = [e for e in d.events() if e.get("event") == event]
     assert len(made) == 2, made  # at the start, and again
     r.close()
 
@@ -731,6 +746,9 @@ def _back_to_schema_1(db: PgDatabase, *, old_function_by_admin: bool = False) ->
             f"SELECT pg_get_function_arguments('{FUNCTION}'::regproc)"
         ).fetchone()
         conn.execute(f"DROP FUNCTION {FUNCTION}")
+        # Version 3's signature, the version before's: no slot, no token.
+        signature = signature.replace("p_slot bigint, p_token bigint, p_previous bigint, ", "")
+        assert "p_token" not in signature, signature
         conn.execute("ALTER TABLE sessiond_sessions DROP COLUMN expire_at")
         conn.execute(
             "CREATE INDEX sessiond_sessions_deadline ON sessiond_sessions (deadline) "
@@ -816,8 +834,10 @@ def test_a_schema_1_store_is_migrated_and_hosts_of_the_version_before_write_besi
     # A host of the version before commits through its own function.
     row = (b"v", None, now, now, now, 10.0, now - 100, 0)
     batch = {b"old-gone": row, b"old-kept": (*row[:5], 3600.0, now + 3600, 0)}
-    params, _ = commit_params("old-host", now, batch, False, {}, now + 60)
-    call = pgsql.COMMIT_PREPARED.replace(FUNCTION, PREVIOUS_FUNCTION).encode()
+    params, _ = commit_params("old-host", now, batch, False, {}, (0, 0, 0), now + 60)
+    del params[-4:-1]  # version 3's parameters: no slot, no tokens
+    placeholders = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+    call = f"SELECT {PREVIOUS_FUNCTION}({placeholders})".encode()
     with pg_db.connect(autocommit=True) as conn:
         result = conn.pgconn.exec_params(call, params, param_formats=[1] * len(params))
         assert result.status == ExecStatus.TUPLES_OK, result.error_message
@@ -1004,6 +1024,27 @@ def test_a_role_that_may_not_create_the_commit_function_is_told_what_to_do(
     _, error = refused_start(daemon_factory, config)
     assert f"cannot create the function {FUNCTION}" in error, error
     assert "permission denied" in error, error
+
+
+def test_the_table_of_tokens_made_by_another_role_belongs_to_the_hosts_role(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon]
+) -> None:
+    """A store whose table of commit tokens is missing, made again by a host
+    started once as another role (here the superuser, as the fix above
+    says): the table belongs to the sessions table's owner, so the hosts'
+    own role writes its tokens."""
+    config = fleet_config(pg_db.dsn())
+    daemon_factory(config).stop()
+    with pg_db.admin() as conn:
+        conn.execute(f"DROP TABLE {pgsql.TOKENS}")
+        conn.execute(pgsql.CREATE_TOKENS)
+        owners = conn.execute(
+            "SELECT relname, relowner::regrole::text FROM pg_class WHERE relname = ANY(%s)",
+            ([pgsql.TABLE, pgsql.TOKENS],),
+        ).fetchall()
+    assert len(owners) == 2 and owners[0][1] == owners[1][1] != "postgres", owners
+    with daemon_factory(config).client() as r:
+        assert r.set("k", "v") and r.incr("n") == 1
 
 
 def test_a_table_not_made_by_sessiond_is_refused(
@@ -1746,7 +1787,10 @@ def test_a_failed_commit_of_one_connection_is_not_reported_to_another(
         assert table_rows(pg_db)[b"n"][0] == b"2"
     (reply,) = answered
     assert isinstance(reply, redis.ResponseError), reply
-    assert "store commit outcome unknown: no answer within 2s" in str(reply)
+    # Its commit never reached the database, which says so when asked.
+    assert "store commit failed: no answer within 2s" in str(reply)
+    (unanswered,) = a.wait_for_event("store_commit_unanswered")
+    assert unanswered["outcome"] == "rolled back", unanswered
 
 
 def test_flushall_on_an_empty_memory_waits_for_its_commit(fleet: Fleet, pg_db: PgDatabase) -> None:

@@ -17,6 +17,7 @@ from pg_fixtures import fields
 from psycopg import sql
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.conninfo import make_conninfo
+from psycopg.types.numeric import Int8
 from sessiond.store import StoreError, pgarrays, pgsql
 from sessiond.store.api import Renewal, scan_hash
 from sessiond.store.postgres import PostgresStore, connection_params
@@ -203,6 +204,7 @@ _FIELDS = st.tuples(
         st.binary(min_size=1, max_size=40), st.builds(Renewal, _FLOAT, _FLOAT, _FLOAT), max_size=4
     ),
     cleared=st.booleans(),
+    token=st.tuples(*[st.integers(-(2**63), 2**63 - 1)] * 3),
     fence=_FLOAT,
     lock=st.booleans(),
 )
@@ -210,15 +212,18 @@ def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
     batch: dict[bytes, Any],
     renewals: dict[bytes, Renewal],
     cleared: bool,
+    token: tuple[int, int, int],
     fence: float,
     lock: bool,
 ) -> None:
     """The commit function's parameters are made in binary from plain lists
     (pgsql.commit_params), for the group commit and for a decision (which
     holds its keys' locks already), both sent without psycopg (pgwire.py):
-    each must be the bytes psycopg dumps for the typed array, the bool or
-    the float it stands for, in the function's order."""
-    params, notices = pgsql.commit_params("host", 1.5, batch, cleared, renewals, fence, lock=lock)
+    each must be the bytes psycopg dumps for the typed array, the bool, the
+    integer or the float it stands for, in the function's order."""
+    params, notices = pgsql.commit_params(
+        "host", 1.5, batch, cleared, renewals, token, fence, lock=lock
+    )
     upserts = [(key, fields) for key, fields in batch.items() if fields is not None]
     texts = pgsql.payloads("host", 1.5, list(batch), cleared)
     values = [
@@ -236,6 +241,7 @@ def test_the_commit_s_parameters_are_what_psycopg_dumps_for_them(
         pgarrays.Float8(renewal.deadline for renewal in renewals.values()),
         pgarrays.Float8(renewal.accessed_at for renewal in renewals.values()),
         pgarrays.Text(texts),
+        *map(Int8, token),
         fence,
     ]
     transformer = Transformer(pgarrays.ADAPTERS)

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg import PgCluster, PgDatabase
 from pg_fixtures import fields
-from sessiond.store import StoreError, pgsql, scan_hash
+from sessiond.store import StoreError, pgsql, postgres, scan_hash
 from sessiond.store.postgres import PostgresStore
 
 Scenario = Callable[[PostgresStore], Coroutine[Any, Any, None]]
@@ -600,10 +600,10 @@ def test_a_reply_that_asks_while_a_lost_commit_is_asked_about_is_told_it_landed(
         asking, go_on = asyncio.Event(), asyncio.Event()
         real_landed = store._landed
 
-        async def landed(xact: tuple[int, int]) -> bool | None:
+        async def landed(sent: Any) -> bool | None:
             asking.set()
             await go_on.wait()
-            return await real_landed(xact)
+            return await real_landed(sent)
 
         store._landed = landed  # type: ignore[method-assign]
         decision = await store.decide([b"n"])
@@ -622,61 +622,86 @@ def test_a_reply_that_asks_while_a_lost_commit_is_asked_about_is_told_it_landed(
     assert stored(pg_db) == {b"n": b"1"}
 
 
-def test_a_transaction_id_is_asked_about_only_on_the_server_that_gave_it(
-    pg_db: PgDatabase,
-) -> None:
-    """pg_xact_status answers for the server asked: a promoted standby, or the
-    same server restarted after a crash, may have handed the id of a commit
-    that never reached its WAL to another transaction since. An id is
-    trusted only with the start time of the server that gave it."""
+_INSERT_TOKEN = f"INSERT INTO {pgsql.TOKENS} (slot, token, pid) VALUES (%s, %s, pg_backend_pid())"
+
+
+def test_a_commit_s_token_says_whether_it_landed(pg_db: PgDatabase) -> None:
+    """Asked about, a commit whose token is there landed; one whose token
+    is not did not, and never will: the asking took its place. Asked again
+    (its first answer lost), the asking answers the same."""
 
     async def scenario(store: PostgresStore) -> None:
         async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as conn:
-            # In autocommit the statement is its transaction: committed.
-            row = await (await conn.execute(pgsql.XACT_ID_PREPARED)).fetchone()
-            assert row is not None
-            xid, started = int(str(row[0])), int(row[1])
-        assert await store._landed((xid, started)) is True
-        assert await store._landed((xid, started + 1)) is None
+            await conn.execute(_INSERT_TOKEN, (1, 5))
+            assert await store._landed(postgres._Sent(1, 5)) is True
+            assert await store._landed(postgres._Sent(1, 5)) is True
+            assert await store._landed(postgres._Sent(1, 6)) is False
+            assert await store._landed(postgres._Sent(1, 6)) is False
+            with pytest.raises(psycopg.errors.UniqueViolation):  # the commit, late
+                await conn.execute(_INSERT_TOKEN, (1, 6))
 
     run(pg_db, scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/shared-store.md): a crash recovery in place keeps the server's "
-    "start time, and an id that never reached the WAL is given again; closing it needs a "
-    "token written by each commit",
-)
-def test_a_crash_recovery_in_place_gives_a_lost_commit_s_id_again(
+@pytest.mark.parametrize("end", ["COMMIT", "ROLLBACK"])
+def test_asking_waits_for_a_commit_that_is_writing_its_token(pg_db: PgDatabase, end: str) -> None:
+    """A commit that has written its token and not yet ended: the asking
+    waits for it to end and answers as it ended."""
+
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as conn:
+            pid = conn.info.backend_pid
+            await conn.execute("BEGIN")
+            await conn.execute(_INSERT_TOKEN, (2, 7))
+            asking = asyncio.ensure_future(store._landed(postgres._Sent(2, 7)))
+
+            async def waits() -> bool:
+                row = await (
+                    await conn.execute(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", (pid,)
+                    )
+                ).fetchone()
+                return bool(row and row[0])
+
+            await until(waits, "the asking to wait for the commit")
+            assert not asking.done()
+            await conn.execute(end)
+            assert await asking is (end == "COMMIT")
+
+    run(pg_db, scenario)
+
+
+def test_a_crash_recovery_in_place_does_not_make_a_lost_commit_landed(
     pg_own_cluster: PgCluster,
 ) -> None:
     """A backend's crash makes the server recover in place (restart_after_crash,
-    the default): pg_postmaster_start_time() stays, and the id of a
-    transaction whose commit never reached the WAL goes to the next one.
-    Asked about then, it must not count as landed; it does."""
+    the default): the commit it was running never reached the WAL, and its
+    token is not there after the recovery, whatever the transactions after it
+    commit. (Asked by transaction id, pg_xact_status, it could count as
+    landed: the server gives a lost commit's id to the next transaction.)"""
     db = PgDatabase(pg_own_cluster, pg_own_cluster.create_database())
-    with db.connect() as conn:
-        conn.execute("CREATE TABLE lost (i int)")
-        conn.commit()
-        row = conn.execute(pgsql.XACT_ID_PREPARED).fetchone()
-        assert row is not None
-        xid, started = int(str(row[0])), int(row[1])
-        conn.execute("INSERT INTO lost VALUES (1)")  # never committed
-        (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone() or (0,)
-        os.kill(pid, signal.SIGKILL)  # the server recovers from the crash
-    given = 0
-    while given < xid:  # committed transactions, until one carries ``xid``
-        try:
-            with db.connect(autocommit=True) as conn:
-                (got,) = conn.execute("SELECT pg_current_xact_id()").fetchone() or (0,)
-                given = int(str(got))
-        except psycopg.OperationalError:
-            time.sleep(0.2)  # still recovering
-    with db.connect() as conn:
-        assert conn.execute("SELECT count(*) FROM lost").fetchone() == (0,)
+
+    async def lose_a_commit() -> None:
+        store = PostgresStore(db.dsn())
+        await store.open(10.0)  # makes the table of tokens
+        await store.aclose()
+        conn = await psycopg.AsyncConnection.connect(db.dsn(), autocommit=True)
+        await conn.execute("BEGIN")
+        await conn.execute(_INSERT_TOKEN, (3, 7))
+        os.kill(conn.info.backend_pid, signal.SIGKILL)  # the server recovers from the crash
+        await conn.close()  # without COMMIT, which would fail: the backend is gone
+
+    asyncio.run(lose_a_commit())
+    for _ in range(20):  # transactions after it, committed
+        while True:
+            try:
+                with db.connect(autocommit=True) as conn:
+                    conn.execute("SELECT pg_current_xact_id()")
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.2)  # still recovering
 
     async def scenario(store: PostgresStore) -> None:
-        assert await store._landed((xid, started)) is not True
+        assert await store._landed(postgres._Sent(3, 7)) is False
 
     run(db, scenario)

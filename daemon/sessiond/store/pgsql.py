@@ -147,9 +147,61 @@ SELECT_ROWS = _SELECT_KEYS.format("%b")
 NOTIFY = "SELECT " + _NOTIFY.format("%s", "%b::text[]")
 DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
+# Every commit that changes something inserts a token, a number new to each
+# commit, under its connection's slot (a random number the connection takes
+# when it opens), and deletes its connection's previous one: one row per
+# connection. When a commit's answer is lost (the connection dropped, or no
+# answer within the timeout), the host asks on another connection by inserting
+# that same token itself (ASK_TOKEN), marked as the asker's (pid -1): the
+# primary key makes the insert wait for a commit that has inserted it and not
+# yet ended, then find it there if that commit landed, or else take its place,
+# so that the commit, arriving later or still under way, fails on the key and
+# never lands. The answer holds wherever it is asked: a crash recovery in
+# place, a restart or a promoted standby keeps or loses the row with the commit
+# itself. (A transaction id asked with pg_xact_status did not: a crash
+# recovery in place gives the id of a commit that never reached the WAL to the
+# next transaction.) Insert and delete, not an update of one row per
+# connection: while any snapshot older than them is held (a long transaction
+# anywhere in the cluster), each update of one row has to step over every
+# version of it since, about 22 more buffers per 4,000 commits measured here,
+# where an insert and a delete by key stay at 3.
+# Rows outlive their connections for ten minutes once their backend is gone
+# (SWEEP_SLOTS, at each writer's connect; an asker's row at once), well past
+# any asking, which ends within twice persistence.timeout of the failure.
+TOKENS = "sessiond_commit_tokens"
+# Owned by the sessions table's owner, whoever makes it: a host started once as
+# another role, to create what its own may not, leaves a table the hosts' role
+# can write (the function needs no such care: EXECUTE is granted to PUBLIC).
+# One statement: made and given away together, or not at all.
+CREATE_TOKENS = f"""DO $$ BEGIN
+    CREATE TABLE IF NOT EXISTS {TOKENS} (
+        slot bigint NOT NULL,
+        token bigint NOT NULL,
+        pid integer NOT NULL,
+        gone_since timestamptz,
+        PRIMARY KEY (slot, token)
+    );
+    EXECUTE 'ALTER TABLE {TOKENS} OWNER TO '
+        || (SELECT relowner::regrole::text FROM pg_class WHERE oid = '{TABLE}'::regclass);
+END $$"""
+FIND_TOKENS = f"SELECT to_regclass('{TOKENS}')::text"
+SWEEP_SLOTS = (
+    f"UPDATE {TOKENS} AS t SET gone_since = now() WHERE gone_since IS NULL "
+    "AND NOT EXISTS (SELECT FROM pg_stat_activity AS a WHERE a.pid = t.pid)",
+    f"DELETE FROM {TOKENS} WHERE gone_since < now() - interval '10 minutes'",
+)
+ASKER = -1  # the pid of an asker's row
+ASK_TOKEN = (
+    f"INSERT INTO {TOKENS} (slot, token, pid, gone_since) VALUES (%s, %s, {ASKER}, now()) "
+    "ON CONFLICT DO NOTHING"
+)
+# Whose the row is, once the asking's insert found one: the commit's, or an
+# earlier try of the same asking's (its answer lost, tried again).
+TOKEN_OWNER = f"SELECT pid FROM {TOKENS} WHERE slot = %s AND token = %s"
+
 # A group commit is one call of this function: its statements in their order
 # (the key locks, the flush, the upserts, the deletes, the renewals, the
-# notifications, the fence: the statements above), each on a snapshot of
+# notifications, the token, the fence: the statements above), each on a snapshot of
 # its own taken after the locks, as in a transaction of separate statements
 # (READ COMMITTED), but one statement for the client to send and psycopg to
 # prepare, bind and read back instead of seven (BEGIN and COMMIT included)
@@ -172,7 +224,9 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # Version 1 ran every statement every time; version 2 wrote no expire_at
 # (schema 1): the migration to schema 2 gives it version 3's body, for the
 # hosts of the version before that still call it (MIGRATE_TO_2).
-FUNCTION = "sessiond_commit_v3"
+# Version 4 adds the commit's token (TOKENS above): version 3 is what hosts of
+# the version before call, and what the migration to schema 2 gives version 2.
+FUNCTION = "sessiond_commit_v4"
 # The function's parameters, written once: its signature and the call's
 # placeholders (COMMIT_PREPARED) are both made from them.
 _UPSERT_PARAMS = (
@@ -195,15 +249,30 @@ _COMMIT_PARAMS = (
     ("p_renew_deadlines", "float8[]"),
     ("p_renew_accessed", "float8[]"),
     ("p_notices", "text[]"),
+    ("p_slot", "int8"),
+    ("p_token", "int8"),
+    ("p_previous", "int8"),
     ("p_fence", "float8"),
+)
+# Version 3's: the same but the token.
+_V3_PARAMS = tuple(
+    param for param in _COMMIT_PARAMS if param[0] not in ("p_slot", "p_token", "p_previous")
 )
 FIND_FUNCTION = f"SELECT to_regproc('{FUNCTION}')::text"
 
 
-def _commit_function(name: str, how: str) -> str:
-    """``how`` (CREATE, or CREATE OR REPLACE) the commit function as ``name``."""
+def _commit_function(name: str, how: str, *, token: bool = True) -> str:
+    """``how`` (CREATE, or CREATE OR REPLACE) the commit function as ``name``;
+    without ``token``, version 3's."""
+    params = _COMMIT_PARAMS if token else _V3_PARAMS
+    write_token = (
+        f"INSERT INTO {TOKENS} (slot, token, pid) VALUES (p_slot, p_token, pg_backend_pid());\n"
+        f"    DELETE FROM {TOKENS} WHERE slot = p_slot AND token = p_previous;\n    "
+        if token
+        else ""
+    )
     return f"""{how} FUNCTION {name}(
-    {", ".join(f"{param} {kind}" for param, kind in _COMMIT_PARAMS)}
+    {", ".join(f"{param} {kind}" for param, kind in params)}
 ) RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM {_LOCK_KEYS.format(LOCK_CLASS, "p_locks")};
@@ -227,7 +296,7 @@ BEGIN
     IF cardinality(p_notices) > 0 THEN
         PERFORM {_NOTIFY.format(f"'{CHANNEL}'", "p_notices")};
     END IF;
-    PERFORM {_FENCE.format("p_fence")};
+    {write_token}PERFORM {_FENCE.format("p_fence")};
 END
 $fn$"""
 
@@ -255,7 +324,7 @@ MIGRATE_TO_2 = (
     f"UPDATE {VERSION_TABLE} SET version = 2",
 )
 FIND_PREVIOUS_FUNCTION = f"SELECT to_regproc('{PREVIOUS_FUNCTION}')::text"
-REPLACE_PREVIOUS_FUNCTION = _commit_function(PREVIOUS_FUNCTION, "CREATE OR REPLACE")
+REPLACE_PREVIOUS_FUNCTION = _commit_function(PREVIOUS_FUNCTION, "CREATE OR REPLACE", token=False)
 # The call, prepared once on the writer's connection under COMMIT_STATEMENT's
 # name and sent through libpq directly (pgwire.py).
 COMMIT_STATEMENT = "sessiond_commit"
@@ -278,6 +347,7 @@ _COLUMNS: Final = len(ROW_TYPES)
 _TRUE: Final = b"\x01"
 _FALSE: Final = b"\x00"
 _FLOAT8 = struct.Struct("!d").pack
+_INT8 = struct.Struct("!q").pack
 
 
 def commit_params(
@@ -286,6 +356,7 @@ def commit_params(
     batch: Mapping[bytes, tuple[Any, ...] | None],
     cleared: bool,
     renewals: Mapping[bytes, Renewal],
+    token: tuple[int, int, int],
     fence: float,
     *,
     lock: bool = True,
@@ -293,7 +364,8 @@ def commit_params(
     """The commit function's parameters (:data:`COMMIT_PREPARED`'s and
     :data:`DECIDED_PREPARED`'s first ones, in order, in PostgreSQL's binary format) for
     ``batch`` (each key's fields, in :class:`~.api.Row`'s order, or
-    ``None``: deleted), a flush if ``cleared``, ``renewals`` and ``fence``,
+    ``None``: deleted), a flush if ``cleared``, ``renewals``, ``token`` (the
+    connection's slot, the commit's token and the slot's token before it: TOKENS) and ``fence``,
     announced as sent at ``now``, with the keys' locks unless ``lock`` is
     false (a decision holds them already); and how many notifications they
     send. A change it cannot carry raises :class:`psycopg.DataError`, which
@@ -337,6 +409,9 @@ def commit_params(
         params.append(dump("float8", deadlines))
         params.append(dump("float8", accessed))
         params.append(dump("text", notices))
+        params.append(_INT8(token[0]))
+        params.append(_INT8(token[1]))
+        params.append(_INT8(token[2]))
         params.append(_FLOAT8(fence))
         return params, len(notices)
     except psycopg.Error:
@@ -403,19 +478,6 @@ OPEN_PREPARED = (
         + f" AND {_LOCK_ID} <> ALL(current_setting('{_HELD_SETTING}')::int4[]) FOR UPDATE",
     ),
 )
-# Every commit's transaction asks for its id before it commits (the group
-# commit's and a decision's), so that a commit whose answer is lost (the
-# connection dropped, or no answer within the timeout) can be asked about on
-# another connection: committed, aborted or still in progress. PostgreSQL 13
-# or later (pg_current_xact_id, pg_xact_status). With the server's start time
-# (microseconds): an id means nothing to another server (a promoted standby)
-# or to the same one restarted, which may hand out again the ids whose
-# transactions never reached its WAL. A crash recovery in place keeps the
-# start time: not caught (docs/shared-store.md, a known gap).
-_STARTED = "(extract(epoch from pg_postmaster_start_time()) * 1000000)::int8"
-XACT_ID = "sessiond_xact_id"
-XACT_ID_PREPARED = f"SELECT pg_current_xact_id(), {_STARTED}"
-XACT_STATUS = f"SELECT pg_xact_status(%s::text::xid8), {_STARTED}"
 COUNT = f"SELECT count(*), count(deadline) FROM {TABLE}"
 COUNT_KEYS = f"SELECT count(*), count(deadline) FROM {TABLE} WHERE key = ANY(%b::bytea[])"
 SLICE = (

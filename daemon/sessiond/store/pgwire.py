@@ -8,16 +8,15 @@ prepared-statement cache at every execute. Sent as here, a durable SET at
 ``bench/instructions.py --durable --servers sessiond-shared --clients 1``;
 a throwaway loop of bare commits counted 264k against 199k a commit). Here the
 statement is ``PREPARE``\\d once when the connection opens (:func:`prepare`),
-its parameters come in binary (:func:`.pgsql.commit_params`), and
-:func:`pipeline` sends it after its transaction's id (:data:`.pgsql.XACT_ID`),
-the two in one implicit transaction, with psycopg's libpq wrapper
-(``psycopg.pq``), waits on the event loop
-for the socket and reads the results: psycopg's connection object stays in
+its parameters come in binary (:func:`.pgsql.commit_params`), and :func:`run`
+sends it, in autocommit (the call is its own transaction), with psycopg's libpq
+wrapper (``psycopg.pq``), waits on the event loop for the socket and reads the
+results: psycopg's connection object stays in
 charge of everything else on the connection, and its lock
 keeps it off the connection meanwhile.
 
 A decision's transaction is two round trips of a few statements each
-(:func:`pipeline`: ``BEGIN``, its id, the keys' locks and rows; then its changes and
+(:func:`pipeline`: ``BEGIN``, the keys' locks and rows; then its changes and
 barrier and ``COMMIT``), their statements prepared by the connection's first
 decision, sent the same way instead of through psycopg's pipeline mode and
 cursor: 1,253,061 -> 572,469 instructions per INCR at ``-c 1``
@@ -48,6 +47,29 @@ async def prepare(conn: psycopg.AsyncConnection[Any], name: str, sql: str) -> No
     await conn.execute(f"PREPARE {name} AS {sql}")
 
 
+async def run(conn: psycopg.AsyncConnection[Any], name: bytes, dumped: Sequence[bytes]) -> None:
+    """Run the prepared statement ``name`` with ``dumped`` (its parameters in
+    binary) on ``conn`` (idle, in autocommit: the statement is its own
+    transaction) and read its results; raise the first error."""
+    pgconn = conn.pgconn
+    loop = asyncio.get_running_loop()
+    async with conn.lock:
+        pgconn.send_query_prepared(
+            name, dumped, param_formats=_binary_formats(len(dumped)), result_format=Format.BINARY
+        )
+        await _flush(loop, pgconn)
+        error: psycopg.Error | None = None
+        # Read on to the end after an error, so that the connection is idle again.
+        while (result := await _result(loop, pgconn)) is not None:
+            error = _first_error(conn, result, error)
+        if error is not None:
+            raise error
+        if pgconn.status != ConnStatus.OK:
+            # The results ended with the connection, not with its answer: the
+            # commit may or may not have landed.
+            raise psycopg.OperationalError(pgconn.get_error_message())
+
+
 async def pipeline(
     conn: psycopg.AsyncConnection[Any],
     prepare: Sequence[tuple[bytes, bytes]],
@@ -55,8 +77,6 @@ async def pipeline(
     *,
     before: bytes = b"",
     after: bytes = b"",
-    flush_after: int = -1,
-    seen: list[PGresult] | None = None,
 ) -> list[PGresult]:
     """In one of libpq's pipelines, one round trip: the statement ``before``
     (``BEGIN``, say), ``PREPARE`` each of ``prepare`` (name, statement), run
@@ -68,13 +88,7 @@ async def pipeline(
     and pipeline mode is left: the connection may be in a failed transaction,
     which the caller rolls back (postgres: a decision whose statements went
     missing) or drops. After any other exception it may still be in pipeline
-    mode: the caller drops it.
-
-    ``flush_after``: the server sends the results up to the call of that
-    index as soon as it has them, not with the rest (a commit's transaction
-    id, which must reach the client before the commit may land); ``seen``:
-    a list every result is added to as it comes, the partial ones too when
-    the connection fails before the end."""
+    mode: the caller drops it."""
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     async with conn.lock:
@@ -83,20 +97,18 @@ async def pipeline(
             pgconn.send_query_params(before, None)
         for name, sql in prepare:
             pgconn.send_prepare(name, sql)
-        for i, (name, dumped) in enumerate(calls):
+        for name, dumped in calls:
             pgconn.send_query_prepared(
                 name,
                 dumped,
                 param_formats=_binary_formats(len(dumped)),
                 result_format=Format.BINARY,
             )
-            if i == flush_after:
-                pgconn.send_flush_request()
         if after:
             pgconn.send_query_params(after, None)
         pgconn.pipeline_sync()
         await _flush(loop, pgconn)
-        results: list[PGresult] = [] if seen is None else seen
+        results: list[PGresult] = []
         error: psycopg.Error | None = None
         while True:
             # None ends one statement's results; the sync's result ends them all.

@@ -51,13 +51,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import structlog
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.pq import TransactionStatus
 from psycopg.pq.abc import PGresult
 
 from ..stats import SharedStats, StoreStats
@@ -85,11 +85,9 @@ log = structlog.get_logger("sessiond.store")
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
-# A transaction's id and its server's start time (pgsql.XACT_ID).
-Xact = tuple[int, int]
-# A decision's transaction as opened: its keys' rows and versions, the lock
-# ids other transactions held (a batch's, which does not wait for them), its id.
-Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int], Xact]
+# A decision's transaction as opened: its keys' rows and versions, and the lock
+# ids other transactions held (a batch's, which does not wait for them).
+Opened = tuple[dict[bytes, Row | None], dict[bytes, int], set[int]]
 Work = Callable[[Conn], Coroutine[Any, Any, T]]
 
 _RETRY_AFTER_FAILURE = 1.0
@@ -105,14 +103,12 @@ _LOCK_KEYS = pgsql.LOCK_KEYS.encode()
 _SELECT_LOCKED = pgsql.SELECT_LOCKED.encode()
 _TRY_LOCK_KEYS = pgsql.TRY_LOCK_KEYS.encode()
 _SELECT_TRIED = pgsql.SELECT_TRIED.encode()
-_XACT_ID = pgsql.XACT_ID.encode()
 # Each pooled connection's first decision prepares them all, in the round trip
 # that opens its transaction.
 _PREPARE_DECISIONS = (
     *((name.encode(), sql.encode()) for name, sql in pgsql.OPEN_PREPARED),
     (_DECIDED, pgsql.DECIDED_PREPARED.encode()),
     (_BARRIER, pgsql.BARRIER_PREPARED.encode()),
-    (_XACT_ID, pgsql.XACT_ID_PREPARED.encode()),
 )
 _F8 = struct.Struct("!d").unpack
 _I2 = struct.Struct("!h").unpack
@@ -179,21 +175,23 @@ def _in_doubt(exc: BaseException) -> bool:
     return True
 
 
-def _sent_xact(answered: list[PGresult]) -> Xact | None:
-    """The transaction id, the first result of a group commit that failed
-    (sent before the commit could land), if it came: the connection may have
-    failed before, or with an error of the server's for the first result (an
-    idle connection it had ended)."""
-    if answered and answered[0].status == ExecStatus.TUPLES_OK and answered[0].ntuples == 1:
-        return _xact(answered[0])
-    return None
+class _Slot:
+    """A connection's slot for its commits' tokens (pgsql.TOKENS), and the
+    token of its last commit that landed (0: none yet)."""
+
+    __slots__ = ("id", "last")
+
+    def __init__(self) -> None:
+        self.id = secrets.randbits(63)
+        self.last = 0
 
 
-def _xact(result: PGresult) -> Xact:
-    """The transaction id and server start in ``result`` (pgsql.XACT_ID's, in binary)."""
-    xid: int = _I8(result.get_value(0, 0) or b"")[0]
-    started: int = _I8(result.get_value(0, 1) or b"")[0]
-    return xid, started
+class _Sent(NamedTuple):
+    """A commit as sent, to ask after when its answer is lost: its
+    connection's slot and its token (pgsql.TOKENS)."""
+
+    slot: int
+    token: int
 
 
 def connection_params(dsn: str, password: str | None, timeout: float, role: str) -> dict[str, Any]:
@@ -263,11 +261,10 @@ class _Batch:
     keyspace holds a key for one decision at a time). It commits once the last
     of them is finished, their changes together."""
 
-    __slots__ = ("conn", "decisions", "later", "unfinished", "xact")
+    __slots__ = ("conn", "decisions", "later", "unfinished")
 
-    def __init__(self, conn: Conn, xact: Xact, later: list[_Ask]) -> None:
+    def __init__(self, conn: Conn, later: list[_Ask]) -> None:
         self.conn = conn
-        self.xact = xact  # to ask whether a commit without an answer landed
         self.decisions: list[PgDecision] = []
         self.unfinished = 0
         # Decisions it did not keep but holds a key of (a lock it took before
@@ -584,6 +581,10 @@ class PostgresStore:
         # keeps (it would deallocate them): a decision's own go through libpq.
         # A decision that finds them gone all the same prepares them again.
         self._decided_on: weakref.WeakSet[Conn] = weakref.WeakSet()
+        # Each connection's slot for its commits' tokens (pgsql.TOKENS): the
+        # writer's, and those of the pooled connections that decided.
+        self._slots: weakref.WeakKeyDictionary[Conn, _Slot] = weakref.WeakKeyDictionary()
+        self._token = 0  # the last commit's token, new to each commit
         self._writer_conn: Conn | None = None
         self._wake = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -1019,24 +1020,29 @@ class PostgresStore:
             started = perf_counter()
             self._commit_started = started
             notices = 0
-            answered: list[PGresult] = []  # its transaction id first, once it comes
-            conn: Conn | None = None
+            sent: _Sent | None = None  # once it may have reached the database
             try:
                 self._hook("commit")
                 conn = await self._writer()
-                notices = await self._bounded_here(
-                    conn,
-                    self._write(conn, batch, cleared, renewals, self._fence(), answered),
-                    "commit",
+                slot = self._slots[conn]
+                token = self._next_token()
+                params, notices = pgsql.commit_params(
+                    self.host_id,
+                    time.time(),
+                    batch,
+                    cleared,
+                    renewals,
+                    (slot.id, token, slot.last),
+                    self._fence(),
                 )
+                sent = _Sent(slot.id, token)
+                await self._bounded_here(
+                    conn, pgwire.run(conn, _COMMIT_STATEMENT, params), "commit"
+                )
+                slot.last = token
             except (StoreError, psycopg.Error, OSError) as exc:
-                # Not sent, or the server ended it with an error before its
-                # id came: it never ran. Else, without its id, it may have.
-                heard = conn is None or any(
-                    result.status == ExecStatus.FATAL_ERROR for result in answered
-                )
                 try:
-                    error = await self._outcome(exc, _sent_xact(answered), "commit", heard=heard)
+                    error = await self._outcome(exc, sent, "commit")
                 except asyncio.CancelledError:
                     self._commit_failed(batch, renewals, seq, StoreError(_CLOSING))
                     raise
@@ -1122,33 +1128,36 @@ class PostgresStore:
         return conn
 
     async def _prepare_commit(self, conn: Conn) -> None:
-        """The group commit's statements, prepared on the writer's new connection."""
+        """The group commit's statement, prepared on the writer's new
+        connection, which takes a slot; the tokens of connections gone for long
+        enough swept (pgsql.SWEEP_SLOTS)."""
         await self._bounded(
             conn, pgwire.prepare(conn, pgsql.COMMIT_STATEMENT, pgsql.COMMIT_PREPARED), "prepare"
         )
-        await self._bounded(
-            conn, pgwire.prepare(conn, pgsql.XACT_ID, pgsql.XACT_ID_PREPARED), "prepare"
-        )
+        await self._bounded(conn, _sweep_tokens(conn), "prepare")
+        self._slots[conn] = _Slot()
+
+    def _next_token(self) -> int:
+        self._token += 1
+        return self._token
 
     async def _outcome(
-        self, exc: BaseException, xact: Xact | None, operation: str, *, heard: bool = True
+        self, exc: BaseException, sent: _Sent | None, operation: str
     ) -> StoreError | None:
         """What a commit that failed with ``exc`` did: ``None`` if it landed
         all the same (its answer was lost: the connection dropped after the
         database committed, or the answer came after the timeout), else the
-        error its replies get. A commit in doubt (:func:`_in_doubt`) whose
-        transaction id ``xact`` came back before it is asked about on another
-        connection; one that cannot be asked about within the timeout, or
-        whose id never came and that may have run all the same (unless
-        ``heard``: it was never sent, or the server ended it with an error),
-        is answered as unknown, never as failed."""
+        error its replies get. A commit in doubt (:func:`_in_doubt`) that was
+        ``sent`` is asked about on another connection (:meth:`_landed`); one
+        that cannot be asked about within the timeout is answered as unknown,
+        never as failed."""
         why = _commit_failure(exc, self.timeout)
         failed = exc if isinstance(exc, StoreError) else StoreError(f"store write failed: {why}")
-        if not _in_doubt(exc) or (xact is None and heard):
+        if sent is None or not _in_doubt(exc):
             return failed
         if self._stopping:  # cut short by aclose: not asked
             return StoreError(_CLOSING)
-        landed = None if xact is None else await self._landed(xact)
+        landed = await self._landed(sent)
         outcome = {True: "landed", False: "rolled back", None: "unknown"}[landed]
         log.warning("store_commit_unanswered", operation=operation, error=why, outcome=outcome)
         self.shared_stats.unanswered(outcome)
@@ -1156,37 +1165,19 @@ class PostgresStore:
             return None
         if landed is False:
             return failed
-        if xact is None:
-            return StoreError(f"store commit outcome unknown: {why}")
         return StoreError(
             f"store commit outcome unknown: {why}, and the database could not be asked "
             "whether it landed"
         )
 
-    async def _landed(self, xact: Xact) -> bool | None:
-        """Whether the transaction ``xact``, whose commit's answer never came,
-        committed, as the database says on another connection once the
-        transaction is no longer in progress (its backend ends it when it
-        finds its client gone; a commit past its fence fails); ``None`` if
-        that cannot be known within the timeout, or if that connection
-        reached another server, or the same one restarted (pgsql.XACT_ID)."""
-        xid, started = xact
-
-        async def ask() -> bool | None:
-            while True:
-                status, now_started = await self._run(
-                    "commit", lambda conn: _xact_status(conn, xid)
-                )
-                if now_started != started:
-                    return None
-                if status != "in progress":
-                    # None: too old to be known (it is seconds old at most)
-                    return None if status is None else status == "committed"
-                await asyncio.sleep(self.timeout / 20)
-
+    async def _landed(self, sent: _Sent) -> bool | None:
+        """Whether the commit ``sent``, whose answer never came, landed, as
+        its token says on another connection (pgsql.TOKENS): once asked, it
+        never will if it has not; ``None`` if that cannot be known within the
+        timeout."""
         try:
-            return await asyncio.wait_for(ask(), self.timeout)
-        except (StoreError, TimeoutError):
+            return await self._run("commit", lambda conn: _ask_token(conn, sent))
+        except StoreError:
             return None
 
     async def _measure_clock(self, conn: Conn) -> None:
@@ -1222,35 +1213,6 @@ class PostgresStore:
         log.info("store_recovered", server=self.server)
         self.failure = None
         return True
-
-    async def _write(
-        self,
-        conn: Conn,
-        batch: dict[bytes, Kept],
-        cleared: bool,
-        renewals: dict[bytes, Renewal],
-        fence: float,
-        answered: list[PGresult],
-    ) -> int:
-        """One transaction, one call (:data:`.pgsql.COMMIT_FUNCTION`,
-        prepared when the writer connected, sent by :mod:`.pgwire` in one round
-        trip): the locks, the flush if any, the upserts, the deletes, the
-        renewals, the notifications, the fence. Its transaction id comes back
-        first, before the call runs, into ``answered`` (:meth:`_outcome`): the
-        two statements, up to the pipeline's sync, are one implicit
-        transaction, committed at the sync (no BEGIN and COMMIT to send and
-        read back). Returns how many notifications it sent."""
-        params, notices = pgsql.commit_params(
-            self.host_id, time.time(), batch, cleared, renewals, fence
-        )
-        await pgwire.pipeline(
-            conn,
-            (),
-            ((_XACT_ID, ()), (_COMMIT_STATEMENT, params)),
-            flush_after=0,
-            seen=answered,
-        )
-        return notices
 
     # --------------------------------------------------------- decisions
 
@@ -1321,6 +1283,8 @@ class PostgresStore:
                 return None
             prepared = conn in self._decided_on
             wanted, wait = sorted(keys), len(asks) == 1
+            if conn not in self._slots:
+                self._slots[conn] = _Slot()
             try:
                 opened = await _open_decision(conn, prepared, wanted, wait)
             except pg_errors.InvalidSqlStatementName:
@@ -1348,11 +1312,11 @@ class PostgresStore:
         if opened is None or asks is None:
             self._pool.release(conn)
             return
-        rows, versions, held, xact = opened
+        rows, versions, held = opened
         later: list[_Ask] = []
         if held:
             asks, later = self._without_held(asks, held)
-        batch = _Batch(conn, xact, later)
+        batch = _Batch(conn, later)
         if not asks:  # every one went to a transaction of its own
             self._spawn(self._roll_back(batch))
             return
@@ -1435,6 +1399,14 @@ class PostgresStore:
         if not batch.unfinished:
             self._spawn(self._finish(batch))
 
+    def _remake_soon(self) -> None:
+        """The commit function or the table of tokens went away (a restore of
+        the tables alone): made again now, not at the writer's next
+        reconnect, which a host that only decides would not reach."""
+        if not (self._remaking or self._stopping):
+            self._remaking = True
+            self._spawn(self._remake_function())
+
     async def _remake_function(self) -> None:
         """Make the commit function where it is missing; failing, the next
         decision that finds it gone tries again."""
@@ -1468,13 +1440,28 @@ class PostgresStore:
         params: list[bytes] | None = None
         notices = 0
         barrier = self._barrier()
+        # Once it may have reached the database; a decision that changed
+        # nothing is never asked about (nothing of it can have landed).
+        sent: _Sent | None = None
         try:
             if changes:
+                slot = self._slots[conn]
+                token = self._next_token()
                 params, notices = pgsql.commit_params(
-                    self.host_id, time.time(), changes, False, {}, self._fence(), lock=False
+                    self.host_id,
+                    time.time(),
+                    changes,
+                    False,
+                    {},
+                    (slot.id, token, slot.last),
+                    self._fence(),
+                    lock=False,
                 )
+                sent = _Sent(slot.id, token)
             notify = [self._barrier_channel, barrier.encode()]
             await self._bounded_here(conn, _commit_decision(conn, params, notify), "commit")
+            if sent is not None:
+                self._slots[conn].last = sent.token
         except asyncio.CancelledError:
             # Stopped mid-commit (aclose): told so, never that it landed.
             self._barriers.pop(barrier, None)
@@ -1487,7 +1474,7 @@ class PostgresStore:
             try:
                 # The decisions stay open meanwhile: a reply that asks after
                 # them waits for the answer.
-                error = await self._outcome(exc, batch.xact, "decide")
+                error = await self._outcome(exc, sent, "decide")
             except asyncio.CancelledError:  # a stop cut the asking short
                 for decision in decisions:
                     decision.error = StoreError(_CLOSING)
@@ -1498,14 +1485,8 @@ class PostgresStore:
             self._barriers.pop(barrier, None)
             for decision in decisions:
                 decision.error = error
-            if isinstance(exc, pg_errors.UndefinedFunction) and not (
-                self._remaking or self._stopping
-            ):
-                # The commit function went away (a restore of the tables
-                # alone): made again now, not at the writer's next reconnect,
-                # which a host that only decides would not reach.
-                self._remaking = True
-                self._spawn(self._remake_function())
+            if isinstance(exc, (pg_errors.UndefinedFunction, pg_errors.UndefinedTable)):
+                self._remake_soon()
             self.shared_stats.decision_errors += len(decisions)
             self.stats.error("commit")
             log.error(
@@ -1980,15 +1961,21 @@ async def _function_at_start(conn: Conn) -> None:
     except pg_errors.InsufficientPrivilege as exc:
         raise StoreError(
             f"persistence.dsn: cannot create the function {pgsql.FUNCTION} "
+            f"or the table {pgsql.TOKENS} "
             f"({_why(exc)}): let this role create in the schema of "
             f"{pgsql.TABLE}, or start sessiond once as a role that may"
         ) from None
 
 
 async def _ensure_function(conn: Conn) -> None:
-    """Create the group commit's function (pgsql.COMMIT_FUNCTION) where it is
-    missing: a new store, one made by a sessiond from before it, or one whose
-    function went away. Under the schema lock (:func:`_schema_locked`)."""
+    """Create the group commit's function (pgsql.COMMIT_FUNCTION) and the
+    table of its tokens (pgsql.TOKENS) where they are missing: a new store,
+    one made by a sessiond from before them, or one where they went away.
+    Under the schema lock (:func:`_schema_locked`)."""
+    found = await (await conn.execute(pgsql.FIND_TOKENS)).fetchone()
+    if not found or found[0] is None:
+        await conn.execute(pgsql.CREATE_TOKENS)
+        log.info("store_table_created", table=pgsql.TOKENS)
     found = await (await conn.execute(pgsql.FIND_FUNCTION)).fetchone()
     if found and found[0] is not None:
         return
@@ -2005,11 +1992,11 @@ async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bo
     ids = dump("int4", pgsql.lock_ids(keys))
     wanted = dump("bytea", keys)
     if wait:
-        calls = ((_XACT_ID, ()), (_LOCK_KEYS, [ids]), (_SELECT_LOCKED, [wanted]))
+        calls = ((_LOCK_KEYS, [ids]), (_SELECT_LOCKED, [wanted]))
     else:
-        calls = ((_XACT_ID, ()), (_TRY_LOCK_KEYS, [ids]), (_SELECT_TRIED, [wanted]))
+        calls = ((_TRY_LOCK_KEYS, [ids]), (_SELECT_TRIED, [wanted]))
     prepare = () if prepared else _PREPARE_DECISIONS
-    xact, locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
+    locked, found = await pgwire.pipeline(conn, prepare, calls, before=b"BEGIN")
     held: set[int] = set()
     if not wait:
         held.update(load_int4(locked.get_value(0, 0) or b""))
@@ -2019,7 +2006,7 @@ async def _open_decision(conn: Conn, prepared: bool, keys: list[bytes], wait: bo
         key = bytes(found.get_value(i, 0) or b"")
         rows[key] = _binary_row(found, i)
         versions[key] = _I8(found.get_value(i, 9) or b"")[0]
-    return rows, versions, held, _xact(xact)
+    return rows, versions, held
 
 
 def _binary_row(result: PGresult, i: int) -> Row:
@@ -2059,11 +2046,21 @@ async def _fetch_one(conn: Conn, sql: str) -> tuple[Any, ...] | None:
     return await (await conn.execute(sql)).fetchone()
 
 
-async def _xact_status(conn: Conn, xid: int) -> tuple[str | None, int]:
-    """Transaction ``xid``'s status (None: too old to know), and the start of the server asked."""
-    row = await (await conn.execute(pgsql.XACT_STATUS, (str(xid),))).fetchone()
-    assert row is not None  # one row, always
-    return row[0], int(row[1])
+async def _sweep_tokens(conn: Conn) -> None:
+    """Delete the tokens of connections gone for long enough (pgsql.SWEEP_SLOTS)."""
+    for statement in pgsql.SWEEP_SLOTS:
+        await conn.execute(statement)
+
+
+async def _ask_token(conn: Conn, sent: _Sent) -> bool | None:
+    """Whether the commit ``sent`` landed: its token inserted by the asking
+    itself (pgsql.ASK_TOKEN), unless the commit's is there. Asked again
+    after its answer was lost, it finds its own row (pgsql.ASKER). ``None``:
+    the row went away in between (a sweep's, ten minutes on)."""
+    if (await conn.execute(pgsql.ASK_TOKEN, sent)).rowcount == 1:
+        return False
+    row = await (await conn.execute(pgsql.TOKEN_OWNER, sent)).fetchone()
+    return None if row is None else row[0] != pgsql.ASKER
 
 
 async def _select(conn: Conn, keys: list[bytes]) -> dict[bytes, Row | None]:
