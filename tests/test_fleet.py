@@ -1793,6 +1793,46 @@ def test_a_failed_commit_of_one_connection_is_not_reported_to_another(
     assert unanswered["outcome"] == "rolled back", unanswered
 
 
+def test_a_pipeline_s_replies_each_get_their_own_command_s_outcome(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """One pipeline, SET x then INCR n: the SET's group commit fails (the
+    writer's link is silent) while the INCR's decision lands on a pooled
+    connection. The replies a connection held together got one outcome, and
+    the INCR was answered with the SET's error for a count that had landed
+    (a client retrying it would count twice): each now gets its own."""
+    link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy)
+    with a.client(socket_timeout=30) as r:
+        assert r.set("x", "0") and r.incr("n") == 1  # the writer and a pooled connection
+        link.silence(b"host0:writer")
+        pipe = r.pipeline(transaction=False)
+        pipe.set("x", "1").incr("n")
+        set_reply, incr_reply = pipe.execute(raise_on_error=False)
+    assert isinstance(set_reply, redis.ResponseError), set_reply
+    assert "store commit failed: no answer within 2s" in str(set_reply)
+    assert incr_reply == 2, incr_reply
+    assert table_rows(pg_db)[b"n"][0] == b"2"
+    assert table_rows(pg_db)[b"x"][0] == b"0"
+
+
+def test_under_batch_a_decision_s_reply_does_not_wait_for_an_acknowledged_write(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """durability: batch acknowledges a SET at once; an INCR on the same
+    connection after it waits for its decision's commit only. It waited for
+    the SET's group commit too, and got that commit's error when it failed
+    (the writer's link silent), for a count that had landed."""
+    link, a = _losing_commit_acks(
+        pg_db, daemon_factory, tcp_proxy, persistence={"durability": "batch"}
+    )
+    with a.client(socket_timeout=30) as r:
+        assert r.set("x", "0") and r.incr("n") == 1
+        link.silence(b"host0:writer")
+        assert r.set("x", "1")  # acknowledged at once
+        assert _reply(lambda: r.incr("n")) == 2
+    assert table_rows(pg_db)[b"n"][0] == b"2"
+
+
 def test_flushall_on_an_empty_memory_waits_for_its_commit(fleet: Fleet, pg_db: PgDatabase) -> None:
     """FLUSHALL on a host whose memory holds no live session records the
     clear (store.clear) but no delete: its reply must still wait for the

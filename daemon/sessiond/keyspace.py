@@ -163,6 +163,11 @@ class Keyspace:
     # deadline expires the session then (Context._expired_in_store); a shared
     # store's database deletes due rows itself.
     expires_on_access = True
+    # Whether a reply held for its command's commit waits for that command's
+    # changes alone (after_own) and gets their outcome, not that of every
+    # change its connection made: a shared store, whose plain writes and
+    # decisions commit apart, so that one can fail while another lands.
+    own_outcomes = False
 
     def __init__(
         self,
@@ -443,6 +448,14 @@ class Keyspace:
             callback(None)
         else:
             self.store.after_commit(callback)
+
+    def after_own(self, callback: Callable[[StoreError | None], None], owner: object) -> None:
+        """Call ``callback`` once the changes of the last command ``owner``
+        ran are committed, with the error if their commit failed, and with
+        none for another command's failed commit: a reply held for that
+        command alone (:attr:`own_outcomes`). Here, where one commit sequence
+        holds every change, once every change made so far is."""
+        self.after_writes(callback, owner)
 
     def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:
         """:meth:`after_commit` for every change made so far, whichever

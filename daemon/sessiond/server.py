@@ -95,8 +95,12 @@ class Connection(asyncio.Protocol):
         "done",
         "durable",
         "flush_due",
+        "held_gen",
         "keyspace",
         "out",
+        "own",
+        "own_parked",
+        "own_waits",
         "parser",
         "paused",
         "pending",
@@ -130,6 +134,14 @@ class Connection(asyncio.Protocol):
         # What the store returned for the next request (read-through).
         self.prepared: Prepared | None = None
         self.write_slots: list[int] = []
+        # A shared store: each held reply waits for its own command's commit
+        # and gets its outcome (Keyspace.own_outcomes): how many still wait,
+        # whether the replies wait for them to be sent, and which holding
+        # they belong to (a dropped one's answers are written nowhere).
+        self.own = self.keyspace.own_outcomes
+        self.own_waits = 0
+        self.own_parked = False
+        self.held_gen = 0
         self.write_paused = False  # the transport's buffer is above WRITE_HIGH_WATER
         # Bytes of pub/sub messages in ``out`` since it was last written, and
         # whether a write of them is due later in this loop iteration.
@@ -226,6 +238,7 @@ class Connection(asyncio.Protocol):
         if slots:
             del self.out[slots[0] :]
             slots.clear()
+            self.held_gen += 1
 
     def _discard_prepared(self) -> None:
         # What was read for a request that will never run (a shared store's
@@ -249,6 +262,7 @@ class Connection(asyncio.Protocol):
         self.done.clear()
         self.counted = 0
         self.write_slots.clear()
+        self.held_gen += 1
         transport.abort()
 
     def pause_writing(self) -> None:
@@ -354,6 +368,10 @@ class Connection(asyncio.Protocol):
             and (cmd.may_write or not isinstance(reply, Error) or self.keyspace.read_uncommitted())
         ):
             self.write_slots.append(len(self.out))
+            if self.own:
+                failed = self._wait_for_own(len(self.out))
+                if failed is not None:
+                    return failed
         elif self.persistent:
             # No reply waits for what it decided: nothing is kept for one.
             self.keyspace.unheld(client)
@@ -443,7 +461,7 @@ class Connection(asyncio.Protocol):
                 log.exception("request_failed", client_id=client.id)
                 work = None
             if work is not None:
-                if self.write_slots:
+                if self.write_slots and not self.own:  # each waits already, if own
                     self._held_writes_wait_now()
                 self._count_loop_time(perf_counter(), last)
                 self._wait_then_go_on(work)
@@ -467,6 +485,15 @@ class Connection(asyncio.Protocol):
         if self.write_slots:
             self._count_loop_time(perf_counter(), last)
             self.busy = True
+            if self.own:
+                # Each reply waits for its own commit, and gets its error;
+                # this wait only lets go of what the keyspace kept for them.
+                self.keyspace.after_commit(_settled, self.client)
+                if self.own_waits:
+                    self.own_parked = True
+                else:
+                    self._durable(None)
+                return
             self.keyspace.after_commit(self._durable, self.client)
             return
         self.flush(last)
@@ -583,6 +610,36 @@ class Connection(asyncio.Protocol):
 
         self.keyspace.after_writes(committed, self.client)
 
+    def _wait_for_own(self, slot: int) -> bytes | None:
+        """The reply at ``slot`` of ``out``, held, waits for its own command's
+        commit and becomes its error if that commit failed (a shared store:
+        another command's failed commit is not its outcome). The replies are
+        sent once none of them waits (:meth:`_drain_store`). Returns the
+        error's reply if it is known at once (a decision that failed before),
+        before the reply is in ``out``."""
+        self.own_waits += 1
+        gen = self.held_gen
+        at_once: list[bytes] = []
+
+        def committed(error: StoreError | None) -> None:
+            self.own_waits -= 1
+            if gen != self.held_gen:
+                return  # its replies were dropped (the connection went)
+            if error is not None:
+                failure = command_errors.store_failed(error)
+                reply = encode(failure, self.client.resp3)
+                self.dispatcher.failed(failure)
+                if slot < len(self.out):
+                    self.out[slot] = reply
+                else:  # called back at once: the reply is not in ``out`` yet
+                    at_once.append(reply)
+            if not self.own_waits and self.own_parked:
+                self.own_parked = False
+                self._durable(None)
+
+        self.keyspace.after_own(committed, self.client)
+        return at_once[0] if at_once else None
+
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""
         if error is not None:
@@ -683,6 +740,7 @@ class Connection(asyncio.Protocol):
         self.done.clear()
         self.counted = 0
         self.write_slots.clear()
+        self.held_gen += 1
         self.pushed = 0
         if self.transport is not None:
             self.transport.abort()

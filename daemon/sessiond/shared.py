@@ -134,6 +134,7 @@ class SharedKeyspace(Keyspace):
     """The keyspace over a shared store (see the module docstring)."""
 
     expires_on_access = False
+    own_outcomes = True
 
     def __init__(
         self, cache: SessionCache[bytes, Value], *, max_value_size: int = 1024 * 1024
@@ -163,6 +164,8 @@ class SharedKeyspace(Keyspace):
         # nothing records between commands).
         self.wrote: dict[object, int] = {}
         self.recorded = 0
+        # Whether the last command recorded a plain change (its own: see after_own).
+        self.own_wrote = False
         self.reads: list[_Read] = []
         # Keys a command wrote while the store could not hear other hosts
         # (forgotten after it), else None.
@@ -549,7 +552,8 @@ class SharedKeyspace(Keyspace):
         shared = self.shared
         if shared is not None:
             recorded = shared.recorded()
-            if recorded != self.recorded:
+            self.own_wrote = recorded != self.recorded
+            if self.own_wrote:
                 self.recorded = self.wrote[context.owner] = recorded
         decision = self.deciding
         if decision is not None:
@@ -601,6 +605,17 @@ class SharedKeyspace(Keyspace):
         shared = self.shared
         assert shared is not None
         shared.after_commit_for(callback, [], self.wrote.get(owner, 0))
+
+    def after_own(self, callback: Callable[[StoreError | None], None], owner: object) -> None:
+        # The last command's plain changes (a commit takes every change
+        # recorded when it starts, so theirs is the commit of the last of
+        # them) and the decision it decided in.
+        shared = self.shared
+        assert shared is not None
+        owned = self.decisions.get(owner) if self.decided else None
+        shared.after_commit_for(
+            callback, [owned[-1]] if owned else [], self.recorded if self.own_wrote else 0
+        )
 
     def owner_gone(self, owner: object) -> None:
         self.decisions.pop(owner, None)
