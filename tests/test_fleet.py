@@ -1674,6 +1674,12 @@ def _losing_commit_acks(
     return link, daemon_factory(config)
 
 
+def _set_calls(r: redis.Redis) -> int:
+    """How many SETs the host has run (a SET under way runs at once, its
+    reply waits for the commit)."""
+    return int(r.info("commandstats")["cmdstat_set"]["calls"])
+
+
 def _reply(command: Callable[[], object]) -> object:
     try:
         return command()
@@ -1781,7 +1787,7 @@ def test_a_failed_commit_of_one_connection_is_not_reported_to_another(
         answered: list[object] = []
         setter = threading.Thread(target=lambda: answered.append(_reply(lambda: ra.set("x", "1"))))
         setter.start()
-        eventually(lambda: rc.get("x") == b"1", what="A's SET to run")  # in memory, uncommitted
+        eventually(lambda: _set_calls(rc) == 2, what="A's SET to run")  # in memory, uncommitted
         assert _reply(lambda: rb.incr("n")) == 2
         setter.join(30)
         assert table_rows(pg_db)[b"n"][0] == b"2"
@@ -1831,6 +1837,32 @@ def test_under_batch_a_decision_s_reply_does_not_wait_for_an_acknowledged_write(
         assert r.set("x", "1")  # acknowledged at once
         assert _reply(lambda: r.incr("n")) == 2
     assert table_rows(pg_db)[b"n"][0] == b"2"
+
+
+def test_a_read_never_shows_a_value_whose_commit_then_fails(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """A's SET is in memory and its commit under way when B reads the key;
+    the commit then fails (the writer's link is silent). B's reply showed
+    A's value, which was never applied (the next GET showed the value
+    before it); it now waits for the commit, as on a local store, and gets
+    its error."""
+    link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy)
+    with a.client(socket_timeout=30) as ra, a.client(socket_timeout=30) as rb:
+        assert ra.set("k", "old")
+        link.silence(b"host0:writer")
+        answered: list[object] = []
+        setter = threading.Thread(
+            target=lambda: answered.append(_reply(lambda: ra.set("k", "new")))
+        )
+        setter.start()
+        eventually(lambda: _set_calls(rb) == 2, what="A's SET to run")
+        read = _reply(lambda: rb.get("k"))
+        setter.join(30)
+        assert isinstance(answered[0], redis.ResponseError), answered
+        assert read != b"new", "B was shown a value that was never applied"
+        assert isinstance(read, redis.ResponseError), read
+        assert rb.get("k") == b"old"
 
 
 def test_flushall_on_an_empty_memory_waits_for_its_commit(fleet: Fleet, pg_db: PgDatabase) -> None:

@@ -173,6 +173,9 @@ class StoreDouble:
     def recorded(self) -> int:
         return 0  # plain writes are durable at once: none waits
 
+    def uncommitted(self) -> bool:
+        return False
+
     def after_commit_for(
         self,
         callback: Callable[[StoreError | None], None],

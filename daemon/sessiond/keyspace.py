@@ -496,6 +496,14 @@ class Keyspace:
         their commit, since it was decided on them."""
         return False
 
+    def shows_uncommitted(self) -> bool:
+        """Whether memory may show a change not yet committed that a failed
+        commit takes back (a read's reply then waits for that commit, under
+        ``durability: always``, and gets its error): only a shared store's
+        (:attr:`own_outcomes`). A local store's failed write stays in memory
+        and lands with the next commit that succeeds (docs/persistence.md)."""
+        return False
+
     def unheld(self, owner: object) -> None:
         """The reply of the command just run for ``owner`` waits for no commit
         (an error that changed nothing, a reply not sent, a command that

@@ -372,6 +372,21 @@ class Connection(asyncio.Protocol):
                 failed = self._wait_for_own(len(self.out))
                 if failed is not None:
                     return failed
+        elif (
+            self.own
+            and self.durable
+            and cmd is not None
+            and cmd.reads
+            and reply is not QUEUED
+            and not isinstance(reply, Error)
+            and self.keyspace.shows_uncommitted()
+        ):
+            # It may show another command's change whose commit fails and
+            # takes it back: it waits for that commit (Keyspace.after_own).
+            self.write_slots.append(len(self.out))
+            failed = self._wait_for_own(len(self.out))
+            if failed is not None:
+                return failed
         elif self.persistent:
             # No reply waits for what it decided: nothing is kept for one.
             self.keyspace.unheld(client)

@@ -609,13 +609,25 @@ class SharedKeyspace(Keyspace):
     def after_own(self, callback: Callable[[StoreError | None], None], owner: object) -> None:
         # The last command's plain changes (a commit takes every change
         # recorded when it starts, so theirs is the commit of the last of
-        # them) and the decision it decided in.
+        # them) and the decision it decided in (which read the database,
+        # under its keys' locks). A command that did neither read memory,
+        # which may hold another connection's changes not yet committed: it
+        # waits for every change recorded so far, and a failed commit of
+        # them is its error, as it is on a local store. Its reply would
+        # otherwise show a value that may never be committed (a GET saw
+        # another connection's SET whose commit then failed, and the next
+        # GET the value before it).
         shared = self.shared
         assert shared is not None
         owned = self.decisions.get(owner) if self.decided else None
-        shared.after_commit_for(
-            callback, [owned[-1]] if owned else [], self.recorded if self.own_wrote else 0
-        )
+        if owned:
+            shared.after_commit_for(callback, [owned[-1]], self.recorded if self.own_wrote else 0)
+        else:
+            shared.after_commit_for(callback, [], self.recorded)
+
+    def shows_uncommitted(self) -> bool:
+        shared = self.shared
+        return shared is not None and shared.uncommitted()
 
     def owner_gone(self, owner: object) -> None:
         self.decisions.pop(owner, None)

@@ -107,6 +107,8 @@ class Command:
     # decided by the database, in a transaction holding its keys (None: never).
     decides: DecidesOf | None = None
     write: bool = False
+    # Reads the keyspace (Redis' ``readonly`` flag).
+    reads: bool = False
     # Runs even inside MULTI instead of being queued (MULTI, EXEC, DISCARD,
     # QUIT, RESET).
     immediate: bool = False
@@ -224,6 +226,7 @@ def command(
             ahead=ahead,
             decides=decider,
             write="write" in flag_tuple,
+            reads="readonly" in flag_tuple,
             immediate=immediate,
             runs_queued=runs_queued,
             noauth="noauth" in flag_tuple,

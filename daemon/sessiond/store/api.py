@@ -374,6 +374,10 @@ class SharedStore(Store, Protocol):
         """How many changes were recorded so far."""
         ...
 
+    def uncommitted(self) -> bool:
+        """Whether a change recorded so far is not yet committed (nor failed)."""
+        ...
+
     def renew(self, renewals: dict[bytes, Renewal]) -> None:
         """Write these renewals back with the next commit (they change no
         value: no other host is told)."""

@@ -899,6 +899,9 @@ class PostgresStore:
     def recorded(self) -> int:
         return self.overlay.op_seq
 
+    def uncommitted(self) -> bool:
+        return self.overlay.op_seq > self._committed_seq
+
     def after_commit_for(
         self,
         callback: Callable[[StoreError | None], None],
