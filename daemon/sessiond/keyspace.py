@@ -449,12 +449,16 @@ class Keyspace:
         else:
             self.store.after_commit(callback)
 
-    def after_own(self, callback: Callable[[StoreError | None], None], owner: object) -> None:
+    def after_own(
+        self, callback: Callable[[StoreError | None], None], owner: object, shown: bool
+    ) -> None:
         """Call ``callback`` once the changes of the last command ``owner``
         ran are committed, with the error if their commit failed, and with
         none for another command's failed commit: a reply held for that
-        command alone (:attr:`own_outcomes`). Here, where one commit sequence
-        holds every change, once every change made so far is."""
+        command alone (:attr:`own_outcomes`); with ``shown`` (a read's reply,
+        which shows what memory holds), once every change recorded before it
+        is, with the error of any. Here, where one commit sequence holds every
+        change, once every change made so far is."""
         self.after_writes(callback, owner)
 
     def after_every_commit(self, callback: Callable[[StoreError | None], None]) -> None:

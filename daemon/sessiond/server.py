@@ -369,7 +369,7 @@ class Connection(asyncio.Protocol):
         ):
             self.write_slots.append(len(self.out))
             if self.own:
-                failed = self._wait_for_own(len(self.out))
+                failed = self._wait_for_own(len(self.out), False)
                 if failed is not None:
                     return failed
         elif (
@@ -384,7 +384,7 @@ class Connection(asyncio.Protocol):
             # It may show another command's change whose commit fails and
             # takes it back: it waits for that commit (Keyspace.after_own).
             self.write_slots.append(len(self.out))
-            failed = self._wait_for_own(len(self.out))
+            failed = self._wait_for_own(len(self.out), True)
             if failed is not None:
                 return failed
         elif self.persistent:
@@ -625,10 +625,11 @@ class Connection(asyncio.Protocol):
 
         self.keyspace.after_writes(committed, self.client)
 
-    def _wait_for_own(self, slot: int) -> bytes | None:
+    def _wait_for_own(self, slot: int, shown: bool) -> bytes | None:
         """The reply at ``slot`` of ``out``, held, waits for its own command's
         commit and becomes its error if that commit failed (a shared store:
-        another command's failed commit is not its outcome). The replies are
+        another command's failed commit is not its outcome), and with
+        ``shown`` (a read's) for every change memory may show (Keyspace.after_own). The replies are
         sent once none of them waits (:meth:`_drain_store`). Returns the
         error's reply if it is known at once (a decision that failed before),
         before the reply is in ``out``."""
@@ -652,7 +653,7 @@ class Connection(asyncio.Protocol):
                 self.own_parked = False
                 self._durable(None)
 
-        self.keyspace.after_own(committed, self.client)
+        self.keyspace.after_own(committed, self.client, shown)
         return at_once[0] if at_once else None
 
     def _durable(self, error: StoreError | None) -> None:

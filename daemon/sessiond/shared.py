@@ -606,24 +606,23 @@ class SharedKeyspace(Keyspace):
         assert shared is not None
         shared.after_commit_for(callback, [], self.wrote.get(owner, 0))
 
-    def after_own(self, callback: Callable[[StoreError | None], None], owner: object) -> None:
+    def after_own(
+        self, callback: Callable[[StoreError | None], None], owner: object, shown: bool
+    ) -> None:
         # The last command's plain changes (a commit takes every change
         # recorded when it starts, so theirs is the commit of the last of
         # them) and the decision it decided in (which read the database,
-        # under its keys' locks). A command that did neither read memory,
-        # which may hold another connection's changes not yet committed: it
-        # waits for every change recorded so far, and a failed commit of
-        # them is its error, as it is on a local store. Its reply would
-        # otherwise show a value that may never be committed (a GET saw
-        # another connection's SET whose commit then failed, and the next
-        # GET the value before it).
+        # under its keys' locks). A read's reply shows memory, which may hold
+        # another connection's changes not yet committed: it waits for every
+        # change recorded so far, and a failed commit of them is its error,
+        # as it is on a local store; it would otherwise show a value that is
+        # never committed (a GET saw another connection's SET whose commit
+        # then failed, and the next GET the value before it).
         shared = self.shared
         assert shared is not None
         owned = self.decisions.get(owner) if self.decided else None
-        if owned:
-            shared.after_commit_for(callback, [owned[-1]], self.recorded if self.own_wrote else 0)
-        else:
-            shared.after_commit_for(callback, [], self.recorded)
+        through = self.recorded if self.own_wrote or shown else 0
+        shared.after_commit_for(callback, [owned[-1]] if owned else [], through)
 
     def shows_uncommitted(self) -> bool:
         shared = self.shared

@@ -133,10 +133,14 @@ class SharedDispatcher(Dispatcher):
     def execute(
         self, client: Client, cmd: Command | None, args: Args, prepared: Prepared | None
     ) -> Any:
-        # Set again only if this request decides (a request refused before it
+        # Set again only if this request runs (a request refused before it
         # runs does not enter the keyspace): what the server asks of it after
-        # the reply (lagging, unheld) is of this request's decision.
-        self.shared.decided = False
+        # the reply (lagging, unheld, after_own, read_uncommitted) is of this
+        # request, not of the one before it, another connection's maybe.
+        shared = self.shared
+        shared.decided = False
+        shared.own_wrote = False
+        shared.uncommitted_read = False
         try:
             return Dispatcher.execute(self, client, cmd, args, prepared)
         finally:
