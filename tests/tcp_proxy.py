@@ -90,6 +90,7 @@ class TcpProxy:
         self._lose: tuple[bytes, str] | None = None  # lose_commit_ack's, until it happens
         self._silenced: list[bytes] = []  # silence()'s
         self.commit_acks_lost = 0
+        self.silenced_bytes = 0  # of clients, dropped by silence()
 
     # ---------------------------------------------------------------- control
 
@@ -158,7 +159,8 @@ class TcpProxy:
     def silence(self, who: bytes) -> None:
         """Drop every byte, both ways, of the connections whose startup
         message contains ``who``, open and new, without closing them (a
-        partition of those alone; ``heal()`` ends it for new connections)."""
+        partition of those alone; ``heal()`` ends it for new connections);
+        ``silenced_bytes`` counts what their clients sent meanwhile."""
         self._silenced.append(who)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -332,6 +334,8 @@ class TcpProxy:
                 if any(who in link.startup for who in self._silenced):
                     link.mute = link.deaf = True
                 if link.mute:
+                    if up:
+                        self.silenced_bytes += len(data)
                     continue
                 writer.write(data)
                 await writer.drain()

@@ -178,6 +178,10 @@ BAD: dict[str, tuple[str, str]] = {
         "cache:\n  sweep_interval: 0\n",
         "cache.sweep_interval: must be a positive duration, got 0",
     ),
+    "store-timeout-too-long": (
+        "persistence:\n  timeout: 2m\n",
+        "persistence.timeout: must be at most 60s, got '2m'",
+    ),
     "bad-size": (
         "limits:\n  max_value_size: 1 megabyte\n",
         "limits.max_value_size: must be a size (bytes or e.g. 64KiB, 1MiB, 2GiB), got '1 megabyte'",

@@ -1839,6 +1839,55 @@ def test_under_batch_a_decision_s_reply_does_not_wait_for_an_acknowledged_write(
     assert table_rows(pg_db)[b"n"][0] == b"2"
 
 
+def test_a_refused_command_in_a_pipeline_keeps_its_own_error(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """A request refused before it runs (a disabled EVAL) after a SET whose
+    commit fails: its reply waited for the command before it, whose state the
+    keyspace still held, and was replaced by that commit's error."""
+    link, a = _losing_commit_acks(
+        pg_db, daemon_factory, tcp_proxy, security={"disabled_commands": ["EVAL"]}
+    )
+    with a.client(socket_timeout=30) as r:
+        assert r.set("x", "0")
+        link.silence(b"host0:writer")
+        pipe = r.pipeline(transaction=False)
+        pipe.set("x", "1").execute_command("EVAL", "return 1", 0)
+        set_reply, eval_reply = pipe.execute(raise_on_error=False)
+    assert isinstance(set_reply, redis.ResponseError), set_reply
+    assert isinstance(eval_reply, redis.exceptions.NoPermissionError), eval_reply  # NOPERM
+
+
+def test_under_batch_a_held_write_whose_commit_fails_is_not_told_it_failed(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """durability: batch holds a write's reply while the store lags (a commit
+    under way for longer than flush_interval). When that commit fails the
+    write is kept and committed once the database is back, so its reply says
+    the outcome is unknown and that it is kept; it said the write failed."""
+    link, a = _losing_commit_acks(
+        pg_db,
+        daemon_factory,
+        tcp_proxy,
+        persistence={"durability": "batch", "flush_interval": "1ms"},
+    )
+    with a.client(socket_timeout=30) as r:
+        assert r.set("x", "0")
+        r.execute_command("WAITAOF", 1, 0, 0)
+        link.silence(b"host0:writer")
+        assert r.set("y", "1")  # acknowledged at once
+        eventually(lambda: link.silenced_bytes > 0, what="y's commit to be sent")
+        # The store lags once that commit is older than flush_interval (1ms):
+        # fifty of them (the test observed the commit as it was sent).
+        time.sleep(0.05)
+        reply = _reply(lambda: r.set("z", "1"))  # held: that commit is late
+        link.heal()
+    assert isinstance(reply, redis.ResponseError), reply
+    assert "store commit outcome unknown" in str(reply), reply
+    assert "kept and committed once the database answers" in str(reply), reply
+    eventually(lambda: b"z" in table_rows(pg_db), 20, "z to land once the database answers")
+
+
 def test_a_read_never_shows_a_value_whose_commit_then_fails(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
 ) -> None:

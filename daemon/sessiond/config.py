@@ -284,6 +284,19 @@ def _positive_duration(value: Any) -> float:
     return seconds
 
 
+# persistence.timeout's bound: a shared store's host asks about a commit whose
+# answer is lost within twice the timeout, and the commit's token is kept ten
+# minutes after its connection has gone (store/pgsql.py, TOKENS).
+MAX_STORE_TIMEOUT = 60.0
+
+
+def _store_timeout(value: Any) -> float:
+    seconds = _positive_duration(value)
+    if seconds > MAX_STORE_TIMEOUT:
+        raise _Invalid(f"must be at most {MAX_STORE_TIMEOUT:g}s, got {_show(value)}")
+    return seconds
+
+
 def _threshold(value: Any) -> float:
     """A duration, or ``off`` (YAML reads an unquoted ``off`` as false) or a
     negative number as in redis.conf: -1.0, the slow log is off."""
@@ -672,9 +685,10 @@ SCHEMA: dict[str, Section] = {
                 restart=True,
             ),
             "timeout": Key(
-                _positive_duration,
+                _store_timeout,
                 "duration",
-                "postgresql: bound on each database operation; then it fails, writes get MISCONF",
+                "postgresql: bound on each database operation (at most 60s); then it fails, "
+                "writes get MISCONF",
                 restart=True,
             ),
             "connect_timeout": Key(

@@ -1101,6 +1101,14 @@ class PostgresStore:
             log.error("store_error", operation="commit", error=str(error), sessions=len(batch))
         self.failure = StoreError(str(error).removeprefix("store "))
         self.stats.error("commit")
+        if self.durability != "always":
+            # Its replies held back (the store lagged) were not acknowledged,
+            # but their changes are kept and land later: not a failure.
+            why = str(error).partition(": ")[2] or str(error)
+            error = StoreError(
+                f"store commit outcome unknown: {why}; the write is kept and committed "
+                "once the database answers"
+            )
         self._failed(seq, error)
         if self.durability == "always":
             # Forgotten, and every reply waiting for them told so: nothing up
@@ -1179,8 +1187,10 @@ class PostgresStore:
         never will if it has not; ``None`` if that cannot be known within the
         timeout."""
         try:
-            return await self._run("commit", lambda conn: _ask_token(conn, sent))
-        except StoreError:
+            return await asyncio.wait_for(
+                self._run("commit", lambda conn: _ask_token(conn, sent)), self.timeout
+            )
+        except (StoreError, TimeoutError):
             return None
 
     async def _measure_clock(self, conn: Conn) -> None:
