@@ -48,7 +48,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 from typing import Any, NamedTuple, TypeVar
@@ -1027,22 +1027,11 @@ class PostgresStore:
             try:
                 self._hook("commit")
                 conn = await self._writer()
-                slot = self._slots[conn]
-                token = self._next_token()
-                params, notices = pgsql.commit_params(
-                    self.host_id,
-                    time.time(),
-                    batch,
-                    cleared,
-                    renewals,
-                    (slot.id, token, slot.last),
-                    self._fence(),
-                )
-                sent = _Sent(slot.id, token)
+                params, notices, sent = self._commit_params(conn, batch, cleared, renewals)
                 await self._bounded_here(
                     conn, pgwire.run(conn, _COMMIT_STATEMENT, params), "commit"
                 )
-                slot.last = token
+                self._slots[conn].last = sent.token
             except (StoreError, psycopg.Error, OSError) as exc:
                 try:
                     error = await self._outcome(exc, sent, "commit")
@@ -1148,9 +1137,33 @@ class PostgresStore:
         await self._bounded(conn, _sweep_tokens(conn), "prepare")
         self._slots[conn] = _Slot()
 
-    def _next_token(self) -> int:
+    def _commit_params(
+        self,
+        conn: Conn,
+        changes: Mapping[bytes, tuple[Any, ...] | None],
+        cleared: bool,
+        renewals: Mapping[bytes, Renewal],
+        *,
+        lock: bool = True,
+    ) -> tuple[list[bytes], int, _Sent]:
+        """The commit function's parameters for a commit on ``conn``
+        (:func:`.pgsql.commit_params`, with a new token in the connection's
+        slot and its fence from now), how many notifications they send, and
+        what to ask about if its answer is lost."""
+        slot = self._slots[conn]
         self._token += 1
-        return self._token
+        token = self._token
+        params, notices = pgsql.commit_params(
+            self.host_id,
+            time.time(),
+            changes,
+            cleared,
+            renewals,
+            (slot.id, token, slot.last),
+            self._fence(),
+            lock=lock,
+        )
+        return params, notices, _Sent(slot.id, token)
 
     async def _outcome(
         self, exc: BaseException, sent: _Sent | None, operation: str
@@ -1458,19 +1471,7 @@ class PostgresStore:
         sent: _Sent | None = None
         try:
             if changes:
-                slot = self._slots[conn]
-                token = self._next_token()
-                params, notices = pgsql.commit_params(
-                    self.host_id,
-                    time.time(),
-                    changes,
-                    False,
-                    {},
-                    (slot.id, token, slot.last),
-                    self._fence(),
-                    lock=False,
-                )
-                sent = _Sent(slot.id, token)
+                params, notices, sent = self._commit_params(conn, changes, False, {}, lock=False)
             notify = [self._barrier_channel, barrier.encode()]
             await self._bounded_here(conn, _commit_decision(conn, params, notify), "commit")
             if sent is not None:
