@@ -179,8 +179,8 @@ BAD: dict[str, tuple[str, str]] = {
         "cache.sweep_interval: must be a positive duration, got 0",
     ),
     "store-timeout-too-long": (
-        "persistence:\n  timeout: 2m\n",
-        "persistence.timeout: must be at most 60s, got '2m'",
+        "persistence:\n  timeout: 10m\n",
+        "persistence.timeout: must be at most 5m, got '10m'",
     ),
     "bad-size": (
         "limits:\n  max_value_size: 1 megabyte\n",

@@ -165,9 +165,10 @@ DATABASE_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
 # anywhere in the cluster), each update of one row has to step over every
 # version of it since, about 22 more buffers per 4,000 commits measured here,
 # where an insert and a delete by key stay at 3.
-# Rows outlive their connections for ten minutes once their backend is gone
+# Rows outlive their connections for fifteen minutes once their backend is gone
 # (SWEEP_SLOTS, at each writer's connect; an asker's row at once), well past
-# any asking, which ends within twice persistence.timeout of the failure.
+# any asking, which ends within twice persistence.timeout (at most 5
+# minutes: config.MAX_STORE_TIMEOUT) of the failure.
 TOKENS = "sessiond_commit_tokens"
 # Owned by the sessions table's owner, whoever makes it: a host started once as
 # another role, to create what its own may not, leaves a table the hosts' role
@@ -188,7 +189,7 @@ FIND_TOKENS = f"SELECT to_regclass('{TOKENS}')::text"
 SWEEP_SLOTS = (
     f"UPDATE {TOKENS} AS t SET gone_since = now() WHERE gone_since IS NULL "
     "AND NOT EXISTS (SELECT FROM pg_stat_activity AS a WHERE a.pid = t.pid)",
-    f"DELETE FROM {TOKENS} WHERE gone_since < now() - interval '10 minutes'",
+    f"DELETE FROM {TOKENS} WHERE gone_since < now() - interval '15 minutes'",
 )
 ASKER = -1  # the pid of an asker's row
 ASK_TOKEN = (

@@ -2070,7 +2070,7 @@ async def _ask_token(conn: Conn, sent: _Sent) -> bool | None:
     """Whether the commit ``sent`` landed: its token inserted by the asking
     itself (pgsql.ASK_TOKEN), unless the commit's is there. Asked again
     after its answer was lost, it finds its own row (pgsql.ASKER). ``None``:
-    the row went away in between (a sweep's, ten minutes on)."""
+    the row went away in between (a sweep's, fifteen minutes on)."""
     if (await conn.execute(pgsql.ASK_TOKEN, sent)).rowcount == 1:
         return False
     row = await (await conn.execute(pgsql.TOKEN_OWNER, sent)).fetchone()
