@@ -490,8 +490,9 @@ class Keyspace:
             return 0
 
     def owner_gone(self, owner: object) -> None:
-        """``owner`` will not call :meth:`after_commit` again (its connection
-        closed): forget what was kept for it."""
+        """Forget what was kept for ``owner``'s next :meth:`after_commit`:
+        its connection closed, or its replies wait each for its own changes
+        (:attr:`own_outcomes`)."""
 
     def read_uncommitted(self) -> bool:
         """Whether the command just run read changes not yet committed (on a

@@ -501,9 +501,9 @@ class Connection(asyncio.Protocol):
             self._count_loop_time(perf_counter(), last)
             self.busy = True
             if self.own:
-                # Each reply waits for its own commit, and gets its error;
-                # this wait only lets go of what the keyspace kept for them.
-                self.keyspace.after_commit(_settled, self.client)
+                # Each reply waits for its own commit, and gets its error:
+                # what the keyspace kept for one wait of them all goes.
+                self.keyspace.owner_gone(self.client)
                 if self.own_waits:
                     self.own_parked = True
                 else:

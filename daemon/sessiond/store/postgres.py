@@ -909,11 +909,17 @@ class PostgresStore:
         through: int | None = None,
     ) -> None:
         seq = self.overlay.op_seq if through is None else through
-        open_ = self._open
-        waiting = tuple(d for d in decisions if d in open_)
-        # A decision finished already (while its connection waited for a read,
-        # say) is left out of what the waiter waits for, but not its outcome.
-        failed = next((d.error for d in decisions if d.error is not None and d not in open_), None)
+        waiting: tuple[Decision, ...] = ()
+        failed: StoreError | None = None
+        if decisions:  # most replies wait for none: no generators made for them
+            open_ = self._open
+            waiting = tuple(d for d in decisions if d in open_)
+            # A decision finished already (while its connection waited for a
+            # read, say) is left out of what the waiter waits for, but not its
+            # outcome.
+            failed = next(
+                (d.error for d in decisions if d.error is not None and d not in open_), None
+            )
         if self._committed_seq >= seq:
             if not waiting:
                 callback(failed)
