@@ -1914,6 +1914,92 @@ def test_a_read_never_shows_a_value_whose_commit_then_fails(
         assert rb.get("k") == b"old"
 
 
+def test_a_read_is_told_when_the_commit_of_what_it_shows_fails_before_a_later_one_lands(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """A's SET k is in a commit under way; C's SET j is recorded after it;
+    B's GET k shows A's value and waits through C's change. A's commit fails
+    and C's, the next, lands: B was answered with A's value, which was never
+    applied (its wait was told of failures of C's commit only)."""
+    link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy, persistence={"timeout": "5s"})
+    with (
+        a.client(socket_timeout=30) as ra,
+        a.client(socket_timeout=30) as rb,
+        a.client(socket_timeout=30) as rc,
+    ):
+        assert ra.set("k", "old")
+        link.silence(b"host0:writer")
+        answered: list[object] = []
+        other: list[object] = []
+        read: list[object] = []
+        setter = threading.Thread(
+            target=lambda: answered.append(_reply(lambda: ra.set("k", "new")))
+        )
+        setter.start()
+        eventually(lambda: link.silenced_bytes > 0, what="A's commit to be sent")
+        writer = threading.Thread(target=lambda: other.append(_reply(lambda: rc.set("j", "x"))))
+        writer.start()
+        eventually(lambda: _set_calls(rb) == 3, what="C's SET to run")
+        reader = threading.Thread(target=lambda: read.append(_reply(lambda: rb.get("k"))))
+        reader.start()
+        setter.join(30)
+        link.heal()
+        reader.join(30)
+        writer.join(30)
+        assert isinstance(answered[0], redis.ResponseError), answered
+        assert ra.get("k") == b"old"
+    assert read[0] != b"new", "B was shown a value that was never applied"
+
+
+@pytest.mark.parametrize("how", ["exec", "getex"])
+def test_a_command_that_only_reads_never_shows_a_value_whose_commit_then_fails(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any, how: str
+) -> None:
+    """EXEC of reads and GETEX without options are not readonly commands, yet
+    their replies show what memory holds: they waited for nothing and showed
+    another connection's SET whose commit then failed."""
+    link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy)
+    with a.client(socket_timeout=30) as ra, a.client(socket_timeout=30) as rb:
+        assert ra.set("k", "old")
+        link.silence(b"host0:writer")
+        answered: list[object] = []
+        setter = threading.Thread(
+            target=lambda: answered.append(_reply(lambda: ra.set("k", "new")))
+        )
+        setter.start()
+        eventually(lambda: _set_calls(rb) == 2, what="A's SET to run")
+        if how == "exec":
+            pipe = rb.pipeline(transaction=True)
+            pipe.get("k")
+            read = _reply(lambda: pipe.execute(raise_on_error=False)[0])
+        else:
+            read = _reply(lambda: rb.execute_command("GETEX", "k"))
+        setter.join(30)
+        assert isinstance(answered[0], redis.ResponseError), answered
+    assert read != b"new", "B was shown a value that was never applied"
+
+
+def test_under_batch_a_decision_after_a_failed_commit_is_not_told_it_is_kept(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """An INCR reads this host's own pending writes first (a flush); when
+    that commit fails, the INCR never ran and never lands: it must not be
+    told that it is kept and committed later, as the writes are."""
+    link, a = _losing_commit_acks(
+        pg_db, daemon_factory, tcp_proxy, persistence={"durability": "batch"}
+    )
+    with a.client(socket_timeout=30) as r:
+        assert r.set("n", "0")
+        r.execute_command("WAITAOF", 1, 0, 0)
+        link.silence(b"host0:writer")
+        assert r.set("n", "5")
+        reply = _reply(lambda: r.incr("n"))
+        link.heal()
+    assert isinstance(reply, redis.ResponseError), reply
+    assert "kept" not in str(reply), reply
+    eventually(lambda: table_rows(pg_db)[b"n"][0] == b"5", 20, "the SET to land")
+
+
 def test_flushall_on_an_empty_memory_waits_for_its_commit(fleet: Fleet, pg_db: PgDatabase) -> None:
     """FLUSHALL on a host whose memory holds no live session records the
     clear (store.clear) but no delete: its reply must still wait for the

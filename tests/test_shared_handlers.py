@@ -181,6 +181,7 @@ class StoreDouble:
         callback: Callable[[StoreError | None], None],
         decisions: list[Decision],
         through: int | None = None,
+        shown: bool = False,
     ) -> None:
         async def wait() -> None:
             while any(d in self.open for d in decisions):

@@ -369,7 +369,7 @@ class Connection(asyncio.Protocol):
         ):
             self.write_slots.append(len(self.out))
             if self.own:
-                failed = self._wait_for_own(len(self.out), False)
+                failed = self._wait_for_own(len(self.out), not isinstance(reply, Error))
                 if failed is not None:
                     return failed
         elif (

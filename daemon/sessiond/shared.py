@@ -618,11 +618,14 @@ class SharedKeyspace(Keyspace):
         # as it is on a local store; it would otherwise show a value that is
         # never committed (a GET saw another connection's SET whose commit
         # then failed, and the next GET the value before it).
+        # A reply that neither wrote nor decided shows only what it read
+        # (EXEC of reads, GETEX without options); an error shows nothing.
         shared = self.shared
         assert shared is not None
         owned = self.decisions.get(owner) if self.decided else None
+        shown = shown and not (self.own_wrote or owned)
         through = self.recorded if self.own_wrote or shown else 0
-        shared.after_commit_for(callback, [owned[-1]] if owned else [], through)
+        shared.after_commit_for(callback, [owned[-1]] if owned else [], through, shown)
 
     def shows_uncommitted(self) -> bool:
         shared = self.shared

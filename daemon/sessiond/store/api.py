@@ -364,10 +364,13 @@ class SharedStore(Store, Protocol):
         callback: Callable[[StoreError | None], None],
         decisions: list[Decision],
         through: int | None = None,
+        shown: bool = False,
     ) -> None:
         """:meth:`Store.after_commit`, and once ``decisions`` are committed too
         (the error of one that failed); with ``through``, for the changes
-        recorded up to that count only (:meth:`recorded`), not all of them."""
+        recorded up to that count only (:meth:`recorded`), not all of them;
+        with ``shown`` (a reply that shows them), with the error of any
+        commit of them that fails, not only of the one that takes the last."""
         ...
 
     def recorded(self) -> int:

@@ -310,16 +310,25 @@ class _Ask:
 
 class _Waiter:
     """A reply waiting for every change recorded before it (``seq``) and for
-    every decision open when it asked."""
+    every decision open when it asked. A failed commit of the changes after
+    ``low`` and up to ``seq`` is its error (``low``: those before its own
+    changes, which a commit takes together; or, for a reply that shows what
+    it read, those committed when it asked); ``kept``: the error a reply gets
+    for changes that a failed commit keeps to commit later (batch)."""
 
-    __slots__ = ("callback", "decisions", "error", "seq")
+    __slots__ = ("callback", "decisions", "error", "kept", "low", "seq")
 
     def __init__(
         self,
         seq: int,
         decisions: tuple[Decision, ...],
         callback: Callable[[StoreError | None], None],
+        low: int | None = None,
+        *,
+        kept: bool = True,
     ) -> None:
+        self.low = seq - 1 if low is None else low
+        self.kept = kept
         self.seq = seq
         self.decisions = decisions
         self.callback = callback
@@ -907,8 +916,10 @@ class PostgresStore:
         callback: Callable[[StoreError | None], None],
         decisions: list[Decision],
         through: int | None = None,
+        shown: bool = False,
     ) -> None:
         seq = self.overlay.op_seq if through is None else through
+        low = self._committed_seq if shown else None
         waiting: tuple[Decision, ...] = ()
         failed: StoreError | None = None
         if decisions:  # most replies wait for none: no generators made for them
@@ -926,11 +937,11 @@ class PostgresStore:
                 return
             # Its writes are committed: its decisions' commits call it back
             # (_finish), the writer has nothing to do for it.
-            waiter = _Waiter(seq, waiting, callback)
+            waiter = _Waiter(seq, waiting, callback, low)
             waiter.error = failed
             self._waiters.append(waiter)
             return
-        waiter = _Waiter(seq, waiting, callback)
+        waiter = _Waiter(seq, waiting, callback, low)
         waiter.error = failed
         self._waiters.append(waiter)
         self._wake.set()
@@ -960,7 +971,9 @@ class PostgresStore:
         seq = self.overlay.op_seq
         if self._committed_seq >= seq:
             return
-        self._waiters.append(_Waiter(seq, (), resolved))
+        # Not a reply (a decision's read of this host's own writes): a
+        # change kept to commit later is no outcome of its own.
+        self._waiters.append(_Waiter(seq, (), resolved, kept=False))
         self._wake.set()
         error = await done
         if error is not None:
@@ -985,16 +998,20 @@ class PostgresStore:
                 error = next((d.error for d in waiter.decisions if d.error is not None), None)
             call_waiter(waiter.callback, error)
 
-    def _failed(self, seq: int, error: StoreError) -> None:
-        """The commit of the changes up to ``seq`` failed: their waiters get
-        the error (they are pending again, and committed when it works). A
-        waiter for changes committed before (one that waits for a decision)
-        is not theirs."""
+    def _failed(self, seq: int, error: StoreError, kept: StoreError | None = None) -> None:
+        """The commit of the changes after the last committed and up to
+        ``seq`` failed: the waiters whose range (``low``, ``seq``] meets
+        theirs get the error, or ``kept`` if given (the changes are kept to
+        commit later) and they are replies. A waiter for changes committed
+        before (one that waits for a decision) is not theirs."""
         since = self._committed_seq
-        due = [waiter for waiter in self._waiters if since < waiter.seq <= seq]
-        self._waiters = [waiter for waiter in self._waiters if not since < waiter.seq <= seq]
+        due: list[_Waiter] = []
+        still: list[_Waiter] = []
+        for waiter in self._waiters:
+            (due if since < waiter.seq and waiter.low < seq else still).append(waiter)
+        self._waiters = still
         for waiter in due:
-            call_waiter(waiter.callback, error)
+            call_waiter(waiter.callback, kept if kept is not None and waiter.kept else error)
 
     async def _write_forever(self) -> None:
         last_start = time.monotonic()
@@ -1096,15 +1113,16 @@ class PostgresStore:
             log.error("store_error", operation="commit", error=str(error), sessions=len(batch))
         self.failure = StoreError(str(error).removeprefix("store "))
         self.stats.error("commit")
-        if self.durability != "always":
+        kept: StoreError | None = None
+        if self.durability != "always" and not self._stopping:
             # Its replies held back (the store lagged) were not acknowledged,
             # but their changes are kept and land later: not a failure.
             why = str(error).partition(": ")[2] or str(error)
-            error = StoreError(
+            kept = StoreError(
                 f"store commit outcome unknown: {why}; the write is kept and committed "
                 "once the database answers"
             )
-        self._failed(seq, error)
+        self._failed(seq, error, kept)
         if self.durability == "always":
             # Forgotten, and every reply waiting for them told so: nothing up
             # to ``seq`` is left to commit. A reply that asks to wait later
