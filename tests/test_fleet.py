@@ -1895,7 +1895,7 @@ def test_a_read_never_shows_a_value_whose_commit_then_fails(
     """A's SET is in memory and its commit under way when B reads the key;
     the commit then fails (the writer's link is silent). B's reply showed
     A's value, which was never applied (the next GET showed the value
-    before it); it now waits for the commit, as on a local store, and gets
+    before it); it now waits for the commit, as Redis' reply waits for the fsync, and gets
     its error. EXEC of reads and GETEX without options are not readonly
     commands, yet show what memory holds: they waited for nothing."""
     link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy)

@@ -615,9 +615,10 @@ class SharedKeyspace(Keyspace):
         # under its keys' locks). A read's reply shows memory, which may hold
         # another connection's changes not yet committed: it waits for every
         # change recorded so far, and a failed commit of them is its error,
-        # as it is on a local store; it would otherwise show a value that is
-        # never committed (a GET saw another connection's SET whose commit
-        # then failed, and the next GET the value before it).
+        # as Redis sends no reply before the fsync; it would otherwise show a
+        # value that is never committed (a GET saw another connection's SET
+        # whose commit then failed, and the next GET the value before it). A
+        # local store shows such a value too, but keeps it and commits it later.
         # A reply that neither wrote nor decided shows only what it read
         # (EXEC of reads, GETEX without options); an error shows nothing.
         shared = self.shared
