@@ -1750,6 +1750,22 @@ def test_a_decision_whose_commit_landed_unacknowledged_is_answered_as_landed(
     assert unanswered["outcome"] == "landed" and unanswered["operation"] == "decide"
 
 
+def test_a_decision_that_changed_nothing_keeps_its_reply_when_its_commit_s_answer_is_lost(
+    pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
+) -> None:
+    """SET NX of a key that exists decides and changes nothing; its commit
+    (its barrier alone) loses its acknowledgement. Nothing of it could have
+    landed, so its reply stands: it was answered with the lost connection's
+    error."""
+    link, a = _losing_commit_acks(pg_db, daemon_factory, tcp_proxy)
+    with a.client() as r:
+        assert r.set("k", "v", nx=True)
+        link.lose_commit_ack(b"host0:pool", then="cut")
+        assert _reply(lambda: r.set("k", "w", nx=True)) is None
+        assert link.commit_acks_lost == 1
+        assert r.get("k") == b"v"
+
+
 def test_a_commit_that_cannot_be_asked_about_is_answered_as_unknown(
     pg_db: PgDatabase, daemon_factory: Callable[..., Daemon], tcp_proxy: Any
 ) -> None:

@@ -1517,7 +1517,11 @@ class PostgresStore:
                 for decision in decisions:
                     decision.error = StoreError(_CLOSING)
                 raise
-            if error is None:  # it landed; its answer was lost
+            if error is None or (not changes and _in_doubt(exc) and not self._stopping):
+                # It landed, its answer lost; or it changed nothing, and
+                # whether it landed changes nothing either: the decisions'
+                # replies stand (what they read, they read under their
+                # locks). Its barrier, if it never comes, empties memory.
                 await self._decided(batch, changes, started, notices, barrier)
                 return
             self._barriers.pop(barrier, None)
