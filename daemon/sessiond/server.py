@@ -367,11 +367,9 @@ class Connection(asyncio.Protocol):
             and (self.durable or self.keyspace.lagging())
             and (cmd.may_write or not isinstance(reply, Error) or self.keyspace.read_uncommitted())
         ):
-            self.write_slots.append(len(self.out))
             if self.own:
-                failed = self._wait_for_own(len(self.out), not isinstance(reply, Error))
-                if failed is not None:
-                    return failed
+                return self._hold_for_own(data, not isinstance(reply, Error))
+            self.write_slots.append(len(self.out))
         elif (
             self.own
             and self.durable
@@ -383,10 +381,7 @@ class Connection(asyncio.Protocol):
         ):
             # It may show another command's change whose commit fails and
             # takes it back: it waits for that commit (Keyspace.after_own).
-            self.write_slots.append(len(self.out))
-            failed = self._wait_for_own(len(self.out), True)
-            if failed is not None:
-                return failed
+            return self._hold_for_own(data, True)
         elif self.persistent:
             # No reply waits for what it decided: nothing is kept for one.
             self.keyspace.unheld(client)
@@ -625,14 +620,17 @@ class Connection(asyncio.Protocol):
 
         self.keyspace.after_writes(committed, self.client)
 
-    def _wait_for_own(self, slot: int, shown: bool) -> bytes | None:
-        """The reply at ``slot`` of ``out``, held, waits for its own command's
-        commit and becomes its error if that commit failed (a shared store:
-        another command's failed commit is not its outcome), and with
-        ``shown`` (a read's) for every change memory may show (Keyspace.after_own). The replies are
-        sent once none of them waits (:meth:`_drain_store`). Returns the
-        error's reply if it is known at once (a decision that failed before),
-        before the reply is in ``out``."""
+    def _hold_for_own(self, data: bytes, shown: bool) -> bytes:
+        """Hold ``data``, the reply about to go into ``out``, until its own
+        command's commit, and make it that commit's error if it failed (a
+        shared store: another command's failed commit is not its outcome);
+        with ``shown`` (a reply that shows what it read), until every change
+        memory may show is (Keyspace.after_own). The replies are sent once
+        none of them waits (:meth:`_drain_store`). Returns what goes into
+        ``out``: ``data``, or the error's reply if it is known at once (a
+        decision that failed before)."""
+        slot = len(self.out)
+        self.write_slots.append(slot)
         self.own_waits += 1
         gen = self.held_gen
         at_once: list[bytes] = []
@@ -654,7 +652,7 @@ class Connection(asyncio.Protocol):
                 self._durable(None)
 
         self.keyspace.after_own(committed, self.client, shown)
-        return at_once[0] if at_once else None
+        return at_once[0] if at_once else data
 
     def _durable(self, error: StoreError | None) -> None:
         """The writes whose replies we hold are on disk (or failed): reply."""

@@ -1117,7 +1117,7 @@ class PostgresStore:
         if self.durability != "always" and not self._stopping:
             # Its replies held back (the store lagged) were not acknowledged,
             # but their changes are kept and land later: not a failure.
-            why = str(error).partition(": ")[2] or str(error)
+            why = _commit_failure(error, self.timeout)
             kept = StoreError(
                 f"store commit outcome unknown: {why}; the write is kept and committed "
                 "once the database answers"
