@@ -643,6 +643,43 @@ def test_a_commit_s_token_says_whether_it_landed(pg_db: PgDatabase) -> None:
     run(pg_db, scenario)
 
 
+def test_the_tokens_of_gone_connections_are_swept_fifteen_minutes_after_they_are_seen_gone(
+    pg_db: PgDatabase,
+) -> None:
+    """A writer's connect marks the tokens whose backend is gone (an asker's
+    row is marked when it is made) and deletes those marked fifteen minutes
+    before or more; a live connection's token stays."""
+
+    async def scenario(store: PostgresStore) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_db.dsn(), autocommit=True) as conn:
+            await conn.execute(_INSERT_TOKEN, (10, 1))  # this live connection's
+            await conn.execute(
+                f"INSERT INTO {pgsql.TOKENS} (slot, token, pid) VALUES (11, 1, 2147483647)"
+            )  # a backend that is gone
+            assert await store._landed(postgres._Sent(12, 1)) is False  # an asker's row
+
+            async def marked() -> dict[int, bool]:
+                cur = await conn.execute(
+                    f"SELECT slot, gone_since IS NOT NULL FROM {pgsql.TOKENS} ORDER BY slot"
+                )
+                return {int(slot): bool(gone) for slot, gone in await cur.fetchall()}
+
+            await postgres._sweep_tokens(conn)
+            assert await marked() == {10: False, 11: True, 12: True}
+            await conn.execute(
+                f"UPDATE {pgsql.TOKENS} SET gone_since = now() - interval '14 minutes' "
+                "WHERE slot = 11"
+            )
+            await conn.execute(
+                f"UPDATE {pgsql.TOKENS} SET gone_since = now() - interval '16 minutes' "
+                "WHERE slot = 12"
+            )
+            await postgres._sweep_tokens(conn)
+            assert await marked() == {10: False, 11: True}
+
+    run(pg_db, scenario)
+
+
 @pytest.mark.parametrize("end", ["COMMIT", "ROLLBACK"])
 def test_asking_waits_for_a_commit_that_is_writing_its_token(pg_db: PgDatabase, end: str) -> None:
     """A commit that has written its token and not yet ended: the asking
