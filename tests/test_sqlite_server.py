@@ -238,3 +238,78 @@ def test_waitaof_answers_0_when_the_commit_of_the_writes_before_it_fails(
         assert bytes(wire.data).endswith(b"\r\n*2\r\n:0\r\n:0\r\n")
 
     run(tmp_path / "s.db", scenario, max_log_bytes=100)
+
+
+def test_a_read_waits_for_the_commit_of_the_write_it_shows(tmp_path: Path) -> None:
+    """docs/persistence.md, "Promises": under ``durability: always`` a read
+    shows another connection's write only once its commit is on disk, as
+    Redis sends no reply before its fsync. The GET was answered while the
+    SET's commit was stuck, so a crash then would have left the reader
+    having seen a write that is gone. A read of a key with nothing
+    uncommitted is answered at once meanwhile."""
+    disk = threading.Event()
+    disk.set()
+
+    def hook(point: str) -> None:
+        if point == "commit":
+            disk.wait(10)
+
+    async def scenario(rig: Rig) -> None:
+        writer, writer_wire = rig.connect()
+        reader, reader_wire = rig.connect()
+        other, other_wire = rig.connect()
+        writer.data_received(encode(("SET", "j", "old")))
+        for _ in range(200):
+            if writer_wire.data:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(writer_wire.data) == b"+OK\r\n"
+        writer_wire.data.clear()
+        disk.clear()  # the next commit sticks
+        try:
+            writer.data_received(encode(("SET", "k", "new")))
+            reader.data_received(encode(("GET", "j"), ("GET", "k"), ("GET", "j")))
+            other.data_received(encode(("GET", "j"), ("EXISTS", "absent")))
+            await asyncio.sleep(0.05)
+            assert bytes(other_wire.data) == b"$3\r\nold\r\n:0\r\n"
+            assert bytes(reader_wire.data) == b""  # GET k waits, and the replies after it
+            assert bytes(writer_wire.data) == b""
+        finally:
+            disk.set()
+        for _ in range(200):
+            if reader_wire.data:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(writer_wire.data) == b"+OK\r\n"
+        assert bytes(reader_wire.data) == b"$3\r\nold\r\n$3\r\nnew\r\n$3\r\nold\r\n"
+
+    run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)
+
+
+def test_a_read_of_a_write_whose_commit_fails_gets_the_error_then_reads_are_served(
+    tmp_path: Path,
+) -> None:
+    """A read held for the commit of the write it shows gets that commit's
+    error (the write's outcome is unknown: it stays in memory and lands with
+    the next commit that succeeds). While the store refuses writes, reads are
+    served at once, with the write kept in memory: they do not wait for
+    the retries."""
+
+    async def scenario(rig: Rig) -> None:
+        writer, writer_wire = rig.connect()
+        reader, reader_wire = rig.connect()
+        writer.data_received(encode(("SET", "k", "v" * 200)))
+        reader.data_received(encode(("GET", "k")))
+        for _ in range(200):
+            if reader_wire.data and writer_wire.data:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(writer_wire.data).startswith(b"-ERR store write failed")
+        assert bytes(reader_wire.data) == bytes(writer_wire.data)
+        assert rig.store.failure is not None and rig.store.uncommitted()
+        reader_wire.data.clear()
+        reader.data_received(encode(("GET", "k"), ("DBSIZE",)))
+        await asyncio.sleep(0.01)
+        assert bytes(reader_wire.data) == b"$200\r\n" + b"v" * 200 + b"\r\n:1\r\n"
+
+    run(tmp_path / "s.db", scenario, max_log_bytes=100)

@@ -182,6 +182,9 @@ class Keyspace:
         self.table_lag = 0.0 if store is None else store.table_lag
         self.max_value_size = max_value_size
         self.warmed = 0  # sessions loaded by the warm start
+        # A change was recorded since the store last had none uncommitted
+        # (see uncommitted()).
+        self.dirty = False
         # While the warm start loads: the keys commands changed since it
         # began (their stored rows read for it may be older). None otherwise.
         self._changed: set[bytes] | None = None
@@ -293,6 +296,7 @@ class Keyspace:
             changed.add(key)
         assert self.store is not None
         self.store.record(key, row)
+        self.dirty = True
 
     def expire(self, key: bytes) -> None:
         # Memory found the session past its deadline: so would the store.
@@ -501,13 +505,31 @@ class Keyspace:
         their commit, since it was decided on them."""
         return False
 
-    def shows_uncommitted(self) -> bool:
-        """Whether memory may show a change not yet committed that a failed
-        commit takes back (a read's reply then waits for that commit, under
-        ``durability: always``, and gets its error): only a shared store's
-        (:attr:`own_outcomes`). A local store's failed write stays in memory
-        and lands with the next commit that succeeds (docs/persistence.md)."""
-        return False
+    def uncommitted(self) -> bool:
+        """Whether memory may show a change not yet committed (a read's reply
+        then asks :meth:`shows_uncommitted`). Not while the store refuses
+        writes: a failed write stays in memory, reads are served with it,
+        and it lands with the next commit that succeeds (docs/persistence.md).
+        The store is asked only after a change was recorded since it last
+        had none (:attr:`dirty`): under reads alone, not at every read."""
+        if not self.dirty:
+            return False
+        store = self.store
+        if store is None or not store.uncommitted():
+            self.dirty = False
+            return False
+        return store.failure is None
+
+    def shows_uncommitted(self, keys: list[bytes] | None) -> bool:
+        """Whether a read's reply about ``keys`` (``None``: any, a read of
+        the whole keyspace) may show a change not yet committed: under
+        ``durability: always`` it then waits for that commit and gets its
+        error, as Redis sends no reply before its fsync (a crash before it
+        would leave the client having seen a write that is gone)."""
+        store = self.store
+        if store is None:
+            return False
+        return keys is None or store.names_uncommitted(keys)
 
     def unheld(self, owner: object) -> None:
         """The reply of the command just run for ``owner`` waits for no commit
@@ -688,6 +710,7 @@ class Keyspace:
                 deleted += 1
             elif held.deadline is None or held.deadline > now:
                 store.record(key, _row(held))
+                self.dirty = True
             # else expired in memory too: the cache's sweep deletes it
         return deleted
 
@@ -1112,6 +1135,7 @@ class Context:
         store = self.keyspace.store
         if store is not None:
             store.clear()
+            self.keyspace.dirty = True
         self.loaded = None  # nothing is left to read back
 
     # ----------------------------------------------------- whole keyspace

@@ -371,17 +371,19 @@ class Connection(asyncio.Protocol):
                 return self._hold_for_own(data, not isinstance(reply, Error))
             self.write_slots.append(len(self.out))
         elif (
-            self.own
-            and self.durable
+            self.durable
             and cmd is not None
             and cmd.reads
             and reply is not QUEUED
             and not isinstance(reply, Error)
-            and self.keyspace.shows_uncommitted()
+            and self.keyspace.uncommitted()
+            and self.keyspace.shows_uncommitted(cmd.keys(args) if cmd.first_key else None)
         ):
-            # It may show another command's change whose commit fails and
-            # takes it back: it waits for that commit (Keyspace.after_own).
-            return self._hold_for_own(data, True)
+            # It may show another command's change not yet durable: it
+            # waits for that commit and gets its error (Keyspace.after_own).
+            if self.own:
+                return self._hold_for_own(data, True)
+            self.write_slots.append(len(self.out))
         elif self.persistent:
             # No reply waits for what it decided: nothing is kept for one.
             self.keyspace.unheld(client)

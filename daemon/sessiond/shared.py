@@ -617,8 +617,7 @@ class SharedKeyspace(Keyspace):
         # change recorded so far, and a failed commit of them is its error,
         # as Redis sends no reply before the fsync; it would otherwise show a
         # value that is never committed (a GET saw another connection's SET
-        # whose commit then failed, and the next GET the value before it). A
-        # local store shows such a value too, but keeps it and commits it later.
+        # whose commit then failed, and the next GET the value before it).
         # A reply that neither wrote nor decided shows only what it read
         # (EXEC of reads, GETEX without options); an error shows nothing.
         shared = self.shared
@@ -628,9 +627,15 @@ class SharedKeyspace(Keyspace):
         through = self.recorded if self.own_wrote or shown else 0
         shared.after_commit_for(callback, [owned[-1]] if owned else [], through, shown)
 
-    def shows_uncommitted(self) -> bool:
+    def uncommitted(self) -> bool:
         shared = self.shared
         return shared is not None and shared.uncommitted()
+
+    def shows_uncommitted(self, keys: list[bytes] | None) -> bool:
+        # A failed commit takes its writes back from memory (and a read's
+        # reply is told of any failed commit recorded before it): whatever
+        # keys it shows, it waits for every change recorded so far.
+        return True
 
     def owner_gone(self, owner: object) -> None:
         self.decisions.pop(owner, None)

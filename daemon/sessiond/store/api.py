@@ -265,6 +265,15 @@ class Store(Protocol):
         durable, with the error if its commit failed."""
         ...
 
+    def uncommitted(self) -> bool:
+        """Whether a change recorded so far is not yet committed (nor failed)."""
+        ...
+
+    def names_uncommitted(self, keys: list[bytes]) -> bool:
+        """Whether a change recorded and not yet committed (nor failed) names
+        one of ``keys``, or a FLUSH not yet committed covers them."""
+        ...
+
     def hold_commits(self) -> None:
         """A transaction or a script starts running on the event loop: no
         commit takes the changes it records until :meth:`release_commits`, so
@@ -375,10 +384,6 @@ class SharedStore(Store, Protocol):
 
     def recorded(self) -> int:
         """How many changes were recorded so far."""
-        ...
-
-    def uncommitted(self) -> bool:
-        """Whether a change recorded so far is not yet committed (nor failed)."""
         ...
 
     def renew(self, renewals: dict[bytes, Renewal]) -> None:

@@ -188,6 +188,15 @@ class Overlay:
             newer[key] = read.get(key)
         return newer, []
 
+    def names_uncommitted(self, keys: list[bytes]) -> bool:
+        """Whether a change not yet durable (pending or in flight) names one
+        of ``keys``, or a FLUSH not yet durable covers them."""
+        with self.lock:
+            if self.pending_cleared or self.inflight_cleared:
+                return True
+            pending, inflight = self.pending, self.inflight
+            return any(key in pending or key in inflight for key in keys)
+
     def names(self, key: bytes) -> bool:
         """Whether any change not yet in the table names ``key`` (or a FLUSH covers it)."""
         found, _ = self.lookup([key])

@@ -911,6 +911,9 @@ class PostgresStore:
     def uncommitted(self) -> bool:
         return self.overlay.op_seq > self._committed_seq
 
+    def names_uncommitted(self, keys: list[bytes]) -> bool:
+        return self.overlay.names_uncommitted(keys)
+
     def after_commit_for(
         self,
         callback: Callable[[StoreError | None], None],

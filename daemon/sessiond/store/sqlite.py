@@ -382,6 +382,12 @@ class SQLiteStore:
         else:
             self._wake.set()
 
+    def uncommitted(self) -> bool:
+        return self.overlay.op_seq > self._committed_seq
+
+    def names_uncommitted(self, keys: list[bytes]) -> bool:
+        return self.overlay.names_uncommitted(keys)
+
     def _commit_here(self) -> None:
         """The group commit of the writes this event-loop iteration made, on
         the loop's own thread once the iteration's reads are handled, and the
