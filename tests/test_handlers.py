@@ -1330,3 +1330,21 @@ def test_what_client_pause_write_holds() -> None:
     assert not held("EVAL", "#!lua flags=no-writes\nreturn 1", "0")
     assert not held("GET", "k")
     assert not held("PUBSUB", "CHANNELS")
+
+
+def test_a_command_s_one_key_to_read_is_the_key_its_load_names() -> None:
+    """Command.load_one, the read-through check's shortcut (Dispatcher.prepare),
+    names the key ``load`` names, for every command that has one, at every
+    length of arguments that reaches it; GET has one, MGET and SET none."""
+    shortcuts = 0
+    for cmd in REGISTRY.values():
+        if not cmd.load_one:
+            continue
+        shortcuts += 1
+        assert cmd.load is not None and cmd.ahead is None
+        for n in range(cmd.load_one + 1, cmd.load_one + 6):
+            args = [b"%d" % i for i in range(n)]
+            assert cmd.load(args) == [args[cmd.load_one]], (cmd.name, n)
+    assert REGISTRY["GET"].load_one == 1
+    assert REGISTRY["MGET"].load_one == 0
+    assert shortcuts > 20

@@ -377,6 +377,11 @@ class Keyspace:
                 return self._read_ahead(work, prepared)
         return None
 
+    def in_memory(self, key: bytes) -> bool:
+        """Whether memory holds ``key`` (a command that reads only it need
+        read nothing through: :meth:`prepare`)."""
+        return self.cache.find(key) is not None
+
     def discard(self, prepared: Prepared) -> None:
         """A request's connection went away after ``prepared`` was read for it
         and before it ran (a shared store then has a decision to give up)."""

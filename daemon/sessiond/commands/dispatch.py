@@ -99,6 +99,11 @@ class Dispatcher:
         if self.state.denied and denied_name(self.state.denied, cmd, args):
             return None  # refused, and nothing read or held for it
         multi = client.multi
+        at = cmd.load_one
+        if at and multi is None and at < len(args) and self.keyspace.in_memory(args[at]):
+            # GET of a session memory holds: what the rest would conclude,
+            # without building the list of keys.
+            return None
         if multi is not None:
             if not cmd.runs_queued:
                 return None
@@ -154,13 +159,16 @@ class Dispatcher:
         multi = client.multi
         if multi is not None and not cmd.immediate:
             return self._queue(client, cmd, args, multi)
-        failure = self.keyspace.failure
-        if failure is not None and (
-            cmd.write or (cmd.runs_queued and multi is not None and any(c.write for c, _ in multi))
-        ):
-            counter = self.counters[cmd.index]
-            counter.calls += 1
-            return self.refused(client, cmd, counter, errors.misconf(failure))
+        if cmd.write or (cmd.runs_queued and multi is not None):
+            # Asked of writes only: the store's failure is an attribute
+            # lookup through its protocol, at every read otherwise.
+            failure = self.keyspace.failure
+            if failure is not None and (
+                cmd.write or (multi is not None and any(c.write for c, _ in multi))
+            ):
+                counter = self.counters[cmd.index]
+                counter.calls += 1
+                return self.refused(client, cmd, counter, errors.misconf(failure))
         keyspace = self.keyspace
         cx = Call(keyspace, prepared, client, self.state, self)
         keyspace.enter(cx)

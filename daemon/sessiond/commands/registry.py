@@ -98,6 +98,10 @@ class Command:
     admin_subcommands: frozenset[bytes] = frozenset()
     # The keys to read from the store before the command runs (None: none).
     load: KeysOf | None = None
+    # Where the one key ``load`` names is, when it names only that one (GET,
+    # TTL, HGET ...), else 0: whether a request need read anything is then
+    # one lookup in memory (Dispatcher.prepare).
+    load_one: int = 0
     # A whole-table read the command needs first (DBSIZE, INFO keyspace, KEYS),
     # awaited off the event loop; its result is the context's ``ahead``.
     # Inside MULTI it is not read ahead: the handler reads in place.
@@ -189,8 +193,11 @@ def command(
     it); ``admin_subcommands`` names those of them Redis flags ``admin``."""
     flag_tuple = tuple(flags.split())
     loader: KeysOf | None
+    load_one = 0
     if load is True:
         loader = _keys_at(*keys) if keys[0] else None
+        if keys[0] == keys[1] and ahead is None:
+            load_one = keys[0]
     elif load is False:
         loader = None
     else:
@@ -223,6 +230,7 @@ def command(
             subcommand_arity={sub.encode(): n for sub, (n, _, _) in declared.items()},
             admin_subcommands=frozenset(sub.encode() for sub in admin_subcommands.split()),
             load=loader,
+            load_one=load_one,
             ahead=ahead,
             decides=decider,
             write="write" in flag_tuple,
