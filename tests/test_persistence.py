@@ -1689,6 +1689,73 @@ def test_a_failed_warm_start_read_leaves_the_daemon_serving_from_the_store(
     assert seen["values"] == [f"v{i}".encode() for i in range(20)]
 
 
+def test_a_read_of_a_session_nobody_stored_asks_the_store_only_once_memory_lacks_some(
+    tmp_path: Path,
+) -> None:
+    """docs/persistence.md, "Read-through": once the warm start has loaded
+    every stored session, a key memory lacks is in neither, and a read of it
+    is answered without asking the store (it cost a trip to the reader
+    thread, and its pipeline waited for it). The first eviction ends that:
+    then a read of a missing key asks the store, and finds what was
+    evicted. A FLUSHDB empties both, and starts it again. A warm start that
+    had no room for every stored session never starts it."""
+
+    def before(r: redis.Redis) -> None:
+        for i in range(3):
+            assert r.set(f"s{i}", f"v{i}")
+
+    _store_sessions(tmp_path / "room", before, "")
+    loads: list[str] = []
+
+    def count(point: str) -> None:
+        if point == "load":
+            loads.append(point)
+
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        import redis.asyncio as aredis
+
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            await warm_start_done(app)
+            seen["whole"] = app.keyspace.whole
+            seen["absent"] = await r.get("absent")
+            seen["stored"] = await r.get("s0")
+            seen["loads"] = len(loads)
+            for i in range(4):  # three sessions and four more: two evicted
+                await r.set(f"n{i}", "new")
+            seen["after eviction"] = app.keyspace.whole
+            seen["absent again"] = await r.get("absent")
+            seen["evicted"] = [await r.get(f"s{i}") for i in (1, 2)]
+            seen["loads again"] = len(loads)
+            await r.flushdb()
+            seen["flushed"] = app.keyspace.whole
+            seen["absent flushed"] = await r.get("s1")
+            seen["loads flushed"] = len(loads)
+
+    _run_in_process(tmp_path / "room", body, "cache: {max_sessions: 5}\n", hook=count)
+    assert seen["whole"] and seen["absent"] is None and seen["stored"] == b"v0"
+    assert seen["loads"] == 0
+    assert not seen["after eviction"] and seen["absent again"] is None
+    assert seen["evicted"] == [b"v1", b"v2"]  # the least recently used: read through
+    assert seen["loads again"] == 3
+    assert seen["flushed"] and seen["absent flushed"] is None and seen["loads flushed"] == 3
+
+    _store_sessions(tmp_path / "no-room", before, "")
+    loads.clear()
+
+    async def bounded(sock: str, app: Any) -> None:
+        import redis.asyncio as aredis
+
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            await warm_start_done(app)
+            seen["bounded whole"] = app.keyspace.whole
+            seen["oldest"] = await r.get("s0")  # not loaded: no room for it
+
+    _run_in_process(tmp_path / "no-room", bounded, "cache: {max_sessions: 2}\n", hook=count)
+    assert not seen["bounded whole"] and seen["oldest"] == b"v0" and len(loads) == 1
+
+
 def test_a_stop_while_the_warm_start_loads_ends_it_and_loses_nothing(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -1783,6 +1850,21 @@ def test_reading_the_whole_store_holds_up_no_other_client(tmp_path: Path, comman
     assert [sorted(r) for r in seen["in_multi"]] == [[b"k1", b"k2", b"k3"]]  # in place
 
 
+EVICTING = "cache: {max_sessions: 1}\n"
+
+
+async def _evict_one(sock: str) -> None:
+    """With :data:`EVICTING`'s bound, write two sessions, so that one is
+    evicted: memory no longer holds every stored session, and a read of a
+    key it lacks asks the store (Keyspace.whole; on a new store it holds
+    them all, and such a read is answered at once)."""
+    import redis.asyncio as aredis
+
+    async with aredis.Redis(unix_socket_path=sock) as r:
+        await r.set("evicted", "stored")
+        await r.set("kept", "in memory")
+
+
 def test_a_client_killed_as_its_store_read_fails_leaves_nothing_behind(tmp_path: Path) -> None:
     """CLIENT KILL drops a client whose request waits on a read-through, and
     the read's failure is already on its way to the event loop: the kill comes
@@ -1807,6 +1889,7 @@ def test_a_client_killed_as_its_store_read_fails_leaves_nothing_behind(tmp_path:
     seen: dict[str, Any] = {}
 
     async def body(sock: str, app: Any) -> None:
+        await _evict_one(sock)
         loop = asyncio.get_running_loop()
         loops.append(loop)
         escaped: list[dict[str, Any]] = []
@@ -1825,7 +1908,7 @@ def test_a_client_killed_as_its_store_read_fails_leaves_nothing_behind(tmp_path:
         gc.collect()  # a task whose exception nobody retrieved reports it when freed
         seen["escaped"] = escaped
 
-    _run_in_process(tmp_path, body, hook=failing_read)
+    _run_in_process(tmp_path, body, EVICTING, hook=failing_read)
     assert not kill, "the victim's read never reached the store"
     assert seen["ping"] is True and seen["get"] is None and seen["clients"] == 1
     assert seen["escaped"] == []
@@ -1845,6 +1928,7 @@ def test_messages_reach_a_subscriber_whose_request_waits_on_a_store_read(
     seen: dict[str, Any] = {}
 
     async def body(sock: str, app: Any) -> None:
+        await _evict_one(sock)
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_unix_connection(sock)
         writer.write(b"HELLO 3\r\nSUBSCRIBE ch\r\n")
@@ -1861,7 +1945,7 @@ def test_messages_reach_a_subscriber_whose_request_waits_on_a_store_read(
         seen["get"] = await asyncio.wait_for(reader.readexactly(3), 10)
         writer.close()
 
-    _run_in_process(tmp_path, body, hook=gate)
+    _run_in_process(tmp_path, body, EVICTING, hook=gate)
     assert seen["reading"] and seen["receivers"] == 1 and seen["parked"]
     assert seen["message"] == b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
     assert seen["get"] == b"_\r\n"  # RESP3 null

@@ -188,6 +188,16 @@ class Keyspace:
         # While the warm start loads: the keys commands changed since it
         # began (their stored rows read for it may be older). None otherwise.
         self._changed: set[bytes] | None = None
+        # Memory holds every session the store has: a key memory lacks is in
+        # neither, and a read of it need not ask the store (prepare). True
+        # once a warm start loaded every stored session, or a FLUSHDB
+        # emptied both; false again at the first eviction (the store keeps
+        # the evicted session). A read of a missing session cost a trip to
+        # the store's reader thread, and its pipeline waited for it.
+        self.whole = False
+        # Evictions so far (a warm start that saw one cannot say ``whole``).
+        self.evictions = 0
+        self.closing = False  # close() began
         # Reads that memory missed and the store's copy served (INFO's
         # keyspace_hits counts them as hits; the cache's own counters do not).
         self.store_hits = 0
@@ -305,6 +315,9 @@ class Keyspace:
     def on_evict(self, key: bytes, entry: Entry[Value], cause: Cause) -> None:
         # The value is already stored (write-through); this records the TTL
         # renewals that reads made since, so the evicted session keeps its life.
+        # From now on the store holds a session memory does not.
+        self.whole = False
+        self.evictions += 1
         if _read_since_written(entry):
             self.save(key, entry)
         else:
@@ -365,7 +378,7 @@ class Keyspace:
         find = self.cache.find
         loaded = None if prepared is None else prepared.loaded
         missing = [k for k in keys if find(k) is None and (loaded is None or k not in loaded)]
-        if missing:
+        if missing and not self.whole:
             if loaded:
                 # Another round: what an earlier round fetched may have changed
                 # while this one waited, so fetch it again with the rest.
@@ -752,20 +765,21 @@ class Keyspace:
         changed: set[bytes] = set()
         self._changed = changed
         self.warmed = 0
-        return lambda: self._warm(limit, step, changed)
+        evicted = self.evictions
+        return lambda: self._warm(limit, step, changed, evicted)
 
-    async def _warm(self, limit: int, step: int, changed: set[bytes]) -> int:
+    async def _warm(self, limit: int, step: int, changed: set[bytes], evicted: int) -> int:
         try:
             store = self.store
             if store is None:
                 return 0
             rows = await store.recent_rows(limit)
             cache = self.cache
+            room = True
             for start in range(0, len(rows), step):
                 if self._changed is not changed:
                     break  # flushed: every stored row is gone
                 held = len(cache)
-                room = True
                 # Most recent first, each in front of the one before it.
                 for key, row in rows[start : start + step]:
                     if key not in changed and not cache.admit_oldest(key, _entry(row)):
@@ -775,6 +789,18 @@ class Keyspace:
                 if not room:
                     break
                 await asyncio.sleep(0)
+            # Fewer rows than asked for: every live stored session, and each
+            # is in memory now, or a client changed it meanwhile (then memory
+            # has its newer state, or it is deleted in both), unless memory
+            # evicted something since the warm start began.
+            if (
+                room
+                and len(rows) < limit
+                and self._changed is changed
+                and self.evictions == evicted
+                and not self.closing
+            ):
+                self.whole = True
             return self.warmed
         finally:
             if self._changed is changed:
@@ -786,8 +812,11 @@ class Keyspace:
         return self._changed is not None
 
     def flushed(self) -> None:
-        """Every session was deleted (FLUSHDB): a warm start still loading stops."""
+        """Every session was deleted (FLUSHDB): a warm start still loading
+        stops, and memory holds the whole (empty) store, unless other hosts
+        write to it too (a shared store)."""
         self._changed = None
+        self.whole = not self.own_outcomes
 
     def close(self) -> None:
         """Write back what memory knows that the store may not (TTL renewals
@@ -797,6 +826,9 @@ class Keyspace:
         (:func:`_read_since_written`): the store holds every other one as
         memory does. The next warm start finds them in the table, off the
         event loop while serving."""
+        # Closing the store cuts a warm start's scan short: the rows it then
+        # gets are not every stored session.
+        self.closing = True
         store = self.store
         if store is None:
             return

@@ -243,6 +243,8 @@ def _persistence(cx: Call) -> Fields:
         ("warm_start_sessions", keyspace.warmed),
         ("warm_start_in_progress", 1 if keyspace.warming else 0),
     ]
+    if persistent and not keyspace.own_outcomes:
+        fields.append(("memory_holds_store", 1 if keyspace.whole else 0))
     return fields
 
 
