@@ -313,3 +313,41 @@ def test_a_read_of_a_write_whose_commit_fails_gets_the_error_then_reads_are_serv
         assert bytes(reader_wire.data) == b"$200\r\n" + b"v" * 200 + b"\r\n:1\r\n"
 
     run(tmp_path / "s.db", scenario, max_log_bytes=100)
+
+
+def test_an_error_about_a_key_does_not_show_its_uncommitted_write(tmp_path: Path) -> None:
+    """A WRONGTYPE reply tells that the key exists and what it holds: while
+    another connection's HSET of it waits for its commit, a GET of it waits
+    too (it was answered at once, showing a write a crash could take back)."""
+    disk = threading.Event()
+    disk.set()
+
+    def hook(point: str) -> None:
+        if point == "commit":
+            disk.wait(10)
+
+    async def scenario(rig: Rig) -> None:
+        writer, writer_wire = rig.connect()
+        reader, reader_wire = rig.connect()
+        disk.clear()  # the next commit sticks
+        try:
+            writer.data_received(encode(("HSET", "k", "f", "v")))
+            for _ in range(200):  # its read-through (nothing stored) first
+                if rig.cache.find(b"k") is not None:
+                    break
+                await asyncio.sleep(0.01)
+            reader.data_received(encode(("GET", "k"), ("GET", "other")))
+            await asyncio.sleep(0.05)
+            assert bytes(writer_wire.data) == b""  # the HSET waits for its commit
+            assert bytes(reader_wire.data) == b""
+        finally:
+            disk.set()
+        for _ in range(200):
+            if reader_wire.data:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(writer_wire.data) == b":1\r\n"
+        assert bytes(reader_wire.data).startswith(b"-WRONGTYPE")
+        assert bytes(reader_wire.data).endswith(b"\r\n$-1\r\n")
+
+    run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)

@@ -373,9 +373,10 @@ class Connection(asyncio.Protocol):
         elif (
             self.durable
             and cmd is not None
-            and cmd.reads
             and reply is not QUEUED
-            and not isinstance(reply, Error)
+            # A read's reply; on a local store also an error about keys it
+            # names, which shows their state too (WRONGTYPE).
+            and (cmd.reads if not isinstance(reply, Error) else cmd.first_key > 0 and not self.own)
             and self.keyspace.uncommitted()
             and self.keyspace.shows_uncommitted(cmd.keys(args) if cmd.first_key else None)
         ):
