@@ -1689,6 +1689,104 @@ def test_a_failed_warm_start_read_leaves_the_daemon_serving_from_the_store(
     assert seen["values"] == [f"v{i}".encode() for i in range(20)]
 
 
+async def memory_whole(app: Any) -> None:
+    """Wait until ``app``'s memory holds every stored session (its warm start
+    and then a sweep of the store's expired rows): a condition polled on its
+    event loop (30 s at most), not a timing."""
+    for _ in range(3000):
+        if app.keyspace.whole:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("memory never held the whole store")
+
+
+def _expired_in_the_store(tmp_path: Path) -> None:
+    """Store ``gone`` with a deadline 300 ms ahead and ``kept`` without, and
+    let the first expire in the store, unswept (the daemon that wrote it is gone)."""
+
+    deadline: list[int] = []
+
+    def before(r: redis.Redis) -> None:
+        deadline.append(int(time.time() * 1000) + 300)
+        assert r.set("gone", "v", pxat=deadline[0])
+        assert r.set("kept", "v")
+
+    _store_sessions(tmp_path, before, "")
+    # Past its deadline (setup, not a timing): the next daemon must find it expired.
+    time.sleep(max(0.0, deadline[0] / 1000 + 0.02 - time.time()))
+
+
+async def _expired_events(sock: str, until: Callable[[], Awaitable[Any]]) -> list[bytes]:
+    """The ``expired`` events a subscriber got by the time ``until()``
+    answered: those before its PING's reply, which it asks for after."""
+    import redis.asyncio as aredis
+
+    async with aredis.Redis(unix_socket_path=sock) as s:
+        sub = s.pubsub()
+        await sub.subscribe("__keyevent@0__:expired")
+        while (m := await sub.get_message(timeout=10)) is None or m["type"] != "subscribe":
+            pass
+        await until()
+        await sub.ping()
+        events = []
+        while (m := await sub.get_message(timeout=10)) is not None and m["type"] != "pong":
+            if m["type"] == "message":
+                events.append(m["data"])
+        await sub.aclose()
+    return events
+
+
+@pytest.mark.parametrize("act", ["get", "set"])
+def test_a_session_expired_in_the_store_is_told_expired_by_the_command_that_finds_it(
+    tmp_path: Path, act: str
+) -> None:
+    """After a restart, a session that expired while the daemon was down is
+    still a row; a command that names it before a sweep reads it through and
+    expires it at once, told (``expired``) and counted, and a SET of it too,
+    which the sweep would then never tell (a newer change names the key).
+    Memory does not count as holding the whole store until a sweep has found
+    no such row: with it, the command skipped the row, and nobody was told."""
+    _expired_in_the_store(tmp_path)
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        import redis.asyncio as aredis
+
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            await warm_start_done(app)
+            seen["whole"] = app.keyspace.whole
+            command = r.get("gone") if act == "get" else r.set("gone", "new")
+            seen["events"] = await _expired_events(sock, lambda: command)
+            seen["expired_keys"] = (await r.info("stats"))["expired_keys"]
+
+    extra = "cache: {sweep_interval: 3600}\npubsub: {notify_keyspace_events: Exn}\n"
+    _run_in_process(tmp_path, body, extra)
+    assert not seen["whole"]
+    assert seen["events"] == [b"gone"] and seen["expired_keys"] == 1
+
+
+def test_memory_holds_the_whole_store_once_a_sweep_expired_what_the_warm_start_left(
+    tmp_path: Path,
+) -> None:
+    """The warm start leaves expired rows out; the sweep after it expires
+    them (told and counted), and only then does memory count as whole."""
+    _expired_in_the_store(tmp_path)
+    seen: dict[str, Any] = {}
+
+    async def body(sock: str, app: Any) -> None:
+        import redis.asyncio as aredis
+
+        async with aredis.Redis(unix_socket_path=sock) as r:
+            seen["events"] = await _expired_events(sock, lambda: memory_whole(app))
+            seen["get"] = await r.get("gone")
+            seen["kept"] = await r.get("kept")
+            seen["expired_keys"] = (await r.info("stats"))["expired_keys"]
+
+    _run_in_process(tmp_path, body, "pubsub: {notify_keyspace_events: Ex}\n")
+    assert seen["events"] == [b"gone"] and seen["expired_keys"] == 1
+    assert seen["get"] is None and seen["kept"] == b"v"
+
+
 def test_a_read_of_a_session_nobody_stored_asks_the_store_only_once_memory_lacks_some(
     tmp_path: Path,
 ) -> None:
@@ -1717,7 +1815,7 @@ def test_a_read_of_a_session_nobody_stored_asks_the_store_only_once_memory_lacks
         import redis.asyncio as aredis
 
         async with aredis.Redis(unix_socket_path=sock) as r:
-            await warm_start_done(app)
+            await memory_whole(app)  # after the warm start and a sweep
             seen["whole"] = app.keyspace.whole
             seen["absent"] = await r.get("absent")
             seen["stored"] = await r.get("s0")

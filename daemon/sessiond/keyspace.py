@@ -190,13 +190,19 @@ class Keyspace:
         self._changed: set[bytes] | None = None
         # Memory holds every session the store has: a key memory lacks is in
         # neither, and a read of it need not ask the store (prepare). True
-        # once a warm start loaded every stored session, or a FLUSHDB
-        # emptied both; false again at the first eviction (the store keeps
-        # the evicted session). A read of a missing session cost a trip to
-        # the store's reader thread, and its pipeline waited for it.
+        # once a warm start loaded every live stored session and a sweep
+        # then found no expired one left that memory lacks (a command that
+        # read such a row expired it, and told so), or a FLUSHDB emptied
+        # both; false again at the first eviction (the store keeps the
+        # evicted session). A read of a missing session cost a trip to the
+        # store's reader thread, and its pipeline waited for it.
         self.whole = False
         # Evictions so far (a warm start that saw one cannot say ``whole``).
         self.evictions = 0
+        # The evictions when a warm start had loaded every live stored
+        # session (-1: none did): the next sweep that ends the store's
+        # expired rows makes memory whole if there were none since.
+        self.whole_after_sweep = -1
         self.closing = False  # close() began
         # Reads that memory missed and the store's copy served (INFO's
         # keyspace_hits counts them as hits; the cache's own counters do not).
@@ -721,7 +727,8 @@ class Keyspace:
         cache = self.cache
         now = cache.clock()
         deleted = 0
-        for key in store.due(now, limit):
+        due = store.due(now, limit)
+        for key in due:
             held = cache.find(key)
             if held is None:
                 self.expired_in_store(key)
@@ -730,6 +737,12 @@ class Keyspace:
                 store.record(key, _row(held))
                 self.dirty = True
             # else expired in memory too: the cache's sweep deletes it
+        if self.whole_after_sweep >= 0 and len(due) < limit:
+            # No expired row is left that memory lacks: rows that expire from
+            # now on are of sessions memory holds, whose own expiry deletes them.
+            if self.whole_after_sweep == self.evictions and not self.closing:
+                self.whole = True
+            self.whole_after_sweep = -1
         return deleted
 
     def expired_in_store(self, key: bytes) -> None:
@@ -792,7 +805,8 @@ class Keyspace:
             # Fewer rows than asked for: every live stored session, and each
             # is in memory now, or a client changed it meanwhile (then memory
             # has its newer state, or it is deleted in both), unless memory
-            # evicted something since the warm start began.
+            # evicted something since the warm start began. The expired rows
+            # are left for the sweep (expire_store).
             if (
                 room
                 and len(rows) < limit
@@ -800,7 +814,7 @@ class Keyspace:
                 and self.evictions == evicted
                 and not self.closing
             ):
-                self.whole = True
+                self.whole_after_sweep = evicted
             return self.warmed
         finally:
             if self._changed is changed:
@@ -817,6 +831,7 @@ class Keyspace:
         write to it too (a shared store)."""
         self._changed = None
         self.whole = not self.own_outcomes
+        self.whole_after_sweep = -1
 
     def close(self) -> None:
         """Write back what memory knows that the store may not (TTL renewals
