@@ -67,6 +67,34 @@ def run(
     asyncio.run(main())
 
 
+async def answered(wire: Wire) -> None:
+    """Wait until ``wire`` got a reply (2 s at most: a condition polled, not a timing)."""
+    for _ in range(200):
+        if wire.data:
+            return
+        await asyncio.sleep(0.01)
+
+
+class Disk:
+    """A store hook that holds each commit while the disk is stuck (``stuck``,
+    from the start with ``stuck=True``), until ``free()``."""
+
+    def __init__(self, *, stuck: bool) -> None:
+        self.moving = threading.Event()
+        if not stuck:
+            self.moving.set()
+
+    def stick(self) -> None:
+        self.moving.clear()
+
+    def free(self) -> None:
+        self.moving.set()
+
+    def __call__(self, point: str) -> None:
+        if point == "commit":
+            self.moving.wait(10)
+
+
 def test_a_failed_store_read_after_a_write_does_not_release_its_held_reply(
     tmp_path: Path,
 ) -> None:
@@ -140,11 +168,7 @@ def test_a_stop_past_its_grace_does_not_acknowledge_a_write_not_yet_committed(
     the connection is closed with the replies answered before the held
     write, not with its +OK (nor the replies after it): the commit may still
     fail, or the process be killed before it ends."""
-    disk = threading.Event()
-
-    def hook(point: str) -> None:
-        if point == "commit":
-            disk.wait(10)
+    disk = Disk(stuck=True)
 
     async def scenario(rig: Rig) -> None:
         conn, wire = rig.connect()
@@ -154,11 +178,11 @@ def test_a_stop_past_its_grace_does_not_acknowledge_a_write_not_yet_committed(
         try:
             await rig.server.shutdown(0.1, unlink=False)
         finally:
-            disk.set()
+            disk.free()
         assert wire.closed
         assert bytes(wire.data) == b"$-1\r\n"
 
-    run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)
+    run(tmp_path / "s.db", scenario, on_loop=False, hook=disk)
 
 
 def test_a_pause_begun_again_as_the_last_one_ends_releases_its_held_writes_at_its_end(
@@ -247,25 +271,17 @@ def test_a_read_waits_for_the_commit_of_the_write_it_shows(tmp_path: Path) -> No
     SET's commit was stuck, so a crash then would have left the reader
     having seen a write that is gone. A read of a key with nothing
     uncommitted is answered at once meanwhile."""
-    disk = threading.Event()
-    disk.set()
-
-    def hook(point: str) -> None:
-        if point == "commit":
-            disk.wait(10)
+    disk = Disk(stuck=False)
 
     async def scenario(rig: Rig) -> None:
         writer, writer_wire = rig.connect()
         reader, reader_wire = rig.connect()
         other, other_wire = rig.connect()
         writer.data_received(encode(("SET", "j", "old")))
-        for _ in range(200):
-            if writer_wire.data:
-                break
-            await asyncio.sleep(0.01)
+        await answered(writer_wire)
         assert bytes(writer_wire.data) == b"+OK\r\n"
         writer_wire.data.clear()
-        disk.clear()  # the next commit sticks
+        disk.stick()  # the next commit sticks
         try:
             writer.data_received(encode(("SET", "k", "new")))
             reader.data_received(encode(("GET", "j"), ("GET", "k"), ("GET", "j")))
@@ -275,15 +291,12 @@ def test_a_read_waits_for_the_commit_of_the_write_it_shows(tmp_path: Path) -> No
             assert bytes(reader_wire.data) == b""  # GET k waits, and the replies after it
             assert bytes(writer_wire.data) == b""
         finally:
-            disk.set()
-        for _ in range(200):
-            if reader_wire.data:
-                break
-            await asyncio.sleep(0.01)
+            disk.free()
+        await answered(reader_wire)
         assert bytes(writer_wire.data) == b"+OK\r\n"
         assert bytes(reader_wire.data) == b"$3\r\nold\r\n$3\r\nnew\r\n$3\r\nold\r\n"
 
-    run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)
+    run(tmp_path / "s.db", scenario, on_loop=False, hook=disk)
 
 
 def test_a_read_of_a_write_whose_commit_fails_gets_the_error_then_reads_are_served(
@@ -319,17 +332,12 @@ def test_an_error_about_a_key_does_not_show_its_uncommitted_write(tmp_path: Path
     """A WRONGTYPE reply tells that the key exists and what it holds: while
     another connection's HSET of it waits for its commit, a GET of it waits
     too (it was answered at once, showing a write a crash could take back)."""
-    disk = threading.Event()
-    disk.set()
-
-    def hook(point: str) -> None:
-        if point == "commit":
-            disk.wait(10)
+    disk = Disk(stuck=False)
 
     async def scenario(rig: Rig) -> None:
         writer, writer_wire = rig.connect()
         reader, reader_wire = rig.connect()
-        disk.clear()  # the next commit sticks
+        disk.stick()  # the next commit sticks
         try:
             writer.data_received(encode(("HSET", "k", "f", "v")))
             for _ in range(200):  # its read-through (nothing stored) first
@@ -341,13 +349,10 @@ def test_an_error_about_a_key_does_not_show_its_uncommitted_write(tmp_path: Path
             assert bytes(writer_wire.data) == b""  # the HSET waits for its commit
             assert bytes(reader_wire.data) == b""
         finally:
-            disk.set()
-        for _ in range(200):
-            if reader_wire.data:
-                break
-            await asyncio.sleep(0.01)
+            disk.free()
+        await answered(reader_wire)
         assert bytes(writer_wire.data) == b":1\r\n"
         assert bytes(reader_wire.data).startswith(b"-WRONGTYPE")
         assert bytes(reader_wire.data).endswith(b"\r\n$-1\r\n")
 
-    run(tmp_path / "s.db", scenario, on_loop=False, hook=hook)
+    run(tmp_path / "s.db", scenario, on_loop=False, hook=disk)
