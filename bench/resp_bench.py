@@ -10,6 +10,9 @@
     python bench/resp_bench.py --persistence --decide
                                                # INCR of random keys instead of SET: on the
                                                # shared store each is decided by the database
+    python bench/resp_bench.py --with-store    # in-memory Redis against sessiond with the shipped
+                                               # store (SQLite, durability: always): its GETs, and
+                                               # its SETs durable
     python bench/resp_bench.py --metrics-off   # sessiond with metrics disabled (for the cost)
     python bench/resp_bench.py --reps 5        # alternate the order; median and range of ratios
     python bench/resp_bench.py --floor         # and the minimal Python server (baseline_server.py;
@@ -337,15 +340,20 @@ def run_memory(
     sessiond_first: bool,
     floors: tuple[str, ...] = (),
     against: str | None = None,
+    with_store: bool = False,
 ) -> list[Row]:
     """SET and GET at -c 50 -P 1, -c 50 -P 16 and -c 1, sessiond against
     redis-server; with ``floors`` also bench/baseline_server.py (rows whose test
     ends in "floor" or "floor-lru": that server, plain or with --lru, in
     sessiond's column); with ``against``, also the sessiond that interpreter
-    runs (rows whose test ends in "vs before": it in redis-server's column)."""
+    runs (rows whose test ends in "vs before": it in redis-server's column);
+    ``with_store``: each sessiond keeps a SQLite store under ``durability:
+    always``, the shipped config (redis-server stays in memory). The GETs follow
+    the SETs, so about a seventh of them name a key never written."""
     runs = [("-c 50 -P 1", 50, 1, n), ("-c 50 -P 16", 50, 16, n), ("-c 1 -P 1", 1, 1, n)]
+    persistence = "always" if with_store else None
     servers = {
-        "sessiond": sessiond(work, metrics=metrics, persistence=None),
+        "sessiond": sessiond(work, metrics=metrics, persistence=persistence),
         "redis": redis(work, None),
     }
     order = ["sessiond", "redis"] if sessiond_first else ["redis", "sessiond"]
@@ -356,7 +364,7 @@ def run_memory(
         servers[floor] = (cmd, sock)
         order.append(floor)
     if against:
-        servers["before"] = before(work, against, metrics, None)
+        servers["before"] = before(work, against, metrics, persistence)
         order = with_before(order, sessiond_first)
     results = interleaved(servers, work, runs, "set,get", order)
     names = ["sessiond", *floors]
@@ -431,6 +439,12 @@ def main() -> int:
         help="with --persistence, INCR of random keys (redis-benchmark's counter:__rand_int__) "
         "instead of SET: on the shared store, a command the database decides",
     )
+    parser.add_argument(
+        "--with-store",
+        action="store_true",
+        help="without --persistence: sessiond (and --against's) with a SQLite store under "
+        "durability: always, the shipped config, against redis-server in memory",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
     parser.add_argument(
         "--floor",
@@ -474,6 +488,8 @@ def main() -> int:
             return 2
     if args.decide and (not args.persistence or args.floor):
         parser.error("--decide goes with --persistence, without --floor (the floor has no INCR)")
+    if args.with_store and args.persistence:
+        parser.error("--with-store is the in-memory run's; --persistence has a store already")
     n = 20_000 if args.quick else args.requests
     reps: list[list[Row]] = []
     with ExitStack() as stack:
@@ -488,8 +504,9 @@ def main() -> int:
                         f for f, on in (("floor", args.floor), ("floor-lru", args.floor_lru)) if on
                     )
                     rows = run_memory(
-                        Path(tmp), n, not args.metrics_off, first, floors, args.against
-                    )
+                        Path(tmp), n, not args.metrics_off, first, floors, args.against,
+                        args.with_store,
+                    )  # fmt: skip
                 else:
                     dsn = other = floor_dsn = None
                     if pg is not None:
@@ -503,6 +520,8 @@ def main() -> int:
                 reps.append(rows)
             print_progress(args.reps, rep)
     store = f", store {args.store}" if args.persistence else ""
+    if args.with_store:
+        store = ", store sqlite (durability: always; redis-server in memory)"
     metrics_state = "off" if args.metrics_off else "on"
     print(f"sessiond (metrics {metrics_state}{store}) vs redis-server {redis_version()}, "
           f"{os.cpu_count()} CPUs, {n} requests, -d 200 -r 100000")  # fmt: skip
