@@ -396,9 +396,10 @@ class Keyspace:
                 return self._read_ahead(work, prepared)
         return None
 
-    def in_memory(self, key: bytes) -> bool:
-        """Whether memory holds ``key`` (a command that reads only it need
-        read nothing through: :meth:`prepare`)."""
+    def held_in_memory(self, key: bytes) -> bool:
+        """Whether memory holds ``key``, live or not yet swept, as
+        :meth:`prepare` asks (a command that reads only it need read nothing
+        through). Not :meth:`Context.in_memory`, which asks for a live one."""
         return self.cache.find(key) is not None
 
     def discard(self, prepared: Prepared) -> None:

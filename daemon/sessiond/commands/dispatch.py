@@ -100,7 +100,7 @@ class Dispatcher:
             return None  # refused, and nothing read or held for it
         multi = client.multi
         at = cmd.load_one
-        if at and multi is None and at < len(args) and self.keyspace.in_memory(args[at]):
+        if at and multi is None and at < len(args) and self.keyspace.held_in_memory(args[at]):
             # GET of a session memory holds: what the rest would conclude,
             # without building the list of keys.
             return None
