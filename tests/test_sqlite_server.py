@@ -270,13 +270,15 @@ def test_a_read_waits_for_the_commit_of_the_write_it_shows(tmp_path: Path) -> No
     Redis sends no reply before its fsync. The GET was answered while the
     SET's commit was stuck, so a crash then would have left the reader
     having seen a write that is gone. A read of a key with nothing
-    uncommitted is answered at once meanwhile."""
+    uncommitted is answered at once meanwhile; a read of the whole keyspace
+    (DBSIZE) waits, as it counts the write."""
     disk = Disk(stuck=False)
 
     async def scenario(rig: Rig) -> None:
         writer, writer_wire = rig.connect()
         reader, reader_wire = rig.connect()
         other, other_wire = rig.connect()
+        counter, counter_wire = rig.connect()
         writer.data_received(encode(("SET", "j", "old")))
         await answered(writer_wire)
         assert bytes(writer_wire.data) == b"+OK\r\n"
@@ -286,15 +288,19 @@ def test_a_read_waits_for_the_commit_of_the_write_it_shows(tmp_path: Path) -> No
             writer.data_received(encode(("SET", "k", "new")))
             reader.data_received(encode(("GET", "j"), ("GET", "k"), ("GET", "j")))
             other.data_received(encode(("GET", "j"), ("EXISTS", "absent")))
+            counter.data_received(encode(("DBSIZE",)))
             await asyncio.sleep(0.05)
             assert bytes(other_wire.data) == b"$3\r\nold\r\n:0\r\n"
             assert bytes(reader_wire.data) == b""  # GET k waits, and the replies after it
+            assert bytes(counter_wire.data) == b""
             assert bytes(writer_wire.data) == b""
         finally:
             disk.free()
         await answered(reader_wire)
         assert bytes(writer_wire.data) == b"+OK\r\n"
         assert bytes(reader_wire.data) == b"$3\r\nold\r\n$3\r\nnew\r\n$3\r\nold\r\n"
+        await answered(counter_wire)
+        assert bytes(counter_wire.data) == b":2\r\n"
 
     run(tmp_path / "s.db", scenario, on_loop=False, hook=disk)
 
